@@ -1,0 +1,338 @@
+//! The replicated state machine: pure and deterministic.
+//!
+//! Every change to the cluster is a [`Command`] appended to the Raft log; every node applies the
+//! same commands in the same order with [`ClusterState::apply`] and so holds the same state.
+//! Nothing here reads a clock or does I/O: the time a command carries was stamped by the node
+//! that proposed it.
+//!
+//! Commands carry an `op_id` chosen by the client. A command whose `op_id` was applied recently
+//! is not applied again; its first result is returned. That makes a client's retry after a lost
+//! reply (a leader killed mid-request) safe: a write is acknowledged at most once and applied once.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::{Kind, Object, ObjectKey};
+
+pub type NodeId = u64;
+
+/// How many recent operation ids are remembered for deduplication.
+pub const DEDUP_WINDOW: usize = 10_000;
+
+/// A stored definition with the bookkeeping around it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub object: Object,
+    /// 1 on creation, +1 on every change of the definition.
+    pub generation: u64,
+    /// The cluster revision at which this object last changed.
+    pub revision: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Who manages this object: `None` for objects applied by hand, `gitops/<group>/<name>` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A node of the cluster as recorded in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// The agent name (`-a`), unique in the cluster.
+    pub name: String,
+    /// The node's host name (`-n`).
+    pub host: String,
+    /// The domain the API is reached under (`-d`).
+    pub domain: String,
+    /// Advertised underlay address.
+    pub ip: String,
+    pub api_port: u16,
+    pub raft_port: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub joined_ms: u64,
+}
+
+impl NodeRecord {
+    pub fn api_addr(&self) -> String {
+        join_host_port(&self.ip, self.api_port)
+    }
+    pub fn raft_addr(&self) -> String {
+        join_host_port(&self.ip, self.raft_port)
+    }
+}
+
+/// `host:port`, bracketing IPv6 literals.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A join token as the cluster remembers it: only a hash of its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// Hex SHA-256 of the token secret.
+    pub secret_sha256: String,
+    pub expires_ms: u64,
+}
+
+/// The cluster CA's certificate (never its key) and the node that holds the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub fingerprint: String,
+    pub holder: NodeId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Increases by one for every command that changed something.
+    pub revision: u64,
+    pub objects: BTreeMap<ObjectKey, StoredObject>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Ids are handed out in join order from 1 and never reused.
+    pub last_node_id: NodeId,
+    pub join_tokens: Vec<JoinTokenRecord>,
+    #[serde(default)]
+    pub ca: Option<CaRecord>,
+    /// Recently applied operation ids with their results, oldest first.
+    #[serde(default)]
+    pub recent_ops: VecDeque<(String, CommandResult)>,
+}
+
+/// A proposed change, as it travels through the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Client-chosen id; a repeat within [`DEDUP_WINDOW`] returns the first result.
+    pub op_id: String,
+    /// Wall-clock milliseconds at the proposing node.
+    pub at_ms: u64,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Create or update objects, all or none.
+    Apply {
+        objects: Vec<Object>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
+    /// Delete objects, all or none. Missing keys are reported, not an error.
+    Delete { keys: Vec<ObjectKey> },
+    /// Add a node to the registry; its id is assigned here.
+    RegisterNode { node: NodeRecord },
+    RemoveNode { id: NodeId },
+    SetNodeLabels { id: NodeId, labels: BTreeMap<String, String> },
+    AddJoinToken { token: JoinTokenRecord },
+    SetCa { ca: CaRecord },
+    /// Does nothing; used to test the log.
+    Noop,
+}
+
+/// What became of one object in an apply or delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+    NotFound,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectOutcome {
+    pub key: ObjectKey,
+    pub outcome: Outcome,
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResult {
+    Objects { revision: u64, outcomes: Vec<ObjectOutcome> },
+    NodeRegistered { id: NodeId },
+    Done { revision: u64 },
+    /// The command was valid Raft-wise but the state refuses it; nothing changed.
+    Rejected { reason: String },
+}
+
+impl ClusterState {
+    /// Applies one command. Deterministic: the same state and command give the same result.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        if let Some((_, previous)) = self.recent_ops.iter().find(|(id, _)| *id == cmd.op_id) {
+            return previous.clone();
+        }
+        let result = self.apply_op(&cmd.op, cmd.at_ms);
+        if !cmd.op_id.is_empty() {
+            self.recent_ops.push_back((cmd.op_id.clone(), result.clone()));
+            while self.recent_ops.len() > DEDUP_WINDOW {
+                self.recent_ops.pop_front();
+            }
+        }
+        result
+    }
+
+    fn apply_op(&mut self, op: &Op, now: u64) -> CommandResult {
+        match op {
+            Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
+            Op::Delete { keys } => self.delete_objects(keys),
+            Op::RegisterNode { node } => self.register_node(node, now),
+            Op::RemoveNode { id } => match self.nodes.remove(id) {
+                Some(_) => self.bump(),
+                None => CommandResult::Rejected { reason: format!("node {id} is not a member") },
+            },
+            Op::SetNodeLabels { id, labels } => match self.nodes.get_mut(id) {
+                Some(node) => {
+                    node.labels = labels.clone();
+                    self.bump()
+                }
+                None => CommandResult::Rejected { reason: format!("node {id} is not a member") },
+            },
+            Op::AddJoinToken { token } => {
+                self.join_tokens.retain(|t| t.expires_ms > now);
+                self.join_tokens.push(token.clone());
+                self.bump()
+            }
+            Op::SetCa { ca } => match &self.ca {
+                Some(existing) if existing.fingerprint != ca.fingerprint => CommandResult::Rejected {
+                    reason: format!("the cluster already has CA {}", existing.fingerprint),
+                },
+                _ => {
+                    self.ca = Some(ca.clone());
+                    self.bump()
+                }
+            },
+            Op::Noop => self.bump(),
+        }
+    }
+
+    fn bump(&mut self) -> CommandResult {
+        self.revision += 1;
+        CommandResult::Done { revision: self.revision }
+    }
+
+    fn apply_objects(&mut self, objects: &[Object], owner: Option<&str>, now: u64) -> CommandResult {
+        // Refuse the whole batch before touching anything.
+        let mut seen = std::collections::BTreeSet::new();
+        for object in objects {
+            let key = object.key();
+            if !seen.insert(key.clone()) {
+                return CommandResult::Rejected { reason: format!("{key} appears twice in one apply") };
+            }
+            if let Some(existing) = self.objects.get(&key)
+                && existing.owner.as_deref() != owner
+                && existing.owner.is_some()
+            {
+                return CommandResult::Rejected {
+                    reason: format!(
+                        "{key} is managed by {}; change it there",
+                        existing.owner.as_deref().unwrap_or("hand")
+                    ),
+                };
+            }
+        }
+        let revision = self.revision + 1;
+        let mut changed = false;
+        let outcomes = objects
+            .iter()
+            .map(|object| {
+                let key = object.key();
+                let (outcome, generation) = match self.objects.get_mut(&key) {
+                    Some(stored) if stored.object == *object && stored.owner.as_deref() == owner => {
+                        (Outcome::Unchanged, stored.generation)
+                    }
+                    Some(stored) => {
+                        stored.object = object.clone();
+                        stored.generation += 1;
+                        stored.revision = revision;
+                        stored.updated_ms = now;
+                        stored.owner = owner.map(str::to_string);
+                        changed = true;
+                        (Outcome::Configured, stored.generation)
+                    }
+                    None => {
+                        self.objects.insert(
+                            key.clone(),
+                            StoredObject {
+                                object: object.clone(),
+                                generation: 1,
+                                revision,
+                                created_ms: now,
+                                updated_ms: now,
+                                owner: owner.map(str::to_string),
+                            },
+                        );
+                        changed = true;
+                        (Outcome::Created, 1)
+                    }
+                };
+                ObjectOutcome { key, outcome, generation }
+            })
+            .collect();
+        if changed {
+            self.revision = revision;
+        }
+        CommandResult::Objects { revision: self.revision, outcomes }
+    }
+
+    fn delete_objects(&mut self, keys: &[ObjectKey]) -> CommandResult {
+        let revision = self.revision + 1;
+        let mut changed = false;
+        let outcomes = keys
+            .iter()
+            .map(|key| match self.objects.remove(key) {
+                Some(stored) => {
+                    changed = true;
+                    ObjectOutcome { key: key.clone(), outcome: Outcome::Deleted, generation: stored.generation }
+                }
+                None => ObjectOutcome { key: key.clone(), outcome: Outcome::NotFound, generation: 0 },
+            })
+            .collect();
+        if changed {
+            self.revision = revision;
+        }
+        CommandResult::Objects { revision: self.revision, outcomes }
+    }
+
+    fn register_node(&mut self, node: &NodeRecord, now: u64) -> CommandResult {
+        if let Some(existing) = self.nodes.values().find(|n| n.name == node.name) {
+            return CommandResult::Rejected {
+                reason: format!("a node named {} is already a member (id {})", node.name, existing.id),
+            };
+        }
+        self.last_node_id += 1;
+        let id = self.last_node_id;
+        let mut record = node.clone();
+        record.id = id;
+        record.joined_ms = now;
+        self.nodes.insert(id, record);
+        self.revision += 1;
+        CommandResult::NodeRegistered { id }
+    }
+
+    /// Objects of one kind, in key order.
+    pub fn objects_of(&self, kind: Kind) -> impl Iterator<Item = &StoredObject> {
+        self.objects.values().filter(move |o| o.object.kind == kind)
+    }
+
+    /// True when `secret_sha256` names a join token that has not expired at `now`.
+    pub fn join_token_valid(&self, secret_sha256: &str, now: u64) -> bool {
+        self.join_tokens
+            .iter()
+            .any(|t| t.expires_ms > now && constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

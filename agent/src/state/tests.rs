@@ -1,0 +1,135 @@
+use super::*;
+use crate::definitions::Meta;
+
+fn obj(name: &str, image: &str) -> Object {
+    Object {
+        kind: Kind::Containers,
+        prefix: "simplecontainer.io/v1".into(),
+        meta: Meta { group: "g".into(), name: name.into(), labels: Default::default() },
+        spec: serde_json::json!({ "image": image }),
+    }
+}
+
+fn cmd(op_id: &str, op: Op) -> Command {
+    Command { op_id: op_id.into(), at_ms: 1000, op }
+}
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord {
+        id: 0,
+        name: name.into(),
+        host: name.into(),
+        domain: name.into(),
+        ip: "127.0.0.1".into(),
+        api_port: 1443,
+        raft_port: 9212,
+        labels: Default::default(),
+        joined_ms: 0,
+    }
+}
+
+fn outcomes(r: CommandResult) -> Vec<(String, Outcome, u64)> {
+    match r {
+        CommandResult::Objects { outcomes, .. } => {
+            outcomes.into_iter().map(|o| (o.key.to_string(), o.outcome, o.generation)).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn apply_creates_then_configures_then_is_unchanged() {
+    let mut s = ClusterState::default();
+    let r = s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "busybox")], owner: None }));
+    assert_eq!(outcomes(r), vec![("containers/g/x".into(), Outcome::Created, 1)]);
+    assert_eq!(s.revision, 1);
+    let r = s.apply(&cmd("b", Op::Apply { objects: vec![obj("x", "busybox")], owner: None }));
+    assert_eq!(outcomes(r), vec![("containers/g/x".into(), Outcome::Unchanged, 1)]);
+    assert_eq!(s.revision, 1, "an unchanged apply does not move the revision");
+    let r = s.apply(&cmd("c", Op::Apply { objects: vec![obj("x", "nginx")], owner: None }));
+    assert_eq!(outcomes(r), vec![("containers/g/x".into(), Outcome::Configured, 2)]);
+    assert_eq!(s.revision, 2);
+}
+
+#[test]
+fn repeated_op_id_is_applied_once() {
+    let mut s = ClusterState::default();
+    let c = cmd("same", Op::Apply { objects: vec![obj("x", "a")], owner: None });
+    let first = s.apply(&c);
+    let c2 = cmd("same", Op::Apply { objects: vec![obj("x", "b")], owner: None });
+    assert_eq!(s.apply(&c2), first);
+    assert_eq!(s.objects.values().next().unwrap().generation, 1);
+    assert_eq!(s.revision, 1);
+}
+
+#[test]
+fn dedup_window_is_bounded() {
+    let mut s = ClusterState::default();
+    for i in 0..DEDUP_WINDOW + 5 {
+        s.apply(&cmd(&format!("op{i}"), Op::Noop));
+    }
+    assert_eq!(s.recent_ops.len(), DEDUP_WINDOW);
+}
+
+#[test]
+fn duplicate_keys_in_one_batch_reject_everything() {
+    let mut s = ClusterState::default();
+    let r = s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a"), obj("x", "b")], owner: None }));
+    assert!(matches!(r, CommandResult::Rejected { .. }));
+    assert!(s.objects.is_empty());
+    assert_eq!(s.revision, 0);
+}
+
+#[test]
+fn objects_owned_by_gitops_are_not_changed_by_hand() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: Some("gitops/g/repo".into()) }));
+    let r = s.apply(&cmd("b", Op::Apply { objects: vec![obj("y", "a"), obj("x", "b")], owner: None }));
+    assert!(matches!(r, CommandResult::Rejected { ref reason } if reason.contains("gitops/g/repo")), "{r:?}");
+    assert_eq!(s.objects.len(), 1, "nothing of a refused batch is applied");
+}
+
+#[test]
+fn delete_reports_missing_keys() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    let keys = vec![obj("x", "a").key(), obj("nope", "a").key()];
+    let r = s.apply(&cmd("b", Op::Delete { keys }));
+    assert_eq!(
+        outcomes(r),
+        vec![
+            ("containers/g/x".into(), Outcome::Deleted, 1),
+            ("containers/g/nope".into(), Outcome::NotFound, 0)
+        ]
+    );
+    assert!(s.objects.is_empty());
+}
+
+#[test]
+fn node_ids_follow_join_order_and_names_are_unique() {
+    let mut s = ClusterState::default();
+    assert_eq!(s.apply(&cmd("1", Op::RegisterNode { node: node("a") })), CommandResult::NodeRegistered { id: 1 });
+    assert_eq!(s.apply(&cmd("2", Op::RegisterNode { node: node("b") })), CommandResult::NodeRegistered { id: 2 });
+    assert!(matches!(s.apply(&cmd("3", Op::RegisterNode { node: node("a") })), CommandResult::Rejected { .. }));
+    s.apply(&cmd("4", Op::RemoveNode { id: 1 }));
+    assert_eq!(s.apply(&cmd("5", Op::RegisterNode { node: node("c") })), CommandResult::NodeRegistered { id: 3 });
+}
+
+#[test]
+fn join_tokens_expire() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("t", Op::AddJoinToken { token: JoinTokenRecord { secret_sha256: "ab".into(), expires_ms: 2000 } }));
+    assert!(s.join_token_valid("ab", 1500));
+    assert!(!s.join_token_valid("ab", 2500));
+    assert!(!s.join_token_valid("ac", 1500));
+}
+
+#[test]
+fn state_round_trips_through_json() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    s.apply(&cmd("b", Op::RegisterNode { node: node("n") }));
+    let json = serde_json::to_string(&s).unwrap();
+    let back: ClusterState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+}
