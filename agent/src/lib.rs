@@ -4,11 +4,16 @@
 //! - [`state`]: the replicated state machine (pure: commands in, results out).
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
 //! - [`pki`]: the cluster CA, node and admin certificates, join tokens, rustls configurations.
+//! - [`node`]: the typed actions behind the API, with forwarding to the leader.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
-//! - [`client`]: a typed client of that API, used by smrctl, smrmgr and by nodes to forward.
+//! - [`client`]: a typed client of that API, used by smrctl, smrmgr and the tests.
 //! - [`daemon`]: wires the parts into a running node.
 
+pub mod api;
+pub mod client;
+pub mod daemon;
 pub mod definitions;
+pub mod node;
 pub mod pki;
 pub mod state;
 pub mod store;

@@ -1,0 +1,85 @@
+//! API errors: one enum, each variant with a stable code and an HTTP status chosen on purpose.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::types::{ErrorBody, ErrorInfo};
+use crate::definitions::DefinitionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidDefinition(#[from] DefinitionError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("a client certificate signed by the cluster CA is required")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// An error relayed unchanged from another node.
+    #[error("{}", .body.error.message)]
+    Relayed { status: StatusCode, body: ErrorBody },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidDefinition(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Relayed { status, .. } => *status,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::InvalidDefinition(_) => "invalid_definition",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+            ApiError::Relayed { body, .. } => &body.error.code,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        if let ApiError::Relayed { body, .. } = self {
+            return body.clone();
+        }
+        let details = match self {
+            ApiError::InvalidDefinition(e) => serde_json::to_value(e.location()).ok(),
+            _ => None,
+        };
+        ErrorBody { error: ErrorInfo { code: self.code().to_string(), message: self.to_string(), details } }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::warn!(code = self.code(), "{self}");
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}

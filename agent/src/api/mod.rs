@@ -1,0 +1,376 @@
+//! The REST API on port 1443: routes, authentication by client certificate, OpenAPI document.
+//!
+//! Handlers only parse and check a request into a typed action and call [`crate::node::Node`].
+//! Every route but `GET /api/v1/ca` and `POST /api/v1/join` needs a client certificate signed by
+//! the cluster CA; the `internal/*` routes need a node certificate.
+
+pub mod error;
+pub mod serve;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+
+use crate::definitions::{self, Kind, Object, ObjectKey};
+use crate::node::{Consistency, Node};
+use crate::pki::{PeerIdentity, Role};
+use crate::state::{CommandResult, Op, StoredObject};
+use error::ApiError;
+use types::*;
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The OpenAPI document, served at `/api/v1/openapi.json`; a test keeps it in sync with [`ROUTES`].
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route: (method, path). The router is built from the same table the OpenAPI test checks.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/ca"),
+    ("post", "/api/v1/join"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/health"),
+    ("get", "/api/v1/nodes"),
+    ("delete", "/api/v1/nodes/{id}"),
+    ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/objects"),
+    ("post", "/api/v1/objects"),
+    ("post", "/api/v1/objects/delete"),
+    ("get", "/api/v1/objects/{kind}"),
+    ("get", "/api/v1/objects/{kind}/{group}/{name}"),
+    ("delete", "/api/v1/objects/{kind}/{group}/{name}"),
+    ("post", "/api/v1/internal/propose"),
+    ("get", "/api/v1/internal/read-index"),
+    ("post", "/api/v1/internal/sign"),
+];
+
+/// The identity of the TLS client of a connection, if it presented a valid certificate.
+#[derive(Clone, Debug, Default)]
+pub struct ClientIdentity(pub Option<PeerIdentity>);
+
+pub fn router(node: Arc<Node>) -> Router {
+    let internal = Router::new()
+        .route("/api/v1/internal/propose", post(internal_propose))
+        .route("/api/v1/internal/read-index", get(internal_read_index))
+        .route("/api/v1/internal/sign", post(internal_sign))
+        .route_layer(middleware::from_fn(require_node));
+    let authenticated = Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{id}", delete(remove_node))
+        .route("/api/v1/tokens", post(new_token))
+        .route("/api/v1/objects", get(list_all).post(apply))
+        .route("/api/v1/objects/delete", post(delete_many))
+        .route("/api/v1/objects/{kind}", get(list_kind))
+        .route("/api/v1/objects/{kind}/{group}/{name}", get(get_object).delete(delete_one))
+        .merge(internal)
+        .route_layer(middleware::from_fn(require_client_cert));
+    Router::new()
+        .route("/api/v1/ca", get(ca))
+        .route("/api/v1/join", post(join))
+        .merge(authenticated)
+        .fallback(|| async { ApiError::NotFound("route".into()) })
+        .with_state(node)
+}
+
+async fn require_client_cert(Extension(who): Extension<ClientIdentity>, req: Request, next: Next) -> Response {
+    match who.0 {
+        Some(_) => next.run(req).await,
+        None => ApiError::Unauthenticated.into_response(),
+    }
+}
+
+async fn require_node(Extension(who): Extension<ClientIdentity>, req: Request, next: Next) -> Response {
+    match who.0 {
+        Some(PeerIdentity { role: Role::Node, .. }) => next.run(req).await,
+        _ => ApiError::Forbidden("only cluster nodes may call internal routes".into()).into_response(),
+    }
+}
+
+type AppState = State<Arc<Node>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    /// `linearizable` (default) or `stale`.
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+impl ReadParams {
+    fn consistency(&self) -> Result<Consistency, ApiError> {
+        match self.consistency.as_deref() {
+            None | Some("linearizable") => Ok(Consistency::Linearizable),
+            Some("stale") => Ok(Consistency::Stale),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Reads a whole body up to [`BODY_LIMIT`].
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))
+}
+
+async fn ca(State(node): AppState) -> Result<Response, ApiError> {
+    let state = node.state(Consistency::Stale).await?;
+    let ca = state.ca.as_ref().ok_or_else(|| ApiError::Unavailable("the cluster CA is not recorded yet".into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], ca.cert_pem.clone()).into_response())
+}
+
+async fn join(State(node): AppState, body: Body) -> Result<Json<JoinResponse>, ApiError> {
+    let req: JoinRequest = parse_json(&read_body(body).await?)?;
+    Ok(Json(node.join(req).await?))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn health(State(node): AppState) -> Result<Json<HealthResponse>, ApiError> {
+    let status = node.store.status();
+    let state = node.state(Consistency::Stale).await?;
+    Ok(Json(HealthResponse {
+        node: node.name.clone(),
+        id: node.id,
+        state: serde_json::to_value(status.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        leader: status.leader,
+        revision: state.revision,
+    }))
+}
+
+async fn list_nodes(State(node): AppState, Query(params): Query<ReadParams>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let state = node.state(params.consistency()?).await?;
+    let status = node.store.status();
+    let probes = state.nodes.values().map(|n| {
+        let node = node.clone();
+        let addr = n.api_addr();
+        async move {
+            let probe = tokio::time::timeout(
+                Duration::from_secs(2),
+                node.call::<(), HealthResponse>(&addr, "health", None),
+            )
+            .await;
+            matches!(probe, Ok(Ok(_)))
+        }
+    });
+    let healthy = futures::future::join_all(probes).await;
+    let views = state
+        .nodes
+        .values()
+        .zip(healthy)
+        .map(|(n, healthy)| NodeView {
+            id: n.id,
+            name: n.name.clone(),
+            host: n.host.clone(),
+            domain: n.domain.clone(),
+            ip: n.ip.clone(),
+            api: n.api_addr(),
+            raft: n.raft_addr(),
+            role: if status.voters.contains(&n.id) {
+                "voter"
+            } else if status.learners.contains(&n.id) {
+                "learner"
+            } else {
+                "joining"
+            }
+            .into(),
+            leader: status.leader == Some(n.id),
+            health: if healthy { "healthy" } else { "unreachable" }.into(),
+            labels: n.labels.clone(),
+            joined_ms: n.joined_ms,
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+async fn remove_node(State(node): AppState, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
+    match node.propose(Op::RemoveNode { id }, None).await? {
+        CommandResult::Rejected { reason } => Err(ApiError::NotFound(reason)),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+async fn new_token(State(node): AppState, body: Body) -> Result<Json<TokenResponse>, ApiError> {
+    let bytes = read_body(body).await?;
+    let req: TokenRequest = if bytes.is_empty() { TokenRequest::default() } else { parse_json(&bytes)? };
+    let ttl = Duration::from_secs(req.ttl_seconds.unwrap_or(24 * 3600));
+    let (token, expires_ms) = node.new_join_token(ttl).await?;
+    Ok(Json(TokenResponse { token: token.to_string(), expires_ms }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyParams {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/v1/objects`: JSON `{objects: [...]}` or YAML definitions (`Content-Type: application/yaml`).
+async fn apply(
+    State(node): AppState,
+    Query(params): Query<ApplyParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let bytes = read_body(body).await?;
+    let (objects, op_id) = if is_yaml(&headers) {
+        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
+        (definitions::parse_str("request body", text)?, None)
+    } else {
+        let req: ApplyRequest = parse_json(&bytes)?;
+        for object in &req.objects {
+            definitions::validate(object)?;
+        }
+        (req.objects, req.op_id)
+    };
+    if objects.is_empty() {
+        return Err(ApiError::BadRequest("nothing to apply: no definitions in the request".into()));
+    }
+    if params.dry_run {
+        let state = node.state(Consistency::Linearizable).await?;
+        let mut preview = (*state).clone();
+        let command = crate::state::Command { op_id: String::new(), at_ms: 0, op: Op::Apply { objects, owner: None } };
+        return objects_response(preview.apply(&command), true);
+    }
+    let result = node.propose(Op::Apply { objects, owner: None }, op_id).await?;
+    objects_response(result, false)
+}
+
+fn is_yaml(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"))
+}
+
+fn objects_response(result: CommandResult, dry_run: bool) -> Result<Json<ApplyResponse>, ApiError> {
+    match result {
+        CommandResult::Objects { revision, outcomes } => Ok(Json(ApplyResponse { revision, outcomes, dry_run })),
+        CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
+        other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+async fn delete_many(State(node): AppState, body: Body) -> Result<Json<ApplyResponse>, ApiError> {
+    let req: DeleteRequest = parse_json(&read_body(body).await?)?;
+    let result = node.propose(Op::Delete { keys: req.keys }, req.op_id).await?;
+    objects_response(result, false)
+}
+
+fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
+    kind.parse().map_err(|e: definitions::UnknownKind| ApiError::BadRequest(e.to_string()))
+}
+
+fn parse_key(kind: &str, group: String, name: String) -> Result<ObjectKey, ApiError> {
+    Ok(ObjectKey { kind: parse_kind(kind)?, group, name })
+}
+
+async fn list_all(State(node): AppState, Query(params): Query<ReadParams>) -> Result<Json<Vec<StoredObject>>, ApiError> {
+    let state = node.state(params.consistency()?).await?;
+    Ok(Json(state.objects.values().cloned().collect()))
+}
+
+async fn list_kind(
+    State(node): AppState,
+    Path(kind): Path<String>,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<Vec<StoredObject>>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let state = node.state(params.consistency()?).await?;
+    Ok(Json(state.objects_of(kind).cloned().collect()))
+}
+
+async fn get_object(
+    State(node): AppState,
+    Path((kind, group, name)): Path<(String, String, String)>,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<StoredObject>, ApiError> {
+    let key = parse_key(&kind, group, name)?;
+    let state = node.state(params.consistency()?).await?;
+    state.objects.get(&key).cloned().map(Json).ok_or_else(|| ApiError::NotFound(key.to_string()))
+}
+
+async fn delete_one(
+    State(node): AppState,
+    Path((kind, group, name)): Path<(String, String, String)>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let key = parse_key(&kind, group, name)?;
+    let result = node.propose(Op::Delete { keys: vec![key.clone()] }, None).await?;
+    if let CommandResult::Objects { outcomes, .. } = &result
+        && outcomes.iter().all(|o| o.outcome == crate::state::Outcome::NotFound)
+    {
+        return Err(ApiError::NotFound(key.to_string()));
+    }
+    objects_response(result, false)
+}
+
+async fn internal_propose(State(node): AppState, body: Body) -> Result<Json<CommandResult>, ApiError> {
+    let req: ProposeRequest = parse_json(&read_body(body).await?)?;
+    // Written here only: a command forwarded to a node that lost leadership is refused, not relayed again.
+    match node.store.write(req.command).await {
+        Ok(result) => Ok(Json(result)),
+        Err(crate::store::WriteError::Fatal(why)) => Err(ApiError::Internal(why)),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+async fn internal_read_index(State(node): AppState) -> Result<Json<ReadIndexResponse>, ApiError> {
+    Ok(Json(ReadIndexResponse { index: node.read_index().await? }))
+}
+
+async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignResponse>, ApiError> {
+    let req: SignRequest = parse_json(&read_body(body).await?)?;
+    if node.ca.is_none() {
+        return Err(ApiError::Unavailable("this node does not hold the cluster CA key".into()));
+    }
+    let cert = node.sign(req, node.id).await?;
+    Ok(Json(SignResponse { cert }))
+}
+
+/// Objects as users write them (for `-o yaml`).
+pub fn plain_objects(stored: &[StoredObject]) -> Vec<Object> {
+    stored.iter().map(|s| s.object.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object().into_iter().flat_map(move |ops| ops.keys().map(move |m| (m.clone(), path.clone())))
+            })
+            .collect();
+        documented.sort();
+        let mut served: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        served.sort();
+        assert_eq!(documented, served, "openapi.json and ROUTES disagree");
+    }
+}

@@ -1,0 +1,140 @@
+//! The REST API's request and response bodies, shared by the server and [`crate::client`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::{Object, ObjectKey};
+use crate::state::{Command, NodeId, ObjectOutcome};
+
+/// Every error the API returns has this shape, with a matching HTTP status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable machine-readable code, e.g. `invalid_definition`, `not_found`, `unavailable`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub objects: Vec<Object>,
+    /// Idempotency key: a retry with the same id is applied once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub revision: u64,
+    pub outcomes: Vec<ObjectOutcome>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub keys: Vec<ObjectKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub node: String,
+    pub id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub name: String,
+    pub host: String,
+    pub domain: String,
+    pub ip: String,
+    pub api: String,
+    pub raft: String,
+    /// `voter`, `learner` or `joining` (registered, not yet in the Raft membership).
+    pub role: String,
+    pub leader: bool,
+    /// `healthy` or `unreachable`, as probed by the node that answered.
+    pub health: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub joined_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Lifetime of the token; default 24 h.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_ms: u64,
+}
+
+/// Sent by a joining node, authenticated by the join token (it has no certificate yet).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    pub name: String,
+    pub host: String,
+    pub domain: String,
+    pub ip: String,
+    pub api_port: u16,
+    pub raft_port: u16,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// CSR for the node certificate; the key stays on the joiner.
+    pub node_csr: String,
+    /// CSR for the node's admin (smrctl) certificate.
+    pub admin_csr: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub id: NodeId,
+    pub node_cert: String,
+    pub admin_cert: String,
+    pub ca_pem: String,
+}
+
+/// Node-to-node: ask the CA holder to sign a CSR.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignRequest {
+    pub csr: String,
+    pub admin: bool,
+    pub name: String,
+    pub sans: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignResponse {
+    pub cert: String,
+}
+
+/// Node-to-node: a follower hands a command to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProposeRequest {
+    pub command: Command,
+}
+
+/// Node-to-node: the leader's confirmed commit point for a linearizable read on a follower.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    pub index: u64,
+}

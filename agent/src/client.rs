@@ -1,0 +1,248 @@
+//! A typed client of the REST API, and the context file that tells it where and who to be.
+//!
+//! Used by `smrctl`, by `smrmgr` and by the end-to-end tests. Writes carry an `op_id`, so a write
+//! retried after an `unavailable` answer (for example during a leader election) is applied once.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::api::types::*;
+use crate::definitions::{Kind, Object, ObjectKey};
+use crate::pki::{self, Identity};
+use crate::state::StoredObject;
+
+/// How long a request keeps retrying while the cluster answers `unavailable`.
+pub const RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Where the API is and the client certificate to present (an "admin context").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    pub name: String,
+    pub api_url: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Context {
+    pub fn load(path: &Path) -> Result<Context, ClientError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Context(format!("cannot read context {}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| ClientError::Context(format!("context {} is not valid: {e}", path.display())))
+    }
+
+    /// Writes the context readable by its owner only, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ClientError> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| ClientError::Context(e.to_string()))?;
+        write_private(path, text.as_bytes())
+            .map_err(|e| ClientError::Context(format!("cannot write context {}: {e}", path.display())))
+    }
+}
+
+/// Writes `bytes` to `path` with mode 0600 via a temporary file and a rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message}")]
+    Api { status: u16, code: String, message: String, details: Option<serde_json::Value> },
+    #[error("cannot reach the smr API at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{0}")]
+    Context(String),
+    #[error("unexpected answer from the API: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The process exit code for this error (documented in the README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Api { status, .. } => match *status {
+                400 | 413 | 422 => 3,
+                404 => 4,
+                409 => 5,
+                401 | 403 => 7,
+                503 => 6,
+                _ => 1,
+            },
+            ClientError::Connect { .. } => 6,
+            ClientError::Context(_) => 7,
+            ClientError::Decode(_) => 1,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+enum Payload<'a> {
+    None,
+    Json(serde_json::Value),
+    Yaml(&'a str),
+}
+
+impl Client {
+    pub fn new(api_url: &str, http: reqwest::Client) -> Client {
+        Client { base: api_url.trim_end_matches('/').to_string(), http }
+    }
+
+    pub fn from_context(ctx: &Context) -> Result<Client, ClientError> {
+        pki::install_crypto_provider();
+        let identity =
+            Identity { cert_pem: ctx.cert_pem.clone(), key_pem: ctx.key_pem.clone(), ca_pem: ctx.ca_pem.clone() };
+        let http = pki::reqwest_client(&ctx.ca_pem, Some(&identity), Duration::from_secs(30))
+            .map_err(|e| ClientError::Context(format!("context {}: {e}", ctx.name)))?;
+        Ok(Client::new(&ctx.api_url, http))
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Payload<'_>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let mut request = self.http.request(method.clone(), &url);
+            request = match &payload {
+                Payload::None => request,
+                Payload::Json(value) => request.json(value),
+                Payload::Yaml(text) => {
+                    request.header(reqwest::header::CONTENT_TYPE, "application/yaml").body(text.to_string())
+                }
+            };
+            let error = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        if status == StatusCode::NO_CONTENT {
+                            return serde_json::from_value(serde_json::Value::Null)
+                                .map_err(|e| ClientError::Decode(e.to_string()));
+                        }
+                        return response.json().await.map_err(|e| ClientError::Decode(e.to_string()));
+                    }
+                    match response.json::<ErrorBody>().await {
+                        Ok(body) => ClientError::Api {
+                            status: status.as_u16(),
+                            code: body.error.code,
+                            message: body.error.message,
+                            details: body.error.details,
+                        },
+                        Err(_) => ClientError::Api {
+                            status: status.as_u16(),
+                            code: "http".into(),
+                            message: format!("the API answered {status}"),
+                            details: None,
+                        },
+                    }
+                }
+                Err(e) => ClientError::Connect { url: self.base.clone(), reason: error_chain(&e) },
+            };
+            let retry = matches!(&error, ClientError::Api { status: 503, .. });
+            if !retry || Instant::now() + pause > deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    pub async fn health(&self) -> Result<HealthResponse, ClientError> {
+        self.request(Method::GET, "health", Payload::None).await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        self.request(Method::GET, "nodes", Payload::None).await
+    }
+
+    pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
+        self.request::<Option<()>>(Method::DELETE, &format!("nodes/{id}"), Payload::None).await.map(|_| ())
+    }
+
+    pub async fn token(&self, ttl: Option<Duration>) -> Result<TokenResponse, ClientError> {
+        let body = serde_json::json!({ "ttl_seconds": ttl.map(|t| t.as_secs()) });
+        self.request(Method::POST, "tokens", Payload::Json(body)).await
+    }
+
+    /// Applies objects atomically; `op_id` makes retries safe (one is chosen if `None`).
+    pub async fn apply(&self, objects: &[Object], dry_run: bool, op_id: Option<String>) -> Result<ApplyResponse, ClientError> {
+        let op_id = op_id.unwrap_or_else(crate::node::new_op_id);
+        let body = serde_json::json!({ "objects": objects, "op_id": op_id });
+        let path = if dry_run { "objects?dry_run=true" } else { "objects" };
+        self.request(Method::POST, path, Payload::Json(body)).await
+    }
+
+    /// Applies YAML text as it is; the server parses and validates it.
+    pub async fn apply_yaml(&self, yaml: &str, dry_run: bool) -> Result<ApplyResponse, ClientError> {
+        let path = if dry_run { "objects?dry_run=true" } else { "objects" };
+        self.request(Method::POST, path, Payload::Yaml(yaml)).await
+    }
+
+    pub async fn delete(&self, keys: &[ObjectKey]) -> Result<ApplyResponse, ClientError> {
+        let body = serde_json::json!({ "keys": keys, "op_id": crate::node::new_op_id() });
+        self.request(Method::POST, "objects/delete", Payload::Json(body)).await
+    }
+
+    pub async fn list(&self, kind: Option<Kind>) -> Result<Vec<StoredObject>, ClientError> {
+        let path = match kind {
+            Some(kind) => format!("objects/{kind}"),
+            None => "objects".into(),
+        };
+        self.request(Method::GET, &path, Payload::None).await
+    }
+
+    pub async fn get(&self, key: &ObjectKey) -> Result<StoredObject, ClientError> {
+        self.request(Method::GET, &format!("objects/{}/{}/{}", key.kind, key.group, key.name), Payload::None).await
+    }
+
+    /// Any GET, for tools and tests.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.request(Method::GET, path, Payload::None).await
+    }
+}
+
+/// An error with its causes, e.g. "error sending request: ... : invalid peer certificate: UnknownIssuer".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,404 @@
+//! Wires a node together: data directory, PKI, join or bootstrap, Raft store, API and Raft servers,
+//! and the leader's membership reconciler.
+//!
+//! Data directory layout (default /var/lib/smr, mode 0700):
+//! ```text
+//! node.json            who this node is (id, name, addresses); written once joined or bootstrapped
+//! pki/ca.crt ca.key    the cluster CA (ca.key only on the node that created the cluster)
+//! pki/node.crt .key    this node's certificate and key
+//! pki/admin.crt .key   the admin client certificate for smrctl
+//! raft/                Raft log, vote and snapshots (redb)
+//! admin.context        API URL + admin certificate, smrctl's default context
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::error::ApiError;
+use crate::api::types::{JoinRequest, JoinResponse};
+use crate::api::{self, ClientIdentity};
+use crate::client::{Context, error_chain, write_private};
+use crate::node::{Node, new_op_id, now_ms};
+use crate::pki::{self, ClusterCa, Identity, JoinToken, PeerIdentity, Role};
+use crate::state::{CaRecord, Command, CommandResult, NodeRecord, Op, join_host_port};
+use crate::store::{RaftPeer, ServerState, Store, StoreConfig, Transport};
+
+/// Everything `smrmgr start` passes to the agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub name: String,
+    pub domain: String,
+    pub host: String,
+    pub join: Option<String>,
+    pub token: Option<String>,
+    pub ip: IpAddr,
+    pub data_dir: PathBuf,
+    pub docker_host: Option<String>,
+    pub api_port: u16,
+    pub raft_port: u16,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("PKI: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("join refused by {addr}: {reason}")]
+    Join { addr: String, reason: String },
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// What a node remembers about itself, in `node.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub id: u64,
+    pub name: String,
+    pub host: String,
+    pub domain: String,
+    pub ip: String,
+    pub api_port: u16,
+    pub raft_port: u16,
+    /// False until a bootstrap node has recorded itself and the CA in the cluster state.
+    pub bootstrapped: bool,
+}
+
+impl NodeFile {
+    fn record(&self, labels: &BTreeMap<String, String>) -> NodeRecord {
+        NodeRecord {
+            id: self.id,
+            name: self.name.clone(),
+            host: self.host.clone(),
+            domain: self.domain.clone(),
+            ip: self.ip.clone(),
+            api_port: self.api_port,
+            raft_port: self.raft_port,
+            labels: labels.clone(),
+            joined_ms: 0,
+        }
+    }
+
+    fn peer(&self) -> RaftPeer {
+        RaftPeer {
+            raft_addr: join_host_port(&self.ip, self.raft_port),
+            api_addr: join_host_port(&self.ip, self.api_port),
+            name: self.name.clone(),
+        }
+    }
+}
+
+pub fn node_file_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.json")
+}
+
+pub fn context_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.context")
+}
+
+fn data_err(path: &Path, e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::DataDir { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    pki::install_crypto_provider();
+    let dir = config.data_dir.clone();
+    create_private_dir(&dir)?;
+    create_private_dir(&dir.join("pki"))?;
+    let pki_dir = dir.join("pki");
+
+    // Bind first: a port in use is reported before anything is written.
+    let api_listener = bind(config.ip, config.api_port).await?;
+    let raft_listener = bind(config.ip, config.raft_port).await?;
+
+    let node_path = node_file_path(&dir);
+    let (mut me, identity, ca) = if node_path.exists() {
+        let me: NodeFile = read_json(&node_path)?;
+        if me.name != config.name {
+            return Err(DaemonError::Config(format!(
+                "{} belongs to agent {}, not {}; use another --data-dir",
+                dir.display(),
+                me.name,
+                config.name
+            )));
+        }
+        let identity = Identity::load(&pki_dir, "node")?;
+        let ca = if pki_dir.join("ca.key").exists() { Some(ClusterCa::load(&pki_dir)?) } else { None };
+        tracing::info!(id = me.id, name = %me.name, "restarting from {}", dir.display());
+        (me, identity, ca)
+    } else if let Some(join_addr) = &config.join {
+        let token = config
+            .token
+            .as_deref()
+            .ok_or_else(|| DaemonError::Config("--join needs --token (run `smrmgr token` on a member)".into()))?;
+        let (me, identity) = join(&config, join_addr, token, &pki_dir).await?;
+        write_json(&node_path, &me)?;
+        (me, identity, None)
+    } else {
+        let (me, identity, ca) = create_cluster(&config, &pki_dir)?;
+        write_json(&node_path, &me)?;
+        (me, identity, Some(ca))
+    };
+
+    let peers = pki::reqwest_client(&identity.ca_pem, Some(&identity), Duration::from_secs(10))?;
+    let transport = Transport { client: peers.clone(), scheme: "https".into() };
+    let store = Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?;
+    let node = Arc::new(Node { id: me.id, name: me.name.clone(), store: store.clone(), ca, peers });
+
+    let api_tls = pki::api_server_config(&identity)?;
+    let raft_tls = pki::raft_server_config(&identity)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_server = tokio::spawn(api::serve::serve_tls(api_listener, api_tls, api::router(node.clone()), stop_rx.clone()));
+    let raft_router = store.rpc_router().route_layer(middleware::from_fn(require_node_cert));
+    let raft_server = tokio::spawn(api::serve::serve_tls(raft_listener, raft_tls, raft_router, stop_rx.clone()));
+
+    if !me.bootstrapped {
+        if me.id == 1 && config.join.is_none() {
+            finish_bootstrap(&node, &me, &config.labels).await?;
+        }
+        me.bootstrapped = true;
+        write_json(&node_path, &me)?;
+    }
+
+    let admin = Identity::load(&pki_dir, "admin")?;
+    let context = Context {
+        name: me.name.clone(),
+        api_url: format!("https://{}", join_host_port(&me.ip, me.api_port)),
+        ca_pem: admin.ca_pem.clone(),
+        cert_pem: admin.cert_pem,
+        key_pem: admin.key_pem,
+    };
+    context.save(&context_path(&dir)).map_err(|e| data_err(&dir, e))?;
+
+    let reconciler = tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone()));
+    tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
+
+    crate::api::serve::stopped(&mut shutdown).await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = reconciler.await;
+    let _ = api_server.await;
+    let _ = raft_server.await;
+    store.shutdown().await;
+    Ok(())
+}
+
+async fn require_node_cert(Extension(who): Extension<ClientIdentity>, req: Request, next: Next) -> Response {
+    match who.0 {
+        Some(PeerIdentity { role: Role::Node, .. }) => next.run(req).await,
+        _ => ApiError::Forbidden("the Raft port accepts node certificates only".into()).into_response(),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| data_err(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| data_err(dir, e))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|e| data_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| data_err(path, e))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), DaemonError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| data_err(path, e))?;
+    write_private(path, &text).map_err(|e| data_err(path, e))
+}
+
+/// Binds `ip:port`; when `ip` is not on this host (a NAT-ed public address), all addresses.
+async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, DaemonError> {
+    let addr = SocketAddr::new(ip, port);
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            tracing::warn!("{ip} is not an address of this host; listening on {any}");
+            TcpListener::bind(any).await.map_err(|e| DaemonError::Listen { addr: any, reason: e.to_string() })
+        }
+        Err(e) => Err(DaemonError::Listen { addr, reason: e.to_string() }),
+    }
+}
+
+fn sans(config: &AgentConfig) -> Vec<String> {
+    let mut sans = vec![config.ip.to_string(), config.host.clone(), config.domain.clone()];
+    sans.sort();
+    sans.dedup();
+    sans
+}
+
+fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool) -> NodeFile {
+    NodeFile {
+        id,
+        name: config.name.clone(),
+        host: config.host.clone(),
+        domain: config.domain.clone(),
+        ip: config.ip.to_string(),
+        api_port: config.api_port,
+        raft_port: config.raft_port,
+        bootstrapped,
+    }
+}
+
+/// First node: a new CA, this node's and the admin's certificates, signed here.
+fn create_cluster(config: &AgentConfig, pki_dir: &Path) -> Result<(NodeFile, Identity, ClusterCa), DaemonError> {
+    let ca = ClusterCa::generate("smr")?;
+    ca.save(pki_dir)?;
+    let (key_pem, csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
+    let cert_pem = ca.sign_csr(&csr, Role::Node, &config.name, &sans(config))?;
+    let identity = Identity { cert_pem, key_pem, ca_pem: ca.cert_pem().to_string() };
+    identity.save(pki_dir, "node")?;
+    let admin_name = format!("admin@{}", config.name);
+    let (key_pem, csr) = pki::new_key_and_csr(Role::Admin, &admin_name, &[])?;
+    let cert_pem = ca.sign_csr(&csr, Role::Admin, &admin_name, &[])?;
+    Identity { cert_pem, key_pem, ca_pem: ca.cert_pem().to_string() }.save(pki_dir, "admin")?;
+    tracing::info!(fingerprint = %ca.fingerprint(), "created the cluster CA");
+    Ok((node_file(config, 1, false), identity, ca))
+}
+
+/// First node, once its store runs: initialize Raft, record the CA and this node.
+async fn finish_bootstrap(node: &Node, me: &NodeFile, labels: &BTreeMap<String, String>) -> Result<(), DaemonError> {
+    let ca = node.ca.as_ref().ok_or_else(|| DaemonError::Bootstrap("the CA key is missing".into()))?;
+    node.store.bootstrap(me.peer()).await?;
+    let ca_record = CaRecord { cert_pem: ca.cert_pem().to_string(), fingerprint: ca.fingerprint(), holder: me.id };
+    let commands = [Op::SetCa { ca: ca_record }, Op::RegisterNode { node: me.record(labels) }];
+    let state = node.store.read(false).await.map_err(|e| DaemonError::Bootstrap(e.to_string()))?;
+    let registered = state.nodes.values().any(|n| n.name == me.name);
+    for op in commands {
+        if registered && matches!(op, Op::RegisterNode { .. }) {
+            continue;
+        }
+        let command = Command { op_id: new_op_id(), at_ms: now_ms(), op };
+        match node.propose_command(command).await.map_err(|e| DaemonError::Bootstrap(e.to_string()))? {
+            CommandResult::Rejected { reason } => return Err(DaemonError::Bootstrap(reason)),
+            CommandResult::NodeRegistered { id } if id != me.id => {
+                return Err(DaemonError::Bootstrap(format!("the first node was given id {id}, expected {}", me.id)));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Joining node: verify the cluster by the token's CA fingerprint, send CSRs, keep the certificates.
+async fn join(
+    config: &AgentConfig,
+    join_addr: &str,
+    token: &str,
+    pki_dir: &Path,
+) -> Result<(NodeFile, Identity), DaemonError> {
+    let parsed: JoinToken = token.parse().map_err(|e| DaemonError::Config(format!("--token: {e}")))?;
+    let (node_key, node_csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
+    let admin_name = format!("admin@{}", config.name);
+    let (admin_key, admin_csr) = pki::new_key_and_csr(Role::Admin, &admin_name, &[])?;
+    let request = JoinRequest {
+        token: token.to_string(),
+        name: config.name.clone(),
+        host: config.host.clone(),
+        domain: config.domain.clone(),
+        ip: config.ip.to_string(),
+        api_port: config.api_port,
+        raft_port: config.raft_port,
+        labels: config.labels.clone(),
+        node_csr,
+        admin_csr,
+    };
+    let client = pki::pinned_reqwest_client(&parsed.ca_fingerprint, Duration::from_secs(30))?;
+    let url = format!("https://{join_addr}/api/v1/join");
+    let join_err = |reason: String| DaemonError::Join { addr: join_addr.to_string(), reason };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let response: JoinResponse = loop {
+        let answer = client.post(&url).json(&request).send().await;
+        let retryable = match answer {
+            Ok(resp) if resp.status().is_success() => {
+                break resp.json().await.map_err(|e| join_err(format!("bad answer: {e}")))?;
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<crate::api::types::ErrorBody>(&body)
+                    .map(|b| b.error.message)
+                    .unwrap_or(body);
+                if status.as_u16() != 503 {
+                    return Err(join_err(message));
+                }
+                message
+            }
+            Err(e) => {
+                let reason = error_chain(&e);
+                if e.is_connect() { reason } else { return Err(join_err(reason)) }
+            }
+        };
+        if Instant::now() > deadline {
+            return Err(join_err(retryable));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let ca_fingerprint = pki::fingerprint_pem(&response.ca_pem)?;
+    if ca_fingerprint != parsed.ca_fingerprint {
+        return Err(join_err("the CA it sent does not match the token's fingerprint".into()));
+    }
+    let identity = Identity { cert_pem: response.node_cert, key_pem: node_key, ca_pem: response.ca_pem.clone() };
+    identity.save(pki_dir, "node")?;
+    Identity { cert_pem: response.admin_cert, key_pem: admin_key, ca_pem: response.ca_pem }.save(pki_dir, "admin")?;
+    tracing::info!(id = response.id, "joined the cluster through {join_addr}");
+    Ok((node_file(config, response.id, true), identity))
+}
+
+/// On the leader, keeps the Raft membership equal to the node registry: registered nodes are added
+/// (as learners, promoted by the voter policy), removed nodes are taken out.
+async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut changes = node.store.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = changes.changed() => {},
+            _ = tick.tick() => {},
+        }
+        let status = node.store.status();
+        if status.state != ServerState::Leader {
+            continue;
+        }
+        let Ok(state) = node.store.read(false).await else { continue };
+        for (id, record) in &state.nodes {
+            if !status.members.contains_key(id) {
+                let peer = RaftPeer { raft_addr: record.raft_addr(), api_addr: record.api_addr(), name: record.name.clone() };
+                tracing::info!(id, name = %record.name, "adding node to the Raft membership");
+                match tokio::time::timeout(Duration::from_secs(20), node.store.add_member(*id, peer)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(id, "adding node failed: {e}"),
+                    Err(_) => tracing::warn!(id, "adding node timed out; will retry"),
+                }
+            }
+        }
+        for id in status.members.keys() {
+            if !state.nodes.contains_key(id) {
+                tracing::info!(id, "removing node from the Raft membership");
+                if let Err(e) = node.store.remove_member(*id).await {
+                    tracing::warn!(id, "removing node failed: {e}");
+                }
+            }
+        }
+    }
+}
