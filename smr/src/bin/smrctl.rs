@@ -1,1 +1,267 @@
-fn main() {}
+//! smrctl: the cluster client. Applies and inspects definitions and nodes through the REST API.
+//!
+//! Exit codes: 0 success, 1 other failure, 2 usage, 3 invalid input (definitions, bad request),
+//! 4 not found, 5 conflict, 6 cluster unavailable or unreachable, 7 authentication or context.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agent::client::{Client, ClientError, Context};
+use agent::definitions::{self, ObjectKey};
+use agent::node::now_ms;
+use agent::state::{Outcome, StoredObject};
+use clap::{Parser, Subcommand};
+use smr::output::{self, Format};
+
+#[derive(Parser)]
+#[command(name = "smrctl", version, about = "Apply and inspect smr definitions and nodes")]
+struct Cli {
+    /// Context file (API URL + client certificate). Default: $SMR_CONTEXT, the one `smrmgr start`
+    /// recorded, or /var/lib/smr/admin.context.
+    #[arg(long, global = true)]
+    context: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create or update the definitions in files or directories, all or none.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Delete the definitions of files, or objects by KIND/GROUP/NAME.
+    Delete {
+        #[arg(short = 'f', long = "file")]
+        files: Vec<PathBuf>,
+        keys: Vec<String>,
+    },
+    /// Show one object (KIND/GROUP/NAME).
+    Get {
+        key: String,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: Format,
+    },
+    /// List objects, all or of one kind.
+    List {
+        kind: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Nodes of the cluster: role, leader, address, health.
+    Nodes {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Remove a node from the cluster by id.
+    RemoveNode { id: u64 },
+    /// Show which context is used and where it points.
+    Context,
+    /// Print the API's OpenAPI document.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smrctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Client(e)) => {
+            eprintln!("smrctl: {e}");
+            if let ClientError::Api { details: Some(details), .. } = &e
+                && !details.is_null()
+            {
+                eprintln!("{}", serde_json::to_string_pretty(details).unwrap_or_default());
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+        Err(Failure::Input(e)) => {
+            eprintln!("smrctl: {e}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("smrctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Client(ClientError),
+    Input(String),
+    Other(anyhow::Error),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+fn connect(flag: Option<PathBuf>) -> Result<Client, Failure> {
+    let path = smr::resolve_context(flag);
+    let ctx = Context::load(&path)?;
+    Ok(Client::from_context(&ctx)?)
+}
+
+fn load_files(files: &[PathBuf]) -> Result<Vec<definitions::Object>, Failure> {
+    let mut objects = Vec::new();
+    for file in files {
+        objects.extend(definitions::load_path(file).map_err(|e| Failure::Input(e.to_string()))?);
+    }
+    if objects.is_empty() {
+        return Err(Failure::Input("no definitions found in the given files".into()));
+    }
+    Ok(objects)
+}
+
+fn parse_key(text: &str) -> Result<ObjectKey, Failure> {
+    text.parse().map_err(|e: definitions::KeyError| Failure::Input(e.to_string()))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Cmd::Apply { files, dry_run, output } => {
+            let objects = load_files(&files)?;
+            let client = connect(cli.context)?;
+            let response = client.apply(&objects, dry_run, None).await?;
+            match output {
+                Format::Json => print!("{}", output::json(&response)?),
+                Format::Yaml => print!("{}", output::yaml(&response)?),
+                Format::Table | Format::Wide => {
+                    let suffix = if dry_run { " (dry run)" } else { "" };
+                    for o in &response.outcomes {
+                        println!("{} {}{suffix}", o.key, outcome_word(o.outcome));
+                    }
+                }
+            }
+        }
+        Cmd::Delete { files, keys } => {
+            let mut all: Vec<ObjectKey> = keys.iter().map(|k| parse_key(k)).collect::<Result<_, _>>()?;
+            if !files.is_empty() {
+                all.extend(load_files(&files)?.iter().map(|o| o.key()));
+            }
+            if all.is_empty() {
+                return Err(Failure::Input("nothing to delete: give -f FILE or KIND/GROUP/NAME".into()));
+            }
+            let client = connect(cli.context)?;
+            let response = client.delete(&all).await?;
+            for o in &response.outcomes {
+                println!("{} {}", o.key, outcome_word(o.outcome));
+            }
+        }
+        Cmd::Get { key, output } => {
+            let key = parse_key(&key)?;
+            let client = connect(cli.context)?;
+            let stored = client.get(&key).await?;
+            match output {
+                Format::Json => print!("{}", output::json(&stored)?),
+                Format::Yaml => print!(
+                    "{}",
+                    definitions::to_yaml(std::slice::from_ref(&stored.object)).map_err(|e| Failure::Other(e.into()))?
+                ),
+                Format::Table | Format::Wide => print!("{}", objects_table(&[stored])),
+            }
+        }
+        Cmd::List { kind, output } => {
+            let kind = kind
+                .map(|k| k.parse::<definitions::Kind>().map_err(|e| Failure::Input(e.to_string())))
+                .transpose()?;
+            let client = connect(cli.context)?;
+            let objects = client.list(kind).await?;
+            match output {
+                Format::Json => print!("{}", output::json(&objects)?),
+                Format::Yaml => print!(
+                    "{}",
+                    definitions::to_yaml(&agent::api::plain_objects(&objects)).map_err(|e| Failure::Other(e.into()))?
+                ),
+                Format::Table | Format::Wide => print!("{}", objects_table(&objects)),
+            }
+        }
+        Cmd::Nodes { output } => {
+            let client = connect(cli.context)?;
+            let nodes = client.nodes().await?;
+            match output {
+                Format::Json => print!("{}", output::json(&nodes)?),
+                Format::Yaml => print!("{}", output::yaml(&nodes)?),
+                Format::Table | Format::Wide => {
+                    let now = now_ms();
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                n.id.to_string(),
+                                n.name.clone(),
+                                if n.leader { format!("{} (leader)", n.role) } else { n.role.clone() },
+                                n.ip.clone(),
+                                n.api.clone(),
+                                n.health.clone(),
+                                output::age(n.joined_ms, now),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", output::table(&["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"], &rows));
+                }
+            }
+        }
+        Cmd::RemoveNode { id } => {
+            let client = connect(cli.context)?;
+            client.remove_node(id).await?;
+            println!("node {id} removed");
+        }
+        Cmd::Context => {
+            let path = smr::resolve_context(cli.context);
+            let ctx = Context::load(&path)?;
+            println!("context {} ({}): {}", ctx.name, path.display(), ctx.api_url);
+        }
+        Cmd::Openapi => {
+            let client = connect(cli.context)?;
+            println!("{}", serde_json::to_string_pretty(&client.get_json("openapi.json").await?).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn outcome_word(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Created => "created",
+        Outcome::Configured => "configured",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Deleted => "deleted",
+        Outcome::NotFound => "not found",
+    }
+}
+
+fn objects_table(objects: &[StoredObject]) -> String {
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = objects
+        .iter()
+        .map(|o| {
+            vec![
+                o.object.key().to_string(),
+                o.generation.to_string(),
+                o.owner.clone().unwrap_or_else(|| "-".into()),
+                output::age(o.updated_ms, now),
+            ]
+        })
+        .collect();
+    output::table(&["OBJECT", "GENERATION", "OWNER", "UPDATED"], &rows)
+}
