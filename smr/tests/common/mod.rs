@@ -1,0 +1,210 @@
+//! A cluster of real agent processes on loopback addresses, for the end-to-end tests and the
+//! apply benchmark. Each node gets its own 127.x.y.z address and data directory; every process is
+//! recorded by the pid in its data directory and killed by that pid when the cluster is dropped.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use agent::client::{Client, Context};
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(0);
+
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    pub fn api(&self) -> String {
+        format!("{}:1443", self.ip)
+    }
+    pub fn context_path(&self) -> PathBuf {
+        self.data_dir.join("admin.context")
+    }
+    pub fn pid(&self) -> Option<Pid> {
+        let text = std::fs::read_to_string(self.data_dir.join("smr.pid")).ok()?;
+        let pid = Pid::from_raw(text.trim().parse().ok()?);
+        kill(pid, None).ok().map(|_| pid)
+    }
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::from_context(&Context::load(&self.context_path())?)?)
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    /// 127.<a>.<b>.x: unique per cluster in this process and per process.
+    net: (u8, u8),
+}
+
+pub fn smrmgr(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smrmgr"));
+    cmd.env("HOME", home).env_remove("XDG_CONFIG_HOME").env_remove("DOCKER_HOST");
+    cmd
+}
+
+pub fn smrctl(context: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smrctl"));
+    cmd.arg("--context").arg(context);
+    cmd
+}
+
+pub fn run(mut cmd: Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn output(mut cmd: Command) -> Output {
+    cmd.output().expect("command runs")
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    /// An empty cluster description; nodes are started with [`Cluster::start_first`] and [`Cluster::join`].
+    pub fn new() -> Cluster {
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        Cluster { dir: tempfile::tempdir().expect("tempdir"), nodes: Vec::new(), net: (100 + n, (pid % 250) as u8 + 1) }
+    }
+
+    fn next_node(&mut self) -> Node {
+        let i = self.nodes.len() as u8 + 1;
+        let name = format!("smr-agent-{i}");
+        let data_dir = self.dir.path().join(&name);
+        Node { name, ip: Ipv4Addr::new(127, self.net.0, self.net.1, i), data_dir }
+    }
+
+    fn start_args(&self, node: &Node) -> Command {
+        let mut cmd = smrmgr(self.dir.path());
+        cmd.args(["start", "-a", &node.name, "-d", &format!("{}.example.com", node.name), "-n", &node.name])
+            .arg("--ip")
+            .arg(node.ip.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .env("SMR_LOG", "info,openraft=warn");
+        cmd
+    }
+
+    pub fn start_first(&mut self) -> anyhow::Result<usize> {
+        let node = self.next_node();
+        run(self.start_args(&node))?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    pub fn token(&self, via: usize) -> anyhow::Result<String> {
+        let mut cmd = smrmgr(self.dir.path());
+        cmd.args(["token", "--data-dir"]).arg(&self.nodes[via].data_dir);
+        Ok(run(cmd)?.trim().to_string())
+    }
+
+    /// Starts a new node joining through node `via`.
+    pub fn join(&mut self, via: usize) -> anyhow::Result<usize> {
+        let token = self.token(via)?;
+        let node = self.next_node();
+        let mut cmd = self.start_args(&node);
+        cmd.args(["-j", &self.nodes[via].api(), "--token", &token]);
+        run(cmd)?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Restarts a stopped node from its data dir.
+    pub fn restart(&self, i: usize) -> anyhow::Result<()> {
+        let mut cmd = smrmgr(self.dir.path());
+        cmd.arg("start").arg("--data-dir").arg(&self.nodes[i].data_dir);
+        run(cmd).map(|_| ())
+    }
+
+    pub fn stop(&self, i: usize) -> anyhow::Result<()> {
+        let mut cmd = smrmgr(self.dir.path());
+        cmd.args(["stop", "--data-dir"]).arg(&self.nodes[i].data_dir);
+        run(cmd).map(|_| ())
+    }
+
+    /// SIGKILL, by the pid the node recorded; waits until it is gone.
+    pub fn kill9(&self, i: usize) -> anyhow::Result<()> {
+        let Some(pid) = self.nodes[i].pid() else { bail!("node {i} is not running") };
+        kill(pid, Signal::SIGKILL)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kill(pid, None).is_ok() {
+            if Instant::now() > deadline {
+                bail!("pid {pid} survived SIGKILL");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        self.nodes[i].client().expect("client from context")
+    }
+
+    /// Waits until all `n` running nodes agree on one leader and (for 3+) have 3 voters.
+    pub async fn wait_formed(&self, running: &[usize], voters: usize) -> anyhow::Result<u64> {
+        eventually("the cluster to form", Duration::from_secs(60), || async {
+            let mut leader = None;
+            for &i in running {
+                let health = self.client(i).health().await.ok()?;
+                let l = health.leader?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let nodes = self.client(running[0]).nodes().await.ok()?;
+            let count = nodes.iter().filter(|n| n.role == "voter").count();
+            (count == voters).then_some(leader?)
+        })
+        .await
+    }
+
+    /// Index of the node with Raft id `id` (ids follow join order from 1).
+    pub fn index_of(&self, id: u64) -> usize {
+        id as usize - 1
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            if let Some(pid) = node.pid() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
