@@ -237,40 +237,53 @@ fn background(args: StartArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log_path(&dir))?;
     let log_start = log_file.metadata()?.len();
-    let context = daemon::context_path(&dir);
-    let _ = std::fs::remove_file(&context);
+    let _ = std::fs::remove_file(daemon::context_path(&dir));
     let mut command = std::process::Command::new(std::env::current_exe()?);
-    command.args(std::env::args_os().skip(1)).arg("--foreground");
+    // The token goes by environment, not argv, so it does not show in the process list.
+    let mut child_args = Vec::new();
+    let mut args_iter = std::env::args_os().skip(1);
+    while let Some(arg) = args_iter.next() {
+        if arg == "--token" {
+            args_iter.next();
+        } else if !arg.to_string_lossy().starts_with("--token=") {
+            child_args.push(arg);
+        }
+    }
+    command.args(child_args).arg("--foreground");
+    if let Some(token) = &config.token {
+        command.env("SMR_TOKEN", token);
+    }
     command.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file).process_group(0);
     let mut child = command.spawn().context("starting the agent")?;
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let pid = child.id();
+    let log = log_path(&dir);
+    let api_url = wait_serving(&dir, Duration::from_secs(args.wait), || match child.try_wait() {
+        Ok(Some(status)) => Err(anyhow!("the agent exited ({status}) before serving:\n{}", log_tail(&log, log_start))),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.into()),
+    })
+    .with_context(|| format!("see {}", log.display()))?;
+    println!("smr agent {} is serving on {api_url} (pid {pid}); log: {}", config.name, log.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls until the agent of `dir` answers with the admin context it wrote; `alive` fails fast when
+/// the agent is gone. Records the context as smrctl's default and returns the API URL.
+fn wait_serving(dir: &Path, wait: Duration, mut alive: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<String> {
+    let context = daemon::context_path(dir);
+    let deadline = Instant::now() + wait;
     let runtime = tokio::runtime::Runtime::new()?;
     loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the agent exited ({status}) before serving:\n{}", log_tail(&log_path(&dir), log_start));
-        }
-        if context.exists()
-            && let Ok(ctx) = Context::load(&context)
+        alive()?;
+        if let Ok(ctx) = Context::load(&context)
             && let Ok(client) = Client::from_context(&ctx)
             && runtime.block_on(client.health()).is_ok()
         {
             record_default_context(&context);
-            println!(
-                "smr agent {} is serving on {} (pid {}); log: {}",
-                config.name,
-                ctx.api_url,
-                child.id(),
-                log_path(&dir).display()
-            );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(ctx.api_url);
         }
         if Instant::now() > deadline {
-            bail!(
-                "the agent (pid {}) did not serve within {}s; see {}",
-                child.id(),
-                args.wait,
-                log_path(&dir).display()
-            );
+            bail!("the agent did not serve within {}s", wait.as_secs());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -384,7 +397,6 @@ fn service_install(args: StartArgs) -> anyhow::Result<ExitCode> {
         exe.display(),
         flags.join(" ")
     );
-    let _ = args;
     std::fs::write("/etc/systemd/system/smr.service", unit).context("writing /etc/systemd/system/smr.service")?;
     let status = std::process::Command::new("systemctl").args(["daemon-reload"]).status()?;
     if !status.success() {
@@ -394,6 +406,8 @@ fn service_install(args: StartArgs) -> anyhow::Result<ExitCode> {
     if !status.success() {
         bail!("systemctl enable --now smr.service failed");
     }
-    println!("installed and started smr.service");
+    let api_url = wait_serving(&args.data.data_dir, Duration::from_secs(args.wait), || Ok(()))
+        .context("see `journalctl -u smr`")?;
+    println!("installed smr.service; the agent is serving on {api_url}");
     Ok(ExitCode::SUCCESS)
 }
