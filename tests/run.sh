@@ -24,6 +24,6 @@ phase "building tests"
 cargo test --workspace --locked --no-run
 
 phase "running tests"
-cargo test --workspace --locked -- --nocapture 2>&1 | grep -v '^\s*$' || exit "${PIPESTATUS[0]}"
+cargo test --workspace --locked
 
 phase "done"
