@@ -276,3 +276,117 @@ impl ZoneHandler for ForwardZone {
         LookupControlFlow::Break(Err(LookupError::from(ResponseCode::NotImp)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{NodeInfo, ReplicaInfo, compute_records};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::net::Ipv4Addr;
+
+    fn zone() -> (PrivateZone, Arc<Shared>) {
+        let records = compute_records(
+            &[ReplicaInfo {
+                group: "g".into(),
+                name: "n".into(),
+                index: 1,
+                ip: Ipv4Addr::new(10, 0, 0, 1),
+                ready: true,
+            }],
+            &[NodeInfo {
+                name: "vm1".into(),
+                ip: Ipv4Addr::new(10, 0, 9, 9),
+            }],
+        );
+        let shared = Arc::new(Shared::new(records));
+        let origin = Name::from_ascii("private.").unwrap();
+        (PrivateZone::new(origin, shared.clone(), 7).unwrap(), shared)
+    }
+
+    fn ask(zone: &PrivateZone, name: &str, rtype: RecordType) -> Result<Vec<String>, String> {
+        let name = LowerName::new(&Name::from_ascii(name).unwrap());
+        match zone.answer(&name, rtype, LookupOptions::default(), false) {
+            Ok(lookup) => Ok(lookup.iter().map(|r| r.to_string()).collect()),
+            Err(LookupError::NameExists) => Err("NODATA".into()),
+            Err(e) if e.is_nx_domain() => Err("NXDOMAIN".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn answers_by_name_and_type() {
+        let (zone, shared) = zone();
+        assert_eq!(
+            ask(&zone, "cluster.g.g-n-1.private.", RecordType::A),
+            Ok(vec!["cluster.g.g-n-1.private. 7 IN A 10.0.0.1".to_owned()])
+        );
+        assert_eq!(
+            ask(&zone, "VM1.node.PRIVATE.", RecordType::ANY),
+            Ok(vec!["vm1.node.private. 7 IN A 10.0.9.9".to_owned()])
+        );
+        assert_eq!(
+            ask(&zone, "vm1.node.private.", RecordType::AAAA),
+            Err("NODATA".into())
+        );
+        assert_eq!(
+            ask(&zone, "node.private.", RecordType::A),
+            Err("NODATA".into())
+        );
+        assert_eq!(
+            ask(&zone, "vm2.node.private.", RecordType::A),
+            Err("NXDOMAIN".into())
+        );
+        assert_eq!(
+            ask(&zone, "private.", RecordType::SOA),
+            Ok(vec![
+                "private. 7 IN SOA ns.private. hostmaster.private. 1 3600 600 86400 7".to_owned()
+            ])
+        );
+        assert_eq!(ask(&zone, "private.", RecordType::A), Err("NODATA".into()));
+
+        shared.store(RecordSet::default());
+        assert_eq!(
+            ask(&zone, "cluster.g.g-n-1.private.", RecordType::A),
+            Err("NXDOMAIN".into())
+        );
+        assert_eq!(
+            ask(&zone, "private.", RecordType::SOA),
+            Ok(vec![
+                "private. 7 IN SOA ns.private. hostmaster.private. 2 3600 600 86400 7".to_owned()
+            ])
+        );
+    }
+
+    #[test]
+    fn never_panics_on_generated_query_names() {
+        let (zone, _) = zone();
+        let mut rng = StdRng::seed_from_u64(7);
+        let types = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::ANY,
+            RecordType::NS,
+        ];
+        for _ in 0..5_000 {
+            let labels: Vec<Vec<u8>> = (0..rng.random_range(0..6))
+                .map(|_| {
+                    (0..rng.random_range(1..20))
+                        .map(|_| match rng.random_range(0..4) {
+                            0 => rng.random(),
+                            _ => b"abz09-."[rng.random_range(0..7)],
+                        })
+                        .collect()
+                })
+                .chain(std::iter::once(b"private".to_vec()))
+                .collect();
+            let Ok(mut name) = Name::from_labels(labels) else {
+                continue;
+            };
+            name.set_fqdn(true);
+            let lower = LowerName::new(&name);
+            let rtype = types[rng.random_range(0..types.len())];
+            let _ = zone.answer(&lower, rtype, LookupOptions::default(), false);
+        }
+    }
+}
