@@ -437,3 +437,72 @@ async fn survives_garbage_udp_and_truncated_tcp() {
     assert_eq!(set.len(), 6);
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_truncate_over_udp_and_complete_over_tcp() {
+    let handle = start(vec![], Duration::from_secs(1)).await;
+    let server = addr(&handle);
+    let replicas: Vec<ReplicaInfo> = (1..=100)
+        .map(|i| replica("big", "web", i, [10, 20, 0, i as u8]))
+        .collect();
+    handle.set_records(compute_records(&replicas, &[]));
+
+    let r = dig(
+        server,
+        &["+noedns", "+ignore", "cluster.big.web.private", "A"],
+    )
+    .await;
+    assert!(r.flags.contains(&"tc".to_owned()), "{r:?}");
+    assert!(r.answers.len() < 100);
+    let r = dig(server, &["+tcp", "cluster.big.web.private", "A"]).await;
+    assert!(!r.flags.contains(&"tc".to_owned()), "{r:?}");
+    assert_eq!(r.answers.len(), 100);
+    handle.shutdown().await.unwrap();
+}
+
+#[test]
+fn handle_can_move_between_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DnsHandle>();
+    send_sync::<RecordSet>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_every_listen_address_and_reports_bind_errors() {
+    let handle = DnsServer::start(DnsConfig {
+        listen: vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.2:0".parse().unwrap(),
+        ],
+        ..DnsConfig::default()
+    })
+    .await
+    .expect("server starts");
+    handle.set_records(sample_records());
+    assert_eq!(handle.local_addrs().len(), 2);
+    for server in handle.local_addrs().to_vec() {
+        for transport in ["+notcp", "+tcp"] {
+            let r = dig(server, &[transport, "vm1.node.private", "A"]).await;
+            assert_eq!(r.answer_ips(), vec!["192.168.50.1"], "{server} {transport}");
+        }
+    }
+
+    // The same address again is taken: a Bind error naming it, not a panic.
+    let taken = handle.local_addrs()[0];
+    let err = DnsServer::start(DnsConfig {
+        listen: vec![taken],
+        ..DnsConfig::default()
+    })
+    .await
+    .err()
+    .expect("second bind fails");
+    assert!(
+        matches!(err, dns::DnsError::Bind { addr, .. } if addr == taken),
+        "{err}"
+    );
+    assert!(matches!(
+        DnsServer::start(DnsConfig::default()).await.err(),
+        Some(dns::DnsError::Config(_))
+    ));
+    handle.shutdown().await.unwrap();
+}
