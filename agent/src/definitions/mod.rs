@@ -241,7 +241,10 @@ impl<'de> Deserialize<'de> for Object {
                         "prefix" => prefix = Some(map.next_value()?),
                         "meta" => meta = Some(map.next_value()?),
                         "spec" => {
-                            let k = kind.ok_or_else(|| de::Error::custom("`kind` must come before `spec`"))?;
+                            // Errors made with `invalid_type` carry serde-saphyr's position of the key.
+                            let k = kind.ok_or_else(|| {
+                                de::Error::invalid_type(de::Unexpected::Other("`spec` before `kind`"), &"`kind` first")
+                            })?;
                             spec = Some(map.next_value_seed(spec::SpecSeed(k))?);
                         }
                         "initContainer" if kind == Some(Kind::Containers) => init = Some(map.next_value()?),
@@ -253,7 +256,10 @@ impl<'de> Deserialize<'de> for Object {
                 let mut spec = spec.ok_or_else(|| de::Error::missing_field("spec"))?;
                 if let (Some(init), Spec::Containers(c)) = (init, &mut spec) {
                     if c.init_container.is_some() {
-                        return Err(de::Error::custom("initContainer given both beside and inside spec"));
+                        return Err(de::Error::invalid_type(
+                            de::Unexpected::Other("initContainer beside and inside spec"),
+                            &"one initContainer",
+                        ));
                     }
                     c.init_container = Some(Box::new(init));
                 }

@@ -186,7 +186,11 @@ fn list(expected: &[&str]) -> String {
 /// Turns a serde-saphyr error into a placed definition error with the field path.
 fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
     use serde_saphyr::Error as E;
-    let (kind, message, suggestion) = match e {
+    let mut inner = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    let (kind, message, suggestion) = match inner {
         E::SerdeUnknownField { field, expected, .. } => {
             (ErrorKind::UnknownField, list(expected), suggest(field, expected.iter().copied()))
         }
@@ -211,10 +215,10 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
         | E::AliasReplayStackDepthExceeded { .. }
         | E::AliasReplayCounterOverflow { .. } => (
             ErrorKind::Budget,
-            format!("document too large or too deeply aliased: {}", strip_location(e)),
+            format!("document too large or too deeply aliased: {}", strip_location(inner)),
             None,
         ),
-        _ => (ErrorKind::Syntax, strip_location(e), None),
+        _ => (ErrorKind::Syntax, strip_location(inner), None),
     };
     let mut out = DefinitionError::new(kind, "", message);
     out.suggestion = suggestion;
