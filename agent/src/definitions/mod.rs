@@ -25,10 +25,12 @@ mod validate;
 mod tests;
 
 pub use error::{DefinitionError, ErrorKind};
-pub use parse::{load_pack, load_path, parse_str, to_yaml, PackManifest, MAX_INPUT_BYTES};
-pub use scalars::{format_duration, is_template, parse_duration, parse_memory, AgentRef, DurationValue};
+pub use parse::{MAX_INPUT_BYTES, PackManifest, load_pack, load_path, parse_str, to_yaml};
+pub use scalars::{
+    AgentRef, DurationValue, format_duration, is_template, parse_duration, parse_memory,
+};
 pub use spec::*;
-pub use validate::{is_dns_label, validate, MAX_REPLICAS};
+pub use validate::{MAX_REPLICAS, is_dns_label, validate};
 
 /// The only prefix smr knows; `simplecontainers.io/v1` (seen in simplecontainer's docs) is
 /// read as this one.
@@ -88,7 +90,9 @@ impl fmt::Display for Kind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown kind {0:?} (expected one of containers, configuration, secret, resource, gitops, httpauth, certkey, network, volume, custom)")]
+#[error(
+    "unknown kind {0:?} (expected one of containers, configuration, secret, resource, gitops, httpauth, certkey, network, volume, custom)"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {
@@ -98,7 +102,10 @@ impl FromStr for Kind {
         let singular = lower.strip_suffix('s').unwrap_or(&lower);
         Kind::ALL
             .into_iter()
-            .find(|k| k.as_str() == lower || k.as_str().strip_suffix('s').unwrap_or(k.as_str()) == singular)
+            .find(|k| {
+                k.as_str() == lower
+                    || k.as_str().strip_suffix('s').unwrap_or(k.as_str()) == singular
+            })
             .ok_or(UnknownKind(s.to_string()))
     }
 }
@@ -178,7 +185,11 @@ impl Object {
         Object {
             kind: spec.kind(),
             prefix: PREFIX.to_string(),
-            meta: Meta { group: group.into(), name: name.into(), labels: BTreeMap::new() },
+            meta: Meta {
+                group: group.into(),
+                name: name.into(),
+                labels: BTreeMap::new(),
+            },
             spec,
         }
     }
@@ -236,18 +247,26 @@ impl<'de> Deserialize<'de> for Object {
                     match key.as_str() {
                         "kind" => {
                             let text: String = map.next_value()?;
-                            kind = Some(text.parse().map_err(|_| de::Error::unknown_variant(&text, KIND_NAMES))?);
+                            kind = Some(
+                                text.parse()
+                                    .map_err(|_| de::Error::unknown_variant(&text, KIND_NAMES))?,
+                            );
                         }
                         "prefix" => prefix = Some(map.next_value()?),
                         "meta" => meta = Some(map.next_value()?),
                         "spec" => {
                             // Errors made with `invalid_type` carry serde-saphyr's position of the key.
                             let k = kind.ok_or_else(|| {
-                                de::Error::invalid_type(de::Unexpected::Other("`spec` before `kind`"), &"`kind` first")
+                                de::Error::invalid_type(
+                                    de::Unexpected::Other("`spec` before `kind`"),
+                                    &"`kind` first",
+                                )
                             })?;
                             spec = Some(map.next_value_seed(spec::SpecSeed(k))?);
                         }
-                        "initContainer" if kind == Some(Kind::Containers) => init = Some(map.next_value()?),
+                        "initContainer" if kind == Some(Kind::Containers) => {
+                            init = Some(map.next_value()?)
+                        }
                         other => return Err(de::Error::unknown_field(other, OBJECT_FIELDS)),
                     }
                 }
@@ -268,7 +287,12 @@ impl<'de> Deserialize<'de> for Object {
                     Some(p) if p == PREFIX_ALIAS => PREFIX.to_string(),
                     Some(p) => p,
                 };
-                Ok(Object { kind, prefix, meta, spec })
+                Ok(Object {
+                    kind,
+                    prefix,
+                    meta,
+                    spec,
+                })
             }
         }
         d.deserialize_map(ObjectVisitor)

@@ -13,7 +13,7 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use super::error::{suggest, DefinitionError, ErrorKind};
+use super::error::{DefinitionError, ErrorKind, suggest};
 use super::validate::validate;
 use super::{Object, ObjectKey};
 
@@ -44,7 +44,10 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionErro
         return Err(DefinitionError::new(
             ErrorKind::TooLarge,
             "",
-            format!("{} bytes is more than the limit of {MAX_INPUT_BYTES}", text.len()),
+            format!(
+                "{} bytes is more than the limit of {MAX_INPUT_BYTES}",
+                text.len()
+            ),
         )
         .with_file(source));
     }
@@ -56,7 +59,15 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionErro
     let mut seen = BTreeMap::new();
     for (i, obj) in objects.iter().enumerate() {
         if let Some(first) = seen.insert(obj.key(), i) {
-            let e = DefinitionError::invalid("meta.name", format!("{} is defined twice (documents {} and {})", obj.key(), first + 1, i + 1));
+            let e = DefinitionError::invalid(
+                "meta.name",
+                format!(
+                    "{} is defined twice (documents {} and {})",
+                    obj.key(),
+                    first + 1,
+                    i + 1
+                ),
+            );
             return Err(place(e, text, i).with_file(source));
         }
     }
@@ -65,8 +76,9 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionErro
 
 /// Serializes objects as multi-document YAML (`---` between documents) that [`parse_str`] reads back.
 pub fn to_yaml(objects: &[Object]) -> Result<String, DefinitionError> {
-    serde_saphyr::to_string_multiple(objects)
-        .map_err(|e| DefinitionError::new(ErrorKind::Invalid, "", format!("cannot write YAML: {e}")))
+    serde_saphyr::to_string_multiple(objects).map_err(|e| {
+        DefinitionError::new(ErrorKind::Invalid, "", format!("cannot write YAML: {e}"))
+    })
 }
 
 /// `Pack.yaml` of a pack folder.
@@ -99,8 +111,11 @@ pub fn load_path(path: &Path) -> Result<Vec<Object>, DefinitionError> {
     let mut seen: BTreeMap<ObjectKey, ()> = BTreeMap::new();
     for obj in &out {
         if seen.insert(obj.key(), ()).is_some() {
-            return Err(DefinitionError::invalid("meta.name", format!("{} is defined twice", obj.key()))
-                .with_file(&path.display().to_string()));
+            return Err(DefinitionError::invalid(
+                "meta.name",
+                format!("{} is defined twice", obj.key()),
+            )
+            .with_file(&path.display().to_string()));
         }
     }
     Ok(out)
@@ -114,12 +129,18 @@ pub fn load_pack(dir: &Path) -> Result<(PackManifest, Vec<Object>), DefinitionEr
     let manifest: PackManifest = serde_saphyr::from_str_with_options(&text, options())
         .map_err(|e| from_yaml_error(&e, &text).with_file(&source))?;
     if manifest.name.trim().is_empty() {
-        return Err(DefinitionError::new(ErrorKind::Pack, "name", "must not be empty").with_file(&source));
+        return Err(
+            DefinitionError::new(ErrorKind::Pack, "name", "must not be empty").with_file(&source),
+        );
     }
     let defs = dir.join("definitions");
     if !defs.is_dir() {
-        return Err(DefinitionError::new(ErrorKind::Pack, "", "a pack needs a definitions/ folder")
-            .with_file(&dir.display().to_string()));
+        return Err(DefinitionError::new(
+            ErrorKind::Pack,
+            "",
+            "a pack needs a definitions/ folder",
+        )
+        .with_file(&dir.display().to_string()));
     }
     let mut objects = Vec::new();
     for file in yaml_files(&defs)? {
@@ -139,7 +160,10 @@ fn read_limited(path: &Path) -> Result<String, DefinitionError> {
         return Err(DefinitionError::new(
             ErrorKind::TooLarge,
             "",
-            format!("{} bytes is more than the limit of {MAX_INPUT_BYTES}", meta.len()),
+            format!(
+                "{} bytes is more than the limit of {MAX_INPUT_BYTES}",
+                meta.len()
+            ),
         )
         .with_file(&path.display().to_string()));
     }
@@ -168,7 +192,9 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, DefinitionError> {
             } else {
                 out.extend(yaml_files(&p)?);
             }
-        } else if p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if p.is_file()
+            && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        {
             out.push(p);
         }
     }
@@ -191,22 +217,46 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
         inner = error;
     }
     let (kind, message, suggestion) = match inner {
-        E::SerdeUnknownField { field, expected, .. } => {
-            (ErrorKind::UnknownField, list(expected), suggest(field, expected.iter().copied()))
-        }
-        E::SerdeUnknownVariant { variant, expected, .. } => (
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => (
+            ErrorKind::UnknownField,
+            list(expected),
+            suggest(field, expected.iter().copied()),
+        ),
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => (
             ErrorKind::InvalidValue,
             format!("unknown value {variant:?}, {}", list(expected)),
             suggest(variant, expected.iter().copied()),
         ),
-        E::SerdeMissingField { field, .. } => (ErrorKind::MissingField, format!("missing field {field}"), None),
-        E::SerdeInvalidType { unexpected, expected, .. } => {
-            (ErrorKind::InvalidType, format!("expected {expected}, found {unexpected}"), None)
+        E::SerdeMissingField { field, .. } => (
+            ErrorKind::MissingField,
+            format!("missing field {field}"),
+            None,
+        ),
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => (
+            ErrorKind::InvalidType,
+            format!("expected {expected}, found {unexpected}"),
+            None,
+        ),
+        E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => (
+            ErrorKind::InvalidValue,
+            format!("invalid value {unexpected}, expected {expected}"),
+            None,
+        ),
+        E::Unexpected { expected, .. } => {
+            (ErrorKind::InvalidType, format!("expected {expected}"), None)
         }
-        E::SerdeInvalidValue { unexpected, expected, .. } => {
-            (ErrorKind::InvalidValue, format!("invalid value {unexpected}, expected {expected}"), None)
-        }
-        E::Unexpected { expected, .. } => (ErrorKind::InvalidType, format!("expected {expected}"), None),
         E::InvalidScalar { ty, .. } => (ErrorKind::InvalidType, format!("expected {ty}"), None),
         E::Message { msg, .. } => (ErrorKind::InvalidValue, msg.clone(), None),
         E::Budget { .. }
@@ -215,21 +265,24 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
         | E::AliasReplayStackDepthExceeded { .. }
         | E::AliasReplayCounterOverflow { .. } => (
             ErrorKind::Budget,
-            format!("document too large or too deeply aliased: {}", strip_location(inner)),
+            format!(
+                "document too large or too deeply aliased: {}",
+                strip_location(inner)
+            ),
             None,
         ),
         _ => (ErrorKind::Syntax, strip_location(inner), None),
     };
     let mut out = DefinitionError::new(kind, "", message);
     out.suggestion = suggestion;
-    if let Some(loc) = e.location() {
-        if loc.line() > 0 {
-            out = out.at(loc.line(), loc.column());
-            if !matches!(kind, ErrorKind::Syntax | ErrorKind::Budget) {
-                if let Some(tree) = Located::read(text) {
-                    out.path = tree.path_at((loc.line(), loc.column()), kind == ErrorKind::UnknownField);
-                }
-            }
+    if let Some(loc) = e.location()
+        && loc.line() > 0
+    {
+        out = out.at(loc.line(), loc.column());
+        if !matches!(kind, ErrorKind::Syntax | ErrorKind::Budget)
+            && let Some(tree) = Located::read(text)
+        {
+            out.path = tree.path_at((loc.line(), loc.column()), kind == ErrorKind::UnknownField);
         }
     }
     out
@@ -246,10 +299,10 @@ fn strip_location(e: &serde_saphyr::Error) -> String {
 
 /// Puts a validation error (which knows its field path) at the field's line in document `doc`.
 fn place(mut e: DefinitionError, text: &str, doc: usize) -> DefinitionError {
-    if let Some(tree) = Located::read(text) {
-        if let Some((line, col)) = tree.position_of(doc, &e.path) {
-            e = e.at(line, col);
-        }
+    if let Some(tree) = Located::read(text)
+        && let Some((line, col)) = tree.position_of(doc, &e.path)
+    {
+        e = e.at(line, col);
     }
     e
 }
@@ -341,7 +394,8 @@ fn pos(l: &serde_saphyr::Location) -> Pos {
 
 impl Located {
     fn read(text: &str) -> Option<Located> {
-        let docs: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options()).ok()?;
+        let docs: Vec<Spanned<Node>> =
+            serde_saphyr::from_multiple_with_options(text, options()).ok()?;
         let mut entries = Vec::new();
         for (doc, node) in docs.iter().enumerate() {
             Self::walk(doc, "", &node.value, &mut entries);
@@ -354,15 +408,29 @@ impl Located {
             Node::Scalar => {}
             Node::Map(items) => {
                 for (k, v) in items {
-                    let path = if at.is_empty() { k.value.clone() } else { format!("{at}.{}", k.value) };
-                    out.push(Entry { doc, path: path.clone(), key: Some(pos(&k.referenced)), value: pos(&v.referenced) });
+                    let path = if at.is_empty() {
+                        k.value.clone()
+                    } else {
+                        format!("{at}.{}", k.value)
+                    };
+                    out.push(Entry {
+                        doc,
+                        path: path.clone(),
+                        key: Some(pos(&k.referenced)),
+                        value: pos(&v.referenced),
+                    });
                     Self::walk(doc, &path, &v.value, out);
                 }
             }
             Node::Seq(items) => {
                 for (i, v) in items.iter().enumerate() {
                     let path = format!("{at}[{i}]");
-                    out.push(Entry { doc, path: path.clone(), key: None, value: pos(&v.referenced) });
+                    out.push(Entry {
+                        doc,
+                        path: path.clone(),
+                        key: None,
+                        value: pos(&v.referenced),
+                    });
                     Self::walk(doc, &path, &v.value, out);
                 }
             }
@@ -374,14 +442,17 @@ impl Located {
     fn path_at(&self, at: Pos, prefer_key: bool) -> String {
         let by_key = self.entries.iter().find(|e| e.key == Some(at));
         let by_value = self.entries.iter().find(|e| e.value == at);
-        let hit = if prefer_key { by_key.or(by_value) } else { by_value.or(by_key) };
+        let hit = if prefer_key {
+            by_key.or(by_value)
+        } else {
+            by_value.or(by_key)
+        };
         if let Some(e) = hit {
             return e.path.clone();
         }
         self.entries
             .iter()
-            .filter(|e| e.key.unwrap_or(e.value) <= at)
-            .next_back()
+            .rfind(|e| e.key.unwrap_or(e.value) <= at)
             .map(|e| e.path.clone())
             .unwrap_or_default()
     }

@@ -29,12 +29,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number before {rest:?}"));
+            return Err(format!(
+                "invalid duration {text:?}: expected a number before {rest:?}"
+            ));
         }
         let (num, after) = rest.split_at(num_len);
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         let value: f64 = num
             .parse()
@@ -47,8 +53,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            "" => return Err(format!("invalid duration {text:?}: missing unit after {num} (use ms, s, m, h or d)")),
-            other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {text:?}: missing unit after {num} (use ms, s, m, h or d)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         let secs = value * unit_secs;
         // 100 years is plenty and keeps the conversion finite.
@@ -67,9 +81,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn format_duration(d: Duration) -> String {
     let mut ms = d.as_millis();
     if ms == 0 {
-        return if d.is_zero() { "0s".into() } else { format!("{}us", d.as_micros()) };
+        return if d.is_zero() {
+            "0s".into()
+        } else {
+            format!("{}us", d.as_micros())
+        };
     }
-    if d.as_nanos() % 1_000_000 != 0 {
+    if !d.as_nanos().is_multiple_of(1_000_000) {
         return format!("{}us", d.as_micros());
     }
     let mut out = String::new();
@@ -188,7 +206,9 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     let s = text.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid memory size {text:?}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid memory size {text:?}"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -199,9 +219,14 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         "gi" | "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "ti" | "tib" => 1 << 40,
-        _ => return Err(format!("invalid memory size {text:?}: unknown unit {unit:?} (use Ki, Mi, Gi, k, m, g)")),
+        _ => {
+            return Err(format!(
+                "invalid memory size {text:?}: unknown unit {unit:?} (use Ki, Mi, Gi, k, m, g)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("invalid memory size {text:?}: too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid memory size {text:?}: too large"))
 }
 
 #[cfg(test)]
@@ -234,7 +259,9 @@ mod tests {
     #[test]
     fn templates_and_memory() {
         assert!(is_template("(( .port ))"));
-        assert!(is_template("x (( lookup \"secret/g/n:k\" | base64decode )) y"));
+        assert!(is_template(
+            "x (( lookup \"secret/g/n:k\" | base64decode )) y"
+        ));
         assert!(!is_template("(( unterminated"));
         assert_eq!(parse_memory("512Mi"), Ok(512 << 20));
         assert_eq!(parse_memory("1G"), Ok(1_000_000_000));

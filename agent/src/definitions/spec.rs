@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::scalars::{AgentRef, DurationValue};
 use super::Kind;
+use super::scalars::{AgentRef, DurationValue};
 
 fn default_replicas() -> u32 {
     1
@@ -171,7 +171,12 @@ pub struct ContainersSpec {
     pub group_add: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub privileged: bool,
-    #[serde(default, rename = "network_mode", alias = "networkMode", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "network_mode",
+        alias = "networkMode",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub network_mode: Option<String>,
     /// A container run to completion before each replica starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,7 +284,9 @@ impl PortMapping {
 
     /// The host binding: optional address and port. `None` when not published.
     pub fn host_binding(&self) -> Result<Option<(Option<std::net::IpAddr>, u16)>, String> {
-        let Some(host) = &self.host else { return Ok(None) };
+        let Some(host) = &self.host else {
+            return Ok(None);
+        };
         let (h, _) = split_protocol(host)?;
         if h.is_empty() {
             return Ok(None);
@@ -288,7 +295,9 @@ impl PortMapping {
             None => Ok(Some((None, parse_port(h)?))),
             Some((addr, port)) => {
                 let addr = addr.trim_start_matches('[').trim_end_matches(']');
-                let ip = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+                let ip = addr
+                    .parse()
+                    .map_err(|_| format!("{addr:?} is not an IP address"))?;
                 Ok(Some((Some(ip), parse_port(port)?)))
             }
         }
@@ -488,7 +497,10 @@ pub struct Limits {
 
 impl Limits {
     pub fn memory_bytes(&self) -> Result<Option<u64>, String> {
-        self.memory.as_deref().map(super::scalars::parse_memory).transpose()
+        self.memory
+            .as_deref()
+            .map(super::scalars::parse_memory)
+            .transpose()
     }
 }
 
@@ -508,7 +520,10 @@ fn default_max_unavailable() -> u32 {
 
 impl Default for RollingUpdate {
     fn default() -> Self {
-        RollingUpdate { max_unavailable: default_max_unavailable(), max_surge: 0 }
+        RollingUpdate {
+            max_unavailable: default_max_unavailable(),
+            max_surge: 0,
+        }
     }
 }
 
@@ -608,7 +623,12 @@ pub struct NetworkSpec {
 pub struct VolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
-    #[serde(default, rename = "driver_opts", alias = "driverOpts", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        rename = "driver_opts",
+        alias = "driverOpts",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub driver_opts: BTreeMap<String, String>,
 }
 

@@ -179,8 +179,20 @@ fn busybox_parses() {
     assert_eq!(c.image_ref(), "busybox:1.37.0");
     assert_eq!(c.replicas, 2);
     assert_eq!(c.entrypoint, ["sh", "-c"]);
-    assert_eq!(c.networks, [NetworkRef { group: "internal".into(), name: "cluster".into() }]);
-    assert_eq!(c.spread, Some(Spread { spread: SpreadMode::Uniform, agents: vec![] }));
+    assert_eq!(
+        c.networks,
+        [NetworkRef {
+            group: "internal".into(),
+            name: "cluster".into()
+        }]
+    );
+    assert_eq!(
+        c.spread,
+        Some(Spread {
+            spread: SpreadMode::Uniform,
+            agents: vec![]
+        })
+    );
 }
 
 #[test]
@@ -190,23 +202,52 @@ fn mysql_parses_with_templates_and_loose_scalars() {
     assert_eq!(objs[0].spec.data().unwrap()["port"], "3306");
     assert_eq!(objs[1].kind, Kind::Secret);
     let c = containers(&objs[2]);
-    assert_eq!(c.tag.as_deref(), Some("8.0"), "a number-looking tag stays as written");
+    assert_eq!(
+        c.tag.as_deref(),
+        Some("8.0"),
+        "a number-looking tag stays as written"
+    );
     assert_eq!(c.ports[0].container_port(), Ok((3306, Protocol::Tcp)));
-    assert_eq!(c.ports[0].host_binding(), Ok(Some((Some("0.0.0.0".parse().unwrap()), 3306))));
+    assert_eq!(
+        c.ports[0].host_binding(),
+        Ok(Some((Some("0.0.0.0".parse().unwrap()), 3306)))
+    );
     assert_eq!(c.ports[1].container, "33060");
     assert_eq!(c.ports[1].host_binding(), Ok(None));
-    assert_eq!(c.configuration["password"], "(( lookup \"secret/mysql/secrets:password\" | base64decode ))");
-    assert_eq!(c.configurations, [GroupName { group: "mysql".into(), name: "config".into() }]);
+    assert_eq!(
+        c.configuration["password"],
+        "(( lookup \"secret/mysql/secrets:password\" | base64decode ))"
+    );
+    assert_eq!(
+        c.configurations,
+        [GroupName {
+            group: "mysql".into(),
+            name: "config".into()
+        }]
+    );
     assert_eq!(c.resources[0].mount_point, "/etc/mysql/conf.d/my.cnf");
     assert_eq!(c.readiness[0].check_type(), ReadinessType::Command);
-    assert_eq!(c.readiness[0].timeout, Some(DurationValue(Duration::from_secs(60))));
+    assert_eq!(
+        c.readiness[0].timeout,
+        Some(DurationValue(Duration::from_secs(60)))
+    );
     assert_eq!(c.readiness[1].check_type(), ReadinessType::Http);
-    assert_eq!(c.readiness[1].timeout.unwrap().get(), Duration::from_secs(5400));
+    assert_eq!(
+        c.readiness[1].timeout.unwrap().get(),
+        Duration::from_secs(5400)
+    );
     assert_eq!(c.dependencies[0].name, "*");
-    assert_eq!(c.dependencies[0].timeout.unwrap().get(), Duration::from_secs(30));
+    assert_eq!(
+        c.dependencies[0].timeout.unwrap().get(),
+        Duration::from_secs(30)
+    );
     assert_eq!(
         c.spread.as_ref().unwrap().agents,
-        [AgentRef::Id(1), AgentRef::Id(2), AgentRef::Name("smr-agent-3".into())]
+        [
+            AgentRef::Id(1),
+            AgentRef::Id(2),
+            AgentRef::Name("smr-agent-3".into())
+        ]
     );
     let r = c.restart.as_ref().unwrap();
     assert_eq!(r.policy, RestartMode::OnFailure);
@@ -214,7 +255,13 @@ fn mysql_parses_with_templates_and_loose_scalars() {
     let l = c.limits.as_ref().unwrap();
     assert_eq!((l.cpus, l.memory_bytes()), (Some(0.5), Ok(Some(512 << 20))));
     assert_eq!(c.node_selector["disk"], "ssd");
-    assert_eq!(c.rolling_update, Some(RollingUpdate { max_unavailable: 0, max_surge: 1 }));
+    assert_eq!(
+        c.rolling_update,
+        Some(RollingUpdate {
+            max_unavailable: 0,
+            max_surge: 1
+        })
+    );
 }
 
 #[test]
@@ -225,18 +272,39 @@ fn gitops_and_other_kinds_parse() {
     assert_eq!(g.pooling_interval.unwrap().get(), Duration::from_secs(5));
     assert!(g.automatic_sync);
     assert_eq!(g.http_auth_ref.as_ref().unwrap().name, "git-auth");
-    assert_eq!(g.cert_key_ref.as_ref().unwrap().prefix.as_deref(), Some(PREFIX));
-    assert_eq!(objs[1].spec, Spec::Httpauth(HttpAuthSpec { username: "bot".into(), password: "token".into() }));
-    let Spec::Certkey(ck) = &objs[2].spec else { panic!() };
+    assert_eq!(
+        g.cert_key_ref.as_ref().unwrap().prefix.as_deref(),
+        Some(PREFIX)
+    );
+    assert_eq!(
+        objs[1].spec,
+        Spec::Httpauth(HttpAuthSpec {
+            username: "bot".into(),
+            password: "token".into()
+        })
+    );
+    let Spec::Certkey(ck) = &objs[2].spec else {
+        panic!()
+    };
     assert_eq!(ck.public_key.as_deref(), Some("ssh-ed25519 AAAA"));
 
     let objs = parse_str("others.yaml", OTHERS).unwrap();
-    assert_eq!(objs.iter().map(|o| o.kind).collect::<Vec<_>>(), [Kind::Network, Kind::Volume, Kind::Resource, Kind::Custom]);
+    assert_eq!(
+        objs.iter().map(|o| o.kind).collect::<Vec<_>>(),
+        [Kind::Network, Kind::Volume, Kind::Resource, Kind::Custom]
+    );
     assert_eq!(objs[0].prefix, PREFIX, "an absent prefix defaults");
-    let Spec::Network(n) = &objs[0].spec else { panic!() };
+    let Spec::Network(n) = &objs[0].spec else {
+        panic!()
+    };
     assert_eq!(n.ipv4_address_pool.as_deref(), Some("10.20.0.0/24"));
-    assert_eq!(objs[2].spec.data().unwrap()["my.cnf"], "[mysqld]\nbind-address=0.0.0.0\n");
-    let Spec::Custom(c) = &objs[3].spec else { panic!() };
+    assert_eq!(
+        objs[2].spec.data().unwrap()["my.cnf"],
+        "[mysqld]\nbind-address=0.0.0.0\n"
+    );
+    let Spec::Custom(c) = &objs[3].spec else {
+        panic!()
+    };
     assert_eq!(c["anything"], serde_json::json!([1, "two", {"three": 3}]));
 }
 
@@ -258,53 +326,109 @@ fn multi_document_skips_empty_documents() {
     let objs = parse_str("all.yaml", &text).unwrap();
     assert_eq!(objs.len(), 4);
     assert!(parse_str("empty.yaml", "").unwrap().is_empty());
-    assert!(parse_str("empty.yaml", "---\n# nothing\n").unwrap().is_empty());
+    assert!(
+        parse_str("empty.yaml", "---\n# nothing\n")
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn unknown_field_names_file_line_field_and_suggestion() {
     let text = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\n  label:\n    a: b\nspec:\n  image: x\n";
     let e = err(text);
-    assert_eq!((e.kind, e.line, e.column, e.path.as_str()), (ErrorKind::UnknownField, 6, 3, "meta.label"));
+    assert_eq!(
+        (e.kind, e.line, e.column, e.path.as_str()),
+        (ErrorKind::UnknownField, 6, 3, "meta.label")
+    );
     assert_eq!(e.suggestion.as_deref(), Some("labels"));
-    assert_eq!(e.to_string(), "app.yaml:6:3: unknown field meta.label, did you mean labels?");
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:6:3: unknown field meta.label, did you mean labels?"
+    );
 
     // Deep in the spec, in the second document.
-    let text = format!("{BUSYBOX}---\nkind: containers\nmeta: {{group: g, name: n}}\nspec:\n  image: x\n  readiness:\n    - name: r\n      url: http://x\n      timout: 5s\n");
+    let text = format!(
+        "{BUSYBOX}---\nkind: containers\nmeta: {{group: g, name: n}}\nspec:\n  image: x\n  readiness:\n    - name: r\n      url: http://x\n      timout: 5s\n"
+    );
     let e = err(&text);
-    assert_eq!((e.line, e.column, e.path.as_str()), (27, 7, "spec.readiness[0].timout"));
-    assert_eq!(e.to_string(), "app.yaml:27:7: unknown field spec.readiness[0].timout, did you mean timeout?");
+    assert_eq!(
+        (e.line, e.column, e.path.as_str()),
+        (27, 7, "spec.readiness[0].timout")
+    );
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:27:7: unknown field spec.readiness[0].timout, did you mean timeout?"
+    );
 
     // Top level, and no near match: the expected names are listed.
     let e = err("kind: secret\nmeta: {group: g, name: n}\nspec: {}\nzzz: 1\n");
-    assert_eq!((e.kind, e.line, e.path.as_str(), e.suggestion.clone()), (ErrorKind::UnknownField, 4, "zzz", None));
-    assert_eq!(e.to_string(), "app.yaml:4:1: unknown field zzz (expected one of kind, prefix, meta, spec)");
+    assert_eq!(
+        (e.kind, e.line, e.path.as_str(), e.suggestion.clone()),
+        (ErrorKind::UnknownField, 4, "zzz", None)
+    );
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:4:1: unknown field zzz (expected one of kind, prefix, meta, spec)"
+    );
     let e = err("kind: secret\nmeta: {group: g, name: n}\nspecs: {}\n");
     assert_eq!(e.suggestion.as_deref(), Some("spec"));
 }
 
 #[test]
 fn wrong_types_and_values_name_the_field() {
-    let e = err("kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  replicas: two\n");
-    assert_eq!((e.kind, e.line, e.column, e.path.as_str()), (ErrorKind::InvalidType, 5, 13, "spec.replicas"));
-    assert!(e.to_string().starts_with("app.yaml:5:13: spec.replicas: expected"), "{e}");
+    let e =
+        err("kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  replicas: two\n");
+    assert_eq!(
+        (e.kind, e.line, e.column, e.path.as_str()),
+        (ErrorKind::InvalidType, 5, 13, "spec.replicas")
+    );
+    assert!(
+        e.to_string()
+            .starts_with("app.yaml:5:13: spec.replicas: expected"),
+        "{e}"
+    );
 
     let e = err("kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: [a, b]\n");
-    assert_eq!((e.kind, e.line, e.path.as_str()), (ErrorKind::InvalidType, 4, "spec.image"));
+    assert_eq!(
+        (e.kind, e.line, e.path.as_str()),
+        (ErrorKind::InvalidType, 4, "spec.image")
+    );
 
-    let e = err("kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  readiness:\n    - name: r\n      command: [true]\n      timeout: soon\n");
-    assert_eq!((e.kind, e.line, e.path.as_str()), (ErrorKind::InvalidValue, 8, "spec.readiness[0].timeout"));
+    let e = err(
+        "kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  readiness:\n    - name: r\n      command: [true]\n      timeout: soon\n",
+    );
+    assert_eq!(
+        (e.kind, e.line, e.path.as_str()),
+        (ErrorKind::InvalidValue, 8, "spec.readiness[0].timeout")
+    );
     assert!(e.message.contains("invalid duration \"soon\""), "{e}");
 
-    let e = err("kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  spread: {spread: uniformm}\n");
-    assert_eq!((e.kind, e.line, e.path.as_str()), (ErrorKind::InvalidValue, 5, "spec.spread.spread"));
+    let e = err(
+        "kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  spread: {spread: uniformm}\n",
+    );
+    assert_eq!(
+        (e.kind, e.line, e.path.as_str()),
+        (ErrorKind::InvalidValue, 5, "spec.spread.spread")
+    );
     assert_eq!(e.suggestion.as_deref(), Some("uniform"));
 
     let e = err("kind: pods\nmeta: {group: g, name: n}\nspec: {}\n");
-    assert_eq!((e.kind, e.line, e.column, e.path.as_str()), (ErrorKind::InvalidValue, 1, 1, "kind"));
+    assert_eq!(
+        (e.kind, e.line, e.column, e.path.as_str()),
+        (ErrorKind::InvalidValue, 1, 1, "kind")
+    );
     assert!(e.message.contains("expected one of containers,"), "{e}");
     // `kind: container` (singular) is read as containers.
-    assert_eq!(parse_str("a.yaml", "kind: container\nmeta: {group: g, name: n}\nspec: {image: x}\n").unwrap()[0].kind, Kind::Containers);
+    assert_eq!(
+        parse_str(
+            "a.yaml",
+            "kind: container\nmeta: {group: g, name: n}\nspec: {image: x}\n"
+        )
+        .unwrap()[0]
+            .kind,
+        Kind::Containers
+    );
 
     let e = err("kind: containers\nmeta: {group: g}\nspec: {image: x}\n");
     assert_eq!(e.kind, ErrorKind::MissingField);
@@ -316,7 +440,10 @@ fn wrong_types_and_values_name_the_field() {
     assert!(e.message.contains("spec"), "{e}");
 
     let e = err("meta: {group: g, name: n}\nspec: {image: x}\nkind: containers\n");
-    assert_eq!(e.to_string(), "app.yaml:2:1: spec: expected `kind` first, found `spec` before `kind`");
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:2:1: spec: expected `kind` first, found `spec` before `kind`"
+    );
     assert_eq!(e.line, 2, "{e}");
 }
 
@@ -341,60 +468,180 @@ fn invalid(text: &str) -> (u64, String, String) {
 #[test]
 fn validation_errors_point_at_the_field() {
     let head = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  image: x\n";
-    let (line, path, text) = invalid("kind: containers\nmeta:\n  group: My_Group\n  name: n\nspec: {image: x}\n");
+    let (line, path, text) =
+        invalid("kind: containers\nmeta:\n  group: My_Group\n  name: n\nspec: {image: x}\n");
     assert_eq!((line, path.as_str()), (3, "meta.group"));
-    assert!(text.starts_with("app.yaml:3:3: meta.group: \"My_Group\" is not a DNS label"), "{text}");
-    assert_eq!(invalid("kind: containers\nmeta: {group: g, name: -n}\nspec: {image: x}\n").1, "meta.name");
+    assert!(
+        text.starts_with("app.yaml:3:3: meta.group: \"My_Group\" is not a DNS label"),
+        "{text}"
+    );
+    assert_eq!(
+        invalid("kind: containers\nmeta: {group: g, name: -n}\nspec: {image: x}\n").1,
+        "meta.name"
+    );
     let long = "a".repeat(30);
-    let (_, path, text) = invalid(&format!("kind: containers\nmeta: {{group: {long}, name: {long}}}\nspec: {{image: x, replicas: 100}}\n"));
+    let (_, path, text) = invalid(&format!(
+        "kind: containers\nmeta: {{group: {long}, name: {long}}}\nspec: {{image: x, replicas: 100}}\n"
+    ));
     assert_eq!(path, "meta.name");
     assert!(text.contains("longer than 63"), "{text}");
     // The same names are fine for a secret, which has no replicas.
-    assert!(parse_str("a.yaml", &format!("kind: secret\nmeta: {{group: {long}, name: {long}}}\nspec: {{}}\n")).is_ok());
+    assert!(
+        parse_str(
+            "a.yaml",
+            &format!("kind: secret\nmeta: {{group: {long}, name: {long}}}\nspec: {{}}\n")
+        )
+        .is_ok()
+    );
     assert_eq!(invalid("kind: containers\nprefix: example.com/v2\nmeta: {group: g, name: n}\nspec: {image: x}\n").1, "prefix");
-    assert_eq!(invalid("kind: containers\nmeta: {group: g, name: n}\nspec: {replicas: 1}\n").1, "spec.image");
-    assert_eq!(invalid(&format!("{head}  replicas: 1001\n")), (8, "spec.replicas".into(), "app.yaml:8:3: spec.replicas: 1001 replicas is more than the limit of 1000".into()));
-    let (line, path, text) = invalid(&format!("{head}  ports:\n    - container: 80\n    - container: \"70000\"\n"));
+    assert_eq!(
+        invalid("kind: containers\nmeta: {group: g, name: n}\nspec: {replicas: 1}\n").1,
+        "spec.image"
+    );
+    assert_eq!(
+        invalid(&format!("{head}  replicas: 1001\n")),
+        (
+            8,
+            "spec.replicas".into(),
+            "app.yaml:8:3: spec.replicas: 1001 replicas is more than the limit of 1000".into()
+        )
+    );
+    let (line, path, text) = invalid(&format!(
+        "{head}  ports:\n    - container: 80\n    - container: \"70000\"\n"
+    ));
     assert_eq!((line, path.as_str()), (10, "spec.ports[1].container"));
-    assert!(text.ends_with("port 70000 is out of range 1..=65535"), "{text}");
-    assert_eq!(invalid(&format!("{head}  ports:\n    - container: 80\n      host: 0.0.0.0:0\n")).1, "spec.ports[0].host");
-    assert_eq!(invalid(&format!("{head}  spread:\n    spread: specific\n")), (8, "spec.spread.agents".into(), "app.yaml:8:3: spec.spread.agents: spread: specific needs a list of agents".into()));
-    assert_eq!(invalid(&format!("{head}  spread:\n    spread: specific\n    agents: [0]\n")).1, "spec.spread.agents[0]");
-    assert_eq!(invalid(&format!("{head}  readiness:\n    - name: r\n      timeout: 5s\n")).1, "spec.readiness[0].url");
-    assert_eq!(invalid(&format!("{head}  readiness:\n    - name: r\n      type: command\n")).1, "spec.readiness[0].command");
-    assert_eq!(invalid(&format!("{head}  readiness:\n    - name: r\n      url: ftp://x\n")).1, "spec.readiness[0].url");
-    assert_eq!(invalid(&format!("{head}  dependencies:\n    - group: G\n      name: x\n")).1, "spec.dependencies[0].group");
-    assert_eq!(invalid(&format!("{head}  resources:\n    - {{group: g, name: r, key: k, mountPoint: relative}}\n")).1, "spec.resources[0].mountPoint");
-    assert_eq!(invalid(&format!("{head}  limits: {{memory: lots}}\n")).1, "spec.limits.memory");
-    assert_eq!(invalid(&format!("{head}  limits: {{cpus: 0}}\n")).1, "spec.limits.cpus");
-    assert_eq!(invalid(&format!("{head}  restart: {{initialBackoff: 10s, maxBackoff: 1s}}\n")).1, "spec.restart.maxBackoff");
-    assert_eq!(invalid(&format!("{head}  rollingUpdate: {{maxUnavailable: 0}}\n")).1, "spec.rollingUpdate");
-    assert_eq!(invalid(&format!("{head}  initContainer:\n    image: \"\"\n")).1, "spec.initContainer.image");
-    assert_eq!(invalid("kind: gitops\nmeta: {group: g, name: n}\nspec:\n  revision: main\n").1, "spec.repoURL");
-    assert_eq!(invalid(&format!("{BUSYBOX}---\n{BUSYBOX}")).0, 24, "the second copy is the duplicate");
+    assert!(
+        text.ends_with("port 70000 is out of range 1..=65535"),
+        "{text}"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  ports:\n    - container: 80\n      host: 0.0.0.0:0\n"
+        ))
+        .1,
+        "spec.ports[0].host"
+    );
+    assert_eq!(
+        invalid(&format!("{head}  spread:\n    spread: specific\n")),
+        (
+            8,
+            "spec.spread.agents".into(),
+            "app.yaml:8:3: spec.spread.agents: spread: specific needs a list of agents".into()
+        )
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  spread:\n    spread: specific\n    agents: [0]\n"
+        ))
+        .1,
+        "spec.spread.agents[0]"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  readiness:\n    - name: r\n      timeout: 5s\n"
+        ))
+        .1,
+        "spec.readiness[0].url"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  readiness:\n    - name: r\n      type: command\n"
+        ))
+        .1,
+        "spec.readiness[0].command"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  readiness:\n    - name: r\n      url: ftp://x\n"
+        ))
+        .1,
+        "spec.readiness[0].url"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  dependencies:\n    - group: G\n      name: x\n"
+        ))
+        .1,
+        "spec.dependencies[0].group"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  resources:\n    - {{group: g, name: r, key: k, mountPoint: relative}}\n"
+        ))
+        .1,
+        "spec.resources[0].mountPoint"
+    );
+    assert_eq!(
+        invalid(&format!("{head}  limits: {{memory: lots}}\n")).1,
+        "spec.limits.memory"
+    );
+    assert_eq!(
+        invalid(&format!("{head}  limits: {{cpus: 0}}\n")).1,
+        "spec.limits.cpus"
+    );
+    assert_eq!(
+        invalid(&format!(
+            "{head}  restart: {{initialBackoff: 10s, maxBackoff: 1s}}\n"
+        ))
+        .1,
+        "spec.restart.maxBackoff"
+    );
+    assert_eq!(
+        invalid(&format!("{head}  rollingUpdate: {{maxUnavailable: 0}}\n")).1,
+        "spec.rollingUpdate"
+    );
+    assert_eq!(
+        invalid(&format!("{head}  initContainer:\n    image: \"\"\n")).1,
+        "spec.initContainer.image"
+    );
+    assert_eq!(
+        invalid("kind: gitops\nmeta: {group: g, name: n}\nspec:\n  revision: main\n").1,
+        "spec.repoURL"
+    );
+    assert_eq!(
+        invalid(&format!("{BUSYBOX}---\n{BUSYBOX}")).0,
+        24,
+        "the second copy is the duplicate"
+    );
 
     // Templates in string fields are left for later.
-    let ok = format!("{head}  ports:\n    - container: (( .port ))\n      host: (( .host ))\n  readiness:\n    - name: r\n      url: (( .url ))\n      method: (( .method ))\n  limits: {{memory: (( .mem ))}}\n  volumes:\n    - {{hostPath: /x, mountPoint: (( .dir ))}}\n");
+    let ok = format!(
+        "{head}  ports:\n    - container: (( .port ))\n      host: (( .host ))\n  readiness:\n    - name: r\n      url: (( .url ))\n      method: (( .method ))\n  limits: {{memory: (( .mem ))}}\n  volumes:\n    - {{hostPath: /x, mountPoint: (( .dir ))}}\n"
+    );
     parse_str("t.yaml", &ok).unwrap();
 }
 
 #[test]
 fn size_and_budget_guards() {
-    let big = format!("kind: secret\nmeta: {{group: g, name: n}}\nspec:\n  data:\n    k: \"{}\"\n", "x".repeat(MAX_INPUT_BYTES));
+    let big = format!(
+        "kind: secret\nmeta: {{group: g, name: n}}\nspec:\n  data:\n    k: \"{}\"\n",
+        "x".repeat(MAX_INPUT_BYTES)
+    );
     assert_eq!(err(&big).kind, ErrorKind::TooLarge);
 
-    let mut bomb = String::from("kind: custom\nmeta: {group: g, name: n}\nspec:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    let mut bomb = String::from(
+        "kind: custom\nmeta: {group: g, name: n}\nspec:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
     for i in 1..12 {
         let p = i - 1;
-        bomb.push_str(&format!("  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        bomb.push_str(&format!(
+            "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
     }
     let started = std::time::Instant::now();
     let e = err(&bomb);
     assert_eq!(e.kind, ErrorKind::Budget, "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    let deep = format!("kind: custom\nmeta: {{group: g, name: n}}\nspec:\n  a: {}{}\n", "[".repeat(500), "]".repeat(500));
-    assert!(matches!(err(&deep).kind, ErrorKind::Budget | ErrorKind::Syntax));
+    let deep = format!(
+        "kind: custom\nmeta: {{group: g, name: n}}\nspec:\n  a: {}{}\n",
+        "[".repeat(500),
+        "]".repeat(500)
+    );
+    assert!(matches!(
+        err(&deep).kind,
+        ErrorKind::Budget | ErrorKind::Syntax
+    ));
 }
 
 #[test]
@@ -434,7 +681,10 @@ fn yaml_round_trip() {
     let back = parse_str("out.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     assert_eq!(back, all, "{yaml}");
     assert_eq!(to_yaml(&back).unwrap(), yaml, "output is stable");
-    assert!(yaml.starts_with("kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n"), "{yaml}");
+    assert!(
+        yaml.starts_with("kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n"),
+        "{yaml}"
+    );
 }
 
 #[test]
@@ -466,38 +716,72 @@ fn directory_and_pack_loading() {
     // A pack, loaded directly and as a sub-folder of a tree.
     let pack = root.join("packs/mysql");
     std::fs::create_dir_all(pack.join("definitions")).unwrap();
-    std::fs::write(pack.join("Pack.yaml"), "name: mysql
+    std::fs::write(
+        pack.join("Pack.yaml"),
+        "name: mysql
 version: 0.1.0
-").unwrap();
+",
+    )
+    .unwrap();
     std::fs::write(pack.join("definitions/mysql.yaml"), MYSQL).unwrap();
-    std::fs::write(pack.join("values.yaml"), "not: a definition
-").unwrap();
+    std::fs::write(
+        pack.join("values.yaml"),
+        "not: a definition
+",
+    )
+    .unwrap();
     let (manifest, objs) = load_pack(&pack).unwrap();
-    assert_eq!((manifest.name.as_str(), manifest.version.as_str(), objs.len()), ("mysql", "0.1.0", 3));
+    assert_eq!(
+        (
+            manifest.name.as_str(),
+            manifest.version.as_str(),
+            objs.len()
+        ),
+        ("mysql", "0.1.0", 3)
+    );
     assert_eq!(load_path(&pack).unwrap(), objs);
     assert_eq!(load_path(root).unwrap().len(), 11);
 
     // Errors name the file.
-    std::fs::write(root.join("d.yaml"), "kind: secret
+    std::fs::write(
+        root.join("d.yaml"),
+        "kind: secret
 meta: {group: g, name: n}
 spec: {dta: {}}
-").unwrap();
+",
+    )
+    .unwrap();
     let e = load_path(root).unwrap_err();
     assert_eq!(e.file, root.join("d.yaml").display().to_string());
-    assert_eq!((e.line, e.path.as_str(), e.suggestion.as_deref()), (3, "spec.dta", Some("data")));
+    assert_eq!(
+        (e.line, e.path.as_str(), e.suggestion.as_deref()),
+        (3, "spec.dta", Some("data"))
+    );
     std::fs::remove_file(root.join("d.yaml")).unwrap();
 
     // The same object in two files.
     std::fs::write(root.join("e.yaml"), BUSYBOX).unwrap();
-    assert!(load_path(root).unwrap_err().to_string().contains("containers/busybox/busybox is defined twice"));
+    assert!(
+        load_path(root)
+            .unwrap_err()
+            .to_string()
+            .contains("containers/busybox/busybox is defined twice")
+    );
 
     let empty_pack = root.join("empty");
     std::fs::create_dir_all(&empty_pack).unwrap();
-    std::fs::write(empty_pack.join("Pack.yaml"), "name: e
+    std::fs::write(
+        empty_pack.join("Pack.yaml"),
+        "name: e
 version: 1
-").unwrap();
+",
+    )
+    .unwrap();
     assert_eq!(load_pack(&empty_pack).unwrap_err().kind, ErrorKind::Pack);
-    assert_eq!(load_path(&root.join("missing")).unwrap_err().kind, ErrorKind::Io);
+    assert_eq!(
+        load_path(&root.join("missing")).unwrap_err().kind,
+        ErrorKind::Io
+    );
 }
 
 /// Deterministic pseudo-random mutations of valid inputs must give `Ok` or `Err`, never a panic.
@@ -510,7 +794,10 @@ fn never_panics_on_mutations() {
         seed ^= seed << 17;
         seed
     };
-    let inserts: &[&str] = &["\n", ":", " ", "-", "[", "]", "{", "}", "&a", "*a", "\"", "'", "#", "---\n", "((", "\t", "é", "!!", "0"];
+    let inserts: &[&str] = &[
+        "\n", ":", " ", "-", "[", "]", "{", "}", "&a", "*a", "\"", "'", "#", "---\n", "((", "\t",
+        "é", "!!", "0",
+    ];
     let mut outcomes = [0usize; 2];
     for base in [BUSYBOX, MYSQL, GITOPS, OTHERS] {
         for _ in 0..300 {
@@ -539,4 +826,3 @@ fn never_panics_on_mutations() {
     }
     assert!(outcomes[0] > 100 && outcomes[1] > 10, "{outcomes:?}");
 }
-

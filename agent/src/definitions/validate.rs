@@ -3,7 +3,7 @@
 //! hold `(( ... ))` templates are resolved later and are not checked here.
 
 use super::error::DefinitionError;
-use super::scalars::{is_template, AgentRef};
+use super::scalars::{AgentRef, is_template};
 use super::spec::*;
 use super::{Object, PREFIX};
 
@@ -15,7 +15,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -50,17 +51,27 @@ pub fn validate(obj: &Object) -> Result<(), DefinitionError> {
     if obj.spec.kind() != obj.kind {
         return Err(DefinitionError::invalid(
             "kind",
-            format!("kind {} does not match a {} spec", obj.kind, obj.spec.kind()),
+            format!(
+                "kind {} does not match a {} spec",
+                obj.kind,
+                obj.spec.kind()
+            ),
         ));
     }
     if obj.prefix != PREFIX {
-        return Err(DefinitionError::invalid("prefix", format!("unknown prefix {:?}, expected {PREFIX}", obj.prefix)));
+        return Err(DefinitionError::invalid(
+            "prefix",
+            format!("unknown prefix {:?}, expected {PREFIX}", obj.prefix),
+        ));
     }
     check_label("meta.group", &obj.meta.group)?;
     check_label("meta.name", &obj.meta.name)?;
     for key in obj.meta.labels.keys() {
         if key.is_empty() {
-            return Err(DefinitionError::invalid("meta.labels", "label keys must not be empty"));
+            return Err(DefinitionError::invalid(
+                "meta.labels",
+                "label keys must not be empty",
+            ));
         }
     }
     match &obj.spec {
@@ -70,7 +81,9 @@ pub fn validate(obj: &Object) -> Result<(), DefinitionError> {
             if longest.len() > 63 {
                 return Err(DefinitionError::invalid(
                     "meta.name",
-                    format!("replica name {longest:?} would be longer than 63 characters; shorten group or name"),
+                    format!(
+                        "replica name {longest:?} would be longer than 63 characters; shorten group or name"
+                    ),
                 ));
             }
             validate_containers(c, "spec", false)
@@ -95,15 +108,20 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     if c.replicas > MAX_REPLICAS {
         return Err(DefinitionError::invalid(
             format!("{at}.replicas"),
-            format!("{} replicas is more than the limit of {MAX_REPLICAS}", c.replicas),
+            format!(
+                "{} replicas is more than the limit of {MAX_REPLICAS}",
+                c.replicas
+            ),
         ));
     }
     for (i, p) in c.ports.iter().enumerate() {
         if !is_template(&p.container) {
-            p.container_port().map_err(|m| DefinitionError::invalid(format!("{at}.ports[{i}].container"), m))?;
+            p.container_port()
+                .map_err(|m| DefinitionError::invalid(format!("{at}.ports[{i}].container"), m))?;
         }
         if !p.host.as_deref().is_some_and(is_template) {
-            p.host_binding().map_err(|m| DefinitionError::invalid(format!("{at}.ports[{i}].host"), m))?;
+            p.host_binding()
+                .map_err(|m| DefinitionError::invalid(format!("{at}.ports[{i}].host"), m))?;
         }
     }
     for (i, v) in c.volumes.iter().enumerate() {
@@ -118,10 +136,15 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     }
     for (i, d) in c.dependencies.iter().enumerate() {
         let p = format!("{at}.dependencies[{i}]");
-        if let Some(prefix) = &d.prefix {
-            if prefix != PREFIX && prefix != super::PREFIX_ALIAS && !is_template(prefix) {
-                return Err(DefinitionError::invalid(format!("{p}.prefix"), format!("unknown prefix {prefix:?}")));
-            }
+        if let Some(prefix) = &d.prefix
+            && prefix != PREFIX
+            && prefix != super::PREFIX_ALIAS
+            && !is_template(prefix)
+        {
+            return Err(DefinitionError::invalid(
+                format!("{p}.prefix"),
+                format!("unknown prefix {prefix:?}"),
+            ));
         }
         check_label(&format!("{p}.group"), &d.group)?;
         if d.name != "*" {
@@ -141,25 +164,43 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     }
     if let Some(s) = &c.spread {
         if s.spread == SpreadMode::Specific && s.agents.is_empty() {
-            return Err(DefinitionError::invalid(format!("{at}.spread.agents"), "spread: specific needs a list of agents"));
+            return Err(DefinitionError::invalid(
+                format!("{at}.spread.agents"),
+                "spread: specific needs a list of agents",
+            ));
         }
         for (i, a) in s.agents.iter().enumerate() {
             match a {
                 AgentRef::Id(0) => {
-                    return Err(DefinitionError::invalid(format!("{at}.spread.agents[{i}]"), "agent ids start at 1"))
+                    return Err(DefinitionError::invalid(
+                        format!("{at}.spread.agents[{i}]"),
+                        "agent ids start at 1",
+                    ));
                 }
                 AgentRef::Name(n) if n.trim().is_empty() => {
-                    return Err(DefinitionError::invalid(format!("{at}.spread.agents[{i}]"), "must not be empty"))
+                    return Err(DefinitionError::invalid(
+                        format!("{at}.spread.agents[{i}]"),
+                        "must not be empty",
+                    ));
                 }
                 _ => {}
             }
         }
     }
     if let Some(r) = &c.restart {
-        let initial = r.initial_backoff.map(|d| d.get()).unwrap_or(RestartPolicy::DEFAULT_INITIAL_BACKOFF);
-        let max = r.max_backoff.map(|d| d.get()).unwrap_or(RestartPolicy::DEFAULT_MAX_BACKOFF.max(initial));
+        let initial = r
+            .initial_backoff
+            .map(|d| d.get())
+            .unwrap_or(RestartPolicy::DEFAULT_INITIAL_BACKOFF);
+        let max = r
+            .max_backoff
+            .map(|d| d.get())
+            .unwrap_or(RestartPolicy::DEFAULT_MAX_BACKOFF.max(initial));
         if initial.is_zero() {
-            return Err(DefinitionError::invalid(format!("{at}.restart.initialBackoff"), "must be more than 0s"));
+            return Err(DefinitionError::invalid(
+                format!("{at}.restart.initialBackoff"),
+                "must be more than 0s",
+            ));
         }
         if max < initial {
             return Err(DefinitionError::invalid(
@@ -169,33 +210,48 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
         }
     }
     if let Some(l) = &c.limits {
-        if let Some(cpus) = l.cpus {
-            if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
-                return Err(DefinitionError::invalid(format!("{at}.limits.cpus"), format!("{cpus} is not in (0, 1024]")));
-            }
+        if let Some(cpus) = l.cpus
+            && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(DefinitionError::invalid(
+                format!("{at}.limits.cpus"),
+                format!("{cpus} is not in (0, 1024]"),
+            ));
         }
         if !l.memory.as_deref().is_some_and(is_template) {
             match l.memory_bytes() {
-                Ok(Some(0)) => return Err(DefinitionError::invalid(format!("{at}.limits.memory"), "must be more than 0")),
+                Ok(Some(0)) => {
+                    return Err(DefinitionError::invalid(
+                        format!("{at}.limits.memory"),
+                        "must be more than 0",
+                    ));
+                }
                 Ok(_) => {}
                 Err(m) => return Err(DefinitionError::invalid(format!("{at}.limits.memory"), m)),
             }
         }
     }
-    if let Some(u) = &c.rolling_update {
-        if u.max_unavailable == 0 && u.max_surge == 0 {
-            return Err(DefinitionError::invalid(
-                format!("{at}.rollingUpdate"),
-                "maxUnavailable and maxSurge cannot both be 0",
-            ));
-        }
+    if let Some(u) = &c.rolling_update
+        && u.max_unavailable == 0
+        && u.max_surge == 0
+    {
+        return Err(DefinitionError::invalid(
+            format!("{at}.rollingUpdate"),
+            "maxUnavailable and maxSurge cannot both be 0",
+        ));
     }
     if c.node_selector.keys().any(|k| k.is_empty()) {
-        return Err(DefinitionError::invalid(format!("{at}.nodeSelector"), "keys must not be empty"));
+        return Err(DefinitionError::invalid(
+            format!("{at}.nodeSelector"),
+            "keys must not be empty",
+        ));
     }
     if let Some(init) = &c.init_container {
         if is_init {
-            return Err(DefinitionError::invalid(format!("{at}.initContainer"), "an init container cannot have its own"));
+            return Err(DefinitionError::invalid(
+                format!("{at}.initContainer"),
+                "an init container cannot have its own",
+            ));
         }
         validate_containers(init, &format!("{at}.initContainer"), true)?;
     }
@@ -206,7 +262,10 @@ fn check_absolute(path: &str, value: &str) -> Result<(), DefinitionError> {
     if value.starts_with('/') || is_template(value) {
         Ok(())
     } else {
-        Err(DefinitionError::invalid(path, format!("{value:?} is not an absolute path")))
+        Err(DefinitionError::invalid(
+            path,
+            format!("{value:?} is not an absolute path"),
+        ))
     }
 }
 
@@ -216,27 +275,46 @@ fn validate_readiness(r: &Readiness, at: &str) -> Result<(), DefinitionError> {
         ReadinessType::Http => {
             let url = r.url.as_deref().unwrap_or("");
             if url.is_empty() {
-                return Err(DefinitionError::invalid(format!("{at}.url"), "an http readiness check needs a url"));
+                return Err(DefinitionError::invalid(
+                    format!("{at}.url"),
+                    "an http readiness check needs a url",
+                ));
             }
             if !r.command.is_empty() {
-                return Err(DefinitionError::invalid(format!("{at}.command"), "give either url or command, not both"));
+                return Err(DefinitionError::invalid(
+                    format!("{at}.command"),
+                    "give either url or command, not both",
+                ));
             }
-            if !is_template(url) && !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(DefinitionError::invalid(format!("{at}.url"), format!("{url:?} is not an http(s) URL")));
+            if !(is_template(url) || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(DefinitionError::invalid(
+                    format!("{at}.url"),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
             }
             if let Some(m) = &r.method {
-                const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+                const METHODS: [&str; 7] =
+                    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
                 if !is_template(m) && !METHODS.contains(&m.to_ascii_uppercase().as_str()) {
-                    return Err(DefinitionError::invalid(format!("{at}.method"), format!("unknown HTTP method {m:?}")));
+                    return Err(DefinitionError::invalid(
+                        format!("{at}.method"),
+                        format!("unknown HTTP method {m:?}"),
+                    ));
                 }
             }
         }
         ReadinessType::Command => {
             if r.command.is_empty() {
-                return Err(DefinitionError::invalid(format!("{at}.command"), "a command readiness check needs a command"));
+                return Err(DefinitionError::invalid(
+                    format!("{at}.command"),
+                    "a command readiness check needs a command",
+                ));
             }
             if r.url.is_some() {
-                return Err(DefinitionError::invalid(format!("{at}.url"), "give either url or command, not both"));
+                return Err(DefinitionError::invalid(
+                    format!("{at}.url"),
+                    "give either url or command, not both",
+                ));
             }
         }
     }
@@ -245,12 +323,18 @@ fn validate_readiness(r: &Readiness, at: &str) -> Result<(), DefinitionError> {
 
 fn validate_gitops(g: &GitopsSpec) -> Result<(), DefinitionError> {
     non_empty("spec.repoURL", &g.repo_url)?;
-    if let Some(i) = g.pooling_interval {
-        if i.get().is_zero() {
-            return Err(DefinitionError::invalid("spec.poolingInterval", "must be more than 0s"));
-        }
+    if let Some(i) = g.pooling_interval
+        && i.get().is_zero()
+    {
+        return Err(DefinitionError::invalid(
+            "spec.poolingInterval",
+            "must be more than 0s",
+        ));
     }
-    for (field, r) in [("certKeyRef", &g.cert_key_ref), ("httpAuthRef", &g.http_auth_ref)] {
+    for (field, r) in [
+        ("certKeyRef", &g.cert_key_ref),
+        ("httpAuthRef", &g.http_auth_ref),
+    ] {
         if let Some(r) = r {
             check_label(&format!("spec.{field}.group"), &r.group)?;
             check_label(&format!("spec.{field}.name"), &r.name)?;
