@@ -231,9 +231,9 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
             format!("unknown value {variant:?}, {}", list(expected)),
             suggest(variant, expected.iter().copied()),
         ),
-        E::SerdeMissingField { field, .. } => (
+        E::SerdeMissingField { .. } => (
             ErrorKind::MissingField,
-            format!("missing field {field}"),
+            "required field is missing".to_string(),
             None,
         ),
         E::SerdeInvalidType {
@@ -242,7 +242,7 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
             ..
         } => (
             ErrorKind::InvalidType,
-            format!("expected {expected}, found {unexpected}"),
+            format!("expected {}, found {unexpected}", readable_type(expected)),
             None,
         ),
         E::SerdeInvalidValue {
@@ -254,10 +254,16 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
             format!("invalid value {unexpected}, expected {expected}"),
             None,
         ),
-        E::Unexpected { expected, .. } => {
-            (ErrorKind::InvalidType, format!("expected {expected}"), None)
-        }
-        E::InvalidScalar { ty, .. } => (ErrorKind::InvalidType, format!("expected {ty}"), None),
+        E::Unexpected { expected, .. } => (
+            ErrorKind::InvalidType,
+            format!("expected {}", readable_type(expected)),
+            None,
+        ),
+        E::InvalidScalar { ty, .. } => (
+            ErrorKind::InvalidType,
+            format!("expected {}", readable_type(ty)),
+            None,
+        ),
         E::Message { msg, .. } => (ErrorKind::InvalidValue, msg.clone(), None),
         E::Budget { .. }
         | E::AliasReplayLimitExceeded { .. }
@@ -282,10 +288,52 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
         if !matches!(kind, ErrorKind::Syntax | ErrorKind::Budget)
             && let Some(tree) = Located::read(text)
         {
-            out.path = tree.path_at((loc.line(), loc.column()), kind == ErrorKind::UnknownField);
+            let at = (loc.line(), loc.column());
+            out.path = match inner {
+                E::SerdeMissingField { field, .. } => tree.missing_path(at, field),
+                _ => tree.path_at(at, kind == ErrorKind::UnknownField),
+            };
+        }
+        if kind == ErrorKind::InvalidType
+            && !out.message.contains(", found ")
+            && let Some(found) = scalar_at(text, loc.line(), loc.column())
+        {
+            out.message = format!("{}, found {found:?}", out.message);
         }
     }
     out
+}
+
+/// serde's and serde-saphyr's type names in words.
+fn readable_type(t: &str) -> String {
+    match t {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        "string scalar" | "a string" => "a string".into(),
+        "boolean" | "a boolean" => "true or false".into(),
+        "mapping start" => "a mapping".into(),
+        "sequence start" => "a list".into(),
+        other => other.into(),
+    }
+}
+
+/// The plain scalar written at a position (for "found ..." in type errors).
+fn scalar_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest: String = l
+        .chars()
+        .skip(usize::try_from(column).ok()?.checked_sub(1)?)
+        .collect();
+    let value: String = rest
+        .chars()
+        .take_while(|c| !matches!(c, ',' | '}' | ']' | '#'))
+        .collect();
+    let value = value.trim();
+    (!value.is_empty() && !value.starts_with(['[', '{', '-']))
+        .then(|| value.chars().take(60).collect())
 }
 
 /// The error's text without serde-saphyr's trailing " at line X, column Y ..." part.
@@ -455,6 +503,26 @@ impl Located {
             .rfind(|e| e.key.unwrap_or(e.value) <= at)
             .map(|e| e.path.clone())
             .unwrap_or_default()
+    }
+
+    /// The path of a missing field: serde-saphyr places the error at the last key read in
+    /// the mapping (or at the mapping itself), so the field is that key's sibling.
+    fn missing_path(&self, at: Pos, field: &str) -> String {
+        let join = |p: &str| {
+            if p.is_empty() {
+                field.to_string()
+            } else {
+                format!("{p}.{field}")
+            }
+        };
+        if let Some(e) = self.entries.iter().find(|e| e.key == Some(at)) {
+            let parent = e.path.rfind('.').map_or("", |i| &e.path[..i]);
+            return join(parent);
+        }
+        match self.entries.iter().find(|e| e.value == at) {
+            Some(e) => join(&e.path),
+            None => field.to_string(),
+        }
     }
 
     /// Where `path` (or its nearest present parent) is written in document `doc`.

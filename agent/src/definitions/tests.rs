@@ -430,14 +430,34 @@ fn wrong_types_and_values_name_the_field() {
         Kind::Containers
     );
 
-    let e = err("kind: containers\nmeta: {group: g}\nspec: {image: x}\n");
-    assert_eq!(e.kind, ErrorKind::MissingField);
-    assert!(e.message.contains("name"), "{e}");
-    assert_eq!(e.line, 2, "{e}");
+    let e = err("kind: containers\nmeta:\n  group: g\nspec: {image: x}\n");
+    assert_eq!(
+        (e.kind, e.line, e.path.as_str()),
+        (ErrorKind::MissingField, 3, "meta.name")
+    );
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:3:3: meta.name: required field is missing"
+    );
 
     let e = err("kind: containers\nmeta: {group: g, name: n}\n");
-    assert_eq!(e.kind, ErrorKind::MissingField);
-    assert!(e.message.contains("spec"), "{e}");
+    assert_eq!((e.kind, e.path.as_str()), (ErrorKind::MissingField, "spec"));
+
+    let e = err(
+        "kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  volumes:\n    - hostPath: /x\n",
+    );
+    assert_eq!(
+        (e.kind, e.path.as_str()),
+        (ErrorKind::MissingField, "spec.volumes[0].mountPoint")
+    );
+
+    let e = err(
+        "kind: containers\nmeta: {group: g, name: n}\nspec:\n  image: x\n  privileged: maybe\n",
+    );
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:5:15: spec.privileged: expected true or false, found \"maybe\""
+    );
 
     let e = err("meta: {group: g, name: n}\nspec: {image: x}\nkind: containers\n");
     assert_eq!(
