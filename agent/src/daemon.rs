@@ -122,6 +122,12 @@ fn data_err(path: &Path, e: impl std::fmt::Display) -> DaemonError {
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     pki::install_crypto_provider();
+    if !crate::definitions::is_dns_label(&config.name) {
+        return Err(DaemonError::Config(format!(
+            "agent name {:?} must be a DNS label: a-z, 0-9 and '-', at most 63 characters",
+            config.name
+        )));
+    }
     let dir = config.data_dir.clone();
     create_private_dir(&dir)?;
     create_private_dir(&dir.join("pki"))?;

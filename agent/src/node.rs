@@ -153,7 +153,12 @@ impl Node {
         if !state.join_token_valid(&token.secret_sha256(), now_ms()) {
             return Err(ApiError::Forbidden("join token refused: unknown or expired secret".into()));
         }
-        crate::definitions::check_dns_label("node name", &req.name).map_err(ApiError::BadRequest)?;
+        if !crate::definitions::is_dns_label(&req.name) {
+            return Err(ApiError::BadRequest(format!(
+                "node name {:?} is not a DNS label (a-z, 0-9 and '-', at most 63 characters)",
+                req.name
+            )));
+        }
         if let Some(existing) = state.nodes.values().find(|n| n.name == req.name) {
             return Err(ApiError::Conflict(format!(
                 "a node named {} is already a member (id {}); remove it first or pick another name",

@@ -68,7 +68,13 @@ impl ApiError {
             return body.clone();
         }
         let details = match self {
-            ApiError::InvalidDefinition(e) => serde_json::to_value(e.location()).ok(),
+            ApiError::InvalidDefinition(e) => Some(serde_json::json!({
+                "file": e.file,
+                "line": e.line,
+                "column": e.column,
+                "field": e.path,
+                "suggestion": e.suggestion,
+            })),
             _ => None,
         };
         ErrorBody { error: ErrorInfo { code: self.code().to_string(), message: self.to_string(), details } }

@@ -1,13 +1,41 @@
 //! Definitions: the objects users write in YAML (simplecontainer's format), parsed and validated.
 //!
-//! SKELETON: the public names below (`Kind`, `ObjectKey`, `Meta`, `Object`, `Object::key`) are
-//! the contract other modules use; the definitions work fills in typed specs and validation.
+//! An [`Object`] is `kind`, `prefix`, `meta {group, name, labels}` and a typed [`Spec`] whose
+//! variant matches the kind. [`parse_str`] reads multi-document YAML with serde-saphyr under a
+//! resource budget, rejects unknown keys with the file, line, field path and a "did you mean"
+//! hint, then runs [`validate`] on each object. [`load_path`] reads a file, a directory tree or
+//! a pack; [`to_yaml`] writes objects back in the same shape. JSON (the store's format) uses
+//! the same serde implementation, so `Object` round-trips through both.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize};
+
+mod error;
+mod parse;
+mod scalars;
+mod spec;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{DefinitionError, ErrorKind};
+pub use parse::{MAX_INPUT_BYTES, PackManifest, load_pack, load_path, parse_str, to_yaml};
+pub use scalars::{
+    AgentRef, DurationValue, format_duration, is_template, parse_duration, parse_memory,
+};
+pub use spec::*;
+pub use validate::{MAX_REPLICAS, is_dns_label, validate};
+
+/// The only prefix smr knows; `simplecontainers.io/v1` (seen in simplecontainer's docs) is
+/// read as this one.
+pub const PREFIX: &str = "simplecontainer.io/v1";
+const PREFIX_ALIAS: &str = "simplecontainers.io/v1";
 
 /// The kinds of object smr stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -62,7 +90,9 @@ impl fmt::Display for Kind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown kind {0:?} (expected one of containers, configuration, secret, resource, gitops, httpauth, certkey, network, volume, custom)")]
+#[error(
+    "unknown kind {0:?} (expected one of containers, configuration, secret, resource, gitops, httpauth, certkey, network, volume, custom)"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {
@@ -72,7 +102,10 @@ impl FromStr for Kind {
         let singular = lower.strip_suffix('s').unwrap_or(&lower);
         Kind::ALL
             .into_iter()
-            .find(|k| k.as_str() == lower || k.as_str().strip_suffix('s').unwrap_or(k.as_str()) == singular)
+            .find(|k| {
+                k.as_str() == lower
+                    || k.as_str().strip_suffix('s').unwrap_or(k.as_str()) == singular
+            })
             .ok_or(UnknownKind(s.to_string()))
     }
 }
@@ -128,6 +161,7 @@ impl<'de> Deserialize<'de> for ObjectKey {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Meta {
     pub group: String,
     pub name: String,
@@ -135,16 +169,31 @@ pub struct Meta {
     pub labels: BTreeMap<String, String>,
 }
 
-/// One definition. SKELETON: `spec` becomes typed per kind.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One definition. Serialized as `{kind, prefix, meta, spec}` with `spec` in the kind's shape.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Object {
     pub kind: Kind,
     pub prefix: String,
     pub meta: Meta,
-    pub spec: serde_json::Value,
+    pub spec: Spec,
 }
 
 impl Object {
+    /// An object with the standard prefix; `kind` follows the spec.
+    pub fn new(group: impl Into<String>, name: impl Into<String>, spec: impl Into<Spec>) -> Self {
+        let spec = spec.into();
+        Object {
+            kind: spec.kind(),
+            prefix: PREFIX.to_string(),
+            meta: Meta {
+                group: group.into(),
+                name: name.into(),
+                labels: BTreeMap::new(),
+            },
+            spec,
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
         ObjectKey {
             kind: self.kind,
@@ -154,36 +203,98 @@ impl Object {
     }
 }
 
-/// SKELETON stand-in; the definitions branch replaces it.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct DefinitionError {
-    pub message: String,
-}
-
-impl DefinitionError {
-    pub fn location(&self) -> serde_json::Value {
-        serde_json::Value::Null
+impl Serialize for Object {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Object", 4)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("prefix", &self.prefix)?;
+        st.serialize_field("meta", &self.meta)?;
+        st.serialize_field("spec", &self.spec)?;
+        st.end()
     }
 }
 
-pub fn parse_str(_source: &str, _text: &str) -> Result<Vec<Object>, DefinitionError> {
-    Ok(vec![])
-}
+const OBJECT_FIELDS: &[&str] = &["kind", "prefix", "meta", "spec"];
+const KIND_NAMES: &[&str] = &[
+    "containers",
+    "configuration",
+    "secret",
+    "resource",
+    "gitops",
+    "httpauth",
+    "certkey",
+    "network",
+    "volume",
+    "custom",
+];
 
-pub fn validate(_obj: &Object) -> Result<(), DefinitionError> {
-    Ok(())
-}
-
-pub fn check_dns_label(what: &str, value: &str) -> Result<(), String> {
-    let _ = (what, value);
-    Ok(())
-}
-
-pub fn load_path(_path: &std::path::Path) -> Result<Vec<Object>, DefinitionError> {
-    Ok(vec![])
-}
-
-pub fn to_yaml(_objects: &[Object]) -> Result<String, DefinitionError> {
-    Ok(String::new())
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Object;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a definition with kind, prefix, meta and spec")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
+                let mut kind: Option<Kind> = None;
+                let mut prefix: Option<String> = None;
+                let mut meta: Option<Meta> = None;
+                let mut spec: Option<Spec> = None;
+                // simplecontainer keeps a containers definition's init container beside `spec`.
+                let mut init: Option<ContainersSpec> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "kind" => {
+                            let text: String = map.next_value()?;
+                            kind = Some(
+                                text.parse()
+                                    .map_err(|_| de::Error::unknown_variant(&text, KIND_NAMES))?,
+                            );
+                        }
+                        "prefix" => prefix = Some(map.next_value()?),
+                        "meta" => meta = Some(map.next_value()?),
+                        "spec" => {
+                            // Errors made with `invalid_type` carry serde-saphyr's position of the key.
+                            let k = kind.ok_or_else(|| {
+                                de::Error::invalid_type(
+                                    de::Unexpected::Other("`spec` before `kind`"),
+                                    &"`kind` first",
+                                )
+                            })?;
+                            spec = Some(map.next_value_seed(spec::SpecSeed(k))?);
+                        }
+                        "initContainer" if kind == Some(Kind::Containers) => {
+                            init = Some(map.next_value()?)
+                        }
+                        other => return Err(de::Error::unknown_field(other, OBJECT_FIELDS)),
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+                let meta = meta.ok_or_else(|| de::Error::missing_field("meta"))?;
+                let mut spec = spec.ok_or_else(|| de::Error::missing_field("spec"))?;
+                if let (Some(init), Spec::Containers(c)) = (init, &mut spec) {
+                    if c.init_container.is_some() {
+                        return Err(de::Error::invalid_type(
+                            de::Unexpected::Other("initContainer beside and inside spec"),
+                            &"one initContainer",
+                        ));
+                    }
+                    c.init_container = Some(Box::new(init));
+                }
+                let prefix = match prefix {
+                    None => PREFIX.to_string(),
+                    Some(p) if p == PREFIX_ALIAS => PREFIX.to_string(),
+                    Some(p) => p,
+                };
+                Ok(Object {
+                    kind,
+                    prefix,
+                    meta,
+                    spec,
+                })
+            }
+        }
+        d.deserialize_map(ObjectVisitor)
+    }
 }

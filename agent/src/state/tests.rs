@@ -6,7 +6,7 @@ fn obj(name: &str, image: &str) -> Object {
         kind: Kind::Containers,
         prefix: "simplecontainer.io/v1".into(),
         meta: Meta { group: "g".into(), name: name.into(), labels: Default::default() },
-        spec: serde_json::json!({ "image": image }),
+        spec: crate::definitions::ContainersSpec { image: image.into(), ..Default::default() }.into(),
     }
 }
 

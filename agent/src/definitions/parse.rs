@@ -1,0 +1,542 @@
+//! Reading definitions: YAML text (multi-document), files, directory trees and packs, under
+//! a size limit and a parser budget; and writing them back as YAML.
+//!
+//! Errors are placed with serde-saphyr's locations. To name the field, the same text is read
+//! a second time (only when something failed) into a located tree of keys and values, and the
+//! error's position, or the validator's field path, is looked up in it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use super::error::{DefinitionError, ErrorKind, suggest};
+use super::validate::validate;
+use super::{Object, ObjectKey};
+
+/// Largest definition text accepted (one file or one API body).
+pub const MAX_INPUT_BYTES: usize = 10 * 1024 * 1024;
+
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 500_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_depth = 64;
+    budget.max_documents = 1_000;
+    budget.max_nodes = 200_000;
+    budget.max_total_scalar_bytes = MAX_INPUT_BYTES * 2;
+    let mut o = serde_saphyr::Options::default();
+    o.budget = Some(budget);
+    o.alias_limits.max_total_replayed_events = 100_000;
+    o.alias_limits.max_replay_stack_depth = 16;
+    o.with_snippet = false;
+    o
+}
+
+/// Parses every document of `text` (documents separated by `---`; empty ones skipped) and
+/// validates each object. `source` names the text in errors (usually the file name).
+pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(DefinitionError::new(
+            ErrorKind::TooLarge,
+            "",
+            format!(
+                "{} bytes is more than the limit of {MAX_INPUT_BYTES}",
+                text.len()
+            ),
+        )
+        .with_file(source));
+    }
+    let objects: Vec<Object> = serde_saphyr::from_multiple_with_options(text, options())
+        .map_err(|e| from_yaml_error(&e, text).with_file(source))?;
+    for (i, obj) in objects.iter().enumerate() {
+        validate(obj).map_err(|e| place(e, text, i).with_file(source))?;
+    }
+    let mut seen = BTreeMap::new();
+    for (i, obj) in objects.iter().enumerate() {
+        if let Some(first) = seen.insert(obj.key(), i) {
+            let e = DefinitionError::invalid(
+                "meta.name",
+                format!(
+                    "{} is defined twice (documents {} and {})",
+                    obj.key(),
+                    first + 1,
+                    i + 1
+                ),
+            );
+            return Err(place(e, text, i).with_file(source));
+        }
+    }
+    Ok(objects)
+}
+
+/// Serializes objects as multi-document YAML (`---` between documents) that [`parse_str`] reads back.
+pub fn to_yaml(objects: &[Object]) -> Result<String, DefinitionError> {
+    serde_saphyr::to_string_multiple(objects).map_err(|e| {
+        DefinitionError::new(ErrorKind::Invalid, "", format!("cannot write YAML: {e}"))
+    })
+}
+
+/// `Pack.yaml` of a pack folder.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackManifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Loads a file, a directory (recursively, `*.yaml`/`*.yml` in sorted path order) or a pack
+/// (a folder with `Pack.yaml` and `definitions/`). Directories met while walking that hold a
+/// `Pack.yaml` are read as packs. The same object twice is an error.
+pub fn load_path(path: &Path) -> Result<Vec<Object>, DefinitionError> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+    let mut out = Vec::new();
+    if meta.is_dir() {
+        if path.join("Pack.yaml").is_file() {
+            out = load_pack(path)?.1;
+        } else {
+            for file in yaml_files(path)? {
+                out.extend(load_file(&file)?);
+            }
+        }
+    } else {
+        out = load_file(path)?;
+    }
+    let mut seen: BTreeMap<ObjectKey, ()> = BTreeMap::new();
+    for obj in &out {
+        if seen.insert(obj.key(), ()).is_some() {
+            return Err(DefinitionError::invalid(
+                "meta.name",
+                format!("{} is defined twice", obj.key()),
+            )
+            .with_file(&path.display().to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Loads a pack: `Pack.yaml` (`name`, `version`) and every definition under `definitions/`.
+pub fn load_pack(dir: &Path) -> Result<(PackManifest, Vec<Object>), DefinitionError> {
+    let manifest_path = dir.join("Pack.yaml");
+    let text = read_limited(&manifest_path)?;
+    let source = manifest_path.display().to_string();
+    let manifest: PackManifest = serde_saphyr::from_str_with_options(&text, options())
+        .map_err(|e| from_yaml_error(&e, &text).with_file(&source))?;
+    if manifest.name.trim().is_empty() {
+        return Err(
+            DefinitionError::new(ErrorKind::Pack, "name", "must not be empty").with_file(&source),
+        );
+    }
+    let defs = dir.join("definitions");
+    if !defs.is_dir() {
+        return Err(DefinitionError::new(
+            ErrorKind::Pack,
+            "",
+            "a pack needs a definitions/ folder",
+        )
+        .with_file(&dir.display().to_string()));
+    }
+    let mut objects = Vec::new();
+    for file in yaml_files(&defs)? {
+        objects.extend(load_file(&file)?);
+    }
+    Ok((manifest, objects))
+}
+
+fn load_file(path: &Path) -> Result<Vec<Object>, DefinitionError> {
+    let text = read_limited(path)?;
+    parse_str(&path.display().to_string(), &text)
+}
+
+fn read_limited(path: &Path) -> Result<String, DefinitionError> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+    if meta.len() > MAX_INPUT_BYTES as u64 {
+        return Err(DefinitionError::new(
+            ErrorKind::TooLarge,
+            "",
+            format!(
+                "{} bytes is more than the limit of {MAX_INPUT_BYTES}",
+                meta.len()
+            ),
+        )
+        .with_file(&path.display().to_string()));
+    }
+    std::fs::read_to_string(path).map_err(|e| io_error(path, &e))
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> DefinitionError {
+    DefinitionError::new(ErrorKind::Io, "", e.to_string()).with_file(&path.display().to_string())
+}
+
+/// YAML files under `dir`, sorted by path; sub-folders holding a `Pack.yaml` contribute their
+/// pack's definitions instead. Symbolic links to folders are not followed.
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, DefinitionError> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io_error(dir, &e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io_error(dir, &e))?;
+    entries.sort();
+    for p in entries {
+        let link = std::fs::symlink_metadata(&p).map_err(|e| io_error(&p, &e))?;
+        if link.is_dir() {
+            if p.join("Pack.yaml").is_file() {
+                out.extend(yaml_files(&p.join("definitions"))?);
+            } else {
+                out.extend(yaml_files(&p)?);
+            }
+        } else if p.is_file()
+            && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn list(expected: &[&str]) -> String {
+    if expected.is_empty() {
+        "no fields are allowed here".into()
+    } else {
+        format!("expected one of {}", expected.join(", "))
+    }
+}
+
+/// Turns a serde-saphyr error into a placed definition error with the field path.
+fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
+    use serde_saphyr::Error as E;
+    let mut inner = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    let (kind, message, suggestion) = match inner {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => (
+            ErrorKind::UnknownField,
+            list(expected),
+            suggest(field, expected.iter().copied()),
+        ),
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => (
+            ErrorKind::InvalidValue,
+            format!("unknown value {variant:?}, {}", list(expected)),
+            suggest(variant, expected.iter().copied()),
+        ),
+        E::SerdeMissingField { .. } => (
+            ErrorKind::MissingField,
+            "required field is missing".to_string(),
+            None,
+        ),
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => (
+            ErrorKind::InvalidType,
+            format!("expected {}, found {unexpected}", readable_type(expected)),
+            None,
+        ),
+        E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => (
+            ErrorKind::InvalidValue,
+            format!("invalid value {unexpected}, expected {expected}"),
+            None,
+        ),
+        E::Unexpected { expected, .. } => (
+            ErrorKind::InvalidType,
+            format!("expected {}", readable_type(expected)),
+            None,
+        ),
+        E::InvalidScalar { ty, .. } => (
+            ErrorKind::InvalidType,
+            format!("expected {}", readable_type(ty)),
+            None,
+        ),
+        E::Message { msg, .. } => (ErrorKind::InvalidValue, msg.clone(), None),
+        E::Budget { .. }
+        | E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. } => (
+            ErrorKind::Budget,
+            format!(
+                "document too large or too deeply aliased: {}",
+                strip_location(inner)
+            ),
+            None,
+        ),
+        _ => (ErrorKind::Syntax, strip_location(inner), None),
+    };
+    let mut out = DefinitionError::new(kind, "", message);
+    out.suggestion = suggestion;
+    if let Some(loc) = e.location()
+        && loc.line() > 0
+    {
+        out = out.at(loc.line(), loc.column());
+        if !matches!(kind, ErrorKind::Syntax | ErrorKind::Budget)
+            && let Some(tree) = Located::read(text)
+        {
+            let at = (loc.line(), loc.column());
+            out.path = match inner {
+                E::SerdeMissingField { field, .. } => tree.missing_path(at, field),
+                _ => tree.path_at(at, kind == ErrorKind::UnknownField),
+            };
+        }
+        if kind == ErrorKind::InvalidType
+            && !out.message.contains(", found ")
+            && let Some(found) = scalar_at(text, loc.line(), loc.column())
+        {
+            out.message = format!("{}, found {found:?}", out.message);
+        }
+    }
+    out
+}
+
+/// serde's and serde-saphyr's type names in words.
+fn readable_type(t: &str) -> String {
+    match t {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        "string scalar" | "a string" => "a string".into(),
+        "boolean" | "a boolean" => "true or false".into(),
+        "mapping start" => "a mapping".into(),
+        "sequence start" => "a list".into(),
+        other => other.into(),
+    }
+}
+
+/// The plain scalar written at a position (for "found ..." in type errors).
+fn scalar_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest: String = l
+        .chars()
+        .skip(usize::try_from(column).ok()?.checked_sub(1)?)
+        .collect();
+    let value: String = rest
+        .chars()
+        .take_while(|c| !matches!(c, ',' | '}' | ']' | '#'))
+        .collect();
+    let value = value.trim();
+    (!value.is_empty() && !value.starts_with(['[', '{', '-']))
+        .then(|| value.chars().take(60).collect())
+}
+
+/// The error's text without serde-saphyr's trailing " at line X, column Y ..." part.
+fn strip_location(e: &serde_saphyr::Error) -> String {
+    let s = e.without_snippet().to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Puts a validation error (which knows its field path) at the field's line in document `doc`.
+fn place(mut e: DefinitionError, text: &str, doc: usize) -> DefinitionError {
+    if let Some(tree) = Located::read(text)
+        && let Some((line, col)) = tree.position_of(doc, &e.path)
+    {
+        e = e.at(line, col);
+    }
+    e
+}
+
+type Pos = (u64, u64);
+
+/// One key or sequence item of the located tree.
+struct Entry {
+    doc: usize,
+    path: String,
+    key: Option<Pos>,
+    value: Pos,
+}
+
+/// All keys and values of a YAML stream with their positions, in document order.
+struct Located {
+    entries: Vec<Entry>,
+}
+
+enum Node {
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Scalar,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML node")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i128<E: de::Error>(self, _: i128) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u128<E: de::Error>(self, _: u128) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Node, D2::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    items.push(x);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(k) = a.next_key()? {
+                    items.push((k, a.next_value()?));
+                }
+                Ok(Node::Map(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn pos(l: &serde_saphyr::Location) -> Pos {
+    (l.line(), l.column())
+}
+
+impl Located {
+    fn read(text: &str) -> Option<Located> {
+        let docs: Vec<Spanned<Node>> =
+            serde_saphyr::from_multiple_with_options(text, options()).ok()?;
+        let mut entries = Vec::new();
+        for (doc, node) in docs.iter().enumerate() {
+            Self::walk(doc, "", &node.value, &mut entries);
+        }
+        Some(Located { entries })
+    }
+
+    fn walk(doc: usize, at: &str, node: &Node, out: &mut Vec<Entry>) {
+        match node {
+            Node::Scalar => {}
+            Node::Map(items) => {
+                for (k, v) in items {
+                    let path = if at.is_empty() {
+                        k.value.clone()
+                    } else {
+                        format!("{at}.{}", k.value)
+                    };
+                    out.push(Entry {
+                        doc,
+                        path: path.clone(),
+                        key: Some(pos(&k.referenced)),
+                        value: pos(&v.referenced),
+                    });
+                    Self::walk(doc, &path, &v.value, out);
+                }
+            }
+            Node::Seq(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    let path = format!("{at}[{i}]");
+                    out.push(Entry {
+                        doc,
+                        path: path.clone(),
+                        key: None,
+                        value: pos(&v.referenced),
+                    });
+                    Self::walk(doc, &path, &v.value, out);
+                }
+            }
+        }
+    }
+
+    /// The field at a position: the key there (unknown fields point at keys), else the
+    /// outermost value starting there, else the nearest entry before it.
+    fn path_at(&self, at: Pos, prefer_key: bool) -> String {
+        let by_key = self.entries.iter().find(|e| e.key == Some(at));
+        let by_value = self.entries.iter().find(|e| e.value == at);
+        let hit = if prefer_key {
+            by_key.or(by_value)
+        } else {
+            by_value.or(by_key)
+        };
+        if let Some(e) = hit {
+            return e.path.clone();
+        }
+        self.entries
+            .iter()
+            .rfind(|e| e.key.unwrap_or(e.value) <= at)
+            .map(|e| e.path.clone())
+            .unwrap_or_default()
+    }
+
+    /// The path of a missing field: serde-saphyr places the error at the last key read in
+    /// the mapping (or at the mapping itself), so the field is that key's sibling.
+    fn missing_path(&self, at: Pos, field: &str) -> String {
+        let join = |p: &str| {
+            if p.is_empty() {
+                field.to_string()
+            } else {
+                format!("{p}.{field}")
+            }
+        };
+        if let Some(e) = self.entries.iter().find(|e| e.key == Some(at)) {
+            let parent = e.path.rfind('.').map_or("", |i| &e.path[..i]);
+            return join(parent);
+        }
+        match self.entries.iter().find(|e| e.value == at) {
+            Some(e) => join(&e.path),
+            None => field.to_string(),
+        }
+    }
+
+    /// Where `path` (or its nearest present parent) is written in document `doc`.
+    fn position_of(&self, doc: usize, path: &str) -> Option<Pos> {
+        let mut p = path;
+        loop {
+            if let Some(e) = self.entries.iter().find(|e| e.doc == doc && e.path == p) {
+                return Some(e.key.unwrap_or(e.value));
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+            if p.is_empty() {
+                return None;
+            }
+        }
+    }
+}
