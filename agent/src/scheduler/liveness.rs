@@ -43,7 +43,10 @@ mod tests {
             liveness(&seen, 100_000, DEFAULT_NODE_TIMEOUT_MS),
             BTreeSet::from([3])
         );
-        assert_eq!(liveness(&seen, 200_000, 15_000), BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(
+            liveness(&seen, 200_000, 15_000),
+            BTreeSet::from([1, 2, 3, 4])
+        );
         assert_eq!(liveness(&BTreeMap::new(), 5, 1), BTreeSet::new());
     }
 

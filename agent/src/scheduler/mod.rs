@@ -30,16 +30,16 @@ pub mod placement;
 pub mod reconcile;
 pub mod rollout;
 
-pub use liveness::{liveness, mark_liveness, DEFAULT_NODE_TIMEOUT_MS};
+pub use liveness::{DEFAULT_NODE_TIMEOUT_MS, liveness, mark_liveness};
 pub use placement::{
-    node_load, place, place_with_load, AgentRef, NodeId, NodeInfo, Placement, ReplicaSlot, Spread,
-    Workload, DEFAULT_MAX_SURGE, DEFAULT_MAX_UNAVAILABLE, MAX_REPLICAS,
+    AgentRef, DEFAULT_MAX_SURGE, DEFAULT_MAX_UNAVAILABLE, MAX_REPLICAS, NodeId, NodeInfo,
+    Placement, ReplicaSlot, Spread, Workload, node_load, place, place_with_load,
 };
 pub use reconcile::{
-    plan_node, Action, Backoff, ContainerState, DesiredReplica, NodePlan, ObservedContainer,
-    Phase, ReplicaStatus, RestartPolicy,
+    Action, Backoff, ContainerState, DesiredReplica, NodePlan, ObservedContainer, Phase,
+    ReplicaStatus, RestartPolicy, plan_node,
 };
-pub use rollout::{apply_rollout, plan_rollout, ReplicaState, RolloutStep};
+pub use rollout::{ReplicaState, RolloutStep, apply_rollout, plan_rollout};
 
 /// Why a workload cannot be placed. Every message names the workload and says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

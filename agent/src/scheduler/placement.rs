@@ -258,15 +258,17 @@ fn live_eligible(
         Spread::Specific(agents) => {
             let mut seen = BTreeSet::new();
             for (position, agent) in agents.iter().enumerate() {
-                if let Some(node) = resolve(agent, nodes) {
-                    if seen.insert(node.id) {
-                        listed.push((node, position as u64));
-                    }
+                if let Some(node) = resolve(agent, nodes)
+                    && seen.insert(node.id)
+                {
+                    listed.push((node, position as u64));
                 }
             }
             if listed.is_empty() {
-                let mut known: Vec<String> =
-                    nodes.iter().map(|n| format!("{} {}", n.id, n.name)).collect();
+                let mut known: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("{} {}", n.id, n.name))
+                    .collect();
                 known.sort();
                 return Err(ScheduleError::UnknownAgents {
                     workload: key(),
@@ -308,7 +310,10 @@ fn live_eligible(
     if live.is_empty() {
         let mut down: Vec<&NodeInfo> = matching.iter().map(|(node, _)| *node).collect();
         down.sort_by_key(|n| n.id);
-        let names: Vec<String> = down.iter().map(|n| format!("{} {}", n.id, n.name)).collect();
+        let names: Vec<String> = down
+            .iter()
+            .map(|n| format!("{} {}", n.id, n.name))
+            .collect();
         return Err(ScheduleError::AllEligibleDown {
             workload: key(),
             nodes: names.join(", "),

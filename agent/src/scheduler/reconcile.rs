@@ -110,12 +110,23 @@ pub struct ObservedContainer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Create and start the container of this index from its desired spec.
-    Create { index: u32 },
-    Start { id: String },
-    Stop { id: String },
-    Remove { id: String },
+    Create {
+        index: u32,
+    },
+    Start {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
     /// Start the exited container again once `now_ms >= after_ms`.
-    Restart { id: String, after_ms: u64 },
+    Restart {
+        id: String,
+        after_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,15 +139,23 @@ pub enum Phase {
     /// Of another generation or config; being replaced.
     Replacing,
     /// Exited once; restarted at `at_ms`.
-    Restarting { at_ms: u64 },
+    Restarting {
+        at_ms: u64,
+    },
     /// Exited repeatedly in quick succession; restarted at `at_ms`.
-    CrashLoop { at_ms: u64 },
+    CrashLoop {
+        at_ms: u64,
+    },
     /// Exited and not restarted (policy never).
-    Exited { code: i64 },
+    Exited {
+        code: i64,
+    },
     /// Exited with code 0 under policy on-failure.
     Completed,
     /// Cannot be created: `reason`.
-    Blocked { reason: String },
+    Blocked {
+        reason: String,
+    },
 }
 
 impl Phase {
@@ -329,7 +348,10 @@ fn state_rank(state: ContainerState) -> u8 {
 
 /// Stop (if it may be running) and remove a managed container.
 fn discard(c: &ObservedContainer, actions: &mut Vec<Action>) {
-    if matches!(c.state, ContainerState::Running | ContainerState::Restarting) {
+    if matches!(
+        c.state,
+        ContainerState::Running | ContainerState::Restarting
+    ) {
         actions.push(Action::Stop { id: c.id.clone() });
     }
     actions.push(Action::Remove { id: c.id.clone() });

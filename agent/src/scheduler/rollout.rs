@@ -23,8 +23,9 @@
 //! - `max_unavailable = 0` with `max_surge = 0` could never progress; it is taken as
 //!   `max_unavailable = 1`.
 //!
-//! Replicas on a dead node are not available, so a node failure during a rollout pauses the
-//! replacement of available replicas until [`super::place`] has moved them and they are ready.
+//! The caller must not report replicas of dead nodes as ready. Then a node failure during a
+//! rollout pauses the replacement of available replicas until [`super::place`] has moved the
+//! lost ones and they are ready again.
 
 use std::collections::BTreeMap;
 
@@ -40,14 +41,19 @@ pub struct ReplicaState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RolloutStep {
     /// Set the generation of a regular slot (its replica gets replaced).
-    Update { index: u32, generation: u64 },
+    Update {
+        index: u32,
+        generation: u64,
+    },
     /// Add a temporary surge slot.
     AddSurge {
         index: u32,
         node: NodeId,
         generation: u64,
     },
-    RemoveSurge { index: u32 },
+    RemoveSurge {
+        index: u32,
+    },
 }
 
 /// The next rollout steps for `workload` (see the module doc). `status` maps replica index to
@@ -96,10 +102,12 @@ pub fn plan_rollout(
     let want_surge = workload.max_surge.min(pending.len() as u32);
     let mut next_index = workload.replicas;
     for n in current_surge..want_surge {
-        next_index += 1;
-        while placement.replicas.contains_key(&next_index) {
-            next_index += 1;
-        }
+        let Some(free) =
+            (next_index.saturating_add(1)..=u32::MAX).find(|i| !placement.replicas.contains_key(i))
+        else {
+            break;
+        };
+        next_index = free;
         let (_, slot) = pending[n as usize % pending.len()];
         steps.push(RolloutStep::AddSurge {
             index: next_index,

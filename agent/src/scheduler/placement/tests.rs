@@ -40,10 +40,7 @@ fn five_replicas_over_three_nodes_is_two_two_one() {
     assert_eq!(layout(&p), vec![(1, 1), (2, 2), (3, 3), (4, 1), (5, 2)]);
     assert_eq!(p.per_node(), BTreeMap::from([(1, 2), (2, 2), (3, 1)]));
     assert!(p.replicas.values().all(|s| s.generation == 1 && !s.surge));
-    assert_eq!(
-        p.on_node(2).map(|(i, _)| i).collect::<Vec<_>>(),
-        vec![2, 5]
-    );
+    assert_eq!(p.on_node(2).map(|(i, _)| i).collect::<Vec<_>>(), vec![2, 5]);
 }
 
 #[test]
@@ -73,7 +70,11 @@ fn node_death_moves_only_its_replicas_and_return_does_not_move_them_back() {
         layout(&after_death),
         vec![(1, 1), (2, 3), (3, 3), (4, 1), (5, 1)]
     );
-    let gens: Vec<u64> = after_death.replicas.values().map(|s| s.generation).collect();
+    let gens: Vec<u64> = after_death
+        .replicas
+        .values()
+        .map(|s| s.generation)
+        .collect();
     assert_eq!(gens, vec![1, 3, 1, 1, 3]);
     let after_return = place(&w, &ns, Some(&after_death)).unwrap();
     assert_eq!(after_return, after_death);
@@ -287,7 +288,11 @@ fn random_workload(rng: &mut Lcg) -> Workload {
 fn live_eligible_ids(w: &Workload, ns: &[NodeInfo]) -> BTreeSet<NodeId> {
     ns.iter()
         .filter(|n| n.live)
-        .filter(|n| w.node_selector.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+        .filter(|n| {
+            w.node_selector
+                .iter()
+                .all(|(k, v)| n.labels.get(k) == Some(v))
+        })
         .filter(|n| match &w.spread {
             Spread::Uniform => true,
             Spread::Specific(agents) => agents.iter().any(|a| match a {
@@ -321,7 +326,10 @@ fn property_fresh_placements_are_complete_live_eligible_and_even() {
                 let indexes: Vec<u32> = p.replicas.keys().copied().collect();
                 assert_eq!(indexes, (1..=w.replicas).collect::<Vec<_>>(), "case {case}");
                 for slot in p.replicas.values() {
-                    assert!(eligible.contains(&slot.node), "case {case}: {w:?} {ns:?} {p:?}");
+                    assert!(
+                        eligible.contains(&slot.node),
+                        "case {case}: {w:?} {ns:?} {p:?}"
+                    );
                     assert_eq!(slot.generation, w.generation);
                     assert!(!slot.surge);
                 }
@@ -374,7 +382,10 @@ fn property_histories_are_stable_and_additions_keep_balance() {
             let ctx = format!("history {history} step {step} op {op}");
             let indexes: Vec<u32> = next.replicas.keys().copied().collect();
             assert_eq!(indexes, (1..=w.replicas).collect::<Vec<_>>(), "{ctx}");
-            assert!(next.replicas.values().all(|s| eligible.contains(&s.node)), "{ctx}");
+            assert!(
+                next.replicas.values().all(|s| eligible.contains(&s.node)),
+                "{ctx}"
+            );
             // Stability: a kept index on a live node did not move or change generation.
             for (i, slot) in &current.replicas {
                 if *i <= w.replicas && eligible.contains(&slot.node) {

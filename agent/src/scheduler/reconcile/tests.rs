@@ -29,7 +29,14 @@ fn running(id: &str, index: u32, generation: u64) -> ObservedContainer {
     }
 }
 
-fn exited(id: &str, index: u32, code: i64, restarts: u32, started: u64, finished: u64) -> ObservedContainer {
+fn exited(
+    id: &str,
+    index: u32,
+    code: i64,
+    restarts: u32,
+    started: u64,
+    finished: u64,
+) -> ObservedContainer {
     ObservedContainer {
         state: ContainerState::Exited { code },
         ready: false,
@@ -40,7 +47,13 @@ fn exited(id: &str, index: u32, code: i64, restarts: u32, started: u64, finished
     }
 }
 
-fn status(index: u32, container: Option<&str>, phase: Phase, ready: bool, restarts: u32) -> ReplicaStatus {
+fn status(
+    index: u32,
+    container: Option<&str>,
+    phase: Phase,
+    ready: bool,
+    restarts: u32,
+) -> ReplicaStatus {
     ReplicaStatus {
         index,
         name: replica_name("web", "api", index),
@@ -59,7 +72,10 @@ fn plan(d: &[DesiredReplica], o: &[ObservedContainer]) -> NodePlan {
 fn adopts_running_containers_without_any_action() {
     let mut not_ready = running("c2", 2, 1);
     not_ready.ready = false;
-    let p = plan(&[desired(1, 1), desired(2, 1)], &[not_ready, running("c1", 1, 1)]);
+    let p = plan(
+        &[desired(1, 1), desired(2, 1)],
+        &[not_ready, running("c1", 1, 1)],
+    );
     assert_eq!(
         p,
         NodePlan {
@@ -112,7 +128,12 @@ fn never_touches_unmanaged_containers() {
     };
     let observed = [
         foreign("u1", "web-api-1", None, ContainerState::Running),
-        foreign("u2", "postgres", Some(2), ContainerState::Exited { code: 1 }),
+        foreign(
+            "u2",
+            "postgres",
+            Some(2),
+            ContainerState::Exited { code: 1 },
+        ),
         foreign("u3", "web-api-9", Some(9), ContainerState::Running),
     ];
     let p = plan(&[desired(1, 1), desired(2, 1)], &observed);
@@ -179,7 +200,10 @@ fn keeps_the_best_of_duplicate_claims() {
     let mut stale = running("stale", 1, 0);
     stale.started_ms = Some(99_999);
     let dead = exited("dead", 1, 1, 0, 1, 2);
-    let p = plan(&[desired(1, 1)], &[stale, dead, older, running("new", 1, 1)]);
+    let p = plan(
+        &[desired(1, 1)],
+        &[stale, dead, older, running("new", 1, 1)],
+    );
     assert_eq!(
         p.actions,
         vec![
@@ -190,7 +214,10 @@ fn keeps_the_best_of_duplicate_claims() {
             Action::Remove { id: "stale".into() },
         ]
     );
-    assert_eq!(p.replicas, vec![status(1, Some("new"), Phase::Running, true, 0)]);
+    assert_eq!(
+        p.replicas,
+        vec![status(1, Some("new"), Phase::Running, true, 0)]
+    );
 }
 
 #[test]
@@ -223,7 +250,13 @@ fn crash_restarts_wait_for_the_backoff_and_show_crash_loop() {
     );
     assert_eq!(
         p.replicas,
-        vec![status(1, Some("c1"), Phase::Restarting { at_ms: NOW + 800 }, false, 0)]
+        vec![status(
+            1,
+            Some("c1"),
+            Phase::Restarting { at_ms: NOW + 800 },
+            false,
+            0
+        )]
     );
     assert_eq!(p.wake_at_ms, Some(NOW + 800));
 
@@ -262,7 +295,15 @@ fn crash_restarts_wait_for_the_backoff_and_show_crash_loop() {
     );
     assert_eq!(
         p.replicas,
-        vec![status(1, Some("c1"), Phase::Restarting { at_ms: NOW - 99_000 }, false, 0)]
+        vec![status(
+            1,
+            Some("c1"),
+            Phase::Restarting {
+                at_ms: NOW - 99_000
+            },
+            false,
+            0
+        )]
     );
 }
 
@@ -275,9 +316,15 @@ fn restart_policies() {
     let ok = exited("c1", 1, 0, 0, NOW - 10, NOW - 5);
     let failed = exited("c1", 1, 2, 0, NOW - 10, NOW - 5);
 
-    let p = plan(&[with(RestartPolicy::OnFailure)], &[ok.clone()]);
-    assert_eq!((p.actions, p.replicas[0].phase.clone()), (vec![], Phase::Completed));
-    let p = plan(&[with(RestartPolicy::OnFailure)], &[failed.clone()]);
+    let p = plan(&[with(RestartPolicy::OnFailure)], std::slice::from_ref(&ok));
+    assert_eq!(
+        (p.actions, p.replicas[0].phase.clone()),
+        (vec![], Phase::Completed)
+    );
+    let p = plan(
+        &[with(RestartPolicy::OnFailure)],
+        std::slice::from_ref(&failed),
+    );
     assert_eq!(
         p.actions,
         vec![Action::Restart {
@@ -309,5 +356,8 @@ fn docker_restarting_is_left_alone() {
     };
     let p = plan(&[desired(1, 1)], &[c]);
     assert_eq!(p.actions, vec![]);
-    assert_eq!(p.replicas, vec![status(1, Some("c1"), Phase::Starting, false, 0)]);
+    assert_eq!(
+        p.replicas,
+        vec![status(1, Some("c1"), Phase::Starting, false, 0)]
+    );
 }
