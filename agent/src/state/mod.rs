@@ -14,11 +14,77 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Kind, Object, ObjectKey};
+use crate::scheduler::Placement;
 
 pub type NodeId = u64;
 
 /// How many recent operation ids are remembered for deduplication.
 pub const DEDUP_WINDOW: usize = 10_000;
+
+/// How many cluster events are kept (oldest dropped first).
+pub const EVENT_WINDOW: usize = 2_000;
+
+/// What a node says about one of its replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub key: ObjectKey,
+    pub index: u32,
+    /// `<group>-<name>-<index>`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The replica's phase: pending, starting, running, replacing, restarting, crash-loop, exited...
+    pub phase: String,
+    pub ready: bool,
+    /// Address on the cluster network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub restarts: u32,
+    pub generation: u64,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// Why the replica is not running, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The latest report of a node: its replicas and a sequence number that proves it is alive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Increases with every report the node sends (restarts from a random high value).
+    pub seq: u64,
+    pub at_ms: u64,
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// Something that happened, for `smrctl events` and the per-replica history of `smrctl describe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    pub at_ms: u64,
+    /// `containers/group/name` or `node/<name>`.
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    pub reason: String,
+    pub message: String,
+}
+
+/// A placement decided by the leader for the object generation it saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacementUpdate {
+    pub key: ObjectKey,
+    /// The object's generation the decision was made for; a stale decision is dropped.
+    pub generation: u64,
+    /// `None` removes the placement.
+    pub placement: Option<Placement>,
+    /// Why the object cannot be placed, shown in status; placement is then left as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// A stored definition with the bookkeeping around it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +168,17 @@ pub struct ClusterState {
     /// Recently applied operation ids with their results, oldest first.
     #[serde(default)]
     pub recent_ops: VecDeque<(String, CommandResult)>,
+    /// Where each `containers` object's replicas run (decided by the leader).
+    #[serde(default)]
+    pub placements: BTreeMap<ObjectKey, Placement>,
+    /// Why an object could not be placed, if it could not.
+    #[serde(default)]
+    pub placement_errors: BTreeMap<ObjectKey, String>,
+    /// Each node's latest report of its replicas.
+    #[serde(default)]
+    pub reports: BTreeMap<NodeId, NodeReport>,
+    #[serde(default)]
+    pub events: VecDeque<Event>,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -131,6 +208,10 @@ pub enum Op {
     SetNodeLabels { id: NodeId, labels: BTreeMap<String, String> },
     AddJoinToken { token: JoinTokenRecord },
     SetCa { ca: CaRecord },
+    /// The leader's placement decisions.
+    Place { updates: Vec<PlacementUpdate> },
+    /// A node's report of its replicas (also its heartbeat).
+    Report { node: NodeId, report: NodeReport },
     /// Does nothing; used to test the log.
     Noop,
 }
@@ -185,7 +266,20 @@ impl ClusterState {
             Op::Delete { keys } => self.delete_objects(keys),
             Op::RegisterNode { node } => self.register_node(node, now),
             Op::RemoveNode { id } => match self.nodes.remove(id) {
-                Some(_) => self.bump(),
+                Some(node) => {
+                    self.reports.remove(id);
+                    let revision = self.revision + 1;
+                    self.push_event(Event {
+                        revision,
+                        at_ms: now,
+                        subject: format!("node/{}", node.name),
+                        replica: None,
+                        node: Some(*id),
+                        reason: "NodeRemoved".into(),
+                        message: format!("node {} (id {id}) left the cluster", node.name),
+                    });
+                    self.bump()
+                }
                 None => CommandResult::Rejected { reason: format!("node {id} is not a member") },
             },
             Op::SetNodeLabels { id, labels } => match self.nodes.get_mut(id) {
@@ -209,8 +303,104 @@ impl ClusterState {
                     self.bump()
                 }
             },
+            Op::Place { updates } => self.place(updates, now),
+            Op::Report { node, report } => self.report(*node, report, now),
             Op::Noop => self.bump(),
         }
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.events.push_back(event);
+        while self.events.len() > EVENT_WINDOW {
+            self.events.pop_front();
+        }
+    }
+
+    fn place(&mut self, updates: &[PlacementUpdate], now: u64) -> CommandResult {
+        let revision = self.revision + 1;
+        let mut changed = false;
+        for update in updates {
+            let current = self.objects.get(&update.key).map(|o| o.generation);
+            match (&update.placement, current) {
+                // Object gone: its placement goes too, whatever generation was seen.
+                (_, None) => {
+                    changed |= self.placements.remove(&update.key).is_some();
+                    changed |= self.placement_errors.remove(&update.key).is_some();
+                }
+                (_, Some(generation)) if generation != update.generation => {}
+                (Some(placement), Some(_)) => {
+                    if self.placements.get(&update.key) != Some(placement) {
+                        self.placements.insert(update.key.clone(), placement.clone());
+                        changed = true;
+                    }
+                    changed |= self.placement_errors.remove(&update.key).is_some();
+                }
+                (None, Some(_)) => changed |= self.placements.remove(&update.key).is_some(),
+            }
+            if let (Some(error), Some(generation)) = (&update.error, current)
+                && generation == update.generation
+                && self.placement_errors.get(&update.key) != Some(error)
+            {
+                self.placement_errors.insert(update.key.clone(), error.clone());
+                self.push_event(Event {
+                    revision,
+                    at_ms: now,
+                    subject: update.key.to_string(),
+                    replica: None,
+                    node: None,
+                    reason: "FailedScheduling".into(),
+                    message: error.clone(),
+                });
+                changed = true;
+            }
+        }
+        if changed { self.bump() } else { CommandResult::Done { revision: self.revision } }
+    }
+
+    fn report(&mut self, node: NodeId, report: &NodeReport, now: u64) -> CommandResult {
+        if !self.nodes.contains_key(&node) {
+            return CommandResult::Rejected { reason: format!("node {node} is not a member") };
+        }
+        let revision = self.revision + 1;
+        let previous = self.reports.get(&node).cloned().unwrap_or_default();
+        for replica in &report.replicas {
+            let before = previous.replicas.iter().find(|r| r.key == replica.key && r.index == replica.index);
+            let moved = before.is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
+            if moved {
+                let state = if replica.ready { format!("{} (ready)", replica.phase) } else { replica.phase.clone() };
+                let mut message = format!("{} on node {node}: {state}", replica.name);
+                if let Some(why) = &replica.message {
+                    message.push_str(": ");
+                    message.push_str(why);
+                }
+                self.push_event(Event {
+                    revision,
+                    at_ms: now,
+                    subject: replica.key.to_string(),
+                    replica: Some(replica.name.clone()),
+                    node: Some(node),
+                    reason: phase_reason(&replica.phase, replica.ready),
+                    message,
+                });
+            }
+        }
+        for gone in previous
+            .replicas
+            .iter()
+            .filter(|b| !report.replicas.iter().any(|r| r.key == b.key && r.index == b.index))
+        {
+            self.push_event(Event {
+                revision,
+                at_ms: now,
+                subject: gone.key.to_string(),
+                replica: Some(gone.name.clone()),
+                node: Some(node),
+                reason: "Removed".into(),
+                message: format!("{} on node {node}: removed", gone.name),
+            });
+        }
+        self.reports.insert(node, report.clone());
+        self.bump()
     }
 
     fn bump(&mut self) -> CommandResult {
@@ -290,6 +480,8 @@ impl ClusterState {
             .map(|key| match self.objects.remove(key) {
                 Some(stored) => {
                     changed = true;
+                    self.placements.remove(key);
+                    self.placement_errors.remove(key);
                     ObjectOutcome { key: key.clone(), outcome: Outcome::Deleted, generation: stored.generation }
                 }
                 None => ObjectOutcome { key: key.clone(), outcome: Outcome::NotFound, generation: 0 },
@@ -327,6 +519,19 @@ impl ClusterState {
         self.join_tokens
             .iter()
             .any(|t| t.expires_ms > now && constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
+    }
+}
+
+fn phase_reason(phase: &str, ready: bool) -> String {
+    match (phase, ready) {
+        (_, true) => "Ready".into(),
+        ("running", false) => "NotReady".into(),
+        ("crash-loop", _) => "CrashLoop".into(),
+        ("restarting", _) => "BackOff".into(),
+        (other, _) => {
+            let mut chars = other.chars();
+            chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+        }
     }
 }
 

@@ -133,3 +133,75 @@ fn state_round_trips_through_json() {
     let back: ClusterState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
 }
+
+fn placement(nodes: &[u64]) -> Placement {
+    let mut p = Placement::default();
+    for (i, n) in nodes.iter().enumerate() {
+        p.replicas.insert(
+            i as u32 + 1,
+            crate::scheduler::ReplicaSlot { node: *n, generation: 1, surge: false },
+        );
+    }
+    p
+}
+
+#[test]
+fn placements_follow_the_generation_they_were_made_for() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    let key = obj("x", "a").key();
+    let stale = PlacementUpdate { key: key.clone(), generation: 7, placement: Some(placement(&[1])), error: None };
+    s.apply(&cmd("p1", Op::Place { updates: vec![stale] }));
+    assert!(s.placements.is_empty(), "a decision for another generation is dropped");
+    let good = PlacementUpdate { key: key.clone(), generation: 1, placement: Some(placement(&[1, 2])), error: None };
+    s.apply(&cmd("p2", Op::Place { updates: vec![good] }));
+    assert_eq!(s.placements[&key], placement(&[1, 2]));
+    s.apply(&cmd("d", Op::Delete { keys: vec![key.clone()] }));
+    assert!(s.placements.is_empty(), "deleting the object drops its placement");
+}
+
+#[test]
+fn placement_errors_are_recorded_once_as_events() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    let key = obj("x", "a").key();
+    let failed = PlacementUpdate { key: key.clone(), generation: 1, placement: None, error: Some("no nodes".into()) };
+    s.apply(&cmd("p1", Op::Place { updates: vec![failed.clone()] }));
+    s.apply(&cmd("p2", Op::Place { updates: vec![failed] }));
+    assert_eq!(s.placement_errors[&key], "no nodes");
+    assert_eq!(s.events.iter().filter(|e| e.reason == "FailedScheduling").count(), 1);
+}
+
+fn replica(phase: &str, ready: bool) -> ReplicaReport {
+    ReplicaReport {
+        key: obj("x", "a").key(),
+        index: 1,
+        name: "g-x-1".into(),
+        container_id: Some("c1".into()),
+        phase: phase.into(),
+        ready,
+        ip: Some("10.10.1.2".into()),
+        restarts: 0,
+        generation: 1,
+        image: "a:latest".into(),
+        started_ms: None,
+        message: None,
+    }
+}
+
+#[test]
+fn reports_record_transitions_as_events() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("n", Op::RegisterNode { node: node("a") }));
+    let report = |seq, replicas| NodeReport { seq, at_ms: 0, replicas };
+    s.apply(&cmd("r1", Op::Report { node: 1, report: report(1, vec![replica("starting", false)]) }));
+    s.apply(&cmd("r2", Op::Report { node: 1, report: report(2, vec![replica("running", true)]) }));
+    s.apply(&cmd("r3", Op::Report { node: 1, report: report(3, vec![replica("running", true)]) }));
+    s.apply(&cmd("r4", Op::Report { node: 1, report: report(4, vec![]) }));
+    let reasons: Vec<&str> = s.events.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["Starting", "Ready", "Removed"]);
+    assert!(matches!(
+        s.apply(&cmd("r5", Op::Report { node: 9, report: report(1, vec![]) })),
+        CommandResult::Rejected { .. }
+    ));
+}
