@@ -571,8 +571,12 @@ impl Kernel for NetlinkKernel {
                     NeighbourAttribute::LinkLayerAddress(m) => mac_of(m),
                     _ => None,
                 });
+                // In AF_BRIDGE messages the kernel's NDA_DST decodes as raw bytes.
                 let dst = n.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => None,
                 });
                 if let Some(mac) = mac {
