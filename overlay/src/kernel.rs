@@ -632,3 +632,29 @@ impl Kernel for NetlinkKernel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::ErrorMessage;
+    use std::num::NonZeroI32;
+
+    fn nl_err(errno: i32) -> rtnetlink::Error {
+        let mut m = ErrorMessage::default();
+        m.code = NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn eperm_names_the_capability() {
+        let e = KernelError::netlink("creating vxlan device smr.1", nl_err(EPERM));
+        assert_eq!(
+            e.to_string(),
+            "creating vxlan device smr.1: permission denied: the agent needs CAP_NET_ADMIN"
+        );
+        assert!(matches!(
+            KernelError::netlink("x", nl_err(ENODEV)),
+            KernelError::Netlink { .. }
+        ));
+    }
+}

@@ -50,8 +50,14 @@ impl Testbed {
         let (va, vb) = (format!("sv{id}a"), format!("sv{id}b"));
         sh(&["ip", "netns", "add", &tb.a]);
         sh(&["ip", "netns", "add", &tb.b]);
-        sh(&["ip", "link", "add", &va, "netns", &tb.a, "type", "veth", "peer", "name", &vb, "netns", &tb.b]);
-        for (ns, dev, ip) in [(&tb.a, &va, "192.168.77.1/24"), (&tb.b, &vb, "192.168.77.2/24")] {
+        sh(&[
+            "ip", "link", "add", &va, "netns", &tb.a, "type", "veth", "peer", "name", &vb, "netns",
+            &tb.b,
+        ]);
+        for (ns, dev, ip) in [
+            (&tb.a, &va, "192.168.77.1/24"),
+            (&tb.b, &vb, "192.168.77.2/24"),
+        ] {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             sh(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
@@ -152,9 +158,16 @@ fn setup_and_reconcile(
     })
 }
 
-fn reconcile(tb: &Testbed, ns: &str, cfg: OverlayConfig, peers: Vec<Peer>) -> overlay::ReconcileReport {
-    tb.in_ns(ns, move || async move { Overlay::new(cfg)?.reconcile(&peers).await })
-        .expect("reconcile")
+fn reconcile(
+    tb: &Testbed,
+    ns: &str,
+    cfg: OverlayConfig,
+    peers: Vec<Peer>,
+) -> overlay::ReconcileReport {
+    tb.in_ns(ns, move || async move {
+        Overlay::new(cfg)?.reconcile(&peers).await
+    })
+    .expect("reconcile")
 }
 
 #[test]
@@ -164,7 +177,8 @@ fn vxlan_two_nodes() {
     let ca = cfg(Backend::Vxlan, 1, MAC_A);
     let cb = cfg(Backend::Vxlan, 2, MAC_B);
 
-    let ra = setup_and_reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B), peer(1, MAC_A)]).unwrap();
+    let ra =
+        setup_and_reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B), peer(1, MAC_A)]).unwrap();
     assert!(!ra.device_recreated, "setup created the device already");
     assert_eq!(ra.ops.len(), 3, "{:?}", ra.ops);
     assert!(matches!(ra.ops[0], Op::AddFdb { .. }));
@@ -173,20 +187,49 @@ fn vxlan_two_nodes() {
 
     // The device as specified.
     let link = sh(&["ip", "-d", "-n", &a, "link", "show", VXLAN_DEV]);
-    for want in ["mtu 1450", "02:5a:00:00:00:01", "vxlan id 1", "local 192.168.77.1", "dstport 8472", "nolearning", "UP"] {
+    for want in [
+        "mtu 1450",
+        "02:5a:00:00:00:01",
+        "vxlan id 1",
+        "local 192.168.77.1",
+        "dstport 8472",
+        "nolearning",
+        "UP",
+    ] {
         assert!(link.contains(want), "{want} missing in {link}");
     }
     let addr = sh(&["ip", "-n", &a, "-4", "addr", "show", "dev", VXLAN_DEV]);
     assert!(addr.contains("inet 10.42.1.0/32"), "{addr}");
-    assert_eq!(sh(&["ip", "netns", "exec", &a, "cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    assert_eq!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &a,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward"
+        ])
+        .trim(),
+        "1"
+    );
 
     // Exactly the entries flannel would make.
     let neigh = sh(&["ip", "-n", &a, "neigh", "show", "dev", VXLAN_DEV]);
-    assert!(neigh.contains("10.42.2.0 lladdr 02:5a:00:00:00:02 PERMANENT"), "{neigh}");
+    assert!(
+        neigh.contains("10.42.2.0 lladdr 02:5a:00:00:00:02 PERMANENT"),
+        "{neigh}"
+    );
     let fdb = sh(&["bridge", "-n", &a, "fdb", "show", "dev", VXLAN_DEV]);
-    assert!(fdb.contains("02:5a:00:00:00:02 dst 192.168.77.2 self permanent"), "{fdb}");
+    assert!(
+        fdb.contains("02:5a:00:00:00:02 dst 192.168.77.2 self permanent"),
+        "{fdb}"
+    );
     let route = sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]);
-    assert_eq!(route.trim(), "10.42.2.0/24 via 10.42.2.0 dev smr.1 proto static onlink", "{route}");
+    assert_eq!(
+        route.trim(),
+        "10.42.2.0/24 via 10.42.2.0 dev smr.1 proto static onlink",
+        "{route}"
+    );
 
     // Through the tunnel.
     tb.ping_until_ok(&a, "10.42.2.0", None);
@@ -198,14 +241,28 @@ fn vxlan_two_nodes() {
     // Peer removed: its entries disappear.
     let gone = reconcile(&tb, &a, ca.clone(), vec![]);
     assert_eq!(gone.ops.len(), 3, "{:?}", gone.ops);
-    assert!(gone.ops.iter().all(|o| matches!(o, Op::DelRoute(_) | Op::DelNeigh { .. } | Op::DelFdb { .. })));
+    assert!(
+        gone.ops
+            .iter()
+            .all(|o| matches!(o, Op::DelRoute(_) | Op::DelNeigh { .. } | Op::DelFdb { .. }))
+    );
     assert!(!sh(&["ip", "-n", &a, "neigh", "show", "dev", VXLAN_DEV]).contains("10.42.2.0"));
-    assert!(!sh(&["bridge", "-n", &a, "fdb", "show", "dev", VXLAN_DEV]).contains("02:5a:00:00:00:02"));
-    assert_eq!(sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]).trim(), "");
+    assert!(
+        !sh(&["bridge", "-n", &a, "fdb", "show", "dev", VXLAN_DEV]).contains("02:5a:00:00:00:02")
+    );
+    assert_eq!(
+        sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]).trim(),
+        ""
+    );
     assert!(reconcile(&tb, &a, ca.clone(), vec![]).is_noop());
 
     // Back, then the device deleted by hand: recreated with its entries.
-    assert_eq!(reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B)]).ops.len(), 3);
+    assert_eq!(
+        reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B)])
+            .ops
+            .len(),
+        3
+    );
     sh(&["ip", "-n", &a, "link", "del", VXLAN_DEV]);
     let re = reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B)]);
     assert!(re.device_recreated);
@@ -220,10 +277,28 @@ fn vxlan_two_nodes() {
     assert!(reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B)]).is_noop());
 
     // Masquerade rules are there, then teardown removes them and the device.
-    let chain = sh(&["ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "SMR-MASQ"]);
-    assert!(chain.contains("-A SMR-MASQ -s 10.42.0.0/16 -d 10.42.0.0/16 -j RETURN"), "{chain}");
-    assert!(chain.contains("-A SMR-MASQ -s 10.42.1.0/24 ! -d 10.42.0.0/16 -j MASQUERADE"), "{chain}");
-    let post = sh(&["ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "POSTROUTING"]);
+    let chain = sh(&[
+        "ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "SMR-MASQ",
+    ]);
+    assert!(
+        chain.contains("-A SMR-MASQ -s 10.42.0.0/16 -d 10.42.0.0/16 -j RETURN"),
+        "{chain}"
+    );
+    assert!(
+        chain.contains("-A SMR-MASQ -s 10.42.1.0/24 ! -d 10.42.0.0/16 -j MASQUERADE"),
+        "{chain}"
+    );
+    let post = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "iptables",
+        "-t",
+        "nat",
+        "-S",
+        "POSTROUTING",
+    ]);
     assert!(post.contains("-A POSTROUTING -j SMR-MASQ"), "{post}");
     // A second setup changes nothing in iptables (checked before insert).
     tb.in_ns(&a, {
@@ -231,15 +306,52 @@ fn vxlan_two_nodes() {
         move || async move { Overlay::new(ca)?.setup().await }
     })
     .unwrap();
-    let post2 = sh(&["ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "POSTROUTING"]);
+    let post2 = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "iptables",
+        "-t",
+        "nat",
+        "-S",
+        "POSTROUTING",
+    ]);
     assert_eq!(post, post2);
 
-    tb.in_ns(&a, move || async move { Overlay::new(ca)?.teardown().await }).unwrap();
-    assert!(!run(&["ip", "-n", &a, "link", "show", VXLAN_DEV]).status.success());
-    assert!(!run(&["ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "SMR-MASQ"]).status.success());
-    let post3 = sh(&["ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "POSTROUTING"]);
+    tb.in_ns(
+        &a,
+        move || async move { Overlay::new(ca)?.teardown().await },
+    )
+    .unwrap();
+    assert!(
+        !run(&["ip", "-n", &a, "link", "show", VXLAN_DEV])
+            .status
+            .success()
+    );
+    assert!(
+        !run(&[
+            "ip", "netns", "exec", &a, "iptables", "-t", "nat", "-S", "SMR-MASQ"
+        ])
+        .status
+        .success()
+    );
+    let post3 = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "iptables",
+        "-t",
+        "nat",
+        "-S",
+        "POSTROUTING",
+    ]);
     assert!(!post3.contains("SMR-MASQ"), "{post3}");
-    assert_eq!(sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]).trim(), "");
+    assert_eq!(
+        sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]).trim(),
+        ""
+    );
 }
 
 #[test]
@@ -260,8 +372,15 @@ fn host_gw_two_nodes() {
     assert_eq!(rb.ops.len(), 1);
     let dev_a = format!("sv{}", a.trim_start_matches("smrov"));
     let route = sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]);
-    assert_eq!(route.trim(), format!("10.42.2.0/24 via 192.168.77.2 dev {dev_a} proto static"));
-    assert!(!run(&["ip", "-n", &a, "link", "show", VXLAN_DEV]).status.success());
+    assert_eq!(
+        route.trim(),
+        format!("10.42.2.0/24 via 192.168.77.2 dev {dev_a} proto static")
+    );
+    assert!(
+        !run(&["ip", "-n", &a, "link", "show", VXLAN_DEV])
+            .status
+            .success()
+    );
 
     tb.ping_until_ok(&a, "10.42.2.1", Some("10.42.1.1"));
     assert!(reconcile(&tb, &a, ca.clone(), vec![peer(2, MAC_B)]).is_noop());
@@ -277,14 +396,74 @@ fn host_gw_two_nodes() {
             move || async move { Overlay::new(ca)?.reconcile(&[far]).await }
         })
         .unwrap_err();
-    assert!(err.to_string().contains("peer underlay 10.99.0.5 is in none of the local networks"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("peer underlay 10.99.0.5 is in none of the local networks"),
+        "{err}"
+    );
 
     // Peer removed: its route goes; the own lease's route stays.
     let gone = reconcile(&tb, &a, ca.clone(), vec![]);
     assert_eq!(gone.ops.len(), 1);
-    assert_eq!(sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]).trim(), "");
+    assert_eq!(
+        sh(&["ip", "-n", &a, "route", "show", "10.42.2.0/24"]).trim(),
+        ""
+    );
     assert!(sh(&["ip", "-n", &a, "route", "show", "10.42.1.0/24"]).contains("smrdummy"));
 
-    tb.in_ns(&a, move || async move { Overlay::new(ca)?.teardown().await }).unwrap();
+    tb.in_ns(
+        &a,
+        move || async move { Overlay::new(ca)?.teardown().await },
+    )
+    .unwrap();
     assert!(sh(&["ip", "-n", &a, "route", "show", "10.42.1.0/24"]).contains("smrdummy"));
+}
+
+const NO_CAP_CHILD: &str = "SMR_OVERLAY_NO_CAP_CHILD";
+
+/// Runs itself again inside a namespace without CAP_NET_ADMIN: setup must say so.
+#[test]
+fn missing_cap_net_admin_is_named() {
+    if std::env::var_os(NO_CAP_CHILD).is_some() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(async { Overlay::new(cfg(Backend::Vxlan, 1, MAC_A))?.setup().await })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the agent needs CAP_NET_ADMIN"),
+            "{err}"
+        );
+        return;
+    }
+    let tb = Testbed::new();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &tb.a,
+            "setpriv",
+            "--bounding-set=-net_admin",
+            "--inh-caps=-net_admin",
+        ])
+        .arg(exe)
+        .args(["--exact", "missing_cap_net_admin_is_named", "--nocapture"])
+        .env(NO_CAP_CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed: {text}");
+    assert!(text.contains("1 passed"), "child ran nothing: {text}");
+    assert!(
+        !run(&["ip", "-n", &tb.a, "link", "show", VXLAN_DEV])
+            .status
+            .success()
+    );
 }
