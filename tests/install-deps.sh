@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the end-to-end suites (tests/tests/testbed_*.rs) need.
+# Idempotent: runs `apt-get update` and `apt-get install` only when something is missing.
+set -euo pipefail
+
+# package -> a command it provides (checked with `command -v`), or "-" to check dpkg only.
+declare -A PKGS=(
+  [busybox-static]=-
+  [iproute2]=ip
+  [iptables]=iptables
+  [dnsutils]=dig
+  [iputils-ping]=ping
+  [procps]=pkill
+  [psmisc]=fuser
+  [util-linux]=nsenter
+)
+
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for pkg in "${!PKGS[@]}"; do
+  cmd=${PKGS[$pkg]}
+  if installed "$pkg"; then continue; fi
+  if [[ $cmd != - ]] && command -v "$cmd" >/dev/null 2>&1; then continue; fi
+  missing+=("$pkg")
+done
+# The Docker engine: only when no dockerd exists at all (any packaging of it will do).
+if ! command -v dockerd >/dev/null 2>&1; then
+  missing+=(docker.io)
+fi
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all present"
+  exit 0
+fi
+
+SUDO=
+if [[ $(id -u) != 0 ]]; then SUDO=sudo; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y --no-install-recommends "${missing[@]}"
