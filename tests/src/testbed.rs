@@ -21,6 +21,28 @@
 //! leftover sweeper ([`sweep_leftovers`], for runs that were killed) only ever remove what
 //! this code created: processes by recorded pid (checked against their start time),
 //! namespaces, links and the iptables rule by their exact names.
+//!
+//! Traps handled here: the host's `/etc/docker/daemon.json` clashes with `--data-root`, so
+//! each VM daemon gets its own `--config-file`; `ip netns exec` hides the cgroup mounts,
+//! so everything enters the namespace with `nsenter --net=` (network namespace only: VM
+//! processes see the host's files, e.g. binaries under target/).
+//!
+//! ```no_run
+//! use smr_tests::testbed::{Testbed, TestbedConfig, BUSYBOX_IMAGE};
+//! # fn main() -> anyhow::Result<()> {
+//! let tb = Testbed::start(TestbedConfig::new(3))?;
+//! let (a, b) = (tb.vm(0), tb.vm(1));
+//! assert!(a.ping(b.ip));
+//! let mut agent = a.cmd("/work/target/debug/smrmgr");
+//! agent.args(["start", "--ip", &a.ip.to_string(), "--docker-host", &a.docker_host]);
+//! let proc = a.spawn("agent", agent)?; // logs in <a.dir>/logs/agent.log
+//! a.docker_ok(&["run", "-d", "--network", "none", BUSYBOX_IMAGE, "sleep", "60"])?;
+//! tb.cut(b)?; // partition vm2
+//! tb.heal(b)?;
+//! a.stop(proc.pid, std::time::Duration::from_secs(5))?;
+//! drop(tb); // or tb.shutdown(): everything goes away, also when a test panics
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -658,7 +680,7 @@ impl std::fmt::Debug for Testbed {
 }
 
 /// Names and ids a testbed created, to check afterwards that none is left.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
     pub dir: PathBuf,
     pub netns: Vec<String>,

@@ -142,9 +142,18 @@ fn three_vms_ping_run_containers_partition_and_tear_down() -> Result<()> {
     cmd.arg("3600");
     let p = v1.spawn("sleeper", cmd)?;
     ensure!(v1.is_running(p.pid));
-    let ns = std::fs::read_link(format!("/proc/{}/ns/net", p.pid))?;
-    let own = std::fs::read_link("/proc/self/ns/net")?;
-    ensure!(ns != own, "spawned process is not in the VM's namespace");
+    // (nsenter joins the namespace, then execs the program under the same pid.)
+    use std::os::unix::fs::MetadataExt;
+    let vm_ns = std::fs::metadata(format!("/var/run/netns/{}", v1.netns))?.ino();
+    poll_until(
+        Duration::from_secs(5),
+        "spawned process in vm1's netns",
+        || {
+            let ns = std::fs::metadata(format!("/proc/{}/ns/net", p.pid))?.ino();
+            let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid))?;
+            Ok(ns == vm_ns && exe.ends_with("sleep"))
+        },
+    )?;
 
     let inv = shutdown(tb)?;
     ensure!(inv.pids.iter().any(|&(pid, _)| pid == p.pid));
@@ -209,6 +218,73 @@ fn teardown_runs_when_a_test_panics() -> Result<()> {
     .join();
     ensure!(res.is_err(), "the thread should have panicked");
     let inv = inv.lock().expect("lock").take().context("inventory")?;
+    assert_clean(&inv);
+    Ok(())
+}
+
+/// Not a test on its own: the child process of `sweeper_cleans_up_after_a_killed_run`.
+/// Starts a testbed, writes its inventory to $SMR_TESTBED_HELPER_OUT and waits to be killed.
+#[test]
+#[ignore = "helper process of sweeper_cleans_up_after_a_killed_run"]
+fn helper_start_and_wait_to_be_killed() -> Result<()> {
+    let Some(out) = std::env::var_os("SMR_TESTBED_HELPER_OUT") else {
+        return Ok(());
+    };
+    let tb = start(TestbedConfig::new(1))?;
+    run_busybox(tb.vm(0), "orphan")?;
+    let mut cmd = tb.vm(0).cmd("sleep");
+    cmd.arg("3600");
+    tb.vm(0).spawn("sleeper", cmd)?;
+    let tmp = std::path::PathBuf::from(&out).with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&tb.inventory())?)?;
+    std::fs::rename(&tmp, &out)?;
+    // Waits for SIGKILL from the parent test (bounded, in case the parent died).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn sweeper_cleans_up_after_a_killed_run() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("inventory.json");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_and_wait_to_be_killed",
+            "--nocapture",
+        ])
+        .env("SMR_TESTBED_HELPER_OUT", &out)
+        .spawn()?;
+    let waited = poll_until(
+        Duration::from_secs(90),
+        "helper wrote its inventory",
+        || {
+            if let Some(st) = child.try_wait()? {
+                anyhow::bail!("helper exited early: {st}");
+            }
+            Ok(out.exists())
+        },
+    );
+    child.kill()?; // SIGKILL: no Drop, no teardown
+    child.wait()?;
+    waited?;
+    let inv: Inventory = serde_json::from_slice(&std::fs::read(&out)?)?;
+    ensure!(
+        !inv.leftovers().is_empty(),
+        "a killed run should leave things behind"
+    );
+
+    let t = Instant::now();
+    let swept = smr_tests::testbed::sweep_leftovers(&smr_tests::testbed::default_base_dir());
+    println!("sweeper took {:?}: {swept:?}", t.elapsed());
+    // (A testbed started concurrently by another test may have swept it first.)
     assert_clean(&inv);
     Ok(())
 }
