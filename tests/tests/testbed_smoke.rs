@@ -1,0 +1,290 @@
+//! Smoke suite of the emulated-VM testbed: underlay reachability, one dockerd per VM,
+//! partitions (cut/heal), clean teardown (explicit, concurrent, and on panic).
+//! Needs root and dockerd; otherwise each test prints "skipped: <why>" and passes.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use smr_tests::testbed::{
+    BUSYBOX_IMAGE, Inventory, Testbed, TestbedConfig, Vm, poll_until, unsupported_reason,
+};
+
+fn skip() -> bool {
+    if let Some(why) = unsupported_reason(true) {
+        println!("skipped: {why}");
+        return true;
+    }
+    false
+}
+
+fn start(cfg: TestbedConfig) -> Result<Testbed> {
+    let n = cfg.vms;
+    let tb = Testbed::start(cfg)?;
+    println!(
+        "testbed {} ({} VMs, underlay {}, dir {}): started in {:?}",
+        tb.id(),
+        n,
+        tb.underlay_cidr(),
+        tb.dir().display(),
+        tb.start_time
+    );
+    Ok(tb)
+}
+
+fn shutdown(mut tb: Testbed) -> Result<Inventory> {
+    let inv = tb.inventory();
+    let t = Instant::now();
+    tb.shutdown()?;
+    println!("testbed {}: teardown took {:?}", tb.id(), t.elapsed());
+    // A second call is a no-op (and Drop will call it a third time).
+    tb.shutdown()?;
+    Ok(inv)
+}
+
+fn assert_clean(inv: &Inventory) {
+    let left = inv.leftovers();
+    assert!(left.is_empty(), "left after teardown: {left:#?}");
+}
+
+fn all_ping(tb: &Testbed) -> Result<()> {
+    for a in tb.vms() {
+        ensure!(a.ping(tb.bridge_ip()), "{} cannot ping the host", a.name);
+        for b in tb.vms() {
+            if a.index != b.index {
+                ensure!(a.ping(b.ip), "{} cannot ping {} ({})", a.name, b.name, b.ip);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_busybox(vm: &Vm, name: &str) -> Result<()> {
+    vm.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "none",
+        BUSYBOX_IMAGE,
+        "sleep",
+        "3600",
+    ])
+    .with_context(|| format!("docker run on {}", vm.name))?;
+    let out = vm.docker_ok(&["exec", name, "echo", "hello from", &vm.name])?;
+    ensure!(
+        out == format!("hello from {}", vm.name),
+        "exec said {out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn three_vms_ping_run_containers_partition_and_tear_down() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let tb = start(TestbedConfig::new(3))?;
+    ensure!(tb.vms().len() == 3);
+
+    // Every VM is its own host: eth0 with its address, its own daemon.
+    for vm in tb.vms() {
+        let addr = vm.run_ok("ip", &["-o", "-4", "addr", "show", "dev", "eth0"])?;
+        ensure!(
+            addr.contains(&format!("{}/24", vm.ip)),
+            "{}: {addr}",
+            vm.name
+        );
+        let name = vm.docker_ok(&["info", "--format", "{{.DockerRootDir}}"])?;
+        ensure!(name.starts_with(&vm.dir.display().to_string()), "{name}");
+    }
+    let t = Instant::now();
+    all_ping(&tb)?;
+    println!("full mesh ping: {:?}", t.elapsed());
+
+    // A container on each daemon; exec works.
+    let t = Instant::now();
+    for vm in tb.vms() {
+        run_busybox(vm, "smoke")?;
+        // The other daemons do not see it.
+        for other in tb.vms() {
+            if other.index != vm.index {
+                let ps = other.docker_ok(&["ps", "-q", "--filter", "name=smoke"])?;
+                ensure!(
+                    other.index < vm.index || ps.is_empty(),
+                    "{} sees {ps}",
+                    other.name
+                );
+            }
+        }
+    }
+    println!("3 containers run + exec: {:?}", t.elapsed());
+
+    // Partition vm3: the others cannot reach it, but still each other.
+    let (v1, v2, v3) = (tb.vm(0), tb.vm(1), tb.vm(2));
+    tb.cut(v3)?;
+    ensure!(!v1.ping(v3.ip), "vm1 still reaches cut vm3");
+    ensure!(!v2.ping(v3.ip), "vm2 still reaches cut vm3");
+    ensure!(!v3.ping(v1.ip), "cut vm3 still reaches vm1");
+    ensure!(v1.ping(v2.ip), "vm1 lost vm2 although only vm3 was cut");
+    tb.heal(v3)?;
+    let t = Instant::now();
+    poll_until(Duration::from_secs(15), "vm1 reaches healed vm3", || {
+        Ok(v1.ping(v3.ip))
+    })?;
+    println!("heal -> reachable: {:?}", t.elapsed());
+    ensure!(v2.ping(v3.ip) && v3.ping(v2.ip));
+
+    // A long-running process inside a VM, recorded and stopped at teardown.
+    let mut cmd = v1.cmd("sleep");
+    cmd.arg("3600");
+    let p = v1.spawn("sleeper", cmd)?;
+    ensure!(v1.is_running(p.pid));
+    // (nsenter joins the namespace, then execs the program under the same pid.)
+    use std::os::unix::fs::MetadataExt;
+    let vm_ns = std::fs::metadata(format!("/var/run/netns/{}", v1.netns))?.ino();
+    poll_until(
+        Duration::from_secs(5),
+        "spawned process in vm1's netns",
+        || {
+            let ns = std::fs::metadata(format!("/proc/{}/ns/net", p.pid))?.ino();
+            let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid))?;
+            Ok(ns == vm_ns && exe.ends_with("sleep"))
+        },
+    )?;
+
+    let inv = shutdown(tb)?;
+    ensure!(inv.pids.iter().any(|&(pid, _)| pid == p.pid));
+    assert_clean(&inv);
+    Ok(())
+}
+
+#[test]
+fn two_testbeds_at_once_do_not_collide() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let h1 = thread::spawn(|| start(TestbedConfig::new(2)));
+    let h2 = thread::spawn(|| start(TestbedConfig::new(2)));
+    let a = h1.join().expect("start thread")?;
+    let b = h2.join().expect("start thread")?;
+    println!("two testbeds started concurrently in {:?}", t.elapsed());
+
+    ensure!(a.id() != b.id());
+    ensure!(a.bridge() != b.bridge());
+    ensure!(a.underlay_cidr() != b.underlay_cidr());
+    ensure!(a.dir() != b.dir());
+    for (va, vb) in a.vms().iter().zip(b.vms()) {
+        ensure!(va.netns != vb.netns && va.host_veth != vb.host_veth);
+        ensure!(va.docker_host != vb.docker_host && va.ip != vb.ip);
+    }
+    all_ping(&a)?;
+    all_ping(&b)?;
+    // Separate underlays: no path between them.
+    ensure!(!a.vm(0).ping(b.vm(0).ip), "testbeds are connected");
+    // Same container name on both sides, separate daemons.
+    run_busybox(a.vm(0), "twin")?;
+    run_busybox(b.vm(0), "twin")?;
+
+    let (ia, ib) = thread::scope(|s| {
+        let ha = s.spawn(|| shutdown(a));
+        let hb = s.spawn(|| shutdown(b));
+        (ha.join().expect("join"), hb.join().expect("join"))
+    });
+    assert_clean(&ia?);
+    assert_clean(&ib?);
+    Ok(())
+}
+
+#[test]
+fn teardown_runs_when_a_test_panics() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let inv: Arc<Mutex<Option<Inventory>>> = Arc::default();
+    let inv2 = inv.clone();
+    let res = thread::spawn(move || {
+        let tb = start(TestbedConfig::new(1)).expect("start");
+        run_busybox(tb.vm(0), "doomed").expect("container");
+        let mut cmd = tb.vm(0).cmd("sleep");
+        cmd.arg("3600");
+        tb.vm(0).spawn("sleeper", cmd).expect("spawn");
+        *inv2.lock().expect("lock") = Some(tb.inventory());
+        panic!("deliberate failure inside a test");
+    })
+    .join();
+    ensure!(res.is_err(), "the thread should have panicked");
+    let inv = inv.lock().expect("lock").take().context("inventory")?;
+    assert_clean(&inv);
+    Ok(())
+}
+
+/// Not a test on its own: the child process of `sweeper_cleans_up_after_a_killed_run`.
+/// Starts a testbed, writes its inventory to $SMR_TESTBED_HELPER_OUT and waits to be killed.
+#[test]
+#[ignore = "helper process of sweeper_cleans_up_after_a_killed_run"]
+fn helper_start_and_wait_to_be_killed() -> Result<()> {
+    let Some(out) = std::env::var_os("SMR_TESTBED_HELPER_OUT") else {
+        return Ok(());
+    };
+    let tb = start(TestbedConfig::new(1))?;
+    run_busybox(tb.vm(0), "orphan")?;
+    let mut cmd = tb.vm(0).cmd("sleep");
+    cmd.arg("3600");
+    tb.vm(0).spawn("sleeper", cmd)?;
+    let tmp = std::path::PathBuf::from(&out).with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&tb.inventory())?)?;
+    std::fs::rename(&tmp, &out)?;
+    // Waits for SIGKILL from the parent test (bounded, in case the parent died).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn sweeper_cleans_up_after_a_killed_run() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("inventory.json");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_and_wait_to_be_killed",
+            "--nocapture",
+        ])
+        .env("SMR_TESTBED_HELPER_OUT", &out)
+        .spawn()?;
+    let waited = poll_until(
+        Duration::from_secs(90),
+        "helper wrote its inventory",
+        || {
+            if let Some(st) = child.try_wait()? {
+                anyhow::bail!("helper exited early: {st}");
+            }
+            Ok(out.exists())
+        },
+    );
+    child.kill()?; // SIGKILL: no Drop, no teardown
+    child.wait()?;
+    waited?;
+    let inv: Inventory = serde_json::from_slice(&std::fs::read(&out)?)?;
+    ensure!(
+        !inv.leftovers().is_empty(),
+        "a killed run should leave things behind"
+    );
+
+    let t = Instant::now();
+    let swept = smr_tests::testbed::sweep_leftovers(&smr_tests::testbed::default_base_dir());
+    println!("sweeper took {:?}: {swept:?}", t.elapsed());
+    // (A testbed started concurrently by another test may have swept it first.)
+    assert_clean(&inv);
+    Ok(())
+}
