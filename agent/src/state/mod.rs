@@ -92,6 +92,10 @@ pub struct StoredObject {
     pub object: Object,
     /// 1 on creation, +1 on every change of the definition.
     pub generation: u64,
+    /// 1 on creation, +1 on every change of what a replica runs (a `containers` spec apart from
+    /// replicas, spread, node selector and rollout settings): scaling does not restart replicas.
+    #[serde(default = "one")]
+    pub template_generation: u64,
     /// The cluster revision at which this object last changed.
     pub revision: u64,
     pub created_ms: u64,
@@ -439,6 +443,9 @@ impl ClusterState {
                         (Outcome::Unchanged, stored.generation)
                     }
                     Some(stored) => {
+                        if !same_template(&stored.object, object) {
+                            stored.template_generation += 1;
+                        }
                         stored.object = object.clone();
                         stored.generation += 1;
                         stored.revision = revision;
@@ -453,6 +460,7 @@ impl ClusterState {
                             StoredObject {
                                 object: object.clone(),
                                 generation: 1,
+                                template_generation: 1,
                                 revision,
                                 created_ms: now,
                                 updated_ms: now,
@@ -519,6 +527,29 @@ impl ClusterState {
         self.join_tokens
             .iter()
             .any(|t| t.expires_ms > now && constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
+    }
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Whether two objects run the same replicas: equal apart from how many and where.
+fn same_template(a: &Object, b: &Object) -> bool {
+    match (a.spec.as_containers(), b.spec.as_containers()) {
+        (Some(x), Some(y)) => {
+            let strip = |spec: &crate::definitions::ContainersSpec| {
+                let mut spec = spec.clone();
+                spec.replicas = 0;
+                spec.spread = None;
+                spec.node_selector.clear();
+                spec.rolling_update = None;
+                spec.nodes.clear();
+                spec
+            };
+            a.kind == b.kind && strip(x) == strip(y)
+        }
+        _ => a == b,
     }
 }
 

@@ -205,3 +205,19 @@ fn reports_record_transitions_as_events() {
         CommandResult::Rejected { .. }
     ));
 }
+
+#[test]
+fn scaling_keeps_the_template_generation() {
+    let mut s = ClusterState::default();
+    let mut scaled = obj("x", "a");
+    s.apply(&cmd("a", Op::Apply { objects: vec![scaled.clone()], owner: None }));
+    if let crate::definitions::Spec::Containers(spec) = &mut scaled.spec {
+        spec.replicas = 5;
+    }
+    s.apply(&cmd("b", Op::Apply { objects: vec![scaled], owner: None }));
+    let stored = s.objects.values().next().unwrap();
+    assert_eq!((stored.generation, stored.template_generation), (2, 1));
+    s.apply(&cmd("c", Op::Apply { objects: vec![obj("x", "b")], owner: None }));
+    let stored = s.objects.values().next().unwrap();
+    assert_eq!((stored.generation, stored.template_generation), (3, 2));
+}
