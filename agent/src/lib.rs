@@ -16,6 +16,7 @@ pub mod client;
 pub mod daemon;
 pub mod definitions;
 pub mod node;
+pub mod controller;
 pub mod pki;
 pub mod runtime;
 pub mod scheduler;
