@@ -31,7 +31,7 @@ use crate::api::{self, ClientIdentity};
 use crate::client::{Context, error_chain, write_private};
 use crate::node::{Node, new_op_id, now_ms};
 use crate::pki::{self, ClusterCa, Identity, JoinToken, PeerIdentity, Role};
-use crate::state::{CaRecord, Command, CommandResult, NodeRecord, Op, join_host_port};
+use crate::state::{CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port};
 use crate::store::{RaftPeer, ServerState, Store, StoreConfig, Transport};
 
 /// Everything `smrmgr start` passes to the agent.
@@ -48,6 +48,15 @@ pub struct AgentConfig {
     pub api_port: u16,
     pub raft_port: u16,
     pub labels: BTreeMap<String, String>,
+    /// Cluster network and subnet length (used when this node creates the cluster).
+    pub cidr: ipnet::Ipv4Net,
+    pub subnet_len: u8,
+    /// Overlay backend when creating the cluster: `vxlan`, `host-gw` or `none`.
+    pub backend: String,
+    /// Underlay interface for the overlay (default: the one holding `ip`).
+    pub iface: Option<String>,
+    /// Whether this node runs replicas.
+    pub workloads: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +90,14 @@ pub struct NodeFile {
     pub raft_port: u16,
     /// False until a bootstrap node has recorded itself and the CA in the cluster state.
     pub bootstrapped: bool,
+    /// MAC of this node's VXLAN device, kept across restarts.
+    pub vtep_mac: String,
+    #[serde(default = "yes")]
+    pub schedulable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl NodeFile {
@@ -95,6 +112,9 @@ impl NodeFile {
             raft_port: self.raft_port,
             labels: labels.clone(),
             joined_ms: 0,
+            schedulable: self.schedulable,
+            lease: None,
+            vtep_mac: Some(self.vtep_mac.clone()),
         }
     }
 
@@ -180,7 +200,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
 
     if !me.bootstrapped {
         if me.id == 1 && config.join.is_none() {
-            finish_bootstrap(&node, &me, &config.labels).await?;
+            finish_bootstrap(&node, &me, &config).await?;
         }
         me.bootstrapped = true;
         write_json(&node_path, &me)?;
@@ -253,7 +273,7 @@ fn sans(config: &AgentConfig) -> Vec<String> {
     sans
 }
 
-fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool) -> NodeFile {
+fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool, vtep_mac: String) -> NodeFile {
     NodeFile {
         id,
         name: config.name.clone(),
@@ -263,6 +283,8 @@ fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool) -> NodeFile {
         api_port: config.api_port,
         raft_port: config.raft_port,
         bootstrapped,
+        vtep_mac,
+        schedulable: config.workloads,
     }
 }
 
@@ -279,15 +301,22 @@ fn create_cluster(config: &AgentConfig, pki_dir: &Path) -> Result<(NodeFile, Ide
     let cert_pem = ca.sign_csr(&csr, Role::Admin, &admin_name, &[])?;
     Identity { cert_pem, key_pem, ca_pem: ca.cert_pem().to_string() }.save(pki_dir, "admin")?;
     tracing::info!(fingerprint = %ca.fingerprint(), "created the cluster CA");
-    Ok((node_file(config, 1, false), identity, ca))
+    Ok((node_file(config, 1, false, mac_string(&overlay::generate_vtep_mac())), identity, ca))
 }
 
-/// First node, once its store runs: initialize Raft, record the CA and this node.
-async fn finish_bootstrap(node: &Node, me: &NodeFile, labels: &BTreeMap<String, String>) -> Result<(), DaemonError> {
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// First node, once its store runs: initialize Raft, record the CA, the network and this node.
+async fn finish_bootstrap(node: &Node, me: &NodeFile, config: &AgentConfig) -> Result<(), DaemonError> {
+    let labels = &config.labels;
     let ca = node.ca.as_ref().ok_or_else(|| DaemonError::Bootstrap("the CA key is missing".into()))?;
     node.store.bootstrap(me.peer()).await?;
     let ca_record = CaRecord { cert_pem: ca.cert_pem().to_string(), fingerprint: ca.fingerprint(), holder: me.id };
-    let commands = [Op::SetCa { ca: ca_record }, Op::RegisterNode { node: me.record(labels) }];
+    let network = NetworkSettings { cidr: config.cidr, subnet_len: config.subnet_len, backend: config.backend.clone() };
+    let commands =
+        [Op::SetCa { ca: ca_record }, Op::SetNetwork { network }, Op::RegisterNode { node: me.record(labels) }];
     let state = node.store.read(false).await.map_err(|e| DaemonError::Bootstrap(e.to_string()))?;
     let registered = state.nodes.values().any(|n| n.name == me.name);
     for op in commands {
@@ -317,6 +346,7 @@ async fn join(
     let (node_key, node_csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
     let admin_name = format!("admin@{}", config.name);
     let (admin_key, admin_csr) = pki::new_key_and_csr(Role::Admin, &admin_name, &[])?;
+    let vtep_mac = mac_string(&overlay::generate_vtep_mac());
     let request = JoinRequest {
         token: token.to_string(),
         name: config.name.clone(),
@@ -328,6 +358,8 @@ async fn join(
         labels: config.labels.clone(),
         node_csr,
         admin_csr,
+        vtep_mac: Some(vtep_mac.clone()),
+        schedulable: config.workloads,
     };
     let client = pki::pinned_reqwest_client(&parsed.ca_fingerprint, Duration::from_secs(30))?;
     let url = format!("https://{join_addr}/api/v1/join");
@@ -368,7 +400,7 @@ async fn join(
     identity.save(pki_dir, "node")?;
     Identity { cert_pem: response.admin_cert, key_pem: admin_key, ca_pem: response.ca_pem }.save(pki_dir, "admin")?;
     tracing::info!(id = response.id, "joined the cluster through {join_addr}");
-    Ok((node_file(config, response.id, true), identity))
+    Ok((node_file(config, response.id, true, vtep_mac), identity))
 }
 
 /// On the leader, keeps the Raft membership equal to the node registry: registered nodes are added

@@ -187,6 +187,9 @@ impl Node {
             raft_port: req.raft_port,
             labels: req.labels,
             joined_ms: 0,
+            schedulable: req.schedulable,
+            lease: None,
+            vtep_mac: req.vtep_mac,
         };
         match self.propose(Op::RegisterNode { node: record }, None).await? {
             CommandResult::NodeRegistered { id } => {

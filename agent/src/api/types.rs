@@ -103,6 +103,16 @@ pub struct JoinRequest {
     pub node_csr: String,
     /// CSR for the node's admin (smrctl) certificate.
     pub admin_csr: String,
+    /// MAC address the node's VXLAN device uses.
+    #[serde(default)]
+    pub vtep_mac: Option<String>,
+    /// Whether replicas may be placed on the node.
+    #[serde(default = "yes")]
+    pub schedulable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -58,6 +58,7 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
     let nodes: Vec<NodeInfo> = state
         .nodes
         .values()
+        .filter(|n| n.schedulable)
         .map(|n| NodeInfo {
             id: n.id,
             name: n.name.clone(),

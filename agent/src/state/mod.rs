@@ -122,6 +122,24 @@ pub struct NodeRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub joined_ms: u64,
+    /// Whether replicas may be placed here (false for control-plane-only nodes).
+    #[serde(default = "yes")]
+    pub schedulable: bool,
+    /// This node's subnet of the cluster network, allocated when it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<ipnet::Ipv4Net>,
+    /// MAC address of this node's VXLAN device (`aa:bb:cc:dd:ee:ff`), chosen by the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+}
+
+/// The cluster network, fixed when the cluster is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    pub cidr: ipnet::Ipv4Net,
+    pub subnet_len: u8,
+    /// `vxlan`, `host-gw` or `none`.
+    pub backend: String,
 }
 
 impl NodeRecord {
@@ -183,6 +201,9 @@ pub struct ClusterState {
     pub reports: BTreeMap<NodeId, NodeReport>,
     #[serde(default)]
     pub events: VecDeque<Event>,
+    /// The overlay settings; `None` until the first node records them.
+    #[serde(default)]
+    pub network: Option<NetworkSettings>,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -212,6 +233,8 @@ pub enum Op {
     SetNodeLabels { id: NodeId, labels: BTreeMap<String, String> },
     AddJoinToken { token: JoinTokenRecord },
     SetCa { ca: CaRecord },
+    /// Fixes the cluster network; refused if a different one is already set.
+    SetNetwork { network: NetworkSettings },
     /// The leader's placement decisions.
     Place { updates: Vec<PlacementUpdate> },
     /// A node's report of its replicas (also its heartbeat).
@@ -304,6 +327,18 @@ impl ClusterState {
                 },
                 _ => {
                     self.ca = Some(ca.clone());
+                    self.bump()
+                }
+            },
+            Op::SetNetwork { network } => match &self.network {
+                Some(existing) if existing != network => CommandResult::Rejected {
+                    reason: format!(
+                        "the cluster network is already {} /{} ({})",
+                        existing.cidr, existing.subnet_len, existing.backend
+                    ),
+                },
+                _ => {
+                    self.network = Some(network.clone());
                     self.bump()
                 }
             },
@@ -507,9 +542,19 @@ impl ClusterState {
                 reason: format!("a node named {} is already a member (id {})", node.name, existing.id),
             };
         }
+        let mut record = node.clone();
+        record.lease = match &self.network {
+            Some(network) if network.backend != "none" => {
+                let taken: Vec<ipnet::Ipv4Net> = self.nodes.values().filter_map(|n| n.lease).collect();
+                match overlay::allocate_subnet(network.cidr, network.subnet_len, &taken) {
+                    Ok(lease) => Some(lease),
+                    Err(e) => return CommandResult::Rejected { reason: format!("cannot give {} a subnet: {e}", node.name) },
+                }
+            }
+            _ => None,
+        };
         self.last_node_id += 1;
         let id = self.last_node_id;
-        let mut record = node.clone();
         record.id = id;
         record.joined_ms = now;
         self.nodes.insert(id, record);
@@ -528,6 +573,10 @@ impl ClusterState {
             .iter()
             .any(|t| t.expires_ms > now && constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u64 {

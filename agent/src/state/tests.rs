@@ -25,6 +25,9 @@ fn node(name: &str) -> NodeRecord {
         raft_port: 9212,
         labels: Default::default(),
         joined_ms: 0,
+        schedulable: true,
+        lease: None,
+        vtep_mac: None,
     }
 }
 

@@ -95,6 +95,21 @@ struct StartArgs {
     /// Node label KEY=VALUE (repeatable), used by node selectors.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Cluster network, when this node creates the cluster.
+    #[arg(long, default_value = "10.10.0.0/16")]
+    cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's subnet, when this node creates the cluster.
+    #[arg(long = "subnet-len", default_value = "24")]
+    subnet_len: u8,
+    /// Overlay backend, when this node creates the cluster: vxlan, host-gw, or none (no overlay).
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw", "none"])]
+    backend: String,
+    /// Underlay interface for the overlay (default: the one holding --ip).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Run no replicas on this node (control plane only).
+    #[arg(long = "no-workloads")]
+    no_workloads: bool,
     /// Run in the foreground instead of starting a background agent.
     #[arg(long)]
     foreground: bool,
@@ -187,6 +202,11 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         api_port: args.api_port,
         raft_port: args.raft_port,
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        cidr: args.cidr,
+        subnet_len: args.subnet_len,
+        backend: args.backend.clone(),
+        iface: args.iface.clone(),
+        workloads: !args.no_workloads,
     })
 }
 

@@ -115,6 +115,8 @@ impl Cluster {
             .arg(node.ip.to_string())
             .arg("--data-dir")
             .arg(&node.data_dir)
+            // Control plane only: several agents share this host's network namespace and Docker.
+            .args(["--backend", "none", "--no-workloads"])
             .env("SMR_LOG", "info,openraft=warn");
         cmd
     }

@@ -19,6 +19,9 @@ fn cluster(nodes: usize, yaml: &str) -> ClusterState {
             raft_port: 9212,
             labels: Default::default(),
             joined_ms: 0,
+            schedulable: true,
+            lease: None,
+            vtep_mac: None,
         };
         apply(&mut state, Op::RegisterNode { node });
     }
