@@ -224,3 +224,37 @@ fn scaling_keeps_the_template_generation() {
     let stored = s.objects.values().next().unwrap();
     assert_eq!((stored.generation, stored.template_generation), (3, 2));
 }
+
+#[test]
+fn joining_nodes_get_distinct_subnets_until_the_pool_runs_out() {
+    let mut s = ClusterState::default();
+    let network = NetworkSettings { cidr: "10.10.0.0/22".parse().unwrap(), subnet_len: 24, backend: "vxlan".into() };
+    s.apply(&cmd("net", Op::SetNetwork { network }));
+    for i in 0..4 {
+        assert!(matches!(
+            s.apply(&cmd(&format!("j{i}"), Op::RegisterNode { node: node(&format!("n{i}")) })),
+            CommandResult::NodeRegistered { .. }
+        ));
+    }
+    let leases: Vec<String> = s.nodes.values().map(|n| n.lease.unwrap().to_string()).collect();
+    assert_eq!(leases, vec!["10.10.0.0/24", "10.10.1.0/24", "10.10.2.0/24", "10.10.3.0/24"]);
+    let refused = s.apply(&cmd("j5", Op::RegisterNode { node: node("n5") }));
+    assert!(
+        matches!(&refused, CommandResult::Rejected { reason } if reason.contains("n5") && reason.contains("10.10.0.0/22")),
+        "{refused:?}"
+    );
+    // A removed node's subnet is free again.
+    s.apply(&cmd("rm", Op::RemoveNode { id: 2 }));
+    s.apply(&cmd("j6", Op::RegisterNode { node: node("n6") }));
+    assert_eq!(s.nodes[&5].lease.unwrap().to_string(), "10.10.1.0/24");
+}
+
+#[test]
+fn the_cluster_network_cannot_change() {
+    let mut s = ClusterState::default();
+    let a = NetworkSettings { cidr: "10.10.0.0/16".parse().unwrap(), subnet_len: 24, backend: "vxlan".into() };
+    let b = NetworkSettings { subnet_len: 26, ..a.clone() };
+    s.apply(&cmd("a", Op::SetNetwork { network: a.clone() }));
+    assert!(matches!(s.apply(&cmd("a2", Op::SetNetwork { network: a })), CommandResult::Done { .. }));
+    assert!(matches!(s.apply(&cmd("b", Op::SetNetwork { network: b })), CommandResult::Rejected { .. }));
+}
