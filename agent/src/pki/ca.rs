@@ -93,7 +93,8 @@ impl ClusterCa {
     /// Generates a new CA for the cluster `cluster_name`: ECDSA P-256, valid 10 years.
     pub fn generate(cluster_name: &str) -> Result<ClusterCa, PkiError> {
         validate_name(cluster_name)?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("smr cluster CA {cluster_name}"));
@@ -269,7 +270,10 @@ fn leaf_params(role: Role, name: &str, sans: &[String]) -> Result<CertificatePar
     dn.push(DnType::OrganizationalUnitName, role.organizational_unit());
     dn.push(DnType::OrganizationName, ORGANIZATION);
     params.distinguished_name = dn;
-    params.subject_alt_names = sans.iter().map(|s| parse_san(s)).collect::<Result<_, _>>()?;
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| parse_san(s))
+        .collect::<Result<_, _>>()?;
     Ok(params)
 }
 

@@ -124,7 +124,8 @@ impl Identity {
             what: "private key",
             reason: e.to_string(),
         })?;
-        if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.tbs_certificate.subject_pki.raw
+        if rcgen::PublicKeyData::subject_public_key_info(&key)
+            != cert.tbs_certificate.subject_pki.raw
         {
             return Err(PkiError::KeyMismatch("of this identity"));
         }

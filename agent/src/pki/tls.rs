@@ -64,9 +64,10 @@ fn server_config(
 /// The REST API server: presents `[node cert, CA cert]`; a client certificate is optional but,
 /// if sent, must come from the cluster CA. ALPN h2 and http/1.1.
 pub fn api_server_config(identity: &Identity) -> Result<Arc<ServerConfig>, PkiError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots(&identity.ca_pem)?, provider())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(ca_roots(&identity.ca_pem)?, provider())
+            .allow_unauthenticated()
+            .build()?;
     server_config(identity, verifier)
 }
 

@@ -55,7 +55,9 @@ impl JoinToken {
 
 /// Hex SHA-256 of a secret as written in a token (its lowercase hex text, UTF-8).
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.trim().to_ascii_lowercase().as_bytes()))
+    hex::encode(Sha256::digest(
+        secret.trim().to_ascii_lowercase().as_bytes(),
+    ))
 }
 
 /// Whether `secret` hashes to `stored_sha256` (hex); constant time in the hash comparison.
@@ -168,10 +170,19 @@ mod tests {
                 format!("SMRTKN-2-{FP}-{secret}"),
                 TokenError::UnsupportedVersion("2".into()),
             ),
-            (format!("SMRTKN-1-{}-{secret}", &FP[..63]), TokenError::BadFingerprint),
-            (format!("SMRTKN-1-{}g-{secret}", &FP[..63]), TokenError::BadFingerprint),
+            (
+                format!("SMRTKN-1-{}-{secret}", &FP[..63]),
+                TokenError::BadFingerprint,
+            ),
+            (
+                format!("SMRTKN-1-{}g-{secret}", &FP[..63]),
+                TokenError::BadFingerprint,
+            ),
             (format!("SMRTKN-1-{FP}"), TokenError::BadFingerprint),
-            (format!("SMRTKN-1-{FP}-{}", &secret[..10]), TokenError::BadSecret),
+            (
+                format!("SMRTKN-1-{FP}-{}", &secret[..10]),
+                TokenError::BadSecret,
+            ),
             (format!("SMRTKN-1-{FP}-{secret}-x"), TokenError::BadSecret),
         ];
         for (input, want) in cases {
@@ -202,9 +213,15 @@ mod tests {
             secret: "ab".repeat(32),
         };
         // sha256 of the 64 ASCII characters "abab...ab".
-        assert_eq!(t.secret_sha256(), hex::encode(Sha256::digest("ab".repeat(32))));
+        assert_eq!(
+            t.secret_sha256(),
+            hex::encode(Sha256::digest("ab".repeat(32)))
+        );
         assert!(secret_matches(&t.secret_sha256(), &t.secret));
-        assert!(secret_matches(&t.secret_sha256().to_uppercase(), &"AB".repeat(32)));
+        assert!(secret_matches(
+            &t.secret_sha256().to_uppercase(),
+            &"AB".repeat(32)
+        ));
         assert!(!secret_matches(&t.secret_sha256(), &"ac".repeat(32)));
         assert!(!secret_matches("", &t.secret));
     }
