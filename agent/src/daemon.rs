@@ -392,13 +392,13 @@ async fn join(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let ca_fingerprint = pki::fingerprint_pem(&response.ca_pem)?;
-    if ca_fingerprint != parsed.ca_fingerprint {
+    let identity = Identity::new(response.node_cert, node_key, response.ca_pem.clone())
+        .map_err(|e| join_err(format!("the certificate it sent is not usable: {e}")))?;
+    if identity.ca_fingerprint()? != parsed.ca_fingerprint {
         return Err(join_err("the CA it sent does not match the token's fingerprint".into()));
     }
-    let identity = Identity { cert_pem: response.node_cert, key_pem: node_key, ca_pem: response.ca_pem.clone() };
     identity.save(pki_dir, "node")?;
-    Identity { cert_pem: response.admin_cert, key_pem: admin_key, ca_pem: response.ca_pem }.save(pki_dir, "admin")?;
+    Identity::new(response.admin_cert, admin_key, response.ca_pem)?.save(pki_dir, "admin")?;
     tracing::info!(id = response.id, "joined the cluster through {join_addr}");
     Ok((node_file(config, response.id, true, vtep_mac), identity))
 }

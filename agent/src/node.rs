@@ -222,7 +222,7 @@ impl Node {
     pub async fn new_join_token(&self, ttl: Duration) -> Result<(JoinToken, u64), ApiError> {
         let state = self.store.read(false).await.map_err(read_error)?;
         let ca = state.ca.as_ref().ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
-        let token = JoinToken::generate(&ca.fingerprint);
+        let token = JoinToken::generate(&ca.fingerprint).map_err(|e| ApiError::Internal(e.to_string()))?;
         let expires_ms = now_ms() + ttl.as_millis() as u64;
         let record = crate::state::JoinTokenRecord { secret_sha256: token.secret_sha256(), expires_ms };
         self.propose(Op::AddJoinToken { token: record }, None).await?;

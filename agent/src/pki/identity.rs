@@ -1,0 +1,150 @@
+//! A node's or an admin's own TLS identity (leaf certificate, private key, cluster CA
+//! certificate) on disk, and the identity of a verified peer read from its certificate.
+
+use std::path::Path;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::ca::{Role, fingerprint_der, parse_cert_pem};
+use super::files::{self, CERT_MODE, KEY_MODE};
+use super::{CA_CERT_FILE, PkiError};
+
+/// Leaf certificate, its private key and the cluster CA certificate, all PEM.
+#[derive(Clone)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("subject", &self.peer_identity().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who a verified peer is, from the subject of its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerIdentity {
+    pub role: Role,
+    pub name: String,
+}
+
+impl Identity {
+    /// Builds an identity and checks it: the key belongs to the certificate, the certificate
+    /// was issued by the CA, and its subject names an smr role.
+    pub fn new(cert_pem: String, key_pem: String, ca_pem: String) -> Result<Identity, PkiError> {
+        let id = Identity {
+            cert_pem,
+            key_pem,
+            ca_pem,
+        };
+        id.check()?;
+        Ok(id)
+    }
+
+    /// Loads `<prefix>.crt`, `<prefix>.key` and `ca.crt` from `dir`, then checks them as
+    /// [`Identity::new`] does.
+    pub fn load(dir: &Path, prefix: &str) -> Result<Identity, PkiError> {
+        Identity::new(
+            files::read_text(&dir.join(format!("{prefix}.crt")))?,
+            files::read_text(&dir.join(format!("{prefix}.key")))?,
+            files::read_text(&dir.join(CA_CERT_FILE))?,
+        )
+    }
+
+    /// Saves `<prefix>.key` (0600), `<prefix>.crt` and `ca.crt` (0644) into `dir`, atomically.
+    pub fn save(&self, dir: &Path, prefix: &str) -> Result<(), PkiError> {
+        files::ensure_dir(dir)?;
+        files::write_atomic(
+            &dir.join(format!("{prefix}.key")),
+            self.key_pem.as_bytes(),
+            KEY_MODE,
+        )?;
+        files::write_atomic(
+            &dir.join(format!("{prefix}.crt")),
+            self.cert_pem.as_bytes(),
+            CERT_MODE,
+        )?;
+        files::write_atomic(&dir.join(CA_CERT_FILE), self.ca_pem.as_bytes(), CERT_MODE)
+    }
+
+    /// The leaf certificate, DER.
+    pub fn cert_der(&self) -> Result<CertificateDer<'static>, PkiError> {
+        parse_cert_pem(&self.cert_pem, "certificate")
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_der(&self) -> Result<CertificateDer<'static>, PkiError> {
+        parse_cert_pem(&self.ca_pem, "CA certificate")
+    }
+
+    /// Hex SHA-256 of the CA certificate (the fingerprint join tokens carry).
+    pub fn ca_fingerprint(&self) -> Result<String, PkiError> {
+        Ok(fingerprint_der(&self.ca_der()?))
+    }
+
+    /// The chain a server presents: `[leaf, CA]`.
+    pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        Ok(vec![self.cert_der()?, self.ca_der()?])
+    }
+
+    /// The private key, DER.
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, PkiError> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| PkiError::Pem {
+            what: "private key",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Role and name written in the own certificate.
+    pub fn peer_identity(&self) -> Result<PeerIdentity, PkiError> {
+        let der = self.cert_der()?;
+        peer_identity(std::slice::from_ref(&der)).ok_or_else(|| {
+            PkiError::BadCertificate("the certificate subject names no smr role (OU)".into())
+        })
+    }
+
+    fn check(&self) -> Result<(), PkiError> {
+        let cert_der = self.cert_der()?;
+        let ca_der = self.ca_der()?;
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        let (_, ca) = X509Certificate::from_der(&ca_der)
+            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        cert.verify_signature(Some(ca.public_key())).map_err(|_| {
+            PkiError::BadCertificate("the certificate was not issued by the cluster CA".into())
+        })?;
+        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|e| PkiError::Pem {
+            what: "private key",
+            reason: e.to_string(),
+        })?;
+        if rcgen::PublicKeyData::subject_public_key_info(&key)
+            != cert.tbs_certificate.subject_pki.raw
+        {
+            return Err(PkiError::KeyMismatch("of this identity"));
+        }
+        self.peer_identity().map(|_| ())
+    }
+}
+
+/// The identity written in the end-entity certificate (`certs[0]`) of a peer whose chain TLS
+/// already verified (e.g. `ServerConnection::peer_certificates()`). `None` without a
+/// certificate or when its subject has no smr role (OU) and name (CN).
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<PeerIdentity> {
+    let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?;
+    let role = subject
+        .iter_organizational_unit()
+        .find_map(|ou| Role::from_organizational_unit(ou.as_str().ok()?))?;
+    Some(PeerIdentity {
+        role,
+        name: name.to_owned(),
+    })
+}

@@ -1,0 +1,518 @@
+//! PKI tests: certificate contents, files on disk, and real TLS handshakes on loopback
+//! (a tokio-rustls server that answers one HTTP/1.1 request with the peer identity it read,
+//! and reqwest or tokio-rustls clients).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rustls::ServerConfig;
+use rustls::pki_types::ServerName;
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn issue(ca: &ClusterCa, role: Role, name: &str, sans: &[&str]) -> Identity {
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let (key_pem, csr_pem) = new_key_and_csr(role, name, &sans).unwrap();
+    let cert_pem = ca.sign_csr(&csr_pem, role, name, &sans).unwrap();
+    Identity::new(cert_pem, key_pem, ca.cert_pem().to_owned()).unwrap()
+}
+
+struct Pki {
+    ca: ClusterCa,
+    node: Identity,
+    node2: Identity,
+    admin: Identity,
+    /// A node of another cluster (another CA), same name and addresses.
+    foreign: Identity,
+}
+
+fn pki() -> Pki {
+    install_crypto_provider();
+    let ca = ClusterCa::generate("test").unwrap();
+    let other = ClusterCa::generate("other").unwrap();
+    Pki {
+        node: issue(&ca, Role::Node, "node-1", &["127.0.0.1", "localhost"]),
+        node2: issue(&ca, Role::Node, "node-2", &["127.0.0.1"]),
+        admin: issue(&ca, Role::Admin, "alice", &[]),
+        foreign: issue(&other, Role::Node, "node-1", &["127.0.0.1", "localhost"]),
+        ca,
+    }
+}
+
+/// What the server saw of one connection: the peer identity, or the handshake error.
+type Seen = Result<Option<PeerIdentity>, String>;
+
+struct TestServer {
+    addr: SocketAddr,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestServer {
+    async fn start(config: Arc<ServerConfig>) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, seen) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let peer = tls.get_ref().1.peer_certificates().and_then(peer_identity);
+                    let _ = tx.send(Ok(peer.clone()));
+                    let body = match peer {
+                        Some(p) => format!("{}:{}", p.role, p.name),
+                        None => "anonymous".to_owned(),
+                    };
+                    // Read the request head (the tests send no body), then answer.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TestServer { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.addr.port())
+    }
+
+    async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(TIMEOUT, self.seen.recv())
+            .await
+            .expect("server saw no connection in time")
+            .expect("server stopped")
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    match client.get(url).send().await {
+        Ok(resp) => Ok(resp.text().await.map_err(|e| error_chain(&e))?),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+fn parse(pem: &str) -> Vec<u8> {
+    super::ca::parse_cert_pem(pem, "test").unwrap().to_vec()
+}
+
+#[test]
+fn crypto_provider_install_is_idempotent() {
+    install_crypto_provider();
+    install_crypto_provider();
+    assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+}
+
+#[test]
+fn ca_certificate_properties() {
+    let ca = ClusterCa::generate("prod").unwrap();
+    let der = parse(ca.cert_pem());
+    assert_eq!(ca.fingerprint(), hex::encode(sha2::Sha256::digest(&der)));
+    assert_eq!(ca.fingerprint().len(), 64);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    assert!(cert.basic_constraints().unwrap().unwrap().value.ca);
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_cert_sign() && ku.crl_sign());
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+    assert!((3650..=3651).contains(&days), "{days}");
+    assert_eq!(
+        cert.subject().to_string(),
+        "CN=smr cluster CA prod, OU=smr-ca, O=prod"
+    );
+    // ECDSA P-256.
+    assert_eq!(
+        cert.public_key().algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.2.1"
+    );
+    assert!(ClusterCa::generate("").is_err());
+    assert!(ClusterCa::generate("a b").is_err());
+}
+
+#[test]
+fn csr_signing_takes_only_the_public_key() {
+    install_crypto_provider();
+    let ca = ClusterCa::generate("test").unwrap();
+    // The CSR asks for another name, role, SANs and even to be a CA.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["evil.example".to_string(), "1.2.3.4".to_string()])
+            .unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "root");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "smr-admin");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+
+    let cert_pem = ca
+        .sign_csr(
+            &csr_pem,
+            Role::Node,
+            "node-2",
+            &["10.0.0.2".into(), "node-2.private".into()],
+        )
+        .unwrap();
+    let der = parse(&cert_pem);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(cert.subject().to_string(), "CN=node-2, OU=smr-node, O=smr");
+    assert_eq!(
+        cert.issuer(),
+        X509Certificate::from_der(ca.cert_der())
+            .unwrap()
+            .1
+            .subject()
+    );
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::IPAddress(b) => format!("ip:{b:?}"),
+            GeneralName::DNSName(d) => format!("dns:{d}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sans, ["ip:[10, 0, 0, 2]", "dns:node-2.private"]);
+    assert!(!cert.is_ca());
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign());
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+    assert_eq!(days, 365);
+    // The public key is the CSR's.
+    assert_eq!(
+        cert.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key)
+    );
+    assert_eq!(
+        peer_identity(&[der.clone().into()]),
+        Some(PeerIdentity {
+            role: Role::Node,
+            name: "node-2".into()
+        })
+    );
+
+    // Admin certificates: clientAuth only.
+    let admin = issue(&ca, Role::Admin, "alice", &[]);
+    let der = parse(&admin.cert_pem);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(!eku.server_auth && eku.client_auth);
+    assert_eq!(
+        admin.peer_identity().unwrap(),
+        PeerIdentity {
+            role: Role::Admin,
+            name: "alice".into()
+        }
+    );
+}
+
+#[test]
+fn csr_with_bad_signature_or_bad_input_is_rejected() {
+    let ca = ClusterCa::generate("test").unwrap();
+    let (_, csr_pem) = new_key_and_csr(Role::Node, "node-1", &[]).unwrap();
+    let b64: String = csr_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let mut der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    // Change one character of the subject ("node-1" -> "node-2"): the signature breaks.
+    let pos = der.windows(6).position(|w| w == b"node-1").unwrap();
+    der[pos + 5] = b'2';
+    let tampered = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+    let err = ca
+        .sign_csr(&tampered, Role::Node, "node-1", &[])
+        .unwrap_err();
+    assert!(matches!(err, PkiError::InvalidCsr(_)), "{err}");
+    assert!(ca.sign_csr("garbage", Role::Node, "node-1", &[]).is_err());
+    let err = ca
+        .sign_csr(&csr_pem, Role::Node, "node 1", &[])
+        .unwrap_err();
+    assert!(matches!(err, PkiError::InvalidName { .. }), "{err}");
+    let err = ca
+        .sign_csr(&csr_pem, Role::Node, "node-1", &["bad name".into()])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid subject alternative name \"bad name\": must be an IP address or a DNS name"
+    );
+}
+
+#[test]
+fn files_are_saved_with_modes_and_load_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("test").unwrap();
+    // A pre-existing, too open key file gets 0600 too.
+    std::fs::write(dir.path().join("ca.key"), "old").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("ca.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    ca.save(dir.path()).unwrap();
+    let mode = |f: &str| {
+        std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("ca.key"), 0o600);
+    assert_eq!(mode("ca.crt"), 0o644);
+    let loaded = ClusterCa::load(dir.path()).unwrap();
+    assert_eq!(loaded.fingerprint(), ca.fingerprint());
+    // The loaded CA signs certificates that chain to the original.
+    let node = issue(&loaded, Role::Node, "node-1", &["127.0.0.1"]);
+    assert_eq!(node.ca_fingerprint().unwrap(), ca.fingerprint());
+
+    node.save(dir.path(), "node").unwrap();
+    assert_eq!(mode("node.key"), 0o600);
+    assert_eq!(mode("node.crt"), 0o644);
+    let back = Identity::load(dir.path(), "node").unwrap();
+    assert_eq!(back.cert_pem, node.cert_pem);
+    assert_eq!(back.key_pem, node.key_pem);
+    // No temporary files are left behind.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ca.crt", "ca.key", "node.crt", "node.key"]);
+
+    // Mismatched parts are refused.
+    let other = ClusterCa::generate("other").unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    other.save(other_dir.path()).unwrap();
+    let other_key = std::fs::read_to_string(other_dir.path().join("ca.key")).unwrap();
+    let err = ClusterCa::from_pem(ca.cert_pem(), &other_key).unwrap_err();
+    assert!(matches!(err, PkiError::KeyMismatch(_)), "{err}");
+    let admin = issue(&ca, Role::Admin, "alice", &[]);
+    let err = Identity::new(
+        node.cert_pem.clone(),
+        admin.key_pem.clone(),
+        node.ca_pem.clone(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PkiError::KeyMismatch(_)), "{err}");
+    let err = Identity::new(
+        node.cert_pem.clone(),
+        node.key_pem.clone(),
+        other.cert_pem().into(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "certificate could not be parsed: the certificate was not issued by the cluster CA"
+    );
+    let err = ClusterCa::load(&dir.path().join("missing")).unwrap_err();
+    assert!(err.to_string().starts_with("reading "), "{err}");
+}
+
+#[tokio::test]
+async fn api_accepts_cluster_client_certs_and_reads_identity() {
+    let p = pki();
+    let mut server = TestServer::start(api_server_config(&p.node).unwrap()).await;
+
+    let admin = reqwest_client(p.ca.cert_pem(), Some(&p.admin), TIMEOUT).unwrap();
+    assert_eq!(get(&admin, &server.url()).await.unwrap(), "admin:alice");
+    assert_eq!(
+        server.next_seen().await.unwrap(),
+        Some(PeerIdentity {
+            role: Role::Admin,
+            name: "alice".into()
+        })
+    );
+
+    let node2 = reqwest_client(p.ca.cert_pem(), Some(&p.node2), TIMEOUT).unwrap();
+    assert_eq!(get(&node2, &server.url()).await.unwrap(), "node:node-2");
+    server.next_seen().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_accepts_no_client_cert_without_identity() {
+    let p = pki();
+    let mut server = TestServer::start(api_server_config(&p.node).unwrap()).await;
+    let anonymous = reqwest_client(p.ca.cert_pem(), None, TIMEOUT).unwrap();
+    assert_eq!(get(&anonymous, &server.url()).await.unwrap(), "anonymous");
+    assert_eq!(server.next_seen().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn api_refuses_client_cert_of_another_ca() {
+    let p = pki();
+    let mut server = TestServer::start(api_server_config(&p.node).unwrap()).await;
+    let client = reqwest_client(p.ca.cert_pem(), Some(&p.foreign), TIMEOUT).unwrap();
+    let err = get(&client, &server.url()).await.unwrap_err();
+    let seen = server.next_seen().await.unwrap_err();
+    assert!(
+        seen.contains("UnknownIssuer"),
+        "server: {seen}; client: {err}"
+    );
+}
+
+#[tokio::test]
+async fn raft_requires_a_node_cert_of_the_cluster() {
+    let p = pki();
+    let mut server = TestServer::start(raft_server_config(&p.node).unwrap()).await;
+
+    let node2 = reqwest_client(p.ca.cert_pem(), Some(&p.node2), TIMEOUT).unwrap();
+    assert_eq!(get(&node2, &server.url()).await.unwrap(), "node:node-2");
+    server.next_seen().await.unwrap();
+
+    let anonymous = reqwest_client(p.ca.cert_pem(), None, TIMEOUT).unwrap();
+    let err = get(&anonymous, &server.url()).await.unwrap_err();
+    let seen = server.next_seen().await.unwrap_err();
+    assert!(
+        seen.contains("peer sent no certificates"),
+        "server: {seen}; client: {err}"
+    );
+
+    let foreign = reqwest_client(p.ca.cert_pem(), Some(&p.foreign), TIMEOUT).unwrap();
+    let err = get(&foreign, &server.url()).await.unwrap_err();
+    let seen = server.next_seen().await.unwrap_err();
+    assert!(
+        seen.contains("UnknownIssuer"),
+        "server: {seen}; client: {err}"
+    );
+
+    let admin = reqwest_client(p.ca.cert_pem(), Some(&p.admin), TIMEOUT).unwrap();
+    let err = get(&admin, &server.url()).await.unwrap_err();
+    let seen = server.next_seen().await.unwrap_err();
+    assert!(
+        seen.contains("Raft RPC accepts only node certificates"),
+        "server: {seen}; client: {err}"
+    );
+}
+
+#[tokio::test]
+async fn clients_trust_only_the_cluster_ca() {
+    let p = pki();
+    let mut server = TestServer::start(api_server_config(&p.foreign).unwrap()).await;
+    let client = reqwest_client(p.ca.cert_pem(), None, TIMEOUT).unwrap();
+    let err = get(&client, &server.url()).await.unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(server.next_seen().await.is_err());
+}
+
+#[tokio::test]
+async fn pinned_client_accepts_the_token_ca_only() {
+    let p = pki();
+    let mut server = TestServer::start(api_server_config(&p.node).unwrap()).await;
+    let pinned = pinned_reqwest_client(&p.ca.fingerprint(), TIMEOUT).unwrap();
+    assert_eq!(get(&pinned, &server.url()).await.unwrap(), "anonymous");
+    server.next_seen().await.unwrap();
+    // Also by name (the node certificate has a DNS SAN "localhost").
+    let url = format!("https://localhost:{}/", server.addr.port());
+    assert_eq!(get(&pinned, &url).await.unwrap(), "anonymous");
+    server.next_seen().await.unwrap();
+
+    // A server of another cluster: refused, with the reason.
+    let mut foreign = TestServer::start(api_server_config(&p.foreign).unwrap()).await;
+    let err = get(&pinned, &foreign.url()).await.unwrap_err();
+    assert!(err.contains(CA_MISMATCH), "{err}");
+    assert!(foreign.next_seen().await.is_err());
+
+    // The right CA, but the certificate is not valid for the address: refused.
+    let elsewhere = issue(&p.ca, Role::Node, "node-9", &["10.9.9.9"]);
+    let mut server = TestServer::start(api_server_config(&elsewhere).unwrap()).await;
+    let err = get(&pinned, &server.url()).await.unwrap_err();
+    assert!(err.contains("certificate not valid for name"), "{err}");
+    assert!(server.next_seen().await.is_err());
+
+    assert!(matches!(
+        pinned_reqwest_client("abcd", TIMEOUT),
+        Err(PkiError::InvalidFingerprint(_))
+    ));
+    assert!(pinned_client_config(&"zz".repeat(32)).is_err());
+}
+
+#[tokio::test]
+async fn tokio_rustls_client_negotiates_alpn_and_server_sees_node() {
+    let p = pki();
+    let mut server = TestServer::start(api_server_config(&p.node).unwrap()).await;
+    let mut config = Arc::unwrap_or_clone(client_config(p.ca.cert_pem(), Some(&p.node2)).unwrap());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    assert!(response.ends_with("node:node-2"), "{response}");
+    assert_eq!(
+        server.next_seen().await.unwrap(),
+        Some(PeerIdentity {
+            role: Role::Node,
+            name: "node-2".into()
+        })
+    );
+}
