@@ -8,4 +8,5 @@
 //! desired and observed state, and act on the difference computed by [`crate::scheduler`].
 
 pub mod convert;
+pub mod network;
 pub mod schedule;
