@@ -226,6 +226,32 @@ impl Client {
         self.request(Method::GET, &format!("objects/{}/{}/{}", key.kind, key.group, key.name), Payload::None).await
     }
 
+    pub async fn replicas(&self, object: Option<&ObjectKey>) -> Result<Vec<ReplicaView>, ClientError> {
+        let path = match object {
+            Some(key) => format!("replicas?object={key}"),
+            None => "replicas".into(),
+        };
+        self.request(Method::GET, &path, Payload::None).await
+    }
+
+    pub async fn describe(&self, key: &ObjectKey) -> Result<DescribeView, ClientError> {
+        self.request(Method::GET, &format!("describe/{}/{}/{}", key.kind, key.group, key.name), Payload::None).await
+    }
+
+    /// Events after revision `since`; waits up to `wait` for one when there are none.
+    pub async fn events(
+        &self,
+        since: u64,
+        subject: Option<&str>,
+        wait: Duration,
+    ) -> Result<Vec<crate::state::Event>, ClientError> {
+        let mut path = format!("events?since={since}&wait={}", wait.as_secs());
+        if let Some(subject) = subject {
+            path.push_str(&format!("&subject={subject}"));
+        }
+        self.request(Method::GET, &path, Payload::None).await
+    }
+
     /// Any GET, for tools and tests.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.request(Method::GET, path, Payload::None).await

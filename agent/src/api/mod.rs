@@ -48,6 +48,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/objects/{kind}"),
     ("get", "/api/v1/objects/{kind}/{group}/{name}"),
     ("delete", "/api/v1/objects/{kind}/{group}/{name}"),
+    ("get", "/api/v1/replicas"),
+    ("get", "/api/v1/events"),
+    ("get", "/api/v1/describe/{kind}/{group}/{name}"),
     ("post", "/api/v1/internal/propose"),
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
@@ -73,6 +76,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/objects/delete", post(delete_many))
         .route("/api/v1/objects/{kind}", get(list_kind))
         .route("/api/v1/objects/{kind}/{group}/{name}", get(get_object).delete(delete_one))
+        .route("/api/v1/replicas", get(list_replicas))
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
@@ -346,6 +352,83 @@ async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignRes
     }
     let cert = node.sign(req, node.id).await?;
     Ok(Json(SignResponse { cert }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaParams {
+    /// Only the replicas of this object (`KIND/GROUP/NAME`).
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+async fn list_replicas(
+    State(node): AppState,
+    Query(params): Query<ReplicaParams>,
+) -> Result<Json<Vec<ReplicaView>>, ApiError> {
+    let consistency = ReadParams { consistency: params.consistency }.consistency()?;
+    let filter = params
+        .object
+        .map(|o| o.parse::<ObjectKey>().map_err(|e| ApiError::BadRequest(e.to_string())))
+        .transpose()?;
+    let state = node.state(consistency).await?;
+    Ok(Json(crate::views::replicas(&state, filter.as_ref())))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    /// Only events after this revision.
+    #[serde(default)]
+    since: Option<u64>,
+    /// Only events of this subject (`KIND/GROUP/NAME` or `node/NAME`).
+    #[serde(default)]
+    subject: Option<String>,
+    /// Wait up to this many seconds for a newer event when there is none (long poll, max 60).
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+async fn list_events(
+    State(node): AppState,
+    Query(params): Query<EventParams>,
+) -> Result<Json<Vec<crate::state::Event>>, ApiError> {
+    let since = params.since.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(params.wait.unwrap_or(0).min(60));
+    let mut changes = node.store.subscribe();
+    loop {
+        let state = node.state(Consistency::Stale).await?;
+        let events: Vec<_> = state
+            .events
+            .iter()
+            .filter(|e| e.revision > since)
+            .filter(|e| params.subject.as_ref().is_none_or(|s| &e.subject == s))
+            .cloned()
+            .collect();
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(events));
+        }
+        let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+    }
+}
+
+async fn describe(
+    State(node): AppState,
+    Path((kind, group, name)): Path<(String, String, String)>,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<DescribeView>, ApiError> {
+    let key = parse_key(&kind, group, name)?;
+    let state = node.state(params.consistency()?).await?;
+    let object = state.objects.get(&key).cloned().ok_or_else(|| ApiError::NotFound(key.to_string()))?;
+    let subject = key.to_string();
+    Ok(Json(DescribeView {
+        object,
+        placement_error: state.placement_errors.get(&key).cloned(),
+        replicas: crate::views::replicas(&state, Some(&key)),
+        events: state.events.iter().filter(|e| e.subject == subject).cloned().collect(),
+    }))
 }
 
 /// Objects as users write them (for `-o yaml`).

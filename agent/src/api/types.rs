@@ -137,6 +137,40 @@ pub struct SignResponse {
     pub cert: String,
 }
 
+/// One replica as `smrctl ps` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// `<group>-<name>-<index>`.
+    pub name: String,
+    pub object: ObjectKey,
+    pub index: u32,
+    pub node: NodeId,
+    pub node_name: String,
+    /// pending (placed, not reported yet), starting, running, crash-loop, exited...
+    pub state: String,
+    pub ready: bool,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `smrctl describe`: an object with its placement, replicas and events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DescribeView {
+    pub object: crate::state::StoredObject,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_error: Option<String>,
+    pub replicas: Vec<ReplicaView>,
+    pub events: Vec<crate::state::Event>,
+}
+
 /// Node-to-node: a follower hands a command to the leader.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProposeRequest {

@@ -59,6 +59,28 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Replicas: node, state, image, IP, restarts, age.
+    Ps {
+        /// Only the replicas of this object (KIND/GROUP/NAME).
+        object: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// An object with its replicas and their history.
+    Describe {
+        key: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Cluster events; -f follows new ones.
+    Events {
+        /// Only events of this object (KIND/GROUP/NAME) or node (node/NAME).
+        subject: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Remove a node from the cluster by id.
     RemoveNode { id: u64 },
     /// Show which context is used and where it points.
@@ -222,6 +244,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Cmd::Ps { object, output } => {
+            let object = object.map(|o| parse_key(&o)).transpose()?;
+            let client = connect(cli.context)?;
+            let replicas = client.replicas(object.as_ref()).await?;
+            match output {
+                Format::Json => print!("{}", output::json(&replicas)?),
+                Format::Yaml => print!("{}", output::yaml(&replicas)?),
+                Format::Table | Format::Wide => print!("{}", replicas_table(&replicas)),
+            }
+        }
+        Cmd::Describe { key, output } => {
+            let key = parse_key(&key)?;
+            let client = connect(cli.context)?;
+            let view = client.describe(&key).await?;
+            match output {
+                Format::Json => print!("{}", output::json(&view)?),
+                Format::Yaml => print!("{}", output::yaml(&view)?),
+                Format::Table | Format::Wide => {
+                    let o = &view.object;
+                    println!("Object:      {}", o.object.key());
+                    println!("Generation:  {} (template {})", o.generation, o.template_generation);
+                    println!("Owner:       {}", o.owner.as_deref().unwrap_or("-"));
+                    if let Some(error) = &view.placement_error {
+                        println!("Scheduling:  {error}");
+                    }
+                    println!("\nReplicas:\n{}", replicas_table(&view.replicas));
+                    println!("Events:\n{}", events_table(&view.events));
+                }
+            }
+        }
+        Cmd::Events { subject, follow, output } => {
+            let client = connect(cli.context)?;
+            let mut since = 0;
+            loop {
+                let wait = if follow { std::time::Duration::from_secs(30) } else { std::time::Duration::ZERO };
+                let events = client.events(since, subject.as_deref(), wait).await?;
+                if let Some(last) = events.last() {
+                    since = last.revision;
+                }
+                match output {
+                    Format::Json => {
+                        for e in &events {
+                            println!("{}", serde_json::to_string(e).map_err(anyhow::Error::from)?);
+                        }
+                    }
+                    Format::Yaml => print!("{}", output::yaml(&events)?),
+                    Format::Table | Format::Wide => print!("{}", events_lines(&events)),
+                }
+                if !follow {
+                    break;
+                }
+            }
+        }
         Cmd::RemoveNode { id } => {
             let client = connect(cli.context)?;
             client.remove_node(id).await?;
@@ -238,6 +313,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn replicas_table(replicas: &[agent::api::types::ReplicaView]) -> String {
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.node_name.clone(),
+                if r.ready { format!("{} (ready)", r.state) } else { r.state.clone() },
+                r.image.clone(),
+                r.ip.clone().unwrap_or_else(|| "-".into()),
+                r.restarts.to_string(),
+                r.started_ms.map(|s| output::age(s, now)).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    output::table(&["REPLICA", "NODE", "STATE", "IMAGE", "IP", "RESTARTS", "AGE"], &rows)
+}
+
+fn events_table(events: &[agent::state::Event]) -> String {
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| vec![output::age(e.at_ms, now), e.reason.clone(), e.message.clone()])
+        .collect();
+    output::table(&["AGE", "REASON", "MESSAGE"], &rows)
+}
+
+fn events_lines(events: &[agent::state::Event]) -> String {
+    events.iter().map(|e| format!("{} {} {} {}\n", e.at_ms, e.subject, e.reason, e.message)).collect()
 }
 
 fn outcome_word(outcome: Outcome) -> &'static str {
