@@ -1,42 +1,103 @@
-//! Raft store: TEMPORARY STUB in main with the planned API; replaced by the store branch.
-#![allow(dead_code, unused_variables)]
+//! The embedded replicated store: openraft 0.9 with its log, vote and snapshots in redb.
+//!
+//! ```text
+//!  Store::write(Command) --> Raft::client_write --> log (redb, fsync) --> replicated to a quorum
+//!        <-- CommandResult <-- StateMachineStore::apply (ClusterState::apply) <--------+
+//!  Store::read(linearizable) --> Raft::ensure_linearizable --> applied ClusterState
+//! ```
+//! [`Store`] is the only thing the rest of the agent sees. Membership follows a fixed voter
+//! policy ([`desired_voters`]): 1 voter for 1-2 nodes, 3 for 3-4, 5 from 5 nodes on; the others
+//! are learners, promoted when a voter goes.
+
+mod log;
+mod net;
+mod sm;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{ClusterState, Command, CommandResult, NodeId};
 
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub use log::LogStore;
+pub use sm::StateMachineStore;
+
+/// How a node is reached: its Raft RPC address and its API address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftPeer {
     pub raft_addr: String,
     pub api_addr: String,
     pub name: String,
 }
 
+impl std::fmt::Display for RaftPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.raft_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// smr's Raft types: commands in, command results out.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = RaftPeer,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The HTTP client Raft RPCs go through, and the URL scheme.
 #[derive(Clone)]
 pub struct Transport {
     pub client: reqwest::Client,
     pub scheme: String,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct StoreConfig {}
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// A snapshot is taken after this many applied entries.
+    pub snapshot_every: u64,
+    /// How long a write waits to be committed before `Unavailable`.
+    pub write_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            heartbeat: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(750),
+            election_timeout_max: Duration::from_millis(1500),
+            snapshot_every: 5000,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0}")]
-    Other(String),
+    #[error("opening {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("not the leader")]
+    #[error("this node is not the leader (leader: {})", leader.as_ref().map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()))]
     ForwardToLeader { leader_id: Option<NodeId>, leader: Option<RaftPeer> },
-    #[error("unavailable: {0}")]
+    #[error("{0}")]
     Unavailable(String),
-    #[error("fatal: {0}")]
+    #[error("{0}")]
     Fatal(String),
 }
 
@@ -49,6 +110,7 @@ pub enum ServerState {
     Follower,
     Candidate,
     Learner,
+    Shutdown,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,39 +126,196 @@ pub struct StoreStatus {
     pub members: BTreeMap<NodeId, RaftPeer>,
 }
 
+/// The voters a cluster of `members` should have, keeping `current` voters where possible.
+pub fn desired_voters(members: &BTreeSet<NodeId>, current: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+    let target = match members.len() {
+        0 => 0,
+        1 | 2 => 1,
+        3 | 4 => 3,
+        _ => 5,
+    };
+    let mut voters: BTreeSet<NodeId> = current.intersection(members).copied().take(target).collect();
+    for id in members {
+        if voters.len() >= target {
+            break;
+        }
+        voters.insert(*id);
+    }
+    voters
+}
+
+/// A handle on the node's Raft store. Clones share it.
 #[derive(Clone)]
-pub struct Store {}
+pub struct Store {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachineStore,
+    write_timeout: Duration,
+}
+
+fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Raft(e.to_string())
+}
+
+fn write_error<E: std::fmt::Debug + std::fmt::Display>(
+    e: RaftError<NodeId, ClientWriteError<NodeId, RaftPeer>>,
+) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            WriteError::ForwardToLeader { leader_id: f.leader_id, leader: f.leader_node }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => WriteError::Fatal(f.to_string()),
+    }
+}
 
 impl Store {
+    /// Opens (or creates) the store in `dir` and starts this node's Raft.
     pub async fn open(dir: &Path, id: NodeId, transport: Transport, config: StoreConfig) -> Result<Store, StoreError> {
-        todo!()
+        let open_err = |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = redb::Database::create(dir.join("raft.redb")).map_err(|e| open_err(e.to_string()))?;
+        let db = Arc::new(db);
+        let log = LogStore::new(db.clone()).map_err(|e| open_err(e.to_string()))?;
+        let sm = StateMachineStore::load(db).map_err(|e| open_err(e.to_string()))?;
+        let raft_config = Config {
+            cluster_name: "smr".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(raft_err)?;
+        let raft = Raft::new(id, Arc::new(raft_config), net::Network { transport }, log, sm.clone())
+            .await
+            .map_err(raft_err)?;
+        Ok(Store { id, raft, sm, write_timeout: config.write_timeout })
     }
+
+    /// Makes this node a one-node cluster, unless it already belongs to one (safe on restart).
     pub async fn bootstrap(&self, me: RaftPeer) -> Result<(), StoreError> {
-        todo!()
+        if self.raft.is_initialized().await.map_err(raft_err)? {
+            return Ok(());
+        }
+        self.raft.initialize(BTreeMap::from([(self.id, me)])).await.map_err(raft_err)
     }
+
+    /// Proposes a command and waits until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
-        todo!()
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(e)) => Err(write_error::<String>(e)),
+            Err(_) => Err(WriteError::Unavailable(format!(
+                "the write was not committed within {:?} (no quorum?)",
+                self.write_timeout
+            ))),
+        }
     }
-    pub async fn read(&self, linearizable: bool) -> Result<Arc<ClusterState>, ReadError> {
-        todo!()
-    }
+
+    /// The leader's commit point, confirmed by a quorum (ReadIndex). Leader only.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
-        todo!()
+        match tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await {
+            Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(e))) => match e {
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
+                    Err(WriteError::ForwardToLeader { leader_id: f.leader_id, leader: f.leader_node })
+                }
+                openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => Err(WriteError::Unavailable(q.to_string())),
+            },
+            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::Fatal(f.to_string())),
+            Err(_) => Err(WriteError::Unavailable("a quorum did not confirm the leader in time".into())),
+        }
     }
+
+    /// The applied state: after a read index (linearizable, leader only) or as it is (stale).
+    pub async fn read(&self, linearizable: bool) -> Result<Arc<ClusterState>, ReadError> {
+        if linearizable {
+            self.read_index().await?;
+        }
+        Ok(self.sm.state())
+    }
+
+    /// Changes whenever entries are applied (the value is the last applied log index).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        todo!()
+        self.sm.subscribe()
     }
-    pub async fn add_member(&self, id: NodeId, peer: RaftPeer) -> Result<(), WriteError> {
-        todo!()
-    }
-    pub async fn remove_member(&self, id: NodeId) -> Result<(), WriteError> {
-        todo!()
-    }
+
     pub fn status(&self) -> StoreStatus {
-        todo!()
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        StoreStatus {
+            id: metrics.id,
+            state: match metrics.state {
+                openraft::ServerState::Leader => ServerState::Leader,
+                openraft::ServerState::Follower => ServerState::Follower,
+                openraft::ServerState::Candidate => ServerState::Candidate,
+                openraft::ServerState::Learner => ServerState::Learner,
+                openraft::ServerState::Shutdown => ServerState::Shutdown,
+            },
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied: metrics.last_applied.map(|l| l.index),
+            voters,
+            learners,
+            members: membership.nodes().map(|(id, peer)| (*id, peer.clone())).collect(),
+        }
     }
+
+    /// Adds a node as a learner (waiting until it caught up) and rebalances voters. Leader only.
+    pub async fn add_member(&self, id: NodeId, peer: RaftPeer) -> Result<(), WriteError> {
+        if !self.status().members.contains_key(&id) {
+            self.raft.add_learner(id, peer, true).await.map_err(write_error::<String>)?;
+        }
+        self.rebalance().await
+    }
+
+    /// Removes a node from the membership, promoting a learner if a voter goes. Leader only.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), WriteError> {
+        let status = self.status();
+        if status.voters.contains(&id) {
+            let members: BTreeSet<NodeId> = status.members.keys().copied().filter(|m| *m != id).collect();
+            let voters: BTreeSet<NodeId> = status.voters.iter().copied().filter(|v| *v != id).collect();
+            let desired = desired_voters(&members, &voters);
+            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(desired), true).await.map_err(write_error::<String>)?;
+        }
+        if self.status().members.contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error::<String>)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the voter policy to the current membership. Leader only.
+    pub async fn rebalance(&self) -> Result<(), WriteError> {
+        let status = self.status();
+        let members: BTreeSet<NodeId> = status.members.keys().copied().collect();
+        let desired = desired_voters(&members, &status.voters);
+        if desired != status.voters {
+            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(desired), true).await.map_err(write_error::<String>)?;
+        }
+        Ok(())
+    }
+
+    /// The Raft RPC routes for this node (served on the Raft port).
     pub fn rpc_router(&self) -> axum::Router {
-        todo!()
+        net::router(self.raft.clone())
     }
-    pub async fn shutdown(&self) {}
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;
