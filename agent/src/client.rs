@@ -31,17 +31,21 @@ pub struct Context {
 
 impl Context {
     pub fn load(path: &Path) -> Result<Context, ClientError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ClientError::Context(format!("cannot read context {}: {e}", path.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|e| ClientError::Context(format!("context {} is not valid: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Context(format!("cannot read context {}: {e}", path.display()))
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            ClientError::Context(format!("context {} is not valid: {e}", path.display()))
+        })
     }
 
     /// Writes the context readable by its owner only, atomically.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| ClientError::Context(e.to_string()))?;
-        write_private(path, text.as_bytes())
-            .map_err(|e| ClientError::Context(format!("cannot write context {}: {e}", path.display())))
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| ClientError::Context(e.to_string()))?;
+        write_private(path, text.as_bytes()).map_err(|e| {
+            ClientError::Context(format!("cannot write context {}: {e}", path.display()))
+        })
     }
 }
 
@@ -50,7 +54,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -59,7 +68,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{message}")]
-    Api { status: u16, code: String, message: String, details: Option<serde_json::Value> },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Option<serde_json::Value>,
+    },
     #[error("cannot reach the smr API at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("{0}")]
@@ -108,13 +122,19 @@ enum Payload<'a> {
 
 impl Client {
     pub fn new(api_url: &str, http: reqwest::Client) -> Client {
-        Client { base: api_url.trim_end_matches('/').to_string(), http }
+        Client {
+            base: api_url.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
     pub fn from_context(ctx: &Context) -> Result<Client, ClientError> {
         pki::install_crypto_provider();
-        let identity =
-            Identity { cert_pem: ctx.cert_pem.clone(), key_pem: ctx.key_pem.clone(), ca_pem: ctx.ca_pem.clone() };
+        let identity = Identity {
+            cert_pem: ctx.cert_pem.clone(),
+            key_pem: ctx.key_pem.clone(),
+            ca_pem: ctx.ca_pem.clone(),
+        };
         let http = pki::reqwest_client(&ctx.ca_pem, Some(&identity), Duration::from_secs(30))
             .map_err(|e| ClientError::Context(format!("context {}: {e}", ctx.name)))?;
         Ok(Client::new(&ctx.api_url, http))
@@ -138,9 +158,9 @@ impl Client {
             request = match &payload {
                 Payload::None => request,
                 Payload::Json(value) => request.json(value),
-                Payload::Yaml(text) => {
-                    request.header(reqwest::header::CONTENT_TYPE, "application/yaml").body(text.to_string())
-                }
+                Payload::Yaml(text) => request
+                    .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+                    .body(text.to_string()),
             };
             let error = match request.send().await {
                 Ok(response) => {
@@ -150,7 +170,10 @@ impl Client {
                             return serde_json::from_value(serde_json::Value::Null)
                                 .map_err(|e| ClientError::Decode(e.to_string()));
                         }
-                        return response.json().await.map_err(|e| ClientError::Decode(e.to_string()));
+                        return response
+                            .json()
+                            .await
+                            .map_err(|e| ClientError::Decode(e.to_string()));
                     }
                     match response.json::<ErrorBody>().await {
                         Ok(body) => ClientError::Api {
@@ -167,7 +190,10 @@ impl Client {
                         },
                     }
                 }
-                Err(e) => ClientError::Connect { url: self.base.clone(), reason: error_chain(&e) },
+                Err(e) => ClientError::Connect {
+                    url: self.base.clone(),
+                    reason: error_chain(&e),
+                },
             };
             let retry = matches!(&error, ClientError::Api { status: 503, .. });
             if !retry || Instant::now() + pause > deadline {
@@ -187,31 +213,52 @@ impl Client {
     }
 
     pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
-        self.request::<Option<()>>(Method::DELETE, &format!("nodes/{id}"), Payload::None).await.map(|_| ())
+        self.request::<Option<()>>(Method::DELETE, &format!("nodes/{id}"), Payload::None)
+            .await
+            .map(|_| ())
     }
 
     pub async fn token(&self, ttl: Option<Duration>) -> Result<TokenResponse, ClientError> {
         let body = serde_json::json!({ "ttl_seconds": ttl.map(|t| t.as_secs()) });
-        self.request(Method::POST, "tokens", Payload::Json(body)).await
+        self.request(Method::POST, "tokens", Payload::Json(body))
+            .await
     }
 
     /// Applies objects atomically; `op_id` makes retries safe (one is chosen if `None`).
-    pub async fn apply(&self, objects: &[Object], dry_run: bool, op_id: Option<String>) -> Result<ApplyResponse, ClientError> {
+    pub async fn apply(
+        &self,
+        objects: &[Object],
+        dry_run: bool,
+        op_id: Option<String>,
+    ) -> Result<ApplyResponse, ClientError> {
         let op_id = op_id.unwrap_or_else(crate::node::new_op_id);
         let body = serde_json::json!({ "objects": objects, "op_id": op_id });
-        let path = if dry_run { "objects?dry_run=true" } else { "objects" };
+        let path = if dry_run {
+            "objects?dry_run=true"
+        } else {
+            "objects"
+        };
         self.request(Method::POST, path, Payload::Json(body)).await
     }
 
     /// Applies YAML text as it is; the server parses and validates it.
-    pub async fn apply_yaml(&self, yaml: &str, dry_run: bool) -> Result<ApplyResponse, ClientError> {
-        let path = if dry_run { "objects?dry_run=true" } else { "objects" };
+    pub async fn apply_yaml(
+        &self,
+        yaml: &str,
+        dry_run: bool,
+    ) -> Result<ApplyResponse, ClientError> {
+        let path = if dry_run {
+            "objects?dry_run=true"
+        } else {
+            "objects"
+        };
         self.request(Method::POST, path, Payload::Yaml(yaml)).await
     }
 
     pub async fn delete(&self, keys: &[ObjectKey]) -> Result<ApplyResponse, ClientError> {
         let body = serde_json::json!({ "keys": keys, "op_id": crate::node::new_op_id() });
-        self.request(Method::POST, "objects/delete", Payload::Json(body)).await
+        self.request(Method::POST, "objects/delete", Payload::Json(body))
+            .await
     }
 
     pub async fn list(&self, kind: Option<Kind>) -> Result<Vec<StoredObject>, ClientError> {
@@ -223,10 +270,18 @@ impl Client {
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<StoredObject, ClientError> {
-        self.request(Method::GET, &format!("objects/{}/{}/{}", key.kind, key.group, key.name), Payload::None).await
+        self.request(
+            Method::GET,
+            &format!("objects/{}/{}/{}", key.kind, key.group, key.name),
+            Payload::None,
+        )
+        .await
     }
 
-    pub async fn replicas(&self, object: Option<&ObjectKey>) -> Result<Vec<ReplicaView>, ClientError> {
+    pub async fn replicas(
+        &self,
+        object: Option<&ObjectKey>,
+    ) -> Result<Vec<ReplicaView>, ClientError> {
         let path = match object {
             Some(key) => format!("replicas?object={key}"),
             None => "replicas".into(),
@@ -235,7 +290,12 @@ impl Client {
     }
 
     pub async fn describe(&self, key: &ObjectKey) -> Result<DescribeView, ClientError> {
-        self.request(Method::GET, &format!("describe/{}/{}/{}", key.kind, key.group, key.name), Payload::None).await
+        self.request(
+            Method::GET,
+            &format!("describe/{}/{}/{}", key.kind, key.group, key.name),
+            Payload::None,
+        )
+        .await
     }
 
     /// Events after revision `since`; waits up to `wait` for one when there are none.

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,7 +31,9 @@ use crate::api::{self, ClientIdentity};
 use crate::client::{Context, error_chain, write_private};
 use crate::node::{Node, new_op_id, now_ms};
 use crate::pki::{self, ClusterCa, Identity, JoinToken, PeerIdentity, Role};
-use crate::state::{CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port};
+use crate::state::{
+    CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port,
+};
 use crate::store::{RaftPeer, ServerState, Store, StoreConfig, Transport};
 
 /// Everything `smrmgr start` passes to the agent.
@@ -136,11 +138,17 @@ pub fn context_path(data_dir: &Path) -> PathBuf {
 }
 
 fn data_err(path: &Path, e: impl std::fmt::Display) -> DaemonError {
-    DaemonError::DataDir { path: path.to_path_buf(), reason: e.to_string() }
+    DaemonError::DataDir {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 /// Runs the agent until `shutdown` turns true.
-pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: AgentConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
     pki::install_crypto_provider();
     if !crate::definitions::is_dns_label(&config.name) {
         return Err(DaemonError::Config(format!(
@@ -169,14 +177,17 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
             )));
         }
         let identity = Identity::load(&pki_dir, "node")?;
-        let ca = if pki_dir.join("ca.key").exists() { Some(ClusterCa::load(&pki_dir)?) } else { None };
+        let ca = if pki_dir.join("ca.key").exists() {
+            Some(ClusterCa::load(&pki_dir)?)
+        } else {
+            None
+        };
         tracing::info!(id = me.id, name = %me.name, "restarting from {}", dir.display());
         (me, identity, ca)
     } else if let Some(join_addr) = &config.join {
-        let token = config
-            .token
-            .as_deref()
-            .ok_or_else(|| DaemonError::Config("--join needs --token (run `smrmgr token` on a member)".into()))?;
+        let token = config.token.as_deref().ok_or_else(|| {
+            DaemonError::Config("--join needs --token (run `smrmgr token` on a member)".into())
+        })?;
         let (me, identity) = join(&config, join_addr, token, &pki_dir).await?;
         write_json(&node_path, &me)?;
         (me, identity, None)
@@ -187,16 +198,37 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     };
 
     let peers = pki::reqwest_client(&identity.ca_pem, Some(&identity), Duration::from_secs(10))?;
-    let transport = Transport { client: peers.clone(), scheme: "https".into() };
+    let transport = Transport {
+        client: peers.clone(),
+        scheme: "https".into(),
+    };
     let store = Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?;
-    let node = Arc::new(Node { id: me.id, name: me.name.clone(), store: store.clone(), ca, peers });
+    let node = Arc::new(Node {
+        id: me.id,
+        name: me.name.clone(),
+        store: store.clone(),
+        ca,
+        peers,
+    });
 
     let api_tls = pki::api_server_config(&identity)?;
     let raft_tls = pki::raft_server_config(&identity)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api_server = tokio::spawn(api::serve::serve_tls(api_listener, api_tls, api::router(node.clone()), stop_rx.clone()));
-    let raft_router = store.rpc_router().route_layer(middleware::from_fn(require_node_cert));
-    let raft_server = tokio::spawn(api::serve::serve_tls(raft_listener, raft_tls, raft_router, stop_rx.clone()));
+    let api_server = tokio::spawn(api::serve::serve_tls(
+        api_listener,
+        api_tls,
+        api::router(node.clone()),
+        stop_rx.clone(),
+    ));
+    let raft_router = store
+        .rpc_router()
+        .route_layer(middleware::from_fn(require_node_cert));
+    let raft_server = tokio::spawn(api::serve::serve_tls(
+        raft_listener,
+        raft_tls,
+        raft_router,
+        stop_rx.clone(),
+    ));
 
     if !me.bootstrapped {
         if me.id == 1 && config.join.is_none() {
@@ -214,7 +246,9 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         cert_pem: admin.cert_pem,
         key_pem: admin.key_pem,
     };
-    context.save(&context_path(&dir)).map_err(|e| data_err(&dir, e))?;
+    context
+        .save(&context_path(&dir))
+        .map_err(|e| data_err(&dir, e))?;
 
     let reconciler = tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone()));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
@@ -229,17 +263,29 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
     Ok(())
 }
 
-async fn require_node_cert(Extension(who): Extension<ClientIdentity>, req: Request, next: Next) -> Response {
+async fn require_node_cert(
+    Extension(who): Extension<ClientIdentity>,
+    req: Request,
+    next: Next,
+) -> Response {
     match who.0 {
-        Some(PeerIdentity { role: Role::Node, .. }) => next.run(req).await,
-        _ => ApiError::Forbidden("the Raft port accepts node certificates only".into()).into_response(),
+        Some(PeerIdentity {
+            role: Role::Node, ..
+        }) => next.run(req).await,
+        _ => ApiError::Forbidden("the Raft port accepts node certificates only".into())
+            .into_response(),
     }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| data_err(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| data_err(dir, e))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| data_err(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| data_err(dir, e))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DaemonError> {
@@ -260,14 +306,26 @@ async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, DaemonError> {
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
             let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
             tracing::warn!("{ip} is not an address of this host; listening on {any}");
-            TcpListener::bind(any).await.map_err(|e| DaemonError::Listen { addr: any, reason: e.to_string() })
+            TcpListener::bind(any)
+                .await
+                .map_err(|e| DaemonError::Listen {
+                    addr: any,
+                    reason: e.to_string(),
+                })
         }
-        Err(e) => Err(DaemonError::Listen { addr, reason: e.to_string() }),
+        Err(e) => Err(DaemonError::Listen {
+            addr,
+            reason: e.to_string(),
+        }),
     }
 }
 
 fn sans(config: &AgentConfig) -> Vec<String> {
-    let mut sans = vec![config.ip.to_string(), config.host.clone(), config.domain.clone()];
+    let mut sans = vec![
+        config.ip.to_string(),
+        config.host.clone(),
+        config.domain.clone(),
+    ];
     sans.sort();
     sans.dedup();
     sans
@@ -289,45 +347,99 @@ fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool, vtep_mac: String
 }
 
 /// First node: a new CA, this node's and the admin's certificates, signed here.
-fn create_cluster(config: &AgentConfig, pki_dir: &Path) -> Result<(NodeFile, Identity, ClusterCa), DaemonError> {
+fn create_cluster(
+    config: &AgentConfig,
+    pki_dir: &Path,
+) -> Result<(NodeFile, Identity, ClusterCa), DaemonError> {
     let ca = ClusterCa::generate("smr")?;
     ca.save(pki_dir)?;
     let (key_pem, csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
     let cert_pem = ca.sign_csr(&csr, Role::Node, &config.name, &sans(config))?;
-    let identity = Identity { cert_pem, key_pem, ca_pem: ca.cert_pem().to_string() };
+    let identity = Identity {
+        cert_pem,
+        key_pem,
+        ca_pem: ca.cert_pem().to_string(),
+    };
     identity.save(pki_dir, "node")?;
     let admin_name = format!("admin@{}", config.name);
     let (key_pem, csr) = pki::new_key_and_csr(Role::Admin, &admin_name, &[])?;
     let cert_pem = ca.sign_csr(&csr, Role::Admin, &admin_name, &[])?;
-    Identity { cert_pem, key_pem, ca_pem: ca.cert_pem().to_string() }.save(pki_dir, "admin")?;
+    Identity {
+        cert_pem,
+        key_pem,
+        ca_pem: ca.cert_pem().to_string(),
+    }
+    .save(pki_dir, "admin")?;
     tracing::info!(fingerprint = %ca.fingerprint(), "created the cluster CA");
-    Ok((node_file(config, 1, false, mac_string(&overlay::generate_vtep_mac())), identity, ca))
+    Ok((
+        node_file(config, 1, false, mac_string(&overlay::generate_vtep_mac())),
+        identity,
+        ca,
+    ))
 }
 
 pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// First node, once its store runs: initialize Raft, record the CA, the network and this node.
-async fn finish_bootstrap(node: &Node, me: &NodeFile, config: &AgentConfig) -> Result<(), DaemonError> {
+async fn finish_bootstrap(
+    node: &Node,
+    me: &NodeFile,
+    config: &AgentConfig,
+) -> Result<(), DaemonError> {
     let labels = &config.labels;
-    let ca = node.ca.as_ref().ok_or_else(|| DaemonError::Bootstrap("the CA key is missing".into()))?;
+    let ca = node
+        .ca
+        .as_ref()
+        .ok_or_else(|| DaemonError::Bootstrap("the CA key is missing".into()))?;
     node.store.bootstrap(me.peer()).await?;
-    let ca_record = CaRecord { cert_pem: ca.cert_pem().to_string(), fingerprint: ca.fingerprint(), holder: me.id };
-    let network = NetworkSettings { cidr: config.cidr, subnet_len: config.subnet_len, backend: config.backend.clone() };
-    let commands =
-        [Op::SetCa { ca: ca_record }, Op::SetNetwork { network }, Op::RegisterNode { node: me.record(labels) }];
-    let state = node.store.read(false).await.map_err(|e| DaemonError::Bootstrap(e.to_string()))?;
+    let ca_record = CaRecord {
+        cert_pem: ca.cert_pem().to_string(),
+        fingerprint: ca.fingerprint(),
+        holder: me.id,
+    };
+    let network = NetworkSettings {
+        cidr: config.cidr,
+        subnet_len: config.subnet_len,
+        backend: config.backend.clone(),
+    };
+    let commands = [
+        Op::SetCa { ca: ca_record },
+        Op::SetNetwork { network },
+        Op::RegisterNode {
+            node: me.record(labels),
+        },
+    ];
+    let state = node
+        .store
+        .read(false)
+        .await
+        .map_err(|e| DaemonError::Bootstrap(e.to_string()))?;
     let registered = state.nodes.values().any(|n| n.name == me.name);
     for op in commands {
         if registered && matches!(op, Op::RegisterNode { .. }) {
             continue;
         }
-        let command = Command { op_id: new_op_id(), at_ms: now_ms(), op };
-        match node.propose_command(command).await.map_err(|e| DaemonError::Bootstrap(e.to_string()))? {
+        let command = Command {
+            op_id: new_op_id(),
+            at_ms: now_ms(),
+            op,
+        };
+        match node
+            .propose_command(command)
+            .await
+            .map_err(|e| DaemonError::Bootstrap(e.to_string()))?
+        {
             CommandResult::Rejected { reason } => return Err(DaemonError::Bootstrap(reason)),
             CommandResult::NodeRegistered { id } if id != me.id => {
-                return Err(DaemonError::Bootstrap(format!("the first node was given id {id}, expected {}", me.id)));
+                return Err(DaemonError::Bootstrap(format!(
+                    "the first node was given id {id}, expected {}",
+                    me.id
+                )));
             }
             _ => {}
         }
@@ -342,7 +454,9 @@ async fn join(
     token: &str,
     pki_dir: &Path,
 ) -> Result<(NodeFile, Identity), DaemonError> {
-    let parsed: JoinToken = token.parse().map_err(|e| DaemonError::Config(format!("--token: {e}")))?;
+    let parsed: JoinToken = token
+        .parse()
+        .map_err(|e| DaemonError::Config(format!("--token: {e}")))?;
     let (node_key, node_csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
     let admin_name = format!("admin@{}", config.name);
     let (admin_key, admin_csr) = pki::new_key_and_csr(Role::Admin, &admin_name, &[])?;
@@ -363,13 +477,19 @@ async fn join(
     };
     let client = pki::pinned_reqwest_client(&parsed.ca_fingerprint, Duration::from_secs(30))?;
     let url = format!("https://{join_addr}/api/v1/join");
-    let join_err = |reason: String| DaemonError::Join { addr: join_addr.to_string(), reason };
+    let join_err = |reason: String| DaemonError::Join {
+        addr: join_addr.to_string(),
+        reason,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let response: JoinResponse = loop {
         let answer = client.post(&url).json(&request).send().await;
         let retryable = match answer {
             Ok(resp) if resp.status().is_success() => {
-                break resp.json().await.map_err(|e| join_err(format!("bad answer: {e}")))?;
+                break resp
+                    .json()
+                    .await
+                    .map_err(|e| join_err(format!("bad answer: {e}")))?;
             }
             Ok(resp) => {
                 let status = resp.status();
@@ -384,7 +504,11 @@ async fn join(
             }
             Err(e) => {
                 let reason = error_chain(&e);
-                if e.is_connect() { reason } else { return Err(join_err(reason)) }
+                if e.is_connect() {
+                    reason
+                } else {
+                    return Err(join_err(reason));
+                }
             }
         };
         if Instant::now() > deadline {
@@ -395,7 +519,9 @@ async fn join(
     let identity = Identity::new(response.node_cert, node_key, response.ca_pem.clone())
         .map_err(|e| join_err(format!("the certificate it sent is not usable: {e}")))?;
     if identity.ca_fingerprint()? != parsed.ca_fingerprint {
-        return Err(join_err("the CA it sent does not match the token's fingerprint".into()));
+        return Err(join_err(
+            "the CA it sent does not match the token's fingerprint".into(),
+        ));
     }
     identity.save(pki_dir, "node")?;
     Identity::new(response.admin_cert, admin_key, response.ca_pem)?.save(pki_dir, "admin")?;
@@ -418,12 +544,23 @@ async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) 
         if status.state != ServerState::Leader {
             continue;
         }
-        let Ok(state) = node.store.read(false).await else { continue };
+        let Ok(state) = node.store.read(false).await else {
+            continue;
+        };
         for (id, record) in &state.nodes {
             if !status.members.contains_key(id) {
-                let peer = RaftPeer { raft_addr: record.raft_addr(), api_addr: record.api_addr(), name: record.name.clone() };
+                let peer = RaftPeer {
+                    raft_addr: record.raft_addr(),
+                    api_addr: record.api_addr(),
+                    name: record.name.clone(),
+                };
                 tracing::info!(id, name = %record.name, "adding node to the Raft membership");
-                match tokio::time::timeout(Duration::from_secs(20), node.store.add_member(*id, peer)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(20),
+                    node.store.add_member(*id, peer),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(id, "adding node failed: {e}"),
                     Err(_) => tracing::warn!(id, "adding node timed out; will retry"),

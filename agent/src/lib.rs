@@ -13,10 +13,10 @@
 
 pub mod api;
 pub mod client;
+pub mod controller;
 pub mod daemon;
 pub mod definitions;
 pub mod node;
-pub mod controller;
 pub mod pki;
 pub mod runtime;
 pub mod scheduler;

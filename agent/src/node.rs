@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 use crate::api::types::{
-    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, SignRequest, SignResponse,
+    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, SignRequest,
+    SignResponse,
 };
 use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
@@ -25,7 +26,10 @@ use crate::store::{RaftPeer, ServerState, Store, WriteError};
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A fresh random operation id.
@@ -56,7 +60,11 @@ pub struct Node {
 impl Node {
     /// Proposes `op` through Raft, forwarding to the leader when needed.
     pub async fn propose(&self, op: Op, op_id: Option<String>) -> Result<CommandResult, ApiError> {
-        let command = Command { op_id: op_id.unwrap_or_else(new_op_id), at_ms: now_ms(), op };
+        let command = Command {
+            op_id: op_id.unwrap_or_else(new_op_id),
+            at_ms: now_ms(),
+            op,
+        };
         self.propose_command(command).await
     }
 
@@ -66,9 +74,17 @@ impl Node {
         loop {
             let outcome = match self.store.write(command.clone()).await {
                 Ok(result) => return Ok(result),
-                Err(WriteError::ForwardToLeader { leader: Some(leader), .. }) => {
-                    let body = ProposeRequest { command: command.clone() };
-                    match self.call::<_, CommandResult>(&leader.api_addr, "internal/propose", Some(&body)).await {
+                Err(WriteError::ForwardToLeader {
+                    leader: Some(leader),
+                    ..
+                }) => {
+                    let body = ProposeRequest {
+                        command: command.clone(),
+                    };
+                    match self
+                        .call::<_, CommandResult>(&leader.api_addr, "internal/propose", Some(&body))
+                        .await
+                    {
                         Ok(result) => return Ok(result),
                         // The leader may have just changed: retry until the deadline.
                         Err(e @ (ApiError::Unavailable(_) | ApiError::Relayed { .. })) => e,
@@ -102,8 +118,18 @@ impl Node {
         loop {
             let outcome = match self.store.read_index().await {
                 Ok(index) => return self.read_after(index, deadline).await,
-                Err(WriteError::ForwardToLeader { leader: Some(leader), .. }) => {
-                    match self.call::<(), ReadIndexResponse>(&leader.api_addr, "internal/read-index", None).await {
+                Err(WriteError::ForwardToLeader {
+                    leader: Some(leader),
+                    ..
+                }) => {
+                    match self
+                        .call::<(), ReadIndexResponse>(
+                            &leader.api_addr,
+                            "internal/read-index",
+                            None,
+                        )
+                        .await
+                    {
                         Ok(r) => return self.read_after(r.index, deadline).await,
                         Err(e @ (ApiError::Unavailable(_) | ApiError::Relayed { .. })) => e,
                         Err(e) => return Err(e),
@@ -119,7 +145,11 @@ impl Node {
         }
     }
 
-    async fn read_after(&self, index: u64, deadline: Instant) -> Result<Arc<ClusterState>, ApiError> {
+    async fn read_after(
+        &self,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<Arc<ClusterState>, ApiError> {
         let mut applied = self.store.subscribe();
         loop {
             if self.store.status().last_applied.unwrap_or(0) >= index {
@@ -127,7 +157,9 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, applied.changed()).await.is_err() {
-                return Err(ApiError::Unavailable(format!("this node did not catch up to index {index}")));
+                return Err(ApiError::Unavailable(format!(
+                    "this node did not catch up to index {index}"
+                )));
             }
         }
     }
@@ -143,15 +175,24 @@ impl Node {
             let leader = self.leader_peer().await?;
             return self.call(&leader.api_addr, "join", Some(&req)).await;
         }
-        let token: JoinToken =
-            req.token.parse().map_err(|e| ApiError::Forbidden(format!("join token refused: {e}")))?;
+        let token: JoinToken = req
+            .token
+            .parse()
+            .map_err(|e| ApiError::Forbidden(format!("join token refused: {e}")))?;
         let state = self.state(Consistency::Linearizable).await?;
-        let ca = state.ca.as_ref().ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
+        let ca = state
+            .ca
+            .as_ref()
+            .ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
         if token.ca_fingerprint != ca.fingerprint {
-            return Err(ApiError::Forbidden("join token refused: it was issued by another cluster's CA".into()));
+            return Err(ApiError::Forbidden(
+                "join token refused: it was issued by another cluster's CA".into(),
+            ));
         }
         if !state.join_token_valid(&token.secret_sha256(), now_ms()) {
-            return Err(ApiError::Forbidden("join token refused: unknown or expired secret".into()));
+            return Err(ApiError::Forbidden(
+                "join token refused: unknown or expired secret".into(),
+            ));
         }
         if !crate::definitions::is_dns_label(&req.name) {
             return Err(ApiError::BadRequest(format!(
@@ -169,11 +210,24 @@ impl Node {
         sans.sort();
         sans.dedup();
         let node_cert = self
-            .sign(SignRequest { csr: req.node_csr.clone(), admin: false, name: req.name.clone(), sans }, ca.holder)
+            .sign(
+                SignRequest {
+                    csr: req.node_csr.clone(),
+                    admin: false,
+                    name: req.name.clone(),
+                    sans,
+                },
+                ca.holder,
+            )
             .await?;
         let admin_cert = self
             .sign(
-                SignRequest { csr: req.admin_csr.clone(), admin: true, name: format!("admin@{}", req.name), sans: vec![] },
+                SignRequest {
+                    csr: req.admin_csr.clone(),
+                    admin: true,
+                    name: format!("admin@{}", req.name),
+                    sans: vec![],
+                },
                 ca.holder,
             )
             .await?;
@@ -191,10 +245,18 @@ impl Node {
             lease: None,
             vtep_mac: req.vtep_mac,
         };
-        match self.propose(Op::RegisterNode { node: record }, None).await? {
+        match self
+            .propose(Op::RegisterNode { node: record }, None)
+            .await?
+        {
             CommandResult::NodeRegistered { id } => {
                 tracing::info!(node = %req.name, id, "node joined");
-                Ok(JoinResponse { id, node_cert, admin_cert, ca_pem: ca.cert_pem.clone() })
+                Ok(JoinResponse {
+                    id,
+                    node_cert,
+                    admin_cert,
+                    ca_pem: ca.cert_pem.clone(),
+                })
             }
             CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
             other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
@@ -210,22 +272,31 @@ impl Node {
                 .map_err(|e| ApiError::BadRequest(format!("certificate request refused: {e}")));
         }
         let state = self.store.read(false).await.map_err(read_error)?;
-        let node = state
-            .nodes
-            .get(&holder)
-            .ok_or_else(|| ApiError::Unavailable(format!("the CA holder (node {holder}) is not a member")))?;
-        let resp: SignResponse = self.call(&node.api_addr(), "internal/sign", Some(&req)).await?;
+        let node = state.nodes.get(&holder).ok_or_else(|| {
+            ApiError::Unavailable(format!("the CA holder (node {holder}) is not a member"))
+        })?;
+        let resp: SignResponse = self
+            .call(&node.api_addr(), "internal/sign", Some(&req))
+            .await?;
         Ok(resp.cert)
     }
 
     /// Mints a join token valid for `ttl`.
     pub async fn new_join_token(&self, ttl: Duration) -> Result<(JoinToken, u64), ApiError> {
         let state = self.store.read(false).await.map_err(read_error)?;
-        let ca = state.ca.as_ref().ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
-        let token = JoinToken::generate(&ca.fingerprint).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let ca = state
+            .ca
+            .as_ref()
+            .ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
+        let token =
+            JoinToken::generate(&ca.fingerprint).map_err(|e| ApiError::Internal(e.to_string()))?;
         let expires_ms = now_ms() + ttl.as_millis() as u64;
-        let record = crate::state::JoinTokenRecord { secret_sha256: token.secret_sha256(), expires_ms };
-        self.propose(Op::AddJoinToken { token: record }, None).await?;
+        let record = crate::state::JoinTokenRecord {
+            secret_sha256: token.secret_sha256(),
+            expires_ms,
+        };
+        self.propose(Op::AddJoinToken { token: record }, None)
+            .await?;
         Ok((token, expires_ms))
     }
 
@@ -242,7 +313,8 @@ impl Node {
             if left.is_zero() {
                 return Err(ApiError::Unavailable("no leader is elected".into()));
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), changes.changed()).await;
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(200)), changes.changed()).await;
         }
     }
 
@@ -262,7 +334,9 @@ impl Node {
             .header("x-smr-forwarded", self.name.as_str())
             .send()
             .await
-            .map_err(|e| ApiError::Unavailable(format!("node at {api_addr} did not answer: {e}")))?;
+            .map_err(|e| {
+                ApiError::Unavailable(format!("node at {api_addr} did not answer: {e}"))
+            })?;
         let status = response.status();
         if status.is_success() {
             return response
@@ -272,7 +346,9 @@ impl Node {
         }
         match response.json::<ErrorBody>().await {
             Ok(body) => Err(ApiError::Relayed { status, body }),
-            Err(_) => Err(ApiError::Unavailable(format!("node at {api_addr} answered {status}"))),
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "node at {api_addr} answered {status}"
+            ))),
         }
     }
 }

@@ -19,11 +19,16 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
             .and_then(|o| o.object.spec.as_containers().map(|c| c.image_ref()))
             .unwrap_or_default();
         for (index, slot) in &placement.replicas {
-            let reported = state
-                .reports
+            let reported = state.reports.get(&slot.node).and_then(|r| {
+                r.replicas
+                    .iter()
+                    .find(|r| &r.key == key && r.index == *index)
+            });
+            let node_name = state
+                .nodes
                 .get(&slot.node)
-                .and_then(|r| r.replicas.iter().find(|r| &r.key == key && r.index == *index));
-            let node_name = state.nodes.get(&slot.node).map(|n| n.name.clone()).unwrap_or_default();
+                .map(|n| n.name.clone())
+                .unwrap_or_default();
             let name = replica_name(&key.group, &key.name, *index);
             views.push(match reported {
                 Some(r) => ReplicaView {

@@ -26,7 +26,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run(clients: Vec<Client>, total: usize, offset: usize) -> anyhow::Result<(f64, Duration, Duration)> {
+async fn run(
+    clients: Vec<Client>,
+    total: usize,
+    offset: usize,
+) -> anyhow::Result<(f64, Duration, Duration)> {
     let per = total / clients.len();
     let started = Instant::now();
     let tasks = clients.into_iter().enumerate().map(|(c, client)| {
@@ -47,12 +51,19 @@ async fn run(clients: Vec<Client>, total: usize, offset: usize) -> anyhow::Resul
     }
     let elapsed = started.elapsed();
     all.sort();
-    Ok((all.len() as f64 / elapsed.as_secs_f64(), percentile(&all, 0.5), percentile(&all, 0.99)))
+    Ok((
+        all.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    ))
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let total: usize = std::env::var("SMR_BENCH_APPLIES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let total: usize = std::env::var("SMR_BENCH_APPLIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let mut cluster = Cluster::new();
     cluster.start_first()?;
     cluster.join(0)?;
@@ -60,8 +71,13 @@ async fn main() -> anyhow::Result<()> {
     cluster.wait_formed(&[0, 1, 2], 3).await?;
     let leader = cluster.index_of(cluster.client(0).health().await?.leader.unwrap_or(1));
 
-    println!("3-node loopback cluster, mTLS, redb log with durable commits; {total} applies per run");
-    println!("{:<36} {:>12} {:>10} {:>10}", "load", "applies/s", "p50", "p99");
+    println!(
+        "3-node loopback cluster, mTLS, redb log with durable commits; {total} applies per run"
+    );
+    println!(
+        "{:<36} {:>12} {:>10} {:>10}",
+        "load", "applies/s", "p50", "p99"
+    );
     let single = run(vec![cluster.client(leader)], total / 4, 0).await?;
     print_row("1 client (leader)", single);
     let spread: Vec<Client> = (0..64).map(|i| cluster.client(i % 3)).collect();
@@ -70,10 +86,16 @@ async fn main() -> anyhow::Result<()> {
     let to_leader: Vec<Client> = (0..64).map(|_| cluster.client(leader)).collect();
     let many_leader = run(to_leader, total, 2_000_000).await?;
     print_row("64 clients (leader)", many_leader);
-    println!("reference (etcd docs, 8 vCPU): 1 client 583 writes/s at 1.6 ms; 1000 clients ~44k writes/s");
+    println!(
+        "reference (etcd docs, 8 vCPU): 1 client 583 writes/s at 1.6 ms; 1000 clients ~44k writes/s"
+    );
     Ok(())
 }
 
 fn print_row(what: &str, (rate, p50, p99): (f64, Duration, Duration)) {
-    println!("{what:<36} {rate:>12.0} {:>8.2}ms {:>8.2}ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+    println!(
+        "{what:<36} {rate:>12.0} {:>8.2}ms {:>8.2}ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
 }

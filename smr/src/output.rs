@@ -66,7 +66,13 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let t = table(&["ID", "NAME"], &[vec!["1".into(), "alpha".into()], vec!["10".into(), "b".into()]]);
+        let t = table(
+            &["ID", "NAME"],
+            &[
+                vec!["1".into(), "alpha".into()],
+                vec!["10".into(), "b".into()],
+            ],
+        );
         assert_eq!(t, "ID  NAME\n1   alpha\n10  b\n");
     }
 

@@ -22,12 +22,20 @@ fn key(group: &str, name: &str) -> ObjectKey {
 }
 
 /// Applies one object with a fixed op_id through the first node that accepts it.
-async fn apply_via_any(clients: &[Client], start: usize, yaml: &str, op_id: &str) -> anyhow::Result<()> {
+async fn apply_via_any(
+    clients: &[Client],
+    start: usize,
+    yaml: &str,
+    op_id: &str,
+) -> anyhow::Result<()> {
     let objects = definitions::parse_str("stream", yaml)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = start;
     loop {
-        match clients[i % clients.len()].apply(&objects, false, Some(op_id.to_string())).await {
+        match clients[i % clients.len()]
+            .apply(&objects, false, Some(op_id.to_string()))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => return Err(e.into()),
             Err(_) => i += 1,
@@ -38,7 +46,10 @@ async fn apply_via_any(clients: &[Client], start: usize, yaml: &str, op_id: &str
 /// Every node's own applied state (stale read) holds `key`.
 async fn stale_get(client: &Client, key: &ObjectKey) -> Option<serde_json::Value> {
     client
-        .get_json(&format!("objects/{}/{}/{}?consistency=stale", key.kind, key.group, key.name))
+        .get_json(&format!(
+            "objects/{}/{}/{}?consistency=stale",
+            key.kind, key.group, key.name
+        ))
         .await
         .ok()
 }
@@ -60,7 +71,10 @@ async fn three_nodes_replicate_and_survive_leader_kill() -> anyhow::Result<()> {
         for j in 0..3 {
             let k = key("written", &format!("via{i}"));
             let client = cluster.client(j);
-            eventually(&format!("{k} on node {j}"), Duration::from_secs(10), || stale_get(&client, &k)).await?;
+            eventually(&format!("{k} on node {j}"), Duration::from_secs(10), || {
+                stale_get(&client, &k)
+            })
+            .await?;
         }
     }
 
@@ -73,15 +87,23 @@ async fn three_nodes_replicate_and_survive_leader_kill() -> anyhow::Result<()> {
         tokio::spawn(async move {
             for n in 0..WRITES {
                 let name = format!("s{n}");
-                apply_via_any(&clients, n, &busybox("stream", &name), &format!("stream-op-{n}")).await?;
+                apply_via_any(
+                    &clients,
+                    n,
+                    &busybox("stream", &name),
+                    &format!("stream-op-{n}"),
+                )
+                .await?;
                 acked.lock().expect("lock").push(name);
             }
             anyhow::Ok(())
         })
     };
-    eventually("50 acknowledged writes", Duration::from_secs(60), || async {
-        (acked.lock().expect("lock").len() >= 50).then_some(())
-    })
+    eventually(
+        "50 acknowledged writes",
+        Duration::from_secs(60),
+        || async { (acked.lock().expect("lock").len() >= 50).then_some(()) },
+    )
     .await?;
     let killed = cluster.index_of(leader);
     cluster.kill9(killed)?;
@@ -96,16 +118,32 @@ async fn three_nodes_replicate_and_survive_leader_kill() -> anyhow::Result<()> {
     assert_eq!(acked.len(), WRITES);
     for j in 0..3 {
         let client = cluster.client(j);
-        let all = eventually(&format!("all writes on node {j}"), Duration::from_secs(30), || async {
-            let list = client.get_json("objects/containers?consistency=stale").await.ok()?;
-            let list = list.as_array()?.clone();
-            let stream: Vec<_> = list.iter().filter(|o| o["object"]["meta"]["group"] == "stream").cloned().collect();
-            (stream.len() >= acked.len()).then_some(stream)
-        })
+        let all = eventually(
+            &format!("all writes on node {j}"),
+            Duration::from_secs(30),
+            || async {
+                let list = client
+                    .get_json("objects/containers?consistency=stale")
+                    .await
+                    .ok()?;
+                let list = list.as_array()?.clone();
+                let stream: Vec<_> = list
+                    .iter()
+                    .filter(|o| o["object"]["meta"]["group"] == "stream")
+                    .cloned()
+                    .collect();
+                (stream.len() >= acked.len()).then_some(stream)
+            },
+        )
         .await?;
-        let names: BTreeSet<String> =
-            all.iter().filter_map(|o| o["object"]["meta"]["name"].as_str().map(str::to_string)).collect();
-        assert_eq!(names, acked, "node {j} holds exactly the acknowledged writes");
+        let names: BTreeSet<String> = all
+            .iter()
+            .filter_map(|o| o["object"]["meta"]["name"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            names, acked,
+            "node {j} holds exactly the acknowledged writes"
+        );
         assert_eq!(all.len(), acked.len(), "no object twice on node {j}");
         for o in &all {
             assert_eq!(o["generation"], 1, "each write applied once: {o}");
@@ -138,16 +176,32 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
     }
     cluster.wait_formed(&[0, 1, 2], 3).await?;
     for i in 0..3 {
-        let list = cluster.client(i).list(Some(definitions::Kind::Containers)).await?;
-        assert_eq!(list.iter().filter(|o| o.object.meta.group == "keep").count(), 20, "node {i} after restart");
+        let list = cluster
+            .client(i)
+            .list(Some(definitions::Kind::Containers))
+            .await?;
+        assert_eq!(
+            list.iter()
+                .filter(|o| o.object.meta.group == "keep")
+                .count(),
+            20,
+            "node {i} after restart"
+        );
     }
     // Still writable, and node ids were kept.
-    cluster.client(2).apply_yaml(&busybox("keep", "after"), false).await?;
+    cluster
+        .client(2)
+        .apply_yaml(&busybox("keep", "after"), false)
+        .await?;
     let nodes = cluster.client(0).nodes().await?;
     let ids: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.name.clone())).collect();
     assert_eq!(
         ids,
-        vec![(1, "smr-agent-1".into()), (2, "smr-agent-2".into()), (3, "smr-agent-3".into())]
+        vec![
+            (1, "smr-agent-1".into()),
+            (2, "smr-agent-2".into()),
+            (3, "smr-agent-3".into())
+        ]
     );
     Ok(())
 }
@@ -159,14 +213,28 @@ async fn joins_and_connections_without_the_right_credentials_are_refused() -> an
     let token = cluster.token(0)?;
 
     // Right CA fingerprint, wrong secret.
-    let (fingerprint, _) = token.strip_prefix("SMRTKN-1-").and_then(|t| t.split_once('-')).expect("token shape");
+    let (fingerprint, _) = token
+        .strip_prefix("SMRTKN-1-")
+        .and_then(|t| t.split_once('-'))
+        .expect("token shape");
     let forged = format!("SMRTKN-1-{fingerprint}-{}", "0".repeat(64));
     let mut cmd = smrmgr(cluster.dir.path());
     let dir = cluster.dir.path().join("intruder");
-    cmd.args(["start", "-a", "intruder", "--ip", "127.0.0.1", "--api-port", "0", "--raft-port", "0", "-j"])
-        .arg(cluster.nodes[0].api())
-        .args(["--token", &forged, "--data-dir"])
-        .arg(&dir);
+    cmd.args([
+        "start",
+        "-a",
+        "intruder",
+        "--ip",
+        "127.0.0.1",
+        "--api-port",
+        "0",
+        "--raft-port",
+        "0",
+        "-j",
+    ])
+    .arg(cluster.nodes[0].api())
+    .args(["--token", &forged, "--data-dir"])
+    .arg(&dir);
     let out = output(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -177,10 +245,21 @@ async fn joins_and_connections_without_the_right_credentials_are_refused() -> an
     other.start_first()?;
     let foreign = other.token(0)?;
     let mut cmd = smrmgr(cluster.dir.path());
-    cmd.args(["start", "-a", "intruder", "--ip", "127.0.0.1", "--api-port", "0", "--raft-port", "0", "-j"])
-        .arg(cluster.nodes[0].api())
-        .args(["--token", &foreign, "--data-dir"])
-        .arg(&dir);
+    cmd.args([
+        "start",
+        "-a",
+        "intruder",
+        "--ip",
+        "127.0.0.1",
+        "--api-port",
+        "0",
+        "--raft-port",
+        "0",
+        "-j",
+    ])
+    .arg(cluster.nodes[0].api())
+    .args(["--token", &foreign, "--data-dir"])
+    .arg(&dir);
     let out = output(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -193,31 +272,57 @@ async fn joins_and_connections_without_the_right_credentials_are_refused() -> an
         .args(["--token", "hello", "--data-dir"])
         .arg(&dir);
     let out = output(cmd);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--token"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token"),
+        "{out:?}"
+    );
 
     // No client certificate: the TLS session is allowed (for joins) but the API refuses.
     let ctx = agent::client::Context::load(&cluster.nodes[0].context_path())?;
     let anonymous = pki::reqwest_client(&ctx.ca_pem, None, Duration::from_secs(5))?;
-    let response = anonymous.get(format!("https://{}/api/v1/nodes", cluster.nodes[0].api())).send().await?;
+    let response = anonymous
+        .get(format!("https://{}/api/v1/nodes", cluster.nodes[0].api()))
+        .send()
+        .await?;
     assert_eq!(response.status(), 401);
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"]["code"], "unauthenticated");
     // ... and the Raft port refuses the handshake.
-    let raft = anonymous.post(format!("https://{}:9212/raft/vote", cluster.nodes[0].ip)).body("{}").send().await;
-    assert!(raft.is_err(), "raft port must require a client certificate: {raft:?}");
+    let raft = anonymous
+        .post(format!("https://{}:9212/raft/vote", cluster.nodes[0].ip))
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        raft.is_err(),
+        "raft port must require a client certificate: {raft:?}"
+    );
 
     // A certificate from another cluster's CA: the handshake fails.
     let other_ctx = agent::client::Context::load(&other.nodes[0].context_path())?;
-    let stranger = Identity { cert_pem: other_ctx.cert_pem, key_pem: other_ctx.key_pem, ca_pem: ctx.ca_pem.clone() };
+    let stranger = Identity {
+        cert_pem: other_ctx.cert_pem,
+        key_pem: other_ctx.key_pem,
+        ca_pem: ctx.ca_pem.clone(),
+    };
     let stranger = pki::reqwest_client(&ctx.ca_pem, Some(&stranger), Duration::from_secs(5))?;
-    let result = stranger.get(format!("https://{}/api/v1/nodes", cluster.nodes[0].api())).send().await;
+    let result = stranger
+        .get(format!("https://{}/api/v1/nodes", cluster.nodes[0].api()))
+        .send()
+        .await;
     let error = result.expect_err("a foreign client certificate must be refused");
     let text = agent::client::error_chain(&error);
-    assert!(text.to_lowercase().contains("certificate") || text.contains("alert"), "{text}");
+    assert!(
+        text.to_lowercase().contains("certificate") || text.contains("alert"),
+        "{text}"
+    );
 
     // An admin certificate may not call node-only routes.
     let admin = cluster.client(0);
-    let err = admin.get_json("internal/read-index").await.expect_err("admin on internal route");
+    let err = admin
+        .get_json("internal/read-index")
+        .await
+        .expect_err("admin on internal route");
     assert!(matches!(err, ClientError::Api { status: 403, .. }), "{err}");
     Ok(())
 }
@@ -230,7 +335,11 @@ async fn invalid_definitions_are_refused_and_nothing_is_stored() -> anyhow::Resu
     let files = cluster.dir.path().join("defs");
     std::fs::create_dir_all(&files)?;
     let cases: &[(&str, &str, &[&str])] = &[
-        ("bad-yaml.yaml", "kind: containers\nmeta: [unclosed\n", &["bad-yaml.yaml"]),
+        (
+            "bad-yaml.yaml",
+            "kind: containers\nmeta: [unclosed\n",
+            &["bad-yaml.yaml"],
+        ),
         (
             "unknown-field.yaml",
             "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\n  label:\n    a: b\nspec:\n  image: busybox\n",
@@ -256,7 +365,10 @@ async fn invalid_definitions_are_refused_and_nothing_is_stored() -> anyhow::Resu
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{file}: {stderr}");
         for needle in *expected {
-            assert!(stderr.contains(needle), "{file}: expected {needle:?} in {stderr}");
+            assert!(
+                stderr.contains(needle),
+                "{file}: expected {needle:?} in {stderr}"
+            );
         }
     }
     // A directory with valid and invalid files: nothing of it is applied.
@@ -271,13 +383,22 @@ async fn invalid_definitions_are_refused_and_nothing_is_stored() -> anyhow::Resu
         .apply_yaml("kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: Bad_Name\nspec:\n  image: x\n", false)
         .await
         .expect_err("invalid name refused");
-    assert!(matches!(&err, ClientError::Api { status: 422, .. }), "{err}");
+    assert!(
+        matches!(&err, ClientError::Api { status: 422, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("Bad_Name"), "{err}");
 
     // A 10 MB body is refused with a clear error.
     let big = format!("kind: containers\n# {}\n", "x".repeat(10 * 1024 * 1024));
-    let err = client.apply_yaml(&big, false).await.expect_err("10 MB refused");
-    assert!(matches!(&err, ClientError::Api { status: 413, .. }), "{err}");
+    let err = client
+        .apply_yaml(&big, false)
+        .await
+        .expect_err("10 MB refused");
+    assert!(
+        matches!(&err, ClientError::Api { status: 413, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("larger than"), "{err}");
 
     // Dry run validates and reports without storing.

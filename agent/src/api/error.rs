@@ -77,7 +77,13 @@ impl ApiError {
             })),
             _ => None,
         };
-        ErrorBody { error: ErrorInfo { code: self.code().to_string(), message: self.to_string(), details } }
+        ErrorBody {
+            error: ErrorInfo {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                details,
+            },
+        }
     }
 }
 

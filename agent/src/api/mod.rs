@@ -75,7 +75,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/objects", get(list_all).post(apply))
         .route("/api/v1/objects/delete", post(delete_many))
         .route("/api/v1/objects/{kind}", get(list_kind))
-        .route("/api/v1/objects/{kind}/{group}/{name}", get(get_object).delete(delete_one))
+        .route(
+            "/api/v1/objects/{kind}/{group}/{name}",
+            get(get_object).delete(delete_one),
+        )
         .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
@@ -89,17 +92,28 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn require_client_cert(Extension(who): Extension<ClientIdentity>, req: Request, next: Next) -> Response {
+async fn require_client_cert(
+    Extension(who): Extension<ClientIdentity>,
+    req: Request,
+    next: Next,
+) -> Response {
     match who.0 {
         Some(_) => next.run(req).await,
         None => ApiError::Unauthenticated.into_response(),
     }
 }
 
-async fn require_node(Extension(who): Extension<ClientIdentity>, req: Request, next: Next) -> Response {
+async fn require_node(
+    Extension(who): Extension<ClientIdentity>,
+    req: Request,
+    next: Next,
+) -> Response {
     match who.0 {
-        Some(PeerIdentity { role: Role::Node, .. }) => next.run(req).await,
-        _ => ApiError::Forbidden("only cluster nodes may call internal routes".into()).into_response(),
+        Some(PeerIdentity {
+            role: Role::Node, ..
+        }) => next.run(req).await,
+        _ => ApiError::Forbidden("only cluster nodes may call internal routes".into())
+            .into_response(),
     }
 }
 
@@ -127,7 +141,9 @@ impl ReadParams {
 
 /// Reads a whole body up to [`BODY_LIMIT`].
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })
+    axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -136,8 +152,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 
 async fn ca(State(node): AppState) -> Result<Response, ApiError> {
     let state = node.state(Consistency::Stale).await?;
-    let ca = state.ca.as_ref().ok_or_else(|| ApiError::Unavailable("the cluster CA is not recorded yet".into()))?;
-    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], ca.cert_pem.clone()).into_response())
+    let ca = state
+        .ca
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("the cluster CA is not recorded yet".into()))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        ca.cert_pem.clone(),
+    )
+        .into_response())
 }
 
 async fn join(State(node): AppState, body: Body) -> Result<Json<JoinResponse>, ApiError> {
@@ -164,7 +187,10 @@ async fn health(State(node): AppState) -> Result<Json<HealthResponse>, ApiError>
     }))
 }
 
-async fn list_nodes(State(node): AppState, Query(params): Query<ReadParams>) -> Result<Json<Vec<NodeView>>, ApiError> {
+async fn list_nodes(
+    State(node): AppState,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
     let state = node.state(params.consistency()?).await?;
     let status = node.store.status();
     let probes = state.nodes.values().map(|n| {
@@ -209,8 +235,13 @@ async fn list_nodes(State(node): AppState, Query(params): Query<ReadParams>) -> 
     Ok(Json(views))
 }
 
-async fn remove_node(State(node): AppState, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let id: u64 = id.parse().map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
+async fn remove_node(
+    State(node): AppState,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
     match node.propose(Op::RemoveNode { id }, None).await? {
         CommandResult::Rejected { reason } => Err(ApiError::NotFound(reason)),
         _ => Ok(StatusCode::NO_CONTENT),
@@ -219,10 +250,17 @@ async fn remove_node(State(node): AppState, Path(id): Path<String>) -> Result<St
 
 async fn new_token(State(node): AppState, body: Body) -> Result<Json<TokenResponse>, ApiError> {
     let bytes = read_body(body).await?;
-    let req: TokenRequest = if bytes.is_empty() { TokenRequest::default() } else { parse_json(&bytes)? };
+    let req: TokenRequest = if bytes.is_empty() {
+        TokenRequest::default()
+    } else {
+        parse_json(&bytes)?
+    };
     let ttl = Duration::from_secs(req.ttl_seconds.unwrap_or(24 * 3600));
     let (token, expires_ms) = node.new_join_token(ttl).await?;
-    Ok(Json(TokenResponse { token: token.to_string(), expires_ms }))
+    Ok(Json(TokenResponse {
+        token: token.to_string(),
+        expires_ms,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,7 +279,8 @@ async fn apply(
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let bytes = read_body(body).await?;
     let (objects, op_id) = if is_yaml(&headers) {
-        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
         (definitions::parse_str("request body", text)?, None)
     } else {
         let req: ApplyRequest = parse_json(&bytes)?;
@@ -251,15 +290,32 @@ async fn apply(
         (req.objects, req.op_id)
     };
     if objects.is_empty() {
-        return Err(ApiError::BadRequest("nothing to apply: no definitions in the request".into()));
+        return Err(ApiError::BadRequest(
+            "nothing to apply: no definitions in the request".into(),
+        ));
     }
     if params.dry_run {
         let state = node.state(Consistency::Linearizable).await?;
         let mut preview = (*state).clone();
-        let command = crate::state::Command { op_id: String::new(), at_ms: 0, op: Op::Apply { objects, owner: None } };
+        let command = crate::state::Command {
+            op_id: String::new(),
+            at_ms: 0,
+            op: Op::Apply {
+                objects,
+                owner: None,
+            },
+        };
         return objects_response(preview.apply(&command), true);
     }
-    let result = node.propose(Op::Apply { objects, owner: None }, op_id).await?;
+    let result = node
+        .propose(
+            Op::Apply {
+                objects,
+                owner: None,
+            },
+            op_id,
+        )
+        .await?;
     objects_response(result, false)
 }
 
@@ -272,7 +328,11 @@ fn is_yaml(headers: &HeaderMap) -> bool {
 
 fn objects_response(result: CommandResult, dry_run: bool) -> Result<Json<ApplyResponse>, ApiError> {
     match result {
-        CommandResult::Objects { revision, outcomes } => Ok(Json(ApplyResponse { revision, outcomes, dry_run })),
+        CommandResult::Objects { revision, outcomes } => Ok(Json(ApplyResponse {
+            revision,
+            outcomes,
+            dry_run,
+        })),
         CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
         other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
     }
@@ -280,19 +340,29 @@ fn objects_response(result: CommandResult, dry_run: bool) -> Result<Json<ApplyRe
 
 async fn delete_many(State(node): AppState, body: Body) -> Result<Json<ApplyResponse>, ApiError> {
     let req: DeleteRequest = parse_json(&read_body(body).await?)?;
-    let result = node.propose(Op::Delete { keys: req.keys }, req.op_id).await?;
+    let result = node
+        .propose(Op::Delete { keys: req.keys }, req.op_id)
+        .await?;
     objects_response(result, false)
 }
 
 fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
-    kind.parse().map_err(|e: definitions::UnknownKind| ApiError::BadRequest(e.to_string()))
+    kind.parse()
+        .map_err(|e: definitions::UnknownKind| ApiError::BadRequest(e.to_string()))
 }
 
 fn parse_key(kind: &str, group: String, name: String) -> Result<ObjectKey, ApiError> {
-    Ok(ObjectKey { kind: parse_kind(kind)?, group, name })
+    Ok(ObjectKey {
+        kind: parse_kind(kind)?,
+        group,
+        name,
+    })
 }
 
-async fn list_all(State(node): AppState, Query(params): Query<ReadParams>) -> Result<Json<Vec<StoredObject>>, ApiError> {
+async fn list_all(
+    State(node): AppState,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<Vec<StoredObject>>, ApiError> {
     let state = node.state(params.consistency()?).await?;
     Ok(Json(state.objects.values().cloned().collect()))
 }
@@ -314,7 +384,12 @@ async fn get_object(
 ) -> Result<Json<StoredObject>, ApiError> {
     let key = parse_key(&kind, group, name)?;
     let state = node.state(params.consistency()?).await?;
-    state.objects.get(&key).cloned().map(Json).ok_or_else(|| ApiError::NotFound(key.to_string()))
+    state
+        .objects
+        .get(&key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(key.to_string()))
 }
 
 async fn delete_one(
@@ -322,16 +397,28 @@ async fn delete_one(
     Path((kind, group, name)): Path<(String, String, String)>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let key = parse_key(&kind, group, name)?;
-    let result = node.propose(Op::Delete { keys: vec![key.clone()] }, None).await?;
+    let result = node
+        .propose(
+            Op::Delete {
+                keys: vec![key.clone()],
+            },
+            None,
+        )
+        .await?;
     if let CommandResult::Objects { outcomes, .. } = &result
-        && outcomes.iter().all(|o| o.outcome == crate::state::Outcome::NotFound)
+        && outcomes
+            .iter()
+            .all(|o| o.outcome == crate::state::Outcome::NotFound)
     {
         return Err(ApiError::NotFound(key.to_string()));
     }
     objects_response(result, false)
 }
 
-async fn internal_propose(State(node): AppState, body: Body) -> Result<Json<CommandResult>, ApiError> {
+async fn internal_propose(
+    State(node): AppState,
+    body: Body,
+) -> Result<Json<CommandResult>, ApiError> {
     let req: ProposeRequest = parse_json(&read_body(body).await?)?;
     // Written here only: a command forwarded to a node that lost leadership is refused, not relayed again.
     match node.store.write(req.command).await {
@@ -342,13 +429,17 @@ async fn internal_propose(State(node): AppState, body: Body) -> Result<Json<Comm
 }
 
 async fn internal_read_index(State(node): AppState) -> Result<Json<ReadIndexResponse>, ApiError> {
-    Ok(Json(ReadIndexResponse { index: node.read_index().await? }))
+    Ok(Json(ReadIndexResponse {
+        index: node.read_index().await?,
+    }))
 }
 
 async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignResponse>, ApiError> {
     let req: SignRequest = parse_json(&read_body(body).await?)?;
     if node.ca.is_none() {
-        return Err(ApiError::Unavailable("this node does not hold the cluster CA key".into()));
+        return Err(ApiError::Unavailable(
+            "this node does not hold the cluster CA key".into(),
+        ));
     }
     let cert = node.sign(req, node.id).await?;
     Ok(Json(SignResponse { cert }))
@@ -368,10 +459,16 @@ async fn list_replicas(
     State(node): AppState,
     Query(params): Query<ReplicaParams>,
 ) -> Result<Json<Vec<ReplicaView>>, ApiError> {
-    let consistency = ReadParams { consistency: params.consistency }.consistency()?;
+    let consistency = ReadParams {
+        consistency: params.consistency,
+    }
+    .consistency()?;
     let filter = params
         .object
-        .map(|o| o.parse::<ObjectKey>().map_err(|e| ApiError::BadRequest(e.to_string())))
+        .map(|o| {
+            o.parse::<ObjectKey>()
+                .map_err(|e| ApiError::BadRequest(e.to_string()))
+        })
         .transpose()?;
     let state = node.state(consistency).await?;
     Ok(Json(crate::views::replicas(&state, filter.as_ref())))
@@ -396,7 +493,8 @@ async fn list_events(
     Query(params): Query<EventParams>,
 ) -> Result<Json<Vec<crate::state::Event>>, ApiError> {
     let since = params.since.unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(params.wait.unwrap_or(0).min(60));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(params.wait.unwrap_or(0).min(60));
     let mut changes = node.store.subscribe();
     loop {
         let state = node.state(Consistency::Stale).await?;
@@ -421,13 +519,22 @@ async fn describe(
 ) -> Result<Json<DescribeView>, ApiError> {
     let key = parse_key(&kind, group, name)?;
     let state = node.state(params.consistency()?).await?;
-    let object = state.objects.get(&key).cloned().ok_or_else(|| ApiError::NotFound(key.to_string()))?;
+    let object = state
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(key.to_string()))?;
     let subject = key.to_string();
     Ok(Json(DescribeView {
         object,
         placement_error: state.placement_errors.get(&key).cloned(),
         replicas: crate::views::replicas(&state, Some(&key)),
-        events: state.events.iter().filter(|e| e.subject == subject).cloned().collect(),
+        events: state
+            .events
+            .iter()
+            .filter(|e| e.subject == subject)
+            .cloned()
+            .collect(),
     }))
 }
 
@@ -447,12 +554,16 @@ mod tests {
         let mut documented: Vec<(String, String)> = paths
             .iter()
             .flat_map(|(path, ops)| {
-                ops.as_object().into_iter().flat_map(move |ops| ops.keys().map(move |m| (m.clone(), path.clone())))
+                ops.as_object()
+                    .into_iter()
+                    .flat_map(move |ops| ops.keys().map(move |m| (m.clone(), path.clone())))
             })
             .collect();
         documented.sort();
-        let mut served: Vec<(String, String)> =
-            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
         served.sort();
         assert_eq!(documented, served, "openapi.json and ROUTES disagree");
     }

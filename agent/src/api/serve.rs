@@ -51,7 +51,12 @@ pub async fn serve_tls(
     connections.shutdown().await;
 }
 
-async fn serve_connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, peer: SocketAddr, app: Router) {
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -64,9 +69,16 @@ async fn serve_connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, pee
             return;
         }
     };
-    let identity = tls.get_ref().1.peer_certificates().and_then(pki::peer_identity);
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(pki::peer_identity);
     let service = TowerToHyperService::new(app.layer(Extension(ClientIdentity(identity))));
-    if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await {
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
         tracing::debug!(%peer, "connection ended: {e}");
     }
 }

@@ -49,7 +49,9 @@ pub fn restart_of(spec: &ContainersSpec) -> scheduler::RestartPolicy {
 /// Labels a node carries, for node selectors.
 pub fn node_labels(labels: &BTreeMap<String, String>, name: &str) -> BTreeMap<String, String> {
     let mut labels = labels.clone();
-    labels.entry("smr.io/node".into()).or_insert_with(|| name.to_string());
+    labels
+        .entry("smr.io/node".into())
+        .or_insert_with(|| name.to_string());
     labels
 }
 
@@ -58,7 +60,9 @@ mod tests {
     use super::*;
 
     fn stored(yaml: &str) -> StoredObject {
-        let object = definitions::parse_str("t.yaml", yaml).expect("valid").remove(0);
+        let object = definitions::parse_str("t.yaml", yaml)
+            .expect("valid")
+            .remove(0);
         StoredObject {
             object,
             generation: 4,
@@ -79,14 +83,19 @@ mod tests {
         assert_eq!(w.key, "containers/g/n");
         assert_eq!(w.replicas, 3);
         assert_eq!(w.generation, 2, "replicas roll on the template generation");
-        assert_eq!(w.spread, Spread::Specific(vec![AgentRef::Id(1), AgentRef::Name("smr-agent-2".into())]));
+        assert_eq!(
+            w.spread,
+            Spread::Specific(vec![AgentRef::Id(1), AgentRef::Name("smr-agent-2".into())])
+        );
         assert_eq!(w.node_selector.get("disk").map(String::as_str), Some("ssd"));
         assert_eq!(w.max_unavailable, 2);
     }
 
     #[test]
     fn other_kinds_are_not_workloads() {
-        let s = stored("kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  data:\n    a: b\n");
+        let s = stored(
+            "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  data:\n    a: b\n",
+        );
         assert!(workload_of(&s).is_none());
     }
 }

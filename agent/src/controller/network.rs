@@ -43,7 +43,10 @@ pub enum NetworkError {
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = text.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+    let bytes: Vec<u8> = text
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
     bytes.try_into().ok()
 }
 
@@ -82,7 +85,12 @@ pub fn records(state: &ClusterState) -> dns::RecordSet {
     let nodes: Vec<dns::NodeInfo> = state
         .nodes
         .values()
-        .filter_map(|n| Some(dns::NodeInfo { name: n.name.clone(), ip: n.ip.parse().ok()? }))
+        .filter_map(|n| {
+            Some(dns::NodeInfo {
+                name: n.name.clone(),
+                ip: n.ip.parse().ok()?,
+            })
+        })
         .collect();
     dns::compute_records(&replicas, &nodes)
 }
@@ -94,7 +102,11 @@ pub fn gateway(lease: ipnet::Ipv4Net) -> Ipv4Addr {
 
 /// Runs until `stop`. Returns early (with an error) only on a misconfiguration that retrying
 /// cannot fix; transient failures are logged and retried.
-pub async fn run(node: Arc<Node>, config: NetworkConfig, mut stop: watch::Receiver<bool>) -> Result<(), NetworkError> {
+pub async fn run(
+    node: Arc<Node>,
+    config: NetworkConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), NetworkError> {
     let mut changes = node.store.subscribe();
     // Wait for the cluster network settings and this node's lease.
     let (settings, lease) = loop {
@@ -116,7 +128,11 @@ pub async fn run(node: Arc<Node>, config: NetworkConfig, mut stop: watch::Receiv
     let backend = match settings.backend.as_str() {
         "vxlan" => Backend::Vxlan,
         "host-gw" => Backend::HostGw,
-        other => return Err(NetworkError::Config(format!("unknown overlay backend {other}"))),
+        other => {
+            return Err(NetworkError::Config(format!(
+                "unknown overlay backend {other}"
+            )));
+        }
     };
     let overlay = Overlay::new(OverlayConfig {
         backend,
@@ -129,7 +145,9 @@ pub async fn run(node: Arc<Node>, config: NetworkConfig, mut stop: watch::Receiv
     overlay.setup().await?;
     let mtu = overlay.mtu().await?;
     let spec = ClusterNetworkSpec::new(lease, mtu);
-    let networks = BollardNetworks { docker: config.docker.clone() };
+    let networks = BollardNetworks {
+        docker: config.docker.clone(),
+    };
     ensure_cluster_network(&networks, &spec).await?;
     let dns = dns::DnsServer::start(dns::DnsConfig {
         listen: vec![SocketAddr::new(spec.gateway().into(), 53)],

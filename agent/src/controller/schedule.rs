@@ -30,7 +30,11 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn new(timeout: Duration, now: Instant) -> Liveness {
-        Liveness { timeout, seen: BTreeMap::new(), since: now }
+        Liveness {
+            timeout,
+            seen: BTreeMap::new(),
+            since: now,
+        }
     }
 
     /// Updates from the state's reports and tells which nodes are live at `now`.
@@ -41,7 +45,10 @@ impl Liveness {
             .keys()
             .map(|id| {
                 let seq = state.reports.get(id).map(|r| r.seq);
-                let entry = self.seen.entry(*id).or_insert((seq.unwrap_or(0), self.since));
+                let entry = self
+                    .seen
+                    .entry(*id)
+                    .or_insert((seq.unwrap_or(0), self.since));
                 if let Some(seq) = seq
                     && seq != entry.0
                 {
@@ -67,11 +74,16 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
             last_seen_ms: 0,
         })
         .collect();
-    let placements: BTreeMap<String, scheduler::Placement> =
-        state.placements.iter().map(|(k, p)| (k.to_string(), p.clone())).collect();
+    let placements: BTreeMap<String, scheduler::Placement> = state
+        .placements
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.clone()))
+        .collect();
     let mut updates = Vec::new();
     for (key, stored) in &state.objects {
-        let Some(workload) = workload_of(stored) else { continue };
+        let Some(workload) = workload_of(stored) else {
+            continue;
+        };
         let current = state.placements.get(key);
         let load = scheduler::node_load(&placements, &workload.key);
         match scheduler::place_with_load(&workload, &nodes, current, &load) {
@@ -101,8 +113,17 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
             }
         }
     }
-    for key in state.placements.keys().filter(|k| !state.objects.contains_key(*k)) {
-        updates.push(PlacementUpdate { key: key.clone(), generation: 0, placement: None, error: None });
+    for key in state
+        .placements
+        .keys()
+        .filter(|k| !state.objects.contains_key(*k))
+    {
+        updates.push(PlacementUpdate {
+            key: key.clone(),
+            generation: 0,
+            placement: None,
+            error: None,
+        });
     }
     updates
 }
@@ -119,12 +140,19 @@ fn replica_states(
         if !live.get(&slot.node).copied().unwrap_or(false) {
             continue;
         }
-        let reported = state
-            .reports
-            .get(&slot.node)
-            .and_then(|r| r.replicas.iter().find(|r| &r.key == key && r.index == *index));
+        let reported = state.reports.get(&slot.node).and_then(|r| {
+            r.replicas
+                .iter()
+                .find(|r| &r.key == key && r.index == *index)
+        });
         if let Some(r) = reported {
-            status.insert(*index, ReplicaState { generation: r.generation, ready: r.ready });
+            status.insert(
+                *index,
+                ReplicaState {
+                    generation: r.generation,
+                    ready: r.ready,
+                },
+            );
         }
     }
     status
@@ -145,9 +173,13 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
             liveness = None;
             continue;
         }
-        let Ok(state) = node.store.read(false).await else { continue };
+        let Ok(state) = node.store.read(false).await else {
+            continue;
+        };
         let now = Instant::now();
-        let live = liveness.get_or_insert_with(|| Liveness::new(timeout, now)).observe(&state, now);
+        let live = liveness
+            .get_or_insert_with(|| Liveness::new(timeout, now))
+            .observe(&state, now);
         let updates = plan(&state, &live);
         if updates.is_empty() {
             continue;

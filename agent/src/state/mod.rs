@@ -226,19 +226,39 @@ pub enum Op {
         owner: Option<String>,
     },
     /// Delete objects, all or none. Missing keys are reported, not an error.
-    Delete { keys: Vec<ObjectKey> },
+    Delete {
+        keys: Vec<ObjectKey>,
+    },
     /// Add a node to the registry; its id is assigned here.
-    RegisterNode { node: NodeRecord },
-    RemoveNode { id: NodeId },
-    SetNodeLabels { id: NodeId, labels: BTreeMap<String, String> },
-    AddJoinToken { token: JoinTokenRecord },
-    SetCa { ca: CaRecord },
+    RegisterNode {
+        node: NodeRecord,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    SetNodeLabels {
+        id: NodeId,
+        labels: BTreeMap<String, String>,
+    },
+    AddJoinToken {
+        token: JoinTokenRecord,
+    },
+    SetCa {
+        ca: CaRecord,
+    },
     /// Fixes the cluster network; refused if a different one is already set.
-    SetNetwork { network: NetworkSettings },
+    SetNetwork {
+        network: NetworkSettings,
+    },
     /// The leader's placement decisions.
-    Place { updates: Vec<PlacementUpdate> },
+    Place {
+        updates: Vec<PlacementUpdate>,
+    },
     /// A node's report of its replicas (also its heartbeat).
-    Report { node: NodeId, report: NodeReport },
+    Report {
+        node: NodeId,
+        report: NodeReport,
+    },
     /// Does nothing; used to test the log.
     Noop,
 }
@@ -264,11 +284,20 @@ pub struct ObjectOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum CommandResult {
-    Objects { revision: u64, outcomes: Vec<ObjectOutcome> },
-    NodeRegistered { id: NodeId },
-    Done { revision: u64 },
+    Objects {
+        revision: u64,
+        outcomes: Vec<ObjectOutcome>,
+    },
+    NodeRegistered {
+        id: NodeId,
+    },
+    Done {
+        revision: u64,
+    },
     /// The command was valid Raft-wise but the state refuses it; nothing changed.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 impl ClusterState {
@@ -279,7 +308,8 @@ impl ClusterState {
         }
         let result = self.apply_op(&cmd.op, cmd.at_ms);
         if !cmd.op_id.is_empty() {
-            self.recent_ops.push_back((cmd.op_id.clone(), result.clone()));
+            self.recent_ops
+                .push_back((cmd.op_id.clone(), result.clone()));
             while self.recent_ops.len() > DEDUP_WINDOW {
                 self.recent_ops.pop_front();
             }
@@ -307,14 +337,18 @@ impl ClusterState {
                     });
                     self.bump()
                 }
-                None => CommandResult::Rejected { reason: format!("node {id} is not a member") },
+                None => CommandResult::Rejected {
+                    reason: format!("node {id} is not a member"),
+                },
             },
             Op::SetNodeLabels { id, labels } => match self.nodes.get_mut(id) {
                 Some(node) => {
                     node.labels = labels.clone();
                     self.bump()
                 }
-                None => CommandResult::Rejected { reason: format!("node {id} is not a member") },
+                None => CommandResult::Rejected {
+                    reason: format!("node {id} is not a member"),
+                },
             },
             Op::AddJoinToken { token } => {
                 self.join_tokens.retain(|t| t.expires_ms > now);
@@ -322,9 +356,11 @@ impl ClusterState {
                 self.bump()
             }
             Op::SetCa { ca } => match &self.ca {
-                Some(existing) if existing.fingerprint != ca.fingerprint => CommandResult::Rejected {
-                    reason: format!("the cluster already has CA {}", existing.fingerprint),
-                },
+                Some(existing) if existing.fingerprint != ca.fingerprint => {
+                    CommandResult::Rejected {
+                        reason: format!("the cluster already has CA {}", existing.fingerprint),
+                    }
+                }
                 _ => {
                     self.ca = Some(ca.clone());
                     self.bump()
@@ -369,7 +405,8 @@ impl ClusterState {
                 (_, Some(generation)) if generation != update.generation => {}
                 (Some(placement), Some(_)) => {
                     if self.placements.get(&update.key) != Some(placement) {
-                        self.placements.insert(update.key.clone(), placement.clone());
+                        self.placements
+                            .insert(update.key.clone(), placement.clone());
                         changed = true;
                     }
                     changed |= self.placement_errors.remove(&update.key).is_some();
@@ -380,7 +417,8 @@ impl ClusterState {
                 && generation == update.generation
                 && self.placement_errors.get(&update.key) != Some(error)
             {
-                self.placement_errors.insert(update.key.clone(), error.clone());
+                self.placement_errors
+                    .insert(update.key.clone(), error.clone());
                 self.push_event(Event {
                     revision,
                     at_ms: now,
@@ -393,20 +431,35 @@ impl ClusterState {
                 changed = true;
             }
         }
-        if changed { self.bump() } else { CommandResult::Done { revision: self.revision } }
+        if changed {
+            self.bump()
+        } else {
+            CommandResult::Done {
+                revision: self.revision,
+            }
+        }
     }
 
     fn report(&mut self, node: NodeId, report: &NodeReport, now: u64) -> CommandResult {
         if !self.nodes.contains_key(&node) {
-            return CommandResult::Rejected { reason: format!("node {node} is not a member") };
+            return CommandResult::Rejected {
+                reason: format!("node {node} is not a member"),
+            };
         }
         let revision = self.revision + 1;
         let previous = self.reports.get(&node).cloned().unwrap_or_default();
         for replica in &report.replicas {
-            let before = previous.replicas.iter().find(|r| r.key == replica.key && r.index == replica.index);
+            let before = previous
+                .replicas
+                .iter()
+                .find(|r| r.key == replica.key && r.index == replica.index);
             let moved = before.is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
             if moved {
-                let state = if replica.ready { format!("{} (ready)", replica.phase) } else { replica.phase.clone() };
+                let state = if replica.ready {
+                    format!("{} (ready)", replica.phase)
+                } else {
+                    replica.phase.clone()
+                };
                 let mut message = format!("{} on node {node}: {state}", replica.name);
                 if let Some(why) = &replica.message {
                     message.push_str(": ");
@@ -423,11 +476,12 @@ impl ClusterState {
                 });
             }
         }
-        for gone in previous
-            .replicas
-            .iter()
-            .filter(|b| !report.replicas.iter().any(|r| r.key == b.key && r.index == b.index))
-        {
+        for gone in previous.replicas.iter().filter(|b| {
+            !report
+                .replicas
+                .iter()
+                .any(|r| r.key == b.key && r.index == b.index)
+        }) {
             self.push_event(Event {
                 revision,
                 at_ms: now,
@@ -444,16 +498,25 @@ impl ClusterState {
 
     fn bump(&mut self) -> CommandResult {
         self.revision += 1;
-        CommandResult::Done { revision: self.revision }
+        CommandResult::Done {
+            revision: self.revision,
+        }
     }
 
-    fn apply_objects(&mut self, objects: &[Object], owner: Option<&str>, now: u64) -> CommandResult {
+    fn apply_objects(
+        &mut self,
+        objects: &[Object],
+        owner: Option<&str>,
+        now: u64,
+    ) -> CommandResult {
         // Refuse the whole batch before touching anything.
         let mut seen = std::collections::BTreeSet::new();
         for object in objects {
             let key = object.key();
             if !seen.insert(key.clone()) {
-                return CommandResult::Rejected { reason: format!("{key} appears twice in one apply") };
+                return CommandResult::Rejected {
+                    reason: format!("{key} appears twice in one apply"),
+                };
             }
             if let Some(existing) = self.objects.get(&key)
                 && existing.owner.as_deref() != owner
@@ -474,7 +537,9 @@ impl ClusterState {
             .map(|object| {
                 let key = object.key();
                 let (outcome, generation) = match self.objects.get_mut(&key) {
-                    Some(stored) if stored.object == *object && stored.owner.as_deref() == owner => {
+                    Some(stored)
+                        if stored.object == *object && stored.owner.as_deref() == owner =>
+                    {
                         (Outcome::Unchanged, stored.generation)
                     }
                     Some(stored) => {
@@ -506,13 +571,20 @@ impl ClusterState {
                         (Outcome::Created, 1)
                     }
                 };
-                ObjectOutcome { key, outcome, generation }
+                ObjectOutcome {
+                    key,
+                    outcome,
+                    generation,
+                }
             })
             .collect();
         if changed {
             self.revision = revision;
         }
-        CommandResult::Objects { revision: self.revision, outcomes }
+        CommandResult::Objects {
+            revision: self.revision,
+            outcomes,
+        }
     }
 
     fn delete_objects(&mut self, keys: &[ObjectKey]) -> CommandResult {
@@ -525,30 +597,49 @@ impl ClusterState {
                     changed = true;
                     self.placements.remove(key);
                     self.placement_errors.remove(key);
-                    ObjectOutcome { key: key.clone(), outcome: Outcome::Deleted, generation: stored.generation }
+                    ObjectOutcome {
+                        key: key.clone(),
+                        outcome: Outcome::Deleted,
+                        generation: stored.generation,
+                    }
                 }
-                None => ObjectOutcome { key: key.clone(), outcome: Outcome::NotFound, generation: 0 },
+                None => ObjectOutcome {
+                    key: key.clone(),
+                    outcome: Outcome::NotFound,
+                    generation: 0,
+                },
             })
             .collect();
         if changed {
             self.revision = revision;
         }
-        CommandResult::Objects { revision: self.revision, outcomes }
+        CommandResult::Objects {
+            revision: self.revision,
+            outcomes,
+        }
     }
 
     fn register_node(&mut self, node: &NodeRecord, now: u64) -> CommandResult {
         if let Some(existing) = self.nodes.values().find(|n| n.name == node.name) {
             return CommandResult::Rejected {
-                reason: format!("a node named {} is already a member (id {})", node.name, existing.id),
+                reason: format!(
+                    "a node named {} is already a member (id {})",
+                    node.name, existing.id
+                ),
             };
         }
         let mut record = node.clone();
         record.lease = match &self.network {
             Some(network) if network.backend != "none" => {
-                let taken: Vec<ipnet::Ipv4Net> = self.nodes.values().filter_map(|n| n.lease).collect();
+                let taken: Vec<ipnet::Ipv4Net> =
+                    self.nodes.values().filter_map(|n| n.lease).collect();
                 match overlay::allocate_subnet(network.cidr, network.subnet_len, &taken) {
                     Ok(lease) => Some(lease),
-                    Err(e) => return CommandResult::Rejected { reason: format!("cannot give {} a subnet: {e}", node.name) },
+                    Err(e) => {
+                        return CommandResult::Rejected {
+                            reason: format!("cannot give {} a subnet: {e}", node.name),
+                        };
+                    }
                 }
             }
             _ => None,
@@ -569,9 +660,10 @@ impl ClusterState {
 
     /// True when `secret_sha256` names a join token that has not expired at `now`.
     pub fn join_token_valid(&self, secret_sha256: &str, now: u64) -> bool {
-        self.join_tokens
-            .iter()
-            .any(|t| t.expires_ms > now && constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
+        self.join_tokens.iter().any(|t| {
+            t.expires_ms > now
+                && constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes())
+        })
     }
 }
 
@@ -610,7 +702,10 @@ fn phase_reason(phase: &str, ready: bool) -> String {
         ("restarting", _) => "BackOff".into(),
         (other, _) => {
             let mut chars = other.chars();
-            chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+            chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect())
+                .unwrap_or_default()
         }
     }
 }

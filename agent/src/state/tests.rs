@@ -5,13 +5,25 @@ fn obj(name: &str, image: &str) -> Object {
     Object {
         kind: Kind::Containers,
         prefix: "simplecontainer.io/v1".into(),
-        meta: Meta { group: "g".into(), name: name.into(), labels: Default::default() },
-        spec: crate::definitions::ContainersSpec { image: image.into(), ..Default::default() }.into(),
+        meta: Meta {
+            group: "g".into(),
+            name: name.into(),
+            labels: Default::default(),
+        },
+        spec: crate::definitions::ContainersSpec {
+            image: image.into(),
+            ..Default::default()
+        }
+        .into(),
     }
 }
 
 fn cmd(op_id: &str, op: Op) -> Command {
-    Command { op_id: op_id.into(), at_ms: 1000, op }
+    Command {
+        op_id: op_id.into(),
+        at_ms: 1000,
+        op,
+    }
 }
 
 fn node(name: &str) -> NodeRecord {
@@ -33,9 +45,10 @@ fn node(name: &str) -> NodeRecord {
 
 fn outcomes(r: CommandResult) -> Vec<(String, Outcome, u64)> {
     match r {
-        CommandResult::Objects { outcomes, .. } => {
-            outcomes.into_iter().map(|o| (o.key.to_string(), o.outcome, o.generation)).collect()
-        }
+        CommandResult::Objects { outcomes, .. } => outcomes
+            .into_iter()
+            .map(|o| (o.key.to_string(), o.outcome, o.generation))
+            .collect(),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -43,23 +56,65 @@ fn outcomes(r: CommandResult) -> Vec<(String, Outcome, u64)> {
 #[test]
 fn apply_creates_then_configures_then_is_unchanged() {
     let mut s = ClusterState::default();
-    let r = s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "busybox")], owner: None }));
-    assert_eq!(outcomes(r), vec![("containers/g/x".into(), Outcome::Created, 1)]);
+    let r = s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "busybox")],
+            owner: None,
+        },
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![("containers/g/x".into(), Outcome::Created, 1)]
+    );
     assert_eq!(s.revision, 1);
-    let r = s.apply(&cmd("b", Op::Apply { objects: vec![obj("x", "busybox")], owner: None }));
-    assert_eq!(outcomes(r), vec![("containers/g/x".into(), Outcome::Unchanged, 1)]);
-    assert_eq!(s.revision, 1, "an unchanged apply does not move the revision");
-    let r = s.apply(&cmd("c", Op::Apply { objects: vec![obj("x", "nginx")], owner: None }));
-    assert_eq!(outcomes(r), vec![("containers/g/x".into(), Outcome::Configured, 2)]);
+    let r = s.apply(&cmd(
+        "b",
+        Op::Apply {
+            objects: vec![obj("x", "busybox")],
+            owner: None,
+        },
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![("containers/g/x".into(), Outcome::Unchanged, 1)]
+    );
+    assert_eq!(
+        s.revision, 1,
+        "an unchanged apply does not move the revision"
+    );
+    let r = s.apply(&cmd(
+        "c",
+        Op::Apply {
+            objects: vec![obj("x", "nginx")],
+            owner: None,
+        },
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![("containers/g/x".into(), Outcome::Configured, 2)]
+    );
     assert_eq!(s.revision, 2);
 }
 
 #[test]
 fn repeated_op_id_is_applied_once() {
     let mut s = ClusterState::default();
-    let c = cmd("same", Op::Apply { objects: vec![obj("x", "a")], owner: None });
+    let c = cmd(
+        "same",
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: None,
+        },
+    );
     let first = s.apply(&c);
-    let c2 = cmd("same", Op::Apply { objects: vec![obj("x", "b")], owner: None });
+    let c2 = cmd(
+        "same",
+        Op::Apply {
+            objects: vec![obj("x", "b")],
+            owner: None,
+        },
+    );
     assert_eq!(s.apply(&c2), first);
     assert_eq!(s.objects.values().next().unwrap().generation, 1);
     assert_eq!(s.revision, 1);
@@ -77,7 +132,13 @@ fn dedup_window_is_bounded() {
 #[test]
 fn duplicate_keys_in_one_batch_reject_everything() {
     let mut s = ClusterState::default();
-    let r = s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a"), obj("x", "b")], owner: None }));
+    let r = s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "a"), obj("x", "b")],
+            owner: None,
+        },
+    ));
     assert!(matches!(r, CommandResult::Rejected { .. }));
     assert!(s.objects.is_empty());
     assert_eq!(s.revision, 0);
@@ -86,16 +147,37 @@ fn duplicate_keys_in_one_batch_reject_everything() {
 #[test]
 fn objects_owned_by_gitops_are_not_changed_by_hand() {
     let mut s = ClusterState::default();
-    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: Some("gitops/g/repo".into()) }));
-    let r = s.apply(&cmd("b", Op::Apply { objects: vec![obj("y", "a"), obj("x", "b")], owner: None }));
-    assert!(matches!(r, CommandResult::Rejected { ref reason } if reason.contains("gitops/g/repo")), "{r:?}");
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: Some("gitops/g/repo".into()),
+        },
+    ));
+    let r = s.apply(&cmd(
+        "b",
+        Op::Apply {
+            objects: vec![obj("y", "a"), obj("x", "b")],
+            owner: None,
+        },
+    ));
+    assert!(
+        matches!(r, CommandResult::Rejected { ref reason } if reason.contains("gitops/g/repo")),
+        "{r:?}"
+    );
     assert_eq!(s.objects.len(), 1, "nothing of a refused batch is applied");
 }
 
 #[test]
 fn delete_reports_missing_keys() {
     let mut s = ClusterState::default();
-    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: None,
+        },
+    ));
     let keys = vec![obj("x", "a").key(), obj("nope", "a").key()];
     let r = s.apply(&cmd("b", Op::Delete { keys }));
     assert_eq!(
@@ -111,17 +193,37 @@ fn delete_reports_missing_keys() {
 #[test]
 fn node_ids_follow_join_order_and_names_are_unique() {
     let mut s = ClusterState::default();
-    assert_eq!(s.apply(&cmd("1", Op::RegisterNode { node: node("a") })), CommandResult::NodeRegistered { id: 1 });
-    assert_eq!(s.apply(&cmd("2", Op::RegisterNode { node: node("b") })), CommandResult::NodeRegistered { id: 2 });
-    assert!(matches!(s.apply(&cmd("3", Op::RegisterNode { node: node("a") })), CommandResult::Rejected { .. }));
+    assert_eq!(
+        s.apply(&cmd("1", Op::RegisterNode { node: node("a") })),
+        CommandResult::NodeRegistered { id: 1 }
+    );
+    assert_eq!(
+        s.apply(&cmd("2", Op::RegisterNode { node: node("b") })),
+        CommandResult::NodeRegistered { id: 2 }
+    );
+    assert!(matches!(
+        s.apply(&cmd("3", Op::RegisterNode { node: node("a") })),
+        CommandResult::Rejected { .. }
+    ));
     s.apply(&cmd("4", Op::RemoveNode { id: 1 }));
-    assert_eq!(s.apply(&cmd("5", Op::RegisterNode { node: node("c") })), CommandResult::NodeRegistered { id: 3 });
+    assert_eq!(
+        s.apply(&cmd("5", Op::RegisterNode { node: node("c") })),
+        CommandResult::NodeRegistered { id: 3 }
+    );
 }
 
 #[test]
 fn join_tokens_expire() {
     let mut s = ClusterState::default();
-    s.apply(&cmd("t", Op::AddJoinToken { token: JoinTokenRecord { secret_sha256: "ab".into(), expires_ms: 2000 } }));
+    s.apply(&cmd(
+        "t",
+        Op::AddJoinToken {
+            token: JoinTokenRecord {
+                secret_sha256: "ab".into(),
+                expires_ms: 2000,
+            },
+        },
+    ));
     assert!(s.join_token_valid("ab", 1500));
     assert!(!s.join_token_valid("ab", 2500));
     assert!(!s.join_token_valid("ac", 1500));
@@ -130,7 +232,13 @@ fn join_tokens_expire() {
 #[test]
 fn state_round_trips_through_json() {
     let mut s = ClusterState::default();
-    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: None,
+        },
+    ));
     s.apply(&cmd("b", Op::RegisterNode { node: node("n") }));
     let json = serde_json::to_string(&s).unwrap();
     let back: ClusterState = serde_json::from_str(&json).unwrap();
@@ -142,7 +250,11 @@ fn placement(nodes: &[u64]) -> Placement {
     for (i, n) in nodes.iter().enumerate() {
         p.replicas.insert(
             i as u32 + 1,
-            crate::scheduler::ReplicaSlot { node: *n, generation: 1, surge: false },
+            crate::scheduler::ReplicaSlot {
+                node: *n,
+                generation: 1,
+                surge: false,
+            },
         );
     }
     p
@@ -151,28 +263,92 @@ fn placement(nodes: &[u64]) -> Placement {
 #[test]
 fn placements_follow_the_generation_they_were_made_for() {
     let mut s = ClusterState::default();
-    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: None,
+        },
+    ));
     let key = obj("x", "a").key();
-    let stale = PlacementUpdate { key: key.clone(), generation: 7, placement: Some(placement(&[1])), error: None };
-    s.apply(&cmd("p1", Op::Place { updates: vec![stale] }));
-    assert!(s.placements.is_empty(), "a decision for another generation is dropped");
-    let good = PlacementUpdate { key: key.clone(), generation: 1, placement: Some(placement(&[1, 2])), error: None };
-    s.apply(&cmd("p2", Op::Place { updates: vec![good] }));
+    let stale = PlacementUpdate {
+        key: key.clone(),
+        generation: 7,
+        placement: Some(placement(&[1])),
+        error: None,
+    };
+    s.apply(&cmd(
+        "p1",
+        Op::Place {
+            updates: vec![stale],
+        },
+    ));
+    assert!(
+        s.placements.is_empty(),
+        "a decision for another generation is dropped"
+    );
+    let good = PlacementUpdate {
+        key: key.clone(),
+        generation: 1,
+        placement: Some(placement(&[1, 2])),
+        error: None,
+    };
+    s.apply(&cmd(
+        "p2",
+        Op::Place {
+            updates: vec![good],
+        },
+    ));
     assert_eq!(s.placements[&key], placement(&[1, 2]));
-    s.apply(&cmd("d", Op::Delete { keys: vec![key.clone()] }));
-    assert!(s.placements.is_empty(), "deleting the object drops its placement");
+    s.apply(&cmd(
+        "d",
+        Op::Delete {
+            keys: vec![key.clone()],
+        },
+    ));
+    assert!(
+        s.placements.is_empty(),
+        "deleting the object drops its placement"
+    );
 }
 
 #[test]
 fn placement_errors_are_recorded_once_as_events() {
     let mut s = ClusterState::default();
-    s.apply(&cmd("a", Op::Apply { objects: vec![obj("x", "a")], owner: None }));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: None,
+        },
+    ));
     let key = obj("x", "a").key();
-    let failed = PlacementUpdate { key: key.clone(), generation: 1, placement: None, error: Some("no nodes".into()) };
-    s.apply(&cmd("p1", Op::Place { updates: vec![failed.clone()] }));
-    s.apply(&cmd("p2", Op::Place { updates: vec![failed] }));
+    let failed = PlacementUpdate {
+        key: key.clone(),
+        generation: 1,
+        placement: None,
+        error: Some("no nodes".into()),
+    };
+    s.apply(&cmd(
+        "p1",
+        Op::Place {
+            updates: vec![failed.clone()],
+        },
+    ));
+    s.apply(&cmd(
+        "p2",
+        Op::Place {
+            updates: vec![failed],
+        },
+    ));
     assert_eq!(s.placement_errors[&key], "no nodes");
-    assert_eq!(s.events.iter().filter(|e| e.reason == "FailedScheduling").count(), 1);
+    assert_eq!(
+        s.events
+            .iter()
+            .filter(|e| e.reason == "FailedScheduling")
+            .count(),
+        1
+    );
 }
 
 fn replica(phase: &str, ready: bool) -> ReplicaReport {
@@ -196,15 +372,49 @@ fn replica(phase: &str, ready: bool) -> ReplicaReport {
 fn reports_record_transitions_as_events() {
     let mut s = ClusterState::default();
     s.apply(&cmd("n", Op::RegisterNode { node: node("a") }));
-    let report = |seq, replicas| NodeReport { seq, at_ms: 0, replicas };
-    s.apply(&cmd("r1", Op::Report { node: 1, report: report(1, vec![replica("starting", false)]) }));
-    s.apply(&cmd("r2", Op::Report { node: 1, report: report(2, vec![replica("running", true)]) }));
-    s.apply(&cmd("r3", Op::Report { node: 1, report: report(3, vec![replica("running", true)]) }));
-    s.apply(&cmd("r4", Op::Report { node: 1, report: report(4, vec![]) }));
+    let report = |seq, replicas| NodeReport {
+        seq,
+        at_ms: 0,
+        replicas,
+    };
+    s.apply(&cmd(
+        "r1",
+        Op::Report {
+            node: 1,
+            report: report(1, vec![replica("starting", false)]),
+        },
+    ));
+    s.apply(&cmd(
+        "r2",
+        Op::Report {
+            node: 1,
+            report: report(2, vec![replica("running", true)]),
+        },
+    ));
+    s.apply(&cmd(
+        "r3",
+        Op::Report {
+            node: 1,
+            report: report(3, vec![replica("running", true)]),
+        },
+    ));
+    s.apply(&cmd(
+        "r4",
+        Op::Report {
+            node: 1,
+            report: report(4, vec![]),
+        },
+    ));
     let reasons: Vec<&str> = s.events.iter().map(|e| e.reason.as_str()).collect();
     assert_eq!(reasons, vec!["Starting", "Ready", "Removed"]);
     assert!(matches!(
-        s.apply(&cmd("r5", Op::Report { node: 9, report: report(1, vec![]) })),
+        s.apply(&cmd(
+            "r5",
+            Op::Report {
+                node: 9,
+                report: report(1, vec![])
+            }
+        )),
         CommandResult::Rejected { .. }
     ));
 }
@@ -213,14 +423,32 @@ fn reports_record_transitions_as_events() {
 fn scaling_keeps_the_template_generation() {
     let mut s = ClusterState::default();
     let mut scaled = obj("x", "a");
-    s.apply(&cmd("a", Op::Apply { objects: vec![scaled.clone()], owner: None }));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![scaled.clone()],
+            owner: None,
+        },
+    ));
     if let crate::definitions::Spec::Containers(spec) = &mut scaled.spec {
         spec.replicas = 5;
     }
-    s.apply(&cmd("b", Op::Apply { objects: vec![scaled], owner: None }));
+    s.apply(&cmd(
+        "b",
+        Op::Apply {
+            objects: vec![scaled],
+            owner: None,
+        },
+    ));
     let stored = s.objects.values().next().unwrap();
     assert_eq!((stored.generation, stored.template_generation), (2, 1));
-    s.apply(&cmd("c", Op::Apply { objects: vec![obj("x", "b")], owner: None }));
+    s.apply(&cmd(
+        "c",
+        Op::Apply {
+            objects: vec![obj("x", "b")],
+            owner: None,
+        },
+    ));
     let stored = s.objects.values().next().unwrap();
     assert_eq!((stored.generation, stored.template_generation), (3, 2));
 }
@@ -228,16 +456,37 @@ fn scaling_keeps_the_template_generation() {
 #[test]
 fn joining_nodes_get_distinct_subnets_until_the_pool_runs_out() {
     let mut s = ClusterState::default();
-    let network = NetworkSettings { cidr: "10.10.0.0/22".parse().unwrap(), subnet_len: 24, backend: "vxlan".into() };
+    let network = NetworkSettings {
+        cidr: "10.10.0.0/22".parse().unwrap(),
+        subnet_len: 24,
+        backend: "vxlan".into(),
+    };
     s.apply(&cmd("net", Op::SetNetwork { network }));
     for i in 0..4 {
         assert!(matches!(
-            s.apply(&cmd(&format!("j{i}"), Op::RegisterNode { node: node(&format!("n{i}")) })),
+            s.apply(&cmd(
+                &format!("j{i}"),
+                Op::RegisterNode {
+                    node: node(&format!("n{i}"))
+                }
+            )),
             CommandResult::NodeRegistered { .. }
         ));
     }
-    let leases: Vec<String> = s.nodes.values().map(|n| n.lease.unwrap().to_string()).collect();
-    assert_eq!(leases, vec!["10.10.0.0/24", "10.10.1.0/24", "10.10.2.0/24", "10.10.3.0/24"]);
+    let leases: Vec<String> = s
+        .nodes
+        .values()
+        .map(|n| n.lease.unwrap().to_string())
+        .collect();
+    assert_eq!(
+        leases,
+        vec![
+            "10.10.0.0/24",
+            "10.10.1.0/24",
+            "10.10.2.0/24",
+            "10.10.3.0/24"
+        ]
+    );
     let refused = s.apply(&cmd("j5", Op::RegisterNode { node: node("n5") }));
     assert!(
         matches!(&refused, CommandResult::Rejected { reason } if reason.contains("n5") && reason.contains("10.10.0.0/22")),
@@ -252,9 +501,22 @@ fn joining_nodes_get_distinct_subnets_until_the_pool_runs_out() {
 #[test]
 fn the_cluster_network_cannot_change() {
     let mut s = ClusterState::default();
-    let a = NetworkSettings { cidr: "10.10.0.0/16".parse().unwrap(), subnet_len: 24, backend: "vxlan".into() };
-    let b = NetworkSettings { subnet_len: 26, ..a.clone() };
+    let a = NetworkSettings {
+        cidr: "10.10.0.0/16".parse().unwrap(),
+        subnet_len: 24,
+        backend: "vxlan".into(),
+    };
+    let b = NetworkSettings {
+        subnet_len: 26,
+        ..a.clone()
+    };
     s.apply(&cmd("a", Op::SetNetwork { network: a.clone() }));
-    assert!(matches!(s.apply(&cmd("a2", Op::SetNetwork { network: a })), CommandResult::Done { .. }));
-    assert!(matches!(s.apply(&cmd("b", Op::SetNetwork { network: b })), CommandResult::Rejected { .. }));
+    assert!(matches!(
+        s.apply(&cmd("a2", Op::SetNetwork { network: a })),
+        CommandResult::Done { .. }
+    ));
+    assert!(matches!(
+        s.apply(&cmd("b", Op::SetNetwork { network: b })),
+        CommandResult::Rejected { .. }
+    ));
 }

@@ -54,15 +54,22 @@ impl LogStore {
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(join_error)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(join_error)?
     }
 
-    async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(&self, key: &'static str) -> Result<Option<T>> {
+    async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(io_read)?;
             let table = txn.open_table(META).map_err(io_read)?;
             match table.get(key).map_err(io_read)? {
-                Some(value) => Ok(Some(serde_json::from_slice(value.value()).map_err(io_read)?)),
+                Some(value) => Ok(Some(
+                    serde_json::from_slice(value.value()).map_err(io_read)?,
+                )),
                 None => Ok(None),
             }
         })
@@ -128,14 +135,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let table = txn.open_table(LOGS).map_err(io_read)?;
                 match table.last().map_err(io_read)? {
                     Some((_, value)) => {
-                        let entry: Entry<TypeConfig> = serde_json::from_slice(value.value()).map_err(io_read)?;
+                        let entry: Entry<TypeConfig> =
+                            serde_json::from_slice(value.value()).map_err(io_read)?;
                         Ok(Some(entry.log_id))
                     }
                     None => Ok(None),
                 }
             })
             .await?;
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -155,7 +166,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED).await?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(COMMITTED)
+            .await?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -192,7 +206,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write().map_err(io_write)?;
             {
                 let mut table = txn.open_table(LOGS).map_err(io_write)?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(io_write)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(io_write)?;
             }
             txn.commit().map_err(io_write)
         })
@@ -205,7 +221,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write().map_err(io_write)?;
             {
                 let mut table = txn.open_table(LOGS).map_err(io_write)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(io_write)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(io_write)?;
             }
             txn.commit().map_err(io_write)
         })

@@ -9,6 +9,9 @@
 //! policy ([`desired_voters`]): 1 voter for 1-2 nodes, 3 for 3-4, 5 from 5 nodes on; the others
 //! are learners, promoted when a voter goes.
 
+// openraft's storage traits return its `StorageError`, which is large; the store cannot choose.
+#![allow(clippy::result_large_err)]
+
 mod log;
 mod net;
 mod sm;
@@ -94,7 +97,10 @@ pub enum StoreError {
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("this node is not the leader (leader: {})", leader.as_ref().map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()))]
-    ForwardToLeader { leader_id: Option<NodeId>, leader: Option<RaftPeer> },
+    ForwardToLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<RaftPeer>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -134,7 +140,11 @@ pub fn desired_voters(members: &BTreeSet<NodeId>, current: &BTreeSet<NodeId>) ->
         3 | 4 => 3,
         _ => 5,
     };
-    let mut voters: BTreeSet<NodeId> = current.intersection(members).copied().take(target).collect();
+    let mut voters: BTreeSet<NodeId> = current
+        .intersection(members)
+        .copied()
+        .take(target)
+        .collect();
     for id in members {
         if voters.len() >= target {
             break;
@@ -157,24 +167,36 @@ fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Raft(e.to_string())
 }
 
-fn write_error<E: std::fmt::Debug + std::fmt::Display>(
+fn write_error(
     e: RaftError<NodeId, ClientWriteError<NodeId, RaftPeer>>,
 ) -> WriteError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            WriteError::ForwardToLeader { leader_id: f.leader_id, leader: f.leader_node }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::ForwardToLeader {
+            leader_id: f.leader_id,
+            leader: f.leader_node,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            WriteError::Unavailable(e.to_string())
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::Unavailable(e.to_string()),
         RaftError::Fatal(f) => WriteError::Fatal(f.to_string()),
     }
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` and starts this node's Raft.
-    pub async fn open(dir: &Path, id: NodeId, transport: Transport, config: StoreConfig) -> Result<Store, StoreError> {
-        let open_err = |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+    pub async fn open(
+        dir: &Path,
+        id: NodeId,
+        transport: Transport,
+        config: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = redb::Database::create(dir.join("raft.redb")).map_err(|e| open_err(e.to_string()))?;
+        let db =
+            redb::Database::create(dir.join("raft.redb")).map_err(|e| open_err(e.to_string()))?;
         let db = Arc::new(db);
         let log = LogStore::new(db.clone()).map_err(|e| open_err(e.to_string()))?;
         let sm = StateMachineStore::load(db).map_err(|e| open_err(e.to_string()))?;
@@ -190,10 +212,21 @@ impl Store {
         }
         .validate()
         .map_err(raft_err)?;
-        let raft = Raft::new(id, Arc::new(raft_config), net::Network { transport }, log, sm.clone())
-            .await
-            .map_err(raft_err)?;
-        Ok(Store { id, raft, sm, write_timeout: config.write_timeout })
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            net::Network { transport },
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(raft_err)?;
+        Ok(Store {
+            id,
+            raft,
+            sm,
+            write_timeout: config.write_timeout,
+        })
     }
 
     /// Makes this node a one-node cluster, unless it already belongs to one (safe on restart).
@@ -201,14 +234,17 @@ impl Store {
         if self.raft.is_initialized().await.map_err(raft_err)? {
             return Ok(());
         }
-        self.raft.initialize(BTreeMap::from([(self.id, me)])).await.map_err(raft_err)
+        self.raft
+            .initialize(BTreeMap::from([(self.id, me)]))
+            .await
+            .map_err(raft_err)
     }
 
     /// Proposes a command and waits until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(e)) => Err(write_error::<String>(e)),
+            Ok(Err(e)) => Err(write_error(e)),
             Err(_) => Err(WriteError::Unavailable(format!(
                 "the write was not committed within {:?} (no quorum?)",
                 self.write_timeout
@@ -222,12 +258,19 @@ impl Store {
             Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
             Ok(Err(RaftError::APIError(e))) => match e {
                 openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
-                    Err(WriteError::ForwardToLeader { leader_id: f.leader_id, leader: f.leader_node })
+                    Err(WriteError::ForwardToLeader {
+                        leader_id: f.leader_id,
+                        leader: f.leader_node,
+                    })
                 }
-                openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => Err(WriteError::Unavailable(q.to_string())),
+                openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => {
+                    Err(WriteError::Unavailable(q.to_string()))
+                }
             },
             Ok(Err(RaftError::Fatal(f))) => Err(WriteError::Fatal(f.to_string())),
-            Err(_) => Err(WriteError::Unavailable("a quorum did not confirm the leader in time".into())),
+            Err(_) => Err(WriteError::Unavailable(
+                "a quorum did not confirm the leader in time".into(),
+            )),
         }
     }
 
@@ -264,14 +307,20 @@ impl Store {
             last_applied: metrics.last_applied.map(|l| l.index),
             voters,
             learners,
-            members: membership.nodes().map(|(id, peer)| (*id, peer.clone())).collect(),
+            members: membership
+                .nodes()
+                .map(|(id, peer)| (*id, peer.clone()))
+                .collect(),
         }
     }
 
     /// Adds a node as a learner (waiting until it caught up) and rebalances voters. Leader only.
     pub async fn add_member(&self, id: NodeId, peer: RaftPeer) -> Result<(), WriteError> {
         if !self.status().members.contains_key(&id) {
-            self.raft.add_learner(id, peer, true).await.map_err(write_error::<String>)?;
+            self.raft
+                .add_learner(id, peer, true)
+                .await
+                .map_err(write_error)?;
         }
         self.rebalance().await
     }
@@ -280,16 +329,25 @@ impl Store {
     pub async fn remove_member(&self, id: NodeId) -> Result<(), WriteError> {
         let status = self.status();
         if status.voters.contains(&id) {
-            let members: BTreeSet<NodeId> = status.members.keys().copied().filter(|m| *m != id).collect();
-            let voters: BTreeSet<NodeId> = status.voters.iter().copied().filter(|v| *v != id).collect();
+            let members: BTreeSet<NodeId> = status
+                .members
+                .keys()
+                .copied()
+                .filter(|m| *m != id)
+                .collect();
+            let voters: BTreeSet<NodeId> =
+                status.voters.iter().copied().filter(|v| *v != id).collect();
             let desired = desired_voters(&members, &voters);
-            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(desired), true).await.map_err(write_error::<String>)?;
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(desired), true)
+                .await
+                .map_err(write_error)?;
         }
         if self.status().members.contains_key(&id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
-                .map_err(write_error::<String>)?;
+                .map_err(write_error)?;
         }
         Ok(())
     }
@@ -300,7 +358,10 @@ impl Store {
         let members: BTreeSet<NodeId> = status.members.keys().copied().collect();
         let desired = desired_voters(&members, &status.voters);
         if desired != status.voters {
-            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(desired), true).await.map_err(write_error::<String>)?;
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(desired), true)
+                .await
+                .map_err(write_error)?;
         }
         Ok(())
     }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -96,7 +97,11 @@ impl StateMachineStore {
 
     /// The applied state (cheap: shares the current version).
     pub fn state(&self) -> Arc<ClusterState> {
-        self.inner.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -108,7 +113,9 @@ impl StateMachineStore {
         let txn = self.inner.db.begin_write().map_err(snap_write)?;
         {
             let mut table = txn.open_table(SNAPSHOT).map_err(snap_write)?;
-            table.insert(CURRENT, bytes.as_slice()).map_err(snap_write)?;
+            table
+                .insert(CURRENT, bytes.as_slice())
+                .map_err(snap_write)?;
         }
         txn.commit().map_err(snap_write)
     }
@@ -116,7 +123,11 @@ impl StateMachineStore {
     fn install(&self, body: SnapshotBody) {
         let index = body.last_applied.map(|l| l.index).unwrap_or(0);
         *self.inner.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(body.state);
-        *self.inner.applied.write().unwrap_or_else(|e| e.into_inner()) = (body.last_applied, body.membership);
+        *self
+            .inner
+            .applied
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = (body.last_applied, body.membership);
         self.inner.applied_tx.send_replace(index);
     }
 }
@@ -124,19 +135,36 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let state = self.state();
-        let (last_applied, membership) = self.inner.applied.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (last_applied, membership) = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let this = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
-            let body = SnapshotBody { last_applied, membership: membership.clone(), state: (*state).clone() };
+            let body = SnapshotBody {
+                last_applied,
+                membership: membership.clone(),
+                state: (*state).clone(),
+            };
             let data = serde_json::to_vec(&body).map_err(snap_write)?;
             let count = {
-                let mut built = this.inner.snapshots_built.lock().unwrap_or_else(|e| e.into_inner());
+                let mut built = this
+                    .inner
+                    .snapshots_built
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 *built += 1;
                 *built
             };
             let snapshot_id = format!("{}-{count}", last_applied.map(|l| l.index).unwrap_or(0));
             let stored = StoredSnapshot {
-                meta: SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id },
+                meta: SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
                 data,
             };
             this.persist(&stored)?;
@@ -144,8 +172,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(snap_write)??;
-        *self.inner.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored.clone());
-        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(stored.clone());
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
@@ -153,7 +188,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = StateMachineStore;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership)> {
-        Ok(self.inner.applied.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Ok(self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>>
@@ -166,7 +206,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut guard = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
             let state = Arc::make_mut(&mut guard);
-            let mut applied = self.inner.applied.write().unwrap_or_else(|e| e.into_inner());
+            let mut applied = self
+                .inner
+                .applied
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             for entry in entries {
                 applied.0 = Some(entry.log_id);
                 last = Some(entry.log_id.index);
@@ -174,9 +218,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(command) => state.apply(&command),
                     EntryPayload::Membership(membership) => {
                         applied.1 = StoredMembership::new(Some(entry.log_id), membership);
-                        CommandResult::Done { revision: state.revision }
+                        CommandResult::Done {
+                            revision: state.revision,
+                        }
                     }
-                    EntryPayload::Blank => CommandResult::Done { revision: state.revision },
+                    EntryPayload::Blank => CommandResult::Done {
+                        revision: state.revision,
+                    },
                 });
             }
         }
@@ -201,17 +249,38 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<()> {
         let data = snapshot.into_inner();
         let body: SnapshotBody = serde_json::from_slice(&data).map_err(sm_read)?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         let this = self.clone();
         let to_persist = stored.clone();
-        tokio::task::spawn_blocking(move || this.persist(&to_persist)).await.map_err(snap_write)??;
-        self.install(SnapshotBody { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), ..body });
-        *self.inner.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored);
+        tokio::task::spawn_blocking(move || this.persist(&to_persist))
+            .await
+            .map_err(snap_write)??;
+        self.install(SnapshotBody {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            ..body
+        });
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(stored);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let stored = self.inner.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        let stored = self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }

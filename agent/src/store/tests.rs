@@ -8,12 +8,30 @@ fn set(ids: &[u64]) -> BTreeSet<u64> {
 fn voter_policy() {
     assert_eq!(desired_voters(&set(&[1]), &set(&[])), set(&[1]));
     assert_eq!(desired_voters(&set(&[1, 2]), &set(&[1])), set(&[1]));
-    assert_eq!(desired_voters(&set(&[1, 2, 3]), &set(&[1])), set(&[1, 2, 3]));
-    assert_eq!(desired_voters(&set(&[1, 2, 3, 4]), &set(&[1, 2, 3])), set(&[1, 2, 3]));
-    assert_eq!(desired_voters(&set(&[1, 2, 3, 4, 5, 6]), &set(&[1, 2, 3])), set(&[1, 2, 3, 4, 5]));
+    assert_eq!(
+        desired_voters(&set(&[1, 2, 3]), &set(&[1])),
+        set(&[1, 2, 3])
+    );
+    assert_eq!(
+        desired_voters(&set(&[1, 2, 3, 4]), &set(&[1, 2, 3])),
+        set(&[1, 2, 3])
+    );
+    assert_eq!(
+        desired_voters(&set(&[1, 2, 3, 4, 5, 6]), &set(&[1, 2, 3])),
+        set(&[1, 2, 3, 4, 5])
+    );
     // A voter leaves: a learner is promoted, the other voters stay.
-    assert_eq!(desired_voters(&set(&[1, 3, 4, 5]), &set(&[1, 2, 3])), set(&[1, 3, 4]));
+    assert_eq!(
+        desired_voters(&set(&[1, 3, 4, 5]), &set(&[1, 2, 3])),
+        set(&[1, 3, 4])
+    );
     // Existing voters are kept even when lower ids are learners.
-    assert_eq!(desired_voters(&set(&[1, 2, 3, 4, 5]), &set(&[3, 4, 5])), set(&[1, 2, 3, 4, 5]));
-    assert_eq!(desired_voters(&set(&[1, 2, 3, 4]), &set(&[2, 3, 4])), set(&[2, 3, 4]));
+    assert_eq!(
+        desired_voters(&set(&[1, 2, 3, 4, 5]), &set(&[3, 4, 5])),
+        set(&[1, 2, 3, 4, 5])
+    );
+    assert_eq!(
+        desired_voters(&set(&[1, 2, 3, 4]), &set(&[2, 3, 4])),
+        set(&[2, 3, 4])
+    );
 }

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use smr::output::{self, Format};
 
 #[derive(Parser)]
-#[command(name = "smrctl", version, about = "Apply and inspect smr definitions and nodes")]
+#[command(
+    name = "smrctl",
+    version,
+    about = "Apply and inspect smr definitions and nodes"
+)]
 struct Cli {
     /// Context file (API URL + client certificate). Default: $SMR_CONTEXT, the one `smrmgr start`
     /// recorded, or /var/lib/smr/admin.context.
@@ -91,7 +95,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("smrctl: {e}");
@@ -102,10 +109,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => {
             eprintln!("smrctl: {e}");
-            if let ClientError::Api { details: Some(details), .. } = &e
+            if let ClientError::Api {
+                details: Some(details),
+                ..
+            } = &e
                 && !details.is_null()
             {
-                eprintln!("{}", serde_json::to_string_pretty(details).unwrap_or_default());
+                eprintln!(
+                    "{}",
+                    serde_json::to_string_pretty(details).unwrap_or_default()
+                );
             }
             ExitCode::from(e.exit_code() as u8)
         }
@@ -150,18 +163,25 @@ fn load_files(files: &[PathBuf]) -> Result<Vec<definitions::Object>, Failure> {
         objects.extend(definitions::load_path(file).map_err(|e| Failure::Input(e.to_string()))?);
     }
     if objects.is_empty() {
-        return Err(Failure::Input("no definitions found in the given files".into()));
+        return Err(Failure::Input(
+            "no definitions found in the given files".into(),
+        ));
     }
     Ok(objects)
 }
 
 fn parse_key(text: &str) -> Result<ObjectKey, Failure> {
-    text.parse().map_err(|e: definitions::KeyError| Failure::Input(e.to_string()))
+    text.parse()
+        .map_err(|e: definitions::KeyError| Failure::Input(e.to_string()))
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Cmd::Apply { files, dry_run, output } => {
+        Cmd::Apply {
+            files,
+            dry_run,
+            output,
+        } => {
             let objects = load_files(&files)?;
             let client = connect(cli.context)?;
             let response = client.apply(&objects, dry_run, None).await?;
@@ -177,12 +197,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::Delete { files, keys } => {
-            let mut all: Vec<ObjectKey> = keys.iter().map(|k| parse_key(k)).collect::<Result<_, _>>()?;
+            let mut all: Vec<ObjectKey> = keys
+                .iter()
+                .map(|k| parse_key(k))
+                .collect::<Result<_, _>>()?;
             if !files.is_empty() {
                 all.extend(load_files(&files)?.iter().map(|o| o.key()));
             }
             if all.is_empty() {
-                return Err(Failure::Input("nothing to delete: give -f FILE or KIND/GROUP/NAME".into()));
+                return Err(Failure::Input(
+                    "nothing to delete: give -f FILE or KIND/GROUP/NAME".into(),
+                ));
             }
             let client = connect(cli.context)?;
             let response = client.delete(&all).await?;
@@ -198,14 +223,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => print!("{}", output::json(&stored)?),
                 Format::Yaml => print!(
                     "{}",
-                    definitions::to_yaml(std::slice::from_ref(&stored.object)).map_err(|e| Failure::Other(e.into()))?
+                    definitions::to_yaml(std::slice::from_ref(&stored.object))
+                        .map_err(|e| Failure::Other(e.into()))?
                 ),
                 Format::Table | Format::Wide => print!("{}", objects_table(&[stored])),
             }
         }
         Cmd::List { kind, output } => {
             let kind = kind
-                .map(|k| k.parse::<definitions::Kind>().map_err(|e| Failure::Input(e.to_string())))
+                .map(|k| {
+                    k.parse::<definitions::Kind>()
+                        .map_err(|e| Failure::Input(e.to_string()))
+                })
                 .transpose()?;
             let client = connect(cli.context)?;
             let objects = client.list(kind).await?;
@@ -213,7 +242,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => print!("{}", output::json(&objects)?),
                 Format::Yaml => print!(
                     "{}",
-                    definitions::to_yaml(&agent::api::plain_objects(&objects)).map_err(|e| Failure::Other(e.into()))?
+                    definitions::to_yaml(&agent::api::plain_objects(&objects))
+                        .map_err(|e| Failure::Other(e.into()))?
                 ),
                 Format::Table | Format::Wide => print!("{}", objects_table(&objects)),
             }
@@ -232,7 +262,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             vec![
                                 n.id.to_string(),
                                 n.name.clone(),
-                                if n.leader { format!("{} (leader)", n.role) } else { n.role.clone() },
+                                if n.leader {
+                                    format!("{} (leader)", n.role)
+                                } else {
+                                    n.role.clone()
+                                },
                                 n.ip.clone(),
                                 n.api.clone(),
                                 n.health.clone(),
@@ -240,7 +274,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             ]
                         })
                         .collect();
-                    print!("{}", output::table(&["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"], &rows));
+                    print!(
+                        "{}",
+                        output::table(&["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"], &rows)
+                    );
                 }
             }
         }
@@ -264,7 +301,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Table | Format::Wide => {
                     let o = &view.object;
                     println!("Object:      {}", o.object.key());
-                    println!("Generation:  {} (template {})", o.generation, o.template_generation);
+                    println!(
+                        "Generation:  {} (template {})",
+                        o.generation, o.template_generation
+                    );
                     println!("Owner:       {}", o.owner.as_deref().unwrap_or("-"));
                     if let Some(error) = &view.placement_error {
                         println!("Scheduling:  {error}");
@@ -274,11 +314,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Events { subject, follow, output } => {
+        Cmd::Events {
+            subject,
+            follow,
+            output,
+        } => {
             let client = connect(cli.context)?;
             let mut since = 0;
             loop {
-                let wait = if follow { std::time::Duration::from_secs(30) } else { std::time::Duration::ZERO };
+                let wait = if follow {
+                    std::time::Duration::from_secs(30)
+                } else {
+                    std::time::Duration::ZERO
+                };
                 let events = client.events(since, subject.as_deref(), wait).await?;
                 if let Some(last) = events.last() {
                     since = last.revision;
@@ -309,7 +357,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Openapi => {
             let client = connect(cli.context)?;
-            println!("{}", serde_json::to_string_pretty(&client.get_json("openapi.json").await?).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&client.get_json("openapi.json").await?)
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(())
@@ -323,28 +375,46 @@ fn replicas_table(replicas: &[agent::api::types::ReplicaView]) -> String {
             vec![
                 r.name.clone(),
                 r.node_name.clone(),
-                if r.ready { format!("{} (ready)", r.state) } else { r.state.clone() },
+                if r.ready {
+                    format!("{} (ready)", r.state)
+                } else {
+                    r.state.clone()
+                },
                 r.image.clone(),
                 r.ip.clone().unwrap_or_else(|| "-".into()),
                 r.restarts.to_string(),
-                r.started_ms.map(|s| output::age(s, now)).unwrap_or_else(|| "-".into()),
+                r.started_ms
+                    .map(|s| output::age(s, now))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    output::table(&["REPLICA", "NODE", "STATE", "IMAGE", "IP", "RESTARTS", "AGE"], &rows)
+    output::table(
+        &["REPLICA", "NODE", "STATE", "IMAGE", "IP", "RESTARTS", "AGE"],
+        &rows,
+    )
 }
 
 fn events_table(events: &[agent::state::Event]) -> String {
     let now = now_ms();
     let rows: Vec<Vec<String>> = events
         .iter()
-        .map(|e| vec![output::age(e.at_ms, now), e.reason.clone(), e.message.clone()])
+        .map(|e| {
+            vec![
+                output::age(e.at_ms, now),
+                e.reason.clone(),
+                e.message.clone(),
+            ]
+        })
         .collect();
     output::table(&["AGE", "REASON", "MESSAGE"], &rows)
 }
 
 fn events_lines(events: &[agent::state::Event]) -> String {
-    events.iter().map(|e| format!("{} {} {} {}\n", e.at_ms, e.subject, e.reason, e.message)).collect()
+    events
+        .iter()
+        .map(|e| format!("{} {} {} {}\n", e.at_ms, e.subject, e.reason, e.message))
+        .collect()
 }
 
 fn outcome_word(outcome: Outcome) -> &'static str {

@@ -17,7 +17,11 @@ use nix::unistd::Pid;
 use smr::DEFAULT_DATA_DIR;
 
 #[derive(Parser)]
-#[command(name = "smrmgr", version, about = "Start, join, stop and inspect the smr agent of this machine")]
+#[command(
+    name = "smrmgr",
+    version,
+    about = "Start, join, stop and inspect the smr agent of this machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -129,7 +133,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Start(args) if args.foreground => foreground(args),
         Cmd::Start(args) => background(args),
-        Cmd::Stop { data, timeout } => stop(&data.data_dir, Duration::from_secs(timeout)).map(|_| ExitCode::SUCCESS),
+        Cmd::Stop { data, timeout } => {
+            stop(&data.data_dir, Duration::from_secs(timeout)).map(|_| ExitCode::SUCCESS)
+        }
         Cmd::Status { data } => status(&data.data_dir),
         Cmd::Token { data, ttl_hours } => token(&data.data_dir, ttl_hours),
         Cmd::Leave { data } => leave(&data.data_dir),
@@ -167,7 +173,9 @@ fn existing_node(dir: &Path) -> Option<NodeFile> {
 /// The address the default route leaves from (no packet is sent).
 fn default_ip() -> anyhow::Result<IpAddr> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.connect("192.0.2.1:9").context("no default route; pass --ip")?;
+    socket
+        .connect("192.0.2.1:9")
+        .context("no default route; pass --ip")?;
     Ok(socket.local_addr()?.ip())
 }
 
@@ -184,17 +192,31 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         (None, Some(node)) => node.ip.parse().context("node.json has a bad ip")?,
         (None, None) => default_ip()?,
     };
-    let host = args.node.clone().or_else(|| existing.as_ref().map(|n| n.host.clone())).unwrap_or_else(|| name.clone());
-    let domain =
-        args.domain.clone().or_else(|| existing.as_ref().map(|n| n.domain.clone())).unwrap_or_else(|| host.clone());
+    let host = args
+        .node
+        .clone()
+        .or_else(|| existing.as_ref().map(|n| n.host.clone()))
+        .unwrap_or_else(|| name.clone());
+    let domain = args
+        .domain
+        .clone()
+        .or_else(|| existing.as_ref().map(|n| n.domain.clone()))
+        .unwrap_or_else(|| host.clone());
     if args.join.is_some() && existing.is_some() {
-        eprintln!("smrmgr: {} already belongs to a cluster; restarting it (ignoring --join)", dir.display());
+        eprintln!(
+            "smrmgr: {} already belongs to a cluster; restarting it (ignoring --join)",
+            dir.display()
+        );
     }
     Ok(AgentConfig {
         name,
         domain,
         host,
-        join: if existing.is_some() { None } else { args.join.clone() },
+        join: if existing.is_some() {
+            None
+        } else {
+            args.join.clone()
+        },
         token: args.token.clone(),
         ip,
         data_dir: dir.clone(),
@@ -224,15 +246,19 @@ fn foreground(args: StartArgs) -> anyhow::Result<ExitCode> {
     if let Some(pid) = running_pid(&dir)
         && pid != nix::unistd::getpid()
     {
-        bail!("an agent is already running for {} (pid {pid})", dir.display());
+        bail!(
+            "an agent is already running for {} (pid {pid})",
+            dir.display()
+        );
     }
     std::fs::write(pid_path(&dir), std::process::id().to_string())?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
@@ -251,11 +277,18 @@ fn background(args: StartArgs) -> anyhow::Result<ExitCode> {
     let config = agent_config(&args)?;
     let dir = config.data_dir.clone();
     if let Some(pid) = running_pid(&dir) {
-        println!("smr agent {} is already running (pid {pid}); log: {}", config.name, log_path(&dir).display());
+        println!(
+            "smr agent {} is already running (pid {pid}); log: {}",
+            config.name,
+            log_path(&dir).display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log_path(&dir))?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(&dir))?;
     let log_start = log_file.metadata()?.len();
     let _ = std::fs::remove_file(daemon::context_path(&dir));
     let mut command = std::process::Command::new(std::env::current_exe()?);
@@ -273,23 +306,40 @@ fn background(args: StartArgs) -> anyhow::Result<ExitCode> {
     if let Some(token) = &config.token {
         command.env("SMR_TOKEN", token);
     }
-    command.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file).process_group(0);
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0);
     let mut child = command.spawn().context("starting the agent")?;
     let pid = child.id();
     let log = log_path(&dir);
-    let api_url = wait_serving(&dir, Duration::from_secs(args.wait), || match child.try_wait() {
-        Ok(Some(status)) => Err(anyhow!("the agent exited ({status}) before serving:\n{}", log_tail(&log, log_start))),
-        Ok(None) => Ok(()),
-        Err(e) => Err(e.into()),
+    let api_url = wait_serving(&dir, Duration::from_secs(args.wait), || {
+        match child.try_wait() {
+            Ok(Some(status)) => Err(anyhow!(
+                "the agent exited ({status}) before serving:\n{}",
+                log_tail(&log, log_start)
+            )),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     })
     .with_context(|| format!("see {}", log.display()))?;
-    println!("smr agent {} is serving on {api_url} (pid {pid}); log: {}", config.name, log.display());
+    println!(
+        "smr agent {} is serving on {api_url} (pid {pid}); log: {}",
+        config.name,
+        log.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Polls until the agent of `dir` answers with the admin context it wrote; `alive` fails fast when
 /// the agent is gone. Records the context as smrctl's default and returns the API URL.
-fn wait_serving(dir: &Path, wait: Duration, mut alive: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<String> {
+fn wait_serving(
+    dir: &Path,
+    wait: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     let context = daemon::context_path(dir);
     let deadline = Instant::now() + wait;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -311,9 +361,14 @@ fn wait_serving(dir: &Path, wait: Duration, mut alive: impl FnMut() -> anyhow::R
 
 /// The log written since `from`, for error messages (last 20 lines).
 fn log_tail(path: &Path, from: u64) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let _ = file.seek(std::io::SeekFrom::Start(from));
-    let lines: Vec<String> = std::io::BufReader::new(file).lines().map_while(Result::ok).collect();
+    let lines: Vec<String> = std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
@@ -336,7 +391,10 @@ fn stop(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while kill(pid, None).is_ok() {
         if Instant::now() > deadline {
-            eprintln!("smrmgr: agent {pid} did not stop within {}s; killing it", timeout.as_secs());
+            eprintln!(
+                "smrmgr: agent {pid} did not stop within {}s; killing it",
+                timeout.as_secs()
+            );
             let _ = kill(pid, Signal::SIGKILL);
             break;
         }
@@ -348,7 +406,8 @@ fn stop(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
 
 fn client_for(dir: &Path) -> anyhow::Result<Client> {
     let context = daemon::context_path(dir);
-    let ctx = Context::load(&context).map_err(|e| anyhow!("{e} (is the agent of {} started?)", dir.display()))?;
+    let ctx = Context::load(&context)
+        .map_err(|e| anyhow!("{e} (is the agent of {} started?)", dir.display()))?;
     Ok(Client::from_context(&ctx)?)
 }
 
@@ -361,7 +420,10 @@ fn status(dir: &Path) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     match runtime.block_on(client.health()) {
         Ok(h) => {
-            let leader = h.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+            let leader = h
+                .leader
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "none".into());
             println!(
                 "running (pid {pid}): node {} id {} is {}, leader {leader}, revision {}, api {}",
                 h.node,
@@ -391,7 +453,9 @@ fn leave(dir: &Path) -> anyhow::Result<ExitCode> {
     let me = existing_node(dir).ok_or_else(|| anyhow!("{} holds no node", dir.display()))?;
     let client = client_for(dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(client.remove_node(me.id)).context("removing this node from the cluster")?;
+    runtime
+        .block_on(client.remove_node(me.id))
+        .context("removing this node from the cluster")?;
     stop(dir, Duration::from_secs(30))?;
     for stale in ["raft", "pki"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));
@@ -399,7 +463,12 @@ fn leave(dir: &Path) -> anyhow::Result<ExitCode> {
     for stale in ["node.json", "admin.context"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
-    println!("node {} (id {}) left the cluster; its cluster state in {} is deleted", me.name, me.id, dir.display());
+    println!(
+        "node {} (id {}) left the cluster; its cluster state in {} is deleted",
+        me.name,
+        me.id,
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -417,17 +486,24 @@ fn service_install(args: StartArgs) -> anyhow::Result<ExitCode> {
         exe.display(),
         flags.join(" ")
     );
-    std::fs::write("/etc/systemd/system/smr.service", unit).context("writing /etc/systemd/system/smr.service")?;
-    let status = std::process::Command::new("systemctl").args(["daemon-reload"]).status()?;
+    std::fs::write("/etc/systemd/system/smr.service", unit)
+        .context("writing /etc/systemd/system/smr.service")?;
+    let status = std::process::Command::new("systemctl")
+        .args(["daemon-reload"])
+        .status()?;
     if !status.success() {
         bail!("systemctl daemon-reload failed");
     }
-    let status = std::process::Command::new("systemctl").args(["enable", "--now", "smr.service"]).status()?;
+    let status = std::process::Command::new("systemctl")
+        .args(["enable", "--now", "smr.service"])
+        .status()?;
     if !status.success() {
         bail!("systemctl enable --now smr.service failed");
     }
-    let api_url = wait_serving(&args.data.data_dir, Duration::from_secs(args.wait), || Ok(()))
-        .context("see `journalctl -u smr`")?;
+    let api_url = wait_serving(&args.data.data_dir, Duration::from_secs(args.wait), || {
+        Ok(())
+    })
+    .context("see `journalctl -u smr`")?;
     println!("installed smr.service; the agent is serving on {api_url}");
     Ok(ExitCode::SUCCESS)
 }

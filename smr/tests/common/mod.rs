@@ -48,7 +48,9 @@ pub struct Cluster {
 
 pub fn smrmgr(home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smrmgr"));
-    cmd.env("HOME", home).env_remove("XDG_CONFIG_HOME").env_remove("DOCKER_HOST");
+    cmd.env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("DOCKER_HOST");
     cmd
 }
 
@@ -98,26 +100,42 @@ impl Cluster {
     pub fn new() -> Cluster {
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        Cluster { dir: tempfile::tempdir().expect("tempdir"), nodes: Vec::new(), net: (100 + n, (pid % 250) as u8 + 1) }
+        Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: Vec::new(),
+            net: (100 + n, (pid % 250) as u8 + 1),
+        }
     }
 
     fn next_node(&mut self) -> Node {
         let i = self.nodes.len() as u8 + 1;
         let name = format!("smr-agent-{i}");
         let data_dir = self.dir.path().join(&name);
-        Node { name, ip: Ipv4Addr::new(127, self.net.0, self.net.1, i), data_dir }
+        Node {
+            name,
+            ip: Ipv4Addr::new(127, self.net.0, self.net.1, i),
+            data_dir,
+        }
     }
 
     fn start_args(&self, node: &Node) -> Command {
         let mut cmd = smrmgr(self.dir.path());
-        cmd.args(["start", "-a", &node.name, "-d", &format!("{}.example.com", node.name), "-n", &node.name])
-            .arg("--ip")
-            .arg(node.ip.to_string())
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            // Control plane only: several agents share this host's network namespace and Docker.
-            .args(["--backend", "none", "--no-workloads"])
-            .env("SMR_LOG", "info,openraft=warn");
+        cmd.args([
+            "start",
+            "-a",
+            &node.name,
+            "-d",
+            &format!("{}.example.com", node.name),
+            "-n",
+            &node.name,
+        ])
+        .arg("--ip")
+        .arg(node.ip.to_string())
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        // Control plane only: several agents share this host's network namespace and Docker.
+        .args(["--backend", "none", "--no-workloads"])
+        .env("SMR_LOG", "info,openraft=warn");
         cmd
     }
 
@@ -130,7 +148,8 @@ impl Cluster {
 
     pub fn token(&self, via: usize) -> anyhow::Result<String> {
         let mut cmd = smrmgr(self.dir.path());
-        cmd.args(["token", "--data-dir"]).arg(&self.nodes[via].data_dir);
+        cmd.args(["token", "--data-dir"])
+            .arg(&self.nodes[via].data_dir);
         Ok(run(cmd)?.trim().to_string())
     }
 
@@ -148,19 +167,24 @@ impl Cluster {
     /// Restarts a stopped node from its data dir.
     pub fn restart(&self, i: usize) -> anyhow::Result<()> {
         let mut cmd = smrmgr(self.dir.path());
-        cmd.arg("start").arg("--data-dir").arg(&self.nodes[i].data_dir);
+        cmd.arg("start")
+            .arg("--data-dir")
+            .arg(&self.nodes[i].data_dir);
         run(cmd).map(|_| ())
     }
 
     pub fn stop(&self, i: usize) -> anyhow::Result<()> {
         let mut cmd = smrmgr(self.dir.path());
-        cmd.args(["stop", "--data-dir"]).arg(&self.nodes[i].data_dir);
+        cmd.args(["stop", "--data-dir"])
+            .arg(&self.nodes[i].data_dir);
         run(cmd).map(|_| ())
     }
 
     /// SIGKILL, by the pid the node recorded; waits until it is gone.
     pub fn kill9(&self, i: usize) -> anyhow::Result<()> {
-        let Some(pid) = self.nodes[i].pid() else { bail!("node {i} is not running") };
+        let Some(pid) = self.nodes[i].pid() else {
+            bail!("node {i} is not running")
+        };
         kill(pid, Signal::SIGKILL)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while kill(pid, None).is_ok() {

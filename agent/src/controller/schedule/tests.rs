@@ -3,7 +3,11 @@ use crate::definitions;
 use crate::state::{Command, CommandResult, NodeRecord, NodeReport, ReplicaReport};
 
 fn apply(state: &mut ClusterState, op: Op) -> CommandResult {
-    state.apply(&Command { op_id: String::new(), at_ms: 0, op })
+    state.apply(&Command {
+        op_id: String::new(),
+        at_ms: 0,
+        op,
+    })
 }
 
 fn cluster(nodes: usize, yaml: &str) -> ClusterState {
@@ -26,7 +30,13 @@ fn cluster(nodes: usize, yaml: &str) -> ClusterState {
         apply(&mut state, Op::RegisterNode { node });
     }
     let objects = definitions::parse_str("t.yaml", yaml).expect("valid");
-    apply(&mut state, Op::Apply { objects, owner: None });
+    apply(
+        &mut state,
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    );
     state
 }
 
@@ -47,7 +57,10 @@ fn places_new_objects_then_is_quiet() {
     assert_eq!(updates.len(), 1);
     apply(&mut state, Op::Place { updates });
     assert_eq!(per_node(&state), BTreeMap::from([(1, 2), (2, 2), (3, 1)]));
-    assert!(plan(&state, &all_live(&state)).is_empty(), "nothing to do once placed");
+    assert!(
+        plan(&state, &all_live(&state)).is_empty(),
+        "nothing to do once placed"
+    );
 }
 
 #[test]
@@ -80,7 +93,13 @@ fn unplaceable_objects_get_an_error_once() {
     let yaml = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  image: busybox\n  nodeSelector:\n    disk: ssd\n";
     let mut state = cluster(2, yaml);
     let updates = plan(&state, &all_live(&state));
-    assert!(updates[0].error.as_deref().is_some_and(|e| e.contains("disk")), "{updates:?}");
+    assert!(
+        updates[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("disk")),
+        "{updates:?}"
+    );
     apply(&mut state, Op::Place { updates });
     assert!(plan(&state, &all_live(&state)).is_empty());
 }
@@ -110,15 +129,41 @@ fn a_template_change_rolls_one_replica_at_a_time() {
                 message: None,
             })
             .collect();
-        apply(state, Op::Report { node, report: NodeReport { seq, at_ms: 0, replicas } });
+        apply(
+            state,
+            Op::Report {
+                node,
+                report: NodeReport {
+                    seq,
+                    at_ms: 0,
+                    replicas,
+                },
+            },
+        );
     };
     report(&mut state, 1, 1, 1);
     report(&mut state, 2, 1, 1);
-    let objects = definitions::parse_str("t.yaml", &FIVE.replace("replicas: 5", "replicas: 2").replace("busybox", "nginx")).unwrap();
-    apply(&mut state, Op::Apply { objects, owner: None });
+    let objects = definitions::parse_str(
+        "t.yaml",
+        &FIVE
+            .replace("replicas: 5", "replicas: 2")
+            .replace("busybox", "nginx"),
+    )
+    .unwrap();
+    apply(
+        &mut state,
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    );
     let updates = plan(&state, &all_live(&state));
     apply(&mut state, Op::Place { updates });
-    let generations: Vec<u64> = state.placements[&key].replicas.values().map(|s| s.generation).collect();
+    let generations: Vec<u64> = state.placements[&key]
+        .replicas
+        .values()
+        .map(|s| s.generation)
+        .collect();
     assert_eq!(generations, vec![2, 1], "one replica at a time");
     // Until the new replica is ready, nothing more moves.
     assert!(plan(&state, &all_live(&state)).is_empty());
@@ -129,10 +174,26 @@ fn liveness_uses_report_sequence_changes() {
     let mut state = cluster(2, FIVE);
     let t0 = Instant::now();
     let mut liveness = Liveness::new(Duration::from_secs(15), t0);
-    assert_eq!(liveness.observe(&state, t0), BTreeMap::from([(1, true), (2, true)]));
-    apply(&mut state, Op::Report { node: 1, report: NodeReport { seq: 1, at_ms: 0, replicas: vec![] } });
+    assert_eq!(
+        liveness.observe(&state, t0),
+        BTreeMap::from([(1, true), (2, true)])
+    );
+    apply(
+        &mut state,
+        Op::Report {
+            node: 1,
+            report: NodeReport {
+                seq: 1,
+                at_ms: 0,
+                replicas: vec![],
+            },
+        },
+    );
     let t1 = t0 + Duration::from_secs(10);
     liveness.observe(&state, t1);
     let t2 = t0 + Duration::from_secs(20);
-    assert_eq!(liveness.observe(&state, t2), BTreeMap::from([(1, true), (2, false)]));
+    assert_eq!(
+        liveness.observe(&state, t2),
+        BTreeMap::from([(1, true), (2, false)])
+    );
 }
