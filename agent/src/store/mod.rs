@@ -167,9 +167,7 @@ fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Raft(e.to_string())
 }
 
-fn write_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, RaftPeer>>,
-) -> WriteError {
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, RaftPeer>>) -> WriteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::ForwardToLeader {
             leader_id: f.leader_id,
