@@ -184,6 +184,8 @@ async fn health(State(node): AppState) -> Result<Json<HealthResponse>, ApiError>
             .unwrap_or_default(),
         leader: status.leader,
         revision: state.revision,
+        voters: status.voters.iter().copied().collect(),
+        learners: status.learners.iter().copied().collect(),
     }))
 }
 

@@ -52,6 +52,11 @@ pub struct HealthResponse {
     pub state: String,
     pub leader: Option<NodeId>,
     pub revision: u64,
+    /// The Raft voters and learners as this node sees them.
+    #[serde(default)]
+    pub voters: Vec<NodeId>,
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -456,6 +456,14 @@ fn leave(dir: &Path) -> anyhow::Result<ExitCode> {
     runtime
         .block_on(client.remove_node(me.id))
         .context("removing this node from the cluster")?;
+    // Stay up while the leader hands this node's vote to another node (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match runtime.block_on(client.health()) {
+            Ok(h) if h.voters.contains(&me.id) => std::thread::sleep(Duration::from_millis(200)),
+            _ => break,
+        }
+    }
     stop(dir, Duration::from_secs(30))?;
     for stale in ["raft", "pki"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));
