@@ -1,1 +1,351 @@
-//! Container runtime (placeholder).
+//! The container runtime: Docker through bollard, behind the narrow [`Runtime`] trait the node
+//! reconciler uses. Every container smr creates carries [`labels`] that mark it as smr's, so
+//! containers smr did not create are never listed here, let alone touched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The labels smr puts on its containers.
+pub mod labels {
+    pub const MANAGED: &str = "io.smr.managed";
+    pub const OWNER: &str = "io.smr.owner";
+    pub const REPLICA: &str = "io.smr.replica";
+    pub const GENERATION: &str = "io.smr.generation";
+    pub const NODE: &str = "io.smr.node";
+    pub const CONFIG_HASH: &str = "io.smr.config-hash";
+}
+
+/// What to run: everything Docker needs to create one replica.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub hostname: String,
+    /// `image:tag`.
+    pub image: String,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// (container port, protocol "tcp"/"udp", host address, host port).
+    pub ports: Vec<(u16, String, Option<String>, Option<u16>)>,
+    /// `source:target[:ro]` binds and named volumes, Docker's `-v` syntax.
+    pub binds: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cap_add: Vec<String>,
+    pub user: Option<String>,
+    pub group_add: Vec<String>,
+    pub privileged: bool,
+    /// Docker network to join (`cluster`), or the daemon's default.
+    pub network: Option<String>,
+    pub dns: Vec<String>,
+    pub nano_cpus: Option<i64>,
+    pub memory_bytes: Option<i64>,
+}
+
+impl ContainerConfig {
+    /// A stable hash of everything that defines the container, to tell whether a running
+    /// container still matches its definition.
+    pub fn config_hash(&self) -> String {
+        let mut canonical = self.clone();
+        canonical.labels.remove(labels::CONFIG_HASH);
+        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        hex::encode(&Sha256::digest(&bytes)[..12])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Created,
+    Running,
+    Restarting,
+    Paused,
+    Exited,
+    Dead,
+    Removing,
+}
+
+/// What Docker says about one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: State,
+    pub exit_code: Option<i64>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// Address per network name.
+    pub ips: BTreeMap<String, Ipv4Addr>,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot reach Docker at {host}: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("container name {0} is already in use")]
+    Conflict(String),
+    #[error("image {image} is not on this node (no registry is configured: load it with `docker load` or `docker import`): {reason}")]
+    ImageMissing { image: String, reason: String },
+    #[error("docker: {0}")]
+    Docker(String),
+}
+
+fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
+    match &e {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, message } => {
+            RuntimeError::NotFound(format!("{context}: {message}"))
+        }
+        bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => {
+            RuntimeError::Conflict(format!("{context}: {message}"))
+        }
+        _ => RuntimeError::Docker(format!("{context}: {e}")),
+    }
+}
+
+/// The operations the node reconciler needs from a container engine.
+pub trait Runtime: Send + Sync + 'static {
+    /// Every container smr manages on this engine, in any state.
+    fn list_managed(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+    /// Creates (not starts) a container; returns its id.
+    fn create(&self, config: &ContainerConfig) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Runs a command in a running container and waits for it.
+    fn exec(&self, id: &str, cmd: &[String]) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+}
+
+/// [`Runtime`] over a Docker engine.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    host: String,
+}
+
+fn rfc3339_ms(text: Option<&str>) -> Option<u64> {
+    let text = text?;
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    if t.year() < 1971 {
+        return None;
+    }
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+impl DockerRuntime {
+    /// Connects to `host` (`unix:///path`, `tcp://host:port`; default `DOCKER_HOST` or the local
+    /// socket) and negotiates the API version with the engine.
+    pub async fn connect(host: Option<&str>) -> Result<DockerRuntime, RuntimeError> {
+        let host = host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let unreachable = |reason: String| RuntimeError::Unreachable { host: host.clone(), reason };
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(unreachable("use unix:///path/to/docker.sock or tcp://host:port".into()));
+        }
+        .map_err(|e| unreachable(e.to_string()))?;
+        let docker = docker.negotiate_version().await.map_err(|e| unreachable(e.to_string()))?;
+        docker.ping().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(DockerRuntime { docker, host })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let c = self.docker.inspect_container(id, None).await.map_err(|e| docker_error(id, e))?;
+        let state = c.state.clone().unwrap_or_default();
+        let status = state.status.map(|s| s.to_string()).unwrap_or_default();
+        let ips = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .map(|networks| {
+                networks
+                    .iter()
+                    .filter_map(|(name, ep)| Some((name.clone(), ep.ip_address.as_deref()?.parse().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ContainerInfo {
+            id: c.id.clone().unwrap_or_default(),
+            name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
+            labels: c
+                .config
+                .as_ref()
+                .and_then(|cfg| cfg.labels.clone())
+                .map(|l| l.into_iter().collect())
+                .unwrap_or_default(),
+            state: match status.as_str() {
+                "running" => State::Running,
+                "restarting" => State::Restarting,
+                "paused" => State::Paused,
+                "exited" => State::Exited,
+                "dead" => State::Dead,
+                "removing" => State::Removing,
+                _ => State::Created,
+            },
+            exit_code: state.exit_code,
+            started_ms: rfc3339_ms(state.started_at.as_deref()),
+            finished_ms: rfc3339_ms(state.finished_at.as_deref()),
+            ips,
+            image: c.config.as_ref().and_then(|cfg| cfg.image.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// The log of a container (stdout and stderr), the last `tail` lines or all.
+    pub async fn logs(&self, id: &str, tail: Option<usize>) -> Result<Vec<u8>, RuntimeError> {
+        let tail = tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into());
+        let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| docker_error(id, e))?.into_bytes());
+        }
+        Ok(out)
+    }
+}
+
+impl Runtime for DockerRuntime {
+    async fn list_managed(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let summaries =
+            self.docker.list_containers(Some(options)).await.map_err(|e| docker_error("listing containers", e))?;
+        let mut infos = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            match self.inspect(&id).await {
+                Ok(info) => infos.push(info),
+                // Removed between the list and the inspect.
+                Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(infos)
+    }
+
+    async fn create(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
+        if let Err(e) = self.docker.inspect_image(&config.image).await {
+            return Err(RuntimeError::ImageMissing { image: config.image.clone(), reason: e.to_string() });
+        }
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for (port, proto, host_ip, host_port) in &config.ports {
+            let key = format!("{port}/{proto}");
+            exposed.push(key.clone());
+            if let Some(host_port) = host_port {
+                port_bindings.insert(
+                    key,
+                    Some(vec![PortBinding { host_ip: host_ip.clone(), host_port: Some(host_port.to_string()) }]),
+                );
+            }
+        }
+        let host_config = HostConfig {
+            binds: (!config.binds.is_empty()).then(|| config.binds.clone()),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            cap_add: (!config.cap_add.is_empty()).then(|| config.cap_add.clone()),
+            group_add: (!config.group_add.is_empty()).then(|| config.group_add.clone()),
+            privileged: Some(config.privileged),
+            network_mode: config.network.clone(),
+            dns: (!config.dns.is_empty()).then(|| config.dns.clone()),
+            nano_cpus: config.nano_cpus,
+            memory: config.memory_bytes,
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            hostname: Some(config.hostname.clone()),
+            image: Some(config.image.clone()),
+            env: Some(config.env.clone()),
+            entrypoint: config.entrypoint.clone(),
+            cmd: config.cmd.clone(),
+            user: config.user.clone(),
+            labels: Some(config.labels.clone().into_iter().collect()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&config.name).build();
+        let created =
+            self.docker.create_container(Some(options), body).await.map_err(|e| docker_error(&config.name, e))?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker.start_container(id, None).await.map_err(|e| docker_error(id, e))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::new().t(grace.as_secs() as i32).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            other => other.map_err(|e| docker_error(id, e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        self.docker.remove_container(id, Some(options)).await.map_err(|e| docker_error(id, e))
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecOutput, RuntimeError> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| docker_error(id, e))?;
+        let mut output = Vec::new();
+        if let bollard::exec::StartExecResults::Attached { output: mut stream, .. } =
+            self.docker.start_exec(&exec.id, None).await.map_err(|e| docker_error(id, e))?
+        {
+            while let Some(chunk) = stream.next().await {
+                output.extend_from_slice(&chunk.map_err(|e| docker_error(id, e))?.into_bytes());
+            }
+        }
+        let inspected = self.docker.inspect_exec(&exec.id).await.map_err(|e| docker_error(id, e))?;
+        Ok(ExecOutput {
+            exit_code: inspected.exit_code.unwrap_or(-1),
+            output: String::from_utf8_lossy(&output).into_owned(),
+        })
+    }
+}
