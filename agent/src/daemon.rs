@@ -251,12 +251,27 @@ pub async fn run(
         .map_err(|e| data_err(&dir, e))?;
 
     let reconciler = tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone()));
+    let loops = tokio::spawn(crate::controller::run_node(
+        node.clone(),
+        crate::controller::NodeLoops {
+            id: me.id,
+            workloads: config.workloads,
+            docker_host: config.docker_host.clone(),
+            underlay_ip: me.ip.parse().unwrap_or(config.ip),
+            iface: config.iface.clone(),
+            vtep_mac: crate::controller::network::parse_mac(&me.vtep_mac).unwrap_or_default(),
+            files_dir: dir.join("files"),
+            node_timeout: crate::controller::schedule::DEFAULT_NODE_TIMEOUT,
+        },
+        stop_rx.clone(),
+    ));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
 
     crate::api::serve::stopped(&mut shutdown).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
+    let _ = loops.await;
     let _ = api_server.await;
     let _ = raft_server.await;
     store.shutdown().await;

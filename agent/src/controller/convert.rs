@@ -1,10 +1,15 @@
 //! Mapping typed definitions onto the scheduler's plain inputs.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use crate::definitions::{self, ContainersSpec, SpreadMode};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::definitions::{self, ContainersSpec, Kind, ObjectKey, SpreadMode};
+use crate::runtime::{ContainerConfig, labels};
 use crate::scheduler::{self, AgentRef, Spread, Workload};
-use crate::state::StoredObject;
+use crate::state::{ClusterState, NodeId, StoredObject};
 
 /// The scheduler's view of a `containers` object, or `None` for other kinds.
 pub fn workload_of(stored: &StoredObject) -> Option<Workload> {
@@ -53,6 +58,198 @@ pub fn node_labels(labels: &BTreeMap<String, String>, name: &str) -> BTreeMap<St
         .entry("smr.io/node".into())
         .or_insert_with(|| name.to_string());
     labels
+}
+
+/// Where a replica runs and what it joins, beyond its definition.
+#[derive(Clone, Debug)]
+pub struct ReplicaContext<'a> {
+    pub node: NodeId,
+    /// Docker network to join (`cluster`), if the node has the overlay.
+    pub network: Option<&'a str>,
+    /// Resolvers for the container: this node's DNS server first, then the definition's.
+    pub dns: Vec<String>,
+    /// Where files mounted into containers are written.
+    pub files_dir: &'a Path,
+}
+
+/// Everything Docker needs to run replica `index` of `stored` (a `containers` object) at slot
+/// generation `generation`. Templates are resolved here; a missing configuration, secret or key
+/// is an error naming it. Resource files are written under `ctx.files_dir`.
+pub fn container_config(
+    state: &ClusterState,
+    stored: &StoredObject,
+    index: u32,
+    generation: u64,
+    ctx: &ReplicaContext<'_>,
+) -> Result<ContainerConfig, String> {
+    let key = stored.object.key();
+    let spec = stored.object.spec.as_containers().ok_or_else(|| format!("{key} is not a containers object"))?;
+    let name = scheduler::replica_name(&key.group, &key.name, index);
+    let vars = template_vars(state, spec, &key)?;
+    let env = spec
+        .envs
+        .iter()
+        .map(|e| render(e, &vars, state))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("envs: {e}"))?;
+    let render_all = |items: &[String], what: &str| {
+        items.iter().map(|a| render(a, &vars, state)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{what}: {e}"))
+    };
+    let mut ports = Vec::new();
+    for p in &spec.ports {
+        let (port, proto) = p.container_port().map_err(|e| format!("ports: {e}"))?;
+        let proto = match proto {
+            definitions::Protocol::Tcp => "tcp",
+            definitions::Protocol::Udp => "udp",
+        };
+        let host = p.host_binding().map_err(|e| format!("ports: {e}"))?;
+        ports.push((port, proto.to_string(), host.and_then(|(ip, _)| ip.map(|i| i.to_string())), host.map(|(_, p)| p)));
+    }
+    let mut binds = Vec::new();
+    for v in &spec.volumes {
+        let ro = if v.read_only { ":ro" } else { "" };
+        let source = match (v.kind.as_deref(), &v.host_path, &v.name) {
+            (Some("volume"), _, Some(name)) => name.clone(),
+            (_, Some(host_path), _) => host_path.clone(),
+            (_, None, Some(name)) => name.clone(),
+            _ => return Err(format!("volume at {} needs hostPath or name", v.mount_point)),
+        };
+        binds.push(format!("{source}:{}{ro}", v.mount_point));
+    }
+    let mut resources_hash = Sha256::new();
+    for r in &spec.resources {
+        let rkey = ObjectKey { kind: Kind::Resource, group: r.group.clone(), name: r.name.clone() };
+        let data = lookup_data(state, &rkey)?;
+        let content = data.get(&r.key).ok_or_else(|| format!("resource {rkey} has no key {}", r.key))?;
+        let content = render(content, &vars, state).map_err(|e| format!("resource {rkey}: {e}"))?;
+        let dir = ctx.files_dir.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("writing resource files in {}: {e}", dir.display()))?;
+        let file_name: String =
+            format!("{}-{}-{}", r.group, r.name, r.key).chars().map(|c| if c == '/' { '_' } else { c }).collect();
+        let path = dir.join(file_name);
+        std::fs::write(&path, content.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        resources_hash.update(path.to_string_lossy().as_bytes());
+        resources_hash.update(content.as_bytes());
+        binds.push(format!("{}:{}:ro", path.display(), r.mount_point));
+    }
+    let mut container_labels: BTreeMap<String, String> = spec.labels.clone();
+    container_labels.insert(labels::MANAGED.into(), "true".into());
+    container_labels.insert(labels::OWNER.into(), key.to_string());
+    container_labels.insert(labels::REPLICA.into(), index.to_string());
+    container_labels.insert(labels::GENERATION.into(), generation.to_string());
+    container_labels.insert(labels::NODE.into(), ctx.node.to_string());
+    if !spec.resources.is_empty() {
+        container_labels.insert("io.smr.resources".into(), hex::encode(&resources_hash.finalize()[..8]));
+    }
+    let limits = spec.limits.as_ref();
+    let memory_bytes = limits
+        .map(|l| l.memory_bytes())
+        .transpose()
+        .map_err(|e| format!("limits.memory: {e}"))?
+        .flatten()
+        .map(|b| b as i64);
+    let mut dns = ctx.dns.clone();
+    dns.extend(spec.dns.iter().cloned());
+    let mut config = ContainerConfig {
+        name: name.clone(),
+        hostname: name,
+        image: spec.image_ref(),
+        env,
+        entrypoint: (!spec.entrypoint.is_empty()).then(|| render_all(&spec.entrypoint, "entrypoint")).transpose()?,
+        cmd: (!spec.args.is_empty()).then(|| render_all(&spec.args, "args")).transpose()?,
+        ports,
+        binds,
+        labels: container_labels,
+        cap_add: spec.capabilities.clone(),
+        user: spec.user.clone(),
+        group_add: spec.group_add.clone(),
+        privileged: spec.privileged,
+        network: spec.network_mode.clone().or_else(|| ctx.network.map(str::to_string)),
+        dns,
+        nano_cpus: limits.and_then(|l| l.cpus).map(|c| (c * 1e9) as i64),
+        memory_bytes,
+    };
+    let hash = config.config_hash();
+    config.labels.insert(labels::CONFIG_HASH.into(), hash);
+    Ok(config)
+}
+
+fn lookup_data<'s>(state: &'s ClusterState, key: &ObjectKey) -> Result<&'s BTreeMap<String, String>, String> {
+    state
+        .objects
+        .get(key)
+        .and_then(|o| o.object.spec.data())
+        .ok_or_else(|| format!("{key} does not exist"))
+}
+
+/// Template variables: the listed `configurations` objects' data, then `configuration` (rendered).
+fn template_vars(state: &ClusterState, spec: &ContainersSpec, owner: &ObjectKey) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for c in &spec.configurations {
+        let key = ObjectKey { kind: Kind::Configuration, group: c.group.clone(), name: c.name.clone() };
+        vars.extend(lookup_data(state, &key).map_err(|e| format!("configurations: {e}"))?.clone());
+    }
+    // A configuration object named like the definition is merged too (simplecontainer's habit).
+    let own = ObjectKey { kind: Kind::Configuration, group: owner.group.clone(), name: owner.name.clone() };
+    if let Ok(data) = lookup_data(state, &own) {
+        for (k, v) in data {
+            vars.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let mut rendered = BTreeMap::new();
+    for (k, v) in &spec.configuration {
+        rendered.insert(k.clone(), render(v, &vars, state).map_err(|e| format!("configuration.{k}: {e}"))?);
+    }
+    vars.extend(rendered);
+    Ok(vars)
+}
+
+/// Replaces every `(( ... ))` in `text`: `.key` (a template variable) or
+/// `lookup "KIND/GROUP/NAME:KEY"`, optionally piped through `base64decode` or `base64encode`.
+pub fn render(text: &str, vars: &BTreeMap<String, String>, state: &ClusterState) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("((") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("))").ok_or_else(|| format!("unclosed template in {text:?}"))?;
+        out.push_str(&evaluate(after[..end].trim(), vars, state)?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn evaluate(expr: &str, vars: &BTreeMap<String, String>, state: &ClusterState) -> Result<String, String> {
+    let mut stages = expr.split('|').map(str::trim);
+    let head = stages.next().unwrap_or_default();
+    let mut value = if let Some(var) = head.strip_prefix('.') {
+        vars.get(var).cloned().ok_or_else(|| format!("template variable {var:?} is not defined"))?
+    } else if let Some(arg) = head.strip_prefix("lookup") {
+        let reference = arg.trim().trim_matches('"');
+        let (object, field) =
+            reference.rsplit_once(':').ok_or_else(|| format!("lookup {reference:?} is not KIND/GROUP/NAME:KEY"))?;
+        let key: ObjectKey = object.parse().map_err(|e| format!("lookup {reference:?}: {e}"))?;
+        lookup_data(state, &key)?
+            .get(field)
+            .cloned()
+            .ok_or_else(|| format!("{key} has no key {field:?}"))?
+    } else {
+        return Err(format!("unknown template expression (( {expr} ))"));
+    };
+    for stage in stages {
+        value = match stage {
+            "base64decode" => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .map_err(|e| format!("base64decode: {e}"))?;
+                String::from_utf8(bytes).map_err(|_| "base64decode: the value is not UTF-8".to_string())?
+            }
+            "base64encode" => base64::engine::general_purpose::STANDARD.encode(value.as_bytes()),
+            other => return Err(format!("unknown template function {other:?}")),
+        };
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

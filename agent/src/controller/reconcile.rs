@@ -1,0 +1,386 @@
+//! The node reconciler: runs this node's replicas on its Docker engine and reports their state.
+//!
+//! Every second, on every state change, and when a backoff expires it reads the placements of
+//! this node, renders each replica's container configuration, lists the containers smr manages
+//! on the engine, asks [`crate::scheduler::plan_node`] what to do per object, does it, probes
+//! readiness, and proposes a [`NodeReport`] when anything changed (and at least every few seconds,
+//! as the node's heartbeat). Dependencies gate creation: a replica whose dependencies are not all
+//! ready is not created yet.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::convert::{ReplicaContext, container_config, restart_of};
+use crate::definitions::{ObjectKey, ReadinessType};
+use crate::node::{Node, now_ms};
+use crate::runtime::{ContainerConfig, ContainerInfo, Runtime, State, labels};
+use crate::scheduler::{self, Action, Backoff, ContainerState, DesiredReplica, ObservedContainer, Phase};
+use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport, StoredObject};
+
+/// A report is sent at least this often, as the node's heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct ReconcileConfig {
+    pub node: NodeId,
+    /// Docker network replicas join (`cluster`), when the node has the overlay.
+    pub network: Option<String>,
+    /// This node's DNS server address, first resolver of every replica.
+    pub dns: Vec<String>,
+    pub files_dir: PathBuf,
+    pub stop_grace: Duration,
+}
+
+/// What the loop remembers between passes.
+#[derive(Default)]
+struct Memory {
+    /// Restarts done per replica name.
+    restarts: HashMap<String, u32>,
+    /// Containers (by id and start time) whose readiness probe passed.
+    ready: HashMap<String, u64>,
+    /// When each replica started waiting for its dependencies.
+    waiting_since: HashMap<String, Instant>,
+    /// Failures to report per replica name (creation errors, rendering errors...).
+    errors: HashMap<String, String>,
+}
+
+/// Runs until `stop`.
+pub async fn run<R: Runtime>(node: Arc<Node>, runtime: Arc<R>, config: ReconcileConfig, mut stop: watch::Receiver<bool>) {
+    let mut changes = node.store.subscribe();
+    let mut memory = Memory::default();
+    let mut seq = now_ms();
+    let mut last_sent: Option<(Vec<ReplicaReport>, Instant)> = None;
+    let mut wake_at: Option<u64> = None;
+    loop {
+        let sleep = wake_at
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = changes.changed() => {},
+            _ = tokio::time::sleep(sleep) => {},
+        }
+        let Ok(state) = node.store.read(false).await else { continue };
+        let observed = match runtime.list_managed().await {
+            Ok(observed) => observed,
+            Err(e) => {
+                tracing::warn!("listing containers: {e}");
+                continue;
+            }
+        };
+        let (replicas, next_wake) = pass(&state, runtime.as_ref(), &config, &observed, &mut memory).await;
+        wake_at = next_wake;
+        let changed = last_sent.as_ref().is_none_or(|(sent, _)| *sent != replicas);
+        let due = last_sent.as_ref().is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
+        if changed || due {
+            seq += 1;
+            let report = NodeReport { seq, at_ms: now_ms(), replicas: replicas.clone() };
+            match node.propose(Op::Report { node: config.node, report }, None).await {
+                Ok(_) => last_sent = Some((replicas, Instant::now())),
+                Err(e) => tracing::warn!("reporting replicas: {e}"),
+            }
+        }
+    }
+}
+
+/// One reconcile pass; returns the replica reports and when to wake up for a backoff.
+async fn pass<R: Runtime>(
+    state: &ClusterState,
+    runtime: &R,
+    config: &ReconcileConfig,
+    observed: &[ContainerInfo],
+    memory: &mut Memory,
+) -> (Vec<ReplicaReport>, Option<u64>) {
+    let ctx = ReplicaContext {
+        node: config.node,
+        network: config.network.as_deref(),
+        dns: config.dns.clone(),
+        files_dir: &config.files_dir,
+    };
+    // Desired replicas of this node, per object.
+    let mut desired: BTreeMap<ObjectKey, Vec<(DesiredReplica, Option<ContainerConfig>)>> = BTreeMap::new();
+    for (key, placement) in &state.placements {
+        let Some(stored) = state.objects.get(key) else { continue };
+        let Some(spec) = stored.object.spec.as_containers() else { continue };
+        for (index, slot) in placement.on_node(config.node) {
+            let name = scheduler::replica_name(&key.group, &key.name, index);
+            let rendered = container_config(state, stored, index, slot.generation, &ctx);
+            let (hash, container) = match rendered {
+                Ok(c) => (c.labels.get(labels::CONFIG_HASH).cloned().unwrap_or_default(), Some(c)),
+                Err(e) => {
+                    memory.errors.insert(name.clone(), e);
+                    (String::new(), None)
+                }
+            };
+            desired.entry(key.clone()).or_default().push((
+                DesiredReplica { index, name, generation: slot.generation, config_hash: hash, restart: restart_of(spec) },
+                container,
+            ));
+        }
+    }
+    // Observed containers per owner; owners without a placement here are removed by the plan.
+    let mut by_owner: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
+    for c in observed {
+        by_owner.entry(c.labels.get(labels::OWNER).cloned().unwrap_or_default()).or_default().push(c);
+    }
+    let keys: BTreeSet<String> = desired.keys().map(|k| k.to_string()).chain(by_owner.keys().cloned()).collect();
+
+    let now = now_ms();
+    let backoff = Backoff::default();
+    let mut reports = Vec::new();
+    let mut wake: Option<u64> = None;
+    for key_text in keys {
+        let key: Option<ObjectKey> = key_text.parse().ok();
+        let wanted = key.as_ref().and_then(|k| desired.get(k)).cloned().unwrap_or_default();
+        let containers = by_owner.get(&key_text).cloned().unwrap_or_default();
+        let stored = key.as_ref().and_then(|k| state.objects.get(k));
+
+        // Dependencies gate creation: replicas not yet created wait until they are ready.
+        let mut wanted_now = Vec::new();
+        let mut waiting = Vec::new();
+        for (replica, container) in wanted {
+            let exists = containers.iter().any(|c| c.name == replica.name);
+            match stored.and_then(|s| unmet_dependency(state, s)) {
+                Some(missing) if !exists => {
+                    let since = *memory.waiting_since.entry(replica.name.clone()).or_insert_with(Instant::now);
+                    waiting.push((replica, format!("waiting for {missing} (for {}s)", since.elapsed().as_secs())));
+                }
+                _ => {
+                    memory.waiting_since.remove(&replica.name);
+                    wanted_now.push((replica, container));
+                }
+            }
+        }
+
+        let observed_containers: Vec<ObservedContainer> = containers
+            .iter()
+            .map(|c| ObservedContainer {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                index: c.labels.get(labels::REPLICA).and_then(|i| i.parse().ok()),
+                generation: c.labels.get(labels::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
+                config_hash: c.labels.get(labels::CONFIG_HASH).cloned().unwrap_or_default(),
+                state: match c.state {
+                    State::Running | State::Paused => ContainerState::Running,
+                    State::Restarting => ContainerState::Restarting,
+                    State::Created => ContainerState::Created,
+                    State::Exited | State::Dead | State::Removing => {
+                        ContainerState::Exited { code: c.exit_code.unwrap_or(-1) }
+                    }
+                },
+                ready: memory.ready.get(&c.id) == Some(&c.started_ms.unwrap_or(0)),
+                restarts: memory.restarts.get(&c.name).copied().unwrap_or(0),
+                smr_managed: true,
+                started_ms: c.started_ms,
+                finished_ms: c.finished_ms,
+            })
+            .collect();
+        let desired_replicas: Vec<DesiredReplica> =
+            wanted_now.iter().filter(|(_, c)| c.is_some()).map(|(r, _)| r.clone()).collect();
+        let plan = scheduler::plan_node(config.node, &desired_replicas, &observed_containers, now, &backoff);
+        if let Some(at) = plan.wake_at_ms {
+            wake = Some(wake.map_or(at, |w: u64| w.min(at)));
+        }
+        for action in &plan.actions {
+            if let Err(e) = execute(runtime, action, &wanted_now, &containers, config, memory).await {
+                tracing::warn!(object = %key_text, "{action:?}: {e}");
+                let name = action_replica(action, &wanted_now, &containers);
+                memory.errors.insert(name, e);
+            }
+        }
+
+        // Reports: planned replicas, then replicas that could not be rendered or are waiting.
+        let Some(key) = key else { continue };
+        for status in &plan.replicas {
+            let container = containers.iter().find(|c| c.name == status.name);
+            let replica = wanted_now.iter().find(|(r, _)| r.index == status.index).map(|(r, _)| r);
+            let ready = status.ready || container.is_some_and(|c| is_ready(memory, c));
+            let mut message = memory.errors.remove(&status.name);
+            if let Phase::Blocked { reason } = &status.phase {
+                message = Some(reason.clone());
+            }
+            reports.push(ReplicaReport {
+                key: key.clone(),
+                index: status.index,
+                name: status.name.clone(),
+                container_id: container.map(|c| c.id.clone()),
+                phase: status.phase.as_str().to_string(),
+                ready: ready && matches!(status.phase, Phase::Running),
+                ip: container.and_then(|c| replica_ip(c, config.network.as_deref())),
+                restarts: memory.restarts.get(&status.name).copied().unwrap_or(0),
+                generation: replica.map(|r| r.generation).unwrap_or(0),
+                image: stored
+                    .and_then(|s| s.object.spec.as_containers())
+                    .map(|s| s.image_ref())
+                    .unwrap_or_default(),
+                started_ms: container.and_then(|c| c.started_ms),
+                message,
+            });
+        }
+        for (replica, container) in wanted_now.iter().filter(|(_, c)| c.is_none()) {
+            let _ = container;
+            reports.push(blocked(&key, replica, memory.errors.remove(&replica.name), stored));
+        }
+        for (replica, why) in waiting {
+            reports.push(ReplicaReport { phase: "pending".into(), ..blocked(&key, &replica, Some(why), stored) });
+        }
+    }
+    // Readiness probes for running replicas not known ready yet.
+    let unproven: Vec<&ContainerInfo> =
+        observed.iter().filter(|c| c.state == State::Running && !is_ready(memory, c)).collect();
+    for c in unproven {
+        let Some(owner) = c.labels.get(labels::OWNER).and_then(|o| o.parse::<ObjectKey>().ok()) else { continue };
+        let Some(stored) = state.objects.get(&owner) else { continue };
+        if probe(runtime, stored, c, config.network.as_deref()).await {
+            memory.ready.insert(c.id.clone(), c.started_ms.unwrap_or(0));
+        }
+    }
+    memory.ready.retain(|id, _| observed.iter().any(|c| &c.id == id));
+    reports.sort_by(|a, b| (&a.key, a.index).cmp(&(&b.key, b.index)));
+    (reports, wake)
+}
+
+fn is_ready(memory: &Memory, c: &ContainerInfo) -> bool {
+    c.state == State::Running && memory.ready.get(&c.id) == Some(&c.started_ms.unwrap_or(0))
+}
+
+fn blocked(key: &ObjectKey, replica: &DesiredReplica, message: Option<String>, stored: Option<&StoredObject>) -> ReplicaReport {
+    ReplicaReport {
+        key: key.clone(),
+        index: replica.index,
+        name: replica.name.clone(),
+        container_id: None,
+        phase: "blocked".into(),
+        ready: false,
+        ip: None,
+        restarts: 0,
+        generation: replica.generation,
+        image: stored.and_then(|s| s.object.spec.as_containers()).map(|s| s.image_ref()).unwrap_or_default(),
+        started_ms: None,
+        message,
+    }
+}
+
+fn replica_ip(c: &ContainerInfo, network: Option<&str>) -> Option<String> {
+    network
+        .and_then(|n| c.ips.get(n))
+        .or_else(|| c.ips.values().next())
+        .map(|ip| ip.to_string())
+}
+
+fn action_replica(action: &Action, wanted: &[(DesiredReplica, Option<ContainerConfig>)], containers: &[&ContainerInfo]) -> String {
+    match action {
+        Action::Create { index } => wanted.iter().find(|(r, _)| r.index == *index).map(|(r, _)| r.name.clone()),
+        Action::Start { id } | Action::Stop { id } | Action::Remove { id } | Action::Restart { id, .. } => {
+            containers.iter().find(|c| &c.id == id).map(|c| c.name.clone())
+        }
+    }
+    .unwrap_or_default()
+}
+
+async fn execute<R: Runtime>(
+    runtime: &R,
+    action: &Action,
+    wanted: &[(DesiredReplica, Option<ContainerConfig>)],
+    containers: &[&ContainerInfo],
+    config: &ReconcileConfig,
+    memory: &mut Memory,
+) -> Result<(), String> {
+    match action {
+        Action::Create { index } => {
+            let Some((replica, Some(container))) = wanted.iter().find(|(r, _)| r.index == *index) else {
+                return Ok(());
+            };
+            let id = runtime.create(container).await.map_err(|e| e.to_string())?;
+            memory.restarts.entry(replica.name.clone()).or_insert(0);
+            runtime.start(&id).await.map_err(|e| e.to_string())?;
+            tracing::info!(replica = %replica.name, "created and started");
+        }
+        Action::Start { id } => runtime.start(id).await.map_err(|e| e.to_string())?,
+        Action::Stop { id } => runtime.stop(id, config.stop_grace).await.map_err(|e| e.to_string())?,
+        Action::Remove { id } => {
+            runtime.remove(id).await.map_err(|e| e.to_string())?;
+            if let Some(c) = containers.iter().find(|c| &c.id == id) {
+                tracing::info!(replica = %c.name, "removed");
+            }
+        }
+        Action::Restart { id, after_ms } => {
+            if now_ms() >= *after_ms {
+                runtime.start(id).await.map_err(|e| e.to_string())?;
+                if let Some(c) = containers.iter().find(|c| &c.id == id) {
+                    *memory.restarts.entry(c.name.clone()).or_insert(0) += 1;
+                    tracing::info!(replica = %c.name, "restarted after exit");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first dependency of `stored` that is not ready, if any.
+fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<String> {
+    let spec = stored.object.spec.as_containers()?;
+    for dep in &spec.dependencies {
+        let matching: Vec<&ObjectKey> = state
+            .placements
+            .keys()
+            .filter(|k| k.group == dep.group && (dep.name == "*" || k.name == dep.name))
+            .filter(|k| **k != stored.object.key())
+            .collect();
+        let label = format!("dependency {}/{}", dep.group, dep.name);
+        if matching.is_empty() {
+            return Some(label);
+        }
+        for key in matching {
+            let placed = state.placements[key].replicas.len();
+            let ready = state
+                .reports
+                .values()
+                .flat_map(|r| &r.replicas)
+                .filter(|r| &r.key == key && r.ready)
+                .count();
+            if ready < placed {
+                return Some(format!("{label} ({key}: {ready}/{placed} ready)"));
+            }
+        }
+    }
+    None
+}
+
+/// Runs the readiness checks of the replica's definition; without any, running is ready.
+async fn probe<R: Runtime>(runtime: &R, stored: &StoredObject, c: &ContainerInfo, network: Option<&str>) -> bool {
+    let Some(spec) = stored.object.spec.as_containers() else { return true };
+    for check in &spec.readiness {
+        let timeout = check.timeout.as_ref().map(|t| t.0).unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+        let ok = match check.check_type() {
+            ReadinessType::Command => {
+                matches!(
+                    tokio::time::timeout(timeout, runtime.exec(&c.id, &check.command)).await,
+                    Ok(Ok(out)) if out.exit_code == 0
+                )
+            }
+            ReadinessType::Http => {
+                let Some(url) = &check.url else { return false };
+                let ip = replica_ip(c, network).unwrap_or_else(|| "127.0.0.1".into());
+                let url = url.replace("localhost", &ip).replace("127.0.0.1", &ip);
+                let client = reqwest::Client::builder().timeout(timeout).no_proxy().build();
+                let Ok(client) = client else { return false };
+                let method = check.method.as_deref().unwrap_or("GET").to_uppercase();
+                let request = match method.as_str() {
+                    "POST" => client.post(&url).json(&check.body),
+                    _ => client.get(&url),
+                };
+                matches!(request.send().await, Ok(r) if r.status().is_success())
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
