@@ -148,8 +148,19 @@ pub fn container_config(
         .map_err(|e| format!("limits.memory: {e}"))?
         .flatten()
         .map(|b| b as i64);
-    let mut dns = ctx.dns.clone();
-    dns.extend(spec.dns.iter().cloned());
+    // Resolvers go into a resolv.conf of our own, mounted over the container's: Docker's
+    // embedded resolver is not used (it needs iptables rules smr does not ask Docker for).
+    let mut resolvers = ctx.dns.clone();
+    resolvers.extend(spec.dns.iter().cloned());
+    if !resolvers.is_empty() {
+        let dir = ctx.files_dir.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("writing {}: {e}", dir.display()))?;
+        let path = dir.join("resolv.conf");
+        let text: String = resolvers.iter().map(|r| format!("nameserver {r}\n")).collect::<String>() + "options ndots:1\n";
+        std::fs::write(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        binds.push(format!("{}:/etc/resolv.conf:ro", path.display()));
+    }
+    let dns = Vec::new();
     let mut config = ContainerConfig {
         name: name.clone(),
         hostname: name,

@@ -3,6 +3,8 @@
 //! recorded by the pid in its data directory and killed by that pid when the cluster is dropped.
 #![allow(dead_code)]
 
+pub mod vms;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

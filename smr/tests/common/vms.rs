@@ -1,0 +1,150 @@
+//! An smr cluster on emulated VMs: one agent per VM of a [`Testbed`], each in the VM's network
+//! namespace with the VM's own dockerd. Agents run in the foreground under the testbed, which
+//! stops them (by pid) before it tears the VMs down.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use agent::client::{Client, Context};
+use anyhow::{Context as _, bail};
+use smr_tests::testbed::{Testbed, TestbedConfig, Vm};
+
+use super::eventually;
+
+pub struct VmCluster {
+    pub testbed: Testbed,
+    /// Pid of each VM's agent, when running.
+    pub agents: Vec<Option<u32>>,
+}
+
+pub fn data_dir(vm: &Vm) -> PathBuf {
+    vm.dir.join("smr")
+}
+
+pub fn agent_name(vm: &Vm) -> String {
+    format!("smr-agent-{}", vm.index)
+}
+
+impl VmCluster {
+    /// Starts `n` VMs, or says why this machine cannot (then the test prints "skipped").
+    pub fn start(n: usize) -> anyhow::Result<Option<VmCluster>> {
+        if let Some(why) = smr_tests::testbed::unsupported_reason(true) {
+            println!("skipped: {why}");
+            return Ok(None);
+        }
+        let testbed = Testbed::start(TestbedConfig::new(n))?;
+        Ok(Some(VmCluster { testbed, agents: vec![None; n] }))
+    }
+
+    pub fn vm(&self, i: usize) -> &Vm {
+        self.testbed.vm(i)
+    }
+
+    fn smrmgr(&self, vm: &Vm) -> Command {
+        let mut cmd = vm.cmd(env!("CARGO_BIN_EXE_smrmgr"));
+        cmd.env("HOME", &vm.dir).env("SMR_LOG", "info,openraft=warn,hickory_server=warn");
+        cmd
+    }
+
+    /// Starts the agent of VM `i` in the foreground (recorded by the testbed), creating the
+    /// cluster (`join: None`) or joining it through VM `join`, and waits until it serves.
+    pub async fn start_agent(&mut self, i: usize, join: Option<usize>, extra: &[&str]) -> anyhow::Result<()> {
+        let vm = self.vm(i).clone();
+        let mut cmd = self.smrmgr(&vm);
+        cmd.args(["start", "--foreground", "-a", &agent_name(&vm), "-d", &vm.name, "-n", &vm.name])
+            .arg("--ip")
+            .arg(vm.ip.to_string())
+            .arg("--docker-host")
+            .arg(&vm.docker_host)
+            .arg("--data-dir")
+            .arg(data_dir(&vm))
+            .args(extra);
+        if let Some(j) = join {
+            let token = self.token(j)?;
+            cmd.args(["-j", &format!("{}:1443", self.vm(j).ip), "--token", &token]);
+        }
+        let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
+        let spawned = vm.spawn(&format!("agent-{}", vm.index), cmd)?;
+        self.agents[i] = Some(spawned.pid);
+        let log = spawned.log.clone();
+        eventually(&format!("agent on {} to serve (log {})", vm.name, log.display()), Duration::from_secs(60), || {
+            let path = data_dir(&vm).join("admin.context");
+            async move {
+                let ctx = Context::load(&path).ok()?;
+                let client = Client::from_context(&ctx).ok()?;
+                client.health().await.ok()
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Restarts the agent of VM `i` from its data dir.
+    pub async fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let vm = self.vm(i).clone();
+        let mut cmd = self.smrmgr(&vm);
+        cmd.args(["start", "--foreground", "--docker-host", &vm.docker_host, "--data-dir"]).arg(data_dir(&vm));
+        let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
+        let spawned = vm.spawn(&format!("agent-{}-again", vm.index), cmd)?;
+        self.agents[i] = Some(spawned.pid);
+        eventually(&format!("agent on {} to serve again", vm.name), Duration::from_secs(60), || {
+            let path = data_dir(&vm).join("admin.context");
+            async move { Client::from_context(&Context::load(&path).ok()?).ok()?.health().await.ok() }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stops the agent of VM `i` (SIGTERM, SIGKILL after 10 s).
+    pub fn stop_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(pid) = self.agents[i].take() {
+            self.vm(i).stop(pid, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    pub fn token(&self, i: usize) -> anyhow::Result<String> {
+        let vm = self.vm(i);
+        let mut cmd = self.smrmgr(vm);
+        cmd.args(["token", "--data-dir"]).arg(data_dir(vm));
+        let out = cmd.output().context("smrmgr token")?;
+        if !out.status.success() {
+            bail!("smrmgr token: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    pub fn context(&self, i: usize) -> PathBuf {
+        data_dir(self.vm(i)).join("admin.context")
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        Client::from_context(&Context::load(&self.context(i)).expect("context")).expect("client")
+    }
+
+    /// Prints the end of every agent's log (for failures).
+    pub fn dump_logs(&self) {
+        for vm in self.testbed.vms() {
+            let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) else { continue };
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                println!("==> {} <==", entry.path().display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+
+    /// Starts agents on every VM: the first creates the cluster, the others join it.
+    pub async fn start_all(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent(0, None, extra).await?;
+        for i in 1..self.agents.len() {
+            self.start_agent(i, Some(0), extra).await?;
+        }
+        Ok(())
+    }
+}
