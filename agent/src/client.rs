@@ -312,6 +312,10 @@ impl Client {
         self.request(Method::GET, &path, Payload::None).await
     }
 
+    pub async fn dns(&self) -> Result<Vec<DnsRecordView>, ClientError> {
+        self.request(Method::GET, "dns", Payload::None).await
+    }
+
     /// Any GET, for tools and tests.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.request(Method::GET, path, Payload::None).await

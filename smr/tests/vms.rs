@@ -91,22 +91,24 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
         vm.docker_ok(&["exec", &from.name, "ping", "-c", "2", "-W", "2", target])?;
     }
     let receiver_vm = cluster.vm(two.node as usize - 1);
-    let listener = receiver_vm.docker_cmd().args(["exec", &two.name, "nc", "-l", "-p", "7000"]).output();
-    let sender_vm = cluster.vm(one.node as usize - 1).clone();
-    let (one_name, two_ip) = (one.name.clone(), two.ip.clone().expect("ip"));
-    let send = std::thread::spawn(move || -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let sh = format!("hostname -i | nc -w 2 {two_ip} 7000");
-            if sender_vm.docker(&["exec", &one_name, "sh", "-c", &sh])?.status.success() {
-                return Ok(());
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "could not connect to {two_ip}:7000");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
-    let received = tokio::task::spawn_blocking(move || listener).await??;
-    send.join().expect("sender thread")?;
+    let mut listener = receiver_vm
+        .docker_cmd()
+        .args(["exec", &two.name, "nc", "-l", "-p", "7000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let sender_vm = cluster.vm(one.node as usize - 1);
+    let two_ip = two.ip.clone().expect("ip");
+    let sh = format!("hostname -i | nc -w 2 {two_ip} 7000");
+    let sent = eventually("a TCP connection across VMs", Duration::from_secs(20), || {
+        let ok = sender_vm.docker(&["exec", &one.name, "sh", "-c", &sh]).map(|o| o.status.success()).unwrap_or(false);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    if sent.is_err() {
+        let _ = listener.kill();
+    }
+    let received = listener.wait_with_output()?;
+    sent?;
     assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), one.ip.as_deref().unwrap_or_default());
 
     // By name: the seed scenario, both directions, and the headless name.

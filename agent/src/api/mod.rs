@@ -50,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/objects/{kind}/{group}/{name}"),
     ("get", "/api/v1/replicas"),
     ("get", "/api/v1/events"),
+    ("get", "/api/v1/dns"),
     ("get", "/api/v1/describe/{kind}/{group}/{name}"),
     ("post", "/api/v1/internal/propose"),
     ("get", "/api/v1/internal/read-index"),
@@ -81,6 +82,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/dns", get(dns_records))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
@@ -474,6 +476,21 @@ async fn list_replicas(
         .transpose()?;
     let state = node.state(consistency).await?;
     Ok(Json(crate::views::replicas(&state, filter.as_ref())))
+}
+
+/// The `*.private` records this node serves (computed from its applied state).
+async fn dns_records(State(node): AppState) -> Result<Json<Vec<DnsRecordView>>, ApiError> {
+    let state = node.state(Consistency::Stale).await?;
+    let records = crate::controller::network::records(&state);
+    Ok(Json(
+        records
+            .iter()
+            .map(|(name, ips)| DnsRecordView {
+                name: format!("{name}."),
+                addresses: ips.iter().map(|ip| ip.to_string()).collect(),
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -166,6 +166,13 @@ pub struct ReplicaView {
     pub message: Option<String>,
 }
 
+/// One `*.private` name and its A records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsRecordView {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
 /// `smrctl describe`: an object with its placement, replicas and events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DescribeView {

@@ -85,6 +85,11 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The `*.private` names the answering node serves, with their addresses.
+    Dns {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Remove a node from the cluster by id.
     RemoveNode { id: u64 },
     /// Show which context is used and where it points.
@@ -342,6 +347,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 if !follow {
                     break;
+                }
+            }
+        }
+        Cmd::Dns { output } => {
+            let client = connect(cli.context)?;
+            let records = client.dns().await?;
+            match output {
+                Format::Json => print!("{}", output::json(&records)?),
+                Format::Yaml => print!("{}", output::yaml(&records)?),
+                Format::Table | Format::Wide => {
+                    let rows: Vec<Vec<String>> =
+                        records.iter().map(|r| vec![r.name.clone(), "A".into(), r.addresses.join(",")]).collect();
+                    print!("{}", output::table(&["NAME", "TYPE", "ADDRESSES"], &rows));
                 }
             }
         }
