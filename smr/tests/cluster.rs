@@ -418,23 +418,45 @@ async fn a_fourth_node_is_a_learner_and_is_promoted_when_a_voter_leaves() -> any
     }
     cluster.wait_formed(&[0, 1, 2, 3], 3).await?;
     let roles = |nodes: &[agent::api::types::NodeView]| -> Vec<(String, String)> {
-        nodes.iter().map(|n| (n.name.clone(), n.role.clone())).collect()
+        nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.role.clone()))
+            .collect()
     };
     let nodes = cluster.client(3).nodes().await?;
-    assert_eq!(nodes.iter().filter(|n| n.role == "voter").count(), 3, "{:?}", roles(&nodes));
-    assert_eq!(nodes.iter().filter(|n| n.role == "learner").count(), 1, "{:?}", roles(&nodes));
+    assert_eq!(
+        nodes.iter().filter(|n| n.role == "voter").count(),
+        3,
+        "{:?}",
+        roles(&nodes)
+    );
+    assert_eq!(
+        nodes.iter().filter(|n| n.role == "learner").count(),
+        1,
+        "{:?}",
+        roles(&nodes)
+    );
     assert!(nodes.iter().all(|n| n.health == "healthy"), "{nodes:?}");
 
     // A voter leaves: the learner becomes a voter; the node is gone from the registry.
     let mut leave = smrmgr(cluster.dir.path());
-    leave.args(["leave", "--data-dir"]).arg(&cluster.nodes[1].data_dir);
+    leave
+        .args(["leave", "--data-dir"])
+        .arg(&cluster.nodes[1].data_dir);
     common::run(leave)?;
-    assert!(cluster.nodes[1].pid().is_none(), "the leaving agent stopped");
+    assert!(
+        cluster.nodes[1].pid().is_none(),
+        "the leaving agent stopped"
+    );
     let client = cluster.client(0);
-    let nodes = eventually("the learner to be promoted", Duration::from_secs(30), || async {
-        let nodes = client.nodes().await.ok()?;
-        (nodes.len() == 3 && nodes.iter().all(|n| n.role == "voter")).then_some(nodes)
-    })
+    let nodes = eventually(
+        "the learner to be promoted",
+        Duration::from_secs(30),
+        || async {
+            let nodes = client.nodes().await.ok()?;
+            (nodes.len() == 3 && nodes.iter().all(|n| n.role == "voter")).then_some(nodes)
+        },
+    )
     .await?;
     assert!(!nodes.iter().any(|n| n.name == "smr-agent-2"));
     // The cluster still takes writes with the new voter set.

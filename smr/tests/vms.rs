@@ -26,16 +26,23 @@ fn key() -> ObjectKey {
 }
 
 async fn apply(client: &Client, yaml: &str) -> anyhow::Result<()> {
-    client.apply(&definitions::parse_str("test.yaml", yaml)?, false, None).await?;
+    client
+        .apply(&definitions::parse_str("test.yaml", yaml)?, false, None)
+        .await?;
     Ok(())
 }
 
 /// Waits until the object has exactly `n` replicas, all running and ready.
-async fn all_ready(client: &Client, n: usize, timeout: Duration) -> anyhow::Result<Vec<ReplicaView>> {
+async fn all_ready(
+    client: &Client,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReplicaView>> {
     let key = key();
     eventually(&format!("{n} ready replicas"), timeout, || async {
         let replicas = client.replicas(Some(&key)).await.ok()?;
-        (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running")).then_some(replicas)
+        (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running"))
+            .then_some(replicas)
     })
     .await
 }
@@ -50,7 +57,9 @@ fn per_node(replicas: &[ReplicaView]) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(3)? else { return Ok(()) };
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
     cluster.start_all(&[]).await?;
     let client = cluster.client(0);
     apply(&client, &busybox(5, TAG)).await?;
@@ -77,11 +86,15 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
             "{{.Name}} {{.Config.Hostname}} {{index .Config.Labels \"io.smr.managed\"}} {{index .Config.Labels \"io.smr.owner\"}}",
             &r.name,
         ])?;
-        assert_eq!(out, format!("/{0} {0} true containers/busybox/busybox", r.name));
+        assert_eq!(
+            out,
+            format!("/{0} {0} true containers/busybox/busybox", r.name)
+        );
     }
 
     // Every pair pings by IP across VMs; the receiver sees the sender's own address (no NAT).
-    let by_name: BTreeMap<&str, &ReplicaView> = replicas.iter().map(|r| (r.name.as_str(), r)).collect();
+    let by_name: BTreeMap<&str, &ReplicaView> =
+        replicas.iter().map(|r| (r.name.as_str(), r)).collect();
     let one = by_name["busybox-busybox-1"];
     let two = by_name["busybox-busybox-2"];
     assert_ne!(one.node, two.node, "replicas 1 and 2 run on different VMs");
@@ -99,17 +112,27 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
     let sender_vm = cluster.vm(one.node as usize - 1);
     let two_ip = two.ip.clone().expect("ip");
     let sh = format!("hostname -i | nc -w 2 {two_ip} 7000");
-    let sent = eventually("a TCP connection across VMs", Duration::from_secs(20), || {
-        let ok = sender_vm.docker(&["exec", &one.name, "sh", "-c", &sh]).map(|o| o.status.success()).unwrap_or(false);
-        async move { ok.then_some(()) }
-    })
+    let sent = eventually(
+        "a TCP connection across VMs",
+        Duration::from_secs(20),
+        || {
+            let ok = sender_vm
+                .docker(&["exec", &one.name, "sh", "-c", &sh])
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            async move { ok.then_some(()) }
+        },
+    )
     .await;
     if sent.is_err() {
         let _ = listener.kill();
     }
     let received = listener.wait_with_output()?;
     sent?;
-    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), one.ip.as_deref().unwrap_or_default());
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        one.ip.as_deref().unwrap_or_default()
+    );
 
     // By name: the seed scenario, both directions, and the headless name.
     for (from, to) in [(one, two), (two, one)] {
@@ -118,14 +141,352 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
         vm.docker_ok(&["exec", &from.name, "ping", "-c", "3", "-W", "2", &name])?;
     }
     let vm = cluster.vm(one.node as usize - 1);
-    let out = vm.docker_ok(&["exec", &one.name, "nslookup", "cluster.busybox.busybox.private"])?;
+    let out = vm.docker_ok(&[
+        "exec",
+        &one.name,
+        "nslookup",
+        "cluster.busybox.busybox.private",
+    ])?;
     for r in &replicas {
-        assert!(out.contains(r.ip.as_deref().unwrap_or("?")), "headless name lists {}: {out}", r.name);
+        assert!(
+            out.contains(r.ip.as_deref().unwrap_or("?")),
+            "headless name lists {}: {out}",
+            r.name
+        );
     }
 
     // A container reaches the outside of the cluster (the underlay bridge's host address)
     // through masquerading.
     let host = cluster.testbed.bridge_ip().to_string();
     vm.docker_ok(&["exec", &one.name, "ping", "-c", "2", "-W", "2", &host])?;
+    Ok(())
+}
+
+/// `replica name -> container id` of the busybox replicas, as the VMs' Docker daemons list them.
+fn containers_on_vms(cluster: &VmCluster) -> anyhow::Result<Vec<(usize, String, String)>> {
+    let mut all = Vec::new();
+    for (i, vm) in cluster.testbed.vms().iter().enumerate() {
+        let out = vm.docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.smr.managed=true",
+            "--format",
+            "{{.Names}} {{.ID}}",
+        ])?;
+        for line in out.lines() {
+            if let Some((name, id)) = line.split_once(' ') {
+                all.push((i, name.to_string(), id.to_string()));
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn ids(replicas: &[ReplicaView]) -> BTreeMap<String, String> {
+    replicas
+        .iter()
+        .map(|r| (r.name.clone(), r.container_id.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_roll_repair_restart_and_reschedule() -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = lifecycle(&mut cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
+    apply(client, &busybox(5, TAG)).await?;
+    all_ready(client, 5, Duration::from_secs(90)).await?;
+
+    // Scale 5 -> 2 -> 4: the lowest indexes stay, untouched.
+    apply(client, &busybox(2, TAG)).await?;
+    let two = all_ready(client, 2, Duration::from_secs(60)).await?;
+    let names: Vec<&str> = two.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["busybox-busybox-1", "busybox-busybox-2"]);
+    eventually(
+        "scaled-down containers removed",
+        Duration::from_secs(30),
+        || async { (containers_on_vms(cluster).ok()?.len() == 2).then_some(()) },
+    )
+    .await?;
+    apply(client, &busybox(4, TAG)).await?;
+    let four = all_ready(client, 4, Duration::from_secs(60)).await?;
+    for (name, id) in ids(&two) {
+        assert_eq!(
+            ids(&four)[&name],
+            id,
+            "{name} kept its container when scaling"
+        );
+    }
+
+    // Rolling update to another tag: never fewer than replicas - 1 ready.
+    for vm in cluster.testbed.vms() {
+        vm.docker_ok(&["tag", &format!("{IMAGE}:{TAG}"), &format!("{IMAGE}:v2")])?;
+    }
+    apply(client, &busybox(4, "v2")).await?;
+    let key = key();
+    let mut lowest_ready = usize::MAX;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let replicas = client.replicas(Some(&key)).await?;
+        let ready = replicas.iter().filter(|r| r.ready).count();
+        lowest_ready = lowest_ready.min(ready);
+        if replicas.len() == 4 && replicas.iter().all(|r| r.ready && r.image.ends_with(":v2")) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the rollout to v2 did not finish: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lowest_ready >= 3,
+        "never fewer than 3 of 4 ready during the rollout (saw {lowest_ready})"
+    );
+    let rolled = all_ready(client, 4, Duration::from_secs(10)).await?;
+    for r in &rolled {
+        let vm = cluster.vm(r.node as usize - 1);
+        let image = vm.docker_ok(&["inspect", "-f", "{{.Config.Image}}", &r.name])?;
+        assert_eq!(image, format!("{IMAGE}:v2"));
+    }
+
+    // `docker rm -f` of a replica is repaired.
+    let victim = rolled[0].clone();
+    cluster
+        .vm(victim.node as usize - 1)
+        .docker_ok(&["rm", "-f", &victim.name])?;
+    eventually(
+        "the removed replica to come back",
+        Duration::from_secs(60),
+        || async {
+            let replicas = client.replicas(Some(&key)).await.ok()?;
+            let back = replicas.iter().find(|r| r.name == victim.name)?;
+            (back.ready && back.container_id != victim.container_id).then_some(())
+        },
+    )
+    .await?;
+
+    // A container that exits non-zero is restarted, with backoff, and shows it.
+    let crasher = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: crash\n  name: crasher\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 1\n  entrypoint: [\"sh\", \"-c\", \"exit 3\"]\n";
+    apply(client, crasher).await?;
+    let crash_key: ObjectKey = "containers/crash/crasher".parse()?;
+    let crashed = eventually(
+        "the crashing replica to be restarted twice",
+        Duration::from_secs(60),
+        || async {
+            let replicas = client.replicas(Some(&crash_key)).await.ok()?;
+            replicas.into_iter().find(|r| r.restarts >= 2)
+        },
+    )
+    .await?;
+    assert!(!crashed.ready);
+    assert!(
+        ["crash-loop", "restarting", "exited"].contains(&crashed.state.as_str()),
+        "{crashed:?}"
+    );
+    let events = client
+        .events(0, Some("containers/crash/crasher"), Duration::ZERO)
+        .await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "CrashLoop" || e.reason == "BackOff"),
+        "{events:?}"
+    );
+    client.delete(&[crash_key]).await?;
+
+    // An agent restart adopts its running containers: same container ids, nothing restarted.
+    let before = ids(&all_ready(client, 4, Duration::from_secs(30)).await?);
+    cluster.stop_agent(1)?;
+    cluster.restart_agent(1).await?;
+    let after = ids(&all_ready(client, 4, Duration::from_secs(60)).await?);
+    assert_eq!(before, after, "containers kept across an agent restart");
+
+    // A VM stops answering: its replicas run elsewhere; when it is back, no duplicates remain.
+    let lost: Vec<String> = all_ready(client, 4, Duration::from_secs(10))
+        .await?
+        .iter()
+        .filter(|r| r.node == 3)
+        .map(|r| r.name.clone())
+        .collect();
+    cluster.stop_agent(2)?;
+    cluster.testbed.cut(cluster.vm(2))?;
+    let moved = eventually(
+        "replicas of vm3 to run elsewhere",
+        Duration::from_secs(90),
+        || async {
+            let replicas = client.replicas(Some(&key)).await.ok()?;
+            (replicas.len() == 4 && replicas.iter().all(|r| r.ready && r.node != 3))
+                .then_some(replicas)
+        },
+    )
+    .await?;
+    for name in &lost {
+        assert!(moved.iter().any(|r| &r.name == name), "{name} rescheduled");
+    }
+    cluster.testbed.heal(cluster.vm(2))?;
+    cluster.restart_agent(2).await?;
+    eventually(
+        "no duplicate replicas once vm3 is back",
+        Duration::from_secs(60),
+        || async {
+            let all = containers_on_vms(cluster).ok()?;
+            let mut names: Vec<&String> = all.iter().map(|(_, n, _)| n).collect();
+            names.sort();
+            let before = names.len();
+            names.dedup();
+            (before == names.len() && before == 4).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// `ip`/`bridge` output of a VM's kernel state for the overlay device.
+fn overlay_entries(vm: &smr_tests::testbed::Vm) -> anyhow::Result<(String, String, String)> {
+    Ok((
+        vm.run_ok("ip", &["neigh", "show", "dev", "smr.1"])?,
+        vm.run_ok("bridge", &["fdb", "show", "dev", "smr.1"])?,
+        vm.run_ok("ip", &["route", "show", "10.10.0.0/16"])?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlay_and_dns_follow_nodes_and_replicas() -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = network_lifecycle(&mut cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn network_lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
+    apply(client, &busybox(3, TAG)).await?;
+    let replicas = all_ready(client, 3, Duration::from_secs(90)).await?;
+
+    // Every VM answers *.private on its cluster gateway, over UDP and TCP, from the VM itself.
+    let nodes = client.nodes().await?;
+    assert!(nodes.iter().all(|n| n.health == "healthy"));
+    let gateways: Vec<String> = (0..3).map(|i| format!("10.10.{i}.1")).collect();
+    let name = "cluster.busybox.busybox-busybox-3.private";
+    let ip3 = replicas
+        .iter()
+        .find(|r| r.name == "busybox-busybox-3")
+        .and_then(|r| r.ip.clone())
+        .expect("ip");
+    for (i, gw) in gateways.iter().enumerate() {
+        let vm = cluster.vm(i);
+        for transport in ["+notcp", "+tcp"] {
+            let out = vm.run_ok("dig", &[&format!("@{gw}"), name, "A", "+short", transport])?;
+            assert_eq!(out.trim(), ip3, "vm{} {transport}", i + 1);
+        }
+        let out = vm.run_ok(
+            "dig",
+            &[
+                &format!("@{gw}"),
+                "cluster.busybox.busybox-busybox-9.private",
+                "A",
+            ],
+        )?;
+        assert!(out.contains("NXDOMAIN"), "{out}");
+    }
+    // smrctl dns lists what a node serves.
+    let records = client.dns().await?;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.name == format!("{name}.") && r.addresses == vec![ip3.clone()]),
+        "{records:?}"
+    );
+
+    // Scaling down removes the record on every node.
+    apply(client, &busybox(2, TAG)).await?;
+    for (i, gw) in gateways.iter().enumerate() {
+        let vm = cluster.vm(i);
+        eventually(
+            &format!("the record of replica 3 to go on vm{}", i + 1),
+            Duration::from_secs(30),
+            || {
+                let out = vm
+                    .run_ok("dig", &[&format!("@{gw}"), name, "A"])
+                    .unwrap_or_default();
+                async move { out.contains("NXDOMAIN").then_some(()) }
+            },
+        )
+        .await?;
+    }
+
+    // Deleting smr.1 by hand is repaired.
+    let vm1 = cluster.vm(0).clone();
+    vm1.run_ok("ip", &["link", "del", "smr.1"])?;
+    eventually(
+        "smr.1 to be recreated with its peers",
+        Duration::from_secs(30),
+        || {
+            let entries = overlay_entries(&vm1)
+                .map(|(n, f, _)| n.lines().count() == 2 && f.lines().count() == 2);
+            async move { entries.unwrap_or(false).then_some(()) }
+        },
+    )
+    .await?;
+
+    // An agent restart does not churn the kernel entries.
+    let before = overlay_entries(&vm1)?;
+    cluster.stop_agent(0)?;
+    cluster.restart_agent(0).await?;
+    all_ready(client, 2, Duration::from_secs(60)).await?;
+    assert_eq!(
+        overlay_entries(&vm1)?,
+        before,
+        "no entry changed across an agent restart"
+    );
+
+    // A node leaves: its entries disappear on the others and its subnet is free again.
+    let leaving = cluster.vm(2).clone();
+    let mut leave = leaving.cmd(env!("CARGO_BIN_EXE_smrmgr"));
+    leave
+        .env("HOME", &leaving.dir)
+        .args(["leave", "--data-dir"])
+        .arg(common::vms::data_dir(&leaving));
+    let out = leave.output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.agents[2] = None;
+    for vm in [cluster.vm(0).clone(), cluster.vm(1).clone()] {
+        eventually(
+            &format!("{}'s entries for the leaver to go", vm.name),
+            Duration::from_secs(30),
+            || {
+                let gone = overlay_entries(&vm).map(|(n, f, r)| {
+                    n.lines().count() == 1 && f.lines().count() == 1 && !r.contains("10.10.2.0/24")
+                });
+                async move { gone.unwrap_or(false).then_some(()) }
+            },
+        )
+        .await?;
+    }
+    let nodes = client.nodes().await?;
+    assert_eq!(nodes.len(), 2);
     Ok(())
 }

@@ -83,7 +83,11 @@ pub fn container_config(
     ctx: &ReplicaContext<'_>,
 ) -> Result<ContainerConfig, String> {
     let key = stored.object.key();
-    let spec = stored.object.spec.as_containers().ok_or_else(|| format!("{key} is not a containers object"))?;
+    let spec = stored
+        .object
+        .spec
+        .as_containers()
+        .ok_or_else(|| format!("{key} is not a containers object"))?;
     let name = scheduler::replica_name(&key.group, &key.name, index);
     let vars = template_vars(state, spec, &key)?;
     let env = spec
@@ -93,7 +97,11 @@ pub fn container_config(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("envs: {e}"))?;
     let render_all = |items: &[String], what: &str| {
-        items.iter().map(|a| render(a, &vars, state)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{what}: {e}"))
+        items
+            .iter()
+            .map(|a| render(a, &vars, state))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what}: {e}"))
     };
     let mut ports = Vec::new();
     for p in &spec.ports {
@@ -103,7 +111,12 @@ pub fn container_config(
             definitions::Protocol::Udp => "udp",
         };
         let host = p.host_binding().map_err(|e| format!("ports: {e}"))?;
-        ports.push((port, proto.to_string(), host.and_then(|(ip, _)| ip.map(|i| i.to_string())), host.map(|(_, p)| p)));
+        ports.push((
+            port,
+            proto.to_string(),
+            host.and_then(|(ip, _)| ip.map(|i| i.to_string())),
+            host.map(|(_, p)| p),
+        ));
     }
     let mut binds = Vec::new();
     for v in &spec.volumes {
@@ -112,22 +125,37 @@ pub fn container_config(
             (Some("volume"), _, Some(name)) => name.clone(),
             (_, Some(host_path), _) => host_path.clone(),
             (_, None, Some(name)) => name.clone(),
-            _ => return Err(format!("volume at {} needs hostPath or name", v.mount_point)),
+            _ => {
+                return Err(format!(
+                    "volume at {} needs hostPath or name",
+                    v.mount_point
+                ));
+            }
         };
         binds.push(format!("{source}:{}{ro}", v.mount_point));
     }
     let mut resources_hash = Sha256::new();
     for r in &spec.resources {
-        let rkey = ObjectKey { kind: Kind::Resource, group: r.group.clone(), name: r.name.clone() };
+        let rkey = ObjectKey {
+            kind: Kind::Resource,
+            group: r.group.clone(),
+            name: r.name.clone(),
+        };
         let data = lookup_data(state, &rkey)?;
-        let content = data.get(&r.key).ok_or_else(|| format!("resource {rkey} has no key {}", r.key))?;
+        let content = data
+            .get(&r.key)
+            .ok_or_else(|| format!("resource {rkey} has no key {}", r.key))?;
         let content = render(content, &vars, state).map_err(|e| format!("resource {rkey}: {e}"))?;
         let dir = ctx.files_dir.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("writing resource files in {}: {e}", dir.display()))?;
-        let file_name: String =
-            format!("{}-{}-{}", r.group, r.name, r.key).chars().map(|c| if c == '/' { '_' } else { c }).collect();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("writing resource files in {}: {e}", dir.display()))?;
+        let file_name: String = format!("{}-{}-{}", r.group, r.name, r.key)
+            .chars()
+            .map(|c| if c == '/' { '_' } else { c })
+            .collect();
         let path = dir.join(file_name);
-        std::fs::write(&path, content.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(&path, content.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         resources_hash.update(path.to_string_lossy().as_bytes());
         resources_hash.update(content.as_bytes());
         binds.push(format!("{}:{}:ro", path.display(), r.mount_point));
@@ -139,7 +167,10 @@ pub fn container_config(
     container_labels.insert(labels::GENERATION.into(), generation.to_string());
     container_labels.insert(labels::NODE.into(), ctx.node.to_string());
     if !spec.resources.is_empty() {
-        container_labels.insert("io.smr.resources".into(), hex::encode(&resources_hash.finalize()[..8]));
+        container_labels.insert(
+            "io.smr.resources".into(),
+            hex::encode(&resources_hash.finalize()[..8]),
+        );
     }
     let limits = spec.limits.as_ref();
     let memory_bytes = limits
@@ -156,7 +187,11 @@ pub fn container_config(
         let dir = ctx.files_dir.join(&name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("writing {}: {e}", dir.display()))?;
         let path = dir.join("resolv.conf");
-        let text: String = resolvers.iter().map(|r| format!("nameserver {r}\n")).collect::<String>() + "options ndots:1\n";
+        let text: String = resolvers
+            .iter()
+            .map(|r| format!("nameserver {r}\n"))
+            .collect::<String>()
+            + "options ndots:1\n";
         std::fs::write(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         binds.push(format!("{}:/etc/resolv.conf:ro", path.display()));
     }
@@ -166,8 +201,12 @@ pub fn container_config(
         hostname: name,
         image: spec.image_ref(),
         env,
-        entrypoint: (!spec.entrypoint.is_empty()).then(|| render_all(&spec.entrypoint, "entrypoint")).transpose()?,
-        cmd: (!spec.args.is_empty()).then(|| render_all(&spec.args, "args")).transpose()?,
+        entrypoint: (!spec.entrypoint.is_empty())
+            .then(|| render_all(&spec.entrypoint, "entrypoint"))
+            .transpose()?,
+        cmd: (!spec.args.is_empty())
+            .then(|| render_all(&spec.args, "args"))
+            .transpose()?,
         ports,
         binds,
         labels: container_labels,
@@ -175,7 +214,10 @@ pub fn container_config(
         user: spec.user.clone(),
         group_add: spec.group_add.clone(),
         privileged: spec.privileged,
-        network: spec.network_mode.clone().or_else(|| ctx.network.map(str::to_string)),
+        network: spec
+            .network_mode
+            .clone()
+            .or_else(|| ctx.network.map(str::to_string)),
         dns,
         nano_cpus: limits.and_then(|l| l.cpus).map(|c| (c * 1e9) as i64),
         memory_bytes,
@@ -185,7 +227,10 @@ pub fn container_config(
     Ok(config)
 }
 
-fn lookup_data<'s>(state: &'s ClusterState, key: &ObjectKey) -> Result<&'s BTreeMap<String, String>, String> {
+fn lookup_data<'s>(
+    state: &'s ClusterState,
+    key: &ObjectKey,
+) -> Result<&'s BTreeMap<String, String>, String> {
     state
         .objects
         .get(key)
@@ -194,14 +239,30 @@ fn lookup_data<'s>(state: &'s ClusterState, key: &ObjectKey) -> Result<&'s BTree
 }
 
 /// Template variables: the listed `configurations` objects' data, then `configuration` (rendered).
-fn template_vars(state: &ClusterState, spec: &ContainersSpec, owner: &ObjectKey) -> Result<BTreeMap<String, String>, String> {
+fn template_vars(
+    state: &ClusterState,
+    spec: &ContainersSpec,
+    owner: &ObjectKey,
+) -> Result<BTreeMap<String, String>, String> {
     let mut vars = BTreeMap::new();
     for c in &spec.configurations {
-        let key = ObjectKey { kind: Kind::Configuration, group: c.group.clone(), name: c.name.clone() };
-        vars.extend(lookup_data(state, &key).map_err(|e| format!("configurations: {e}"))?.clone());
+        let key = ObjectKey {
+            kind: Kind::Configuration,
+            group: c.group.clone(),
+            name: c.name.clone(),
+        };
+        vars.extend(
+            lookup_data(state, &key)
+                .map_err(|e| format!("configurations: {e}"))?
+                .clone(),
+        );
     }
     // A configuration object named like the definition is merged too (simplecontainer's habit).
-    let own = ObjectKey { kind: Kind::Configuration, group: owner.group.clone(), name: owner.name.clone() };
+    let own = ObjectKey {
+        kind: Kind::Configuration,
+        group: owner.group.clone(),
+        name: owner.name.clone(),
+    };
     if let Ok(data) = lookup_data(state, &own) {
         for (k, v) in data {
             vars.entry(k.clone()).or_insert_with(|| v.clone());
@@ -209,7 +270,10 @@ fn template_vars(state: &ClusterState, spec: &ContainersSpec, owner: &ObjectKey)
     }
     let mut rendered = BTreeMap::new();
     for (k, v) in &spec.configuration {
-        rendered.insert(k.clone(), render(v, &vars, state).map_err(|e| format!("configuration.{k}: {e}"))?);
+        rendered.insert(
+            k.clone(),
+            render(v, &vars, state).map_err(|e| format!("configuration.{k}: {e}"))?,
+        );
     }
     vars.extend(rendered);
     Ok(vars)
@@ -217,13 +281,19 @@ fn template_vars(state: &ClusterState, spec: &ContainersSpec, owner: &ObjectKey)
 
 /// Replaces every `(( ... ))` in `text`: `.key` (a template variable) or
 /// `lookup "KIND/GROUP/NAME:KEY"`, optionally piped through `base64decode` or `base64encode`.
-pub fn render(text: &str, vars: &BTreeMap<String, String>, state: &ClusterState) -> Result<String, String> {
+pub fn render(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    state: &ClusterState,
+) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("((") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("))").ok_or_else(|| format!("unclosed template in {text:?}"))?;
+        let end = after
+            .find("))")
+            .ok_or_else(|| format!("unclosed template in {text:?}"))?;
         out.push_str(&evaluate(after[..end].trim(), vars, state)?);
         rest = &after[end + 2..];
     }
@@ -231,16 +301,25 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>, state: &ClusterState)
     Ok(out)
 }
 
-fn evaluate(expr: &str, vars: &BTreeMap<String, String>, state: &ClusterState) -> Result<String, String> {
+fn evaluate(
+    expr: &str,
+    vars: &BTreeMap<String, String>,
+    state: &ClusterState,
+) -> Result<String, String> {
     let mut stages = expr.split('|').map(str::trim);
     let head = stages.next().unwrap_or_default();
     let mut value = if let Some(var) = head.strip_prefix('.') {
-        vars.get(var).cloned().ok_or_else(|| format!("template variable {var:?} is not defined"))?
+        vars.get(var)
+            .cloned()
+            .ok_or_else(|| format!("template variable {var:?} is not defined"))?
     } else if let Some(arg) = head.strip_prefix("lookup") {
         let reference = arg.trim().trim_matches('"');
-        let (object, field) =
-            reference.rsplit_once(':').ok_or_else(|| format!("lookup {reference:?} is not KIND/GROUP/NAME:KEY"))?;
-        let key: ObjectKey = object.parse().map_err(|e| format!("lookup {reference:?}: {e}"))?;
+        let (object, field) = reference
+            .rsplit_once(':')
+            .ok_or_else(|| format!("lookup {reference:?} is not KIND/GROUP/NAME:KEY"))?;
+        let key: ObjectKey = object
+            .parse()
+            .map_err(|e| format!("lookup {reference:?}: {e}"))?;
         lookup_data(state, &key)?
             .get(field)
             .cloned()
@@ -254,7 +333,8 @@ fn evaluate(expr: &str, vars: &BTreeMap<String, String>, state: &ClusterState) -
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(value.trim())
                     .map_err(|e| format!("base64decode: {e}"))?;
-                String::from_utf8(bytes).map_err(|_| "base64decode: the value is not UTF-8".to_string())?
+                String::from_utf8(bytes)
+                    .map_err(|_| "base64decode: the value is not UTF-8".to_string())?
             }
             "base64encode" => base64::engine::general_purpose::STANDARD.encode(value.as_bytes()),
             other => return Err(format!("unknown template function {other:?}")),

@@ -76,7 +76,8 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
     let (network, dns) = match (settings.backend.as_str(), lease, cfg.underlay_ip) {
         ("none", _, _) | (_, None, _) => (None, Vec::new()),
         (_, Some(lease), IpAddr::V4(underlay_ip)) => {
-            let upstreams: Vec<SocketAddr> = dns::upstreams_from_resolv_conf("/etc/resolv.conf").unwrap_or_default();
+            let upstreams: Vec<SocketAddr> =
+                dns::upstreams_from_resolv_conf("/etc/resolv.conf").unwrap_or_default();
             let net = network::NetworkConfig {
                 id: cfg.id,
                 underlay_ip,
@@ -91,7 +92,10 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
                     tracing::error!("network: {e}");
                 }
             });
-            (Some("cluster".to_string()), vec![network::gateway(lease).to_string()])
+            (
+                Some("cluster".to_string()),
+                vec![network::gateway(lease).to_string()],
+            )
         }
         (_, Some(_), IpAddr::V6(ip)) => {
             tracing::error!("the overlay needs an IPv4 underlay address, not {ip}");

@@ -18,7 +18,9 @@ use super::convert::{ReplicaContext, container_config, restart_of};
 use crate::definitions::{ObjectKey, ReadinessType};
 use crate::node::{Node, now_ms};
 use crate::runtime::{ContainerConfig, ContainerInfo, Runtime, State, labels};
-use crate::scheduler::{self, Action, Backoff, ContainerState, DesiredReplica, ObservedContainer, Phase};
+use crate::scheduler::{
+    self, Action, Backoff, ContainerState, DesiredReplica, ObservedContainer, Phase,
+};
 use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport, StoredObject};
 
 /// A report is sent at least this often, as the node's heartbeat.
@@ -49,7 +51,12 @@ struct Memory {
 }
 
 /// Runs until `stop`.
-pub async fn run<R: Runtime>(node: Arc<Node>, runtime: Arc<R>, config: ReconcileConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run<R: Runtime>(
+    node: Arc<Node>,
+    runtime: Arc<R>,
+    config: ReconcileConfig,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut changes = node.store.subscribe();
     let mut memory = Memory::default();
     let mut seq = now_ms();
@@ -65,7 +72,9 @@ pub async fn run<R: Runtime>(node: Arc<Node>, runtime: Arc<R>, config: Reconcile
             _ = changes.changed() => {},
             _ = tokio::time::sleep(sleep) => {},
         }
-        let Ok(state) = node.store.read(false).await else { continue };
+        let Ok(state) = node.store.read(false).await else {
+            continue;
+        };
         let observed = match runtime.list_managed().await {
             Ok(observed) => observed,
             Err(e) => {
@@ -73,14 +82,30 @@ pub async fn run<R: Runtime>(node: Arc<Node>, runtime: Arc<R>, config: Reconcile
                 continue;
             }
         };
-        let (replicas, next_wake) = pass(&state, runtime.as_ref(), &config, &observed, &mut memory).await;
+        let (replicas, next_wake) =
+            pass(&state, runtime.as_ref(), &config, &observed, &mut memory).await;
         wake_at = next_wake;
         let changed = last_sent.as_ref().is_none_or(|(sent, _)| *sent != replicas);
-        let due = last_sent.as_ref().is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
+        let due = last_sent
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
         if changed || due {
             seq += 1;
-            let report = NodeReport { seq, at_ms: now_ms(), replicas: replicas.clone() };
-            match node.propose(Op::Report { node: config.node, report }, None).await {
+            let report = NodeReport {
+                seq,
+                at_ms: now_ms(),
+                replicas: replicas.clone(),
+            };
+            match node
+                .propose(
+                    Op::Report {
+                        node: config.node,
+                        report,
+                    },
+                    None,
+                )
+                .await
+            {
                 Ok(_) => last_sent = Some((replicas, Instant::now())),
                 Err(e) => tracing::warn!("reporting replicas: {e}"),
             }
@@ -103,22 +128,53 @@ async fn pass<R: Runtime>(
         files_dir: &config.files_dir,
     };
     // Desired replicas of this node, per object.
-    let mut desired: BTreeMap<ObjectKey, Vec<(DesiredReplica, Option<ContainerConfig>)>> = BTreeMap::new();
+    let mut desired: BTreeMap<ObjectKey, Vec<(DesiredReplica, Option<ContainerConfig>)>> =
+        BTreeMap::new();
     for (key, placement) in &state.placements {
-        let Some(stored) = state.objects.get(key) else { continue };
-        let Some(spec) = stored.object.spec.as_containers() else { continue };
+        let Some(stored) = state.objects.get(key) else {
+            continue;
+        };
+        let Some(spec) = stored.object.spec.as_containers() else {
+            continue;
+        };
         for (index, slot) in placement.on_node(config.node) {
             let name = scheduler::replica_name(&key.group, &key.name, index);
             let rendered = container_config(state, stored, index, slot.generation, &ctx);
-            let (hash, container) = match rendered {
-                Ok(c) => (c.labels.get(labels::CONFIG_HASH).cloned().unwrap_or_default(), Some(c)),
+            let (mut hash, container) = match rendered {
+                Ok(c) => (
+                    c.labels
+                        .get(labels::CONFIG_HASH)
+                        .cloned()
+                        .unwrap_or_default(),
+                    Some(c),
+                ),
                 Err(e) => {
                     memory.errors.insert(name.clone(), e);
                     (String::new(), None)
                 }
             };
+            // A slot the rollout has not reached yet keeps running the template it runs: only
+            // the current template can be rendered, so its container is taken as it is.
+            if slot.generation != stored.template_generation
+                && let Some(running) = observed.iter().find(|c| {
+                    c.name == name
+                        && c.labels.get(labels::GENERATION) == Some(&slot.generation.to_string())
+                })
+            {
+                hash = running
+                    .labels
+                    .get(labels::CONFIG_HASH)
+                    .cloned()
+                    .unwrap_or_default();
+            }
             desired.entry(key.clone()).or_default().push((
-                DesiredReplica { index, name, generation: slot.generation, config_hash: hash, restart: restart_of(spec) },
+                DesiredReplica {
+                    index,
+                    name,
+                    generation: slot.generation,
+                    config_hash: hash,
+                    restart: restart_of(spec),
+                },
                 container,
             ));
         }
@@ -126,9 +182,16 @@ async fn pass<R: Runtime>(
     // Observed containers per owner; owners without a placement here are removed by the plan.
     let mut by_owner: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
     for c in observed {
-        by_owner.entry(c.labels.get(labels::OWNER).cloned().unwrap_or_default()).or_default().push(c);
+        by_owner
+            .entry(c.labels.get(labels::OWNER).cloned().unwrap_or_default())
+            .or_default()
+            .push(c);
     }
-    let keys: BTreeSet<String> = desired.keys().map(|k| k.to_string()).chain(by_owner.keys().cloned()).collect();
+    let keys: BTreeSet<String> = desired
+        .keys()
+        .map(|k| k.to_string())
+        .chain(by_owner.keys().cloned())
+        .collect();
 
     let now = now_ms();
     let backoff = Backoff::default();
@@ -136,7 +199,11 @@ async fn pass<R: Runtime>(
     let mut wake: Option<u64> = None;
     for key_text in keys {
         let key: Option<ObjectKey> = key_text.parse().ok();
-        let wanted = key.as_ref().and_then(|k| desired.get(k)).cloned().unwrap_or_default();
+        let wanted = key
+            .as_ref()
+            .and_then(|k| desired.get(k))
+            .cloned()
+            .unwrap_or_default();
         let containers = by_owner.get(&key_text).cloned().unwrap_or_default();
         let stored = key.as_ref().and_then(|k| state.objects.get(k));
 
@@ -147,8 +214,14 @@ async fn pass<R: Runtime>(
             let exists = containers.iter().any(|c| c.name == replica.name);
             match stored.and_then(|s| unmet_dependency(state, s)) {
                 Some(missing) if !exists => {
-                    let since = *memory.waiting_since.entry(replica.name.clone()).or_insert_with(Instant::now);
-                    waiting.push((replica, format!("waiting for {missing} (for {}s)", since.elapsed().as_secs())));
+                    let since = *memory
+                        .waiting_since
+                        .entry(replica.name.clone())
+                        .or_insert_with(Instant::now);
+                    waiting.push((
+                        replica,
+                        format!("waiting for {missing} (for {}s)", since.elapsed().as_secs()),
+                    ));
                 }
                 _ => {
                     memory.waiting_since.remove(&replica.name);
@@ -163,15 +236,23 @@ async fn pass<R: Runtime>(
                 id: c.id.clone(),
                 name: c.name.clone(),
                 index: c.labels.get(labels::REPLICA).and_then(|i| i.parse().ok()),
-                generation: c.labels.get(labels::GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0),
-                config_hash: c.labels.get(labels::CONFIG_HASH).cloned().unwrap_or_default(),
+                generation: c
+                    .labels
+                    .get(labels::GENERATION)
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(0),
+                config_hash: c
+                    .labels
+                    .get(labels::CONFIG_HASH)
+                    .cloned()
+                    .unwrap_or_default(),
                 state: match c.state {
                     State::Running | State::Paused => ContainerState::Running,
                     State::Restarting => ContainerState::Restarting,
                     State::Created => ContainerState::Created,
-                    State::Exited | State::Dead | State::Removing => {
-                        ContainerState::Exited { code: c.exit_code.unwrap_or(-1) }
-                    }
+                    State::Exited | State::Dead | State::Removing => ContainerState::Exited {
+                        code: c.exit_code.unwrap_or(-1),
+                    },
                 },
                 ready: memory.ready.get(&c.id) == Some(&c.started_ms.unwrap_or(0)),
                 restarts: memory.restarts.get(&c.name).copied().unwrap_or(0),
@@ -180,14 +261,24 @@ async fn pass<R: Runtime>(
                 finished_ms: c.finished_ms,
             })
             .collect();
-        let desired_replicas: Vec<DesiredReplica> =
-            wanted_now.iter().filter(|(_, c)| c.is_some()).map(|(r, _)| r.clone()).collect();
-        let plan = scheduler::plan_node(config.node, &desired_replicas, &observed_containers, now, &backoff);
+        let desired_replicas: Vec<DesiredReplica> = wanted_now
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(r, _)| r.clone())
+            .collect();
+        let plan = scheduler::plan_node(
+            config.node,
+            &desired_replicas,
+            &observed_containers,
+            now,
+            &backoff,
+        );
         if let Some(at) = plan.wake_at_ms {
             wake = Some(wake.map_or(at, |w: u64| w.min(at)));
         }
         for action in &plan.actions {
-            if let Err(e) = execute(runtime, action, &wanted_now, &containers, config, memory).await {
+            if let Err(e) = execute(runtime, action, &wanted_now, &containers, config, memory).await
+            {
                 tracing::warn!(object = %key_text, "{action:?}: {e}");
                 let name = action_replica(action, &wanted_now, &containers);
                 memory.errors.insert(name, e);
@@ -198,7 +289,10 @@ async fn pass<R: Runtime>(
         let Some(key) = key else { continue };
         for status in &plan.replicas {
             let container = containers.iter().find(|c| c.name == status.name);
-            let replica = wanted_now.iter().find(|(r, _)| r.index == status.index).map(|(r, _)| r);
+            let replica = wanted_now
+                .iter()
+                .find(|(r, _)| r.index == status.index)
+                .map(|(r, _)| r);
             let ready = status.ready || container.is_some_and(|c| is_ready(memory, c));
             let mut message = memory.errors.remove(&status.name);
             if let Phase::Blocked { reason } = &status.phase {
@@ -214,33 +308,56 @@ async fn pass<R: Runtime>(
                 ip: container.and_then(|c| replica_ip(c, config.network.as_deref())),
                 restarts: memory.restarts.get(&status.name).copied().unwrap_or(0),
                 generation: replica.map(|r| r.generation).unwrap_or(0),
-                image: stored
-                    .and_then(|s| s.object.spec.as_containers())
-                    .map(|s| s.image_ref())
-                    .unwrap_or_default(),
+                // What runs, not what is asked for: during a rollout the two differ.
+                image: container.map(|c| c.image.clone()).unwrap_or_else(|| {
+                    stored
+                        .and_then(|s| s.object.spec.as_containers())
+                        .map(|s| s.image_ref())
+                        .unwrap_or_default()
+                }),
                 started_ms: container.and_then(|c| c.started_ms),
                 message,
             });
         }
         for (replica, container) in wanted_now.iter().filter(|(_, c)| c.is_none()) {
             let _ = container;
-            reports.push(blocked(&key, replica, memory.errors.remove(&replica.name), stored));
+            reports.push(blocked(
+                &key,
+                replica,
+                memory.errors.remove(&replica.name),
+                stored,
+            ));
         }
         for (replica, why) in waiting {
-            reports.push(ReplicaReport { phase: "pending".into(), ..blocked(&key, &replica, Some(why), stored) });
+            reports.push(ReplicaReport {
+                phase: "pending".into(),
+                ..blocked(&key, &replica, Some(why), stored)
+            });
         }
     }
     // Readiness probes for running replicas not known ready yet.
-    let unproven: Vec<&ContainerInfo> =
-        observed.iter().filter(|c| c.state == State::Running && !is_ready(memory, c)).collect();
+    let unproven: Vec<&ContainerInfo> = observed
+        .iter()
+        .filter(|c| c.state == State::Running && !is_ready(memory, c))
+        .collect();
     for c in unproven {
-        let Some(owner) = c.labels.get(labels::OWNER).and_then(|o| o.parse::<ObjectKey>().ok()) else { continue };
-        let Some(stored) = state.objects.get(&owner) else { continue };
+        let Some(owner) = c
+            .labels
+            .get(labels::OWNER)
+            .and_then(|o| o.parse::<ObjectKey>().ok())
+        else {
+            continue;
+        };
+        let Some(stored) = state.objects.get(&owner) else {
+            continue;
+        };
         if probe(runtime, stored, c, config.network.as_deref()).await {
             memory.ready.insert(c.id.clone(), c.started_ms.unwrap_or(0));
         }
     }
-    memory.ready.retain(|id, _| observed.iter().any(|c| &c.id == id));
+    memory
+        .ready
+        .retain(|id, _| observed.iter().any(|c| &c.id == id));
     reports.sort_by(|a, b| (&a.key, a.index).cmp(&(&b.key, b.index)));
     (reports, wake)
 }
@@ -249,7 +366,12 @@ fn is_ready(memory: &Memory, c: &ContainerInfo) -> bool {
     c.state == State::Running && memory.ready.get(&c.id) == Some(&c.started_ms.unwrap_or(0))
 }
 
-fn blocked(key: &ObjectKey, replica: &DesiredReplica, message: Option<String>, stored: Option<&StoredObject>) -> ReplicaReport {
+fn blocked(
+    key: &ObjectKey,
+    replica: &DesiredReplica,
+    message: Option<String>,
+    stored: Option<&StoredObject>,
+) -> ReplicaReport {
     ReplicaReport {
         key: key.clone(),
         index: replica.index,
@@ -260,7 +382,10 @@ fn blocked(key: &ObjectKey, replica: &DesiredReplica, message: Option<String>, s
         ip: None,
         restarts: 0,
         generation: replica.generation,
-        image: stored.and_then(|s| s.object.spec.as_containers()).map(|s| s.image_ref()).unwrap_or_default(),
+        image: stored
+            .and_then(|s| s.object.spec.as_containers())
+            .map(|s| s.image_ref())
+            .unwrap_or_default(),
         started_ms: None,
         message,
     }
@@ -273,12 +398,23 @@ fn replica_ip(c: &ContainerInfo, network: Option<&str>) -> Option<String> {
         .map(|ip| ip.to_string())
 }
 
-fn action_replica(action: &Action, wanted: &[(DesiredReplica, Option<ContainerConfig>)], containers: &[&ContainerInfo]) -> String {
+fn action_replica(
+    action: &Action,
+    wanted: &[(DesiredReplica, Option<ContainerConfig>)],
+    containers: &[&ContainerInfo],
+) -> String {
     match action {
-        Action::Create { index } => wanted.iter().find(|(r, _)| r.index == *index).map(|(r, _)| r.name.clone()),
-        Action::Start { id } | Action::Stop { id } | Action::Remove { id } | Action::Restart { id, .. } => {
-            containers.iter().find(|c| &c.id == id).map(|c| c.name.clone())
-        }
+        Action::Create { index } => wanted
+            .iter()
+            .find(|(r, _)| r.index == *index)
+            .map(|(r, _)| r.name.clone()),
+        Action::Start { id }
+        | Action::Stop { id }
+        | Action::Remove { id }
+        | Action::Restart { id, .. } => containers
+            .iter()
+            .find(|c| &c.id == id)
+            .map(|c| c.name.clone()),
     }
     .unwrap_or_default()
 }
@@ -293,7 +429,8 @@ async fn execute<R: Runtime>(
 ) -> Result<(), String> {
     match action {
         Action::Create { index } => {
-            let Some((replica, Some(container))) = wanted.iter().find(|(r, _)| r.index == *index) else {
+            let Some((replica, Some(container))) = wanted.iter().find(|(r, _)| r.index == *index)
+            else {
                 return Ok(());
             };
             let id = runtime.create(container).await.map_err(|e| e.to_string())?;
@@ -302,7 +439,10 @@ async fn execute<R: Runtime>(
             tracing::info!(replica = %replica.name, "created and started");
         }
         Action::Start { id } => runtime.start(id).await.map_err(|e| e.to_string())?,
-        Action::Stop { id } => runtime.stop(id, config.stop_grace).await.map_err(|e| e.to_string())?,
+        Action::Stop { id } => runtime
+            .stop(id, config.stop_grace)
+            .await
+            .map_err(|e| e.to_string())?,
         Action::Remove { id } => {
             runtime.remove(id).await.map_err(|e| e.to_string())?;
             if let Some(c) = containers.iter().find(|c| &c.id == id) {
@@ -353,10 +493,22 @@ fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<Strin
 }
 
 /// Runs the readiness checks of the replica's definition; without any, running is ready.
-async fn probe<R: Runtime>(runtime: &R, stored: &StoredObject, c: &ContainerInfo, network: Option<&str>) -> bool {
-    let Some(spec) = stored.object.spec.as_containers() else { return true };
+async fn probe<R: Runtime>(
+    runtime: &R,
+    stored: &StoredObject,
+    c: &ContainerInfo,
+    network: Option<&str>,
+) -> bool {
+    let Some(spec) = stored.object.spec.as_containers() else {
+        return true;
+    };
     for check in &spec.readiness {
-        let timeout = check.timeout.as_ref().map(|t| t.0).unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+        let timeout = check
+            .timeout
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
         let ok = match check.check_type() {
             ReadinessType::Command => {
                 matches!(
@@ -368,7 +520,10 @@ async fn probe<R: Runtime>(runtime: &R, stored: &StoredObject, c: &ContainerInfo
                 let Some(url) = &check.url else { return false };
                 let ip = replica_ip(c, network).unwrap_or_else(|| "127.0.0.1".into());
                 let url = url.replace("localhost", &ip).replace("127.0.0.1", &ip);
-                let client = reqwest::Client::builder().timeout(timeout).no_proxy().build();
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .no_proxy()
+                    .build();
                 let Ok(client) = client else { return false };
                 let method = check.method.as_deref().unwrap_or("GET").to_uppercase();
                 let request = match method.as_str() {

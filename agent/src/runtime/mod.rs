@@ -10,8 +10,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,9 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("container name {0} is already in use")]
     Conflict(String),
-    #[error("image {image} is not on this node (no registry is configured: load it with `docker load` or `docker import`): {reason}")]
+    #[error(
+        "image {image} is not on this node (no registry is configured: load it with `docker load` or `docker import`): {reason}"
+    )]
     ImageMissing { image: String, reason: String },
     #[error("docker: {0}")]
     Docker(String),
@@ -114,12 +116,14 @@ pub enum RuntimeError {
 
 fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
     match &e {
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, message } => {
-            RuntimeError::NotFound(format!("{context}: {message}"))
-        }
-        bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => {
-            RuntimeError::Conflict(format!("{context}: {message}"))
-        }
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => RuntimeError::NotFound(format!("{context}: {message}")),
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => RuntimeError::Conflict(format!("{context}: {message}")),
         _ => RuntimeError::Docker(format!("{context}: {e}")),
     }
 }
@@ -127,14 +131,26 @@ fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
 /// The operations the node reconciler needs from a container engine.
 pub trait Runtime: Send + Sync + 'static {
     /// Every container smr manages on this engine, in any state.
-    fn list_managed(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+    fn list_managed(&self)
+    -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
     /// Creates (not starts) a container; returns its id.
-    fn create(&self, config: &ContainerConfig) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn create(
+        &self,
+        config: &ContainerConfig,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Runs a command in a running container and waits for it.
-    fn exec(&self, id: &str, cmd: &[String]) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
 }
 
 /// [`Runtime`] over a Docker engine.
@@ -146,7 +162,8 @@ pub struct DockerRuntime {
 
 fn rfc3339_ms(text: Option<&str>) -> Option<u64> {
     let text = text?;
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     if t.year() < 1971 {
         return None;
     }
@@ -161,17 +178,28 @@ impl DockerRuntime {
             .map(str::to_string)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-        let unreachable = |reason: String| RuntimeError::Unreachable { host: host.clone(), reason };
+        let unreachable = |reason: String| RuntimeError::Unreachable {
+            host: host.clone(),
+            reason,
+        };
         let docker = if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
         } else if host.starts_with("tcp://") || host.starts_with("http://") {
             Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
         } else {
-            return Err(unreachable("use unix:///path/to/docker.sock or tcp://host:port".into()));
+            return Err(unreachable(
+                "use unix:///path/to/docker.sock or tcp://host:port".into(),
+            ));
         }
         .map_err(|e| unreachable(e.to_string()))?;
-        let docker = docker.negotiate_version().await.map_err(|e| unreachable(e.to_string()))?;
-        docker.ping().await.map_err(|e| unreachable(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         Ok(DockerRuntime { docker, host })
     }
 
@@ -184,7 +212,11 @@ impl DockerRuntime {
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
-        let c = self.docker.inspect_container(id, None).await.map_err(|e| docker_error(id, e))?;
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| docker_error(id, e))?;
         let state = c.state.clone().unwrap_or_default();
         let status = state.status.map(|s| s.to_string()).unwrap_or_default();
         let ips = c
@@ -194,13 +226,20 @@ impl DockerRuntime {
             .map(|networks| {
                 networks
                     .iter()
-                    .filter_map(|(name, ep)| Some((name.clone(), ep.ip_address.as_deref()?.parse().ok()?)))
+                    .filter_map(|(name, ep)| {
+                        Some((name.clone(), ep.ip_address.as_deref()?.parse().ok()?))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         Ok(ContainerInfo {
             id: c.id.clone().unwrap_or_default(),
-            name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
+            name: c
+                .name
+                .clone()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
             labels: c
                 .config
                 .as_ref()
@@ -220,14 +259,22 @@ impl DockerRuntime {
             started_ms: rfc3339_ms(state.started_at.as_deref()),
             finished_ms: rfc3339_ms(state.finished_at.as_deref()),
             ips,
-            image: c.config.as_ref().and_then(|cfg| cfg.image.clone()).unwrap_or_default(),
+            image: c
+                .config
+                .as_ref()
+                .and_then(|cfg| cfg.image.clone())
+                .unwrap_or_default(),
         })
     }
 
     /// The log of a container (stdout and stderr), the last `tail` lines or all.
     pub async fn logs(&self, id: &str, tail: Option<usize>) -> Result<Vec<u8>, RuntimeError> {
         let tail = tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into());
-        let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
         let mut stream = self.docker.logs(id, Some(options));
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -240,9 +287,15 @@ impl DockerRuntime {
 impl Runtime for DockerRuntime {
     async fn list_managed(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        let summaries =
-            self.docker.list_containers(Some(options)).await.map_err(|e| docker_error("listing containers", e))?;
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("listing containers", e))?;
         let mut infos = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
@@ -258,7 +311,10 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
         if let Err(e) = self.docker.inspect_image(&config.image).await {
-            return Err(RuntimeError::ImageMissing { image: config.image.clone(), reason: e.to_string() });
+            return Err(RuntimeError::ImageMissing {
+                image: config.image.clone(),
+                reason: e.to_string(),
+            });
         }
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
@@ -268,7 +324,10 @@ impl Runtime for DockerRuntime {
             if let Some(host_port) = host_port {
                 port_bindings.insert(
                     key,
-                    Some(vec![PortBinding { host_ip: host_ip.clone(), host_port: Some(host_port.to_string()) }]),
+                    Some(vec![PortBinding {
+                        host_ip: host_ip.clone(),
+                        host_port: Some(host_port.to_string()),
+                    }]),
                 );
             }
         }
@@ -296,28 +355,46 @@ impl Runtime for DockerRuntime {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new().name(&config.name).build();
-        let created =
-            self.docker.create_container(Some(options), body).await.map_err(|e| docker_error(&config.name, e))?;
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&config.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| docker_error(&config.name, e))?;
         Ok(created.id)
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker.start_container(id, None).await.map_err(|e| docker_error(id, e))
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| docker_error(id, e))
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let options = StopContainerOptionsBuilder::new().t(grace.as_secs() as i32).build();
+        let options = StopContainerOptionsBuilder::new()
+            .t(grace.as_secs() as i32)
+            .build();
         match self.docker.stop_container(id, Some(options)).await {
             // 304: already stopped.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
             other => other.map_err(|e| docker_error(id, e)),
         }
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        self.docker.remove_container(id, Some(options)).await.map_err(|e| docker_error(id, e))
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        self.docker
+            .remove_container(id, Some(options))
+            .await
+            .map_err(|e| docker_error(id, e))
     }
 
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecOutput, RuntimeError> {
@@ -335,14 +412,23 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(|e| docker_error(id, e))?;
         let mut output = Vec::new();
-        if let bollard::exec::StartExecResults::Attached { output: mut stream, .. } =
-            self.docker.start_exec(&exec.id, None).await.map_err(|e| docker_error(id, e))?
+        if let bollard::exec::StartExecResults::Attached {
+            output: mut stream, ..
+        } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| docker_error(id, e))?
         {
             while let Some(chunk) = stream.next().await {
                 output.extend_from_slice(&chunk.map_err(|e| docker_error(id, e))?.into_bytes());
             }
         }
-        let inspected = self.docker.inspect_exec(&exec.id).await.map_err(|e| docker_error(id, e))?;
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| docker_error(id, e))?;
         Ok(ExecOutput {
             exit_code: inspected.exit_code.unwrap_or(-1),
             output: String::from_utf8_lossy(&output).into_owned(),

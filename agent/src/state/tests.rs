@@ -525,19 +525,37 @@ fn the_cluster_network_cannot_change() {
 fn commands_round_trip_through_json() {
     let key = obj("x", "a").key();
     let ops = vec![
-        Op::Apply { objects: vec![obj("x", "a")], owner: Some("gitops/g/r".into()) },
-        Op::Delete { keys: vec![key.clone()] },
+        Op::Apply {
+            objects: vec![obj("x", "a")],
+            owner: Some("gitops/g/r".into()),
+        },
+        Op::Delete {
+            keys: vec![key.clone()],
+        },
         Op::RegisterNode { node: node("n") },
         Op::Place {
-            updates: vec![PlacementUpdate { key: key.clone(), generation: 1, placement: Some(placement(&[1, 2])), error: None }],
+            updates: vec![PlacementUpdate {
+                key: key.clone(),
+                generation: 1,
+                placement: Some(placement(&[1, 2])),
+                error: None,
+            }],
         },
-        Op::Report { node: 1, report: NodeReport { seq: 3, at_ms: 4, replicas: vec![replica("running", true)] } },
+        Op::Report {
+            node: 1,
+            report: NodeReport {
+                seq: 3,
+                at_ms: 4,
+                replicas: vec![replica("running", true)],
+            },
+        },
         Op::Noop,
     ];
     for op in ops {
         let command = cmd("id", op);
         let json = serde_json::to_vec(&command).unwrap();
-        let back: Command = serde_json::from_slice(&json).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        let back: Command =
+            serde_json::from_slice(&json).unwrap_or_else(|e| panic!("{command:?}: {e}"));
         assert_eq!(back, command);
     }
 }

@@ -357,8 +357,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => print!("{}", output::json(&records)?),
                 Format::Yaml => print!("{}", output::yaml(&records)?),
                 Format::Table | Format::Wide => {
-                    let rows: Vec<Vec<String>> =
-                        records.iter().map(|r| vec![r.name.clone(), "A".into(), r.addresses.join(",")]).collect();
+                    let rows: Vec<Vec<String>> = records
+                        .iter()
+                        .map(|r| vec![r.name.clone(), "A".into(), r.addresses.join(",")])
+                        .collect();
                     print!("{}", output::table(&["NAME", "TYPE", "ADDRESSES"], &rows));
                 }
             }

@@ -35,7 +35,10 @@ impl VmCluster {
             return Ok(None);
         }
         let testbed = Testbed::start(TestbedConfig::new(n))?;
-        Ok(Some(VmCluster { testbed, agents: vec![None; n] }))
+        Ok(Some(VmCluster {
+            testbed,
+            agents: vec![None; n],
+        }))
     }
 
     pub fn vm(&self, i: usize) -> &Vm {
@@ -44,23 +47,38 @@ impl VmCluster {
 
     fn smrmgr(&self, vm: &Vm) -> Command {
         let mut cmd = vm.cmd(env!("CARGO_BIN_EXE_smrmgr"));
-        cmd.env("HOME", &vm.dir).env("SMR_LOG", "info,openraft=warn,hickory_server=warn");
+        cmd.env("HOME", &vm.dir)
+            .env("SMR_LOG", "info,openraft=warn,hickory_server=warn");
         cmd
     }
 
     /// Starts the agent of VM `i` in the foreground (recorded by the testbed), creating the
     /// cluster (`join: None`) or joining it through VM `join`, and waits until it serves.
-    pub async fn start_agent(&mut self, i: usize, join: Option<usize>, extra: &[&str]) -> anyhow::Result<()> {
+    pub async fn start_agent(
+        &mut self,
+        i: usize,
+        join: Option<usize>,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let vm = self.vm(i).clone();
         let mut cmd = self.smrmgr(&vm);
-        cmd.args(["start", "--foreground", "-a", &agent_name(&vm), "-d", &vm.name, "-n", &vm.name])
-            .arg("--ip")
-            .arg(vm.ip.to_string())
-            .arg("--docker-host")
-            .arg(&vm.docker_host)
-            .arg("--data-dir")
-            .arg(data_dir(&vm))
-            .args(extra);
+        cmd.args([
+            "start",
+            "--foreground",
+            "-a",
+            &agent_name(&vm),
+            "-d",
+            &vm.name,
+            "-n",
+            &vm.name,
+        ])
+        .arg("--ip")
+        .arg(vm.ip.to_string())
+        .arg("--docker-host")
+        .arg(&vm.docker_host)
+        .arg("--data-dir")
+        .arg(data_dir(&vm))
+        .args(extra);
         if let Some(j) = join {
             let token = self.token(j)?;
             cmd.args(["-j", &format!("{}:1443", self.vm(j).ip), "--token", &token]);
@@ -69,14 +87,18 @@ impl VmCluster {
         let spawned = vm.spawn(&format!("agent-{}", vm.index), cmd)?;
         self.agents[i] = Some(spawned.pid);
         let log = spawned.log.clone();
-        eventually(&format!("agent on {} to serve (log {})", vm.name, log.display()), Duration::from_secs(60), || {
-            let path = data_dir(&vm).join("admin.context");
-            async move {
-                let ctx = Context::load(&path).ok()?;
-                let client = Client::from_context(&ctx).ok()?;
-                client.health().await.ok()
-            }
-        })
+        eventually(
+            &format!("agent on {} to serve (log {})", vm.name, log.display()),
+            Duration::from_secs(60),
+            || {
+                let path = data_dir(&vm).join("admin.context");
+                async move {
+                    let ctx = Context::load(&path).ok()?;
+                    let client = Client::from_context(&ctx).ok()?;
+                    client.health().await.ok()
+                }
+            },
+        )
         .await?;
         Ok(())
     }
@@ -85,14 +107,31 @@ impl VmCluster {
     pub async fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
         let vm = self.vm(i).clone();
         let mut cmd = self.smrmgr(&vm);
-        cmd.args(["start", "--foreground", "--docker-host", &vm.docker_host, "--data-dir"]).arg(data_dir(&vm));
+        cmd.args([
+            "start",
+            "--foreground",
+            "--docker-host",
+            &vm.docker_host,
+            "--data-dir",
+        ])
+        .arg(data_dir(&vm));
         let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
         let spawned = vm.spawn(&format!("agent-{}-again", vm.index), cmd)?;
         self.agents[i] = Some(spawned.pid);
-        eventually(&format!("agent on {} to serve again", vm.name), Duration::from_secs(60), || {
-            let path = data_dir(&vm).join("admin.context");
-            async move { Client::from_context(&Context::load(&path).ok()?).ok()?.health().await.ok() }
-        })
+        eventually(
+            &format!("agent on {} to serve again", vm.name),
+            Duration::from_secs(60),
+            || {
+                let path = data_dir(&vm).join("admin.context");
+                async move {
+                    Client::from_context(&Context::load(&path).ok()?)
+                        .ok()?
+                        .health()
+                        .await
+                        .ok()
+                }
+            },
+        )
         .await?;
         Ok(())
     }
@@ -127,7 +166,9 @@ impl VmCluster {
     /// Prints the end of every agent's log (for failures).
     pub fn dump_logs(&self) {
         for vm in self.testbed.vms() {
-            let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) else { continue };
+            let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
