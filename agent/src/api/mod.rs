@@ -234,6 +234,9 @@ async fn list_nodes(
             health: if healthy { "healthy" } else { "unreachable" }.into(),
             labels: n.labels.clone(),
             joined_ms: n.joined_ms,
+            subnet: n.lease.map(|l| l.to_string()),
+            backend: state.network.as_ref().map(|net| net.backend.clone()),
+            vtep_mac: n.vtep_mac.clone(),
         })
         .collect();
     Ok(Json(views))

@@ -76,6 +76,14 @@ pub struct NodeView {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub joined_ms: u64,
+    /// The node's subnet of the cluster network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// The overlay backend of the cluster (vxlan, host-gw, none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

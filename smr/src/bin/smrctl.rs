@@ -261,28 +261,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Yaml => print!("{}", output::yaml(&nodes)?),
                 Format::Table | Format::Wide => {
                     let now = now_ms();
+                    let wide = output == Format::Wide;
                     let rows: Vec<Vec<String>> = nodes
                         .iter()
                         .map(|n| {
-                            vec![
+                            let role = if n.leader {
+                                format!("{} (leader)", n.role)
+                            } else {
+                                n.role.clone()
+                            };
+                            let mut row = vec![
                                 n.id.to_string(),
                                 n.name.clone(),
-                                if n.leader {
-                                    format!("{} (leader)", n.role)
-                                } else {
-                                    n.role.clone()
-                                },
+                                role,
                                 n.ip.clone(),
                                 n.api.clone(),
                                 n.health.clone(),
                                 output::age(n.joined_ms, now),
-                            ]
+                            ];
+                            if wide {
+                                row.push(n.subnet.clone().unwrap_or_else(|| "-".into()));
+                                row.push(n.backend.clone().unwrap_or_else(|| "-".into()));
+                                row.push(n.vtep_mac.clone().unwrap_or_else(|| "-".into()));
+                            }
+                            row
                         })
                         .collect();
-                    print!(
-                        "{}",
-                        output::table(&["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"], &rows)
-                    );
+                    let mut header = vec!["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"];
+                    if wide {
+                        header.extend(["SUBNET", "BACKEND", "VTEP MAC"]);
+                    }
+                    print!("{}", output::table(&header, &rows));
                 }
             }
         }

@@ -37,6 +37,9 @@ enum Cmd {
         data: DataDir,
         #[arg(long, default_value = "30")]
         timeout: u64,
+        /// Also remove the overlay device `smr.1` and smr's masquerading rules from this host.
+        #[arg(long)]
+        clean: bool,
     },
     /// Is the agent running and healthy? Exit 0 if so, 3 if not running, 6 if not answering.
     Status {
@@ -133,9 +136,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Start(args) if args.foreground => foreground(args),
         Cmd::Start(args) => background(args),
-        Cmd::Stop { data, timeout } => {
-            stop(&data.data_dir, Duration::from_secs(timeout)).map(|_| ExitCode::SUCCESS)
-        }
+        Cmd::Stop {
+            data,
+            timeout,
+            clean,
+        } => stop(&data.data_dir, Duration::from_secs(timeout))
+            .and_then(|_| if clean { clean_network() } else { Ok(()) })
+            .map(|_| ExitCode::SUCCESS),
         Cmd::Status { data } => status(&data.data_dir),
         Cmd::Token { data, ttl_hours } => token(&data.data_dir, ttl_hours),
         Cmd::Leave { data } => leave(&data.data_dir),
@@ -402,6 +409,23 @@ fn stop(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     }
     println!("stopped the agent (pid {pid})");
     Ok(())
+}
+
+/// Removes what the agent put in this host's network: the overlay device and the masquerading
+/// chain. The `cluster` Docker network stays (it may still have containers).
+fn clean_network() -> anyhow::Result<()> {
+    use overlay::kernel::Kernel as _;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let kernel = overlay::NetlinkKernel::new()?;
+        if kernel.delete_link(overlay::VXLAN_DEV).await? {
+            println!("removed {}", overlay::VXLAN_DEV);
+        }
+        if overlay::masq::remove_masquerade(&overlay::masq::IptablesCmd::default()).await? {
+            println!("removed smr's masquerading rules");
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn client_for(dir: &Path) -> anyhow::Result<Client> {
