@@ -24,6 +24,6 @@ phase "building tests"
 cargo test --workspace --locked --no-run
 
 phase "running tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 phase "done"

@@ -141,11 +141,30 @@ impl ReadParams {
     }
 }
 
+/// How much of an oversized body is read and thrown away before answering 413, so that the
+/// client finishes sending and reads the answer instead of finding the connection closed.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Reads a whole body up to [`BODY_LIMIT`].
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_LIMIT)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut data = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= BODY_LIMIT {
+            data.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > BODY_LIMIT {
+        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
+    Ok(Bytes::from(data))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
