@@ -312,6 +312,34 @@ impl Client {
         self.request(Method::GET, &path, Payload::None).await
     }
 
+    pub async fn logs(
+        &self,
+        replica: &str,
+        tail: Option<usize>,
+    ) -> Result<LogsResponse, ClientError> {
+        let tail = tail.map(|t| format!("?tail={t}")).unwrap_or_default();
+        self.request(
+            Method::GET,
+            &format!("replicas/{replica}/logs{tail}"),
+            Payload::None,
+        )
+        .await
+    }
+
+    pub async fn exec(
+        &self,
+        replica: &str,
+        command: &[String],
+    ) -> Result<ExecResponse, ClientError> {
+        let body = serde_json::json!({ "command": command });
+        self.request(
+            Method::POST,
+            &format!("replicas/{replica}/exec"),
+            Payload::Json(body),
+        )
+        .await
+    }
+
     pub async fn dns(&self) -> Result<Vec<DnsRecordView>, ClientError> {
         self.request(Method::GET, "dns", Payload::None).await
     }

@@ -204,6 +204,7 @@ pub async fn run(
     };
     let store = Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?;
     let node = Arc::new(Node {
+        docker_host: config.docker_host.clone(),
         id: me.id,
         name: me.name.clone(),
         store: store.clone(),

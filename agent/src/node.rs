@@ -55,6 +55,8 @@ pub struct Node {
     pub ca: Option<ClusterCa>,
     /// mTLS client presenting this node's certificate, for node-to-node API calls.
     pub peers: reqwest::Client,
+    /// The Docker engine this node runs replicas on (for logs and exec).
+    pub docker_host: Option<String>,
 }
 
 impl Node {

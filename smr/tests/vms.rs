@@ -134,6 +134,14 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
         one.ip.as_deref().unwrap_or_default()
     );
 
+    // smrctl exec runs in the replica on its VM, through any node, with the command's exit code.
+    let mut exec = common::smrctl(&cluster.context(0));
+    exec.args(["exec", &two.name, "--", "hostname"]);
+    assert_eq!(common::run(exec)?.trim(), two.name);
+    let mut exec = common::smrctl(&cluster.context(0));
+    exec.args(["exec", &two.name, "--", "sh", "-c", "exit 4"]);
+    assert_eq!(common::output(exec).status.code(), Some(4));
+
     // By name: the seed scenario, both directions, and the headless name.
     for (from, to) in [(one, two), (two, one)] {
         let vm = cluster.vm(from.node as usize - 1);
@@ -279,7 +287,7 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
     .await?;
 
     // A container that exits non-zero is restarted, with backoff, and shows it.
-    let crasher = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: crash\n  name: crasher\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 1\n  entrypoint: [\"sh\", \"-c\", \"exit 3\"]\n";
+    let crasher = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: crash\n  name: crasher\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 1\n  entrypoint: [\"sh\", \"-c\", \"echo crashing; exit 3\"]\n";
     apply(client, crasher).await?;
     let crash_key: ObjectKey = "containers/crash/crasher".parse()?;
     let crashed = eventually(
@@ -305,6 +313,9 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
             .any(|e| e.reason == "CrashLoop" || e.reason == "BackOff"),
         "{events:?}"
     );
+    // Its log is fetched from the node that runs it, through any node.
+    let logs = cluster.client(2).logs(&crashed.name, Some(10)).await?;
+    assert!(logs.logs.contains("crashing"), "{logs:?}");
     client.delete(&[crash_key]).await?;
 
     // An agent restart adopts its running containers: same container ids, nothing restarted.

@@ -51,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/replicas"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/dns"),
+    ("get", "/api/v1/replicas/{name}/logs"),
+    ("post", "/api/v1/replicas/{name}/exec"),
     ("get", "/api/v1/describe/{kind}/{group}/{name}"),
     ("post", "/api/v1/internal/propose"),
     ("get", "/api/v1/internal/read-index"),
@@ -83,6 +85,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/dns", get(dns_records))
+        .route("/api/v1/replicas/{name}/logs", get(replica_logs))
+        .route("/api/v1/replicas/{name}/exec", post(replica_exec))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
@@ -498,6 +502,128 @@ async fn list_replicas(
         .transpose()?;
     let state = node.state(consistency).await?;
     Ok(Json(crate::views::replicas(&state, filter.as_ref())))
+}
+
+/// Where replica `name` runs: its node and container, from the nodes' reports.
+async fn locate(node: &Node, name: &str) -> Result<(crate::state::NodeRecord, String), ApiError> {
+    let state = node.state(Consistency::Stale).await?;
+    for (id, report) in &state.reports {
+        if let Some(replica) = report.replicas.iter().find(|r| r.name == name) {
+            let container = replica.container_id.clone().ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "replica {name} has no container (it is {})",
+                    replica.phase
+                ))
+            })?;
+            let record = state
+                .nodes
+                .get(id)
+                .cloned()
+                .ok_or_else(|| ApiError::NotFound(format!("node {id}")))?;
+            return Ok((record, container));
+        }
+    }
+    Err(ApiError::NotFound(format!("replica {name}")))
+}
+
+async fn local_runtime(node: &Node) -> Result<crate::runtime::DockerRuntime, ApiError> {
+    crate::runtime::DockerRuntime::connect(node.docker_host.as_deref())
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    /// Only the last this many lines.
+    #[serde(default)]
+    tail: Option<usize>,
+}
+
+/// `GET /api/v1/replicas/{name}/logs`: answered by the node that runs the replica.
+async fn replica_logs(
+    State(node): AppState,
+    Path(name): Path<String>,
+    Query(params): Query<LogParams>,
+    headers: HeaderMap,
+) -> Result<Json<LogsResponse>, ApiError> {
+    let (record, container) = locate(&node, &name).await?;
+    if record.id != node.id {
+        if headers.contains_key("x-smr-forwarded") {
+            return Err(ApiError::Unavailable(format!(
+                "replica {name} is not on this node"
+            )));
+        }
+        let tail = params
+            .tail
+            .map(|t| format!("?tail={t}"))
+            .unwrap_or_default();
+        return node
+            .call::<(), LogsResponse>(
+                &record.api_addr(),
+                &format!("replicas/{name}/logs{tail}"),
+                None,
+            )
+            .await
+            .map(Json);
+    }
+    let bytes = local_runtime(&node)
+        .await?
+        .logs(&container, params.tail)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(LogsResponse {
+        replica: name,
+        node: node.id,
+        logs: String::from_utf8_lossy(&bytes).into_owned(),
+    }))
+}
+
+/// `POST /api/v1/replicas/{name}/exec`: runs a command in the replica, on its node.
+async fn replica_exec(
+    State(node): AppState,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ExecResponse>, ApiError> {
+    let req: ExecRequest = parse_json(&read_body(body).await?)?;
+    if req.command.is_empty() {
+        return Err(ApiError::BadRequest("command is empty".into()));
+    }
+    let (record, container) = locate(&node, &name).await?;
+    if record.id != node.id {
+        if headers.contains_key("x-smr-forwarded") {
+            return Err(ApiError::Unavailable(format!(
+                "replica {name} is not on this node"
+            )));
+        }
+        return node
+            .call::<_, ExecResponse>(
+                &record.api_addr(),
+                &format!("replicas/{name}/exec"),
+                Some(&req),
+            )
+            .await
+            .map(Json);
+    }
+    use crate::runtime::Runtime as _;
+    let out = local_runtime(&node)
+        .await?
+        .exec(&container, &req.command)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(ExecResponse {
+        exit_code: out.exit_code,
+        output: out.output,
+    }))
+}
+
+fn runtime_error(e: crate::runtime::RuntimeError) -> ApiError {
+    match e {
+        crate::runtime::RuntimeError::NotFound(what) => ApiError::NotFound(what),
+        crate::runtime::RuntimeError::Unreachable { .. } => ApiError::Unavailable(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
 }
 
 /// The `*.private` records this node serves (computed from its applied state).

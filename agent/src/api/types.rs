@@ -174,6 +174,27 @@ pub struct ReplicaView {
     pub message: Option<String>,
 }
 
+/// The end of a replica's log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogsResponse {
+    pub replica: String,
+    pub node: NodeId,
+    pub logs: String,
+}
+
+/// A command to run in a replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub exit_code: i64,
+    pub output: String,
+}
+
 /// One `*.private` name and its A records.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DnsRecordView {

@@ -85,6 +85,18 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The end of a replica's log (from the node that runs it).
+    Logs {
+        replica: String,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Run a command in a replica; exits with the command's exit code.
+    Exec {
+        replica: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// The `*.private` names the answering node serves, with their addresses.
     Dns {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -357,6 +369,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 if !follow {
                     break;
                 }
+            }
+        }
+        Cmd::Logs { replica, tail } => {
+            let client = connect(cli.context)?;
+            print!("{}", client.logs(&replica, tail).await?.logs);
+        }
+        Cmd::Exec { replica, command } => {
+            let client = connect(cli.context)?;
+            let out = client.exec(&replica, &command).await?;
+            print!("{}", out.output);
+            if out.exit_code != 0 {
+                std::process::exit(out.exit_code.clamp(1, 255) as i32);
             }
         }
         Cmd::Dns { output } => {
