@@ -17,20 +17,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Extension;
-use axum::extract::Request;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::error::ApiError;
 use crate::api::types::{JoinRequest, JoinResponse};
-use crate::api::{self, ClientIdentity};
+use crate::api;
 use crate::client::{Context, error_chain, write_private};
 use crate::node::{Node, new_op_id, now_ms};
-use crate::pki::{self, ClusterCa, Identity, JoinToken, PeerIdentity, Role};
+use crate::pki::{self, ClusterCa, Identity, JoinToken, Role};
 use crate::state::{
     CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port,
 };
@@ -223,7 +219,7 @@ pub async fn run(
     ));
     let raft_router = store
         .rpc_router()
-        .route_layer(middleware::from_fn(require_node_cert));
+        .route_layer(middleware::from_fn(api::require_node));
     let raft_server = tokio::spawn(api::serve::serve_tls(
         raft_listener,
         raft_tls,
@@ -279,19 +275,6 @@ pub async fn run(
     Ok(())
 }
 
-async fn require_node_cert(
-    Extension(who): Extension<ClientIdentity>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match who.0 {
-        Some(PeerIdentity {
-            role: Role::Node, ..
-        }) => next.run(req).await,
-        _ => ApiError::Forbidden("the Raft port accepts node certificates only".into())
-            .into_response(),
-    }
-}
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

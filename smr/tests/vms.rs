@@ -47,6 +47,23 @@ async fn all_ready(
     .await
 }
 
+/// One replica per VM pings one on every other VM, by IP.
+fn ping_matrix(cluster: &VmCluster, replicas: &[ReplicaView]) -> anyhow::Result<()> {
+    let mut one_per_node: BTreeMap<u64, &ReplicaView> = BTreeMap::new();
+    for r in replicas {
+        one_per_node.entry(r.node).or_insert(r);
+    }
+    for from in one_per_node.values() {
+        for to in one_per_node.values().filter(|to| to.node != from.node) {
+            let vm = cluster.vm(from.node as usize - 1);
+            let target = to.ip.as_deref().expect("ip");
+            vm.docker_ok(&["exec", &from.name, "ping", "-c", "2", "-W", "2", target])
+                .map_err(|e| anyhow::anyhow!("{} -> {} ({target}): {e}", from.name, to.name))?;
+        }
+    }
+    Ok(())
+}
+
 fn per_node(replicas: &[ReplicaView]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for r in replicas {
@@ -98,11 +115,7 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
     let one = by_name["busybox-busybox-1"];
     let two = by_name["busybox-busybox-2"];
     assert_ne!(one.node, two.node, "replicas 1 and 2 run on different VMs");
-    for (from, to) in [(one, two), (two, one)] {
-        let vm = cluster.vm(from.node as usize - 1);
-        let target = to.ip.as_deref().expect("ip");
-        vm.docker_ok(&["exec", &from.name, "ping", "-c", "2", "-W", "2", target])?;
-    }
+    ping_matrix(&cluster, &replicas)?;
     let receiver_vm = cluster.vm(two.node as usize - 1);
     let mut listener = receiver_vm
         .docker_cmd()
@@ -499,5 +512,28 @@ async fn network_lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::
     }
     let nodes = client.nodes().await?;
     assert_eq!(nodes.len(), 2);
+    Ok(())
+}
+
+/// The seed scenario of the design: 2 VMs, group busybox, 2 replicas spread uniformly, each
+/// pings the other by name; on the host-gw backend, so it also proves that backend end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_scenario_on_two_vms_with_host_gw() -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(2)? else { return Ok(()) };
+    cluster.start_agent(0, None, &["--backend", "host-gw"]).await?;
+    cluster.start_agent(1, Some(0), &[]).await?;
+    let client = cluster.client(1);
+    let seed = busybox(2, TAG).replace("  replicas: 2\n", "  replicas: 2\n  spread:\n    spread: uniform\n");
+    apply(&client, &seed).await?;
+    let replicas = all_ready(&client, 2, Duration::from_secs(90)).await?;
+    assert_ne!(replicas[0].node, replicas[1].node, "uniform spread over 2 VMs");
+    let nodes = client.nodes().await?;
+    assert!(nodes.iter().all(|n| n.backend.as_deref() == Some("host-gw")), "{nodes:?}");
+    ping_matrix(&cluster, &replicas)?;
+    for (from, to) in [(&replicas[0], &replicas[1]), (&replicas[1], &replicas[0])] {
+        let vm = cluster.vm(from.node as usize - 1);
+        let name = format!("cluster.busybox.{}.private", to.name);
+        vm.docker_ok(&["exec", &from.name, "ping", "-c", "3", "-W", "2", &name])?;
+    }
     Ok(())
 }

@@ -109,7 +109,8 @@ async fn require_client_cert(
     }
 }
 
-async fn require_node(
+/// Lets only clients with a node certificate through (node-to-node routes, the Raft port).
+pub async fn require_node(
     Extension(who): Extension<ClientIdentity>,
     req: Request,
     next: Next,
@@ -118,7 +119,7 @@ async fn require_node(
         Some(PeerIdentity {
             role: Role::Node, ..
         }) => next.run(req).await,
-        _ => ApiError::Forbidden("only cluster nodes may call internal routes".into())
+        _ => ApiError::Forbidden("only cluster nodes (node certificates) may call this route".into())
             .into_response(),
     }
 }
