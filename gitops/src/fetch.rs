@@ -401,6 +401,7 @@ fn classify(
     if lower.contains("404")
         || lower.contains("not found")
         || lower.contains("not exported")
+        || lower.contains("no such repository")
         || lower.contains("does not appear to be a git repository")
         || lower.contains("does not exist")
     {
