@@ -363,3 +363,59 @@ async fn ssh_key_auth() {
     let key_body = sshd.stranger_key.lines().nth(1).unwrap();
     assert!(!shown.contains(key_body), "{shown}");
 }
+
+#[tokio::test]
+async fn remote_head_prune_and_concurrency() {
+    let (repo, _) = sample_repo("heads");
+    repo.checkout("trunk", true);
+    repo.write("apps/a.yaml", "kind: containers # trunk\n");
+    let trunk = repo.commit("trunk");
+    repo.checkout("gone", true);
+    repo.write("apps/g.yaml", "kind: gone\n");
+    let gone = repo.commit("gone");
+    // The server's HEAD names `trunk`, neither main nor master.
+    support::git(&repo.bare(), &["symbolic-ref", "HEAD", "refs/heads/trunk"]);
+    let daemon = GitDaemon::start(&repo.base());
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new(cache.path());
+    let url = daemon.url("heads");
+
+    // Several fetches of one URL at once share the cache safely.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let fetcher = fetcher.clone();
+        let s = spec(&url, None, "apps");
+        tasks.push(tokio::spawn(async move { fetcher.fetch(&s).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().commit, trunk);
+    }
+    assert_eq!(
+        fetcher
+            .fetch(&spec(&url, Some("gone"), "apps"))
+            .await
+            .unwrap()
+            .commit,
+        gone
+    );
+
+    // A branch deleted upstream is pruned from the cache.
+    repo.checkout("main", false);
+    support::git(&repo.work(), &["push", "-q", "origin", "--delete", "gone"]);
+    assert!(matches!(
+        fetcher.fetch(&spec(&url, Some("gone"), "apps")).await,
+        Err(GitError::RevisionNotFound { .. })
+    ));
+
+    // A corrupt cache directory is rebuilt.
+    let dir = fetcher.repo_dir(&url);
+    std::fs::remove_file(dir.join("HEAD")).unwrap();
+    assert_eq!(
+        fetcher
+            .fetch(&spec(&url, None, "apps"))
+            .await
+            .unwrap()
+            .commit,
+        trunk
+    );
+}
