@@ -50,6 +50,8 @@ pub enum GitError {
     Cache { path: String, detail: String },
     #[error("{url}: git error: {detail}")]
     Other { url: String, detail: String },
+    #[error("{url}: unsupported repository URL: {reason}")]
+    UnsupportedUrl { url: String, reason: &'static str },
     #[error("git worker task failed: {0}")]
     Task(String),
 }

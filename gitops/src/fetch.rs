@@ -51,6 +51,16 @@ pub enum HostKeyPolicy {
     SystemKnownHosts,
 }
 
+/// Settings of a [`Fetcher`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetcherConfig {
+    pub limits: Limits,
+    pub host_keys: HostKeyPolicy,
+    /// Accept local repositories (`/path`, `file://`). Off by default: a gitops object
+    /// must not be able to read repositories on the agent's own disk.
+    pub allow_local_urls: bool,
+}
+
 /// Fetches repositories into a cache directory and reads definition files out of them.
 #[derive(Clone)]
 pub struct Fetcher {
@@ -61,6 +71,7 @@ struct Inner {
     cache_dir: PathBuf,
     limits: Limits,
     host_keys: HostKeyPolicy,
+    allow_local_urls: bool,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     known_hosts_lock: Mutex<()>,
 }
@@ -69,19 +80,16 @@ impl Fetcher {
     /// A fetcher keeping its clones under `cache_dir` (created on first use), with default
     /// [`Limits`] and trust-on-first-use SSH host keys.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
-        Self::with_options(cache_dir, Limits::default(), HostKeyPolicy::default())
+        Self::with_config(cache_dir, FetcherConfig::default())
     }
 
-    pub fn with_options(
-        cache_dir: impl Into<PathBuf>,
-        limits: Limits,
-        host_keys: HostKeyPolicy,
-    ) -> Self {
+    pub fn with_config(cache_dir: impl Into<PathBuf>, config: FetcherConfig) -> Self {
         Fetcher {
             inner: Arc::new(Inner {
                 cache_dir: cache_dir.into(),
-                limits,
-                host_keys,
+                limits: config.limits,
+                host_keys: config.host_keys,
+                allow_local_urls: config.allow_local_urls,
                 locks: Mutex::new(HashMap::new()),
                 known_hosts_lock: Mutex::new(()),
             }),
@@ -182,6 +190,10 @@ impl Inner {
 
     fn fetch_blocking(&self, spec: &RepoSpec) -> Result<Checkout, GitError> {
         let url = spec.safe_url();
+        check_url(&spec.url, self.allow_local_urls).map_err(|reason| GitError::UnsupportedUrl {
+            url: url.clone(),
+            reason,
+        })?;
         let secrets = spec.secrets();
         let dir = self.repo_dir(&spec.url);
         let lock = self.lock_for(&dir);
@@ -304,6 +316,44 @@ impl Inner {
                 Ok(CertificateCheckStatus::CertificateOk)
             }
         }
+    }
+}
+
+/// Accepts http(s)://, ssh://, git:// and scp-like `user@host:path` URLs; local paths and
+/// `file://` only when allowed; anything else (e.g. `ext::`) never.
+pub(crate) fn check_url(url: &str, allow_local: bool) -> Result<(), &'static str> {
+    if url.is_empty() {
+        return Err("the URL is empty");
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("the URL contains whitespace or control characters");
+    }
+    if url.starts_with('-') {
+        return Err("the URL starts with '-'");
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" | "ssh" | "git" | "git+ssh" | "ssh+git" => Ok(()),
+            "file" if allow_local => Ok(()),
+            "file" => Err("local repositories are not allowed"),
+            _ => Err("only http, https, ssh and git URLs are supported"),
+        };
+    }
+    if url.starts_with('/') || url.starts_with('.') || url.starts_with('~') {
+        return if allow_local {
+            Ok(())
+        } else {
+            Err("local repositories are not allowed")
+        };
+    }
+    if url.contains("::") {
+        return Err("transport helpers (<transport>::<address>) are not supported");
+    }
+    // scp-like: [user@]host:path, host without '/'.
+    match url.split_once(':') {
+        Some((host, path)) if !host.is_empty() && !host.contains('/') && !path.is_empty() => Ok(()),
+        _ if allow_local => Ok(()),
+        _ => Err("not a remote URL (expected scheme://host/path or user@host:path)"),
     }
 }
 
@@ -500,6 +550,38 @@ mod tests {
             ssh_host_port("ssh://[::1]:22/r").as_deref(),
             Some("[::1]:22")
         );
+    }
+
+    #[test]
+    fn url_checks() {
+        for ok in [
+            "https://h/r.git",
+            "http://u:p@h:8080/r",
+            "ssh://git@h:22/r.git",
+            "git://h/r.git",
+            "git@github.com:o/r.git",
+            "h:r.git",
+        ] {
+            assert_eq!(check_url(ok, false), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "/srv/git/r.git",
+            "./r",
+            "file:///etc",
+            "ext::sh -c id",
+            "ext::id",
+            "fd::3",
+            "-uhttps://h/r",
+            "ftp://h/r",
+            "https://h/r\nx",
+            "relative/path",
+        ] {
+            assert!(check_url(bad, false).is_err(), "{bad} accepted");
+        }
+        assert_eq!(check_url("/srv/git/r.git", true), Ok(()));
+        assert_eq!(check_url("file:///srv/r.git", true), Ok(()));
+        assert!(check_url("ext::id", true).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod tree;
 mod webhook;
 
 pub use error::GitError;
-pub use fetch::{Fetcher, HostKeyPolicy};
+pub use fetch::{Fetcher, FetcherConfig, HostKeyPolicy};
 pub use plan::{Actual, SyncPlan, drifted, plan_sync};
 pub use spec::{Auth, RepoSpec, redact_text, redact_url};
 pub use tree::{Checkout, Limits, PackInfo, SourceFile, normalize_directory, parse_pack};

@@ -364,6 +364,39 @@ mod tests {
         }
     }
 
+    /// Exhaustive over short strings of path-ish characters: whatever is accepted resolves
+    /// to plain components that cannot climb out of the repository.
+    #[test]
+    fn normalization_property() {
+        let alphabet = ['.', '/', 'a', '\\', '~', 'G'];
+        let mut inputs = vec![String::new()];
+        for _ in 0..6 {
+            let next: Vec<String> = inputs
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            for input in &next {
+                if let Ok(parts) = normalize_directory(input) {
+                    assert!(!input.starts_with('/'), "{input:?}");
+                    for part in &parts {
+                        assert!(!part.is_empty() && part != "." && part != "..", "{input:?}");
+                        assert!(!part.contains('/') && !part.contains('\\'), "{input:?}");
+                    }
+                    assert_eq!(
+                        parts.join("/"),
+                        input
+                            .split('/')
+                            .filter(|p| !p.is_empty() && *p != ".")
+                            .collect::<Vec<_>>()
+                            .join("/"),
+                        "{input:?}"
+                    );
+                }
+            }
+            inputs = next;
+        }
+    }
+
     #[test]
     fn pack_yaml() {
         assert_eq!(

@@ -3,7 +3,7 @@
 
 mod support;
 
-use gitops::{Auth, Fetcher, GitError, HostKeyPolicy, Limits, PackInfo, RepoSpec};
+use gitops::{Auth, Fetcher, FetcherConfig, GitError, HostKeyPolicy, Limits, PackInfo, RepoSpec};
 use support::{GitDaemon, HttpGit, Sshd, TestRepo};
 
 fn paths(checkout: &gitops::Checkout) -> Vec<&str> {
@@ -206,7 +206,13 @@ async fn size_caps_and_non_utf8() {
         max_file_bytes: 1000,
         max_total_bytes: 1000,
     };
-    let fetcher = Fetcher::with_options(cache.path(), limits, HostKeyPolicy::default());
+    let fetcher = Fetcher::with_config(
+        cache.path(),
+        FetcherConfig {
+            limits,
+            ..FetcherConfig::default()
+        },
+    );
     let url = daemon.url("caps");
     match fetcher.fetch(&spec(&url, None, "big")).await {
         Err(GitError::FileTooLarge {
@@ -238,6 +244,29 @@ async fn missing_repo_and_closed_port() {
         }
         other => panic!("expected RepoNotFound, got {other:?}"),
     }
+    // Local repositories are refused unless allowed.
+    let local = repo.bare().display().to_string();
+    assert!(matches!(
+        fetcher.fetch(&spec(&local, None, "")).await,
+        Err(GitError::UnsupportedUrl { .. })
+    ));
+    let local_ok = Fetcher::with_config(
+        cache.path(),
+        FetcherConfig {
+            allow_local_urls: true,
+            ..FetcherConfig::default()
+        },
+    );
+    assert_eq!(
+        local_ok
+            .fetch(&spec(&local, None, "apps"))
+            .await
+            .unwrap()
+            .files
+            .len(),
+        2
+    );
+
     let port = support::free_port();
     let url = format!("git://127.0.0.1:{port}/x.git");
     match fetcher.fetch(&spec(&url, None, "")).await {
@@ -331,18 +360,22 @@ async fn ssh_key_auth() {
 
     // Pinned fingerprints.
     let pinned_cache = tempfile::tempdir().unwrap();
-    let pinned = Fetcher::with_options(
+    let pinned = Fetcher::with_config(
         pinned_cache.path(),
-        Limits::default(),
-        HostKeyPolicy::Pinned(vec![sshd.host_fingerprint.clone()]),
+        FetcherConfig {
+            host_keys: HostKeyPolicy::Pinned(vec![sshd.host_fingerprint.clone()]),
+            ..FetcherConfig::default()
+        },
     );
     assert_eq!(pinned.fetch(&good).await.unwrap().commit, second);
-    let wrong_pin = Fetcher::with_options(
+    let wrong_pin = Fetcher::with_config(
         pinned_cache.path(),
-        Limits::default(),
-        HostKeyPolicy::Pinned(vec![
-            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-        ]),
+        FetcherConfig {
+            host_keys: HostKeyPolicy::Pinned(vec![
+                "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            ]),
+            ..FetcherConfig::default()
+        },
     );
     match wrong_pin.fetch(&good).await {
         Err(e @ GitError::HostKey { .. }) => assert!(e.to_string().contains("pinned"), "{e}"),
