@@ -52,6 +52,12 @@ pub enum GitError {
     Other { url: String, detail: String },
     #[error("{url}: unsupported repository URL: {reason}")]
     UnsupportedUrl { url: String, reason: &'static str },
+    #[error("{url}: fetch did not finish within {seconds} s{detail}")]
+    Timeout {
+        url: String,
+        seconds: u64,
+        detail: &'static str,
+    },
     #[error("git worker task failed: {0}")]
     Task(String),
 }

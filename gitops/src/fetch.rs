@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use git2::{
@@ -52,13 +53,30 @@ pub enum HostKeyPolicy {
 }
 
 /// Settings of a [`Fetcher`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetcherConfig {
     pub limits: Limits,
+    /// Deadline of one fetch (default 5 min). libgit2 has no socket timeout reachable
+    /// without `unsafe`, so a stalled server leaves its blocking thread waiting until the
+    /// connection dies; the caller gets [`GitError::Timeout`] at the deadline regardless,
+    /// transfers are aborted at the deadline, and later fetches of the same URL do not
+    /// queue behind the stuck one for longer than their own deadline.
+    pub timeout: Option<Duration>,
     pub host_keys: HostKeyPolicy,
     /// Accept local repositories (`/path`, `file://`). Off by default: a gitops object
     /// must not be able to read repositories on the agent's own disk.
     pub allow_local_urls: bool,
+}
+
+impl Default for FetcherConfig {
+    fn default() -> Self {
+        FetcherConfig {
+            limits: Limits::default(),
+            host_keys: HostKeyPolicy::default(),
+            allow_local_urls: false,
+            timeout: Some(Duration::from_secs(300)),
+        }
+    }
 }
 
 /// Fetches repositories into a cache directory and reads definition files out of them.
@@ -72,6 +90,7 @@ struct Inner {
     limits: Limits,
     host_keys: HostKeyPolicy,
     allow_local_urls: bool,
+    timeout: Option<Duration>,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     known_hosts_lock: Mutex<()>,
 }
@@ -90,6 +109,7 @@ impl Fetcher {
                 limits: config.limits,
                 host_keys: config.host_keys,
                 allow_local_urls: config.allow_local_urls,
+                timeout: config.timeout,
                 locks: Mutex::new(HashMap::new()),
                 known_hosts_lock: Mutex::new(()),
             }),
@@ -105,15 +125,43 @@ impl Fetcher {
     /// `spec.directory` at that commit. Runs libgit2 on the blocking pool.
     pub async fn fetch(&self, spec: &RepoSpec) -> Result<Checkout, GitError> {
         let inner = self.inner.clone();
+        let timeout = inner.timeout;
+        let url = spec.safe_url();
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || inner.fetch_blocking(&spec))
-            .await
-            .map_err(|e| GitError::Task(e.to_string()))?
+        let task = tokio::task::spawn_blocking(move || inner.fetch_blocking(&spec));
+        let joined = match timeout {
+            // A little slack so the worker's own deadline errors win when it can report.
+            Some(t) => tokio::time::timeout(t + Duration::from_secs(1), task)
+                .await
+                .map_err(|_| GitError::Timeout {
+                    url,
+                    seconds: t.as_secs(),
+                    detail: " (server stalled)",
+                })?,
+            None => task.await,
+        };
+        joined.map_err(|e| GitError::Task(e.to_string()))?
     }
 
     /// The blocking form of [`Fetcher::fetch`], for callers already off the async runtime.
     pub fn fetch_blocking(&self, spec: &RepoSpec) -> Result<Checkout, GitError> {
         self.inner.fetch_blocking(spec)
+    }
+}
+
+/// Locks `lock`, giving up at `deadline`.
+fn lock_until(lock: &Mutex<()>, deadline: Option<Instant>) -> Option<MutexGuard<'_, ()>> {
+    loop {
+        match lock.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
     }
 }
 
@@ -196,9 +244,24 @@ impl Inner {
         })?;
         let secrets = spec.secrets();
         let dir = self.repo_dir(&spec.url);
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let timed_out = |detail| GitError::Timeout {
+            url: url.clone(),
+            seconds: self.timeout.map_or(0, |t| t.as_secs()),
+            detail,
+        };
         let lock = self.lock_for(&dir);
-        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = lock_until(&lock, deadline)
+            .ok_or_else(|| timed_out(" (another fetch of this repository is still running)"))?;
         let repo = self.open_or_init(&dir)?;
+        let expired = Cell::new(false);
+        let in_time = || {
+            let ok = deadline.is_none_or(|d| Instant::now() < d);
+            if !ok {
+                expired.set(true);
+            }
+            ok
+        };
 
         let attempts = Cell::new(0u32);
         let auth_problem: RefCell<Option<String>> = RefCell::new(None);
@@ -208,6 +271,8 @@ impl Inner {
             callbacks.credentials(|_url, user_from_url, allowed| {
                 credentials(spec, user_from_url, allowed, &attempts, &auth_problem)
             });
+            callbacks.transfer_progress(|_| in_time());
+            callbacks.sideband_progress(|_| in_time());
             callbacks.certificate_check(|cert, host| {
                 let Some(hostkey) = cert.as_hostkey() else {
                     // TLS: libgit2 verifies against the system trust store.
@@ -242,6 +307,9 @@ impl Inner {
             let fetched = remote.fetch(&REFSPECS, Some(&mut options), None);
             drop(options);
             if let Err(e) = fetched {
+                if expired.get() {
+                    return Err(timed_out(""));
+                }
                 return Err(classify(
                     &e,
                     &url,

@@ -452,3 +452,41 @@ async fn remote_head_prune_and_concurrency() {
         trunk
     );
 }
+
+#[tokio::test]
+async fn stalled_server_times_out() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            sockets.push(sock);
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::with_config(
+        cache.path(),
+        FetcherConfig {
+            timeout: Some(std::time::Duration::from_secs(1)),
+            ..FetcherConfig::default()
+        },
+    );
+    let url = format!("git://127.0.0.1:{port}/stalled.git");
+    let started = std::time::Instant::now();
+    match fetcher.fetch(&spec(&url, None, "")).await {
+        Err(GitError::Timeout { url: u, .. }) => assert_eq!(u, url),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // The first worker is still stuck on the socket: the next fetch of the same URL gives
+    // up at its own deadline instead of queueing forever.
+    match fetcher.fetch(&spec(&url, None, "")).await {
+        Err(e @ GitError::Timeout { .. }) => {
+            assert!(e.to_string().contains("still running"), "{e}")
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Closing the sockets releases the stuck worker threads.
+    held.abort();
+}
