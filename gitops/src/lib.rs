@@ -1,1 +1,26 @@
-//! placeholder
+//! Git sync for smr's `gitops` objects, independent of Raft and of the agent.
+//!
+//! - [`Fetcher`] keeps one bare clone per repository URL and, for a [`RepoSpec`], fetches,
+//!   resolves the revision and returns the definition files of a directory (or pack) at that
+//!   commit as a [`Checkout`], reading the commit's tree without any work-tree checkout.
+//! - [`plan_sync`] / [`drifted`] turn (files in git, objects in the cluster) into a
+//!   [`SyncPlan`]; pure, keys and hashes are opaque to this crate.
+//! - [`verify_signature`] / [`parse_push`] handle GitHub and Gitea push webhooks.
+//!
+//! The agent parses the YAML itself; this crate deals in files and opaque keys. Secrets in
+//! a [`RepoSpec`] never appear in `Debug` output or in [`GitError`] messages.
+#![forbid(unsafe_code)]
+
+mod error;
+mod fetch;
+mod plan;
+mod spec;
+mod tree;
+mod webhook;
+
+pub use error::GitError;
+pub use fetch::{Fetcher, FetcherConfig, HostKeyPolicy};
+pub use plan::{Actual, SyncPlan, drifted, plan_sync};
+pub use spec::{Auth, RepoSpec, redact_text, redact_url};
+pub use tree::{Checkout, Limits, PackInfo, SourceFile, normalize_directory, parse_pack};
+pub use webhook::{PushEvent, WebhookError, parse_push, verify_signature};

@@ -1,0 +1,424 @@
+//! Reading definition files straight out of a commit's tree, without a work tree: nothing
+//! is ever written to disk, so a hostile repository cannot plant files or links on the host.
+//!
+//! Rules: the directory path must stay inside the repository (no `..`, no absolute path);
+//! symbolic links (tree mode 120000) on the way to or inside the scanned directories are
+//! refused, never followed; submodules (mode 160000) are ignored; each file and the total
+//! are size-capped (sizes are read from object headers before any blob is loaded); files
+//! must be UTF-8. A directory holding `Pack.yaml` is a pack: its `definitions/**` are read.
+
+use git2::{ObjectType, Oid, Repository, Tree};
+use serde::Deserialize;
+
+use crate::error::GitError;
+
+/// Size caps applied while reading a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single definition file, in bytes.
+    pub max_file_bytes: usize,
+    /// Largest sum of all definition files (and `Pack.yaml`), in bytes.
+    pub max_total_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: 1024 * 1024,
+            max_total_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One definition file, its path relative to the spec's directory (`/`-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// `name` and `version` from a pack's `Pack.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// Definition files read from one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    /// Full sha of the commit the files come from.
+    pub commit: String,
+    /// Sorted by path.
+    pub files: Vec<SourceFile>,
+    /// Set when the directory is a pack.
+    pub pack: Option<PackInfo>,
+}
+
+const MODE_TREE: i32 = 0o040000;
+const MODE_LINK: i32 = 0o120000;
+const MODE_COMMIT: i32 = 0o160000;
+const PACK_FILE: &str = "Pack.yaml";
+const PACK_DEFINITIONS: &str = "definitions";
+
+/// Splits a `directoryPath` into components, refusing anything that could leave the
+/// repository root. `""`, `"."` and `"/"`-free variants of the root give no components.
+pub fn normalize_directory(path: &str) -> Result<Vec<String>, GitError> {
+    let hostile = |reason| GitError::HostilePath {
+        path: path.to_string(),
+        reason,
+    };
+    if path.starts_with('/') || path.starts_with('~') {
+        return Err(hostile("absolute paths are not allowed"));
+    }
+    if path.contains('\\') {
+        return Err(hostile("backslashes are not allowed"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(hostile("control characters are not allowed"));
+    }
+    if path.len() > 4096 {
+        return Err(hostile("path is too long"));
+    }
+    let mut out = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(hostile("'..' is not allowed")),
+            p if p.eq_ignore_ascii_case(".git") => {
+                return Err(hostile("'.git' is not allowed"));
+            }
+            p => out.push(p.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+fn is_yaml(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml")
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// Reads the definition files of `directory` at `commit_id`.
+pub(crate) fn read_commit(
+    repo: &Repository,
+    commit_id: Oid,
+    directory: &str,
+    limits: Limits,
+    url: &str,
+) -> Result<Checkout, GitError> {
+    let parts = normalize_directory(directory)?;
+    let other = |e: git2::Error| GitError::Other {
+        url: url.to_string(),
+        detail: crate::spec::redact_text(e.message()),
+    };
+    let commit = repo.find_commit(commit_id).map_err(other)?;
+    let sha = commit_id.to_string();
+    let not_found = || GitError::DirectoryNotFound {
+        url: url.to_string(),
+        directory: directory.to_string(),
+        commit: sha.clone(),
+    };
+    let mut tree = commit.tree().map_err(other)?;
+    let mut walked = String::new();
+    for part in &parts {
+        let (mode, id) = match tree.get_name(part) {
+            Some(entry) => (entry.filemode(), entry.id()),
+            None => return Err(not_found()),
+        };
+        walked = join(&walked, part);
+        if mode == MODE_LINK {
+            return Err(GitError::Symlink {
+                url: url.to_string(),
+                path: walked,
+            });
+        }
+        if mode != MODE_TREE {
+            return Err(not_found());
+        }
+        tree = repo.find_tree(id).map_err(other)?;
+    }
+
+    let mut reader = Reader {
+        repo,
+        limits,
+        url,
+        total: 0,
+        files: Vec::new(),
+        base: walked,
+    };
+    let pack = match tree.get_name(PACK_FILE) {
+        Some(entry) => {
+            if entry.filemode() == MODE_LINK {
+                return Err(GitError::Symlink {
+                    url: url.to_string(),
+                    path: join(&reader.base, PACK_FILE),
+                });
+            }
+            let text = reader.read_blob(entry.id(), PACK_FILE)?;
+            let info = parse_pack(&text).map_err(|detail| GitError::BadPack {
+                url: url.to_string(),
+                path: join(&reader.base, PACK_FILE),
+                detail,
+            })?;
+            match tree.get_name(PACK_DEFINITIONS) {
+                Some(defs) if defs.filemode() == MODE_TREE => {
+                    let sub = repo.find_tree(defs.id()).map_err(other)?;
+                    reader.walk(&sub, PACK_DEFINITIONS)?;
+                }
+                Some(defs) if defs.filemode() == MODE_LINK => {
+                    return Err(GitError::Symlink {
+                        url: url.to_string(),
+                        path: join(&reader.base, PACK_DEFINITIONS),
+                    });
+                }
+                _ => {}
+            }
+            Some(info)
+        }
+        None => {
+            reader.walk(&tree, "")?;
+            None
+        }
+    };
+    let mut files = reader.files;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Checkout {
+        commit: sha,
+        files,
+        pack,
+    })
+}
+
+struct Reader<'r> {
+    repo: &'r Repository,
+    limits: Limits,
+    url: &'r str,
+    total: usize,
+    files: Vec<SourceFile>,
+    /// Path of the spec's directory inside the repository (for error messages).
+    base: String,
+}
+
+impl Reader<'_> {
+    fn other(&self, e: git2::Error) -> GitError {
+        GitError::Other {
+            url: self.url.to_string(),
+            detail: crate::spec::redact_text(e.message()),
+        }
+    }
+
+    fn walk(&mut self, tree: &Tree<'_>, prefix: &str) -> Result<(), GitError> {
+        for entry in tree.iter() {
+            let name = match entry.name() {
+                Ok(name) => name.to_string(),
+                Err(_) => {
+                    return Err(GitError::NotUtf8 {
+                        url: self.url.to_string(),
+                        path: join(
+                            &join(&self.base, prefix),
+                            &String::from_utf8_lossy(entry.name_bytes()),
+                        ),
+                    });
+                }
+            };
+            let path = join(prefix, &name);
+            match entry.filemode() {
+                MODE_LINK => {
+                    return Err(GitError::Symlink {
+                        url: self.url.to_string(),
+                        path: join(&self.base, &path),
+                    });
+                }
+                MODE_COMMIT => {} // submodule: ignored
+                MODE_TREE => {
+                    let sub = self.repo.find_tree(entry.id()).map_err(|e| self.other(e))?;
+                    self.walk(&sub, &path)?;
+                }
+                _ if entry.kind() == Some(ObjectType::Blob) && is_yaml(&name) => {
+                    let text = self.read_blob(entry.id(), &path)?;
+                    self.files.push(SourceFile { path, text });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one blob after checking its size from the object header.
+    fn read_blob(&mut self, id: Oid, path: &str) -> Result<String, GitError> {
+        let odb = self.repo.odb().map_err(|e| self.other(e))?;
+        let (size, _) = odb.read_header(id).map_err(|e| self.other(e))?;
+        let full = join(&self.base, path);
+        if size > self.limits.max_file_bytes {
+            return Err(GitError::FileTooLarge {
+                url: self.url.to_string(),
+                path: full,
+                size,
+                limit: self.limits.max_file_bytes,
+            });
+        }
+        self.total = self.total.saturating_add(size);
+        if self.total > self.limits.max_total_bytes {
+            return Err(GitError::TotalTooLarge {
+                url: self.url.to_string(),
+                limit: self.limits.max_total_bytes,
+            });
+        }
+        let blob = self.repo.find_blob(id).map_err(|e| self.other(e))?;
+        String::from_utf8(blob.content().to_vec()).map_err(|_| GitError::NotUtf8 {
+            url: self.url.to_string(),
+            path: full,
+        })
+    }
+}
+
+/// A loose YAML scalar: `version: 1.2` and `version: "1.2.0"` are both accepted.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PackYaml {
+    name: Option<Scalar>,
+    version: Option<Scalar>,
+}
+
+/// Parses `Pack.yaml`: `name` and `version` are required; other fields are ignored.
+pub fn parse_pack(text: &str) -> Result<PackInfo, String> {
+    let raw: PackYaml = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let name = raw
+        .name
+        .map(Scalar::into_string)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| "missing field name".to_string())?;
+    let version = raw
+        .version
+        .map(Scalar::into_string)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| "missing field version".to_string())?;
+    Ok(PackInfo { name, version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile(path: &str) -> bool {
+        matches!(normalize_directory(path), Err(GitError::HostilePath { .. }))
+    }
+
+    #[test]
+    fn directory_normalization() {
+        assert_eq!(normalize_directory("").unwrap(), Vec::<String>::new());
+        assert_eq!(normalize_directory(".").unwrap(), Vec::<String>::new());
+        assert_eq!(normalize_directory("./").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            normalize_directory("apps//prod/./").unwrap(),
+            vec!["apps".to_string(), "prod".to_string()]
+        );
+        assert_eq!(
+            normalize_directory("a..b").unwrap(),
+            vec!["a..b".to_string()]
+        );
+    }
+
+    #[test]
+    fn hostile_directories_refused() {
+        for p in [
+            "..",
+            "../x",
+            "a/../../b",
+            "a/..",
+            "/etc",
+            "~/x",
+            "a\\..\\b",
+            ".git",
+            "a/.GIT/hooks",
+            "a\0b",
+            "a\nb",
+        ] {
+            assert!(hostile(p), "{p:?} accepted");
+        }
+    }
+
+    /// Exhaustive over short strings of path-ish characters: whatever is accepted resolves
+    /// to plain components that cannot climb out of the repository.
+    #[test]
+    fn normalization_property() {
+        let alphabet = ['.', '/', 'a', '\\', '~', 'G'];
+        let mut inputs = vec![String::new()];
+        for _ in 0..6 {
+            let next: Vec<String> = inputs
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            for input in &next {
+                if let Ok(parts) = normalize_directory(input) {
+                    assert!(!input.starts_with('/'), "{input:?}");
+                    for part in &parts {
+                        assert!(!part.is_empty() && part != "." && part != "..", "{input:?}");
+                        assert!(!part.contains('/') && !part.contains('\\'), "{input:?}");
+                    }
+                    assert_eq!(
+                        parts.join("/"),
+                        input
+                            .split('/')
+                            .filter(|p| !p.is_empty() && *p != ".")
+                            .collect::<Vec<_>>()
+                            .join("/"),
+                        "{input:?}"
+                    );
+                }
+            }
+            inputs = next;
+        }
+    }
+
+    #[test]
+    fn pack_yaml() {
+        assert_eq!(
+            parse_pack("name: redis\nversion: 1.0.2\nextra: [1]\n").unwrap(),
+            PackInfo {
+                name: "redis".into(),
+                version: "1.0.2".into()
+            }
+        );
+        assert_eq!(parse_pack("name: x\nversion: 3\n").unwrap().version, "3");
+        assert_eq!(
+            parse_pack("version: 3\n").unwrap_err(),
+            "missing field name"
+        );
+        assert!(parse_pack("name: [").is_err());
+    }
+
+    #[test]
+    fn yaml_names() {
+        assert!(is_yaml("a.yaml"));
+        assert!(is_yaml("a.YML"));
+        assert!(!is_yaml("a.yaml.txt"));
+        assert!(!is_yaml("yaml"));
+    }
+}
