@@ -22,6 +22,7 @@ declare -A PKGS=(
   [iperf3]=iperf3
   [dnsperf]=dnsperf
   [dnsmasq-base]=dnsmasq
+  [openssh-server]=/usr/sbin/sshd
 )
 
 installed() {

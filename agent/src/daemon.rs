@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::types::{JoinRequest, JoinResponse};
 use crate::api;
+use crate::api::types::{JoinRequest, JoinResponse};
 use crate::client::{Context, error_chain, write_private};
 use crate::node::{Node, new_op_id, now_ms};
 use crate::pki::{self, ClusterCa, Identity, JoinToken, Role};
@@ -274,7 +274,6 @@ pub async fn run(
     store.shutdown().await;
     Ok(())
 }
-
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

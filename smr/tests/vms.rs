@@ -519,16 +519,31 @@ async fn network_lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::
 /// pings the other by name; on the host-gw backend, so it also proves that backend end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_scenario_on_two_vms_with_host_gw() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(2)? else { return Ok(()) };
-    cluster.start_agent(0, None, &["--backend", "host-gw"]).await?;
+    let Some(mut cluster) = VmCluster::start(2)? else {
+        return Ok(());
+    };
+    cluster
+        .start_agent(0, None, &["--backend", "host-gw"])
+        .await?;
     cluster.start_agent(1, Some(0), &[]).await?;
     let client = cluster.client(1);
-    let seed = busybox(2, TAG).replace("  replicas: 2\n", "  replicas: 2\n  spread:\n    spread: uniform\n");
+    let seed = busybox(2, TAG).replace(
+        "  replicas: 2\n",
+        "  replicas: 2\n  spread:\n    spread: uniform\n",
+    );
     apply(&client, &seed).await?;
     let replicas = all_ready(&client, 2, Duration::from_secs(90)).await?;
-    assert_ne!(replicas[0].node, replicas[1].node, "uniform spread over 2 VMs");
+    assert_ne!(
+        replicas[0].node, replicas[1].node,
+        "uniform spread over 2 VMs"
+    );
     let nodes = client.nodes().await?;
-    assert!(nodes.iter().all(|n| n.backend.as_deref() == Some("host-gw")), "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.backend.as_deref() == Some("host-gw")),
+        "{nodes:?}"
+    );
     ping_matrix(&cluster, &replicas)?;
     for (from, to) in [(&replicas[0], &replicas[1]), (&replicas[1], &replicas[0])] {
         let vm = cluster.vm(from.node as usize - 1);

@@ -119,8 +119,10 @@ pub async fn require_node(
         Some(PeerIdentity {
             role: Role::Node, ..
         }) => next.run(req).await,
-        _ => ApiError::Forbidden("only cluster nodes (node certificates) may call this route".into())
-            .into_response(),
+        _ => {
+            ApiError::Forbidden("only cluster nodes (node certificates) may call this route".into())
+                .into_response()
+        }
     }
 }
 
