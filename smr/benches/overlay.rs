@@ -42,30 +42,39 @@ fn run(mut cmd: Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Gbit/s received, from iperf3's JSON.
-fn iperf(server: Command, client: Command) -> anyhow::Result<f64> {
+/// Gbit/s received, from iperf3's JSON. `server` and `ss` run in the server's network namespace.
+fn iperf(server: Command, mut ss: Command, mut client: Command) -> anyhow::Result<f64> {
     let mut server = server;
-    let mut server = server.args(["-s", "-1", "-p", "5201"]).spawn()?;
+    let mut server = server
+        .args(["-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = client;
-    let out = loop {
-        let out = client.output()?;
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    ss.args(["-ltn"]);
+    while !run(ss_clone(&ss))?.contains(":5201") {
+        anyhow::ensure!(Instant::now() < deadline, "iperf3 server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = client.output();
+    let _ = server.kill();
     let _ = server.wait();
+    let out = out?;
     anyhow::ensure!(
         out.status.success(),
         "iperf3: {}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout)
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or(0.0);
     Ok(bps / 1e9)
+}
+
+fn ss_clone(cmd: &Command) -> Command {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    c
 }
 
 /// p50 and p99 of ping round trips, in ms.
@@ -136,12 +145,12 @@ async fn main() -> anyhow::Result<()> {
                 "-J".into(),
             ]
         };
-        let overlay = iperf(in_netns_of(&pid_b, "iperf3"), {
+        let overlay = iperf(in_netns_of(&pid_b, "iperf3"), in_netns_of(&pid_b, "ss"), {
             let mut c = in_netns_of(&pid_a, "iperf3");
             c.args(client_args(&b_ip));
             c
         })?;
-        let underlay = iperf(vm_b.cmd("iperf3"), {
+        let underlay = iperf(vm_b.cmd("iperf3"), vm_b.cmd("ss"), {
             let mut c = vm_a.cmd("iperf3");
             c.args(client_args(&vm_b.ip.to_string()));
             c
