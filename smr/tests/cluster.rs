@@ -206,6 +206,32 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tries to join `cluster` through its first node with `token`; the join must fail. Its stderr.
+fn refused_join(cluster: &Cluster, token: &str) -> String {
+    let mut cmd = smrmgr(cluster.dir.path());
+    cmd.args([
+        "start",
+        "-a",
+        "intruder",
+        "--ip",
+        "127.0.0.1",
+        "--api-port",
+        "0",
+        "--raft-port",
+        "0",
+        "-j",
+    ])
+    .arg(cluster.nodes[0].api())
+    .args(["--token", token, "--data-dir"])
+    .arg(cluster.dir.path().join("intruder"));
+    let out = output(cmd);
+    assert!(
+        !out.status.success(),
+        "join with token {token:?} was accepted"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joins_and_connections_without_the_right_credentials_are_refused() -> anyhow::Result<()> {
     let mut cluster = Cluster::new();
@@ -218,64 +244,18 @@ async fn joins_and_connections_without_the_right_credentials_are_refused() -> an
         .and_then(|t| t.split_once('-'))
         .expect("token shape");
     let forged = format!("SMRTKN-1-{fingerprint}-{}", "0".repeat(64));
-    let mut cmd = smrmgr(cluster.dir.path());
-    let dir = cluster.dir.path().join("intruder");
-    cmd.args([
-        "start",
-        "-a",
-        "intruder",
-        "--ip",
-        "127.0.0.1",
-        "--api-port",
-        "0",
-        "--raft-port",
-        "0",
-        "-j",
-    ])
-    .arg(cluster.nodes[0].api())
-    .args(["--token", &forged, "--data-dir"])
-    .arg(&dir);
-    let out = output(cmd);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_join(&cluster, &forged);
     assert!(stderr.contains("join token refused"), "{stderr}");
 
     // A token of another cluster: its CA is not the one this cluster presents.
     let mut other = Cluster::new();
     other.start_first()?;
-    let foreign = other.token(0)?;
-    let mut cmd = smrmgr(cluster.dir.path());
-    cmd.args([
-        "start",
-        "-a",
-        "intruder",
-        "--ip",
-        "127.0.0.1",
-        "--api-port",
-        "0",
-        "--raft-port",
-        "0",
-        "-j",
-    ])
-    .arg(cluster.nodes[0].api())
-    .args(["--token", &foreign, "--data-dir"])
-    .arg(&dir);
-    let out = output(cmd);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_join(&cluster, &other.token(0)?);
     assert!(stderr.contains("does not match the join token"), "{stderr}");
 
     // Not a token at all.
-    let mut cmd = smrmgr(cluster.dir.path());
-    cmd.args(["start", "-a", "intruder", "--ip", "127.0.0.1", "-j"])
-        .arg(cluster.nodes[0].api())
-        .args(["--token", "hello", "--data-dir"])
-        .arg(&dir);
-    let out = output(cmd);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--token"),
-        "{out:?}"
-    );
+    let stderr = refused_join(&cluster, "hello");
+    assert!(stderr.contains("--token"), "{stderr}");
 
     // No client certificate: the TLS session is allowed (for joins) but the API refuses.
     let ctx = agent::client::Context::load(&cluster.nodes[0].context_path())?;

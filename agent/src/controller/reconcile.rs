@@ -319,8 +319,7 @@ async fn pass<R: Runtime>(
                 message,
             });
         }
-        for (replica, container) in wanted_now.iter().filter(|(_, c)| c.is_none()) {
-            let _ = container;
+        for (replica, _) in wanted_now.iter().filter(|(_, c)| c.is_none()) {
             reports.push(blocked(
                 &key,
                 replica,
