@@ -10,6 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::api::gitops::{GitopsView, SyncRequested};
 use crate::api::types::*;
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::pki::{self, Identity};
@@ -336,6 +337,29 @@ impl Client {
             Method::POST,
             &format!("replicas/{replica}/exec"),
             Payload::Json(body),
+        )
+        .await
+    }
+
+    pub async fn gitops_list(&self) -> Result<Vec<GitopsView>, ClientError> {
+        self.request(Method::GET, "gitops", Payload::None).await
+    }
+
+    pub async fn gitops_get(&self, group: &str, name: &str) -> Result<GitopsView, ClientError> {
+        self.request(
+            Method::GET,
+            &format!("gitops/{group}/{name}"),
+            Payload::None,
+        )
+        .await
+    }
+
+    /// Requests a sync; the answer carries the request number to wait for.
+    pub async fn gitops_sync(&self, group: &str, name: &str) -> Result<SyncRequested, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("gitops/{group}/{name}/sync"),
+            Payload::None,
         )
         .await
     }

@@ -8,6 +8,7 @@
 //! pki/node.crt .key    this node's certificate and key
 //! pki/admin.crt .key   the admin client certificate for smrctl
 //! raft/                Raft log, vote and snapshots (redb)
+//! gitops/              bare clones of gitops repositories (used by the leader)
 //! admin.context        API URL + admin certificate, smrctl's default context
 //! ```
 
@@ -258,6 +259,7 @@ pub async fn run(
             iface: config.iface.clone(),
             vtep_mac: crate::controller::network::parse_mac(&me.vtep_mac).unwrap_or_default(),
             files_dir: dir.join("files"),
+            gitops_cache: dir.join("gitops"),
             node_timeout: crate::controller::schedule::DEFAULT_NODE_TIMEOUT,
         },
         stop_rx.clone(),

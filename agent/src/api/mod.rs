@@ -1,10 +1,12 @@
 //! The REST API on port 1443: routes, authentication by client certificate, OpenAPI document.
 //!
 //! Handlers only parse and check a request into a typed action and call [`crate::node::Node`].
-//! Every route but `GET /api/v1/ca` and `POST /api/v1/join` needs a client certificate signed by
-//! the cluster CA; the `internal/*` routes need a node certificate.
+//! Every route but `GET /api/v1/ca`, `POST /api/v1/join` and the gitops webhook (authenticated by
+//! its HMAC signature) needs a client certificate signed by the cluster CA; the `internal/*` routes
+//! need a node certificate. Credentials stored in objects are never returned.
 
 pub mod error;
+pub mod gitops;
 pub mod serve;
 pub mod types;
 
@@ -54,6 +56,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/replicas/{name}/logs"),
     ("post", "/api/v1/replicas/{name}/exec"),
     ("get", "/api/v1/describe/{kind}/{group}/{name}"),
+    ("get", "/api/v1/gitops"),
+    ("get", "/api/v1/gitops/{group}/{name}"),
+    ("post", "/api/v1/gitops/{group}/{name}/sync"),
+    ("post", "/api/v1/gitops/{group}/{name}/webhook"),
     ("post", "/api/v1/internal/propose"),
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
@@ -88,11 +94,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/replicas/{name}/logs", get(replica_logs))
         .route("/api/v1/replicas/{name}/exec", post(replica_exec))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
+        .route("/api/v1/gitops", get(gitops::list))
+        .route("/api/v1/gitops/{group}/{name}", get(gitops::describe))
+        .route("/api/v1/gitops/{group}/{name}/sync", post(gitops::sync))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/join", post(join))
+        // Git hosts have no client certificate: the body's HMAC signature authenticates.
+        .route(
+            "/api/v1/gitops/{group}/{name}/webhook",
+            post(gitops::webhook),
+        )
         .merge(authenticated)
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .with_state(node)
@@ -397,7 +411,7 @@ async fn list_all(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<StoredObject>>, ApiError> {
     let state = node.state(params.consistency()?).await?;
-    Ok(Json(state.objects.values().cloned().collect()))
+    Ok(Json(state.objects.values().map(gitops::redacted).collect()))
 }
 
 async fn list_kind(
@@ -407,7 +421,7 @@ async fn list_kind(
 ) -> Result<Json<Vec<StoredObject>>, ApiError> {
     let kind = parse_kind(&kind)?;
     let state = node.state(params.consistency()?).await?;
-    Ok(Json(state.objects_of(kind).cloned().collect()))
+    Ok(Json(state.objects_of(kind).map(gitops::redacted).collect()))
 }
 
 async fn get_object(
@@ -420,7 +434,7 @@ async fn get_object(
     state
         .objects
         .get(&key)
-        .cloned()
+        .map(gitops::redacted)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(key.to_string()))
 }
@@ -692,7 +706,7 @@ async fn describe(
     let object = state
         .objects
         .get(&key)
-        .cloned()
+        .map(gitops::redacted)
         .ok_or_else(|| ApiError::NotFound(key.to_string()))?;
     let subject = key.to_string();
     Ok(Json(DescribeView {

@@ -2,12 +2,14 @@
 //!
 //! ```text
 //!  leader only:  state --(schedule)--> Op::Place  (placements, rolling updates, rescheduling)
+//!  leader only:  git + state --(gitops)--> Op::GitopsSync (deploy commits, prune, drift)
 //!  every node:   state + Docker --(reconcile)--> Docker actions, Op::Report (replica status, heartbeat)
 //! ```
 //! Both loops are level-triggered: they wake on every state change and on a timer, read the whole
 //! desired and observed state, and act on the difference computed by [`crate::scheduler`].
 
 pub mod convert;
+pub mod gitops;
 pub mod network;
 pub mod reconcile;
 pub mod schedule;
@@ -33,6 +35,8 @@ pub struct NodeLoops {
     pub iface: Option<String>,
     pub vtep_mac: [u8; 6],
     pub files_dir: PathBuf,
+    /// Where the gitops loop keeps its clones (used while this node leads).
+    pub gitops_cache: PathBuf,
     pub node_timeout: Duration,
 }
 
@@ -40,12 +44,18 @@ pub struct NodeLoops {
 /// run workloads the network loop and the reconciler. Returns when `stop` turns true.
 pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<bool>) {
     let scheduler = tokio::spawn(schedule::run(node.clone(), cfg.node_timeout, stop.clone()));
+    let gitops = tokio::spawn(gitops::run(
+        node.clone(),
+        cfg.gitops_cache.clone(),
+        stop.clone(),
+    ));
     if cfg.workloads {
         workloads(node, cfg, stop.clone()).await;
     }
     let mut stop = stop;
     crate::api::serve::stopped(&mut stop).await;
     let _ = scheduler.await;
+    let _ = gitops.await;
 }
 
 async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bool>) {

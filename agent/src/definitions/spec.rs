@@ -559,6 +559,13 @@ pub struct GitopsSpec {
     pub webhook_secret_ref: Option<SecretKeyRef>,
 }
 
+/// A `directoryPath` as a path inside the repository: simplecontainer writes it with a leading
+/// `/` (`/tests/minimal`) meaning the repository root, so that slash is dropped here. `..`,
+/// `~` and the like are still refused by the gitops crate.
+pub fn repo_directory(directory_path: &str) -> &str {
+    directory_path.trim_start_matches('/')
+}
+
 /// One key of a `secret` object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -323,6 +323,10 @@ fn validate_readiness(r: &Readiness, at: &str) -> Result<(), DefinitionError> {
 
 fn validate_gitops(g: &GitopsSpec) -> Result<(), DefinitionError> {
     non_empty("spec.repoURL", &g.repo_url)?;
+    if let Some(dir) = &g.directory_path {
+        gitops::normalize_directory(super::spec::repo_directory(dir))
+            .map_err(|e| DefinitionError::invalid("spec.directoryPath", e.to_string()))?;
+    }
     if let Some(i) = g.pooling_interval
         && i.get().is_zero()
     {

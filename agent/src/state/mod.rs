@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::Placement;
 
+mod gitops;
+pub use gitops::{GitopsState, GitopsStatus, GitopsSync, owner_of};
+
 pub type NodeId = u64;
 
 /// How many recent operation ids are remembered for deduplication.
@@ -204,6 +207,9 @@ pub struct ClusterState {
     /// The overlay settings; `None` until the first node records them.
     #[serde(default)]
     pub network: Option<NetworkSettings>,
+    /// Sync status of every `gitops` object.
+    #[serde(default)]
+    pub gitops: BTreeMap<ObjectKey, GitopsStatus>,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -259,6 +265,14 @@ pub enum Op {
         node: NodeId,
         report: NodeReport,
     },
+    /// One gitops sync, applied whole: objects, prunes and status.
+    GitopsSync {
+        sync: Box<GitopsSync>,
+    },
+    /// Asks the leader to sync a gitops object now.
+    GitopsRequestSync {
+        gitops: ObjectKey,
+    },
     /// Does nothing; used to test the log.
     Noop,
 }
@@ -293,6 +307,10 @@ pub enum CommandResult {
     },
     Done {
         revision: u64,
+    },
+    /// A gitops sync request was recorded under this number.
+    SyncRequested {
+        request: u64,
     },
     /// The command was valid Raft-wise but the state refuses it; nothing changed.
     Rejected {
@@ -380,6 +398,8 @@ impl ClusterState {
             },
             Op::Place { updates } => self.place(updates, now),
             Op::Report { node, report } => self.report(*node, report, now),
+            Op::GitopsSync { sync } => self.gitops_sync(sync, now),
+            Op::GitopsRequestSync { gitops } => self.gitops_request_sync(gitops),
             Op::Noop => self.bump(),
         }
     }
@@ -518,14 +538,18 @@ impl ClusterState {
                     reason: format!("{key} appears twice in one apply"),
                 };
             }
-            if let Some(existing) = self.objects.get(&key)
-                && existing.owner.as_deref() != owner
-                && existing.owner.is_some()
+            // A gitops object never takes over what someone else holds. A change by hand to an
+            // object gitops deployed is allowed: it stays gitops's, which reports it as drift.
+            if let (Some(owner), Some(existing)) = (owner, self.objects.get(&key))
+                && existing.owner.as_deref() != Some(owner)
             {
                 return CommandResult::Rejected {
                     reason: format!(
-                        "{key} is managed by {}; change it there",
-                        existing.owner.as_deref().unwrap_or("hand")
+                        "{key} is held by {}; {owner} leaves it alone",
+                        existing
+                            .owner
+                            .as_deref()
+                            .unwrap_or("a hand-applied definition")
                     ),
                 };
             }
@@ -537,9 +561,7 @@ impl ClusterState {
             .map(|object| {
                 let key = object.key();
                 let (outcome, generation) = match self.objects.get_mut(&key) {
-                    Some(stored)
-                        if stored.object == *object && stored.owner.as_deref() == owner =>
-                    {
+                    Some(stored) if stored.object == *object => {
                         (Outcome::Unchanged, stored.generation)
                     }
                     Some(stored) => {
@@ -550,7 +572,6 @@ impl ClusterState {
                         stored.generation += 1;
                         stored.revision = revision;
                         stored.updated_ms = now;
-                        stored.owner = owner.map(str::to_string);
                         changed = true;
                         (Outcome::Configured, stored.generation)
                     }
@@ -590,6 +611,21 @@ impl ClusterState {
     fn delete_objects(&mut self, keys: &[ObjectKey]) -> CommandResult {
         let revision = self.revision + 1;
         let mut changed = false;
+        // Deleting a gitops object deletes what it deployed.
+        let mut keys = keys.to_vec();
+        let mut listed: std::collections::BTreeSet<ObjectKey> = keys.iter().cloned().collect();
+        let mut i = 0;
+        while i < keys.len() {
+            if keys[i].kind == Kind::Gitops && self.objects.contains_key(&keys[i]) {
+                for owned in self.owned_by(&keys[i]) {
+                    if listed.insert(owned.clone()) {
+                        keys.push(owned);
+                    }
+                }
+                self.gitops.remove(&keys[i]);
+            }
+            i += 1;
+        }
         let outcomes = keys
             .iter()
             .map(|key| match self.objects.remove(key) {

@@ -145,7 +145,7 @@ fn duplicate_keys_in_one_batch_reject_everything() {
 }
 
 #[test]
-fn objects_owned_by_gitops_are_not_changed_by_hand() {
+fn a_hand_change_to_a_gitops_object_keeps_its_owner_and_gitops_never_takes_over() {
     let mut s = ClusterState::default();
     s.apply(&cmd(
         "a",
@@ -154,18 +154,186 @@ fn objects_owned_by_gitops_are_not_changed_by_hand() {
             owner: Some("gitops/g/repo".into()),
         },
     ));
-    let r = s.apply(&cmd(
+    s.apply(&cmd(
         "b",
         Op::Apply {
-            objects: vec![obj("y", "a"), obj("x", "b")],
+            objects: vec![obj("x", "b"), obj("y", "a")],
             owner: None,
         },
     ));
+    let x = &s.objects[&obj("x", "a").key()];
+    assert_eq!(
+        x.owner.as_deref(),
+        Some("gitops/g/repo"),
+        "drift, not a takeover"
+    );
+    assert_eq!(x.generation, 2);
+    let r = s.apply(&cmd(
+        "c",
+        Op::Apply {
+            objects: vec![obj("z", "a"), obj("y", "b")],
+            owner: Some("gitops/g/other".into()),
+        },
+    ));
     assert!(
-        matches!(r, CommandResult::Rejected { ref reason } if reason.contains("gitops/g/repo")),
+        matches!(r, CommandResult::Rejected { ref reason } if reason.contains("hand-applied")),
         "{r:?}"
     );
-    assert_eq!(s.objects.len(), 1, "nothing of a refused batch is applied");
+    assert_eq!(s.objects.len(), 2, "nothing of a refused batch is applied");
+}
+
+fn gitops_obj(name: &str) -> Object {
+    Object::new(
+        "g",
+        name,
+        crate::definitions::Spec::Gitops(crate::definitions::GitopsSpec {
+            repo_url: "git://127.0.0.1/r".into(),
+            ..Default::default()
+        }),
+    )
+}
+
+fn sync(apply: Vec<Object>, delete: Vec<ObjectKey>, commit: &str) -> Op {
+    Op::GitopsSync {
+        sync: Box::new(GitopsSync {
+            gitops: gitops_obj("repo").key(),
+            generation: 1,
+            apply,
+            delete,
+            status: GitopsStatus {
+                state: GitopsState::Synced,
+                synced_commit: Some(commit.into()),
+                synced_generation: 1,
+                ..Default::default()
+            },
+        }),
+    }
+}
+
+#[test]
+fn a_gitops_sync_applies_prunes_and_records_the_commit_in_one_step() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd(
+        "g",
+        Op::Apply {
+            objects: vec![gitops_obj("repo")],
+            owner: None,
+        },
+    ));
+    let r = s.apply(&cmd(
+        "s1",
+        sync(vec![obj("x", "a"), obj("y", "a")], vec![], "c1"),
+    ));
+    assert_eq!(outcomes(r).len(), 2);
+    let key = gitops_obj("repo").key();
+    assert_eq!(s.gitops[&key].synced_commit.as_deref(), Some("c1"));
+    assert_eq!(s.owned_by(&key).len(), 2);
+    let revision = s.revision;
+    // Same commit again: nothing changes, not even the revision.
+    s.apply(&cmd(
+        "s1b",
+        sync(vec![obj("x", "a"), obj("y", "a")], vec![], "c1"),
+    ));
+    assert_eq!(s.revision, revision);
+    // Next commit: y left git, x changed.
+    let r = s.apply(&cmd(
+        "s2",
+        sync(vec![obj("x", "b")], vec![obj("y", "a").key()], "c2"),
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![
+            ("containers/g/x".into(), Outcome::Configured, 2),
+            ("containers/g/y".into(), Outcome::Deleted, 1)
+        ]
+    );
+    assert_eq!(s.revision, revision + 1, "one revision for the whole sync");
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.reason == "Synced" && e.message.contains("1 pruned"))
+    );
+}
+
+#[test]
+fn a_gitops_sync_is_refused_whole_when_one_object_is_held_by_someone_else() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd(
+        "g",
+        Op::Apply {
+            objects: vec![gitops_obj("repo"), obj("mine", "a")],
+            owner: None,
+        },
+    ));
+    let r = s.apply(&cmd(
+        "s",
+        sync(vec![obj("x", "a"), obj("mine", "b")], vec![], "c1"),
+    ));
+    assert!(matches!(r, CommandResult::Rejected { .. }), "{r:?}");
+    assert!(!s.objects.contains_key(&obj("x", "a").key()));
+    assert!(s.gitops.is_empty());
+    // A sync computed for an older generation of the gitops object is refused too.
+    s.apply(&cmd(
+        "g2",
+        Op::Apply {
+            objects: vec![Object {
+                meta: Meta {
+                    labels: [("v".to_string(), "2".to_string())].into(),
+                    ..gitops_obj("repo").meta
+                },
+                ..gitops_obj("repo")
+            }],
+            owner: None,
+        },
+    ));
+    let r = s.apply(&cmd("s2", sync(vec![obj("x", "a")], vec![], "c1")));
+    assert!(matches!(r, CommandResult::Rejected { ref reason } if reason.contains("generation")));
+}
+
+#[test]
+fn deleting_a_gitops_object_deletes_what_it_deployed_and_sync_requests_count() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd(
+        "g",
+        Op::Apply {
+            objects: vec![gitops_obj("repo"), obj("hand", "a")],
+            owner: None,
+        },
+    ));
+    let key = gitops_obj("repo").key();
+    assert_eq!(
+        s.apply(&cmd(
+            "r1",
+            Op::GitopsRequestSync {
+                gitops: key.clone()
+            }
+        )),
+        CommandResult::SyncRequested { request: 1 }
+    );
+    s.apply(&cmd(
+        "s",
+        sync(vec![obj("x", "a"), obj("y", "a")], vec![], "c1"),
+    ));
+    assert_eq!(
+        s.gitops[&key].sync_requested, 1,
+        "a sync keeps the request count"
+    );
+    let r = s.apply(&cmd(
+        "d",
+        Op::Delete {
+            keys: vec![key.clone()],
+        },
+    ));
+    assert_eq!(outcomes(r).len(), 3);
+    assert_eq!(
+        s.objects.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+        vec!["containers/g/hand"]
+    );
+    assert!(s.gitops.is_empty());
+    assert!(matches!(
+        s.apply(&cmd("r2", Op::GitopsRequestSync { gitops: key })),
+        CommandResult::Rejected { .. }
+    ));
 }
 
 #[test]
@@ -548,6 +716,10 @@ fn commands_round_trip_through_json() {
                 at_ms: 4,
                 replicas: vec![replica("running", true)],
             },
+        },
+        sync(vec![obj("x", "a")], vec![key.clone()], "c"),
+        Op::GitopsRequestSync {
+            gitops: key.clone(),
         },
         Op::Noop,
     ];

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use agent::client::{Client, ClientError, Context};
 use agent::definitions::{self, ObjectKey};
 use agent::node::now_ms;
-use agent::state::{Outcome, StoredObject};
+use agent::state::{GitopsState, Outcome, StoredObject};
 use clap::{Parser, Subcommand};
 use smr::output::{self, Format};
 
@@ -97,6 +97,13 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Gitops repositories the cluster follows: list (default), describe, sync.
+    Gitops {
+        #[command(subcommand)]
+        action: Option<GitopsCmd>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// The `*.private` names the answering node serves, with their addresses.
     Dns {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -108,6 +115,31 @@ enum Cmd {
     Context,
     /// Print the API's OpenAPI document.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum GitopsCmd {
+    /// Every gitops object: repository, commit, state, last sync, message.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// One gitops object (GROUP/NAME): status and the objects it deployed.
+    Describe {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Fetch and deploy now (GROUP/NAME), even with automaticSync off; waits for the result.
+    Sync {
+        name: String,
+        /// Return once the request is recorded.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds to wait for the sync.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -398,6 +430,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Cmd::Gitops { action, output } => {
+            let client = connect(cli.context)?;
+            gitops(&client, action.unwrap_or(GitopsCmd::List { output })).await?;
+        }
         Cmd::RemoveNode { id } => {
             let client = connect(cli.context)?;
             client.remove_node(id).await?;
@@ -418,6 +454,199 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `GROUP/NAME` or `gitops/GROUP/NAME`.
+fn gitops_name(text: &str) -> Result<(String, String), Failure> {
+    let rest = text.strip_prefix("gitops/").unwrap_or(text);
+    match rest.split_once('/') {
+        Some((g, n)) if !g.is_empty() && !n.is_empty() && !n.contains('/') => {
+            Ok((g.to_string(), n.to_string()))
+        }
+        _ => Err(Failure::Input(format!(
+            "gitops object {text:?} is not GROUP/NAME"
+        ))),
+    }
+}
+
+fn short_commit(commit: &Option<String>) -> String {
+    commit
+        .as_deref()
+        .map(|c| c.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn gitops(client: &Client, action: GitopsCmd) -> Result<(), Failure> {
+    let now = now_ms();
+    match action {
+        GitopsCmd::List { output } => {
+            let views = client.gitops_list().await?;
+            match output {
+                Format::Json => print!("{}", output::json(&views)?),
+                Format::Yaml => print!("{}", output::yaml(&views)?),
+                Format::Table | Format::Wide => {
+                    let rows: Vec<Vec<String>> = views
+                        .iter()
+                        .map(|v| {
+                            vec![
+                                format!("{}/{}", v.group, v.name),
+                                v.repo.clone(),
+                                v.revision.clone().unwrap_or_else(|| "HEAD".into()),
+                                short_commit(&v.status.synced_commit),
+                                v.status.state.to_string(),
+                                v.status
+                                    .last_sync_ms
+                                    .map(|t| output::age(t, now))
+                                    .unwrap_or_else(|| "-".into()),
+                                v.status.message.clone(),
+                            ]
+                        })
+                        .collect();
+                    let header = [
+                        "NAME", "REPO", "REVISION", "COMMIT", "STATE", "SYNCED", "MESSAGE",
+                    ];
+                    print!("{}", output::table(&header, &rows));
+                }
+            }
+        }
+        GitopsCmd::Describe { name, output } => {
+            let (group, name) = gitops_name(&name)?;
+            let v = client.gitops_get(&group, &name).await?;
+            match output {
+                Format::Json => print!("{}", output::json(&v)?),
+                Format::Yaml => print!("{}", output::yaml(&v)?),
+                Format::Table | Format::Wide => print!("{}", gitops_details(&v, now)),
+            }
+        }
+        GitopsCmd::Sync {
+            name,
+            no_wait,
+            timeout,
+        } => {
+            let (group, name) = gitops_name(&name)?;
+            let asked = client.gitops_sync(&group, &name).await?;
+            if no_wait {
+                println!(
+                    "gitops/{group}/{name}: sync requested (request {})",
+                    asked.request
+                );
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            let view = loop {
+                let v = client.gitops_get(&group, &name).await?;
+                if v.status.sync_handled >= asked.request {
+                    break v;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Failure::Client(ClientError::Api {
+                        status: 503,
+                        code: "unavailable".into(),
+                        message: format!(
+                            "gitops/{group}/{name}: the sync did not finish within {timeout}s"
+                        ),
+                        details: None,
+                    }));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            };
+            let s = &view.status;
+            println!(
+                "gitops/{group}/{name}: {} at commit {}{}",
+                s.state,
+                short_commit(&s.synced_commit),
+                if s.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.message)
+                }
+            );
+            match s.state {
+                GitopsState::Error => return Err(Failure::Other(anyhow::anyhow!("sync failed"))),
+                GitopsState::Conflict => {
+                    return Err(Failure::Client(ClientError::Api {
+                        status: 409,
+                        code: "conflict".into(),
+                        message: "some definitions are held by someone else".into(),
+                        details: None,
+                    }));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gitops_details(v: &agent::api::gitops::GitopsView, now: u64) -> String {
+    use std::fmt::Write as _;
+    let s = &v.status;
+    let mut out = String::new();
+    let _ = writeln!(out, "Gitops:      gitops/{}/{}", v.group, v.name);
+    let _ = writeln!(out, "Repository:  {}", v.repo);
+    let _ = writeln!(
+        out,
+        "Revision:    {}",
+        v.revision.as_deref().unwrap_or("HEAD")
+    );
+    let _ = writeln!(
+        out,
+        "Directory:   {}",
+        v.directory.as_deref().unwrap_or("/")
+    );
+    let _ = writeln!(
+        out,
+        "Sync:        {} every {}s{}",
+        if v.automatic_sync {
+            "automatic"
+        } else {
+            "manual"
+        },
+        v.interval_seconds,
+        if v.webhook { ", webhook enabled" } else { "" }
+    );
+    let _ = writeln!(out, "State:       {}", s.state);
+    let _ = writeln!(out, "Synced:      {}", short_commit(&s.synced_commit));
+    let _ = writeln!(out, "Head:        {}", short_commit(&s.head_commit));
+    let _ = writeln!(
+        out,
+        "Last sync:   {}",
+        s.last_sync_ms
+            .map(|t| format!("{} ago", output::age(t, now)))
+            .unwrap_or_else(|| "-".into())
+    );
+    if !s.message.is_empty() {
+        let _ = writeln!(out, "Message:     {}", s.message);
+    }
+    let mut rows: Vec<Vec<String>> = v
+        .objects
+        .iter()
+        .map(|o| vec![o.key.to_string(), o.generation.to_string(), o.state.clone()])
+        .collect();
+    for key in s
+        .drifted
+        .iter()
+        .filter(|k| !v.objects.iter().any(|o| &o.key == *k))
+    {
+        rows.push(vec![
+            key.to_string(),
+            "-".into(),
+            "missing (drifted)".into(),
+        ]);
+    }
+    for (key, why) in &s.conflicts {
+        rows.push(vec![
+            key.to_string(),
+            "-".into(),
+            format!("not deployed: {why}"),
+        ]);
+    }
+    let _ = write!(
+        out,
+        "\nObjects:\n{}",
+        output::table(&["OBJECT", "GENERATION", "STATE"], &rows)
+    );
+    out
 }
 
 fn replicas_table(replicas: &[agent::api::types::ReplicaView]) -> String {

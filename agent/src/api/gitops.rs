@@ -1,0 +1,306 @@
+//! Gitops routes: status of every `gitops` object, sync requests, and the push webhook.
+//!
+//! The webhook is the one write route without a client certificate (git hosts have none): it is
+//! authenticated by the HMAC-SHA256 signature of its body (GitHub `X-Hub-Signature-256` or Gitea
+//! `X-Gitea-Signature`) with the secret named by the object's `webhookSecretRef`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::{AppState, ReadParams, read_body};
+use crate::definitions::{Kind, ObjectKey, Spec};
+use crate::node::Consistency;
+use crate::state::{ClusterState, CommandResult, GitopsStatus, Op, StoredObject};
+
+/// One gitops object and where it stands. Never carries credentials.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GitopsView {
+    pub group: String,
+    pub name: String,
+    /// The repository URL without any `user:password@`.
+    pub repo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    pub automatic_sync: bool,
+    pub interval_seconds: u64,
+    pub webhook: bool,
+    pub generation: u64,
+    pub status: GitopsStatus,
+    /// The objects it deployed (describe only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ManagedObject>,
+}
+
+/// An object deployed by a gitops object.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManagedObject {
+    pub key: ObjectKey,
+    pub generation: u64,
+    /// `synced` or `drifted`.
+    pub state: String,
+}
+
+/// `POST .../sync` and webhook answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncRequested {
+    /// `sync requested`, `ignored` or `pong`.
+    pub status: String,
+    /// The request number; the sync answering it sets `status.sync_handled` to at least this.
+    #[serde(default)]
+    pub request: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+fn view(state: &ClusterState, stored: &StoredObject, detail: bool) -> Option<GitopsView> {
+    let spec = stored.object.spec.as_gitops()?;
+    let key = stored.object.key();
+    let status = state.gitops.get(&key).cloned().unwrap_or_default();
+    let objects = if detail {
+        state
+            .owned_by(&key)
+            .into_iter()
+            .filter_map(|k| {
+                let o = state.objects.get(&k)?;
+                let drifted = status.drifted.contains(&k);
+                Some(ManagedObject {
+                    key: k,
+                    generation: o.generation,
+                    state: if drifted { "drifted" } else { "synced" }.into(),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Some(GitopsView {
+        group: key.group.clone(),
+        name: key.name.clone(),
+        repo: gitops::redact_url(&spec.repo_url),
+        revision: spec.revision.clone(),
+        directory: spec.directory_path.clone(),
+        automatic_sync: spec.automatic_sync,
+        interval_seconds: spec
+            .pooling_interval
+            .map(|i| i.get())
+            .unwrap_or(crate::controller::gitops::DEFAULT_INTERVAL)
+            .as_secs(),
+        webhook: spec.webhook_secret_ref.is_some(),
+        generation: stored.generation,
+        status,
+        objects,
+    })
+}
+
+fn gitops_key(group: String, name: String) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::Gitops,
+        group,
+        name,
+    }
+}
+
+pub(super) async fn list(
+    State(node): AppState,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<Vec<GitopsView>>, ApiError> {
+    let state = node.state(params.consistency()?).await?;
+    Ok(Json(
+        state
+            .objects_of(Kind::Gitops)
+            .filter_map(|o| view(&state, o, false))
+            .collect(),
+    ))
+}
+
+pub(super) async fn describe(
+    State(node): AppState,
+    Path((group, name)): Path<(String, String)>,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<GitopsView>, ApiError> {
+    let key = gitops_key(group, name);
+    let state = node.state(params.consistency()?).await?;
+    state
+        .objects
+        .get(&key)
+        .and_then(|o| view(&state, o, true))
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(key.to_string()))
+}
+
+async fn request_sync(node: &crate::node::Node, key: ObjectKey) -> Result<u64, ApiError> {
+    match node
+        .propose(Op::GitopsRequestSync { gitops: key }, None)
+        .await?
+    {
+        CommandResult::SyncRequested { request } => Ok(request),
+        CommandResult::Rejected { reason } => Err(ApiError::NotFound(reason)),
+        other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+pub(super) async fn sync(
+    State(node): AppState,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
+    let request = request_sync(&node, gitops_key(group, name)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SyncRequested {
+            status: "sync requested".into(),
+            request,
+            message: String::new(),
+        }),
+    ))
+}
+
+/// Signature headers, GitHub's first.
+const SIGNATURE_HEADERS: [&str; 3] = [
+    "x-hub-signature-256",
+    "x-gitea-signature",
+    "x-gogs-signature",
+];
+const EVENT_HEADERS: [&str; 3] = ["x-github-event", "x-gitea-event", "x-gogs-event"];
+
+fn first_header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+}
+
+/// The webhook secret of a gitops object, or why there is none.
+fn webhook_secret(state: &ClusterState, key: &ObjectKey) -> Result<String, ApiError> {
+    let spec = state
+        .objects
+        .get(key)
+        .and_then(|o| o.object.spec.as_gitops())
+        .ok_or_else(|| ApiError::NotFound(key.to_string()))?;
+    let r = spec.webhook_secret_ref.as_ref().ok_or_else(|| {
+        ApiError::Forbidden(format!(
+            "{key} has no webhook: set spec.webhookSecretRef to a secret holding the HMAC key"
+        ))
+    })?;
+    let field = r.key.as_deref().unwrap_or("webhook");
+    let secret_key = ObjectKey {
+        kind: Kind::Secret,
+        group: r.group.clone(),
+        name: r.name.clone(),
+    };
+    match state.objects.get(&secret_key).map(|o| &o.object.spec) {
+        Some(Spec::Secret(data)) => data
+            .data
+            .get(field)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::Forbidden(format!(
+                    "{secret_key} has no key {field:?}: webhook disabled"
+                ))
+            }),
+        _ => Err(ApiError::Forbidden(format!(
+            "{secret_key} (webhookSecretRef of {key}) does not exist: webhook disabled"
+        ))),
+    }
+}
+
+/// `POST /api/v1/gitops/{group}/{name}/webhook`: a push from the git host.
+pub(super) async fn webhook(
+    State(node): AppState,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
+    let key = gitops_key(group, name);
+    let body = read_body(body).await?;
+    let state = node.state(Consistency::Stale).await?;
+    let secret = webhook_secret(&state, &key)?;
+    let signature = first_header(&headers, &SIGNATURE_HEADERS).ok_or_else(|| {
+        ApiError::BadSignature(
+            "missing signature: send X-Hub-Signature-256 (GitHub) or X-Gitea-Signature".into(),
+        )
+    })?;
+    gitops::verify_signature(secret.as_bytes(), &body, signature)
+        .map_err(|e| ApiError::BadSignature(format!("webhook refused: {e}")))?;
+    let answer = |status: StatusCode, text: &str, request: u64, message: String| {
+        (
+            status,
+            Json(SyncRequested {
+                status: text.into(),
+                request,
+                message,
+            }),
+        )
+    };
+    match first_header(&headers, &EVENT_HEADERS) {
+        Some("ping") => return Ok(answer(StatusCode::OK, "pong", 0, String::new())),
+        Some("push") | None => {}
+        Some(other) => {
+            return Ok(answer(
+                StatusCode::ACCEPTED,
+                "ignored",
+                0,
+                format!("event {other:?} does not trigger a sync"),
+            ));
+        }
+    }
+    let push =
+        gitops::parse_push(&body).map_err(|e| ApiError::BadRequest(format!("webhook: {e}")))?;
+    let revision = state
+        .objects
+        .get(&key)
+        .and_then(|o| o.object.spec.as_gitops())
+        .and_then(|s| s.revision.clone())
+        .filter(|r| !r.is_empty() && r != "HEAD");
+    let tracked = match &revision {
+        None => true,
+        Some(r) => push.branch() == Some(r.as_str()) || push.tag() == Some(r.as_str()),
+    };
+    if !tracked {
+        return Ok(answer(
+            StatusCode::ACCEPTED,
+            "ignored",
+            0,
+            format!(
+                "push to {} is not revision {}",
+                push.git_ref,
+                revision.unwrap_or_default()
+            ),
+        ));
+    }
+    let request = request_sync(&node, key).await?;
+    Ok(answer(
+        StatusCode::ACCEPTED,
+        "sync requested",
+        request,
+        String::new(),
+    ))
+}
+
+/// A stored object as the API shows it: credentials (httpauth passwords, certkey keys and
+/// passwords, secret values) replaced by `***`.
+pub fn redacted(stored: &StoredObject) -> StoredObject {
+    const HIDDEN: &str = "***";
+    let hide = |v: &mut Option<String>| {
+        if v.is_some() {
+            *v = Some(HIDDEN.into());
+        }
+    };
+    let mut out = stored.clone();
+    match &mut out.object.spec {
+        Spec::Httpauth(h) => h.password = HIDDEN.into(),
+        Spec::Certkey(c) => {
+            hide(&mut c.private_key);
+            hide(&mut c.private_key_password);
+            hide(&mut c.key_store_password);
+        }
+        Spec::Secret(s) => s.data.values_mut().for_each(|v| *v = HIDDEN.into()),
+        _ => {}
+    }
+    out
+}
