@@ -29,8 +29,8 @@ const HOOK: &str = "bench-hook-secret";
 fn containers(name: &str, replicas: usize, i: usize) -> String {
     format!(
         "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: bench\n  name: {name}\n\
-         spec:\n  image: smr/busybox\n  tag: local\n  replicas: {replicas}\n\
-         entrypoint: [\"sleep\", \"3600\"]\n  envs:\n    - INDEX={i}\n    - ROLE=bench\n\
+         spec:\n  image: smr/busybox\n  tag: local\n  replicas: {replicas}\n  \
+         entrypoint: [\"sleep\", \"3600\"]\n  envs:\n    - INDEX={i}\n    - ROLE=bench\n  \
          ports:\n    - container: \"8080\"\n  labels:\n    app: bench\n"
     )
 }
@@ -38,7 +38,7 @@ fn containers(name: &str, replicas: usize, i: usize) -> String {
 fn gitops(name: &str, url: &str, directory: &str, extra: &str) -> String {
     format!(
         "kind: gitops\nprefix: simplecontainer.io/v1\nmeta:\n  group: ops\n  name: {name}\n\
-         spec:\n  repoURL: \"{url}\"\n  revision: main\n  directoryPath: {directory}\n\
+         spec:\n  repoURL: \"{url}\"\n  revision: main\n  directoryPath: {directory}\n  \
          automaticSync: true\n{extra}"
     )
 }
@@ -244,7 +244,10 @@ async fn push_to_ready() -> anyhow::Result<()> {
         direct.push(started.elapsed());
 
         let name = format!("h{round}");
-        repo.write(&format!("hook/{name}.yaml"), containers(&name, REPLICAS, round));
+        repo.write(
+            &format!("hook/{name}.yaml"),
+            containers(&name, REPLICAS, round),
+        );
         let commit = repo.commit(&name);
         let started = Instant::now();
         let body = serde_json::to_vec(&serde_json::json!({
@@ -257,12 +260,19 @@ async fn push_to_ready() -> anyhow::Result<()> {
             .body(body)
             .send()
             .await?;
-        anyhow::ensure!(response.status().as_u16() == 202, "webhook: {}", response.status());
+        anyhow::ensure!(
+            response.status().as_u16() == 202,
+            "webhook: {}",
+            response.status()
+        );
         ready(&client, &name, REPLICAS).await?;
         hooked.push(started.elapsed());
 
         let name = format!("p{round}");
-        repo.write(&format!("poll/{name}.yaml"), containers(&name, REPLICAS, round));
+        repo.write(
+            &format!("poll/{name}.yaml"),
+            containers(&name, REPLICAS, round),
+        );
         repo.commit(&name);
         let started = Instant::now();
         ready(&client, &name, REPLICAS).await?;

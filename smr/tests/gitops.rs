@@ -88,6 +88,9 @@ async fn git_daemon_deploys_follows_pushes_prunes_and_handles_drift_bad_commits_
         "apps/nested/b.yaml",
         format!("{}---\n{}", config_yaml("b", "1"), config_yaml("c", "1")),
     );
+    // A pack beside it: Pack.yaml + definitions/.
+    repo.write("pack/Pack.yaml", "name: tools\nversion: 1.0.0\n");
+    repo.write("pack/definitions/p.yaml", config_yaml("packed", "1"));
     let c1 = repo.commit("first");
     let daemon = GitDaemon::start(&repo.base());
     // simplecontainer writes directoryPath with a leading slash.
@@ -110,6 +113,18 @@ async fn git_daemon_deploys_follows_pushes_prunes_and_handles_drift_bad_commits_
         assert_eq!(stored.owner.as_deref(), Some("gitops/ops/repo"));
         assert_eq!(stored.generation, 1);
     }
+
+    apply(
+        &cluster,
+        &gitops_yaml(
+            "pack",
+            &daemon.url("defs"),
+            "  directoryPath: pack\n  automaticSync: true\n",
+        ),
+    )?;
+    synced(&client, "ops/pack", &c1).await?;
+    let packed = client.get(&key("configuration/app/packed")).await?;
+    assert_eq!(packed.owner.as_deref(), Some("gitops/ops/pack"));
 
     // A pushed commit is deployed on the next poll; a file deleted in git is pruned.
     repo.write("apps/a.yaml", config_yaml("a", "2"));

@@ -283,7 +283,7 @@ pub(super) async fn webhook(
 }
 
 /// A stored object as the API shows it: credentials (httpauth passwords, certkey keys and
-/// passwords, secret values) replaced by `***`.
+/// passwords, secret values) replaced by `***`, and `user:password@` dropped from repository URLs.
 pub fn redacted(stored: &StoredObject) -> StoredObject {
     const HIDDEN: &str = "***";
     let hide = |v: &mut Option<String>| {
@@ -300,7 +300,68 @@ pub fn redacted(stored: &StoredObject) -> StoredObject {
             hide(&mut c.key_store_password);
         }
         Spec::Secret(s) => s.data.values_mut().for_each(|v| *v = HIDDEN.into()),
+        Spec::Gitops(g) => g.repo_url = gitops::redact_url(&g.repo_url),
         _ => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definitions::{CertKeySpec, DataSpec, GitopsSpec, HttpAuthSpec, Object};
+
+    fn stored(object: Object) -> StoredObject {
+        StoredObject {
+            object,
+            generation: 1,
+            template_generation: 1,
+            revision: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn credentials_never_leave_in_api_answers() {
+        let objects = [
+            Object::new(
+                "g",
+                "a",
+                Spec::Httpauth(HttpAuthSpec {
+                    username: "u".into(),
+                    password: "pw-1".into(),
+                }),
+            ),
+            Object::new(
+                "g",
+                "b",
+                Spec::Certkey(CertKeySpec {
+                    private_key: Some("pw-2".into()),
+                    private_key_password: Some("pw-3".into()),
+                    ..Default::default()
+                }),
+            ),
+            Object::new(
+                "g",
+                "c",
+                Spec::Secret(DataSpec {
+                    data: [("k".to_string(), "pw-4".to_string())].into(),
+                }),
+            ),
+            Object::new(
+                "g",
+                "d",
+                Spec::Gitops(GitopsSpec {
+                    repo_url: "https://user:pw-5@git.example.com/r.git".into(),
+                    ..Default::default()
+                }),
+            ),
+        ];
+        for object in objects {
+            let shown = serde_json::to_string(&redacted(&stored(object))).unwrap();
+            assert!(!shown.contains("pw-"), "{shown}");
+        }
+    }
 }
