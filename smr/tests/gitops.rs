@@ -456,6 +456,20 @@ async fn a_leader_killed_during_a_sync_is_replaced_and_the_sync_completes_once()
     cluster.kill9(leader)?;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let client = cluster.client(survivors[0]);
+    // Where the kill fell: before the sync's entry was committed (the new leader deploys it) or
+    // after (the new leader finds nothing to do). Both must end with every object once.
+    let early = eventually("a new leader", DEADLINE, || async {
+        client.gitops_get("ops", "many").await.ok()
+    })
+    .await?;
+    eprintln!(
+        "leader killed {} the sync was committed",
+        if early.status.synced_commit.is_some() {
+            "after"
+        } else {
+            "before"
+        }
+    );
     synced(&client, "ops/many", &commit).await?;
     cluster.restart(leader)?;
     for i in 0..3 {
