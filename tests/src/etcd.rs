@@ -1,0 +1,183 @@
+//! A real etcd cluster on loopback for the suites: `members` etcd processes (Debian's
+//! `etcd-server`, installed by tests/install-deps.sh) on free 127.0.0.1 ports, each with its own
+//! data directory in a tempdir. Members are stopped by their recorded pid (on drop too).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether the `etcd` binary is installed.
+pub fn available() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl EtcdCluster {
+    /// Starts a new cluster of `members` and waits until every member answers.
+    pub fn start(members: usize) -> anyhow::Result<EtcdCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut list = Vec::new();
+        for i in 0..members {
+            let name = format!("m{i}");
+            list.push(Member {
+                data_dir: dir.path().join(&name),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                child: None,
+            });
+        }
+        let initial_cluster = list
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members: list,
+            initial_cluster,
+            token: format!("smr-test-{}", std::process::id()),
+            _dir: dir,
+        };
+        for i in 0..members {
+            cluster.start_member(i)?;
+        }
+        for i in 0..members {
+            cluster.wait_healthy(i, Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    /// `127.0.0.1:PORT` of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// `etcd://` URL naming every member.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoints().join(","))
+    }
+
+    /// (Re)starts member `i` on its data directory.
+    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        if m.child.is_some() {
+            return Ok(());
+        }
+        let state = if m.data_dir.join("member").exists() {
+            "existing"
+        } else {
+            "new"
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)?;
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", state])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is etcd-server installed? tests/install-deps.sh)")?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills member `i` (SIGKILL by its pid) and reaps it.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until member `i` reports healthy (its /health endpoint on the client port).
+    pub fn wait_healthy(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        let deadline = Instant::now() + limit;
+        let url = format!("http://127.0.0.1:{}/health", m.client_port);
+        loop {
+            if let Ok(body) = http_get(&url)
+                && body.contains("\"health\":\"true\"")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                bail!(
+                    "etcd member {} not healthy in {limit:?}; log tail:\n{tail}",
+                    m.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A minimal blocking HTTP GET (the health endpoint only; no client crate needed).
+fn http_get(url: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("http only")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+}
