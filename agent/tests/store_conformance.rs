@@ -548,3 +548,64 @@ macro_rules! conformance {
 
 conformance!(raft, Harness::raft(3).await);
 conformance!(etcd, Harness::etcd(3).await);
+
+/// etcd only: without an etcd quorum the store reports degraded, refuses writes and keeps its
+/// last state; once etcd is back it resumes, and nothing acknowledged before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_outage_degrades_and_resumes() {
+    let mut h = Harness::etcd(2).await;
+    for n in 0..5 {
+        h.write(n % 2, token_op(n)).await;
+    }
+    let before: Vec<String> = (0..5).map(|n| format!("t{n:05}")).collect();
+    wait_for("both handles to apply", || {
+        (0..2).all(|i| h.handle(i).status().last_applied >= h.handle(0).status().last_applied)
+    })
+    .await;
+    {
+        let Backend::Etcd { cluster, .. } = &mut h.backend else {
+            unreachable!()
+        };
+        cluster.kill_member(1);
+        cluster.kill_member(2);
+    }
+    let refused = h.handle(0).write(command(token_op(99))).await;
+    assert!(
+        matches!(refused, Err(WriteError::Unavailable(_))),
+        "a write without quorum must be refused, got {refused:?}"
+    );
+    wait_for("both handles to report degraded", || {
+        (0..2).all(|i| h.handle(i).status().state == ServerState::Degraded)
+    })
+    .await;
+    assert!(h.leaders().is_empty(), "no leader without etcd");
+    for i in 0..2 {
+        let kept = h.handle(i).read(false).await.unwrap();
+        assert_eq!(tokens(&kept)[..5], before[..], "handle {i} keeps its state");
+    }
+    {
+        let Backend::Etcd { cluster, .. } = &mut h.backend else {
+            unreachable!()
+        };
+        cluster.start_member(1).unwrap();
+        cluster.start_member(2).unwrap();
+        for i in 0..3 {
+            tokio::task::block_in_place(|| cluster.wait_healthy(i, DEADLINE)).unwrap();
+        }
+    }
+    wait_for("the handles to resume", || {
+        (0..2).all(|i| h.handle(i).status().state != ServerState::Degraded)
+    })
+    .await;
+    h.one_leader().await;
+    h.write(1, token_op(5)).await;
+    for i in 0..2 {
+        let seen: Vec<String> = tokens(&h.read(i).await)
+            .into_iter()
+            .filter(|t| t != "t00099")
+            .collect();
+        let expected: Vec<String> = (0..6).map(|n| format!("t{n:05}")).collect();
+        assert_eq!(seen, expected, "handle {i}");
+    }
+    h.close_all().await;
+}
