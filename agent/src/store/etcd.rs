@@ -315,7 +315,8 @@ impl EtcdStore {
             term: election.lease as u64,
             last_log_index: Some(applied),
             last_applied: Some(applied),
-            voters: BTreeSet::new(),
+            // Every registered agent reads and writes etcd directly: all count as voters.
+            voters: state.nodes.keys().copied().collect(),
             learners: BTreeSet::new(),
             members: state
                 .nodes

@@ -558,7 +558,15 @@ impl Store {
         match self {
             Store::Raft(s) => s.rpc_router(),
             #[cfg(feature = "etcd")]
-            Store::Etcd(_) => axum::Router::new(),
+            Store::Etcd(_) => axum::Router::new().route(
+                "/raft/{*rpc}",
+                axum::routing::any(|| async {
+                    (
+                        axum::http::StatusCode::NOT_FOUND,
+                        "this cluster keeps its state in etcd: no Raft here",
+                    )
+                }),
+            ),
         }
     }
 
