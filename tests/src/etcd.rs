@@ -1,8 +1,9 @@
-//! A real etcd cluster on loopback for the suites: `members` etcd processes (Debian's
-//! `etcd-server`, installed by tests/install-deps.sh) on free 127.0.0.1 ports, each with its own
+//! A real etcd cluster for the suites: `members` etcd processes (Debian's `etcd-server`,
+//! installed by tests/install-deps.sh) on free ports of 127.0.0.1 (or a testbed bridge address
+//! the VMs reach), each with its own
 //! data directory in a tempdir. Members are stopped by their recorded pid (on drop too).
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,13 +21,15 @@ pub struct Member {
 
 pub struct EtcdCluster {
     pub members: Vec<Member>,
+    /// The address every member listens on.
+    pub ip: Ipv4Addr,
     initial_cluster: String,
     token: String,
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 /// Whether the `etcd` binary is installed.
@@ -41,8 +44,13 @@ pub fn available() -> bool {
 }
 
 impl EtcdCluster {
-    /// Starts a new cluster of `members` and waits until every member answers.
+    /// Starts a new cluster of `members` on 127.0.0.1 and waits until every member answers.
     pub fn start(members: usize) -> anyhow::Result<EtcdCluster> {
+        EtcdCluster::start_on(members, Ipv4Addr::LOCALHOST)
+    }
+
+    /// Same, listening on `ip` (e.g. a testbed bridge address the VMs reach).
+    pub fn start_on(members: usize, ip: Ipv4Addr) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
         let mut list = Vec::new();
         for i in 0..members {
@@ -51,18 +59,19 @@ impl EtcdCluster {
                 data_dir: dir.path().join(&name),
                 log: dir.path().join(format!("{name}.log")),
                 name,
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port: free_port(ip)?,
+                peer_port: free_port(ip)?,
                 child: None,
             });
         }
         let initial_cluster = list
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{ip}:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = EtcdCluster {
             members: list,
+            ip,
             initial_cluster,
             token: format!("smr-test-{}", std::process::id()),
             _dir: dir,
@@ -76,11 +85,11 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
-    /// `127.0.0.1:PORT` of every member.
+    /// `IP:PORT` of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}:{}", self.ip, m.client_port))
             .collect()
     }
 
@@ -104,8 +113,8 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(&m.log)?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let client = format!("http://{}:{}", self.ip, m.client_port);
+        let peer = format!("http://{}:{}", self.ip, m.peer_port);
         let child = Command::new("etcd")
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -138,7 +147,7 @@ impl EtcdCluster {
     pub fn wait_healthy(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
         let m = &self.members[i];
         let deadline = Instant::now() + limit;
-        let url = format!("http://127.0.0.1:{}/health", m.client_port);
+        let url = format!("http://{}:{}/health", self.ip, m.client_port);
         loop {
             if let Ok(body) = http_get(&url)
                 && body.contains("\"health\":\"true\"")
