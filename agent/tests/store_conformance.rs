@@ -115,6 +115,7 @@ enum Backend {
 struct Harness {
     backend: Backend,
     handles: Vec<Option<Store>>,
+    config: StoreConfig,
 }
 
 fn peer(port: u16, id: u64) -> RaftPeer {
@@ -142,6 +143,7 @@ impl Harness {
                 nodes,
             },
             handles: (0..n).map(|_| None).collect(),
+            config: config(),
         };
         for i in 0..n {
             h.open(i).await;
@@ -166,6 +168,10 @@ impl Harness {
     }
 
     async fn etcd(n: usize) -> Harness {
+        Harness::etcd_with(n, config()).await
+    }
+
+    async fn etcd_with(n: usize, store_config: StoreConfig) -> Harness {
         let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(3))
             .await
             .unwrap()
@@ -178,6 +184,7 @@ impl Harness {
         let mut h = Harness {
             backend: Backend::Etcd { cluster, config },
             handles: (0..n).map(|_| None).collect(),
+            config: store_config,
         };
         for i in 0..n {
             h.open(i).await;
@@ -200,6 +207,7 @@ impl Harness {
     /// Opens (or reopens) handle `i` on its data (Raft: its directory and port).
     async fn open(&mut self, i: usize) {
         let id = i as u64 + 1;
+        let store_config = self.config.clone();
         let store = match &mut self.backend {
             Backend::Raft { dir, nodes } => {
                 let transport = Transport {
@@ -210,7 +218,9 @@ impl Harness {
                     scheme: "http".into(),
                 };
                 let path = dir.path().join(format!("n{id}"));
-                let store = Store::open(&path, id, transport, config()).await.unwrap();
+                let store = Store::open(&path, id, transport, store_config)
+                    .await
+                    .unwrap();
                 let listener = TcpListener::bind(("127.0.0.1", nodes[i].port))
                     .await
                     .unwrap();
@@ -219,7 +229,7 @@ impl Harness {
                 nodes[i].server = Some((stop, task));
                 store
             }
-            Backend::Etcd { config: c, .. } => Store::open_etcd(c, id, config()).await.unwrap(),
+            Backend::Etcd { config: c, .. } => Store::open_etcd(c, id, store_config).await.unwrap(),
         };
         self.handles[i] = Some(store);
     }
@@ -607,5 +617,71 @@ async fn etcd_outage_degrades_and_resumes() {
         let expected: Vec<String> = (0..6).map(|n| format!("t{n:05}")).collect();
         assert_eq!(seen, expected, "handle {i}");
     }
+    h.close_all().await;
+}
+
+/// etcd only: the leader snapshots the state into etcd and trims the log; a handle that was away
+/// (and a new one) catch up from the snapshot plus the log after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_snapshot_trims_the_log_and_late_handles_catch_up() {
+    let mut h = Harness::etcd_with(
+        3,
+        StoreConfig {
+            snapshot_every: 10,
+            ..config()
+        },
+    )
+    .await;
+    h.write(0, token_op(0)).await;
+    h.close(2).await;
+    for n in 1..60 {
+        h.write(n % 2, token_op(n)).await;
+    }
+    let (endpoints, prefix) = match &h.backend {
+        Backend::Etcd { config, .. } => (config.endpoints.clone(), config.prefix.clone()),
+        Backend::Raft { .. } => unreachable!(),
+    };
+    let mut etcd = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let log_keys = |etcd: &mut etcd_client::Client| {
+        let mut etcd = etcd.clone();
+        let prefix = prefix.clone();
+        async move {
+            etcd.get(
+                format!("{prefix}log/"),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only(),
+                ),
+            )
+            .await
+            .unwrap()
+            .count()
+        }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let snapshot = etcd.get(format!("{prefix}snapshot"), None).await.unwrap();
+        let count = log_keys(&mut etcd).await;
+        if !snapshot.kvs().is_empty() && count < 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot/trim: {count} log keys"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: Vec<String> = (0..60).map(|n| format!("t{n:05}")).collect();
+    // The handle that was away since the first write, and a brand-new one (id 4).
+    h.open(2).await;
+    assert_eq!(tokens(&h.read(2).await), expected);
+    h.handles.push(None);
+    h.open(3).await;
+    assert_eq!(tokens(&h.read(3).await), expected);
+    h.write(3, token_op(60)).await;
+    assert_eq!(tokens(&h.read(0).await).len(), 61);
     h.close_all().await;
 }

@@ -528,7 +528,7 @@ impl Inner {
     }
 
     /// Campaigns for the leadership on a fresh lease and holds it until the lease is lost.
-    async fn campaign(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn campaign(self: &Arc<Self>, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let limit = self.opts.write_timeout;
         let ttl = self.opts.lease_ttl;
         let mut leases = self.client.lease_client();
@@ -547,7 +547,11 @@ impl Inner {
         result
     }
 
-    async fn hold(&self, lease: i64, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn hold(
+        self: &Arc<Self>,
+        lease: i64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let ttl = Duration::from_secs(self.opts.lease_ttl as u64);
         let mut leases = self.client.lease_client();
         let (mut keeper, mut renewals) = timed(
@@ -595,11 +599,15 @@ impl Inner {
                     } else if self.applied() >= self.snapshot_rev.load(Ordering::SeqCst) + self.opts.snapshot_every
                         && !self.snapshotting.swap(true, Ordering::SeqCst)
                     {
-                        let result = self.write_snapshot().await;
-                        self.snapshotting.store(false, Ordering::SeqCst);
-                        if let Err(e) = result {
-                            tracing::warn!("writing the etcd snapshot: {e}");
-                        }
+                        // In the background: this loop must keep renewing the lease.
+                        let inner = self.clone();
+                        tokio::spawn(async move {
+                            let result = inner.write_snapshot().await;
+                            inner.snapshotting.store(false, Ordering::SeqCst);
+                            if let Err(e) = result {
+                                tracing::warn!("writing the etcd snapshot: {e}");
+                            }
+                        });
                     }
                 }
             }
