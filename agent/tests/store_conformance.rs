@@ -685,3 +685,85 @@ async fn etcd_snapshot_trims_the_log_and_late_handles_catch_up() {
     assert_eq!(tokens(&h.read(0).await).len(), 61);
     h.close_all().await;
 }
+
+/// etcd only: TLS to etcd with a client certificate (`--etcd-cacert/--etcd-cert/--etcd-key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_over_tls_with_a_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_pem, client_key) = leaf(vec!["smr-agent".into()]);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let files = smr_tests::etcd::TlsFiles {
+        ca: write("ca.pem", &ca_cert.pem()),
+        cert: write("server.pem", &server_pem),
+        key: write("server.key", &server_key),
+    };
+    let cluster = tokio::task::spawn_blocking(move || {
+        EtcdCluster::start_with(1, std::net::Ipv4Addr::LOCALHOST, Some(files))
+    })
+    .await
+    .unwrap()
+    .expect("a TLS etcd");
+    let base = EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/tls/".into(),
+        ca_pem: Some(ca_cert.pem()),
+        ..EtcdConfig::default()
+    };
+    let authenticated = EtcdConfig {
+        cert_pem: Some(client_pem),
+        key_pem: Some(client_key),
+        ..base.clone()
+    };
+    let store = Store::open_etcd(&authenticated, 1, config()).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let result = loop {
+        match store.write(command(token_op(1))).await {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "no write over TLS: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !matches!(result, CommandResult::Rejected { .. }),
+        "{result:?}"
+    );
+    let state = store.read(true).await.unwrap();
+    assert_eq!(tokens(&state), vec!["t00001"]);
+    // Without a client certificate the same (running) etcd refuses: the write is unavailable.
+    let anonymous = Store::open_etcd(
+        &base,
+        2,
+        StoreConfig {
+            write_timeout: Duration::from_secs(2),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let refused = anonymous.write(command(token_op(2))).await;
+    assert!(
+        matches!(refused, Err(WriteError::Unavailable(_))),
+        "{refused:?}"
+    );
+    anonymous.shutdown().await;
+    store.shutdown().await;
+}

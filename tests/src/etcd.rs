@@ -19,8 +19,18 @@ pub struct Member {
     pub log: PathBuf,
 }
 
+/// PEM files for a TLS etcd: clients must present a certificate signed by `ca`.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 pub struct EtcdCluster {
     pub members: Vec<Member>,
+    /// Client URLs are https and client certificates are required.
+    pub tls: Option<TlsFiles>,
     /// The address every member listens on.
     pub ip: Ipv4Addr,
     initial_cluster: String,
@@ -51,6 +61,15 @@ impl EtcdCluster {
 
     /// Same, listening on `ip` (e.g. a testbed bridge address the VMs reach).
     pub fn start_on(members: usize, ip: Ipv4Addr) -> anyhow::Result<EtcdCluster> {
+        EtcdCluster::start_with(members, ip, None)
+    }
+
+    /// Same, with TLS and client-certificate authentication on the client port when `tls` is set.
+    pub fn start_with(
+        members: usize,
+        ip: Ipv4Addr,
+        tls: Option<TlsFiles>,
+    ) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
         let mut list = Vec::new();
         for i in 0..members {
@@ -71,6 +90,7 @@ impl EtcdCluster {
             .join(",");
         let mut cluster = EtcdCluster {
             members: list,
+            tls,
             ip,
             initial_cluster,
             token: format!("smr-test-{}", std::process::id()),
@@ -113,9 +133,21 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(&m.log)?;
-        let client = format!("http://{}:{}", self.ip, m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}:{}", self.ip, m.client_port);
         let peer = format!("http://{}:{}", self.ip, m.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -143,15 +175,19 @@ impl EtcdCluster {
         }
     }
 
-    /// Waits until member `i` reports healthy (its /health endpoint on the client port).
+    /// Waits until member `i` reports healthy (its /health endpoint on the client port; with
+    /// TLS, until the client port accepts connections).
     pub fn wait_healthy(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
         let m = &self.members[i];
         let deadline = Instant::now() + limit;
         let url = format!("http://{}:{}/health", self.ip, m.client_port);
         loop {
-            if let Ok(body) = http_get(&url)
-                && body.contains("\"health\":\"true\"")
-            {
+            let ready = if self.tls.is_some() {
+                std::net::TcpStream::connect((self.ip, m.client_port)).is_ok()
+            } else {
+                http_get(&url).is_ok_and(|body| body.contains("\"health\":\"true\""))
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
