@@ -106,7 +106,7 @@ enum Backend {
         nodes: Vec<RaftNode>,
     },
     Etcd {
-        cluster: EtcdCluster,
+        cluster: Box<EtcdCluster>,
         config: EtcdConfig,
     },
 }
@@ -182,7 +182,10 @@ impl Harness {
             ..EtcdConfig::default()
         };
         let mut h = Harness {
-            backend: Backend::Etcd { cluster, config },
+            backend: Backend::Etcd {
+                cluster: Box::new(cluster),
+                config,
+            },
             handles: (0..n).map(|_| None).collect(),
             config: store_config,
         };
