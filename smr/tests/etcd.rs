@@ -138,5 +138,43 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     cluster.restart(killed)?;
     visible(&cluster, &all, &keys).await?;
     agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+
+    // etcd loses its quorum: the agents keep serving their last state, report degraded and
+    // refuse writes; once etcd is back they resume and nothing acknowledged is lost.
+    etcd.kill_member(1);
+    eventually(
+        "every agent to report degraded",
+        Duration::from_secs(20),
+        || async {
+            for i in all {
+                let health = cluster.client(i).health().await.ok()?;
+                if health.state != "degraded" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    let objects = definitions::parse_str("e", &busybox("outage", "refused"))?;
+    assert!(
+        cluster
+            .client(0)
+            .apply(&objects, false, None)
+            .await
+            .is_err(),
+        "a write without etcd is refused"
+    );
+    visible(&cluster, &all, &keys).await?;
+    for i in 0..3 {
+        etcd.start_member(i)?;
+    }
+    for i in 0..3 {
+        etcd.wait_healthy(i, Duration::from_secs(30))?;
+    }
+    agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+    apply(&cluster.client(2), "after-outage", "via2").await?;
+    keys.push(key("after-outage", "via2"));
+    visible(&cluster, &all, &keys).await?;
     Ok(())
 }

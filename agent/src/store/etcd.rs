@@ -91,6 +91,8 @@ struct Inner {
     results: Mutex<Results>,
     /// The applier follows the log (its watch is up).
     watching: AtomicBool,
+    /// The state was read from etcd at least once since start (before, it is unknown, not empty).
+    synced: AtomicBool,
     election: Mutex<Election>,
     /// Revision of the newest snapshot seen or written.
     snapshot_rev: AtomicU64,
@@ -184,6 +186,7 @@ impl EtcdStore {
             applied_tx,
             results: Mutex::new(Results::default()),
             watching: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
             election: Mutex::new(Election::default()),
             snapshot_rev: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
@@ -277,6 +280,14 @@ impl EtcdStore {
     }
 
     pub async fn read(&self, linearizable: bool) -> Result<Arc<ClusterState>, ReadError> {
+        // Until the first catch-up the state is unknown: an empty one would make the reconcilers
+        // stop this node's containers.
+        // (A part of the log applied is an older consistent state, like a lagging follower's.)
+        if !self.inner.synced.load(Ordering::SeqCst) && self.inner.applied() == 0 {
+            return Err(WriteError::Unavailable(
+                "not yet synchronised with etcd since start".into(),
+            ));
+        }
         if linearizable {
             let index = self.read_index().await?;
             self.inner
@@ -489,6 +500,7 @@ impl Inner {
                 break;
             }
         }
+        self.synced.store(true, Ordering::SeqCst);
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(at + 1)
