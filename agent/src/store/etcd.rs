@@ -398,6 +398,9 @@ impl Inner {
             return;
         }
         let mut outcomes = Vec::new();
+        // Results first, then the state (the order `write` takes them in): a writer that sees
+        // its revision applied also finds its result.
+        let mut results = lock(&self.results);
         let applied = {
             let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
             let (state, applied) = &mut *guard;
@@ -414,7 +417,6 @@ impl Inner {
             *applied
         };
         {
-            let mut results = lock(&self.results);
             for (revision, result) in outcomes {
                 match results.waiting.remove(&revision) {
                     Some((_, tx)) => {
@@ -429,6 +431,7 @@ impl Inner {
                 results.done.pop_first();
             }
         }
+        drop(results);
         self.applied_tx.send_replace(applied);
     }
 
