@@ -23,6 +23,7 @@ declare -A PKGS=(
   [dnsperf]=dnsperf
   [dnsmasq-base]=dnsmasq
   [openssh-server]=/usr/sbin/sshd
+  [etcd-server]=etcd
 )
 
 installed() {

@@ -26,12 +26,12 @@ use tokio::sync::watch;
 use crate::api;
 use crate::api::types::{JoinRequest, JoinResponse};
 use crate::client::{Context, error_chain, write_private};
-use crate::node::{Node, new_op_id, now_ms};
+use crate::node::{Consistency, Node, new_op_id, now_ms};
 use crate::pki::{self, ClusterCa, Identity, JoinToken, Role};
 use crate::state::{
     CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port,
 };
-use crate::store::{RaftPeer, ServerState, Store, StoreConfig, Transport};
+use crate::store::{EtcdConfig, RaftPeer, ServerState, Store, StoreConfig, Transport};
 
 /// Everything `smrmgr start` passes to the agent.
 #[derive(Clone, Debug)]
@@ -56,6 +56,46 @@ pub struct AgentConfig {
     pub iface: Option<String>,
     /// Whether this node runs replicas.
     pub workloads: bool,
+    /// Keep the state in this etcd cluster instead of the embedded Raft store.
+    pub etcd: Option<EtcdSettings>,
+}
+
+/// `smrmgr start --store etcd://...` and its TLS files; kept in `node.json` for restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// `etcd://HOST:PORT[,HOST:PORT...]`
+    pub url: String,
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdSettings {
+    /// The store configuration, with the PEM files read.
+    pub fn store_config(&self) -> Result<EtcdConfig, DaemonError> {
+        let mut config = EtcdConfig::parse_url(&self.url)?;
+        config.prefix = self.prefix.clone();
+        let read = |path: &Option<PathBuf>| -> Result<Option<String>, DaemonError> {
+            path.as_ref()
+                .map(|p| std::fs::read_to_string(p).map_err(|e| data_err(p, e)))
+                .transpose()
+        };
+        config.ca_pem = read(&self.cacert)?;
+        config.cert_pem = read(&self.cert)?;
+        config.key_pem = read(&self.key)?;
+        if !config.prefix.starts_with('/') || !config.prefix.ends_with('/') {
+            return Err(DaemonError::Config(format!(
+                "--etcd-prefix {:?} must start and end with '/'",
+                config.prefix
+            )));
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +133,9 @@ pub struct NodeFile {
     pub vtep_mac: String,
     #[serde(default = "yes")]
     pub schedulable: bool,
+    /// Set when the cluster keeps its state in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSettings>,
 }
 
 fn yes() -> bool {
@@ -164,7 +207,18 @@ pub async fn run(
 
     let node_path = node_file_path(&dir);
     let (mut me, identity, ca) = if node_path.exists() {
-        let me: NodeFile = read_json(&node_path)?;
+        let mut me: NodeFile = read_json(&node_path)?;
+        match (&me.etcd, &config.etcd) {
+            (None, Some(_)) => {
+                return Err(DaemonError::Config(format!(
+                    "{} belongs to a cluster on the embedded Raft store; --store etcd:// cannot \
+                     move it",
+                    dir.display()
+                )));
+            }
+            (Some(_), Some(given)) => me.etcd = Some(given.clone()),
+            _ => {}
+        }
         if me.name != config.name {
             return Err(DaemonError::Config(format!(
                 "{} belongs to agent {}, not {}; use another --data-dir",
@@ -199,7 +253,14 @@ pub async fn run(
         client: peers.clone(),
         scheme: "https".into(),
     };
-    let store = Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?;
+    let store = match &me.etcd {
+        Some(settings) => {
+            let etcd = settings.store_config()?;
+            tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, "state store: etcd");
+            Store::open_etcd(&etcd, me.id, StoreConfig::default()).await?
+        }
+        None => Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?,
+    };
     let node = Arc::new(Node {
         docker_host: config.docker_host.clone(),
         id: me.id,
@@ -228,6 +289,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    write_json(&node_path, &me)?;
     if !me.bootstrapped {
         if me.id == 1 && config.join.is_none() {
             finish_bootstrap(&node, &me, &config).await?;
@@ -248,7 +310,10 @@ pub async fn run(
         .save(&context_path(&dir))
         .map_err(|e| data_err(&dir, e))?;
 
-    let reconciler = tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone()));
+    // An etcd-backed cluster has no Raft membership to keep.
+    let reconciler = store
+        .is_raft()
+        .then(|| tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone())));
     let loops = tokio::spawn(crate::controller::run_node(
         node.clone(),
         crate::controller::NodeLoops {
@@ -269,7 +334,9 @@ pub async fn run(
     crate::api::serve::stopped(&mut shutdown).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = reconciler.await;
+    if let Some(reconciler) = reconciler {
+        let _ = reconciler.await;
+    }
     let _ = loops.await;
     let _ = api_server.await;
     let _ = raft_server.await;
@@ -343,6 +410,7 @@ fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool, vtep_mac: String
         bootstrapped,
         vtep_mac,
         schedulable: config.workloads,
+        etcd: config.etcd.clone(),
     }
 }
 
@@ -414,11 +482,24 @@ async fn finish_bootstrap(
             node: me.record(labels),
         },
     ];
+    // On etcd the state may hold a cluster already: read it up to date.
     let state = node
-        .store
-        .read(false)
+        .state(if node.store.is_raft() {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        })
         .await
         .map_err(|e| DaemonError::Bootstrap(e.to_string()))?;
+    if let Some(existing) = &state.ca
+        && existing.fingerprint != ca.fingerprint()
+    {
+        return Err(DaemonError::Bootstrap(format!(
+            "the store already holds another cluster (CA {}); join it with --join/--token, or use \
+             another --etcd-prefix",
+            existing.fingerprint
+        )));
+    }
     let registered = state.nodes.values().any(|n| n.name == me.name);
     for op in commands {
         if registered && matches!(op, Op::RegisterNode { .. }) {

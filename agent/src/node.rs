@@ -154,7 +154,8 @@ impl Node {
     ) -> Result<Arc<ClusterState>, ApiError> {
         let mut applied = self.store.subscribe();
         loop {
-            if self.store.status().last_applied.unwrap_or(0) >= index {
+            // The subscription carries the applied index; Raft's metrics may report it later.
+            if *applied.borrow_and_update() >= index {
                 return self.store.read(false).await.map_err(read_error);
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -1,5 +1,6 @@
-//! Committed applies per second on a 3-node loopback cluster of real agents (mTLS, redb fsync),
-//! with 1 client and with 64 concurrent clients, and their p50/p99 latency.
+//! Committed applies per second on a 3-node loopback cluster of real agents (mTLS), with 1 client
+//! and with 64 concurrent clients, and their p50/p99 latency: first on the embedded Raft store
+//! (redb fsync), then, same load in the same run, on the etcd store (3-member etcd on loopback).
 //!
 //!     cargo bench -p smr --bench apply            # SMR_BENCH_APPLIES=N to change the count
 //!
@@ -64,37 +65,54 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    println!("{total} applies per run; 3 agents on loopback, mTLS API");
+    println!(
+        "{:<52} {:>12} {:>10} {:>10}",
+        "store / load", "applies/s", "p50", "p99"
+    );
+
+    // The embedded Raft store (redb log, durable commits).
     let mut cluster = Cluster::new();
     cluster.start_first()?;
     cluster.join(0)?;
     cluster.join(0)?;
     cluster.wait_formed(&[0, 1, 2], 3).await?;
-    let leader = cluster.index_of(cluster.client(0).health().await?.leader.unwrap_or(1));
+    bench(&cluster, "raft", total).await?;
+    drop(cluster);
 
-    println!(
-        "3-node loopback cluster, mTLS, redb log with durable commits; {total} applies per run"
-    );
-    println!(
-        "{:<36} {:>12} {:>10} {:>10}",
-        "load", "applies/s", "p50", "p99"
-    );
-    let single = run(vec![cluster.client(leader)], total / 4, 0).await?;
-    print_row("1 client (leader)", single);
-    let spread: Vec<Client> = (0..64).map(|i| cluster.client(i % 3)).collect();
-    let many = run(spread, total, 1_000_000).await?;
-    print_row("64 clients (spread over 3 nodes)", many);
-    let to_leader: Vec<Client> = (0..64).map(|_| cluster.client(leader)).collect();
-    let many_leader = run(to_leader, total, 2_000_000).await?;
-    print_row("64 clients (leader)", many_leader);
+    // The etcd store: the same agents on a 3-member etcd cluster (Debian etcd-server) on loopback.
+    let etcd = tokio::task::spawn_blocking(|| smr_tests::etcd::EtcdCluster::start(3)).await??;
+    let mut cluster = Cluster::new();
+    cluster.start_extra = vec!["--store".into(), etcd.url()];
+    cluster.start_first()?;
+    cluster.join(0)?;
+    cluster.join(0)?;
+    cluster.wait_formed(&[0, 1, 2], 3).await?;
+    bench(&cluster, "etcd", total).await?;
+    drop(cluster);
+    drop(etcd);
     println!(
         "reference (etcd docs, 8 vCPU): 1 client 583 writes/s at 1.6 ms; 1000 clients ~44k writes/s"
     );
     Ok(())
 }
 
+async fn bench(cluster: &Cluster, store: &str, total: usize) -> anyhow::Result<()> {
+    let leader = cluster.index_of(cluster.client(0).health().await?.leader.unwrap_or(1));
+    let single = run(vec![cluster.client(leader)], total / 4, 0).await?;
+    print_row(&format!("{store}: 1 client (leader)"), single);
+    let spread: Vec<Client> = (0..64).map(|i| cluster.client(i % 3)).collect();
+    let many = run(spread, total, 1_000_000).await?;
+    print_row(&format!("{store}: 64 clients (spread over 3 nodes)"), many);
+    let to_leader: Vec<Client> = (0..64).map(|_| cluster.client(leader)).collect();
+    let many_leader = run(to_leader, total, 2_000_000).await?;
+    print_row(&format!("{store}: 64 clients (leader)"), many_leader);
+    Ok(())
+}
+
 fn print_row(what: &str, (rate, p50, p99): (f64, Duration, Duration)) {
     println!(
-        "{what:<36} {rate:>12.0} {:>8.2}ms {:>8.2}ms",
+        "{what:<52} {rate:>12.0} {:>8.2}ms {:>8.2}ms",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );

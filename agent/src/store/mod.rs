@@ -5,13 +5,16 @@
 //!        <-- CommandResult <-- StateMachineStore::apply (ClusterState::apply) <--------+
 //!  Store::read(linearizable) --> Raft::ensure_linearizable --> applied ClusterState
 //! ```
-//! [`Store`] is the only thing the rest of the agent sees. Membership follows a fixed voter
+//! [`Store`] is the only thing the rest of the agent sees: the embedded [`RaftStore`] (default) or,
+//! with the `etcd` feature, [`etcd::EtcdStore`] on an existing etcd cluster. Membership follows a fixed voter
 //! policy ([`desired_voters`]): 1 voter for 1-2 nodes, 3 for 3-4, 5 from 5 nodes on; the others
 //! are learners, promoted when a voter goes.
 
 // openraft's storage traits return its `StorageError`, which is large; the store cannot choose.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod log;
 mod net;
 mod sm;
@@ -92,6 +95,8 @@ pub enum StoreError {
     Open { path: String, reason: String },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +122,8 @@ pub enum ServerState {
     Candidate,
     Learner,
     Shutdown,
+    /// The etcd store cannot reach etcd: the state is kept as last seen, writes fail.
+    Degraded,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -154,9 +161,9 @@ pub fn desired_voters(members: &BTreeSet<NodeId>, current: &BTreeSet<NodeId>) ->
     voters
 }
 
-/// A handle on the node's Raft store. Clones share it.
+/// A handle on the node's embedded Raft store. Clones share it.
 #[derive(Clone)]
-pub struct Store {
+pub struct RaftStore {
     id: NodeId,
     raft: Raft,
     sm: StateMachineStore,
@@ -180,14 +187,14 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, RaftPeer>>) -> Writ
     }
 }
 
-impl Store {
+impl RaftStore {
     /// Opens (or creates) the store in `dir` and starts this node's Raft.
     pub async fn open(
         dir: &Path,
         id: NodeId,
         transport: Transport,
         config: StoreConfig,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<RaftStore, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: dir.display().to_string(),
             reason,
@@ -219,7 +226,7 @@ impl Store {
         )
         .await
         .map_err(raft_err)?;
-        Ok(Store {
+        Ok(RaftStore {
             id,
             raft,
             sm,
@@ -372,6 +379,202 @@ impl Store {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+/// Where an etcd-backed cluster keeps its state (`smrmgr start --store etcd://...`).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdConfig {
+    /// `host:port` or `http(s)://host:port` of every member to use.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cluster's keys, ending with `/` (default `/smr/`).
+    pub prefix: String,
+    /// PEM of the CA that signed the etcd server certificates (enables TLS).
+    pub ca_pem: Option<String>,
+    /// Client certificate and key (PEM) for etcd client-certificate authentication.
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+}
+
+impl EtcdConfig {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]` (also `etcds://` for TLS endpoints).
+    pub fn parse_url(url: &str) -> Result<EtcdConfig, StoreError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| StoreError::Etcd(format!("{url:?} is not etcd://HOST:PORT[,...]")))?;
+        if scheme != "etcd" && scheme != "etcds" {
+            return Err(StoreError::Etcd(format!(
+                "store {url:?}: only etcd:// is supported"
+            )));
+        }
+        let endpoints: Vec<String> = rest
+            .trim_end_matches('/')
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(StoreError::Etcd(format!("store {url:?} names no endpoint")));
+        }
+        Ok(EtcdConfig {
+            endpoints,
+            prefix: "/smr/".into(),
+            ..EtcdConfig::default()
+        })
+    }
+}
+
+/// The node's state store: the embedded Raft group or an etcd cluster. Clones share it.
+#[derive(Clone)]
+pub enum Store {
+    Raft(RaftStore),
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::EtcdStore),
+}
+
+impl Store {
+    /// Opens (or creates) the embedded Raft store in `dir` and starts this node's Raft.
+    pub async fn open(
+        dir: &Path,
+        id: NodeId,
+        transport: Transport,
+        config: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        Ok(Store::Raft(
+            RaftStore::open(dir, id, transport, config).await?,
+        ))
+    }
+
+    /// Opens the store on an existing etcd cluster, as node `id`.
+    pub async fn open_etcd(
+        config: &EtcdConfig,
+        id: NodeId,
+        store_config: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        #[cfg(feature = "etcd")]
+        {
+            Ok(Store::Etcd(
+                etcd::EtcdStore::open(config, id, etcd::EtcdOptions::from(&store_config)).await?,
+            ))
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            let _ = (config, id, store_config);
+            Err(StoreError::Etcd(
+                "this agent was built without the `etcd` feature".into(),
+            ))
+        }
+    }
+
+    /// Whether this store keeps its own Raft group (membership, Raft RPCs).
+    pub fn is_raft(&self) -> bool {
+        matches!(self, Store::Raft(_))
+    }
+
+    /// Makes this node a one-node cluster, unless it already belongs to one (safe on restart).
+    pub async fn bootstrap(&self, me: RaftPeer) -> Result<(), StoreError> {
+        match self {
+            Store::Raft(s) => s.bootstrap(me).await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// Writes a command and waits until it is committed and applied here.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        match self {
+            Store::Raft(s) => s.write(cmd).await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.write(cmd).await,
+        }
+    }
+
+    /// The point a linearizable read must have applied up to.
+    pub async fn read_index(&self) -> Result<u64, ReadError> {
+        match self {
+            Store::Raft(s) => s.read_index().await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.read_index().await,
+        }
+    }
+
+    /// The applied state: linearizable or as it is here (stale).
+    pub async fn read(&self, linearizable: bool) -> Result<Arc<ClusterState>, ReadError> {
+        match self {
+            Store::Raft(s) => s.read(linearizable).await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.read(linearizable).await,
+        }
+    }
+
+    /// Changes whenever commands are applied (the value is the last applied index/revision).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            Store::Raft(s) => s.subscribe(),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.subscribe(),
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        match self {
+            Store::Raft(s) => s.status(),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.status(),
+        }
+    }
+
+    /// Adds a node to the Raft membership (no-op on etcd). Leader only.
+    pub async fn add_member(&self, id: NodeId, peer: RaftPeer) -> Result<(), WriteError> {
+        match self {
+            Store::Raft(s) => s.add_member(id, peer).await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// Removes a node from the Raft membership (no-op on etcd). Leader only.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), WriteError> {
+        match self {
+            Store::Raft(s) => s.remove_member(id).await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// Applies the voter policy (no-op on etcd). Leader only.
+    pub async fn rebalance(&self) -> Result<(), WriteError> {
+        match self {
+            Store::Raft(s) => s.rebalance().await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// The Raft RPC routes for this node (none on etcd).
+    pub fn rpc_router(&self) -> axum::Router {
+        match self {
+            Store::Raft(s) => s.rpc_router(),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => axum::Router::new().route(
+                "/raft/{*rpc}",
+                axum::routing::any(|| async {
+                    (
+                        axum::http::StatusCode::NOT_FOUND,
+                        "this cluster keeps its state in etcd: no Raft here",
+                    )
+                }),
+            ),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        match self {
+            Store::Raft(s) => s.shutdown().await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.shutdown().await,
         }
     }
 }

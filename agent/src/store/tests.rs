@@ -35,3 +35,17 @@ fn voter_policy() {
         set(&[2, 3, 4])
     );
 }
+
+#[test]
+fn etcd_urls() {
+    let c = EtcdConfig::parse_url("etcd://10.0.0.1:2379,10.0.0.2:2379/").unwrap();
+    assert_eq!(c.endpoints, vec!["10.0.0.1:2379", "10.0.0.2:2379"]);
+    assert_eq!(c.prefix, "/smr/");
+    assert_eq!(
+        EtcdConfig::parse_url("etcd://h:1").unwrap().endpoints,
+        vec!["h:1"]
+    );
+    assert!(EtcdConfig::parse_url("http://h:1").is_err());
+    assert!(EtcdConfig::parse_url("etcd://").is_err());
+    assert!(EtcdConfig::parse_url("h:1").is_err());
+}

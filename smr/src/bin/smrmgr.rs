@@ -117,6 +117,22 @@ struct StartArgs {
     /// Run no replicas on this node (control plane only).
     #[arg(long = "no-workloads")]
     no_workloads: bool,
+    /// Keep the cluster state in an existing etcd cluster instead of the embedded Raft store:
+    /// etcd://HOST:PORT[,HOST:PORT...]. Every agent of the cluster names the same etcd.
+    #[arg(long = "store", value_name = "URL")]
+    store: Option<String>,
+    /// CA certificate (PEM) that signed the etcd server certificates; enables TLS to etcd.
+    #[arg(long = "etcd-cacert", requires = "store")]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long = "etcd-cert", requires_all = ["store", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long = "etcd-key", requires_all = ["store", "etcd_cert"])]
+    etcd_key: Option<PathBuf>,
+    /// Prefix of this cluster's keys in etcd.
+    #[arg(long = "etcd-prefix", default_value = "/smr/")]
+    etcd_prefix: String,
     /// Run in the foreground instead of starting a background agent.
     #[arg(long)]
     foreground: bool,
@@ -236,6 +252,27 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         backend: args.backend.clone(),
         iface: args.iface.clone(),
         workloads: !args.no_workloads,
+        etcd: match &args.store {
+            None => None,
+            Some(url) if url == "raft" || url == "embedded" => None,
+            Some(url) => {
+                let absolute = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
+                    p.as_ref()
+                        .map(|p| std::path::absolute(p).context("--etcd-* path"))
+                        .transpose()
+                };
+                let settings = daemon::EtcdSettings {
+                    url: url.clone(),
+                    prefix: args.etcd_prefix.clone(),
+                    cacert: absolute(&args.etcd_cacert)?,
+                    cert: absolute(&args.etcd_cert)?,
+                    key: absolute(&args.etcd_key)?,
+                };
+                // Reported here rather than by the background agent.
+                settings.store_config()?;
+                Some(settings)
+            }
+        },
     })
 }
 

@@ -46,6 +46,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// 127.<a>.<b>.x: unique per cluster in this process and per process.
     net: (u8, u8),
+    /// Extra `smrmgr start` arguments for new nodes (e.g. `--store etcd://...`).
+    pub start_extra: Vec<String>,
 }
 
 pub fn smrmgr(home: &Path) -> Command {
@@ -106,6 +108,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: Vec::new(),
             net: (100 + n, (pid % 250) as u8 + 1),
+            start_extra: Vec::new(),
         }
     }
 
@@ -137,6 +140,7 @@ impl Cluster {
         .arg(&node.data_dir)
         // Control plane only: several agents share this host's network namespace and Docker.
         .args(["--backend", "none", "--no-workloads"])
+        .args(&self.start_extra)
         .env("SMR_LOG", "info,openraft=warn");
         cmd
     }

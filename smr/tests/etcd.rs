@@ -1,0 +1,180 @@
+//! Issue 7 end to end: real agent processes on loopback keeping their state in a real 3-member
+//! etcd cluster (`smrmgr start --store etcd://...`), no smr Raft group.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use agent::client::Client;
+use agent::definitions::{self, ObjectKey};
+use common::{Cluster, eventually};
+use smr_tests::etcd::EtcdCluster;
+
+fn busybox(group: &str, name: &str) -> String {
+    format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  image: busybox\n  tag: latest\n  replicas: 1\n"
+    )
+}
+
+fn key(group: &str, name: &str) -> ObjectKey {
+    format!("containers/{group}/{name}").parse().expect("key")
+}
+
+async fn apply(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
+    let objects = definitions::parse_str("e", &busybox(group, name))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.apply(&objects, false, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn visible(cluster: &Cluster, nodes: &[usize], keys: &[ObjectKey]) -> anyhow::Result<()> {
+    for &j in nodes {
+        let client = cluster.client(j);
+        for k in keys {
+            eventually(&format!("{k} on node {j}"), Duration::from_secs(15), || {
+                let client = &client;
+                async move {
+                    client
+                        .get_json(&format!(
+                            "objects/{}/{}/{}?consistency=stale",
+                            k.kind, k.group, k.name
+                        ))
+                        .await
+                        .ok()
+                }
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The agent that leads according to `nodes[j]`'s health, once they all agree.
+async fn agreed_leader(cluster: &Cluster, nodes: &[usize], limit: Duration) -> anyhow::Result<u64> {
+    eventually("the agents to agree on a leader", limit, || async {
+        let mut leader = None;
+        for &i in nodes {
+            let health = cluster.client(i).health().await.ok()?;
+            let l = health.leader?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> anyhow::Result<()> {
+    let mut etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await??;
+    let mut cluster = Cluster::new();
+    cluster.start_extra = vec![
+        "--store".into(),
+        etcd.url(),
+        "--etcd-prefix".into(),
+        "/smr-e2e/".into(),
+    ];
+    cluster.start_first()?;
+    cluster.join(0)?;
+    cluster.join(0)?;
+    let all = [0, 1, 2];
+    let leader = agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+    let health = cluster.client(0).health().await?;
+    assert_eq!(
+        health.voters.len(),
+        3,
+        "every agent is a member: {health:?}"
+    );
+
+    // A write through any agent is visible on every agent.
+    let mut keys = Vec::new();
+    for i in all {
+        apply(&cluster.client(i), "written", &format!("via{i}")).await?;
+        keys.push(key("written", &format!("via{i}")));
+    }
+    visible(&cluster, &all, &keys).await?;
+
+    // The smr leader dies (SIGKILL): another agent takes the singleton work within 10 s.
+    let killed = cluster.index_of(leader);
+    cluster.kill9(killed)?;
+    let gone = Instant::now();
+    let survivors: Vec<usize> = all.into_iter().filter(|&i| i != killed).collect();
+    let new_leader = eventually("a new leader", Duration::from_secs(10), || async {
+        for &i in &survivors {
+            let health = cluster.client(i).health().await.ok()?;
+            if health.state == "leader" && health.id != leader {
+                return Some(health.id);
+            }
+        }
+        None
+    })
+    .await?;
+    eprintln!(
+        "agent {new_leader} leads {:?} after agent {leader} was killed",
+        gone.elapsed()
+    );
+    for &i in &survivors {
+        apply(&cluster.client(i), "after-kill", &format!("via{i}")).await?;
+        keys.push(key("after-kill", &format!("via{i}")));
+    }
+    visible(&cluster, &survivors, &keys).await?;
+
+    // The etcd member listed first dies: the agents fail over to the other members.
+    etcd.kill_member(0);
+    for &i in &survivors {
+        apply(&cluster.client(i), "member-killed", &format!("via{i}")).await?;
+        keys.push(key("member-killed", &format!("via{i}")));
+    }
+    visible(&cluster, &survivors, &keys).await?;
+
+    // The killed agent comes back and catches up from etcd.
+    cluster.restart(killed)?;
+    visible(&cluster, &all, &keys).await?;
+    agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+
+    // etcd loses its quorum: the agents keep serving their last state, report degraded and
+    // refuse writes; once etcd is back they resume and nothing acknowledged is lost.
+    etcd.kill_member(1);
+    eventually(
+        "every agent to report degraded",
+        Duration::from_secs(20),
+        || async {
+            for i in all {
+                let health = cluster.client(i).health().await.ok()?;
+                if health.state != "degraded" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    let objects = definitions::parse_str("e", &busybox("outage", "refused"))?;
+    assert!(
+        cluster
+            .client(0)
+            .apply(&objects, false, None)
+            .await
+            .is_err(),
+        "a write without etcd is refused"
+    );
+    visible(&cluster, &all, &keys).await?;
+    for i in 0..3 {
+        etcd.start_member(i)?;
+    }
+    for i in 0..3 {
+        etcd.wait_healthy(i, Duration::from_secs(30))?;
+    }
+    agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+    apply(&cluster.client(2), "after-outage", "via2").await?;
+    keys.push(key("after-outage", "via2"));
+    visible(&cluster, &all, &keys).await?;
+    Ok(())
+}
