@@ -298,6 +298,12 @@ async fn pass<R: Runtime>(
             if let Phase::Blocked { reason } = &status.phase {
                 message = Some(reason.clone());
             }
+            if message.is_none()
+                && let Some(c) = container
+                && matches!(c.state, State::Exited | State::Dead)
+            {
+                message = Some(format!("exited with code {}", c.exit_code.unwrap_or(-1)));
+            }
             reports.push(ReplicaReport {
                 key: key.clone(),
                 index: status.index,
