@@ -552,3 +552,239 @@ async fn seed_scenario_on_two_vms_with_host_gw() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+const APP: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: db
+spec:
+  image: smr/busybox
+  tag: local
+  replicas: 2
+  entrypoint: [\"sh\", \"-c\"]
+  args: [\"sleep 4; mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 8080 -h /www\"]
+  readiness:
+    - name: http
+      url: http://localhost:8080/index.html
+      timeout: 2s
+---
+kind: configuration
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: settings
+spec:
+  data:
+    greeting: hello
+---
+kind: secret
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: creds
+spec:
+  data:
+    password: czNjcmV0
+---
+kind: resource
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: page
+spec:
+  data:
+    page: \"<p>(( .greeting )) from (( .who ))</p>\"
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: web
+spec:
+  image: smr/busybox
+  tag: local
+  replicas: 2
+  entrypoint: [\"sleep\", \"3600\"]
+  configurations:
+    - {group: app, name: settings}
+  configuration:
+    who: (( lookup \"secret/app/creds:password\" | base64decode ))
+  envs:
+    - GREETING=(( .greeting ))
+    - WHO=(( .who ))
+  resources:
+    - {group: app, name: page, key: page, mountPoint: /etc/page.html}
+  readiness:
+    - name: page
+      command: [\"test\", \"-f\", \"/etc/page.html\"]
+  dependencies:
+    - {group: app, name: db}
+";
+
+const FAILING: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: crasher
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sh\", \"-c\", \"echo crashing; exit 3\"]
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: ghost
+spec:
+  image: smr/busybox
+  tag: nope
+  entrypoint: [\"sleep\", \"3600\"]
+";
+
+/// Milliseconds since the epoch of an RFC 3339 time Docker prints.
+fn docker_time_ms(text: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("date")
+        .args(["-d", text.trim(), "+%s%3N"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "date -d {text}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// Replica name -> (VM index, Docker's `{{field}}` of its container).
+fn inspect_replicas(
+    cluster: &VmCluster,
+    replicas: &[ReplicaView],
+    field: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    replicas
+        .iter()
+        .map(|r| {
+            let vm = cluster.vm(r.node as usize - 1);
+            Ok((
+                r.name.clone(),
+                vm.docker_ok(&["inspect", "-f", field, &r.name])?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_waits_for_readiness_and_dependencies_templates_logs_and_exec() -> anyhow::Result<()>
+{
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = app_lifecycle(&cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("app.yaml"), APP)?;
+    std::fs::write(dir.path().join("failing.yaml"), FAILING)?;
+
+    // `smrctl apply` returns once both definitions are ready, printing progress lines (no
+    // terminal here) on stderr; the dependent waited for its dependency.
+    let mut apply = common::smrctl(&cluster.context(0));
+    apply
+        .args(["apply", "--timeout", "120s", "-f"])
+        .arg(dir.path().join("app.yaml"));
+    let out = common::output(apply);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    anyhow::ensure!(out.status.success(), "apply failed: {stdout}{stderr}");
+    assert!(stdout.contains("containers/app/db: 2/2 ready"), "{stdout}");
+    assert!(stdout.contains("containers/app/web: 2/2 ready"), "{stdout}");
+    assert!(stderr.contains("containers/app/web: 0/2 ready"), "{stderr}");
+    let db_key: ObjectKey = "containers/app/db".parse()?;
+    let web_key: ObjectKey = "containers/app/web".parse()?;
+    let db = client.replicas(Some(&db_key)).await?;
+    let web = client.replicas(Some(&web_key)).await?;
+    assert!(db.iter().chain(&web).all(|r| r.ready), "{db:?} {web:?}");
+
+    // The readiness probe held db back: ready at least 3 s after its containers started.
+    let events = client
+        .events(0, Some("containers/app/db"), Duration::ZERO)
+        .await?;
+    let ready_at: BTreeMap<String, u64> = events
+        .iter()
+        .filter(|e| e.message.contains("(ready)"))
+        .filter_map(|e| Some((e.replica.clone()?, e.at_ms)))
+        .collect();
+    assert_eq!(ready_at.len(), 2, "{events:?}");
+    for (name, started) in inspect_replicas(cluster, &db, "{{.State.StartedAt}}")? {
+        let started = docker_time_ms(&started)?;
+        assert!(
+            ready_at[&name] >= started + 3000,
+            "{name} ready at {} but started at {started}",
+            ready_at[&name]
+        );
+    }
+    // The dependent's containers were created only after every db replica was ready.
+    let db_ready = ready_at.values().copied().max().unwrap_or(0);
+    for (name, created) in inspect_replicas(cluster, &web, "{{.Created}}")? {
+        let created = docker_time_ms(&created)?;
+        assert!(
+            created >= db_ready,
+            "{name} created at {created}, before db was ready at {db_ready}"
+        );
+    }
+
+    // Templates: configuration, secret lookup with base64decode, resource file rendered too.
+    let w = &web[0];
+    let vm = cluster.vm(w.node as usize - 1);
+    let out = vm.docker_ok(&[
+        "exec",
+        &w.name,
+        "sh",
+        "-c",
+        "echo $GREETING $WHO; cat /etc/page.html",
+    ])?;
+    assert_eq!(out.trim(), "hello s3cret\n<p>hello from s3cret</p>");
+
+    // A rollout that cannot become ready: exit code 8 with the reasons (crash loop with the
+    // log's end, missing image), once the timeout runs out.
+    let mut apply = common::smrctl(&cluster.context(1));
+    apply
+        .args(["apply", "--timeout", "12s", "-f"])
+        .arg(dir.path().join("failing.yaml"));
+    let started = std::time::Instant::now();
+    let out = common::output(apply);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(stderr.contains("not ready after 12s"), "{stderr}");
+    assert!(stderr.contains("fail-crasher-1 on "), "{stderr}");
+    assert!(stderr.contains("exited with code 3"), "{stderr}");
+    assert!(stderr.contains("crashing"), "{stderr}");
+    assert!(stderr.contains("smr/busybox:nope"), "{stderr}");
+    // --no-wait returns at once.
+    let mut apply = common::smrctl(&cluster.context(1));
+    apply
+        .args(["apply", "--no-wait", "-f"])
+        .arg(dir.path().join("failing.yaml"));
+    let started = std::time::Instant::now();
+    let stdout = common::run(apply)?;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        stdout.contains("containers/fail/ghost unchanged"),
+        "{stdout}"
+    );
+    client
+        .delete(&[
+            "containers/fail/crasher".parse()?,
+            "containers/fail/ghost".parse()?,
+        ])
+        .await?;
+    Ok(())
+}
