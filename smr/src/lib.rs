@@ -1,5 +1,6 @@
 //! Shared pieces of the `smrmgr` and `smrctl` binaries: context resolution and output formats.
 
+pub mod exec;
 pub mod output;
 pub mod rollout;
 

@@ -786,5 +786,132 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
             "containers/fail/ghost".parse()?,
         ])
         .await?;
+    streams(cluster, client, &web).await
+}
+
+const TALKER: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: talker
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 1; done\"]
+  restart:
+    policy: never
+";
+
+/// The context of a node other than `node` (ids are 1-based VM indexes), to go through a relay.
+fn other_context(cluster: &VmCluster, node: u64) -> std::path::PathBuf {
+    cluster.context(node as usize % 3)
+}
+
+/// Runs `cmd` with `input` on stdin; (stdout, exit code).
+fn run_with_input(mut cmd: std::process::Command, input: &str) -> anyhow::Result<(String, i32)> {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.code().is_some(),
+        "killed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((stdout, out.status.code().unwrap_or(-1)))
+}
+
+/// `smrctl logs -f` streams as the container writes and ends with it; `smrctl exec -i/-it`
+/// carries stdin, a TTY and the exit code, directly and through a relaying node.
+async fn streams(cluster: &VmCluster, client: &Client, web: &[ReplicaView]) -> anyhow::Result<()> {
+    apply(client, TALKER).await?;
+    let talker_key: ObjectKey = "containers/app/talker".parse()?;
+    let talker = eventually("the talker to run", Duration::from_secs(30), || async {
+        let r = client.replicas(Some(&talker_key)).await.ok()?;
+        r.into_iter().find(|r| r.state == "running")
+    })
+    .await?;
+    let mut follow = common::smrctl(&other_context(cluster, talker.node));
+    follow
+        .args(["logs", "-f", &talker.name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = follow.spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|line| (line, std::time::Instant::now()))
+            .collect::<Vec<_>>()
+    });
+    let ended = eventually(
+        "logs -f to end with the container",
+        Duration::from_secs(30),
+        || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        },
+    )
+    .await;
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = ended?;
+    let lines = reader.join().expect("reader");
+    let texts: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(status.success(), "{status} {texts:?}");
+    assert_eq!(texts.last().copied(), Some("line-8"), "{texts:?}");
+    let spread = lines[lines.len() - 1].1 - lines[0].1;
+    assert!(
+        spread >= Duration::from_secs(3),
+        "lines arrived as written, not at once ({spread:?}): {texts:?}"
+    );
+    client.delete(&[talker_key]).await?;
+
+    let w = &web[0];
+    // -i: stdin to a shell, through a node that does not run the replica.
+    let mut exec = common::smrctl(&other_context(cluster, w.node));
+    exec.args(["exec", "-i", &w.name, "--", "sh"]);
+    let (out, code) = run_with_input(exec, "echo hi-$((1+2))\nexit 5\n")?;
+    assert_eq!((out.trim(), code), ("hi-3", 5));
+    // -it: a terminal in the container, on the replica's own node.
+    let mut exec = common::smrctl(&cluster.context(w.node as usize - 1));
+    exec.args([
+        "exec",
+        "-it",
+        &w.name,
+        "--",
+        "sh",
+        "-c",
+        "tty; read x; echo got-$x; exit 7",
+    ]);
+    let (out, code) = run_with_input(exec, "abc\n")?;
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("got-abc"), "{out}");
+    assert_eq!(code, 7, "{out}");
+    // On a real terminal (script(1) gives smrctl one): raw mode, and the size is passed on.
+    let line = format!(
+        "stty cols 101 rows 31; {} --context {} exec -it {} -- stty size",
+        env!("CARGO_BIN_EXE_smrctl"),
+        other_context(cluster, w.node).display(),
+        w.name
+    );
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    let (out, code) = run_with_input(script, "")?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("31 101"), "{out}");
     Ok(())
 }

@@ -114,7 +114,7 @@ pub enum RuntimeError {
     Docker(String),
 }
 
-fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
+pub fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
     match &e {
         bollard::errors::Error::DockerResponseServerError {
             status_code: 404,

@@ -100,9 +100,18 @@ enum Cmd {
         replica: String,
         #[arg(long)]
         tail: Option<usize>,
+        /// Keep following the log until the container stops (or Ctrl-C).
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Run a command in a replica; exits with the command's exit code.
     Exec {
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal for the command (raw mode locally when stdin is a terminal).
+        #[arg(short = 't', long)]
+        tty: bool,
         replica: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -411,12 +420,40 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Logs { replica, tail } => {
+        Cmd::Logs {
+            replica,
+            tail,
+            follow,
+        } => {
             let client = connect(cli.context)?;
-            print!("{}", client.logs(&replica, tail).await?.logs);
+            if follow {
+                use futures::StreamExt as _;
+                use std::io::Write as _;
+                let mut chunks = std::pin::pin!(client.logs_follow(&replica, tail).await?);
+                let mut stdout = std::io::stdout();
+                while let Some(chunk) = chunks.next().await {
+                    stdout.write_all(&chunk?).map_err(anyhow::Error::from)?;
+                    stdout.flush().map_err(anyhow::Error::from)?;
+                }
+            } else {
+                print!("{}", client.logs(&replica, tail).await?.logs);
+            }
         }
-        Cmd::Exec { replica, command } => {
+        Cmd::Exec {
+            replica,
+            command,
+            interactive,
+            tty,
+        } => {
             let client = connect(cli.context)?;
+            if interactive || tty {
+                let code =
+                    smr::exec::interactive(&client, &replica, &command, interactive, tty).await?;
+                if code != 0 {
+                    std::process::exit(code.clamp(1, 255) as i32);
+                }
+                return Ok(());
+            }
             let out = client.exec(&replica, &command).await?;
             print!("{}", out.output);
             if out.exit_code != 0 {
