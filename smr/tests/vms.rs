@@ -641,6 +641,40 @@ spec:
   image: smr/busybox
   tag: nope
   entrypoint: [\"sleep\", \"3600\"]
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: badinit
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sleep\", \"3600\"]
+  initContainer:
+    image: smr/busybox
+    tag: local
+    entrypoint: [\"sh\", \"-c\", \"echo init-broke; exit 4\"]
+";
+
+const SEEDED: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: seeded
+spec:
+  image: smr/busybox
+  tag: local
+  replicas: 2
+  entrypoint: [\"sh\", \"-c\", \"test -f /data/seed || exit 9; cat /data/seed; exec sleep 3600\"]
+  volumes:
+    - {name: smr-test-seed, mountPoint: /data}
+  initContainer:
+    image: smr/busybox
+    tag: local
+    entrypoint: [\"sh\", \"-c\", \"sleep 2; echo seeded-by-$(hostname) > /data/seed\"]
+    volumes:
+      - {name: smr-test-seed, mountPoint: /data}
 ";
 
 /// Milliseconds since the epoch of an RFC 3339 time Docker prints.
@@ -768,6 +802,10 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
     assert!(stderr.contains("exited with code 3"), "{stderr}");
     assert!(stderr.contains("crashing"), "{stderr}");
     assert!(stderr.contains("smr/busybox:nope"), "{stderr}");
+    assert!(
+        stderr.contains("init container exited with code 4: init-broke"),
+        "{stderr}"
+    );
     // --no-wait returns at once.
     let mut apply = common::smrctl(&cluster.context(1));
     apply
@@ -784,8 +822,41 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
         .delete(&[
             "containers/fail/crasher".parse()?,
             "containers/fail/ghost".parse()?,
+            "containers/fail/badinit".parse()?,
         ])
         .await?;
+
+    // An init container runs to completion before each replica starts, and is removed.
+    crate::apply(client, SEEDED).await?;
+    let seeded_key: ObjectKey = "containers/app/seeded".parse()?;
+    let seeded = eventually("seeded replicas ready", Duration::from_secs(60), || async {
+        let r = client.replicas(Some(&seeded_key)).await.ok()?;
+        (r.len() == 2 && r.iter().all(|r| r.ready)).then_some(r)
+    })
+    .await?;
+    for r in &seeded {
+        assert_eq!(
+            r.restarts, 0,
+            "the main container never ran before its init: {r:?}"
+        );
+        let logs = client.logs(&r.name, None).await?;
+        assert_eq!(logs.logs.trim(), format!("seeded-by-{}-init", r.name));
+    }
+    // None is left behind, including the failing one of fail/badinit once it was deleted.
+    eventually("init containers removed", Duration::from_secs(20), || {
+        let left: Vec<String> = cluster
+            .testbed
+            .vms()
+            .iter()
+            .filter_map(|vm| {
+                vm.docker_ok(&["ps", "-aq", "--filter", "label=io.smr.init"])
+                    .ok()
+            })
+            .collect();
+        async move { left.iter().all(|l| l.is_empty()).then_some(()) }
+    })
+    .await?;
+    client.delete(&[seeded_key]).await?;
     streams(cluster, client, &web).await
 }
 
@@ -901,17 +972,26 @@ async fn streams(cluster: &VmCluster, client: &Client, web: &[ReplicaView]) -> a
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("got-abc"), "{out}");
     assert_eq!(code, 7, "{out}");
-    // On a real terminal (script(1) gives smrctl one): raw mode, and the size is passed on.
+    // On a real terminal (script(1) gives smrctl one): raw mode, and the size is passed on
+    // (applied just after the command starts: bollard cannot give it to Docker's exec start).
     let line = format!(
-        "stty cols 101 rows 31; {} --context {} exec -it {} -- stty size",
+        "stty cols 101 rows 31; {} --context {} exec -it {} -- sh -c 'sleep 1; stty size'",
         env!("CARGO_BIN_EXE_smrctl"),
         other_context(cluster, w.node).display(),
         w.name
     );
-    let mut script = std::process::Command::new("script");
-    script.args(["-qec", &line, "/dev/null"]);
-    let (out, code) = run_with_input(script, "")?;
-    assert_eq!(code, 0, "{out}");
+    // script's stdin stays open while it runs: at its end, script would hang up the terminal.
+    let mut script = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let held = script.stdin.take();
+    let finished = script.wait_with_output()?;
+    drop(held);
+    let out = String::from_utf8_lossy(&finished.stdout).into_owned();
+    assert!(finished.status.success(), "{out}");
     assert!(out.contains("31 101"), "{out}");
     Ok(())
 }

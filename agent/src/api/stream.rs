@@ -296,12 +296,17 @@ pub(super) async fn attach(
     let exec = docker
         .create_exec(
             &container,
-            bollard::exec::CreateExecOptions {
+            bollard::models::ExecConfig {
                 cmd: Some(command),
                 attach_stdin: Some(params.stdin),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 tty: Some(params.tty),
+                // [height, width], set before the command starts.
+                console_size: match (params.tty, params.rows, params.cols) {
+                    (true, Some(rows), Some(cols)) => Some(vec![rows as usize, cols as usize]),
+                    _ => None,
+                },
                 ..Default::default()
             },
         )

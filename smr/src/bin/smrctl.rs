@@ -141,7 +141,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for a blocking read of stdin (`exec -i`) that may still be pending.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => {
             eprintln!("smrctl: {e}");
@@ -449,10 +452,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if interactive || tty {
                 let code =
                     smr::exec::interactive(&client, &replica, &command, interactive, tty).await?;
-                if code != 0 {
-                    std::process::exit(code.clamp(1, 255) as i32);
-                }
-                return Ok(());
+                // Exit at once: a read of stdin may still block a thread of the runtime.
+                std::process::exit(if code == 0 {
+                    0
+                } else {
+                    code.clamp(1, 255) as i32
+                });
             }
             let out = client.exec(&replica, &command).await?;
             print!("{}", out.output);
