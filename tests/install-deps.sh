@@ -13,6 +13,7 @@ declare -A PKGS=(
   [procps]=pkill
   [psmisc]=fuser
   [util-linux]=nsenter
+  [bsdutils]=script
   [gcc]=gcc
   [pkg-config]=pkg-config
   [libssl-dev]=-

@@ -364,6 +364,96 @@ impl Client {
         .await
     }
 
+    /// Follows a replica's log: chunks as the container writes them, until it stops.
+    pub async fn logs_follow(
+        &self,
+        replica: &str,
+        tail: Option<usize>,
+    ) -> Result<impl futures::Stream<Item = Result<bytes::Bytes, ClientError>>, ClientError> {
+        use futures::StreamExt as _;
+        let tail = tail.map(|t| format!("&tail={t}")).unwrap_or_default();
+        let request = self.http.get(format!(
+            "{}/api/v1/replicas/{replica}/logs?follow=true{tail}",
+            self.base
+        ));
+        let response = self.open_stream(request).await?;
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| ClientError::Decode(error_chain(&e)))))
+    }
+
+    /// Starts an interactive exec in a replica; the connection then carries the frames of
+    /// [`crate::api::stream`]. `size` is the terminal's (columns, rows).
+    pub async fn attach(
+        &self,
+        replica: &str,
+        command: &[String],
+        tty: bool,
+        stdin: bool,
+        size: Option<(u16, u16)>,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        use crate::api::stream::{EXEC_PROTOCOL, percent_encode};
+        let command =
+            serde_json::to_string(command).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut url = format!(
+            "{}/api/v1/replicas/{replica}/attach?command={}&tty={tty}&stdin={stdin}",
+            self.base,
+            percent_encode(&command)
+        );
+        if let Some((cols, rows)) = size {
+            url.push_str(&format!("&cols={cols}&rows={rows}"));
+        }
+        let request = self
+            .http
+            .get(url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, EXEC_PROTOCOL);
+        let response = self.open_stream(request).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ClientError::Decode(format!(
+                "the API answered {} instead of switching protocols",
+                response.status()
+            )));
+        }
+        response.upgrade().await.map_err(|e| ClientError::Connect {
+            url: self.base.clone(),
+            reason: error_chain(&e),
+        })
+    }
+
+    /// Sends a request whose answer is a long-lived stream (no overall timeout).
+    async fn open_stream(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .timeout(Duration::from_secs(30 * 24 * 3600))
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(response);
+        }
+        Err(match response.json::<ErrorBody>().await {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+                details: body.error.details,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "http".into(),
+                message: format!("the API answered {status}"),
+                details: None,
+            },
+        })
+    }
+
     pub async fn dns(&self) -> Result<Vec<DnsRecordView>, ClientError> {
         self.request(Method::GET, "dns", Payload::None).await
     }

@@ -1,6 +1,8 @@
 //! Shared pieces of the `smrmgr` and `smrctl` binaries: context resolution and output formats.
 
+pub mod exec;
 pub mod output;
+pub mod rollout;
 
 use std::path::PathBuf;
 

@@ -552,3 +552,446 @@ async fn seed_scenario_on_two_vms_with_host_gw() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+const APP: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: db
+spec:
+  image: smr/busybox
+  tag: local
+  replicas: 2
+  entrypoint: [\"sh\", \"-c\"]
+  args: [\"sleep 4; mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 8080 -h /www\"]
+  readiness:
+    - name: http
+      url: http://localhost:8080/index.html
+      timeout: 2s
+---
+kind: configuration
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: settings
+spec:
+  data:
+    greeting: hello
+---
+kind: secret
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: creds
+spec:
+  data:
+    password: czNjcmV0
+---
+kind: resource
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: page
+spec:
+  data:
+    page: \"<p>(( .greeting )) from (( .who ))</p>\"
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: web
+spec:
+  image: smr/busybox
+  tag: local
+  replicas: 2
+  entrypoint: [\"sleep\", \"3600\"]
+  configurations:
+    - {group: app, name: settings}
+  configuration:
+    who: (( lookup \"secret/app/creds:password\" | base64decode ))
+  envs:
+    - GREETING=(( .greeting ))
+    - WHO=(( .who ))
+  resources:
+    - {group: app, name: page, key: page, mountPoint: /etc/page.html}
+  readiness:
+    - name: page
+      command: [\"test\", \"-f\", \"/etc/page.html\"]
+  dependencies:
+    - {group: app, name: db}
+";
+
+const FAILING: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: crasher
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sh\", \"-c\", \"echo crashing; exit 3\"]
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: ghost
+spec:
+  image: smr/busybox
+  tag: nope
+  entrypoint: [\"sleep\", \"3600\"]
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: badinit
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sleep\", \"3600\"]
+  initContainer:
+    image: smr/busybox
+    tag: local
+    entrypoint: [\"sh\", \"-c\", \"echo init-broke; exit 4\"]
+";
+
+const SEEDED: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: seeded
+spec:
+  image: smr/busybox
+  tag: local
+  replicas: 2
+  entrypoint: [\"sh\", \"-c\", \"test -f /data/seed || exit 9; cat /data/seed; exec sleep 3600\"]
+  volumes:
+    - {name: smr-test-seed, mountPoint: /data}
+  initContainer:
+    image: smr/busybox
+    tag: local
+    entrypoint: [\"sh\", \"-c\", \"sleep 2; echo seeded-by-$(hostname) > /data/seed\"]
+    volumes:
+      - {name: smr-test-seed, mountPoint: /data}
+";
+
+/// Milliseconds since the epoch of an RFC 3339 time Docker prints.
+fn docker_time_ms(text: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("date")
+        .args(["-d", text.trim(), "+%s%3N"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "date -d {text}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// Replica name -> (VM index, Docker's `{{field}}` of its container).
+fn inspect_replicas(
+    cluster: &VmCluster,
+    replicas: &[ReplicaView],
+    field: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    replicas
+        .iter()
+        .map(|r| {
+            let vm = cluster.vm(r.node as usize - 1);
+            Ok((
+                r.name.clone(),
+                vm.docker_ok(&["inspect", "-f", field, &r.name])?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_waits_for_readiness_and_dependencies_templates_logs_and_exec() -> anyhow::Result<()>
+{
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = app_lifecycle(&cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("app.yaml"), APP)?;
+    std::fs::write(dir.path().join("failing.yaml"), FAILING)?;
+
+    // `smrctl apply` returns once both definitions are ready, printing progress lines (no
+    // terminal here) on stderr; the dependent waited for its dependency.
+    let mut apply = common::smrctl(&cluster.context(0));
+    apply
+        .args(["apply", "--timeout", "120s", "-f"])
+        .arg(dir.path().join("app.yaml"));
+    let out = common::output(apply);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    anyhow::ensure!(out.status.success(), "apply failed: {stdout}{stderr}");
+    assert!(stdout.contains("containers/app/db: 2/2 ready"), "{stdout}");
+    assert!(stdout.contains("containers/app/web: 2/2 ready"), "{stdout}");
+    assert!(stderr.contains("containers/app/web: 0/2 ready"), "{stderr}");
+    let db_key: ObjectKey = "containers/app/db".parse()?;
+    let web_key: ObjectKey = "containers/app/web".parse()?;
+    let db = client.replicas(Some(&db_key)).await?;
+    let web = client.replicas(Some(&web_key)).await?;
+    assert!(db.iter().chain(&web).all(|r| r.ready), "{db:?} {web:?}");
+
+    // The readiness probe held db back: ready at least 3 s after its containers started.
+    let events = client
+        .events(0, Some("containers/app/db"), Duration::ZERO)
+        .await?;
+    let ready_at: BTreeMap<String, u64> = events
+        .iter()
+        .filter(|e| e.message.contains("(ready)"))
+        .filter_map(|e| Some((e.replica.clone()?, e.at_ms)))
+        .collect();
+    assert_eq!(ready_at.len(), 2, "{events:?}");
+    for (name, started) in inspect_replicas(cluster, &db, "{{.State.StartedAt}}")? {
+        let started = docker_time_ms(&started)?;
+        assert!(
+            ready_at[&name] >= started + 3000,
+            "{name} ready at {} but started at {started}",
+            ready_at[&name]
+        );
+    }
+    // The dependent's containers were created only after every db replica was ready.
+    let db_ready = ready_at.values().copied().max().unwrap_or(0);
+    for (name, created) in inspect_replicas(cluster, &web, "{{.Created}}")? {
+        let created = docker_time_ms(&created)?;
+        assert!(
+            created >= db_ready,
+            "{name} created at {created}, before db was ready at {db_ready}"
+        );
+    }
+
+    // Templates: configuration, secret lookup with base64decode, resource file rendered too.
+    let w = &web[0];
+    let vm = cluster.vm(w.node as usize - 1);
+    let out = vm.docker_ok(&[
+        "exec",
+        &w.name,
+        "sh",
+        "-c",
+        "echo $GREETING $WHO; cat /etc/page.html",
+    ])?;
+    assert_eq!(out.trim(), "hello s3cret\n<p>hello from s3cret</p>");
+
+    // A rollout that cannot become ready: exit code 8 with the reasons (crash loop with the
+    // log's end, missing image), once the timeout runs out.
+    let mut apply = common::smrctl(&cluster.context(1));
+    apply
+        .args(["apply", "--timeout", "12s", "-f"])
+        .arg(dir.path().join("failing.yaml"));
+    let started = std::time::Instant::now();
+    let out = common::output(apply);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(stderr.contains("not ready after 12s"), "{stderr}");
+    assert!(stderr.contains("fail-crasher-1 on "), "{stderr}");
+    assert!(stderr.contains("exited with code 3"), "{stderr}");
+    assert!(stderr.contains("crashing"), "{stderr}");
+    assert!(stderr.contains("smr/busybox:nope"), "{stderr}");
+    assert!(
+        stderr.contains("init container exited with code 4: init-broke"),
+        "{stderr}"
+    );
+    // --no-wait returns at once.
+    let mut apply = common::smrctl(&cluster.context(1));
+    apply
+        .args(["apply", "--no-wait", "-f"])
+        .arg(dir.path().join("failing.yaml"));
+    let started = std::time::Instant::now();
+    let stdout = common::run(apply)?;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        stdout.contains("containers/fail/ghost unchanged"),
+        "{stdout}"
+    );
+    client
+        .delete(&[
+            "containers/fail/crasher".parse()?,
+            "containers/fail/ghost".parse()?,
+            "containers/fail/badinit".parse()?,
+        ])
+        .await?;
+
+    // An init container runs to completion before each replica starts, and is removed.
+    crate::apply(client, SEEDED).await?;
+    let seeded_key: ObjectKey = "containers/app/seeded".parse()?;
+    let seeded = eventually("seeded replicas ready", Duration::from_secs(60), || async {
+        let r = client.replicas(Some(&seeded_key)).await.ok()?;
+        (r.len() == 2 && r.iter().all(|r| r.ready)).then_some(r)
+    })
+    .await?;
+    for r in &seeded {
+        assert_eq!(
+            r.restarts, 0,
+            "the main container never ran before its init: {r:?}"
+        );
+        let logs = client.logs(&r.name, None).await?;
+        assert_eq!(logs.logs.trim(), format!("seeded-by-{}-init", r.name));
+    }
+    // None is left behind, including the failing one of fail/badinit once it was deleted.
+    eventually("init containers removed", Duration::from_secs(20), || {
+        let left: Vec<String> = cluster
+            .testbed
+            .vms()
+            .iter()
+            .filter_map(|vm| {
+                vm.docker_ok(&["ps", "-aq", "--filter", "label=io.smr.init"])
+                    .ok()
+            })
+            .collect();
+        async move { left.iter().all(|l| l.is_empty()).then_some(()) }
+    })
+    .await?;
+    client.delete(&[seeded_key]).await?;
+    streams(cluster, client, &web).await
+}
+
+const TALKER: &str = "kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: app
+  name: talker
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 1; done\"]
+  restart:
+    policy: never
+";
+
+/// The context of a node other than `node` (ids are 1-based VM indexes), to go through a relay.
+fn other_context(cluster: &VmCluster, node: u64) -> std::path::PathBuf {
+    cluster.context(node as usize % 3)
+}
+
+/// Runs `cmd` with `input` on stdin; (stdout, exit code).
+fn run_with_input(mut cmd: std::process::Command, input: &str) -> anyhow::Result<(String, i32)> {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.code().is_some(),
+        "killed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((stdout, out.status.code().unwrap_or(-1)))
+}
+
+/// `smrctl logs -f` streams as the container writes and ends with it; `smrctl exec -i/-it`
+/// carries stdin, a TTY and the exit code, directly and through a relaying node.
+async fn streams(cluster: &VmCluster, client: &Client, web: &[ReplicaView]) -> anyhow::Result<()> {
+    apply(client, TALKER).await?;
+    let talker_key: ObjectKey = "containers/app/talker".parse()?;
+    let talker = eventually("the talker to run", Duration::from_secs(30), || async {
+        let r = client.replicas(Some(&talker_key)).await.ok()?;
+        r.into_iter().find(|r| r.state == "running")
+    })
+    .await?;
+    let mut follow = common::smrctl(&other_context(cluster, talker.node));
+    follow
+        .args(["logs", "-f", &talker.name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = follow.spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|line| (line, std::time::Instant::now()))
+            .collect::<Vec<_>>()
+    });
+    let ended = eventually(
+        "logs -f to end with the container",
+        Duration::from_secs(30),
+        || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        },
+    )
+    .await;
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = ended?;
+    let lines = reader.join().expect("reader");
+    let texts: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(status.success(), "{status} {texts:?}");
+    assert_eq!(texts.last().copied(), Some("line-8"), "{texts:?}");
+    let spread = lines[lines.len() - 1].1 - lines[0].1;
+    assert!(
+        spread >= Duration::from_secs(3),
+        "lines arrived as written, not at once ({spread:?}): {texts:?}"
+    );
+    client.delete(&[talker_key]).await?;
+
+    let w = &web[0];
+    // -i: stdin to a shell, through a node that does not run the replica.
+    let mut exec = common::smrctl(&other_context(cluster, w.node));
+    exec.args(["exec", "-i", &w.name, "--", "sh"]);
+    let (out, code) = run_with_input(exec, "echo hi-$((1+2))\nexit 5\n")?;
+    assert_eq!((out.trim(), code), ("hi-3", 5));
+    // -it: a terminal in the container, on the replica's own node.
+    let mut exec = common::smrctl(&cluster.context(w.node as usize - 1));
+    exec.args([
+        "exec",
+        "-it",
+        &w.name,
+        "--",
+        "sh",
+        "-c",
+        "tty; read x; echo got-$x; exit 7",
+    ]);
+    let (out, code) = run_with_input(exec, "abc\n")?;
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("got-abc"), "{out}");
+    assert_eq!(code, 7, "{out}");
+    // On a real terminal (script(1) gives smrctl one): raw mode, and the size is passed on
+    // (applied just after the command starts: bollard cannot give it to Docker's exec start).
+    let line = format!(
+        "stty cols 101 rows 31; {} --context {} exec -it {} -- sh -c 'sleep 1; stty size'",
+        env!("CARGO_BIN_EXE_smrctl"),
+        other_context(cluster, w.node).display(),
+        w.name
+    );
+    // script's stdin stays open while it runs: at its end, script would hang up the terminal.
+    let mut script = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let held = script.stdin.take();
+    let finished = script.wait_with_output()?;
+    drop(held);
+    let out = String::from_utf8_lossy(&finished.stdout).into_owned();
+    assert!(finished.status.success(), "{out}");
+    assert!(out.contains("31 101"), "{out}");
+    Ok(())
+}

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod gitops;
 pub mod serve;
+pub mod stream;
 pub mod types;
 
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/dns"),
     ("get", "/api/v1/replicas/{name}/logs"),
     ("post", "/api/v1/replicas/{name}/exec"),
+    ("get", "/api/v1/replicas/{name}/attach"),
     ("get", "/api/v1/describe/{kind}/{group}/{name}"),
     ("get", "/api/v1/gitops"),
     ("get", "/api/v1/gitops/{group}/{name}"),
@@ -93,6 +95,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/dns", get(dns_records))
         .route("/api/v1/replicas/{name}/logs", get(replica_logs))
         .route("/api/v1/replicas/{name}/exec", post(replica_exec))
+        .route("/api/v1/replicas/{name}/attach", get(replica_attach))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
         .route("/api/v1/gitops", get(gitops::list))
         .route("/api/v1/gitops/{group}/{name}", get(gitops::describe))
@@ -555,6 +558,9 @@ struct LogParams {
     /// Only the last this many lines.
     #[serde(default)]
     tail: Option<usize>,
+    /// Keep the response open and stream new lines (`text/plain`) until the container stops.
+    #[serde(default)]
+    follow: bool,
 }
 
 /// `GET /api/v1/replicas/{name}/logs`: answered by the node that runs the replica.
@@ -563,7 +569,10 @@ async fn replica_logs(
     Path(name): Path<String>,
     Query(params): Query<LogParams>,
     headers: HeaderMap,
-) -> Result<Json<LogsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    if params.follow {
+        return stream::follow_logs(node, name, params.tail, &headers).await;
+    }
     let (record, container) = locate(&node, &name).await?;
     if record.id != node.id {
         if headers.contains_key("x-smr-forwarded") {
@@ -582,7 +591,7 @@ async fn replica_logs(
                 None,
             )
             .await
-            .map(Json);
+            .map(|logs| Json(logs).into_response());
     }
     let bytes = local_runtime(&node)
         .await?
@@ -593,7 +602,18 @@ async fn replica_logs(
         replica: name,
         node: node.id,
         logs: String::from_utf8_lossy(&bytes).into_owned(),
-    }))
+    })
+    .into_response())
+}
+
+/// `GET /api/v1/replicas/{name}/attach`: an interactive exec (see [`stream`]).
+async fn replica_attach(
+    State(node): AppState,
+    Path(name): Path<String>,
+    Query(params): Query<stream::AttachParams>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    stream::attach(node, name, params, request).await
 }
 
 /// `POST /api/v1/replicas/{name}/exec`: runs a command in the replica, on its node.

@@ -76,7 +76,7 @@ async fn serve_connection(
         .and_then(pki::peer_identity);
     let service = TowerToHyperService::new(app.layer(Extension(ClientIdentity(identity))));
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await
     {
         tracing::debug!(%peer, "connection ended: {e}");

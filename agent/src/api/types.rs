@@ -159,6 +159,10 @@ pub struct ReplicaView {
     pub index: u32,
     pub node: NodeId,
     pub node_name: String,
+    /// The template generation this replica's slot runs (equal to the object's
+    /// `template_generation` once a rollout reached it).
+    #[serde(default)]
+    pub generation: u64,
     /// pending (placed, not reported yet), starting, running, crash-loop, exited...
     pub state: String,
     pub ready: bool,

@@ -227,6 +227,44 @@ pub fn container_config(
     Ok(config)
 }
 
+/// The init container of replica `index`, if the definition has one: named `<replica>-init`,
+/// labelled [`labels::INIT`] instead of [`labels::MANAGED`] (the reconciler runs it to
+/// completion and removes it; it is not a replica). Unless it says otherwise it uses the
+/// definition's template variables.
+pub fn init_config(
+    state: &ClusterState,
+    stored: &StoredObject,
+    index: u32,
+    generation: u64,
+    ctx: &ReplicaContext<'_>,
+) -> Result<Option<ContainerConfig>, String> {
+    let Some(spec) = stored.object.spec.as_containers() else {
+        return Ok(None);
+    };
+    let Some(init) = &spec.init_container else {
+        return Ok(None);
+    };
+    let mut init_spec = (**init).clone();
+    if init_spec.configurations.is_empty() {
+        init_spec.configurations = spec.configurations.clone();
+    }
+    if init_spec.configuration.is_empty() {
+        init_spec.configuration = spec.configuration.clone();
+    }
+    init_spec.replicas = 1;
+    init_spec.init_container = None;
+    let mut as_object = stored.clone();
+    as_object.object.spec = definitions::Spec::Containers(Box::new(init_spec));
+    let mut config = container_config(state, &as_object, index, generation, ctx)
+        .map_err(|e| format!("initContainer: {e}"))?;
+    let replica = config.name.clone();
+    config.name = format!("{replica}-init");
+    config.hostname = config.name.clone();
+    config.labels.remove(labels::MANAGED);
+    config.labels.insert(labels::INIT.into(), replica);
+    Ok(Some(config))
+}
+
 fn lookup_data<'s>(
     state: &'s ClusterState,
     key: &ObjectKey,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::convert::{ReplicaContext, container_config, restart_of};
+use super::convert::{ReplicaContext, container_config, init_config, restart_of};
 use crate::definitions::{ObjectKey, ReadinessType};
 use crate::node::{Node, now_ms};
 use crate::runtime::{ContainerConfig, ContainerInfo, Runtime, State, labels};
@@ -48,6 +48,42 @@ struct Memory {
     waiting_since: HashMap<String, Instant>,
     /// Failures to report per replica name (creation errors, rendering errors...).
     errors: HashMap<String, String>,
+    /// Init container runs per replica name.
+    inits: HashMap<String, InitRun>,
+}
+
+/// Where the init container of a replica about to be created stands. `hash` is the replica's
+/// config hash: a new template runs the init container again.
+enum InitRun {
+    Running {
+        hash: String,
+        task: tokio::task::JoinHandle<Result<(i64, String), String>>,
+        /// Failed runs before this one, and why the last one failed.
+        failures: u32,
+        last: Option<String>,
+    },
+    Done {
+        hash: String,
+    },
+    Failed {
+        hash: String,
+        why: String,
+        at: Instant,
+        failures: u32,
+    },
+}
+
+impl Drop for InitRun {
+    fn drop(&mut self) {
+        if let InitRun::Running { task, .. } = self {
+            task.abort();
+        }
+    }
+}
+
+/// Pause before running a failed init container again: 1 s, doubling, at most 60 s.
+fn init_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// Runs until `stop`.
@@ -82,8 +118,7 @@ pub async fn run<R: Runtime>(
                 continue;
             }
         };
-        let (replicas, next_wake) =
-            pass(&state, runtime.as_ref(), &config, &observed, &mut memory).await;
+        let (replicas, next_wake) = pass(&state, &runtime, &config, &observed, &mut memory).await;
         wake_at = next_wake;
         let changed = last_sent.as_ref().is_none_or(|(sent, _)| *sent != replicas);
         let due = last_sent
@@ -116,7 +151,7 @@ pub async fn run<R: Runtime>(
 /// One reconcile pass; returns the replica reports and when to wake up for a backoff.
 async fn pass<R: Runtime>(
     state: &ClusterState,
-    runtime: &R,
+    runtime: &Arc<R>,
     config: &ReconcileConfig,
     observed: &[ContainerInfo],
     memory: &mut Memory,
@@ -130,6 +165,7 @@ async fn pass<R: Runtime>(
     // Desired replicas of this node, per object.
     let mut desired: BTreeMap<ObjectKey, Vec<(DesiredReplica, Option<ContainerConfig>)>> =
         BTreeMap::new();
+    let mut inits: HashMap<String, ContainerConfig> = HashMap::new();
     for (key, placement) in &state.placements {
         let Some(stored) = state.objects.get(key) else {
             continue;
@@ -139,7 +175,14 @@ async fn pass<R: Runtime>(
         };
         for (index, slot) in placement.on_node(config.node) {
             let name = scheduler::replica_name(&key.group, &key.name, index);
-            let rendered = container_config(state, stored, index, slot.generation, &ctx);
+            let rendered =
+                container_config(state, stored, index, slot.generation, &ctx).and_then(|c| {
+                    let init = init_config(state, stored, index, slot.generation, &ctx)?;
+                    if let Some(init) = init {
+                        inits.insert(name.clone(), init);
+                    }
+                    Ok(c)
+                });
             let (mut hash, container) = match rendered {
                 Ok(c) => (
                     c.labels
@@ -277,8 +320,12 @@ async fn pass<R: Runtime>(
             wake = Some(wake.map_or(at, |w: u64| w.min(at)));
         }
         for action in &plan.actions {
-            if let Err(e) = execute(runtime, action, &wanted_now, &containers, config, memory).await
-            {
+            let todo = Todo {
+                wanted: &wanted_now,
+                containers: &containers,
+                inits: &inits,
+            };
+            if let Err(e) = execute(runtime, action, &todo, config, memory).await {
                 tracing::warn!(object = %key_text, "{action:?}: {e}");
                 let name = action_replica(action, &wanted_now, &containers);
                 memory.errors.insert(name, e);
@@ -297,6 +344,12 @@ async fn pass<R: Runtime>(
             let mut message = memory.errors.remove(&status.name);
             if let Phase::Blocked { reason } = &status.phase {
                 message = Some(reason.clone());
+            }
+            if message.is_none()
+                && let Some(c) = container
+                && matches!(c.state, State::Exited | State::Dead)
+            {
+                message = Some(format!("exited with code {}", c.exit_code.unwrap_or(-1)));
             }
             reports.push(ReplicaReport {
                 key: key.clone(),
@@ -350,13 +403,14 @@ async fn pass<R: Runtime>(
         let Some(stored) = state.objects.get(&owner) else {
             continue;
         };
-        if probe(runtime, stored, c, config.network.as_deref()).await {
+        if probe(runtime.as_ref(), stored, c, config.network.as_deref()).await {
             memory.ready.insert(c.id.clone(), c.started_ms.unwrap_or(0));
         }
     }
     memory
         .ready
         .retain(|id, _| observed.iter().any(|c| &c.id == id));
+    memory.inits.retain(|name, _| inits.contains_key(name));
     reports.sort_by(|a, b| (&a.key, a.index).cmp(&(&b.key, b.index)));
     (reports, wake)
 }
@@ -418,22 +472,44 @@ fn action_replica(
     .unwrap_or_default()
 }
 
+/// What one object's actions work on.
+struct Todo<'a> {
+    wanted: &'a [(DesiredReplica, Option<ContainerConfig>)],
+    containers: &'a [&'a ContainerInfo],
+    /// Init containers by replica name.
+    inits: &'a HashMap<String, ContainerConfig>,
+}
+
 async fn execute<R: Runtime>(
-    runtime: &R,
+    runtime: &Arc<R>,
     action: &Action,
-    wanted: &[(DesiredReplica, Option<ContainerConfig>)],
-    containers: &[&ContainerInfo],
+    todo: &Todo<'_>,
     config: &ReconcileConfig,
     memory: &mut Memory,
 ) -> Result<(), String> {
+    let containers = todo.containers;
     match action {
         Action::Create { index } => {
-            let Some((replica, Some(container))) = wanted.iter().find(|(r, _)| r.index == *index)
+            let Some((replica, Some(container))) =
+                todo.wanted.iter().find(|(r, _)| r.index == *index)
             else {
                 return Ok(());
             };
+            if let Some(init) = todo.inits.get(&replica.name) {
+                let hash = container
+                    .labels
+                    .get(labels::CONFIG_HASH)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(waiting) = init_gate(runtime, &replica.name, init, &hash, memory).await
+                {
+                    memory.errors.insert(replica.name.clone(), waiting);
+                    return Ok(());
+                }
+            }
             let id = runtime.create(container).await.map_err(|e| e.to_string())?;
             memory.restarts.entry(replica.name.clone()).or_insert(0);
+            memory.inits.remove(&replica.name);
             runtime.start(&id).await.map_err(|e| e.to_string())?;
             tracing::info!(replica = %replica.name, "created and started");
         }
@@ -459,6 +535,110 @@ async fn execute<R: Runtime>(
         }
     }
     Ok(())
+}
+
+/// Runs the init container of `replica` in the background; `None` once it completed with 0 for
+/// this config `hash`, else why the replica waits (running, or failed and backing off).
+async fn init_gate<R: Runtime>(
+    runtime: &Arc<R>,
+    replica: &str,
+    init: &ContainerConfig,
+    hash: &str,
+    memory: &mut Memory,
+) -> Option<String> {
+    let mut failures = 0;
+    let mut last = None;
+    match memory.inits.get_mut(replica) {
+        Some(InitRun::Done { hash: h }) if h == hash => return None,
+        Some(InitRun::Running {
+            hash: h,
+            task,
+            failures: previous,
+            last,
+        }) if h == hash => {
+            let previous = *previous;
+            if !task.is_finished() {
+                return Some(running(init, last.as_deref()));
+            }
+            let result = match task.await {
+                Ok(result) => result,
+                Err(e) => Err(e.to_string()),
+            };
+            let run = match result {
+                Ok((0, _)) => InitRun::Done {
+                    hash: hash.to_string(),
+                },
+                Ok((code, log)) => InitRun::Failed {
+                    hash: hash.to_string(),
+                    why: format!("init container exited with code {code}: {log}"),
+                    at: Instant::now(),
+                    failures: previous + 1,
+                },
+                Err(why) => InitRun::Failed {
+                    hash: hash.to_string(),
+                    why: format!("init container: {why}"),
+                    at: Instant::now(),
+                    failures: previous + 1,
+                },
+            };
+            let done = matches!(run, InitRun::Done { .. });
+            let message = match &run {
+                InitRun::Failed { why, .. } => Some(why.clone()),
+                _ => None,
+            };
+            if let Some(why) = &message {
+                tracing::warn!(replica, "{why}");
+            }
+            memory.inits.insert(replica.to_string(), run);
+            return if done { None } else { message };
+        }
+        Some(InitRun::Failed {
+            hash: h,
+            why,
+            at,
+            failures: f,
+        }) if h == hash => {
+            let pause = init_backoff(*f);
+            if at.elapsed() < pause {
+                return Some(format!(
+                    "{why} (again in {}s)",
+                    (pause - at.elapsed()).as_secs() + 1
+                ));
+            }
+            failures = *f;
+            last = Some(why.clone());
+        }
+        _ => {}
+    }
+    let runtime = runtime.clone();
+    let config = init.clone();
+    let task = tokio::spawn(async move {
+        runtime
+            .run_to_completion(&config)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    tracing::info!(replica, "init container started");
+    memory.inits.insert(
+        replica.to_string(),
+        InitRun::Running {
+            hash: hash.to_string(),
+            task,
+            failures,
+            last: last.clone(),
+        },
+    );
+    Some(running(init, last.as_deref()))
+}
+
+fn running(init: &ContainerConfig, last: Option<&str>) -> String {
+    match last {
+        Some(why) => format!(
+            "init container {} running again; last run: {why}",
+            init.name
+        ),
+        None => format!("init container {} running", init.name),
+    }
 }
 
 /// The first dependency of `stored` that is not ready, if any.

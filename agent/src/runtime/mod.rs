@@ -25,6 +25,8 @@ pub mod labels {
     pub const GENERATION: &str = "io.smr.generation";
     pub const NODE: &str = "io.smr.node";
     pub const CONFIG_HASH: &str = "io.smr.config-hash";
+    /// On an init container (value: its replica's name) instead of [`MANAGED`].
+    pub const INIT: &str = "io.smr.init";
 }
 
 /// What to run: everything Docker needs to create one replica.
@@ -114,7 +116,7 @@ pub enum RuntimeError {
     Docker(String),
 }
 
-fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
+pub fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
     match &e {
         bollard::errors::Error::DockerResponseServerError {
             status_code: 404,
@@ -145,6 +147,12 @@ pub trait Runtime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Runs an init container to completion and removes it: its exit code and the end of its
+    /// log. A leftover container of the same name is removed first if it is an init container.
+    fn run_to_completion(
+        &self,
+        config: &ContainerConfig,
+    ) -> impl Future<Output = Result<(i64, String), RuntimeError>> + Send;
     /// Runs a command in a running container and waits for it.
     fn exec(
         &self,
@@ -284,6 +292,27 @@ impl DockerRuntime {
     }
 }
 
+/// Force-removes a container when dropped (in a task of the current runtime).
+struct RemoveOnDrop {
+    docker: Docker,
+    id: String,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let options = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
+                let _ = docker.remove_container(&id, Some(options)).await;
+            });
+        }
+    }
+}
+
 impl Runtime for DockerRuntime {
     async fn list_managed(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
@@ -395,6 +424,49 @@ impl Runtime for DockerRuntime {
             .remove_container(id, Some(options))
             .await
             .map_err(|e| docker_error(id, e))
+    }
+
+    async fn run_to_completion(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<(i64, String), RuntimeError> {
+        if let Ok(old) = self.docker.inspect_container(&config.name, None).await {
+            let is_init = old
+                .config
+                .and_then(|c| c.labels)
+                .is_some_and(|l| l.contains_key(labels::INIT));
+            if !is_init {
+                return Err(RuntimeError::Conflict(format!(
+                    "{}: the name is taken by a container smr does not manage",
+                    config.name
+                )));
+            }
+            self.remove(&config.name).await?;
+        }
+        let id = self.create(config).await?;
+        // Removed however this ends, also when the caller drops (aborts) this future.
+        let _remove = RemoveOnDrop {
+            docker: self.docker.clone(),
+            id: id.clone(),
+        };
+        async {
+            self.start(&id).await?;
+            let mut wait = self.docker.wait_container(&id, None);
+            let mut code = -1;
+            while let Some(status) = wait.next().await {
+                match status {
+                    Ok(s) => code = s.status_code,
+                    // A non-zero exit comes as an error carrying the code.
+                    Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => {
+                        code = c
+                    }
+                    Err(e) => return Err(docker_error(&id, e)),
+                }
+            }
+            let log = self.logs(&id, Some(5)).await.unwrap_or_default();
+            Ok((code, String::from_utf8_lossy(&log).trim_end().to_string()))
+        }
+        .await
     }
 
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecOutput, RuntimeError> {

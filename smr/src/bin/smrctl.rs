@@ -1,7 +1,8 @@
 //! smrctl: the cluster client. Applies and inspects definitions and nodes through the REST API.
 //!
 //! Exit codes: 0 success, 1 other failure, 2 usage, 3 invalid input (definitions, bad request),
-//! 4 not found, 5 conflict, 6 cluster unavailable or unreachable, 7 authentication or context.
+//! 4 not found, 5 conflict, 6 cluster unavailable or unreachable, 7 authentication or context,
+//! 8 `apply` waited and the rollout was not ready in time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,15 @@ enum Cmd {
         dry_run: bool,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
+        /// Wait until the applied `containers` objects are rolled out and ready (the default).
+        #[arg(long, overrides_with = "no_wait")]
+        wait: bool,
+        /// Return once the definitions are stored.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for readiness (e.g. 90s, 5m); exit code 8 when it runs out.
+        #[arg(long, default_value = "5m", value_parser = definitions::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Delete the definitions of files, or objects by KIND/GROUP/NAME.
     Delete {
@@ -90,9 +100,18 @@ enum Cmd {
         replica: String,
         #[arg(long)]
         tail: Option<usize>,
+        /// Keep following the log until the container stops (or Ctrl-C).
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Run a command in a replica; exits with the command's exit code.
     Exec {
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal for the command (raw mode locally when stdin is a terminal).
+        #[arg(short = 't', long)]
+        tty: bool,
         replica: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -154,7 +173,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for a blocking read of stdin (`exec -i`) that may still be pending.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => {
             eprintln!("smrctl: {e}");
@@ -175,6 +197,10 @@ fn main() -> ExitCode {
             eprintln!("smrctl: {e}");
             ExitCode::from(3)
         }
+        Err(Failure::NotReady(e)) => {
+            eprintln!("smrctl: {e}");
+            ExitCode::from(smr::rollout::NOT_READY_EXIT)
+        }
         Err(Failure::Other(e)) => {
             eprintln!("smrctl: {e:#}");
             ExitCode::FAILURE
@@ -185,6 +211,8 @@ fn main() -> ExitCode {
 enum Failure {
     Client(ClientError),
     Input(String),
+    /// The rollout was not ready in time.
+    NotReady(String),
     Other(anyhow::Error),
 }
 
@@ -230,10 +258,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             files,
             dry_run,
             output,
+            wait,
+            no_wait,
+            timeout,
         } => {
             let objects = load_files(&files)?;
             let client = connect(cli.context)?;
             let response = client.apply(&objects, dry_run, None).await?;
+            let _ = wait; // the default; the flag exists to override an earlier --no-wait
             match output {
                 Format::Json => print!("{}", output::json(&response)?),
                 Format::Yaml => print!("{}", output::yaml(&response)?),
@@ -241,6 +273,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let suffix = if dry_run { " (dry run)" } else { "" };
                     for o in &response.outcomes {
                         println!("{} {}{suffix}", o.key, outcome_word(o.outcome));
+                    }
+                }
+            }
+            let rollouts: Vec<ObjectKey> = response
+                .outcomes
+                .iter()
+                .filter(|o| o.key.kind == definitions::Kind::Containers)
+                .filter(|o| !matches!(o.outcome, Outcome::Deleted | Outcome::NotFound))
+                .map(|o| o.key.clone())
+                .collect();
+            if !dry_run && !no_wait && !rollouts.is_empty() {
+                let ready = smr::rollout::wait(&client, &rollouts, response.revision, timeout)
+                    .await
+                    .map_err(|e| match e {
+                        smr::rollout::WaitError::Client(e) => Failure::Client(e),
+                        smr::rollout::WaitError::NotReady(why) => Failure::NotReady(why),
+                    })?;
+                if matches!(output, Format::Table | Format::Wide) {
+                    for p in ready {
+                        println!("{}", p.line());
                     }
                 }
             }
@@ -403,12 +455,42 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Logs { replica, tail } => {
+        Cmd::Logs {
+            replica,
+            tail,
+            follow,
+        } => {
             let client = connect(cli.context)?;
-            print!("{}", client.logs(&replica, tail).await?.logs);
+            if follow {
+                use futures::StreamExt as _;
+                use std::io::Write as _;
+                let mut chunks = std::pin::pin!(client.logs_follow(&replica, tail).await?);
+                let mut stdout = std::io::stdout();
+                while let Some(chunk) = chunks.next().await {
+                    stdout.write_all(&chunk?).map_err(anyhow::Error::from)?;
+                    stdout.flush().map_err(anyhow::Error::from)?;
+                }
+            } else {
+                print!("{}", client.logs(&replica, tail).await?.logs);
+            }
         }
-        Cmd::Exec { replica, command } => {
+        Cmd::Exec {
+            replica,
+            command,
+            interactive,
+            tty,
+        } => {
             let client = connect(cli.context)?;
+            if interactive || tty {
+                let code =
+                    smr::exec::interactive(&client, &replica, &command, interactive, tty).await?;
+                // Exit at once: a read of stdin may still block a thread of the runtime.
+                std::process::exit(if code == 0 {
+                    0
+                } else {
+                    code.clamp(1, 255) as i32
+                });
+            }
             let out = client.exec(&replica, &command).await?;
             print!("{}", out.output);
             if out.exit_code != 0 {
