@@ -7,7 +7,7 @@
 //! pki/ca.crt ca.key    the cluster CA (ca.key only on the node that created the cluster)
 //! pki/node.crt .key    this node's certificate and key
 //! pki/admin.crt .key   the admin client certificate for smrctl
-//! raft/                Raft log, vote and snapshots (redb)
+//! raft/                Raft log, vote and snapshots (redb); absent when the state is in etcd
 //! gitops/              bare clones of gitops repositories (used by the leader)
 //! admin.context        API URL + admin certificate, smrctl's default context
 //! ```

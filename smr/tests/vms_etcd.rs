@@ -49,8 +49,10 @@ async fn containers_and_dns_on_two_vms_with_the_state_in_etcd() -> anyhow::Resul
     let etcd = tokio::task::spawn_blocking(move || EtcdCluster::start_on(3, ip)).await??;
     let url = etcd.url();
     let extra = ["--store", url.as_str(), "--etcd-prefix", "/smr-vms/"];
-    cluster.start_all(&extra).await?;
-    let result = scenario(&cluster).await;
+    let result = match cluster.start_all(&extra).await {
+        Ok(()) => scenario(&cluster).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         cluster.dump_logs();
     }

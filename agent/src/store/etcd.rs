@@ -264,6 +264,10 @@ impl EtcdStore {
 
     /// The log revision a linearizable read must have applied: `<prefix>head` read by quorum.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
+        // A read after this index must find the state caught up since start, not unknown.
+        self.inner
+            .wait_synced(Instant::now() + self.inner.opts.write_timeout)
+            .await?;
         let mut kv = self.inner.client.kv_client();
         let response = timed(
             self.inner.opts.write_timeout,
@@ -375,6 +379,19 @@ impl Inner {
             .iter()
             .find(|(id, _)| id == op_id)
             .map(|(_, r)| r.clone())
+    }
+
+    async fn wait_synced(&self, deadline: Instant) -> Result<(), WriteError> {
+        let mut changes = self.applied_tx.subscribe();
+        while !self.synced.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, changes.changed()).await.is_err() {
+                return Err(WriteError::Unavailable(
+                    "not yet synchronised with etcd since start".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), WriteError> {
@@ -504,6 +521,7 @@ impl Inner {
             }
         }
         self.synced.store(true, Ordering::SeqCst);
+        self.applied_tx.send_modify(|_| {});
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(at + 1)
