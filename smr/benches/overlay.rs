@@ -6,6 +6,11 @@
 //!
 //!     cargo bench -p smr --bench overlay        # as root; needs iperf3
 //!
+//! Both backends are measured, vxlan then host-gw (a route per peer, no encapsulation), each on
+//! fresh VMs. Every figure is `SMR_BENCH_REPS` (default 3) runs of `SMR_BENCH_SECS` (default 10)
+//! seconds, overlay and underlay alternated so that load from other work falls on both alike;
+//! the median and the spread of the ratio are printed.
+//!
 //! Prints figures; asserts nothing about speed.
 
 #[path = "../tests/common/mod.rs"]
@@ -91,14 +96,44 @@ fn ping_stats(cmd: Command) -> anyhow::Result<(f64, f64)> {
     Ok((at(0.5), at(0.99)))
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
+/// One backend's figures.
+struct Figures {
+    backend: &'static str,
+    /// (streams, overlay Gbit/s per repetition, underlay Gbit/s per repetition)
+    throughput: Vec<(&'static str, Vec<f64>, Vec<f64>)>,
+    overlay_rtt: (f64, f64),
+    underlay_rtt: (f64, f64),
+    join_to_ping: Duration,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
+}
+
+/// Two VMs with the agent on `backend`, a replica on each, then the iperf3 matrix (overlay and
+/// underlay alternated, `reps` times) and the pings.
+async fn measure(backend: &'static str, reps: usize, secs: u32) -> anyhow::Result<Option<Figures>> {
     let Some(mut cluster) = VmCluster::start(2)? else {
-        return Ok(());
+        return Ok(None);
     };
-    cluster.start_agent(0, None, &[]).await?;
+    let extra = ["--backend", backend];
+    cluster.start_agent(0, None, &extra).await?;
     let joined = Instant::now();
-    cluster.start_agent(1, Some(0), &[]).await?;
+    cluster.start_agent(1, Some(0), &extra).await?;
     let client = cluster.client(0);
     let yaml = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: bench\n  name: net\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 2\n  entrypoint: [\"sleep\", \"3600\"]\n";
     client
@@ -126,59 +161,133 @@ async fn main() -> anyhow::Result<()> {
     let join_to_ping = joined.elapsed();
     let (pid_a, pid_b) = (pid_of(&vm_a, &a.name)?, pid_of(&vm_b, &b.name)?);
 
-    println!("2 emulated VMs on one host (veth + bridge underlay, kernel VXLAN overlay, MTU 1450)");
-    println!(
-        "{:<40} {:>10} {:>10} {:>8}",
-        "TCP throughput (iperf3, 10 s)", "overlay", "underlay", "ratio"
-    );
+    let mut throughput = Vec::new();
     for streams in ["1", "4"] {
         let client_args = |target: &str| {
-            vec![
-                "-c".to_string(),
-                target.to_string(),
-                "-p".into(),
-                "5201".into(),
-                "-t".into(),
-                "10".into(),
-                "-P".into(),
-                streams.into(),
-                "-J".into(),
-            ]
+            let secs = secs.to_string();
+            ["-c", target, "-p", "5201", "-t", &secs, "-P", streams, "-J"]
+                .map(str::to_string)
+                .to_vec()
         };
-        let overlay = iperf(in_netns_of(&pid_b, "iperf3"), in_netns_of(&pid_b, "ss"), {
-            let mut c = in_netns_of(&pid_a, "iperf3");
-            c.args(client_args(&b_ip));
-            c
-        })?;
-        let underlay = iperf(vm_b.cmd("iperf3"), vm_b.cmd("ss"), {
-            let mut c = vm_a.cmd("iperf3");
-            c.args(client_args(&vm_b.ip.to_string()));
-            c
-        })?;
-        println!(
-            "{:<40} {:>7.2} Gb {:>7.2} Gb {:>7.0}%",
-            format!("{streams} stream(s)"),
-            overlay,
-            underlay,
-            overlay / underlay * 100.0
-        );
+        let overlay_run = || {
+            iperf(in_netns_of(&pid_b, "iperf3"), in_netns_of(&pid_b, "ss"), {
+                let mut c = in_netns_of(&pid_a, "iperf3");
+                c.args(client_args(&b_ip));
+                c
+            })
+        };
+        let underlay_run = || {
+            iperf(vm_b.cmd("iperf3"), vm_b.cmd("ss"), {
+                let mut c = vm_a.cmd("iperf3");
+                c.args(client_args(&vm_b.ip.to_string()));
+                c
+            })
+        };
+        let (mut overlay, mut underlay) = (Vec::new(), Vec::new());
+        // Alternated, and the order flipped every repetition, so that load from other work on
+        // the machine falls on both alike.
+        for rep in 0..reps {
+            if rep % 2 == 0 {
+                overlay.push(overlay_run()?);
+                underlay.push(underlay_run()?);
+            } else {
+                underlay.push(underlay_run()?);
+                overlay.push(overlay_run()?);
+            }
+        }
+        throughput.push((streams, overlay, underlay));
     }
     let mut overlay_ping = in_netns_of(&pid_a, "ping");
     overlay_ping.args(["-c", "100", "-i", "0.01", &b_ip]);
     let mut underlay_ping = vm_a.cmd("ping");
     underlay_ping.args(["-c", "100", "-i", "0.01", &vm_b.ip.to_string()]);
-    let (o50, o99) = ping_stats(overlay_ping)?;
-    let (u50, u99) = ping_stats(underlay_ping)?;
+    let overlay_rtt = ping_stats(overlay_ping)?;
+    let underlay_rtt = ping_stats(underlay_ping)?;
+    Ok(Some(Figures {
+        backend,
+        throughput,
+        overlay_rtt,
+        underlay_rtt,
+        join_to_ping,
+    }))
+}
+
+fn print(f: &Figures, reps: usize, secs: u32) {
+    println!();
+    println!("backend {}", f.backend);
     println!(
-        "{:<40} {:>10} {:>10}",
+        "{:<28} {:>10} {:>10} {:>8} {:>16}",
+        format!("TCP (iperf3 {secs} s, x{reps})"),
+        "overlay",
+        "underlay",
+        "ratio",
+        "ratio min..max"
+    );
+    for (streams, overlay, underlay) in &f.throughput {
+        let ratios: Vec<f64> = overlay.iter().zip(underlay).map(|(o, u)| o / u).collect();
+        let (lo, hi) = min_max(&ratios);
+        println!(
+            "{:<28} {:>7.2} Gb {:>7.2} Gb {:>7.0}% {:>9.0}%..{:.0}%",
+            format!("{streams} stream(s), median"),
+            median(overlay),
+            median(underlay),
+            median(&ratios) * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        );
+        let each: Vec<String> = overlay
+            .iter()
+            .zip(underlay)
+            .map(|(o, u)| format!("{o:.2}/{u:.2}"))
+            .collect();
+        println!("{:<28} {}", "  each (overlay/underlay)", each.join(" "));
+    }
+    println!(
+        "{:<28} {:>10} {:>10}",
         "round trip (ping -c 100)", "overlay", "underlay"
     );
-    println!("{:<40} {:>8.3}ms {:>8.3}ms", "p50", o50, u50);
-    println!("{:<40} {:>8.3}ms {:>8.3}ms", "p99", o99, u99);
+    println!(
+        "{:<28} {:>8.3}ms {:>8.3}ms",
+        "  p50", f.overlay_rtt.0, f.underlay_rtt.0
+    );
+    println!(
+        "{:<28} {:>8.3}ms {:>8.3}ms",
+        "  p99", f.overlay_rtt.1, f.underlay_rtt.1
+    );
     println!(
         "time from the second node joining to the first cross-node ping: {:.1} s",
-        join_to_ping.as_secs_f64()
+        f.join_to_ping.as_secs_f64()
     );
+}
+
+/// `SMR_BENCH_REPS` (default 3) repetitions of `SMR_BENCH_SECS` (default 10) per figure.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let reps: usize = env_or("SMR_BENCH_REPS", 3).max(1);
+    let secs: u32 = env_or("SMR_BENCH_SECS", 10).max(1);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "2 emulated VMs on one host (veth + bridge underlay, MTU 1500; overlay MTU 1450 on vxlan, \
+         1500 on host-gw); load average at start: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for backend in ["vxlan", "host-gw"] {
+        let Some(figures) = measure(backend, reps, secs).await? else {
+            return Ok(());
+        };
+        print(&figures, reps, secs);
+    }
+    println!();
     println!(
         "reference: flannel vxlan 64% of bare metal on one TCP flow, 98% with many (40 GbE, 2024 CNI benchmark)"
     );
