@@ -893,11 +893,11 @@ fn run_with_input(mut cmd: std::process::Command, input: &str) -> anyhow::Result
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(
-        out.status.code().is_some(),
-        "killed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.is_empty() {
+        println!("stderr of {cmd:?}: {stderr}");
+    }
+    anyhow::ensure!(out.status.code().is_some(), "killed: {stdout}{stderr}");
     Ok((stdout, out.status.code().unwrap_or(-1)))
 }
 
