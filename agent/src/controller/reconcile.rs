@@ -53,6 +53,9 @@ struct Memory {
     errors: HashMap<String, String>,
     /// Init container runs per replica name.
     inits: HashMap<String, InitRun>,
+    /// Stops in progress per container id: a stop waits up to the grace period, so it runs in
+    /// the background instead of holding up the whole pass.
+    stopping: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 /// Where the init container of a replica about to be created stands. `hash` is the replica's
@@ -333,7 +336,28 @@ async fn pass<R: Runtime>(
         };
         let (creates, others): (Vec<&Action>, Vec<&Action>) =
             plan.actions.iter().partition(plain_create);
+        memory.stopping.retain(|_, task| !task.is_finished());
         for action in others {
+            match action {
+                Action::Stop { id } => {
+                    if !memory.stopping.contains_key(id) {
+                        let (runtime, id, grace) = (runtime.clone(), id.clone(), config.stop_grace);
+                        let task = tokio::spawn({
+                            let id = id.clone();
+                            async move {
+                                if let Err(e) = runtime.stop(&id, grace).await {
+                                    tracing::warn!("stopping {id}: {e}");
+                                }
+                            }
+                        });
+                        memory.stopping.insert(id, task);
+                    }
+                    continue;
+                }
+                // Removed once stopped (a later pass).
+                Action::Remove { id } if memory.stopping.contains_key(id) => continue,
+                _ => {}
+            }
             let todo = Todo {
                 wanted: &wanted_now,
                 containers: &containers,
@@ -345,6 +369,12 @@ async fn pass<R: Runtime>(
                 memory.errors.insert(name, e);
             }
         }
+        // A name still held by a container being stopped is created in a later pass.
+        let held: BTreeSet<&str> = containers
+            .iter()
+            .filter(|c| memory.stopping.contains_key(&c.id))
+            .map(|c| c.name.as_str())
+            .collect();
         let to_create: Vec<(&str, &ContainerConfig)> = creates
             .iter()
             .filter_map(|action| match action {
@@ -354,6 +384,7 @@ async fn pass<R: Runtime>(
                     .and_then(|(r, c)| Some((r.name.as_str(), c.as_ref()?))),
                 _ => None,
             })
+            .filter(|(name, _)| !held.contains(name))
             .collect();
         let mut created = Vec::with_capacity(to_create.len());
         for chunk in to_create.chunks(CREATE_CONCURRENCY) {
