@@ -827,7 +827,17 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
         .await?;
 
     // An init container runs to completion before each replica starts, and is removed.
-    crate::apply(client, SEEDED).await?;
+    // Applied on a terminal (script(1)): apply draws a progress bar until both are ready.
+    std::fs::write(dir.path().join("seeded.yaml"), SEEDED)?;
+    let line = format!(
+        "{} --context {} apply --timeout 60s -f {}",
+        env!("CARGO_BIN_EXE_smrctl"),
+        cluster.context(2).display(),
+        dir.path().join("seeded.yaml").display()
+    );
+    let (out, ok) = on_terminal(&line)?;
+    assert!(ok, "{out}");
+    assert!(out.contains("containers/app/seeded: 2/2 ready"), "{out}");
     let seeded_key: ObjectKey = "containers/app/seeded".parse()?;
     let seeded = eventually("seeded replicas ready", Duration::from_secs(60), || async {
         let r = client.replicas(Some(&seeded_key)).await.ok()?;
@@ -893,12 +903,30 @@ fn run_with_input(mut cmd: std::process::Command, input: &str) -> anyhow::Result
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(
-        out.status.code().is_some(),
-        "killed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.is_empty() {
+        println!("stderr of {cmd:?}: {stderr}");
+    }
+    anyhow::ensure!(out.status.code().is_some(), "killed: {stdout}{stderr}");
     Ok((stdout, out.status.code().unwrap_or(-1)))
+}
+
+/// Runs a shell command line on a terminal of its own (script(1)); (output, success).
+fn on_terminal(line: &str) -> anyhow::Result<(String, bool)> {
+    // script's stdin stays open while it runs: at its end, script would hang up the terminal.
+    let mut script = std::process::Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let held = script.stdin.take();
+    let finished = script.wait_with_output()?;
+    drop(held);
+    Ok((
+        String::from_utf8_lossy(&finished.stdout).into_owned(),
+        finished.status.success(),
+    ))
 }
 
 /// `smrctl logs -f` streams as the container writes and ends with it; `smrctl exec -i/-it`
@@ -980,18 +1008,8 @@ async fn streams(cluster: &VmCluster, client: &Client, web: &[ReplicaView]) -> a
         other_context(cluster, w.node).display(),
         w.name
     );
-    // script's stdin stays open while it runs: at its end, script would hang up the terminal.
-    let mut script = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let held = script.stdin.take();
-    let finished = script.wait_with_output()?;
-    drop(held);
-    let out = String::from_utf8_lossy(&finished.stdout).into_owned();
-    assert!(finished.status.success(), "{out}");
+    let (out, ok) = on_terminal(&line)?;
+    assert!(ok, "{out}");
     assert!(out.contains("31 101"), "{out}");
     Ok(())
 }

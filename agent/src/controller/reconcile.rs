@@ -23,6 +23,9 @@ use crate::scheduler::{
 };
 use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport, StoredObject};
 
+/// How many replicas a node creates at once.
+const CREATE_CONCURRENCY: usize = 4;
+
 /// A report is sent at least this often, as the node's heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 
@@ -50,6 +53,9 @@ struct Memory {
     errors: HashMap<String, String>,
     /// Init container runs per replica name.
     inits: HashMap<String, InitRun>,
+    /// Stops in progress per container id: a stop waits up to the grace period, so it runs in
+    /// the background instead of holding up the whole pass.
+    stopping: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 /// Where the init container of a replica about to be created stands. `hash` is the replica's
@@ -319,7 +325,39 @@ async fn pass<R: Runtime>(
         if let Some(at) = plan.wake_at_ms {
             wake = Some(wake.map_or(at, |w: u64| w.min(at)));
         }
-        for action in &plan.actions {
+        // Creations of replicas without an init container run a few at a time, after the
+        // other actions (which remove what a creation may replace).
+        let plain_create = |action: &&Action| match action {
+            Action::Create { index } => wanted_now
+                .iter()
+                .find(|(r, _)| r.index == *index)
+                .is_some_and(|(r, c)| c.is_some() && !inits.contains_key(&r.name)),
+            _ => false,
+        };
+        let (creates, others): (Vec<&Action>, Vec<&Action>) =
+            plan.actions.iter().partition(plain_create);
+        memory.stopping.retain(|_, task| !task.is_finished());
+        for action in others {
+            match action {
+                Action::Stop { id } => {
+                    if !memory.stopping.contains_key(id) {
+                        let (runtime, id, grace) = (runtime.clone(), id.clone(), config.stop_grace);
+                        let task = tokio::spawn({
+                            let id = id.clone();
+                            async move {
+                                if let Err(e) = runtime.stop(&id, grace).await {
+                                    tracing::warn!("stopping {id}: {e}");
+                                }
+                            }
+                        });
+                        memory.stopping.insert(id, task);
+                    }
+                    continue;
+                }
+                // Removed once stopped (a later pass).
+                Action::Remove { id } if memory.stopping.contains_key(id) => continue,
+                _ => {}
+            }
             let todo = Todo {
                 wanted: &wanted_now,
                 containers: &containers,
@@ -329,6 +367,43 @@ async fn pass<R: Runtime>(
                 tracing::warn!(object = %key_text, "{action:?}: {e}");
                 let name = action_replica(action, &wanted_now, &containers);
                 memory.errors.insert(name, e);
+            }
+        }
+        // A name still held by a container being stopped is created in a later pass.
+        let held: BTreeSet<&str> = containers
+            .iter()
+            .filter(|c| memory.stopping.contains_key(&c.id))
+            .map(|c| c.name.as_str())
+            .collect();
+        let to_create: Vec<(&str, &ContainerConfig)> = creates
+            .iter()
+            .filter_map(|action| match action {
+                Action::Create { index } => wanted_now
+                    .iter()
+                    .find(|(r, _)| r.index == *index)
+                    .and_then(|(r, c)| Some((r.name.as_str(), c.as_ref()?))),
+                _ => None,
+            })
+            .filter(|(name, _)| !held.contains(name))
+            .collect();
+        let mut created = Vec::with_capacity(to_create.len());
+        for chunk in to_create.chunks(CREATE_CONCURRENCY) {
+            let runs = chunk
+                .iter()
+                .map(|(_, c)| create_and_start(runtime.as_ref(), c));
+            let results = futures::future::join_all(runs).await;
+            created.extend(chunk.iter().map(|(n, _)| n.to_string()).zip(results));
+        }
+        for (name, result) in created {
+            match result {
+                Ok(()) => {
+                    tracing::info!(replica = %name, "created and started");
+                    memory.restarts.entry(name).or_insert(0);
+                }
+                Err(e) => {
+                    tracing::warn!(object = %key_text, replica = %name, "create: {e}");
+                    memory.errors.insert(name, e);
+                }
             }
         }
 
@@ -639,6 +714,11 @@ fn running(init: &ContainerConfig, last: Option<&str>) -> String {
         ),
         None => format!("init container {} running", init.name),
     }
+}
+
+async fn create_and_start<R: Runtime>(runtime: &R, config: &ContainerConfig) -> Result<(), String> {
+    let id = runtime.create(config).await.map_err(|e| e.to_string())?;
+    runtime.start(&id).await.map_err(|e| e.to_string())
 }
 
 /// The first dependency of `stored` that is not ready, if any.

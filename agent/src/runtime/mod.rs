@@ -292,6 +292,9 @@ impl DockerRuntime {
     }
 }
 
+/// How many containers are inspected at once when listing.
+const INSPECT_CONCURRENCY: usize = 8;
+
 /// Force-removes a container when dropped (in a task of the current runtime).
 struct RemoveOnDrop {
     docker: Docker,
@@ -325,10 +328,16 @@ impl Runtime for DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(|e| docker_error("listing containers", e))?;
-        let mut infos = Vec::with_capacity(summaries.len());
-        for summary in summaries {
-            let Some(id) = summary.id else { continue };
-            match self.inspect(&id).await {
+        // Inspected a few at a time, in the listed order.
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let mut inspected = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSPECT_CONCURRENCY) {
+            inspected
+                .extend(futures::future::join_all(chunk.iter().map(|id| self.inspect(id))).await);
+        }
+        let mut infos = Vec::with_capacity(inspected.len());
+        for result in inspected {
+            match result {
                 Ok(info) => infos.push(info),
                 // Removed between the list and the inspect.
                 Err(RuntimeError::NotFound(_)) => {}
