@@ -666,6 +666,18 @@ spec:
     image: smr/busybox
     tag: local
     entrypoint: [\"sh\", \"-c\", \"echo init-broke; exit 4\"]
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta:
+  group: fail
+  name: late
+spec:
+  image: smr/busybox
+  tag: local
+  entrypoint: [\"sleep\", \"3600\"]
+  dependencies:
+    - {group: fail, name: ghost, timeout: 3s}
 ";
 
 const SEEDED: &str = "kind: containers
@@ -817,6 +829,8 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
         stderr.contains("init container exited with code 4: init-broke"),
         "{stderr}"
     );
+    // A dependency that is not ready within its timeout blocks the dependent, and says so.
+    assert!(stderr.contains("(dependency timeout 3s)"), "{stderr}");
     // --no-wait returns at once.
     let mut apply = common::smrctl(&cluster.context(1));
     apply
@@ -834,6 +848,7 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
             "containers/fail/crasher".parse()?,
             "containers/fail/ghost".parse()?,
             "containers/fail/badinit".parse()?,
+            "containers/fail/late".parse()?,
         ])
         .await?;
 

@@ -267,10 +267,8 @@ async fn pass<R: Runtime>(
                         .waiting_since
                         .entry(replica.name.clone())
                         .or_insert_with(Instant::now);
-                    waiting.push((
-                        replica,
-                        format!("waiting for {missing} (for {}s)", since.elapsed().as_secs()),
-                    ));
+                    let (phase, why) = waiting_status(&missing, since.elapsed());
+                    waiting.push((replica, phase, why));
                 }
                 _ => {
                     memory.waiting_since.remove(&replica.name);
@@ -455,9 +453,9 @@ async fn pass<R: Runtime>(
                 stored,
             ));
         }
-        for (replica, why) in waiting {
+        for (replica, phase, why) in waiting {
             reports.push(ReplicaReport {
-                phase: "pending".into(),
+                phase: phase.into(),
                 ..blocked(&key, &replica, Some(why), stored)
             });
         }
@@ -722,9 +720,38 @@ async fn create_and_start<R: Runtime>(runtime: &R, config: &ContainerConfig) -> 
 }
 
 /// The first dependency of `stored` that is not ready, if any.
-fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<String> {
+/// A dependency that is not ready yet, and how long the definition agreed to wait for it.
+#[derive(Debug, PartialEq)]
+struct Unmet {
+    what: String,
+    timeout: Option<Duration>,
+}
+
+/// Phase and message of a replica held back by a dependency: `pending` while within the
+/// dependency's `timeout`, `blocked` after it. Either way it is created as soon as the
+/// dependency is ready; the phase makes a late dependency visible (and fails `smrctl apply`).
+fn waiting_status(unmet: &Unmet, waited: Duration) -> (&'static str, String) {
+    let secs = waited.as_secs();
+    match unmet.timeout {
+        Some(limit) if waited > limit => (
+            "blocked",
+            format!(
+                "{} is not ready after {secs}s (dependency timeout {}s); still waiting",
+                unmet.what,
+                limit.as_secs()
+            ),
+        ),
+        _ => (
+            "pending",
+            format!("waiting for {} (for {secs}s)", unmet.what),
+        ),
+    }
+}
+
+fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<Unmet> {
     let spec = stored.object.spec.as_containers()?;
     for dep in &spec.dependencies {
+        let timeout = dep.timeout.map(|t| t.get());
         let matching: Vec<&ObjectKey> = state
             .placements
             .keys()
@@ -733,7 +760,10 @@ fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<Strin
             .collect();
         let label = format!("dependency {}/{}", dep.group, dep.name);
         if matching.is_empty() {
-            return Some(label);
+            return Some(Unmet {
+                what: label,
+                timeout,
+            });
         }
         for key in matching {
             let placed = state.placements[key].replicas.len();
@@ -744,7 +774,10 @@ fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<Strin
                 .filter(|r| &r.key == key && r.ready)
                 .count();
             if ready < placed {
-                return Some(format!("{label} ({key}: {ready}/{placed} ready)"));
+                return Some(Unmet {
+                    what: format!("{label} ({key}: {ready}/{placed} ready)"),
+                    timeout,
+                });
             }
         }
     }
@@ -797,4 +830,37 @@ async fn probe<R: Runtime>(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_dependency_turns_a_waiting_replica_blocked_after_its_timeout() {
+        let unmet = Unmet {
+            what: "dependency app/db (containers/app/db: 0/2 ready)".into(),
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let (phase, message) = waiting_status(&unmet, Duration::from_secs(12));
+        assert_eq!(phase, "pending");
+        assert_eq!(
+            message,
+            "waiting for dependency app/db (containers/app/db: 0/2 ready) (for 12s)"
+        );
+        let (phase, message) = waiting_status(&unmet, Duration::from_secs(31));
+        assert_eq!(phase, "blocked");
+        assert!(
+            message.contains("not ready after 31s (dependency timeout 30s)"),
+            "{message}"
+        );
+        let forever = Unmet {
+            timeout: None,
+            ..unmet
+        };
+        assert_eq!(
+            waiting_status(&forever, Duration::from_secs(3600)).0,
+            "pending"
+        );
+    }
 }
