@@ -176,20 +176,7 @@ impl Client {
                             .await
                             .map_err(|e| ClientError::Decode(e.to_string()));
                     }
-                    match response.json::<ErrorBody>().await {
-                        Ok(body) => ClientError::Api {
-                            status: status.as_u16(),
-                            code: body.error.code,
-                            message: body.error.message,
-                            details: body.error.details,
-                        },
-                        Err(_) => ClientError::Api {
-                            status: status.as_u16(),
-                            code: "http".into(),
-                            message: format!("the API answered {status}"),
-                            details: None,
-                        },
-                    }
+                    api_error(response).await
                 }
                 Err(e) => ClientError::Connect {
                     url: self.base.clone(),
@@ -438,20 +425,7 @@ impl Client {
         if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(response);
         }
-        Err(match response.json::<ErrorBody>().await {
-            Ok(body) => ClientError::Api {
-                status: status.as_u16(),
-                code: body.error.code,
-                message: body.error.message,
-                details: body.error.details,
-            },
-            Err(_) => ClientError::Api {
-                status: status.as_u16(),
-                code: "http".into(),
-                message: format!("the API answered {status}"),
-                details: None,
-            },
-        })
+        Err(api_error(response).await)
     }
 
     pub async fn dns(&self) -> Result<Vec<DnsRecordView>, ClientError> {
@@ -465,6 +439,25 @@ impl Client {
 }
 
 /// An error with its causes, e.g. "error sending request: ... : invalid peer certificate: UnknownIssuer".
+/// The typed error of an unsuccessful API answer (`{error: {code, message, details}}`).
+async fn api_error(response: reqwest::Response) -> ClientError {
+    let status = response.status();
+    match response.json::<ErrorBody>().await {
+        Ok(body) => ClientError::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+            details: body.error.details,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: format!("the API answered {status}"),
+            details: None,
+        },
+    }
+}
+
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

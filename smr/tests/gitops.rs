@@ -447,12 +447,16 @@ async fn a_leader_killed_during_a_sync_is_replaced_and_the_sync_completes_once()
             "  directoryPath: d\n  poolingInterval: 1s\n  automaticSync: true\n",
         ),
     )?;
-    // The leader creates its clone cache when it starts fetching: kill it then.
-    let cache = cluster.nodes[leader].data_dir.join("gitops");
-    eventually("the leader to start fetching", DEADLINE, || async {
-        cache.exists().then_some(())
+    // Only the leader fetches, and it creates its clone cache when it starts: kill the node
+    // whose cache appears (the leader may have changed since it was asked, on a loaded host).
+    let fetching = eventually("the leader to start fetching", DEADLINE, || async {
+        (0..3).find(|i| cluster.nodes[*i].data_dir.join("gitops").exists())
     })
     .await?;
+    if fetching != leader {
+        eprintln!("leadership moved from node {leader} to node {fetching} before the fetch");
+    }
+    let leader = fetching;
     cluster.kill9(leader)?;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let client = cluster.client(survivors[0]);

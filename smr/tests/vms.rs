@@ -10,7 +10,7 @@ use agent::api::types::ReplicaView;
 use agent::client::Client;
 use agent::definitions::{self, ObjectKey};
 use common::eventually;
-use common::vms::VmCluster;
+use common::vms::{VmCluster, all_ready, key};
 
 const IMAGE: &str = "smr/busybox";
 const TAG: &str = "local";
@@ -21,30 +21,11 @@ fn busybox(replicas: u32, tag: &str) -> String {
     )
 }
 
-fn key() -> ObjectKey {
-    "containers/busybox/busybox".parse().expect("key")
-}
-
 async fn apply(client: &Client, yaml: &str) -> anyhow::Result<()> {
     client
         .apply(&definitions::parse_str("test.yaml", yaml)?, false, None)
         .await?;
     Ok(())
-}
-
-/// Waits until the object has exactly `n` replicas, all running and ready.
-async fn all_ready(
-    client: &Client,
-    n: usize,
-    timeout: Duration,
-) -> anyhow::Result<Vec<ReplicaView>> {
-    let key = key();
-    eventually(&format!("{n} ready replicas"), timeout, || async {
-        let replicas = client.replicas(Some(&key)).await.ok()?;
-        (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running"))
-            .then_some(replicas)
-    })
-    .await
 }
 
 /// One replica per VM pings one on every other VM, by IP.

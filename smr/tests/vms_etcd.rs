@@ -7,10 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent::api::types::ReplicaView;
-use agent::client::Client;
-use agent::definitions::{self, ObjectKey};
-use common::eventually;
-use common::vms::VmCluster;
+use agent::definitions;
+use common::vms::{VmCluster, all_ready};
 use smr_tests::etcd::EtcdCluster;
 
 const IMAGE: &str = "smr/busybox";
@@ -20,24 +18,6 @@ fn busybox(replicas: u32) -> String {
     format!(
         "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: busybox\n  name: busybox\nspec:\n  image: {IMAGE}\n  tag: {TAG}\n  replicas: {replicas}\n  spread:\n    spread: uniform\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n"
     )
-}
-
-fn key() -> ObjectKey {
-    "containers/busybox/busybox".parse().expect("key")
-}
-
-async fn all_ready(
-    client: &Client,
-    n: usize,
-    timeout: Duration,
-) -> anyhow::Result<Vec<ReplicaView>> {
-    let key = key();
-    eventually(&format!("{n} ready replicas"), timeout, || async {
-        let replicas = client.replicas(Some(&key)).await.ok()?;
-        (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running"))
-            .then_some(replicas)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

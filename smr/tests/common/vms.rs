@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use agent::api::types::ReplicaView;
 use agent::client::{Client, Context};
+use agent::definitions::ObjectKey;
 use anyhow::{Context as _, bail};
 use smr_tests::testbed::{Testbed, TestbedConfig, Vm};
 
@@ -188,4 +190,24 @@ impl VmCluster {
         }
         Ok(())
     }
+}
+
+/// The busybox definition the VM suites run.
+pub fn key() -> ObjectKey {
+    "containers/busybox/busybox".parse().expect("key")
+}
+
+/// Waits until the busybox object has exactly `n` replicas, all running and ready.
+pub async fn all_ready(
+    client: &Client,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReplicaView>> {
+    let key = key();
+    eventually(&format!("{n} ready replicas"), timeout, || async {
+        let replicas = client.replicas(Some(&key)).await.ok()?;
+        (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running"))
+            .then_some(replicas)
+    })
+    .await
 }
