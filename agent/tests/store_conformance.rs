@@ -97,6 +97,9 @@ async fn serve_plain(listener: TcpListener, app: Router, mut stop: watch::Receiv
 
 struct RaftNode {
     port: u16,
+    /// The port's socket, held from the start until the node first serves, so that no other
+    /// connection on this busy host takes the port in between.
+    reserved: Option<std::net::TcpListener>,
     server: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
@@ -130,12 +133,13 @@ impl Harness {
     async fn raft(n: usize) -> Harness {
         let mut nodes = Vec::new();
         for _ in 0..n {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            nodes.push(RaftNode { port, server: None });
+            let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = reserved.local_addr().unwrap().port();
+            nodes.push(RaftNode {
+                port,
+                reserved: Some(reserved),
+                server: None,
+            });
         }
         let mut h = Harness {
             backend: Backend::Raft {
@@ -224,9 +228,15 @@ impl Harness {
                 let store = Store::open(&path, id, transport, store_config)
                     .await
                     .unwrap();
-                let listener = TcpListener::bind(("127.0.0.1", nodes[i].port))
-                    .await
-                    .unwrap();
+                let listener = match nodes[i].reserved.take() {
+                    Some(reserved) => {
+                        reserved.set_nonblocking(true).unwrap();
+                        TcpListener::from_std(reserved).unwrap()
+                    }
+                    None => TcpListener::bind(("127.0.0.1", nodes[i].port))
+                        .await
+                        .unwrap(),
+                };
                 let (stop, stop_rx) = watch::channel(false);
                 let task = tokio::spawn(serve_plain(listener, store.rpc_router(), stop_rx));
                 nodes[i].server = Some((stop, task));

@@ -7,19 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent::client::{Client, ClientError};
-use agent::definitions::{self, ObjectKey};
+use agent::definitions;
 use agent::pki::{self, Identity};
-use common::{Cluster, eventually, output, smrctl, smrmgr};
-
-fn busybox(group: &str, name: &str) -> String {
-    format!(
-        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  image: busybox\n  tag: latest\n  replicas: 1\n"
-    )
-}
-
-fn key(group: &str, name: &str) -> ObjectKey {
-    format!("containers/{group}/{name}").parse().expect("key")
-}
+use common::{Cluster, busybox, eventually, key, output, smrctl, smrmgr, stale_get};
 
 /// Applies one object with a fixed op_id through the first node that accepts it.
 async fn apply_via_any(
@@ -41,17 +31,6 @@ async fn apply_via_any(
             Err(_) => i += 1,
         }
     }
-}
-
-/// Every node's own applied state (stale read) holds `key`.
-async fn stale_get(client: &Client, key: &ObjectKey) -> Option<serde_json::Value> {
-    client
-        .get_json(&format!(
-            "objects/{}/{}/{}?consistency=stale",
-            key.kind, key.group, key.name
-        ))
-        .await
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

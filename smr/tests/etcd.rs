@@ -7,18 +7,8 @@ use std::time::{Duration, Instant};
 
 use agent::client::Client;
 use agent::definitions::{self, ObjectKey};
-use common::{Cluster, eventually};
+use common::{Cluster, busybox, eventually, key, stale_get};
 use smr_tests::etcd::EtcdCluster;
-
-fn busybox(group: &str, name: &str) -> String {
-    format!(
-        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  image: busybox\n  tag: latest\n  replicas: 1\n"
-    )
-}
-
-fn key(group: &str, name: &str) -> ObjectKey {
-    format!("containers/{group}/{name}").parse().expect("key")
-}
 
 async fn apply(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
     let objects = definitions::parse_str("e", &busybox(group, name))?;
@@ -37,38 +27,12 @@ async fn visible(cluster: &Cluster, nodes: &[usize], keys: &[ObjectKey]) -> anyh
         let client = cluster.client(j);
         for k in keys {
             eventually(&format!("{k} on node {j}"), Duration::from_secs(15), || {
-                let client = &client;
-                async move {
-                    client
-                        .get_json(&format!(
-                            "objects/{}/{}/{}?consistency=stale",
-                            k.kind, k.group, k.name
-                        ))
-                        .await
-                        .ok()
-                }
+                stale_get(&client, k)
             })
             .await?;
         }
     }
     Ok(())
-}
-
-/// The agent that leads according to `nodes[j]`'s health, once they all agree.
-async fn agreed_leader(cluster: &Cluster, nodes: &[usize], limit: Duration) -> anyhow::Result<u64> {
-    eventually("the agents to agree on a leader", limit, || async {
-        let mut leader = None;
-        for &i in nodes {
-            let health = cluster.client(i).health().await.ok()?;
-            let l = health.leader?;
-            if leader.is_some_and(|x| x != l) {
-                return None;
-            }
-            leader = Some(l);
-        }
-        leader
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,7 +49,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     cluster.join(0)?;
     cluster.join(0)?;
     let all = [0, 1, 2];
-    let leader = agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+    let leader = cluster.agreed_leader(&all, Duration::from_secs(30)).await?;
     let health = cluster.client(0).health().await?;
     assert_eq!(
         health.voters.len(),
@@ -137,7 +101,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     // The killed agent comes back and catches up from etcd.
     cluster.restart(killed)?;
     visible(&cluster, &all, &keys).await?;
-    agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+    cluster.agreed_leader(&all, Duration::from_secs(30)).await?;
 
     // etcd loses its quorum: the agents keep serving their last state, report degraded and
     // refuse writes; once etcd is back they resume and nothing acknowledged is lost.
@@ -172,7 +136,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     for i in 0..3 {
         etcd.wait_healthy(i, Duration::from_secs(30))?;
     }
-    agreed_leader(&cluster, &all, Duration::from_secs(30)).await?;
+    cluster.agreed_leader(&all, Duration::from_secs(30)).await?;
     apply(&cluster.client(2), "after-outage", "via2").await?;
     keys.push(key("after-outage", "via2"));
     visible(&cluster, &all, &keys).await?;

@@ -384,20 +384,17 @@ async fn pass<R: Runtime>(
             })
             .filter(|(name, _)| !held.contains(name))
             .collect();
-        let mut created = Vec::with_capacity(to_create.len());
+        let mut outcomes = Vec::with_capacity(to_create.len());
         for chunk in to_create.chunks(CREATE_CONCURRENCY) {
             let runs = chunk
                 .iter()
                 .map(|(_, c)| create_and_start(runtime.as_ref(), c));
             let results = futures::future::join_all(runs).await;
-            created.extend(chunk.iter().map(|(n, _)| n.to_string()).zip(results));
+            outcomes.extend(chunk.iter().map(|(n, _)| n.to_string()).zip(results));
         }
-        for (name, result) in created {
+        for (name, result) in outcomes {
             match result {
-                Ok(()) => {
-                    tracing::info!(replica = %name, "created and started");
-                    memory.restarts.entry(name).or_insert(0);
-                }
+                Ok(()) => created(memory, &name),
                 Err(e) => {
                     tracing::warn!(object = %key_text, replica = %name, "create: {e}");
                     memory.errors.insert(name, e);
@@ -580,11 +577,9 @@ async fn execute<R: Runtime>(
                     return Ok(());
                 }
             }
-            let id = runtime.create(container).await.map_err(|e| e.to_string())?;
-            memory.restarts.entry(replica.name.clone()).or_insert(0);
             memory.inits.remove(&replica.name);
-            runtime.start(&id).await.map_err(|e| e.to_string())?;
-            tracing::info!(replica = %replica.name, "created and started");
+            create_and_start(runtime.as_ref(), container).await?;
+            created(memory, &replica.name);
         }
         Action::Start { id } => runtime.start(id).await.map_err(|e| e.to_string())?,
         Action::Stop { id } => runtime
@@ -719,7 +714,12 @@ async fn create_and_start<R: Runtime>(runtime: &R, config: &ContainerConfig) -> 
     runtime.start(&id).await.map_err(|e| e.to_string())
 }
 
-/// The first dependency of `stored` that is not ready, if any.
+/// Bookkeeping for a replica whose container was just created and started.
+fn created(memory: &mut Memory, replica: &str) {
+    tracing::info!(replica, "created and started");
+    memory.restarts.entry(replica.to_string()).or_insert(0);
+}
+
 /// A dependency that is not ready yet, and how long the definition agreed to wait for it.
 #[derive(Debug, PartialEq)]
 struct Unmet {
@@ -748,6 +748,7 @@ fn waiting_status(unmet: &Unmet, waited: Duration) -> (&'static str, String) {
     }
 }
 
+/// The first dependency of `stored` that is not ready, if any.
 fn unmet_dependency(state: &ClusterState, stored: &StoredObject) -> Option<Unmet> {
     let spec = stored.object.spec.as_containers()?;
     for dep in &spec.dependencies {

@@ -321,7 +321,7 @@ pub enum CommandResult {
 impl ClusterState {
     /// Applies one command. Deterministic: the same state and command give the same result.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
-        if let Some((_, previous)) = self.recent_ops.iter().find(|(id, _)| *id == cmd.op_id) {
+        if let Some(previous) = self.recent_result(&cmd.op_id) {
             return previous.clone();
         }
         let result = self.apply_op(&cmd.op, cmd.at_ms);
@@ -687,6 +687,14 @@ impl ClusterState {
         self.nodes.insert(id, record);
         self.revision += 1;
         CommandResult::NodeRegistered { id }
+    }
+
+    /// The result of operation `op_id`, if it was applied within the dedup window.
+    pub fn recent_result(&self, op_id: &str) -> Option<&CommandResult> {
+        self.recent_ops
+            .iter()
+            .find(|(id, _)| id == op_id)
+            .map(|(_, r)| r)
     }
 
     /// Objects of one kind, in key order.

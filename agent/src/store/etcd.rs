@@ -16,7 +16,7 @@
 //! it. Without etcd the agent keeps its last state, writes fail `Unavailable` and the status is
 //! [`ServerState::Degraded`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -55,22 +55,26 @@ impl From<&StoreConfig> for EtcdOptions {
 }
 
 /// `<prefix>snapshot`: the state after applying every log entry up to `revision`.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Snapshot {
     revision: u64,
     state: ClusterState,
 }
 
-/// Results of applied commands, for the writers waiting on them.
+/// A [`Snapshot`] to write, borrowing the state instead of copying it.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    revision: u64,
+    state: &'a ClusterState,
+}
+
+/// Writers waiting for their command's result. A writer that arrives after the applier finds
+/// the result in the state's dedup window (`ClusterState::recent_result`) instead.
 #[derive(Default)]
 struct Results {
-    /// Recent results by revision (a writer may look after the applier got there).
-    done: BTreeMap<u64, CommandResult>,
     /// Writers waiting for a revision: the command's op_id and where to send its result.
     waiting: HashMap<u64, (String, oneshot::Sender<CommandResult>)>,
 }
-
-const KEEP_RESULTS: usize = 4096;
 
 #[derive(Default)]
 struct Election {
@@ -234,11 +238,8 @@ impl EtcdStore {
         let revision = response.header().map(|h| h.revision()).unwrap_or(0) as u64;
         let receiver = {
             let mut results = lock(&inner.results);
-            if let Some(result) = results.done.get(&revision) {
-                return Ok(result.clone());
-            }
             if inner.applied() >= revision {
-                // Applied long ago (or through a snapshot): the dedup window has the result.
+                // Already applied (or through a snapshot): the dedup window has the result.
                 return inner.recent_result(&cmd.op_id).ok_or_else(|| {
                     WriteError::Unavailable(format!(
                         "the result of revision {revision} is no longer known; retry with the same op_id"
@@ -373,12 +374,7 @@ impl Inner {
     }
 
     fn recent_result(&self, op_id: &str) -> Option<CommandResult> {
-        let (state, _) = self.current();
-        state
-            .recent_ops
-            .iter()
-            .find(|(id, _)| id == op_id)
-            .map(|(_, r)| r.clone())
+        self.current().0.recent_result(op_id).cloned()
     }
 
     async fn wait_synced(&self, deadline: Instant) -> Result<(), WriteError> {
@@ -396,16 +392,12 @@ impl Inner {
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), WriteError> {
         let mut applied = self.applied_tx.subscribe();
-        loop {
-            if self.applied() >= index {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, applied.changed()).await.is_err() {
-                return Err(WriteError::Unavailable(format!(
-                    "this agent did not apply the etcd log up to revision {index} in time"
-                )));
-            }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, applied.wait_for(|a| *a >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(WriteError::Unavailable(format!(
+                "this agent did not apply the etcd log up to revision {index} in time"
+            ))),
         }
     }
 
@@ -421,6 +413,9 @@ impl Inner {
         let applied = {
             let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
             let (state, applied) = &mut *guard;
+            if entries.iter().all(|(revision, _)| *revision <= *applied) {
+                return;
+            }
             let state = Arc::make_mut(state);
             for (revision, command) in entries {
                 if revision <= *applied {
@@ -433,19 +428,9 @@ impl Inner {
             }
             *applied
         };
-        {
-            for (revision, result) in outcomes {
-                match results.waiting.remove(&revision) {
-                    Some((_, tx)) => {
-                        let _ = tx.send(result);
-                    }
-                    None => {
-                        results.done.insert(revision, result);
-                    }
-                }
-            }
-            while results.done.len() > KEEP_RESULTS {
-                results.done.pop_first();
+        for (revision, result) in outcomes {
+            if let Some((_, tx)) = results.waiting.remove(&revision) {
+                let _ = tx.send(result);
             }
         }
         drop(results);
@@ -472,7 +457,7 @@ impl Inner {
             .collect();
         for revision in skipped {
             if let Some((op_id, tx)) = results.waiting.remove(&revision)
-                && let Some((_, result)) = state.recent_ops.iter().find(|(id, _)| *id == op_id)
+                && let Some(result) = state.recent_result(&op_id)
             {
                 let _ = tx.send(result.clone());
             }
@@ -667,10 +652,15 @@ impl Inner {
             None => (0, 0),
         };
         if existing_rev < revision {
-            let body = serde_json::to_vec(&Snapshot {
-                revision,
-                state: (*state).clone(),
+            // Serialised from the shared state, off the async threads.
+            let body = tokio::task::spawn_blocking(move || {
+                serde_json::to_vec(&SnapshotRef {
+                    revision,
+                    state: &state,
+                })
             })
+            .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(

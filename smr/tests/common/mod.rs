@@ -99,6 +99,31 @@ where
     }
 }
 
+/// A one-replica busybox definition `group/name` (for the control-plane suites: never run).
+pub fn busybox(group: &str, name: &str) -> String {
+    format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  image: busybox\n  tag: latest\n  replicas: 1\n"
+    )
+}
+
+pub fn key(group: &str, name: &str) -> agent::definitions::ObjectKey {
+    format!("containers/{group}/{name}").parse().expect("key")
+}
+
+/// This node's own applied state (a stale read) of `key`, if it holds it.
+pub async fn stale_get(
+    client: &Client,
+    key: &agent::definitions::ObjectKey,
+) -> Option<serde_json::Value> {
+    client
+        .get_json(&format!(
+            "objects/{}/{}/{}?consistency=stale",
+            key.kind, key.group, key.name
+        ))
+        .await
+        .ok()
+}
+
 impl Cluster {
     /// An empty cluster description; nodes are started with [`Cluster::start_first`] and [`Cluster::join`].
     pub fn new() -> Cluster {
@@ -206,21 +231,35 @@ impl Cluster {
         self.nodes[i].client().expect("client from context")
     }
 
+    /// The leader the `running` nodes name, if they all answer and name the same one.
+    pub async fn agreed(&self, running: &[usize]) -> Option<u64> {
+        let mut leader = None;
+        for &i in running {
+            let health = self.client(i).health().await.ok()?;
+            let l = health.leader?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader
+    }
+
+    /// Waits until the `running` nodes agree on one leader.
+    pub async fn agreed_leader(&self, running: &[usize], limit: Duration) -> anyhow::Result<u64> {
+        eventually("the nodes to agree on a leader", limit, || {
+            self.agreed(running)
+        })
+        .await
+    }
+
     /// Waits until all `n` running nodes agree on one leader and (for 3+) have 3 voters.
     pub async fn wait_formed(&self, running: &[usize], voters: usize) -> anyhow::Result<u64> {
         eventually("the cluster to form", Duration::from_secs(60), || async {
-            let mut leader = None;
-            for &i in running {
-                let health = self.client(i).health().await.ok()?;
-                let l = health.leader?;
-                if leader.is_some_and(|x| x != l) {
-                    return None;
-                }
-                leader = Some(l);
-            }
+            let leader = self.agreed(running).await?;
             let nodes = self.client(running[0]).nodes().await.ok()?;
             let count = nodes.iter().filter(|n| n.role == "voter").count();
-            (count == voters).then_some(leader?)
+            (count == voters).then_some(leader)
         })
         .await
     }
