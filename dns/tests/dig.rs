@@ -257,6 +257,22 @@ async fn records_change_without_restart() {
     handle.shutdown().await.unwrap();
 }
 
+/// A UDP socket and a TCP listener on the same loopback port. The kernel picks
+/// the UDP port without regard to TCP, where another test may hold that number,
+/// so a taken TCP port means trying another one.
+async fn udp_and_tcp_on_one_port() -> (UdpSocket, TcpListener, SocketAddr) {
+    let mut last = None;
+    for _ in 0..32 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = udp.local_addr().unwrap();
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return (udp, tcp, local),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP: {last:?}");
+}
+
 /// A plain hickory server authoritative for `example.com.` on a loopback port.
 async fn example_com_upstream() -> (Server<Catalog>, SocketAddr) {
     let origin = Name::from_ascii("example.com.").unwrap();
@@ -283,9 +299,7 @@ async fn example_com_upstream() -> (Server<Catalog>, SocketAddr) {
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
     let mut server = Server::new(catalog);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let local = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(local).await.unwrap();
+    let (udp, tcp, local) = udp_and_tcp_on_one_port().await;
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 16);
     (server, local)
@@ -317,9 +331,7 @@ async fn forwards_other_names_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servfail_within_timeout_when_upstream_is_dead() {
     // A silent upstream: the port is bound (UDP and TCP) but nobody ever answers.
-    let silent_udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let silent = silent_udp.local_addr().unwrap();
-    let _silent_tcp = TcpListener::bind(silent).await.unwrap();
+    let (_silent_udp, _silent_tcp, silent) = udp_and_tcp_on_one_port().await;
     // A closed port: bound then released.
     let closed = {
         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
