@@ -790,6 +790,51 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
     ])?;
     assert_eq!(out.trim(), "hello s3cret\n<p>hello from s3cret</p>");
 
+    // Changing the configuration web reads rolls web, one replica at a time; db, which does
+    // not read it, keeps its containers.
+    let settings = "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: app\n  name: settings\nspec:\n  data:\n    greeting: bonjour\n";
+    crate::apply(client, settings).await?;
+    let before = ids(&web);
+    let lowest_ready = std::cell::Cell::new(usize::MAX);
+    let rolled = eventually(
+        "web to roll onto the new configuration",
+        Duration::from_secs(90),
+        || async {
+            let now = client.replicas(Some(&web_key)).await.ok()?;
+            lowest_ready.set(
+                lowest_ready
+                    .get()
+                    .min(now.iter().filter(|r| r.ready).count()),
+            );
+            let replaced = now
+                .iter()
+                .all(|r| r.ready && before.get(&r.name) != r.container_id.as_ref());
+            (now.len() == 2 && replaced).then_some(now)
+        },
+    )
+    .await?;
+    assert!(
+        lowest_ready.get() >= 1,
+        "both web replicas went down at once"
+    );
+    for r in &rolled {
+        let out = cluster.vm(r.node as usize - 1).docker_ok(&[
+            "exec",
+            &r.name,
+            "sh",
+            "-c",
+            "echo $GREETING; cat /etc/page.html",
+        ])?;
+        assert_eq!(
+            out.trim(),
+            "bonjour\n<p>bonjour from s3cret</p>",
+            "{}",
+            r.name
+        );
+    }
+    assert_eq!(ids(&client.replicas(Some(&db_key)).await?), ids(&db));
+    let web = rolled;
+
     // A rollout that cannot become ready: exit code 8 with the reasons (crash loop with the
     // log's end, missing image), once the timeout runs out.
     let mut apply = common::smrctl(&cluster.context(1));

@@ -17,6 +17,26 @@ pub fn is_template(s: &str) -> bool {
     }
 }
 
+/// The `KIND/GROUP/NAME` of every `(( lookup "KIND/GROUP/NAME:KEY" ))` in `s` that names a
+/// valid key (others fail when rendered, not here).
+pub fn template_lookups(s: &str) -> Vec<crate::definitions::ObjectKey> {
+    let mut keys = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("((") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("))") else { break };
+        let head = after[..end].split('|').next().unwrap_or_default().trim();
+        if let Some(arg) = head.strip_prefix("lookup")
+            && let Some((object, _)) = arg.trim().trim_matches('"').rsplit_once(':')
+            && let Ok(key) = object.parse()
+        {
+            keys.push(key);
+        }
+        rest = &after[end + 2..];
+    }
+    keys
+}
+
 /// Parses `"60s"`, `"5m"`, `"1h30m"`, `"250ms"`, `"2d"`, `"1.5s"` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -263,6 +283,14 @@ mod tests {
             "x (( lookup \"secret/g/n:k\" | base64decode )) y"
         ));
         assert!(!is_template("(( unterminated"));
+        let keys: Vec<String> = template_lookups(
+            "a (( lookup \"secret/g/n:k\" | base64decode )) (( .x )) (( lookup configuration/g/c:v ))",
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(keys, ["secret/g/n", "configuration/g/c"]);
+        assert!(template_lookups("(( lookup \"nonsense\" )) (( lookup \"x/y:z\" ))").is_empty());
         assert_eq!(parse_memory("512Mi"), Ok(512 << 20));
         assert_eq!(parse_memory("1G"), Ok(1_000_000_000));
         assert_eq!(parse_memory("1024"), Ok(1024));

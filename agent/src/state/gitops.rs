@@ -163,7 +163,9 @@ impl ClusterState {
             CommandResult::Objects { outcomes, .. } => outcomes,
             other => return other,
         };
-        if let CommandResult::Objects { outcomes: gone, .. } = self.delete_objects(&sync.delete) {
+        if let CommandResult::Objects { outcomes: gone, .. } =
+            self.delete_objects(&sync.delete, now)
+        {
             outcomes.extend(gone.into_iter().filter(|o| o.outcome != Outcome::NotFound));
         }
         let mut status = sync.status.clone();

@@ -9,7 +9,7 @@
 //! is not applied again; its first result is returned. That makes a client's retry after a lost
 //! reply (a leader killed mid-request) safe: a write is acknowledged at most once and applied once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,7 @@ use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::Placement;
 
 mod gitops;
+mod inputs;
 pub use gitops::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
 pub type NodeId = u64;
@@ -338,7 +339,7 @@ impl ClusterState {
     fn apply_op(&mut self, op: &Op, now: u64) -> CommandResult {
         match op {
             Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
-            Op::Delete { keys } => self.delete_objects(keys),
+            Op::Delete { keys } => self.delete_objects(keys, now),
             Op::RegisterNode { node } => self.register_node(node, now),
             Op::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(node) => {
@@ -530,7 +531,7 @@ impl ClusterState {
         now: u64,
     ) -> CommandResult {
         // Refuse the whole batch before touching anything.
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for object in objects {
             let key = object.key();
             if !seen.insert(key.clone()) {
@@ -556,17 +557,26 @@ impl ClusterState {
         }
         let revision = self.revision + 1;
         let mut changed = false;
-        let outcomes = objects
+        // Containers definitions that roll anyway (new, or a new template), and configuration,
+        // secret and resource objects whose data changed.
+        let mut rolled = BTreeSet::new();
+        let mut data_changed = BTreeSet::new();
+        let outcomes: Vec<ObjectOutcome> = objects
             .iter()
             .map(|object| {
                 let key = object.key();
+                if object.spec.data().is_some() {
+                    data_changed.insert(key.clone());
+                }
                 let (outcome, generation) = match self.objects.get_mut(&key) {
                     Some(stored) if stored.object == *object => {
+                        data_changed.remove(&key);
                         (Outcome::Unchanged, stored.generation)
                     }
                     Some(stored) => {
                         if !same_template(&stored.object, object) {
                             stored.template_generation += 1;
+                            rolled.insert(key.clone());
                         }
                         stored.object = object.clone();
                         stored.generation += 1;
@@ -589,6 +599,7 @@ impl ClusterState {
                             },
                         );
                         changed = true;
+                        rolled.insert(key.clone());
                         (Outcome::Created, 1)
                     }
                 };
@@ -602,18 +613,19 @@ impl ClusterState {
         if changed {
             self.revision = revision;
         }
+        self.roll_readers(&data_changed, &rolled, revision, now);
         CommandResult::Objects {
             revision: self.revision,
             outcomes,
         }
     }
 
-    fn delete_objects(&mut self, keys: &[ObjectKey]) -> CommandResult {
+    fn delete_objects(&mut self, keys: &[ObjectKey], now: u64) -> CommandResult {
         let revision = self.revision + 1;
         let mut changed = false;
         // Deleting a gitops object deletes what it deployed.
         let mut keys = keys.to_vec();
-        let mut listed: std::collections::BTreeSet<ObjectKey> = keys.iter().cloned().collect();
+        let mut listed: BTreeSet<ObjectKey> = keys.iter().cloned().collect();
         let mut i = 0;
         while i < keys.len() {
             if keys[i].kind == Kind::Gitops && self.objects.contains_key(&keys[i]) {
@@ -626,11 +638,15 @@ impl ClusterState {
             }
             i += 1;
         }
-        let outcomes = keys
+        let mut data_gone = BTreeSet::new();
+        let outcomes: Vec<ObjectOutcome> = keys
             .iter()
             .map(|key| match self.objects.remove(key) {
                 Some(stored) => {
                     changed = true;
+                    if stored.object.spec.data().is_some() {
+                        data_gone.insert(key.clone());
+                    }
                     self.placements.remove(key);
                     self.placement_errors.remove(key);
                     ObjectOutcome {
@@ -649,6 +665,7 @@ impl ClusterState {
         if changed {
             self.revision = revision;
         }
+        self.roll_readers(&data_gone, &BTreeSet::new(), revision, now);
         CommandResult::Objects {
             revision: self.revision,
             outcomes,

@@ -731,3 +731,126 @@ fn commands_round_trip_through_json() {
         assert_eq!(back, command);
     }
 }
+
+fn yaml(text: &str) -> Vec<Object> {
+    crate::definitions::parse_str("test.yaml", text).unwrap()
+}
+
+fn template_generation(s: &ClusterState, key: &str) -> u64 {
+    s.objects[&key.parse::<ObjectKey>().unwrap()].template_generation
+}
+
+const READERS: &str = "
+kind: containers
+prefix: simplecontainer.io/v1
+meta: {group: app, name: web}
+spec:
+  image: busybox
+  configurations: [{group: app, name: shared}]
+  envs: ['PASSWORD=(( lookup \"secret/app/db:password\" | base64decode ))']
+  resources: [{group: app, name: page, key: index, mountPoint: /www/index.html}]
+---
+kind: containers
+prefix: simplecontainer.io/v1
+meta: {group: app, name: other}
+spec:
+  image: busybox
+";
+
+fn data_object(kind: &str, name: &str, value: &str) -> Vec<Object> {
+    yaml(&format!(
+        "kind: {kind}\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\nspec:\n  data: {{v: '{value}'}}\n"
+    ))
+}
+
+#[test]
+fn changing_what_a_definition_reads_rolls_it_and_only_it() {
+    let mut s = ClusterState::default();
+    let mut n = 0;
+    let mut apply = |s: &mut ClusterState, objects: Vec<Object>| {
+        n += 1;
+        s.apply(&cmd(
+            &format!("op{n}"),
+            Op::Apply {
+                objects,
+                owner: None,
+            },
+        ))
+    };
+    apply(&mut s, yaml(READERS));
+    assert_eq!(template_generation(&s, "containers/app/web"), 1);
+    // Creating what it reads, then changing it: one new template each time.
+    let mut expected = 1;
+    for (kind, name) in [
+        ("configuration", "shared"),
+        ("configuration", "web"),
+        ("secret", "db"),
+        ("resource", "page"),
+    ] {
+        for value in ["1", "2", "2"] {
+            let r = apply(&mut s, data_object(kind, name, value));
+            if outcomes(r)[0].1 != Outcome::Unchanged {
+                expected += 1;
+            }
+            assert_eq!(
+                template_generation(&s, "containers/app/web"),
+                expected,
+                "{kind}/{name}={value}"
+            );
+        }
+    }
+    assert_eq!(template_generation(&s, "containers/app/other"), 1);
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.reason == "InputChanged" && e.message.contains("secret/app/db"))
+    );
+    // Unrelated data: nothing rolls.
+    apply(&mut s, data_object("configuration", "unrelated", "1"));
+    assert_eq!(template_generation(&s, "containers/app/web"), expected);
+    // A lookup inside a mounted resource is read too.
+    apply(
+        &mut s,
+        data_object("resource", "page", "(( lookup \"secret/app/tls:key\" ))"),
+    );
+    expected += 1;
+    apply(&mut s, data_object("secret", "tls", "k"));
+    expected += 1;
+    assert_eq!(template_generation(&s, "containers/app/web"), expected);
+    // Deleting an input rolls too (its replicas then fail to render, one batch at a time).
+    s.apply(&cmd(
+        "delete",
+        Op::Delete {
+            keys: vec!["secret/app/db".parse().unwrap()],
+        },
+    ));
+    assert_eq!(template_generation(&s, "containers/app/web"), expected + 1);
+}
+
+#[test]
+fn a_definition_changed_with_its_input_rolls_once() {
+    let mut s = ClusterState::default();
+    let mut objects = yaml(READERS);
+    objects.extend(data_object("configuration", "shared", "1"));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    ));
+    assert_eq!(template_generation(&s, "containers/app/web"), 1);
+    let mut objects = yaml(&READERS.replace(
+        "image: busybox\n  configurations",
+        "image: nginx\n  configurations",
+    ));
+    objects.extend(data_object("configuration", "shared", "2"));
+    s.apply(&cmd(
+        "b",
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    ));
+    assert_eq!(template_generation(&s, "containers/app/web"), 2);
+}
