@@ -699,6 +699,98 @@ async fn etcd_snapshot_trims_the_log_and_late_handles_catch_up() {
     h.close_all().await;
 }
 
+/// etcd only: a state larger than an etcd request (1.5 MiB by default) is snapshotted in chunks,
+/// and a new handle catches up from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_snapshot_larger_than_an_etcd_request_is_chunked() {
+    let mut h = Harness::etcd_with(
+        1,
+        StoreConfig {
+            snapshot_every: 4,
+            ..config()
+        },
+    )
+    .await;
+    // 8 configurations of 300 KiB: about 2.4 MiB of state.
+    let blob = |n: usize| format!("{n}").repeat(300 << 10);
+    for n in 0..8 {
+        let yaml = format!(
+            "kind: configuration\nprefix: simplecontainer.io/v1\nmeta: {{group: big, name: c{n}}}\nspec:\n  data: {{blob: '{}'}}\n",
+            blob(n)
+        );
+        let objects = agent::definitions::parse_str("big.yaml", &yaml).unwrap();
+        h.write(
+            0,
+            Op::Apply {
+                objects,
+                owner: None,
+            },
+        )
+        .await;
+    }
+    let (endpoints, prefix) = match &h.backend {
+        Backend::Etcd { config, .. } => (config.endpoints.clone(), config.prefix.clone()),
+        Backend::Raft { .. } => unreachable!(),
+    };
+    let mut etcd = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let count = |etcd: &mut etcd_client::Client, key: String| {
+        let mut etcd = etcd.clone();
+        async move {
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            etcd.get(key, Some(options)).await.unwrap().count()
+        }
+    };
+    // The snapshot covers all 8 writes: the log before it is gone, its chunks are all there
+    // and only its own.
+    let deadline = Instant::now() + DEADLINE;
+    let manifest = loop {
+        let snapshot = etcd.get(format!("{prefix}snapshot"), None).await.unwrap();
+        let log = count(&mut etcd, format!("{prefix}log/")).await;
+        if let Some(kv) = snapshot.kvs().first()
+            && log == 0
+        {
+            break serde_json::from_slice::<serde_json::Value>(kv.value()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot/trim: {log} log keys"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let chunks = manifest["chunks"].as_i64().unwrap();
+    assert!(chunks >= 3, "{manifest}");
+    assert!(
+        manifest["bytes"].as_i64().unwrap() > 1_572_864,
+        "{manifest}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stored = count(&mut etcd, format!("{prefix}snapshot-chunks/")).await;
+        if stored == chunks {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} chunks stored for a snapshot of {chunks}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new handle starts from the snapshot alone.
+    h.handles.push(None);
+    h.open(1).await;
+    let state = h.read(1).await;
+    for n in 0..8 {
+        let key: agent::definitions::ObjectKey = format!("configuration/big/c{n}").parse().unwrap();
+        let data = state.objects[&key].object.spec.data().unwrap();
+        assert!(data["blob"] == blob(n), "c{n} differs after the catch-up");
+    }
+    h.close_all().await;
+}
+
 /// etcd only: TLS to etcd with a client certificate (`--etcd-cacert/--etcd-cert/--etcd-key`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_over_tls_with_a_client_certificate() {

@@ -6,8 +6,9 @@
 //!  write(cmd) --Txn{put <prefix>log/<rand> = cmd, put <prefix>head}--> etcd revision R
 //!       <-- result of ClusterState::apply at R <-- applier: watch <prefix>log/, apply in revision order
 //!  read(linearizable): quorum Get <prefix>head -> its mod_revision H -> wait until applied >= H
-//!  leader: etcd election <prefix>election on a lease (TTL 5 s); it writes <prefix>snapshot
-//!          {revision, state} and deletes the log keys at or below that revision
+//!  leader: etcd election <prefix>election on a lease (TTL 5 s); it writes the state of revision S
+//!          as <prefix>snapshot-chunks/S/* (1 MiB each), then <prefix>snapshot {S, chunks, sha256},
+//!          and deletes the log keys at or below S
 //! ```
 //! Every agent can write (no forwarding). Races between writers (two RegisterNode lease
 //! allocations) are decided by the log order: the second command sees the first one's effect,
@@ -22,10 +23,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, KvClient, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
 use super::{
@@ -54,12 +56,35 @@ impl From<&StoreConfig> for EtcdOptions {
     }
 }
 
-/// `<prefix>snapshot`: the state after applying every log entry up to `revision`.
+/// The state after applying every log entry up to `revision`.
 #[derive(Deserialize)]
 struct Snapshot {
     revision: u64,
     state: ClusterState,
 }
+
+/// `<prefix>snapshot`: where the snapshot of `revision` is. Its JSON is cut into `chunks` values
+/// `<prefix>snapshot-chunks/<revision, 20 digits>/<index, 6 digits>` of at most
+/// [`SNAPSHOT_CHUNK`] bytes each, because etcd refuses a request over its limit (1.5 MiB by
+/// default) and a state can be larger. The chunks are written first, then this manifest in one
+/// compare-and-swap, so a reader never finds a manifest without its chunks; older chunks go last.
+#[derive(Serialize, Deserialize)]
+struct SnapshotManifest {
+    revision: u64,
+    chunks: u32,
+    bytes: u64,
+    sha256: String,
+}
+
+/// The largest value of a snapshot chunk: well under etcd's default request limit.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Log entries read per request when catching up. With etcd's default request limit (1.5 MiB,
+/// so no entry is larger) a page stays under [`MAX_MESSAGE`].
+const LOG_PAGE: i64 = 64;
+
+/// The largest gRPC message the store decodes (tonic's default is 4 MiB).
+const MAX_MESSAGE: usize = 128 << 20;
 
 /// A [`Snapshot`] to write, borrowing the state instead of copying it.
 #[derive(Serialize)]
@@ -470,7 +495,10 @@ impl Inner {
     /// Catches up (snapshot + log at one revision), then follows the log until it fails.
     async fn sync_and_watch(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let limit = self.opts.write_timeout;
-        let mut kv = self.client.kv_client();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let response = timed(
             limit,
             "reading the snapshot",
@@ -479,11 +507,16 @@ impl Inner {
         .await?;
         let at = response.header().map(|h| h.revision()).unwrap_or(0);
         if let Some(stored) = response.kvs().first() {
-            let snapshot: Snapshot = serde_json::from_slice(stored.value())
-                .map_err(|e| format!("the snapshot in etcd is unreadable: {e}"))?;
-            self.snapshot_rev
-                .fetch_max(snapshot.revision, Ordering::SeqCst);
-            self.install(snapshot);
+            let manifest = parse_manifest(stored.value())?;
+            if manifest.revision > self.applied() {
+                let snapshot = self.load_snapshot(&mut kv, &manifest, at).await?;
+                self.snapshot_rev
+                    .fetch_max(snapshot.revision, Ordering::SeqCst);
+                self.install(snapshot);
+            } else {
+                self.snapshot_rev
+                    .fetch_max(manifest.revision, Ordering::SeqCst);
+            }
         }
         let log = self.key("log/");
         loop {
@@ -493,7 +526,7 @@ impl Inner {
                 .with_revision(at)
                 .with_min_mod_revision(from)
                 .with_sort(SortTarget::Mod, SortOrder::Ascend)
-                .with_limit(500);
+                .with_limit(LOG_PAGE);
             let page = timed(limit, "reading the log", kv.get(log.clone(), Some(options))).await?;
             let entries: Vec<(u64, Option<Command>)> = page
                 .kvs()
@@ -511,7 +544,10 @@ impl Inner {
             .with_prefix()
             .with_start_revision(at + 1)
             .with_progress_notify();
-        let mut watcher = self.client.watch_client();
+        let mut watcher = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let mut stream =
             timed(limit, "watching the log", watcher.watch(log, Some(options))).await?;
         self.watching.store(true, Ordering::SeqCst);
@@ -636,7 +672,57 @@ impl Inner {
         }
     }
 
-    /// Leader: stores the applied state as `<prefix>snapshot` and deletes the log up to it.
+    /// `<prefix>snapshot-chunks/<revision>/`, or the chunk `index` in it.
+    fn chunk_key(&self, revision: u64, index: Option<u32>) -> String {
+        let dir = format!("{}snapshot-chunks/{revision:020}/", self.prefix);
+        match index {
+            Some(i) => format!("{dir}{i:06}"),
+            None => dir,
+        }
+    }
+
+    /// Reads the chunks of `manifest` as they were at etcd revision `at`, checks and decodes them.
+    async fn load_snapshot(
+        &self,
+        kv: &mut KvClient,
+        manifest: &SnapshotManifest,
+        at: i64,
+    ) -> Result<Snapshot, String> {
+        let limit = self.opts.write_timeout;
+        let mut body = Vec::with_capacity(manifest.bytes as usize);
+        for index in 0..manifest.chunks {
+            let key = self.chunk_key(manifest.revision, Some(index));
+            let options = GetOptions::new().with_revision(at);
+            let response = timed(
+                limit,
+                "reading the snapshot",
+                kv.get(key.clone(), Some(options)),
+            )
+            .await?;
+            let chunk = response
+                .kvs()
+                .first()
+                .ok_or_else(|| format!("the snapshot in etcd lacks its chunk {key}"))?;
+            body.extend_from_slice(chunk.value());
+        }
+        let digest = hex::encode(Sha256::digest(&body));
+        if body.len() as u64 != manifest.bytes || digest != manifest.sha256 {
+            return Err(format!(
+                "the snapshot of revision {} in etcd is damaged ({} bytes, sha256 {digest}; its manifest says {} bytes, sha256 {})",
+                manifest.revision,
+                body.len(),
+                manifest.bytes,
+                manifest.sha256
+            ));
+        }
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<Snapshot>(&body))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the snapshot in etcd is unreadable: {e}"))
+    }
+
+    /// Leader: stores the applied state as a snapshot (chunks, then the `<prefix>snapshot`
+    /// manifest) and deletes the log up to it and the older chunks.
     async fn write_snapshot(&self) -> Result<(), String> {
         let limit = self.opts.write_timeout;
         let (state, revision) = self.current();
@@ -644,11 +730,10 @@ impl Inner {
         let key = self.key("snapshot");
         let existing = timed(limit, "reading the snapshot", kv.get(key.clone(), None)).await?;
         let (existing_mod, existing_rev) = match existing.kvs().first() {
-            Some(stored) => {
-                let snapshot: Snapshot = serde_json::from_slice(stored.value())
-                    .map_err(|e| format!("the snapshot in etcd is unreadable: {e}"))?;
-                (stored.mod_revision(), snapshot.revision)
-            }
+            Some(stored) => (
+                stored.mod_revision(),
+                parse_manifest(stored.value())?.revision,
+            ),
             None => (0, 0),
         };
         if existing_rev < revision {
@@ -662,20 +747,52 @@ impl Inner {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+            let manifest = SnapshotManifest {
+                revision,
+                chunks: body.chunks(SNAPSHOT_CHUNK).count() as u32,
+                bytes: body.len() as u64,
+                sha256: hex::encode(Sha256::digest(&body)),
+            };
+            for (index, chunk) in body.chunks(SNAPSHOT_CHUNK).enumerate() {
+                let chunk_key = self.chunk_key(revision, Some(index as u32));
+                timed(
+                    limit,
+                    "writing a snapshot chunk",
+                    kv.put(chunk_key, chunk.to_vec(), None),
+                )
+                .await?;
+            }
+            let manifest = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(
                     key.clone(),
                     CompareOp::Equal,
                     existing_mod,
                 )])
-                .and_then(vec![TxnOp::put(key, body, None)]);
+                .and_then(vec![TxnOp::put(key, manifest, None)]);
             let response = timed(limit, "writing the snapshot", kv.txn(txn)).await?;
             if !response.succeeded() {
+                // Another leader wrote one meanwhile: ours is nobody's.
+                let options = DeleteOptions::new().with_prefix();
+                timed(
+                    limit,
+                    "deleting unused snapshot chunks",
+                    kv.delete(self.chunk_key(revision, None), Some(options)),
+                )
+                .await?;
                 return Ok(());
             }
         }
         let upto = revision.max(existing_rev);
         self.snapshot_rev.fetch_max(upto, Ordering::SeqCst);
+        // Chunks of older snapshots (their directories sort before the current one's).
+        let options = DeleteOptions::new().with_range(self.chunk_key(upto, None));
+        timed(
+            limit,
+            "deleting older snapshot chunks",
+            kv.delete(self.key("snapshot-chunks/"), Some(options)),
+        )
+        .await?;
         // The log up to the snapshot is no longer needed to catch up.
         loop {
             let options = GetOptions::new()
@@ -710,6 +827,11 @@ impl Inner {
         tracing::debug!(revision = upto, "etcd snapshot written, log trimmed");
         Ok(())
     }
+}
+
+fn parse_manifest(value: &[u8]) -> Result<SnapshotManifest, String> {
+    serde_json::from_slice(value)
+        .map_err(|e| format!("the snapshot manifest in etcd is unreadable: {e}"))
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Option<Command> {
