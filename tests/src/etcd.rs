@@ -38,9 +38,15 @@ pub struct EtcdCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+/// A free port, held until the listener is dropped (so the ports of one cluster differ).
+fn free_port(ip: Ipv4Addr) -> anyhow::Result<(u16, TcpListener)> {
+    let listener = TcpListener::bind((ip, 0))?;
+    Ok((listener.local_addr()?.port(), listener))
 }
+
+/// How many times a cluster is started on new ports when another process took one of them
+/// between choosing and binding.
+const START_ATTEMPTS: usize = 3;
 
 /// Whether the `etcd` binary is installed.
 pub fn available() -> bool {
@@ -70,19 +76,43 @@ impl EtcdCluster {
         ip: Ipv4Addr,
         tls: Option<TlsFiles>,
     ) -> anyhow::Result<EtcdCluster> {
+        let mut attempt = 1;
+        loop {
+            match EtcdCluster::try_start(members, ip, tls.clone()) {
+                Err(e)
+                    if attempt < START_ATTEMPTS
+                        && format!("{e:#}").contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_start(
+        members: usize,
+        ip: Ipv4Addr,
+        tls: Option<TlsFiles>,
+    ) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
         let mut list = Vec::new();
+        let mut held = Vec::new();
         for i in 0..members {
             let name = format!("m{i}");
+            let (client_port, client) = free_port(ip)?;
+            let (peer_port, peer) = free_port(ip)?;
+            held.extend([client, peer]);
             list.push(Member {
                 data_dir: dir.path().join(&name),
                 log: dir.path().join(format!("{name}.log")),
                 name,
-                client_port: free_port(ip)?,
-                peer_port: free_port(ip)?,
+                client_port,
+                peer_port,
                 child: None,
             });
         }
+        drop(held);
         let initial_cluster = list
             .iter()
             .map(|m| format!("{}=http://{ip}:{}", m.name, m.peer_port))
@@ -177,13 +207,29 @@ impl EtcdCluster {
 
     /// Waits until member `i` reports healthy (its /health endpoint on the client port; with
     /// TLS, until the client port accepts connections).
-    pub fn wait_healthy(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
-        let m = &self.members[i];
+    pub fn wait_healthy(&mut self, i: usize, limit: Duration) -> anyhow::Result<()> {
+        let tls = self.tls.is_some();
+        let ip = self.ip;
+        let m = &mut self.members[i];
         let deadline = Instant::now() + limit;
-        let url = format!("http://{}:{}/health", self.ip, m.client_port);
+        let url = format!("http://{ip}:{}/health", m.client_port);
+        let tail = |m: &Member| {
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        };
         loop {
-            let ready = if self.tls.is_some() {
-                std::net::TcpStream::connect((self.ip, m.client_port)).is_ok()
+            if let Some(child) = m.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                m.child = None;
+                bail!(
+                    "etcd member {} exited ({status}); log tail:\n{}",
+                    m.name,
+                    tail(m)
+                );
+            }
+            let ready = if tls {
+                std::net::TcpStream::connect((ip, m.client_port)).is_ok()
             } else {
                 http_get(&url).is_ok_and(|body| body.contains("\"health\":\"true\""))
             };
@@ -191,11 +237,10 @@ impl EtcdCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
                 bail!(
-                    "etcd member {} not healthy in {limit:?}; log tail:\n{tail}",
-                    m.name
+                    "etcd member {} not healthy in {limit:?}; log tail:\n{}",
+                    m.name,
+                    tail(m)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
