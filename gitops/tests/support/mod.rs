@@ -139,18 +139,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls until something accepts TCP connections on 127.0.0.1:port.
-pub fn wait_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// Starts `what` (the command `command(port)` makes) on a free loopback port and waits until it
+/// accepts connections. A server that exits early (another process took the port between
+/// choosing and binding it) is started again on another port, at most 3 times.
+pub fn spawn_listening(what: &str, mut command: impl FnMut(u16) -> Command) -> (u16, Child) {
+    let mut attempt = 1;
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+        let port = free_port();
+        let mut child = command(port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(attempt < 3, "{what} exited early: {status}");
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (port, child);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
+        attempt += 1;
     }
 }
 
@@ -174,24 +192,21 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn start(base: &Path) -> Self {
-        let port = free_port();
-        let mut child = Command::new("git")
-            .args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--informative-errors",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn git daemon");
-        wait_port(port, &mut child, "git daemon");
+        let (port, child) = spawn_listening("git daemon", |port| {
+            let mut command = Command::new("git");
+            command
+                .args([
+                    "daemon",
+                    "--export-all",
+                    "--reuseaddr",
+                    "--informative-errors",
+                    "--listen=127.0.0.1",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base);
+            command
+        });
         GitDaemon {
             port,
             _guard: ProcessGuard { child },
@@ -449,27 +464,24 @@ impl Sshd {
             .nth(1)
             .expect("fingerprint")
             .to_string();
-        let port = free_port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+        let (port, child) = spawn_listening("sshd", |port| {
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nAllowUsers root\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              UsePAM no\nStrictModes no\nX11Forwarding no\nAllowTcpForwarding no\nAllowAgentForwarding no\n\
              PermitTTY no\nPrintMotd no\nLogLevel ERROR\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("sshd_config"), config).expect("config");
-        let mut child = Command::new(sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sshd");
-        wait_port(port, &mut child, "sshd");
+                d = d.display()
+            );
+            std::fs::write(d.join("sshd_config"), config).expect("config");
+            let mut command = Command::new(sshd);
+            command
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(d.join("sshd_config"));
+            command
+        });
         Some(Sshd {
             port,
             client_key: std::fs::read_to_string(d.join("client")).expect("key"),
