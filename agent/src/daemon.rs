@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub iface: Option<String>,
     /// Whether this node runs replicas.
     pub workloads: bool,
+    /// How long a node may stay silent before, when this node leads, its replicas are moved.
+    pub node_timeout: Duration,
     /// Keep the state in this etcd cluster instead of the embedded Raft store.
     pub etcd: Option<EtcdSettings>,
 }
@@ -325,7 +327,7 @@ pub async fn run(
             vtep_mac: crate::controller::network::parse_mac(&me.vtep_mac).unwrap_or_default(),
             files_dir: dir.join("files"),
             gitops_cache: dir.join("gitops"),
-            node_timeout: crate::controller::schedule::DEFAULT_NODE_TIMEOUT,
+            node_timeout: config.node_timeout,
         },
         stop_rx.clone(),
     ));

@@ -422,3 +422,32 @@ async fn a_fourth_node_is_a_learner_and_is_promoted_when_a_voter_leaves() -> any
     client.apply_yaml(&busybox("after", "leave"), false).await?;
     Ok(())
 }
+
+#[test]
+fn a_node_timeout_out_of_range_is_refused_before_anything_starts() -> anyhow::Result<()> {
+    let home = tempfile::tempdir()?;
+    let data = home.path().join("data");
+    for (value, why) in [("2s", "outside 5s..1h"), ("soon", "soon")] {
+        let out = common::smrmgr(home.path())
+            .args([
+                "start",
+                "-a",
+                "n1",
+                "--ip",
+                "127.0.0.1",
+                "--node-timeout",
+                value,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--node-timeout") && stderr.contains(why),
+            "{stderr}"
+        );
+        assert!(!data.exists(), "nothing is created for a refused start");
+    }
+    Ok(())
+}

@@ -208,7 +208,8 @@ async fn scale_roll_repair_restart_and_reschedule() -> anyhow::Result<()> {
     let Some(mut cluster) = VmCluster::start(3)? else {
         return Ok(());
     };
-    cluster.start_all(&[]).await?;
+    // Replicas of a silent node move after 8 s instead of the default 15 s.
+    cluster.start_all(&["--node-timeout", "8s"]).await?;
     let client = cluster.client(0);
     let result = lifecycle(&mut cluster, &client).await;
     if result.is_err() {
@@ -339,6 +340,7 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
         .collect();
     cluster.stop_agent(2)?;
     cluster.testbed.cut(cluster.vm(2))?;
+    let cut_at = std::time::Instant::now();
     let moved = eventually(
         "replicas of vm3 to run elsewhere",
         Duration::from_secs(90),
@@ -349,6 +351,10 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
         },
     )
     .await?;
+    println!(
+        "replicas of the silent VM ready elsewhere {:.1} s after it went silent (--node-timeout 8s)",
+        cut_at.elapsed().as_secs_f64()
+    );
     for name in &lost {
         assert!(moved.iter().any(|r| &r.name == name), "{name} rescheduled");
     }

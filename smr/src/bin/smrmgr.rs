@@ -117,6 +117,10 @@ struct StartArgs {
     /// Run no replicas on this node (control plane only).
     #[arg(long = "no-workloads")]
     no_workloads: bool,
+    /// How long a node may stay silent before the leader places its replicas on other nodes
+    /// (5s to 1h). The leader's value applies: give every node the same.
+    #[arg(long = "node-timeout", default_value = "15s", value_parser = parse_node_timeout)]
+    node_timeout: std::time::Duration,
     /// Keep the cluster state in an existing etcd cluster instead of the embedded Raft store:
     /// etcd://HOST:PORT[,HOST:PORT...]. Every agent of the cluster names the same etcd.
     #[arg(long = "store", value_name = "URL")]
@@ -139,6 +143,21 @@ struct StartArgs {
     /// How long to wait for a background agent to serve, in seconds.
     #[arg(long, default_value = "90")]
     wait: u64,
+}
+
+fn parse_node_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let timeout = agent::definitions::parse_duration(s)?;
+    let (min, max) = (
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(3600),
+    );
+    if timeout < min || timeout > max {
+        return Err(format!(
+            "{s} is outside 5s..1h (nodes report every {}s)",
+            agent::controller::reconcile::HEARTBEAT.as_secs()
+        ));
+    }
+    Ok(timeout)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -252,6 +271,7 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         backend: args.backend.clone(),
         iface: args.iface.clone(),
         workloads: !args.no_workloads,
+        node_timeout: args.node_timeout,
         etcd: match &args.store {
             None => None,
             Some(url) if url == "raft" || url == "embedded" => None,
