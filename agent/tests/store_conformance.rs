@@ -199,6 +199,17 @@ impl Harness {
         h
     }
 
+    /// etcd only: a client of the harness's etcd cluster, and the store's key prefix.
+    async fn etcd_client(&self) -> (etcd_client::Client, String) {
+        let Backend::Etcd { config, .. } = &self.backend else {
+            panic!("not an etcd harness");
+        };
+        let client = etcd_client::Client::connect(&config.endpoints, None)
+            .await
+            .unwrap();
+        (client, config.prefix.clone())
+    }
+
     fn handle(&self, i: usize) -> Store {
         self.handles[i].clone().expect("handle is open")
     }
@@ -359,6 +370,14 @@ impl Harness {
             self.close(i).await;
         }
     }
+}
+
+/// How many keys start with `prefix`.
+async fn count_keys(etcd: &mut etcd_client::Client, prefix: String) -> i64 {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    etcd.get(prefix, Some(options)).await.unwrap().count()
 }
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
@@ -650,34 +669,11 @@ async fn etcd_snapshot_trims_the_log_and_late_handles_catch_up() {
     for n in 1..60 {
         h.write(n % 2, token_op(n)).await;
     }
-    let (endpoints, prefix) = match &h.backend {
-        Backend::Etcd { config, .. } => (config.endpoints.clone(), config.prefix.clone()),
-        Backend::Raft { .. } => unreachable!(),
-    };
-    let mut etcd = etcd_client::Client::connect(&endpoints, None)
-        .await
-        .unwrap();
-    let log_keys = |etcd: &mut etcd_client::Client| {
-        let mut etcd = etcd.clone();
-        let prefix = prefix.clone();
-        async move {
-            etcd.get(
-                format!("{prefix}log/"),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_count_only(),
-                ),
-            )
-            .await
-            .unwrap()
-            .count()
-        }
-    };
+    let (mut etcd, prefix) = h.etcd_client().await;
     let deadline = Instant::now() + DEADLINE;
     loop {
         let snapshot = etcd.get(format!("{prefix}snapshot"), None).await.unwrap();
-        let count = log_keys(&mut etcd).await;
+        let count = count_keys(&mut etcd, format!("{prefix}log/")).await;
         if !snapshot.kvs().is_empty() && count < 20 {
             break;
         }
@@ -728,28 +724,13 @@ async fn etcd_snapshot_larger_than_an_etcd_request_is_chunked() {
         )
         .await;
     }
-    let (endpoints, prefix) = match &h.backend {
-        Backend::Etcd { config, .. } => (config.endpoints.clone(), config.prefix.clone()),
-        Backend::Raft { .. } => unreachable!(),
-    };
-    let mut etcd = etcd_client::Client::connect(&endpoints, None)
-        .await
-        .unwrap();
-    let count = |etcd: &mut etcd_client::Client, key: String| {
-        let mut etcd = etcd.clone();
-        async move {
-            let options = etcd_client::GetOptions::new()
-                .with_prefix()
-                .with_count_only();
-            etcd.get(key, Some(options)).await.unwrap().count()
-        }
-    };
+    let (mut etcd, prefix) = h.etcd_client().await;
     // The snapshot covers all 8 writes: the log before it is gone, its chunks are all there
     // and only its own.
     let deadline = Instant::now() + DEADLINE;
     let manifest = loop {
         let snapshot = etcd.get(format!("{prefix}snapshot"), None).await.unwrap();
-        let log = count(&mut etcd, format!("{prefix}log/")).await;
+        let log = count_keys(&mut etcd, format!("{prefix}log/")).await;
         if let Some(kv) = snapshot.kvs().first()
             && log == 0
         {
@@ -769,7 +750,7 @@ async fn etcd_snapshot_larger_than_an_etcd_request_is_chunked() {
     );
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let stored = count(&mut etcd, format!("{prefix}snapshot-chunks/")).await;
+        let stored = count_keys(&mut etcd, format!("{prefix}snapshot-chunks/")).await;
         if stored == chunks {
             break;
         }
