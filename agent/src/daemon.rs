@@ -75,6 +75,11 @@ pub struct EtcdSettings {
     pub cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// etcd user; its password is read from `password_file` at each start (never kept here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 impl EtcdSettings {
@@ -90,6 +95,26 @@ impl EtcdSettings {
         config.ca_pem = read(&self.cacert)?;
         config.cert_pem = read(&self.cert)?;
         config.key_pem = read(&self.key)?;
+        config.credentials = match (&self.user, read(&self.password_file)?) {
+            (Some(user), Some(password)) => {
+                let password = password.trim_end_matches(['\r', '\n']).to_string();
+                if user.is_empty() || password.is_empty() {
+                    return Err(DaemonError::Config(
+                        "--etcd-user and the --etcd-password-file content must not be empty".into(),
+                    ));
+                }
+                Some(crate::store::EtcdCredentials {
+                    user: user.clone(),
+                    password,
+                })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(DaemonError::Config(
+                    "--etcd-user and --etcd-password-file go together".into(),
+                ));
+            }
+        };
         if !config.prefix.starts_with('/') || !config.prefix.ends_with('/') {
             return Err(DaemonError::Config(format!(
                 "--etcd-prefix {:?} must start and end with '/'",

@@ -772,6 +772,87 @@ async fn etcd_snapshot_larger_than_an_etcd_request_is_chunked() {
     h.close_all().await;
 }
 
+/// etcd only: etcd's own authentication (`--etcd-user`, `--etcd-password-file`). The store logs
+/// in, keeps working after etcd expired its token, and a wrong password is refused at open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_with_a_user_and_password() {
+    // Tokens expire after 2 s without use.
+    let cluster = tokio::task::spawn_blocking(|| {
+        EtcdCluster::start_with_args(
+            1,
+            std::net::Ipv4Addr::LOCALHOST,
+            None,
+            &["--auth-token", "simple", "--auth-token-ttl", "2"],
+        )
+    })
+    .await
+    .unwrap()
+    .expect("an etcd");
+    let prefix = "/authed/";
+    smr_tests::etcd::enable_auth(&cluster.endpoints(), "smr", "s3cret", prefix)
+        .await
+        .unwrap();
+
+    let with = |password: &str| EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: prefix.into(),
+        credentials: Some(agent::store::EtcdCredentials {
+            user: "smr".into(),
+            password: password.into(),
+        }),
+        ..EtcdConfig::default()
+    };
+    let refused = Store::open_etcd(&with("wrong"), 2, config()).await;
+    let Err(e) = refused else {
+        panic!("a wrong password was accepted");
+    };
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(!format!("{e} {:?}", with("wrong")).contains("wrong"), "{e}");
+
+    let store = Store::open_etcd(&with("s3cret"), 1, config())
+        .await
+        .unwrap();
+    for n in 0..3 {
+        // The second and third writes come after etcd expired the token of the one before.
+        if n > 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let result = store.write(command(token_op(n))).await;
+        assert!(
+            matches!(result, Ok(CommandResult::Done { .. })),
+            "write {n}: {result:?}"
+        );
+    }
+    assert_eq!(
+        tokens(&store.read(true).await.unwrap()),
+        ["t00000", "t00001", "t00002"]
+    );
+    // The election (leases, the election API) works under authentication too.
+    wait_for("the authenticated handle to lead", || {
+        store.status().state == ServerState::Leader
+    })
+    .await;
+
+    // Anonymous clients get nothing.
+    let anonymous = Store::open_etcd(
+        &EtcdConfig {
+            credentials: None,
+            ..with("")
+        },
+        3,
+        StoreConfig {
+            write_timeout: Duration::from_secs(2),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let refused = anonymous.write(command(token_op(9))).await;
+    assert!(refused.is_err(), "{refused:?}");
+    anonymous.shutdown().await;
+    store.shutdown().await;
+}
+
 /// etcd only: TLS to etcd with a client certificate (`--etcd-cacert/--etcd-cert/--etcd-key`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_over_tls_with_a_client_certificate() {

@@ -1,5 +1,6 @@
 //! Issue 7 end to end: real agent processes on loopback keeping their state in a real 3-member
-//! etcd cluster (`smrmgr start --store etcd://...`), no smr Raft group.
+//! etcd cluster with authentication on (`smrmgr start --store etcd://... --etcd-user ...`), no
+//! smr Raft group.
 
 mod common;
 
@@ -38,12 +39,22 @@ async fn visible(cluster: &Cluster, nodes: &[usize], keys: &[ObjectKey]) -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> anyhow::Result<()> {
     let mut etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await??;
+    // etcd authentication on: the agents log in as a user that may only touch their prefix
+    // (tokens are per member, so the member failover below also renews them).
+    smr_tests::etcd::enable_auth(&etcd.endpoints(), "smr", "e2e-pw", "/smr-e2e/").await?;
+    let secrets = tempfile::tempdir()?;
+    let password_file = secrets.path().join("etcd-password");
+    std::fs::write(&password_file, "e2e-pw\n")?;
     let mut cluster = Cluster::new();
     cluster.start_extra = vec![
         "--store".into(),
         etcd.url(),
         "--etcd-prefix".into(),
         "/smr-e2e/".into(),
+        "--etcd-user".into(),
+        "smr".into(),
+        "--etcd-password-file".into(),
+        password_file.display().to_string(),
     ];
     cluster.start_first()?;
     cluster.join(0)?;

@@ -31,6 +31,8 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     /// Client URLs are https and client certificates are required.
     pub tls: Option<TlsFiles>,
+    /// More `etcd` flags, given to every member.
+    args: Vec<String>,
     /// The address every member listens on.
     pub ip: Ipv4Addr,
     initial_cluster: String,
@@ -76,9 +78,20 @@ impl EtcdCluster {
         ip: Ipv4Addr,
         tls: Option<TlsFiles>,
     ) -> anyhow::Result<EtcdCluster> {
+        EtcdCluster::start_with_args(members, ip, tls, &[])
+    }
+
+    /// Same, with more `etcd` flags for every member (e.g. `--auth-token-ttl 2`).
+    pub fn start_with_args(
+        members: usize,
+        ip: Ipv4Addr,
+        tls: Option<TlsFiles>,
+        args: &[&str],
+    ) -> anyhow::Result<EtcdCluster> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut attempt = 1;
         loop {
-            match EtcdCluster::try_start(members, ip, tls.clone()) {
+            match EtcdCluster::try_start(members, ip, tls.clone(), args.clone()) {
                 Err(e)
                     if attempt < START_ATTEMPTS
                         && format!("{e:#}").contains("address already in use") =>
@@ -94,6 +107,7 @@ impl EtcdCluster {
         members: usize,
         ip: Ipv4Addr,
         tls: Option<TlsFiles>,
+        args: Vec<String>,
     ) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
         let mut list = Vec::new();
@@ -121,6 +135,7 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members: list,
             tls,
+            args,
             ip,
             initial_cluster,
             token: format!("smr-test-{}", std::process::id()),
@@ -189,6 +204,7 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(&self.args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -246,6 +262,32 @@ impl EtcdCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Turns on etcd's authentication: a `root` user (password `root-pw`), and `user` with
+/// `password` allowed to read and write the keys under `prefix` only.
+pub async fn enable_auth(
+    endpoints: &[String],
+    user: &str,
+    password: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let mut admin = etcd_client::Client::connect(endpoints, None).await?;
+    // The root role exists already on some etcd versions.
+    let _ = admin.role_add("root").await;
+    admin.user_add("root", "root-pw", None).await?;
+    admin.user_grant_role("root", "root").await?;
+    admin.role_add(user).await?;
+    admin
+        .role_grant_permission(
+            user,
+            etcd_client::Permission::read_write(prefix).with_prefix(),
+        )
+        .await?;
+    admin.user_add(user, password, None).await?;
+    admin.user_grant_role(user, user).await?;
+    admin.auth_enable().await?;
+    Ok(())
 }
 
 /// A minimal blocking HTTP GET (the health endpoint only; no client crate needed).

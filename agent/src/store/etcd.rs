@@ -31,7 +31,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    EtcdConfig, RaftPeer, ReadError, ServerState, StoreConfig, StoreError, StoreStatus, WriteError,
+    EtcdConfig, EtcdCredentials, RaftPeer, ReadError, ServerState, StoreConfig, StoreError,
+    StoreStatus, WriteError,
 };
 use crate::state::{ClusterState, Command, CommandResult, NodeId};
 
@@ -112,6 +113,9 @@ struct Election {
 struct Inner {
     id: NodeId,
     client: Client,
+    credentials: Option<EtcdCredentials>,
+    /// Logged in with `credentials` (always true without them).
+    authenticated: AtomicBool,
     prefix: String,
     opts: EtcdOptions,
     /// The applied state and the etcd revision of the last applied log entry.
@@ -197,6 +201,9 @@ impl EtcdStore {
                 format!("{}://{bare}", if tls { "https" } else { "http" })
             })
             .collect();
+        // Credentials are set after connecting (connecting with them would authenticate, and
+        // so fail, while etcd is down); the client then renews its token when etcd expires it.
+        let connect = connect.with_auto_token_refresh(config.credentials.is_some());
         let client = Client::connect(&endpoints, Some(connect))
             .await
             .map_err(|e| StoreError::Etcd(format!("connecting to {endpoints:?}: {e}")))?;
@@ -209,6 +216,8 @@ impl EtcdStore {
         let inner = Arc::new(Inner {
             id,
             client,
+            credentials: config.credentials.clone(),
+            authenticated: AtomicBool::new(config.credentials.is_none()),
             prefix,
             opts,
             state: RwLock::new((Arc::new(ClusterState::default()), 0)),
@@ -222,6 +231,13 @@ impl EtcdStore {
             stop,
             tasks: Mutex::new(Vec::new()),
         });
+        // A refused password is a configuration error, said at start; an unreachable etcd is
+        // not (the applier keeps trying).
+        if let Err(e) = inner.authenticate().await
+            && e.contains("authentication failed")
+        {
+            return Err(StoreError::Etcd(e));
+        }
         let applier = tokio::spawn(run_applier(inner.clone(), inner.stop.subscribe()));
         let election = tokio::spawn(run_election(inner.clone(), inner.stop.subscribe()));
         lock(&inner.tasks).extend([applier, election]);
@@ -232,6 +248,10 @@ impl EtcdStore {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.opts.write_timeout;
+        inner
+            .authenticate()
+            .await
+            .map_err(WriteError::Unavailable)?;
         let value = serde_json::to_vec(&cmd).map_err(|e| WriteError::Fatal(e.to_string()))?;
         let key = format!(
             "{}log/{}",
@@ -294,6 +314,10 @@ impl EtcdStore {
         self.inner
             .wait_synced(Instant::now() + self.inner.opts.write_timeout)
             .await?;
+        self.inner
+            .authenticate()
+            .await
+            .map_err(WriteError::Unavailable)?;
         let mut kv = self.inner.client.kv_client();
         let response = timed(
             self.inner.opts.write_timeout,
@@ -385,6 +409,26 @@ impl EtcdStore {
 }
 
 impl Inner {
+    /// Logs in with the configured user once (the client renews the token from then on).
+    async fn authenticate(&self) -> Result<(), String> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        if self.authenticated.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut client = self.client.clone();
+        let login = Some((credentials.user.clone(), credentials.password.clone()));
+        timed(
+            self.opts.write_timeout,
+            &format!("etcd authentication as {:?}", credentials.user),
+            client.update_user(login),
+        )
+        .await?;
+        self.authenticated.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -495,6 +539,7 @@ impl Inner {
     /// Catches up (snapshot + log at one revision), then follows the log until it fails.
     async fn sync_and_watch(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let limit = self.opts.write_timeout;
+        self.authenticate().await?;
         let mut kv = self
             .client
             .kv_client()
@@ -583,6 +628,7 @@ impl Inner {
 
     /// Campaigns for the leadership on a fresh lease and holds it until the lease is lost.
     async fn campaign(self: &Arc<Self>, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+        self.authenticate().await?;
         let limit = self.opts.write_timeout;
         let ttl = self.opts.lease_ttl;
         let mut leases = self.client.lease_client();

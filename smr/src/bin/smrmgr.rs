@@ -134,6 +134,12 @@ struct StartArgs {
     /// Client key (PEM) for etcd.
     #[arg(long = "etcd-key", requires_all = ["store", "etcd_cert"])]
     etcd_key: Option<PathBuf>,
+    /// etcd user, when etcd authentication is enabled (with --etcd-password-file).
+    #[arg(long = "etcd-user", requires_all = ["store", "etcd_password_file"])]
+    etcd_user: Option<String>,
+    /// File holding the password of --etcd-user (read at each start, never copied).
+    #[arg(long = "etcd-password-file", requires_all = ["store", "etcd_user"])]
+    etcd_password_file: Option<PathBuf>,
     /// Prefix of this cluster's keys in etcd.
     #[arg(long = "etcd-prefix", default_value = "/smr/")]
     etcd_prefix: String,
@@ -287,6 +293,8 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
                     cacert: absolute(&args.etcd_cacert)?,
                     cert: absolute(&args.etcd_cert)?,
                     key: absolute(&args.etcd_key)?,
+                    user: args.etcd_user.clone(),
+                    password_file: absolute(&args.etcd_password_file)?,
                 };
                 // Reported here rather than by the background agent.
                 settings.store_config()?;
