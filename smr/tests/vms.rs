@@ -172,6 +172,121 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
     // through masquerading.
     let host = cluster.testbed.bridge_ip().to_string();
     vm.docker_ok(&["exec", &one.name, "ping", "-c", "2", "-W", "2", &host])?;
+
+    let result = pull_from_a_registry(&cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+/// The registry's user `smr` with the password `pull-secret` (bcrypt, as htpasswd writes it).
+const REGISTRY_HTPASSWD: &str = "smr:$2b$04$BLxzJOpv5xdv3SM4YCijWemd60JBm7nItnK8OulPbhGb1I8P/Ns6m";
+/// base64 of `smr:pull-secret`, as a Docker config.json keeps it.
+const REGISTRY_AUTH: &str = "c21yOnB1bGwtc2VjcmV0";
+
+/// A real registry (Debian's docker-registry, with htpasswd authentication) on VM 3: an image
+/// no VM has is pulled on every node that runs a replica, once `registryAuth` gives the
+/// credentials (looked up from a secret); without them the replicas say why they wait.
+async fn pull_from_a_registry(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
+    let registry = cluster.vm(2);
+    let addr = format!("{}:5000", registry.ip);
+    let dir = registry.dir.join("registry");
+    std::fs::create_dir_all(dir.join("data"))?;
+    std::fs::write(dir.join("htpasswd"), format!("{REGISTRY_HTPASSWD}\n"))?;
+    std::fs::write(
+        dir.join("config.yml"),
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: smr-test\n    path: {}\n",
+            dir.join("data").display(),
+            dir.join("htpasswd").display()
+        ),
+    )?;
+    let mut serve = registry.cmd("docker-registry");
+    serve.arg("serve").arg(dir.join("config.yml"));
+    registry.spawn("registry", serve)?;
+    let ip = registry.ip;
+    eventually(
+        "the registry to listen",
+        Duration::from_secs(30),
+        || async move {
+            tokio::net::TcpStream::connect((ip, 5000))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await?;
+
+    // VM 1 pushes the test image with the credentials, then forgets it.
+    let image = format!("{addr}/smr/pulled");
+    let pusher = cluster.vm(0);
+    let docker_config = tempfile::tempdir()?;
+    std::fs::write(
+        docker_config.path().join("config.json"),
+        format!(r#"{{"auths":{{"{addr}":{{"auth":"{REGISTRY_AUTH}"}}}}}}"#),
+    )?;
+    pusher.docker_ok(&["tag", &format!("{IMAGE}:{TAG}"), &format!("{image}:v1")])?;
+    let pushed = pusher
+        .docker_cmd()
+        .env("DOCKER_CONFIG", docker_config.path())
+        .args(["push", &format!("{image}:v1")])
+        .output()?;
+    anyhow::ensure!(
+        pushed.status.success(),
+        "docker push: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    pusher.docker_ok(&["rmi", &format!("{image}:v1")])?;
+
+    let definition = |auth: &str| {
+        format!(
+            "kind: secret\nprefix: simplecontainer.io/v1\nmeta: {{group: reg, name: creds}}\nspec:\n  data: {{auth: {REGISTRY_AUTH}}}\n---\nkind: containers\nprefix: simplecontainer.io/v1\nmeta: {{group: reg, name: pulled}}\nspec:\n  image: {image}\n  tag: v1\n  replicas: 3\n  entrypoint: [sleep, \"3600\"]\n{auth}"
+        )
+    };
+    let key: ObjectKey = "containers/reg/pulled".parse()?;
+    // Without credentials the registry refuses: the replicas wait and say why.
+    apply(client, &definition("")).await?;
+    eventually(
+        "the replicas to report the refused pull",
+        Duration::from_secs(60),
+        || async {
+            let replicas = client.replicas(Some(&key)).await.ok()?;
+            replicas
+                .iter()
+                .any(|r| {
+                    r.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("could not be pulled") && m.contains(&image))
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+    // With them, every node pulls it.
+    let auth = "  registryAuth: (( lookup \"secret/reg/creds:auth\" ))\n";
+    apply(client, &definition(auth)).await?;
+    let pulled = eventually(
+        "the pulled replicas to run",
+        Duration::from_secs(90),
+        || async {
+            let replicas = client.replicas(Some(&key)).await.ok()?;
+            (replicas.len() == 3 && replicas.iter().all(|r| r.ready)).then_some(replicas)
+        },
+    )
+    .await?;
+    let nodes: std::collections::BTreeSet<u64> = pulled.iter().map(|r| r.node).collect();
+    assert_eq!(nodes.len(), 3, "one replica per VM: {pulled:?}");
+    for r in &pulled {
+        let vm = cluster.vm(r.node as usize - 1);
+        let running = vm.docker_ok(&["inspect", "-f", "{{.Config.Image}}", &r.name])?;
+        assert_eq!(running, format!("{image}:v1"));
+    }
+    // The password is nowhere in what the API shows.
+    let shown = client.replicas(Some(&key)).await?;
+    assert!(!format!("{shown:?}").contains("pull-secret"));
+    client.delete(&[key, "secret/reg/creds".parse()?]).await?;
     Ok(())
 }
 

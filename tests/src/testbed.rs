@@ -967,6 +967,8 @@ impl Testbed {
             .arg("-H")
             .arg(&vm.docker_host)
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            // A registry a suite runs on a VM of the underlay is plain HTTP.
+            .args(["--insecure-registry", "10.200.0.0/16"])
             .arg("--containerd-namespace")
             .arg(&ns)
             .arg("--containerd-plugins-namespace")

@@ -221,6 +221,13 @@ pub fn container_config(
         dns,
         nano_cpus: limits.and_then(|l| l.cpus).map(|c| (c * 1e9) as i64),
         memory_bytes,
+        registry_auth: spec
+            .registry_auth
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| render(a, &vars, state).and_then(|a| crate::runtime::RegistryAuth::parse(&a)))
+            .transpose()
+            .map_err(|e| format!("registryAuth: {e}"))?,
     };
     let hash = config.config_hash();
     config.labels.insert(labels::CONFIG_HASH.into(), hash);

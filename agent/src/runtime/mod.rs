@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
@@ -54,7 +55,54 @@ pub struct ContainerConfig {
     pub dns: Vec<String>,
     pub nano_cpus: Option<i64>,
     pub memory_bytes: Option<i64>,
+    /// Credentials for pulling `image` (`registryAuth`); not part of the container's identity
+    /// (not hashed, not serialised).
+    #[serde(skip)]
+    pub registry_auth: Option<RegistryAuth>,
 }
+
+/// A registry user and password; `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+impl RegistryAuth {
+    /// `registryAuth` as written: `USER:PASSWORD`, or that base64-encoded (the `auth` value of
+    /// a Docker `config.json`, e.g. looked up from a secret).
+    pub fn parse(text: &str) -> Result<RegistryAuth, String> {
+        use base64::Engine;
+        let text = text.trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|d| d.contains(':'));
+        let pair = decoded.as_deref().unwrap_or(text);
+        match pair.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                Ok(RegistryAuth {
+                    username: user.to_string(),
+                    password: password.to_string(),
+                })
+            }
+            _ => Err("registryAuth is not USER:PASSWORD (plain or base64)".into()),
+        }
+    }
+}
+
+/// How long pulling one image may take before the create fails (and is retried).
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ContainerConfig {
     /// A stable hash of everything that defines the container, to tell whether a running
@@ -108,10 +156,10 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("container name {0} is already in use")]
     Conflict(String),
-    #[error(
-        "image {image} is not on this node (no registry is configured: load it with `docker load` or `docker import`): {reason}"
-    )]
+    #[error("image {image} is not on this node and could not be pulled: {reason}")]
     ImageMissing { image: String, reason: String },
+    #[error("pulling image {image}")]
+    Pulling { image: String },
     #[error("docker: {0}")]
     Docker(String),
 }
@@ -128,6 +176,30 @@ pub fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
         } => RuntimeError::Conflict(format!("{context}: {message}")),
         _ => RuntimeError::Docker(format!("{context}: {e}")),
     }
+}
+
+/// Pulls `image` to completion; the daemon's own error when it fails.
+async fn pull(
+    docker: &Docker,
+    image: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+) -> Result<(), String> {
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+        .from_image(image)
+        .build();
+    let mut progress = docker.create_image(Some(options), None, credentials);
+    while let Some(step) = progress.next().await {
+        let step = step.map_err(|e| e.to_string())?;
+        if let Some(message) = step.error_detail.and_then(|d| d.message) {
+            return Err(message);
+        }
+    }
+    // A pull that "succeeds" without the image (e.g. another platform) still leaves it missing.
+    docker
+        .inspect_image(image)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The operations the node reconciler needs from a container engine.
@@ -166,7 +238,18 @@ pub trait Runtime: Send + Sync + 'static {
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    /// Pulls in progress or recently failed, by image: a pull runs in the background so the
+    /// reconciler goes on while a large image downloads.
+    pulls: Arc<Mutex<HashMap<String, Pull>>>,
 }
+
+enum Pull {
+    Running,
+    Failed { reason: String, at: Instant },
+}
+
+/// How long a failed pull is reported before the next attempt.
+const PULL_RETRY: Duration = Duration::from_secs(10);
 
 fn rfc3339_ms(text: Option<&str>) -> Option<u64> {
     let text = text?;
@@ -208,7 +291,68 @@ impl DockerRuntime {
             .ping()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        Ok(DockerRuntime { docker, host })
+        Ok(DockerRuntime {
+            docker,
+            host,
+            pulls: Arc::default(),
+        })
+    }
+
+    /// Ok when the daemon has `image` (`name:tag` or `name@digest`). Otherwise starts pulling
+    /// it in the background (once) and answers [`RuntimeError::Pulling`] until the pull is over;
+    /// a failed pull is answered [`RuntimeError::ImageMissing`] for [`PULL_RETRY`], then tried
+    /// again.
+    async fn ensure_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<(), RuntimeError> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        match pulls.get(image) {
+            Some(Pull::Running) => {
+                return Err(RuntimeError::Pulling {
+                    image: image.to_string(),
+                });
+            }
+            Some(Pull::Failed { reason, at }) if at.elapsed() < PULL_RETRY => {
+                return Err(RuntimeError::ImageMissing {
+                    image: image.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            _ => {}
+        }
+        pulls.insert(image.to_string(), Pull::Running);
+        let (docker, table, name) = (self.docker.clone(), self.pulls.clone(), image.to_string());
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            ..Default::default()
+        });
+        tokio::spawn(async move {
+            tracing::info!(image = %name, "pulling");
+            let outcome = tokio::time::timeout(PULL_TIMEOUT, pull(&docker, &name, credentials))
+                .await
+                .unwrap_or_else(|_| Err(format!("the pull took longer than {PULL_TIMEOUT:?}")));
+            let mut pulls = table.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(image = %name, "pulled");
+                    pulls.remove(&name);
+                }
+                Err(reason) => {
+                    tracing::warn!(image = %name, "pull failed: {reason}");
+                    let at = Instant::now();
+                    pulls.insert(name, Pull::Failed { reason, at });
+                }
+            }
+        });
+        Err(RuntimeError::Pulling {
+            image: image.to_string(),
+        })
     }
 
     pub fn docker(&self) -> &Docker {
@@ -348,12 +492,8 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
-        if let Err(e) = self.docker.inspect_image(&config.image).await {
-            return Err(RuntimeError::ImageMissing {
-                image: config.image.clone(),
-                reason: e.to_string(),
-            });
-        }
+        self.ensure_image(&config.image, config.registry_auth.as_ref())
+            .await?;
         let mut port_bindings = HashMap::new();
         let mut exposed = Vec::new();
         for (port, proto, host_ip, host_port) in &config.ports {
@@ -514,5 +654,36 @@ impl Runtime for DockerRuntime {
             exit_code: inspected.exit_code.unwrap_or(-1),
             output: String::from_utf8_lossy(&output).into_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_auth_plain_or_base64_and_never_shown() {
+        let plain = RegistryAuth::parse("smr:p:ss").unwrap();
+        assert_eq!(
+            (plain.username.as_str(), plain.password.as_str()),
+            ("smr", "p:ss")
+        );
+        // base64("smr:p:ss"), as in a Docker config.json.
+        assert_eq!(RegistryAuth::parse(" c21yOnA6c3M= \n").unwrap(), plain);
+        for bad in ["", "nocolon", ":pw", "user:", "Zm9v"] {
+            let e = RegistryAuth::parse(bad).unwrap_err();
+            assert!(e.contains("USER:PASSWORD"), "{bad}: {e}");
+        }
+        assert!(!format!("{plain:?}").contains("p:ss"));
+        let config = ContainerConfig {
+            registry_auth: Some(plain),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("p:ss"));
+        assert_eq!(
+            config.config_hash(),
+            ContainerConfig::default().config_hash(),
+            "credentials are not part of the container's identity"
+        );
     }
 }
