@@ -13,7 +13,7 @@ mod common;
 #[path = "../../gitops/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use agent::client::Client;
@@ -136,8 +136,8 @@ impl Drop for BridgeDaemon {
 
 fn bridge_daemon(repo: &TestRepo, ip: std::net::Ipv4Addr) -> anyhow::Result<BridgeDaemon> {
     let port = support::free_port();
-    let mut child = Command::new("git")
-        .args(["daemon", "--export-all", "--reuseaddr"])
+    let mut child = support::git_daemon_command()
+        .args(["--export-all", "--reuseaddr"])
         .arg(format!("--listen={ip}"))
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", repo.base().display()))

@@ -184,6 +184,19 @@ impl Drop for ProcessGuard {
     }
 }
 
+/// The `git-daemon` program itself. `git daemon` would run it as a child of its own, and
+/// killing `git` by its pid would leave that daemon running.
+pub fn git_daemon_command() -> Command {
+    let exec_path = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    let dir = String::from_utf8_lossy(&exec_path.stdout)
+        .trim()
+        .to_string();
+    Command::new(Path::new(&dir).join("git-daemon"))
+}
+
 /// `git daemon` exporting a repo's base directory on a free loopback port.
 pub struct GitDaemon {
     pub port: u16,
@@ -193,10 +206,9 @@ pub struct GitDaemon {
 impl GitDaemon {
     pub fn start(base: &Path) -> Self {
         let (port, child) = spawn_listening("git daemon", |port| {
-            let mut command = Command::new("git");
+            let mut command = git_daemon_command();
             command
                 .args([
-                    "daemon",
                     "--export-all",
                     "--reuseaddr",
                     "--informative-errors",
