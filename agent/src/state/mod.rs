@@ -578,6 +578,10 @@ impl ClusterState {
                             stored.template_generation += 1;
                             rolled.insert(key.clone());
                         }
+                        if stored.object.spec.data() == object.spec.data() {
+                            // Only its labels changed: its readers render the same.
+                            data_changed.remove(&key);
+                        }
                         stored.object = object.clone();
                         stored.generation += 1;
                         stored.revision = revision;

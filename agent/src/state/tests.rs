@@ -800,6 +800,11 @@ fn changing_what_a_definition_reads_rolls_it_and_only_it() {
         }
     }
     assert_eq!(template_generation(&s, "containers/app/other"), 1);
+    // A new label on an input changes nothing its readers render.
+    let mut labelled = data_object("secret", "db", "2");
+    labelled[0].meta.labels.insert("team".into(), "a".into());
+    apply(&mut s, labelled);
+    assert_eq!(template_generation(&s, "containers/app/web"), expected);
     assert!(
         s.events
             .iter()
