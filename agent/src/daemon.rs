@@ -103,7 +103,7 @@ impl EtcdSettings {
                         "--etcd-user and the --etcd-password-file content must not be empty".into(),
                     ));
                 }
-                Some(crate::store::EtcdCredentials {
+                Some(crate::credentials::Credentials {
                     user: user.clone(),
                     password,
                 })

@@ -10,10 +10,12 @@
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
 //! - [`client`]: a typed client of that API, used by smrctl, smrmgr and the tests.
 //! - [`daemon`]: wires the parts into a running node.
+//! - [`credentials`]: a user and password that is never shown.
 
 pub mod api;
 pub mod client;
 pub mod controller;
+pub mod credentials;
 pub mod daemon;
 pub mod definitions;
 pub mod node;

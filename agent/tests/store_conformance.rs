@@ -796,7 +796,7 @@ async fn etcd_with_a_user_and_password() {
     let with = |password: &str| EtcdConfig {
         endpoints: cluster.endpoints(),
         prefix: prefix.into(),
-        credentials: Some(agent::store::EtcdCredentials {
+        credentials: Some(agent::credentials::Credentials {
             user: "smr".into(),
             password: password.into(),
         }),

@@ -225,7 +225,7 @@ pub fn container_config(
             .registry_auth
             .as_deref()
             .filter(|a| !a.trim().is_empty())
-            .map(|a| render(a, &vars, state).and_then(|a| crate::runtime::RegistryAuth::parse(&a)))
+            .map(|a| render(a, &vars, state).and_then(|a| crate::runtime::parse_registry_auth(&a)))
             .transpose()
             .map_err(|e| format!("registryAuth: {e}"))?,
     };

@@ -18,6 +18,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::credentials::Credentials;
+
 /// The labels smr puts on its containers.
 pub mod labels {
     pub const MANAGED: &str = "io.smr.managed";
@@ -58,46 +60,26 @@ pub struct ContainerConfig {
     /// Credentials for pulling `image` (`registryAuth`); not part of the container's identity
     /// (not hashed, not serialised).
     #[serde(skip)]
-    pub registry_auth: Option<RegistryAuth>,
+    pub registry_auth: Option<Credentials>,
 }
 
-/// A registry user and password; `Debug` does not show the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RegistryAuth {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryAuth")
-            .field("username", &self.username)
-            .field("password", &"***")
-            .finish()
-    }
-}
-
-impl RegistryAuth {
-    /// `registryAuth` as written: `USER:PASSWORD`, or that base64-encoded (the `auth` value of
-    /// a Docker `config.json`, e.g. looked up from a secret).
-    pub fn parse(text: &str) -> Result<RegistryAuth, String> {
-        use base64::Engine;
-        let text = text.trim();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .filter(|d| d.contains(':'));
-        let pair = decoded.as_deref().unwrap_or(text);
-        match pair.split_once(':') {
-            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
-                Ok(RegistryAuth {
-                    username: user.to_string(),
-                    password: password.to_string(),
-                })
-            }
-            _ => Err("registryAuth is not USER:PASSWORD (plain or base64)".into()),
-        }
+/// `registryAuth` as written: `USER:PASSWORD`, or that base64-encoded (the `auth` value of a
+/// Docker `config.json`, e.g. looked up from a secret).
+pub fn parse_registry_auth(text: &str) -> Result<Credentials, String> {
+    use base64::Engine;
+    let text = text.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|d| d.contains(':'));
+    let pair = decoded.as_deref().unwrap_or(text);
+    match pair.split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        }),
+        _ => Err("registryAuth is not USER:PASSWORD (plain or base64)".into()),
     }
 }
 
@@ -305,7 +287,7 @@ impl DockerRuntime {
     async fn ensure_image(
         &self,
         image: &str,
-        auth: Option<&RegistryAuth>,
+        auth: Option<&Credentials>,
     ) -> Result<(), RuntimeError> {
         if self.docker.inspect_image(image).await.is_ok() {
             return Ok(());
@@ -328,7 +310,7 @@ impl DockerRuntime {
         pulls.insert(image.to_string(), Pull::Running);
         let (docker, table, name) = (self.docker.clone(), self.pulls.clone(), image.to_string());
         let credentials = auth.map(|a| bollard::auth::DockerCredentials {
-            username: Some(a.username.clone()),
+            username: Some(a.user.clone()),
             password: Some(a.password.clone()),
             ..Default::default()
         });
@@ -663,15 +645,15 @@ mod tests {
 
     #[test]
     fn registry_auth_plain_or_base64_and_never_shown() {
-        let plain = RegistryAuth::parse("smr:p:ss").unwrap();
+        let plain = parse_registry_auth("smr:p:ss").unwrap();
         assert_eq!(
-            (plain.username.as_str(), plain.password.as_str()),
+            (plain.user.as_str(), plain.password.as_str()),
             ("smr", "p:ss")
         );
         // base64("smr:p:ss"), as in a Docker config.json.
-        assert_eq!(RegistryAuth::parse(" c21yOnA6c3M= \n").unwrap(), plain);
+        assert_eq!(parse_registry_auth(" c21yOnA6c3M= \n").unwrap(), plain);
         for bad in ["", "nocolon", ":pw", "user:", "Zm9v"] {
-            let e = RegistryAuth::parse(bad).unwrap_err();
+            let e = parse_registry_auth(bad).unwrap_err();
             assert!(e.contains("USER:PASSWORD"), "{bad}: {e}");
         }
         assert!(!format!("{plain:?}").contains("p:ss"));

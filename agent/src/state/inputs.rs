@@ -31,8 +31,7 @@ impl ClusterState {
             .filter(|(key, _)| !rolled.contains(*key))
             .filter_map(|(key, stored)| {
                 let spec = stored.object.spec.as_containers()?;
-                let read = self.template_inputs(key, spec);
-                let hit = changed.iter().find(|c| read.contains(*c))?;
+                let hit = self.reads_one_of(key, spec, changed)?;
                 Some((key.clone(), hit.clone()))
             })
             .collect();
@@ -52,53 +51,56 @@ impl ClusterState {
         }
     }
 
-    /// The configuration, secret and resource objects the replicas of containers definition
-    /// `key` read: listed `configurations`, the configuration named like the definition,
-    /// mounted `resources`, and every `lookup` in the definition or in those resources.
-    pub fn template_inputs(&self, key: &ObjectKey, spec: &ContainersSpec) -> BTreeSet<ObjectKey> {
-        let mut inputs = BTreeSet::from([ObjectKey {
+    /// The first of `changed` that the replicas of containers definition `key` read: listed
+    /// `configurations`, the configuration named like the definition, mounted `resources`, or
+    /// a `lookup` in the definition or in those resources. Lookups (a walk over every string of
+    /// the definition) are searched only when the direct references miss.
+    fn reads_one_of<'c>(
+        &self,
+        key: &ObjectKey,
+        spec: &ContainersSpec,
+        changed: &'c BTreeSet<ObjectKey>,
+    ) -> Option<&'c ObjectKey> {
+        let mut direct = BTreeSet::from([ObjectKey {
             kind: Kind::Configuration,
             group: key.group.clone(),
             name: key.name.clone(),
         }]);
-        let mut texts = Vec::new();
         for spec in std::iter::once(spec).chain(spec.init_container.as_deref()) {
-            for c in &spec.configurations {
-                inputs.insert(ObjectKey {
-                    kind: Kind::Configuration,
-                    group: c.group.clone(),
-                    name: c.name.clone(),
-                });
-            }
-            for r in &spec.resources {
-                let resource = ObjectKey {
-                    kind: Kind::Resource,
-                    group: r.group.clone(),
-                    name: r.name.clone(),
-                };
-                if let Some(data) = self
-                    .objects
-                    .get(&resource)
-                    .and_then(|o| o.object.spec.data())
-                {
-                    texts.extend(data.values().cloned());
-                }
-                inputs.insert(resource);
-            }
+            direct.extend(spec.configurations.iter().map(|c| ObjectKey {
+                kind: Kind::Configuration,
+                group: c.group.clone(),
+                name: c.name.clone(),
+            }));
+            direct.extend(spec.resources.iter().map(|r| ObjectKey {
+                kind: Kind::Resource,
+                group: r.group.clone(),
+                name: r.name.clone(),
+            }));
         }
+        if let Some(hit) = changed.iter().find(|c| direct.contains(*c)) {
+            return Some(hit);
+        }
+        // Resource contents are rendered too, so their lookups count.
+        let mut texts: Vec<String> = direct
+            .iter()
+            .filter(|k| k.kind == Kind::Resource)
+            .filter_map(|k| self.objects.get(k)?.object.spec.data())
+            .flat_map(|data| data.values().cloned())
+            .collect();
         if let Ok(value) = serde_json::to_value(spec) {
             strings(&value, &mut texts);
         }
-        for text in &texts {
-            inputs.extend(template_lookups(text));
-        }
-        inputs
+        let looked_up: BTreeSet<ObjectKey> =
+            texts.iter().flat_map(|t| template_lookups(t)).collect();
+        changed.iter().find(|c| looked_up.contains(*c))
     }
 }
 
+/// The strings of `value` that hold a template.
 fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
     match value {
-        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::String(s) if s.contains("((") => out.push(s.clone()),
         serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
         serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
         _ => {}

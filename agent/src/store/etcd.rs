@@ -31,8 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    EtcdConfig, EtcdCredentials, RaftPeer, ReadError, ServerState, StoreConfig, StoreError,
-    StoreStatus, WriteError,
+    EtcdConfig, RaftPeer, ReadError, ServerState, StoreConfig, StoreError, StoreStatus, WriteError,
 };
 use crate::state::{ClusterState, Command, CommandResult, NodeId};
 
@@ -113,7 +112,7 @@ struct Election {
 struct Inner {
     id: NodeId,
     client: Client,
-    credentials: Option<EtcdCredentials>,
+    credentials: Option<crate::credentials::Credentials>,
     /// Logged in with `credentials` (always true without them).
     authenticated: AtomicBool,
     prefix: String,

@@ -396,23 +396,7 @@ pub struct EtcdConfig {
     pub cert_pem: Option<String>,
     pub key_pem: Option<String>,
     /// User and password for etcd's own authentication (`etcdctl auth enable`).
-    pub credentials: Option<EtcdCredentials>,
-}
-
-/// An etcd user and its password; `Debug` does not show the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EtcdCredentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for EtcdCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdCredentials")
-            .field("user", &self.user)
-            .field("password", &"***")
-            .finish()
-    }
+    pub credentials: Option<crate::credentials::Credentials>,
 }
 
 impl EtcdConfig {
