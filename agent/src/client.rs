@@ -1,7 +1,9 @@
 //! A typed client of the REST API, and the context file that tells it where and who to be.
 //!
 //! Used by `smrctl`, by `smrmgr` and by the end-to-end tests. Writes carry an `op_id`, so a write
-//! retried after an `unavailable` answer (for example during a leader election) is applied once.
+//! retried after an `unavailable` answer (for example during a leader election), an
+//! `outcome_unknown` answer or a lost answer is applied once; the client retries those with the
+//! same `op_id` until [`RETRY_FOR`] runs out and reports the final result.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -93,6 +95,7 @@ impl ClientError {
                 409 => 5,
                 401 | 403 => 7,
                 503 => 6,
+                504 => 9,
                 _ => 1,
             },
             ClientError::Connect { .. } => 6,
@@ -113,6 +116,10 @@ impl ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// How long a request is retried (503, and for replayable requests 504 and lost answers).
+    retry_for: Duration,
+    /// Time limit of one attempt (None: the HTTP client's).
+    attempt_timeout: Option<Duration>,
 }
 
 enum Payload<'a> {
@@ -121,12 +128,32 @@ enum Payload<'a> {
     Yaml(&'a str),
 }
 
+/// Whether sending a request again can do harm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Reads, and writes with an `op_id` (applied at most once): retried after `outcome_unknown`
+    /// and lost answers as well.
+    Safe,
+    /// Retried only after `unavailable` (surely not applied).
+    Unsafe,
+}
+
 impl Client {
     pub fn new(api_url: &str, http: reqwest::Client) -> Client {
         Client {
             base: api_url.trim_end_matches('/').to_string(),
             http,
+            retry_for: RETRY_FOR,
+            attempt_timeout: None,
         }
+    }
+
+    /// The same client with another retry budget and time limit per attempt (e.g. a writer that
+    /// moves to another node when one does not answer within a second or two).
+    pub fn with_retry(mut self, retry_for: Duration, attempt_timeout: Option<Duration>) -> Client {
+        self.retry_for = retry_for;
+        self.attempt_timeout = attempt_timeout;
+        self
     }
 
     pub fn from_context(ctx: &Context) -> Result<Client, ClientError> {
@@ -151,11 +178,31 @@ impl Client {
         path: &str,
         payload: Payload<'_>,
     ) -> Result<T, ClientError> {
+        let replay = if method == Method::GET {
+            Replay::Safe
+        } else {
+            Replay::Unsafe
+        };
+        self.request_with(method, path, payload, replay).await
+    }
+
+    /// Sends a request, retrying (the very same request, so the same `op_id`) while the answer
+    /// says it was not applied, or for a [`Replay::Safe`] one also while its fate is unknown.
+    async fn request_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Payload<'_>,
+        replay: Replay,
+    ) -> Result<T, ClientError> {
         let url = format!("{}/api/v1/{path}", self.base);
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + self.retry_for;
         let mut pause = Duration::from_millis(100);
         loop {
             let mut request = self.http.request(method.clone(), &url);
+            if let Some(limit) = self.attempt_timeout {
+                request = request.timeout(limit);
+            }
             request = match &payload {
                 Payload::None => request,
                 Payload::Json(value) => request.json(value),
@@ -163,6 +210,7 @@ impl Client {
                     .header(reqwest::header::CONTENT_TYPE, "application/yaml")
                     .body(text.to_string()),
             };
+            let mut sent_unanswered = false;
             let error = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
@@ -178,12 +226,21 @@ impl Client {
                     }
                     api_error(response).await
                 }
-                Err(e) => ClientError::Connect {
-                    url: self.base.clone(),
-                    reason: error_chain(&e),
-                },
+                Err(e) => {
+                    // Sent but unanswered (not a failed connection): its fate is unknown.
+                    sent_unanswered = !e.is_connect();
+                    ClientError::Connect {
+                        url: self.base.clone(),
+                        reason: error_chain(&e),
+                    }
+                }
             };
-            let retry = matches!(&error, ClientError::Api { status: 503, .. });
+            let retry = match &error {
+                ClientError::Api { status: 503, .. } => true,
+                ClientError::Api { status: 504, .. } => replay == Replay::Safe,
+                ClientError::Connect { .. } => sent_unanswered && replay == Replay::Safe,
+                _ => false,
+            };
             if !retry || Instant::now() + pause > deadline {
                 return Err(error);
             }
@@ -201,9 +258,15 @@ impl Client {
     }
 
     pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
-        self.request::<Option<()>>(Method::DELETE, &format!("nodes/{id}"), Payload::None)
-            .await
-            .map(|_| ())
+        let op_id = crate::node::new_op_id();
+        self.request_with::<Option<()>>(
+            Method::DELETE,
+            &format!("nodes/{id}?op_id={op_id}"),
+            Payload::None,
+            Replay::Safe,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn token(&self, ttl: Option<Duration>) -> Result<TokenResponse, ClientError> {
@@ -226,7 +289,8 @@ impl Client {
         } else {
             "objects"
         };
-        self.request(Method::POST, path, Payload::Json(body)).await
+        self.request_with(Method::POST, path, Payload::Json(body), Replay::Safe)
+            .await
     }
 
     /// Applies YAML text as it is; the server parses and validates it.
@@ -236,17 +300,33 @@ impl Client {
         dry_run: bool,
     ) -> Result<ApplyResponse, ClientError> {
         let path = if dry_run {
-            "objects?dry_run=true"
+            "objects?dry_run=true".to_string()
         } else {
-            "objects"
+            format!("objects?op_id={}", crate::node::new_op_id())
         };
-        self.request(Method::POST, path, Payload::Yaml(yaml)).await
+        self.request_with(Method::POST, &path, Payload::Yaml(yaml), Replay::Safe)
+            .await
+    }
+
+    /// Deletes objects; `op_id` makes retries safe (one is chosen if `None`).
+    pub async fn delete_with(
+        &self,
+        keys: &[ObjectKey],
+        op_id: Option<String>,
+    ) -> Result<ApplyResponse, ClientError> {
+        let op_id = op_id.unwrap_or_else(crate::node::new_op_id);
+        let body = serde_json::json!({ "keys": keys, "op_id": op_id });
+        self.request_with(
+            Method::POST,
+            "objects/delete",
+            Payload::Json(body),
+            Replay::Safe,
+        )
+        .await
     }
 
     pub async fn delete(&self, keys: &[ObjectKey]) -> Result<ApplyResponse, ClientError> {
-        let body = serde_json::json!({ "keys": keys, "op_id": crate::node::new_op_id() });
-        self.request(Method::POST, "objects/delete", Payload::Json(body))
-            .await
+        self.delete_with(keys, None).await
     }
 
     pub async fn list(&self, kind: Option<Kind>) -> Result<Vec<StoredObject>, ClientError> {

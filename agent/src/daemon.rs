@@ -605,19 +605,14 @@ async fn join(
                 let message = serde_json::from_str::<crate::api::types::ErrorBody>(&body)
                     .map(|b| b.error.message)
                     .unwrap_or(body);
-                if status.as_u16() != 503 {
+                // 503: not registered; 504: maybe registered. The same request again is the
+                // same registration (its op_id derives from the CSR).
+                if !matches!(status.as_u16(), 503 | 504) {
                     return Err(join_err(message));
                 }
                 message
             }
-            Err(e) => {
-                let reason = error_chain(&e);
-                if e.is_connect() {
-                    reason
-                } else {
-                    return Err(join_err(reason));
-                }
-            }
+            Err(e) => error_chain(&e),
         };
         if Instant::now() > deadline {
             return Err(join_err(retryable));

@@ -22,8 +22,16 @@ use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
 use crate::store::{RaftPeer, ServerState, Store, WriteError};
 
-/// How long a request waits for a leader before answering `unavailable`.
+/// How long a request waits for a leader before answering `unavailable` (or, for a write that
+/// may have been applied, `outcome_unknown`).
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest wait for one forwarded request when the leader neither answers nor changes. A leader
+/// that dies or freezes is given up sooner: as soon as this node learns of its successor.
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(4);
+
+/// How often the known leader is looked at while a forwarded request waits.
+const LEADER_POLL: Duration = Duration::from_millis(20);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -70,39 +78,79 @@ impl Node {
         self.propose_command(command).await
     }
 
+    /// Writes `command` here when this node leads, else forwards it to the leader, following
+    /// leadership until [`LEADER_WAIT`] runs out. Every attempt carries the same `op_id`, so the
+    /// command is applied at most once however many attempts reach a leader.
+    ///
+    /// The answer is the command's result, or `Unavailable` when no attempt can have applied it
+    /// (none was proposed), or `OutcomeUnknown` when one may have (sent to a leader that did not
+    /// answer, proposed but not committed in time).
     pub async fn propose_command(&self, command: Command) -> Result<CommandResult, ApiError> {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut pause = Duration::from_millis(20);
+        // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later
+        // attempt answers (the same op_id is applied once and answers with the first result).
+        let mut unknown: Option<String> = None;
         loop {
-            let outcome = match self.store.write(command.clone()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let written = tokio::time::timeout(left, self.store.write(command.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(WriteError::Unknown(
+                        "the write was not committed in time".into(),
+                    ))
+                });
+            let mut leader_seen = None;
+            let failure = match written {
                 Ok(result) => return Ok(result),
                 Err(WriteError::ForwardToLeader {
                     leader: Some(leader),
-                    ..
+                    leader_id,
                 }) => {
+                    leader_seen = leader_id;
                     let body = ProposeRequest {
                         command: command.clone(),
                     };
                     match self
-                        .call::<_, CommandResult>(&leader.api_addr, "internal/propose", Some(&body))
+                        .forward(
+                            leader_id,
+                            &leader,
+                            "internal/propose",
+                            Some(&body),
+                            deadline,
+                        )
                         .await
                     {
-                        Ok(result) => return Ok(result),
-                        // The leader may have just changed: retry until the deadline.
-                        Err(e @ (ApiError::Unavailable(_) | ApiError::Relayed { .. })) => e,
-                        Err(e) => return Err(e),
+                        Forwarded::Done(result) => return Ok(result),
+                        Forwarded::NotApplied(e) => e,
+                        Forwarded::Unknown(why) => {
+                            unknown = Some(why.clone());
+                            ApiError::Unavailable(why)
+                        }
+                        Forwarded::Final(e) => return Err(e),
                     }
                 }
                 Err(WriteError::ForwardToLeader { leader: None, .. }) => {
                     ApiError::Unavailable("no leader is elected".into())
                 }
                 Err(WriteError::Unavailable(why)) => ApiError::Unavailable(why),
+                Err(WriteError::Unknown(why)) => {
+                    unknown = Some(why.clone());
+                    ApiError::Unavailable(why)
+                }
                 Err(WriteError::Fatal(why)) => return Err(ApiError::Internal(why)),
             };
             if Instant::now() + pause > deadline {
-                return Err(outcome);
+                return Err(match unknown {
+                    Some(why) => ApiError::OutcomeUnknown {
+                        op_id: command.op_id.clone(),
+                        why,
+                    },
+                    None => failure,
+                });
             }
-            tokio::time::sleep(pause).await;
+            // A new leader is worth trying at once.
+            self.leader_moves_from(leader_seen, pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
@@ -118,23 +166,28 @@ impl Node {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut pause = Duration::from_millis(20);
         loop {
+            let mut leader_seen = None;
             let outcome = match self.store.read_index().await {
                 Ok(index) => return self.read_after(index, deadline).await,
                 Err(WriteError::ForwardToLeader {
                     leader: Some(leader),
-                    ..
+                    leader_id,
                 }) => {
+                    leader_seen = leader_id;
                     match self
-                        .call::<(), ReadIndexResponse>(
-                            &leader.api_addr,
+                        .forward::<(), ReadIndexResponse>(
+                            leader_id,
+                            &leader,
                             "internal/read-index",
                             None,
+                            deadline,
                         )
                         .await
                     {
-                        Ok(r) => return self.read_after(r.index, deadline).await,
-                        Err(e @ (ApiError::Unavailable(_) | ApiError::Relayed { .. })) => e,
-                        Err(e) => return Err(e),
+                        Forwarded::Done(r) => return self.read_after(r.index, deadline).await,
+                        Forwarded::NotApplied(e) => e,
+                        Forwarded::Unknown(why) => ApiError::Unavailable(why),
+                        Forwarded::Final(e) => return Err(e),
                     }
                 }
                 Err(e) => read_error(e),
@@ -142,8 +195,64 @@ impl Node {
             if matches!(outcome, ApiError::Internal(_)) || Instant::now() + pause > deadline {
                 return Err(outcome);
             }
-            tokio::time::sleep(pause).await;
+            self.leader_moves_from(leader_seen, pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Sends a request to the leader `leader` as this node, for one attempt: until it answers,
+    /// [`FORWARD_ATTEMPT`] or `deadline` passes, or this node learns of another leader (a
+    /// frozen or cut-off leader is given up as soon as a new one is elected).
+    async fn forward<B: Serialize, R: DeserializeOwned>(
+        &self,
+        leader_id: Option<NodeId>,
+        leader: &RaftPeer,
+        path: &str,
+        body: Option<&B>,
+        deadline: Instant,
+    ) -> Forwarded<R> {
+        let limit = deadline
+            .saturating_duration_since(Instant::now())
+            .min(FORWARD_ATTEMPT);
+        let moved = async {
+            loop {
+                if self.store.status().leader != leader_id {
+                    return;
+                }
+                tokio::time::sleep(LEADER_POLL).await;
+            }
+        };
+        let answer = tokio::select! {
+            answer = self.call_with(&leader.api_addr, path, body, Some(limit)) => answer,
+            () = moved => {
+                return Forwarded::Unknown(format!(
+                    "the leader changed while {} handled the request",
+                    leader.name
+                ));
+            }
+        };
+        match answer {
+            Ok(result) => Forwarded::Done(result),
+            Err(CallError::NotSent(why)) => Forwarded::NotApplied(ApiError::Unavailable(why)),
+            Err(CallError::NoAnswer(why)) => Forwarded::Unknown(why),
+            Err(CallError::Answered(e)) => match e.status().as_u16() {
+                503 => Forwarded::NotApplied(e),
+                504 => Forwarded::Unknown(e.to_string()),
+                _ => Forwarded::Final(e),
+            },
+        }
+    }
+
+    /// Returns when this node knows a leader other than `from`, or after `limit`.
+    async fn leader_moves_from(&self, from: Option<NodeId>, limit: Duration) {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            let leader = self.store.status().leader;
+            if leader.is_some() && leader != from {
+                return;
+            }
+            tokio::time::sleep(LEADER_POLL.min(until.saturating_duration_since(Instant::now())))
+                .await;
         }
     }
 
@@ -165,6 +274,86 @@ impl Node {
                 )));
             }
         }
+    }
+
+    /// Removes node `id` from the cluster, unless that would leave no voter or no quorum (409,
+    /// with why). A retry with the same `op_id` answers as the first attempt did.
+    pub async fn remove_node(&self, id: NodeId, op_id: Option<String>) -> Result<(), ApiError> {
+        let op_id = op_id.unwrap_or_else(new_op_id);
+        let state = self.state(Consistency::Linearizable).await?;
+        let refused = |result: &CommandResult| match result {
+            CommandResult::Rejected { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        if let Some(previous) = state.recent_result(&op_id) {
+            return refused(previous).map_or(Ok(()), |why| Err(ApiError::Conflict(why)));
+        }
+        if !state.nodes.contains_key(&id) {
+            return Err(ApiError::NotFound(format!("node {id}")));
+        }
+        if state.nodes.len() == 1 {
+            return Err(ApiError::Conflict(crate::state::last_node_refusal(id)));
+        }
+        if self.store.is_raft() {
+            self.check_quorum_without(id, &state).await?;
+        }
+        let command = Command {
+            op_id,
+            at_ms: now_ms(),
+            op: Op::RemoveNode { id },
+        };
+        match refused(&self.propose_command(command).await?) {
+            None => Ok(()),
+            Some(why) => Err(ApiError::Conflict(why)),
+        }
+    }
+
+    /// Refuses the removal of `id` when the membership change it leads to could not commit: a
+    /// majority of the current voters and of the voters after it must answer (Raft's joint
+    /// consensus), or the cluster would be stuck without a quorum.
+    async fn check_quorum_without(&self, id: NodeId, state: &ClusterState) -> Result<(), ApiError> {
+        let status = self.store.status();
+        let members: std::collections::BTreeSet<NodeId> =
+            state.nodes.keys().copied().filter(|n| *n != id).collect();
+        let kept: std::collections::BTreeSet<NodeId> =
+            status.voters.iter().copied().filter(|v| *v != id).collect();
+        let after = crate::store::desired_voters(&members, &kept);
+        let probes = status.voters.union(&after).copied().map(|n| async move {
+            if n == self.id {
+                return Some(n);
+            }
+            let addr = state.nodes.get(&n)?.api_addr();
+            let probe = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.call::<(), crate::api::types::HealthResponse>(&addr, "health", None),
+            )
+            .await;
+            matches!(probe, Ok(Ok(_))).then_some(n)
+        });
+        let answering: std::collections::BTreeSet<NodeId> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let majority = |set: &std::collections::BTreeSet<NodeId>| {
+            set.intersection(&answering).count() * 2 > set.len()
+        };
+        if majority(&status.voters) && majority(&after) {
+            return Ok(());
+        }
+        let list = |set: &std::collections::BTreeSet<NodeId>| {
+            set.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Err(ApiError::Conflict(format!(
+            "removing node {id} would lose quorum: the voters are {{{}}} and would be {{{}}}, but \
+             only {{{}}} answer; bring the others back (or remove the unreachable ones) first",
+            list(&status.voters),
+            list(&after),
+            list(&answering)
+        )))
     }
 
     /// The leader's read index, for a follower's linearizable read.
@@ -203,7 +392,17 @@ impl Node {
                 req.name
             )));
         }
-        if let Some(existing) = state.nodes.values().find(|n| n.name == req.name) {
+        // The same request sent again (after an unknown outcome) is the same registration.
+        let op_id = format!(
+            "join-{}",
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                req.node_csr.as_bytes()
+            ))[..32]
+        );
+        let registered = state.recent_result(&op_id).is_some();
+        if let Some(existing) = state.nodes.values().find(|n| n.name == req.name)
+            && !registered
+        {
             return Err(ApiError::Conflict(format!(
                 "a node named {} is already a member (id {}); remove it first or pick another name",
                 req.name, existing.id
@@ -249,7 +448,7 @@ impl Node {
             vtep_mac: req.vtep_mac,
         };
         match self
-            .propose(Op::RegisterNode { node: record }, None)
+            .propose(Op::RegisterNode { node: record }, Some(op_id))
             .await?
         {
             CommandResult::NodeRegistered { id } => {
@@ -328,38 +527,90 @@ impl Node {
         path: &str,
         body: Option<&B>,
     ) -> Result<R, ApiError> {
+        self.call_with(api_addr, path, body, None)
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(why) | CallError::NoAnswer(why) => ApiError::Unavailable(why),
+                CallError::Answered(e) => e,
+            })
+    }
+
+    /// [`Node::call`] with a time limit, telling a request that never left from one that got no
+    /// answer.
+    async fn call_with<B: Serialize, R: DeserializeOwned>(
+        &self,
+        api_addr: &str,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<R, CallError> {
         let url = format!("https://{api_addr}/api/v1/{path}");
-        let request = match body {
+        let mut request = match body {
             Some(body) => self.peers.post(&url).json(body),
             None => self.peers.get(&url),
         };
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         let response = request
             .header("x-smr-forwarded", self.name.as_str())
             .send()
             .await
             .map_err(|e| {
-                ApiError::Unavailable(format!("node at {api_addr} did not answer: {e}"))
+                let why = format!(
+                    "node at {api_addr} did not answer: {}",
+                    crate::client::error_chain(&e)
+                );
+                // A failed connection (TCP or TLS) carried no request.
+                if e.is_connect() {
+                    CallError::NotSent(why)
+                } else {
+                    CallError::NoAnswer(why)
+                }
             })?;
         let status = response.status();
         if status.is_success() {
-            return response
-                .json()
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("bad answer from {api_addr}: {e}")));
+            return response.json().await.map_err(|e| {
+                CallError::NoAnswer(format!("unreadable answer from {api_addr}: {e}"))
+            });
         }
         match response.json::<ErrorBody>().await {
-            Ok(body) => Err(ApiError::Relayed { status, body }),
-            Err(_) => Err(ApiError::Unavailable(format!(
+            Ok(body) => Err(CallError::Answered(ApiError::Relayed { status, body })),
+            Err(_) if status.is_server_error() => Err(CallError::NoAnswer(format!(
                 "node at {api_addr} answered {status}"
             ))),
+            Err(_) => Err(CallError::Answered(ApiError::Unavailable(format!(
+                "node at {api_addr} answered {status}"
+            )))),
         }
     }
+}
+
+/// How a request to another node ended, when it did not succeed.
+enum CallError {
+    /// The connection failed: the other node never saw the request.
+    NotSent(String),
+    /// Sent, but no usable answer came back (timeout, connection lost, unreadable answer).
+    NoAnswer(String),
+    /// The other node answered with this error.
+    Answered(ApiError),
+}
+
+/// One forwarded attempt's end.
+enum Forwarded<T> {
+    Done(T),
+    /// Surely not applied: never sent, or refused by a node that is no longer the leader.
+    NotApplied(ApiError),
+    /// Sent, and whether it was applied is unknown.
+    Unknown(String),
+    /// An answer to pass on as it is (a refusal of the request itself).
+    Final(ApiError),
 }
 
 fn read_error(e: WriteError) -> ApiError {
     match e {
         WriteError::ForwardToLeader { .. } => ApiError::Unavailable("no leader is elected".into()),
-        WriteError::Unavailable(why) => ApiError::Unavailable(why),
+        WriteError::Unavailable(why) | WriteError::Unknown(why) => ApiError::Unavailable(why),
         WriteError::Fatal(why) => ApiError::Internal(why),
     }
 }

@@ -25,9 +25,17 @@ pub enum ApiError {
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
+    /// Definitely not applied: no leader or quorum (clients retry).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// A write that was proposed but whose fate this node cannot know (not committed in time,
+    /// the leader froze or changed after it was sent): it may or may not be applied. A retry with
+    /// the same `op_id` is applied at most once and answers which.
+    #[error("outcome unknown: {why}; retry with the same op_id ({op_id})")]
+    OutcomeUnknown { op_id: String, why: String },
     #[error("internal error: {0}")]
     Internal(String),
     /// An error relayed unchanged from another node.
@@ -44,8 +52,10 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Relayed { status, .. } => *status,
         }
@@ -60,8 +70,10 @@ impl ApiError {
             ApiError::BadSignature(_) => "bad_signature",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Internal(_) => "internal",
             ApiError::Relayed { body, .. } => &body.error.code,
         }
@@ -79,6 +91,7 @@ impl ApiError {
                 "field": e.path,
                 "suggestion": e.suggestion,
             })),
+            ApiError::OutcomeUnknown { op_id, .. } => Some(serde_json::json!({ "op_id": op_id })),
             _ => None,
         };
         ErrorBody {

@@ -219,14 +219,24 @@ pub(super) async fn webhook(
     let key = gitops_key(group, name);
     let body = read_body(body).await?;
     let state = node.state(Consistency::Stale).await?;
-    let secret = webhook_secret(&state, &key)?;
-    let signature = first_header(&headers, &SIGNATURE_HEADERS).ok_or_else(|| {
-        ApiError::BadSignature(
-            "missing signature: send X-Hub-Signature-256 (GitHub) or X-Gitea-Signature".into(),
-        )
-    })?;
-    gitops::verify_signature(secret.as_bytes(), &body, signature)
-        .map_err(|e| ApiError::BadSignature(format!("webhook refused: {e}")))?;
+    // One answer for every refusal: the caller is not authenticated yet, so it must not learn
+    // whether an object exists or has a webhook. The reason goes to the log.
+    let verified = webhook_secret(&state, &key).and_then(|secret| {
+        let signature = first_header(&headers, &SIGNATURE_HEADERS).ok_or_else(|| {
+            ApiError::BadSignature(
+                "missing signature: send X-Hub-Signature-256 (GitHub) or X-Gitea-Signature".into(),
+            )
+        })?;
+        gitops::verify_signature(secret.as_bytes(), &body, signature)
+            .map_err(|e| ApiError::BadSignature(e.to_string()))
+    });
+    if let Err(why) = verified {
+        tracing::info!("webhook for {key} refused: {why}");
+        return Err(ApiError::BadSignature(format!(
+            "webhook refused: no valid signature for {key} (signed with the secret of its \
+             webhookSecretRef, in X-Hub-Signature-256 or X-Gitea-Signature)"
+        )));
+    }
     let answer = |status: StatusCode, text: &str, request: u64, message: String| {
         (
             status,
@@ -283,7 +293,8 @@ pub(super) async fn webhook(
 }
 
 /// A stored object as the API shows it: credentials (httpauth passwords, certkey keys and
-/// passwords, secret values) replaced by `***`, and `user:password@` dropped from repository URLs.
+/// passwords, secret values, `registryAuth` of containers and their init containers) replaced by
+/// `***`, and `user:password@` dropped from repository URLs.
 pub fn redacted(stored: &StoredObject) -> StoredObject {
     const HIDDEN: &str = "***";
     let hide = |v: &mut Option<String>| {
@@ -301,6 +312,13 @@ pub fn redacted(stored: &StoredObject) -> StoredObject {
         }
         Spec::Secret(s) => s.data.values_mut().for_each(|v| *v = HIDDEN.into()),
         Spec::Gitops(g) => g.repo_url = gitops::redact_url(&g.repo_url),
+        Spec::Containers(c) => {
+            let mut spec = Some(&mut **c);
+            while let Some(c) = spec {
+                hide(&mut c.registry_auth);
+                spec = c.init_container.as_deref_mut();
+            }
+        }
         _ => {}
     }
     out
@@ -349,6 +367,18 @@ mod tests {
                 Spec::Secret(DataSpec {
                     data: [("k".to_string(), "pw-4".to_string())].into(),
                 }),
+            ),
+            Object::new(
+                "g",
+                "e",
+                Spec::Containers(Box::new(crate::definitions::ContainersSpec {
+                    registry_auth: Some("user:pw-6".into()),
+                    init_container: Some(Box::new(crate::definitions::ContainersSpec {
+                        registry_auth: Some("user:pw-7".into()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })),
             ),
             Object::new(
                 "g",

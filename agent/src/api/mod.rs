@@ -33,6 +33,12 @@ use types::*;
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
+/// Longest lifetime of a join token (`ttl_seconds`), one year.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Longest long poll (`GET /api/v1/events?wait=`), below the usual 15-30 s client timeouts.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
 /// The OpenAPI document, served at `/api/v1/openapi.json`; a test keeps it in sync with [`ROUTES`].
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -112,7 +118,100 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(authenticated)
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        // Outermost first: a method a route does not serve is refused before authentication.
+        .layer(middleware::from_fn(allowed_methods))
+        .layer(middleware::map_response(json_errors))
         .with_state(node)
+}
+
+/// Answers 405 (with `Allow`) to a method that no route of the request's path serves, before
+/// the authentication of that route is asked for.
+async fn allowed_methods(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let matching: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, pattern)| route_matches(pattern, path))
+        .map(|(method, _)| *method)
+        .collect();
+    let method = req.method().as_str().to_ascii_lowercase();
+    let served = |m: &str| matching.contains(&m) || (m == "head" && matching.contains(&"get"));
+    if matching.is_empty() || served(&method) {
+        return next.run(req).await;
+    }
+    let mut allow: Vec<String> = matching.iter().map(|m| m.to_ascii_uppercase()).collect();
+    allow.sort();
+    allow.dedup();
+    let allow = allow.join(", ");
+    let error = ApiError::MethodNotAllowed(format!(
+        "{} is not served on {path} (allowed: {allow})",
+        req.method()
+    ));
+    let mut response = error.into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// Whether `path` matches a route pattern of [`ROUTES`] (`{name}` is one segment).
+fn route_matches(pattern: &str, path: &str) -> bool {
+    let (mut want, mut got) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') || w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Puts every error answer in the JSON envelope: axum's own rejections (a query string or path
+/// that does not parse, a method not allowed) are plain text, with their status kept.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let body = ErrorBody {
+        error: ErrorInfo {
+            code: code.into(),
+            message,
+            details: None,
+        },
+    };
+    let mut out = (status, Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 async fn require_client_cert(
@@ -288,14 +387,13 @@ async fn list_nodes(
 async fn remove_node(
     State(node): AppState,
     Path(id): Path<String>,
+    Query(params): Query<WriteParams>,
 ) -> Result<StatusCode, ApiError> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
-    match node.propose(Op::RemoveNode { id }, None).await? {
-        CommandResult::Rejected { reason } => Err(ApiError::NotFound(reason)),
-        _ => Ok(StatusCode::NO_CONTENT),
-    }
+    node.remove_node(id, params.op_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn new_token(State(node): AppState, body: Body) -> Result<Json<TokenResponse>, ApiError> {
@@ -306,6 +404,13 @@ async fn new_token(State(node): AppState, body: Body) -> Result<Json<TokenRespon
         parse_json(&bytes)?
     };
     let ttl = Duration::from_secs(req.ttl_seconds.unwrap_or(24 * 3600));
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_seconds must be between 1 and {} (one year), not {}",
+            MAX_TOKEN_TTL.as_secs(),
+            ttl.as_secs()
+        )));
+    }
     let (token, expires_ms) = node.new_join_token(ttl).await?;
     Ok(Json(TokenResponse {
         token: token.to_string(),
@@ -318,6 +423,17 @@ async fn new_token(State(node): AppState, body: Body) -> Result<Json<TokenRespon
 struct ApplyParams {
     #[serde(default)]
     dry_run: bool,
+    /// Idempotency key (for YAML bodies; a JSON body carries its own `op_id`).
+    #[serde(default)]
+    op_id: Option<String>,
+}
+
+/// The `op_id` query parameter of writes without a JSON body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteParams {
+    #[serde(default)]
+    op_id: Option<String>,
 }
 
 /// `POST /api/v1/objects`: JSON `{objects: [...]}` or YAML definitions (`Content-Type: application/yaml`).
@@ -331,13 +447,18 @@ async fn apply(
     let (objects, op_id) = if is_yaml(&headers) {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
-        (definitions::parse_str("request body", text)?, None)
+        (definitions::parse_str("request body", text)?, params.op_id)
     } else {
         let req: ApplyRequest = parse_json(&bytes)?;
         for object in &req.objects {
             definitions::validate(object)?;
         }
-        (req.objects, req.op_id)
+        if params.op_id.is_some() && req.op_id.is_some() && params.op_id != req.op_id {
+            return Err(ApiError::BadRequest(
+                "op_id is given twice, differently: in the query and in the body".into(),
+            ));
+        }
+        (req.objects, req.op_id.or(params.op_id))
     };
     if objects.is_empty() {
         return Err(ApiError::BadRequest(
@@ -445,6 +566,7 @@ async fn get_object(
 async fn delete_one(
     State(node): AppState,
     Path((kind, group, name)): Path<(String, String, String)>,
+    Query(params): Query<WriteParams>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let key = parse_key(&kind, group, name)?;
     let result = node
@@ -452,7 +574,7 @@ async fn delete_one(
             Op::Delete {
                 keys: vec![key.clone()],
             },
-            None,
+            params.op_id,
         )
         .await?;
     if let CommandResult::Objects { outcomes, .. } = &result
@@ -470,10 +592,12 @@ async fn internal_propose(
     body: Body,
 ) -> Result<Json<CommandResult>, ApiError> {
     let req: ProposeRequest = parse_json(&read_body(body).await?)?;
+    let op_id = req.command.op_id.clone();
     // Written here only: a command forwarded to a node that lost leadership is refused, not relayed again.
     match node.store.write(req.command).await {
         Ok(result) => Ok(Json(result)),
         Err(crate::store::WriteError::Fatal(why)) => Err(ApiError::Internal(why)),
+        Err(crate::store::WriteError::Unknown(why)) => Err(ApiError::OutcomeUnknown { op_id, why }),
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
@@ -687,7 +811,8 @@ struct EventParams {
     /// Only events of this subject (`KIND/GROUP/NAME` or `node/NAME`).
     #[serde(default)]
     subject: Option<String>,
-    /// Wait up to this many seconds for a newer event when there is none (long poll, max 60).
+    /// Wait up to this many seconds for a newer event when there is none (long poll; at most
+    /// [`MAX_WAIT`], a longer wait is cut to it).
     #[serde(default)]
     wait: Option<u64>,
 }
@@ -697,8 +822,8 @@ async fn list_events(
     Query(params): Query<EventParams>,
 ) -> Result<Json<Vec<crate::state::Event>>, ApiError> {
     let since = params.since.unwrap_or(0);
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(params.wait.unwrap_or(0).min(60));
+    let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
     let mut changes = node.store.subscribe();
     loop {
         let state = node.state(Consistency::Stale).await?;

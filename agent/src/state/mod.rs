@@ -319,6 +319,14 @@ pub enum CommandResult {
     },
 }
 
+/// Why the last node of a cluster cannot be removed.
+pub fn last_node_refusal(id: NodeId) -> String {
+    format!(
+        "node {id} is the last node of the cluster: removing it would leave no voter and no \
+         cluster (stop its agent instead)"
+    )
+}
+
 impl ClusterState {
     /// Applies one command. Deterministic: the same state and command give the same result.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
@@ -341,6 +349,11 @@ impl ClusterState {
             Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
             Op::Delete { keys } => self.delete_objects(keys, now),
             Op::RegisterNode { node } => self.register_node(node, now),
+            Op::RemoveNode { id } if self.nodes.len() == 1 && self.nodes.contains_key(id) => {
+                CommandResult::Rejected {
+                    reason: last_node_refusal(*id),
+                }
+            }
             Op::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(node) => {
                     self.reports.remove(id);

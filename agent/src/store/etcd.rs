@@ -147,6 +147,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A failed log append: refused before etcd proposed it (no leader, not authenticated, not
+/// connected) is `Unavailable`; anything else (a timeout, a connection lost after sending, a
+/// leader change) may have committed, so its outcome is `Unknown`.
+fn txn_error(e: etcd_client::Error) -> WriteError {
+    let text = e.to_string();
+    let refused_up_front = match &e {
+        // PermissionDenied (7), Unauthenticated (16).
+        etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 7 | 16) => true,
+        // Unavailable (14): etcd without a leader (`require_leader`) or no connection at all.
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 14 => {
+            let m = s.message();
+            m.contains("no leader") || m.contains("connect") || m.contains("Connection refused")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    };
+    if refused_up_front {
+        unavailable("write", text)
+    } else {
+        WriteError::Unknown(format!("etcd write: {text}"))
+    }
+}
+
 /// Runs an etcd call with a deadline; both failures become a message.
 async fn timed<T, F>(limit: Duration, what: &str, call: F) -> Result<T, String>
 where
@@ -271,10 +294,10 @@ impl EtcdStore {
                     s.message()
                 )));
             }
-            Ok(Err(e)) => return Err(unavailable("write", e)),
+            Ok(Err(e)) => return Err(txn_error(e)),
             Err(_) => {
-                return Err(WriteError::Unavailable(format!(
-                    "etcd did not commit the write within {:?}",
+                return Err(WriteError::Unknown(format!(
+                    "etcd did not answer the write within {:?}",
                     inner.opts.write_timeout
                 )));
             }
@@ -285,7 +308,7 @@ impl EtcdStore {
             if inner.applied() >= revision {
                 // Already applied (or through a snapshot): the dedup window has the result.
                 return inner.recent_result(&cmd.op_id).ok_or_else(|| {
-                    WriteError::Unavailable(format!(
+                    WriteError::Unknown(format!(
                         "the result of revision {revision} is no longer known; retry with the same op_id"
                     ))
                 });
@@ -299,7 +322,8 @@ impl EtcdStore {
             Ok(Ok(result)) => Ok(result),
             _ => {
                 lock(&inner.results).waiting.remove(&revision);
-                Err(WriteError::Unavailable(format!(
+                // In the log, so applied everywhere in time; its result is what is unknown.
+                Err(WriteError::Unknown(format!(
                     "written to etcd at revision {revision} but not applied here within {:?}",
                     inner.opts.write_timeout
                 )))

@@ -106,8 +106,13 @@ pub enum WriteError {
         leader_id: Option<NodeId>,
         leader: Option<RaftPeer>,
     },
+    /// Definitely not applied (nothing was proposed, or the proposal was dropped).
     #[error("{0}")]
     Unavailable(String),
+    /// Proposed, but whether it was or will be applied is not known (e.g. not committed in time):
+    /// only a retry with the same `op_id` tells.
+    #[error("{0}")]
+    Unknown(String),
     #[error("{0}")]
     Fatal(String),
 }
@@ -246,11 +251,15 @@ impl RaftStore {
     }
 
     /// Proposes a command and waits until it is committed and applied.
+    ///
+    /// `ForwardToLeader` means the entry is not in the log (refused, or truncated by a new
+    /// leader: committed entries never are); a timeout means it is appended here and may still
+    /// commit, so the outcome is unknown.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => Err(WriteError::Unavailable(format!(
+            Err(_) => Err(WriteError::Unknown(format!(
                 "the write was not committed within {:?} (no quorum?)",
                 self.write_timeout
             ))),
@@ -343,6 +352,11 @@ impl RaftStore {
             let voters: BTreeSet<NodeId> =
                 status.voters.iter().copied().filter(|v| *v != id).collect();
             let desired = desired_voters(&members, &voters);
+            if desired.is_empty() {
+                return Err(WriteError::Unavailable(format!(
+                    "node {id} is the last voter: removing it would leave no voter"
+                )));
+            }
             self.raft
                 .change_membership(ChangeMembers::ReplaceAllVoters(desired), true)
                 .await

@@ -12,6 +12,8 @@ use agent::client::{Client, Context};
 use agent::daemon::{self, AgentConfig, NodeFile};
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use smr::DEFAULT_DATA_DIR;
@@ -207,10 +209,74 @@ fn log_path(dir: &Path) -> PathBuf {
 }
 
 /// The pid of the running agent of this data dir, if any.
+///
+/// The agent holds an exclusive lock on its pid file while it runs, and the lock ends with the
+/// process (kill -9 included): a pid file nobody locks is stale, whatever the pid in it names
+/// now (nothing, a zombie, another program). Pid 0 stands for an agent whose pid is unreadable.
 fn running_pid(dir: &Path) -> Option<Pid> {
-    let text = std::fs::read_to_string(pid_path(dir)).ok()?;
-    let pid = Pid::from_raw(text.trim().parse().ok()?);
-    kill(pid, None).ok().map(|_| pid)
+    let file = std::fs::File::open(pid_path(dir)).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_free) => None,
+        Err((file, Errno::EWOULDBLOCK)) => Some(read_pid(&file).unwrap_or(Pid::from_raw(0))),
+        Err(_) => None,
+    }
+}
+
+fn read_pid(mut file: &std::fs::File) -> Option<Pid> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    Some(Pid::from_raw(text.trim().parse().ok()?))
+}
+
+/// Takes the pid file of `dir` for this process (see [`running_pid`]) and writes its pid; the
+/// lock lasts as long as the returned value. A pid file left by an agent that is gone is taken
+/// over, and said so.
+fn lock_pid_file(dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+    use std::io::Write as _;
+    let path = pid_path(dir);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // `smrmgr status` holds a shared lock for an instant: try again for a moment.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut lock = loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => break lock,
+            Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((f, Errno::EWOULDBLOCK)) => {
+                let pid = read_pid(&f).map(|p| p.to_string()).unwrap_or("?".into());
+                bail!(
+                    "an agent is already running for {} (pid {pid})",
+                    dir.display()
+                );
+            }
+            Err((_, e)) => bail!("locking {}: {e}", path.display()),
+        }
+    };
+    if let Some(stale) = read_pid(&lock) {
+        say_stale(dir, stale);
+    }
+    lock.set_len(0)?;
+    lock.rewind()?;
+    write!(lock, "{}", std::process::id())?;
+    lock.sync_all()?;
+    Ok(lock)
+}
+
+fn say_stale(dir: &Path, pid: Pid) {
+    eprintln!(
+        "smrmgr: removed a stale pid file of {} (pid {pid} is not an smr agent of this data dir)",
+        dir.display()
+    );
 }
 
 fn existing_node(dir: &Path) -> Option<NodeFile> {
@@ -315,15 +381,7 @@ fn foreground(args: StartArgs) -> anyhow::Result<ExitCode> {
         .init();
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(pid) = running_pid(&dir)
-        && pid != nix::unistd::getpid()
-    {
-        bail!(
-            "an agent is already running for {} (pid {pid})",
-            dir.display()
-        );
-    }
-    std::fs::write(pid_path(&dir), std::process::id().to_string())?;
+    let pid_lock = lock_pid_file(&dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -340,6 +398,7 @@ fn foreground(args: StartArgs) -> anyhow::Result<ExitCode> {
         daemon::run(config, rx).await
     });
     let _ = std::fs::remove_file(pid_path(&dir));
+    drop(pid_lock);
     result?;
     Ok(ExitCode::SUCCESS)
 }
@@ -355,6 +414,13 @@ fn background(args: StartArgs) -> anyhow::Result<ExitCode> {
             log_path(&dir).display()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Ok(file) = std::fs::File::open(pid_path(&dir))
+        && let Some(stale) = read_pid(&file)
+    {
+        say_stale(&dir, stale);
+        std::fs::remove_file(pid_path(&dir))
+            .with_context(|| format!("removing {}", pid_path(&dir).display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_file = std::fs::OpenOptions::new()
@@ -459,9 +525,15 @@ fn stop(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
         println!("no agent is running for {}", dir.display());
         return Ok(());
     };
+    if pid.as_raw() <= 0 {
+        bail!(
+            "the agent of {} runs but its pid file holds no pid",
+            dir.display()
+        );
+    }
     kill(pid, Signal::SIGTERM).with_context(|| format!("signalling pid {pid}"))?;
     let deadline = Instant::now() + timeout;
-    while kill(pid, None).is_ok() {
+    while running_pid(dir).is_some() {
         if Instant::now() > deadline {
             eprintln!(
                 "smrmgr: agent {pid} did not stop within {}s; killing it",
