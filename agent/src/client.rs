@@ -551,3 +551,84 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Json;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    use super::*;
+
+    /// A fake API on loopback: every request's body is recorded; the first `unknown` requests
+    /// answer 504 outcome_unknown, the next ones 200.
+    async fn fake(unknown: usize) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let handler = move |Json(body): Json<serde_json::Value>| {
+            let record = record.clone();
+            async move {
+                let n = {
+                    let mut seen = record.lock().expect("lock");
+                    seen.push(body);
+                    seen.len()
+                };
+                if n <= unknown {
+                    let error = ErrorBody {
+                        error: ErrorInfo {
+                            code: "outcome_unknown".into(),
+                            message: "outcome unknown".into(),
+                            details: None,
+                        },
+                    };
+                    return (StatusCode::GATEWAY_TIMEOUT, Json(serde_json::json!(error)));
+                }
+                let answer = ApplyResponse {
+                    revision: 7,
+                    outcomes: Vec::new(),
+                    dry_run: false,
+                };
+                (StatusCode::OK, Json(serde_json::json!(answer)))
+            }
+        };
+        let app = axum::Router::new()
+            .route("/api/v1/objects", post(handler.clone()))
+            .route("/api/v1/tokens", post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn unknown_outcomes_are_retried_with_the_same_op_id() {
+        let (url, seen) = fake(2).await;
+        let client = Client::new(&url, reqwest::Client::new());
+        let answer = client.apply(&[], false, None).await.expect("applied");
+        assert_eq!(answer.revision, 7);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "two unknown answers, then the result");
+        let op_id = &seen[0]["op_id"];
+        assert!(op_id.is_string());
+        assert!(seen.iter().all(|b| &b["op_id"] == op_id), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_reported_when_the_deadline_passes() {
+        let (url, seen) = fake(usize::MAX).await;
+        let client =
+            Client::new(&url, reqwest::Client::new()).with_retry(Duration::from_millis(300), None);
+        let e = client.apply(&[], false, None).await.expect_err("unknown");
+        assert_eq!(e.exit_code(), 9);
+        assert_eq!(e.code(), Some("outcome_unknown"));
+        assert!(seen.lock().unwrap().len() >= 2);
+        // A write without an op_id (a join token) is not sent again after an unknown outcome.
+        let (url, seen) = fake(1).await;
+        let client = Client::new(&url, reqwest::Client::new());
+        let e = client.token(None).await.expect_err("unknown");
+        assert_eq!(e.exit_code(), 9);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+}

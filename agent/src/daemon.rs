@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub node_timeout: Duration,
     /// Keep the state in this etcd cluster instead of the embedded Raft store.
     pub etcd: Option<EtcdSettings>,
+    /// The `smrmgr start` settings this node runs with, kept in `node.json` (`start`) so that a
+    /// restart uses them; the agent only stores them.
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `smrmgr start --store etcd://...` and its TLS files; kept in `node.json` for restarts.
@@ -163,6 +166,9 @@ pub struct NodeFile {
     /// Set when the cluster keeps its state in etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdSettings>,
+    /// The `smrmgr start` settings of the last start (see [`AgentConfig::settings`]).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub start: serde_json::Map<String, serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -261,6 +267,7 @@ pub async fn run(
             None
         };
         tracing::info!(id = me.id, name = %me.name, "restarting from {}", dir.display());
+        me.start = config.settings.clone();
         (me, identity, ca)
     } else if let Some(join_addr) = &config.join {
         let token = config.token.as_deref().ok_or_else(|| {
@@ -341,6 +348,11 @@ pub async fn run(
     let reconciler = store
         .is_raft()
         .then(|| tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone())));
+    let labels = tokio::spawn(keep_labels(
+        node.clone(),
+        config.labels.clone(),
+        stop_rx.clone(),
+    ));
     let loops = tokio::spawn(crate::controller::run_node(
         node.clone(),
         crate::controller::NodeLoops {
@@ -365,6 +377,7 @@ pub async fn run(
         let _ = reconciler.await;
     }
     let _ = loops.await;
+    let _ = labels.await;
     let _ = api_server.await;
     let _ = raft_server.await;
     store.shutdown().await;
@@ -438,6 +451,7 @@ fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool, vtep_mac: String
         vtep_mac,
         schedulable: config.workloads,
         etcd: config.etcd.clone(),
+        start: config.settings.clone(),
     }
 }
 
@@ -630,6 +644,38 @@ async fn join(
     Identity::new(response.admin_cert, admin_key, response.ca_pem)?.save(pki_dir, "admin")?;
     tracing::info!(id = response.id, "joined the cluster through {join_addr}");
     Ok((node_file(config, response.id, true, vtep_mac), identity))
+}
+
+/// Puts the labels this node was (re)started with into its registry record, once it is there.
+async fn keep_labels(
+    node: Arc<Node>,
+    labels: BTreeMap<String, String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Ok(state) = node.store.read(false).await
+            && let Some(record) = state.nodes.get(&node.id)
+        {
+            if record.labels == labels {
+                return;
+            }
+            let op = Op::SetNodeLabels {
+                id: node.id,
+                labels: labels.clone(),
+            };
+            match node.propose(op, None).await {
+                Ok(_) => {
+                    tracing::info!(?labels, "node labels updated");
+                    return;
+                }
+                Err(e) => tracing::warn!("updating this node's labels: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 /// On the leader, keeps the Raft membership equal to the node registry: registered nodes are added

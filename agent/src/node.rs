@@ -7,6 +7,7 @@
 //! ```
 //! Writes carry an `op_id`; a forwarded or retried write is applied at most once (see [`crate::state`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -313,10 +314,8 @@ impl Node {
     /// consensus), or the cluster would be stuck without a quorum.
     async fn check_quorum_without(&self, id: NodeId, state: &ClusterState) -> Result<(), ApiError> {
         let status = self.store.status();
-        let members: std::collections::BTreeSet<NodeId> =
-            state.nodes.keys().copied().filter(|n| *n != id).collect();
-        let kept: std::collections::BTreeSet<NodeId> =
-            status.voters.iter().copied().filter(|v| *v != id).collect();
+        let members: BTreeSet<NodeId> = state.nodes.keys().copied().filter(|n| *n != id).collect();
+        let kept: BTreeSet<NodeId> = status.voters.iter().copied().filter(|v| *v != id).collect();
         let after = crate::store::desired_voters(&members, &kept);
         let probes = status.voters.union(&after).copied().map(|n| async move {
             if n == self.id {
@@ -330,30 +329,15 @@ impl Node {
             .await;
             matches!(probe, Ok(Ok(_))).then_some(n)
         });
-        let answering: std::collections::BTreeSet<NodeId> = futures::future::join_all(probes)
+        let answering: BTreeSet<NodeId> = futures::future::join_all(probes)
             .await
             .into_iter()
             .flatten()
             .collect();
-        let majority = |set: &std::collections::BTreeSet<NodeId>| {
-            set.intersection(&answering).count() * 2 > set.len()
-        };
-        if majority(&status.voters) && majority(&after) {
-            return Ok(());
+        match quorum_refusal(id, &status.voters, &after, &answering) {
+            None => Ok(()),
+            Some(why) => Err(ApiError::Conflict(why)),
         }
-        let list = |set: &std::collections::BTreeSet<NodeId>| {
-            set.iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        Err(ApiError::Conflict(format!(
-            "removing node {id} would lose quorum: the voters are {{{}}} and would be {{{}}}, but \
-             only {{{}}} answer; bring the others back (or remove the unreachable ones) first",
-            list(&status.voters),
-            list(&after),
-            list(&answering)
-        )))
     }
 
     /// The leader's read index, for a follower's linearizable read.
@@ -607,10 +591,72 @@ enum Forwarded<T> {
     Final(ApiError),
 }
 
+/// Why removing node `id` would leave the cluster without a quorum, if it would: the membership
+/// change commits only when a majority of the `voters` and of the voters `after` it answer.
+pub fn quorum_refusal(
+    id: NodeId,
+    voters: &BTreeSet<NodeId>,
+    after: &BTreeSet<NodeId>,
+    answering: &BTreeSet<NodeId>,
+) -> Option<String> {
+    let majority = |set: &BTreeSet<NodeId>| set.intersection(answering).count() * 2 > set.len();
+    if after.is_empty() {
+        return Some(crate::state::last_node_refusal(id));
+    }
+    if majority(voters) && majority(after) {
+        return None;
+    }
+    let list = |set: &BTreeSet<NodeId>| set.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    Some(format!(
+        "removing node {id} would lose quorum: the voters are {:?} and would be {:?}, but only \
+         {:?} answer; bring the others back (or remove the unreachable ones) first",
+        list(voters),
+        list(after),
+        list(answering)
+    ))
+}
+
 fn read_error(e: WriteError) -> ApiError {
     match e {
         WriteError::ForwardToLeader { .. } => ApiError::Unavailable("no leader is elected".into()),
         WriteError::Unavailable(why) | WriteError::Unknown(why) => ApiError::Unavailable(why),
         WriteError::Fatal(why) => ApiError::Internal(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_removal_needs_a_quorum_before_and_after() {
+        // A dead node goes: the two others answer, the one voter left answers.
+        assert_eq!(
+            quorum_refusal(3, &set(&[1, 2, 3]), &set(&[1]), &set(&[1, 2])),
+            None
+        );
+        // A live node goes while another is dead and would be the only voter left.
+        let why = quorum_refusal(2, &set(&[1, 2, 3]), &set(&[1]), &set(&[2, 3])).unwrap();
+        assert!(why.contains("would lose quorum"), "{why}");
+        // Five voters, two dead: the removed node still counts for the current voters.
+        assert_eq!(
+            quorum_refusal(
+                5,
+                &set(&[1, 2, 3, 4, 5]),
+                &set(&[1, 2, 3]),
+                &set(&[1, 2, 5])
+            ),
+            None
+        );
+        let why =
+            quorum_refusal(5, &set(&[1, 2, 3, 4, 5]), &set(&[1, 2, 3]), &set(&[1, 5])).unwrap();
+        assert!(why.contains("would lose quorum"), "{why}");
+        // No voter after it.
+        let why = quorum_refusal(1, &set(&[1]), &set(&[]), &set(&[1])).unwrap();
+        assert!(why.contains("last node"), "{why}");
     }
 }

@@ -3,6 +3,7 @@
 pub mod exec;
 pub mod output;
 pub mod rollout;
+pub mod start;
 
 use std::path::PathBuf;
 

@@ -17,6 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use smr::DEFAULT_DATA_DIR;
+use smr::start::StartSettings;
 
 #[derive(Parser)]
 #[command(
@@ -52,8 +53,8 @@ enum Cmd {
     Token {
         #[command(flatten)]
         data: DataDir,
-        /// Token lifetime in hours.
-        #[arg(long, default_value = "24")]
+        /// Token lifetime in hours (1 to 8760, one year).
+        #[arg(long, default_value = "24", value_parser = clap::value_parser!(u64).range(1..=8760))]
         ttl_hours: u64,
     },
     /// Remove this node from the cluster, stop it and delete its cluster state.
@@ -74,77 +75,17 @@ struct DataDir {
 
 #[derive(Args, Clone)]
 struct StartArgs {
-    /// Agent name, unique in the cluster (e.g. smr-agent-1).
-    #[arg(short = 'a', long = "agent")]
-    agent: Option<String>,
-    /// Domain the API is reached under (put in the node certificate).
-    #[arg(short = 'd', long = "domain")]
-    domain: Option<String>,
-    /// This node's host name (put in the node certificate).
-    #[arg(short = 'n', long = "node")]
-    node: Option<String>,
+    /// The settings that define the node; kept in node.json, so a restart needs none of them.
+    #[command(flatten)]
+    settings: StartSettings,
     /// Join the cluster of this member's API (HOST:PORT).
     #[arg(short = 'j', long = "join")]
     join: Option<String>,
     /// Join token printed by `smrmgr token` on a member.
     #[arg(long, env = "SMR_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Advertised underlay address (default: the address of the default route).
-    #[arg(long)]
-    ip: Option<IpAddr>,
     #[command(flatten)]
     data: DataDir,
-    /// Docker daemon to run containers on (default: DOCKER_HOST or the local socket).
-    #[arg(long = "docker-host", env = "DOCKER_HOST")]
-    docker_host: Option<String>,
-    #[arg(long = "api-port", default_value = "1443")]
-    api_port: u16,
-    #[arg(long = "raft-port", default_value = "9212")]
-    raft_port: u16,
-    /// Node label KEY=VALUE (repeatable), used by node selectors.
-    #[arg(long = "label", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Cluster network, when this node creates the cluster.
-    #[arg(long, default_value = "10.10.0.0/16")]
-    cidr: ipnet::Ipv4Net,
-    /// Prefix length of each node's subnet, when this node creates the cluster.
-    #[arg(long = "subnet-len", default_value = "24")]
-    subnet_len: u8,
-    /// Overlay backend, when this node creates the cluster: vxlan, host-gw, or none (no overlay).
-    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw", "none"])]
-    backend: String,
-    /// Underlay interface for the overlay (default: the one holding --ip).
-    #[arg(long)]
-    iface: Option<String>,
-    /// Run no replicas on this node (control plane only).
-    #[arg(long = "no-workloads")]
-    no_workloads: bool,
-    /// How long a node may stay silent before the leader places its replicas on other nodes
-    /// (5s to 1h). The leader's value applies: give every node the same.
-    #[arg(long = "node-timeout", default_value = "15s", value_parser = parse_node_timeout)]
-    node_timeout: std::time::Duration,
-    /// Keep the cluster state in an existing etcd cluster instead of the embedded Raft store:
-    /// etcd://HOST:PORT[,HOST:PORT...]. Every agent of the cluster names the same etcd.
-    #[arg(long = "store", value_name = "URL")]
-    store: Option<String>,
-    /// CA certificate (PEM) that signed the etcd server certificates; enables TLS to etcd.
-    #[arg(long = "etcd-cacert", requires = "store")]
-    etcd_cacert: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd.
-    #[arg(long = "etcd-cert", requires_all = ["store", "etcd_key"])]
-    etcd_cert: Option<PathBuf>,
-    /// Client key (PEM) for etcd.
-    #[arg(long = "etcd-key", requires_all = ["store", "etcd_cert"])]
-    etcd_key: Option<PathBuf>,
-    /// etcd user, when etcd authentication is enabled (with --etcd-password-file).
-    #[arg(long = "etcd-user", requires_all = ["store", "etcd_password_file"])]
-    etcd_user: Option<String>,
-    /// File holding the password of --etcd-user (read at each start, never copied).
-    #[arg(long = "etcd-password-file", requires_all = ["store", "etcd_user"])]
-    etcd_password_file: Option<PathBuf>,
-    /// Prefix of this cluster's keys in etcd.
-    #[arg(long = "etcd-prefix", default_value = "/smr/")]
-    etcd_prefix: String,
     /// Run in the foreground instead of starting a background agent.
     #[arg(long)]
     foreground: bool,
@@ -153,26 +94,10 @@ struct StartArgs {
     wait: u64,
 }
 
-fn parse_node_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let timeout = agent::definitions::parse_duration(s)?;
-    let (min, max) = (
-        std::time::Duration::from_secs(5),
-        std::time::Duration::from_secs(3600),
-    );
-    if timeout < min || timeout > max {
-        return Err(format!(
-            "{s} is outside 5s..1h (nodes report every {}s)",
-            agent::controller::reconcile::HEARTBEAT.as_secs()
-        ));
-    }
-    Ok(timeout)
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))
-}
+/// A usage error found after parsing (exit code 2, like clap's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -195,7 +120,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("smrmgr: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -293,80 +222,119 @@ fn default_ip() -> anyhow::Result<IpAddr> {
     Ok(socket.local_addr()?.ip())
 }
 
+/// What a node.json written before the start settings were kept records of them.
+fn recorded_settings(node: &NodeFile) -> serde_json::Map<String, serde_json::Value> {
+    if !node.start.is_empty() {
+        return node.start.clone();
+    }
+    let etcd = node.etcd.as_ref();
+    StartSettings {
+        agent: Some(node.name.clone()),
+        domain: Some(node.domain.clone()),
+        node: Some(node.host.clone()),
+        ip: node.ip.parse().ok(),
+        api_port: Some(node.api_port),
+        raft_port: Some(node.raft_port),
+        no_workloads: !node.schedulable,
+        store: etcd.map(|e| e.url.clone()),
+        etcd_prefix: etcd.map(|e| e.prefix.clone()),
+        etcd_cacert: etcd.and_then(|e| e.cacert.clone()),
+        etcd_cert: etcd.and_then(|e| e.cert.clone()),
+        etcd_key: etcd.and_then(|e| e.key.clone()),
+        etcd_user: etcd.and_then(|e| e.user.clone()),
+        etcd_password_file: etcd.and_then(|e| e.password_file.clone()),
+        ..StartSettings::default()
+    }
+    .given()
+}
+
+/// The agent's configuration: the flags given, merged at a restart with the settings the node
+/// was started with (a conflicting flag is a usage error), defaults for the rest.
 fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
     let dir = &args.data.data_dir;
     let existing = existing_node(dir);
-    let name = match (&args.agent, &existing) {
-        (Some(name), _) => name.clone(),
-        (None, Some(node)) => node.name.clone(),
-        (None, None) => bail!("-a/--agent NAME is required for a new node"),
+    let given = args.settings.given();
+    let merged = match &existing {
+        Some(node) => StartSettings::merge(&recorded_settings(node), &given)
+            .map_err(|e| Usage(format!("{} is node {}: {e}", dir.display(), node.name)))?,
+        None => given,
     };
-    let ip = match (args.ip, &existing) {
-        (Some(ip), _) => ip,
-        (None, Some(node)) => node.ip.parse().context("node.json has a bad ip")?,
-        (None, None) => default_ip()?,
-    };
-    let host = args
-        .node
-        .clone()
-        .or_else(|| existing.as_ref().map(|n| n.host.clone()))
-        .unwrap_or_else(|| name.clone());
-    let domain = args
-        .domain
-        .clone()
-        .or_else(|| existing.as_ref().map(|n| n.domain.clone()))
-        .unwrap_or_else(|| host.clone());
+    let mut settings = StartSettings::from_map(merged)
+        .context("the start settings in node.json")?
+        .with_defaults(default_ip)?;
     if args.join.is_some() && existing.is_some() {
         eprintln!(
             "smrmgr: {} already belongs to a cluster; restarting it (ignoring --join)",
             dir.display()
         );
     }
+    let absolute = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
+        p.as_ref()
+            .map(|p| std::path::absolute(p).context("--etcd-* path"))
+            .transpose()
+    };
+    for path in [
+        &mut settings.etcd_cacert,
+        &mut settings.etcd_cert,
+        &mut settings.etcd_key,
+        &mut settings.etcd_password_file,
+    ] {
+        *path = absolute(path)?;
+    }
+    let etcd = match settings.store.as_deref() {
+        None | Some("raft") | Some("embedded") => None,
+        Some(url) => {
+            let etcd = daemon::EtcdSettings {
+                url: url.to_string(),
+                prefix: settings
+                    .etcd_prefix
+                    .clone()
+                    .unwrap_or_else(|| smr::start::DEFAULT_ETCD_PREFIX.into()),
+                cacert: settings.etcd_cacert.clone(),
+                cert: settings.etcd_cert.clone(),
+                key: settings.etcd_key.clone(),
+                user: settings.etcd_user.clone(),
+                password_file: settings.etcd_password_file.clone(),
+            };
+            // Reported here rather than by the background agent.
+            etcd.store_config()?;
+            Some(etcd)
+        }
+    };
+    let labels = settings
+        .labels
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let filled = |what: &str| anyhow!("no {what} after the defaults");
     Ok(AgentConfig {
-        name,
-        domain,
-        host,
+        name: settings.agent.clone().ok_or_else(|| filled("name"))?,
+        domain: settings.domain.clone().ok_or_else(|| filled("domain"))?,
+        host: settings.node.clone().ok_or_else(|| filled("host"))?,
         join: if existing.is_some() {
             None
         } else {
             args.join.clone()
         },
         token: args.token.clone(),
-        ip,
+        ip: settings.ip.ok_or_else(|| filled("ip"))?,
         data_dir: dir.clone(),
-        docker_host: args.docker_host.clone(),
-        api_port: args.api_port,
-        raft_port: args.raft_port,
-        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-        cidr: args.cidr,
-        subnet_len: args.subnet_len,
-        backend: args.backend.clone(),
-        iface: args.iface.clone(),
-        workloads: !args.no_workloads,
-        node_timeout: args.node_timeout,
-        etcd: match &args.store {
-            None => None,
-            Some(url) if url == "raft" || url == "embedded" => None,
-            Some(url) => {
-                let absolute = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
-                    p.as_ref()
-                        .map(|p| std::path::absolute(p).context("--etcd-* path"))
-                        .transpose()
-                };
-                let settings = daemon::EtcdSettings {
-                    url: url.clone(),
-                    prefix: args.etcd_prefix.clone(),
-                    cacert: absolute(&args.etcd_cacert)?,
-                    cert: absolute(&args.etcd_cert)?,
-                    key: absolute(&args.etcd_key)?,
-                    user: args.etcd_user.clone(),
-                    password_file: absolute(&args.etcd_password_file)?,
-                };
-                // Reported here rather than by the background agent.
-                settings.store_config()?;
-                Some(settings)
-            }
-        },
+        docker_host: settings.docker_host.clone(),
+        api_port: settings.api_port.ok_or_else(|| filled("api port"))?,
+        raft_port: settings.raft_port.ok_or_else(|| filled("raft port"))?,
+        labels,
+        cidr: settings.cidr.ok_or_else(|| filled("cidr"))?,
+        subnet_len: settings.subnet_len.ok_or_else(|| filled("subnet length"))?,
+        backend: settings.backend.clone().ok_or_else(|| filled("backend"))?,
+        iface: settings.iface.clone(),
+        workloads: !settings.no_workloads,
+        node_timeout: smr::start::node_timeout(
+            settings.node_timeout.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| Usage(format!("--node-timeout {e}")))?,
+        etcd,
+        settings: settings.to_map(),
     })
 }
 
