@@ -6,6 +6,8 @@
 //! acknowledgement never misses it (0 stale), no write answered `unavailable` was applied, and
 //! every `outcome_unknown` is resolved by a retry with the same op_id.
 //!
+//! One writer per node, each through that node only (as a client with one API URL): when the
+//! leader fails, writes go on through the followers as soon as they forward to the new leader.
 //! How duplicates show: a write keeps its op_id while its fate is unknown and takes a new one only
 //! after `unavailable` (the API's word that nothing was applied); each attempt carries its number
 //! in the object, so an object applied twice has generation 2.
@@ -28,12 +30,14 @@ use anyhow::{Context as _, bail};
 use common::eventually;
 use smr_tests::testbed::{Testbed, TestbedConfig, Vm};
 
-/// Writers running at the same time (disjoint names).
-const WRITERS: usize = 2;
-/// One attempt's time limit; the writer then tries the next node.
-const ATTEMPT: Duration = Duration::from_millis(2500);
+/// One attempt's time limit: above the agent's own deadline (10 s), so the agent's answer is
+/// what the writer sees.
+const ATTEMPT: Duration = Duration::from_secs(15);
+/// How long a leader stays frozen or cut off: longer than the agent's 10 s deadline, so a write
+/// waiting on the lost leader instead of following the new one shows as a 10 s window.
+const HOLD: Duration = Duration::from_secs(11);
 /// How long a writer keeps at one write before leaving it for the check to resolve.
-const WRITE_BUDGET: Duration = Duration::from_secs(12);
+const WRITE_BUDGET: Duration = Duration::from_secs(20);
 
 fn smrmgr_path() -> PathBuf {
     std::env::var_os("SMR_FAULTS_SMRMGR")
@@ -292,29 +296,28 @@ async fn attempt(api: &Api, name: &str, op_id: &str, n: u32) -> Answer {
     }
 }
 
-/// One writer: writes `w<writer>-<n>` one after another until told to stop, moving to the next
-/// node when one does not answer well, and hands each acknowledged name to the reader.
+/// One writer per node, like a client given that node's API URL: writes `w<node>-<n>` one after
+/// another through its node only until told to stop, and hands each acknowledged name to the
+/// reader. How soon writes go on through the followers of a failed leader is the agents' doing.
 async fn writer(
-    writer: usize,
-    apis: Vec<Api>,
+    node: usize,
+    api: Api,
     shared: Arc<Shared>,
     reads: tokio::sync::mpsc::UnboundedSender<(String, usize)>,
 ) {
-    let mut node = writer % apis.len();
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::SeqCst) {
         seq += 1;
         let mut entry = WriteLog {
-            name: format!("w{writer}-{seq}"),
+            name: format!("w{node}-{seq}"),
             op_ids: vec![agent::node::new_op_id()],
             ..WriteLog::default()
         };
         let deadline = Instant::now() + WRITE_BUDGET;
-        let mut failures_in_a_row = 0;
         loop {
             entry.attempts += 1;
             let op_id = entry.op_ids.last().cloned().unwrap_or_default();
-            let answer = attempt(&apis[node], &entry.name, &op_id, entry.attempts).await;
+            let answer = attempt(&api, &entry.name, &op_id, entry.attempts).await;
             match answer {
                 Answer::Applied(revision) => {
                     shared.acks.lock().unwrap().push(Instant::now());
@@ -349,11 +352,8 @@ async fn writer(
             if Instant::now() > deadline {
                 break;
             }
-            node = (node + 1) % apis.len();
-            failures_in_a_row += 1;
-            if failures_in_a_row % apis.len() == 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            // The node is down or without a leader: ask again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         shared.log.lock().unwrap().push(entry);
     }
@@ -487,11 +487,11 @@ async fn run_suite(agents: &mut Agents, began: Instant) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let (to_reader, from_writers) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(reader(agents.apis.clone(), shared.clone(), from_writers));
-    let writers: Vec<_> = (0..WRITERS)
+    let writers: Vec<_> = (0..agents.apis.len())
         .map(|w| {
             tokio::spawn(writer(
                 w,
-                agents.apis.clone(),
+                agents.apis[w].clone(),
                 shared.clone(),
                 to_reader.clone(),
             ))
@@ -522,12 +522,12 @@ async fn run_suite(agents: &mut Agents, began: Instant) -> anyhow::Result<()> {
             }
             "SIGSTOP leader" => {
                 agents.signal(leader, "STOP")?;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(HOLD).await;
                 agents.signal(leader, "CONT")?;
             }
             "iptables partition of the leader" => {
                 agents.partition(leader, true)?;
-                tokio::time::sleep(Duration::from_secs(6)).await;
+                tokio::time::sleep(HOLD).await;
                 agents.partition(leader, false)?;
             }
             "iptables partition of a follower" => {
@@ -538,7 +538,7 @@ async fn run_suite(agents: &mut Agents, began: Instant) -> anyhow::Result<()> {
             "link down of the leader" => {
                 let vm = agents.testbed.vm(leader).clone();
                 agents.testbed.cut(&vm)?;
-                tokio::time::sleep(Duration::from_secs(6)).await;
+                tokio::time::sleep(HOLD).await;
                 agents.testbed.heal(&vm)?;
             }
             "restart of every node" => {
@@ -669,14 +669,17 @@ async fn check(
         .filter(|e| e.revision.is_some() && !e.open)
         .count();
     let unknown: u32 = log.iter().map(|e| e.unknown).sum();
+    let had_unknown = log.iter().filter(|e| e.unknown > 0).count();
     let unavailable: u32 = log.iter().map(|e| e.unavailable).sum();
     println!(
         "\n{} writes: {} acknowledged, {} answers outcome-unknown (504 or lost), {} unavailable \
-         (503); {} left open and resolved by their op_id; {} read back",
+         (503); {} writes had an unknown outcome, every one resolved by a retry with its op_id \
+         ({} of them at the check); {} read back",
         log.len(),
         acked,
         unknown,
         unavailable,
+        had_unknown,
         resolved,
         shared.reads.load(Ordering::SeqCst)
     );
