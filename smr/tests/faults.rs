@@ -228,7 +228,7 @@ struct WriteLog {
     /// Every op_id used, in order; the last one is the write's current identity.
     op_ids: Vec<String>,
     attempts: u32,
-    /// Attempts answered 503 `unavailable` (nothing applied, says the API).
+    /// Attempts answered 503 `unavailable` or not connected (nothing applied).
     unavailable: u32,
     /// Attempts whose fate was unknown (504, or sent without an answer).
     unknown: u32,
@@ -262,7 +262,8 @@ fn object(name: &str, attempt: u32) -> serde_json::Value {
 
 enum Answer {
     Applied(u64),
-    Unavailable,
+    /// Surely not applied: 503, or a connection that failed (nothing sent).
+    Unavailable(&'static str),
     Unknown(&'static str),
     Refused(String),
 }
@@ -285,13 +286,13 @@ async fn attempt(api: &Api, name: &str, op_id: &str, n: u32) -> Answer {
                     Some(revision) => Answer::Applied(revision),
                     None => Answer::Unknown("unreadable answer"),
                 },
-                503 => Answer::Unavailable,
+                503 => Answer::Unavailable("503"),
                 504 => Answer::Unknown("504"),
                 _ => Answer::Refused(format!("{status}: {body}")),
             }
         }
         // A connection that failed carried nothing; anything else may have been applied.
-        Err(e) if e.is_connect() => Answer::Unavailable,
+        Err(e) if e.is_connect() => Answer::Unavailable("no connection"),
         Err(_) => Answer::Unknown("no answer"),
     }
 }
@@ -326,13 +327,9 @@ async fn writer(
                     let _ = reads.send((entry.name.clone(), node));
                     break;
                 }
-                Answer::Unavailable => {
+                Answer::Unavailable(why) => {
                     entry.unavailable += 1;
-                    shared
-                        .troubles
-                        .lock()
-                        .unwrap()
-                        .push((Instant::now(), "503"));
+                    shared.troubles.lock().unwrap().push((Instant::now(), why));
                     // Nothing applied, says the API: unless an earlier attempt's fate is open,
                     // the next attempt is a new operation.
                     if !entry.open {
@@ -673,7 +670,7 @@ async fn check(
     let unavailable: u32 = log.iter().map(|e| e.unavailable).sum();
     println!(
         "\n{} writes: {} acknowledged, {} answers outcome-unknown (504 or lost), {} unavailable \
-         (503); {} writes had an unknown outcome, every one resolved by a retry with its op_id \
+         (503 or no connection); {} writes had an unknown outcome, every one resolved by a retry with its op_id \
          ({} of them at the check); {} read back",
         log.len(),
         acked,
@@ -684,7 +681,7 @@ async fn check(
         shared.reads.load(Ordering::SeqCst)
     );
     println!(
-        "| fault | longest window without an acknowledged write | acks in the round | 503 / unknown answers |"
+        "| fault | longest window without an acknowledged write | acks in the round | other answers |"
     );
     println!("|---|---|---|---|");
     for r in rounds {
