@@ -151,18 +151,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// connected) is `Unavailable`; anything else (a timeout, a connection lost after sending, a
 /// leader change) may have committed, so its outcome is `Unknown`.
 fn txn_error(e: etcd_client::Error) -> WriteError {
-    let text = e.to_string();
-    let refused_up_front = match &e {
-        // PermissionDenied (7), Unauthenticated (16).
-        etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 7 | 16) => true,
-        // Unavailable (14): etcd without a leader (`require_leader`) or no connection at all.
-        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 14 => {
-            let m = s.message();
-            m.contains("no leader") || m.contains("connect") || m.contains("Connection refused")
-        }
-        etcd_client::Error::TransportError(_) => true,
-        _ => false,
-    };
+    let text = crate::client::error_chain(&e);
+    // Failures of the connection itself (TCP, TLS handshake, or a request the HTTP/2 client
+    // cancelled because the connection closed before sending it) carried no request.
+    let not_connected = [
+        "tcp connect error",
+        "Connection refused",
+        "fatal alert",
+        "handshake",
+        "Canceled",
+    ]
+    .iter()
+    .any(|m| text.contains(m));
+    let refused_up_front = not_connected
+        || match &e {
+            // PermissionDenied (7), Unauthenticated (16).
+            etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 7 | 16) => true,
+            // Unavailable (14) for want of a leader (`require_leader`): not proposed.
+            etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 14 => {
+                s.message().contains("no leader")
+            }
+            etcd_client::Error::TransportError(_) => true,
+            _ => false,
+        };
     if refused_up_front {
         unavailable("write", text)
     } else {
