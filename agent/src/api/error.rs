@@ -28,6 +28,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// The node's storage cannot take writes (disk full, read-only or failing data dir, etcd's
+    /// NOSPACE alarm): refused before anything was proposed.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// An error relayed unchanged from another node.
@@ -46,6 +50,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Relayed { status, .. } => *status,
         }
@@ -62,6 +67,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
             ApiError::Relayed { body, .. } => &body.error.code,
         }

@@ -394,6 +394,7 @@ impl EtcdStore {
                     (*id, peer)
                 })
                 .collect(),
+            problem: (!watching).then(|| "not connected to etcd".to_string()),
         }
     }
 
