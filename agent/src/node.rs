@@ -139,6 +139,9 @@ impl Node {
                     unknown = Some(why.clone());
                     ApiError::Unavailable(why)
                 }
+                Err(WriteError::InsufficientStorage(why)) => {
+                    return Err(ApiError::InsufficientStorage(why));
+                }
                 Err(WriteError::Fatal(why)) => return Err(ApiError::Internal(why)),
             };
             if Instant::now() + pause > deadline {
@@ -620,6 +623,7 @@ fn read_error(e: WriteError) -> ApiError {
     match e {
         WriteError::ForwardToLeader { .. } => ApiError::Unavailable("no leader is elected".into()),
         WriteError::Unavailable(why) | WriteError::Unknown(why) => ApiError::Unavailable(why),
+        WriteError::InsufficientStorage(why) => ApiError::InsufficientStorage(why),
         WriteError::Fatal(why) => ApiError::Internal(why),
     }
 }

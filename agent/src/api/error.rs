@@ -36,6 +36,10 @@ pub enum ApiError {
     /// the same `op_id` is applied at most once and answers which.
     #[error("outcome unknown: {why}; retry with the same op_id ({op_id})")]
     OutcomeUnknown { op_id: String, why: String },
+    /// The node's storage cannot take writes (disk full, read-only or failing data dir, etcd's
+    /// NOSPACE alarm): refused before anything was proposed.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// An error relayed unchanged from another node.
@@ -56,6 +60,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Relayed { status, .. } => *status,
         }
@@ -74,6 +79,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
             ApiError::Relayed { body, .. } => &body.error.code,
         }

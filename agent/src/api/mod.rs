@@ -319,13 +319,19 @@ async fn openapi() -> Response {
 async fn health(State(node): AppState) -> Result<Json<HealthResponse>, ApiError> {
     let status = node.store.status();
     let state = node.state(Consistency::Stale).await?;
+    // A node whose store cannot take writes says so first; its Raft role is secondary then.
+    let shown = match &status.problem {
+        Some(_) => crate::store::ServerState::Degraded,
+        None => status.state,
+    };
     Ok(Json(HealthResponse {
         node: node.name.clone(),
         id: node.id,
-        state: serde_json::to_value(status.state)
+        state: serde_json::to_value(shown)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
+        problem: status.problem.clone(),
         leader: status.leader,
         revision: state.revision,
         voters: status.voters.iter().copied().collect(),
@@ -598,6 +604,9 @@ async fn internal_propose(
         Ok(result) => Ok(Json(result)),
         Err(crate::store::WriteError::Fatal(why)) => Err(ApiError::Internal(why)),
         Err(crate::store::WriteError::Unknown(why)) => Err(ApiError::OutcomeUnknown { op_id, why }),
+        Err(crate::store::WriteError::InsufficientStorage(why)) => {
+            Err(ApiError::InsufficientStorage(why))
+        }
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }

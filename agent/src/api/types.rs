@@ -52,6 +52,9 @@ pub struct HealthResponse {
     pub state: String,
     pub leader: Option<NodeId>,
     pub revision: u64,
+    /// Why the node is `degraded` (e.g. its data dir is full and writes are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// The Raft voters and learners as this node sees them.
     #[serde(default)]
     pub voters: Vec<NodeId>,

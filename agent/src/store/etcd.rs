@@ -429,6 +429,7 @@ impl EtcdStore {
                     (*id, peer)
                 })
                 .collect(),
+            problem: (!watching).then(|| "not connected to etcd".to_string()),
         }
     }
 

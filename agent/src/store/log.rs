@@ -1,7 +1,8 @@
 //! The Raft log, vote and commit point in redb, with durable commits.
 //!
 //! Every write is one redb transaction committed with immediate durability (fsync) before
-//! openraft is told the entries are flushed. redb is blocking; each call runs on the blocking pool.
+//! openraft is told the entries are flushed. redb is blocking; each call runs on the blocking pool,
+//! through [`Disk::run`], which waits out I/O errors instead of failing Raft (see [`super::disk`]).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -12,6 +13,7 @@ use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOErr
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::TypeConfig;
+use super::disk::{Disk, DiskError};
 use crate::state::NodeId;
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -25,7 +27,7 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 /// The log store; clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    disk: Arc<Disk>,
 }
 
 fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -36,56 +38,73 @@ fn io_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
-fn join_error(e: tokio::task::JoinError) -> StorageError<NodeId> {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
-}
-
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Result<LogStore> {
-        let txn = db.begin_write().map_err(io_write)?;
-        txn.open_table(LOGS).map_err(io_write)?;
-        txn.open_table(META).map_err(io_write)?;
-        txn.commit().map_err(io_write)?;
-        Ok(LogStore { db })
+    pub fn new(disk: Arc<Disk>) -> std::result::Result<LogStore, DiskError> {
+        disk.run("creating the log tables", |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(LOGS)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+            Ok(())
+        })?;
+        Ok(LogStore { disk })
     }
 
+    /// Runs `op` on the blocking pool through [`Disk::run`].
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+        what: &'static str,
+        op: impl FnMut(&Database) -> std::result::Result<T, redb::Error> + Send + 'static,
+        on_error: fn(DiskError) -> StorageError<NodeId>,
     ) -> Result<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.run(what, op))
             .await
-            .map_err(join_error)?
+            .map_err(io_write)?
+            .map_err(on_error)
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         key: &'static str,
     ) -> Result<Option<T>> {
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(io_read)?;
-            let table = txn.open_table(META).map_err(io_read)?;
-            match table.get(key).map_err(io_read)? {
-                Some(value) => Ok(Some(
-                    serde_json::from_slice(value.value()).map_err(io_read)?,
-                )),
-                None => Ok(None),
-            }
-        })
-        .await
+        let bytes = self
+            .blocking(
+                "reading the Raft metadata",
+                move |db| {
+                    let txn = db.begin_read()?;
+                    let table = txn.open_table(META)?;
+                    Ok(table.get(key)?.map(|v| v.value().to_vec()))
+                },
+                io_read,
+            )
+            .await?;
+        match bytes {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(io_read)?)),
+            None => Ok(None),
+        }
     }
 
-    async fn write_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<()> {
+    async fn write_meta<T: serde::Serialize>(
+        &self,
+        what: &'static str,
+        key: &'static str,
+        value: &T,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(io_write)?;
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(io_write)?;
-            {
-                let mut table = txn.open_table(META).map_err(io_write)?;
-                table.insert(key, bytes.as_slice()).map_err(io_write)?;
-            }
-            txn.commit().map_err(io_write)
-        })
+        self.blocking(
+            what,
+            move |db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(META)?;
+                    table.insert(key, bytes.as_slice())?;
+                }
+                txn.commit()?;
+                Ok(())
+            },
+            io_write,
+        )
         .await
     }
 }
@@ -105,22 +124,31 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(io_read)?;
-            let table = txn.open_table(LOGS).map_err(io_read)?;
-            let iter = match end {
-                Some(end) if end <= start => return Ok(Vec::new()),
-                Some(end) => table.range(start..end).map_err(io_read)?,
-                None => table.range(start..).map_err(io_read)?,
-            };
-            let mut entries = Vec::new();
-            for item in iter {
-                let (_, value) = item.map_err(io_read)?;
-                entries.push(serde_json::from_slice(value.value()).map_err(io_read)?);
-            }
-            Ok(entries)
-        })
-        .await
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
+        let raw = self
+            .blocking(
+                "reading the Raft log",
+                move |db| {
+                    let txn = db.begin_read()?;
+                    let table = txn.open_table(LOGS)?;
+                    let iter = match end {
+                        Some(end) => table.range(start..end)?,
+                        None => table.range(start..)?,
+                    };
+                    let mut raw = Vec::new();
+                    for item in iter {
+                        raw.push(item?.1.value().to_vec());
+                    }
+                    Ok(raw)
+                },
+                io_read,
+            )
+            .await?;
+        raw.iter()
+            .map(|bytes| serde_json::from_slice(bytes).map_err(io_read))
+            .collect()
     }
 }
 
@@ -130,19 +158,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED).await?;
         let last = self
-            .blocking(|db| {
-                let txn = db.begin_read().map_err(io_read)?;
-                let table = txn.open_table(LOGS).map_err(io_read)?;
-                match table.last().map_err(io_read)? {
-                    Some((_, value)) => {
-                        let entry: Entry<TypeConfig> =
-                            serde_json::from_slice(value.value()).map_err(io_read)?;
-                        Ok(Some(entry.log_id))
-                    }
-                    None => Ok(None),
-                }
-            })
+            .blocking(
+                "reading the Raft log",
+                |db| {
+                    let txn = db.begin_read()?;
+                    let table = txn.open_table(LOGS)?;
+                    Ok(table.last()?.map(|(_, value)| value.value().to_vec()))
+                },
+                io_read,
+            )
             .await?;
+        let last = match last {
+            Some(bytes) => {
+                let entry: Entry<TypeConfig> = serde_json::from_slice(&bytes).map_err(io_read)?;
+                Some(entry.log_id)
+            }
+            None => None,
+        };
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
@@ -154,7 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.write_meta(VOTE, vote).await
+        self.write_meta("saving the Raft vote", VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
@@ -162,7 +194,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write_meta(COMMITTED, &committed).await
+        self.write_meta("saving the Raft commit point", COMMITTED, &committed)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
@@ -182,16 +215,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e).map_err(io_write)?)))
             .collect::<Result<_>>()?;
         let result = self
-            .blocking(move |db| {
-                let txn = db.begin_write().map_err(io_write)?;
-                {
-                    let mut table = txn.open_table(LOGS).map_err(io_write)?;
-                    for (index, bytes) in &encoded {
-                        table.insert(*index, bytes.as_slice()).map_err(io_write)?;
+            .blocking(
+                "appending to the Raft log",
+                move |db| {
+                    let txn = db.begin_write()?;
+                    {
+                        let mut table = txn.open_table(LOGS)?;
+                        for (index, bytes) in &encoded {
+                            table.insert(*index, bytes.as_slice())?;
+                        }
                     }
-                }
-                txn.commit().map_err(io_write)
-            })
+                    txn.commit()?;
+                    Ok(())
+                },
+                io_write,
+            )
             .await;
         // Flushed only once the commit is durable.
         match &result {
@@ -202,31 +240,70 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(io_write)?;
-            {
-                let mut table = txn.open_table(LOGS).map_err(io_write)?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .map_err(io_write)?;
-            }
-            txn.commit().map_err(io_write)
-        })
+        self.blocking(
+            "truncating the Raft log",
+            move |db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(LOGS)?;
+                    table.retain_in(log_id.index.., |_, _| false)?;
+                }
+                txn.commit()?;
+                Ok(())
+            },
+            io_write,
+        )
         .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.write_meta(LAST_PURGED, &log_id).await?;
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(io_write)?;
-            {
-                let mut table = txn.open_table(LOGS).map_err(io_write)?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(io_write)?;
-            }
-            txn.commit().map_err(io_write)
-        })
-        .await
+        let bytes = serde_json::to_vec(&log_id).map_err(io_write)?;
+        // The purge point and the removal in one transaction: a crash between them cannot leave
+        // the log start and the recorded purge point disagreeing.
+        let removed = self
+            .blocking(
+                "purging the Raft log",
+                move |db| {
+                    let txn = db.begin_write()?;
+                    let mut removed = 0u64;
+                    {
+                        let mut meta = txn.open_table(META)?;
+                        meta.insert(LAST_PURGED, bytes.as_slice())?;
+                        let mut table = txn.open_table(LOGS)?;
+                        table.retain_in(..=log_id.index, |_, _| {
+                            removed += 1;
+                            false
+                        })?;
+                    }
+                    txn.commit()?;
+                    Ok(removed)
+                },
+                io_write,
+            )
+            .await?;
+        // Give the freed pages back to the file system: the file then follows the state's size,
+        // not the history's.
+        let before = self.disk.file_size();
+        let started = std::time::Instant::now();
+        let disk = self.disk.clone();
+        let compacted = tokio::task::spawn_blocking(move || disk.compact())
+            .await
+            .map_err(io_write)?;
+        let after = self.disk.file_size();
+        match compacted {
+            Ok(_) => tracing::info!(
+                "raft log purged up to index {} ({removed} entries removed); raft.redb compacted {} -> {} KiB in {} ms",
+                log_id.index,
+                before / 1024,
+                after / 1024,
+                started.elapsed().as_millis()
+            ),
+            // Compaction only gives space back; the purge itself is done.
+            Err(e) => tracing::warn!(
+                "raft log purged up to index {} ({removed} entries removed); {e}",
+                log_id.index
+            ),
+        }
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@
 // openraft's storage traits return its `StorageError`, which is large; the store cannot choose.
 #![allow(clippy::result_large_err)]
 
+pub mod disk;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod log;
@@ -75,6 +76,9 @@ pub struct StoreConfig {
     pub snapshot_every: u64,
     /// How long a write waits to be committed before `Unavailable`.
     pub write_timeout: Duration,
+    /// Free space kept in reserve on the data dir's file system; `None`: [`disk::DEFAULT_RESERVE`],
+    /// or 5 % of a smaller file system.
+    pub reserve_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -85,6 +89,7 @@ impl Default for StoreConfig {
             election_timeout_max: Duration::from_millis(1500),
             snapshot_every: 5000,
             write_timeout: Duration::from_secs(5),
+            reserve_bytes: None,
         }
     }
 }
@@ -113,6 +118,10 @@ pub enum WriteError {
     /// only a retry with the same `op_id` tells.
     #[error("{0}")]
     Unknown(String),
+    /// Refused before it was proposed: this node's storage cannot take writes now (disk full,
+    /// read-only or failing data dir; etcd's NOSPACE alarm). Nothing of the write was applied.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Fatal(String),
 }
@@ -142,6 +151,9 @@ pub struct StoreStatus {
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
     pub members: BTreeMap<NodeId, RaftPeer>,
+    /// Why this node is degraded, if it is (e.g. its data dir is full): writes are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The voters a cluster of `members` should have, keeping `current` voters where possible.
@@ -172,6 +184,7 @@ pub struct RaftStore {
     id: NodeId,
     raft: Raft,
     sm: StateMachineStore,
+    disk: Arc<disk::Disk>,
     write_timeout: Duration,
 }
 
@@ -205,18 +218,28 @@ impl RaftStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db =
-            redb::Database::create(dir.join("raft.redb")).map_err(|e| open_err(e.to_string()))?;
-        let db = Arc::new(db);
-        let log = LogStore::new(db.clone()).map_err(|e| open_err(e.to_string()))?;
-        let sm = StateMachineStore::load(db).map_err(|e| open_err(e.to_string()))?;
+        let disk = Arc::new(
+            disk::Disk::open(dir, config.reserve_bytes).map_err(|e| open_err(e.to_string()))?,
+        );
+        let (log, sm) = {
+            let disk = disk.clone();
+            tokio::task::spawn_blocking(move || {
+                let log = LogStore::new(disk.clone()).map_err(|e| e.to_string())?;
+                let sm = StateMachineStore::load(disk).map_err(|e| e.to_string())?;
+                Ok::<_, String>((log, sm))
+            })
+            .await
+            .map_err(|e| open_err(e.to_string()))?
+            .map_err(open_err)?
+        };
         let raft_config = Config {
             cluster_name: "smr".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: config.election_timeout_min.as_millis() as u64,
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            // Entries kept behind a snapshot, for followers just behind it.
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..Config::default()
         }
@@ -235,6 +258,7 @@ impl RaftStore {
             id,
             raft,
             sm,
+            disk,
             write_timeout: config.write_timeout,
         })
     }
@@ -254,8 +278,14 @@ impl RaftStore {
     ///
     /// `ForwardToLeader` means the entry is not in the log (refused, or truncated by a new
     /// leader: committed entries never are); a timeout means it is appended here and may still
-    /// commit, so the outcome is unknown.
+    /// commit, so the outcome is unknown. Refused without proposing anything while this node's
+    /// storage cannot take writes (see [`disk`]).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        if let Some(problem) = self.disk.problem() {
+            return Err(WriteError::InsufficientStorage(format!(
+                "this node cannot store writes: {problem}"
+            )));
+        }
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(e)) => Err(write_error(e)),
@@ -325,6 +355,7 @@ impl RaftStore {
                 .nodes()
                 .map(|(id, peer)| (*id, peer.clone()))
                 .collect(),
+            problem: self.disk.problem(),
         }
     }
 
@@ -391,6 +422,8 @@ impl RaftStore {
     }
 
     pub async fn shutdown(&self) {
+        // A storage call waiting out a full disk gives up now, so the core can stop.
+        self.disk.close();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -1,30 +1,50 @@
 //! The state machine openraft applies entries to: [`ClusterState`] in memory, with its snapshot
 //! persisted in redb. On start the last snapshot is loaded; openraft then re-applies the committed
 //! entries after it from the log.
+//!
+//! A snapshot is taken every [`super::StoreConfig::snapshot_every`] applied entries (openraft's
+//! policy) and logged. Its body (the state as JSON) is a file next to the database,
+//! `snapshot-<id>.json` (written to a temporary name, synced, renamed), so that writing it never
+//! holds redb's single writer away from the log; its meta, naming the file, is then committed in
+//! redb, and older snapshot files are removed. Only the meta stays in memory; the body is read
+//! back when a follower needs it. After each snapshot openraft purges the log behind it (see
+//! [`super::log`]).
 
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::disk::Disk;
 use super::{RaftPeer, TypeConfig};
 use crate::state::{ClusterState, CommandResult, NodeId};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-const CURRENT: &str = "current";
+/// The snapshot's meta (JSON); its body is the file [`body_file`] names.
+const META: &str = "meta";
+/// Before issue 12 meta and body were one JSON value under this key (the body as an array of
+/// numbers, in the database). Still read; replaced by the first new snapshot.
+const LEGACY: &str = "current";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, RaftPeer>;
+type Meta = SnapshotMeta<NodeId, RaftPeer>;
 
 fn sm_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn snap_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
 }
 
 fn snap_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -32,25 +52,34 @@ fn snap_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 }
 
 /// What a snapshot holds: the applied state and where it was taken.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotBody {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     state: ClusterState,
 }
 
-/// A snapshot as kept on disk: its meta and its serialized body.
-#[derive(Clone, Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, RaftPeer>,
+/// [`SnapshotBody`] as it is written, borrowing the state (no copy of it is made).
+#[derive(Serialize)]
+struct SnapshotBodyRef<'a> {
+    last_applied: Option<LogId<NodeId>>,
+    membership: &'a Membership,
+    state: &'a ClusterState,
+}
+
+/// The pre-issue-12 record: meta and body in one JSON value.
+#[derive(Deserialize)]
+struct LegacySnapshot {
+    meta: Meta,
     data: Vec<u8>,
 }
 
 struct Inner {
     state: RwLock<Arc<ClusterState>>,
     applied: RwLock<(Option<LogId<NodeId>>, Membership)>,
-    snapshot: Mutex<Option<StoredSnapshot>>,
-    db: Arc<Database>,
+    /// The meta of the snapshot stored in the database, if any.
+    snapshot: Mutex<Option<Meta>>,
+    disk: Arc<Disk>,
     applied_tx: watch::Sender<u64>,
     snapshots_built: Mutex<u64>,
 }
@@ -61,34 +90,125 @@ pub struct StateMachineStore {
     inner: Arc<Inner>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The file holding the body of snapshot `id` (an id from the leader that is not a plain name
+/// is hashed into one).
+fn body_file(dir: &Path, id: &str) -> PathBuf {
+    let plain = !id.is_empty()
+        && id.len() <= 100
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let name = if plain {
+        id.to_string()
+    } else {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(id.as_bytes()))
+    };
+    dir.join(format!("snapshot-{name}.json"))
+}
+
+/// Reads the stored snapshot (blocking): its meta and body.
+fn read_stored(disk: &Disk) -> Result<Option<(Meta, Vec<u8>)>> {
+    let (meta, legacy) = disk
+        .run("reading the snapshot meta", |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(SNAPSHOT)?;
+            let meta = table.get(META)?.map(|v| v.value().to_vec());
+            let legacy = match meta {
+                Some(_) => None,
+                None => table.get(LEGACY)?.map(|v| v.value().to_vec()),
+            };
+            Ok((meta, legacy))
+        })
+        .map_err(snap_read)?;
+    if let Some(meta) = meta {
+        let meta: Meta = serde_json::from_slice(&meta).map_err(snap_read)?;
+        let file = body_file(disk.dir(), &meta.snapshot_id);
+        // A missing body is not a passing I/O error: retrying cannot bring it back.
+        let body = std::fs::read(&file).map_err(|e| {
+            snap_read(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", file.display()),
+            ))
+        })?;
+        return Ok(Some((meta, body)));
+    }
+    match legacy {
+        Some(bytes) => {
+            let legacy: LegacySnapshot = serde_json::from_slice(&bytes).map_err(snap_read)?;
+            Ok(Some((legacy.meta, legacy.data)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Writes `body` to `file` durably: a temporary file, synced, renamed, the directory synced.
+fn write_file(file: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = file.with_extension("json.tmp");
+    let mut out = std::fs::File::create(&tmp)?;
+    out.write_all(body)?;
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Removes snapshot files other than `keep` (older snapshots, interrupted writes).
+fn remove_other_snapshots(dir: &Path, keep: Option<&Path>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot-") && Some(path.as_path()) != keep {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("removing the old snapshot {}: {e}", path.display());
+            }
+        }
+    }
+}
+
 impl StateMachineStore {
-    /// Opens the state machine from the last snapshot in `db`, if any.
-    pub fn load(db: Arc<Database>) -> Result<StateMachineStore> {
-        let txn = db.begin_write().map_err(snap_write)?;
-        txn.open_table(SNAPSHOT).map_err(snap_write)?;
-        txn.commit().map_err(snap_write)?;
-        let stored: Option<StoredSnapshot> = {
-            let txn = db.begin_read().map_err(sm_read)?;
-            let table = txn.open_table(SNAPSHOT).map_err(sm_read)?;
-            match table.get(CURRENT).map_err(sm_read)? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(sm_read)?),
-                None => None,
+    /// Opens the state machine from the last snapshot in the database, if any.
+    pub fn load(disk: Arc<Disk>) -> std::result::Result<StateMachineStore, StorageError<NodeId>> {
+        let started = Instant::now();
+        disk.run("creating the snapshot table", |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(SNAPSHOT)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .map_err(sm_read)?;
+        let stored = read_stored(&disk)?;
+        let (state, applied, membership, meta) = match stored {
+            Some((meta, body)) => {
+                let body: SnapshotBody = serde_json::from_slice(&body).map_err(sm_read)?;
+                tracing::info!(
+                    "loaded the snapshot at index {} ({} objects) in {} ms",
+                    body.last_applied.map(|l| l.index).unwrap_or(0),
+                    body.state.objects.len(),
+                    started.elapsed().as_millis()
+                );
+                (body.state, body.last_applied, body.membership, Some(meta))
             }
+            None => (ClusterState::default(), None, Membership::default(), None),
         };
-        let (state, applied, membership) = match &stored {
-            Some(s) => {
-                let body: SnapshotBody = serde_json::from_slice(&s.data).map_err(sm_read)?;
-                (body.state, body.last_applied, body.membership)
-            }
-            None => (ClusterState::default(), None, Membership::default()),
-        };
+        let keep = meta.as_ref().map(|m| body_file(disk.dir(), &m.snapshot_id));
+        remove_other_snapshots(disk.dir(), keep.as_deref());
         let (applied_tx, _) = watch::channel(applied.map(|l| l.index).unwrap_or(0));
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 state: RwLock::new(Arc::new(state)),
                 applied: RwLock::new((applied, membership)),
-                snapshot: Mutex::new(stored),
-                db,
+                snapshot: Mutex::new(meta),
+                disk,
                 applied_tx,
                 snapshots_built: Mutex::new(0),
             }),
@@ -108,16 +228,27 @@ impl StateMachineStore {
         self.inner.applied_tx.subscribe()
     }
 
-    fn persist(&self, snapshot: &StoredSnapshot) -> Result<()> {
-        let bytes = serde_json::to_vec(snapshot).map_err(snap_write)?;
-        let txn = self.inner.db.begin_write().map_err(snap_write)?;
-        {
-            let mut table = txn.open_table(SNAPSHOT).map_err(snap_write)?;
-            table
-                .insert(CURRENT, bytes.as_slice())
-                .map_err(snap_write)?;
-        }
-        txn.commit().map_err(snap_write)
+    /// Stores a snapshot, replacing the previous one (blocking): the body file first, then the
+    /// meta naming it; a crash in between leaves the previous snapshot in force.
+    fn persist(&self, meta: &Meta, body: &[u8]) -> Result<()> {
+        let disk = &self.inner.disk;
+        let meta_bytes = serde_json::to_vec(meta).map_err(snap_write)?;
+        let file = body_file(disk.dir(), &meta.snapshot_id);
+        disk.run_io("writing the snapshot file", || write_file(&file, body))
+            .map_err(snap_write)?;
+        disk.run("storing the snapshot meta", |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(SNAPSHOT)?;
+                table.insert(META, meta_bytes.as_slice())?;
+                table.remove(LEGACY)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .map_err(snap_write)?;
+        remove_other_snapshots(disk.dir(), Some(&file));
+        Ok(())
     }
 
     fn install(&self, body: SnapshotBody) {
@@ -142,44 +273,44 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let this = self.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let body = SnapshotBody {
+        let started = Instant::now();
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let data = serde_json::to_vec(&SnapshotBodyRef {
                 last_applied,
-                membership: membership.clone(),
-                state: (*state).clone(),
-            };
-            let data = serde_json::to_vec(&body).map_err(snap_write)?;
+                membership: &membership,
+                state: &state,
+            })
+            .map_err(snap_write)?;
             let count = {
-                let mut built = this
-                    .inner
-                    .snapshots_built
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut built = lock(&this.inner.snapshots_built);
                 *built += 1;
                 *built
             };
-            let snapshot_id = format!("{}-{count}", last_applied.map(|l| l.index).unwrap_or(0));
-            let stored = StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: last_applied,
-                    last_membership: membership,
-                    snapshot_id,
-                },
-                data,
+            let index = last_applied.map(|l| l.index).unwrap_or(0);
+            let millis = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id: format!("{index}-{millis}-{count}"),
             };
-            this.persist(&stored)?;
-            Ok::<_, StorageError<NodeId>>(stored)
+            this.persist(&meta, &data)?;
+            tracing::info!(
+                "snapshot built at index {index}: {} objects, {} KiB, in {} ms",
+                state.objects.len(),
+                data.len() / 1024,
+                started.elapsed().as_millis()
+            );
+            Ok::<_, StorageError<NodeId>>((meta, data))
         })
         .await
         .map_err(snap_write)??;
-        *self
-            .inner
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(stored.clone());
+        *lock(&self.inner.snapshot) = Some(meta.clone());
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -249,38 +380,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<()> {
         let data = snapshot.into_inner();
         let body: SnapshotBody = serde_json::from_slice(&data).map_err(sm_read)?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
         let this = self.clone();
-        let to_persist = stored.clone();
-        tokio::task::spawn_blocking(move || this.persist(&to_persist))
+        let to_persist = meta.clone();
+        tokio::task::spawn_blocking(move || this.persist(&to_persist, &data))
             .await
             .map_err(snap_write)??;
+        tracing::info!(
+            "installed the leader's snapshot at index {}",
+            meta.last_log_id.map(|l| l.index).unwrap_or(0)
+        );
         self.install(SnapshotBody {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             ..body
         });
-        *self
-            .inner
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(stored);
+        *lock(&self.inner.snapshot) = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let stored = self
-            .inner
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        if lock(&self.inner.snapshot).is_none() {
+            return Ok(None);
+        }
+        let disk = self.inner.disk.clone();
+        let stored = tokio::task::spawn_blocking(move || read_stored(&disk))
+            .await
+            .map_err(snap_read)??;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

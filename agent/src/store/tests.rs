@@ -1,4 +1,5 @@
 use super::*;
+use std::path::Path;
 
 fn set(ids: &[u64]) -> BTreeSet<u64> {
     ids.iter().copied().collect()
@@ -48,4 +49,314 @@ fn etcd_urls() {
     assert!(EtcdConfig::parse_url("http://h:1").is_err());
     assert!(EtcdConfig::parse_url("etcd://").is_err());
     assert!(EtcdConfig::parse_url("h:1").is_err());
+}
+
+/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted (by that path) on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs needs root: {status}");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A read-only view of this file system (a read-only bind mount), unmounted on drop. (A
+    /// remount read-only of the tmpfs itself is refused while redb holds a file open for writing.)
+    fn read_only_view(&self) -> ReadOnlyView {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for args in [
+            vec!["--bind".to_string()],
+            vec!["-o".to_string(), "remount,bind,ro".to_string()],
+        ] {
+            let mut cmd = std::process::Command::new("mount");
+            cmd.args(&args);
+            if args[0] == "--bind" {
+                cmd.arg(self.path());
+            }
+            let status = cmd.arg(dir.path()).status().expect("mount runs");
+            assert!(status.success(), "mount {args:?}: {status}");
+        }
+        ReadOnlyView { dir }
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        for chunk in [1024 * 1024, 4096, 1] {
+            let block = vec![0x5a; chunk];
+            while file.write_all(&block).is_ok() {}
+        }
+        let _ = file.sync_all();
+        path
+    }
+}
+
+struct ReadOnlyView {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn transport() -> Transport {
+    Transport {
+        client: reqwest::Client::new(),
+        scheme: "http".into(),
+    }
+}
+
+fn command(op_id: &str, name: &str, filler: usize) -> Command {
+    let yaml = format!(
+        "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: disk\n  name: {name}\nspec:\n  data:\n    v: \"{}\"\n",
+        "x".repeat(filler)
+    );
+    Command {
+        op_id: op_id.into(),
+        at_ms: 1,
+        op: crate::state::Op::Apply {
+            objects: crate::definitions::parse_str("t", &yaml).expect("definition"),
+            owner: None,
+        },
+    }
+}
+
+async fn open_leader(dir: &Path, config: StoreConfig) -> RaftStore {
+    let store = RaftStore::open(dir, 1, transport(), config)
+        .await
+        .expect("open");
+    store
+        .bootstrap(RaftPeer::default())
+        .await
+        .expect("bootstrap");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.status().state != ServerState::Leader {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store
+}
+
+fn stored(store: &RaftStore, name: &str) -> bool {
+    store
+        .sm
+        .state()
+        .objects
+        .keys()
+        .any(|k| k.group == "disk" && k.name == name)
+}
+
+/// Polls `write` until it succeeds or `limit` passes.
+async fn write_within(store: &RaftStore, cmd: Command, limit: Duration) -> CommandResult {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match store.write(cmd.clone()).await {
+            Ok(result) => return result,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("write {} still fails after {limit:?}: {e}", cmd.op_id)
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Disk full under the log (no reserve, so the append itself hits ENOSPC): the Raft core waits
+/// instead of shutting down, new writes are refused as InsufficientStorage, and once space is
+/// back everything resumes without a restart; the write that was in flight is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_under_the_log_is_waited_out() {
+    let fs = Tmpfs::mount("3m");
+    let config = StoreConfig {
+        reserve_bytes: Some(0),
+        write_timeout: Duration::from_secs(2),
+        ..StoreConfig::default()
+    };
+    let store = open_leader(&fs.path().join("raft"), config).await;
+    store
+        .write(command("before", "before", 10))
+        .await
+        .expect("write");
+
+    let filler = fs.fill();
+    // Bigger than any slack left in redb's file: the append must grow it and fails.
+    let in_flight = command("in-flight", "in-flight", 512 * 1024);
+    let err = store.write(in_flight.clone()).await.unwrap_err();
+    assert!(matches!(err, WriteError::Unavailable(_)), "{err:?}");
+    let problem = store
+        .status()
+        .problem
+        .expect("degraded while the disk is full");
+    assert!(problem.contains("No space left"), "{problem}");
+    assert_ne!(store.status().state, ServerState::Shutdown);
+    let refused = store
+        .write(command("refused", "refused", 10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, WriteError::InsufficientStorage(_)),
+        "{refused:?}"
+    );
+
+    std::fs::remove_file(filler).expect("free the space");
+    let started = std::time::Instant::now();
+    write_within(
+        &store,
+        command("after", "after", 10),
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!(
+        "writes resumed {:?} after the space came back",
+        started.elapsed()
+    );
+    assert!(store.status().problem.is_none());
+    // The write that was waiting in the core is applied once; its retry gets the same result.
+    let retried = write_within(&store, in_flight, Duration::from_secs(5)).await;
+    assert!(
+        matches!(retried, CommandResult::Objects { .. }),
+        "{retried:?}"
+    );
+    assert!(stored(&store, "before") && stored(&store, "in-flight") && stored(&store, "after"));
+    assert!(!stored(&store, "refused"));
+    store.shutdown().await;
+}
+
+/// Below the reserve writes are refused before anything is proposed (nothing reaches the log) and
+/// accepted again as soon as space is back; a read-only file system is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_below_the_reserve_and_read_only() {
+    let fs = Tmpfs::mount("8m");
+    let store = open_leader(&fs.path().join("raft"), StoreConfig::default()).await;
+    // 5 % of 8 MiB.
+    assert_eq!(store.disk.reserve(), 8 * 1024 * 1024 / 20);
+    store.write(command("a", "a", 10)).await.expect("write");
+    let last_log = store.status().last_log_index;
+
+    let filler = fs.fill();
+    let err = store.write(command("full", "full", 10)).await.unwrap_err();
+    assert!(matches!(err, WriteError::InsufficientStorage(_)), "{err:?}");
+    assert!(err.to_string().contains("kept in reserve"), "{err}");
+    assert!(store.status().problem.is_some());
+    std::fs::remove_file(filler).expect("free the space");
+    assert!(store.status().problem.is_none());
+    store
+        .write(command("b", "b", 10))
+        .await
+        .expect("write after freeing");
+
+    // The refused write never reached the log: 1 entry after `a`, for `b`.
+    assert_eq!(
+        store.status().last_log_index,
+        last_log.map(|i| i + 1),
+        "refused writes must not be proposed"
+    );
+    assert!(!stored(&store, "full"));
+    store.shutdown().await;
+
+    let view = fs.read_only_view();
+    let problem = disk::fs_problem(view.dir.path(), 0).expect("read-only is a problem");
+    assert!(problem.contains("read-only"), "{problem}");
+    assert_eq!(disk::fs_problem(fs.path(), 0), None);
+}
+
+/// Entries in the log table (after purges).
+fn log_entries(store: &RaftStore) -> u64 {
+    store
+        .disk
+        .run("counting", |db| {
+            use redb::{ReadableDatabase, ReadableTableMetadata};
+            let txn = db.begin_read()?;
+            Ok(txn
+                .open_table(redb::TableDefinition::<u64, &[u8]>::new("logs"))?
+                .len()?)
+        })
+        .expect("count")
+}
+
+/// Snapshots are taken every `snapshot_every` entries, the log is purged behind them and the
+/// database compacted; a restart loads the snapshot and replays only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_the_log_and_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft_dir = dir.path().join("raft");
+    let config = StoreConfig {
+        snapshot_every: 200,
+        ..StoreConfig::default()
+    };
+    let store = open_leader(&raft_dir, config.clone()).await;
+    let big = 4096;
+    for n in 0..1500 {
+        // 20 live objects, overwritten again and again: the history is 75 times the state.
+        store
+            .write(command(&format!("op{n}"), &format!("o{}", n % 20), big))
+            .await
+            .expect("write");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log_entries(&store) > 2 * 200 + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log not purged: {} entries",
+            log_entries(&store)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revision = store.sm.state().revision;
+    store.shutdown().await;
+    drop(store);
+
+    // The database holds at most the log behind and since the last snapshot (entries of 2 pages
+    // of 4 KiB), not the history (1500 entries).
+    let size = std::fs::metadata(raft_dir.join("raft.redb"))
+        .expect("redb")
+        .len();
+    assert!(
+        size < 401 * 8192 + 1024 * 1024,
+        "raft.redb is {size} bytes after 1500 writes of {big} bytes"
+    );
+    let snapshots: Vec<_> = std::fs::read_dir(&raft_dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+        .collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot file: {snapshots:?}");
+
+    let store = open_leader(&raft_dir, config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.sm.state().revision < revision {
+        assert!(std::time::Instant::now() < deadline, "state not restored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.sm.state().objects.len(), 20);
+    store
+        .write(command("later", "later", 10))
+        .await
+        .expect("write after restart");
+    store.shutdown().await;
 }

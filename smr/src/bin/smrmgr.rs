@@ -44,7 +44,8 @@ enum Cmd {
         #[arg(long)]
         clean: bool,
     },
-    /// Is the agent running and healthy? Exit 0 if so, 3 if not running, 6 if not answering.
+    /// Is the agent running and healthy? Exit 0 if so, 3 if not running, 4 if degraded (it answers
+    /// but refuses writes, e.g. its data dir is full; the reason is printed), 6 if not answering.
     Status {
         #[command(flatten)]
         data: DataDir,
@@ -561,6 +562,13 @@ fn status(dir: &Path) -> anyhow::Result<ExitCode> {
                 h.revision,
                 client.base_url()
             );
+            if h.state == "degraded" {
+                println!(
+                    "degraded: {}",
+                    h.problem.as_deref().unwrap_or("no reason given")
+                );
+                return Ok(ExitCode::from(4));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
