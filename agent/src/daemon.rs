@@ -716,7 +716,9 @@ async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) 
                 }
             }
         }
-        for id in status.members.keys() {
+        // An empty registry (a state from before the last node's removal was refused) must not
+        // empty the membership.
+        for id in status.members.keys().filter(|_| !state.nodes.is_empty()) {
             if !state.nodes.contains_key(id) {
                 tracing::info!(id, "removing node from the Raft membership");
                 if let Err(e) = node.store.remove_member(*id).await {

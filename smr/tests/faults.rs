@@ -247,6 +247,8 @@ struct Shared {
     /// 503 and 504 answers and lost answers, with when.
     troubles: Mutex<Vec<(Instant, &'static str)>>,
     stale: Mutex<Vec<String>>,
+    /// Acknowledged names no node would read back within 30 s.
+    unread: Mutex<Vec<String>>,
     reads: AtomicU64,
     stop: AtomicBool,
 }
@@ -357,14 +359,16 @@ async fn writer(
 }
 
 /// Reads every acknowledged name back (linearizable) through another node than the one that
-/// acknowledged it; a 404 is a stale read.
+/// acknowledged it, trying the nodes in turn for up to 30 s; a 404 is a stale read.
 async fn reader(
     apis: Vec<Api>,
     shared: Arc<Shared>,
     mut names: tokio::sync::mpsc::UnboundedReceiver<(String, usize)>,
 ) {
     while let Some((name, acked_by)) = names.recv().await {
-        for k in 1..=apis.len() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut k = 1;
+        loop {
             let api = &apis[(acked_by + k) % apis.len()];
             match api
                 .get(
@@ -381,7 +385,14 @@ async fn reader(
                     shared.stale.lock().unwrap().push(name.clone());
                     break;
                 }
-                _ => {}
+                _ if Instant::now() > deadline => {
+                    shared.unread.lock().unwrap().push(name.clone());
+                    break;
+                }
+                _ => k += 1,
+            }
+            if k % apis.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -657,6 +668,7 @@ async fn check(
         .map(|e| &e.name)
         .collect();
     let stale = shared.stale.lock().unwrap().clone();
+    let unread = shared.unread.lock().unwrap().clone();
     let diverged: Vec<usize> = (1..states.len())
         .filter(|&i| states[i] != *stored)
         .collect();
@@ -706,6 +718,7 @@ async fn check(
     anyhow::ensure!(lost.is_empty(), "acknowledged but absent: {lost:?}");
     anyhow::ensure!(duplicated.is_empty(), "applied twice: {duplicated:?}");
     anyhow::ensure!(stale.is_empty(), "stale reads: {stale:?}");
+    anyhow::ensure!(unread.is_empty(), "never read back: {unread:?}");
     anyhow::ensure!(
         phantom.is_empty(),
         "answered unavailable, yet applied: {phantom:?}"
