@@ -13,7 +13,9 @@
 //!                        +--apply each Op---------> Kernel
 //! ```
 
+use std::fmt;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
@@ -23,6 +25,7 @@ use crate::plan::{
     Mac, NotSameL2, Op, Peer, VXLAN_DEV, VxlanSpec, check_same_l2, plan, plan_host_gw,
     vxlan_differs,
 };
+use crate::wireguard::{PeerStats, WG_OVERHEAD, WgConfig, WgError, WgKey};
 
 /// VXLAN network identifier of the overlay.
 pub const VNI: u32 = 1;
@@ -39,6 +42,35 @@ pub enum Backend {
     Vxlan,
     /// Plain routes via the peers' underlay addresses (all nodes on one L2 segment).
     HostGw,
+    /// An encrypted WireGuard device `smr-wg` (kernel or userspace), works across NAT.
+    WireGuard,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Vxlan => "vxlan",
+            Backend::HostGw => "host-gw",
+            Backend::WireGuard => "wireguard",
+        })
+    }
+}
+
+/// A backend name that is none of `vxlan`, `host-gw`, `wireguard`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown overlay backend {0:?}: expected wireguard, vxlan or host-gw")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for Backend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+        match s {
+            "vxlan" => Ok(Backend::Vxlan),
+            "host-gw" => Ok(Backend::HostGw),
+            "wireguard" => Ok(Backend::WireGuard),
+            other => Err(UnknownBackend(other.to_string())),
+        }
+    }
 }
 
 /// The plain inputs of the overlay.
@@ -54,6 +86,8 @@ pub struct OverlayConfig {
     pub iface: Option<String>,
     /// The MAC of the vxlan device (persisted by the agent, see [`generate_vtep_mac`]).
     pub vtep_mac: [u8; 6],
+    /// This node's WireGuard key and port; required by the wireguard backend.
+    pub wireguard: Option<WgConfig>,
 }
 
 /// Overlay errors.
@@ -67,6 +101,8 @@ pub enum OverlayError {
     NotSameL2(#[from] NotSameL2),
     #[error("invalid overlay config: {0}")]
     Config(String),
+    #[error(transparent)]
+    WireGuard(#[from] WgError),
 }
 
 /// What one reconcile did.
@@ -120,6 +156,11 @@ impl<K: Kernel, I: Iptables> Overlay<K, I> {
                 cfg.lease
             )));
         }
+        if cfg.backend == Backend::WireGuard && cfg.wireguard.is_none() {
+            return Err(OverlayError::Config(
+                "the wireguard backend needs this node's WireGuard key and port".into(),
+            ));
+        }
         if cfg.vtep_mac[0] & 1 == 1 || cfg.vtep_mac == [0; 6] {
             return Err(OverlayError::Config(format!(
                 "VTEP MAC {} is not a unicast address",
@@ -164,6 +205,7 @@ impl<K: Kernel, I: Iptables> Overlay<K, I> {
         match self.cfg.backend {
             Backend::Vxlan => u.mtu.saturating_sub(VXLAN_OVERHEAD),
             Backend::HostGw => u.mtu,
+            Backend::WireGuard => u.mtu.saturating_sub(WG_OVERHEAD),
         }
     }
 
@@ -219,7 +261,7 @@ impl<K: Kernel, I: Iptables> Overlay<K, I> {
         let peers: Vec<Peer> = peers
             .iter()
             .filter(|p| p.subnet.trunc() != self.cfg.lease)
-            .copied()
+            .cloned()
             .collect();
         let u = self.underlay().await?;
         let mut report = ReconcileReport::default();
@@ -241,6 +283,7 @@ impl<K: Kernel, I: Iptables> Overlay<K, I> {
                 }
                 plan_host_gw(&peers, &self.kernel.observe(&scope).await?, &u.name)
             }
+            Backend::WireGuard => return Err(not_yet()),
         };
         for op in ops {
             tracing::debug!(%op, "overlay op");
@@ -266,6 +309,36 @@ impl<K: Kernel, I: Iptables> Overlay<K, I> {
         remove_masquerade(&self.iptables).await?;
         Ok(())
     }
+
+    /// What the WireGuard device knows of each peer (empty for vxlan and host-gw).
+    pub async fn peer_stats(&self) -> Result<Vec<PeerStats>, OverlayError> {
+        match self.cfg.backend {
+            Backend::WireGuard => Err(not_yet()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces this node's WireGuard private key in the running device (rotate-key).
+    pub async fn set_private_key(&self, _key: WgKey) -> Result<(), OverlayError> {
+        match self.cfg.backend {
+            Backend::WireGuard => Err(not_yet()),
+            other => Err(OverlayError::Config(format!(
+                "the {other} backend has no WireGuard key"
+            ))),
+        }
+    }
+
+    /// Which WireGuard implementation runs: `"kernel"` or `"userspace"` (`None` before
+    /// `setup` and for the other backends).
+    pub fn wireguard_impl(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+fn not_yet() -> OverlayError {
+    OverlayError::WireGuard(WgError::Device(
+        "the wireguard backend is not built yet".into(),
+    ))
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ pub mod kernel;
 pub mod lease;
 pub mod masq;
 pub mod plan;
+pub mod wireguard;
 
 pub use driver::{
-    Backend, Overlay, OverlayConfig, OverlayError, ReconcileReport, VNI, VXLAN_OVERHEAD,
-    VXLAN_PORT, generate_vtep_mac,
+    Backend, Overlay, OverlayConfig, OverlayError, ReconcileReport, UnknownBackend, VNI,
+    VXLAN_OVERHEAD, VXLAN_PORT, generate_vtep_mac,
 };
 pub use kernel::{Kernel, KernelError, NetlinkKernel};
 pub use lease::{LeaseError, allocate_subnet};
 pub use plan::{Mac, Observed, Op, Peer, VXLAN_DEV, check_same_l2, plan, plan_host_gw};
+pub use wireguard::{PeerStats, WgConfig, WgError, WgKey, WgPeer, WgPublicKey};
