@@ -17,6 +17,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use boringtun::x25519;
 
+pub mod plan;
+
+pub use plan::{WgOp, WgPeerConfig, WgPlan, plan_wireguard};
+
 /// WireGuard's default UDP port.
 pub const WG_PORT: u16 = 51820;
 
