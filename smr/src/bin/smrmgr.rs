@@ -37,7 +37,8 @@ enum Cmd {
         data: DataDir,
         #[arg(long, default_value = "30")]
         timeout: u64,
-        /// Also remove the overlay device `smr.1` and smr's masquerading rules from this host.
+        /// Also remove the overlay devices (`smr.1`, `smr-wg`) and smr's masquerading rules from
+        /// this host.
         #[arg(long)]
         clean: bool,
     },
@@ -61,6 +62,13 @@ enum Cmd {
     },
     /// Write a systemd unit that runs `smrmgr start --foreground` with these flags, and enable it.
     ServiceInstall(StartArgs),
+    /// Replace this node's WireGuard key: a new key pair is made here, written to
+    /// <data-dir>/wireguard.key, applied to the running device and its public key published;
+    /// peers stop accepting the old key once they reconcile.
+    RotateKey {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -87,9 +95,17 @@ struct StartArgs {
     /// Join token printed by `smrmgr token` on a member.
     #[arg(long, env = "SMR_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Advertised underlay address (default: the address of the default route).
+    /// This node's own underlay address: what it binds and where its packets leave (default: the
+    /// address of the default route).
     #[arg(long)]
     ip: Option<IpAddr>,
+    /// The address other nodes reach this node at (behind NAT: the public address whose ports
+    /// 1443/tcp, 9212/tcp and the WireGuard port are forwarded here). Default: --ip.
+    #[arg(long = "public-ip")]
+    public_ip: Option<IpAddr>,
+    /// UDP port of the WireGuard device.
+    #[arg(long = "wg-port")]
+    wg_port: Option<u16>,
     #[command(flatten)]
     data: DataDir,
     /// Docker daemon to run containers on (default: DOCKER_HOST or the local socket).
@@ -108,9 +124,12 @@ struct StartArgs {
     /// Prefix length of each node's subnet, when this node creates the cluster.
     #[arg(long = "subnet-len", default_value = "24")]
     subnet_len: u8,
-    /// Overlay backend, when this node creates the cluster: vxlan, host-gw, or none (no overlay).
-    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw", "none"])]
-    backend: String,
+    /// Overlay backend, fixed by the node that creates the cluster: wireguard (encrypted, works
+    /// across clouds and NAT; the default), vxlan or host-gw (clear text: trusted networks only),
+    /// or none (no overlay). A joining node that names another backend than the cluster's is
+    /// refused.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(daemon::BACKENDS))]
+    backend: Option<String>,
     /// Underlay interface for the overlay (default: the one holding --ip).
     #[arg(long)]
     iface: Option<String>,
@@ -188,6 +207,7 @@ fn main() -> ExitCode {
         Cmd::Token { data, ttl_hours } => token(&data.data_dir, ttl_hours),
         Cmd::Leave { data } => leave(&data.data_dir),
         Cmd::ServiceInstall(args) => service_install(args),
+        Cmd::RotateKey { data } => rotate_key(&data.data_dir),
     };
     match result {
         Ok(code) => code,
@@ -240,6 +260,19 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         (None, Some(node)) => node.ip.parse().context("node.json has a bad ip")?,
         (None, None) => default_ip()?,
     };
+    let public_ip = args.public_ip.or_else(|| {
+        existing
+            .as_ref()
+            .and_then(|n| n.public_ip.as_deref())
+            .and_then(|p| p.parse().ok())
+    });
+    let wg_port = args
+        .wg_port
+        .or_else(|| existing.as_ref().map(|n| n.wg_port))
+        .unwrap_or(overlay::wireguard::WG_PORT);
+    if wg_port == 0 {
+        bail!("--wg-port must be 1..65535");
+    }
     let host = args
         .node
         .clone()
@@ -267,6 +300,8 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         },
         token: args.token.clone(),
         ip,
+        public_ip,
+        wg_port,
         data_dir: dir.clone(),
         docker_host: args.docker_host.clone(),
         api_port: args.api_port,
@@ -483,8 +518,10 @@ fn clean_network() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let kernel = overlay::NetlinkKernel::new()?;
-        if kernel.delete_link(overlay::VXLAN_DEV).await? {
-            println!("removed {}", overlay::VXLAN_DEV);
+        for dev in [overlay::VXLAN_DEV, overlay::wireguard::WG_DEV] {
+            if kernel.delete_link(dev).await? {
+                println!("removed {dev}");
+            }
         }
         if overlay::masq::remove_masquerade(&overlay::masq::IptablesCmd::default()).await? {
             println!("removed smr's masquerading rules");
@@ -535,6 +572,20 @@ fn token(dir: &Path, ttl_hours: u64) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     let token = runtime.block_on(client.token(Some(Duration::from_secs(ttl_hours * 3600))))?;
     println!("{}", token.token);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_key(dir: &Path) -> anyhow::Result<ExitCode> {
+    let me = existing_node(dir).ok_or_else(|| anyhow!("{} holds no node", dir.display()))?;
+    let client = client_for(dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let rotated = runtime
+        .block_on(client.rotate_key(me.id))
+        .context("rotating this node's WireGuard key")?;
+    println!(
+        "node {} (id {}) has a new WireGuard key; public key {}",
+        me.name, me.id, rotated.public_key
+    );
     Ok(ExitCode::SUCCESS)
 }
 
