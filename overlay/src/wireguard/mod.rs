@@ -6,6 +6,7 @@
 //! device; the public key and endpoint travel in the node registry.
 
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -17,9 +18,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use boringtun::x25519;
 
+pub mod kernel;
 pub mod plan;
+pub mod userspace;
 
+pub use kernel::KernelWg;
 pub use plan::{WgOp, WgPeerConfig, WgPlan, plan_wireguard};
+pub use userspace::UserspaceWg;
 
 /// WireGuard's default UDP port.
 pub const WG_PORT: u16 = 51820;
@@ -176,6 +181,47 @@ pub struct PeerStats {
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+}
+
+/// A WireGuard device, kernel or userspace: the peers it holds and its statistics. The
+/// link itself (creation, address, routes) is the [`crate::Kernel`]'s business.
+pub trait WgDevice {
+    /// `"kernel"` or `"userspace"`.
+    fn kind(&self) -> &'static str;
+    /// Sets the private key and listen port.
+    fn configure(&self, cfg: &WgConfig) -> impl Future<Output = Result<(), WgError>> + Send;
+    /// The peers as configured.
+    fn peers(&self) -> impl Future<Output = Result<Vec<WgPeerConfig>, WgError>> + Send;
+    /// Applies one peer change.
+    fn apply(&self, op: &WgOp) -> impl Future<Output = Result<(), WgError>> + Send;
+    /// Handshake time, endpoint and byte counts of every peer.
+    fn stats(&self) -> impl Future<Output = Result<Vec<PeerStats>, WgError>> + Send;
+}
+
+impl WgDevice for UserspaceWg {
+    fn kind(&self) -> &'static str {
+        "userspace"
+    }
+    async fn configure(&self, cfg: &WgConfig) -> Result<(), WgError> {
+        if cfg.listen_port != self.listen_port() {
+            return Err(WgError::Device(format!(
+                "the userspace device listens on port {}; a new port needs a new device",
+                self.listen_port()
+            )));
+        }
+        self.set_private_key(&cfg.private_key);
+        Ok(())
+    }
+    async fn peers(&self) -> Result<Vec<WgPeerConfig>, WgError> {
+        Ok(UserspaceWg::peers(self))
+    }
+    async fn apply(&self, op: &WgOp) -> Result<(), WgError> {
+        UserspaceWg::apply(self, op);
+        Ok(())
+    }
+    async fn stats(&self) -> Result<Vec<PeerStats>, WgError> {
+        Ok(UserspaceWg::stats(self))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WgError + '_ {
