@@ -299,6 +299,29 @@ impl UserspaceWg {
             );
         }
         *write(&self.shared.keys) = keys;
+        for p in peers.by_key.values() {
+            if p.config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keepalive
+                .is_some()
+            {
+                self.initiate(p);
+            }
+        }
+    }
+
+    /// Sends a handshake initiation to `p` now (if it has an endpoint).
+    fn initiate(&self, p: &PeerState) {
+        let Some(to) = p.endpoint() else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        if let TunnResult::WriteToNetwork(pkt) =
+            p.tunn().format_handshake_initiation(&mut buf, false)
+        {
+            self.shared.send(to, pkt, None);
+        }
     }
 
     /// The peers as configured.
@@ -358,7 +381,12 @@ impl UserspaceWg {
                             endpoint: AtomicU64::new(encode_endpoint(c.endpoint)),
                         });
                         peers.by_key.insert(c.public_key, p.clone());
-                        peers.by_index.insert(index, p);
+                        peers.by_index.insert(index, p.clone());
+                        // Like the kernel with persistent keepalive: shake hands now, so a
+                        // peer holding a stale session of ours (we restarted) moves on.
+                        if c.keepalive.is_some() {
+                            self.initiate(&p);
+                        }
                     }
                 }
             }
