@@ -347,7 +347,13 @@ async fn across_nat(cluster: &mut VmCluster) -> anyhow::Result<()> {
                 && n.wg_port == Some(WG_PORT)
                 && n.health == "healthy")
     );
-    let underlay_mtu: u32 = a.run_ok("cat", &["/sys/class/net/eth0/mtu"])?.parse()?;
+    let link = a.run_ok("ip", &["-o", "link", "show", "eth0"])?;
+    let underlay_mtu: u32 = link
+        .split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .context("mtu")?
+        .parse()?;
     assert_eq!(
         cluster_mtu(&a)?,
         underlay_mtu - overlay::wireguard::WG_OVERHEAD,
@@ -371,6 +377,10 @@ async fn across_nat(cluster: &mut VmCluster) -> anyhow::Result<()> {
     tcp_transfer(cluster, &replicas[1], &replicas[0], &marker).await?;
     let bytes = cluster.testbed.stop_capture(&capture)?;
     let wireguard = capture.count(&format!("udp port {WG_PORT}"))?;
+    let dbg = std::process::Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&capture.path)
+        .output()?;
     assert!(wireguard > 0, "no WireGuard packet crossed the internet");
     assert_eq!(
         capture.count("udp port 8472")?,

@@ -1401,13 +1401,15 @@ impl Testbed {
         let path = self.dir.join(format!("{name}.pcap"));
         let log = self.dir.join(format!("{name}.tcpdump.log"));
         let f = fs::File::create(&log)?;
-        // -U: write each packet at once; -Z root: keep the right to write into our directory.
+        // -U and --immediate-mode: each packet is written as it comes (on SIGTERM tcpdump drops
+        // what the kernel still buffers); -Z root: keep the right to write into our directory.
         let child = Command::new("tcpdump")
             .args([
                 "-i",
                 &self.bridge,
                 "-n",
                 "-U",
+                "--immediate-mode",
                 "-s",
                 "0",
                 "-Z",
