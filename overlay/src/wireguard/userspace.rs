@@ -458,9 +458,9 @@ fn tx_loop(s: &Shared) {
             Err(_) if s.stopped() => return,
             Err(e) => {
                 tracing::debug!("wireguard tun read: {e}");
-                if matches!(e.raw_os_error(), Some(libc_ebadfd) if libc_ebadfd == 77 || libc_ebadfd == 5)
-                {
-                    // The device is gone (deleted): wait for the owner to rebuild us.
+                // EBADFD / EIO: the device is gone (deleted).
+                if matches!(e.raw_os_error(), Some(77) | Some(5)) {
+                    // Wait for the owner to rebuild us rather than spin.
                     std::thread::sleep(Duration::from_millis(u64::from(POLL_MS)));
                 }
                 continue;
@@ -628,8 +628,9 @@ fn handle_datagram(
         tracing::trace!(%src, "wireguard: packet from an unknown peer dropped");
         return false;
     };
-    buf.clear();
-    buf.resize(VIRTIO_NET_HDR_LEN + MAX_PACKET, 0);
+    // The plaintext is never longer than the datagram; a handshake reply needs 92 bytes.
+    // (Sizing to the datagram keeps the zero-fill per packet small.)
+    buf.resize(VIRTIO_NET_HDR_LEN + dgram.len().max(256), 0);
     let mut tunn = peer.tunn();
     match tunn.decapsulate(
         Some(IpAddr::V4(*src.ip())),
