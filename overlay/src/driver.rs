@@ -557,6 +557,39 @@ fn not_set_up() -> OverlayError {
 mod tests {
     use super::*;
 
+    /// The agent shares one `Arc<Overlay>` between tasks and spawns its futures.
+    #[test]
+    fn overlay_is_shareable_and_its_futures_are_send() {
+        fn shared<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        shared::<Overlay>();
+        #[allow(clippy::let_underscore_future, dead_code)]
+        fn futures(o: &Overlay) {
+            send(&o.setup());
+            send(&o.reconcile(&[]));
+            send(&o.mtu());
+            send(&o.peer_stats());
+            send(&o.set_private_key(WgKey::generate()));
+            send(&o.teardown());
+        }
+    }
+
+    #[test]
+    fn backend_names() {
+        for (name, b) in [
+            ("vxlan", Backend::Vxlan),
+            ("host-gw", Backend::HostGw),
+            ("wireguard", Backend::WireGuard),
+        ] {
+            assert_eq!(name.parse::<Backend>().unwrap(), b);
+            assert_eq!(b.to_string(), name);
+        }
+        assert_eq!(
+            "wg".parse::<Backend>().unwrap_err().to_string(),
+            "unknown overlay backend \"wg\": expected wireguard, vxlan or host-gw"
+        );
+    }
+
     #[test]
     fn vtep_macs_are_local_unicast() {
         for _ in 0..100 {
