@@ -2,13 +2,15 @@
 //!
 //! Each node gets a subnet lease of the cluster CIDR ([`lease`]); the [`Overlay`] driver
 //! programs the kernel so that the leases of all nodes reach each other, over a VXLAN
-//! device (default) or plain host-gw routes, masquerades traffic leaving the cluster
+//! device, plain host-gw routes or an encrypted WireGuard device ([`wireguard`]: the
+//! kernel's where it has WireGuard, else an in-process userspace one), masquerades traffic
+//! leaving the cluster
 //! ([`masq`]) and the [`docker`] module provides the `cluster` bridge network on the
 //! lease. The agent drives it with plain inputs; this crate knows nothing of Raft.
 //!
-//! Decisions are pure and unit-tested ([`lease`], [`plan`], [`masq::masq_rules`],
-//! [`docker::decide`]); I/O sits behind the [`Kernel`], [`masq::Iptables`] and
-//! [`docker::DockerNetworks`] traits.
+//! Decisions are pure and unit-tested ([`lease`], [`plan`], [`wireguard::plan`],
+//! [`masq::masq_rules`], [`docker::decide`]); I/O sits behind the [`Kernel`],
+//! [`wireguard::WgDevice`], [`masq::Iptables`] and [`docker::DockerNetworks`] traits.
 
 pub mod docker;
 mod driver;
