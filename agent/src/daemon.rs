@@ -354,6 +354,18 @@ pub async fn run(
         overlay: Default::default(),
         wg_key_path: wireguard_key_path(&dir),
     });
+    // A restart naming another backend than the cluster's is refused, not ignored.
+    if let Some(asked) = &config.backend
+        && let Ok(state) = store.read(false).await
+        && let Some(network) = &state.network
+        && network.backend != *asked
+    {
+        return Err(DaemonError::Config(format!(
+            "the cluster runs the {} backend (fixed by the node that created it); --backend {asked} \
+             cannot change it",
+            network.backend
+        )));
+    }
 
     let api_tls = pki::api_server_config(&identity)?;
     let raft_tls = pki::raft_server_config(&identity)?;
