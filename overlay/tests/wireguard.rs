@@ -465,6 +465,13 @@ fn case_device_repair(imp: Impl) {
     assert!(r.device_recreated, "{r:?}");
     a.ping_until_ok("10.42.2.0");
     assert!(b.reconcile(vec![a.peer()]).is_noop());
+    // Something else under the device's name (a stale device of another kind) is replaced.
+    sh(&["ip", "-n", &b.ns, "link", "del", WG_DEV]);
+    sh(&[
+        "ip", "-n", &b.ns, "link", "add", WG_DEV, "type", "veth", "peer", "name", "wgstale",
+    ]);
+    assert!(b.reconcile(vec![a.peer()]).device_recreated);
+    a.ping_until_ok("10.42.2.0");
 }
 
 #[test]
@@ -495,6 +502,31 @@ fn userspace_roaming() {
 fn userspace_device_repair() {
     conformance(Impl::Userspace, case_device_repair);
 }
+/// Without a preference the overlay takes the kernel's WireGuard where the kernel has it
+/// and falls back to the userspace device where it does not.
+#[test]
+fn implementation_is_chosen_by_the_kernel() {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let ns = format!("smrwg{}{}c", std::process::id() % 100_000, n);
+    sh(&["ip", "netns", "add", &ns]);
+    let vm = Vm::start(ns.clone(), Ipv4Addr::new(127, 0, 0, 1), 3);
+    sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    let cfg = vm.config();
+    let chosen = vm.run(move || async move {
+        let o = Overlay::new(cfg).expect("overlay");
+        o.setup().await.expect("setup");
+        let chosen = o.wireguard_impl();
+        o.teardown().await.expect("teardown");
+        chosen
+    });
+    let want = if kernel_has_wireguard() {
+        "kernel"
+    } else {
+        "userspace"
+    };
+    assert_eq!(chosen, Some(want));
+}
+
 #[test]
 fn kernel_conformance() {
     for case in [
