@@ -250,7 +250,7 @@ fn read_key(vm: &Vm) -> anyhow::Result<[u8; 32]> {
     Ok(overlay::WgKey::from_base64(&std::fs::read_to_string(&path)?)?.0)
 }
 
-fn node<'a>(nodes: &'a [NodeView], id: u64) -> anyhow::Result<&'a NodeView> {
+fn node(nodes: &[NodeView], id: u64) -> anyhow::Result<&NodeView> {
     nodes
         .iter()
         .find(|n| n.id == id)
