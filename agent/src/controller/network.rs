@@ -157,25 +157,31 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
-/// The address other nodes reach `node` at: its public address (its own one when it has none).
-/// Two nodes in different clouds may have the same private address; their public ones differ.
-pub fn dial_ipv4(node: &NodeRecord) -> Option<Ipv4Addr> {
-    match node.dial_ip().parse().ok()? {
+fn ipv4(text: &str) -> Option<Ipv4Addr> {
+    match text.parse().ok()? {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     }
 }
 
-/// The overlay peers: every other node with a lease and an IPv4 address to dial, and for the
-/// vxlan backend a VTEP MAC, for wireguard a public key (its endpoint is the public address and
-/// WireGuard port). Nodes lacking what the backend needs are left out.
+/// The overlay peers: every other node with a lease and an IPv4 address, and for the vxlan
+/// backend a VTEP MAC, for wireguard a public key. Nodes lacking what the backend needs are left
+/// out.
+///
+/// WireGuard reaches a peer at its public address (`--public-ip`, else `--ip`) and WireGuard
+/// port: two nodes in different clouds may have the same private address, their public ones
+/// differ. vxlan and host-gw carry clear text over one private network, so they send to the
+/// peer's own address (`--ip`), never across the public side of a NAT.
 pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
     state
         .nodes
         .values()
         .filter(|n| n.id != me)
         .filter_map(|n| {
-            let underlay = dial_ipv4(n)?;
+            let underlay = match backend {
+                Backend::WireGuard => ipv4(n.dial_ip())?,
+                Backend::Vxlan | Backend::HostGw => ipv4(&n.ip)?,
+            };
             let vtep_mac = n.vtep_mac.as_deref().and_then(parse_mac);
             let wireguard = match backend {
                 Backend::WireGuard => Some(WgPeer {
@@ -477,6 +483,21 @@ mod tests {
                 .iter()
                 .all(|p| p.wireguard.is_none())
         );
+    }
+
+    #[test]
+    fn clear_text_backends_send_to_the_private_address() {
+        let s = state(vec![
+            record(1, "10.0.0.1", None, "10.10.0.0/24"),
+            record(2, "10.0.0.2", Some("198.51.100.2"), "10.10.1.0/24"),
+        ]);
+        for backend in [Backend::Vxlan, Backend::HostGw] {
+            let peers = peers(&s, 1, backend);
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].underlay.to_string(), "10.0.0.2", "{backend}");
+        }
+        let wg = peers(&s, 1, Backend::WireGuard);
+        assert_eq!(wg[0].underlay.to_string(), "198.51.100.2");
     }
 
     #[test]
