@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::state::{ClusterState, NodeId, NodeRecord, Op};
+use crate::state::{ClusterState, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
 use overlay::wireguard::{WG_PORT, WgConfig, WgKey, WgPeer, WgPublicKey};
 use overlay::{Backend, Overlay, OverlayConfig, Peer, PeerStats};
