@@ -6,6 +6,8 @@
 #   ./install.sh                                        # install only
 #   ./install.sh -a smr-agent-1 -d vm1.example.com -n vm1.example.com              # install and start
 #   ./install.sh -a smr-agent-2 -d vm2.example.com -n vm2.example.com -j vm1.example.com:1443 --token T
+#   # a VM behind NAT in another cloud (forward 1443/tcp, 9212/tcp, 51820/udp of the public address):
+#   ./install.sh -a smr-agent-3 ... --ip 10.0.0.5 --public-ip 198.51.100.20 -j 203.0.113.10:1443 --token T
 #
 # Idempotent: running it again rebuilds, reinstalls and restarts.
 set -euo pipefail

@@ -21,6 +21,7 @@ declare -A PKGS=(
   [libprotobuf-dev]=-
   [git]=git
   [iperf3]=iperf3
+  [tcpdump]=tcpdump
   [ethtool]=ethtool
   [dnsperf]=dnsperf
   [dnsmasq-base]=dnsmasq

@@ -269,6 +269,16 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Makes node `id` replace its WireGuard key (`smrmgr rotate-key`).
+    pub async fn rotate_key(&self, id: u64) -> Result<RotateKeyResponse, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("nodes/{id}/rotate-key"),
+            Payload::Json(serde_json::Value::Null),
+        )
+        .await
+    }
+
     pub async fn token(&self, ttl: Option<Duration>) -> Result<TokenResponse, ClientError> {
         let body = serde_json::json!({ "ttl_seconds": ttl.map(|t| t.as_secs()) });
         self.request(Method::POST, "tokens", Payload::Json(body))

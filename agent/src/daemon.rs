@@ -4,6 +4,7 @@
 //! Data directory layout (default /var/lib/smr, mode 0700):
 //! ```text
 //! node.json            who this node is (id, name, addresses); written once joined or bootstrapped
+//! wireguard.key        this node's WireGuard private key (base64, mode 0600); never leaves the node
 //! pki/ca.crt ca.key    the cluster CA (ca.key only on the node that created the cluster)
 //! pki/node.crt .key    this node's certificate and key
 //! pki/admin.crt .key   the admin client certificate for smrctl
@@ -41,7 +42,13 @@ pub struct AgentConfig {
     pub host: String,
     pub join: Option<String>,
     pub token: Option<String>,
+    /// The node's own underlay address: what it binds and where its packets leave.
     pub ip: IpAddr,
+    /// What other nodes dial (WireGuard endpoint, API, Raft; an IP SAN of the node certificate);
+    /// `None`: `ip`.
+    pub public_ip: Option<IpAddr>,
+    /// UDP port of the WireGuard device.
+    pub wg_port: u16,
     pub data_dir: PathBuf,
     pub docker_host: Option<String>,
     pub api_port: u16,
@@ -50,8 +57,10 @@ pub struct AgentConfig {
     /// Cluster network and subnet length (used when this node creates the cluster).
     pub cidr: ipnet::Ipv4Net,
     pub subnet_len: u8,
-    /// Overlay backend when creating the cluster: `vxlan`, `host-gw` or `none`.
-    pub backend: String,
+    /// Overlay backend: `wireguard`, `vxlan`, `host-gw` or `none`. Used when this node creates the
+    /// cluster (`None`: [`DEFAULT_BACKEND`]); a joining node that names one is refused when the
+    /// cluster runs another.
+    pub backend: Option<String>,
     /// Underlay interface for the overlay (default: the one holding `ip`).
     pub iface: Option<String>,
     /// Whether this node runs replicas.
@@ -128,6 +137,17 @@ impl EtcdSettings {
     }
 }
 
+/// The overlay backend of a new cluster when `--backend` is not given.
+pub const DEFAULT_BACKEND: &str = "wireguard";
+
+/// The overlay backends `--backend` accepts.
+pub const BACKENDS: &[&str] = &["wireguard", "vxlan", "host-gw", "none"];
+
+/// Where a node keeps its WireGuard private key.
+pub fn wireguard_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("wireguard.key")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("data directory {path}: {reason}")]
@@ -144,6 +164,8 @@ pub enum DaemonError {
     Join { addr: String, reason: String },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("WireGuard key: {0}")]
+    WireguardKey(#[from] overlay::wireguard::WgError),
 }
 
 /// What a node remembers about itself, in `node.json`.
@@ -155,6 +177,12 @@ pub struct NodeFile {
     pub host: String,
     pub domain: String,
     pub ip: String,
+    /// The address other nodes dial (`--public-ip`); absent: `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    /// UDP port of the WireGuard device (`--wg-port`).
+    #[serde(default = "default_wg_port")]
+    pub wg_port: u16,
     pub api_port: u16,
     pub raft_port: u16,
     /// False until a bootstrap node has recorded itself and the CA in the cluster state.
@@ -175,14 +203,26 @@ fn yes() -> bool {
     true
 }
 
+fn default_wg_port() -> u16 {
+    overlay::wireguard::WG_PORT
+}
+
 impl NodeFile {
-    fn record(&self, labels: &BTreeMap<String, String>) -> NodeRecord {
+    /// The address other nodes dial.
+    pub fn dial_ip(&self) -> &str {
+        self.public_ip.as_deref().unwrap_or(&self.ip)
+    }
+
+    fn record(&self, labels: &BTreeMap<String, String>, wg_public_key: String) -> NodeRecord {
         NodeRecord {
             id: self.id,
             name: self.name.clone(),
             host: self.host.clone(),
             domain: self.domain.clone(),
             ip: self.ip.clone(),
+            public_ip: self.public_ip.clone(),
+            wg_port: Some(self.wg_port),
+            wg_public_key: Some(wg_public_key),
             api_port: self.api_port,
             raft_port: self.raft_port,
             labels: labels.clone(),
@@ -195,8 +235,8 @@ impl NodeFile {
 
     fn peer(&self) -> RaftPeer {
         RaftPeer {
-            raft_addr: join_host_port(&self.ip, self.raft_port),
-            api_addr: join_host_port(&self.ip, self.api_port),
+            raft_addr: join_host_port(self.dial_ip(), self.raft_port),
+            api_addr: join_host_port(self.dial_ip(), self.api_port),
             name: self.name.clone(),
         }
     }
@@ -238,9 +278,25 @@ pub async fn run(
     let api_listener = bind(config.ip, config.api_port).await?;
     let raft_listener = bind(config.ip, config.raft_port).await?;
 
+    // The WireGuard key pair is made here, whatever the backend: a joining node learns the
+    // cluster's backend only after it joined, and its public key goes with the join request.
+    let wg_key = overlay::wireguard::load_or_create_key(&wireguard_key_path(&dir))?;
+    let wg_public_key = wg_key.public_key().to_string();
+
     let node_path = node_file_path(&dir);
     let (mut me, identity, ca) = if node_path.exists() {
         let mut me: NodeFile = read_json(&node_path)?;
+        let public_ip = config.public_ip.unwrap_or(config.ip).to_string();
+        if public_ip != me.dial_ip() {
+            return Err(DaemonError::Config(format!(
+                "{} is registered with public address {}; --public-ip {public_ip} cannot change \
+                 it (remove the node and join again)",
+                dir.display(),
+                me.dial_ip()
+            )));
+        }
+        // A new port is published by the network loop like a new key.
+        me.wg_port = config.wg_port;
         match (&me.etcd, &config.etcd) {
             (None, Some(_)) => {
                 return Err(DaemonError::Config(format!(
@@ -273,7 +329,7 @@ pub async fn run(
         let token = config.token.as_deref().ok_or_else(|| {
             DaemonError::Config("--join needs --token (run `smrmgr token` on a member)".into())
         })?;
-        let (me, identity) = join(&config, join_addr, token, &pki_dir).await?;
+        let (me, identity) = join(&config, join_addr, token, &pki_dir, &wg_public_key).await?;
         write_json(&node_path, &me)?;
         (me, identity, None)
     } else {
@@ -302,7 +358,21 @@ pub async fn run(
         store: store.clone(),
         ca,
         peers,
+        overlay: Default::default(),
+        wg_key_path: wireguard_key_path(&dir),
     });
+    // A restart naming another backend than the cluster's is refused, not ignored.
+    if let Some(asked) = &config.backend
+        && let Ok(state) = store.read(false).await
+        && let Some(network) = &state.network
+        && network.backend != *asked
+    {
+        return Err(DaemonError::Config(format!(
+            "the cluster runs the {} backend (fixed by the node that created it); --backend {asked} \
+             cannot change it",
+            network.backend
+        )));
+    }
 
     let api_tls = pki::api_server_config(&identity)?;
     let raft_tls = pki::raft_server_config(&identity)?;
@@ -326,7 +396,7 @@ pub async fn run(
     write_json(&node_path, &me)?;
     if !me.bootstrapped {
         if me.id == 1 && config.join.is_none() {
-            finish_bootstrap(&node, &me, &config).await?;
+            finish_bootstrap(&node, &me, &config, &wg_public_key).await?;
         }
         me.bootstrapped = true;
         write_json(&node_path, &me)?;
@@ -360,6 +430,8 @@ pub async fn run(
             workloads: config.workloads,
             docker_host: config.docker_host.clone(),
             underlay_ip: me.ip.parse().unwrap_or(config.ip),
+            wg_key_path: wireguard_key_path(&dir),
+            wg_port: me.wg_port,
             iface: config.iface.clone(),
             vtep_mac: crate::controller::network::parse_mac(&me.vtep_mac).unwrap_or_default(),
             files_dir: dir.join("files"),
@@ -427,9 +499,11 @@ async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, DaemonError> {
     }
 }
 
+/// The node certificate's names: its addresses (own and public), host and domain.
 fn sans(config: &AgentConfig) -> Vec<String> {
     let mut sans = vec![
         config.ip.to_string(),
+        config.public_ip.unwrap_or(config.ip).to_string(),
         config.host.clone(),
         config.domain.clone(),
     ];
@@ -445,6 +519,11 @@ fn node_file(config: &AgentConfig, id: u64, bootstrapped: bool, vtep_mac: String
         host: config.host.clone(),
         domain: config.domain.clone(),
         ip: config.ip.to_string(),
+        public_ip: config
+            .public_ip
+            .filter(|p| *p != config.ip)
+            .map(|p| p.to_string()),
+        wg_port: config.wg_port,
         api_port: config.api_port,
         raft_port: config.raft_port,
         bootstrapped,
@@ -499,6 +578,7 @@ async fn finish_bootstrap(
     node: &Node,
     me: &NodeFile,
     config: &AgentConfig,
+    wg_public_key: &str,
 ) -> Result<(), DaemonError> {
     let labels = &config.labels;
     let ca = node
@@ -514,13 +594,16 @@ async fn finish_bootstrap(
     let network = NetworkSettings {
         cidr: config.cidr,
         subnet_len: config.subnet_len,
-        backend: config.backend.clone(),
+        backend: config
+            .backend
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BACKEND.to_string()),
     };
     let commands = [
         Op::SetCa { ca: ca_record },
         Op::SetNetwork { network },
         Op::RegisterNode {
-            node: me.record(labels),
+            node: me.record(labels, wg_public_key.to_string()),
         },
     ];
     // On etcd the state may hold a cluster already: read it up to date.
@@ -575,6 +658,7 @@ async fn join(
     join_addr: &str,
     token: &str,
     pki_dir: &Path,
+    wg_public_key: &str,
 ) -> Result<(NodeFile, Identity), DaemonError> {
     let parsed: JoinToken = token
         .parse()
@@ -589,6 +673,10 @@ async fn join(
         host: config.host.clone(),
         domain: config.domain.clone(),
         ip: config.ip.to_string(),
+        public_ip: config.public_ip.map(|p| p.to_string()),
+        wg_port: Some(config.wg_port),
+        wg_public_key: Some(wg_public_key.to_string()),
+        backend: config.backend.clone(),
         api_port: config.api_port,
         raft_port: config.raft_port,
         labels: config.labels.clone(),

@@ -66,6 +66,10 @@ pub struct Node {
     pub peers: reqwest::Client,
     /// The Docker engine this node runs replicas on (for logs and exec).
     pub docker_host: Option<String>,
+    /// The overlay the network loop runs (peer statistics, WireGuard key rotation).
+    pub overlay: Arc<crate::controller::network::OverlaySlot>,
+    /// This node's WireGuard private key file.
+    pub wg_key_path: std::path::PathBuf,
 }
 
 impl Node {
@@ -395,7 +399,44 @@ impl Node {
                 req.name, existing.id
             )));
         }
+        let backend = state
+            .network
+            .as_ref()
+            .map(|n| n.backend.as_str())
+            .unwrap_or("none");
+        if let Some(asked) = &req.backend
+            && asked != backend
+        {
+            return Err(ApiError::Conflict(format!(
+                "the cluster runs the {backend} backend (fixed by the node that created it); \
+                 join without --backend {asked}"
+            )));
+        }
+        for (what, ip) in [("ip", Some(&req.ip)), ("public_ip", req.public_ip.as_ref())] {
+            if let Some(ip) = ip
+                && ip.parse::<std::net::IpAddr>().is_err()
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "{what} {ip:?} is not an IP address"
+                )));
+            }
+        }
+        if let Some(key) = &req.wg_public_key
+            && key.parse::<overlay::WgPublicKey>().is_err()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "wg_public_key {key:?} is not a WireGuard public key (base64 of 32 bytes)"
+            )));
+        }
+        if backend == "wireguard" && req.wg_public_key.is_none() {
+            return Err(ApiError::BadRequest(
+                "the cluster runs the wireguard backend: the joining node must send its \
+                 WireGuard public key (upgrade it)"
+                    .into(),
+            ));
+        }
         let mut sans = vec![req.ip.clone(), req.host.clone(), req.domain.clone()];
+        sans.extend(req.public_ip.clone());
         sans.sort();
         sans.dedup();
         let node_cert = self
@@ -420,12 +461,16 @@ impl Node {
                 ca.holder,
             )
             .await?;
+        let public_ip = req.public_ip.clone().filter(|p| *p != req.ip);
         let record = NodeRecord {
             id: 0,
             name: req.name.clone(),
             host: req.host,
             domain: req.domain,
             ip: req.ip,
+            public_ip,
+            wg_port: req.wg_port,
+            wg_public_key: req.wg_public_key,
             api_port: req.api_port,
             raft_port: req.raft_port,
             labels: req.labels,
@@ -468,6 +513,36 @@ impl Node {
             .call(&node.api_addr(), "internal/sign", Some(&req))
             .await?;
         Ok(resp.cert)
+    }
+
+    /// Replaces this node's WireGuard key (see [`crate::controller::network::OverlaySlot::rotate`]).
+    pub async fn rotate_wireguard_key(&self) -> Result<overlay::WgPublicKey, ApiError> {
+        use crate::controller::network::{RotateError, RotateOutcome};
+        let id = self.id;
+        let publish = |public: overlay::WgPublicKey, port: u16| async move {
+            let op = Op::SetNodeWireguard {
+                id,
+                public_key: public.to_string(),
+                port,
+            };
+            match self.propose(op, None).await? {
+                CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
+                _ => Ok(()),
+            }
+        };
+        self.overlay
+            .rotate(&self.wg_key_path, publish)
+            .await
+            .map_err(|e| match e {
+                RotateOutcome::Publish(e) => e,
+                RotateOutcome::Rotate(e @ RotateError::NotWireguard(_)) => {
+                    ApiError::Conflict(e.to_string())
+                }
+                RotateOutcome::Rotate(e @ RotateError::NotReady) => {
+                    ApiError::Unavailable(e.to_string())
+                }
+                RotateOutcome::Rotate(e) => ApiError::Internal(format!("rotate-key: {e}")),
+            })
     }
 
     /// Mints a join token valid for `ttl`.

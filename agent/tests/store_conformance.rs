@@ -70,6 +70,9 @@ fn node_op(name: &str) -> Op {
             schedulable: true,
             lease: None,
             vtep_mac: None,
+            public_ip: None,
+            wg_port: None,
+            wg_public_key: None,
         },
     }
 }

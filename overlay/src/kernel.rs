@@ -33,6 +33,7 @@ const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const EACCES: i32 = 13;
 const ENODEV: i32 = 19;
+const EOPNOTSUPP: i32 = 95;
 
 /// Kernel errors.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,13 @@ pub enum KernelError {
     /// A device an op refers to does not exist.
     #[error("device {0} does not exist")]
     NoDevice(String),
+    /// The kernel does not know a device type (no module for it).
+    #[error("{context}: the kernel does not support it ({source})")]
+    Unsupported {
+        context: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     /// Opening the netlink socket or writing /proc failed.
     #[error("{context}: {source}")]
     Io {
@@ -137,6 +145,26 @@ pub trait Kernel {
     fn apply(&self, op: &Op) -> impl Future<Output = Result<(), KernelError>> + Send;
     /// `net.ipv4.ip_forward=1`.
     fn enable_ip_forward(&self) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// The kind (`"wireguard"`, `"tun"`, `"vxlan"`, `""` when unknown) and MTU of the
+    /// device called `name`, if any.
+    fn link_kind(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LinkKind>, KernelError>> + Send;
+    /// Creates a kernel WireGuard device (`ip link add NAME type wireguard`). Fails with
+    /// [`KernelError::Unsupported`] when the kernel has no WireGuard.
+    fn create_wireguard(
+        &self,
+        name: &str,
+        mtu: u32,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+}
+
+/// A device's kind and MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkKind {
+    pub kind: String,
+    pub mtu: u32,
 }
 
 /// [`Kernel`] over an rtnetlink connection.
@@ -340,6 +368,27 @@ fn vxlan_of(l: &LinkMessage) -> VxlanLink {
                             }
                         }
                         _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn kind_of(l: &LinkMessage) -> LinkKind {
+    let mut out = LinkKind {
+        kind: String::new(),
+        mtu: 0,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::Mtu(m) => out.mtu = *m,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        out.kind = k.to_string();
                     }
                 }
             }
@@ -609,6 +658,28 @@ impl Kernel for NetlinkKernel {
 
     async fn apply(&self, op: &Op) -> Result<(), KernelError> {
         self.apply_inner(op).await
+    }
+
+    async fn link_kind(&self, name: &str) -> Result<Option<LinkKind>, KernelError> {
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .find(|l| link_name(l) == Some(name))
+            .map(kind_of))
+    }
+
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> Result<(), KernelError> {
+        let msg = rtnetlink::LinkWireguard::new(name).mtu(mtu).build();
+        let context = format!("creating wireguard device {name}");
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            // "Unknown device type": no wireguard module (EOPNOTSUPP).
+            Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
+                Err(KernelError::Unsupported { context, source: e })
+            }
+            Err(e) => Err(KernelError::netlink(context, e)),
+        }
     }
 
     async fn enable_ip_forward(&self) -> Result<(), KernelError> {

@@ -2,13 +2,15 @@
 //!
 //! Each node gets a subnet lease of the cluster CIDR ([`lease`]); the [`Overlay`] driver
 //! programs the kernel so that the leases of all nodes reach each other, over a VXLAN
-//! device (default) or plain host-gw routes, masquerades traffic leaving the cluster
+//! device, plain host-gw routes or an encrypted WireGuard device ([`wireguard`]: the
+//! kernel's where it has WireGuard, else an in-process userspace one), masquerades traffic
+//! leaving the cluster
 //! ([`masq`]) and the [`docker`] module provides the `cluster` bridge network on the
 //! lease. The agent drives it with plain inputs; this crate knows nothing of Raft.
 //!
-//! Decisions are pure and unit-tested ([`lease`], [`plan`], [`masq::masq_rules`],
-//! [`docker::decide`]); I/O sits behind the [`Kernel`], [`masq::Iptables`] and
-//! [`docker::DockerNetworks`] traits.
+//! Decisions are pure and unit-tested ([`lease`], [`plan`], [`wireguard::plan`],
+//! [`masq::masq_rules`], [`docker::decide`]); I/O sits behind the [`Kernel`],
+//! [`wireguard::WgDevice`], [`masq::Iptables`] and [`docker::DockerNetworks`] traits.
 
 pub mod docker;
 mod driver;
@@ -16,11 +18,13 @@ pub mod kernel;
 pub mod lease;
 pub mod masq;
 pub mod plan;
+pub mod wireguard;
 
 pub use driver::{
-    Backend, Overlay, OverlayConfig, OverlayError, ReconcileReport, VNI, VXLAN_OVERHEAD,
-    VXLAN_PORT, generate_vtep_mac,
+    Backend, Overlay, OverlayConfig, OverlayError, ReconcileReport, UnknownBackend, VNI,
+    VXLAN_OVERHEAD, VXLAN_PORT, generate_vtep_mac,
 };
 pub use kernel::{Kernel, KernelError, NetlinkKernel};
 pub use lease::{LeaseError, allocate_subnet};
 pub use plan::{Mac, Observed, Op, Peer, VXLAN_DEV, check_same_l2, plan, plan_host_gw};
+pub use wireguard::{PeerStats, WgConfig, WgError, WgKey, WgPeer, WgPublicKey};

@@ -13,6 +13,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::wireguard::WgPeer;
+
 /// Name of the vxlan device.
 pub const VXLAN_DEV: &str = "smr.1";
 
@@ -38,7 +40,7 @@ impl fmt::Debug for Mac {
 }
 
 /// Another node of the overlay, as the agent knows it from the cluster state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// The peer's lease.
     pub subnet: Ipv4Net,
@@ -46,6 +48,8 @@ pub struct Peer {
     pub underlay: Ipv4Addr,
     /// The MAC of the peer's vxlan device.
     pub vtep_mac: [u8; 6],
+    /// The peer's WireGuard key and endpoint (needed by the wireguard backend only).
+    pub wireguard: Option<WgPeer>,
 }
 
 /// A neighbour (ARP) entry on the vxlan device.
@@ -149,7 +153,10 @@ fn dedup(desired: &[Peer]) -> Vec<Peer> {
     for p in desired {
         let subnet = p.subnet.trunc();
         if subnets.insert(subnet) && macs.insert(p.vtep_mac) {
-            out.push(Peer { subnet, ..*p });
+            out.push(Peer {
+                subnet,
+                ..p.clone()
+            });
         }
     }
     out
@@ -374,6 +381,7 @@ mod tests {
             subnet: net("10.42.2.0/24"),
             underlay: ip("192.168.250.12"),
             vtep_mac: M2,
+            wireguard: None,
         }
     }
     fn p3() -> Peer {
@@ -381,6 +389,7 @@ mod tests {
             subnet: net("10.42.3.0/24"),
             underlay: ip("192.168.250.13"),
             vtep_mac: M3,
+            wireguard: None,
         }
     }
     fn dev() -> String {

@@ -133,6 +133,7 @@ fn cfg(backend: Backend, node: u8, mac: [u8; 6]) -> OverlayConfig {
         underlay_ip: Ipv4Addr::new(192, 168, 77, node),
         iface: None,
         vtep_mac: mac,
+        wireguard: None,
     }
 }
 
@@ -141,6 +142,7 @@ fn peer(node: u8, mac: [u8; 6]) -> Peer {
         subnet: net(&format!("10.42.{node}.0/24")),
         underlay: Ipv4Addr::new(192, 168, 77, node),
         vtep_mac: mac,
+        wireguard: None,
     }
 }
 

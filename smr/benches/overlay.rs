@@ -6,8 +6,10 @@
 //!
 //!     cargo bench -p smr --bench overlay        # as root; needs iperf3
 //!
-//! Both backends are measured, vxlan then host-gw (a route per peer, no encapsulation), each on
-//! fresh VMs. Every figure is `SMR_BENCH_REPS` (default 3) runs of `SMR_BENCH_SECS` (default 10)
+//! Every backend is measured, wireguard (the default: kernel WireGuard where the kernel has it,
+//! else the agent's userspace device), vxlan, then host-gw (a route per peer, no encapsulation),
+//! each on fresh VMs; with the CPU time both agents spent per GB moved through the overlay (the
+//! userspace WireGuard device runs inside the agent; kernel data paths cost the agent nothing). Every figure is `SMR_BENCH_REPS` (default 3) runs of `SMR_BENCH_SECS` (default 10)
 //! seconds, overlay and underlay alternated so that load from other work falls on both alike;
 //! the median and the spread of the ratio are printed.
 //!
@@ -104,6 +106,26 @@ struct Figures {
     overlay_rtt: (f64, f64),
     underlay_rtt: (f64, f64),
     join_to_ping: Duration,
+    /// CPU seconds of both agents per GB moved by the overlay runs.
+    agent_cpu_per_gb: f64,
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name, in clock
+    // ticks of USER_HZ (100 on Linux).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -160,6 +182,9 @@ async fn measure(backend: &'static str, reps: usize, secs: u32) -> anyhow::Resul
     .await?;
     let join_to_ping = joined.elapsed();
     let (pid_a, pid_b) = (pid_of(&vm_a, &a.name)?, pid_of(&vm_b, &b.name)?);
+    let agents: Vec<u32> = cluster.agents.iter().flatten().copied().collect();
+    let agents_cpu = || agents.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let (mut cpu, mut gbytes) = (0.0, 0.0);
 
     let mut throughput = Vec::new();
     for streams in ["1", "4"] {
@@ -169,12 +194,16 @@ async fn measure(backend: &'static str, reps: usize, secs: u32) -> anyhow::Resul
                 .map(str::to_string)
                 .to_vec()
         };
-        let overlay_run = || {
-            iperf(in_netns_of(&pid_b, "iperf3"), in_netns_of(&pid_b, "ss"), {
+        let mut overlay_run = || {
+            let before = agents_cpu();
+            let gbits = iperf(in_netns_of(&pid_b, "iperf3"), in_netns_of(&pid_b, "ss"), {
                 let mut c = in_netns_of(&pid_a, "iperf3");
                 c.args(client_args(&b_ip));
                 c
-            })
+            })?;
+            cpu += agents_cpu() - before;
+            gbytes += gbits * f64::from(secs) / 8.0;
+            anyhow::Ok(gbits)
         };
         let underlay_run = || {
             iperf(vm_b.cmd("iperf3"), vm_b.cmd("ss"), {
@@ -209,6 +238,7 @@ async fn measure(backend: &'static str, reps: usize, secs: u32) -> anyhow::Resul
         overlay_rtt,
         underlay_rtt,
         join_to_ping,
+        agent_cpu_per_gb: if gbytes > 0.0 { cpu / gbytes } else { 0.0 },
     }))
 }
 
@@ -258,6 +288,10 @@ fn print(f: &Figures, reps: usize, secs: u32) {
         "time from the second node joining to the first cross-node ping: {:.1} s",
         f.join_to_ping.as_secs_f64()
     );
+    println!(
+        "CPU of both agents per GB moved through the overlay: {:.2} s/GB",
+        f.agent_cpu_per_gb
+    );
 }
 
 /// `SMR_BENCH_REPS` (default 3) repetitions of `SMR_BENCH_SECS` (default 10) per figure.
@@ -274,14 +308,14 @@ async fn main() -> anyhow::Result<()> {
     let secs: u32 = env_or("SMR_BENCH_SECS", 10).max(1);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "2 emulated VMs on one host (veth + bridge underlay, MTU 1500; overlay MTU 1450 on vxlan, \
-         1500 on host-gw); load average at start: {}",
+        "2 emulated VMs on one host (veth + bridge underlay, MTU 1500; overlay MTU 1440 on \
+         wireguard, 1450 on vxlan, 1500 on host-gw); load average at start: {}",
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
     );
-    for backend in ["vxlan", "host-gw"] {
+    for backend in ["wireguard", "vxlan", "host-gw"] {
         let Some(figures) = measure(backend, reps, secs).await? else {
             return Ok(());
         };

@@ -60,6 +60,21 @@ pub fn age(since_ms: u64, now_ms: u64) -> String {
     }
 }
 
+/// "512 B", "1.5 KiB", "3.2 MiB", "1.0 GiB": a byte count for tables.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +97,14 @@ mod tests {
         assert_eq!(age(0, 600_000), "10m");
         assert_eq!(age(0, 10_800_000), "3h");
         assert_eq!(age(0, 3 * 86_400_000), "3d");
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
+        assert_eq!(bytes(1 << 30), "1.0 GiB");
     }
 }

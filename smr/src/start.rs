@@ -25,6 +25,7 @@ pub const MUTABLE: &[&str] = &[
     "labels",
     "iface",
     "node_timeout",
+    "wg_port",
     "etcd_cacert",
     "etcd_cert",
     "etcd_key",
@@ -36,7 +37,6 @@ pub const DEFAULT_API_PORT: u16 = 1443;
 pub const DEFAULT_RAFT_PORT: u16 = 9212;
 pub const DEFAULT_CIDR: &str = "10.10.0.0/16";
 pub const DEFAULT_SUBNET_LEN: u8 = 24;
-pub const DEFAULT_BACKEND: &str = "vxlan";
 pub const DEFAULT_NODE_TIMEOUT: &str = "15s";
 pub const DEFAULT_ETCD_PREFIX: &str = "/smr/";
 
@@ -56,6 +56,13 @@ pub struct StartSettings {
     /// Advertised underlay address [default: the address of the default route].
     #[arg(long)]
     pub ip: Option<IpAddr>,
+    /// The address other nodes reach this node at (behind NAT: the public address whose ports
+    /// 1443/tcp, 9212/tcp and the WireGuard port are forwarded here) [default: --ip].
+    #[arg(long = "public-ip")]
+    pub public_ip: Option<IpAddr>,
+    /// UDP port of the WireGuard device [default: 51820].
+    #[arg(long = "wg-port", value_parser = clap::value_parser!(u16).range(1..))]
+    pub wg_port: Option<u16>,
     /// Docker daemon to run containers on [default: DOCKER_HOST or the local socket].
     #[arg(long = "docker-host", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
@@ -75,9 +82,11 @@ pub struct StartSettings {
     /// Prefix length of each node's subnet, when this node creates the cluster [default: 24].
     #[arg(long = "subnet-len")]
     pub subnet_len: Option<u8>,
-    /// Overlay backend, when this node creates the cluster: vxlan, host-gw, or none (no overlay)
-    /// [default: vxlan].
-    #[arg(long, value_parser = ["vxlan", "host-gw", "none"])]
+    /// Overlay backend, fixed by the node that creates the cluster: wireguard (encrypted, works
+    /// across clouds and NAT; the default for a new cluster), vxlan or host-gw (clear text:
+    /// trusted networks only), or none (no overlay). A joining node that names another backend
+    /// than the cluster's is refused.
+    #[arg(long, value_parser = ["wireguard", "vxlan", "host-gw", "none"])]
     pub backend: Option<String>,
     /// Underlay interface for the overlay [default: the one holding --ip].
     #[arg(long)]
@@ -237,7 +246,9 @@ impl StartSettings {
         self.cidr
             .get_or_insert(DEFAULT_CIDR.parse().expect("default cidr"));
         self.subnet_len.get_or_insert(DEFAULT_SUBNET_LEN);
-        self.backend.get_or_insert(DEFAULT_BACKEND.into());
+        // The backend stays unset when not given: a new cluster gets the agent's default
+        // (wireguard), a joining node the cluster's.
+        self.wg_port.get_or_insert(overlay::wireguard::WG_PORT);
         self.node_timeout.get_or_insert(DEFAULT_NODE_TIMEOUT.into());
         if self.store.is_some() {
             self.etcd_prefix.get_or_insert(DEFAULT_ETCD_PREFIX.into());

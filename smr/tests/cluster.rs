@@ -150,6 +150,20 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
     for i in 0..3 {
         assert!(cluster.nodes[i].pid().is_none(), "node {i} stopped");
     }
+    // A restart that names another backend is refused, not silently ignored.
+    let mut cmd = smrmgr(cluster.dir.path());
+    cmd.args(["start", "--backend", "vxlan", "--data-dir"])
+        .arg(&cluster.nodes[0].data_dir);
+    let out = output(cmd);
+    assert!(
+        !out.status.success(),
+        "restart with another backend started"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the cluster runs the none backend"),
+        "{stderr}"
+    );
     for i in 0..3 {
         cluster.restart(i)?;
     }
@@ -187,6 +201,10 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
 
 /// Tries to join `cluster` through its first node with `token`; the join must fail. Its stderr.
 fn refused_join(cluster: &Cluster, token: &str) -> String {
+    refused_join_with(cluster, token, &[])
+}
+
+fn refused_join_with(cluster: &Cluster, token: &str, extra: &[&str]) -> String {
     let mut cmd = smrmgr(cluster.dir.path());
     cmd.args([
         "start",
@@ -202,7 +220,8 @@ fn refused_join(cluster: &Cluster, token: &str) -> String {
     ])
     .arg(cluster.nodes[0].api())
     .args(["--token", token, "--data-dir"])
-    .arg(cluster.dir.path().join("intruder"));
+    .arg(cluster.dir.path().join("intruder"))
+    .args(extra);
     let out = output(cmd);
     assert!(
         !out.status.success(),
@@ -235,6 +254,13 @@ async fn joins_and_connections_without_the_right_credentials_are_refused() -> an
     // Not a token at all.
     let stderr = refused_join(&cluster, "hello");
     assert!(stderr.contains("--token"), "{stderr}");
+
+    // A valid token, but another overlay backend than the cluster's (fixed at its creation).
+    let stderr = refused_join_with(&cluster, &token, &["--backend", "wireguard"]);
+    assert!(
+        stderr.contains("the cluster runs the none backend"),
+        "{stderr}"
+    );
 
     // No client certificate: the TLS session is allowed (for joins) but the API refuses.
     let ctx = agent::client::Context::load(&cluster.nodes[0].context_path())?;

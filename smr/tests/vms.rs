@@ -500,12 +500,15 @@ fn overlay_entries(vm: &smr_tests::testbed::Vm) -> anyhow::Result<(String, Strin
     ))
 }
 
+/// The vxlan backend (chosen explicitly: wireguard is the default): kernel entries follow nodes,
+/// DNS follows replicas, and container traffic crosses the underlay in clear (the counterpart of
+/// the wireguard capture check in `vms_wireguard.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlay_and_dns_follow_nodes_and_replicas() -> anyhow::Result<()> {
     let Some(mut cluster) = VmCluster::start(3)? else {
         return Ok(());
     };
-    cluster.start_all(&[]).await?;
+    cluster.start_all(&["--backend", "vxlan"]).await?;
     let client = cluster.client(0);
     let result = network_lifecycle(&mut cluster, &client).await;
     if result.is_err() {
@@ -518,6 +521,31 @@ async fn overlay_and_dns_follow_nodes_and_replicas() -> anyhow::Result<()> {
 async fn network_lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
     apply(client, &busybox(3, TAG)).await?;
     let replicas = all_ready(client, 3, Duration::from_secs(90)).await?;
+
+    // VXLAN carries container traffic in clear over the underlay: a capture of the underlay
+    // bridge sees UDP 8472 and the very bytes one container sends another.
+    let (from, to) = (
+        replicas
+            .iter()
+            .find(|r| r.node == 1)
+            .expect("a replica on node 1"),
+        replicas
+            .iter()
+            .find(|r| r.node == 2)
+            .expect("a replica on node 2"),
+    );
+    let capture = cluster.testbed.capture("vxlan")?;
+    let marker = common::vms::unique_marker("vxlan");
+    common::vms::tcp_transfer(cluster, from, to, &marker).await?;
+    let bytes = cluster.testbed.stop_capture(&capture)?;
+    assert!(
+        smr_tests::testbed::contains_bytes(&bytes, marker.as_bytes()),
+        "the marker crosses the underlay in clear on vxlan"
+    );
+    assert!(
+        capture.count("udp port 8472")? > 0,
+        "no VXLAN packet captured"
+    );
 
     // Every VM answers *.private on its cluster gateway, over UDP and TCP, from the VM itself.
     let nodes = client.nodes().await?;

@@ -22,6 +22,22 @@
 //! this code created: processes by recorded pid (checked against their start time),
 //! namespaces, links and the iptables rule by their exact names.
 //!
+//! Clouds behind NAT ([`TestbedConfig::clouds`]): the bridge then plays "the internet". Each
+//! cloud is a router namespace with a public address on the bridge (`10.200.<slot>.<100+c>`)
+//! and a private LAN behind it (by default `10.1.0.0/24` in every cloud, as default cloud
+//! VPCs overlap: router `.1`, VMs `.11`, `.12`, ...). The router masquerades its LAN and
+//! forwards tcp 1443 (API), tcp 9212 (Raft) and udp 51820 (WireGuard) of its public address
+//! to the cloud's first VM ([`Testbed::forward`] adds more); VMs have a default route via the
+//! router. [`Testbed::capture`] records what crosses the bridge (tcpdump) to a file.
+//!
+//! ```text
+//!   host:  bridge <prefix><slot> 10.200.<slot>.254/24 ("internet")
+//!            |-- veth <prefix><slot>r1 ==== out0 10.200.<slot>.101  netns <prefix><slot>-r1 (NAT)
+//!            |                                lan0 10.1.0.1/24 --- eth0 10.1.0.11  netns ...-vmN
+//!            |-- veth <prefix><slot>r2 ==== out0 10.200.<slot>.102  netns <prefix><slot>-r2 (NAT)
+//!                                             lan0 10.1.0.1/24 --- eth0 10.1.0.11  netns ...-vmM
+//! ```
+//!
 //! Traps handled here: the host's `/etc/docker/daemon.json` clashes with `--data-root`, so
 //! each VM daemon gets its own `--config-file`; `ip netns exec` hides the cgroup mounts,
 //! so everything enters the namespace with `nsenter --net=` (network namespace only: VM
@@ -69,14 +85,42 @@ const UNDERLAY_NET: [u8; 2] = [10, 200];
 const BRIDGE_HOST_OCTET: u8 = 254;
 /// Largest number of VMs per testbed (addresses .1 ..= .MAX_VMS).
 pub const MAX_VMS: usize = 99;
+/// Largest number of clouds per testbed (router public addresses .101 ..= .150).
+pub const MAX_CLOUDS: usize = 50;
+/// Last octet of cloud 1's router on the bridge; cloud c has `ROUTER_OCTET_BASE + c`.
+const ROUTER_OCTET_BASE: u8 = 100;
+/// The ports a router forwards to its cloud's first VM: (protocol, port).
+pub const CLOUD_PORTS: [(&str, u16); 3] = [("tcp", 1443), ("tcp", 9212), ("udp", 51820)];
+
+/// One cloud of [`TestbedConfig::clouds`]: VMs on a private network behind a NAT router.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    /// VMs behind the router (1..).
+    pub vms: usize,
+    /// First three octets of the private /24 (router `.1`, VMs `.11`, `.12`, ...).
+    pub private_net: [u8; 3],
+}
+
+impl CloudConfig {
+    /// `vms` VMs on 10.1.0.0/24, the same private range in every cloud.
+    pub fn new(vms: usize) -> Self {
+        CloudConfig {
+            vms,
+            private_net: [10, 1, 0],
+        }
+    }
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// How to build a testbed. `TestbedConfig::new(3)` is the usual start.
 #[derive(Clone, Debug)]
 pub struct TestbedConfig {
-    /// Number of emulated VMs (1..=99).
+    /// Number of emulated VMs on the underlay bridge (0..=99; at least one VM in all).
     pub vms: usize,
+    /// Clouds behind NAT routers on the bridge, each with its own VMs (numbered after the
+    /// underlay VMs).
+    pub clouds: Vec<CloudConfig>,
     /// Prefix of the bridge, veth and netns names: 1..=8 chars of `[a-z0-9]`.
     pub name_prefix: String,
     /// Parent of the testbed's directory (`$SMR_TESTBED_DIR` or `/tmp/smrtb`). Keep it
@@ -102,12 +146,27 @@ impl TestbedConfig {
             ..Self::default()
         }
     }
+
+    /// Only clouds behind NAT, with these numbers of VMs (`clouds(&[1, 1])`: two clouds, one
+    /// VM each, both at 10.1.0.11).
+    pub fn clouds(vms_per_cloud: &[usize]) -> Self {
+        TestbedConfig {
+            vms: 0,
+            clouds: vms_per_cloud.iter().map(|&n| CloudConfig::new(n)).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn total_vms(&self) -> usize {
+        self.vms + self.clouds.iter().map(|c| c.vms).sum::<usize>()
+    }
 }
 
 impl Default for TestbedConfig {
     fn default() -> Self {
         TestbedConfig {
             vms: 3,
+            clouds: Vec::new(),
             name_prefix: "smrtb".into(),
             base_dir: default_base_dir(),
             docker: true,
@@ -132,7 +191,9 @@ pub fn unsupported_reason(need_docker: bool) -> Option<String> {
     if !is_root() {
         return Some("not running as root".into());
     }
-    for tool in ["ip", "nsenter", "iptables", "tar", "umount", "kill"] {
+    for tool in [
+        "ip", "nsenter", "iptables", "tar", "umount", "kill", "sysctl",
+    ] {
         if which(tool).is_none() {
             return Some(format!("`{tool}` not found (run tests/install-deps.sh)"));
         }
@@ -508,13 +569,17 @@ pub struct Vm {
     pub name: String,
     /// Name under /var/run/netns.
     pub netns: String,
-    /// Underlay address of `eth0`.
+    /// Address of `eth0`: on the underlay, or the private address in a cloud.
     pub ip: Ipv4Addr,
+    /// In a cloud: the 1-based cloud and its router's public address (what other clouds reach
+    /// the VM at, for the forwarded ports).
+    pub cloud: Option<usize>,
+    pub public_ip: Option<Ipv4Addr>,
     /// `unix:///.../docker.sock` of this VM's dockerd (empty when started without docker).
     pub docker_host: String,
     /// This VM's own directory (dockerd roots, logs/, free for the suite's files).
     pub dir: PathBuf,
-    /// Host end of the VM's veth (on the bridge); down = VM cut off.
+    /// Host end of the VM's veth on the bridge (in a cloud: its router's); down = cut off.
     pub host_veth: String,
     shared: Arc<Shared>,
 }
@@ -525,6 +590,7 @@ impl std::fmt::Debug for Vm {
             .field("name", &self.name)
             .field("netns", &self.netns)
             .field("ip", &self.ip)
+            .field("public_ip", &self.public_ip)
             .field("docker_host", &self.docker_host)
             .field("dir", &self.dir)
             .finish()
@@ -645,6 +711,77 @@ impl Vm {
     }
 }
 
+/// A NAT router of a cloud.
+#[derive(Clone, Debug)]
+struct Router {
+    /// 1-based cloud number.
+    index: usize,
+    netns: String,
+    public_ip: Ipv4Addr,
+    #[allow(dead_code)]
+    host_veth: String,
+}
+
+impl Router {
+    /// DNAT of `proto` `port` arriving on the public side to `to`, same port. The rule lives
+    /// in the router's namespace and goes with it.
+    fn forward(&self, proto: &str, port: u16, to: Ipv4Addr) -> Result<()> {
+        if proto != "tcp" && proto != "udp" {
+            bail!("forward: protocol must be tcp or udp, not {proto:?}");
+        }
+        run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", self.netns))
+                .args([
+                    "--",
+                    "iptables",
+                    "-w",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    "out0",
+                    "-p",
+                    proto,
+                    "--dport",
+                ])
+                .arg(port.to_string())
+                .args(["-j", "DNAT", "--to-destination"])
+                .arg(to.to_string()),
+        )
+        .map(|_| ())
+    }
+}
+
+/// A running [`Testbed::capture`].
+#[derive(Clone, Debug)]
+pub struct Capture {
+    pub pid: u32,
+    /// The pcap file.
+    pub path: PathBuf,
+    /// tcpdump's own messages.
+    pub log: PathBuf,
+}
+
+impl Capture {
+    /// How many packets of the capture file match a tcpdump filter (e.g. `udp port 8472`).
+    pub fn count(&self, filter: &str) -> Result<usize> {
+        let out = run_ok(
+            Command::new("tcpdump")
+                .args(["-n", "-r"])
+                .arg(&self.path)
+                .args(filter.split_whitespace()),
+        )?;
+        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+    }
+}
+
+/// True when `needle` occurs anywhere in `haystack` (e.g. a marker in a capture file).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A process started with [`Vm::spawn`].
 #[derive(Clone, Debug)]
 pub struct Spawned {
@@ -662,6 +799,7 @@ pub struct Testbed {
     dir: PathBuf,
     bridge: String,
     vms: Vec<Vm>,
+    routers: Vec<Router>,
     shared: Arc<Shared>,
     down: bool,
     /// How long `start` took.
@@ -742,8 +880,11 @@ impl Testbed {
     /// busybox imported everywhere. On error, everything created so far is torn down.
     pub fn start(cfg: TestbedConfig) -> Result<Testbed> {
         let t0 = Instant::now();
-        if cfg.vms == 0 || cfg.vms > MAX_VMS {
-            bail!("vms must be 1..={MAX_VMS}, got {}", cfg.vms);
+        if cfg.total_vms() == 0 || cfg.total_vms() > MAX_VMS {
+            bail!("a testbed has 1..={MAX_VMS} VMs, got {}", cfg.total_vms());
+        }
+        if cfg.clouds.len() > MAX_CLOUDS || cfg.clouds.iter().any(|c| c.vms == 0 || c.vms > 200) {
+            bail!("at most {MAX_CLOUDS} clouds of 1..=200 VMs each");
         }
         let p = &cfg.name_prefix;
         if p.is_empty()
@@ -794,6 +935,7 @@ impl Testbed {
             dir,
             bridge: String::new(),
             vms: Vec::new(),
+            routers: Vec::new(),
             shared,
             down: false,
             start_time: Duration::ZERO,
@@ -897,11 +1039,18 @@ impl Testbed {
                 name,
                 netns,
                 ip: vm_ip,
+                cloud: None,
+                public_ip: None,
                 docker_host,
                 dir: vdir,
                 host_veth,
                 shared: shared.clone(),
             });
+        }
+
+        // 3b. Clouds: a NAT router per cloud on the bridge, its VMs on a LAN behind it.
+        for (c, cloud) in cfg.clouds.iter().enumerate() {
+            self.build_cloud(c + 1, cloud, cfg.docker)?;
         }
 
         if !cfg.docker {
@@ -940,6 +1089,126 @@ impl Testbed {
                     .with_context(|| format!("import busybox into {name}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Cloud `c` (1-based): router namespace `<bridge>-r<c>` with `out0` on the bridge
+    /// (public address) and a `lan0` bridge holding the private network; masquerading out of
+    /// the LAN; the [`CLOUD_PORTS`] forwarded to the first VM; VMs with a default route via
+    /// the router.
+    fn build_cloud(&mut self, c: usize, cloud: &CloudConfig, docker: bool) -> Result<()> {
+        let shared = self.shared.clone();
+        let bridge = self.bridge.clone();
+        let [a, b] = UNDERLAY_NET;
+        let public_ip = Ipv4Addr::new(a, b, self.slot, ROUTER_OCTET_BASE + c as u8);
+        let netns = format!("{bridge}-r{c}");
+        let host_veth = format!("{bridge}r{c}");
+        let [p0, p1, p2] = cloud.private_net;
+        let lan = format!("{p0}.{p1}.{p2}.0/24");
+        let gateway = Ipv4Addr::new(p0, p1, p2, 1);
+
+        ip(&["netns", "add", &netns])?;
+        shared.record(|s| s.netns.push(netns.clone()))?;
+        ip(&[
+            "link", "add", &host_veth, "type", "veth", "peer", "name", "out0", "netns", &netns,
+        ])?;
+        shared.record(|s| s.links.push(host_veth.clone()))?;
+        ip(&["link", "set", &host_veth, "master", &bridge])?;
+        ip(&["link", "set", &host_veth, "up"])?;
+        let rip = |args: &[&str]| -> Result<String> {
+            let mut full = vec!["-n", netns.as_str()];
+            full.extend_from_slice(args);
+            ip(&full)
+        };
+        rip(&["link", "set", "lo", "up"])?;
+        rip(&["addr", "add", &format!("{public_ip}/24"), "dev", "out0"])?;
+        rip(&["link", "set", "out0", "up"])?;
+        rip(&["link", "add", "lan0", "type", "bridge"])?;
+        rip(&["addr", "add", &format!("{gateway}/24"), "dev", "lan0"])?;
+        rip(&["link", "set", "lan0", "up"])?;
+        let in_router = |program: &str, args: &[&str]| -> Result<String> {
+            run_ok(
+                Command::new("nsenter")
+                    .arg(format!("--net=/var/run/netns/{netns}"))
+                    .arg("--")
+                    .arg(program)
+                    .args(args),
+            )
+        };
+        in_router("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
+        in_router(
+            "iptables",
+            &[
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                &lan,
+                "-o",
+                "out0",
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        let router = Router {
+            index: c,
+            netns: netns.clone(),
+            public_ip,
+            host_veth: host_veth.clone(),
+        };
+
+        for k in 0..cloud.vms {
+            let i = self.vms.len() + 1;
+            let name = format!("vm{i}");
+            let vm_netns = format!("{bridge}-{name}");
+            let vm_ip = Ipv4Addr::new(p0, p1, p2, 11 + k as u8);
+            let vdir = self.dir.join(&name);
+            fs::create_dir_all(vdir.join("logs"))?;
+            ip(&["netns", "add", &vm_netns])?;
+            shared.record(|s| s.netns.push(vm_netns.clone()))?;
+            let lan_port = format!("lan{}", k + 1);
+            rip(&[
+                "link", "add", &lan_port, "type", "veth", "peer", "name", "eth0", "netns",
+                &vm_netns,
+            ])?;
+            rip(&["link", "set", &lan_port, "master", "lan0"])?;
+            rip(&["link", "set", &lan_port, "up"])?;
+            let vip = |args: &[&str]| -> Result<String> {
+                let mut full = vec!["-n", vm_netns.as_str()];
+                full.extend_from_slice(args);
+                ip(&full)
+            };
+            vip(&["link", "set", "lo", "up"])?;
+            vip(&["addr", "add", &format!("{vm_ip}/24"), "dev", "eth0"])?;
+            vip(&["link", "set", "eth0", "up"])?;
+            vip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            let docker_host = if docker {
+                format!("unix://{}", vdir.join("docker.sock").display())
+            } else {
+                String::new()
+            };
+            let vm = Vm {
+                index: i,
+                name,
+                netns: vm_netns,
+                ip: vm_ip,
+                cloud: Some(c),
+                public_ip: Some(public_ip),
+                docker_host,
+                dir: vdir,
+                host_veth: host_veth.clone(),
+                shared: shared.clone(),
+            };
+            if k == 0 {
+                for (proto, port) in CLOUD_PORTS {
+                    router.forward(proto, port, vm.ip)?;
+                }
+            }
+            self.vms.push(vm);
+        }
+        self.routers.push(router);
         Ok(())
     }
 
@@ -1102,6 +1371,99 @@ impl Testbed {
     /// The VM at 0-based position `i` (panics when out of range, like indexing).
     pub fn vm(&self, i: usize) -> &Vm {
         &self.vms[i]
+    }
+
+    /// The public address of cloud `c` (1-based): its router's address on the bridge.
+    pub fn cloud_public_ip(&self, c: usize) -> Option<Ipv4Addr> {
+        self.routers
+            .iter()
+            .find(|r| r.index == c)
+            .map(|r| r.public_ip)
+    }
+
+    /// Forwards `proto` (`tcp`/`udp`) `port` of the public address of `vm`'s cloud to `vm`
+    /// (the cloud's first VM has [`CLOUD_PORTS`] already).
+    pub fn forward(&self, vm: &Vm, proto: &str, port: u16) -> Result<()> {
+        let router = vm
+            .cloud
+            .and_then(|c| self.routers.iter().find(|r| r.index == c))
+            .ok_or_else(|| anyhow!("{} is not in a cloud", vm.name))?;
+        router.forward(proto, port, vm.ip)
+    }
+
+    /// Starts recording every packet that crosses the bridge ("the internet" of a clouds
+    /// testbed, the underlay otherwise) to `<testbed dir>/<name>.pcap`, and returns once
+    /// tcpdump listens. Stop it with [`Testbed::stop_capture`] (teardown stops it too).
+    pub fn capture(&self, name: &str) -> Result<Capture> {
+        if which("tcpdump").is_none() {
+            bail!("`tcpdump` not found (run tests/install-deps.sh)");
+        }
+        let path = self.dir.join(format!("{name}.pcap"));
+        let log = self.dir.join(format!("{name}.tcpdump.log"));
+        let f = fs::File::create(&log)?;
+        // -U and --immediate-mode: each packet is written as it comes (on SIGTERM tcpdump drops
+        // what the kernel still buffers); -Z root: keep the right to write into our directory.
+        let child = Command::new("tcpdump")
+            .args([
+                "-i",
+                &self.bridge,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-Z",
+                "root",
+                "-w",
+            ])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .context("spawn tcpdump")?;
+        let pid = self
+            .shared
+            .record_proc(child, PidKind::Spawned, format!("capture:{name}"))?;
+        let capture = Capture { pid, path, log };
+        poll_until(Duration::from_secs(10), "tcpdump to listen", || {
+            if !self.is_running_pid(pid) {
+                bail!(
+                    "tcpdump exited: {}",
+                    fs::read_to_string(&capture.log).unwrap_or_default()
+                );
+            }
+            Ok(fs::read_to_string(&capture.log)
+                .unwrap_or_default()
+                .contains("listening on"))
+        })?;
+        Ok(capture)
+    }
+
+    /// Stops a capture (SIGTERM: tcpdump flushes and closes the file) and returns its bytes.
+    pub fn stop_capture(&self, capture: &Capture) -> Result<Vec<u8>> {
+        let taken = {
+            let mut procs = self.shared.procs();
+            procs
+                .iter()
+                .position(|p| p.rec.pid == capture.pid)
+                .map(|i| procs.remove(i))
+        };
+        if let Some(mut p) = taken {
+            stop_procs(std::slice::from_mut(&mut p), "TERM", Duration::from_secs(5));
+            self.shared
+                .record(|s| s.pids.retain(|r| r.pid != capture.pid))?;
+        }
+        fs::read(&capture.path).with_context(|| format!("read {}", capture.path.display()))
+    }
+
+    fn is_running_pid(&self, pid: u32) -> bool {
+        let mut procs = self.shared.procs();
+        match procs.iter_mut().find(|p| p.rec.pid == pid) {
+            Some(Proc { child: Some(c), .. }) => matches!(c.try_wait(), Ok(None)),
+            Some(p) => same_alive(p.rec.pid, p.rec.start),
+            None => false,
+        }
     }
 
     /// Network partition: sets the VM's host-side veth down; nothing reaches it.

@@ -1,5 +1,6 @@
 //! Smoke suite of the emulated-VM testbed: underlay reachability, one dockerd per VM,
-//! partitions (cut/heal), clean teardown (explicit, concurrent, and on panic).
+//! partitions (cut/heal), clouds behind NAT with port forwards and a capture of the "internet",
+//! clean teardown (explicit, concurrent, and on panic).
 //! Needs root and dockerd; otherwise each test prints "skipped: <why>" and passes.
 
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use smr_tests::testbed::{
-    BUSYBOX_IMAGE, Inventory, Testbed, TestbedConfig, Vm, poll_until, unsupported_reason,
+    BUSYBOX_IMAGE, Inventory, Testbed, TestbedConfig, Vm, contains_bytes, poll_until,
+    unsupported_reason,
 };
 
 fn skip() -> bool {
@@ -20,12 +22,11 @@ fn skip() -> bool {
 }
 
 fn start(cfg: TestbedConfig) -> Result<Testbed> {
-    let n = cfg.vms;
     let tb = Testbed::start(cfg)?;
     println!(
         "testbed {} ({} VMs, underlay {}, dir {}): started in {:?}",
         tb.id(),
-        n,
+        tb.vms().len(),
         tb.underlay_cidr(),
         tb.dir().display(),
         tb.start_time
@@ -158,6 +159,85 @@ fn three_vms_ping_run_containers_partition_and_tear_down() -> Result<()> {
     let inv = shutdown(tb)?;
     ensure!(inv.pids.iter().any(|&(pid, _)| pid == p.pid));
     assert_clean(&inv);
+    Ok(())
+}
+
+/// Something that notices traffic to `proto` `port` in `vm`: a one-shot busybox nc listener
+/// for tcp (what it receives lands in its log), a one-packet tcpdump for udp.
+fn listen(vm: &Vm, proto: &str, port: u16) -> Result<smr_tests::testbed::Spawned> {
+    let name = format!("listen-{proto}-{port}");
+    let spawned = if proto == "udp" {
+        let mut cmd = vm.cmd("tcpdump");
+        cmd.args(["-n", "-c", "1", "-i", "eth0", "-A", "udp", "dst", "port"])
+            .arg(port.to_string());
+        vm.spawn(&name, cmd)?
+    } else {
+        let mut cmd = vm.cmd("/bin/busybox");
+        cmd.args(["nc", "-l", "-p", &port.to_string()]);
+        vm.spawn(&name, cmd)?
+    };
+    if proto == "udp" {
+        poll_until(Duration::from_secs(10), "tcpdump in the VM", || {
+            Ok(std::fs::read_to_string(&spawned.log)?.contains("listening on"))
+        })?;
+    }
+    Ok(spawned)
+}
+
+#[test]
+fn two_clouds_behind_nat_with_the_same_private_addresses() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut cfg = TestbedConfig::clouds(&[1, 1]);
+    cfg.docker = false;
+    let tb = start(cfg)?;
+    let (a, b) = (tb.vm(0).clone(), tb.vm(1).clone());
+    ensure!(
+        a.ip == b.ip && a.ip.to_string() == "10.1.0.11",
+        "{a:?} {b:?}"
+    );
+    let (pa, pb) = (
+        a.public_ip.context("public ip")?,
+        b.public_ip.context("public ip")?,
+    );
+    ensure!(pa != pb && tb.cloud_public_ip(2) == Some(pb));
+    ensure!(a.ping("10.1.0.1".parse()?), "a reaches its router");
+    ensure!(a.ping(pb), "a reaches cloud b's public address");
+    ensure!(a.ping(tb.bridge_ip()), "a reaches the host on the internet");
+
+    let capture = tb.capture("smoke")?;
+    // The forwarded ports of cloud b reach b's VM, from a's VM, across both NATs.
+    for (proto, port) in [("tcp", 1443), ("tcp", 9212), ("udp", 51820)] {
+        let marker = format!("across-nat-{proto}-{port}");
+        let listener = listen(&b, proto, port)?;
+        poll_until(
+            Duration::from_secs(20),
+            &format!("{proto} {port} through the port forward"),
+            || {
+                let sh = if proto == "udp" {
+                    format!("echo {marker} > /dev/udp/{pb}/{port}")
+                } else {
+                    format!("echo {marker} | /bin/busybox nc -w 1 {pb} {port}")
+                };
+                a.run("bash", &["-c", &sh])?;
+                Ok(std::fs::read_to_string(&listener.log)?.contains(&marker))
+            },
+        )?;
+        b.stop(listener.pid, Duration::from_secs(2))?;
+    }
+    // Not forwarded: nothing listens on cloud a's public side for 8472.
+    let bytes = tb.stop_capture(&capture)?;
+    ensure!(
+        contains_bytes(&bytes, b"across-nat-tcp-1443"),
+        "capture sees clear text"
+    );
+    ensure!(
+        capture.count("net 10.1.0.0/24")? == 0,
+        "private addresses crossed the internet"
+    );
+    ensure!(capture.count(&format!("src host {pa} and dst host {pb}"))? > 0);
+    assert_clean(&shutdown(tb)?);
     Ok(())
 }
 

@@ -50,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/health"),
     ("get", "/api/v1/nodes"),
     ("delete", "/api/v1/nodes/{id}"),
+    ("post", "/api/v1/nodes/{id}/rotate-key"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/objects"),
     ("post", "/api/v1/objects"),
@@ -88,6 +89,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", delete(remove_node))
+        .route("/api/v1/nodes/{id}/rotate-key", post(rotate_key))
         .route("/api/v1/tokens", post(new_token))
         .route("/api/v1/objects", get(list_all).post(apply))
         .route("/api/v1/objects/delete", post(delete_many))
@@ -348,7 +350,13 @@ async fn list_nodes(
     let probes = state.nodes.values().map(|n| {
         let node = node.clone();
         let addr = n.api_addr();
+        let me = n.id == node.id;
         async move {
+            // This node answers, so it is healthy (behind NAT it may not reach its own public
+            // address).
+            if me {
+                return true;
+            }
             let probe = tokio::time::timeout(
                 Duration::from_secs(2),
                 node.call::<(), HealthResponse>(&addr, "health", None),
@@ -358,6 +366,13 @@ async fn list_nodes(
         }
     });
     let healthy = futures::future::join_all(probes).await;
+    let stats = match node.overlay.peer_stats().await {
+        Ok(stats) => stats,
+        Err(e) => {
+            tracing::warn!("WireGuard peer statistics: {e}");
+            Vec::new()
+        }
+    };
     let views = state
         .nodes
         .values()
@@ -385,9 +400,63 @@ async fn list_nodes(
             subnet: n.lease.map(|l| l.to_string()),
             backend: state.network.as_ref().map(|net| net.backend.clone()),
             vtep_mac: n.vtep_mac.clone(),
+            public_ip: n.public_ip.clone(),
+            wg_port: n.wg_port,
+            wg_public_key: n.wg_public_key.clone(),
+            wireguard: (n.id != node.id).then(|| wg_peer_view(n, &stats)).flatten(),
         })
         .collect();
     Ok(Json(views))
+}
+
+/// The answering node's WireGuard session with `n`, found by `n`'s published public key.
+fn wg_peer_view(n: &crate::state::NodeRecord, stats: &[overlay::PeerStats]) -> Option<WgPeerView> {
+    let key: overlay::WgPublicKey = n.wg_public_key.as_deref()?.parse().ok()?;
+    let peer = stats.iter().find(|s| s.public_key == key)?;
+    Some(WgPeerView {
+        endpoint: peer.endpoint.map(|e| e.to_string()),
+        last_handshake_ms: peer
+            .last_handshake
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64),
+        rx_bytes: peer.rx_bytes,
+        tx_bytes: peer.tx_bytes,
+    })
+}
+
+/// `POST /api/v1/nodes/{id}/rotate-key`: node `id` makes a new WireGuard key, publishes it and
+/// applies it; another node relays the request to it.
+async fn rotate_key(
+    State(node): AppState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<RotateKeyResponse>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
+    if id != node.id {
+        if headers.contains_key("x-smr-forwarded") {
+            return Err(ApiError::Unavailable(format!("this is not node {id}")));
+        }
+        let state = node.state(Consistency::Stale).await?;
+        let record = state
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("node {id}")))?;
+        return node
+            .call::<(), RotateKeyResponse>(
+                &record.api_addr(),
+                &format!("nodes/{id}/rotate-key"),
+                Some(&()),
+            )
+            .await
+            .map(Json);
+    }
+    let public_key = node.rotate_wireguard_key().await?;
+    Ok(Json(RotateKeyResponse {
+        id,
+        public_key: public_key.to_string(),
+    }))
 }
 
 async fn remove_node(

@@ -82,11 +82,43 @@ pub struct NodeView {
     /// The node's subnet of the cluster network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
-    /// The overlay backend of the cluster (vxlan, host-gw, none).
+    /// The overlay backend of the cluster (wireguard, vxlan, host-gw, none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
+    /// The address other nodes dial (WireGuard endpoint, API, Raft), when it differs from `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_port: Option<u16>,
+    /// The node's WireGuard public key (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_public_key: Option<String>,
+    /// The WireGuard session between the node that answered and this node, as the answering
+    /// node's device reports it (absent for the answering node itself and on other backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WgPeerView>,
+}
+
+/// One WireGuard peer as the answering node's device sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WgPeerView {
+    /// The endpoint the device last heard the peer from (after NAT), or was configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Milliseconds since the epoch of the latest completed handshake; absent: none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake_ms: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// `POST /api/v1/nodes/{id}/rotate-key`: the node's new WireGuard public key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    pub id: NodeId,
+    pub public_key: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -110,7 +142,21 @@ pub struct JoinRequest {
     pub name: String,
     pub host: String,
     pub domain: String,
+    /// The joiner's own underlay address.
     pub ip: String,
+    /// The address other nodes dial (behind NAT: the public one); absent: `ip`.
+    #[serde(default)]
+    pub public_ip: Option<String>,
+    /// UDP port of the joiner's WireGuard device.
+    #[serde(default)]
+    pub wg_port: Option<u16>,
+    /// The joiner's WireGuard public key (base64).
+    #[serde(default)]
+    pub wg_public_key: Option<String>,
+    /// The overlay backend the joiner was told to use (`--backend`); refused when the cluster
+    /// runs another.
+    #[serde(default)]
+    pub backend: Option<String>,
     pub api_port: u16,
     pub raft_port: u16,
     #[serde(default)]

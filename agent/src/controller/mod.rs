@@ -34,6 +34,9 @@ pub struct NodeLoops {
     pub underlay_ip: IpAddr,
     pub iface: Option<String>,
     pub vtep_mac: [u8; 6],
+    /// This node's WireGuard private key file and port.
+    pub wg_key_path: PathBuf,
+    pub wg_port: u16,
     pub files_dir: PathBuf,
     /// Where the gitops loop keeps its clones (used while this node leads).
     pub gitops_cache: PathBuf,
@@ -93,6 +96,8 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
                 underlay_ip,
                 iface: cfg.iface.clone(),
                 vtep_mac: cfg.vtep_mac,
+                wg_key_path: cfg.wg_key_path.clone(),
+                wg_port: cfg.wg_port,
                 docker: runtime.docker().clone(),
                 upstreams,
             };

@@ -1,21 +1,31 @@
-//! The node's network loop: the overlay (VXLAN or host-gw) from the peers' leases, the `cluster`
-//! Docker network on this node's lease, and the `*.private` DNS server on its gateway, fed with
-//! the records of ready replicas and of nodes.
+//! The node's network loop: the overlay (WireGuard, VXLAN or host-gw) from the peers' leases,
+//! addresses and keys, the `cluster` Docker network on this node's lease, and the `*.private` DNS
+//! server on its gateway, fed with the records of ready replicas and of nodes.
 //!
 //! Level-triggered like the other loops: on every state change and every few seconds the overlay
-//! is reconciled against the peer list (which also repairs a deleted `smr.1`), the Docker network
-//! is checked, and the DNS records are recomputed and swapped in.
+//! is reconciled against the peer list (which also repairs a deleted device), the Docker network
+//! is checked, the DNS records are recomputed and swapped in, and (wireguard) this node's public
+//! key and port are published when the registry holds others.
+//!
+//! ```text
+//!  state --peers()--> Overlay::reconcile          (network loop)
+//!                        ^   ^
+//!  API: nodes -o wide ---+   +--- rotate-key: write key file, Op::SetNodeWireguard,
+//!       (peer_stats)              Overlay::set_private_key   (through OverlaySlot)
+//! ```
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::state::{ClusterState, NodeId};
+use crate::state::{ClusterState, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
-use overlay::{Backend, Overlay, OverlayConfig, Peer};
+use overlay::wireguard::{WG_PORT, WgConfig, WgKey, WgPeer, WgPublicKey};
+use overlay::{Backend, Overlay, OverlayConfig, Peer, PeerStats};
 
 /// What the network loop needs to know about this node.
 #[derive(Clone, Debug)]
@@ -24,6 +34,9 @@ pub struct NetworkConfig {
     pub underlay_ip: Ipv4Addr,
     pub iface: Option<String>,
     pub vtep_mac: [u8; 6],
+    /// This node's WireGuard private key file and port.
+    pub wg_key_path: PathBuf,
+    pub wg_port: u16,
     pub docker: bollard::Docker,
     /// Where public names are forwarded (from the host's resolv.conf).
     pub upstreams: Vec<SocketAddr>,
@@ -39,6 +52,100 @@ pub enum NetworkError {
     Dns(#[from] dns::DnsError),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Key(#[from] overlay::WgError),
+}
+
+/// The running overlay, shared between the network loop (which sets it up) and the API (peer
+/// statistics, key rotation).
+#[derive(Default)]
+pub struct OverlaySlot {
+    overlay: std::sync::RwLock<Option<Arc<Overlay>>>,
+    /// The WireGuard key the device runs with, and its port; held while a rotation runs so the
+    /// loop never publishes a key half-way through one.
+    wireguard: tokio::sync::Mutex<Option<(WgKey, u16)>>,
+}
+
+/// Why a key rotation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("this node runs no WireGuard overlay (the cluster's backend is {0})")]
+    NotWireguard(String),
+    #[error("the overlay of this node is not set up yet; try again")]
+    NotReady,
+    #[error("{0}")]
+    Key(#[from] overlay::WgError),
+    #[error("{0}")]
+    Overlay(#[from] overlay::OverlayError),
+}
+
+impl OverlaySlot {
+    fn get(&self) -> Option<Arc<Overlay>> {
+        self.overlay
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, overlay: Option<Arc<Overlay>>) {
+        *self.overlay.write().unwrap_or_else(|e| e.into_inner()) = overlay;
+    }
+
+    /// The WireGuard device's view of its peers (empty when no WireGuard overlay runs).
+    pub async fn peer_stats(&self) -> Result<Vec<PeerStats>, overlay::OverlayError> {
+        match self.get() {
+            Some(overlay) => overlay.peer_stats().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces this node's key: a new key is written to `key_path` (0600), published through
+    /// the state with `publish` (which must succeed, or the old key is written back), then
+    /// applied to the running device. Peers drop the old key when they reconcile.
+    pub async fn rotate<F, Fut, E>(
+        &self,
+        key_path: &std::path::Path,
+        publish: F,
+    ) -> Result<WgPublicKey, RotateOutcome<E>>
+    where
+        F: FnOnce(WgPublicKey, u16) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let mut current = self.wireguard.lock().await;
+        let overlay = self
+            .get()
+            .ok_or(RotateOutcome::Rotate(RotateError::NotReady))?;
+        let backend = overlay.config().backend;
+        let Some((old, port)) = current.clone() else {
+            return Err(RotateOutcome::Rotate(RotateError::NotWireguard(
+                backend.to_string(),
+            )));
+        };
+        let new = WgKey::generate();
+        let public = new.public_key();
+        overlay::wireguard::write_key(key_path, &new)
+            .map_err(|e| RotateOutcome::Rotate(e.into()))?;
+        if let Err(e) = publish(public, port).await {
+            if let Err(undo) = overlay::wireguard::write_key(key_path, &old) {
+                tracing::error!("rotate-key: writing the old key back failed: {undo}");
+            }
+            return Err(RotateOutcome::Publish(e));
+        }
+        overlay
+            .set_private_key(new.clone())
+            .await
+            .map_err(|e| RotateOutcome::Rotate(e.into()))?;
+        *current = Some((new, port));
+        tracing::info!(public_key = %public, "WireGuard key rotated");
+        Ok(public)
+    }
+}
+
+/// A failed rotation: the new key could not be made or applied, or not published.
+#[derive(Debug)]
+pub enum RotateOutcome<E> {
+    Rotate(RotateError),
+    Publish(E),
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -50,17 +157,47 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
-/// The overlay peers: every other node with a lease, an IPv4 underlay address and a VTEP MAC.
-pub fn peers(state: &ClusterState, me: NodeId) -> Vec<Peer> {
+fn ipv4(text: &str) -> Option<Ipv4Addr> {
+    match text.parse().ok()? {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The overlay peers: every other node with a lease and an IPv4 address, and for the vxlan
+/// backend a VTEP MAC, for wireguard a public key. Nodes lacking what the backend needs are left
+/// out.
+///
+/// WireGuard reaches a peer at its public address (`--public-ip`, else `--ip`) and WireGuard
+/// port: two nodes in different clouds may have the same private address, their public ones
+/// differ. vxlan and host-gw carry clear text over one private network, so they send to the
+/// peer's own address (`--ip`), never across the public side of a NAT.
+pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
     state
         .nodes
         .values()
         .filter(|n| n.id != me)
         .filter_map(|n| {
+            let underlay = match backend {
+                Backend::WireGuard => ipv4(n.dial_ip())?,
+                Backend::Vxlan | Backend::HostGw => ipv4(&n.ip)?,
+            };
+            let vtep_mac = n.vtep_mac.as_deref().and_then(parse_mac);
+            let wireguard = match backend {
+                Backend::WireGuard => Some(WgPeer {
+                    public_key: n.wg_public_key.as_deref()?.parse().ok()?,
+                    endpoint: SocketAddrV4::new(underlay, n.wg_port.unwrap_or(WG_PORT)),
+                }),
+                Backend::Vxlan | Backend::HostGw => None,
+            };
             Some(Peer {
                 subnet: n.lease?,
-                underlay: n.ip.parse().ok()?,
-                vtep_mac: n.vtep_mac.as_deref().and_then(parse_mac)?,
+                underlay,
+                vtep_mac: match backend {
+                    Backend::Vxlan => vtep_mac?,
+                    _ => vtep_mac.unwrap_or_default(),
+                },
+                wireguard,
             })
         })
         .collect()
@@ -88,7 +225,7 @@ pub fn records(state: &ClusterState) -> dns::RecordSet {
         .filter_map(|n| {
             Some(dns::NodeInfo {
                 name: n.name.clone(),
-                ip: n.ip.parse().ok()?,
+                ip: n.dial_ip().parse().ok()?,
             })
         })
         .collect();
@@ -107,6 +244,17 @@ pub async fn run(
     config: NetworkConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), NetworkError> {
+    let result = run_overlay(&node, config, &mut stop).await;
+    node.overlay.set(None);
+    *node.overlay.wireguard.lock().await = None;
+    result
+}
+
+async fn run_overlay(
+    node: &Arc<Node>,
+    config: NetworkConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), NetworkError> {
     let mut changes = node.store.subscribe();
     // Wait for the cluster network settings and this node's lease.
     let (settings, lease) = loop {
@@ -121,28 +269,41 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return Ok(()),
+            _ = crate::api::serve::stopped(stop) => return Ok(()),
             _ = changes.changed() => {},
         }
     };
-    let backend = match settings.backend.as_str() {
-        "vxlan" => Backend::Vxlan,
-        "host-gw" => Backend::HostGw,
-        other => {
-            return Err(NetworkError::Config(format!(
-                "unknown overlay backend {other}"
-            )));
-        }
+    let backend: Backend = settings
+        .backend
+        .parse()
+        .map_err(|e: overlay::UnknownBackend| NetworkError::Config(e.to_string()))?;
+    let wireguard = match backend {
+        Backend::WireGuard => Some(WgConfig {
+            private_key: overlay::wireguard::load_or_create_key(&config.wg_key_path)?,
+            listen_port: config.wg_port,
+        }),
+        Backend::Vxlan | Backend::HostGw => None,
     };
-    let overlay = Overlay::new(OverlayConfig {
+    let overlay = Arc::new(Overlay::new(OverlayConfig {
         backend,
         lease,
         cluster_cidr: settings.cidr,
         underlay_ip: config.underlay_ip,
         iface: config.iface.clone(),
         vtep_mac: config.vtep_mac,
-    })?;
+        wireguard: wireguard.clone(),
+    })?);
     overlay.setup().await?;
+    if let Some(wg) = &wireguard {
+        tracing::info!(
+            implementation = overlay.wireguard_impl().unwrap_or("unknown"),
+            port = wg.listen_port,
+            public_key = %wg.private_key.public_key(),
+            "WireGuard device up"
+        );
+    }
+    *node.overlay.wireguard.lock().await = wireguard.map(|wg| (wg.private_key, wg.listen_port));
+    node.overlay.set(Some(overlay.clone()));
     let mtu = overlay.mtu().await?;
     let spec = ClusterNetworkSpec::new(lease, mtu);
     let networks = BollardNetworks {
@@ -155,12 +316,13 @@ pub async fn run(
         ..dns::DnsConfig::default()
     })
     .await?;
-    tracing::info!(%lease, mtu, gateway = %spec.gateway(), "overlay, cluster network and DNS ready");
+    tracing::info!(%backend, %lease, mtu, gateway = %spec.gateway(), "overlay, cluster network and DNS ready");
 
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         if let Ok(state) = node.store.read(false).await {
-            match overlay.reconcile(&peers(&state, config.id)).await {
+            publish_wireguard(node, &state, config.id).await;
+            match overlay.reconcile(&peers(&state, config.id, backend)).await {
                 Ok(report) if !report.is_noop() => tracing::info!(?report, "overlay reconciled"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("overlay: {e}"),
@@ -174,7 +336,7 @@ pub async fn run(
             tracing::warn!("cluster network: {e}");
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => break,
+            _ = crate::api::serve::stopped(stop) => break,
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
@@ -183,4 +345,171 @@ pub async fn run(
         tracing::warn!("DNS shutdown: {e}");
     }
     Ok(())
+}
+
+/// Publishes this node's WireGuard public key and port when the registry holds others (a key
+/// file made anew, a changed `--wg-port`). Skipped while a rotation runs; failures are retried
+/// on the next pass.
+async fn publish_wireguard(node: &Node, state: &ClusterState, me: NodeId) {
+    let Ok(current) = node.overlay.wireguard.try_lock() else {
+        return;
+    };
+    let (Some((key, port)), Some(record)) = (current.as_ref(), state.nodes.get(&me)) else {
+        return;
+    };
+    let public_key = key.public_key().to_string();
+    if record.wg_public_key.as_deref() == Some(public_key.as_str()) && record.wg_port == Some(*port)
+    {
+        return;
+    }
+    let op = Op::SetNodeWireguard {
+        id: me,
+        public_key: public_key.clone(),
+        port: *port,
+    };
+    match node.propose(op, None).await {
+        Ok(_) => tracing::info!(%public_key, port, "published this node's WireGuard key"),
+        Err(e) => tracing::warn!("publishing this node's WireGuard key: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeRecord;
+
+    fn record(id: NodeId, ip: &str, public_ip: Option<&str>, lease: &str) -> NodeRecord {
+        NodeRecord {
+            id,
+            name: format!("n{id}"),
+            host: String::new(),
+            domain: String::new(),
+            ip: ip.into(),
+            public_ip: public_ip.map(str::to_string),
+            api_port: 1443,
+            raft_port: 9212,
+            labels: Default::default(),
+            joined_ms: 0,
+            schedulable: true,
+            lease: Some(lease.parse().unwrap()),
+            vtep_mac: Some(format!("02:00:00:00:00:0{id}")),
+            wg_port: Some(51820 + id as u16),
+            wg_public_key: Some(WgKey::generate().public_key().to_string()),
+        }
+    }
+
+    fn state(nodes: Vec<NodeRecord>) -> ClusterState {
+        ClusterState {
+            nodes: nodes.into_iter().map(|n| (n.id, n)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wireguard_peers_are_dialled_at_public_addresses_even_with_equal_private_ones() {
+        // Three clouds whose VMs all have the private address 10.1.0.11.
+        let s = state(vec![
+            record(1, "10.1.0.11", Some("203.0.113.10"), "10.10.0.0/24"),
+            record(2, "10.1.0.11", Some("203.0.113.20"), "10.10.1.0/24"),
+            record(3, "10.1.0.11", None, "10.10.2.0/24"),
+        ]);
+        let peers = peers(&s, 1, Backend::WireGuard);
+        let seen: Vec<(String, String, String)> = peers
+            .iter()
+            .map(|p| {
+                let wg = p.wireguard.expect("wireguard peer");
+                (
+                    p.subnet.to_string(),
+                    p.underlay.to_string(),
+                    wg.endpoint.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "10.10.1.0/24".into(),
+                    "203.0.113.20".into(),
+                    "203.0.113.20:51822".into()
+                ),
+                (
+                    "10.10.2.0/24".into(),
+                    "10.1.0.11".into(),
+                    "10.1.0.11:51823".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            peers[0].wireguard.unwrap().public_key.to_string(),
+            s.nodes[&2].wg_public_key.clone().unwrap()
+        );
+    }
+
+    #[test]
+    fn peers_lacking_what_the_backend_needs_are_left_out() {
+        let mut no_key = record(2, "10.0.0.2", None, "10.10.1.0/24");
+        no_key.wg_public_key = None;
+        let mut no_mac = record(3, "10.0.0.3", None, "10.10.2.0/24");
+        no_mac.vtep_mac = None;
+        let mut bad_key = record(4, "10.0.0.4", None, "10.10.3.0/24");
+        bad_key.wg_public_key = Some("not a key".into());
+        let mut v6 = record(5, "fd00::5", None, "10.10.4.0/24");
+        v6.public_ip = None;
+        let s = state(vec![
+            record(1, "10.0.0.1", None, "10.10.0.0/24"),
+            no_key,
+            no_mac,
+            bad_key,
+            v6,
+        ]);
+        let subnets = |b| {
+            peers(&s, 1, b)
+                .iter()
+                .map(|p| p.subnet.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(subnets(Backend::WireGuard), vec!["10.10.2.0/24"]);
+        assert_eq!(
+            subnets(Backend::Vxlan),
+            vec!["10.10.1.0/24", "10.10.3.0/24"]
+        );
+        assert_eq!(
+            subnets(Backend::HostGw),
+            vec!["10.10.1.0/24", "10.10.2.0/24", "10.10.3.0/24"]
+        );
+        assert!(
+            peers(&s, 1, Backend::Vxlan)
+                .iter()
+                .all(|p| p.wireguard.is_none())
+        );
+    }
+
+    #[test]
+    fn clear_text_backends_send_to_the_private_address() {
+        let s = state(vec![
+            record(1, "10.0.0.1", None, "10.10.0.0/24"),
+            record(2, "10.0.0.2", Some("198.51.100.2"), "10.10.1.0/24"),
+        ]);
+        for backend in [Backend::Vxlan, Backend::HostGw] {
+            let peers = peers(&s, 1, backend);
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].underlay.to_string(), "10.0.0.2", "{backend}");
+        }
+        let wg = peers(&s, 1, Backend::WireGuard);
+        assert_eq!(wg[0].underlay.to_string(), "198.51.100.2");
+    }
+
+    #[test]
+    fn node_names_resolve_to_dial_addresses() {
+        let s = state(vec![record(
+            1,
+            "10.1.0.11",
+            Some("203.0.113.10"),
+            "10.10.0.0/24",
+        )]);
+        let recs = records(&s);
+        assert!(format!("{recs:?}").contains("203.0.113.10"), "{recs:?}");
+        assert!(!format!("{recs:?}").contains("10.1.0.11"), "{recs:?}");
+    }
 }

@@ -119,8 +119,12 @@ pub struct NodeRecord {
     pub host: String,
     /// The domain the API is reached under (`-d`).
     pub domain: String,
-    /// Advertised underlay address.
+    /// The node's own underlay address (`--ip`): what it binds and where its packets leave.
     pub ip: String,
+    /// What other nodes dial to reach it (`--public-ip`): WireGuard endpoint, API and Raft.
+    /// Absent in records of older nodes: then `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
     pub api_port: u16,
     pub raft_port: u16,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -135,6 +139,13 @@ pub struct NodeRecord {
     /// MAC address of this node's VXLAN device (`aa:bb:cc:dd:ee:ff`), chosen by the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
+    /// UDP port of the node's WireGuard device (`--wg-port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_port: Option<u16>,
+    /// The node's WireGuard public key (base64, as `wg` prints it); its private key never leaves
+    /// the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg_public_key: Option<String>,
 }
 
 /// The cluster network, fixed when the cluster is created.
@@ -142,16 +153,20 @@ pub struct NodeRecord {
 pub struct NetworkSettings {
     pub cidr: ipnet::Ipv4Net,
     pub subnet_len: u8,
-    /// `vxlan`, `host-gw` or `none`.
+    /// `wireguard`, `vxlan`, `host-gw` or `none`.
     pub backend: String,
 }
 
 impl NodeRecord {
+    /// The address other nodes dial: `public_ip`, or `ip` when the node has none.
+    pub fn dial_ip(&self) -> &str {
+        self.public_ip.as_deref().unwrap_or(&self.ip)
+    }
     pub fn api_addr(&self) -> String {
-        join_host_port(&self.ip, self.api_port)
+        join_host_port(self.dial_ip(), self.api_port)
     }
     pub fn raft_addr(&self) -> String {
-        join_host_port(&self.ip, self.raft_port)
+        join_host_port(self.dial_ip(), self.raft_port)
     }
 }
 
@@ -246,6 +261,13 @@ pub enum Op {
     SetNodeLabels {
         id: NodeId,
         labels: BTreeMap<String, String>,
+    },
+    /// A node publishes its WireGuard public key and port (a new key after `smrmgr rotate-key`,
+    /// or a key it made at start); peers replace the old key when they reconcile.
+    SetNodeWireguard {
+        id: NodeId,
+        public_key: String,
+        port: u16,
     },
     AddJoinToken {
         token: JoinTokenRecord,
@@ -376,6 +398,28 @@ impl ClusterState {
             Op::SetNodeLabels { id, labels } => match self.nodes.get_mut(id) {
                 Some(node) => {
                     node.labels = labels.clone();
+                    self.bump()
+                }
+                None => CommandResult::Rejected {
+                    reason: format!("node {id} is not a member"),
+                },
+            },
+            Op::SetNodeWireguard {
+                id,
+                public_key,
+                port,
+            } => match self.nodes.get_mut(id) {
+                Some(node)
+                    if node.wg_public_key.as_deref() == Some(public_key.as_str())
+                        && node.wg_port == Some(*port) =>
+                {
+                    CommandResult::Done {
+                        revision: self.revision,
+                    }
+                }
+                Some(node) => {
+                    node.wg_public_key = Some(public_key.clone());
+                    node.wg_port = Some(*port);
                     self.bump()
                 }
                 None => CommandResult::Rejected {

@@ -40,6 +40,9 @@ fn node(name: &str) -> NodeRecord {
         schedulable: true,
         lease: None,
         vtep_mac: None,
+        public_ip: None,
+        wg_port: None,
+        wg_public_key: None,
     }
 }
 
@@ -858,4 +861,58 @@ fn a_definition_changed_with_its_input_rolls_once() {
         },
     ));
     assert_eq!(template_generation(&s, "containers/app/web"), 2);
+}
+
+#[test]
+fn a_node_publishes_its_wireguard_key_and_dial_address() {
+    let mut s = ClusterState::default();
+    let mut a = node("a");
+    a.ip = "10.1.0.11".into();
+    a.public_ip = Some("203.0.113.10".into());
+    s.apply(&cmd("r1", Op::RegisterNode { node: a }));
+    let a = &s.nodes[&1];
+    assert_eq!(a.dial_ip(), "203.0.113.10");
+    assert_eq!(a.api_addr(), "203.0.113.10:1443");
+    assert_eq!(a.raft_addr(), "203.0.113.10:9212");
+    // Without a public address the node is dialled at its own.
+    assert_eq!(node("b").api_addr(), "127.0.0.1:1443");
+
+    let set = |op_id: &str, key: &str, port: u16| {
+        cmd(
+            op_id,
+            Op::SetNodeWireguard {
+                id: 1,
+                public_key: key.into(),
+                port,
+            },
+        )
+    };
+    let before = s.revision;
+    assert!(matches!(
+        s.apply(&set("k1", "AAAA", 51820)),
+        CommandResult::Done { .. }
+    ));
+    assert_eq!(s.revision, before + 1);
+    assert_eq!(s.nodes[&1].wg_public_key.as_deref(), Some("AAAA"));
+    assert_eq!(s.nodes[&1].wg_port, Some(51820));
+    // The same key again changes nothing.
+    s.apply(&set("k2", "AAAA", 51820));
+    assert_eq!(s.revision, before + 1);
+    // A rotated key replaces the old one.
+    s.apply(&set("k3", "BBBB", 51821));
+    assert_eq!(s.nodes[&1].wg_public_key.as_deref(), Some("BBBB"));
+    assert_eq!(s.nodes[&1].wg_port, Some(51821));
+    assert_eq!(
+        s.apply(&cmd(
+            "k4",
+            Op::SetNodeWireguard {
+                id: 9,
+                public_key: "CCCC".into(),
+                port: 1
+            }
+        )),
+        CommandResult::Rejected {
+            reason: "node 9 is not a member".into()
+        }
+    );
 }

@@ -68,7 +68,9 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Nodes of the cluster: role, leader, address, health.
+    /// Nodes of the cluster: role, leader, address, health; `-o wide` adds subnet, backend, VTEP
+    /// MAC, public address, WireGuard port and the answering node's WireGuard session with each
+    /// peer (last handshake, bytes received and sent).
     Nodes {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
@@ -376,16 +378,41 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 output::age(n.joined_ms, now),
                             ];
                             if wide {
-                                row.push(n.subnet.clone().unwrap_or_else(|| "-".into()));
-                                row.push(n.backend.clone().unwrap_or_else(|| "-".into()));
-                                row.push(n.vtep_mac.clone().unwrap_or_else(|| "-".into()));
+                                let dash = || "-".to_string();
+                                row.push(n.subnet.clone().unwrap_or_else(dash));
+                                row.push(n.backend.clone().unwrap_or_else(dash));
+                                row.push(n.vtep_mac.clone().unwrap_or_else(dash));
+                                row.push(n.public_ip.clone().unwrap_or_else(dash));
+                                row.push(n.wg_port.map(|p| p.to_string()).unwrap_or_else(dash));
+                                // The answering node's WireGuard session with this node.
+                                match &n.wireguard {
+                                    Some(wg) => {
+                                        row.push(
+                                            wg.last_handshake_ms
+                                                .map(|t| output::age(t, now))
+                                                .unwrap_or_else(|| "never".into()),
+                                        );
+                                        row.push(output::bytes(wg.rx_bytes));
+                                        row.push(output::bytes(wg.tx_bytes));
+                                    }
+                                    None => row.extend([dash(), dash(), dash()]),
+                                }
                             }
                             row
                         })
                         .collect();
                     let mut header = vec!["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"];
                     if wide {
-                        header.extend(["SUBNET", "BACKEND", "VTEP MAC"]);
+                        header.extend([
+                            "SUBNET",
+                            "BACKEND",
+                            "VTEP MAC",
+                            "PUBLIC IP",
+                            "WG PORT",
+                            "HANDSHAKE",
+                            "RX",
+                            "TX",
+                        ]);
                     }
                     print!("{}", output::table(&header, &rows));
                 }

@@ -40,7 +40,8 @@ enum Cmd {
         data: DataDir,
         #[arg(long, default_value = "30")]
         timeout: u64,
-        /// Also remove the overlay device `smr.1` and smr's masquerading rules from this host.
+        /// Also remove the overlay devices (`smr.1`, `smr-wg`) and smr's masquerading rules from
+        /// this host.
         #[arg(long)]
         clean: bool,
     },
@@ -65,6 +66,13 @@ enum Cmd {
     },
     /// Write a systemd unit that runs `smrmgr start --foreground` with these flags, and enable it.
     ServiceInstall(StartArgs),
+    /// Replace this node's WireGuard key: a new key pair is made here, written to
+    /// <data-dir>/wireguard.key, applied to the running device and its public key published;
+    /// peers stop accepting the old key once they reconcile.
+    RotateKey {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
         Cmd::Token { data, ttl_hours } => token(&data.data_dir, ttl_hours),
         Cmd::Leave { data } => leave(&data.data_dir),
         Cmd::ServiceInstall(args) => service_install(args),
+        Cmd::RotateKey { data } => rotate_key(&data.data_dir),
     };
     match result {
         Ok(code) => code,
@@ -234,6 +243,8 @@ fn recorded_settings(node: &NodeFile) -> serde_json::Map<String, serde_json::Val
         domain: Some(node.domain.clone()),
         node: Some(node.host.clone()),
         ip: node.ip.parse().ok(),
+        public_ip: node.public_ip.as_deref().and_then(|p| p.parse().ok()),
+        wg_port: Some(node.wg_port),
         api_port: Some(node.api_port),
         raft_port: Some(node.raft_port),
         no_workloads: !node.schedulable,
@@ -320,6 +331,8 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         },
         token: args.token.clone(),
         ip: settings.ip.ok_or_else(|| filled("ip"))?,
+        public_ip: settings.public_ip,
+        wg_port: settings.wg_port.ok_or_else(|| filled("wireguard port"))?,
         data_dir: dir.clone(),
         docker_host: settings.docker_host.clone(),
         api_port: settings.api_port.ok_or_else(|| filled("api port"))?,
@@ -327,7 +340,7 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         labels,
         cidr: settings.cidr.ok_or_else(|| filled("cidr"))?,
         subnet_len: settings.subnet_len.ok_or_else(|| filled("subnet length"))?,
-        backend: settings.backend.clone().ok_or_else(|| filled("backend"))?,
+        backend: settings.backend.clone(),
         iface: settings.iface.clone(),
         workloads: !settings.no_workloads,
         node_timeout: smr::start::node_timeout(
@@ -524,8 +537,10 @@ fn clean_network() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let kernel = overlay::NetlinkKernel::new()?;
-        if kernel.delete_link(overlay::VXLAN_DEV).await? {
-            println!("removed {}", overlay::VXLAN_DEV);
+        for dev in [overlay::VXLAN_DEV, overlay::wireguard::WG_DEV] {
+            if kernel.delete_link(dev).await? {
+                println!("removed {dev}");
+            }
         }
         if overlay::masq::remove_masquerade(&overlay::masq::IptablesCmd::default()).await? {
             println!("removed smr's masquerading rules");
@@ -583,6 +598,20 @@ fn token(dir: &Path, ttl_hours: u64) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     let token = runtime.block_on(client.token(Some(Duration::from_secs(ttl_hours * 3600))))?;
     println!("{}", token.token);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_key(dir: &Path) -> anyhow::Result<ExitCode> {
+    let me = existing_node(dir).ok_or_else(|| anyhow!("{} holds no node", dir.display()))?;
+    let client = client_for(dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let rotated = runtime
+        .block_on(client.rotate_key(me.id))
+        .context("rotating this node's WireGuard key")?;
+    println!(
+        "node {} (id {}) has a new WireGuard key; public key {}",
+        me.name, me.id, rotated.public_key
+    );
     Ok(ExitCode::SUCCESS)
 }
 

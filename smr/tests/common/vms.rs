@@ -29,14 +29,34 @@ pub fn agent_name(vm: &Vm) -> String {
     format!("smr-agent-{}", vm.index)
 }
 
+/// The address other VMs (and the host) reach `vm` at: its cloud's public address, or its own.
+pub fn dial_ip(vm: &Vm) -> std::net::Ipv4Addr {
+    vm.public_ip.unwrap_or(vm.ip)
+}
+
+/// VM `vm`'s admin context, pointed at the address the host reaches it at.
+pub fn api_context(vm: &Vm) -> anyhow::Result<Context> {
+    let mut ctx = Context::load(&data_dir(vm).join("admin.context"))?;
+    if let Some(public) = vm.public_ip {
+        ctx.api_url = format!("https://{public}:1443");
+    }
+    Ok(ctx)
+}
+
 impl VmCluster {
     /// Starts `n` VMs, or says why this machine cannot (then the test prints "skipped").
     pub fn start(n: usize) -> anyhow::Result<Option<VmCluster>> {
+        Self::start_with(TestbedConfig::new(n))
+    }
+
+    /// Starts the VMs of `config` (e.g. clouds behind NAT), or says why this machine cannot.
+    pub fn start_with(config: TestbedConfig) -> anyhow::Result<Option<VmCluster>> {
         if let Some(why) = smr_tests::testbed::unsupported_reason(true) {
             println!("skipped: {why}");
             return Ok(None);
         }
-        let testbed = Testbed::start(TestbedConfig::new(n))?;
+        let testbed = Testbed::start(config)?;
+        let n = testbed.vms().len();
         Ok(Some(VmCluster {
             testbed,
             agents: vec![None; n],
@@ -76,6 +96,11 @@ impl VmCluster {
         ])
         .arg("--ip")
         .arg(vm.ip.to_string())
+        .args(
+            vm.public_ip
+                .iter()
+                .flat_map(|p| ["--public-ip".to_string(), p.to_string()]),
+        )
         .arg("--docker-host")
         .arg(&vm.docker_host)
         .arg("--data-dir")
@@ -83,7 +108,12 @@ impl VmCluster {
         .args(extra);
         if let Some(j) = join {
             let token = self.token(j)?;
-            cmd.args(["-j", &format!("{}:1443", self.vm(j).ip), "--token", &token]);
+            cmd.args([
+                "-j",
+                &format!("{}:1443", dial_ip(self.vm(j))),
+                "--token",
+                &token,
+            ]);
         }
         let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
         let spawned = vm.spawn(&format!("agent-{}", vm.index), cmd)?;
@@ -93,11 +123,13 @@ impl VmCluster {
             &format!("agent on {} to serve (log {})", vm.name, log.display()),
             Duration::from_secs(60),
             || {
-                let path = data_dir(&vm).join("admin.context");
+                let vm = vm.clone();
                 async move {
-                    let ctx = Context::load(&path).ok()?;
-                    let client = Client::from_context(&ctx).ok()?;
-                    client.health().await.ok()
+                    Client::from_context(&api_context(&vm).ok()?)
+                        .ok()?
+                        .health()
+                        .await
+                        .ok()
                 }
             },
         )
@@ -124,9 +156,9 @@ impl VmCluster {
             &format!("agent on {} to serve again", vm.name),
             Duration::from_secs(60),
             || {
-                let path = data_dir(&vm).join("admin.context");
+                let vm = vm.clone();
                 async move {
-                    Client::from_context(&Context::load(&path).ok()?)
+                    Client::from_context(&api_context(&vm).ok()?)
                         .ok()?
                         .health()
                         .await
@@ -161,8 +193,27 @@ impl VmCluster {
         data_dir(self.vm(i)).join("admin.context")
     }
 
+    /// A client of VM `i`'s API, from the test process (the host): at the VM's public address
+    /// when it is in a cloud.
     pub fn client(&self, i: usize) -> Client {
-        Client::from_context(&Context::load(&self.context(i)).expect("context")).expect("client")
+        Client::from_context(&api_context(self.vm(i)).expect("context")).expect("client")
+    }
+
+    /// `smrctl --context <VM i's admin context>` run in VM `i`'s network namespace (works for
+    /// VMs behind NAT too, whose API the host reaches only at the public address).
+    pub fn smrctl_on(&self, i: usize) -> Command {
+        let vm = self.vm(i);
+        let mut cmd = vm.cmd(env!("CARGO_BIN_EXE_smrctl"));
+        cmd.arg("--context").arg(self.context(i));
+        cmd
+    }
+
+    /// `smrmgr ARGS --data-dir <VM i's data dir>` in VM `i`'s network namespace.
+    pub fn smrmgr_on(&self, i: usize, args: &[&str]) -> Command {
+        let vm = self.vm(i);
+        let mut cmd = self.smrmgr(vm);
+        cmd.args(args).arg("--data-dir").arg(data_dir(vm));
+        cmd
     }
 
     /// Prints the end of every agent's log (for failures).
@@ -210,4 +261,67 @@ pub async fn all_ready(
             .then_some(replicas)
     })
     .await
+}
+
+/// The VM (0-based) that runs a replica: node ids follow join order from 1.
+pub fn vm_of(cluster: &VmCluster, replica: &ReplicaView) -> Vm {
+    cluster.vm(replica.node as usize - 1).clone()
+}
+
+/// Sends `text` over TCP (port 7000) from replica `from` to replica `to` through the overlay,
+/// and checks that `to` received exactly it. One listener per attempt: under load a connection
+/// may close before carrying the data; such an empty attempt is tried again.
+pub async fn tcp_transfer(
+    cluster: &VmCluster,
+    from: &ReplicaView,
+    to: &ReplicaView,
+    text: &str,
+) -> anyhow::Result<()> {
+    let (sender, receiver) = (vm_of(cluster, from), vm_of(cluster, to));
+    let to_ip = to.ip.clone().context("receiver has no IP")?;
+    let sh = format!("echo {text} | nc -w 2 {to_ip} 7000");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut listener = receiver
+            .docker_cmd()
+            .args(["exec", &to.name, "nc", "-l", "-p", "7000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let sent = eventually(
+            "a TCP connection across VMs",
+            Duration::from_secs(20),
+            || {
+                let ok = sender
+                    .docker(&["exec", &from.name, "sh", "-c", &sh])
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
+        if sent.is_err() {
+            let _ = listener.kill();
+        }
+        let received = listener.wait_with_output()?;
+        sent?;
+        let got = String::from_utf8_lossy(&received.stdout).trim().to_string();
+        if !got.is_empty() {
+            anyhow::ensure!(got == text, "{} received {got:?}, not {text:?}", to.name);
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no data crossed the overlay in 60 s"
+        );
+        eprintln!("a connection closed before carrying data; trying again");
+    }
+}
+
+/// A marker nobody else sends: what a capture must (not) contain.
+pub fn unique_marker(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("smr-{what}-marker-{}-{nanos}", std::process::id())
 }

@@ -26,6 +26,9 @@ fn cluster(nodes: usize, yaml: &str) -> ClusterState {
             schedulable: true,
             lease: None,
             vtep_mac: None,
+            public_ip: None,
+            wg_port: None,
+            wg_public_key: None,
         };
         apply(&mut state, Op::RegisterNode { node });
     }
