@@ -1,11 +1,13 @@
 //! Restart time, data-dir size and memory of a node against the length of its history (issue 12):
 //! a one-node cluster on loopback takes 50,000 writes that overwrite and delete a small live set
 //! (history long, state small), is stopped and restarted from its data dir; then 50,000 small
-//! objects that all stay (state large), stopped and restarted again.
+//! objects that all stay (state large; applied 25 to a write, as `smrctl apply -f DIR` would),
+//! stopped and restarted again.
 //!
 //!     cargo bench -p smr --bench history
 //!     SMR_BENCH_WRITES=N        writes per phase (default 50000)
 //!     SMR_BENCH_BASELINE=PATH   also run an other build's smrmgr first (e.g. main's), same run
+//!     SMR_BENCH_KEEP=1          keep the data dirs (stopped nodes) and print where they are
 //!
 //! Per phase it prints: the writes' rate, `raft/raft.redb` size after the stop, the time from
 //! `smrmgr start --data-dir` until the node answers with the pre-stop revision and a leader (and
@@ -25,6 +27,8 @@ use anyhow::{Context as _, bail};
 
 const CLIENTS: usize = 32;
 const LIVE_SET: usize = 500;
+/// Objects per write in the second phase.
+const LIVE_BATCH: usize = 25;
 
 struct Node {
     smrmgr: PathBuf,
@@ -140,11 +144,14 @@ fn proc_figures(pid: u32) -> (f64, f64) {
     (rss, cpu)
 }
 
-fn configuration(group: &str, name: &str, n: usize) -> Vec<Object> {
-    let yaml = format!(
+fn configuration_yaml(group: &str, name: &str, n: usize) -> String {
+    format!(
         "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  data:\n    value: \"{n}\"\n    note: a small configuration object of the history benchmark\n"
-    );
-    definitions::parse_str("bench", &yaml).expect("valid definition")
+    )
+}
+
+fn configuration(group: &str, name: &str, n: usize) -> Vec<Object> {
+    definitions::parse_str("bench", &configuration_yaml(group, name, n)).expect("valid definition")
 }
 
 /// `total` writes from [`CLIENTS`] concurrent clients; `op(n)` makes write n.
@@ -263,20 +270,25 @@ async fn scenario(
                 Write::Apply(configuration("churn", &name, n))
             }
         })
-        .await?;
+        .await
+        .context("writing the history")?;
         out.push((
             format!("{label}: {writes} writes over {LIVE_SET} keys"),
             stop_and_restart(&node, rate).await?,
         ));
 
-        // State large: every write a new object that stays.
+        // State large: new objects that stay, LIVE_BATCH to a write.
         let client = node.client()?;
-        let rate = write_all(&client, writes, |n| {
-            Write::Apply(configuration("live", &format!("o{n}"), n))
+        let rate = write_all(&client, writes / LIVE_BATCH, |n| {
+            let yaml: Vec<String> = (n * LIVE_BATCH..(n + 1) * LIVE_BATCH)
+                .map(|i| configuration_yaml("live", &format!("o{i}"), i))
+                .collect();
+            Write::Apply(definitions::parse_str("bench", &yaml.join("---\n")).expect("valid"))
         })
-        .await?;
+        .await
+        .context("writing the live objects")?;
         out.push((
-            format!("{label}: + {writes} live objects"),
+            format!("{label}: + {writes} live objects ({LIVE_BATCH}/write)"),
             stop_and_restart(&node, rate).await?,
         ));
         node.stop()?;
@@ -285,6 +297,10 @@ async fn scenario(
     .await;
     if result.is_err() {
         node.kill();
+    }
+    if std::env::var_os("SMR_BENCH_KEEP").is_some() {
+        println!("{label}: data dir kept in {}", node.data_dir.display());
+        let _ = dir.keep();
     }
     result
 }
@@ -305,9 +321,13 @@ async fn main() -> anyhow::Result<()> {
     ));
     let third = (std::process::id() % 250) as u8 + 1;
     let mut rows = Vec::new();
+    let mut failures = Vec::new();
     for (i, (label, smrmgr)) in runs.iter().enumerate() {
         let ip = Ipv4Addr::new(127, 90 + i as u8, third, 1);
-        rows.extend(scenario(label, smrmgr, ip, writes).await?);
+        match scenario(label, smrmgr, ip, writes).await {
+            Ok(figures) => rows.extend(figures),
+            Err(e) => failures.push(format!("{label} ({}): {e:#}", smrmgr.display())),
+        }
     }
     println!(
         "{:<44} {:>8} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6}",
@@ -328,6 +348,9 @@ async fn main() -> anyhow::Result<()> {
             f.rss_after_mib,
             f.snapshots
         );
+    }
+    for failure in failures {
+        println!("failed: {failure}");
     }
     Ok(())
 }

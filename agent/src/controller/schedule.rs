@@ -80,7 +80,8 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
         .map(|(k, p)| (k.to_string(), p.clone()))
         .collect();
     let mut updates = Vec::new();
-    for (key, stored) in &state.objects {
+    // Only containers objects are placed; the others are not visited.
+    for (key, stored) in state.keyed_objects_of(crate::definitions::Kind::Containers) {
         let Some(workload) = workload_of(stored) else {
             continue;
         };

@@ -25,9 +25,10 @@ impl ClusterState {
         if changed.is_empty() {
             return;
         }
+        // Only containers definitions read inputs: the others are not even visited (with tens of
+        // thousands of objects, a scan of all of them on every write was most of a write's cost).
         let readers: Vec<(ObjectKey, ObjectKey)> = self
-            .objects
-            .iter()
+            .keyed_objects_of(Kind::Containers)
             .filter(|(key, _)| !rolled.contains(*key))
             .filter_map(|(key, stored)| {
                 let spec = stored.object.spec.as_containers()?;

@@ -775,9 +775,25 @@ impl ClusterState {
             .map(|(_, r)| r)
     }
 
-    /// Objects of one kind, in key order.
+    /// Objects of one kind, in key order. Visits only that kind's keys (the kind leads the key
+    /// order), not every object.
     pub fn objects_of(&self, kind: Kind) -> impl Iterator<Item = &StoredObject> {
-        self.objects.values().filter(move |o| o.object.kind == kind)
+        self.keyed_objects_of(kind).map(|(_, o)| o)
+    }
+
+    /// Keys and objects of one kind, in key order (see [`Self::objects_of`]).
+    pub fn keyed_objects_of(
+        &self,
+        kind: Kind,
+    ) -> impl Iterator<Item = (&ObjectKey, &StoredObject)> {
+        let first = ObjectKey {
+            kind,
+            group: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(first..)
+            .take_while(move |(key, _)| key.kind == kind)
     }
 
     /// True when `secret_sha256` names a join token that has not expired at `now`.
