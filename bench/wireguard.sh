@@ -93,9 +93,13 @@ for i in $(seq 100); do
 done
 grep -h "WireGuard:" "$TMP/loga" | sed 's/\x1b\[[0-9;]*m//g' | head -1
 
-ip netns exec "$B" iperf3 -s -D -I "$TMP/iperf.pid" >/dev/null
-PIDS+=($(cat "$TMP/iperf.pid" 2>/dev/null || true))
-sleep 0.5 # iperf3 -D returns before it listens; the first client retries below anyway
+# In the background of this shell (not -D): its pid is known at once, so cleanup always stops it.
+ip netns exec "$B" iperf3 -s >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do # until it listens, 10 s at most
+    ip netns exec "$B" ss -Hltn 'sport = :5201' | grep -q . && break
+    sleep 0.1
+done
 
 cpu() { # utime+stime of a pid in seconds
     awk -v t="$(getconf CLK_TCK)" '{print ($14+$15)/t}' "/proc/$1/stat"
