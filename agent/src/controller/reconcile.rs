@@ -103,6 +103,9 @@ pub async fn run<R: Runtime>(
     }
 }
 
+/// An init container run: its exit code and log tail, or why it could not run.
+type InitTask = JoinHandle<Result<(i64, String), String>>;
+
 /// Runs the [`NodePlanner`]'s actions against a [`Runtime`]: the I/O half of a pass.
 pub(crate) struct Executor<R: Runtime> {
     runtime: Arc<R>,
@@ -112,7 +115,7 @@ pub(crate) struct Executor<R: Runtime> {
     /// the background instead of holding up the whole pass.
     stopping: HashMap<String, JoinHandle<()>>,
     /// Init container runs per replica name, with the config hash they run for.
-    inits: HashMap<String, (String, JoinHandle<Result<(i64, String), String>>)>,
+    inits: HashMap<String, (String, InitTask)>,
 }
 
 impl<R: Runtime> Drop for Executor<R> {

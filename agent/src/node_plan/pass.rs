@@ -229,7 +229,7 @@ enum Gate {
     Create,
     Wait {
         message: String,
-        run: Option<NodeAction>,
+        run: Option<Box<NodeAction>>,
     },
 }
 
@@ -475,7 +475,7 @@ impl NodePlanner {
                             }
                             Gate::Wait { message, run } => {
                                 memory.errors.insert(replica.name.clone(), message);
-                                pass.actions.extend(run);
+                                pass.actions.extend(run.map(|run| *run));
                             }
                         }
                     }
@@ -775,11 +775,11 @@ fn init_gate(
     );
     Gate::Wait {
         message,
-        run: Some(NodeAction::RunInit {
+        run: Some(Box::new(NodeAction::RunInit {
             replica: replica.to_string(),
             hash: hash.to_string(),
             config: init.clone(),
-        }),
+        })),
     }
 }
 
