@@ -76,11 +76,6 @@ impl FakeRuntime {
         self.lock().clock_ms = ms;
     }
 
-    /// An existing container (e.g. found by an agent that restarted).
-    pub(crate) fn add(&self, info: ContainerInfo) {
-        self.lock().containers.insert(info.id.clone(), info);
-    }
-
     /// A running container without smr's labels: never listed, but its name is taken.
     pub(crate) fn add_foreign(&self, name: &str) -> String {
         let id = format!("foreign-{name}");
