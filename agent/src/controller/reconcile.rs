@@ -356,6 +356,8 @@ async fn run_probe<R: Runtime>(runtime: &R, probe: &Probe) -> bool {
 }
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
