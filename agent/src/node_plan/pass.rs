@@ -337,42 +337,7 @@ impl NodePlanner {
     pub fn plan(&mut self, d: &Desired, o: &Observed) -> Pass {
         let now = o.now_ms;
         let memory = &mut self.memory;
-        // Desired replicas per object.
-        let mut desired: BTreeMap<&ObjectKey, Vec<(DesiredReplica, Option<&Rendered>)>> =
-            BTreeMap::new();
-        for r in &d.replicas {
-            let (mut hash, rendered) = match &r.rendered {
-                Ok(rendered) => (config_hash(&rendered.container), Some(rendered)),
-                Err(e) => {
-                    memory.errors.insert(r.name.clone(), e.clone());
-                    (String::new(), None)
-                }
-            };
-            // A slot the rollout has not reached yet keeps running the template it runs: only
-            // the current template can be rendered, so its container is taken as it is.
-            if r.slot_generation != r.template_generation
-                && let Some(running) = o.containers.iter().find(|c| {
-                    c.name == r.name
-                        && c.labels.get(labels::GENERATION) == Some(&r.slot_generation.to_string())
-                })
-            {
-                hash = running
-                    .labels
-                    .get(labels::CONFIG_HASH)
-                    .cloned()
-                    .unwrap_or_default();
-            }
-            desired.entry(&r.key).or_default().push((
-                DesiredReplica {
-                    index: r.index,
-                    name: r.name.clone(),
-                    generation: r.slot_generation,
-                    config_hash: hash,
-                    restart: r.restart,
-                },
-                rendered,
-            ));
-        }
+        let desired = by_object(memory, d, o);
         // Observed containers per owner; owners without a placement here are removed.
         let mut by_owner: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
         for c in o.containers {
@@ -405,26 +370,7 @@ impl NodePlanner {
             let stored = key.as_ref().and_then(|k| d.state.objects.get(k));
 
             // Dependencies gate creation: replicas not yet created wait until they are ready.
-            let mut wanted_now = Vec::new();
-            let mut waiting = Vec::new();
-            for (replica, rendered) in wanted {
-                let exists = containers.iter().any(|c| c.name == replica.name);
-                match stored.and_then(|s| unmet_dependency(d.state, s)) {
-                    Some(missing) if !exists => {
-                        let since = *memory
-                            .waiting_since_ms
-                            .entry(replica.name.clone())
-                            .or_insert(now);
-                        let waited = Duration::from_millis(now.saturating_sub(since));
-                        let (phase, why) = waiting_status(&missing, waited);
-                        waiting.push((replica, phase, why));
-                    }
-                    _ => {
-                        memory.waiting_since_ms.remove(&replica.name);
-                        wanted_now.push((replica, rendered));
-                    }
-                }
-            }
+            let (wanted_now, waiting) = gate(memory, d.state, stored, wanted, &containers, now);
 
             let observed: Vec<ObservedContainer> =
                 containers.iter().map(|c| observe(c, memory)).collect();
@@ -438,83 +384,15 @@ impl NodePlanner {
             if let Some(at) = plan.wake_at_ms {
                 pass.wake_at_ms = Some(pass.wake_at_ms.map_or(at, |w: u64| w.min(at)));
             }
-            let rendered_of = |index: u32| {
-                wanted_now
-                    .iter()
-                    .find(|(r, _)| r.index == index)
-                    .and_then(|(r, c)| Some((r, (*c)?)))
-            };
-            let name_of = |id: &str| {
-                containers
-                    .iter()
-                    .find(|c| c.id == id)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default()
-            };
-            // Creations of replicas without an init container run a few at a time, after the
-            // other actions (which remove what a creation may replace).
-            let mut creates = Vec::new();
-            for action in &plan.actions {
-                match action {
-                    Action::Create { index } => {
-                        let Some((replica, rendered)) = rendered_of(*index) else {
-                            continue;
-                        };
-                        let Some(init) = &rendered.init else {
-                            creates.push((replica.name.clone(), rendered.container.clone()));
-                            continue;
-                        };
-                        let hash = config_hash(&rendered.container);
-                        match init_gate(memory, &replica.name, init, &hash, now) {
-                            Gate::Create => {
-                                memory.inits.remove(&replica.name);
-                                pass.actions.push(NodeAction::Create {
-                                    replica: replica.name.clone(),
-                                    config: rendered.container.clone(),
-                                });
-                            }
-                            Gate::Wait { message, run } => {
-                                memory.errors.insert(replica.name.clone(), message);
-                                pass.actions.extend(run.map(|run| *run));
-                            }
-                        }
-                    }
-                    Action::Stop { id } => {
-                        if !o.stopping.contains(id) && stopped.insert(id.clone()) {
-                            pass.actions.push(NodeAction::Stop { id: id.clone() });
-                        }
-                    }
-                    // Removed once stopped (a later pass).
-                    Action::Remove { id } if o.stopping.contains(id) || stopped.contains(id) => {}
-                    Action::Remove { id } => pass.actions.push(NodeAction::Remove {
-                        id: id.clone(),
-                        replica: name_of(id),
-                    }),
-                    Action::Start { id } => pass.actions.push(NodeAction::Start {
-                        id: id.clone(),
-                        replica: name_of(id),
-                    }),
-                    Action::Restart { id, after_ms } => {
-                        if now >= *after_ms {
-                            pass.actions.push(NodeAction::Restart {
-                                id: id.clone(),
-                                replica: name_of(id),
-                            });
-                        }
-                    }
-                }
-            }
-            // A name still held by a container being stopped is created in a later pass.
-            let held: BTreeSet<&str> = containers
-                .iter()
-                .filter(|c| o.stopping.contains(&c.id) || stopped.contains(&c.id))
-                .map(|c| c.name.as_str())
-                .collect();
-            creates.retain(|(name, _)| !held.contains(name.as_str()));
-            if !creates.is_empty() {
-                pass.actions
-                    .push(NodeAction::CreateBatch { replicas: creates });
-            }
+            object_actions(
+                memory,
+                o,
+                &mut stopped,
+                &plan.actions,
+                &wanted_now,
+                &containers,
+                &mut pass.actions,
+            );
             pass.objects.push(ObjectPass {
                 key_text,
                 statuses: plan.replicas,
@@ -682,6 +560,180 @@ impl NodePlanner {
         self.memory
             .inits
             .retain(|name, _| inits.contains(name.as_str()));
+    }
+}
+
+/// The desired replicas per object, each with its rendering (`None`: not renderable, error
+/// remembered for the report).
+#[allow(clippy::type_complexity)]
+fn by_object<'d>(
+    memory: &mut Memory,
+    d: &'d Desired,
+    o: &Observed,
+) -> BTreeMap<&'d ObjectKey, Vec<(DesiredReplica, Option<&'d Rendered>)>> {
+    let mut desired: BTreeMap<&ObjectKey, Vec<(DesiredReplica, Option<&Rendered>)>> =
+        BTreeMap::new();
+    for r in &d.replicas {
+        let (mut hash, rendered) = match &r.rendered {
+            Ok(rendered) => (config_hash(&rendered.container), Some(rendered)),
+            Err(e) => {
+                memory.errors.insert(r.name.clone(), e.clone());
+                (String::new(), None)
+            }
+        };
+        // A slot the rollout has not reached yet keeps running the template it runs: only
+        // the current template can be rendered, so its container is taken as it is.
+        if r.slot_generation != r.template_generation
+            && let Some(running) = o.containers.iter().find(|c| {
+                c.name == r.name
+                    && c.labels.get(labels::GENERATION) == Some(&r.slot_generation.to_string())
+            })
+        {
+            hash = running
+                .labels
+                .get(labels::CONFIG_HASH)
+                .cloned()
+                .unwrap_or_default();
+        }
+        desired.entry(&r.key).or_default().push((
+            DesiredReplica {
+                index: r.index,
+                name: r.name.clone(),
+                generation: r.slot_generation,
+                config_hash: hash,
+                restart: r.restart,
+            },
+            rendered,
+        ));
+    }
+    desired
+}
+
+/// Splits an object's wanted replicas into those planned now and those held back by an unmet
+/// dependency (with phase and message): a replica that has no container yet waits.
+#[allow(clippy::type_complexity)]
+fn gate<'r>(
+    memory: &mut Memory,
+    state: &ClusterState,
+    stored: Option<&StoredObject>,
+    wanted: Vec<(DesiredReplica, Option<&'r Rendered>)>,
+    containers: &[&ContainerInfo],
+    now: u64,
+) -> (
+    Vec<(DesiredReplica, Option<&'r Rendered>)>,
+    Vec<(DesiredReplica, &'static str, String)>,
+) {
+    let mut wanted_now = Vec::new();
+    let mut waiting = Vec::new();
+    for (replica, rendered) in wanted {
+        let exists = containers.iter().any(|c| c.name == replica.name);
+        match stored.and_then(|s| unmet_dependency(state, s)) {
+            Some(missing) if !exists => {
+                let since = *memory
+                    .waiting_since_ms
+                    .entry(replica.name.clone())
+                    .or_insert(now);
+                let waited = Duration::from_millis(now.saturating_sub(since));
+                let (phase, why) = waiting_status(&missing, waited);
+                waiting.push((replica, phase, why));
+            }
+            _ => {
+                memory.waiting_since_ms.remove(&replica.name);
+                wanted_now.push((replica, rendered));
+            }
+        }
+    }
+    (wanted_now, waiting)
+}
+
+/// The node actions for one object's `plan_node` actions: stops in the background (once),
+/// removals once stopped, restarts when due, the init gate for replicas with an init
+/// container, and the other creations last as one batch, without names still held.
+fn object_actions(
+    memory: &mut Memory,
+    o: &Observed,
+    stopped: &mut BTreeSet<String>,
+    planned: &[Action],
+    wanted_now: &[(DesiredReplica, Option<&Rendered>)],
+    containers: &[&ContainerInfo],
+    actions: &mut Vec<NodeAction>,
+) {
+    let now = o.now_ms;
+    let rendered_of = |index: u32| {
+        wanted_now
+            .iter()
+            .find(|(r, _)| r.index == index)
+            .and_then(|(r, c)| Some((r, (*c)?)))
+    };
+    let name_of = |id: &str| {
+        containers
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    };
+    // Creations of replicas without an init container run a few at a time, after the
+    // other actions (which remove what a creation may replace).
+    let mut creates = Vec::new();
+    for action in planned {
+        match action {
+            Action::Create { index } => {
+                let Some((replica, rendered)) = rendered_of(*index) else {
+                    continue;
+                };
+                let Some(init) = &rendered.init else {
+                    creates.push((replica.name.clone(), rendered.container.clone()));
+                    continue;
+                };
+                let hash = config_hash(&rendered.container);
+                match init_gate(memory, &replica.name, init, &hash, now) {
+                    Gate::Create => {
+                        memory.inits.remove(&replica.name);
+                        actions.push(NodeAction::Create {
+                            replica: replica.name.clone(),
+                            config: rendered.container.clone(),
+                        });
+                    }
+                    Gate::Wait { message, run } => {
+                        memory.errors.insert(replica.name.clone(), message);
+                        actions.extend(run.map(|run| *run));
+                    }
+                }
+            }
+            Action::Stop { id } => {
+                if !o.stopping.contains(id) && stopped.insert(id.clone()) {
+                    actions.push(NodeAction::Stop { id: id.clone() });
+                }
+            }
+            // Removed once stopped (a later pass).
+            Action::Remove { id } if o.stopping.contains(id) || stopped.contains(id) => {}
+            Action::Remove { id } => actions.push(NodeAction::Remove {
+                id: id.clone(),
+                replica: name_of(id),
+            }),
+            Action::Start { id } => actions.push(NodeAction::Start {
+                id: id.clone(),
+                replica: name_of(id),
+            }),
+            Action::Restart { id, after_ms } => {
+                if now >= *after_ms {
+                    actions.push(NodeAction::Restart {
+                        id: id.clone(),
+                        replica: name_of(id),
+                    });
+                }
+            }
+        }
+    }
+    // A name still held by a container being stopped is created in a later pass.
+    let held: BTreeSet<&str> = containers
+        .iter()
+        .filter(|c| o.stopping.contains(&c.id) || stopped.contains(&c.id))
+        .map(|c| c.name.as_str())
+        .collect();
+    creates.retain(|(name, _)| !held.contains(name.as_str()));
+    if !creates.is_empty() {
+        actions.push(NodeAction::CreateBatch { replicas: creates });
     }
 }
 
