@@ -1,0 +1,286 @@
+//! What the reconciler relies on from a [`Runtime`], as case functions run against the
+//! [`FakeRuntime`] and against [`DockerRuntime`] on the host's dockerd: the fake must behave
+//! like Docker where it matters. The Docker run imports a busybox image under a tag unique to
+//! the run, names every container with a unique prefix and removes all it created, by id.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fake::FakeRuntime;
+use crate::runtime::{ContainerConfig, DockerRuntime, Runtime, RuntimeError, State, labels};
+
+/// A container config named `<prefix>-<name>`, managed by smr unless `managed` is false.
+fn config(prefix: &str, name: &str, image: &str, managed: bool, cmd: &[&str]) -> ContainerConfig {
+    let mut labels = BTreeMap::new();
+    if managed {
+        labels.insert(labels::MANAGED.to_string(), "true".to_string());
+        labels.insert(labels::OWNER.to_string(), "containers/conf/x".to_string());
+    }
+    ContainerConfig {
+        name: format!("{prefix}-{name}"),
+        hostname: name.into(),
+        image: image.into(),
+        cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+        labels,
+        ..Default::default()
+    }
+}
+
+const SLEEP: &[&str] = &["sleep", "600"];
+
+/// Ids created by the cases, removed at the end whatever happened.
+type Created = Vec<String>;
+
+async fn list_excludes_unlabelled<R: Runtime>(
+    rt: &R,
+    prefix: &str,
+    image: &str,
+    ids: &mut Created,
+) {
+    let managed = rt
+        .create(&config(prefix, "managed", image, true, SLEEP))
+        .await
+        .unwrap();
+    ids.push(managed.clone());
+    let foreign = rt
+        .create(&config(prefix, "foreign", image, false, SLEEP))
+        .await
+        .unwrap();
+    ids.push(foreign.clone());
+    let listed = rt.list_managed().await.unwrap();
+    let c = listed
+        .iter()
+        .find(|c| c.id == managed)
+        .expect("managed listed");
+    assert_eq!(c.name, format!("{prefix}-managed"));
+    assert_eq!(c.state, State::Created);
+    assert_eq!(
+        c.labels.get(labels::OWNER).map(String::as_str),
+        Some("containers/conf/x")
+    );
+    assert!(
+        listed.iter().all(|c| c.id != foreign),
+        "unlabelled containers are not listed"
+    );
+}
+
+async fn round_trip_and_idempotent_stop<R: Runtime>(
+    rt: &R,
+    prefix: &str,
+    image: &str,
+    ids: &mut Created,
+) {
+    let id = rt
+        .create(&config(prefix, "trip", image, true, SLEEP))
+        .await
+        .unwrap();
+    ids.push(id.clone());
+    rt.start(&id).await.unwrap();
+    let state = |listed: Vec<crate::runtime::ContainerInfo>| {
+        listed
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(|c| (c.state, c.started_ms.is_some()))
+    };
+    assert_eq!(
+        state(rt.list_managed().await.unwrap()),
+        Some((State::Running, true))
+    );
+    rt.stop(&id, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        state(rt.list_managed().await.unwrap()).map(|s| s.0),
+        Some(State::Exited)
+    );
+    rt.stop(&id, Duration::from_secs(1))
+        .await
+        .expect("stopping a stopped container is fine");
+    rt.remove(&id).await.unwrap();
+    assert_eq!(state(rt.list_managed().await.unwrap()), None);
+    assert!(matches!(
+        rt.remove(&id).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(matches!(
+        rt.start(&id).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+}
+
+async fn name_conflict<R: Runtime>(rt: &R, prefix: &str, image: &str, ids: &mut Created) {
+    let c = config(prefix, "twice", image, true, SLEEP);
+    ids.push(rt.create(&c).await.unwrap());
+    assert!(matches!(
+        rt.create(&c).await,
+        Err(RuntimeError::Conflict(_))
+    ));
+}
+
+async fn init_exit_code_and_log<R: Runtime>(rt: &R, prefix: &str, image: &str) {
+    let mut init = config(
+        prefix,
+        "x-init",
+        image,
+        false,
+        &["sh", "-c", "echo hello; exit 3"],
+    );
+    init.labels
+        .insert(labels::INIT.into(), format!("{prefix}-x"));
+    assert_eq!(
+        rt.run_to_completion(&init).await.unwrap(),
+        (3, "hello".into())
+    );
+    // Removed afterwards (Docker removes it in the background): poll until it is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match rt.exec(&init.name, &["true".into()]).await {
+            Err(RuntimeError::NotFound(_)) => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "init container not removed: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rt.run_to_completion(&init).await.unwrap(),
+        (3, "hello".into())
+    );
+}
+
+async fn init_refuses_a_foreign_name<R: Runtime>(
+    rt: &R,
+    prefix: &str,
+    image: &str,
+    ids: &mut Created,
+) {
+    let squatter = config(prefix, "y-init", image, false, SLEEP);
+    ids.push(rt.create(&squatter).await.unwrap());
+    let mut init = config(prefix, "y-init", image, false, &["true"]);
+    init.labels
+        .insert(labels::INIT.into(), format!("{prefix}-y"));
+    assert!(matches!(
+        rt.run_to_completion(&init).await,
+        Err(RuntimeError::Conflict(_))
+    ));
+}
+
+async fn exec_exit_code<R: Runtime>(rt: &R, prefix: &str, image: &str, ids: &mut Created) {
+    let id = rt
+        .create(&config(prefix, "exec", image, true, SLEEP))
+        .await
+        .unwrap();
+    ids.push(id.clone());
+    rt.start(&id).await.unwrap();
+    let out = rt
+        .exec(&id, &["sh".into(), "-c".into(), "exit 4".into()])
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 4);
+    let out = rt.exec(&id, &["true".into()]).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+}
+
+/// Every case, then removal of what they created (also when one panics).
+async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
+    let mut ids = Created::new();
+    let run = async {
+        list_excludes_unlabelled(rt.as_ref(), prefix, image, &mut ids).await;
+        round_trip_and_idempotent_stop(rt.as_ref(), prefix, image, &mut ids).await;
+        name_conflict(rt.as_ref(), prefix, image, &mut ids).await;
+        init_exit_code_and_log(rt.as_ref(), prefix, image).await;
+        init_refuses_a_foreign_name(rt.as_ref(), prefix, image, &mut ids).await;
+        exec_exit_code(rt.as_ref(), prefix, image, &mut ids).await;
+    };
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await;
+    for id in &ids {
+        let _ = rt.remove(id).await;
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn the_fake_runtime_conforms() {
+    let fake = Arc::new(FakeRuntime::new());
+    fake.script_init("conf-x-init", 3, "hello");
+    fake.script_exec("conf-exec", 4);
+    // The fake's exec answers per container, not per command: `true` gets the same script.
+    let rt = fake.clone();
+    let mut ids = Created::new();
+    list_excludes_unlabelled(rt.as_ref(), "conf", "img", &mut ids).await;
+    round_trip_and_idempotent_stop(rt.as_ref(), "conf", "img", &mut ids).await;
+    name_conflict(rt.as_ref(), "conf", "img", &mut ids).await;
+    init_exit_code_and_log(rt.as_ref(), "conf", "img").await;
+    init_refuses_a_foreign_name(rt.as_ref(), "conf", "img", &mut ids).await;
+    let id = rt
+        .create(&config("conf", "exec", "img", true, SLEEP))
+        .await
+        .unwrap();
+    rt.start(&id).await.unwrap();
+    assert_eq!(rt.exec(&id, &["sh".into()]).await.unwrap().exit_code, 4);
+    rt.stop(&id, Duration::ZERO).await.unwrap();
+    assert!(
+        rt.exec(&id, &["sh".into()]).await.is_err(),
+        "exec needs a running container"
+    );
+}
+
+/// Imports the host's static busybox as `tag` (all applets linked in /bin).
+fn import_busybox(tag: &str) -> Result<(), String> {
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .map_err(|e| format!("/bin/busybox (apt-get install busybox-static): {e}"))?;
+    for applet in ["sh", "sleep", "echo", "true"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
+    }
+    let tar = root.path().join("rootfs.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("bin")
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if !ok {
+        return Err("tar failed".into());
+    }
+    let out = Command::new("docker")
+        .arg("import")
+        .arg(&tar)
+        .arg(tag)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_docker_runtime_conforms() {
+    if !std::path::Path::new("/var/run/docker.sock").exists() {
+        eprintln!("SKIPPED: no dockerd at /var/run/docker.sock");
+        return;
+    }
+    let run = format!("smrconf{}", std::process::id());
+    let tag = format!("smr/busybox:{run}");
+    import_busybox(&tag).unwrap();
+    let docker = Arc::new(DockerRuntime::connect(None).await.unwrap());
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(all_cases(
+        docker.clone(),
+        &run,
+        &tag,
+    )))
+    .await;
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
