@@ -312,7 +312,9 @@ impl Harness {
                         target = *id as usize - 1;
                     }
                 }
-                Err(WriteError::Unavailable(_)) => {}
+                // Not applied, or not known yet: the same command (same op_id) again is applied
+                // at most once and answers which.
+                Err(WriteError::Unavailable(_) | WriteError::Unknown(_)) => {}
                 _ => return result,
             }
             if Instant::now() > deadline {
