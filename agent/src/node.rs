@@ -41,10 +41,8 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A fresh random operation id.
-pub fn new_op_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
+#[doc(hidden)] // transitional (issue 13): the op id now lives with the state machine.
+pub use crate::state::new_op_id;
 
 /// Read consistency requested by a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
