@@ -1,9 +1,9 @@
 //! The smr agent: everything a node runs.
 //!
-//! The pure parts (definitions, the state machine, the scheduler) are in `smr-core`.
+//! The pure parts (definitions, the state machine, the scheduler) are in `smr-core`, the
+//! certificates in `pki`.
 //!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
-//! - [`pki`]: the cluster CA, node and admin certificates, join tokens, rustls configurations.
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
 //! - [`node`]: the typed actions behind the API, with forwarding to the leader.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
@@ -15,12 +15,13 @@ pub mod client;
 pub mod controller;
 pub mod daemon;
 pub mod node;
-pub mod pki;
 pub mod runtime;
 pub mod store;
 pub mod views;
 
 // Transitional (issue 13): the pure modules moved to smr-core; these keep `agent::state`,
 // `crate::definitions` and the like resolving for agent's own code and the tests.
+#[doc(hidden)]
+pub use pki;
 #[doc(hidden)]
 pub use smr_core::{credentials, definitions, scheduler, state};
