@@ -1,17 +1,15 @@
 //! The smr agent: everything a node runs.
 //!
 //! The pure parts (definitions, the state machine, the scheduler) are in `smr-core`, the
-//! certificates in `pki`.
+//! certificates in `pki`, the API's bodies and its client in `api-types`.
 //!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
 //! - [`node`]: the typed actions behind the API, with forwarding to the leader.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
-//! - [`client`]: a typed client of that API, used by smrctl, smrmgr and the tests.
 //! - [`daemon`]: wires the parts into a running node.
 
 pub mod api;
-pub mod client;
 pub mod controller;
 pub mod daemon;
 pub mod node;
@@ -21,6 +19,8 @@ pub mod views;
 
 // Transitional (issue 13): the pure modules moved to smr-core; these keep `agent::state`,
 // `crate::definitions` and the like resolving for agent's own code and the tests.
+#[doc(hidden)]
+pub use api_types::client;
 #[doc(hidden)]
 pub use pki;
 #[doc(hidden)]

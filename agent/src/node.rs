@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,12 +34,8 @@ const FORWARD_ATTEMPT: Duration = Duration::from_secs(4);
 /// How often the known leader is looked at while a forwarded request waits.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+#[doc(hidden)] // transitional (issue 13): the clock helper moved to api-types.
+pub use api_types::now_ms;
 
 #[doc(hidden)] // transitional (issue 13): the op id now lives with the state machine.
 pub use crate::state::new_op_id;

@@ -9,7 +9,8 @@ pub mod error;
 pub mod gitops;
 pub mod serve;
 pub mod stream;
-pub mod types;
+#[doc(hidden)] // transitional (issue 13): the bodies moved to api-types.
+pub use api_types::{plain_objects, types};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-use crate::definitions::{self, Kind, Object, ObjectKey};
+use crate::definitions::{self, Kind, ObjectKey};
 use crate::node::{Consistency, Node};
 use crate::pki::{PeerIdentity, Role};
 use crate::state::{CommandResult, Op, StoredObject};
@@ -943,11 +944,6 @@ async fn describe(
             .cloned()
             .collect(),
     }))
-}
-
-/// Objects as users write them (for `-o yaml`).
-pub fn plain_objects(stored: &[StoredObject]) -> Vec<Object> {
-    stored.iter().map(|s| s.object.clone()).collect()
 }
 
 #[cfg(test)]
