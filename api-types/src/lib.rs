@@ -1,9 +1,10 @@
 //! What a client of smr's REST API needs, and nothing else: the request and response bodies
 //! ([`types`], [`sync_views`]), the typed [`client`], the framing of interactive exec
-//! ([`stream`]). smrctl links this crate and `smr-core`, never the agent.
+//! ([`stream`]), where to find the [`context`]. smrctl links this crate and `smr-core`, never the agent.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod context;
 pub mod stream;
 pub mod sync_views;
 pub mod types;
