@@ -451,6 +451,7 @@ async fn rotate_key(
                 Some(&()),
             )
             .await
+            .map_err(ApiError::from)
             .map(Json);
     }
     let public_key = node.rotate_wireguard_key().await?;
@@ -794,6 +795,7 @@ async fn replica_logs(
                 None,
             )
             .await
+            .map_err(ApiError::from)
             .map(|logs| Json(logs).into_response());
     }
     let bytes = local_runtime(&node)
@@ -844,6 +846,7 @@ async fn replica_exec(
                 Some(&req),
             )
             .await
+            .map_err(ApiError::from)
             .map(Json);
     }
     use crate::runtime::Runtime as _;
