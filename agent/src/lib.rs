@@ -5,7 +5,8 @@
 //!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
-//! - [`node`]: the typed actions behind the API, with forwarding to the leader.
+//! - [`node`]: the typed actions behind the API, with forwarding to the leader; fails with
+//!   [`node::NodeError`], which [`api::error`] alone maps to HTTP.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
 //! - [`daemon`]: wires the parts into a running node.
 

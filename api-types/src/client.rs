@@ -1,4 +1,5 @@
 //! A typed client of the REST API, and the context file that tells it where and who to be.
+//! Part of `api-types`: it links no server code (no axum, Docker or Raft).
 //!
 //! Used by `smrctl`, by `smrmgr` and by the end-to-end tests. Writes carry an `op_id`, so a write
 //! retried after an `unavailable` answer (for example during a leader election), an
