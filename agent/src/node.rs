@@ -23,7 +23,9 @@ use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op}
 use crate::store::{RaftPeer, ServerState, Store, WriteError};
 
 mod error;
+mod replica;
 pub use error::NodeError;
+pub use replica::ReplicaHost;
 
 /// How long a request waits for a leader before answering `unavailable` (or, for a write that
 /// may have been applied, `outcome_unknown`).

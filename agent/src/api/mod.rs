@@ -25,7 +25,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use crate::definitions::{self, Kind, ObjectKey};
-use crate::node::{Consistency, Node};
+use crate::node::{Consistency, Node, ReplicaHost};
 use crate::pki::{PeerIdentity, Role};
 use crate::state::{CommandResult, Op, StoredObject};
 use error::ApiError;
@@ -729,33 +729,6 @@ async fn list_replicas(
 }
 
 /// Where replica `name` runs: its node and container, from the nodes' reports.
-async fn locate(node: &Node, name: &str) -> Result<(crate::state::NodeRecord, String), ApiError> {
-    let state = node.state(Consistency::Stale).await?;
-    for (id, report) in &state.reports {
-        if let Some(replica) = report.replicas.iter().find(|r| r.name == name) {
-            let container = replica.container_id.clone().ok_or_else(|| {
-                ApiError::Conflict(format!(
-                    "replica {name} has no container (it is {})",
-                    replica.phase
-                ))
-            })?;
-            let record = state
-                .nodes
-                .get(id)
-                .cloned()
-                .ok_or_else(|| ApiError::NotFound(format!("node {id}")))?;
-            return Ok((record, container));
-        }
-    }
-    Err(ApiError::NotFound(format!("replica {name}")))
-}
-
-async fn local_runtime(node: &Node) -> Result<crate::runtime::DockerRuntime, ApiError> {
-    crate::runtime::DockerRuntime::connect(node.docker_host.as_deref())
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogParams {
@@ -777,29 +750,28 @@ async fn replica_logs(
     if params.follow {
         return stream::follow_logs(node, name, params.tail, &headers).await;
     }
-    let (record, container) = locate(&node, &name).await?;
-    if record.id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
-        }
-        let tail = params
-            .tail
-            .map(|t| format!("?tail={t}"))
-            .unwrap_or_default();
-        return node
-            .call::<(), LogsResponse>(
-                &record.api_addr(),
-                &format!("replicas/{name}/logs{tail}"),
-                None,
-            )
-            .await
-            .map_err(ApiError::from)
-            .map(|logs| Json(logs).into_response());
-    }
-    let bytes = local_runtime(&node)
+    let (container, runtime) = match node
+        .replica_host(&name, headers.contains_key("x-smr-forwarded"))
         .await?
+    {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            let tail = params
+                .tail
+                .map(|t| format!("?tail={t}"))
+                .unwrap_or_default();
+            return node
+                .call::<(), LogsResponse>(
+                    &record.api_addr(),
+                    &format!("replicas/{name}/logs{tail}"),
+                    None,
+                )
+                .await
+                .map_err(ApiError::from)
+                .map(|logs| Json(logs).into_response());
+        }
+    };
+    let bytes = runtime
         .logs(&container, params.tail)
         .await
         .map_err(runtime_error)?;
@@ -832,26 +804,25 @@ async fn replica_exec(
     if req.command.is_empty() {
         return Err(ApiError::BadRequest("command is empty".into()));
     }
-    let (record, container) = locate(&node, &name).await?;
-    if record.id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
-        }
-        return node
-            .call::<_, ExecResponse>(
-                &record.api_addr(),
-                &format!("replicas/{name}/exec"),
-                Some(&req),
-            )
-            .await
-            .map_err(ApiError::from)
-            .map(Json);
-    }
-    use crate::runtime::Runtime as _;
-    let out = local_runtime(&node)
+    let (container, runtime) = match node
+        .replica_host(&name, headers.contains_key("x-smr-forwarded"))
         .await?
+    {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            return node
+                .call::<_, ExecResponse>(
+                    &record.api_addr(),
+                    &format!("replicas/{name}/exec"),
+                    Some(&req),
+                )
+                .await
+                .map_err(ApiError::from)
+                .map(Json);
+        }
+    };
+    use crate::runtime::Runtime as _;
+    let out = runtime
         .exec(&container, &req.command)
         .await
         .map_err(runtime_error)?;

@@ -23,9 +23,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::error::ApiError;
+use super::runtime_error;
 use super::types::ErrorBody;
-use super::{local_runtime, locate, runtime_error};
-use crate::node::Node;
+use crate::node::{Node, ReplicaHost};
 
 #[doc(hidden)] // transitional (issue 13): the framing moved to api-types.
 pub use api_types::stream::*;
@@ -40,34 +40,33 @@ pub(super) async fn follow_logs(
     tail: Option<usize>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (record, container) = locate(&node, &name).await?;
+    let host = node
+        .replica_host(&name, headers.contains_key("x-smr-forwarded"))
+        .await?;
     let mut query = vec!["follow=true".to_string()];
     if let Some(tail) = tail {
         query.push(format!("tail={tail}"));
     }
-    if record.id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
+    let (container, runtime) = match host {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            let url = format!(
+                "https://{}/api/v1/replicas/{name}/logs?{}",
+                record.api_addr(),
+                query.join("&")
+            );
+            let response = node
+                .peers
+                .get(&url)
+                .header("x-smr-forwarded", node.name.as_str())
+                .timeout(STREAM_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unanswered(&record.api_addr(), e))?;
+            let response = relay_error(response).await?;
+            return Ok(text_stream(Body::from_stream(response.bytes_stream())));
         }
-        let url = format!(
-            "https://{}/api/v1/replicas/{name}/logs?{}",
-            record.api_addr(),
-            query.join("&")
-        );
-        let response = node
-            .peers
-            .get(&url)
-            .header("x-smr-forwarded", node.name.as_str())
-            .timeout(STREAM_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unanswered(&record.api_addr(), e))?;
-        let response = relay_error(response).await?;
-        return Ok(text_stream(Body::from_stream(response.bytes_stream())));
-    }
-    let runtime = local_runtime(&node).await?;
+    };
     let tail = tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into());
     let options = bollard::query_parameters::LogsOptionsBuilder::new()
         .stdout(true)
@@ -186,53 +185,50 @@ pub(super) async fn attach(
     if command.is_empty() {
         return Err(ApiError::BadRequest("command is empty".into()));
     }
-    let (record, container) = locate(&node, &name).await?;
-    if record.id != node.id {
-        if request.headers().contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
-        }
-        let url = format!(
-            "https://{}/api/v1/replicas/{name}/attach?{}",
-            record.api_addr(),
-            params.query()
-        );
-        let response = node
-            .peers
-            .get(&url)
-            .header("x-smr-forwarded", node.name.as_str())
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, EXEC_PROTOCOL)
-            .timeout(STREAM_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unanswered(&record.api_addr(), e))?;
-        let response = relay_error(response).await?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ApiError::Unavailable(format!(
-                "node {} did not switch protocols ({})",
-                record.name,
-                response.status()
-            )));
-        }
-        let mut upstream = response
-            .upgrade()
-            .await
-            .map_err(|e| unanswered(&record.api_addr(), e))?;
-        tokio::spawn(async move {
-            match hyper::upgrade::on(request).await {
-                Ok(client) => {
-                    let mut client = TokioIo::new(client);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                Err(e) => tracing::info!("exec relay: the client did not upgrade: {e}"),
+    let forwarded = request.headers().contains_key("x-smr-forwarded");
+    let (container, runtime) = match node.replica_host(&name, forwarded).await? {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            let url = format!(
+                "https://{}/api/v1/replicas/{name}/attach?{}",
+                record.api_addr(),
+                params.query()
+            );
+            let response = node
+                .peers
+                .get(&url)
+                .header("x-smr-forwarded", node.name.as_str())
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, EXEC_PROTOCOL)
+                .timeout(STREAM_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unanswered(&record.api_addr(), e))?;
+            let response = relay_error(response).await?;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} did not switch protocols ({})",
+                    record.name,
+                    response.status()
+                )));
             }
-        });
-        return Ok(switching());
-    }
-
-    let docker = local_runtime(&node).await?.docker().clone();
+            let mut upstream = response
+                .upgrade()
+                .await
+                .map_err(|e| unanswered(&record.api_addr(), e))?;
+            tokio::spawn(async move {
+                match hyper::upgrade::on(request).await {
+                    Ok(client) => {
+                        let mut client = TokioIo::new(client);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(e) => tracing::info!("exec relay: the client did not upgrade: {e}"),
+                }
+            });
+            return Ok(switching());
+        }
+    };
+    let docker = runtime.docker().clone();
     let exec = docker
         .create_exec(
             &container,
