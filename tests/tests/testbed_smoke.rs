@@ -364,7 +364,29 @@ fn sweeper_cleans_up_after_a_killed_run() -> Result<()> {
     let t = Instant::now();
     let swept = smr_tests::testbed::sweep_leftovers(&smr_tests::testbed::default_base_dir());
     println!("sweeper took {:?}: {swept:?}", t.elapsed());
-    // (A testbed started concurrently by another test may have swept it first.)
+    if swept.is_empty() {
+        // A testbed started concurrently by another test claimed it first (its sweeper renamed
+        // the state file); that sweep may still be running: wait for it to finish.
+        let claimed_by_another = || {
+            std::fs::read_dir(&inv.dir).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("state.sweeping.")
+                })
+            })
+        };
+        ensure!(
+            claimed_by_another() || inv.leftovers().is_empty(),
+            "nobody swept the killed run: {:#?}",
+            inv.leftovers()
+        );
+        poll_until(
+            Duration::from_secs(60),
+            "the concurrent sweep of the killed run",
+            || Ok(inv.leftovers().is_empty()),
+        )?;
+    }
     assert_clean(&inv);
     Ok(())
 }
