@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::Placement;
 
-mod gitops;
 mod inputs;
 pub mod lease;
+mod sync_status;
 
-pub use gitops::{GitopsState, GitopsStatus, GitopsSync, owner_of};
+pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
 pub type NodeId = u64;
 
