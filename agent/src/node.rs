@@ -23,6 +23,7 @@ use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op}
 use crate::store::{RaftPeer, ServerState, Store, WriteError};
 
 mod error;
+mod members;
 mod replica;
 pub use error::NodeError;
 pub use replica::ReplicaHost;
