@@ -320,26 +320,7 @@ async fn openapi() -> Response {
 }
 
 async fn health(State(node): AppState) -> Result<Json<HealthResponse>, ApiError> {
-    let status = node.store.status();
-    let state = node.state(Consistency::Stale).await?;
-    // A node whose store cannot take writes says so first; its Raft role is secondary then.
-    let shown = match &status.problem {
-        Some(_) => crate::store::ServerState::Degraded,
-        None => status.state,
-    };
-    Ok(Json(HealthResponse {
-        node: node.name.clone(),
-        id: node.id,
-        state: serde_json::to_value(shown)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        problem: status.problem.clone(),
-        leader: status.leader,
-        revision: state.revision,
-        voters: status.voters.iter().copied().collect(),
-        learners: status.learners.iter().copied().collect(),
-    }))
+    Ok(Json(node.health().await?))
 }
 
 async fn list_nodes(

@@ -1,4 +1,5 @@
-//! The member list as `GET /api/v1/nodes` shows it: registry, Raft roles, health, WireGuard.
+//! This node's health and the member list as `GET /api/v1/health` and `GET /api/v1/nodes`
+//! show them: registry, Raft roles, health probes, WireGuard sessions.
 
 use std::time::Duration;
 
@@ -6,6 +7,30 @@ use super::{Consistency, Node, NodeError};
 use crate::api::types::{HealthResponse, NodeView, WgPeerView};
 
 impl Node {
+    /// This node's health as `GET /api/v1/health` shows it.
+    pub async fn health(&self) -> Result<HealthResponse, NodeError> {
+        let status = self.store.status();
+        let state = self.state(Consistency::Stale).await?;
+        // A node whose store cannot take writes says so first; its Raft role is secondary then.
+        let shown = match &status.problem {
+            Some(_) => crate::store::ServerState::Degraded,
+            None => status.state,
+        };
+        Ok(HealthResponse {
+            node: self.name.clone(),
+            id: self.id,
+            state: serde_json::to_value(shown)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            problem: status.problem.clone(),
+            leader: status.leader,
+            revision: state.revision,
+            voters: status.voters.iter().copied().collect(),
+            learners: status.learners.iter().copied().collect(),
+        })
+    }
+
     /// Every member with its role (voter, learner, joining), whether it answers a health probe
     /// (2 s each, all at once; this node is healthy since it answers) and this node's WireGuard
     /// session with it.
