@@ -54,7 +54,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 step "building smr (release)"
-cargo build --release --locked -p smr || die "build failed"
+cargo build --release --locked -p smr -p smrctl || die "build failed"
 install -m 0755 target/release/smrmgr target/release/smrctl "$PREFIX/bin/" || die "could not install to $PREFIX/bin"
 step "installed $PREFIX/bin/smrmgr and $PREFIX/bin/smrctl ($("$PREFIX/bin/smrmgr" --version))"
 

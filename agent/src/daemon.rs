@@ -423,6 +423,14 @@ pub async fn run(
         config.labels.clone(),
         stop_rx.clone(),
     ));
+    // node.json's VTEP MAC is written by this agent; one that does not parse is refused, not
+    // replaced by 00:00:00:00:00:00 (which would give every peer a wrong neighbour entry).
+    let vtep_mac = crate::controller::network::parse_mac(&me.vtep_mac).ok_or_else(|| {
+        DaemonError::Config(format!(
+            "node.json: vtep_mac {:?} is not a MAC address (aa:bb:cc:dd:ee:ff)",
+            me.vtep_mac
+        ))
+    })?;
     let loops = tokio::spawn(crate::controller::run_node(
         node.clone(),
         crate::controller::NodeLoops {
@@ -433,7 +441,7 @@ pub async fn run(
             wg_key_path: wireguard_key_path(&dir),
             wg_port: me.wg_port,
             iface: config.iface.clone(),
-            vtep_mac: crate::controller::network::parse_mac(&me.vtep_mac).unwrap_or_default(),
+            vtep_mac,
             files_dir: dir.join("files"),
             gitops_cache: dir.join("gitops"),
             node_timeout: config.node_timeout,

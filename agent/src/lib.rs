@@ -1,29 +1,31 @@
 //! The smr agent: everything a node runs.
 //!
-//! - [`definitions`]: the YAML definitions model (simplecontainer-compatible), parsing, validation.
-//! - [`state`]: the replicated state machine (pure: commands in, results out).
+//! The pure parts (definitions, the state machine, the scheduler) are in `smr-core`, the
+//! certificates in `pki`, the API's bodies and its client in `api-types`.
+//!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
-//! - [`pki`]: the cluster CA, node and admin certificates, join tokens, rustls configurations.
-//! - [`scheduler`]: placement of replicas on nodes and rollout planning (pure).
-//! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions (pure).
+//! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions (pure; it
+//!   moves to `smr-core` next).
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
-//! - [`node`]: the typed actions behind the API, with forwarding to the leader.
+//! - [`node`]: the typed actions behind the API, with forwarding to the leader; fails with
+//!   [`node::NodeError`], which [`api::error`] alone maps to HTTP.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
-//! - [`client`]: a typed client of that API, used by smrctl, smrmgr and the tests.
 //! - [`daemon`]: wires the parts into a running node.
-//! - [`credentials`]: a user and password that is never shown.
 
 pub mod api;
-pub mod client;
 pub mod controller;
-pub mod credentials;
 pub mod daemon;
-pub mod definitions;
 pub mod node;
 pub mod node_plan;
-pub mod pki;
 pub mod runtime;
-pub mod scheduler;
-pub mod state;
 pub mod store;
 pub mod views;
+
+// Transitional (issue 13): the pure modules moved to smr-core; these keep `agent::state`,
+// `crate::definitions` and the like resolving for agent's own code and the tests.
+#[doc(hidden)]
+pub use api_types::client;
+#[doc(hidden)]
+pub use pki;
+#[doc(hidden)]
+pub use smr_core::{credentials, definitions, scheduler, state};

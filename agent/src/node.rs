@@ -9,12 +9,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::error::ApiError;
 use crate::api::types::{
     ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, SignRequest,
     SignResponse,
@@ -22,6 +21,12 @@ use crate::api::types::{
 use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
 use crate::store::{RaftPeer, ServerState, Store, WriteError};
+
+mod error;
+mod members;
+mod replica;
+pub use error::NodeError;
+pub use replica::ReplicaHost;
 
 /// How long a request waits for a leader before answering `unavailable` (or, for a write that
 /// may have been applied, `outcome_unknown`).
@@ -34,17 +39,11 @@ const FORWARD_ATTEMPT: Duration = Duration::from_secs(4);
 /// How often the known leader is looked at while a forwarded request waits.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+#[doc(hidden)] // transitional (issue 13): the clock helper moved to api-types.
+pub use api_types::now_ms;
 
-/// A fresh random operation id.
-pub fn new_op_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
+#[doc(hidden)] // transitional (issue 13): the op id now lives with the state machine.
+pub use crate::state::new_op_id;
 
 /// Read consistency requested by a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -74,7 +73,7 @@ pub struct Node {
 
 impl Node {
     /// Proposes `op` through Raft, forwarding to the leader when needed.
-    pub async fn propose(&self, op: Op, op_id: Option<String>) -> Result<CommandResult, ApiError> {
+    pub async fn propose(&self, op: Op, op_id: Option<String>) -> Result<CommandResult, NodeError> {
         let command = Command {
             op_id: op_id.unwrap_or_else(new_op_id),
             at_ms: now_ms(),
@@ -90,7 +89,7 @@ impl Node {
     /// The answer is the command's result, or `Unavailable` when no attempt can have applied it
     /// (none was proposed), or `OutcomeUnknown` when one may have (sent to a leader that did not
     /// answer, proposed but not committed in time).
-    pub async fn propose_command(&self, command: Command) -> Result<CommandResult, ApiError> {
+    pub async fn propose_command(&self, command: Command) -> Result<CommandResult, NodeError> {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut pause = Duration::from_millis(20);
         // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later
@@ -130,27 +129,27 @@ impl Node {
                         Forwarded::NotApplied(e) => e,
                         Forwarded::Unknown(why) => {
                             unknown = Some(why.clone());
-                            ApiError::Unavailable(why)
+                            NodeError::Unavailable(why)
                         }
                         Forwarded::Final(e) => return Err(e),
                     }
                 }
                 Err(WriteError::ForwardToLeader { leader: None, .. }) => {
-                    ApiError::Unavailable("no leader is elected".into())
+                    NodeError::Unavailable("no leader is elected".into())
                 }
-                Err(WriteError::Unavailable(why)) => ApiError::Unavailable(why),
+                Err(WriteError::Unavailable(why)) => NodeError::Unavailable(why),
                 Err(WriteError::Unknown(why)) => {
                     unknown = Some(why.clone());
-                    ApiError::Unavailable(why)
+                    NodeError::Unavailable(why)
                 }
                 Err(WriteError::InsufficientStorage(why)) => {
-                    return Err(ApiError::InsufficientStorage(why));
+                    return Err(NodeError::InsufficientStorage(why));
                 }
-                Err(WriteError::Fatal(why)) => return Err(ApiError::Internal(why)),
+                Err(WriteError::Fatal(why)) => return Err(NodeError::Internal(why)),
             };
             if Instant::now() + pause > deadline {
                 return Err(match unknown {
-                    Some(why) => ApiError::OutcomeUnknown {
+                    Some(why) => NodeError::OutcomeUnknown {
                         op_id: command.op_id.clone(),
                         why,
                     },
@@ -167,7 +166,7 @@ impl Node {
     ///
     /// A linearizable read on a follower asks the leader for its commit point (read index), waits
     /// until this node has applied up to it, then reads locally.
-    pub async fn state(&self, consistency: Consistency) -> Result<Arc<ClusterState>, ApiError> {
+    pub async fn state(&self, consistency: Consistency) -> Result<Arc<ClusterState>, NodeError> {
         if consistency == Consistency::Stale {
             return self.store.read(false).await.map_err(read_error);
         }
@@ -194,13 +193,13 @@ impl Node {
                     {
                         Forwarded::Done(r) => return self.read_after(r.index, deadline).await,
                         Forwarded::NotApplied(e) => e,
-                        Forwarded::Unknown(why) => ApiError::Unavailable(why),
+                        Forwarded::Unknown(why) => NodeError::Unavailable(why),
                         Forwarded::Final(e) => return Err(e),
                     }
                 }
                 Err(e) => read_error(e),
             };
-            if matches!(outcome, ApiError::Internal(_)) || Instant::now() + pause > deadline {
+            if matches!(outcome, NodeError::Internal(_)) || Instant::now() + pause > deadline {
                 return Err(outcome);
             }
             self.leader_moves_from(leader_seen, pause).await;
@@ -241,11 +240,14 @@ impl Node {
         };
         match answer {
             Ok(result) => Forwarded::Done(result),
-            Err(CallError::NotSent(why)) => Forwarded::NotApplied(ApiError::Unavailable(why)),
+            Err(CallError::NotSent(why)) => Forwarded::NotApplied(NodeError::Unavailable(why)),
             Err(CallError::NoAnswer(why)) => Forwarded::Unknown(why),
-            Err(CallError::Answered(e)) => match e.status().as_u16() {
-                503 => Forwarded::NotApplied(e),
-                504 => Forwarded::Unknown(e.to_string()),
+            // An answer is relayed (with the other node's status) or a 503 of our own.
+            Err(CallError::Answered(e)) => match e {
+                NodeError::Unavailable(_) | NodeError::Relayed { status: 503, .. } => {
+                    Forwarded::NotApplied(e)
+                }
+                NodeError::Relayed { status: 504, .. } => Forwarded::Unknown(e.to_string()),
                 _ => Forwarded::Final(e),
             },
         }
@@ -268,7 +270,7 @@ impl Node {
         &self,
         index: u64,
         deadline: Instant,
-    ) -> Result<Arc<ClusterState>, ApiError> {
+    ) -> Result<Arc<ClusterState>, NodeError> {
         let mut applied = self.store.subscribe();
         loop {
             // The subscription carries the applied index; Raft's metrics may report it later.
@@ -277,7 +279,7 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, applied.changed()).await.is_err() {
-                return Err(ApiError::Unavailable(format!(
+                return Err(NodeError::Unavailable(format!(
                     "this node did not catch up to index {index}"
                 )));
             }
@@ -286,7 +288,7 @@ impl Node {
 
     /// Removes node `id` from the cluster, unless that would leave no voter or no quorum (409,
     /// with why). A retry with the same `op_id` answers as the first attempt did.
-    pub async fn remove_node(&self, id: NodeId, op_id: Option<String>) -> Result<(), ApiError> {
+    pub async fn remove_node(&self, id: NodeId, op_id: Option<String>) -> Result<(), NodeError> {
         let op_id = op_id.unwrap_or_else(new_op_id);
         let state = self.state(Consistency::Linearizable).await?;
         let refused = |result: &CommandResult| match result {
@@ -294,13 +296,13 @@ impl Node {
             _ => None,
         };
         if let Some(previous) = state.recent_result(&op_id) {
-            return refused(previous).map_or(Ok(()), |why| Err(ApiError::Conflict(why)));
+            return refused(previous).map_or(Ok(()), |why| Err(NodeError::Conflict(why)));
         }
         if !state.nodes.contains_key(&id) {
-            return Err(ApiError::NotFound(format!("node {id}")));
+            return Err(NodeError::NotFound(format!("node {id}")));
         }
         if state.nodes.len() == 1 {
-            return Err(ApiError::Conflict(crate::state::last_node_refusal(id)));
+            return Err(NodeError::Conflict(crate::state::last_node_refusal(id)));
         }
         if self.store.is_raft() {
             self.check_quorum_without(id, &state).await?;
@@ -312,14 +314,18 @@ impl Node {
         };
         match refused(&self.propose_command(command).await?) {
             None => Ok(()),
-            Some(why) => Err(ApiError::Conflict(why)),
+            Some(why) => Err(NodeError::Conflict(why)),
         }
     }
 
     /// Refuses the removal of `id` when the membership change it leads to could not commit: a
     /// majority of the current voters and of the voters after it must answer (Raft's joint
     /// consensus), or the cluster would be stuck without a quorum.
-    async fn check_quorum_without(&self, id: NodeId, state: &ClusterState) -> Result<(), ApiError> {
+    async fn check_quorum_without(
+        &self,
+        id: NodeId,
+        state: &ClusterState,
+    ) -> Result<(), NodeError> {
         let status = self.store.status();
         let members: BTreeSet<NodeId> = state.nodes.keys().copied().filter(|n| *n != id).collect();
         let kept: BTreeSet<NodeId> = status.voters.iter().copied().filter(|v| *v != id).collect();
@@ -343,17 +349,17 @@ impl Node {
             .collect();
         match quorum_refusal(id, &status.voters, &after, &answering) {
             None => Ok(()),
-            Some(why) => Err(ApiError::Conflict(why)),
+            Some(why) => Err(NodeError::Conflict(why)),
         }
     }
 
     /// The leader's read index, for a follower's linearizable read.
-    pub async fn read_index(&self) -> Result<u64, ApiError> {
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
         self.store.read_index().await.map_err(read_error)
     }
 
     /// Handles a join request. On a follower it is relayed to the leader unchanged.
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, ApiError> {
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, NodeError> {
         if self.store.status().state != ServerState::Leader {
             let leader = self.leader_peer().await?;
             return self.call(&leader.api_addr, "join", Some(&req)).await;
@@ -361,24 +367,24 @@ impl Node {
         let token: JoinToken = req
             .token
             .parse()
-            .map_err(|e| ApiError::Forbidden(format!("join token refused: {e}")))?;
+            .map_err(|e| NodeError::Forbidden(format!("join token refused: {e}")))?;
         let state = self.state(Consistency::Linearizable).await?;
         let ca = state
             .ca
             .as_ref()
-            .ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
+            .ok_or_else(|| NodeError::Internal("the cluster has no CA recorded".into()))?;
         if token.ca_fingerprint != ca.fingerprint {
-            return Err(ApiError::Forbidden(
+            return Err(NodeError::Forbidden(
                 "join token refused: it was issued by another cluster's CA".into(),
             ));
         }
         if !state.join_token_valid(&token.secret_sha256(), now_ms()) {
-            return Err(ApiError::Forbidden(
+            return Err(NodeError::Forbidden(
                 "join token refused: unknown or expired secret".into(),
             ));
         }
         if !crate::definitions::is_dns_label(&req.name) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(NodeError::BadRequest(format!(
                 "node name {:?} is not a DNS label (a-z, 0-9 and '-', at most 63 characters)",
                 req.name
             )));
@@ -394,7 +400,7 @@ impl Node {
         if let Some(existing) = state.nodes.values().find(|n| n.name == req.name)
             && !registered
         {
-            return Err(ApiError::Conflict(format!(
+            return Err(NodeError::Conflict(format!(
                 "a node named {} is already a member (id {}); remove it first or pick another name",
                 req.name, existing.id
             )));
@@ -407,7 +413,7 @@ impl Node {
         if let Some(asked) = &req.backend
             && asked != backend
         {
-            return Err(ApiError::Conflict(format!(
+            return Err(NodeError::Conflict(format!(
                 "the cluster runs the {backend} backend (fixed by the node that created it); \
                  join without --backend {asked}"
             )));
@@ -416,7 +422,7 @@ impl Node {
             if let Some(ip) = ip
                 && ip.parse::<std::net::IpAddr>().is_err()
             {
-                return Err(ApiError::BadRequest(format!(
+                return Err(NodeError::BadRequest(format!(
                     "{what} {ip:?} is not an IP address"
                 )));
             }
@@ -424,12 +430,12 @@ impl Node {
         if let Some(key) = &req.wg_public_key
             && key.parse::<overlay::WgPublicKey>().is_err()
         {
-            return Err(ApiError::BadRequest(format!(
+            return Err(NodeError::BadRequest(format!(
                 "wg_public_key {key:?} is not a WireGuard public key (base64 of 32 bytes)"
             )));
         }
         if backend == "wireguard" && req.wg_public_key.is_none() {
-            return Err(ApiError::BadRequest(
+            return Err(NodeError::BadRequest(
                 "the cluster runs the wireguard backend: the joining node must send its \
                  WireGuard public key (upgrade it)"
                     .into(),
@@ -492,22 +498,22 @@ impl Node {
                     ca_pem: ca.cert_pem.clone(),
                 })
             }
-            CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
-            other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
+            CommandResult::Rejected { reason } => Err(NodeError::Conflict(reason)),
+            other => Err(NodeError::Internal(format!("unexpected result {other:?}"))),
         }
     }
 
     /// Signs a CSR here if this node holds the CA key, otherwise on the node that does.
-    pub async fn sign(&self, req: SignRequest, holder: NodeId) -> Result<String, ApiError> {
+    pub async fn sign(&self, req: SignRequest, holder: NodeId) -> Result<String, NodeError> {
         if let Some(ca) = &self.ca {
             let role = if req.admin { Role::Admin } else { Role::Node };
             return ca
                 .sign_csr(&req.csr, role, &req.name, &req.sans)
-                .map_err(|e| ApiError::BadRequest(format!("certificate request refused: {e}")));
+                .map_err(|e| NodeError::BadRequest(format!("certificate request refused: {e}")));
         }
         let state = self.store.read(false).await.map_err(read_error)?;
         let node = state.nodes.get(&holder).ok_or_else(|| {
-            ApiError::Unavailable(format!("the CA holder (node {holder}) is not a member"))
+            NodeError::Unavailable(format!("the CA holder (node {holder}) is not a member"))
         })?;
         let resp: SignResponse = self
             .call(&node.api_addr(), "internal/sign", Some(&req))
@@ -516,7 +522,7 @@ impl Node {
     }
 
     /// Replaces this node's WireGuard key (see [`crate::controller::network::OverlaySlot::rotate`]).
-    pub async fn rotate_wireguard_key(&self) -> Result<overlay::WgPublicKey, ApiError> {
+    pub async fn rotate_wireguard_key(&self) -> Result<overlay::WgPublicKey, NodeError> {
         use crate::controller::network::{RotateError, RotateOutcome};
         let id = self.id;
         let publish = |public: overlay::WgPublicKey, port: u16| async move {
@@ -526,7 +532,7 @@ impl Node {
                 port,
             };
             match self.propose(op, None).await? {
-                CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
+                CommandResult::Rejected { reason } => Err(NodeError::Conflict(reason)),
                 _ => Ok(()),
             }
         };
@@ -536,24 +542,24 @@ impl Node {
             .map_err(|e| match e {
                 RotateOutcome::Publish(e) => e,
                 RotateOutcome::Rotate(e @ RotateError::NotWireguard(_)) => {
-                    ApiError::Conflict(e.to_string())
+                    NodeError::Conflict(e.to_string())
                 }
                 RotateOutcome::Rotate(e @ RotateError::NotReady) => {
-                    ApiError::Unavailable(e.to_string())
+                    NodeError::Unavailable(e.to_string())
                 }
-                RotateOutcome::Rotate(e) => ApiError::Internal(format!("rotate-key: {e}")),
+                RotateOutcome::Rotate(e) => NodeError::Internal(format!("rotate-key: {e}")),
             })
     }
 
     /// Mints a join token valid for `ttl`.
-    pub async fn new_join_token(&self, ttl: Duration) -> Result<(JoinToken, u64), ApiError> {
+    pub async fn new_join_token(&self, ttl: Duration) -> Result<(JoinToken, u64), NodeError> {
         let state = self.store.read(false).await.map_err(read_error)?;
         let ca = state
             .ca
             .as_ref()
-            .ok_or_else(|| ApiError::Internal("the cluster has no CA recorded".into()))?;
+            .ok_or_else(|| NodeError::Internal("the cluster has no CA recorded".into()))?;
         let token =
-            JoinToken::generate(&ca.fingerprint).map_err(|e| ApiError::Internal(e.to_string()))?;
+            JoinToken::generate(&ca.fingerprint).map_err(|e| NodeError::Internal(e.to_string()))?;
         let expires_ms = now_ms() + ttl.as_millis() as u64;
         let record = crate::state::JoinTokenRecord {
             secret_sha256: token.secret_sha256(),
@@ -565,7 +571,7 @@ impl Node {
     }
 
     /// The leader's address, waiting for an election if there is none.
-    pub async fn leader_peer(&self) -> Result<RaftPeer, ApiError> {
+    pub async fn leader_peer(&self) -> Result<RaftPeer, NodeError> {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut changes = self.store.subscribe();
         loop {
@@ -575,7 +581,7 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ApiError::Unavailable("no leader is elected".into()));
+                return Err(NodeError::Unavailable("no leader is elected".into()));
             }
             let _ =
                 tokio::time::timeout(left.min(Duration::from_millis(200)), changes.changed()).await;
@@ -588,11 +594,11 @@ impl Node {
         api_addr: &str,
         path: &str,
         body: Option<&B>,
-    ) -> Result<R, ApiError> {
+    ) -> Result<R, NodeError> {
         self.call_with(api_addr, path, body, None)
             .await
             .map_err(|e| match e {
-                CallError::NotSent(why) | CallError::NoAnswer(why) => ApiError::Unavailable(why),
+                CallError::NotSent(why) | CallError::NoAnswer(why) => NodeError::Unavailable(why),
                 CallError::Answered(e) => e,
             })
     }
@@ -637,11 +643,14 @@ impl Node {
             });
         }
         match response.json::<ErrorBody>().await {
-            Ok(body) => Err(CallError::Answered(ApiError::Relayed { status, body })),
+            Ok(body) => Err(CallError::Answered(NodeError::Relayed {
+                status: status.as_u16(),
+                body,
+            })),
             Err(_) if status.is_server_error() => Err(CallError::NoAnswer(format!(
                 "node at {api_addr} answered {status}"
             ))),
-            Err(_) => Err(CallError::Answered(ApiError::Unavailable(format!(
+            Err(_) => Err(CallError::Answered(NodeError::Unavailable(format!(
                 "node at {api_addr} answered {status}"
             )))),
         }
@@ -655,18 +664,18 @@ enum CallError {
     /// Sent, but no usable answer came back (timeout, connection lost, unreadable answer).
     NoAnswer(String),
     /// The other node answered with this error.
-    Answered(ApiError),
+    Answered(NodeError),
 }
 
 /// One forwarded attempt's end.
 enum Forwarded<T> {
     Done(T),
     /// Surely not applied: never sent, or refused by a node that is no longer the leader.
-    NotApplied(ApiError),
+    NotApplied(NodeError),
     /// Sent, and whether it was applied is unknown.
     Unknown(String),
     /// An answer to pass on as it is (a refusal of the request itself).
-    Final(ApiError),
+    Final(NodeError),
 }
 
 /// Why removing node `id` would leave the cluster without a quorum, if it would: the membership
@@ -694,12 +703,12 @@ pub fn quorum_refusal(
     ))
 }
 
-fn read_error(e: WriteError) -> ApiError {
+fn read_error(e: WriteError) -> NodeError {
     match e {
-        WriteError::ForwardToLeader { .. } => ApiError::Unavailable("no leader is elected".into()),
-        WriteError::Unavailable(why) | WriteError::Unknown(why) => ApiError::Unavailable(why),
-        WriteError::InsufficientStorage(why) => ApiError::InsufficientStorage(why),
-        WriteError::Fatal(why) => ApiError::Internal(why),
+        WriteError::ForwardToLeader { .. } => NodeError::Unavailable("no leader is elected".into()),
+        WriteError::Unavailable(why) | WriteError::Unknown(why) => NodeError::Unavailable(why),
+        WriteError::InsufficientStorage(why) => NodeError::InsufficientStorage(why),
+        WriteError::Fatal(why) => NodeError::Internal(why),
     }
 }
 

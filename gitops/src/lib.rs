@@ -11,16 +11,28 @@
 //! a [`RepoSpec`] never appear in `Debug` output or in [`GitError`] messages.
 #![forbid(unsafe_code)]
 
+//!
+//! Without the default feature `git` only the pure parts are built ([`plan_sync`], [`drifted`],
+//! [`RepoSpec`], [`normalize_directory`], [`GitError`]): that is what `smr-core` links.
+
 mod error;
+#[cfg(feature = "git")]
 mod fetch;
+mod path;
 mod plan;
 mod spec;
+#[cfg(feature = "git")]
 mod tree;
+#[cfg(feature = "git")]
 mod webhook;
 
 pub use error::GitError;
+#[cfg(feature = "git")]
 pub use fetch::{Fetcher, FetcherConfig, HostKeyPolicy};
+pub use path::normalize_directory;
 pub use plan::{Actual, SyncPlan, drifted, plan_sync};
 pub use spec::{Auth, RepoSpec, redact_text, redact_url};
-pub use tree::{Checkout, Limits, PackInfo, SourceFile, normalize_directory, parse_pack};
+#[cfg(feature = "git")]
+pub use tree::{Checkout, Limits, PackInfo, SourceFile, parse_pack};
+#[cfg(feature = "git")]
 pub use webhook::{PushEvent, WebhookError, parse_push, verify_signature};

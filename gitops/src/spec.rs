@@ -34,6 +34,7 @@ impl RepoSpec {
         redact_url(&self.url)
     }
 
+    #[cfg(feature = "git")]
     /// Every secret this spec carries (for scrubbing third-party error messages).
     pub(crate) fn secrets(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -131,6 +132,7 @@ pub fn redact_text(text: &str) -> String {
     out
 }
 
+#[cfg(feature = "git")]
 /// The password embedded in a `scheme://user:password@host` URL, if any.
 fn url_password(url: &str) -> Option<String> {
     let tail = &url[url.find("://")? + 3..];
@@ -140,6 +142,7 @@ fn url_password(url: &str) -> Option<String> {
     Some(password.to_string())
 }
 
+#[cfg(feature = "git")]
 /// `redact_text` plus replacement of every known secret by `***`.
 pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
     let mut out = redact_text(text);

@@ -11,6 +11,7 @@ use git2::{ObjectType, Oid, Repository, Tree};
 use serde::Deserialize;
 
 use crate::error::GitError;
+use crate::path::normalize_directory;
 
 /// Size caps applied while reading a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,39 +61,6 @@ const MODE_LINK: i32 = 0o120000;
 const MODE_COMMIT: i32 = 0o160000;
 const PACK_FILE: &str = "Pack.yaml";
 const PACK_DEFINITIONS: &str = "definitions";
-
-/// Splits a `directoryPath` into components, refusing anything that could leave the
-/// repository root. `""`, `"."` and `"/"`-free variants of the root give no components.
-pub fn normalize_directory(path: &str) -> Result<Vec<String>, GitError> {
-    let hostile = |reason| GitError::HostilePath {
-        path: path.to_string(),
-        reason,
-    };
-    if path.starts_with('/') || path.starts_with('~') {
-        return Err(hostile("absolute paths are not allowed"));
-    }
-    if path.contains('\\') {
-        return Err(hostile("backslashes are not allowed"));
-    }
-    if path.chars().any(char::is_control) {
-        return Err(hostile("control characters are not allowed"));
-    }
-    if path.len() > 4096 {
-        return Err(hostile("path is too long"));
-    }
-    let mut out = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err(hostile("'..' is not allowed")),
-            p if p.eq_ignore_ascii_case(".git") => {
-                return Err(hostile("'.git' is not allowed"));
-            }
-            p => out.push(p.to_string()),
-        }
-    }
-    Ok(out)
-}
 
 fn is_yaml(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();

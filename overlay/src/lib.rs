@@ -1,6 +1,7 @@
 //! smr's embedded flannel-equivalent.
 //!
-//! Each node gets a subnet lease of the cluster CIDR ([`lease`]); the [`Overlay`] driver
+//! Each node gets a subnet lease of the cluster CIDR (allocated by the state machine in
+//! `smr_core::state::lease`); the [`Overlay`] driver
 //! programs the kernel so that the leases of all nodes reach each other, over a VXLAN
 //! device, plain host-gw routes or an encrypted WireGuard device ([`wireguard`]: the
 //! kernel's where it has WireGuard, else an in-process userspace one), masquerades traffic
@@ -8,14 +9,13 @@
 //! ([`masq`]) and the [`docker`] module provides the `cluster` bridge network on the
 //! lease. The agent drives it with plain inputs; this crate knows nothing of Raft.
 //!
-//! Decisions are pure and unit-tested ([`lease`], [`plan`], [`wireguard::plan`],
+//! Decisions are pure and unit-tested ([`plan`], [`wireguard::plan`],
 //! [`masq::masq_rules`], [`docker::decide`]); I/O sits behind the [`Kernel`],
 //! [`wireguard::WgDevice`], [`masq::Iptables`] and [`docker::DockerNetworks`] traits.
 
 pub mod docker;
 mod driver;
 pub mod kernel;
-pub mod lease;
 pub mod masq;
 pub mod plan;
 pub mod wireguard;
@@ -25,6 +25,5 @@ pub use driver::{
     VXLAN_OVERHEAD, VXLAN_PORT, generate_vtep_mac,
 };
 pub use kernel::{Kernel, KernelError, NetlinkKernel};
-pub use lease::{LeaseError, allocate_subnet};
 pub use plan::{Mac, Observed, Op, Peer, VXLAN_DEV, check_same_l2, plan, plan_host_gw};
 pub use wireguard::{PeerStats, WgConfig, WgError, WgKey, WgPeer, WgPublicKey};

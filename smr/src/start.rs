@@ -136,7 +136,7 @@ fn check_node_timeout(s: &str) -> Result<String, String> {
 
 /// `--node-timeout`: 5s to 1h.
 pub fn node_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let timeout = agent::definitions::parse_duration(s)?;
+    let timeout = agent::definitions::parse_duration(s).map_err(|e| e.to_string())?;
     let (min, max) = (
         std::time::Duration::from_secs(5),
         std::time::Duration::from_secs(3600),

@@ -1032,7 +1032,7 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
     std::fs::write(dir.path().join("seeded.yaml"), SEEDED)?;
     let line = format!(
         "{} --context {} apply --timeout 60s -f {}",
-        env!("CARGO_BIN_EXE_smrctl"),
+        common::smrctl_bin().display(),
         cluster.context(2).display(),
         dir.path().join("seeded.yaml").display()
     );
@@ -1205,7 +1205,7 @@ async fn streams(cluster: &VmCluster, client: &Client, web: &[ReplicaView]) -> a
     // (applied just after the command starts: bollard cannot give it to Docker's exec start).
     let line = format!(
         "stty cols 101 rows 31; {} --context {} exec -it {} -- sh -c 'sleep 1; stty size'",
-        env!("CARGO_BIN_EXE_smrctl"),
+        common::smrctl_bin().display(),
         other_context(cluster, w.node).display(),
         w.name
     );

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::types::{ErrorBody, ErrorInfo};
 use crate::definitions::DefinitionError;
+use crate::node::NodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -116,5 +117,26 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = self.code(), "{self}");
         }
         (self.status(), Json(self.body())).into_response()
+    }
+}
+
+/// The one place where the node's answers become HTTP statuses and error codes.
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Unavailable(why) => ApiError::Unavailable(why),
+            NodeError::OutcomeUnknown { op_id, why } => ApiError::OutcomeUnknown { op_id, why },
+            NodeError::InsufficientStorage(why) => ApiError::InsufficientStorage(why),
+            NodeError::Conflict(why) => ApiError::Conflict(why),
+            NodeError::NotFound(what) => ApiError::NotFound(what),
+            NodeError::Forbidden(why) => ApiError::Forbidden(why),
+            NodeError::BadRequest(why) => ApiError::BadRequest(why),
+            NodeError::Internal(why) => ApiError::Internal(why),
+            NodeError::Relayed { status, body } => ApiError::Relayed {
+                // Every status this node relays was received as a valid one.
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+            },
+        }
     }
 }

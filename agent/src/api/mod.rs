@@ -9,7 +9,8 @@ pub mod error;
 pub mod gitops;
 pub mod serve;
 pub mod stream;
-pub mod types;
+#[doc(hidden)] // transitional (issue 13): the bodies moved to api-types.
+pub use api_types::{plain_objects, types};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-use crate::definitions::{self, Kind, Object, ObjectKey};
-use crate::node::{Consistency, Node};
+use crate::definitions::{self, Kind, ObjectKey};
+use crate::node::{Consistency, Node, ReplicaHost};
 use crate::pki::{PeerIdentity, Role};
 use crate::state::{CommandResult, Op, StoredObject};
 use error::ApiError;
@@ -319,109 +320,14 @@ async fn openapi() -> Response {
 }
 
 async fn health(State(node): AppState) -> Result<Json<HealthResponse>, ApiError> {
-    let status = node.store.status();
-    let state = node.state(Consistency::Stale).await?;
-    // A node whose store cannot take writes says so first; its Raft role is secondary then.
-    let shown = match &status.problem {
-        Some(_) => crate::store::ServerState::Degraded,
-        None => status.state,
-    };
-    Ok(Json(HealthResponse {
-        node: node.name.clone(),
-        id: node.id,
-        state: serde_json::to_value(shown)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        problem: status.problem.clone(),
-        leader: status.leader,
-        revision: state.revision,
-        voters: status.voters.iter().copied().collect(),
-        learners: status.learners.iter().copied().collect(),
-    }))
+    Ok(Json(node.health().await?))
 }
 
 async fn list_nodes(
     State(node): AppState,
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
-    let state = node.state(params.consistency()?).await?;
-    let status = node.store.status();
-    let probes = state.nodes.values().map(|n| {
-        let node = node.clone();
-        let addr = n.api_addr();
-        let me = n.id == node.id;
-        async move {
-            // This node answers, so it is healthy (behind NAT it may not reach its own public
-            // address).
-            if me {
-                return true;
-            }
-            let probe = tokio::time::timeout(
-                Duration::from_secs(2),
-                node.call::<(), HealthResponse>(&addr, "health", None),
-            )
-            .await;
-            matches!(probe, Ok(Ok(_)))
-        }
-    });
-    let healthy = futures::future::join_all(probes).await;
-    let stats = match node.overlay.peer_stats().await {
-        Ok(stats) => stats,
-        Err(e) => {
-            tracing::warn!("WireGuard peer statistics: {e}");
-            Vec::new()
-        }
-    };
-    let views = state
-        .nodes
-        .values()
-        .zip(healthy)
-        .map(|(n, healthy)| NodeView {
-            id: n.id,
-            name: n.name.clone(),
-            host: n.host.clone(),
-            domain: n.domain.clone(),
-            ip: n.ip.clone(),
-            api: n.api_addr(),
-            raft: n.raft_addr(),
-            role: if status.voters.contains(&n.id) {
-                "voter"
-            } else if status.learners.contains(&n.id) {
-                "learner"
-            } else {
-                "joining"
-            }
-            .into(),
-            leader: status.leader == Some(n.id),
-            health: if healthy { "healthy" } else { "unreachable" }.into(),
-            labels: n.labels.clone(),
-            joined_ms: n.joined_ms,
-            subnet: n.lease.map(|l| l.to_string()),
-            backend: state.network.as_ref().map(|net| net.backend.clone()),
-            vtep_mac: n.vtep_mac.clone(),
-            public_ip: n.public_ip.clone(),
-            wg_port: n.wg_port,
-            wg_public_key: n.wg_public_key.clone(),
-            wireguard: (n.id != node.id).then(|| wg_peer_view(n, &stats)).flatten(),
-        })
-        .collect();
-    Ok(Json(views))
-}
-
-/// The answering node's WireGuard session with `n`, found by `n`'s published public key.
-fn wg_peer_view(n: &crate::state::NodeRecord, stats: &[overlay::PeerStats]) -> Option<WgPeerView> {
-    let key: overlay::WgPublicKey = n.wg_public_key.as_deref()?.parse().ok()?;
-    let peer = stats.iter().find(|s| s.public_key == key)?;
-    Some(WgPeerView {
-        endpoint: peer.endpoint.map(|e| e.to_string()),
-        last_handshake_ms: peer
-            .last_handshake
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64),
-        rx_bytes: peer.rx_bytes,
-        tx_bytes: peer.tx_bytes,
-    })
+    Ok(Json(node.nodes(params.consistency()?).await?))
 }
 
 /// `POST /api/v1/nodes/{id}/rotate-key`: node `id` makes a new WireGuard key, publishes it and
@@ -450,6 +356,7 @@ async fn rotate_key(
                 Some(&()),
             )
             .await
+            .map_err(ApiError::from)
             .map(Json);
     }
     let public_key = node.rotate_wireguard_key().await?;
@@ -727,33 +634,6 @@ async fn list_replicas(
 }
 
 /// Where replica `name` runs: its node and container, from the nodes' reports.
-async fn locate(node: &Node, name: &str) -> Result<(crate::state::NodeRecord, String), ApiError> {
-    let state = node.state(Consistency::Stale).await?;
-    for (id, report) in &state.reports {
-        if let Some(replica) = report.replicas.iter().find(|r| r.name == name) {
-            let container = replica.container_id.clone().ok_or_else(|| {
-                ApiError::Conflict(format!(
-                    "replica {name} has no container (it is {})",
-                    replica.phase
-                ))
-            })?;
-            let record = state
-                .nodes
-                .get(id)
-                .cloned()
-                .ok_or_else(|| ApiError::NotFound(format!("node {id}")))?;
-            return Ok((record, container));
-        }
-    }
-    Err(ApiError::NotFound(format!("replica {name}")))
-}
-
-async fn local_runtime(node: &Node) -> Result<crate::runtime::DockerRuntime, ApiError> {
-    crate::runtime::DockerRuntime::connect(node.docker_host.as_deref())
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogParams {
@@ -775,28 +655,28 @@ async fn replica_logs(
     if params.follow {
         return stream::follow_logs(node, name, params.tail, &headers).await;
     }
-    let (record, container) = locate(&node, &name).await?;
-    if record.id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
-        }
-        let tail = params
-            .tail
-            .map(|t| format!("?tail={t}"))
-            .unwrap_or_default();
-        return node
-            .call::<(), LogsResponse>(
-                &record.api_addr(),
-                &format!("replicas/{name}/logs{tail}"),
-                None,
-            )
-            .await
-            .map(|logs| Json(logs).into_response());
-    }
-    let bytes = local_runtime(&node)
+    let (container, runtime) = match node
+        .replica_host(&name, headers.contains_key("x-smr-forwarded"))
         .await?
+    {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            let tail = params
+                .tail
+                .map(|t| format!("?tail={t}"))
+                .unwrap_or_default();
+            return node
+                .call::<(), LogsResponse>(
+                    &record.api_addr(),
+                    &format!("replicas/{name}/logs{tail}"),
+                    None,
+                )
+                .await
+                .map_err(ApiError::from)
+                .map(|logs| Json(logs).into_response());
+        }
+    };
+    let bytes = runtime
         .logs(&container, params.tail)
         .await
         .map_err(runtime_error)?;
@@ -829,25 +709,25 @@ async fn replica_exec(
     if req.command.is_empty() {
         return Err(ApiError::BadRequest("command is empty".into()));
     }
-    let (record, container) = locate(&node, &name).await?;
-    if record.id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
-        }
-        return node
-            .call::<_, ExecResponse>(
-                &record.api_addr(),
-                &format!("replicas/{name}/exec"),
-                Some(&req),
-            )
-            .await
-            .map(Json);
-    }
-    use crate::runtime::Runtime as _;
-    let out = local_runtime(&node)
+    let (container, runtime) = match node
+        .replica_host(&name, headers.contains_key("x-smr-forwarded"))
         .await?
+    {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            return node
+                .call::<_, ExecResponse>(
+                    &record.api_addr(),
+                    &format!("replicas/{name}/exec"),
+                    Some(&req),
+                )
+                .await
+                .map_err(ApiError::from)
+                .map(Json);
+        }
+    };
+    use crate::runtime::Runtime as _;
+    let out = runtime
         .exec(&container, &req.command)
         .await
         .map_err(runtime_error)?;
@@ -943,11 +823,6 @@ async fn describe(
             .cloned()
             .collect(),
     }))
-}
-
-/// Objects as users write them (for `-o yaml`).
-pub fn plain_objects(stored: &[StoredObject]) -> Vec<Object> {
-    stored.iter().map(|s| s.object.clone()).collect()
 }
 
 #[cfg(test)]

@@ -20,62 +20,15 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::error::ApiError;
+use super::runtime_error;
 use super::types::ErrorBody;
-use super::{local_runtime, locate, runtime_error};
-use crate::node::Node;
+use crate::node::{Node, ReplicaHost};
 
-/// The `Upgrade` protocol name of interactive exec.
-pub const EXEC_PROTOCOL: &str = "smr-exec";
-
-/// Frame types. Client to node: stdin data, a resize (`cols`, `rows` as big-endian u16), the end
-/// of stdin. Node to client: output data, the exit code (big-endian i64, last frame), an error
-/// message (UTF-8, last frame).
-pub const FRAME_STDIN: u8 = 0;
-pub const FRAME_RESIZE: u8 = 1;
-pub const FRAME_STDIN_END: u8 = 2;
-pub const FRAME_OUTPUT: u8 = 3;
-pub const FRAME_EXIT: u8 = 4;
-pub const FRAME_ERROR: u8 = 5;
-
-/// Largest frame payload accepted.
-pub const MAX_FRAME: usize = 1 << 20;
-
-/// Writes one frame: type (1 byte), payload length (4 bytes, big-endian), payload.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: u8,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(5 + payload.len());
-    buf.push(kind);
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
-    w.write_all(&buf).await?;
-    w.flush().await
-}
-
-/// Reads one frame; `None` at a clean end of the stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is too large"),
-        ));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    Ok(Some((head[0], payload)))
-}
+#[doc(hidden)] // transitional (issue 13): the framing moved to api-types.
+pub use api_types::stream::*;
 
 /// No deadline for streams relayed between nodes (reqwest's client-wide timeout would cut them).
 const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -87,34 +40,33 @@ pub(super) async fn follow_logs(
     tail: Option<usize>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (record, container) = locate(&node, &name).await?;
+    let host = node
+        .replica_host(&name, headers.contains_key("x-smr-forwarded"))
+        .await?;
     let mut query = vec!["follow=true".to_string()];
     if let Some(tail) = tail {
         query.push(format!("tail={tail}"));
     }
-    if record.id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
+    let (container, runtime) = match host {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            let url = format!(
+                "https://{}/api/v1/replicas/{name}/logs?{}",
+                record.api_addr(),
+                query.join("&")
+            );
+            let response = node
+                .peers
+                .get(&url)
+                .header("x-smr-forwarded", node.name.as_str())
+                .timeout(STREAM_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unanswered(&record.api_addr(), e))?;
+            let response = relay_error(response).await?;
+            return Ok(text_stream(Body::from_stream(response.bytes_stream())));
         }
-        let url = format!(
-            "https://{}/api/v1/replicas/{name}/logs?{}",
-            record.api_addr(),
-            query.join("&")
-        );
-        let response = node
-            .peers
-            .get(&url)
-            .header("x-smr-forwarded", node.name.as_str())
-            .timeout(STREAM_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unanswered(&record.api_addr(), e))?;
-        let response = relay_error(response).await?;
-        return Ok(text_stream(Body::from_stream(response.bytes_stream())));
-    }
-    let runtime = local_runtime(&node).await?;
+    };
     let tail = tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into());
     let options = bollard::query_parameters::LogsOptionsBuilder::new()
         .stdout(true)
@@ -203,19 +155,6 @@ impl AttachParams {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn switching() -> Response {
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
@@ -246,53 +185,50 @@ pub(super) async fn attach(
     if command.is_empty() {
         return Err(ApiError::BadRequest("command is empty".into()));
     }
-    let (record, container) = locate(&node, &name).await?;
-    if record.id != node.id {
-        if request.headers().contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!(
-                "replica {name} is not on this node"
-            )));
-        }
-        let url = format!(
-            "https://{}/api/v1/replicas/{name}/attach?{}",
-            record.api_addr(),
-            params.query()
-        );
-        let response = node
-            .peers
-            .get(&url)
-            .header("x-smr-forwarded", node.name.as_str())
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, EXEC_PROTOCOL)
-            .timeout(STREAM_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unanswered(&record.api_addr(), e))?;
-        let response = relay_error(response).await?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ApiError::Unavailable(format!(
-                "node {} did not switch protocols ({})",
-                record.name,
-                response.status()
-            )));
-        }
-        let mut upstream = response
-            .upgrade()
-            .await
-            .map_err(|e| unanswered(&record.api_addr(), e))?;
-        tokio::spawn(async move {
-            match hyper::upgrade::on(request).await {
-                Ok(client) => {
-                    let mut client = TokioIo::new(client);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                Err(e) => tracing::info!("exec relay: the client did not upgrade: {e}"),
+    let forwarded = request.headers().contains_key("x-smr-forwarded");
+    let (container, runtime) = match node.replica_host(&name, forwarded).await? {
+        ReplicaHost::Here { container, runtime } => (container, runtime),
+        ReplicaHost::Elsewhere { node: record } => {
+            let url = format!(
+                "https://{}/api/v1/replicas/{name}/attach?{}",
+                record.api_addr(),
+                params.query()
+            );
+            let response = node
+                .peers
+                .get(&url)
+                .header("x-smr-forwarded", node.name.as_str())
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, EXEC_PROTOCOL)
+                .timeout(STREAM_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unanswered(&record.api_addr(), e))?;
+            let response = relay_error(response).await?;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} did not switch protocols ({})",
+                    record.name,
+                    response.status()
+                )));
             }
-        });
-        return Ok(switching());
-    }
-
-    let docker = local_runtime(&node).await?.docker().clone();
+            let mut upstream = response
+                .upgrade()
+                .await
+                .map_err(|e| unanswered(&record.api_addr(), e))?;
+            tokio::spawn(async move {
+                match hyper::upgrade::on(request).await {
+                    Ok(client) => {
+                        let mut client = TokioIo::new(client);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(e) => tracing::info!("exec relay: the client did not upgrade: {e}"),
+                }
+            });
+            return Ok(switching());
+        }
+    };
+    let docker = runtime.docker().clone();
     let exec = docker
         .create_exec(
             &container,
@@ -437,38 +373,4 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let _ = write_frame(&mut to_client, last.0, &last.1).await;
     let _ = to_client.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn frames_round_trip() {
-        let (mut a, mut b) = tokio::io::duplex(64);
-        write_frame(&mut a, FRAME_OUTPUT, b"hello")
-            .await
-            .expect("write");
-        write_frame(&mut a, FRAME_EXIT, &3i64.to_be_bytes())
-            .await
-            .expect("write");
-        drop(a);
-        assert_eq!(
-            read_frame(&mut b).await.expect("read"),
-            Some((FRAME_OUTPUT, b"hello".to_vec()))
-        );
-        assert_eq!(
-            read_frame(&mut b).await.expect("read"),
-            Some((FRAME_EXIT, 3i64.to_be_bytes().to_vec()))
-        );
-        assert_eq!(read_frame(&mut b).await.expect("read"), None);
-    }
-
-    #[test]
-    fn percent_encoding_keeps_unreserved_characters() {
-        assert_eq!(
-            percent_encode(r#"["sh","-c"]"#),
-            "%5B%22sh%22%2C%22-c%22%5D"
-        );
-    }
 }

@@ -150,10 +150,15 @@ pub enum RotateOutcome<E> {
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    // Exactly six parts of two hex digits: a malformed part fails the whole address.
     let bytes: Vec<u8> = text
         .split(':')
-        .filter_map(|b| u8::from_str_radix(b, 16).ok())
-        .collect();
+        .map(|b| {
+            (b.len() == 2)
+                .then(|| u8::from_str_radix(b, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
     bytes.try_into().ok()
 }
 
@@ -377,6 +382,23 @@ async fn publish_wireguard(node: &Node, state: &ClusterState, me: NodeId) {
 mod tests {
     use super::*;
     use crate::state::NodeRecord;
+
+    #[test]
+    fn mac_addresses_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:ab:00:10:ff:7e"),
+            Some([0x02, 0xab, 0x00, 0x10, 0xff, 0x7e])
+        );
+        for bad in [
+            "",
+            "02:ab:00:10:ff",
+            "02:ab:00:10:ff:7e:01",
+            "zz:ab:00:10:ff:7e",
+            "2:ab:0:10:ff:7e",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
 
     fn record(id: NodeId, ip: &str, public_ip: Option<&str>, lease: &str) -> NodeRecord {
         NodeRecord {

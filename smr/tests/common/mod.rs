@@ -58,8 +58,20 @@ pub fn smrmgr(home: &Path) -> Command {
     cmd
 }
 
+/// The smrctl binary next to smrmgr. smrctl is its own package (issue 13), so cargo does not
+/// build it for this package's tests; `cargo test --workspace` does (smrctl/tests/cli.rs).
+pub fn smrctl_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_smrmgr")).with_file_name("smrctl");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p smrctl` (--release for benches) or `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
 pub fn smrctl(context: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smrctl"));
+    let mut cmd = Command::new(smrctl_bin());
     cmd.arg("--context").arg(context);
     cmd
 }

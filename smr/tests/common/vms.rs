@@ -203,7 +203,7 @@ impl VmCluster {
     /// VMs behind NAT too, whose API the host reaches only at the public address).
     pub fn smrctl_on(&self, i: usize) -> Command {
         let vm = self.vm(i);
-        let mut cmd = vm.cmd(env!("CARGO_BIN_EXE_smrctl"));
+        let mut cmd = vm.cmd(super::smrctl_bin());
         cmd.arg("--context").arg(self.context(i));
         cmd
     }

@@ -116,12 +116,14 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     }
     for (i, p) in c.ports.iter().enumerate() {
         if !is_template(&p.container) {
-            p.container_port()
-                .map_err(|m| DefinitionError::invalid(format!("{at}.ports[{i}].container"), m))?;
+            p.container_port().map_err(|m| {
+                DefinitionError::invalid(format!("{at}.ports[{i}].container"), m.to_string())
+            })?;
         }
         if !p.host.as_deref().is_some_and(is_template) {
-            p.host_binding()
-                .map_err(|m| DefinitionError::invalid(format!("{at}.ports[{i}].host"), m))?;
+            p.host_binding().map_err(|m| {
+                DefinitionError::invalid(format!("{at}.ports[{i}].host"), m.to_string())
+            })?;
         }
     }
     for (i, v) in c.volumes.iter().enumerate() {
@@ -227,7 +229,12 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
                     ));
                 }
                 Ok(_) => {}
-                Err(m) => return Err(DefinitionError::invalid(format!("{at}.limits.memory"), m)),
+                Err(m) => {
+                    return Err(DefinitionError::invalid(
+                        format!("{at}.limits.memory"),
+                        m.to_string(),
+                    ));
+                }
             }
         }
     }

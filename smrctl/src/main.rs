@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agent::client::{Client, ClientError, Context};
-use agent::definitions::{self, ObjectKey};
-use agent::node::now_ms;
-use agent::state::{GitopsState, Outcome, StoredObject};
+use api_types::client::{Client, ClientError, Context};
+use api_types::now_ms;
 use clap::{Parser, Subcommand};
-use smr::output::{self, Format};
+use smr_core::definitions::{self, ObjectKey};
+use smr_core::state::{GitopsState, Outcome, StoredObject};
+use smrctl::output::{self, Format};
 
 #[derive(Parser)]
 #[command(
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
         }
         Err(Failure::NotReady(e)) => {
             eprintln!("smrctl: {e}");
-            ExitCode::from(smr::rollout::NOT_READY_EXIT)
+            ExitCode::from(smrctl::rollout::NOT_READY_EXIT)
         }
         Err(Failure::Other(e)) => {
             eprintln!("smrctl: {e:#}");
@@ -231,7 +231,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn connect(flag: Option<PathBuf>) -> Result<Client, Failure> {
-    let path = smr::resolve_context(flag);
+    let path = smrctl::resolve_context(flag);
     let ctx = Context::load(&path)?;
     Ok(Client::from_context(&ctx)?)
 }
@@ -286,11 +286,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map(|o| o.key.clone())
                 .collect();
             if !dry_run && !no_wait && !rollouts.is_empty() {
-                let ready = smr::rollout::wait(&client, &rollouts, response.revision, timeout)
+                let ready = smrctl::rollout::wait(&client, &rollouts, response.revision, timeout)
                     .await
                     .map_err(|e| match e {
-                        smr::rollout::WaitError::Client(e) => Failure::Client(e),
-                        smr::rollout::WaitError::NotReady(why) => Failure::NotReady(why),
+                        smrctl::rollout::WaitError::Client(e) => Failure::Client(e),
+                        smrctl::rollout::WaitError::NotReady(why) => Failure::NotReady(why),
                     })?;
                 if matches!(output, Format::Table | Format::Wide) {
                     for p in ready {
@@ -345,7 +345,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => print!("{}", output::json(&objects)?),
                 Format::Yaml => print!(
                     "{}",
-                    definitions::to_yaml(&agent::api::plain_objects(&objects))
+                    definitions::to_yaml(&api_types::plain_objects(&objects))
                         .map_err(|e| Failure::Other(e.into()))?
                 ),
                 Format::Table | Format::Wide => print!("{}", objects_table(&objects)),
@@ -509,8 +509,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let client = connect(cli.context)?;
             if interactive || tty {
-                let code =
-                    smr::exec::interactive(&client, &replica, &command, interactive, tty).await?;
+                let code = smrctl::exec::interactive(&client, &replica, &command, interactive, tty)
+                    .await?;
                 // Exit at once: a read of stdin may still block a thread of the runtime.
                 std::process::exit(if code == 0 {
                     0
@@ -549,7 +549,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("node {id} removed");
         }
         Cmd::Context => {
-            let path = smr::resolve_context(cli.context);
+            let path = smrctl::resolve_context(cli.context);
             let ctx = Context::load(&path)?;
             println!("context {} ({}): {}", ctx.name, path.display(), ctx.api_url);
         }
@@ -687,7 +687,7 @@ async fn gitops(client: &Client, action: GitopsCmd) -> Result<(), Failure> {
     Ok(())
 }
 
-fn gitops_details(v: &agent::api::gitops::GitopsView, now: u64) -> String {
+fn gitops_details(v: &api_types::sync_views::GitopsView, now: u64) -> String {
     use std::fmt::Write as _;
     let s = &v.status;
     let mut out = String::new();
@@ -758,7 +758,7 @@ fn gitops_details(v: &agent::api::gitops::GitopsView, now: u64) -> String {
     out
 }
 
-fn replicas_table(replicas: &[agent::api::types::ReplicaView]) -> String {
+fn replicas_table(replicas: &[api_types::types::ReplicaView]) -> String {
     let now = now_ms();
     let rows: Vec<Vec<String>> = replicas
         .iter()
@@ -786,7 +786,7 @@ fn replicas_table(replicas: &[agent::api::types::ReplicaView]) -> String {
     )
 }
 
-fn events_table(events: &[agent::state::Event]) -> String {
+fn events_table(events: &[smr_core::state::Event]) -> String {
     let now = now_ms();
     let rows: Vec<Vec<String>> = events
         .iter()
@@ -801,7 +801,7 @@ fn events_table(events: &[agent::state::Event]) -> String {
     output::table(&["AGE", "REASON", "MESSAGE"], &rows)
 }
 
-fn events_lines(events: &[agent::state::Event]) -> String {
+fn events_lines(events: &[smr_core::state::Event]) -> String {
     events
         .iter()
         .map(|e| format!("{} {} {} {}\n", e.at_ms, e.subject, e.reason, e.message))

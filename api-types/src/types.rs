@@ -1,4 +1,4 @@
-//! The REST API's request and response bodies, shared by the server and [`crate::client`].
+//! The REST API's request and response bodies, shared by the server (agent) and [`crate::client`].
 
 use std::collections::BTreeMap;
 

@@ -1,15 +1,15 @@
 //! `smrctl exec -i/-t`: an interactive command in a replica over the API's upgraded connection
-//! (frames of [`agent::api::stream`]). With `-t` on a terminal, the local terminal is put in raw
+//! (frames of [`api_types::stream`]). With `-t` on a terminal, the local terminal is put in raw
 //! mode (`stty raw -echo`) for the session and restored after; window size changes are sent.
 
 use std::io::IsTerminal as _;
 use std::process::{Command, Stdio};
 
-use agent::api::stream::{
+use api_types::client::{Client, ClientError};
+use api_types::stream::{
     FRAME_ERROR, FRAME_EXIT, FRAME_OUTPUT, FRAME_RESIZE, FRAME_STDIN, FRAME_STDIN_END, read_frame,
     write_frame,
 };
-use agent::client::{Client, ClientError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The terminal on stdin in raw mode until dropped.

@@ -27,8 +27,8 @@ mod tests;
 pub use error::{DefinitionError, ErrorKind};
 pub use parse::{MAX_INPUT_BYTES, PackManifest, load_pack, load_path, parse_str, to_yaml};
 pub use scalars::{
-    AgentRef, DurationValue, format_duration, is_template, parse_duration, parse_memory,
-    template_lookups,
+    AgentRef, DurationValue, ScalarError, format_duration, is_template, parse_duration,
+    parse_memory, template_lookups,
 };
 pub use spec::*;
 pub use validate::{MAX_REPLICAS, is_dns_label, validate};

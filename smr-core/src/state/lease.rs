@@ -1,6 +1,7 @@
 //! Subnet leases: carving one per-node subnet out of the cluster CIDR.
 //!
-//! Pure logic. The agent keeps the taken leases in the replicated state and asks
+//! Pure logic (moved from the overlay crate in issue 13: the state machine is its only caller).
+//! The state keeps the taken leases and asks
 //! [`allocate_subnet`] for the lowest free one when a node joins; a subnet freed by a
 //! removed node is simply absent from `taken` and is handed out again.
 

@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::Placement;
 
-mod gitops;
 mod inputs;
-pub use gitops::{GitopsState, GitopsStatus, GitopsSync, owner_of};
+pub mod lease;
+mod sync_status;
+
+pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
 pub type NodeId = u64;
 
@@ -171,6 +173,11 @@ impl NodeRecord {
 }
 
 /// `host:port`, bracketing IPv6 literals.
+/// A fresh random operation id: the key the state machine deduplicates commands by.
+pub fn new_op_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
 pub fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
@@ -747,7 +754,7 @@ impl ClusterState {
             Some(network) if network.backend != "none" => {
                 let taken: Vec<ipnet::Ipv4Net> =
                     self.nodes.values().filter_map(|n| n.lease).collect();
-                match overlay::allocate_subnet(network.cidr, network.subnet_len, &taken) {
+                match lease::allocate_subnet(network.cidr, network.subnet_len, &taken) {
                     Ok(lease) => Some(lease),
                     Err(e) => {
                         return CommandResult::Rejected {

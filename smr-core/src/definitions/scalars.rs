@@ -37,11 +37,43 @@ pub fn template_lookups(s: &str) -> Vec<crate::definitions::ObjectKey> {
     keys
 }
 
+/// Why a scalar of a definition (a duration, a memory size, a port) does not parse. The messages
+/// are the ones users see in `invalid_definition` answers.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScalarError {
+    #[error("empty duration")]
+    EmptyDuration,
+    #[error("invalid duration {text:?}: expected a number before {rest:?}")]
+    NumberExpected { text: String, rest: String },
+    #[error("invalid duration {text:?}: bad number {num:?}")]
+    BadNumber { text: String, num: String },
+    #[error("invalid duration {text:?}: missing unit after {num} (use ms, s, m, h or d)")]
+    MissingUnit { text: String, num: String },
+    #[error("invalid duration {text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")]
+    DurationUnit { text: String, unit: String },
+    #[error("invalid duration {text:?}: out of range")]
+    DurationRange { text: String },
+    #[error("invalid memory size {text:?}")]
+    Memory { text: String },
+    #[error("invalid memory size {text:?}: unknown unit {unit:?} (use Ki, Mi, Gi, k, m, g)")]
+    MemoryUnit { text: String, unit: String },
+    #[error("invalid memory size {text:?}: too large")]
+    MemoryRange { text: String },
+    #[error("unknown protocol {0:?} (use tcp or udp)")]
+    Protocol(String),
+    #[error("port {0} is out of range 1..=65535")]
+    PortRange(u32),
+    #[error("{0:?} is not a port number")]
+    Port(String),
+    #[error("{0:?} is not an IP address")]
+    Address(String),
+}
+
 /// Parses `"60s"`, `"5m"`, `"1h30m"`, `"250ms"`, `"2d"`, `"1.5s"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ScalarError> {
     let s = text.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(ScalarError::EmptyDuration);
     }
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -53,18 +85,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number before {rest:?}"
-            ));
+            return Err(ScalarError::NumberExpected {
+                text: text.into(),
+                rest: rest.into(),
+            });
         }
         let (num, after) = rest.split_at(num_len);
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: bad number {num:?}"))?;
+        let value: f64 = num.parse().map_err(|_| ScalarError::BadNumber {
+            text: text.into(),
+            num: num.into(),
+        })?;
         let unit_secs = match unit {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -74,24 +108,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             "d" => 86400.0,
             "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: missing unit after {num} (use ms, s, m, h or d)"
-                ));
+                return Err(ScalarError::MissingUnit {
+                    text: text.into(),
+                    num: num.into(),
+                });
             }
             other => {
-                return Err(format!(
-                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
-                ));
+                return Err(ScalarError::DurationUnit {
+                    text: text.into(),
+                    unit: other.into(),
+                });
             }
         };
         let secs = value * unit_secs;
         // 100 years is plenty and keeps the conversion finite.
         if !secs.is_finite() || !(0.0..=3.2e9).contains(&secs) {
-            return Err(format!("invalid duration {text:?}: out of range"));
+            return Err(ScalarError::DurationRange { text: text.into() });
         }
         total = total
             .checked_add(Duration::from_secs_f64(secs))
-            .ok_or_else(|| format!("invalid duration {text:?}: out of range"))?;
+            .ok_or_else(|| ScalarError::DurationRange { text: text.into() })?;
         rest = next;
     }
     Ok(total)
@@ -222,13 +258,13 @@ impl<'de> Deserialize<'de> for AgentRef {
 }
 
 /// Parses a memory size: `"512Mi"`, `"1Gi"`, `"256m"`, `"1G"`, `"1048576"` (bytes).
-pub fn parse_memory(text: &str) -> Result<u64, String> {
+pub fn parse_memory(text: &str) -> Result<u64, ScalarError> {
     let s = text.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid memory size {text:?}"))?;
+        .map_err(|_| ScalarError::Memory { text: text.into() })?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -240,13 +276,14 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         "t" | "tb" => 1_000_000_000_000,
         "ti" | "tib" => 1 << 40,
         _ => {
-            return Err(format!(
-                "invalid memory size {text:?}: unknown unit {unit:?} (use Ki, Mi, Gi, k, m, g)"
-            ));
+            return Err(ScalarError::MemoryUnit {
+                text: text.into(),
+                unit: unit.into(),
+            });
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid memory size {text:?}: too large"))
+        .ok_or_else(|| ScalarError::MemoryRange { text: text.into() })
 }
 
 #[cfg(test)]

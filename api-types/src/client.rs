@@ -1,4 +1,5 @@
 //! A typed client of the REST API, and the context file that tells it where and who to be.
+//! Part of `api-types`: it links no server code (no axum, Docker or Raft).
 //!
 //! Used by `smrctl`, by `smrmgr` and by the end-to-end tests. Writes carry an `op_id`, so a write
 //! retried after an `unavailable` answer (for example during a leader election), an
@@ -12,11 +13,11 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::gitops::{GitopsView, SyncRequested};
-use crate::api::types::*;
 use crate::definitions::{Kind, Object, ObjectKey};
-use crate::pki::{self, Identity};
 use crate::state::StoredObject;
+use crate::sync_views::{GitopsView, SyncRequested};
+use crate::types::*;
+use pki::{self, Identity};
 
 /// How long a request keeps retrying while the cluster answers `unavailable`.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -258,7 +259,7 @@ impl Client {
     }
 
     pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
-        let op_id = crate::node::new_op_id();
+        let op_id = crate::state::new_op_id();
         self.request_with::<Option<()>>(
             Method::DELETE,
             &format!("nodes/{id}?op_id={op_id}"),
@@ -292,7 +293,7 @@ impl Client {
         dry_run: bool,
         op_id: Option<String>,
     ) -> Result<ApplyResponse, ClientError> {
-        let op_id = op_id.unwrap_or_else(crate::node::new_op_id);
+        let op_id = op_id.unwrap_or_else(crate::state::new_op_id);
         let body = serde_json::json!({ "objects": objects, "op_id": op_id });
         let path = if dry_run {
             "objects?dry_run=true"
@@ -312,7 +313,7 @@ impl Client {
         let path = if dry_run {
             "objects?dry_run=true".to_string()
         } else {
-            format!("objects?op_id={}", crate::node::new_op_id())
+            format!("objects?op_id={}", crate::state::new_op_id())
         };
         self.request_with(Method::POST, &path, Payload::Yaml(yaml), Replay::Safe)
             .await
@@ -324,7 +325,7 @@ impl Client {
         keys: &[ObjectKey],
         op_id: Option<String>,
     ) -> Result<ApplyResponse, ClientError> {
-        let op_id = op_id.unwrap_or_else(crate::node::new_op_id);
+        let op_id = op_id.unwrap_or_else(crate::state::new_op_id);
         let body = serde_json::json!({ "keys": keys, "op_id": op_id });
         self.request_with(
             Method::POST,
@@ -460,7 +461,7 @@ impl Client {
     }
 
     /// Starts an interactive exec in a replica; the connection then carries the frames of
-    /// [`crate::api::stream`]. `size` is the terminal's (columns, rows).
+    /// [`crate::stream`]. `size` is the terminal's (columns, rows).
     pub async fn attach(
         &self,
         replica: &str,
@@ -469,7 +470,7 @@ impl Client {
         stdin: bool,
         size: Option<(u16, u16)>,
     ) -> Result<reqwest::Upgraded, ClientError> {
-        use crate::api::stream::{EXEC_PROTOCOL, percent_encode};
+        use crate::stream::{EXEC_PROTOCOL, percent_encode};
         let command =
             serde_json::to_string(command).map_err(|e| ClientError::Decode(e.to_string()))?;
         let mut url = format!(

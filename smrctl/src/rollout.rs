@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
-use agent::api::types::DescribeView;
-use agent::client::{Client, ClientError};
-use agent::definitions::ObjectKey;
+use api_types::client::{Client, ClientError};
+use api_types::types::DescribeView;
+use smr_core::definitions::ObjectKey;
 
 /// Exit code of `smrctl apply` when the rollout is not ready in time.
 pub const NOT_READY_EXIT: u8 = 8;
@@ -41,7 +41,7 @@ pub fn progress(view: &DescribeView) -> ObjectProgress {
         .map(|c| c.replicas as usize)
         .unwrap_or(0);
     let target = view.object.template_generation;
-    let current = |r: &&agent::api::types::ReplicaView| r.generation == target;
+    let current = |r: &&api_types::types::ReplicaView| r.generation == target;
     let ready = view
         .replicas
         .iter()
@@ -224,14 +224,14 @@ async fn not_ready(client: &Client, all: &[ObjectProgress], timeout: Duration) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent::api::types::ReplicaView;
-    use agent::state::StoredObject;
+    use api_types::types::ReplicaView;
+    use smr_core::state::StoredObject;
 
     fn view(replicas: u32, template: u64, states: &[(&str, bool, u64)]) -> DescribeView {
         let yaml = format!(
             "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: web\nspec:\n  image: busybox\n  replicas: {replicas}\n"
         );
-        let object = agent::definitions::parse_str("t.yaml", &yaml)
+        let object = smr_core::definitions::parse_str("t.yaml", &yaml)
             .expect("valid")
             .remove(0);
         let key = object.key();

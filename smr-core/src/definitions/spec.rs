@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Kind;
-use super::scalars::{AgentRef, DurationValue};
+use super::scalars::{AgentRef, DurationValue, ScalarError};
 
 fn default_replicas() -> u32 {
     1
@@ -258,32 +258,32 @@ pub enum Protocol {
     Udp,
 }
 
-fn split_protocol(s: &str) -> Result<(&str, Protocol), String> {
+fn split_protocol(s: &str) -> Result<(&str, Protocol), ScalarError> {
     match s.split_once('/') {
         None => Ok((s, Protocol::Tcp)),
         Some((p, "tcp")) => Ok((p, Protocol::Tcp)),
         Some((p, "udp")) => Ok((p, Protocol::Udp)),
-        Some((_, other)) => Err(format!("unknown protocol {other:?} (use tcp or udp)")),
+        Some((_, other)) => Err(ScalarError::Protocol(other.into())),
     }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+fn parse_port(s: &str) -> Result<u16, ScalarError> {
     match s.trim().parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        Ok(p) => Err(format!("port {p} is out of range 1..=65535")),
-        Err(_) => Err(format!("{s:?} is not a port number")),
+        Ok(p) => Err(ScalarError::PortRange(p)),
+        Err(_) => Err(ScalarError::Port(s.into())),
     }
 }
 
 impl PortMapping {
     /// The container port and protocol.
-    pub fn container_port(&self) -> Result<(u16, Protocol), String> {
+    pub fn container_port(&self) -> Result<(u16, Protocol), ScalarError> {
         let (p, proto) = split_protocol(&self.container)?;
         Ok((parse_port(p)?, proto))
     }
 
     /// The host binding: optional address and port. `None` when not published.
-    pub fn host_binding(&self) -> Result<Option<(Option<std::net::IpAddr>, u16)>, String> {
+    pub fn host_binding(&self) -> Result<Option<(Option<std::net::IpAddr>, u16)>, ScalarError> {
         let Some(host) = &self.host else {
             return Ok(None);
         };
@@ -297,7 +297,7 @@ impl PortMapping {
                 let addr = addr.trim_start_matches('[').trim_end_matches(']');
                 let ip = addr
                     .parse()
-                    .map_err(|_| format!("{addr:?} is not an IP address"))?;
+                    .map_err(|_| ScalarError::Address(addr.into()))?;
                 Ok(Some((Some(ip), parse_port(port)?)))
             }
         }
@@ -496,7 +496,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn memory_bytes(&self) -> Result<Option<u64>, String> {
+    pub fn memory_bytes(&self) -> Result<Option<u64>, ScalarError> {
         self.memory
             .as_deref()
             .map(super::scalars::parse_memory)

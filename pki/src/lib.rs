@@ -21,6 +21,8 @@
 //! Only the aws-lc-rs crypto provider is used; [`install_crypto_provider`] makes it the process
 //! default, and every configuration built here names it explicitly.
 
+#![forbid(unsafe_code)]
+
 mod ca;
 mod files;
 mod identity;

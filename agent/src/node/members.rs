@@ -1,0 +1,115 @@
+//! This node's health and the member list as `GET /api/v1/health` and `GET /api/v1/nodes`
+//! show them: registry, Raft roles, health probes, WireGuard sessions.
+
+use std::time::Duration;
+
+use super::{Consistency, Node, NodeError};
+use crate::api::types::{HealthResponse, NodeView, WgPeerView};
+
+impl Node {
+    /// This node's health as `GET /api/v1/health` shows it.
+    pub async fn health(&self) -> Result<HealthResponse, NodeError> {
+        let status = self.store.status();
+        let state = self.state(Consistency::Stale).await?;
+        // A node whose store cannot take writes says so first; its Raft role is secondary then.
+        let shown = match &status.problem {
+            Some(_) => crate::store::ServerState::Degraded,
+            None => status.state,
+        };
+        Ok(HealthResponse {
+            node: self.name.clone(),
+            id: self.id,
+            state: serde_json::to_value(shown)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            problem: status.problem.clone(),
+            leader: status.leader,
+            revision: state.revision,
+            voters: status.voters.iter().copied().collect(),
+            learners: status.learners.iter().copied().collect(),
+        })
+    }
+
+    /// Every member with its role (voter, learner, joining), whether it answers a health probe
+    /// (2 s each, all at once; this node is healthy since it answers) and this node's WireGuard
+    /// session with it.
+    pub async fn nodes(&self, consistency: Consistency) -> Result<Vec<NodeView>, NodeError> {
+        let state = self.state(consistency).await?;
+        let status = self.store.status();
+        let probes = state.nodes.values().map(|n| {
+            let addr = n.api_addr();
+            let me = n.id == self.id;
+            async move {
+                // This node answers, so it is healthy (behind NAT it may not reach its own public
+                // address).
+                if me {
+                    return true;
+                }
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.call::<(), HealthResponse>(&addr, "health", None),
+                )
+                .await;
+                matches!(probe, Ok(Ok(_)))
+            }
+        });
+        let healthy = futures::future::join_all(probes).await;
+        let stats = match self.overlay.peer_stats().await {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::warn!("WireGuard peer statistics: {e}");
+                Vec::new()
+            }
+        };
+        let views = state
+            .nodes
+            .values()
+            .zip(healthy)
+            .map(|(n, healthy)| NodeView {
+                id: n.id,
+                name: n.name.clone(),
+                host: n.host.clone(),
+                domain: n.domain.clone(),
+                ip: n.ip.clone(),
+                api: n.api_addr(),
+                raft: n.raft_addr(),
+                role: if status.voters.contains(&n.id) {
+                    "voter"
+                } else if status.learners.contains(&n.id) {
+                    "learner"
+                } else {
+                    "joining"
+                }
+                .into(),
+                leader: status.leader == Some(n.id),
+                health: if healthy { "healthy" } else { "unreachable" }.into(),
+                labels: n.labels.clone(),
+                joined_ms: n.joined_ms,
+                subnet: n.lease.map(|l| l.to_string()),
+                backend: state.network.as_ref().map(|net| net.backend.clone()),
+                vtep_mac: n.vtep_mac.clone(),
+                public_ip: n.public_ip.clone(),
+                wg_port: n.wg_port,
+                wg_public_key: n.wg_public_key.clone(),
+                wireguard: (n.id != self.id).then(|| wg_peer_view(n, &stats)).flatten(),
+            })
+            .collect();
+        Ok(views)
+    }
+}
+
+/// The answering node's WireGuard session with `n`, found by `n`'s published public key.
+fn wg_peer_view(n: &crate::state::NodeRecord, stats: &[overlay::PeerStats]) -> Option<WgPeerView> {
+    let key: overlay::WgPublicKey = n.wg_public_key.as_deref()?.parse().ok()?;
+    let peer = stats.iter().find(|s| s.public_key == key)?;
+    Some(WgPeerView {
+        endpoint: peer.endpoint.map(|e| e.to_string()),
+        last_handshake_ms: peer
+            .last_handshake
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64),
+        rx_bytes: peer.rx_bytes,
+        tx_bytes: peer.tx_bytes,
+    })
+}
