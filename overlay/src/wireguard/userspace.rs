@@ -213,6 +213,28 @@ impl Shared {
     }
 }
 
+/// How long [`bind_udp`] waits for a port that a previous device of this process just released.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds the WireGuard port. When a device is recreated, the previous one has just closed its
+/// socket, but a child that another thread of the process forked at that moment (the agent runs
+/// `iptables`, tests run `ip`) holds a copy of every descriptor until it calls exec, so for a
+/// moment the port is still bound: EADDRINUSE is waited out for a bounded time, anything else
+/// (and a port that stays taken, e.g. by another program) is an error.
+fn bind_udp(port: u16) -> Result<UdpSocket, WgError> {
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(io_err(format!("binding UDP port {port}"))),
+        }
+    }
+}
+
 /// The userspace WireGuard device. Dropping it stops its threads and removes the TUN device.
 pub struct UserspaceWg {
     shared: Arc<Shared>,
@@ -240,8 +262,7 @@ impl UserspaceWg {
             .offload(true)
             .build_sync()
             .map_err(io_err(format!("creating TUN device {name}")))?;
-        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.listen_port))
-            .map_err(io_err(format!("binding UDP port {}", cfg.listen_port)))?;
+        let udp = bind_udp(cfg.listen_port)?;
         let udp_state = UdpSocketState::new(UdpSockRef::from(&udp))
             .map_err(io_err("setting up the WireGuard UDP socket"))?;
         {
