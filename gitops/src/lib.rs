@@ -13,6 +13,7 @@
 
 mod error;
 mod fetch;
+mod paths;
 mod plan;
 mod spec;
 mod tree;
@@ -20,7 +21,8 @@ mod webhook;
 
 pub use error::GitError;
 pub use fetch::{Fetcher, FetcherConfig, HostKeyPolicy};
+pub use paths::{PackInfo, normalize_directory, parse_pack};
 pub use plan::{Actual, SyncPlan, drifted, plan_sync};
 pub use spec::{Auth, RepoSpec, redact_text, redact_url};
-pub use tree::{Checkout, Limits, PackInfo, SourceFile, normalize_directory, parse_pack};
+pub use tree::{Checkout, Limits, SourceFile};
 pub use webhook::{PushEvent, WebhookError, parse_push, verify_signature};
