@@ -26,4 +26,8 @@ cargo test --workspace --locked --no-run
 phase "running tests"
 cargo test --workspace --locked --no-fail-fast
 
+# A short fuzzing run of every parser of untrusted input (fuzz/): FUZZ_SECONDS per target.
+phase "fuzzing (${FUZZ_SECONDS:-15} s per target)"
+bash fuzz/run.sh "${FUZZ_SECONDS:-15}"
+
 phase "done"

@@ -944,3 +944,94 @@ async fn etcd_over_tls_with_a_client_certificate() {
     anonymous.shutdown().await;
     store.shutdown().await;
 }
+
+/// etcd only: etcd out of space (its NOSPACE alarm, here a 16 MiB quota filled by other keys)
+/// refuses the store's writes as InsufficientStorage (HTTP 507), nothing written, and the store
+/// reports why; once an operator frees space and disarms the alarm, writes resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_out_of_space_refuses_writes_and_resumes() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        EtcdCluster::start_with_args(
+            1,
+            std::net::Ipv4Addr::LOCALHOST,
+            None,
+            &["--quota-backend-bytes", "16777216"],
+        )
+    })
+    .await
+    .unwrap()
+    .expect("an etcd");
+    let config = EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/nospace/".into(),
+        ..EtcdConfig::default()
+    };
+    let store = Store::open_etcd(&config, 1, self::config()).await.unwrap();
+    wait_for("the store to sync", || {
+        store.status().state != ServerState::Degraded
+    })
+    .await;
+    store.write(command(token_op(0))).await.expect("a write");
+
+    // Someone else's keys fill etcd to its quota.
+    let mut etcd = etcd_client::Client::connect(&config.endpoints, None)
+        .await
+        .unwrap();
+    let junk = vec![b'j'; 1 << 20];
+    let mut full = false;
+    for i in 0..64 {
+        if let Err(e) = etcd.put(format!("/junk/{i}"), junk.clone(), None).await {
+            assert!(e.to_string().contains("space exceeded"), "{e}");
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "etcd never ran out of space");
+    let refused = store.write(command(token_op(1))).await;
+    assert!(
+        matches!(refused, Err(WriteError::InsufficientStorage(_))),
+        "{refused:?}"
+    );
+    let problem = store.status().problem.expect("degraded while etcd is full");
+    assert!(problem.contains("out of space"), "{problem}");
+
+    // The operator's fix: delete, compact, defragment, disarm.
+    let deleted = etcd
+        .delete(
+            "/junk/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let revision = deleted.header().unwrap().revision();
+    etcd.compact(
+        revision,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+    etcd.defragment().await.unwrap();
+    etcd.alarm(
+        etcd_client::AlarmAction::Deactivate,
+        etcd_client::AlarmType::Nospace,
+        None,
+    )
+    .await
+    .unwrap();
+    // No client write needed: the store sees by itself that etcd takes writes again.
+    wait_for("the store to leave degraded", || {
+        store.status().problem.is_none()
+    })
+    .await;
+    store
+        .write(command(token_op(2)))
+        .await
+        .expect("a write after the fix");
+    let state = store.read(true).await.unwrap();
+    assert_eq!(
+        tokens(&state),
+        vec!["t00000", "t00002"],
+        "the refused write is absent"
+    );
+    store.shutdown().await;
+}

@@ -10,7 +10,9 @@
 //! - [`resolv`]: reading upstreams from `resolv.conf`.
 //! - `zone`: the hickory zone handlers (authoritative `private.`, forwarding `.`).
 //! - `server`: sockets, start, swap and shutdown.
+//! - [`answer_packet`]: one request answered in process, as the server would (fuzzing, tests).
 
+mod packet;
 pub mod records;
 pub mod resolv;
 mod server;
@@ -19,6 +21,7 @@ mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use packet::answer_packet;
 pub use records::{NodeInfo, RecordSet, ReplicaInfo, compute_records};
 pub use resolv::{parse_resolv_conf, upstreams_from_resolv_conf};
 pub use server::{DnsConfig, DnsHandle, DnsServer};

@@ -13,12 +13,12 @@
 
 //!
 //! Without the default feature `git` only the pure parts are built ([`plan_sync`], [`drifted`],
-//! [`RepoSpec`], [`normalize_directory`], [`GitError`]): that is what `smr-core` links.
+//! [`RepoSpec`], [`normalize_directory`], [`parse_pack`], [`GitError`]): that is what `smr-core` links.
 
 mod error;
 #[cfg(feature = "git")]
 mod fetch;
-mod path;
+mod paths;
 mod plan;
 mod spec;
 #[cfg(feature = "git")]
@@ -29,10 +29,10 @@ mod webhook;
 pub use error::GitError;
 #[cfg(feature = "git")]
 pub use fetch::{Fetcher, FetcherConfig, HostKeyPolicy};
-pub use path::normalize_directory;
+pub use paths::{PackInfo, normalize_directory, parse_pack};
 pub use plan::{Actual, SyncPlan, drifted, plan_sync};
 pub use spec::{Auth, RepoSpec, redact_text, redact_url};
 #[cfg(feature = "git")]
-pub use tree::{Checkout, Limits, PackInfo, SourceFile, parse_pack};
+pub use tree::{Checkout, Limits, SourceFile};
 #[cfg(feature = "git")]
 pub use webhook::{PushEvent, WebhookError, parse_push, verify_signature};

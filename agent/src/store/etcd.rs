@@ -126,6 +126,8 @@ struct Inner {
     /// The state was read from etcd at least once since start (before, it is unknown, not empty).
     synced: AtomicBool,
     election: Mutex<Election>,
+    /// Set while etcd refuses writes for lack of space (its NOSPACE alarm): the reason.
+    nospace: Mutex<Option<String>>,
     /// Revision of the newest snapshot seen or written.
     snapshot_rev: AtomicU64,
     snapshotting: AtomicBool,
@@ -137,6 +139,36 @@ struct Inner {
 #[derive(Clone)]
 pub struct EtcdStore {
     inner: Arc<Inner>,
+}
+
+/// etcd's answer to a write while its NOSPACE alarm is raised (gRPC RESOURCE_EXHAUSTED,
+/// "etcdserver: mvcc: database space exceeded").
+fn is_nospace(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() as i32 == 8 && s.message().contains("space exceeded"))
+}
+
+/// While etcd is out of space, tries a tiny write every 2 s: the store is degraded until one
+/// goes through (an operator freed space and disarmed the alarm), with or without client writes.
+async fn run_space_probe(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let key = inner.key("space-probe");
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        if lock(&inner.nospace).is_none() {
+            continue;
+        }
+        let mut kv = inner.client.kv_client();
+        let probe = tokio::time::timeout(
+            inner.opts.write_timeout,
+            kv.put(key.clone(), inner.id.to_string(), None),
+        );
+        if let Ok(Ok(_)) = probe.await {
+            inner.space_back();
+        }
+    }
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> WriteError {
@@ -259,6 +291,7 @@ impl EtcdStore {
             watching: AtomicBool::new(false),
             synced: AtomicBool::new(false),
             election: Mutex::new(Election::default()),
+            nospace: Mutex::new(None),
             snapshot_rev: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
             stop,
@@ -273,7 +306,8 @@ impl EtcdStore {
         }
         let applier = tokio::spawn(run_applier(inner.clone(), inner.stop.subscribe()));
         let election = tokio::spawn(run_election(inner.clone(), inner.stop.subscribe()));
-        lock(&inner.tasks).extend([applier, election]);
+        let space = tokio::spawn(run_space_probe(inner.clone(), inner.stop.subscribe()));
+        lock(&inner.tasks).extend([applier, election, space]);
         Ok(EtcdStore { inner })
     }
 
@@ -297,7 +331,24 @@ impl EtcdStore {
         ]);
         let mut kv = inner.client.kv_client();
         let response = match tokio::time::timeout(inner.opts.write_timeout, kv.txn(txn)).await {
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => {
+                inner.space_back();
+                r
+            }
+            // etcd's backend is over its quota: it raised its NOSPACE alarm and refuses every
+            // write until an operator compacts, defragments and disarms it. Nothing was written.
+            Ok(Err(e)) if is_nospace(&e) => {
+                let why = format!(
+                    "etcd is out of space ({e}): compact and defragment etcd, then disarm its \
+                     alarm (etcdctl alarm disarm)"
+                );
+                let mut nospace = lock(&inner.nospace);
+                if nospace.is_none() {
+                    tracing::error!("etcd store degraded: {why}");
+                }
+                *nospace = Some(why.clone());
+                return Err(WriteError::InsufficientStorage(why));
+            }
             // gRPC InvalidArgument (3) or FailedPrecondition (9): retrying cannot help.
             Ok(Err(etcd_client::Error::GRpcStatus(s))) if matches!(s.code() as i32, 3 | 9) => {
                 return Err(WriteError::Fatal(format!(
@@ -429,7 +480,9 @@ impl EtcdStore {
                     (*id, peer)
                 })
                 .collect(),
-            problem: (!watching).then(|| "not connected to etcd".to_string()),
+            problem: lock(&inner.nospace)
+                .clone()
+                .or_else(|| (!watching).then(|| "not connected to etcd".to_string())),
         }
     }
 
@@ -444,6 +497,13 @@ impl EtcdStore {
 }
 
 impl Inner {
+    /// A write went through: etcd has space (again).
+    fn space_back(&self) {
+        if lock(&self.nospace).take().is_some() {
+            tracing::info!("etcd takes writes again: the store is no longer degraded");
+        }
+    }
+
     /// Logs in with the configured user once (the client renews the token from then on).
     async fn authenticate(&self) -> Result<(), String> {
         let Some(credentials) = &self.credentials else {

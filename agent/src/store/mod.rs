@@ -185,7 +185,13 @@ pub struct RaftStore {
     raft: Raft,
     sm: StateMachineStore,
     disk: Arc<disk::Disk>,
+    /// Op ids of writes that timed out: they may still be applied later.
+    in_doubt: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
     write_timeout: Duration,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
@@ -259,6 +265,7 @@ impl RaftStore {
             raft,
             sm,
             disk,
+            in_doubt: Arc::default(),
             write_timeout: config.write_timeout,
         })
     }
@@ -282,17 +289,37 @@ impl RaftStore {
     /// storage cannot take writes (see [`disk`]).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         if let Some(problem) = self.disk.problem() {
+            // A retry of a write that was applied gets its result, whatever the disk.
+            if let Some(result) = self.sm.state().recent_result(&cmd.op_id) {
+                return Ok(result.clone());
+            }
+            // An earlier attempt that timed out may still be waiting in the Raft core for the
+            // disk: this one cannot say "not applied".
+            if lock(&self.in_doubt).contains(&cmd.op_id) {
+                return Err(WriteError::Unknown(format!(
+                    "an earlier attempt of this write may still be applied once the disk takes \
+                     writes again ({problem}); retry with the same op_id"
+                )));
+            }
             return Err(WriteError::InsufficientStorage(format!(
                 "this node cannot store writes: {problem}"
             )));
         }
+        let op_id = cmd.op_id.clone();
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => Err(WriteError::Unknown(format!(
-                "the write was not committed within {:?} (no quorum?)",
-                self.write_timeout
-            ))),
+            Err(_) => {
+                let mut in_doubt = lock(&self.in_doubt);
+                in_doubt.push_back(op_id);
+                while in_doubt.len() > crate::state::DEDUP_WINDOW {
+                    in_doubt.pop_front();
+                }
+                Err(WriteError::Unknown(format!(
+                    "the write was not committed within {:?} (no quorum?)",
+                    self.write_timeout
+                )))
+            }
         }
     }
 
