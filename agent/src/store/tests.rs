@@ -237,7 +237,7 @@ async fn full_disk_under_the_log_is_waited_out() {
     );
     // A retry of the write that is waiting in the core must not claim it was not applied.
     let retry = store.write(in_flight.clone()).await.unwrap_err();
-    assert!(matches!(retry, WriteError::Unavailable(_)), "{retry:?}");
+    assert!(matches!(retry, WriteError::Unknown(_)), "{retry:?}");
 
     std::fs::remove_file(filler).expect("free the space");
     let started = std::time::Instant::now();
