@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::client::{Client, ClientError};
+use agent::client::ClientError;
 use agent::definitions;
 use common::{Cluster, eventually, output, smrmgr};
 

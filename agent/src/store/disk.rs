@@ -110,7 +110,7 @@ impl Disk {
         })?;
         let reserve = reserve.unwrap_or_else(|| {
             let size = statvfs(dir)
-                .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+                .map(|s| s.blocks() * s.fragment_size())
                 .unwrap_or(u64::MAX);
             DEFAULT_RESERVE.min(size / 20)
         });
@@ -254,7 +254,7 @@ pub(crate) fn fs_problem(dir: &Path, reserve: u64) -> Option<String> {
             "the data dir {shown} is on a read-only file system"
         )),
         Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let free = s.blocks_available() * s.fragment_size();
             (free < reserve).then(|| {
                 format!(
                     "the data dir {shown} has {} free, less than the {} kept in reserve",

@@ -167,10 +167,11 @@ fn remove_other_snapshots(dir: &Path, keep: Option<&Path>) {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snapshot-") && Some(path.as_path()) != keep {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!("removing the old snapshot {}: {e}", path.display());
-            }
+        if name.starts_with("snapshot-")
+            && Some(path.as_path()) != keep
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::warn!("removing the old snapshot {}: {e}", path.display());
         }
     }
 }
