@@ -1011,13 +1011,27 @@ async fn etcd_out_of_space_refuses_writes_and_resumes() {
     .await
     .unwrap();
     etcd.defragment().await.unwrap();
-    etcd.alarm(
-        etcd_client::AlarmAction::Deactivate,
-        etcd_client::AlarmType::Nospace,
-        None,
-    )
-    .await
-    .unwrap();
+    // `etcdctl alarm disarm`: each raised alarm, by the member that raised it.
+    let alarms = etcd
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!alarms.alarms().is_empty(), "etcd raised no alarm");
+    for alarm in alarms.alarms() {
+        let mut options = etcd_client::AlarmOptions::new();
+        options.with_member(alarm.member_id());
+        etcd.alarm(
+            etcd_client::AlarmAction::Deactivate,
+            alarm.alarm(),
+            Some(options),
+        )
+        .await
+        .unwrap();
+    }
     // No client write needed: the store sees by itself that etcd takes writes again.
     wait_for("the store to leave degraded", || {
         store.status().problem.is_none()

@@ -34,7 +34,7 @@
 //! reopen-and-retry of redb, so waiting in the storage call is the smaller and safer mechanism.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,10 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Free space kept in reserve on the data dir's file system: writes are refused below it. A file
 /// system smaller than 20 times this keeps 5 % of its size instead.
 pub const DEFAULT_RESERVE: u64 = 64 * 1024 * 1024;
+/// Log bytes since the last snapshot after which one is taken even before `snapshot_every`
+/// entries (or the last snapshot's size, if larger): the log a restart replays stays bounded in
+/// bytes, not only in entries.
+pub const SNAPSHOT_LOG_BYTES: u64 = 16 * 1024 * 1024;
 /// Memory redb may use to cache pages (its default is 1 GiB, which the resident size then shows).
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -76,6 +80,9 @@ pub struct Disk {
     /// Set while a storage operation keeps failing: what failed and why.
     failing: Mutex<Option<String>>,
     closing: AtomicBool,
+    /// Bytes appended to the log since the last snapshot, and that snapshot's size.
+    log_bytes: AtomicU64,
+    snapshot_bytes: AtomicU64,
 }
 
 fn open_db(file: &Path) -> Result<Database, redb::Error> {
@@ -121,6 +128,8 @@ impl Disk {
             reserve,
             failing: Mutex::new(None),
             closing: AtomicBool::new(false),
+            log_bytes: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
         })
     }
 
@@ -243,6 +252,31 @@ impl Disk {
     /// Stops retrying: failing operations return their error from now on (at shutdown).
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Counts bytes appended to the log.
+    pub fn appended(&self, bytes: u64) {
+        self.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A snapshot of `bytes` was stored (or one was just asked for: `None`).
+    pub fn snapshot_taken(&self, bytes: Option<u64>) {
+        self.log_bytes.store(0, Ordering::Relaxed);
+        if let Some(bytes) = bytes {
+            self.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The log since the last snapshot outgrew [`SNAPSHOT_LOG_BYTES`] and that snapshot: the
+    /// bytes, if a snapshot is due.
+    pub fn snapshot_due(&self) -> Option<u64> {
+        let log = self.log_bytes.load(Ordering::Relaxed);
+        let limit = SNAPSHOT_LOG_BYTES.max(self.snapshot_bytes.load(Ordering::Relaxed));
+        (log > limit).then_some(log)
     }
 }
 

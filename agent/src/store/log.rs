@@ -214,6 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e).map_err(io_write)?)))
             .collect::<Result<_>>()?;
+        let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let result = self
             .blocking(
                 "appending to the Raft log",
@@ -233,7 +234,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await;
         // Flushed only once the commit is durable.
         match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => {
+                self.disk.appended(bytes);
+                callback.log_io_completed(Ok(()))
+            }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
         result

@@ -245,7 +245,7 @@ impl RaftStore {
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             // Entries kept behind a snapshot, for followers just behind it.
-            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(200),
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..Config::default()
         }
@@ -260,6 +260,32 @@ impl RaftStore {
         )
         .await
         .map_err(raft_err)?;
+        // openraft's policy counts entries; this one counts bytes, so that a log of few but large
+        // entries (applies of many objects) does not grow far beyond the state either.
+        // It holds the disk weakly: after a shutdown nothing of it keeps the database open.
+        {
+            let (raft, disk) = (raft.clone(), Arc::downgrade(&disk));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(disk) = disk.upgrade() else { break };
+                    if disk.is_closing() {
+                        break;
+                    }
+                    if let Some(bytes) = disk.snapshot_due() {
+                        tracing::info!(
+                            "{} KiB of log since the last snapshot: taking one",
+                            bytes / 1024
+                        );
+                        disk.snapshot_taken(None);
+                        if raft.trigger().snapshot().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
         Ok(RaftStore {
             id,
             raft,

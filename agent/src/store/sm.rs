@@ -201,6 +201,10 @@ impl StateMachineStore {
             }
             None => (ClusterState::default(), None, Membership::default(), None),
         };
+        if let Some(m) = &meta {
+            let size = std::fs::metadata(body_file(disk.dir(), &m.snapshot_id)).map(|m| m.len());
+            disk.snapshot_taken(size.ok());
+        }
         let keep = meta.as_ref().map(|m| body_file(disk.dir(), &m.snapshot_id));
         remove_other_snapshots(disk.dir(), keep.as_deref());
         let (applied_tx, _) = watch::channel(applied.map(|l| l.index).unwrap_or(0));
@@ -249,6 +253,7 @@ impl StateMachineStore {
         })
         .map_err(snap_write)?;
         remove_other_snapshots(disk.dir(), Some(&file));
+        disk.snapshot_taken(Some(body.len() as u64));
         Ok(())
     }
 

@@ -111,18 +111,30 @@ struct ReadOnlyView {
 
 impl Drop for ReadOnlyView {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
+        unmount(self.dir.path());
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
+        unmount(self.dir.path());
     }
+}
+
+/// Unmounts `path`, waiting a little for the store's last blocking calls to let go of its files;
+/// lazily (still by this path) if they do not.
+fn unmount(path: &Path) {
+    for _ in 0..50 {
+        let status = std::process::Command::new("umount").arg(path).status();
+        if status.is_ok_and(|s| s.success()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .status();
 }
 
 fn transport() -> Transport {
@@ -374,5 +386,41 @@ async fn snapshots_bound_the_log_and_the_file() {
         .write(command("later", "later", 10))
         .await
         .expect("write after restart");
+    store.shutdown().await;
+}
+
+/// A log of few but large entries is snapshotted once it outgrows [`disk::SNAPSHOT_LOG_BYTES`],
+/// long before `snapshot_every` entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_log_is_snapshotted_by_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft_dir = dir.path().join("raft");
+    let config = StoreConfig {
+        snapshot_every: 1_000_000,
+        ..StoreConfig::default()
+    };
+    let store = open_leader(&raft_dir, config).await;
+    let entry = 512 * 1024;
+    let writes = disk::SNAPSHOT_LOG_BYTES as usize / entry + 4;
+    for n in 0..writes {
+        store
+            .write(command(&format!("big{n}"), &format!("o{}", n % 3), entry))
+            .await
+            .expect("write");
+    }
+    let snapshot_file = || {
+        std::fs::read_dir(&raft_dir)
+            .expect("dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !snapshot_file() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot after {writes} writes of {entry} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     store.shutdown().await;
 }
