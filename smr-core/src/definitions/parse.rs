@@ -265,6 +265,14 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
             None,
         ),
         E::Message { msg, .. } => (ErrorKind::InvalidValue, msg.clone(), None),
+        E::DuplicateMappingKey { key, .. } => (
+            ErrorKind::Syntax,
+            match key {
+                Some(k) => format!("key {k:?} is given twice in the same mapping"),
+                None => "a key is given twice in the same mapping".to_string(),
+            },
+            None,
+        ),
         E::Budget { .. }
         | E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
@@ -281,6 +289,29 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
     };
     let mut out = DefinitionError::new(kind, "", message);
     out.suggestion = suggestion;
+    if let E::DuplicateMappingKey {
+        key: Some(key),
+        location,
+    } = inner
+        && location.line() > 0
+    {
+        let at = (location.line(), location.column());
+        out = out.at(at.0, at.1);
+        out.path = Located::read_with(text, serde_saphyr::DuplicateKeyPolicy::FirstWins)
+            .and_then(|tree| tree.earlier_key(at, key))
+            .unwrap_or_default();
+        return out;
+    }
+    if let E::Message { msg, .. } = inner
+        && let Some(field) = msg
+            .strip_prefix("duplicate field `")
+            .and_then(|m| m.strip_suffix('`'))
+        && let Some(loc) = e.location()
+        && let Some(tree) = Located::read(text)
+        && let Some(spelled) = tree.alias_clash((loc.line(), loc.column()), field)
+    {
+        return spelled;
+    }
     if let Some(loc) = e.location()
         && loc.line() > 0
     {
@@ -440,10 +471,33 @@ fn pos(l: &serde_saphyr::Location) -> Pos {
     (l.line(), l.column())
 }
 
+/// Other spellings the definitions accept for a field (serde aliases beyond a change of case).
+const ALIASES: &[(&str, &str)] = &[
+    ("args", "command"),
+    ("network_mode", "networkMode"),
+    ("cpus", "cpu"),
+    ("driver_opts", "driverOpts"),
+    ("fileInfo", "permissions"),
+    ("file_info", "permissions"),
+    ("file_info", "fileInfo"),
+];
+
+fn same_field(field: &str, key: &str) -> bool {
+    field.eq_ignore_ascii_case(key)
+        || ALIASES
+            .iter()
+            .any(|(f, a)| f.eq_ignore_ascii_case(field) && a.eq_ignore_ascii_case(key))
+}
+
 impl Located {
     fn read(text: &str) -> Option<Located> {
-        let docs: Vec<Spanned<Node>> =
-            serde_saphyr::from_multiple_with_options(text, options()).ok()?;
+        Self::read_with(text, serde_saphyr::DuplicateKeyPolicy::Error)
+    }
+
+    fn read_with(text: &str, duplicates: serde_saphyr::DuplicateKeyPolicy) -> Option<Located> {
+        let mut o = options();
+        o.duplicate_keys = duplicates;
+        let docs: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, o).ok()?;
         let mut entries = Vec::new();
         for (doc, node) in docs.iter().enumerate() {
             Self::walk(doc, "", &node.value, &mut entries);
@@ -503,6 +557,69 @@ impl Located {
             .rfind(|e| e.key.unwrap_or(e.value) <= at)
             .map(|e| e.path.clone())
             .unwrap_or_default()
+    }
+
+    /// The path of the first copy of `key` written before `at` (a duplicate key's path).
+    fn earlier_key(&self, at: Pos, key: &str) -> Option<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.key.is_some_and(|k| k < at))
+            .filter(|e| e.path == key || e.path.ends_with(&format!(".{key}")))
+            .next_back()
+            .map(|e| e.path.clone())
+    }
+
+    /// serde's "duplicate field `args`" when a field is written under two of its names
+    /// (`command` and `args`): both spellings, placed at the later one.
+    fn alias_clash(&self, at: Pos, field: &str) -> Option<DefinitionError> {
+        // serde-saphyr places the error at the mapping holding both keys (or at a key in it).
+        let holder = self
+            .entries
+            .iter()
+            .find(|e| e.value == at)
+            .map(|e| e.path.clone())
+            .or_else(|| {
+                let p = self.path_at(at, true);
+                Some(p.rfind('.').map_or(String::new(), |i| p[..i].to_string()))
+            })?;
+        let doc = self
+            .entries
+            .iter()
+            .find(|e| e.path == holder && (e.value == at || e.key == Some(at)))
+            .map(|e| e.doc);
+        let children: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| doc.is_none_or(|d| e.doc == d))
+            .filter(|e| match e.path.strip_prefix(&holder) {
+                Some(rest) if holder.is_empty() => !rest.contains(['.', '[']),
+                Some(rest) => rest
+                    .strip_prefix('.')
+                    .is_some_and(|r| !r.contains(['.', '['])),
+                None => false,
+            })
+            .filter(|e| {
+                let name = e.path.rsplit('.').next().unwrap_or(&e.path);
+                same_field(field, name)
+            })
+            .collect();
+        let [first, second, ..] = children.as_slice() else {
+            return None;
+        };
+        let name = |e: &Entry| e.path.rsplit('.').next().unwrap_or(&e.path).to_string();
+        let (line, column) = second.key.unwrap_or(second.value);
+        Some(
+            DefinitionError::new(
+                ErrorKind::InvalidValue,
+                second.path.clone(),
+                format!(
+                    "`{}` and `{}` are two names of the same field; give only one",
+                    name(first),
+                    name(second)
+                ),
+            )
+            .at(line, column),
+        )
     }
 
     /// The path of a missing field: serde-saphyr places the error at the last key read in

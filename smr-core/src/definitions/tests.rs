@@ -846,3 +846,83 @@ fn never_panics_on_mutations() {
     }
     assert!(outcomes[0] > 100 && outcomes[1] > 10, "{outcomes:?}");
 }
+
+const SC_FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/simplecontainer"
+);
+
+fn fixture(name: &str) -> (String, String) {
+    let path = format!("{SC_FIXTURES}/{name}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    (name.to_string(), text)
+}
+
+#[test]
+fn resource_permissions_are_file_info_and_refused_when_set() {
+    let (name, text) = fixture("nginx-permissions.yaml");
+    let e = parse_str(&name, &text).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(e.path, "spec.resources[0].permissions", "{e}");
+    assert_eq!(e.line, 29, "{e}");
+    assert!(
+        e.to_string()
+            .contains("smr does not set the owner, group or mode of mounted files yet"),
+        "{e}"
+    );
+    // An empty `permissions: {}` asks for nothing and is accepted (spread-unset.yaml).
+    // The mode is read as simplecontainer's reader reads it: 0640 is octal.
+    let info: FileInfo = serde_saphyr::from_str("owner: 101\npermissions: 0640\n").unwrap();
+    assert_eq!(info.permissions, Some(0o640));
+    assert_eq!(info.owner, Some(101));
+    let info: FileInfo = serde_saphyr::from_str("permissions: \"0o755\"\n").unwrap();
+    assert_eq!(info.permissions, Some(0o755));
+    let info: FileInfo = serde_saphyr::from_str("permissions: 420\n").unwrap();
+    assert_eq!(info.permissions, Some(0o644));
+    let json = serde_json::to_string(&info).unwrap();
+    assert_eq!(json, r#"{"permissions":"0644"}"#);
+    assert_eq!(serde_json::from_str::<FileInfo>(&json).unwrap(), info);
+    assert!(serde_saphyr::from_str::<FileInfo>("permissions: \"rw\"\n").is_err());
+    assert!(serde_saphyr::from_str::<FileInfo>("permissions: 99999\n").is_err());
+}
+
+#[test]
+fn spread_empty_means_uniform() {
+    let (name, text) = fixture("spread-unset.yaml");
+    let objs = parse_str(&name, &text).unwrap();
+    let c = containers(&objs[0]);
+    assert_eq!(
+        c.spread.as_ref().map(|s| s.spread),
+        Some(SpreadMode::Uniform)
+    );
+    assert_eq!(c.resources[0].file_info, Some(FileInfo::default()));
+    // Written back as `uniform`.
+    assert!(to_yaml(&objs).unwrap().contains("spread: uniform"));
+}
+
+#[test]
+fn command_with_args_names_both_at_the_second() {
+    let (name, text) = fixture("command-and-args.yaml");
+    let e = parse_str(&name, &text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "command-and-args.yaml:11:3: spec.args: `command` and `args` are two names of the same field; give only one"
+    );
+    // The same inside an init container, and in the other order.
+    let e = err(
+        "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  initContainer:\n    image: y\n    args: [a]\n    command: [b]\n",
+    );
+    assert_eq!(e.line, 8, "{e}");
+    assert_eq!(e.path, "spec.initContainer.command", "{e}");
+}
+
+#[test]
+fn duplicate_key_has_no_library_hint() {
+    let (name, text) = fixture("duplicate-key.yaml");
+    let e = parse_str(&name, &text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "duplicate-key.yaml:10:3: spec.tag: key \"tag\" is given twice in the same mapping"
+    );
+    assert!(!e.to_string().contains("DuplicateKeyPolicy"));
+}

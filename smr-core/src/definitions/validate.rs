@@ -128,6 +128,7 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     }
     for (i, v) in c.volumes.iter().enumerate() {
         check_absolute(&format!("{at}.volumes[{i}].mountPoint"), &v.mount_point)?;
+        check_file_info(&format!("{at}.volumes[{i}].fileInfo"), v.file_info.as_ref())?;
     }
     for (i, n) in c.networks.iter().enumerate() {
         non_empty(&format!("{at}.networks[{i}].group"), &n.group)?;
@@ -163,6 +164,7 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
         check_label(&format!("{p}.name"), &r.name)?;
         non_empty(&format!("{p}.key"), &r.key)?;
         check_absolute(&format!("{p}.mountPoint"), &r.mount_point)?;
+        check_file_info(&format!("{p}.permissions"), r.file_info.as_ref())?;
     }
     if let Some(s) = &c.spread {
         if s.spread == SpreadMode::Specific && s.agents.is_empty() {
@@ -263,6 +265,20 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
         validate_containers(init, &format!("{at}.initContainer"), true)?;
     }
     Ok(())
+}
+
+/// Owner, group and mode of mounted files are not set by smr: asking for them is refused
+/// rather than ignored.
+fn check_file_info(path: &str, info: Option<&FileInfo>) -> Result<(), DefinitionError> {
+    match info {
+        Some(info) if !info.is_empty() => Err(DefinitionError::invalid(
+            path,
+            "smr does not set the owner, group or mode of mounted files yet (a resource file is \
+             mounted read-only as the agent wrote it, owned by root; a volume keeps its own); \
+             remove this field",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_absolute(path: &str, value: &str) -> Result<(), DefinitionError> {
