@@ -563,9 +563,10 @@ impl Located {
     fn earlier_key(&self, at: Pos, key: &str) -> Option<String> {
         self.entries
             .iter()
-            .filter(|e| e.key.is_some_and(|k| k < at))
-            .filter(|e| e.path == key || e.path.ends_with(&format!(".{key}")))
-            .next_back()
+            .rfind(|e| {
+                e.key.is_some_and(|k| k < at)
+                    && (e.path == key || e.path.ends_with(&format!(".{key}")))
+            })
             .map(|e| e.path.clone())
     }
 
