@@ -62,16 +62,29 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionErro
             let e = DefinitionError::invalid(
                 "meta.name",
                 format!(
-                    "{} is defined twice (documents {} and {})",
+                    "{} is defined twice (documents {} and {}){}",
                     obj.key(),
                     first + 1,
-                    i + 1
+                    i + 1,
+                    prefix_note(&objects[first], obj)
                 ),
             );
             return Err(place(e, text, i).with_file(source));
         }
     }
     Ok(objects)
+}
+
+/// Why two custom objects of different prefixes still clash.
+fn prefix_note(first: &Object, second: &Object) -> String {
+    if first.prefix == second.prefix {
+        String::new()
+    } else {
+        format!(
+            " with prefixes {} and {}: smr keeps one {} object per group and name, whatever its prefix",
+            first.prefix, second.prefix, second.kind
+        )
+    }
 }
 
 /// Serializes objects as multi-document YAML (`---` between documents) that [`parse_str`] reads back.
@@ -108,12 +121,16 @@ pub fn load_path(path: &Path) -> Result<Vec<Object>, DefinitionError> {
     } else {
         out = load_file(path)?;
     }
-    let mut seen: BTreeMap<ObjectKey, ()> = BTreeMap::new();
-    for obj in &out {
-        if seen.insert(obj.key(), ()).is_some() {
+    let mut seen: BTreeMap<ObjectKey, usize> = BTreeMap::new();
+    for (i, obj) in out.iter().enumerate() {
+        if let Some(first) = seen.insert(obj.key(), i) {
             return Err(DefinitionError::invalid(
                 "meta.name",
-                format!("{} is defined twice", obj.key()),
+                format!(
+                    "{} is defined twice{}",
+                    obj.key(),
+                    prefix_note(&out[first], obj)
+                ),
             )
             .with_file(&path.display().to_string()));
         }

@@ -926,3 +926,62 @@ fn duplicate_key_has_no_library_hint() {
     );
     assert!(!e.to_string().contains("DuplicateKeyPolicy"));
 }
+
+#[test]
+fn custom_kind_takes_any_prefix() {
+    let (name, text) = fixture("traefik-dynamic.yaml");
+    let objs = parse_str(&name, &text).unwrap();
+    assert_eq!(objs[0].kind, Kind::Custom);
+    assert_eq!(objs[0].prefix, "traefik.io/v1");
+    assert_eq!(objs[0].address(), "traefik.io/v1/custom/proxy/routes");
+    assert_eq!(
+        objs[1].address(),
+        "simplecontainer.io/v1/containers/proxy/provider"
+    );
+    // The prefix survives the store's JSON and YAML.
+    let json = serde_json::to_string(&objs[0]).unwrap();
+    assert_eq!(serde_json::from_str::<Object>(&json).unwrap(), objs[0]);
+    assert_eq!(
+        parse_str("again.yaml", &to_yaml(&objs).unwrap()).unwrap(),
+        objs
+    );
+
+    // Other kinds keep simplecontainer's prefix; a custom prefix must look like one.
+    let e = err(
+        "prefix: traefik.io/v1\nkind: containers\nmeta: {group: g, name: n}\nspec: {image: x}\n",
+    );
+    assert_eq!(e.path, "prefix");
+    assert!(
+        e.to_string()
+            .contains("only kind custom takes other prefixes"),
+        "{e}"
+    );
+    let e = err("prefix: Traefik\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n");
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:1:1: prefix: \"Traefik\" is not a prefix: write DOMAIN/VERSION, e.g. traefik.io/v1"
+    );
+
+    // One custom object per group and name, whatever the prefix: said when two clash.
+    let e = err(
+        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: b.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n",
+    );
+    assert!(
+        e.to_string().contains(
+            "with prefixes a.io/v1 and b.io/v1: smr keeps one custom object per group and name"
+        ),
+        "{e}"
+    );
+
+    // Addresses with a prefix.
+    let a: Address = "traefik.io/v1/custom/proxy/routes".parse().unwrap();
+    assert_eq!(a.prefix.as_deref(), Some("traefik.io/v1"));
+    assert_eq!(a.key.to_string(), "custom/proxy/routes");
+    assert!(a.matches(&objs[0]));
+    let other: Address = "other.io/v1/custom/proxy/routes".parse().unwrap();
+    assert!(!other.matches(&objs[0]));
+    let plain: Address = "custom/proxy/routes".parse().unwrap();
+    assert!(plain.prefix.is_none() && plain.matches(&objs[0]));
+    assert!("nodots/v1/custom/proxy/routes".parse::<Address>().is_err());
+    assert!(is_prefix("simplecontainer.io/v1") && !is_prefix("x.io/") && !is_prefix("x.io"));
+}

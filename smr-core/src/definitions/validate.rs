@@ -21,6 +21,23 @@ pub fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// `DOMAIN/VERSION` as simplecontainer writes prefixes (`simplecontainer.io/v1`,
+/// `traefik.io/v1`): a lowercase DNS name of at least two labels, `/`, then 1 to 63 of
+/// `a-z0-9.-`.
+pub fn is_prefix(s: &str) -> bool {
+    let Some((domain, version)) = s.split_once('/') else {
+        return false;
+    };
+    domain.len() <= 253
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(is_dns_label)
+        && !version.is_empty()
+        && version.len() <= 63
+        && version
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+}
+
 fn label_error(path: &str, value: &str) -> DefinitionError {
     DefinitionError::invalid(
         path,
@@ -58,10 +75,23 @@ pub fn validate(obj: &Object) -> Result<(), DefinitionError> {
             ),
         ));
     }
-    if obj.prefix != PREFIX {
+    if obj.kind == super::Kind::Custom {
+        if !is_prefix(&obj.prefix) {
+            return Err(DefinitionError::invalid(
+                "prefix",
+                format!(
+                    "{:?} is not a prefix: write DOMAIN/VERSION, e.g. traefik.io/v1",
+                    obj.prefix
+                ),
+            ));
+        }
+    } else if obj.prefix != PREFIX {
         return Err(DefinitionError::invalid(
             "prefix",
-            format!("unknown prefix {:?}, expected {PREFIX}", obj.prefix),
+            format!(
+                "unknown prefix {:?} for kind {}, expected {PREFIX} (only kind custom takes other prefixes)",
+                obj.prefix, obj.kind
+            ),
         ));
     }
     check_label("meta.group", &obj.meta.group)?;
