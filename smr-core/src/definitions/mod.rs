@@ -25,7 +25,9 @@ mod validate;
 mod tests;
 
 pub use error::{DefinitionError, ErrorKind};
-pub use parse::{MAX_INPUT_BYTES, PackManifest, load_pack, load_path, parse_str, to_yaml};
+pub use parse::{
+    Loader, MAX_INPUT_BYTES, PackManifest, RenderedPack, load_pack, load_path, parse_str, to_yaml,
+};
 pub use scalars::{
     AgentRef, DurationValue, ScalarError, format_duration, is_template, parse_duration,
     parse_memory, template_lookups,

@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;
@@ -984,4 +985,131 @@ fn custom_kind_takes_any_prefix() {
     assert!(plain.prefix.is_none() && plain.matches(&objs[0]));
     assert!("nodots/v1/custom/proxy/routes".parse::<Address>().is_err());
     assert!(is_prefix("simplecontainer.io/v1") && !is_prefix("x.io/") && !is_prefix("x.io"));
+}
+
+#[test]
+fn pack_variables_defaults_and_set() {
+    let repo = Path::new(SC_FIXTURES).join("repo");
+    let pack = repo.join("packs/redis");
+    // Defaults from definitions/variables.yaml; variables.yaml itself is not a definition.
+    let (manifest, objs) = load_pack(&pack).unwrap();
+    assert_eq!(manifest.name, "redis");
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["configuration/cache/redis", "containers/cache/redis"]
+    );
+    let c = containers(&objs[1]);
+    assert_eq!(c.image_ref(), "redis:7.2.5");
+    assert_eq!(c.replicas, 1);
+    assert_eq!(c.ports[0].container, "6379");
+
+    // --set overrides, nested keys included; every --set must be used.
+    let mut loader = Loader::new(&[
+        "redis.tag=7.4".into(),
+        "replicas=3".into(),
+        "group=kv".into(),
+    ])
+    .unwrap();
+    let objs = loader.load(&pack).unwrap();
+    loader.finish().unwrap();
+    let c = containers(&objs[1]);
+    assert_eq!(c.image_ref(), "redis:7.4");
+    assert_eq!(c.replicas, 3);
+    assert_eq!(objs[1].key().to_string(), "containers/kv/redis");
+    let mut loader = Loader::new(&["redis.tga=7.4".into()]).unwrap();
+    loader.load(&pack).unwrap();
+    assert_eq!(
+        loader.finish().unwrap_err().to_string(),
+        "--set: --set redis.tga: no template of the pack uses {{ .redis.tga }}"
+    );
+    let mut loader = Loader::new(&["tag=1".into()]).unwrap();
+    loader.load(&repo.join("apps")).unwrap();
+    assert!(
+        loader
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("no pack was given")
+    );
+    assert!(Loader::new(&["novalue".into()]).is_err());
+
+    // The rendered text, as `smrctl template` shows it.
+    let rendered = Loader::new(&[]).unwrap().render(&pack).unwrap();
+    assert_eq!(rendered.files.len(), 2);
+    assert!(
+        rendered.files[1]
+            .1
+            .contains("image: redis\n  tag: \"7.2.5\"\n  replicas: 1\n"),
+        "{}",
+        rendered.files[1].1
+    );
+}
+
+#[test]
+fn pack_undefined_variable_names_it_and_the_file() {
+    let pack = Path::new(SC_FIXTURES).join("broken-pack");
+    let e = load_path(&pack).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Pack);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:8: variable `tag` is not defined (give it in definitions/variables.yaml or with --set tag=VALUE)",
+            pack.join("definitions/web.yaml").display()
+        )
+    );
+    let mut loader = Loader::new(&["tag=1.27".into()]).unwrap();
+    let objs = loader.load(&pack).unwrap();
+    loader.finish().unwrap();
+    assert_eq!(containers(&objs[0]).image_ref(), "nginx:1.27");
+}
+
+#[test]
+fn repository_root_skips_dot_folders_and_reads_packs() {
+    let repo = Path::new(SC_FIXTURES).join("repo");
+    // .github/workflows/ci.yaml is not a definition and would not parse as one.
+    assert!(
+        parse_str(
+            "ci.yaml",
+            &std::fs::read_to_string(repo.join(".github/workflows/ci.yaml")).unwrap()
+        )
+        .is_err()
+    );
+    let objs = load_path(&repo).unwrap();
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "containers/apps/busybox",
+            "configuration/cache/redis",
+            "containers/cache/redis"
+        ]
+    );
+}
+
+#[test]
+fn lone_pack_files_point_at_the_pack_folder() {
+    let pack = Path::new(SC_FIXTURES).join("repo/packs/redis");
+    let e = load_path(&pack.join("Pack.yaml")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Pack);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: this is pack metadata; apply the pack folder {} instead",
+            pack.join("Pack.yaml").display(),
+            pack.display()
+        )
+    );
+    let e = load_path(&pack.join("definitions/variables.yaml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("this is a pack's variables file; apply the pack folder"),
+        "{e}"
+    );
+    let e = load_path(&pack.join("definitions")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("this is the definitions folder of a pack; apply the pack folder"),
+        "{e}"
+    );
 }
