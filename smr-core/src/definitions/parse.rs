@@ -803,12 +803,17 @@ impl Located {
         };
         let name = |e: &Entry| e.path.rsplit('.').next().unwrap_or(&e.path).to_string();
         let (line, column) = second.key.unwrap_or(second.value);
+        let hint = if field == "args" {
+            " (smr reads `command` as `args`): write the program as `entrypoint` and its arguments as `args`"
+        } else {
+            "; give only one"
+        };
         Some(
             DefinitionError::new(
                 ErrorKind::InvalidValue,
                 second.path.clone(),
                 format!(
-                    "`{}` and `{}` are two names of the same field; give only one",
+                    "`{}` and `{}` are two names of the same field{hint}",
                     name(first),
                     name(second)
                 ),

@@ -160,7 +160,7 @@ pub struct ContainersSpec {
     pub resources: Vec<ResourceMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<Spread>,
-    /// Accepted for simplecontainer compatibility: node names the definition may run on.
+    /// simplecontainer's node list: refused unless empty (use `spread: specific`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -907,7 +907,7 @@ fn command_with_args_names_both_at_the_second() {
     let e = parse_str(&name, &text).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "command-and-args.yaml:11:3: spec.args: `command` and `args` are two names of the same field; give only one"
+        "command-and-args.yaml:11:3: spec.args: `command` and `args` are two names of the same field (smr reads `command` as `args`): write the program as `entrypoint` and its arguments as `args`"
     );
     // The same inside an init container, and in the other order.
     let e = err(
@@ -1112,4 +1112,43 @@ fn lone_pack_files_point_at_the_pack_folder() {
             .contains("this is the definitions folder of a pack; apply the pack folder"),
         "{e}"
     );
+}
+
+#[test]
+fn fields_smr_does_not_act_on_are_refused() {
+    let e = err(
+        "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  nodes: [smr-agent-1]\n",
+    );
+    assert_eq!(e.path, "spec.nodes");
+    assert!(e.to_string().contains("spread: {spread: specific"), "{e}");
+    let e = err(
+        "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  volumes: [{hostPath: /srv, mountPoint: /data, subPath: logs}]\n",
+    );
+    assert_eq!(e.path, "spec.volumes[0].subPath");
+    parse_str("ok.yaml", "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  nodes: []\n  volumes: [{hostPath: /srv, mountPoint: /data, subPath: /}]\n").unwrap();
+}
+
+#[test]
+fn the_documentation_constructs_parse() {
+    let objs = load_path(&Path::new(SC_FIXTURES).join("docs")).unwrap();
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "configuration/shop/db",
+            "secret/shop/db-password",
+            "resource/shop/db",
+            "containers/shop/db",
+            "containers/shop/web",
+            "httpauth/shop/git",
+            "certkey/shop/deploy-key",
+            "gitops/shop/apps",
+            "network/shop/backend",
+            "volume/shop/cache",
+        ]
+    );
+    let web = containers(&objs[4]);
+    assert_eq!(web.init_container.as_ref().unwrap().image, "busybox");
+    assert_eq!(web.dependencies[0].name, "*");
+    assert!(objs.iter().all(|o| o.prefix == PREFIX));
 }

@@ -159,6 +159,20 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     for (i, v) in c.volumes.iter().enumerate() {
         check_absolute(&format!("{at}.volumes[{i}].mountPoint"), &v.mount_point)?;
         check_file_info(&format!("{at}.volumes[{i}].fileInfo"), v.file_info.as_ref())?;
+        if let Some(sub) = &v.sub_path
+            && !matches!(sub.trim(), "" | "/")
+        {
+            return Err(DefinitionError::invalid(
+                format!("{at}.volumes[{i}].subPath"),
+                "smr mounts the whole volume or host path; subPath is not supported (mount the sub-folder's host path instead)",
+            ));
+        }
+    }
+    if !c.nodes.is_empty() {
+        return Err(DefinitionError::invalid(
+            format!("{at}.nodes"),
+            "smr does not read `nodes`; to run only on some nodes write spread: {spread: specific, agents: [NAMES]}",
+        ));
     }
     for (i, n) in c.networks.iter().enumerate() {
         non_empty(&format!("{at}.networks[{i}].group"), &n.group)?;
