@@ -4,8 +4,6 @@
 //! certificates in `pki`, the API's bodies and its client in `api-types`.
 //!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
-//! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions (pure; it
-//!   moves to `smr-core` next).
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
 //! - [`node`]: the typed actions behind the API, with forwarding to the leader; fails with
 //!   [`node::NodeError`], which [`api::error`] alone maps to HTTP.
@@ -16,7 +14,6 @@ pub mod api;
 pub mod controller;
 pub mod daemon;
 pub mod node;
-pub mod node_plan;
 pub mod runtime;
 pub mod store;
 pub mod views;

@@ -8,7 +8,6 @@
 //! Both loops are level-triggered: they wake on every state change and on a timer, read the whole
 //! desired and observed state, and act on the difference computed by [`crate::scheduler`].
 
-pub mod convert;
 pub mod gitops;
 pub mod network;
 pub mod reconcile;

@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::convert::{ReplicaContext, container_config, init_config, restart_of};
 use crate::node::{Node, now_ms};
-use crate::node_plan::{
+use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
+use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
+use smr_core::container::FileWrite;
+use smr_core::convert::{ReplicaContext, container_config, init_config, restart_of};
+use smr_core::node_plan::{
     Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Probe, Rendered, desired_replicas,
     init_failure,
 };
-use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
-use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
 
 /// How many replicas a node creates at once.
 const CREATE_CONCURRENCY: usize = 4;
@@ -176,11 +177,28 @@ impl<R: Runtime> Executor<R> {
             dns: self.config.dns.clone(),
             files_dir: &self.config.files_dir,
         };
-        let replicas = desired_replicas(state, self.config.node, restart_of, |stored, index, g| {
-            let container = container_config(state, stored, index, g, &ctx)?;
-            let init = init_config(state, stored, index, g, &ctx)?;
-            Ok(Rendered { container, init })
-        });
+        let mut replicas =
+            desired_replicas(state, self.config.node, restart_of, |stored, index, g| {
+                let (container, mut files) = container_config(state, stored, index, g, &ctx)?;
+                let init = init_config(state, stored, index, g, &ctx)?.map(|(init, more)| {
+                    files.extend(more);
+                    init
+                });
+                Ok(Rendered {
+                    container,
+                    init,
+                    files,
+                })
+            });
+        // The files the replicas mount, written on every pass; a replica whose files cannot be
+        // written is not rendered (reported blocked).
+        for replica in &mut replicas {
+            if let Ok(rendered) = &replica.rendered
+                && let Err(e) = write_files(&rendered.files)
+            {
+                replica.rendered = Err(e);
+            }
+        }
         let desired = Desired { state, replicas };
         self.stopping.retain(|_, task| !task.is_finished());
         let stopping: BTreeSet<String> = self.stopping.keys().cloned().collect();
@@ -296,6 +314,19 @@ impl<R: Runtime> Executor<R> {
             self.planner.record(outcome, now);
         }
     }
+}
+
+/// Writes rendered files, creating their directories.
+fn write_files(files: &[FileWrite]) -> Result<(), String> {
+    for file in files {
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("writing files in {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&file.path, file.content.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", file.path.display()))?;
+    }
+    Ok(())
 }
 
 /// The outcome of creating and starting `replica`.

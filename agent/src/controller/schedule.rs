@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::convert::{node_labels, workload_of};
 use crate::node::Node;
 use crate::scheduler::{self, NodeInfo, ReplicaState};
 use crate::state::{ClusterState, NodeId, Op, PlacementUpdate};
 use crate::store::ServerState;
+use smr_core::convert::{node_labels, workload_of};
 
 /// How long a node may stay silent before its replicas are placed elsewhere (default 15 s).
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -3,19 +3,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::container::{ContainerConfig, ContainerInfo, FileWrite, State, labels};
 use crate::definitions::{ContainersSpec, ObjectKey, ReadinessType};
-use crate::runtime::{ContainerConfig, ContainerInfo, State, labels};
 use crate::scheduler::{
     self, Action, Backoff, ContainerState, DesiredReplica, NodeId, ObservedContainer, Phase,
     ReplicaStatus, RestartPolicy,
 };
 use crate::state::{ClusterState, ReplicaReport, StoredObject};
 
-/// A replica's rendered containers: the replica itself and its init container, if any.
+/// A replica's rendered containers: the replica itself and its init container, if any, and the
+/// files they mount (the executor writes them before planning; the plan does not look at them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
     pub container: ContainerConfig,
     pub init: Option<ContainerConfig>,
+    pub files: Vec<FileWrite>,
 }
 
 /// One placement slot of this node with its rendered configuration.

@@ -1,4 +1,5 @@
-//! Mapping typed definitions onto the scheduler's plain inputs.
+//! Mapping typed definitions onto the scheduler's plain inputs, and rendering them into
+//! container configurations (templates resolved; the files to mount returned, not written).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -6,8 +7,8 @@ use std::path::Path;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use crate::container::{ContainerConfig, FileWrite, labels};
 use crate::definitions::{self, ContainersSpec, Kind, ObjectKey, SpreadMode};
-use crate::runtime::{ContainerConfig, labels};
 use crate::scheduler::{self, AgentRef, Spread, Workload};
 use crate::state::{ClusterState, NodeId, StoredObject};
 
@@ -68,20 +69,21 @@ pub struct ReplicaContext<'a> {
     pub network: Option<&'a str>,
     /// Resolvers for the container: this node's DNS server first, then the definition's.
     pub dns: Vec<String>,
-    /// Where files mounted into containers are written.
+    /// Where files mounted into containers go (the paths of the [`FileWrite`]s).
     pub files_dir: &'a Path,
 }
 
 /// Everything Docker needs to run replica `index` of `stored` (a `containers` object) at slot
-/// generation `generation`. Templates are resolved here; a missing configuration, secret or key
-/// is an error naming it. Resource files are written under `ctx.files_dir`.
+/// generation `generation`, and the files it mounts (resources, its `resolv.conf`, under
+/// `ctx.files_dir`), which the caller writes before the container runs. Templates are resolved
+/// here; a missing configuration, secret or key is an error naming it.
 pub fn container_config(
     state: &ClusterState,
     stored: &StoredObject,
     index: u32,
     generation: u64,
     ctx: &ReplicaContext<'_>,
-) -> Result<ContainerConfig, String> {
+) -> Result<(ContainerConfig, Vec<FileWrite>), String> {
     let key = stored.object.key();
     let spec = stored
         .object
@@ -134,6 +136,7 @@ pub fn container_config(
         };
         binds.push(format!("{source}:{}{ro}", v.mount_point));
     }
+    let mut files = Vec::new();
     let mut resources_hash = Sha256::new();
     for r in &spec.resources {
         let rkey = ObjectKey {
@@ -146,19 +149,15 @@ pub fn container_config(
             .get(&r.key)
             .ok_or_else(|| format!("resource {rkey} has no key {}", r.key))?;
         let content = render(content, &vars, state).map_err(|e| format!("resource {rkey}: {e}"))?;
-        let dir = ctx.files_dir.join(&name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("writing resource files in {}: {e}", dir.display()))?;
         let file_name: String = format!("{}-{}-{}", r.group, r.name, r.key)
             .chars()
             .map(|c| if c == '/' { '_' } else { c })
             .collect();
-        let path = dir.join(file_name);
-        std::fs::write(&path, content.as_bytes())
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let path = ctx.files_dir.join(&name).join(file_name);
         resources_hash.update(path.to_string_lossy().as_bytes());
         resources_hash.update(content.as_bytes());
         binds.push(format!("{}:{}:ro", path.display(), r.mount_point));
+        files.push(FileWrite { path, content });
     }
     let mut container_labels: BTreeMap<String, String> = spec.labels.clone();
     container_labels.insert(labels::MANAGED.into(), "true".into());
@@ -184,16 +183,14 @@ pub fn container_config(
     let mut resolvers = ctx.dns.clone();
     resolvers.extend(spec.dns.iter().cloned());
     if !resolvers.is_empty() {
-        let dir = ctx.files_dir.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("writing {}: {e}", dir.display()))?;
-        let path = dir.join("resolv.conf");
-        let text: String = resolvers
+        let path = ctx.files_dir.join(&name).join("resolv.conf");
+        let content: String = resolvers
             .iter()
             .map(|r| format!("nameserver {r}\n"))
             .collect::<String>()
             + "options ndots:1\n";
-        std::fs::write(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         binds.push(format!("{}:/etc/resolv.conf:ro", path.display()));
+        files.push(FileWrite { path, content });
     }
     let dns = Vec::new();
     let mut config = ContainerConfig {
@@ -225,16 +222,18 @@ pub fn container_config(
             .registry_auth
             .as_deref()
             .filter(|a| !a.trim().is_empty())
-            .map(|a| render(a, &vars, state).and_then(|a| crate::runtime::parse_registry_auth(&a)))
+            .map(|a| {
+                render(a, &vars, state).and_then(|a| crate::container::parse_registry_auth(&a))
+            })
             .transpose()
             .map_err(|e| format!("registryAuth: {e}"))?,
     };
     let hash = config.config_hash();
     config.labels.insert(labels::CONFIG_HASH.into(), hash);
-    Ok(config)
+    Ok((config, files))
 }
 
-/// The init container of replica `index`, if the definition has one: named `<replica>-init`,
+/// The init container of replica `index` and the files it mounts, if the definition has one: named `<replica>-init`,
 /// labelled [`labels::INIT`] instead of [`labels::MANAGED`] (the reconciler runs it to
 /// completion and removes it; it is not a replica). Unless it says otherwise it uses the
 /// definition's template variables.
@@ -244,7 +243,7 @@ pub fn init_config(
     index: u32,
     generation: u64,
     ctx: &ReplicaContext<'_>,
-) -> Result<Option<ContainerConfig>, String> {
+) -> Result<Option<(ContainerConfig, Vec<FileWrite>)>, String> {
     let Some(spec) = stored.object.spec.as_containers() else {
         return Ok(None);
     };
@@ -262,14 +261,14 @@ pub fn init_config(
     init_spec.init_container = None;
     let mut as_object = stored.clone();
     as_object.object.spec = definitions::Spec::Containers(Box::new(init_spec));
-    let mut config = container_config(state, &as_object, index, generation, ctx)
+    let (mut config, files) = container_config(state, &as_object, index, generation, ctx)
         .map_err(|e| format!("initContainer: {e}"))?;
     let replica = config.name.clone();
     config.name = format!("{replica}-init");
     config.hostname = config.name.clone();
     config.labels.remove(labels::MANAGED);
     config.labels.insert(labels::INIT.into(), replica);
-    Ok(Some(config))
+    Ok(Some((config, files)))
 }
 
 fn lookup_data<'s>(
