@@ -32,7 +32,7 @@ use crate::pki::{self, ClusterCa, Identity, JoinToken, Role};
 use crate::state::{
     CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port,
 };
-use crate::store::{EtcdConfig, RaftPeer, ServerState, Store, StoreConfig, Transport};
+use crate::store::{EtcdConfig, RaftPeer, Store, StoreConfig, Transport};
 
 /// Everything `smrmgr start` passes to the agent.
 #[derive(Clone, Debug)]
@@ -351,19 +351,18 @@ pub async fn run(
         }
         None => Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?,
     };
-    let node = Arc::new(Node {
-        docker_host: config.docker_host.clone(),
-        id: me.id,
-        name: me.name.clone(),
-        store: store.clone(),
+    let node = Arc::new(Node::new(
+        me.id,
+        me.name.clone(),
+        store.clone(),
         ca,
         peers,
-        overlay: Default::default(),
-        wg_key_path: wireguard_key_path(&dir),
-    });
+        config.docker_host.clone(),
+        wireguard_key_path(&dir),
+    ));
     // A restart naming another backend than the cluster's is refused, not ignored.
     if let Some(asked) = &config.backend
-        && let Ok(state) = store.read(false).await
+        && let Ok(state) = node.state(Consistency::Stale).await
         && let Some(network) = &state.network
         && network.backend != *asked
     {
@@ -415,7 +414,7 @@ pub async fn run(
         .map_err(|e| data_err(&dir, e))?;
 
     // An etcd-backed cluster has no Raft membership to keep.
-    let reconciler = store
+    let reconciler = node
         .is_raft()
         .then(|| tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone())));
     let labels = tokio::spawn(keep_labels(
@@ -593,7 +592,7 @@ async fn finish_bootstrap(
         .ca
         .as_ref()
         .ok_or_else(|| DaemonError::Bootstrap("the CA key is missing".into()))?;
-    node.store.bootstrap(me.peer()).await?;
+    node.bootstrap(me.peer()).await?;
     let ca_record = CaRecord {
         cert_pem: ca.cert_pem().to_string(),
         fingerprint: ca.fingerprint(),
@@ -616,7 +615,7 @@ async fn finish_bootstrap(
     ];
     // On etcd the state may hold a cluster already: read it up to date.
     let state = node
-        .state(if node.store.is_raft() {
+        .state(if node.is_raft() {
             Consistency::Stale
         } else {
             Consistency::Linearizable
@@ -749,7 +748,7 @@ async fn keep_labels(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        if let Ok(state) = node.store.read(false).await
+        if let Ok(state) = node.state(Consistency::Stale).await
             && let Some(record) = state.nodes.get(&node.id)
         {
             if record.labels == labels {
@@ -777,7 +776,7 @@ async fn keep_labels(
 /// On the leader, keeps the Raft membership equal to the node registry: registered nodes are added
 /// (as learners, promoted by the voter policy), removed nodes are taken out.
 async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -785,42 +784,6 @@ async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) 
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
-        let status = node.store.status();
-        if status.state != ServerState::Leader {
-            continue;
-        }
-        let Ok(state) = node.store.read(false).await else {
-            continue;
-        };
-        for (id, record) in &state.nodes {
-            if !status.members.contains_key(id) {
-                let peer = RaftPeer {
-                    raft_addr: record.raft_addr(),
-                    api_addr: record.api_addr(),
-                    name: record.name.clone(),
-                };
-                tracing::info!(id, name = %record.name, "adding node to the Raft membership");
-                match tokio::time::timeout(
-                    Duration::from_secs(20),
-                    node.store.add_member(*id, peer),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(id, "adding node failed: {e}"),
-                    Err(_) => tracing::warn!(id, "adding node timed out; will retry"),
-                }
-            }
-        }
-        // An empty registry (a state from before the last node's removal was refused) must not
-        // empty the membership.
-        for id in status.members.keys().filter(|_| !state.nodes.is_empty()) {
-            if !state.nodes.contains_key(id) {
-                tracing::info!(id, "removing node from the Raft membership");
-                if let Err(e) = node.store.remove_member(*id).await {
-                    tracing::warn!(id, "removing node failed: {e}");
-                }
-            }
-        }
+        node.sync_membership().await;
     }
 }

@@ -15,18 +15,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::types::{
-    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, SignRequest,
-    SignResponse,
+    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, RotateKeyResponse,
+    SignRequest, SignResponse,
 };
 use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
-use crate::store::{RaftPeer, ServerState, Store, WriteError};
+use crate::store::{RaftPeer, ServerState, Store, StoreError, WriteError};
+use tokio::sync::watch;
 
 mod error;
 mod members;
+mod objects;
 mod replica;
+mod sync;
 pub use error::NodeError;
 pub use replica::ReplicaHost;
+pub use sync::WebhookOutcome;
 
 /// How long a request waits for a leader before answering `unavailable` (or, for a write that
 /// may have been applied, `outcome_unknown`).
@@ -58,7 +62,8 @@ pub enum Consistency {
 pub struct Node {
     pub id: NodeId,
     pub name: String,
-    pub store: Store,
+    /// Reached only through the methods below: callers see typed actions and [`NodeError`].
+    store: Store,
     /// Present on the node that holds the cluster CA key.
     pub ca: Option<ClusterCa>,
     /// mTLS client presenting this node's certificate, for node-to-node API calls.
@@ -72,6 +77,60 @@ pub struct Node {
 }
 
 impl Node {
+    pub fn new(
+        id: NodeId,
+        name: String,
+        store: Store,
+        ca: Option<ClusterCa>,
+        peers: reqwest::Client,
+        docker_host: Option<String>,
+        wg_key_path: std::path::PathBuf,
+    ) -> Node {
+        Node {
+            id,
+            name,
+            store,
+            ca,
+            peers,
+            docker_host,
+            overlay: Default::default(),
+            wg_key_path,
+        }
+    }
+
+    /// Changes whenever this node applies a command (the value is the applied index).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.store.subscribe()
+    }
+
+    /// Whether this node leads the cluster now.
+    pub fn is_leader(&self) -> bool {
+        self.store.status().state == ServerState::Leader
+    }
+
+    /// Whether the store is this cluster's own Raft (not etcd).
+    pub fn is_raft(&self) -> bool {
+        self.store.is_raft()
+    }
+
+    /// First node of a new cluster: makes `me` the store's only member.
+    pub async fn bootstrap(&self, me: RaftPeer) -> Result<(), StoreError> {
+        self.store.bootstrap(me).await
+    }
+
+    /// Writes a command forwarded by another node here, and only here: a node that lost
+    /// leadership refuses it rather than relaying it again.
+    pub async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
+        let op_id = command.op_id.clone();
+        match self.store.write(command).await {
+            Ok(result) => Ok(result),
+            Err(WriteError::Fatal(why)) => Err(NodeError::Internal(why)),
+            Err(WriteError::Unknown(why)) => Err(NodeError::OutcomeUnknown { op_id, why }),
+            Err(WriteError::InsufficientStorage(why)) => Err(NodeError::InsufficientStorage(why)),
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Proposes `op` through Raft, forwarding to the leader when needed.
     pub async fn propose(&self, op: Op, op_id: Option<String>) -> Result<CommandResult, NodeError> {
         let command = Command {
@@ -519,6 +578,37 @@ impl Node {
             .call(&node.api_addr(), "internal/sign", Some(&req))
             .await?;
         Ok(resp.cert)
+    }
+
+    /// Rotates node `id`'s WireGuard key: here when `id` is this node, else relayed once to it
+    /// (a request that was `forwarded` already is refused, never sent on again).
+    pub async fn rotate_key(
+        &self,
+        id: NodeId,
+        forwarded: bool,
+    ) -> Result<RotateKeyResponse, NodeError> {
+        if id != self.id {
+            if forwarded {
+                return Err(NodeError::Unavailable(format!("this is not node {id}")));
+            }
+            let state = self.state(Consistency::Stale).await?;
+            let record = state
+                .nodes
+                .get(&id)
+                .ok_or_else(|| NodeError::NotFound(format!("node {id}")))?;
+            return self
+                .call::<(), RotateKeyResponse>(
+                    &record.api_addr(),
+                    &format!("nodes/{id}/rotate-key"),
+                    Some(&()),
+                )
+                .await;
+        }
+        let public_key = self.rotate_wireguard_key().await?;
+        Ok(RotateKeyResponse {
+            id,
+            public_key: public_key.to_string(),
+        })
     }
 
     /// Replaces this node's WireGuard key (see [`crate::controller::network::OverlaySlot::rotate`]).

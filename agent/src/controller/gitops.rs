@@ -23,7 +23,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::definitions::{self, GitopsSpec, Kind, Object, ObjectKey};
 use crate::node::{Node, now_ms};
 use crate::state::{ClusterState, GitopsState, GitopsStatus, GitopsSync, Op, owner_of};
-use crate::store::ServerState;
 
 /// simplecontainer's default `poolingInterval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(180);
@@ -321,7 +320,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
     );
     let slots = Arc::new(Semaphore::new(PARALLEL_FETCHES));
     let (tx, mut rx) = mpsc::channel::<Fetched>(64);
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut trackers: HashMap<ObjectKey, Tracker> = HashMap::new();
     let mut leading = false;
@@ -333,7 +332,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
             _ = tick.tick() => {},
             Some(f) = rx.recv() => fetched = Some(f),
         }
-        if node.store.status().state != ServerState::Leader {
+        if !node.is_leader() {
             if leading {
                 trackers.clear();
                 leading = false;
@@ -341,7 +340,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
             continue;
         }
         leading = true;
-        let Ok(state) = node.store.read(false).await else {
+        let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
         if let Some(f) = fetched {

@@ -72,9 +72,9 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
         }
     };
     // The cluster network settings and this node's lease arrive with the replicated state.
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let (settings, lease) = loop {
-        if let Ok(state) = node.store.read(false).await
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await
             && let Some(settings) = state.network.clone()
             && let Some(me) = state.nodes.get(&cfg.id)
         {

@@ -208,35 +208,6 @@ pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
         .collect()
 }
 
-/// The `*.private` records: ready replicas with an address on the cluster network, and nodes.
-pub fn records(state: &ClusterState) -> dns::RecordSet {
-    let replicas: Vec<dns::ReplicaInfo> = state
-        .reports
-        .values()
-        .flat_map(|r| &r.replicas)
-        .filter_map(|r| {
-            Some(dns::ReplicaInfo {
-                group: r.key.group.clone(),
-                name: r.key.name.clone(),
-                index: r.index,
-                ip: r.ip.as_deref()?.parse().ok()?,
-                ready: r.ready,
-            })
-        })
-        .collect();
-    let nodes: Vec<dns::NodeInfo> = state
-        .nodes
-        .values()
-        .filter_map(|n| {
-            Some(dns::NodeInfo {
-                name: n.name.clone(),
-                ip: n.dial_ip().parse().ok()?,
-            })
-        })
-        .collect();
-    dns::compute_records(&replicas, &nodes)
-}
-
 /// The gateway of this node's `cluster` network, where its DNS server listens.
 pub fn gateway(lease: ipnet::Ipv4Net) -> Ipv4Addr {
     ClusterNetworkSpec::new(lease, 1450).gateway()
@@ -260,10 +231,10 @@ async fn run_overlay(
     config: NetworkConfig,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), NetworkError> {
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     // Wait for the cluster network settings and this node's lease.
     let (settings, lease) = loop {
-        if let Ok(state) = node.store.read(false).await
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await
             && let Some(settings) = state.network.clone()
             && let Some(me) = state.nodes.get(&config.id)
         {
@@ -325,14 +296,14 @@ async fn run_overlay(
 
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        if let Ok(state) = node.store.read(false).await {
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await {
             publish_wireguard(node, &state, config.id).await;
             match overlay.reconcile(&peers(&state, config.id, backend)).await {
                 Ok(report) if !report.is_noop() => tracing::info!(?report, "overlay reconciled"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("overlay: {e}"),
             }
-            let records = records(&state);
+            let records = crate::views::dns_records(&state);
             if records != dns.records() {
                 dns.set_records(records);
             }
@@ -530,7 +501,7 @@ mod tests {
             Some("203.0.113.10"),
             "10.10.0.0/24",
         )]);
-        let recs = records(&s);
+        let recs = crate::views::dns_records(&s);
         assert!(format!("{recs:?}").contains("203.0.113.10"), "{recs:?}");
         assert!(!format!("{recs:?}").contains("10.1.0.11"), "{recs:?}");
     }

@@ -49,7 +49,7 @@ pub async fn run<R: Runtime>(
     config: ReconcileConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let mut executor = Executor::new(runtime.clone(), config.clone());
     let mut seq = now_ms();
     let mut last_sent: Option<(Vec<ReplicaReport>, Instant)> = None;
@@ -64,7 +64,7 @@ pub async fn run<R: Runtime>(
             _ = changes.changed() => {},
             _ = tokio::time::sleep(sleep) => {},
         }
-        let Ok(state) = node.store.read(false).await else {
+        let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
         let observed = match runtime.list_managed().await {

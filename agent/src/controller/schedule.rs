@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use crate::node::Node;
 use crate::scheduler::{self, NodeInfo, ReplicaState};
 use crate::state::{ClusterState, NodeId, Op, PlacementUpdate};
-use crate::store::ServerState;
 use smr_core::convert::{node_labels, workload_of};
 
 /// How long a node may stay silent before its replicas are placed elsewhere (default 15 s).
@@ -161,7 +160,7 @@ fn replica_states(
 
 /// Runs the scheduling loop until `stop`; acts only while this node leads.
 pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<bool>) {
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut liveness: Option<Liveness> = None;
     loop {
@@ -170,11 +169,11 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
-        if node.store.status().state != ServerState::Leader {
+        if !node.is_leader() {
             liveness = None;
             continue;
         }
-        let Ok(state) = node.store.read(false).await else {
+        let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
         let now = Instant::now();

@@ -23,6 +23,9 @@ pub enum NodeError {
     /// A join token or certificate that is refused.
     #[error("{0}")]
     Forbidden(String),
+    /// A webhook whose signature is missing or wrong.
+    #[error("{0}")]
+    BadSignature(String),
     /// A request that cannot be valid (a bad node name, an unreadable CSR).
     #[error("{0}")]
     BadRequest(String),
