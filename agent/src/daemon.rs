@@ -435,7 +435,6 @@ pub async fn run(
         crate::controller::NodeLoops {
             id: me.id,
             workloads: config.workloads,
-            docker_host: config.docker_host.clone(),
             underlay_ip: me.ip.parse().unwrap_or(config.ip),
             wg_key_path: wireguard_key_path(&dir),
             wg_port: me.wg_port,
@@ -698,7 +697,11 @@ async fn join(
         addr: join_addr.to_string(),
         reason,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut retry = api_types::retry::retry_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+    );
     let response: JoinResponse = loop {
         let answer = client.post(&url).json(&request).send().await;
         let retryable = match answer {
@@ -723,10 +726,10 @@ async fn join(
             }
             Err(e) => error_chain(&e),
         };
-        if Instant::now() > deadline {
+        let Some(pause) = retry.next_pause() else {
             return Err(join_err(retryable));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        tokio::time::sleep(pause).await;
     };
     let identity = Identity::new(response.node_cert, node_key, response.ca_pem.clone())
         .map_err(|e| join_err(format!("the certificate it sent is not usable: {e}")))?;

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api_types::retry::retry_until;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -40,6 +41,10 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// that dies or freezes is given up sooner: as soon as this node learns of its successor.
 const FORWARD_ATTEMPT: Duration = Duration::from_secs(4);
 
+/// The pauses between attempts to reach a leader: doubling from the first to the last.
+const LEADER_RETRY_FIRST: Duration = Duration::from_millis(20);
+const LEADER_RETRY_MAX: Duration = Duration::from_millis(500);
+
 /// How often the known leader is looked at while a forwarded request waits.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
@@ -68,8 +73,11 @@ pub struct Node {
     pub ca: Option<ClusterCa>,
     /// mTLS client presenting this node's certificate, for node-to-node API calls.
     pub peers: reqwest::Client,
-    /// The Docker engine this node runs replicas on (for logs and exec).
+    /// The Docker engine this node runs replicas on.
     pub docker_host: Option<String>,
+    /// The one connection to it, made on first use ([`Node::docker`]): the reconciler, logs,
+    /// exec and attach share it.
+    docker: tokio::sync::OnceCell<crate::runtime::DockerRuntime>,
     /// The overlay the network loop runs (peer statistics, WireGuard key rotation).
     pub overlay: Arc<crate::controller::network::OverlaySlot>,
     /// This node's WireGuard private key file.
@@ -93,6 +101,7 @@ impl Node {
             ca,
             peers,
             docker_host,
+            docker: tokio::sync::OnceCell::new(),
             overlay: Default::default(),
             wg_key_path,
         }
@@ -150,7 +159,7 @@ impl Node {
     /// answer, proposed but not committed in time).
     pub async fn propose_command(&self, command: Command) -> Result<CommandResult, NodeError> {
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut pause = Duration::from_millis(20);
+        let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later
         // attempt answers (the same op_id is applied once and answers with the first result).
         let mut unknown: Option<String> = None;
@@ -206,7 +215,7 @@ impl Node {
                 }
                 Err(WriteError::Fatal(why)) => return Err(NodeError::Internal(why)),
             };
-            if Instant::now() + pause > deadline {
+            let Some(pause) = retry.next_pause() else {
                 return Err(match unknown {
                     Some(why) => NodeError::OutcomeUnknown {
                         op_id: command.op_id.clone(),
@@ -214,10 +223,9 @@ impl Node {
                     },
                     None => failure,
                 });
-            }
+            };
             // A new leader is worth trying at once.
             self.leader_moves_from(leader_seen, pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -230,7 +238,7 @@ impl Node {
             return self.store.read(false).await.map_err(read_error);
         }
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut pause = Duration::from_millis(20);
+        let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         loop {
             let mut leader_seen = None;
             let outcome = match self.store.read_index().await {
@@ -258,11 +266,13 @@ impl Node {
                 }
                 Err(e) => read_error(e),
             };
-            if matches!(outcome, NodeError::Internal(_)) || Instant::now() + pause > deadline {
+            if matches!(outcome, NodeError::Internal(_)) {
                 return Err(outcome);
             }
+            let Some(pause) = retry.next_pause() else {
+                return Err(outcome);
+            };
             self.leader_moves_from(leader_seen, pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 

@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::runtime::DockerRuntime;
 use crate::state::NodeId;
 
 /// What the node's loops need from the agent's configuration.
@@ -29,7 +28,6 @@ use crate::state::NodeId;
 pub struct NodeLoops {
     pub id: NodeId,
     pub workloads: bool,
-    pub docker_host: Option<String>,
     pub underlay_ip: IpAddr,
     pub iface: Option<String>,
     pub vtep_mac: [u8; 6],
@@ -62,7 +60,7 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
 
 async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bool>) {
     let runtime = loop {
-        match DockerRuntime::connect(cfg.docker_host.as_deref()).await {
+        match node.docker().await {
             Ok(runtime) => break runtime,
             Err(e) => tracing::warn!("{e}; retrying"),
         }
