@@ -416,7 +416,7 @@ pub async fn run(
     // An etcd-backed cluster has no Raft membership to keep.
     let reconciler = node
         .is_raft()
-        .then(|| tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone())));
+        .then(|| tokio::spawn(keep_membership(node.clone(), stop_rx.clone())));
     let labels = tokio::spawn(keep_labels(
         node.clone(),
         config.labels.clone(),
@@ -424,15 +424,15 @@ pub async fn run(
     ));
     // node.json's VTEP MAC is written by this agent; one that does not parse is refused, not
     // replaced by 00:00:00:00:00:00 (which would give every peer a wrong neighbour entry).
-    let vtep_mac = crate::controller::network::parse_mac(&me.vtep_mac).ok_or_else(|| {
+    let vtep_mac = crate::controllers::network::parse_mac(&me.vtep_mac).ok_or_else(|| {
         DaemonError::Config(format!(
             "node.json: vtep_mac {:?} is not a MAC address (aa:bb:cc:dd:ee:ff)",
             me.vtep_mac
         ))
     })?;
-    let loops = tokio::spawn(crate::controller::run_node(
+    let loops = tokio::spawn(crate::controllers::run_node(
         node.clone(),
-        crate::controller::NodeLoops {
+        crate::controllers::NodeLoops {
             id: me.id,
             workloads: config.workloads,
             underlay_ip: me.ip.parse().unwrap_or(config.ip),
@@ -778,7 +778,7 @@ async fn keep_labels(
 
 /// On the leader, keeps the Raft membership equal to the node registry: registered nodes are added
 /// (as learners, promoted by the voter policy), removed nodes are taken out.
-async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+async fn keep_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -787,6 +787,6 @@ async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) 
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
-        node.sync_membership().await;
+        node.update_membership().await;
     }
 }

@@ -11,7 +11,7 @@
 //! - [`daemon`]: wires the parts into a running node.
 
 pub mod api;
-pub mod controller;
+pub mod controllers;
 pub mod daemon;
 pub mod node;
 pub mod runtime;

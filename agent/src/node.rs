@@ -79,7 +79,7 @@ pub struct Node {
     /// exec and attach share it.
     docker: tokio::sync::OnceCell<crate::runtime::DockerRuntime>,
     /// The overlay the network loop runs (peer statistics, WireGuard key rotation).
-    pub overlay: Arc<crate::controller::network::OverlaySlot>,
+    pub overlay: Arc<crate::controllers::network::OverlaySlot>,
     /// This node's WireGuard private key file.
     pub wg_key_path: std::path::PathBuf,
 }
@@ -621,9 +621,9 @@ impl Node {
         })
     }
 
-    /// Replaces this node's WireGuard key (see [`crate::controller::network::OverlaySlot::rotate`]).
+    /// Replaces this node's WireGuard key (see [`crate::controllers::network::OverlaySlot::rotate`]).
     pub async fn rotate_wireguard_key(&self) -> Result<overlay::WgPublicKey, NodeError> {
-        use crate::controller::network::{RotateError, RotateOutcome};
+        use crate::controllers::network::{RotateError, RotateOutcome};
         let id = self.id;
         let publish = |public: overlay::WgPublicKey, port: u16| async move {
             let op = Op::SetNodeWireguard {

@@ -7,6 +7,7 @@
 //! - [`convert`]: definitions mapped onto the scheduler's inputs and rendered into container
 //!   configurations (templates).
 //! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions.
+//! - [`repo_sync`]: what the leader's repository sync proposes for a `gitops` object.
 //! - [`credentials`]: a user and password that is never shown.
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
@@ -18,5 +19,6 @@ pub mod convert;
 pub mod credentials;
 pub mod definitions;
 pub mod node_plan;
+pub mod repo_sync;
 pub mod scheduler;
 pub mod state;

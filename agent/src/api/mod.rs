@@ -6,9 +6,9 @@
 //! need a node certificate. Credentials stored in objects are never returned.
 
 pub mod error;
-pub mod gitops;
 pub mod serve;
 pub mod stream;
+pub mod sync_routes;
 #[doc(hidden)] // transitional (issue 13): the bodies moved to api-types.
 pub use api_types::{plain_objects, types};
 
@@ -106,9 +106,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/replicas/{name}/exec", post(replica_exec))
         .route("/api/v1/replicas/{name}/attach", get(replica_attach))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
-        .route("/api/v1/gitops", get(gitops::list))
-        .route("/api/v1/gitops/{group}/{name}", get(gitops::describe))
-        .route("/api/v1/gitops/{group}/{name}/sync", post(gitops::sync))
+        .route("/api/v1/gitops", get(sync_routes::list))
+        .route("/api/v1/gitops/{group}/{name}", get(sync_routes::describe))
+        .route(
+            "/api/v1/gitops/{group}/{name}/sync",
+            post(sync_routes::sync),
+        )
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
@@ -117,7 +120,7 @@ pub fn router(node: Arc<Node>) -> Router {
         // Git hosts have no client certificate: the body's HMAC signature authenticates.
         .route(
             "/api/v1/gitops/{group}/{name}/webhook",
-            post(gitops::webhook),
+            post(sync_routes::webhook),
         )
         .merge(authenticated)
         .fallback(|| async { ApiError::NotFound("route".into()) })

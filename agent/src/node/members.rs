@@ -11,7 +11,7 @@ impl Node {
     /// On the leader, one step of keeping the store's membership equal to the node registry:
     /// registered nodes are added (as learners, promoted by the voter policy), removed nodes are
     /// taken out. Failures are logged; the next step tries again.
-    pub async fn sync_membership(&self) {
+    pub async fn update_membership(&self) {
         let status = self.store.status();
         if status.state != crate::store::ServerState::Leader {
             return;

@@ -148,7 +148,7 @@ fn view(state: &ClusterState, stored: &StoredObject, detail: bool) -> Option<Git
         interval_seconds: spec
             .pooling_interval
             .map(|i| i.get())
-            .unwrap_or(crate::controller::gitops::DEFAULT_INTERVAL)
+            .unwrap_or(smr_core::repo_sync::DEFAULT_INTERVAL)
             .as_secs(),
         webhook: spec.webhook_secret_ref.is_some(),
         generation: stored.generation,

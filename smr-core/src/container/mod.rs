@@ -63,9 +63,14 @@ pub struct FileWrite {
     pub content: String,
 }
 
+/// A `registryAuth` value that is neither form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registryAuth is not USER:PASSWORD (plain or base64)")]
+pub struct RegistryAuthError;
+
 /// `registryAuth` as written: `USER:PASSWORD`, or that base64-encoded (the `auth` value of a
 /// Docker `config.json`, e.g. looked up from a secret).
-pub fn parse_registry_auth(text: &str) -> Result<Credentials, String> {
+pub fn parse_registry_auth(text: &str) -> Result<Credentials, RegistryAuthError> {
     use base64::Engine;
     let text = text.trim();
     let decoded = base64::engine::general_purpose::STANDARD
@@ -79,7 +84,7 @@ pub fn parse_registry_auth(text: &str) -> Result<Credentials, String> {
             user: user.to_string(),
             password: password.to_string(),
         }),
-        _ => Err("registryAuth is not USER:PASSWORD (plain or base64)".into()),
+        _ => Err(RegistryAuthError),
     }
 }
 
@@ -135,7 +140,7 @@ mod tests {
         // base64("smr:p:ss"), as in a Docker config.json.
         assert_eq!(parse_registry_auth(" c21yOnA6c3M= \n").unwrap(), plain);
         for bad in ["", "nocolon", ":pw", "user:", "Zm9v"] {
-            let e = parse_registry_auth(bad).unwrap_err();
+            let e = parse_registry_auth(bad).unwrap_err().to_string();
             assert!(e.contains("USER:PASSWORD"), "{bad}: {e}");
         }
         assert!(!format!("{plain:?}").contains("p:ss"));

@@ -19,7 +19,7 @@ use crate::node::{Node, now_ms};
 use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
 use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
 use smr_core::container::FileWrite;
-use smr_core::convert::{ReplicaContext, container_config, init_config, restart_of};
+use smr_core::convert::{RenderError, ReplicaContext, container_config, init_config, restart_of};
 use smr_core::node_plan::{
     Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Probe, Rendered, desired_replicas,
     init_failure,
@@ -32,7 +32,7 @@ const CREATE_CONCURRENCY: usize = 4;
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug)]
-pub struct ReconcileConfig {
+pub struct ReplicasConfig {
     pub node: NodeId,
     /// Docker network replicas join (`cluster`), when the node has the overlay.
     pub network: Option<String>,
@@ -46,7 +46,7 @@ pub struct ReconcileConfig {
 pub async fn run<R: Runtime>(
     node: Arc<Node>,
     runtime: Arc<R>,
-    config: ReconcileConfig,
+    config: ReplicasConfig,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = node.subscribe();
@@ -110,7 +110,7 @@ type InitTask = JoinHandle<Result<(i64, String), String>>;
 /// Runs the [`NodePlanner`]'s actions against a [`Runtime`]: the I/O half of a pass.
 pub(crate) struct Executor<R: Runtime> {
     runtime: Arc<R>,
-    config: ReconcileConfig,
+    config: ReplicasConfig,
     planner: NodePlanner,
     /// Stops in progress per container id: a stop waits up to the grace period, so it runs in
     /// the background instead of holding up the whole pass.
@@ -128,7 +128,7 @@ impl<R: Runtime> Drop for Executor<R> {
 }
 
 impl<R: Runtime> Executor<R> {
-    pub(crate) fn new(runtime: Arc<R>, config: ReconcileConfig) -> Self {
+    pub(crate) fn new(runtime: Arc<R>, config: ReplicasConfig) -> Self {
         Executor {
             planner: NodePlanner::new(config.node, config.network.clone()),
             runtime,
@@ -179,16 +179,20 @@ impl<R: Runtime> Executor<R> {
         };
         let mut replicas =
             desired_replicas(state, self.config.node, restart_of, |stored, index, g| {
-                let (container, mut files) = container_config(state, stored, index, g, &ctx)?;
-                let init = init_config(state, stored, index, g, &ctx)?.map(|(init, more)| {
-                    files.extend(more);
-                    init
-                });
-                Ok(Rendered {
-                    container,
-                    init,
-                    files,
-                })
+                let render = || {
+                    let (container, mut files) = container_config(state, stored, index, g, &ctx)?;
+                    let init = init_config(state, stored, index, g, &ctx)?.map(|(init, more)| {
+                        files.extend(more);
+                        init
+                    });
+                    Ok::<_, RenderError>(Rendered {
+                        container,
+                        init,
+                        files,
+                    })
+                };
+                // The report shows why a replica cannot be rendered.
+                render().map_err(|e| e.to_string())
             });
         // The files the replicas mount, written on every pass; a replica whose files cannot be
         // written is not rendered (reported blocked).

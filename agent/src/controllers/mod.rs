@@ -8,10 +8,10 @@
 //! Both loops are level-triggered: they wake on every state change and on a timer, read the whole
 //! desired and observed state, and act on the difference computed by [`crate::scheduler`].
 
-pub mod gitops;
 pub mod network;
-pub mod reconcile;
-pub mod schedule;
+pub mod placement;
+pub mod replicas;
+pub mod sync;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -43,8 +43,8 @@ pub struct NodeLoops {
 /// Starts the loops of a node: the scheduler (acting while this node leads), and for nodes that
 /// run workloads the network loop and the reconciler. Returns when `stop` turns true.
 pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<bool>) {
-    let scheduler = tokio::spawn(schedule::run(node.clone(), cfg.node_timeout, stop.clone()));
-    let gitops = tokio::spawn(gitops::run(
+    let scheduler = tokio::spawn(placement::run(node.clone(), cfg.node_timeout, stop.clone()));
+    let sync = tokio::spawn(sync::run(
         node.clone(),
         cfg.gitops_cache.clone(),
         stop.clone(),
@@ -55,7 +55,7 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
     let mut stop = stop;
     crate::api::serve::stopped(&mut stop).await;
     let _ = scheduler.await;
-    let _ = gitops.await;
+    let _ = sync.await;
 }
 
 async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bool>) {
@@ -114,12 +114,12 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
             (None, Vec::new())
         }
     };
-    let config = reconcile::ReconcileConfig {
+    let config = replicas::ReplicasConfig {
         node: cfg.id,
         network,
         dns,
         files_dir: cfg.files_dir.clone(),
         stop_grace: Duration::from_secs(10),
     };
-    reconcile::run(node, Arc::new(runtime), config, stop).await;
+    replicas::run(node, Arc::new(runtime), config, stop).await;
 }
