@@ -33,6 +33,7 @@ use crate::state::{
     CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port,
 };
 use crate::store::{EtcdConfig, RaftPeer, Store, StoreConfig, Transport};
+pub use smr_core::backend::NetworkBackend;
 
 /// Everything `smrmgr start` passes to the agent.
 #[derive(Clone, Debug)]
@@ -58,9 +59,9 @@ pub struct AgentConfig {
     pub cidr: ipnet::Ipv4Net,
     pub subnet_len: u8,
     /// Overlay backend: `wireguard`, `vxlan`, `host-gw` or `none`. Used when this node creates the
-    /// cluster (`None`: [`DEFAULT_BACKEND`]); a joining node that names one is refused when the
-    /// cluster runs another.
-    pub backend: Option<String>,
+    /// cluster (`None`: [`NetworkBackend::DEFAULT`]); a joining node that names one is refused
+    /// when the cluster runs another.
+    pub backend: Option<NetworkBackend>,
     /// Underlay interface for the overlay (default: the one holding `ip`).
     pub iface: Option<String>,
     /// Whether this node runs replicas.
@@ -136,12 +137,6 @@ impl EtcdSettings {
         Ok(config)
     }
 }
-
-/// The overlay backend of a new cluster when `--backend` is not given.
-pub const DEFAULT_BACKEND: &str = "wireguard";
-
-/// The overlay backends `--backend` accepts.
-pub const BACKENDS: &[&str] = &["wireguard", "vxlan", "host-gw", "none"];
 
 /// Where a node keeps its WireGuard private key.
 pub fn wireguard_key_path(data_dir: &Path) -> PathBuf {
@@ -364,7 +359,7 @@ pub async fn run(
     if let Some(asked) = &config.backend
         && let Ok(state) = node.state(Consistency::Stale).await
         && let Some(network) = &state.network
-        && network.backend != *asked
+        && network.backend != asked.as_str()
     {
         return Err(DaemonError::Config(format!(
             "the cluster runs the {} backend (fixed by the node that created it); --backend {asked} \
@@ -602,8 +597,8 @@ async fn finish_bootstrap(
         subnet_len: config.subnet_len,
         backend: config
             .backend
-            .clone()
-            .unwrap_or_else(|| DEFAULT_BACKEND.to_string()),
+            .unwrap_or(NetworkBackend::DEFAULT)
+            .to_string(),
     };
     let commands = [
         Op::SetCa { ca: ca_record },
@@ -682,7 +677,7 @@ async fn join(
         public_ip: config.public_ip.map(|p| p.to_string()),
         wg_port: Some(config.wg_port),
         wg_public_key: Some(wg_public_key.to_string()),
-        backend: config.backend.clone(),
+        backend: config.backend.map(|b| b.to_string()),
         api_port: config.api_port,
         raft_port: config.raft_port,
         labels: config.labels.clone(),

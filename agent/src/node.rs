@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use api_types::retry::retry_until;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use smr_core::backend::NetworkBackend;
 
 use crate::api::types::{
     ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, RotateKeyResponse,
@@ -474,13 +475,15 @@ impl Node {
                 req.name, existing.id
             )));
         }
-        let backend = state
-            .network
-            .as_ref()
-            .map(|n| n.backend.as_str())
-            .unwrap_or("none");
+        let backend = match &state.network {
+            Some(n) => n
+                .backend
+                .parse::<NetworkBackend>()
+                .map_err(|e| NodeError::Internal(format!("the cluster's network settings: {e}")))?,
+            None => NetworkBackend::None,
+        };
         if let Some(asked) = &req.backend
-            && asked != backend
+            && asked != backend.as_str()
         {
             return Err(NodeError::Conflict(format!(
                 "the cluster runs the {backend} backend (fixed by the node that created it); \
@@ -503,7 +506,7 @@ impl Node {
                 "wg_public_key {key:?} is not a WireGuard public key (base64 of 32 bytes)"
             )));
         }
-        if backend == "wireguard" && req.wg_public_key.is_none() {
+        if backend == NetworkBackend::WireGuard && req.wg_public_key.is_none() {
             return Err(NodeError::BadRequest(
                 "the cluster runs the wireguard backend: the joining node must send its \
                  WireGuard public key (upgrade it)"

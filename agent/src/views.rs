@@ -56,7 +56,7 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
                     node: slot.node,
                     node_name,
                     generation: slot.generation,
-                    state: "pending".into(),
+                    state: crate::scheduler::Phase::Pending.as_str().into(),
                     ready: false,
                     image: image.clone(),
                     ip: None,

@@ -3,6 +3,7 @@
 //! - [`definitions`]: the YAML definitions model (simplecontainer-compatible), parsing, validation.
 //! - [`state`]: the replicated state machine (pure: commands in, results out).
 //! - [`scheduler`]: placement of replicas on nodes, rollout planning and per-node replica plans.
+//! - [`backend`]: the cluster network's backend (wireguard, vxlan, host-gw, none).
 //! - [`container`]: the container model (configuration, what the engine shows, smr's labels).
 //! - [`convert`]: definitions mapped onto the scheduler's inputs and rendered into container
 //!   configurations (templates).
@@ -14,6 +15,7 @@
 //! shell around it, and smrctl links it without any of those.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod container;
 pub mod convert;
 pub mod credentials;

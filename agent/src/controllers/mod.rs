@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::node::Node;
 use crate::state::NodeId;
+use smr_core::backend::NetworkBackend;
 
 /// What the node's loops need from the agent's configuration.
 #[derive(Clone, Debug)]
@@ -83,8 +84,16 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
             _ = changes.changed() => {},
         }
     };
-    let (network, dns) = match (settings.backend.as_str(), lease, cfg.underlay_ip) {
-        ("none", _, _) | (_, None, _) => (None, Vec::new()),
+    // A stored backend that is none of the known ones is an error, not a default.
+    let backend: NetworkBackend = match settings.backend.parse() {
+        Ok(backend) => backend,
+        Err(e) => {
+            tracing::error!("the cluster's network settings: {e}; no replicas run on this node");
+            return;
+        }
+    };
+    let (network, dns) = match (backend, lease, cfg.underlay_ip) {
+        (NetworkBackend::None, _, _) | (_, None, _) => (None, Vec::new()),
         (_, Some(lease), IpAddr::V4(underlay_ip)) => {
             let upstreams: Vec<SocketAddr> =
                 dns::upstreams_from_resolv_conf("/etc/resolv.conf").unwrap_or_default();

@@ -26,6 +26,7 @@ use crate::state::{ClusterState, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
 use overlay::wireguard::{WG_PORT, WgConfig, WgKey, WgPeer, WgPublicKey};
 use overlay::{Backend, Overlay, OverlayConfig, Peer, PeerStats};
+use smr_core::backend::NetworkBackend;
 
 /// What the network loop needs to know about this node.
 #[derive(Clone, Debug)]
@@ -240,7 +241,7 @@ async fn run_overlay(
         {
             match me.lease {
                 Some(lease) => break (settings, lease),
-                None if settings.backend == "none" => return Ok(()),
+                None if settings.backend == NetworkBackend::None.as_str() => return Ok(()),
                 None => return Err(NetworkError::Config("this node has no subnet lease".into())),
             }
         }
