@@ -443,7 +443,7 @@ pub async fn run(
     ));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
 
-    crate::api::serve::stopped(&mut shutdown).await;
+    crate::shutdown::stopped(&mut shutdown).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     if let Some(reconciler) = reconciler {
@@ -765,7 +765,7 @@ async fn keep_labels(
             }
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
@@ -778,7 +778,7 @@ async fn keep_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }

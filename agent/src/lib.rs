@@ -15,6 +15,7 @@ pub mod controllers;
 pub mod daemon;
 pub mod node;
 pub mod runtime;
+pub mod shutdown;
 pub mod store;
 pub mod views;
 

@@ -16,21 +16,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use smr_core::backend::NetworkBackend;
 
-use crate::api::types::{
-    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, RotateKeyResponse,
-    SignRequest, SignResponse,
-};
 use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
 use crate::store::{RaftPeer, ServerState, Store, StoreError, WriteError};
+use api_types::types::{
+    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, RotateKeyResponse,
+    SignRequest, SignResponse,
+};
 use tokio::sync::watch;
 
 mod error;
 mod members;
 mod objects;
+mod overlay_slot;
 mod replica;
 mod sync;
 pub use error::NodeError;
+pub use overlay_slot::{OverlaySlot, RotateError, RotateOutcome};
 pub use replica::ReplicaHost;
 pub use sync::WebhookOutcome;
 
@@ -80,7 +82,7 @@ pub struct Node {
     /// exec and attach share it.
     docker: tokio::sync::OnceCell<crate::runtime::DockerRuntime>,
     /// The overlay the network loop runs (peer statistics, WireGuard key rotation).
-    pub overlay: Arc<crate::controllers::network::OverlaySlot>,
+    pub overlay: Arc<OverlaySlot>,
     /// This node's WireGuard private key file.
     pub wg_key_path: std::path::PathBuf,
 }
@@ -407,7 +409,7 @@ impl Node {
             let addr = state.nodes.get(&n)?.api_addr();
             let probe = tokio::time::timeout(
                 Duration::from_secs(2),
-                self.call::<(), crate::api::types::HealthResponse>(&addr, "health", None),
+                self.call::<(), api_types::types::HealthResponse>(&addr, "health", None),
             )
             .await;
             matches!(probe, Ok(Ok(_))).then_some(n)
@@ -624,9 +626,8 @@ impl Node {
         })
     }
 
-    /// Replaces this node's WireGuard key (see [`crate::controllers::network::OverlaySlot::rotate`]).
+    /// Replaces this node's WireGuard key (see [`OverlaySlot::rotate`]).
     pub async fn rotate_wireguard_key(&self) -> Result<overlay::WgPublicKey, NodeError> {
-        use crate::controllers::network::{RotateError, RotateOutcome};
         let id = self.id;
         let publish = |public: overlay::WgPublicKey, port: u16| async move {
             let op = Op::SetNodeWireguard {

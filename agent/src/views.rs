@@ -1,11 +1,11 @@
 //! Read-only views computed from the cluster state (pure): for the API, and the DNS records the
 //! network loop serves.
 
-use crate::api::types::ReplicaView;
 use crate::definitions::{ObjectKey, Spec};
 use crate::scheduler::replica_name;
 use crate::state::ClusterState;
 use crate::state::StoredObject;
+use api_types::types::ReplicaView;
 
 /// Every placed replica (optionally of one object) with what its node last reported about it.
 /// A placed replica that its node has not reported yet is `pending`.

@@ -54,7 +54,7 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
         workloads(node, cfg, stop.clone()).await;
     }
     let mut stop = stop;
-    crate::api::serve::stopped(&mut stop).await;
+    crate::shutdown::stopped(&mut stop).await;
     let _ = scheduler.await;
     let _ = sync.await;
 }
@@ -66,7 +66,7 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
             Err(e) => tracing::warn!("{e}; retrying"),
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {},
         }
     };
@@ -80,7 +80,7 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
             break (settings, me.lease);
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
         }
     };

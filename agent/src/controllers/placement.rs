@@ -19,7 +19,7 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
     let mut liveness: Option<Liveness> = None;
     loop {
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }

@@ -60,7 +60,7 @@ pub async fn run<R: Runtime>(
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
             _ = tokio::time::sleep(sleep) => {},
         }

@@ -110,7 +110,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
     loop {
         let mut fetched = None;
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
             _ = tick.tick() => {},
             Some(f) = rx.recv() => fetched = Some(f),

@@ -1,7 +1,7 @@
 //! What [`Node`](super::Node) answers when an action fails. No HTTP here: `api::error` maps
 //! each variant onto a status and error code, in one place (`impl From<NodeError> for ApiError`).
 
-use crate::api::types::ErrorBody;
+use api_types::types::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

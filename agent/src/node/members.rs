@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Consistency, Node, NodeError};
-use crate::api::types::{HealthResponse, NodeView, WgPeerView};
+use api_types::types::{HealthResponse, NodeView, WgPeerView};
 
 impl Node {
     /// On the leader, one step of keeping the store's membership equal to the node registry:

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use super::{Consistency, Node, NodeError};
-use crate::api::types::{ApplyResponse, DescribeView, DnsRecordView, SignRequest};
 use crate::definitions::{Object, ObjectKey};
 use crate::state::{Command, CommandResult, Event, Op, Outcome};
+use api_types::types::{ApplyResponse, DescribeView, DnsRecordView, SignRequest};
 
 impl Node {
     /// Applies `objects` (validated already), or with `dry_run` shows what applying them would do

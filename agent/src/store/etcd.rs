@@ -728,7 +728,7 @@ impl Inner {
         self.applied_tx.send_modify(|_| {});
         loop {
             let message = tokio::select! {
-                _ = crate::api::serve::stopped(stop) => return Ok(()),
+                _ = crate::shutdown::stopped(stop) => return Ok(()),
                 m = stream.message() => m,
             };
             let response = match message {
@@ -803,7 +803,7 @@ impl Inner {
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
         loop {
             tokio::select! {
-                _ = crate::api::serve::stopped(stop) => return Ok(()),
+                _ = crate::shutdown::stopped(stop) => return Ok(()),
                 won = &mut campaign, if campaigning => {
                     won.map_err(|source| EtcdError::Call {
                         what: "campaign".into(),
@@ -1063,7 +1063,7 @@ async fn run_applier(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             pause = Duration::from_millis(100);
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(2));
@@ -1080,7 +1080,7 @@ async fn run_election(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
