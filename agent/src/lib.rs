@@ -1,13 +1,17 @@
 //! The smr agent: everything a node runs.
 //!
-//! The pure parts (definitions, the state machine, the scheduler) are in `smr-core`, the
-//! certificates in `pki`, the API's bodies and its client in `api-types`.
+//! The pure parts (definitions, the state machine, the scheduler, the node plan, the repository
+//! sync decision) are in `smr-core`, the certificates in `pki`, the API's bodies and its client in
+//! `api-types`. This crate is the I/O shell around them.
 //!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
 //! - [`node`]: the typed actions behind the API, with forwarding to the leader; fails with
 //!   [`node::NodeError`], which [`api::error`] alone maps to HTTP.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
+//! - [`controllers`]: the loops that run the pure planners and apply their decisions.
+//! - [`views`]: read-only views of the state (API answers, DNS records).
+//! - [`shutdown`]: the shutdown flag every task watches.
 //! - [`daemon`]: wires the parts into a running node.
 
 pub mod api;

@@ -1,12 +1,14 @@
 //! The control loops that turn the replicated state into running containers.
 //!
 //! ```text
-//!  leader only:  state --(schedule)--> Op::Place  (placements, rolling updates, rescheduling)
-//!  leader only:  git + state --(gitops)--> Op::GitopsSync (deploy commits, prune, drift)
-//!  every node:   state + Docker --(reconcile)--> Docker actions, Op::Report (replica status, heartbeat)
+//!  leader only:  state --(placement)--> Op::Place  (placements, rolling updates, rescheduling)
+//!  leader only:  git + state --(sync)--> Op::GitopsSync (deploy commits, prune, drift)
+//!  every node:   state + Docker --(replicas)--> Docker actions, Op::Report (replica status, heartbeat)
+//!  every node:   state --(network)--> overlay, `cluster` Docker network, DNS records
 //! ```
-//! Both loops are level-triggered: they wake on every state change and on a timer, read the whole
-//! desired and observed state, and act on the difference computed by [`crate::scheduler`].
+//! The loops are level-triggered: they wake on every state change and on a timer, read the whole
+//! desired and observed state, and act on the difference computed by the pure planners of
+//! `smr-core` (`scheduler::leader`, `repo_sync`, `node_plan`).
 
 pub mod network;
 pub mod placement;
