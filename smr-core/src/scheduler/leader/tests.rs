@@ -1,6 +1,6 @@
 use super::*;
 use crate::definitions;
-use crate::state::{Command, CommandResult, NodeRecord, NodeReport, ReplicaReport};
+use crate::state::{Command, CommandResult, NodeRecord, NodeReport, Op, ReplicaReport};
 
 fn apply(state: &mut ClusterState, op: Op) -> CommandResult {
     state.apply(&Command {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::definitions::{DataSpec, Spec};
-use crate::state::{Command, CommandResult};
+use crate::state::{Command, CommandResult, Op, new_op_id};
 
 fn config(name: &str, value: &str) -> Object {
     Object::new(
@@ -42,7 +42,7 @@ fn state_with(auto: bool) -> ClusterState {
 
 fn apply(s: &mut ClusterState, op: Op) -> CommandResult {
     s.apply(&Command {
-        op_id: crate::node::new_op_id(),
+        op_id: new_op_id(),
         at_ms: 5,
         op,
     })
@@ -226,19 +226,4 @@ fn a_failure_keeps_what_was_synced() {
         )
         .is_none()
     );
-}
-
-#[test]
-fn duplicate_definitions_across_files_name_both_files() {
-    let file = |path: &str| gitops::SourceFile {
-        path: path.into(),
-        text: "kind: configuration\nmeta:\n  group: app\n  name: a\nspec:\n  data: {}\n".into(),
-    };
-    let checkout = gitops::Checkout {
-        commit: "c".into(),
-        files: vec![file("one.yaml"), file("two.yaml")],
-        pack: None,
-    };
-    let e = parse_checkout(&checkout, 1).unwrap_err();
-    assert!(e.contains("two.yaml") && e.contains("one.yaml"), "{e}");
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use super::pass::{Unmet, waiting_status};
 use super::*;
-use crate::controller::convert::restart_of;
+use crate::container::{ContainerConfig, ContainerInfo, State, labels};
+use crate::convert::restart_of;
 use crate::definitions::{
     ContainersSpec, Dependency, DurationValue, Kind, Meta, Object, ObjectKey, RestartMode,
     RestartPolicy,
 };
-use crate::runtime::{ContainerConfig, ContainerInfo, State, labels};
 use crate::scheduler::{NodeId, Placement, ReplicaSlot, replica_name};
 use crate::state::{ClusterState, NodeReport, ReplicaReport, StoredObject};
 
@@ -137,6 +137,7 @@ fn render_one(stored: &StoredObject, index: u32, generation: u64) -> Result<Rend
             .init_container
             .as_ref()
             .map(|i| config(format!("{name}-init"), &i.image, Some(&name))),
+        files: Vec::new(),
     })
 }
 

@@ -1,21 +1,18 @@
-//! The leader's scheduling loop: placements for every `containers` object, rolling updates, and
-//! rescheduling of replicas away from nodes that stopped reporting.
+//! What the leader's placement loop decides, as pure values: which nodes are live (by their
+//! report sequence numbers, on the leader's own clock, passed in) and the placement updates for
+//! every `containers` object ([`plan`]: placements, rolling updates, rescheduling). The agent's
+//! loop (`controllers::placement`) reads the state and proposes what this returns.
 //!
 //! Liveness is judged by the leader's own clock: a node is live while its report sequence number
 //! keeps changing within the timeout. A new leader counts every node as seen when it took over,
 //! so a leader change never makes the whole cluster look dead.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
-use super::convert::{node_labels, workload_of};
-use crate::node::Node;
-use crate::scheduler::{self, NodeInfo, ReplicaState};
-use crate::state::{ClusterState, NodeId, Op, PlacementUpdate};
-use crate::store::ServerState;
+use super::{self as scheduler, NodeInfo, ReplicaState};
+use crate::convert::{node_labels, workload_of};
+use crate::state::{ClusterState, NodeId, PlacementUpdate};
 
 /// How long a node may stay silent before its replicas are placed elsewhere (default 15 s).
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -157,38 +154,6 @@ fn replica_states(
         }
     }
     status
-}
-
-/// Runs the scheduling loop until `stop`; acts only while this node leads.
-pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<bool>) {
-    let mut changes = node.store.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut liveness: Option<Liveness> = None;
-    loop {
-        tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
-            _ = changes.changed() => {},
-            _ = tick.tick() => {},
-        }
-        if node.store.status().state != ServerState::Leader {
-            liveness = None;
-            continue;
-        }
-        let Ok(state) = node.store.read(false).await else {
-            continue;
-        };
-        let now = Instant::now();
-        let live = liveness
-            .get_or_insert_with(|| Liveness::new(timeout, now))
-            .observe(&state, now);
-        let updates = plan(&state, &live);
-        if updates.is_empty() {
-            continue;
-        }
-        if let Err(e) = node.propose(Op::Place { updates }, None).await {
-            tracing::warn!("scheduling: {e}");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::convert::{ReplicaContext, container_config, init_config, restart_of};
 use crate::node::{Node, now_ms};
-use crate::node_plan::{
+use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
+use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
+use smr_core::container::FileWrite;
+use smr_core::convert::{RenderError, ReplicaContext, container_config, init_config, restart_of};
+use smr_core::node_plan::{
     Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Probe, Rendered, desired_replicas,
     init_failure,
 };
-use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
-use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
 
 /// How many replicas a node creates at once.
 const CREATE_CONCURRENCY: usize = 4;
@@ -31,7 +32,7 @@ const CREATE_CONCURRENCY: usize = 4;
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug)]
-pub struct ReconcileConfig {
+pub struct ReplicasConfig {
     pub node: NodeId,
     /// Docker network replicas join (`cluster`), when the node has the overlay.
     pub network: Option<String>,
@@ -45,10 +46,10 @@ pub struct ReconcileConfig {
 pub async fn run<R: Runtime>(
     node: Arc<Node>,
     runtime: Arc<R>,
-    config: ReconcileConfig,
+    config: ReplicasConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let mut executor = Executor::new(runtime.clone(), config.clone());
     let mut seq = now_ms();
     let mut last_sent: Option<(Vec<ReplicaReport>, Instant)> = None;
@@ -59,11 +60,11 @@ pub async fn run<R: Runtime>(
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
             _ = tokio::time::sleep(sleep) => {},
         }
-        let Ok(state) = node.store.read(false).await else {
+        let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
         let observed = match runtime.list_managed().await {
@@ -109,7 +110,7 @@ type InitTask = JoinHandle<Result<(i64, String), String>>;
 /// Runs the [`NodePlanner`]'s actions against a [`Runtime`]: the I/O half of a pass.
 pub(crate) struct Executor<R: Runtime> {
     runtime: Arc<R>,
-    config: ReconcileConfig,
+    config: ReplicasConfig,
     planner: NodePlanner,
     /// Stops in progress per container id: a stop waits up to the grace period, so it runs in
     /// the background instead of holding up the whole pass.
@@ -127,7 +128,7 @@ impl<R: Runtime> Drop for Executor<R> {
 }
 
 impl<R: Runtime> Executor<R> {
-    pub(crate) fn new(runtime: Arc<R>, config: ReconcileConfig) -> Self {
+    pub(crate) fn new(runtime: Arc<R>, config: ReplicasConfig) -> Self {
         Executor {
             planner: NodePlanner::new(config.node, config.network.clone()),
             runtime,
@@ -176,11 +177,32 @@ impl<R: Runtime> Executor<R> {
             dns: self.config.dns.clone(),
             files_dir: &self.config.files_dir,
         };
-        let replicas = desired_replicas(state, self.config.node, restart_of, |stored, index, g| {
-            let container = container_config(state, stored, index, g, &ctx)?;
-            let init = init_config(state, stored, index, g, &ctx)?;
-            Ok(Rendered { container, init })
-        });
+        let mut replicas =
+            desired_replicas(state, self.config.node, restart_of, |stored, index, g| {
+                let render = || {
+                    let (container, mut files) = container_config(state, stored, index, g, &ctx)?;
+                    let init = init_config(state, stored, index, g, &ctx)?.map(|(init, more)| {
+                        files.extend(more);
+                        init
+                    });
+                    Ok::<_, RenderError>(Rendered {
+                        container,
+                        init,
+                        files,
+                    })
+                };
+                // The report shows why a replica cannot be rendered.
+                render().map_err(|e| e.to_string())
+            });
+        // The files the replicas mount, written on every pass; a replica whose files cannot be
+        // written is not rendered (reported blocked).
+        for replica in &mut replicas {
+            if let Ok(rendered) = &replica.rendered
+                && let Err(e) = write_files(&rendered.files)
+            {
+                replica.rendered = Err(e);
+            }
+        }
         let desired = Desired { state, replicas };
         self.stopping.retain(|_, task| !task.is_finished());
         let stopping: BTreeSet<String> = self.stopping.keys().cloned().collect();
@@ -296,6 +318,19 @@ impl<R: Runtime> Executor<R> {
             self.planner.record(outcome, now);
         }
     }
+}
+
+/// Writes rendered files, creating their directories.
+fn write_files(files: &[FileWrite]) -> Result<(), String> {
+    for file in files {
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("writing files in {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&file.path, file.content.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", file.path.display()))?;
+    }
+    Ok(())
 }
 
 /// The outcome of creating and starting `replica`.

@@ -3,19 +3,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::container::{ContainerConfig, ContainerInfo, FileWrite, State, labels};
 use crate::definitions::{ContainersSpec, ObjectKey, ReadinessType};
-use crate::runtime::{ContainerConfig, ContainerInfo, State, labels};
 use crate::scheduler::{
     self, Action, Backoff, ContainerState, DesiredReplica, NodeId, ObservedContainer, Phase,
     ReplicaStatus, RestartPolicy,
 };
 use crate::state::{ClusterState, ReplicaReport, StoredObject};
 
-/// A replica's rendered containers: the replica itself and its init container, if any.
+/// A replica's rendered containers: the replica itself and its init container, if any, and the
+/// files they mount (the executor writes them before planning; the plan does not look at them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
     pub container: ContainerConfig,
     pub init: Option<ContainerConfig>,
+    pub files: Vec<FileWrite>,
 }
 
 /// One placement slot of this node with its rendered configuration.
@@ -183,7 +185,7 @@ struct ObjectPass {
     /// Replicas handed to `plan_node` or not rendered (`false`).
     wanted: Vec<(DesiredReplica, bool)>,
     /// Replicas held back by a dependency: phase and message.
-    waiting: Vec<(DesiredReplica, &'static str, String)>,
+    waiting: Vec<(DesiredReplica, Phase, String)>,
 }
 
 /// What the planner remembers between passes.
@@ -471,7 +473,7 @@ impl NodePlanner {
             }
             for (replica, phase, why) in &object.waiting {
                 reports.push(ReplicaReport {
-                    phase: (*phase).into(),
+                    phase: phase.as_str().into(),
                     ..blocked(&key, replica, Some(why.clone()), stored)
                 });
             }
@@ -621,7 +623,7 @@ fn gate<'r>(
     now: u64,
 ) -> (
     Vec<(DesiredReplica, Option<&'r Rendered>)>,
-    Vec<(DesiredReplica, &'static str, String)>,
+    Vec<(DesiredReplica, Phase, String)>,
 ) {
     let mut wanted_now = Vec::new();
     let mut waiting = Vec::new();
@@ -850,7 +852,11 @@ fn blocked(
         index: replica.index,
         name: replica.name.clone(),
         container_id: None,
-        phase: "blocked".into(),
+        phase: Phase::Blocked {
+            reason: message.clone().unwrap_or_default(),
+        }
+        .as_str()
+        .into(),
         ready: false,
         ip: None,
         restarts: 0,
@@ -881,19 +887,24 @@ pub(super) struct Unmet {
 /// Phase and message of a replica held back by a dependency: `pending` while within the
 /// dependency's `timeout`, `blocked` after it. Either way it is created as soon as the
 /// dependency is ready; the phase makes a late dependency visible (and fails `smrctl apply`).
-pub(super) fn waiting_status(unmet: &Unmet, waited: Duration) -> (&'static str, String) {
+pub(super) fn waiting_status(unmet: &Unmet, waited: Duration) -> (Phase, String) {
     let secs = waited.as_secs();
     match unmet.timeout {
-        Some(limit) if waited > limit => (
-            "blocked",
-            format!(
+        Some(limit) if waited > limit => {
+            let why = format!(
                 "{} is not ready after {secs}s (dependency timeout {}s); still waiting",
                 unmet.what,
                 limit.as_secs()
-            ),
-        ),
+            );
+            (
+                Phase::Blocked {
+                    reason: why.clone(),
+                },
+                why,
+            )
+        }
         _ => (
-            "pending",
+            Phase::Pending,
             format!("waiting for {} (for {secs}s)", unmet.what),
         ),
     }

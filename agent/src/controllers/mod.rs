@@ -1,18 +1,19 @@
 //! The control loops that turn the replicated state into running containers.
 //!
 //! ```text
-//!  leader only:  state --(schedule)--> Op::Place  (placements, rolling updates, rescheduling)
-//!  leader only:  git + state --(gitops)--> Op::GitopsSync (deploy commits, prune, drift)
-//!  every node:   state + Docker --(reconcile)--> Docker actions, Op::Report (replica status, heartbeat)
+//!  leader only:  state --(placement)--> Op::Place  (placements, rolling updates, rescheduling)
+//!  leader only:  git + state --(sync)--> Op::GitopsSync (deploy commits, prune, drift)
+//!  every node:   state + Docker --(replicas)--> Docker actions, Op::Report (replica status, heartbeat)
+//!  every node:   state --(network)--> overlay, `cluster` Docker network, DNS records
 //! ```
-//! Both loops are level-triggered: they wake on every state change and on a timer, read the whole
-//! desired and observed state, and act on the difference computed by [`crate::scheduler`].
+//! The loops are level-triggered: they wake on every state change and on a timer, read the whole
+//! desired and observed state, and act on the difference computed by the pure planners of
+//! `smr-core` (`scheduler::leader`, `repo_sync`, `node_plan`).
 
-pub mod convert;
-pub mod gitops;
 pub mod network;
-pub mod reconcile;
-pub mod schedule;
+pub mod placement;
+pub mod replicas;
+pub mod sync;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -22,15 +23,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::runtime::DockerRuntime;
 use crate::state::NodeId;
+use smr_core::backend::NetworkBackend;
 
 /// What the node's loops need from the agent's configuration.
 #[derive(Clone, Debug)]
 pub struct NodeLoops {
     pub id: NodeId,
     pub workloads: bool,
-    pub docker_host: Option<String>,
     pub underlay_ip: IpAddr,
     pub iface: Option<String>,
     pub vtep_mac: [u8; 6],
@@ -46,8 +46,8 @@ pub struct NodeLoops {
 /// Starts the loops of a node: the scheduler (acting while this node leads), and for nodes that
 /// run workloads the network loop and the reconciler. Returns when `stop` turns true.
 pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<bool>) {
-    let scheduler = tokio::spawn(schedule::run(node.clone(), cfg.node_timeout, stop.clone()));
-    let gitops = tokio::spawn(gitops::run(
+    let scheduler = tokio::spawn(placement::run(node.clone(), cfg.node_timeout, stop.clone()));
+    let sync = tokio::spawn(sync::run(
         node.clone(),
         cfg.gitops_cache.clone(),
         stop.clone(),
@@ -56,38 +56,46 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
         workloads(node, cfg, stop.clone()).await;
     }
     let mut stop = stop;
-    crate::api::serve::stopped(&mut stop).await;
+    crate::shutdown::stopped(&mut stop).await;
     let _ = scheduler.await;
-    let _ = gitops.await;
+    let _ = sync.await;
 }
 
 async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bool>) {
     let runtime = loop {
-        match DockerRuntime::connect(cfg.docker_host.as_deref()).await {
+        match node.docker().await {
             Ok(runtime) => break runtime,
             Err(e) => tracing::warn!("{e}; retrying"),
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {},
         }
     };
     // The cluster network settings and this node's lease arrive with the replicated state.
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     let (settings, lease) = loop {
-        if let Ok(state) = node.store.read(false).await
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await
             && let Some(settings) = state.network.clone()
             && let Some(me) = state.nodes.get(&cfg.id)
         {
             break (settings, me.lease);
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
         }
     };
-    let (network, dns) = match (settings.backend.as_str(), lease, cfg.underlay_ip) {
-        ("none", _, _) | (_, None, _) => (None, Vec::new()),
+    // A stored backend that is none of the known ones is an error, not a default.
+    let backend: NetworkBackend = match settings.backend.parse() {
+        Ok(backend) => backend,
+        Err(e) => {
+            tracing::error!("the cluster's network settings: {e}; no replicas run on this node");
+            return;
+        }
+    };
+    let (network, dns) = match (backend, lease, cfg.underlay_ip) {
+        (NetworkBackend::None, _, _) | (_, None, _) => (None, Vec::new()),
         (_, Some(lease), IpAddr::V4(underlay_ip)) => {
             let upstreams: Vec<SocketAddr> =
                 dns::upstreams_from_resolv_conf("/etc/resolv.conf").unwrap_or_default();
@@ -117,12 +125,12 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
             (None, Vec::new())
         }
     };
-    let config = reconcile::ReconcileConfig {
+    let config = replicas::ReplicasConfig {
         node: cfg.id,
         network,
         dns,
         files_dir: cfg.files_dir.clone(),
         stop_grace: Duration::from_secs(10),
     };
-    reconcile::run(node, Arc::new(runtime), config, stop).await;
+    replicas::run(node, Arc::new(runtime), config, stop).await;
 }

@@ -158,7 +158,15 @@ pub enum Phase {
     },
 }
 
+/// A phase equals its name (`"pending"`, `"blocked"`, ...), as reports carry it.
+impl PartialEq<&str> for Phase {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
 impl Phase {
+    /// The phase's name, as reports and `smrctl` show it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Phase::Pending => "pending",

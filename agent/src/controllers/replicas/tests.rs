@@ -78,7 +78,7 @@ impl Harness {
     /// A new agent process over the same engine.
     fn over(fake: Arc<FakeRuntime>) -> Self {
         let files = tempfile::tempdir().unwrap();
-        let config = ReconcileConfig {
+        let config = ReplicasConfig {
             node: 1,
             network: None,
             dns: Vec::new(),

@@ -24,8 +24,9 @@ use tokio::sync::watch;
 use crate::node::Node;
 use crate::state::{ClusterState, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
-use overlay::wireguard::{WG_PORT, WgConfig, WgKey, WgPeer, WgPublicKey};
-use overlay::{Backend, Overlay, OverlayConfig, Peer, PeerStats};
+use overlay::wireguard::{WG_PORT, WgConfig, WgPeer};
+use overlay::{Backend, Overlay, OverlayConfig, Peer};
+use smr_core::backend::NetworkBackend;
 
 /// What the network loop needs to know about this node.
 #[derive(Clone, Debug)]
@@ -54,98 +55,6 @@ pub enum NetworkError {
     Config(String),
     #[error(transparent)]
     Key(#[from] overlay::WgError),
-}
-
-/// The running overlay, shared between the network loop (which sets it up) and the API (peer
-/// statistics, key rotation).
-#[derive(Default)]
-pub struct OverlaySlot {
-    overlay: std::sync::RwLock<Option<Arc<Overlay>>>,
-    /// The WireGuard key the device runs with, and its port; held while a rotation runs so the
-    /// loop never publishes a key half-way through one.
-    wireguard: tokio::sync::Mutex<Option<(WgKey, u16)>>,
-}
-
-/// Why a key rotation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RotateError {
-    #[error("this node runs no WireGuard overlay (the cluster's backend is {0})")]
-    NotWireguard(String),
-    #[error("the overlay of this node is not set up yet; try again")]
-    NotReady,
-    #[error("{0}")]
-    Key(#[from] overlay::WgError),
-    #[error("{0}")]
-    Overlay(#[from] overlay::OverlayError),
-}
-
-impl OverlaySlot {
-    fn get(&self) -> Option<Arc<Overlay>> {
-        self.overlay
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set(&self, overlay: Option<Arc<Overlay>>) {
-        *self.overlay.write().unwrap_or_else(|e| e.into_inner()) = overlay;
-    }
-
-    /// The WireGuard device's view of its peers (empty when no WireGuard overlay runs).
-    pub async fn peer_stats(&self) -> Result<Vec<PeerStats>, overlay::OverlayError> {
-        match self.get() {
-            Some(overlay) => overlay.peer_stats().await,
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// Replaces this node's key: a new key is written to `key_path` (0600), published through
-    /// the state with `publish` (which must succeed, or the old key is written back), then
-    /// applied to the running device. Peers drop the old key when they reconcile.
-    pub async fn rotate<F, Fut, E>(
-        &self,
-        key_path: &std::path::Path,
-        publish: F,
-    ) -> Result<WgPublicKey, RotateOutcome<E>>
-    where
-        F: FnOnce(WgPublicKey, u16) -> Fut,
-        Fut: std::future::Future<Output = Result<(), E>>,
-    {
-        let mut current = self.wireguard.lock().await;
-        let overlay = self
-            .get()
-            .ok_or(RotateOutcome::Rotate(RotateError::NotReady))?;
-        let backend = overlay.config().backend;
-        let Some((old, port)) = current.clone() else {
-            return Err(RotateOutcome::Rotate(RotateError::NotWireguard(
-                backend.to_string(),
-            )));
-        };
-        let new = WgKey::generate();
-        let public = new.public_key();
-        overlay::wireguard::write_key(key_path, &new)
-            .map_err(|e| RotateOutcome::Rotate(e.into()))?;
-        if let Err(e) = publish(public, port).await {
-            if let Err(undo) = overlay::wireguard::write_key(key_path, &old) {
-                tracing::error!("rotate-key: writing the old key back failed: {undo}");
-            }
-            return Err(RotateOutcome::Publish(e));
-        }
-        overlay
-            .set_private_key(new.clone())
-            .await
-            .map_err(|e| RotateOutcome::Rotate(e.into()))?;
-        *current = Some((new, port));
-        tracing::info!(public_key = %public, "WireGuard key rotated");
-        Ok(public)
-    }
-}
-
-/// A failed rotation: the new key could not be made or applied, or not published.
-#[derive(Debug)]
-pub enum RotateOutcome<E> {
-    Rotate(RotateError),
-    Publish(E),
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -208,35 +117,6 @@ pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
         .collect()
 }
 
-/// The `*.private` records: ready replicas with an address on the cluster network, and nodes.
-pub fn records(state: &ClusterState) -> dns::RecordSet {
-    let replicas: Vec<dns::ReplicaInfo> = state
-        .reports
-        .values()
-        .flat_map(|r| &r.replicas)
-        .filter_map(|r| {
-            Some(dns::ReplicaInfo {
-                group: r.key.group.clone(),
-                name: r.key.name.clone(),
-                index: r.index,
-                ip: r.ip.as_deref()?.parse().ok()?,
-                ready: r.ready,
-            })
-        })
-        .collect();
-    let nodes: Vec<dns::NodeInfo> = state
-        .nodes
-        .values()
-        .filter_map(|n| {
-            Some(dns::NodeInfo {
-                name: n.name.clone(),
-                ip: n.dial_ip().parse().ok()?,
-            })
-        })
-        .collect();
-    dns::compute_records(&replicas, &nodes)
-}
-
 /// The gateway of this node's `cluster` network, where its DNS server listens.
 pub fn gateway(lease: ipnet::Ipv4Net) -> Ipv4Addr {
     ClusterNetworkSpec::new(lease, 1450).gateway()
@@ -260,21 +140,21 @@ async fn run_overlay(
     config: NetworkConfig,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), NetworkError> {
-    let mut changes = node.store.subscribe();
+    let mut changes = node.subscribe();
     // Wait for the cluster network settings and this node's lease.
     let (settings, lease) = loop {
-        if let Ok(state) = node.store.read(false).await
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await
             && let Some(settings) = state.network.clone()
             && let Some(me) = state.nodes.get(&config.id)
         {
             match me.lease {
                 Some(lease) => break (settings, lease),
-                None if settings.backend == "none" => return Ok(()),
+                None if settings.backend == NetworkBackend::None.as_str() => return Ok(()),
                 None => return Err(NetworkError::Config("this node has no subnet lease".into())),
             }
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(stop) => return Ok(()),
+            _ = crate::shutdown::stopped(stop) => return Ok(()),
             _ = changes.changed() => {},
         }
     };
@@ -325,14 +205,14 @@ async fn run_overlay(
 
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        if let Ok(state) = node.store.read(false).await {
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await {
             publish_wireguard(node, &state, config.id).await;
             match overlay.reconcile(&peers(&state, config.id, backend)).await {
                 Ok(report) if !report.is_noop() => tracing::info!(?report, "overlay reconciled"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("overlay: {e}"),
             }
-            let records = records(&state);
+            let records = crate::views::dns_records(&state);
             if records != dns.records() {
                 dns.set_records(records);
             }
@@ -341,7 +221,7 @@ async fn run_overlay(
             tracing::warn!("cluster network: {e}");
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(stop) => break,
+            _ = crate::shutdown::stopped(stop) => break,
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
@@ -416,7 +296,11 @@ mod tests {
             lease: Some(lease.parse().unwrap()),
             vtep_mac: Some(format!("02:00:00:00:00:0{id}")),
             wg_port: Some(51820 + id as u16),
-            wg_public_key: Some(WgKey::generate().public_key().to_string()),
+            wg_public_key: Some(
+                overlay::wireguard::WgKey::generate()
+                    .public_key()
+                    .to_string(),
+            ),
         }
     }
 
@@ -530,7 +414,7 @@ mod tests {
             Some("203.0.113.10"),
             "10.10.0.0/24",
         )]);
-        let recs = records(&s);
+        let recs = crate::views::dns_records(&s);
         assert!(format!("{recs:?}").contains("203.0.113.10"), "{recs:?}");
         assert!(!format!("{recs:?}").contains("10.1.0.11"), "{recs:?}");
     }

@@ -2,8 +2,8 @@
 //!
 //! [`NodePlanner`] takes what the replicated state asks of this node, rendered ([`Desired`]),
 //! and what the engine shows at one instant ([`Observed`]), and returns the exact
-//! [`NodeAction`]s to run, in order. The executor (`controller::reconcile`) runs them against a
-//! [`crate::runtime::Runtime`], feeds the results back as [`Outcome`]s, then asks for the
+//! [`NodeAction`]s to run, in order. The executor (the agent's `controllers::replicas`) runs them
+//! against its container runtime (Docker), feeds the results back as [`Outcome`]s, then asks for the
 //! replica reports and the readiness [`Probe`]s to run. Nothing here does I/O or reads a clock:
 //! time comes in as `now_ms`.
 //!

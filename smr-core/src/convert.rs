@@ -1,4 +1,5 @@
-//! Mapping typed definitions onto the scheduler's plain inputs.
+//! Mapping typed definitions onto the scheduler's plain inputs, and rendering them into
+//! container configurations (templates resolved; the files to mount returned, not written).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -6,10 +7,70 @@ use std::path::Path;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use crate::container::{ContainerConfig, FileWrite, labels};
 use crate::definitions::{self, ContainersSpec, Kind, ObjectKey, SpreadMode};
-use crate::runtime::{ContainerConfig, labels};
 use crate::scheduler::{self, AgentRef, Spread, Workload};
 use crate::state::{ClusterState, NodeId, StoredObject};
+
+/// Why a replica cannot be rendered: names the field, object or key to fix. Its text is what the
+/// replica's report shows (`blocked`).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{0} is not a containers object")]
+    NotContainers(ObjectKey),
+    #[error("{0} does not exist")]
+    Missing(ObjectKey),
+    #[error("resource {object} has no key {key}")]
+    NoResourceKey { object: ObjectKey, key: String },
+    #[error("{object} has no key {key:?}")]
+    NoKey { object: ObjectKey, key: String },
+    #[error("volume at {0} needs hostPath or name")]
+    VolumeSource(String),
+    #[error("unclosed template in {0:?}")]
+    Unclosed(String),
+    #[error("template variable {0:?} is not defined")]
+    UndefinedVariable(String),
+    #[error("lookup {0:?} is not KIND/GROUP/NAME:KEY")]
+    LookupSyntax(String),
+    #[error("lookup {reference:?}: {source}")]
+    LookupKey {
+        reference: String,
+        source: definitions::KeyError,
+    },
+    #[error("unknown template expression (( {0} ))")]
+    UnknownExpression(String),
+    #[error("unknown template function {0:?}")]
+    UnknownFunction(String),
+    #[error("base64decode: {0}")]
+    Base64(#[source] base64::DecodeError),
+    #[error("base64decode: the value is not UTF-8")]
+    NotUtf8,
+    /// A field whose value does not parse (`ports`, `limits.memory`).
+    #[error("{field}: {source}")]
+    Scalar {
+        field: &'static str,
+        source: definitions::ScalarError,
+    },
+    #[error("registryAuth: {0}")]
+    RegistryAuth(#[source] crate::container::RegistryAuthError),
+    /// An error inside a field (`envs`, `configuration.KEY`, `initContainer`, ...).
+    #[error("{field}: {source}")]
+    In {
+        field: String,
+        source: Box<RenderError>,
+    },
+}
+
+impl RenderError {
+    /// Puts an error inside `field`.
+    fn within(field: impl Into<String>) -> impl FnOnce(RenderError) -> RenderError {
+        let field = field.into();
+        move |e| RenderError::In {
+            field,
+            source: Box::new(e),
+        }
+    }
+}
 
 /// The scheduler's view of a `containers` object, or `None` for other kinds.
 pub fn workload_of(stored: &StoredObject) -> Option<Workload> {
@@ -68,26 +129,27 @@ pub struct ReplicaContext<'a> {
     pub network: Option<&'a str>,
     /// Resolvers for the container: this node's DNS server first, then the definition's.
     pub dns: Vec<String>,
-    /// Where files mounted into containers are written.
+    /// Where files mounted into containers go (the paths of the [`FileWrite`]s).
     pub files_dir: &'a Path,
 }
 
 /// Everything Docker needs to run replica `index` of `stored` (a `containers` object) at slot
-/// generation `generation`. Templates are resolved here; a missing configuration, secret or key
-/// is an error naming it. Resource files are written under `ctx.files_dir`.
+/// generation `generation`, and the files it mounts (resources, its `resolv.conf`, under
+/// `ctx.files_dir`), which the caller writes before the container runs. Templates are resolved
+/// here; a missing configuration, secret or key is an error naming it.
 pub fn container_config(
     state: &ClusterState,
     stored: &StoredObject,
     index: u32,
     generation: u64,
     ctx: &ReplicaContext<'_>,
-) -> Result<ContainerConfig, String> {
+) -> Result<(ContainerConfig, Vec<FileWrite>), RenderError> {
     let key = stored.object.key();
     let spec = stored
         .object
         .spec
         .as_containers()
-        .ok_or_else(|| format!("{key} is not a containers object"))?;
+        .ok_or_else(|| RenderError::NotContainers(key.clone()))?;
     let name = scheduler::replica_name(&key.group, &key.name, index);
     let vars = template_vars(state, spec, &key)?;
     let env = spec
@@ -95,22 +157,28 @@ pub fn container_config(
         .iter()
         .map(|e| render(e, &vars, state))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("envs: {e}"))?;
+        .map_err(RenderError::within("envs"))?;
     let render_all = |items: &[String], what: &str| {
         items
             .iter()
             .map(|a| render(a, &vars, state))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{what}: {e}"))
+            .map_err(RenderError::within(what))
     };
     let mut ports = Vec::new();
     for p in &spec.ports {
-        let (port, proto) = p.container_port().map_err(|e| format!("ports: {e}"))?;
+        let (port, proto) = p.container_port().map_err(|source| RenderError::Scalar {
+            field: "ports",
+            source,
+        })?;
         let proto = match proto {
             definitions::Protocol::Tcp => "tcp",
             definitions::Protocol::Udp => "udp",
         };
-        let host = p.host_binding().map_err(|e| format!("ports: {e}"))?;
+        let host = p.host_binding().map_err(|source| RenderError::Scalar {
+            field: "ports",
+            source,
+        })?;
         ports.push((
             port,
             proto.to_string(),
@@ -126,14 +194,12 @@ pub fn container_config(
             (_, Some(host_path), _) => host_path.clone(),
             (_, None, Some(name)) => name.clone(),
             _ => {
-                return Err(format!(
-                    "volume at {} needs hostPath or name",
-                    v.mount_point
-                ));
+                return Err(RenderError::VolumeSource(v.mount_point.clone()));
             }
         };
         binds.push(format!("{source}:{}{ro}", v.mount_point));
     }
+    let mut files = Vec::new();
     let mut resources_hash = Sha256::new();
     for r in &spec.resources {
         let rkey = ObjectKey {
@@ -142,23 +208,21 @@ pub fn container_config(
             name: r.name.clone(),
         };
         let data = lookup_data(state, &rkey)?;
-        let content = data
-            .get(&r.key)
-            .ok_or_else(|| format!("resource {rkey} has no key {}", r.key))?;
-        let content = render(content, &vars, state).map_err(|e| format!("resource {rkey}: {e}"))?;
-        let dir = ctx.files_dir.join(&name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("writing resource files in {}: {e}", dir.display()))?;
+        let content = data.get(&r.key).ok_or_else(|| RenderError::NoResourceKey {
+            object: rkey.clone(),
+            key: r.key.clone(),
+        })?;
+        let content = render(content, &vars, state)
+            .map_err(RenderError::within(format!("resource {rkey}")))?;
         let file_name: String = format!("{}-{}-{}", r.group, r.name, r.key)
             .chars()
             .map(|c| if c == '/' { '_' } else { c })
             .collect();
-        let path = dir.join(file_name);
-        std::fs::write(&path, content.as_bytes())
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let path = ctx.files_dir.join(&name).join(file_name);
         resources_hash.update(path.to_string_lossy().as_bytes());
         resources_hash.update(content.as_bytes());
         binds.push(format!("{}:{}:ro", path.display(), r.mount_point));
+        files.push(FileWrite { path, content });
     }
     let mut container_labels: BTreeMap<String, String> = spec.labels.clone();
     container_labels.insert(labels::MANAGED.into(), "true".into());
@@ -176,7 +240,10 @@ pub fn container_config(
     let memory_bytes = limits
         .map(|l| l.memory_bytes())
         .transpose()
-        .map_err(|e| format!("limits.memory: {e}"))?
+        .map_err(|source| RenderError::Scalar {
+            field: "limits.memory",
+            source,
+        })?
         .flatten()
         .map(|b| b as i64);
     // Resolvers go into a resolv.conf of our own, mounted over the container's: Docker's
@@ -184,16 +251,14 @@ pub fn container_config(
     let mut resolvers = ctx.dns.clone();
     resolvers.extend(spec.dns.iter().cloned());
     if !resolvers.is_empty() {
-        let dir = ctx.files_dir.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("writing {}: {e}", dir.display()))?;
-        let path = dir.join("resolv.conf");
-        let text: String = resolvers
+        let path = ctx.files_dir.join(&name).join("resolv.conf");
+        let content: String = resolvers
             .iter()
             .map(|r| format!("nameserver {r}\n"))
             .collect::<String>()
             + "options ndots:1\n";
-        std::fs::write(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         binds.push(format!("{}:/etc/resolv.conf:ro", path.display()));
+        files.push(FileWrite { path, content });
     }
     let dns = Vec::new();
     let mut config = ContainerConfig {
@@ -225,16 +290,18 @@ pub fn container_config(
             .registry_auth
             .as_deref()
             .filter(|a| !a.trim().is_empty())
-            .map(|a| render(a, &vars, state).and_then(|a| crate::runtime::parse_registry_auth(&a)))
-            .transpose()
-            .map_err(|e| format!("registryAuth: {e}"))?,
+            .map(|a| {
+                let a = render(a, &vars, state).map_err(RenderError::within("registryAuth"))?;
+                crate::container::parse_registry_auth(&a).map_err(RenderError::RegistryAuth)
+            })
+            .transpose()?,
     };
     let hash = config.config_hash();
     config.labels.insert(labels::CONFIG_HASH.into(), hash);
-    Ok(config)
+    Ok((config, files))
 }
 
-/// The init container of replica `index`, if the definition has one: named `<replica>-init`,
+/// The init container of replica `index` and the files it mounts, if the definition has one: named `<replica>-init`,
 /// labelled [`labels::INIT`] instead of [`labels::MANAGED`] (the reconciler runs it to
 /// completion and removes it; it is not a replica). Unless it says otherwise it uses the
 /// definition's template variables.
@@ -244,7 +311,7 @@ pub fn init_config(
     index: u32,
     generation: u64,
     ctx: &ReplicaContext<'_>,
-) -> Result<Option<ContainerConfig>, String> {
+) -> Result<Option<(ContainerConfig, Vec<FileWrite>)>, RenderError> {
     let Some(spec) = stored.object.spec.as_containers() else {
         return Ok(None);
     };
@@ -262,25 +329,25 @@ pub fn init_config(
     init_spec.init_container = None;
     let mut as_object = stored.clone();
     as_object.object.spec = definitions::Spec::Containers(Box::new(init_spec));
-    let mut config = container_config(state, &as_object, index, generation, ctx)
-        .map_err(|e| format!("initContainer: {e}"))?;
+    let (mut config, files) = container_config(state, &as_object, index, generation, ctx)
+        .map_err(RenderError::within("initContainer"))?;
     let replica = config.name.clone();
     config.name = format!("{replica}-init");
     config.hostname = config.name.clone();
     config.labels.remove(labels::MANAGED);
     config.labels.insert(labels::INIT.into(), replica);
-    Ok(Some(config))
+    Ok(Some((config, files)))
 }
 
 fn lookup_data<'s>(
     state: &'s ClusterState,
     key: &ObjectKey,
-) -> Result<&'s BTreeMap<String, String>, String> {
+) -> Result<&'s BTreeMap<String, String>, RenderError> {
     state
         .objects
         .get(key)
         .and_then(|o| o.object.spec.data())
-        .ok_or_else(|| format!("{key} does not exist"))
+        .ok_or_else(|| RenderError::Missing(key.clone()))
 }
 
 /// Template variables: the listed `configurations` objects' data, then `configuration` (rendered).
@@ -288,7 +355,7 @@ fn template_vars(
     state: &ClusterState,
     spec: &ContainersSpec,
     owner: &ObjectKey,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, RenderError> {
     let mut vars = BTreeMap::new();
     for c in &spec.configurations {
         let key = ObjectKey {
@@ -298,7 +365,7 @@ fn template_vars(
         };
         vars.extend(
             lookup_data(state, &key)
-                .map_err(|e| format!("configurations: {e}"))?
+                .map_err(RenderError::within("configurations"))?
                 .clone(),
         );
     }
@@ -317,7 +384,7 @@ fn template_vars(
     for (k, v) in &spec.configuration {
         rendered.insert(
             k.clone(),
-            render(v, &vars, state).map_err(|e| format!("configuration.{k}: {e}"))?,
+            render(v, &vars, state).map_err(RenderError::within(format!("configuration.{k}")))?,
         );
     }
     vars.extend(rendered);
@@ -330,7 +397,7 @@ pub fn render(
     text: &str,
     vars: &BTreeMap<String, String>,
     state: &ClusterState,
-) -> Result<String, String> {
+) -> Result<String, RenderError> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("((") {
@@ -338,7 +405,7 @@ pub fn render(
         let after = &rest[start + 2..];
         let end = after
             .find("))")
-            .ok_or_else(|| format!("unclosed template in {text:?}"))?;
+            .ok_or_else(|| RenderError::Unclosed(text.to_string()))?;
         out.push_str(&evaluate(after[..end].trim(), vars, state)?);
         rest = &after[end + 2..];
     }
@@ -350,39 +417,42 @@ fn evaluate(
     expr: &str,
     vars: &BTreeMap<String, String>,
     state: &ClusterState,
-) -> Result<String, String> {
+) -> Result<String, RenderError> {
     let mut stages = expr.split('|').map(str::trim);
     let head = stages.next().unwrap_or_default();
     let mut value = if let Some(var) = head.strip_prefix('.') {
         vars.get(var)
             .cloned()
-            .ok_or_else(|| format!("template variable {var:?} is not defined"))?
+            .ok_or_else(|| RenderError::UndefinedVariable(var.to_string()))?
     } else if let Some(arg) = head.strip_prefix("lookup") {
         let reference = arg.trim().trim_matches('"');
         let (object, field) = reference
             .rsplit_once(':')
-            .ok_or_else(|| format!("lookup {reference:?} is not KIND/GROUP/NAME:KEY"))?;
-        let key: ObjectKey = object
-            .parse()
-            .map_err(|e| format!("lookup {reference:?}: {e}"))?;
+            .ok_or_else(|| RenderError::LookupSyntax(reference.to_string()))?;
+        let key: ObjectKey = object.parse().map_err(|source| RenderError::LookupKey {
+            reference: reference.to_string(),
+            source,
+        })?;
         lookup_data(state, &key)?
             .get(field)
             .cloned()
-            .ok_or_else(|| format!("{key} has no key {field:?}"))?
+            .ok_or_else(|| RenderError::NoKey {
+                object: key.clone(),
+                key: field.to_string(),
+            })?
     } else {
-        return Err(format!("unknown template expression (( {expr} ))"));
+        return Err(RenderError::UnknownExpression(expr.to_string()));
     };
     for stage in stages {
         value = match stage {
             "base64decode" => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(value.trim())
-                    .map_err(|e| format!("base64decode: {e}"))?;
-                String::from_utf8(bytes)
-                    .map_err(|_| "base64decode: the value is not UTF-8".to_string())?
+                    .map_err(RenderError::Base64)?;
+                String::from_utf8(bytes).map_err(|_| RenderError::NotUtf8)?
             }
             "base64encode" => base64::engine::general_purpose::STANDARD.encode(value.as_bytes()),
-            other => return Err(format!("unknown template function {other:?}")),
+            other => return Err(RenderError::UnknownFunction(other.to_string())),
         };
     }
     Ok(value)
