@@ -36,8 +36,8 @@ done
 case $profile in release | debug) ;; *) die "--profile must be release or debug, not '$profile'" ;; esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-for tool in dpkg-deb dpkg-shlibdeps strip tar gzip; do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install dpkg-dev binutils)"
+for tool in dpkg-deb dpkg-shlibdeps strip objdump file tar gzip; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install dpkg-dev binutils file)"
 done
 [ "$(uname -m)" = x86_64 ] || die "builds x86_64 packages only (this is $(uname -m))"
 
