@@ -300,16 +300,27 @@ fn healthy_alone(root: &Root, name: &str) -> anyhow::Result<Option<()>> {
     Ok((nodes == want).then_some(()))
 }
 
-#[test]
-fn deb_installs_into_a_root_without_toolchain_and_a_node_starts_from_it() -> anyhow::Result<()> {
-    if let Some(why) = unsupported() {
-        println!("skipped: {why}");
-        return Ok(());
-    }
-    let began = Instant::now();
-    let out = tempfile::tempdir()?;
+/// The packages built from this test build's binaries and the base root for them: made once per
+/// test process, shared by the tests.
+struct Prepared {
+    version: String,
+    deb: PathBuf,
+    tarball: PathBuf,
+    base: PathBuf,
+    build_time: Duration,
+    root_time: Duration,
+}
 
-    // The package, from this test build's own binaries.
+fn prepared() -> anyhow::Result<&'static Prepared> {
+    static PREPARED: std::sync::Mutex<Option<&'static Prepared>> = std::sync::Mutex::new(None);
+    let mut slot = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = *slot {
+        return Ok(p);
+    }
+    // Built anew in this build's own scratch directory on every run.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_smrmgr"))
         .parent()
         .expect("bin dir")
@@ -319,7 +330,7 @@ fn deb_installs_into_a_root_without_toolchain_and_a_node_starts_from_it() -> any
     let built = run(Command::new(workspace().join("packaging/build.sh"))
         .args(["--profile", "debug", "--bin-dir"])
         .arg(&bin_dir)
-        .arg(out.path()))?;
+        .arg(&out))?;
     print!("{built}");
     let build_time = t.elapsed();
     let version = run(Command::new(env!("CARGO_BIN_EXE_smrmgr")).arg("--version"))?;
@@ -328,23 +339,36 @@ fn deb_installs_into_a_root_without_toolchain_and_a_node_starts_from_it() -> any
         .nth(1)
         .expect("version")
         .to_string();
-    let deb = out.path().join(format!("smr_{version}_amd64.deb"));
-    let tarball = out
-        .path()
-        .join(format!("smr-{version}-x86_64-linux.tar.gz"));
+    let deb = out.join(format!("smr_{version}_amd64.deb"));
+    let tarball = out.join(format!("smr-{version}-x86_64-linux.tar.gz"));
     ensure!(tarball.is_file(), "{} was not made", tarball.display());
     let depends = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends"))?;
-    let packages = depends_names(depends.trim());
+    let mut packages = depends_names(depends.trim());
     ensure!(
         packages.contains(&"iptables".to_string()),
         "Depends lacks iptables: {depends}"
     );
-
-    // A root with the package's dependencies and nothing to build software with.
+    // Recommended, and what install.sh installs with a tarball: present, so no run needs the
+    // network once the base root is cached.
+    packages.push("ca-certificates".into());
+    packages.sort();
     let t = Instant::now();
     let base = base_tarball(&packages)?;
-    let mut root = Root::extract(&base)?;
     let root_time = t.elapsed();
+    let p = Box::leak(Box::new(Prepared {
+        version,
+        deb,
+        tarball,
+        base,
+        build_time,
+        root_time,
+    }));
+    *slot = Some(p);
+    Ok(p)
+}
+
+/// Asserts that `root` holds nothing to build software with.
+fn assert_no_toolchain(root: &Root) -> anyhow::Result<()> {
     for tool in ["gcc", "cc", "c++", "rustc", "cargo", "rustup", "ld"] {
         for dir in ["usr/bin", "usr/local/bin", "root/.cargo/bin"] {
             let p = root.path.join(dir).join(tool);
@@ -354,9 +378,32 @@ fn deb_installs_into_a_root_without_toolchain_and_a_node_starts_from_it() -> any
             );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn deb_installs_into_a_root_without_toolchain_and_a_node_starts_from_it() -> anyhow::Result<()> {
+    if let Some(why) = unsupported() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let began = Instant::now();
+    let out = tempfile::tempdir()?;
+    let Prepared {
+        version,
+        deb,
+        tarball,
+        base,
+        build_time,
+        root_time,
+    } = prepared()?;
+
+    // A root with the package's dependencies and nothing to build software with.
+    let mut root = Root::extract(base)?;
+    assert_no_toolchain(&root)?;
 
     // dpkg -i, as on a fresh machine.
-    std::fs::copy(&deb, root.file("/tmp/smr.deb"))?;
+    std::fs::copy(deb, root.file("/tmp/smr.deb"))?;
     let t = Instant::now();
     root.run(&["dpkg", "-i", "/tmp/smr.deb"])?;
     let install_time = t.elapsed();
@@ -461,13 +508,139 @@ fn deb_installs_into_a_root_without_toolchain_and_a_node_starts_from_it() -> any
         "the object did not survive the restart: {stored}"
     );
 
-    let deb_size = std::fs::metadata(&deb)?.len();
-    let tar_size = std::fs::metadata(&tarball)?.len();
+    let deb_size = std::fs::metadata(deb)?.len();
+    let tar_size = std::fs::metadata(tarball)?.len();
     println!(
-        "deb {:.1} MiB, tarball {:.1} MiB; build.sh {build_time:.1?}, root {root_time:.1?}, \
+        "deb {:.1} MiB, tarball {:.1} MiB; build.sh {build_time:.1?}, base root {root_time:.1?}, \
          dpkg -i {install_time:.1?}, node healthy {start_time:.1?}; total {:.1?}",
         deb_size as f64 / (1 << 20) as f64,
         tar_size as f64 / (1 << 20) as f64,
+        began.elapsed()
+    );
+    drop(root);
+    Ok(())
+}
+
+/// install.sh takes the package beside it (the .deb of two of the same version), or the file it is
+/// given: a tarball into /usr/local, then the .deb again, which removes the tarball's binaries
+/// that would shadow it and points the unit at the package's smrmgr, and starts a node from its
+/// flags (no systemd in a chroot: a background agent). Docker is outside this test (the node runs
+/// `--no-workloads`): a stand-in `docker` that answers `info` keeps install.sh from installing it.
+#[test]
+fn install_sh_installs_the_package_beside_it_or_the_one_given() -> anyhow::Result<()> {
+    if let Some(why) = unsupported() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let began = Instant::now();
+    let p = prepared()?;
+    let root = Root::extract(&p.base)?;
+    assert_no_toolchain(&root)?;
+    let opt = root.file("/opt/smr");
+    std::fs::create_dir_all(&opt)?;
+    std::fs::copy(workspace().join("install.sh"), opt.join("install.sh"))?;
+    let deb_name = p
+        .deb
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let tar_name = p
+        .tarball
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    std::fs::copy(&p.deb, opt.join(&deb_name))?;
+    std::fs::copy(&p.tarball, opt.join(&tar_name))?;
+    let docker = root.file("/usr/local/bin/docker");
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\n# test stand-in: `docker info` answers\nexit 0\n",
+    )?;
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let installed = |root: &Root| {
+        root.run(&["dpkg-query", "-W", "-f=${Status}", "smr"])
+            .is_ok_and(|s| s == "install ok installed")
+    };
+
+    // No argument: the .deb beside it, not the tarball of the same version.
+    let said = root.run(&["bash", "/opt/smr/install.sh"])?;
+    ensure!(
+        said.contains(&format!("found /opt/smr/{deb_name} beside install.sh")),
+        "{said}"
+    );
+    ensure!(
+        installed(&root),
+        "install.sh did not install the .deb:\n{said}"
+    );
+    ensure!(!root.file("/usr/local/bin/smrmgr").exists());
+
+    // A tarball given (relative to the caller's directory) goes to /usr/local.
+    let said = root.run(&[
+        "bash",
+        "-c",
+        &format!("cd /opt && bash smr/install.sh smr/{tar_name}"),
+    ])?;
+    for path in [
+        "/usr/local/bin/smrmgr",
+        "/usr/local/bin/smrctl",
+        "/usr/local/share/bash-completion/completions/smrctl",
+        "/usr/local/share/zsh/site-functions/_smrctl",
+        "/usr/local/share/fish/vendor_completions.d/smrctl.fish",
+    ] {
+        ensure!(
+            root.file(path).is_file(),
+            "install.sh {tar_name} did not install {path}:\n{said}"
+        );
+    }
+    let unit = root.file("/etc/systemd/system/smr.service");
+    let exec_start = |unit: &Path| {
+        std::fs::read_to_string(unit)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        exec_start(&unit).as_deref(),
+        Some("ExecStart=/usr/local/bin/smrmgr start --foreground")
+    );
+
+    // The .deb again, with start flags.
+    let ip = format!("127.99.{}.2", std::process::id() % 250 + 1);
+    let said = root.run(&[
+        "bash",
+        "/opt/smr/install.sh",
+        &format!("/opt/smr/{deb_name}"),
+        "-a",
+        "script-node",
+        "--ip",
+        &ip,
+        "--backend",
+        "none",
+        "--no-workloads",
+    ])?;
+    ensure!(
+        !root.file("/usr/local/bin/smrmgr").exists()
+            && !root.file("/usr/local/bin/smrctl").exists(),
+        "the tarball's binaries still shadow the package's:\n{said}"
+    );
+    assert_eq!(
+        exec_start(&unit).as_deref(),
+        Some("ExecStart=/usr/bin/smrmgr start --foreground")
+    );
+    ensure!(
+        root.agent_pid().is_some(),
+        "install.sh started no agent:\n{said}"
+    );
+    poll(
+        "the node install.sh started to be healthy",
+        Duration::from_secs(60),
+        || healthy_alone(&root, "script-node"),
+    )?;
+    println!(
+        "install.sh: three installs and a node in {:.1?}",
         began.elapsed()
     );
     drop(root);
