@@ -2,10 +2,12 @@
 //! no compiler or Rust toolchain (a debootstrap minbase chroot of Debian bookworm holding only what
 //! the package's Depends name), and a node starts from what it installed: the installed smrmgr
 //! creates a one-node cluster on a loopback address, the installed smrctl reads its health and
-//! stores an object, and the command line of the installed systemd unit restarts that node.
+//! stores an object, and the command line of the installed systemd unit restarts that node. A
+//! second test runs install.sh in such a root: the package beside it, a tarball, the .deb again.
 //!
 //! The package is built from the debug binaries this test build already produced (`build.sh
-//! --profile debug --bin-dir ...`): the release path is the same script with static binaries.
+//! --profile debug --bin-dir ...`): the release path is the same script with static binaries
+//! (`SMR_PACKAGE_BIN_DIR=<release dir> SMR_PACKAGE_PROFILE=release` runs this suite on them).
 //! The base root is made once by debootstrap (network to a Debian mirror, `$SMR_DEBIAN_MIRROR`,
 //! default deb.debian.org) and cached as a tarball in /var/cache/smr-test/; every run extracts a
 //! fresh copy. Needs root (chroot, mount). Everything the test starts or mounts is recorded and
@@ -321,19 +323,27 @@ fn prepared() -> anyhow::Result<&'static Prepared> {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_smrmgr"))
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
-    common::smrctl_bin();
+    // `SMR_PACKAGE_BIN_DIR=DIR SMR_PACKAGE_PROFILE=release` runs the suite on other binaries,
+    // e.g. the static release build (target/x86_64-unknown-linux-gnu/release).
+    let bin_dir = match std::env::var_os("SMR_PACKAGE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            common::smrctl_bin();
+            Path::new(env!("CARGO_BIN_EXE_smrmgr"))
+                .parent()
+                .expect("bin dir")
+                .to_path_buf()
+        }
+    };
+    let profile = std::env::var("SMR_PACKAGE_PROFILE").unwrap_or_else(|_| "debug".into());
     let t = Instant::now();
     let built = run(Command::new(workspace().join("packaging/build.sh"))
-        .args(["--profile", "debug", "--bin-dir"])
+        .args(["--profile", &profile, "--bin-dir"])
         .arg(&bin_dir)
         .arg(&out))?;
     print!("{built}");
     let build_time = t.elapsed();
-    let version = run(Command::new(env!("CARGO_BIN_EXE_smrmgr")).arg("--version"))?;
+    let version = run(Command::new(bin_dir.join("smrmgr")).arg("--version"))?;
     let version = version
         .split_whitespace()
         .nth(1)
