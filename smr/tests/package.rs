@@ -330,7 +330,8 @@ fn prepared() -> anyhow::Result<&'static Prepared> {
     // `SMR_PACKAGE_BIN_DIR=DIR SMR_PACKAGE_PROFILE=release` runs the suite on other binaries,
     // e.g. the static release build (target/x86_64-unknown-linux-gnu/release).
     let bin_dir = match std::env::var_os("SMR_PACKAGE_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
+        // Relative to the workspace (a test runs in its package directory).
+        Some(dir) => workspace().join(dir),
         None => {
             common::smrctl_bin();
             Path::new(env!("CARGO_BIN_EXE_smrmgr"))
