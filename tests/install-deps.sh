@@ -28,6 +28,12 @@ declare -A PKGS=(
   [openssh-server]=/usr/sbin/sshd
   [etcd-server]=etcd
   [docker-registry]=docker-registry
+  # packaging/build.sh and its test (smr/tests/package.rs): dpkg-shlibdeps, strip/objdump, file,
+  # and a bookworm root without a toolchain to install the .deb into.
+  [dpkg-dev]=dpkg-shlibdeps
+  [binutils]=strip
+  [file]=file
+  [debootstrap]=debootstrap
 )
 
 installed() {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use api_types::client::{Client, ClientError, Context};
 use api_types::now_ms;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use smr_core::definitions::{self, ObjectKey};
 use smr_core::state::{GitopsState, Outcome, StoredObject};
 use smrctl::output::{self, Format};
@@ -171,6 +171,8 @@ enum Cmd {
     },
     /// Print the API's OpenAPI document.
     Openapi,
+    /// Print the shell completion script (e.g. `source <(smrctl completion bash)`).
+    Completion { shell: smrctl::completion::Shell },
 }
 
 #[derive(Subcommand)]
@@ -361,6 +363,9 @@ async fn get_addressed(
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Cmd::Completion { shell } => {
+            smrctl::completion::generate(shell, &mut Cli::command(), &mut std::io::stdout())
+        }
         Cmd::Apply {
             mut paths,
             files,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use agent::client::{Client, Context};
 use agent::daemon::{self, AgentConfig, NodeFile};
 use anyhow::{Context as _, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
@@ -73,6 +73,8 @@ enum Cmd {
         #[command(flatten)]
         data: DataDir,
     },
+    /// Print the shell completion script (e.g. `source <(smrmgr completion bash)`).
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Args, Clone)]
@@ -125,6 +127,10 @@ fn main() -> ExitCode {
         Cmd::Leave { data } => leave(&data.data_dir),
         Cmd::ServiceInstall(args) => service_install(args),
         Cmd::RotateKey { data } => rotate_key(&data.data_dir),
+        Cmd::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "smrmgr", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
