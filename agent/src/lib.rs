@@ -10,11 +10,13 @@
 //! - [`node`]: the typed actions behind the API, with forwarding to the leader; fails with
 //!   [`node::NodeError`], which [`api::error`] alone maps to HTTP.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
+//! - [`metrics`]: Prometheus metrics (`--metrics-addr`, `GET /metrics` on the API).
 //! - [`daemon`]: wires the parts into a running node.
 
 pub mod api;
 pub mod controller;
 pub mod daemon;
+pub mod metrics;
 pub mod node;
 pub mod node_plan;
 pub mod runtime;

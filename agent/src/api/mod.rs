@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/internal/propose"),
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
+    ("get", "/metrics"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -109,6 +110,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/gitops", get(gitops::list))
         .route("/api/v1/gitops/{group}/{name}", get(gitops::describe))
         .route("/api/v1/gitops/{group}/{name}/sync", post(gitops::sync))
+        .route("/metrics", get(crate::metrics::api_handler))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
@@ -121,6 +123,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(authenticated)
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(middleware::from_fn(crate::metrics::api_request))
         // Outermost first: a method a route does not serve is refused before authentication.
         .layer(middleware::from_fn(allowed_methods))
         .layer(middleware::map_response(json_errors))

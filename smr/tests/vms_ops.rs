@@ -1,0 +1,258 @@
+//! Day-2 operations on emulated VMs (issue 16): a real Prometheus scraping a 3-node cluster.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use agent::client::Client;
+use agent::definitions;
+use anyhow::Context as _;
+use common::eventually;
+use common::vms::{VmCluster, all_ready};
+
+const IMAGE: &str = "smr/busybox";
+const TAG: &str = "local";
+
+fn busybox(replicas: u32) -> String {
+    format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: busybox\n  name: busybox\nspec:\n  image: {IMAGE}\n  tag: {TAG}\n  replicas: {replicas}\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n"
+    )
+}
+
+async fn apply(client: &Client, yaml: &str) -> anyhow::Result<()> {
+    client
+        .apply(&definitions::parse_str("test.yaml", yaml)?, false, None)
+        .await?;
+    Ok(())
+}
+
+/// Starts every VM's agent with its metrics on the VM's address (reachable from the host).
+async fn start_with_metrics(cluster: &mut VmCluster, extra: &[&str]) -> anyhow::Result<()> {
+    for i in 0..cluster.agents.len() {
+        let addr = format!("{}:9213", cluster.vm(i).ip);
+        let mut args = vec!["--metrics-addr", addr.as_str()];
+        args.extend_from_slice(extra);
+        cluster.start_agent(i, (i > 0).then_some(0), &args).await?;
+    }
+    Ok(())
+}
+
+/// A Prometheus server on loopback, killed by its pid when dropped (every exit path).
+struct Prometheus {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, targets: &[String]) -> anyhow::Result<Prometheus> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: smr\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )?;
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(dir.join("prometheus.err"))?)
+            .spawn()
+            .context("starting prometheus (Debian package `prometheus`; tests/install-deps.sh)")?;
+        Ok(Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        })
+    }
+
+    /// The result vector of an instant query: (labels, value) per series.
+    async fn query(&self, promql: &str) -> anyhow::Result<Vec<(serde_json::Value, f64)>> {
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/query?query={}",
+                self.url,
+                encode(promql)
+            ))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        anyhow::ensure!(body["status"] == "success", "{promql}: {body}");
+        let result = body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        result
+            .into_iter()
+            .map(|r| {
+                let value = r["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .context("sample value")?;
+                Ok((r["metric"].clone(), value))
+            })
+            .collect()
+    }
+
+    /// Polls `promql` until `check` accepts its result.
+    async fn until(
+        &self,
+        promql: &str,
+        check: impl Fn(&[(serde_json::Value, f64)]) -> bool,
+    ) -> anyhow::Result<Vec<(serde_json::Value, f64)>> {
+        eventually(promql, Duration::from_secs(60), || async {
+            let result = self.query(promql).await.ok()?;
+            check(&result).then_some(result)
+        })
+        .await
+    }
+}
+
+/// Percent-encodes a query parameter value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_scrapes_replica_and_raft_series_of_three_nodes() -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    start_with_metrics(&mut cluster, &[]).await?;
+    let client = cluster.client(0);
+    let result = scrape(&cluster, &client).await;
+    if result.is_err() {
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn scrape(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
+    apply(client, &busybox(3)).await?;
+    all_ready(client, 3, Duration::from_secs(90)).await?;
+
+    let dir = tempfile::tempdir()?;
+    let targets: Vec<String> = (0..3)
+        .map(|i| format!("{}:9213", cluster.vm(i).ip))
+        .collect();
+    let prometheus = Prometheus::start(dir.path(), &targets)?;
+    let checked = async {
+        prometheus
+            .until("up{job=\"smr\"}", |r| {
+                r.len() == 3 && r.iter().all(|(_, v)| *v == 1.0)
+            })
+            .await?;
+        // Raft: one leader, every node has applied entries in the same term.
+        prometheus
+            .until("smr_store_role{role=\"leader\"} == 1", |r| r.len() == 1)
+            .await?;
+        prometheus
+            .until("smr_store_applied_index > 0", |r| r.len() == 3)
+            .await?;
+        let terms = prometheus.until("smr_store_term", |r| r.len() == 3).await?;
+        anyhow::ensure!(
+            terms.iter().all(|(_, t)| *t == terms[0].1 && *t >= 1.0),
+            "terms differ: {terms:?}"
+        );
+        prometheus
+            .until("smr_store_commit_index >= smr_store_applied_index", |r| {
+                r.len() == 3
+            })
+            .await?;
+        prometheus
+            .until("smr_store_proposal_duration_seconds_count", |r| {
+                r.iter().any(|(_, v)| *v > 0.0)
+            })
+            .await?;
+        // Replicas: every node sees the 3 running replicas, one per node.
+        let running = prometheus
+            .until("max by (node) (smr_replicas{phase=\"running\"})", |r| {
+                r.len() == 3 && r.iter().all(|(_, v)| *v == 1.0)
+            })
+            .await?;
+        let mut nodes: Vec<String> = running
+            .iter()
+            .filter_map(|(m, _)| m["node"].as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        anyhow::ensure!(
+            nodes == ["smr-agent-1", "smr-agent-2", "smr-agent-3"],
+            "{nodes:?}"
+        );
+        prometheus
+            .until("sum by (instance) (smr_replicas_ready)", |r| {
+                r.len() == 3 && r.iter().all(|(_, v)| *v == 3.0)
+            })
+            .await?;
+        prometheus
+            .until("smr_reconcile_pass_duration_seconds_count > 0", |r| {
+                r.len() == 3
+            })
+            .await?;
+        prometheus
+            .until(
+                "smr_api_requests_total{route=\"/api/v1/objects\",method=\"POST\",code=\"200\"}",
+                |r| !r.is_empty(),
+            )
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if checked.is_err() {
+        println!(
+            "prometheus log:\n{}",
+            std::fs::read_to_string(&prometheus.log).unwrap_or_default()
+        );
+    }
+    checked?;
+
+    // The same text on the API, with a client certificate only.
+    let ctx = common::vms::api_context(cluster.vm(1))?;
+    let identity = agent::pki::Identity::new(ctx.cert_pem, ctx.key_pem, ctx.ca_pem.clone())?;
+    let url = format!("{}/metrics", ctx.api_url);
+    let with_cert =
+        agent::pki::reqwest_client(&ctx.ca_pem, Some(&identity), Duration::from_secs(10))?;
+    let text = with_cert
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    anyhow::ensure!(text.contains("smr_store_term "), "{text}");
+    anyhow::ensure!(text.ends_with("# EOF\n"), "not OpenMetrics: {text}");
+    let anonymous = agent::pki::reqwest_client(&ctx.ca_pem, None, Duration::from_secs(10))?;
+    let status = anonymous.get(&url).send().await?.status();
+    anyhow::ensure!(status == 401, "/metrics without a certificate: {status}");
+    Ok(())
+}
