@@ -22,6 +22,7 @@ use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
 use crate::store::{RaftPeer, ServerState, Store, WriteError};
 
+pub mod availability;
 mod error;
 mod members;
 mod replica;

@@ -256,3 +256,147 @@ async fn scrape(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
     anyhow::ensure!(status == 401, "/metrics without a certificate: {status}");
     Ok(())
 }
+
+/// Running busybox replicas per VM, from each VM's own Docker engine.
+fn running_per_vm(cluster: &VmCluster) -> anyhow::Result<Vec<usize>> {
+    (0..cluster.agents.len())
+        .map(|i| {
+            let names = cluster.vm(i).docker_ok(&["ps", "--format", "{{.Names}}"])?;
+            Ok(names
+                .lines()
+                .filter(|n| n.starts_with("busybox-busybox-"))
+                .count())
+        })
+        .collect()
+}
+
+fn smrctl(cluster: &VmCluster, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = cluster.smrctl_on(0);
+    cmd.args(args);
+    common::run(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_moves_replicas_new_before_old_and_cordon_holds_until_uncordon() -> anyhow::Result<()>
+{
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = drain(&cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn drain(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
+    const REPLICAS: usize = 6;
+    apply(client, &busybox(REPLICAS as u32)).await?;
+    all_ready(client, REPLICAS, Duration::from_secs(120)).await?;
+    let before = running_per_vm(cluster)?;
+    anyhow::ensure!(before[1] == 2, "node 2 runs 2 replicas: {before:?}");
+
+    // Cordon and uncordon by id: recorded and shown, nothing moves.
+    let out = smrctl(cluster, &["cordon", "3"])?;
+    anyhow::ensure!(out.contains("smr-agent-3: cordoned"), "{out}");
+    let nodes = smrctl(cluster, &["nodes"])?;
+    anyhow::ensure!(
+        nodes
+            .lines()
+            .any(|l| l.contains("smr-agent-3") && l.contains("cordoned")),
+        "{nodes}"
+    );
+    smrctl(cluster, &["uncordon", "smr-agent-3"])?;
+    let missing = common::output({
+        let mut cmd = cluster.smrctl_on(0);
+        cmd.args(["drain", "no-such-node"]);
+        cmd
+    });
+    anyhow::ensure!(missing.status.code() == Some(4), "{missing:?}");
+
+    // Watch every engine while node 2 drains: the running replicas never drop below
+    // REPLICAS (each new one is ready before the old one stops), and the API never shows fewer
+    // than REPLICAS - 1 ready.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let client = client.clone();
+        let vms: Vec<_> = (0..3).map(|i| cluster.vm(i).clone()).collect();
+        tokio::spawn(async move {
+            let (mut min_running, mut min_ready, mut samples) = (usize::MAX, usize::MAX, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let running: usize = vms
+                    .iter()
+                    .map(|vm| {
+                        vm.docker_ok(&["ps", "--format", "{{.Names}}"])
+                            .map(|o| o.lines().filter(|n| n.starts_with("busybox-")).count())
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                min_running = min_running.min(running);
+                if let Ok(replicas) = client.replicas(None).await {
+                    min_ready = min_ready.min(replicas.iter().filter(|r| r.ready).count());
+                }
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (min_running, min_ready, samples)
+        })
+    };
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = cluster.smrctl_on(0);
+        cmd.args(["drain", "smr-agent-2", "--timeout", "3m"]);
+        move || common::run(cmd)
+    })
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (min_running, min_ready, samples) = watcher.await?;
+    let out = out?;
+    println!("{out}");
+    println!("drain: {samples} samples, min running {min_running}, min ready {min_ready}");
+    anyhow::ensure!(out.contains("smr-agent-2: drained"), "{out}");
+    anyhow::ensure!(samples >= 5, "too few samples ({samples})");
+    anyhow::ensure!(min_running >= REPLICAS, "running dropped to {min_running}");
+    anyhow::ensure!(min_ready + 1 >= REPLICAS, "ready dropped to {min_ready}");
+
+    // The node is empty; its engine runs none.
+    eventually(
+        "node 2's engine to run no replica",
+        Duration::from_secs(30),
+        || async {
+            let running = running_per_vm(cluster).ok()?;
+            (running[1] == 0).then_some(())
+        },
+    )
+    .await?;
+    let replicas = all_ready(client, REPLICAS, Duration::from_secs(60)).await?;
+    anyhow::ensure!(replicas.iter().all(|r| r.node != 2), "{replicas:?}");
+    let node2 = client
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id == 2)
+        .context("node 2")?;
+    anyhow::ensure!(node2.replicas == 0, "{node2:?}");
+    anyhow::ensure!(
+        node2.availability == agent::scheduler::Availability::Draining,
+        "{node2:?}"
+    );
+
+    // Nothing is placed there until uncordon: a scale up goes to the other nodes.
+    apply(client, &busybox(9)).await?;
+    let replicas = all_ready(client, 9, Duration::from_secs(120)).await?;
+    anyhow::ensure!(replicas.iter().all(|r| r.node != 2), "{replicas:?}");
+    smrctl(cluster, &["uncordon", "smr-agent-2"])?;
+    apply(client, &busybox(12)).await?;
+    let replicas = all_ready(client, 12, Duration::from_secs(120)).await?;
+    let on_2 = replicas.iter().filter(|r| r.node == 2).count();
+    anyhow::ensure!(
+        on_2 == 3,
+        "after uncordon node 2 takes the new replicas: {on_2}"
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! smrctl talks to the cluster only through the REST API: it links `api-types` and `smr-core`,
 //! never the agent (no Raft, redb, Docker, axum or etcd client in this binary).
 
+pub mod drain;
 pub mod exec;
 pub mod output;
 pub mod rollout;

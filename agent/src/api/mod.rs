@@ -5,6 +5,7 @@
 //! its HMAC signature) needs a client certificate signed by the cluster CA; the `internal/*` routes
 //! need a node certificate. Credentials stored in objects are never returned.
 
+mod availability;
 pub mod error;
 pub mod gitops;
 pub mod serve;
@@ -52,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/nodes"),
     ("delete", "/api/v1/nodes/{id}"),
     ("post", "/api/v1/nodes/{id}/rotate-key"),
+    ("put", "/api/v1/nodes/{id}/availability"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/objects"),
     ("post", "/api/v1/objects"),
@@ -92,6 +94,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", delete(remove_node))
         .route("/api/v1/nodes/{id}/rotate-key", post(rotate_key))
+        .route(
+            "/api/v1/nodes/{id}/availability",
+            axum::routing::put(availability::set),
+        )
         .route("/api/v1/tokens", post(new_token))
         .route("/api/v1/objects", get(list_all).post(apply))
         .route("/api/v1/objects/delete", post(delete_many))

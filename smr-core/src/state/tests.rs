@@ -425,6 +425,7 @@ fn placement(nodes: &[u64]) -> Placement {
                 node: *n,
                 generation: 1,
                 surge: false,
+                previous: None,
             },
         );
     }
