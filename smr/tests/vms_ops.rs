@@ -400,3 +400,108 @@ async fn drain(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `id StartedAt` of each running busybox replica of VM `i`, by name.
+fn containers(cluster: &VmCluster, i: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let vm = cluster.vm(i);
+    let names = vm.docker_ok(&["ps", "--format", "{{.Names}}"])?;
+    let mut out = Vec::new();
+    for name in names.lines().filter(|n| n.starts_with("busybox-busybox-")) {
+        let info = vm.docker_ok(&["inspect", "-f", "{{.Id}} {{.State.StartedAt}}", name])?;
+        out.push((name.to_string(), info.trim().to_string()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The reconcile passes node `i`'s agent made, from its `/metrics` on the API.
+async fn reconcile_passes(cluster: &VmCluster, i: usize) -> Option<u64> {
+    let ctx = common::vms::api_context(cluster.vm(i)).ok()?;
+    let identity = agent::pki::Identity::new(ctx.cert_pem, ctx.key_pem, ctx.ca_pem.clone()).ok()?;
+    let http =
+        agent::pki::reqwest_client(&ctx.ca_pem, Some(&identity), Duration::from_secs(5)).ok()?;
+    let text = http
+        .get(format!("{}/metrics", ctx.api_url))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("smr_reconcile_pass_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_replaced_by_a_new_build_and_restarted_keeps_its_containers() -> anyhow::Result<()>
+{
+    let Some(mut cluster) = VmCluster::start(2)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = upgrade(&mut cluster, &client).await;
+    if result.is_err() {
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn upgrade(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
+    apply(client, &busybox(2)).await?;
+    all_ready(client, 2, Duration::from_secs(120)).await?;
+    let before = containers(cluster, 1)?;
+    anyhow::ensure!(before.len() == 1, "VM 2 runs one replica: {before:?}");
+
+    // The agent is stopped and its binary replaced (a copy of this build stands in for the new
+    // one: a different file at another path); the container keeps running meanwhile.
+    cluster.stop_agent(1)?;
+    anyhow::ensure!(
+        containers(cluster, 1)? == before,
+        "stopping the agent touched containers"
+    );
+    let vm = cluster.vm(1).clone();
+    let new_build = vm.dir.join("smrmgr-new");
+    std::fs::copy(env!("CARGO_BIN_EXE_smrmgr"), &new_build)?;
+    let mut cmd = vm.cmd(&new_build);
+    cmd.env("HOME", &vm.dir)
+        .env("SMR_LOG", "info,openraft=warn,hickory_server=warn")
+        .args([
+            "start",
+            "--foreground",
+            "--docker-host",
+            &vm.docker_host,
+            "--data-dir",
+        ])
+        .arg(common::vms::data_dir(&vm));
+    let _ = std::fs::remove_file(common::vms::data_dir(&vm).join("admin.context"));
+    let spawned = vm.spawn("agent-2-new-build", cmd)?;
+    cluster.agents[1] = Some(spawned.pid);
+
+    // Once the new agent has reconciled a few times, the same container runs, never restarted.
+    eventually(
+        "the new agent's reconciler to make 3 passes",
+        Duration::from_secs(60),
+        || async { reconcile_passes(cluster, 1).await.filter(|n| *n >= 3) },
+    )
+    .await?;
+    let replicas = all_ready(client, 2, Duration::from_secs(60)).await?;
+    anyhow::ensure!(
+        containers(cluster, 1)? == before,
+        "containers changed: {before:?}"
+    );
+    let on_2: Vec<_> = replicas.iter().filter(|r| r.node == 2).collect();
+    anyhow::ensure!(
+        on_2.len() == 1 && on_2[0].restarts == 0,
+        "node 2 reports its replica: {on_2:?}"
+    );
+    anyhow::ensure!(
+        on_2[0]
+            .container_id
+            .as_deref()
+            .is_some_and(|id| before[0].1.starts_with(id)),
+        "the reported container is the one from before: {on_2:?} vs {before:?}"
+    );
+    Ok(())
+}
