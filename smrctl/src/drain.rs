@@ -105,3 +105,53 @@ pub async fn drain(client: &Client, arg: &str, timeout: Duration) -> Result<(), 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, name: &str, replicas: u32) -> NodeView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "host": name, "domain": name, "ip": "10.0.0.1",
+            "api": "10.0.0.1:1443", "raft": "10.0.0.1:9212", "role": "voter", "leader": false,
+            "health": "healthy", "joined_ms": 0, "replicas": replicas,
+        }))
+        .expect("node view")
+    }
+
+    fn replica(name: &str, node: u64) -> ReplicaView {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "object": "containers/g/n", "index": 1, "node": node,
+            "node_name": "", "state": "running", "ready": true, "image": "i", "restarts": 0,
+        }))
+        .expect("replica view")
+    }
+
+    #[test]
+    fn a_node_is_named_by_name_or_id() {
+        let nodes = vec![node(1, "a", 0), node(2, "7", 0), node(7, "b", 0)];
+        assert_eq!(resolve(&nodes, "a").map(|n| n.id), Ok(1));
+        assert_eq!(resolve(&nodes, "7").map(|n| n.id), Ok(2), "a name first");
+        assert_eq!(resolve(&nodes, "1").map(|n| n.id), Ok(1));
+        assert_eq!(
+            resolve(&nodes, "zz").map(|n| n.id),
+            Err("no node \"zz\" (nodes: 1 a, 2 7, 7 b)".into())
+        );
+    }
+
+    #[test]
+    fn progress_names_what_is_left_and_what_is_moving() {
+        let n = node(2, "vm2", 3);
+        let replicas = vec![
+            replica("g-n-3", 2),
+            replica("g-n-1", 2),
+            replica("g-n-2", 1),
+        ];
+        assert_eq!(
+            progress(&n, &replicas),
+            "vm2: 3 replica(s) left (to move: g-n-1, g-n-3); 1 moved, old container running \
+             until the new one is ready"
+        );
+        assert_eq!(progress(&node(2, "vm2", 0), &[]), "vm2: 0 replica(s) left");
+    }
+}
