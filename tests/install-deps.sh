@@ -34,6 +34,7 @@ declare -A PKGS=(
   [binutils]=strip
   [file]=file
   [debootstrap]=debootstrap
+  [prometheus]=prometheus
 )
 
 installed() {
@@ -62,11 +63,11 @@ if [[ $(id -u) != 0 ]]; then SUDO=sudo; fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-# Servers the suites start themselves, on their own ports (etcd, sshd, a registry): installed without
+# Servers the suites start themselves, on their own ports (etcd, sshd, a registry, Prometheus): installed without
 # starting their system services, so running the tests leaves no daemon behind.
 quiet=() rest=()
 for pkg in "${missing[@]}"; do
-  case $pkg in etcd-server | openssh-server | docker-registry) quiet+=("$pkg") ;; *) rest+=("$pkg") ;; esac
+  case $pkg in etcd-server | openssh-server | docker-registry | prometheus) quiet+=("$pkg") ;; *) rest+=("$pkg") ;; esac
 done
 if ((${#rest[@]})); then
   $SUDO apt-get install -y --no-install-recommends "${rest[@]}"

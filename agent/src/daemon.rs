@@ -73,6 +73,8 @@ pub struct AgentConfig {
     /// The `smrmgr start` settings this node runs with, kept in `node.json` (`start`) so that a
     /// restart uses them; the agent only stores them.
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Where to serve Prometheus metrics in plain HTTP (`--metrics-addr`; `None`: off).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// `smrmgr start --store etcd://...` and its TLS files; kept in `node.json` for restarts.
@@ -272,6 +274,10 @@ pub async fn run(
     // Bind first: a port in use is reported before anything is written.
     let api_listener = bind(config.ip, config.api_port).await?;
     let raft_listener = bind(config.ip, config.raft_port).await?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
 
     // The WireGuard key pair is made here, whatever the backend: a joining node learns the
     // cluster's backend only after it joined, and its public key goes with the join request.
@@ -441,6 +447,8 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
+    let metrics = metrics_listener
+        .map(|l| tokio::spawn(crate::metrics::serve(l, node.clone(), stop_rx.clone())));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
 
     crate::shutdown::stopped(&mut shutdown).await;
@@ -451,6 +459,9 @@ pub async fn run(
     }
     let _ = loops.await;
     let _ = labels.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = api_server.await;
     let _ = raft_server.await;
     store.shutdown().await;

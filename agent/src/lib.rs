@@ -12,11 +12,13 @@
 //! - [`controllers`]: the loops that run the pure planners and apply their decisions.
 //! - [`views`]: read-only views of the state (API answers, DNS records).
 //! - [`shutdown`]: the shutdown flag every task watches.
+//! - [`metrics`]: Prometheus metrics (`--metrics-addr`, `GET /metrics` on the API).
 //! - [`daemon`]: wires the parts into a running node.
 
 pub mod api;
 pub mod controllers;
 pub mod daemon;
+pub mod metrics;
 pub mod node;
 pub mod runtime;
 pub mod shutdown;

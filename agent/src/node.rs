@@ -25,6 +25,7 @@ use api_types::types::{
 };
 use tokio::sync::watch;
 
+pub mod availability;
 mod error;
 mod members;
 mod objects;
@@ -118,6 +119,16 @@ impl Node {
     /// Whether this node leads the cluster now.
     pub fn is_leader(&self) -> bool {
         self.store.status().state == ServerState::Leader
+    }
+
+    /// The store's role, term, indexes and members, as this node sees them.
+    pub fn store_status(&self) -> crate::store::StoreStatus {
+        self.store.status()
+    }
+
+    /// The index a quorum holds (the leader's commit index), where the store knows it.
+    pub fn commit_index(&self) -> Option<u64> {
+        self.store.commit_index()
     }
 
     /// Whether the store is this cluster's own Raft (not etcd).

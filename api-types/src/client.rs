@@ -273,6 +273,27 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Cordons, drains or uncordons (`Active`) node `id`.
+    pub async fn set_availability(
+        &self,
+        id: u64,
+        availability: smr_core::scheduler::Availability,
+    ) -> Result<(), ClientError> {
+        let body = crate::types::AvailabilityRequest {
+            availability,
+            op_id: Some(crate::state::new_op_id()),
+        };
+        let body = serde_json::to_value(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request_with::<Option<()>>(
+            Method::PUT,
+            &format!("nodes/{id}/availability"),
+            Payload::Json(body),
+            Replay::Safe,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Makes node `id` replace its WireGuard key (`smrmgr rotate-key`).
     pub async fn rotate_key(&self, id: u64) -> Result<RotateKeyResponse, ClientError> {
         self.request(

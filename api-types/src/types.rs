@@ -99,6 +99,21 @@ pub struct NodeView {
     /// node's device reports it (absent for the answering node itself and on other backends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WgPeerView>,
+    /// `active`, `cordoned` (no new replicas) or `draining` (its replicas move away).
+    #[serde(default)]
+    pub availability: smr_core::scheduler::Availability,
+    /// Replicas placed on the node, those still moving off it and those it still runs.
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+/// `PUT /api/v1/nodes/{id}/availability`: cordon, drain or uncordon (`active`) a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityRequest {
+    pub availability: smr_core::scheduler::Availability,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
 }
 
 /// One WireGuard peer as the answering node's device sees it.

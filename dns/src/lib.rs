@@ -10,12 +10,14 @@
 //! - [`resolv`]: reading upstreams from `resolv.conf`.
 //! - `zone`: the hickory zone handlers (authoritative `private.`, forwarding `.`).
 //! - `server`: sockets, start, swap and shutdown.
+//! - [`stats`]: answers counted by response code ([`stats::query_counts`]).
 //! - [`answer_packet`]: one request answered in process, as the server would (fuzzing, tests).
 
 mod packet;
 pub mod records;
 pub mod resolv;
 mod server;
+pub mod stats;
 mod zone;
 
 use std::net::SocketAddr;

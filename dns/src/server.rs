@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::DnsError;
 use crate::records::{RecordSet, ZONE};
+use crate::stats::Counted;
 use crate::zone::{ForwardZone, PrivateZone, Shared};
 
 /// Idle time after which a TCP client connection is closed.
@@ -98,7 +99,7 @@ impl DnsServer {
             );
         }
 
-        let mut server = Server::new(catalog);
+        let mut server = Server::new(Counted(catalog));
         for (udp, tcp, _) in sockets {
             server.register_socket(udp);
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
@@ -114,7 +115,7 @@ impl DnsServer {
 
 /// A running server. Dropping it aborts the server's tasks.
 pub struct DnsHandle {
-    server: Server<Catalog>,
+    server: Server<Counted<Catalog>>,
     shared: Arc<Shared>,
     local_addrs: Vec<SocketAddr>,
 }

@@ -75,7 +75,9 @@ impl Node {
         .arg(self.ip.to_string())
         .arg("--data-dir")
         .arg(&self.data_dir)
-        .args(["--backend", "none", "--no-workloads"]);
+        .args(["--backend", "none", "--no-workloads"])
+        .arg("--metrics-addr")
+        .arg(format!("{}:9213", self.ip));
         self.run(cmd)
     }
 

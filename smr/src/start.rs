@@ -26,6 +26,7 @@ pub const MUTABLE: &[&str] = &[
     "iface",
     "node_timeout",
     "wg_port",
+    "metrics_addr",
     "etcd_cacert",
     "etcd_cert",
     "etcd_key",
@@ -121,6 +122,14 @@ pub struct StartSettings {
     /// Prefix of this cluster's keys in etcd [default: /smr/].
     #[arg(long = "etcd-prefix")]
     pub etcd_prefix: Option<String>,
+    /// Serve Prometheus metrics in plain HTTP at http://ADDR/metrics: IP:PORT, or `off`
+    /// [default: 127.0.0.1:9213].
+    #[arg(long = "metrics-addr", value_name = "ADDR", value_parser = check_metrics_addr)]
+    pub metrics_addr: Option<String>,
+}
+
+fn check_metrics_addr(s: &str) -> Result<String, String> {
+    agent::metrics::parse_addr(s).map(|_| s.to_string())
 }
 
 fn parse_label(s: &str) -> Result<String, String> {
@@ -250,6 +259,8 @@ impl StartSettings {
         // (wireguard), a joining node the cluster's.
         self.wg_port.get_or_insert(overlay::wireguard::WG_PORT);
         self.node_timeout.get_or_insert(DEFAULT_NODE_TIMEOUT.into());
+        self.metrics_addr
+            .get_or_insert(agent::metrics::DEFAULT_ADDR.into());
         if self.store.is_some() {
             self.etcd_prefix.get_or_insert(DEFAULT_ETCD_PREFIX.into());
         }

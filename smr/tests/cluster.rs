@@ -218,6 +218,8 @@ fn refused_join_with(cluster: &Cluster, token: &str, extra: &[&str]) -> String {
         "0",
         "--raft-port",
         "0",
+        "--metrics-addr",
+        "off",
         "-j",
     ])
     .arg(cluster.nodes[0].api())

@@ -6,6 +6,7 @@
 
 pub mod completion;
 pub mod contexts;
+pub mod drain;
 pub mod edit;
 pub mod exec;
 pub mod output;

@@ -11,6 +11,7 @@ use api_types::client::{Client, ClientError, Context};
 use api_types::now_ms;
 use clap::{CommandFactory, Parser, Subcommand};
 use smr_core::definitions::{self, ObjectKey};
+use smr_core::scheduler::Availability;
 use smr_core::state::{GitopsState, Outcome, StoredObject};
 use smrctl::output::{self, Format};
 use smrctl::source::Source;
@@ -99,7 +100,8 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Nodes of the cluster: role, leader, address, health; `-o wide` adds subnet, backend, VTEP
+    /// Nodes of the cluster: role, leader, address, health, scheduling (active, cordoned,
+    /// draining) and replicas held; `-o wide` adds subnet, backend, VTEP
     /// MAC, public address, WireGuard port and the answering node's WireGuard session with each
     /// peer (last handshake, bytes received and sent).
     Nodes {
@@ -163,6 +165,18 @@ enum Cmd {
     },
     /// Remove a node from the cluster by id.
     RemoveNode { id: u64 },
+    /// Take a node (id or name) out of scheduling: it keeps its replicas and gets no new ones.
+    Cordon { node: String },
+    /// Let a cordoned or drained node (id or name) take new replicas again.
+    Uncordon { node: String },
+    /// Cordon a node (id or name), then move its replicas to other nodes one batch at a time
+    /// (the rolling-update limits), each new replica ready before the old one stops; prints
+    /// progress and returns once the node holds no replica (exit 8 after --timeout).
+    Drain {
+        node: String,
+        #[arg(long, default_value = "5m", value_parser = definitions::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Contexts (API address and credentials): which is used (default), list, use, import,
     /// export.
     Context {
@@ -264,6 +278,10 @@ fn main() -> ExitCode {
             eprintln!("smrctl: {e}");
             ExitCode::from(3)
         }
+        Err(Failure::NotFound(e)) => {
+            eprintln!("smrctl: {e}");
+            ExitCode::from(4)
+        }
         Err(Failure::NotReady(e)) => {
             eprintln!("smrctl: {e}");
             ExitCode::from(smrctl::rollout::NOT_READY_EXIT)
@@ -280,12 +298,25 @@ enum Failure {
     Input(String),
     /// The rollout was not ready in time.
     NotReady(String),
+    /// A command line naming what does not exist (exit 4).
+    NotFound(String),
     Other(anyhow::Error),
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         Failure::Client(e)
+    }
+}
+
+impl From<smrctl::drain::DrainError> for Failure {
+    fn from(e: smrctl::drain::DrainError) -> Self {
+        use smrctl::drain::DrainError;
+        match e {
+            DrainError::Client(e) => Failure::Client(e),
+            DrainError::NoSuchNode(e) => Failure::NotFound(e),
+            DrainError::Timeout(e) => Failure::NotReady(e),
+        }
     }
 }
 
@@ -562,6 +593,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 n.ip.clone(),
                                 n.api.clone(),
                                 n.health.clone(),
+                                n.availability.to_string(),
+                                n.replicas.to_string(),
                                 output::age(n.joined_ms, now),
                             ];
                             if wide {
@@ -588,7 +621,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             row
                         })
                         .collect();
-                    let mut header = vec!["ID", "NAME", "ROLE", "IP", "API", "HEALTH", "AGE"];
+                    let mut header = vec![
+                        "ID",
+                        "NAME",
+                        "ROLE",
+                        "IP",
+                        "API",
+                        "HEALTH",
+                        "SCHEDULING",
+                        "REPLICAS",
+                        "AGE",
+                    ];
                     if wide {
                         header.extend([
                             "SUBNET",
@@ -736,6 +779,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let client = connect(cli.context)?;
             client.remove_node(id).await?;
             println!("node {id} removed");
+        }
+        Cmd::Cordon { node } => {
+            let client = connect(cli.context)?;
+            let n = smrctl::drain::set(&client, &node, Availability::Cordoned).await?;
+            println!("{}: cordoned (no new replicas)", n.name);
+        }
+        Cmd::Uncordon { node } => {
+            let client = connect(cli.context)?;
+            let n = smrctl::drain::set(&client, &node, Availability::Active).await?;
+            println!("{}: active (takes new replicas)", n.name);
+        }
+        Cmd::Drain { node, timeout } => {
+            let client = connect(cli.context)?;
+            smrctl::drain::drain(&client, &node, timeout).await?;
         }
         Cmd::Context { action } => context(cli.context, action)?,
         Cmd::Openapi => {

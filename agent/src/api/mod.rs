@@ -5,6 +5,7 @@
 //! its HMAC signature) needs a client certificate signed by the cluster CA; the `internal/*` routes
 //! need a node certificate. Credentials stored in objects are never returned.
 
+mod availability;
 pub mod error;
 pub mod serve;
 pub mod stream;
@@ -52,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/nodes"),
     ("delete", "/api/v1/nodes/{id}"),
     ("post", "/api/v1/nodes/{id}/rotate-key"),
+    ("put", "/api/v1/nodes/{id}/availability"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/objects"),
     ("post", "/api/v1/objects"),
@@ -73,6 +75,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/internal/propose"),
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
+    ("get", "/metrics"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -91,6 +94,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", delete(remove_node))
         .route("/api/v1/nodes/{id}/rotate-key", post(rotate_key))
+        .route(
+            "/api/v1/nodes/{id}/availability",
+            axum::routing::put(availability::set),
+        )
         .route("/api/v1/tokens", post(new_token))
         .route("/api/v1/objects", get(list_all).post(apply))
         .route("/api/v1/objects/delete", post(delete_many))
@@ -112,6 +119,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/v1/gitops/{group}/{name}/sync",
             post(sync_routes::sync),
         )
+        .route("/metrics", get(crate::metrics::api_handler))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
@@ -124,6 +132,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(authenticated)
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(middleware::from_fn(crate::metrics::api_request))
         // Outermost first: a method a route does not serve is refused before authentication.
         .layer(middleware::from_fn(allowed_methods))
         .layer(middleware::map_response(json_errors))

@@ -132,5 +132,6 @@ async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bo
         files_dir: cfg.files_dir.clone(),
         stop_grace: Duration::from_secs(10),
     };
+    let runtime = crate::metrics::runtime::Metered(runtime);
     replicas::run(node, Arc::new(runtime), config, stop).await;
 }

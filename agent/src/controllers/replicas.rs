@@ -74,7 +74,9 @@ pub async fn run<R: Runtime>(
                 continue;
             }
         };
+        let started = Instant::now();
         let (replicas, next_wake) = executor.pass(&state, &observed, now_ms()).await;
+        crate::metrics::reconcile_pass(started.elapsed());
         wake_at = next_wake;
         let changed = last_sent.as_ref().is_none_or(|(sent, _)| *sent != replicas);
         let due = last_sent
@@ -271,6 +273,7 @@ impl<R: Runtime> Executor<R> {
             NodeAction::Restart { id, replica } => match runtime.start(id).await {
                 Ok(()) => {
                     tracing::info!(replica = %replica, "restarted after exit");
+                    crate::metrics::container_restarted(replica);
                     vec![Outcome::Restarted {
                         replica: replica.clone(),
                     }]

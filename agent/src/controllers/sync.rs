@@ -132,6 +132,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
             };
             t.in_flight = false;
             t.evaluated = None;
+            crate::metrics::gitops_fetched(f.result.is_ok());
             match f.result {
                 Ok(desired) => {
                     t.desired = Some(Arc::new(desired));

@@ -137,6 +137,8 @@ impl Node {
                 wg_port: n.wg_port,
                 wg_public_key: n.wg_public_key.clone(),
                 wireguard: (n.id != self.id).then(|| wg_peer_view(n, &stats)).flatten(),
+                availability: state.availability.get(&n.id).copied().unwrap_or_default(),
+                replicas: super::availability::replicas_on(&state, n.id),
             })
             .collect();
         Ok(views)

@@ -13,6 +13,7 @@
 // openraft's storage traits return its `StorageError`, which is large; the store cannot choose.
 #![allow(clippy::result_large_err)]
 
+mod commit;
 pub mod disk;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -586,11 +587,14 @@ impl Store {
 
     /// Writes a command and waits until it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
-        match self {
+        let started = std::time::Instant::now();
+        let result = match self {
             Store::Raft(s) => s.write(cmd).await,
             #[cfg(feature = "etcd")]
             Store::Etcd(s) => s.write(cmd).await,
-        }
+        };
+        crate::metrics::store_write(&result, started.elapsed());
+        result
     }
 
     /// The point a linearizable read must have applied up to.

@@ -97,6 +97,7 @@ fn put(state: &mut ClusterState, group: &str, name: &str, spec: ContainersSpec, 
                     node: NODE,
                     generation: template,
                     surge: false,
+                    previous: None,
                 },
             )
         })

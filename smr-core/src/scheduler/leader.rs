@@ -69,6 +69,7 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
             labels: node_labels(&n.labels, &n.name),
             live: live.get(&n.id).copied().unwrap_or(false),
             last_seen_ms: 0,
+            availability: state.availability.get(&n.id).copied().unwrap_or_default(),
         })
         .collect();
     let placements: BTreeMap<String, scheduler::Placement> = state
@@ -89,6 +90,8 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
                 let status = replica_states(state, key, &placed, live);
                 let steps = scheduler::plan_rollout(&workload, &placed, &status);
                 let next = scheduler::apply_rollout(&placed, &steps);
+                let drain = scheduler::plan_drain(&workload, &next, &status, &nodes, &load);
+                let next = scheduler::apply_drain(&next, &drain);
                 if current != Some(&next) || state.placement_errors.contains_key(key) {
                     updates.push(PlacementUpdate {
                         key: key.clone(),

@@ -58,6 +58,7 @@ mod tests {
             labels: BTreeMap::new(),
             live: false,
             last_seen_ms,
+            availability: Default::default(),
         };
         let mut nodes = vec![node(1, 50_000), node(2, 10_000)];
         mark_liveness(&mut nodes, 60_000, 15_000);

@@ -24,21 +24,25 @@
 //!   stop, remove, restart with backoff), adopting healthy containers it already finds.
 //! - [`rollout`]: [`plan_rollout`], a rolling update across the cluster that advances the
 //!   generation of one placement slot at a time, gated on readiness and `max_unavailable`.
+//! - [`drain`]: [`plan_drain`], replicas moving off draining nodes one batch at a time, each
+//!   new replica ready before the old one stops.
 
+pub mod drain;
 pub mod leader;
 pub mod lifecycle;
 pub mod liveness;
 pub mod placement;
 pub mod rollout;
 
+pub use drain::{DrainStep, apply_drain, plan_drain};
 pub use lifecycle::{
     Action, Backoff, ContainerState, DesiredReplica, NodePlan, ObservedContainer, Phase,
     ReplicaStatus, RestartPolicy, plan_node,
 };
 pub use liveness::{DEFAULT_NODE_TIMEOUT_MS, liveness, mark_liveness};
 pub use placement::{
-    AgentRef, DEFAULT_MAX_SURGE, DEFAULT_MAX_UNAVAILABLE, MAX_REPLICAS, NodeId, NodeInfo,
-    Placement, ReplicaSlot, Spread, Workload, node_load, place, place_with_load,
+    AgentRef, Availability, DEFAULT_MAX_SURGE, DEFAULT_MAX_UNAVAILABLE, MAX_REPLICAS, NodeId,
+    NodeInfo, Placement, ReplicaSlot, Spread, Workload, node_load, place, place_with_load,
 };
 pub use rollout::{ReplicaState, RolloutStep, apply_rollout, plan_rollout};
 
@@ -76,6 +80,11 @@ pub enum ScheduleError {
     },
     #[error("{workload}: cannot place replicas: all eligible nodes are down ({nodes})")]
     AllEligibleDown { workload: String, nodes: String },
+    #[error(
+        "{workload}: cannot place replicas: every live eligible node is cordoned or draining \
+         ({nodes}; `smrctl uncordon NODE` lets one take replicas again)"
+    )]
+    AllEligibleCordoned { workload: String, nodes: String },
     #[error("{workload}: {replicas} replicas is more than the limit of {max}")]
     TooManyReplicas {
         workload: String,

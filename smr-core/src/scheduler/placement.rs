@@ -47,6 +47,31 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     pub live: bool,
     pub last_seen_ms: u64,
+    /// Whether it takes new replicas (`smrctl cordon`, `drain`).
+    pub availability: Availability,
+}
+
+/// Whether a node takes new replicas, as the operator set it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    /// Takes new replicas.
+    #[default]
+    Active,
+    /// Keeps the replicas it runs, takes no new ones (`smrctl cordon`).
+    Cordoned,
+    /// Takes no new replicas, and its replicas move to other nodes (`smrctl drain`).
+    Draining,
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Availability::Active => "active",
+            Availability::Cordoned => "cordoned",
+            Availability::Draining => "draining",
+        })
+    }
 }
 
 /// An entry of `spread.agents`: a node id (join order from 1) or an agent name.
@@ -115,6 +140,10 @@ pub struct ReplicaSlot {
     /// A temporary extra replica of a rolling update (index above `replicas`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub surge: bool,
+    /// While the replica moves off a draining node: the node that keeps running its old
+    /// container until the new one on `node` is ready (see [`super::drain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<NodeId>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -127,6 +156,7 @@ impl ReplicaSlot {
             node,
             generation,
             surge: false,
+            previous: None,
         }
     }
 }
@@ -147,11 +177,12 @@ impl Placement {
         counts
     }
 
-    /// The slots a node must run, by index.
+    /// The slots a node must run, by index: its own, and those moving off it whose new replica
+    /// is not ready yet.
     pub fn on_node(&self, node: NodeId) -> impl Iterator<Item = (u32, &ReplicaSlot)> + '_ {
         self.replicas
             .iter()
-            .filter(move |(_, slot)| slot.node == node)
+            .filter(move |(_, slot)| slot.node == node || slot.previous == Some(node))
             .map(|(&index, slot)| (index, slot))
     }
 }
@@ -198,8 +229,10 @@ pub fn place_with_load(
     if workload.replicas == 0 {
         return Ok(Placement::default());
     }
-    // Live eligible node id -> rank for the last tie-break.
+    // Live eligible node id -> rank for the last tie-break. Slots stay on cordoned or draining
+    // nodes (a drain moves them); new slots go to active nodes only.
     let candidates = live_eligible(workload, nodes)?;
+    let active = active_only(&candidates, nodes);
 
     let mut slots = BTreeMap::new();
     let mut count: BTreeMap<NodeId, u32> = BTreeMap::new();
@@ -223,27 +256,62 @@ pub fn place_with_load(
         if slots.contains_key(&index) {
             continue;
         }
-        let node = candidates
-            .iter()
-            .min_by_key(|&(id, rank)| {
-                (
-                    count.get(id).copied().unwrap_or(0),
-                    load.get(id).copied().unwrap_or(0),
-                    *rank,
-                )
-            })
-            .map(|(&id, _)| id)
-            .ok_or_else(|| ScheduleError::NoNodes {
+        let node = least_loaded(&active, &count, load).ok_or_else(|| {
+            ScheduleError::AllEligibleCordoned {
                 workload: workload.key.clone(),
-            })?;
+                nodes: names(candidates.keys(), nodes),
+            }
+        })?;
         *count.entry(node).or_insert(0) += 1;
         slots.insert(index, ReplicaSlot::new(node, workload.generation));
     }
     Ok(Placement { replicas: slots })
 }
 
+/// The candidates that take new replicas.
+pub(super) fn active_only(
+    candidates: &BTreeMap<NodeId, u64>,
+    nodes: &[NodeInfo],
+) -> BTreeMap<NodeId, u64> {
+    candidates
+        .iter()
+        .filter(|(id, _)| {
+            nodes
+                .iter()
+                .any(|n| n.id == **id && n.availability == Availability::Active)
+        })
+        .map(|(id, rank)| (*id, *rank))
+        .collect()
+}
+
+/// The candidate with the fewest replicas of this workload (`count`), then of the others
+/// (`load`), then the lowest rank.
+pub(super) fn least_loaded(
+    candidates: &BTreeMap<NodeId, u64>,
+    count: &BTreeMap<NodeId, u32>,
+    load: &BTreeMap<NodeId, u32>,
+) -> Option<NodeId> {
+    candidates
+        .iter()
+        .min_by_key(|&(id, rank)| {
+            (
+                count.get(id).copied().unwrap_or(0),
+                load.get(id).copied().unwrap_or(0),
+                *rank,
+            )
+        })
+        .map(|(&id, _)| id)
+}
+
+fn names<'a>(ids: impl Iterator<Item = &'a NodeId>, nodes: &[NodeInfo]) -> String {
+    ids.filter_map(|id| nodes.iter().find(|n| n.id == *id))
+        .map(|n| format!("{} {}", n.id, n.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The live eligible nodes with their tie-break rank, or why there are none.
-fn live_eligible(
+pub(super) fn live_eligible(
     workload: &Workload,
     nodes: &[NodeInfo],
 ) -> Result<BTreeMap<NodeId, u64>, ScheduleError> {

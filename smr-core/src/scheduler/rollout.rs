@@ -72,10 +72,11 @@ pub fn plan_rollout(
     let mut steps = Vec::new();
 
     let (surge, regular): (Vec<_>, Vec<_>) = placement.replicas.iter().partition(|(_, s)| s.surge);
+    // A slot moving off a draining node is updated once its move completed.
     let pending: Vec<(&u32, &ReplicaSlot)> = regular
         .iter()
         .copied()
-        .filter(|(_, s)| s.generation != target)
+        .filter(|(_, s)| s.generation != target && s.previous.is_none())
         .collect();
 
     // Outdated surge slots go at once; current ones stay until the rollout is complete.
@@ -169,6 +170,7 @@ pub fn apply_rollout(placement: &Placement, steps: &[RolloutStep]) -> Placement 
                         node,
                         generation,
                         surge: true,
+                        previous: None,
                     },
                 );
             }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Kind, Object, ObjectKey};
-use crate::scheduler::Placement;
+use crate::scheduler::{Availability, Placement};
 
 mod inputs;
 pub mod lease;
@@ -233,6 +233,9 @@ pub struct ClusterState {
     /// Sync status of every `gitops` object.
     #[serde(default)]
     pub gitops: BTreeMap<ObjectKey, GitopsStatus>,
+    /// Nodes taken out of scheduling (`smrctl cordon`, `drain`); absent: active.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub availability: BTreeMap<NodeId, Availability>,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -302,6 +305,11 @@ pub enum Op {
     /// Asks the leader to sync a gitops object now.
     GitopsRequestSync {
         gitops: ObjectKey,
+    },
+    /// Cordons, drains or uncordons (`active`) a node.
+    SetNodeAvailability {
+        id: NodeId,
+        availability: Availability,
     },
     /// Does nothing; used to test the log.
     Noop,
@@ -386,6 +394,7 @@ impl ClusterState {
             Op::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(node) => {
                     self.reports.remove(id);
+                    self.availability.remove(id);
                     let revision = self.revision + 1;
                     self.push_event(Event {
                         revision,
@@ -465,6 +474,9 @@ impl ClusterState {
             Op::Report { node, report } => self.report(*node, report, now),
             Op::GitopsSync { sync } => self.gitops_sync(sync, now),
             Op::GitopsRequestSync { gitops } => self.gitops_request_sync(gitops),
+            Op::SetNodeAvailability { id, availability } => {
+                self.set_node_availability(*id, *availability, now)
+            }
             Op::Noop => self.bump(),
         }
     }
@@ -578,6 +590,45 @@ impl ClusterState {
             });
         }
         self.reports.insert(node, report.clone());
+        self.bump()
+    }
+
+    fn set_node_availability(
+        &mut self,
+        id: NodeId,
+        availability: Availability,
+        now: u64,
+    ) -> CommandResult {
+        let Some(node) = self.nodes.get(&id) else {
+            return CommandResult::Rejected {
+                reason: format!("node {id} is not a member"),
+            };
+        };
+        let before = self.availability.get(&id).copied().unwrap_or_default();
+        if before == availability {
+            return CommandResult::Done {
+                revision: self.revision,
+            };
+        }
+        let event = Event {
+            revision: self.revision + 1,
+            at_ms: now,
+            subject: format!("node/{}", node.name),
+            replica: None,
+            node: Some(id),
+            reason: match availability {
+                Availability::Active => "Uncordoned",
+                Availability::Cordoned => "Cordoned",
+                Availability::Draining => "Draining",
+            }
+            .into(),
+            message: format!("node {} (id {id}) is {availability}", node.name),
+        };
+        match availability {
+            Availability::Active => self.availability.remove(&id),
+            other => self.availability.insert(id, other),
+        };
+        self.push_event(event);
         self.bump()
     }
 

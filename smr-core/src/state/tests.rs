@@ -425,6 +425,7 @@ fn placement(nodes: &[u64]) -> Placement {
                 node: *n,
                 generation: 1,
                 surge: false,
+                previous: None,
             },
         );
     }
@@ -915,4 +916,57 @@ fn a_node_publishes_its_wireguard_key_and_dial_address() {
             reason: "node 9 is not a member".into()
         }
     );
+}
+
+#[test]
+fn node_availability_is_recorded_with_an_event_and_dropped_with_the_node() {
+    use crate::scheduler::Availability;
+    let mut s = ClusterState::default();
+    s.apply(&cmd("n1", Op::RegisterNode { node: node("a") }));
+    s.apply(&cmd("n2", Op::RegisterNode { node: node("b") }));
+    let set = |s: &mut ClusterState, op_id: &str, id, availability| {
+        s.apply(&cmd(op_id, Op::SetNodeAvailability { id, availability }))
+    };
+    let revision = s.revision;
+    assert_eq!(
+        set(&mut s, "c1", 2, Availability::Cordoned),
+        CommandResult::Done {
+            revision: revision + 1
+        }
+    );
+    assert_eq!(
+        s.availability,
+        BTreeMap::from([(2, Availability::Cordoned)])
+    );
+    let event = s.events.back().expect("event");
+    assert_eq!(
+        (event.reason.as_str(), event.message.as_str()),
+        ("Cordoned", "node b (id 2) is cordoned")
+    );
+    // The same again changes nothing.
+    assert_eq!(
+        set(&mut s, "c2", 2, Availability::Cordoned),
+        CommandResult::Done {
+            revision: revision + 1
+        }
+    );
+    set(&mut s, "c3", 2, Availability::Draining);
+    assert_eq!(
+        s.availability,
+        BTreeMap::from([(2, Availability::Draining)])
+    );
+    set(&mut s, "c4", 2, Availability::Active);
+    assert!(
+        s.availability.is_empty(),
+        "active is the absence of an entry"
+    );
+    assert_eq!(
+        set(&mut s, "c5", 9, Availability::Cordoned),
+        CommandResult::Rejected {
+            reason: "node 9 is not a member".into()
+        }
+    );
+    set(&mut s, "c6", 1, Availability::Cordoned);
+    s.apply(&cmd("r1", Op::RemoveNode { id: 1 }));
+    assert!(s.availability.is_empty(), "{:?}", s.availability);
 }

@@ -359,6 +359,13 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         )
         .map_err(|e| Usage(format!("--node-timeout {e}")))?,
         etcd,
+        metrics_addr: agent::metrics::parse_addr(
+            settings
+                .metrics_addr
+                .as_deref()
+                .unwrap_or(agent::metrics::DEFAULT_ADDR),
+        )
+        .map_err(Usage)?,
         settings: settings.to_map(),
     })
 }

@@ -177,6 +177,9 @@ impl Cluster {
         .arg(&node.data_dir)
         // Control plane only: several agents share this host's network namespace and Docker.
         .args(["--backend", "none", "--no-workloads"])
+        // Each agent on its own loopback address: the default 127.0.0.1:9213 is one port.
+        .arg("--metrics-addr")
+        .arg(format!("{}:9213", node.ip))
         .args(&self.start_extra)
         .env("SMR_LOG", "info,openraft=warn");
         cmd

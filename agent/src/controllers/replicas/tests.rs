@@ -48,6 +48,7 @@ fn put(state: &mut ClusterState, group: &str, name: &str, spec: ContainersSpec, 
                 node: 1,
                 generation: 1,
                 surge: false,
+                previous: None,
             };
             (i, slot)
         })

@@ -9,6 +9,7 @@ fn node(id: NodeId) -> NodeInfo {
         labels: BTreeMap::new(),
         live: true,
         last_seen_ms: 0,
+        availability: Availability::Active,
     }
 }
 
@@ -214,6 +215,7 @@ fn surge_slots_are_kept_and_become_regular_on_scale_up() {
             node: 2,
             generation: 2,
             surge: true,
+            previous: None,
         },
     );
     let same = place(&workload(2), &ns, Some(&current)).unwrap();
@@ -411,4 +413,28 @@ fn property_histories_are_stable_and_additions_keep_balance() {
             current = next;
         }
     }
+}
+
+#[test]
+fn cordoned_nodes_keep_their_replicas_and_get_no_new_ones() {
+    let mut ns = nodes(3);
+    let current = place(&workload(3), &ns, None).unwrap();
+    assert_eq!(layout(&current), vec![(1, 1), (2, 2), (3, 3)]);
+    ns[2].availability = Availability::Cordoned;
+    ns[1].availability = Availability::Draining;
+    let same = place(&workload(3), &ns, Some(&current)).unwrap();
+    assert_eq!(same, current, "a cordon moves nothing");
+    let scaled = place(&workload(5), &ns, Some(&current)).unwrap();
+    assert_eq!(
+        layout(&scaled),
+        vec![(1, 1), (2, 2), (3, 3), (4, 1), (5, 1)]
+    );
+    ns[0].availability = Availability::Cordoned;
+    let err = place(&workload(1), &ns, None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "containers/web/api: cannot place replicas: every live eligible node is cordoned or \
+         draining (1 node-a, 2 node-b, 3 node-c; `smrctl uncordon NODE` lets one take replicas \
+         again)"
+    );
 }

@@ -10,6 +10,7 @@ fn nodes(n: u64) -> Vec<NodeInfo> {
             labels: BTreeMap::new(),
             live: true,
             last_seen_ms: 0,
+            availability: Default::default(),
         })
         .collect()
 }
