@@ -9,17 +9,23 @@
 //! is not applied again; its first result is returned. That makes a client's retry after a lost
 //! reply (a leader killed mid-request) safe: a write is acknowledged at most once and applied once.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::Placement;
 
+mod delta;
 mod inputs;
 pub mod lease;
+mod recent;
+pub mod shared;
 mod sync_status;
 
+pub use delta::{Changes, Delta};
+pub use recent::RecentOps;
+pub use shared::{MapChange, SharedList, SharedMap};
 pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
 pub type NodeId = u64;
@@ -202,12 +208,17 @@ pub struct CaRecord {
     pub holder: NodeId,
 }
 
+/// The replicated state. Its large collections are persistent ([`SharedMap`], [`SharedList`]):
+/// a clone (what a reader holds) costs O(1) and shares everything; an apply then copies only the
+/// O(log n) path to what it changes, and [`ClusterState::delta`] finds what differs between two
+/// versions in about the time it takes to walk the differences. Serialized exactly as the
+/// `BTreeMap`/`VecDeque` fields it had before.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Increases by one for every command that changed something.
     pub revision: u64,
-    pub objects: BTreeMap<ObjectKey, StoredObject>,
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub objects: SharedMap<ObjectKey, StoredObject>,
+    pub nodes: SharedMap<NodeId, NodeRecord>,
     /// Ids are handed out in join order from 1 and never reused.
     pub last_node_id: NodeId,
     pub join_tokens: Vec<JoinTokenRecord>,
@@ -215,24 +226,24 @@ pub struct ClusterState {
     pub ca: Option<CaRecord>,
     /// Recently applied operation ids with their results, oldest first.
     #[serde(default)]
-    pub recent_ops: VecDeque<(String, CommandResult)>,
+    pub recent_ops: RecentOps,
     /// Where each `containers` object's replicas run (decided by the leader).
     #[serde(default)]
-    pub placements: BTreeMap<ObjectKey, Placement>,
+    pub placements: SharedMap<ObjectKey, Placement>,
     /// Why an object could not be placed, if it could not.
     #[serde(default)]
-    pub placement_errors: BTreeMap<ObjectKey, String>,
+    pub placement_errors: SharedMap<ObjectKey, String>,
     /// Each node's latest report of its replicas.
     #[serde(default)]
-    pub reports: BTreeMap<NodeId, NodeReport>,
+    pub reports: SharedMap<NodeId, NodeReport>,
     #[serde(default)]
-    pub events: VecDeque<Event>,
+    pub events: SharedList<Event>,
     /// The overlay settings; `None` until the first node records them.
     #[serde(default)]
     pub network: Option<NetworkSettings>,
     /// Sync status of every `gitops` object.
     #[serde(default)]
-    pub gitops: BTreeMap<ObjectKey, GitopsStatus>,
+    pub gitops: SharedMap<ObjectKey, GitopsStatus>,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -364,11 +375,7 @@ impl ClusterState {
         }
         let result = self.apply_op(&cmd.op, cmd.at_ms);
         if !cmd.op_id.is_empty() {
-            self.recent_ops
-                .push_back((cmd.op_id.clone(), result.clone()));
-            while self.recent_ops.len() > DEDUP_WINDOW {
-                self.recent_ops.pop_front();
-            }
+            self.recent_ops.push(cmd.op_id.clone(), result.clone());
         }
         result
     }
@@ -776,10 +783,7 @@ impl ClusterState {
 
     /// The result of operation `op_id`, if it was applied within the dedup window.
     pub fn recent_result(&self, op_id: &str) -> Option<&CommandResult> {
-        self.recent_ops
-            .iter()
-            .find(|(id, _)| id == op_id)
-            .map(|(_, r)| r)
+        self.recent_ops.get(op_id)
     }
 
     /// Objects of one kind, in key order. Visits only that kind's keys (the kind leads the key
