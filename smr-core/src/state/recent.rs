@@ -4,16 +4,18 @@
 //! 10,000 ids was most of an apply's cost once the window had filled). Serialized as before: a
 //! list of `(op_id, result)` pairs, oldest first.
 
+use std::sync::Arc;
+
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::shared::{SharedList, SharedMap};
 use super::{CommandResult, DEDUP_WINDOW};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RecentOps {
     /// Operation ids, oldest first.
-    order: SharedList<String>,
-    results: SharedMap<String, CommandResult>,
+    order: Vector<Arc<str>>,
+    results: OrdMap<Arc<str>, Arc<CommandResult>>,
 }
 
 impl RecentOps {
@@ -27,20 +29,21 @@ impl RecentOps {
 
     /// The result of `op_id`, if it is in the window.
     pub fn get(&self, op_id: &str) -> Option<&CommandResult> {
-        self.results.get(op_id)
+        self.results.get(op_id).map(|r| &**r)
     }
 
     /// Remembers `op_id`'s result, forgetting the oldest beyond [`DEDUP_WINDOW`]. An id already
     /// in the window keeps its first result (the state machine never records one twice).
     pub fn push(&mut self, op_id: String, result: CommandResult) {
-        if self.results.contains_key(&op_id) {
+        if self.results.contains_key(op_id.as_str()) {
             return;
         }
-        self.results.insert(op_id.clone(), result);
+        let op_id: Arc<str> = op_id.into();
+        self.results.insert(Arc::clone(&op_id), Arc::new(result));
         self.order.push_back(op_id);
         while self.order.len() > DEDUP_WINDOW {
             if let Some(oldest) = self.order.pop_front() {
-                self.results.remove(&oldest);
+                self.results.remove(&*oldest);
             }
         }
     }
@@ -49,7 +52,7 @@ impl RecentOps {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &CommandResult)> {
         self.order
             .iter()
-            .filter_map(|id| Some((id.as_str(), self.results.get(id)?)))
+            .filter_map(|id| Some((&**id, &**self.results.get(&**id)?)))
     }
 }
 

@@ -5,11 +5,11 @@
 //! makes the next write copy the whole state, and two versions can be compared in time
 //! proportional to what differs ([`SharedMap::diff`]).
 //!
-//! Values sit behind an `Arc`, so copying a tree node clones pointers, not definitions. The API
+//! Keys and values sit behind an `Arc`, so copying a tree node clones pointers, not definitions
+//! or key strings. The API
 //! follows `BTreeMap` and `VecDeque` where it can (readers see `&V`), and the serialized form is
 //! theirs: a snapshot written before this type existed reads the same, and the other way round.
 
-use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeBounds;
@@ -34,9 +34,9 @@ impl<V: PartialEq> PartialEq for Shared<V> {
     }
 }
 
-/// An ordered map with structural sharing (a B+ tree of `Arc`ed values).
+/// An ordered map with structural sharing (a B+ tree of `Arc`ed keys and values).
 pub struct SharedMap<K, V> {
-    map: OrdMap<K, Shared<V>>,
+    map: OrdMap<Arc<K>, Shared<V>>,
 }
 
 /// A difference between two versions of a [`SharedMap`] (see [`SharedMap::diff`]).
@@ -47,7 +47,7 @@ pub enum MapChange<'a, K, V> {
     Removed(&'a K, &'a V),
 }
 
-type Pair<'a, K, V> = (&'a K, &'a Shared<V>);
+type Pair<'a, K, V> = (&'a Arc<K>, &'a Shared<V>);
 
 fn unshare<'a, K, V>((k, v): Pair<'a, K, V>) -> (&'a K, &'a V) {
     (k, &v.0)
@@ -55,12 +55,12 @@ fn unshare<'a, K, V>((k, v): Pair<'a, K, V>) -> (&'a K, &'a V) {
 
 /// Iterator over a [`SharedMap`]'s entries in key order.
 pub type Iter<'a, K, V> = std::iter::Map<
-    imbl::ordmap::Iter<'a, K, Shared<V>, DefaultPtr>,
+    imbl::ordmap::Iter<'a, Arc<K>, Shared<V>, DefaultPtr>,
     fn(Pair<'a, K, V>) -> (&'a K, &'a V),
 >;
 /// Iterator over a key range of a [`SharedMap`].
 pub type Range<'a, K, V> = std::iter::Map<
-    imbl::ordmap::RangedIter<'a, K, Shared<V>, DefaultPtr>,
+    imbl::ordmap::RangedIter<'a, Arc<K>, Shared<V>, DefaultPtr>,
     fn(Pair<'a, K, V>) -> (&'a K, &'a V),
 >;
 type DefaultPtr = imbl::shared_ptr::DefaultSharedPtr;
@@ -99,28 +99,16 @@ impl<K: Ord, V> SharedMap<K, V> {
 }
 
 impl<K: Ord + Clone, V: Clone> SharedMap<K, V> {
-    pub fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
+    pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key).map(|v| &*v.0)
     }
 
-    pub fn contains_key<Q>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
+    pub fn contains_key(&self, key: &K) -> bool {
         self.map.contains_key(key)
     }
 
     /// The value for `key` to change in place (copied first if another version shares it).
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.map.get_mut(key).map(|v| Arc::make_mut(&mut v.0))
     }
 
@@ -128,22 +116,18 @@ impl<K: Ord + Clone, V: Clone> SharedMap<K, V> {
     pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
         let slot = self
             .map
-            .entry(key)
+            .entry(Arc::new(key))
             .or_insert_with(|| Shared(Arc::new(default())));
         Arc::make_mut(&mut slot.0)
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.map
-            .insert(key, Shared(Arc::new(value)))
+            .insert(Arc::new(key), Shared(Arc::new(value)))
             .map(|old| Arc::unwrap_or_clone(old.0))
     }
 
-    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
+    pub fn remove(&mut self, key: &K) -> Option<V> {
         self.map.remove(key).map(|old| Arc::unwrap_or_clone(old.0))
     }
 
@@ -153,31 +137,27 @@ impl<K: Ord + Clone, V: Clone> SharedMap<K, V> {
 
     /// Keeps the entries `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        let gone: Vec<K> = self
+        let gone: Vec<Arc<K>> = self
+            .map
             .iter()
-            .filter(|(k, v)| !keep(k, v))
-            .map(|(k, _)| k.clone())
+            .filter(|(k, v)| !keep(k, &v.0))
+            .map(|(k, _)| Arc::clone(k))
             .collect();
         for key in gone {
-            self.map.remove(&key);
+            self.map.remove(&*key);
         }
     }
 
-    pub fn range<Q, R>(&self, range: R) -> Range<'_, K, V>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-        R: RangeBounds<Q>,
-    {
+    pub fn range<R: RangeBounds<K>>(&self, range: R) -> Range<'_, K, V> {
         self.map.range(range).map(unshare as fn(_) -> _)
     }
 
     pub fn first_key_value(&self) -> Option<(&K, &V)> {
-        self.map.get_min().map(|(k, v)| (k, &*v.0))
+        self.map.get_min().map(|(k, v)| (&**k, &*v.0))
     }
 
     pub fn last_key_value(&self) -> Option<(&K, &V)> {
-        self.map.get_max().map(|(k, v)| (k, &*v.0))
+        self.map.get_max().map(|(k, v)| (&**k, &*v.0))
     }
 }
 
@@ -186,13 +166,13 @@ impl<K: Ord + Clone, V: Clone + PartialEq> SharedMap<K, V> {
     /// skipped, so comparing a version with its successor costs about what changed.
     pub fn diff<'a>(&'a self, before: &'a Self) -> impl Iterator<Item = MapChange<'a, K, V>> {
         before.map.diff(&self.map).map(|item| match item {
-            imbl::ordmap::DiffItem::Add(k, v) => MapChange::Added(k, &*v.0),
+            imbl::ordmap::DiffItem::Add(k, v) => MapChange::Added(&**k, &*v.0),
             imbl::ordmap::DiffItem::Update { old, new } => MapChange::Changed {
-                key: new.0,
+                key: &**new.0,
                 old: &*old.1.0,
                 new: &*new.1.0,
             },
-            imbl::ordmap::DiffItem::Remove(k, v) => MapChange::Removed(k, &*v.0),
+            imbl::ordmap::DiffItem::Remove(k, v) => MapChange::Removed(&**k, &*v.0),
         })
     }
 }
@@ -249,14 +229,9 @@ impl<K: Ord + Clone, V: Clone> Extend<(K, V)> for SharedMap<K, V> {
     }
 }
 
-impl<Q, K, V> std::ops::Index<&Q> for SharedMap<K, V>
-where
-    K: Ord + Clone + Borrow<Q>,
-    V: Clone,
-    Q: Ord + ?Sized,
-{
+impl<K: Ord + Clone, V: Clone> std::ops::Index<&K> for SharedMap<K, V> {
     type Output = V;
-    fn index(&self, key: &Q) -> &V {
+    fn index(&self, key: &K) -> &V {
         self.get(key).expect("no entry for the key in SharedMap")
     }
 }
