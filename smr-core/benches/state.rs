@@ -12,6 +12,10 @@
 //!
 //!     cargo bench -p smr-core --bench state            # SMR_STATE_SIZES=500,10000 to choose
 //!
+//! With `SMR_STATE_WINDOW=full`, 10,000 no-op commands are applied before the timed updates, so
+//! the dedup window is full at every size, as in a cluster that has taken that many writes (by
+//! default it holds what building the state put there: fewer entries for smaller states).
+//!
 //! Prints figures; asserts nothing about speed.
 
 use std::collections::BTreeMap;
@@ -81,6 +85,16 @@ fn one_size(size: usize) {
         state.apply(&command(op, object(n, 0)));
     }
     let build = build.elapsed();
+    if std::env::var("SMR_STATE_WINDOW").as_deref() == Ok("full") {
+        for _ in 0..10_000 {
+            op += 1;
+            state.apply(&Command {
+                op_id: format!("{op:032x}"),
+                at_ms: 1_700_000_000_000 + op as u64,
+                op: Op::Noop,
+            });
+        }
+    }
     let serialized = serde_json::to_vec(&state).expect("state serializes").len();
     let (rss_built, _) = rss_mib();
 
@@ -137,7 +151,13 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
-    println!("state machine apply, one 200-byte configuration object per command");
+    println!(
+        "state machine apply, one 200-byte configuration object per command; dedup window: {}",
+        match std::env::var("SMR_STATE_WINDOW").as_deref() {
+            Ok("full") => "full",
+            _ => "as built",
+        }
+    );
     println!(
         "{:>7} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9}",
         "objects",
