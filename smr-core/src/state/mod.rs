@@ -24,6 +24,7 @@ pub mod shared;
 mod sync_status;
 
 pub use delta::{Changes, Delta};
+pub use inputs::ReadersIndex;
 pub use recent::RecentOps;
 pub use shared::{MapChange, SharedList, SharedMap};
 pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
@@ -244,6 +245,10 @@ pub struct ClusterState {
     /// Sync status of every `gitops` object.
     #[serde(default)]
     pub gitops: SharedMap<ObjectKey, GitopsStatus>,
+    /// Which definitions read which objects: derived from `objects` by the writes, not stored
+    /// (and not compared). Leave it alone.
+    #[serde(skip)]
+    pub readers_index: ReadersIndex,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -539,50 +544,65 @@ impl ClusterState {
             };
         }
         let revision = self.revision + 1;
-        let previous = self.reports.get(&node).cloned().unwrap_or_default();
-        for replica in &report.replicas {
-            let before = previous
-                .replicas
+        // Replicas by (object, index), before and after: O(r log r), not O(r^2), for a node
+        // that runs many. Events in the same order as ever (the report's, then the previous
+        // report's), so that every version of the state machine records the same.
+        let mut events = Vec::new();
+        {
+            let previous = self.reports.get(&node).map(|r| r.replicas.as_slice());
+            // Reversed: where a report names a replica twice, its first entry counts, as before.
+            let before: BTreeMap<(&ObjectKey, u32), &ReplicaReport> = previous
+                .unwrap_or_default()
                 .iter()
-                .find(|r| r.key == replica.key && r.index == replica.index);
-            let moved = before.is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
-            if moved {
-                let state = if replica.ready {
-                    format!("{} (ready)", replica.phase)
-                } else {
-                    replica.phase.clone()
-                };
-                let mut message = format!("{} on node {node}: {state}", replica.name);
-                if let Some(why) = &replica.message {
-                    message.push_str(": ");
-                    message.push_str(why);
+                .rev()
+                .map(|r| ((&r.key, r.index), r))
+                .collect();
+            let now_there: BTreeSet<(&ObjectKey, u32)> =
+                report.replicas.iter().map(|r| (&r.key, r.index)).collect();
+            for replica in &report.replicas {
+                let moved = before
+                    .get(&(&replica.key, replica.index))
+                    .is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
+                if moved {
+                    let state = if replica.ready {
+                        format!("{} (ready)", replica.phase)
+                    } else {
+                        replica.phase.clone()
+                    };
+                    let mut message = format!("{} on node {node}: {state}", replica.name);
+                    if let Some(why) = &replica.message {
+                        message.push_str(": ");
+                        message.push_str(why);
+                    }
+                    events.push(Event {
+                        revision,
+                        at_ms: now,
+                        subject: replica.key.to_string(),
+                        replica: Some(replica.name.clone()),
+                        node: Some(node),
+                        reason: phase_reason(&replica.phase, replica.ready),
+                        message,
+                    });
                 }
-                self.push_event(Event {
+            }
+            for gone in previous
+                .unwrap_or_default()
+                .iter()
+                .filter(|b| !now_there.contains(&(&b.key, b.index)))
+            {
+                events.push(Event {
                     revision,
                     at_ms: now,
-                    subject: replica.key.to_string(),
-                    replica: Some(replica.name.clone()),
+                    subject: gone.key.to_string(),
+                    replica: Some(gone.name.clone()),
                     node: Some(node),
-                    reason: phase_reason(&replica.phase, replica.ready),
-                    message,
+                    reason: "Removed".into(),
+                    message: format!("{} on node {node}: removed", gone.name),
                 });
             }
         }
-        for gone in previous.replicas.iter().filter(|b| {
-            !report
-                .replicas
-                .iter()
-                .any(|r| r.key == b.key && r.index == b.index)
-        }) {
-            self.push_event(Event {
-                revision,
-                at_ms: now,
-                subject: gone.key.to_string(),
-                replica: Some(gone.name.clone()),
-                node: Some(node),
-                reason: "Removed".into(),
-                message: format!("{} on node {node}: removed", gone.name),
-            });
+        for event in events {
+            self.push_event(event);
         }
         self.reports.insert(node, report.clone());
         self.bump()
@@ -688,6 +708,12 @@ impl ClusterState {
         if changed {
             self.revision = revision;
         }
+        let touched: BTreeSet<ObjectKey> = outcomes
+            .iter()
+            .filter(|o| o.outcome != Outcome::Unchanged)
+            .map(|o| o.key.clone())
+            .collect();
+        self.reindex(&touched);
         self.roll_readers(&data_changed, &rolled, revision, now);
         CommandResult::Objects {
             revision: self.revision,
@@ -740,6 +766,12 @@ impl ClusterState {
         if changed {
             self.revision = revision;
         }
+        let touched: BTreeSet<ObjectKey> = outcomes
+            .iter()
+            .filter(|o| o.outcome == Outcome::Deleted)
+            .map(|o| o.key.clone())
+            .collect();
+        self.reindex(&touched);
         self.roll_readers(&data_gone, &BTreeSet::new(), revision, now);
         CommandResult::Objects {
             revision: self.revision,

@@ -615,3 +615,156 @@ fn snapshots_are_written_and_read_as_before() {
         serde_json::from_str(&serde_json::to_string(&legacy).unwrap()).unwrap();
     assert_eq!(back, s);
 }
+
+fn key(text: &str) -> ObjectKey {
+    text.parse().unwrap()
+}
+
+#[test]
+fn the_readers_index_names_what_each_definition_reads() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("1", apply_op(yaml(READERS))));
+    s.apply(&cmd(
+        "2",
+        apply_op(yaml(
+            "kind: resource\nprefix: simplecontainer.io/v1\nmeta: {group: app, name: page}\n\
+             spec:\n  data: {index: '(( lookup \"configuration/app/site:title\" ))'}\n",
+        )),
+    ));
+    assert_eq!(
+        s.readers_index.inputs(),
+        vec![
+            (
+                key("containers/app/other"),
+                vec![key("configuration/app/other")]
+            ),
+            (
+                key("containers/app/web"),
+                vec![
+                    key("configuration/app/shared"),
+                    key("configuration/app/site"),
+                    key("configuration/app/web"),
+                    key("secret/app/db"),
+                    key("resource/app/page"),
+                ]
+            ),
+        ]
+    );
+    // The resource no longer looks anything up: the definition no longer reads the site.
+    s.apply(&cmd(
+        "3",
+        apply_op(data_object("resource", "page", "plain")),
+    ));
+    assert_eq!(
+        s.readers_index
+            .readers_of(&key("configuration/app/site"))
+            .count(),
+        0
+    );
+    s.apply(&cmd(
+        "4",
+        Op::Delete {
+            keys: vec![key("containers/app/web")],
+        },
+    ));
+    assert_eq!(
+        s.readers_index.readers(),
+        vec![(
+            key("configuration/app/other"),
+            vec![key("containers/app/other")]
+        )]
+    );
+}
+
+#[test]
+fn a_loaded_state_builds_its_readers_index_on_the_first_write() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("1", apply_op(yaml(READERS))));
+    s.apply(&cmd(
+        "2",
+        apply_op(data_object("configuration", "shared", "1")),
+    ));
+    let mut loaded: ClusterState =
+        serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(loaded.readers_index.inputs(), vec![], "not in the snapshot");
+    let web = key("containers/app/web");
+    let before = loaded.objects[&web].template_generation;
+    loaded.apply(&cmd(
+        "3",
+        apply_op(data_object("configuration", "shared", "2")),
+    ));
+    assert_eq!(
+        loaded.objects[&web].template_generation,
+        before + 1,
+        "the reader rolled"
+    );
+    assert_eq!(
+        loaded.objects[&key("containers/app/other")].template_generation,
+        1
+    );
+}
+
+/// Containers definitions that read configurations, resources and secrets in every way, and
+/// writes of all of them, at random: the index kept by the writes is the one built from scratch.
+#[test]
+fn the_readers_index_kept_by_writes_equals_a_rebuild() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut s = ClusterState::default();
+    let names = ["a", "b", "c", "d"];
+    for op in 0..600 {
+        let name = names[rng.random_range(0..4)];
+        let other = names[rng.random_range(0..4)];
+        let text = match rng.random_range(0..7) {
+            0 => format!(
+                "kind: containers\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\n\
+                 spec:\n  image: busybox\n  configurations: [{{group: app, name: {other}}}]\n"
+            ),
+            1 => format!(
+                "kind: containers\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\n\
+                 spec:\n  image: busybox\n  resources: [{{group: app, name: {other}, key: k, mountPoint: /f}}]\n"
+            ),
+            2 => format!(
+                "kind: containers\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\n\
+                 spec:\n  image: busybox\n  envs: ['X=(( lookup \"secret/app/{other}:k\" ))']\n"
+            ),
+            3 => format!(
+                "kind: resource\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\n\
+                 spec:\n  data: {{k: '(( lookup \"configuration/app/{other}:k\" ))'}}\n"
+            ),
+            4 => format!(
+                "kind: resource\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\n\
+                 spec:\n  data: {{k: 'plain {op}'}}\n"
+            ),
+            5 => format!(
+                "kind: configuration\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\n\
+                 spec:\n  data: {{k: 'v{op}'}}\n"
+            ),
+            _ => String::new(),
+        };
+        let command = if text.is_empty() {
+            let kind = ["containers", "resource", "configuration"][rng.random_range(0..3)];
+            Op::Delete {
+                keys: vec![key(&format!("{kind}/app/{name}"))],
+            }
+        } else {
+            apply_op(yaml(&text))
+        };
+        let mut scanned = s.clone();
+        scanned.rebuild_readers_index();
+        s.apply(&cmd(&format!("op{op}"), command.clone()));
+        // The same write on a state whose index was just rebuilt whole: the same result.
+        scanned.apply(&cmd(&format!("op{op}"), command));
+        assert_eq!(scanned, s);
+        assert_eq!(scanned.events, s.events);
+        let mut fresh = s.clone();
+        fresh.rebuild_readers_index();
+        assert_eq!(fresh.readers_index.inputs(), s.readers_index.inputs());
+        assert_eq!(fresh.readers_index.readers(), s.readers_index.readers());
+    }
+    let rolls = s
+        .events
+        .iter()
+        .filter(|e| e.reason == "InputChanged")
+        .count();
+    assert!(rolls > 20, "{rolls} input-driven rolls");
+}
