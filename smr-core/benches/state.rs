@@ -15,6 +15,8 @@
 //! With `SMR_STATE_WINDOW=full`, 10,000 no-op commands are applied before the timed updates, so
 //! the dedup window is full at every size, as in a cluster that has taken that many writes (by
 //! default it holds what building the state put there: fewer entries for smaller states).
+//! With `SMR_STATE_DEFINITIONS=N`, N `containers` definitions (each reading a configuration of
+//! its own, none of the benchmark's) are in the state too.
 //!
 //! Prints figures; asserts nothing about speed.
 
@@ -85,6 +87,27 @@ fn one_size(size: usize) {
         state.apply(&command(op, object(n, 0)));
     }
     let build = build.elapsed();
+    let definitions: usize = std::env::var("SMR_STATE_DEFINITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for d in 0..definitions {
+        op += 1;
+        let yaml = format!(
+            "kind: containers\nprefix: simplecontainer.io/v1\nmeta: {{group: bench, name: web-{d}}}\n\
+             spec:\n  image: busybox\n  replicas: 2\n  configurations: [{{group: bench, name: web-{d}-settings}}]\n"
+        );
+        let objects =
+            smr_core::definitions::parse_str("bench.yaml", &yaml).expect("valid definition");
+        state.apply(&Command {
+            op_id: format!("{op:032x}"),
+            at_ms: 1_700_000_000_000 + op as u64,
+            op: Op::Apply {
+                objects,
+                owner: None,
+            },
+        });
+    }
     if std::env::var("SMR_STATE_WINDOW").as_deref() == Ok("full") {
         for _ in 0..10_000 {
             op += 1;
@@ -152,11 +175,13 @@ fn main() {
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
     println!(
-        "state machine apply, one 200-byte configuration object per command; dedup window: {}",
+        "state machine apply, one 200-byte configuration object per command; dedup window: {}; \
+         containers definitions: {}",
         match std::env::var("SMR_STATE_WINDOW").as_deref() {
             Ok("full") => "full",
             _ => "as built",
-        }
+        },
+        std::env::var("SMR_STATE_DEFINITIONS").unwrap_or_else(|_| "0".into())
     );
     println!(
         "{:>7} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9}",
