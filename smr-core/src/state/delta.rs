@@ -210,3 +210,44 @@ fn new_events(before: &ClusterState, after: &ClusterState) -> usize {
         .take_while(|e| e.revision > before.revision)
         .count()
 }
+
+/// What a consumer should do with the state it was just handed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Recompute everything: the first time, after a version it cannot relate to (a snapshot
+    /// installed: the revision went back), and when the caller asks for a resync.
+    Full,
+    /// Update what the delta names (it may be empty: nothing to do).
+    Changes(Box<Delta>),
+}
+
+/// Follows the state for one consumer: remembers the version it last worked from (an O(1)
+/// clone) and hands out what changed since.
+#[derive(Clone, Debug, Default)]
+pub struct Follower {
+    seen: Option<ClusterState>,
+}
+
+impl Follower {
+    pub fn new() -> Self {
+        Follower::default()
+    }
+
+    /// What changed from the version last handed out to `current`, or [`Step::Full`] when
+    /// `resync` is asked, on the first call, or when `current` is older than what was seen.
+    pub fn next(&mut self, current: &ClusterState, resync: bool) -> Step {
+        let step = match &self.seen {
+            Some(seen) if !resync && seen.revision <= current.revision => {
+                Step::Changes(Box::new(ClusterState::delta(seen, current)))
+            }
+            _ => Step::Full,
+        };
+        self.seen = Some(current.clone());
+        step
+    }
+
+    /// The revision last handed out, if any.
+    pub fn revision(&self) -> Option<u64> {
+        self.seen.as_ref().map(|s| s.revision)
+    }
+}

@@ -23,7 +23,7 @@ mod recent;
 pub mod shared;
 mod sync_status;
 
-pub use delta::{Changes, Delta};
+pub use delta::{Changes, Delta, Follower, Step};
 pub use inputs::ReadersIndex;
 pub use recent::RecentOps;
 pub use shared::{MapChange, SharedList, SharedMap};

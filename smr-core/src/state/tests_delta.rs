@@ -768,3 +768,30 @@ fn the_readers_index_kept_by_writes_equals_a_rebuild() {
         .count();
     assert!(rolls > 20, "{rolls} input-driven rolls");
 }
+
+#[test]
+fn a_follower_hands_out_a_full_pass_first_then_what_changed() {
+    let mut s = ClusterState::default();
+    let mut follower = Follower::new();
+    assert_eq!(follower.next(&s, false), Step::Full);
+    assert_eq!(
+        follower.next(&s, false),
+        Step::Changes(Box::default()),
+        "nothing changed: nothing to do"
+    );
+    s.apply(&cmd("1", apply_op(vec![obj("x", "a")])));
+    s.apply(&cmd("2", apply_op(vec![obj("y", "a")])));
+    assert_eq!(
+        follower.next(&s, false),
+        Step::Changes(Box::new(Delta {
+            from_revision: 0,
+            to_revision: 2,
+            objects: changed([obj("x", "a").key(), obj("y", "a").key()]),
+            ..Delta::default()
+        }))
+    );
+    assert_eq!(follower.next(&s, true), Step::Full, "a resync was asked");
+    assert_eq!(follower.revision(), Some(2));
+    // An older state (a snapshot of another history installed): start over.
+    assert_eq!(follower.next(&ClusterState::default(), false), Step::Full);
+}
