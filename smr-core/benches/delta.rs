@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use smr_core::definitions::{DataSpec, Object, Spec};
 use smr_core::state::{ClusterState, Command, Op};
 
+/// Object `n`; `version` makes its data differ from every other version's.
 fn object(n: usize, version: usize) -> Object {
     let mut data = BTreeMap::new();
     data.insert("database".to_string(), format!("app-{n}"));
@@ -68,7 +69,7 @@ fn main() {
         for round in 0..50 {
             let before = state.clone();
             op += 1;
-            state.apply(&command(op, object((round * 7919) % size, round + 1)));
+            state.apply(&command(op, object((round * 7919) % size, op)));
             let t = Instant::now();
             let delta = ClusterState::delta(&before, &state);
             one.push(t.elapsed());
@@ -76,7 +77,7 @@ fn main() {
             let before = state.clone();
             for i in 0..100 {
                 op += 1;
-                state.apply(&command(op, object((round * 100 + i) % size, round + 2)));
+                state.apply(&command(op, object((round * 100 + i) % size, op)));
             }
             let t = Instant::now();
             let delta = ClusterState::delta(&before, &state);
