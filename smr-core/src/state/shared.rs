@@ -365,3 +365,85 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for SharedList<T> {
         Vec::<T>::deserialize(deserializer).map(|items| items.into_iter().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_map_behaves_like_a_btree_map() {
+        let mut map: SharedMap<String, u32> = SharedMap::new();
+        let mut reference = BTreeMap::new();
+        for (i, word) in ["b", "d", "a", "c", "b", "e"].iter().enumerate() {
+            assert_eq!(
+                map.insert(word.to_string(), i as u32),
+                reference.insert(word.to_string(), i as u32)
+            );
+        }
+        assert_eq!(map.remove(&"d".to_string()), reference.remove("d"));
+        assert_eq!(map.remove(&"zz".to_string()), None);
+        *map.get_mut(&"a".to_string()).unwrap() += 10;
+        *reference.get_mut("a").unwrap() += 10;
+        map.retain(|_, v| *v != 3);
+        reference.retain(|_, v| *v != 3);
+        let all: Vec<(&String, &u32)> = map.iter().collect();
+        assert_eq!(all, reference.iter().collect::<Vec<_>>());
+        assert_eq!(
+            map.range("b".to_string()..)
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "e"]
+        );
+        assert_eq!(map.first_key_value(), Some((&"a".to_string(), &12)));
+        assert_eq!(map.last_key_value(), Some((&"e".to_string(), &5)));
+        assert_eq!(map.len(), 3);
+        assert_eq!(map[&"b".to_string()], 4);
+        assert_eq!(
+            serde_json::to_string(&map).unwrap(),
+            serde_json::to_string(&reference).unwrap()
+        );
+        let back: SharedMap<String, u32> =
+            serde_json::from_str(&serde_json::to_string(&reference).unwrap()).unwrap();
+        assert_eq!(back, map);
+    }
+
+    #[test]
+    fn a_clone_is_a_snapshot_and_diff_names_what_differs() {
+        let mut map: SharedMap<u32, String> = (0..1000).map(|i| (i, format!("v{i}"))).collect();
+        let before = map.clone();
+        assert!(map.ptr_eq(&before));
+        map.insert(5, "five".into());
+        map.remove(&7);
+        map.insert(2000, "new".into());
+        map.get_or_insert_with(3000, || "made".into());
+        assert_eq!(before.get(&5).map(String::as_str), Some("v5"));
+        assert_eq!(before.len(), 1000);
+        let changes: Vec<String> = map
+            .diff(&before)
+            .map(|c| match c {
+                MapChange::Added(k, v) => format!("+{k}={v}"),
+                MapChange::Changed { key, old, new } => format!("~{key}:{old}->{new}"),
+                MapChange::Removed(k, v) => format!("-{k}={v}"),
+            })
+            .collect();
+        assert_eq!(changes, ["~5:v5->five", "-7=v7", "+2000=new", "+3000=made"]);
+        assert_eq!(before.diff(&before.clone()).count(), 0);
+    }
+
+    #[test]
+    fn a_shared_list_pushes_back_and_pops_front() {
+        let mut list: SharedList<u32> = (1..=3).collect();
+        let snapshot = list.clone();
+        list.push_back(4);
+        assert_eq!(list.pop_front(), Some(1));
+        assert_eq!(list.iter().copied().collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(snapshot.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            (list.front(), list.back(), list.get(1)),
+            (Some(&2), Some(&4), Some(&3))
+        );
+        assert_eq!(serde_json::to_string(&list).unwrap(), "[2,3,4]");
+        let back: SharedList<u32> = serde_json::from_str("[2,3,4]").unwrap();
+        assert_eq!(back, list);
+    }
+}
