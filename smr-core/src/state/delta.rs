@@ -115,6 +115,39 @@ impl Delta {
             && self.events == 0
     }
 
+    /// Whether what the network loop derives may differ: overlay peers and WireGuard keys (the
+    /// nodes, the cluster network) and DNS records (the nodes, the replicas' reports). A
+    /// heartbeat (a report with the same replicas) or a definition write touches none of them.
+    pub fn touches_network(&self) -> bool {
+        !self.nodes.is_empty() || self.settings || !self.replicas.is_empty()
+    }
+
+    /// Whether a node's replicas may need work: placements, nodes, the cluster network, replica
+    /// reports (a dependency's readiness), and any definition but configuration, secret and
+    /// resource objects. Those three reach replicas only through the definitions that read
+    /// them, which the same write rolls (a new template generation), so they count through it.
+    pub fn touches_replicas(&self) -> bool {
+        !self.placements.is_empty()
+            || !self.nodes.is_empty()
+            || self.settings
+            || !self.replicas.is_empty()
+            || self.objects.touched().any(|k| !is_data(k.kind))
+    }
+
+    /// Whether the leader's placements may need to change: containers definitions, placements
+    /// and their errors, nodes, replica reports (rollout progress). Liveness (report sequence
+    /// numbers against the clock) is the scheduler's timer's business.
+    pub fn touches_scheduling(&self) -> bool {
+        !self.placements.is_empty()
+            || !self.placement_errors.is_empty()
+            || !self.nodes.is_empty()
+            || !self.replicas.is_empty()
+            || self
+                .objects
+                .touched()
+                .any(|k| k.kind == crate::definitions::Kind::Containers)
+    }
+
     /// Folds in a delta that follows this one (its `from_revision` is this one's `to_revision`).
     pub fn merge(&mut self, later: Delta) {
         self.to_revision = later.to_revision;
@@ -169,6 +202,12 @@ impl ClusterState {
     }
 }
 
+/// Configuration, secret and resource objects: data read by definitions.
+fn is_data(kind: crate::definitions::Kind) -> bool {
+    use crate::definitions::Kind;
+    matches!(kind, Kind::Configuration | Kind::Secret | Kind::Resource)
+}
+
 /// Adds to `out` the objects of replicas that differ between two reports of one node.
 fn replica_changes(
     before: Option<&NodeReport>,
@@ -219,6 +258,16 @@ pub enum Step {
     Full,
     /// Update what the delta names (it may be empty: nothing to do).
     Changes(Box<Delta>),
+}
+
+impl Step {
+    /// Whether a consumer interested in what `touches` says must work: always on a full pass.
+    pub fn needs(&self, touches: impl FnOnce(&Delta) -> bool) -> bool {
+        match self {
+            Step::Full => true,
+            Step::Changes(delta) => touches(delta),
+        }
+    }
 }
 
 /// Follows the state for one consumer: remembers the version it last worked from (an O(1)

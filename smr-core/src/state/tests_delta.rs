@@ -795,3 +795,127 @@ fn a_follower_hands_out_a_full_pass_first_then_what_changed() {
     // An older state (a snapshot of another history installed): start over.
     assert_eq!(follower.next(&ClusterState::default(), false), Step::Full);
 }
+
+/// Each node's replicas as reported, without the sequence number and time of the report (a
+/// node that reports none has none).
+fn replica_view(s: &ClusterState) -> BTreeMap<NodeId, Vec<ReplicaReport>> {
+    s.reports
+        .iter()
+        .filter(|(_, r)| !r.replicas.is_empty())
+        .map(|(id, r)| (*id, r.replicas.clone()))
+        .collect()
+}
+
+fn nodes_view(s: &ClusterState) -> Vec<NodeRecord> {
+    s.nodes.values().cloned().collect()
+}
+
+fn objects_view(s: &ClusterState, keep: impl Fn(Kind) -> bool) -> Vec<StoredObject> {
+    s.objects
+        .values()
+        .filter(|o| keep(o.object.kind))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn what_a_delta_says_it_does_not_touch_is_unchanged() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut s = ClusterState::default();
+    for n in 1..=3 {
+        s.apply(&cmd(
+            &format!("join{n}"),
+            Op::RegisterNode {
+                node: node(&format!("n{n}")),
+            },
+        ));
+    }
+    let mut skipped = [0; 3];
+    for op in 0..3_000 {
+        let before = s.clone();
+        let command = random_command(&mut rng, &s, op);
+        let (_, d) = s.apply_with_delta(&command);
+        if !d.touches_network() {
+            skipped[0] += 1;
+            assert_eq!(nodes_view(&before), nodes_view(&s));
+            assert_eq!(replica_view(&before), replica_view(&s));
+            assert_eq!(before.network, s.network);
+        }
+        if !d.touches_scheduling() {
+            skipped[1] += 1;
+            assert_eq!(nodes_view(&before), nodes_view(&s));
+            assert_eq!(replica_view(&before), replica_view(&s));
+            assert_eq!(before.placements, s.placements);
+            assert_eq!(before.placement_errors, s.placement_errors);
+            let containers = |k| k == Kind::Containers;
+            assert_eq!(
+                objects_view(&before, containers),
+                objects_view(&s, containers)
+            );
+        }
+        if !d.touches_replicas() {
+            skipped[2] += 1;
+            assert_eq!(nodes_view(&before), nodes_view(&s));
+            assert_eq!(replica_view(&before), replica_view(&s));
+            assert_eq!(before.placements, s.placements);
+            let not_data = |k| !matches!(k, Kind::Configuration | Kind::Secret | Kind::Resource);
+            assert_eq!(objects_view(&before, not_data), objects_view(&s, not_data));
+        }
+    }
+    assert!(skipped.iter().all(|n| *n > 300), "{skipped:?}");
+}
+
+#[test]
+fn a_heartbeat_and_an_unread_configuration_touch_no_loop() {
+    let mut s = ClusterState::default();
+    s.apply(&cmd("n", Op::RegisterNode { node: node("a") }));
+    s.apply(&cmd("1", apply_op(yaml(READERS))));
+    let report = |seq| Op::Report {
+        node: 1,
+        report: NodeReport {
+            seq,
+            at_ms: seq,
+            replicas: vec![replica("running", true)],
+        },
+    };
+    s.apply(&cmd("r1", report(1)));
+    let mut follower = Follower::new();
+    assert!(
+        follower.next(&s, false).needs(|_| false),
+        "a full pass first"
+    );
+    let quiet = |s: &mut ClusterState, follower: &mut Follower, c: Command| {
+        s.apply(&c);
+        let step = follower.next(s, false);
+        (
+            step.needs(Delta::touches_network),
+            step.needs(Delta::touches_scheduling),
+            step.needs(Delta::touches_replicas),
+        )
+    };
+    assert_eq!(
+        quiet(&mut s, &mut follower, cmd("r2", report(2))),
+        (false, false, false)
+    );
+    assert_eq!(
+        quiet(
+            &mut s,
+            &mut follower,
+            cmd("c1", apply_op(data_object("configuration", "unread", "1")))
+        ),
+        (false, false, false)
+    );
+    // Read by app/web: the write rolls it, which the scheduler and the replicas care about.
+    assert_eq!(
+        quiet(
+            &mut s,
+            &mut follower,
+            cmd("c2", apply_op(data_object("configuration", "shared", "1")))
+        ),
+        (false, true, true)
+    );
+    assert!(
+        follower.next(&s, true).needs(|_| false),
+        "a resync is a full pass"
+    );
+}
