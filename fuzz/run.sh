@@ -34,9 +34,11 @@ targets=("$@")
 if ((${#targets[@]} == 0)); then
     mapfile -t targets < <(cargo fuzz list)
 fi
+rows=()
 for target in "${targets[@]}"; do
     corpus=$target_dir/corpus/$target
     mkdir -p "$corpus"
+    before=$(find "$corpus" -type f | wc -l)
     seeds=()
     if [[ -d fuzz/seeds/$target ]]; then seeds=("fuzz/seeds/$target"); fi
     echo "fuzz: $target for ${SECONDS_PER_TARGET} s"
@@ -49,5 +51,13 @@ for target in "${targets[@]}"; do
         exit 1
     fi
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    echo "fuzz: $target ok: ${execs:-?} executions, corpus $(find "$corpus" -type f | wc -l) inputs"
+    rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -n 1)
+    after=$(find "$corpus" -type f | wc -l)
+    coverage=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1 | cut -d' ' -f2)
+    echo "fuzz: $target ok: ${execs:-?} executions, corpus $after inputs"
+    rows+=("$(printf '%-14s %12s %10s %8s %8s %8s %8s' "$target" "${execs:-?}" \
+        "$(( ${execs:-0} / SECONDS_PER_TARGET ))" "$before" "$after" "${coverage:-?}" "${rss:-?}")")
 done
+printf '%-14s %12s %10s %8s %8s %8s %8s\n' target executions exec/s corpus corpus edges "RSS MB"
+printf '%-14s %12s %10s %8s %8s %8s %8s\n' "" "" "" before after covered peak
+printf '%s\n' "${rows[@]}"

@@ -32,7 +32,8 @@ use crate::pki::{self, ClusterCa, Identity, JoinToken, Role};
 use crate::state::{
     CaRecord, Command, CommandResult, NetworkSettings, NodeRecord, Op, join_host_port,
 };
-use crate::store::{EtcdConfig, RaftPeer, ServerState, Store, StoreConfig, Transport};
+use crate::store::{EtcdConfig, RaftPeer, Store, StoreConfig, Transport};
+pub use smr_core::backend::NetworkBackend;
 
 /// Everything `smrmgr start` passes to the agent.
 #[derive(Clone, Debug)]
@@ -58,9 +59,9 @@ pub struct AgentConfig {
     pub cidr: ipnet::Ipv4Net,
     pub subnet_len: u8,
     /// Overlay backend: `wireguard`, `vxlan`, `host-gw` or `none`. Used when this node creates the
-    /// cluster (`None`: [`DEFAULT_BACKEND`]); a joining node that names one is refused when the
-    /// cluster runs another.
-    pub backend: Option<String>,
+    /// cluster (`None`: [`NetworkBackend::DEFAULT`]); a joining node that names one is refused
+    /// when the cluster runs another.
+    pub backend: Option<NetworkBackend>,
     /// Underlay interface for the overlay (default: the one holding `ip`).
     pub iface: Option<String>,
     /// Whether this node runs replicas.
@@ -136,12 +137,6 @@ impl EtcdSettings {
         Ok(config)
     }
 }
-
-/// The overlay backend of a new cluster when `--backend` is not given.
-pub const DEFAULT_BACKEND: &str = "wireguard";
-
-/// The overlay backends `--backend` accepts.
-pub const BACKENDS: &[&str] = &["wireguard", "vxlan", "host-gw", "none"];
 
 /// Where a node keeps its WireGuard private key.
 pub fn wireguard_key_path(data_dir: &Path) -> PathBuf {
@@ -351,21 +346,20 @@ pub async fn run(
         }
         None => Store::open(&dir.join("raft"), me.id, transport, StoreConfig::default()).await?,
     };
-    let node = Arc::new(Node {
-        docker_host: config.docker_host.clone(),
-        id: me.id,
-        name: me.name.clone(),
-        store: store.clone(),
+    let node = Arc::new(Node::new(
+        me.id,
+        me.name.clone(),
+        store.clone(),
         ca,
         peers,
-        overlay: Default::default(),
-        wg_key_path: wireguard_key_path(&dir),
-    });
+        config.docker_host.clone(),
+        wireguard_key_path(&dir),
+    ));
     // A restart naming another backend than the cluster's is refused, not ignored.
     if let Some(asked) = &config.backend
-        && let Ok(state) = store.read(false).await
+        && let Ok(state) = node.state(Consistency::Stale).await
         && let Some(network) = &state.network
-        && network.backend != *asked
+        && network.backend != asked.as_str()
     {
         return Err(DaemonError::Config(format!(
             "the cluster runs the {} backend (fixed by the node that created it); --backend {asked} \
@@ -415,9 +409,9 @@ pub async fn run(
         .map_err(|e| data_err(&dir, e))?;
 
     // An etcd-backed cluster has no Raft membership to keep.
-    let reconciler = store
+    let reconciler = node
         .is_raft()
-        .then(|| tokio::spawn(reconcile_membership(node.clone(), stop_rx.clone())));
+        .then(|| tokio::spawn(keep_membership(node.clone(), stop_rx.clone())));
     let labels = tokio::spawn(keep_labels(
         node.clone(),
         config.labels.clone(),
@@ -425,18 +419,17 @@ pub async fn run(
     ));
     // node.json's VTEP MAC is written by this agent; one that does not parse is refused, not
     // replaced by 00:00:00:00:00:00 (which would give every peer a wrong neighbour entry).
-    let vtep_mac = crate::controller::network::parse_mac(&me.vtep_mac).ok_or_else(|| {
+    let vtep_mac = crate::controllers::network::parse_mac(&me.vtep_mac).ok_or_else(|| {
         DaemonError::Config(format!(
             "node.json: vtep_mac {:?} is not a MAC address (aa:bb:cc:dd:ee:ff)",
             me.vtep_mac
         ))
     })?;
-    let loops = tokio::spawn(crate::controller::run_node(
+    let loops = tokio::spawn(crate::controllers::run_node(
         node.clone(),
-        crate::controller::NodeLoops {
+        crate::controllers::NodeLoops {
             id: me.id,
             workloads: config.workloads,
-            docker_host: config.docker_host.clone(),
             underlay_ip: me.ip.parse().unwrap_or(config.ip),
             wg_key_path: wireguard_key_path(&dir),
             wg_port: me.wg_port,
@@ -450,7 +443,7 @@ pub async fn run(
     ));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
 
-    crate::api::serve::stopped(&mut shutdown).await;
+    crate::shutdown::stopped(&mut shutdown).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     if let Some(reconciler) = reconciler {
@@ -593,7 +586,7 @@ async fn finish_bootstrap(
         .ca
         .as_ref()
         .ok_or_else(|| DaemonError::Bootstrap("the CA key is missing".into()))?;
-    node.store.bootstrap(me.peer()).await?;
+    node.bootstrap(me.peer()).await?;
     let ca_record = CaRecord {
         cert_pem: ca.cert_pem().to_string(),
         fingerprint: ca.fingerprint(),
@@ -604,8 +597,8 @@ async fn finish_bootstrap(
         subnet_len: config.subnet_len,
         backend: config
             .backend
-            .clone()
-            .unwrap_or_else(|| DEFAULT_BACKEND.to_string()),
+            .unwrap_or(NetworkBackend::DEFAULT)
+            .to_string(),
     };
     let commands = [
         Op::SetCa { ca: ca_record },
@@ -616,7 +609,7 @@ async fn finish_bootstrap(
     ];
     // On etcd the state may hold a cluster already: read it up to date.
     let state = node
-        .state(if node.store.is_raft() {
+        .state(if node.is_raft() {
             Consistency::Stale
         } else {
             Consistency::Linearizable
@@ -684,7 +677,7 @@ async fn join(
         public_ip: config.public_ip.map(|p| p.to_string()),
         wg_port: Some(config.wg_port),
         wg_public_key: Some(wg_public_key.to_string()),
-        backend: config.backend.clone(),
+        backend: config.backend.map(|b| b.to_string()),
         api_port: config.api_port,
         raft_port: config.raft_port,
         labels: config.labels.clone(),
@@ -699,7 +692,11 @@ async fn join(
         addr: join_addr.to_string(),
         reason,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut retry = api_types::retry::retry_until(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+    );
     let response: JoinResponse = loop {
         let answer = client.post(&url).json(&request).send().await;
         let retryable = match answer {
@@ -724,10 +721,10 @@ async fn join(
             }
             Err(e) => error_chain(&e),
         };
-        if Instant::now() > deadline {
+        let Some(pause) = retry.next_pause() else {
             return Err(join_err(retryable));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        tokio::time::sleep(pause).await;
     };
     let identity = Identity::new(response.node_cert, node_key, response.ca_pem.clone())
         .map_err(|e| join_err(format!("the certificate it sent is not usable: {e}")))?;
@@ -749,7 +746,7 @@ async fn keep_labels(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        if let Ok(state) = node.store.read(false).await
+        if let Ok(state) = node.state(Consistency::Stale).await
             && let Some(record) = state.nodes.get(&node.id)
         {
             if record.labels == labels {
@@ -768,7 +765,7 @@ async fn keep_labels(
             }
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
@@ -776,51 +773,15 @@ async fn keep_labels(
 
 /// On the leader, keeps the Raft membership equal to the node registry: registered nodes are added
 /// (as learners, promoted by the voter policy), removed nodes are taken out.
-async fn reconcile_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut changes = node.store.subscribe();
+async fn keep_membership(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
-        let status = node.store.status();
-        if status.state != ServerState::Leader {
-            continue;
-        }
-        let Ok(state) = node.store.read(false).await else {
-            continue;
-        };
-        for (id, record) in &state.nodes {
-            if !status.members.contains_key(id) {
-                let peer = RaftPeer {
-                    raft_addr: record.raft_addr(),
-                    api_addr: record.api_addr(),
-                    name: record.name.clone(),
-                };
-                tracing::info!(id, name = %record.name, "adding node to the Raft membership");
-                match tokio::time::timeout(
-                    Duration::from_secs(20),
-                    node.store.add_member(*id, peer),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(id, "adding node failed: {e}"),
-                    Err(_) => tracing::warn!(id, "adding node timed out; will retry"),
-                }
-            }
-        }
-        // An empty registry (a state from before the last node's removal was refused) must not
-        // empty the membership.
-        for id in status.members.keys().filter(|_| !state.nodes.is_empty()) {
-            if !state.nodes.contains_key(id) {
-                tracing::info!(id, "removing node from the Raft membership");
-                if let Err(e) = node.store.remove_member(*id).await {
-                    tracing::warn!(id, "removing node failed: {e}");
-                }
-            }
-        }
+        node.update_membership().await;
     }
 }

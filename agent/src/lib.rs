@@ -1,23 +1,25 @@
 //! The smr agent: everything a node runs.
 //!
-//! The pure parts (definitions, the state machine, the scheduler) are in `smr-core`, the
-//! certificates in `pki`, the API's bodies and its client in `api-types`.
+//! The pure parts (definitions, the state machine, the scheduler, the node plan, the repository
+//! sync decision) are in `smr-core`, the certificates in `pki`, the API's bodies and its client in
+//! `api-types`. This crate is the I/O shell around them.
 //!
 //! - [`store`]: openraft with its log, vote and snapshots in redb; the Raft RPC transport.
-//! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions (pure; it
-//!   moves to `smr-core` next).
 //! - [`runtime`]: the container runtime (Docker through bollard) behind a narrow trait.
 //! - [`node`]: the typed actions behind the API, with forwarding to the leader; fails with
 //!   [`node::NodeError`], which [`api::error`] alone maps to HTTP.
 //! - [`api`]: the REST API (axum) served on 1443 with mTLS, its typed errors and OpenAPI document.
+//! - [`controllers`]: the loops that run the pure planners and apply their decisions.
+//! - [`views`]: read-only views of the state (API answers, DNS records).
+//! - [`shutdown`]: the shutdown flag every task watches.
 //! - [`daemon`]: wires the parts into a running node.
 
 pub mod api;
-pub mod controller;
+pub mod controllers;
 pub mod daemon;
 pub mod node;
-pub mod node_plan;
 pub mod runtime;
+pub mod shutdown;
 pub mod store;
 pub mod views;
 

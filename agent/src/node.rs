@@ -11,22 +11,30 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api_types::retry::retry_until;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use smr_core::backend::NetworkBackend;
 
-use crate::api::types::{
-    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, SignRequest,
-    SignResponse,
-};
 use crate::pki::{ClusterCa, JoinToken, Role};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
-use crate::store::{RaftPeer, ServerState, Store, WriteError};
+use crate::store::{RaftPeer, ServerState, Store, StoreError, WriteError};
+use api_types::types::{
+    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, RotateKeyResponse,
+    SignRequest, SignResponse,
+};
+use tokio::sync::watch;
 
 mod error;
 mod members;
+mod objects;
+mod overlay_slot;
 mod replica;
+mod sync;
 pub use error::NodeError;
+pub use overlay_slot::{OverlaySlot, RotateError, RotateOutcome};
 pub use replica::ReplicaHost;
+pub use sync::WebhookOutcome;
 
 /// How long a request waits for a leader before answering `unavailable` (or, for a write that
 /// may have been applied, `outcome_unknown`).
@@ -35,6 +43,10 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for one forwarded request when the leader neither answers nor changes. A leader
 /// that dies or freezes is given up sooner: as soon as this node learns of its successor.
 const FORWARD_ATTEMPT: Duration = Duration::from_secs(4);
+
+/// The pauses between attempts to reach a leader: doubling from the first to the last.
+const LEADER_RETRY_FIRST: Duration = Duration::from_millis(20);
+const LEADER_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// How often the known leader is looked at while a forwarded request waits.
 const LEADER_POLL: Duration = Duration::from_millis(20);
@@ -58,20 +70,79 @@ pub enum Consistency {
 pub struct Node {
     pub id: NodeId,
     pub name: String,
-    pub store: Store,
+    /// Reached only through the methods below: callers see typed actions and [`NodeError`].
+    store: Store,
     /// Present on the node that holds the cluster CA key.
     pub ca: Option<ClusterCa>,
     /// mTLS client presenting this node's certificate, for node-to-node API calls.
     pub peers: reqwest::Client,
-    /// The Docker engine this node runs replicas on (for logs and exec).
+    /// The Docker engine this node runs replicas on.
     pub docker_host: Option<String>,
+    /// The one connection to it, made on first use ([`Node::docker`]): the reconciler, logs,
+    /// exec and attach share it.
+    docker: tokio::sync::OnceCell<crate::runtime::DockerRuntime>,
     /// The overlay the network loop runs (peer statistics, WireGuard key rotation).
-    pub overlay: Arc<crate::controller::network::OverlaySlot>,
+    pub overlay: Arc<OverlaySlot>,
     /// This node's WireGuard private key file.
     pub wg_key_path: std::path::PathBuf,
 }
 
 impl Node {
+    pub fn new(
+        id: NodeId,
+        name: String,
+        store: Store,
+        ca: Option<ClusterCa>,
+        peers: reqwest::Client,
+        docker_host: Option<String>,
+        wg_key_path: std::path::PathBuf,
+    ) -> Node {
+        Node {
+            id,
+            name,
+            store,
+            ca,
+            peers,
+            docker_host,
+            docker: tokio::sync::OnceCell::new(),
+            overlay: Default::default(),
+            wg_key_path,
+        }
+    }
+
+    /// Changes whenever this node applies a command (the value is the applied index).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.store.subscribe()
+    }
+
+    /// Whether this node leads the cluster now.
+    pub fn is_leader(&self) -> bool {
+        self.store.status().state == ServerState::Leader
+    }
+
+    /// Whether the store is this cluster's own Raft (not etcd).
+    pub fn is_raft(&self) -> bool {
+        self.store.is_raft()
+    }
+
+    /// First node of a new cluster: makes `me` the store's only member.
+    pub async fn bootstrap(&self, me: RaftPeer) -> Result<(), StoreError> {
+        self.store.bootstrap(me).await
+    }
+
+    /// Writes a command forwarded by another node here, and only here: a node that lost
+    /// leadership refuses it rather than relaying it again.
+    pub async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
+        let op_id = command.op_id.clone();
+        match self.store.write(command).await {
+            Ok(result) => Ok(result),
+            Err(WriteError::Fatal(why)) => Err(NodeError::Internal(why)),
+            Err(WriteError::Unknown(why)) => Err(NodeError::OutcomeUnknown { op_id, why }),
+            Err(WriteError::InsufficientStorage(why)) => Err(NodeError::InsufficientStorage(why)),
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Proposes `op` through Raft, forwarding to the leader when needed.
     pub async fn propose(&self, op: Op, op_id: Option<String>) -> Result<CommandResult, NodeError> {
         let command = Command {
@@ -91,7 +162,7 @@ impl Node {
     /// answer, proposed but not committed in time).
     pub async fn propose_command(&self, command: Command) -> Result<CommandResult, NodeError> {
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut pause = Duration::from_millis(20);
+        let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later
         // attempt answers (the same op_id is applied once and answers with the first result).
         let mut unknown: Option<String> = None;
@@ -147,7 +218,7 @@ impl Node {
                 }
                 Err(WriteError::Fatal(why)) => return Err(NodeError::Internal(why)),
             };
-            if Instant::now() + pause > deadline {
+            let Some(pause) = retry.next_pause() else {
                 return Err(match unknown {
                     Some(why) => NodeError::OutcomeUnknown {
                         op_id: command.op_id.clone(),
@@ -155,10 +226,9 @@ impl Node {
                     },
                     None => failure,
                 });
-            }
+            };
             // A new leader is worth trying at once.
             self.leader_moves_from(leader_seen, pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -171,7 +241,7 @@ impl Node {
             return self.store.read(false).await.map_err(read_error);
         }
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut pause = Duration::from_millis(20);
+        let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         loop {
             let mut leader_seen = None;
             let outcome = match self.store.read_index().await {
@@ -199,11 +269,13 @@ impl Node {
                 }
                 Err(e) => read_error(e),
             };
-            if matches!(outcome, NodeError::Internal(_)) || Instant::now() + pause > deadline {
+            if matches!(outcome, NodeError::Internal(_)) {
                 return Err(outcome);
             }
+            let Some(pause) = retry.next_pause() else {
+                return Err(outcome);
+            };
             self.leader_moves_from(leader_seen, pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -337,7 +409,7 @@ impl Node {
             let addr = state.nodes.get(&n)?.api_addr();
             let probe = tokio::time::timeout(
                 Duration::from_secs(2),
-                self.call::<(), crate::api::types::HealthResponse>(&addr, "health", None),
+                self.call::<(), api_types::types::HealthResponse>(&addr, "health", None),
             )
             .await;
             matches!(probe, Ok(Ok(_))).then_some(n)
@@ -405,13 +477,15 @@ impl Node {
                 req.name, existing.id
             )));
         }
-        let backend = state
-            .network
-            .as_ref()
-            .map(|n| n.backend.as_str())
-            .unwrap_or("none");
+        let backend = match &state.network {
+            Some(n) => n
+                .backend
+                .parse::<NetworkBackend>()
+                .map_err(|e| NodeError::Internal(format!("the cluster's network settings: {e}")))?,
+            None => NetworkBackend::None,
+        };
         if let Some(asked) = &req.backend
-            && asked != backend
+            && asked != backend.as_str()
         {
             return Err(NodeError::Conflict(format!(
                 "the cluster runs the {backend} backend (fixed by the node that created it); \
@@ -434,7 +508,7 @@ impl Node {
                 "wg_public_key {key:?} is not a WireGuard public key (base64 of 32 bytes)"
             )));
         }
-        if backend == "wireguard" && req.wg_public_key.is_none() {
+        if backend == NetworkBackend::WireGuard && req.wg_public_key.is_none() {
             return Err(NodeError::BadRequest(
                 "the cluster runs the wireguard backend: the joining node must send its \
                  WireGuard public key (upgrade it)"
@@ -521,9 +595,39 @@ impl Node {
         Ok(resp.cert)
     }
 
-    /// Replaces this node's WireGuard key (see [`crate::controller::network::OverlaySlot::rotate`]).
+    /// Rotates node `id`'s WireGuard key: here when `id` is this node, else relayed once to it
+    /// (a request that was `forwarded` already is refused, never sent on again).
+    pub async fn rotate_key(
+        &self,
+        id: NodeId,
+        forwarded: bool,
+    ) -> Result<RotateKeyResponse, NodeError> {
+        if id != self.id {
+            if forwarded {
+                return Err(NodeError::Unavailable(format!("this is not node {id}")));
+            }
+            let state = self.state(Consistency::Stale).await?;
+            let record = state
+                .nodes
+                .get(&id)
+                .ok_or_else(|| NodeError::NotFound(format!("node {id}")))?;
+            return self
+                .call::<(), RotateKeyResponse>(
+                    &record.api_addr(),
+                    &format!("nodes/{id}/rotate-key"),
+                    Some(&()),
+                )
+                .await;
+        }
+        let public_key = self.rotate_wireguard_key().await?;
+        Ok(RotateKeyResponse {
+            id,
+            public_key: public_key.to_string(),
+        })
+    }
+
+    /// Replaces this node's WireGuard key (see [`OverlaySlot::rotate`]).
     pub async fn rotate_wireguard_key(&self) -> Result<overlay::WgPublicKey, NodeError> {
-        use crate::controller::network::{RotateError, RotateOutcome};
         let id = self.id;
         let publish = |public: overlay::WgPublicKey, port: u16| async move {
             let op = Op::SetNodeWireguard {

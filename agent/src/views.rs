@@ -1,9 +1,11 @@
-//! Read-only views computed from the cluster state for the API (pure).
+//! Read-only views computed from the cluster state (pure): for the API, and the DNS records the
+//! network loop serves.
 
-use crate::api::types::ReplicaView;
-use crate::definitions::ObjectKey;
+use crate::definitions::{ObjectKey, Spec};
 use crate::scheduler::replica_name;
 use crate::state::ClusterState;
+use crate::state::StoredObject;
+use api_types::types::ReplicaView;
 
 /// Every placed replica (optionally of one object) with what its node last reported about it.
 /// A placed replica that its node has not reported yet is `pending`.
@@ -54,7 +56,7 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
                     node: slot.node,
                     node_name,
                     generation: slot.generation,
-                    state: "pending".into(),
+                    state: crate::scheduler::Phase::Pending.as_str().into(),
                     ready: false,
                     image: image.clone(),
                     ip: None,
@@ -67,4 +69,137 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
         }
     }
     views
+}
+
+/// The `*.private` records: ready replicas with an address on the cluster network, and nodes.
+pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
+    let replicas: Vec<dns::ReplicaInfo> = state
+        .reports
+        .values()
+        .flat_map(|r| &r.replicas)
+        .filter_map(|r| {
+            Some(dns::ReplicaInfo {
+                group: r.key.group.clone(),
+                name: r.key.name.clone(),
+                index: r.index,
+                ip: r.ip.as_deref()?.parse().ok()?,
+                ready: r.ready,
+            })
+        })
+        .collect();
+    let nodes: Vec<dns::NodeInfo> = state
+        .nodes
+        .values()
+        .filter_map(|n| {
+            Some(dns::NodeInfo {
+                name: n.name.clone(),
+                ip: n.dial_ip().parse().ok()?,
+            })
+        })
+        .collect();
+    dns::compute_records(&replicas, &nodes)
+}
+
+/// A stored object as the API shows it: credentials (httpauth passwords, certkey keys and
+/// passwords, secret values, `registryAuth` of containers and their init containers) replaced by
+/// `***`, and `user:password@` dropped from repository URLs.
+pub fn redacted(stored: &StoredObject) -> StoredObject {
+    const HIDDEN: &str = "***";
+    let hide = |v: &mut Option<String>| {
+        if v.is_some() {
+            *v = Some(HIDDEN.into());
+        }
+    };
+    let mut out = stored.clone();
+    match &mut out.object.spec {
+        Spec::Httpauth(h) => h.password = HIDDEN.into(),
+        Spec::Certkey(c) => {
+            hide(&mut c.private_key);
+            hide(&mut c.private_key_password);
+            hide(&mut c.key_store_password);
+        }
+        Spec::Secret(s) => s.data.values_mut().for_each(|v| *v = HIDDEN.into()),
+        Spec::Gitops(g) => g.repo_url = gitops::redact_url(&g.repo_url),
+        Spec::Containers(c) => {
+            let mut spec = Some(&mut **c);
+            while let Some(c) = spec {
+                hide(&mut c.registry_auth);
+                spec = c.init_container.as_deref_mut();
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definitions::{CertKeySpec, DataSpec, GitopsSpec, HttpAuthSpec, Object};
+
+    fn stored(object: Object) -> StoredObject {
+        StoredObject {
+            object,
+            generation: 1,
+            template_generation: 1,
+            revision: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn credentials_never_leave_in_api_answers() {
+        let objects = [
+            Object::new(
+                "g",
+                "a",
+                Spec::Httpauth(HttpAuthSpec {
+                    username: "u".into(),
+                    password: "pw-1".into(),
+                }),
+            ),
+            Object::new(
+                "g",
+                "b",
+                Spec::Certkey(CertKeySpec {
+                    private_key: Some("pw-2".into()),
+                    private_key_password: Some("pw-3".into()),
+                    ..Default::default()
+                }),
+            ),
+            Object::new(
+                "g",
+                "c",
+                Spec::Secret(DataSpec {
+                    data: [("k".to_string(), "pw-4".to_string())].into(),
+                }),
+            ),
+            Object::new(
+                "g",
+                "e",
+                Spec::Containers(Box::new(crate::definitions::ContainersSpec {
+                    registry_auth: Some("user:pw-6".into()),
+                    init_container: Some(Box::new(crate::definitions::ContainersSpec {
+                        registry_auth: Some("user:pw-7".into()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })),
+            ),
+            Object::new(
+                "g",
+                "d",
+                Spec::Gitops(GitopsSpec {
+                    repo_url: "https://user:pw-5@git.example.com/r.git".into(),
+                    ..Default::default()
+                }),
+            ),
+        ];
+        for object in objects {
+            let shown = serde_json::to_string(&redacted(&stored(object))).unwrap();
+            assert!(!shown.contains("pw-"), "{shown}");
+        }
+    }
 }

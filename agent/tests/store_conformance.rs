@@ -950,7 +950,10 @@ async fn etcd_over_tls_with_a_client_certificate() {
     );
     // A write through the authenticated store orders after anything etcd accepted before it.
     let after = store.write(command(token_op(3))).await.unwrap();
-    assert!(!matches!(after, CommandResult::Rejected { .. }), "{after:?}");
+    assert!(
+        !matches!(after, CommandResult::Rejected { .. }),
+        "{after:?}"
+    );
     let state = store.read(true).await.unwrap();
     assert_eq!(tokens(&state), vec!["t00001", "t00003"]);
     anonymous.shutdown().await;

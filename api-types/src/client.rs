@@ -197,8 +197,11 @@ impl Client {
         replay: Replay,
     ) -> Result<T, ClientError> {
         let url = format!("{}/api/v1/{path}", self.base);
-        let deadline = Instant::now() + self.retry_for;
-        let mut pause = Duration::from_millis(100);
+        let mut retry = crate::retry::retry_until(
+            Instant::now() + self.retry_for,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        );
         loop {
             let mut request = self.http.request(method.clone(), &url);
             if let Some(limit) = self.attempt_timeout {
@@ -236,17 +239,17 @@ impl Client {
                     }
                 }
             };
-            let retry = match &error {
+            let retryable = match &error {
                 ClientError::Api { status: 503, .. } => true,
                 ClientError::Api { status: 504, .. } => replay == Replay::Safe,
                 ClientError::Connect { .. } => sent_unanswered && replay == Replay::Safe,
                 _ => false,
             };
-            if !retry || Instant::now() + pause > deadline {
+            let pause = if retryable { retry.next_pause() } else { None };
+            let Some(pause) = pause else {
                 return Err(error);
-            }
+            };
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -15,6 +15,12 @@ pub fn default_context_pointer() -> PathBuf {
     base.join("smr").join("context")
 }
 
+/// The folder of named contexts (`smrctl context import` / `use` / `list`), beside the pointer:
+/// `~/.config/smr/contexts/NAME.json`.
+pub fn contexts_dir() -> PathBuf {
+    default_context_pointer().with_file_name("contexts")
+}
+
 /// Which context smrctl uses: `--context`, else `$SMR_CONTEXT`, else the one `smrmgr start`
 /// recorded, else `/var/lib/smr/admin.context`.
 pub fn resolve_context(flag: Option<PathBuf>) -> PathBuf {

@@ -1,10 +1,11 @@
 //! What a client of smr's REST API needs, and nothing else: the request and response bodies
 //! ([`types`], [`sync_views`]), the typed [`client`], the framing of interactive exec
-//! ([`stream`]), where to find the [`context`]. smrctl links this crate and `smr-core`, never the agent.
+//! ([`stream`]), where to find the [`context`], the retry policy with a deadline ([`retry`]). smrctl links this crate and `smr-core`, never the agent.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod context;
+pub mod retry;
 pub mod stream;
 pub mod sync_views;
 pub mod types;

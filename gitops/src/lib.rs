@@ -13,11 +13,13 @@
 
 //!
 //! Without the default feature `git` only the pure parts are built ([`plan_sync`], [`drifted`],
-//! [`RepoSpec`], [`normalize_directory`], [`parse_pack`], [`GitError`]): that is what `smr-core` links.
+//! [`RepoSpec`], [`normalize_directory`], [`parse_pack`], [`pack`] variables and templates,
+//! [`GitError`]): that is what `smr-core` links.
 
 mod error;
 #[cfg(feature = "git")]
 mod fetch;
+pub mod pack;
 mod paths;
 mod plan;
 mod spec;

@@ -5,7 +5,9 @@
 //! symbolic links (tree mode 120000) on the way to or inside the scanned directories are
 //! refused, never followed; submodules (mode 160000) are ignored; each file and the total
 //! are size-capped (sizes are read from object headers before any blob is loaded); files
-//! must be UTF-8. A directory holding `Pack.yaml` is a pack: its `definitions/**` are read.
+//! must be UTF-8. A directory holding `Pack.yaml` is a pack: its `definitions/**` are read, with
+//! `definitions/variables.yaml` put into their `{{ .name }}` templates. Entries whose name starts
+//! with a dot (`.github/`) are skipped.
 
 use git2::{ObjectType, Oid, Repository, Tree};
 
@@ -116,34 +118,7 @@ pub(crate) fn read_commit(
         base: walked,
     };
     let pack = match tree.get_name(PACK_FILE) {
-        Some(entry) => {
-            if entry.filemode() == MODE_LINK {
-                return Err(GitError::Symlink {
-                    url: url.to_string(),
-                    path: join(&reader.base, PACK_FILE),
-                });
-            }
-            let text = reader.read_blob(entry.id(), PACK_FILE)?;
-            let info = parse_pack(&text).map_err(|detail| GitError::BadPack {
-                url: url.to_string(),
-                path: join(&reader.base, PACK_FILE),
-                detail,
-            })?;
-            match tree.get_name(PACK_DEFINITIONS) {
-                Some(defs) if defs.filemode() == MODE_TREE => {
-                    let sub = repo.find_tree(defs.id()).map_err(other)?;
-                    reader.walk(&sub, PACK_DEFINITIONS)?;
-                }
-                Some(defs) if defs.filemode() == MODE_LINK => {
-                    return Err(GitError::Symlink {
-                        url: url.to_string(),
-                        path: join(&reader.base, PACK_DEFINITIONS),
-                    });
-                }
-                _ => {}
-            }
-            Some(info)
-        }
+        Some(_) => Some(reader.read_pack(&tree, "")?),
         None => {
             reader.walk(&tree, "")?;
             None
@@ -156,6 +131,42 @@ pub(crate) fn read_commit(
         files,
         pack,
     })
+}
+
+/// A pack's `definitions/variables.yaml` is not a definition: its values (the defaults; a
+/// gitops object gives no overrides) are put into the other files' `{{ .name }}` templates.
+fn render_pack(
+    files: Vec<SourceFile>,
+    url: &str,
+    base: &str,
+    pack_dir: &str,
+) -> Result<Vec<SourceFile>, GitError> {
+    let variables_path = join(
+        pack_dir,
+        &format!("{PACK_DEFINITIONS}/{}", crate::pack::VARIABLES_FILE),
+    );
+    let bad = |e: crate::pack::TemplateError| GitError::BadPack {
+        url: url.to_string(),
+        path: join(base, &e.file),
+        detail: if e.line > 0 {
+            format!("line {}: {}", e.line, e.message)
+        } else {
+            e.message
+        },
+    };
+    let (vars, files): (Vec<SourceFile>, Vec<SourceFile>) =
+        files.into_iter().partition(|f| f.path == variables_path);
+    let vars = match vars.first() {
+        Some(f) => crate::pack::Variables::parse(&f.path, &f.text).map_err(bad)?,
+        None => crate::pack::Variables::default(),
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let (text, _) = crate::pack::render(&f.path, &f.text, &vars).map_err(bad)?;
+            Ok(SourceFile { path: f.path, text })
+        })
+        .collect()
 }
 
 struct Reader<'r> {
@@ -190,6 +201,10 @@ impl Reader<'_> {
                     });
                 }
             };
+            // `.github/`, `.git*` files and other dot entries are not definitions.
+            if name.starts_with('.') {
+                continue;
+            }
             let path = join(prefix, &name);
             match entry.filemode() {
                 MODE_LINK => {
@@ -201,7 +216,12 @@ impl Reader<'_> {
                 MODE_COMMIT => {} // submodule: ignored
                 MODE_TREE => {
                     let sub = self.repo.find_tree(entry.id()).map_err(|e| self.other(e))?;
-                    self.walk(&sub, &path)?;
+                    // A folder holding a Pack.yaml is a pack, as at the top.
+                    if sub.get_name(PACK_FILE).is_some() {
+                        self.read_pack(&sub, &path)?;
+                    } else {
+                        self.walk(&sub, &path)?;
+                    }
                 }
                 _ if entry.kind() == Some(ObjectType::Blob) && is_yaml(&name) => {
                     let text = self.read_blob(entry.id(), &path)?;
@@ -211,6 +231,50 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Reads the pack whose folder is `tree` (at `prefix`): `Pack.yaml`, then `definitions/**`
+    /// rendered with `definitions/variables.yaml`.
+    fn read_pack(&mut self, tree: &Tree<'_>, prefix: &str) -> Result<PackInfo, GitError> {
+        let url = self.url;
+        let entry = tree.get_name(PACK_FILE).ok_or_else(|| GitError::BadPack {
+            url: url.to_string(),
+            path: join(&self.base, &join(prefix, PACK_FILE)),
+            detail: "missing".into(),
+        })?;
+        let manifest = join(prefix, PACK_FILE);
+        if entry.filemode() == MODE_LINK {
+            return Err(GitError::Symlink {
+                url: url.to_string(),
+                path: join(&self.base, &manifest),
+            });
+        }
+        let text = self.read_blob(entry.id(), &manifest)?;
+        let info = parse_pack(&text).map_err(|detail| GitError::BadPack {
+            url: url.to_string(),
+            path: join(&self.base, &manifest),
+            detail,
+        })?;
+        let defs_path = join(prefix, PACK_DEFINITIONS);
+        match tree.get_name(PACK_DEFINITIONS) {
+            Some(defs) if defs.filemode() == MODE_TREE => {
+                let sub = self.repo.find_tree(defs.id()).map_err(|e| self.other(e))?;
+                let outside = std::mem::take(&mut self.files);
+                let walked = self.walk(&sub, &defs_path);
+                let inside = std::mem::replace(&mut self.files, outside);
+                walked?;
+                let rendered = render_pack(inside, url, &self.base, prefix)?;
+                self.files.extend(rendered);
+            }
+            Some(defs) if defs.filemode() == MODE_LINK => {
+                return Err(GitError::Symlink {
+                    url: url.to_string(),
+                    path: join(&self.base, &defs_path),
+                });
+            }
+            _ => {}
+        }
+        Ok(info)
     }
 
     /// Reads one blob after checking its size from the object header.

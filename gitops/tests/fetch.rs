@@ -160,7 +160,16 @@ async fn hostile_directory_and_symlinks_refused() {
 async fn pack_layout() {
     let repo = TestRepo::new("pack");
     repo.write("packs/redis/Pack.yaml", "name: redis\nversion: 1.2.0\n");
-    repo.write("packs/redis/definitions/x.yaml", "kind: containers\n");
+    repo.write(
+        "packs/redis/definitions/x.yaml",
+        "kind: containers\nimage: redis:{{ .tag }}\n",
+    );
+    repo.write("packs/redis/definitions/variables.yaml", "tag: 7.2\n");
+    repo.write("packs/redis/definitions/.hidden/z.yaml", "kind: skipped\n");
+    repo.write("broken/Pack.yaml", "name: broken\nversion: 1\n");
+    repo.write("broken/definitions/a.yaml", "kind: x\nimage: {{ .nope }}\n");
+    repo.write(".github/workflows/ci.yaml", "on: push\n");
+    repo.write("root.yaml", "kind: containers\n");
     repo.write(
         "packs/redis/definitions/nested/y.yml",
         "kind: configuration\n",
@@ -186,10 +195,32 @@ async fn pack_layout() {
             version: "1.2.0".into()
         })
     );
+    // variables.yaml is not a definition: its values are put into the templates.
     assert_eq!(
         paths(&c),
         ["definitions/nested/y.yml", "definitions/x.yaml"]
     );
+    assert_eq!(c.files[1].text, "kind: containers\nimage: redis:7.2\n");
+    // The repository root: `.github/` (CI workflows) is skipped, packs below are read as packs.
+    match fetcher.fetch(&spec(&daemon.url("pack"), None, "")).await {
+        Err(e @ GitError::BadPack { .. }) => assert!(e.to_string().contains("broken/"), "{e}"),
+        other => panic!("expected BadPack for the broken pack, got {other:?}"),
+    }
+    // An undefined variable names the file, the line and the variable.
+    match fetcher
+        .fetch(&spec(&daemon.url("pack"), None, "broken"))
+        .await
+    {
+        Err(e @ GitError::BadPack { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("broken/definitions/a.yaml"), "{text}");
+            assert!(
+                text.contains("line 2: variable `nope` is not defined"),
+                "{text}"
+            );
+        }
+        other => panic!("expected BadPack, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -489,4 +520,29 @@ async fn stalled_server_times_out() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     // Closing the sockets releases the stuck worker threads.
     held.abort();
+}
+
+#[tokio::test]
+async fn repository_root_skips_dot_folders_and_reads_packs_below() {
+    let repo = TestRepo::new("rootscan");
+    repo.write(".github/workflows/ci.yaml", "on: push\njobs: {}\n");
+    repo.write(".hidden.yaml", "kind: skipped\n");
+    repo.write("apps/a.yaml", "kind: containers\n");
+    repo.write("tools/Pack.yaml", "name: tools\nversion: 0.1.0\n");
+    repo.write(
+        "tools/definitions/variables.yaml",
+        "image: {tag: \"1.37\"}\n",
+    );
+    repo.write("tools/definitions/t.yaml", "tag: {{ .image.tag }}\n");
+    repo.commit("root");
+    let daemon = GitDaemon::start(&repo.base());
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new(cache.path());
+    let c = fetcher
+        .fetch(&spec(&daemon.url("rootscan"), None, ""))
+        .await
+        .unwrap();
+    assert_eq!(paths(&c), ["apps/a.yaml", "tools/definitions/t.yaml"]);
+    assert_eq!(text(&c, "tools/definitions/t.yaml"), "tag: 1.37\n");
+    assert_eq!(c.pack, None);
 }

@@ -9,28 +9,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use nix::sched::CloneFlags;
 use overlay::{Backend, Op, Overlay, OverlayConfig, OverlayError, Peer, VXLAN_DEV};
 
+mod common;
+use common::{run, sh};
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Two namespaces `a` and `b` joined by a veth pair (`va` in a, `vb` in b) carrying
 /// 192.168.77.1/24 and 192.168.77.2/24. Deleted by name on drop, even on failure.
@@ -72,18 +56,7 @@ impl Testbed {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T>,
     {
-        let path = format!("/var/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(f())
-        })
-        .join()
-        .expect("namespace thread panicked")
+        common::in_ns_async(ns, f)
     }
 
     /// Ping from `ns` until it answers or 10 s pass.

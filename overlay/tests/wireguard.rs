@@ -16,44 +16,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use nix::sched::CloneFlags;
 use overlay::wireguard::{WG_DEV, WgOp};
 use overlay::{Backend, Overlay, OverlayConfig, Peer, WgConfig, WgKey, WgPeer};
 
+mod common;
+use common::{enter, in_ns, run, sh};
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn enter(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-/// Runs `f` on a fresh thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter(&ns);
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
-}
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 

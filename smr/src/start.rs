@@ -144,7 +144,7 @@ pub fn node_timeout(s: &str) -> Result<std::time::Duration, String> {
     if timeout < min || timeout > max {
         return Err(format!(
             "{s} is outside 5s..1h (nodes report every {}s)",
-            agent::controller::reconcile::HEARTBEAT.as_secs()
+            agent::controllers::replicas::HEARTBEAT.as_secs()
         ));
     }
     Ok(timeout)

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use agent::api::gitops::GitopsView;
+use agent::api::sync_routes::GitopsView;
 use agent::client::Client;
 use agent::definitions::ObjectKey;
 use agent::state::GitopsState;

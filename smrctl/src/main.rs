@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use smr_core::definitions::{self, ObjectKey};
 use smr_core::state::{GitopsState, Outcome, StoredObject};
 use smrctl::output::{self, Format};
+use smrctl::source::Source;
 
 #[derive(Parser)]
 #[command(
@@ -31,10 +32,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create or update the definitions in files or directories, all or none.
+    /// Create or update the definitions in files, directories, packs or https:// URLs, all or
+    /// none.
     Apply {
-        #[arg(short = 'f', long = "file", required = true)]
-        files: Vec<PathBuf>,
+        /// Files, directories, packs (a folder with Pack.yaml) or https:// URLs.
+        #[arg(value_name = "PATH|URL")]
+        paths: Vec<String>,
+        /// The same as a PATH|URL argument (kept for `-f FILE` habits).
+        #[arg(short = 'f', long = "file", value_name = "PATH|URL")]
+        files: Vec<String>,
+        /// A pack variable, KEY=VALUE (`a.b=v` for a nested key); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A CA certificate (PEM) trusted for https:// URLs besides the system's roots.
+        #[arg(long, value_name = "FILE")]
+        url_ca: Option<PathBuf>,
         /// Validate and show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
@@ -50,19 +62,38 @@ enum Cmd {
         #[arg(long, default_value = "5m", value_parser = definitions::parse_duration)]
         timeout: std::time::Duration,
     },
-    /// Delete the definitions of files, or objects by KIND/GROUP/NAME.
+    /// Delete objects: by [PREFIX/]KIND/GROUP/NAME, or those defined in files, directories,
+    /// packs or https:// URLs.
+    #[command(visible_alias = "remove")]
     Delete {
-        #[arg(short = 'f', long = "file")]
-        files: Vec<PathBuf>,
-        keys: Vec<String>,
+        /// KIND/GROUP/NAME, or a PATH|URL whose definitions are deleted.
+        #[arg(value_name = "KEY|PATH|URL")]
+        args: Vec<String>,
+        #[arg(short = 'f', long = "file", value_name = "PATH|URL")]
+        files: Vec<String>,
+        /// Pack variables, as for apply (they may change the names a pack defines).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long, value_name = "FILE")]
+        url_ca: Option<PathBuf>,
     },
-    /// Show one object (KIND/GROUP/NAME).
+    /// Show one object ([PREFIX/]KIND/GROUP/NAME); `inspect` is the same.
+    #[command(visible_alias = "inspect")]
     Get {
         key: String,
         #[arg(short = 'o', long, value_enum, default_value = "yaml")]
         output: Format,
     },
-    /// List objects, all or of one kind.
+    /// Edit an object's YAML in $VISUAL/$EDITOR and apply it when saved; a refused edit is
+    /// opened again with the reason.
+    Edit { key: String },
+    /// Print a pack's definitions after templating (variables.yaml and --set), validated.
+    Template {
+        pack: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// List objects, all, of one KIND, or of one PREFIX/KIND (e.g. traefik.io/v1/custom).
     List {
         kind: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -132,10 +163,42 @@ enum Cmd {
     },
     /// Remove a node from the cluster by id.
     RemoveNode { id: u64 },
-    /// Show which context is used and where it points.
-    Context,
+    /// Contexts (API address and credentials): which is used (default), list, use, import,
+    /// export.
+    Context {
+        #[command(subcommand)]
+        action: Option<ContextCmd>,
+    },
     /// Print the API's OpenAPI document.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum ContextCmd {
+    /// Imported contexts and the one in use (marked *).
+    List,
+    /// Make an imported context the default.
+    Use { name: String },
+    /// Store a context file (from `context export`) under its name, or --name.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace a different context of the same name.
+        #[arg(long)]
+        force: bool,
+        /// Also make it the default.
+        #[arg(long = "use")]
+        make_default: bool,
+    },
+    /// Write the context in use (API URL, CA, this client's certificate and key) as one file,
+    /// to FILE (mode 0600) or stdout.
+    Export {
+        file: Option<PathBuf>,
+        /// The name the context gets in the file.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,11 +299,27 @@ fn connect(flag: Option<PathBuf>) -> Result<Client, Failure> {
     Ok(Client::from_context(&ctx)?)
 }
 
-fn load_files(files: &[PathBuf]) -> Result<Vec<definitions::Object>, Failure> {
-    let mut objects = Vec::new();
-    for file in files {
-        objects.extend(definitions::load_path(file).map_err(|e| Failure::Input(e.to_string()))?);
-    }
+/// Reads the definitions of paths and URLs (packs get the `--set` values).
+async fn load_sources(
+    sources: &[String],
+    set: &[String],
+    url_ca: Option<&PathBuf>,
+) -> Result<Vec<definitions::Object>, Failure> {
+    let sources: Vec<Source> = sources
+        .iter()
+        .map(|s| Source::parse(s))
+        .collect::<Result<_, _>>()
+        .map_err(Failure::Input)?;
+    let ca = url_ca
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| Failure::Input(format!("--url-ca {}: {e}", p.display())))
+        })
+        .transpose()?;
+    let mut loader = definitions::Loader::new(set).map_err(|e| Failure::Input(e.to_string()))?;
+    let objects = smrctl::source::load_all(&sources, &mut loader, ca.as_deref())
+        .await
+        .map_err(Failure::Input)?;
     if objects.is_empty() {
         return Err(Failure::Input(
             "no definitions found in the given files".into(),
@@ -250,21 +329,56 @@ fn load_files(files: &[PathBuf]) -> Result<Vec<definitions::Object>, Failure> {
 }
 
 fn parse_key(text: &str) -> Result<ObjectKey, Failure> {
+    Ok(parse_address(text)?.key)
+}
+
+fn parse_address(text: &str) -> Result<definitions::Address, Failure> {
     text.parse()
         .map_err(|e: definitions::KeyError| Failure::Input(e.to_string()))
+}
+
+/// The object at `address`; a prefix in the address must match the stored object's.
+async fn get_addressed(
+    client: &Client,
+    address: &definitions::Address,
+) -> Result<StoredObject, Failure> {
+    let stored = client.get(&address.key).await?;
+    if !address.matches(&stored.object) {
+        return Err(Failure::Client(ClientError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: format!(
+                "{} not found ({} has prefix {})",
+                stored.object.key(),
+                address.prefix.as_deref().unwrap_or_default(),
+                stored.object.prefix
+            ),
+            details: None,
+        }));
+    }
+    Ok(stored)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Apply {
+            mut paths,
             files,
+            set,
+            url_ca,
             dry_run,
             output,
             wait,
             no_wait,
             timeout,
         } => {
-            let objects = load_files(&files)?;
+            paths.extend(files);
+            if paths.is_empty() {
+                return Err(Failure::Input(
+                    "nothing to apply: give PATH or https:// URL (or -f)".into(),
+                ));
+            }
+            let objects = load_sources(&paths, &set, url_ca.as_ref()).await?;
             let client = connect(cli.context)?;
             let response = client.apply(&objects, dry_run, None).await?;
             let _ = wait; // the default; the flag exists to override an earlier --no-wait
@@ -299,29 +413,58 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Delete { files, keys } => {
-            let mut all: Vec<ObjectKey> = keys
-                .iter()
-                .map(|k| parse_key(k))
-                .collect::<Result<_, _>>()?;
+        Cmd::Delete {
+            args,
+            mut files,
+            set,
+            url_ca,
+        } => {
+            // An argument is a source when it is a URL or an existing path, else an address.
+            let mut addresses = Vec::new();
+            for arg in args {
+                if matches!(Source::parse(&arg), Ok(Source::Url(_)) | Err(_))
+                    || std::path::Path::new(&arg).exists()
+                {
+                    files.push(arg);
+                } else {
+                    addresses.push(parse_address(&arg).map_err(|_| {
+                        Failure::Input(format!(
+                            "{arg:?} is neither an existing file or directory, an https:// URL, nor KIND/GROUP/NAME"
+                        ))
+                    })?);
+                }
+            }
+            let mut all: Vec<ObjectKey> = addresses.iter().map(|a| a.key.clone()).collect();
             if !files.is_empty() {
-                all.extend(load_files(&files)?.iter().map(|o| o.key()));
+                all.extend(
+                    load_sources(&files, &set, url_ca.as_ref())
+                        .await?
+                        .iter()
+                        .map(|o| o.key()),
+                );
+            } else if !set.is_empty() {
+                return Err(Failure::Input(
+                    "--set fills pack variables, and no pack was given".into(),
+                ));
             }
             if all.is_empty() {
                 return Err(Failure::Input(
-                    "nothing to delete: give -f FILE or KIND/GROUP/NAME".into(),
+                    "nothing to delete: give KIND/GROUP/NAME, PATH or https:// URL".into(),
                 ));
             }
             let client = connect(cli.context)?;
+            for a in addresses.iter().filter(|a| a.prefix.is_some()) {
+                get_addressed(&client, a).await?;
+            }
             let response = client.delete(&all).await?;
             for o in &response.outcomes {
                 println!("{} {}", o.key, outcome_word(o.outcome));
             }
         }
         Cmd::Get { key, output } => {
-            let key = parse_key(&key)?;
+            let address = parse_address(&key)?;
             let client = connect(cli.context)?;
-            let stored = client.get(&key).await?;
+            let stored = get_addressed(&client, &address).await?;
             match output {
                 Format::Json => print!("{}", output::json(&stored)?),
                 Format::Yaml => print!(
@@ -332,7 +475,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Table | Format::Wide => print!("{}", objects_table(&[stored])),
             }
         }
+        Cmd::Edit { key } => {
+            let address = parse_address(&key)?;
+            let client = connect(cli.context)?;
+            edit(&client, &address).await?;
+        }
+        Cmd::Template { pack, set } => {
+            let mut loader =
+                definitions::Loader::new(&set).map_err(|e| Failure::Input(e.to_string()))?;
+            let rendered = loader
+                .render(&pack)
+                .map_err(|e| Failure::Input(e.to_string()))?;
+            loader.finish().map_err(|e| Failure::Input(e.to_string()))?;
+            let mut out = String::new();
+            for (file, text) in &rendered.files {
+                // Validated as apply would, so what is printed is what apply would send.
+                definitions::parse_str(file, text).map_err(|e| Failure::Input(e.to_string()))?;
+                out.push_str(&format!("---\n# Source: {file}\n"));
+                out.push_str(text.trim_start_matches("---\n"));
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            print!("{out}");
+        }
         Cmd::List { kind, output } => {
+            // KIND, or PREFIX/KIND (traefik.io/v1/custom): the prefix filters the listing.
+            let (prefix, kind) = match kind.as_deref().and_then(|k| k.rsplit_once('/')) {
+                Some((prefix, kind)) => {
+                    if !definitions::is_prefix(prefix) {
+                        return Err(Failure::Input(format!(
+                            "{prefix:?} is not a prefix (DOMAIN/VERSION, e.g. traefik.io/v1)"
+                        )));
+                    }
+                    (Some(prefix.to_string()), Some(kind.to_string()))
+                }
+                None => (None, kind),
+            };
             let kind = kind
                 .map(|k| {
                     k.parse::<definitions::Kind>()
@@ -340,7 +519,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .transpose()?;
             let client = connect(cli.context)?;
-            let objects = client.list(kind).await?;
+            let mut objects = client.list(kind).await?;
+            if let Some(prefix) = &prefix {
+                objects.retain(|o| o.object.prefix == *prefix);
+            }
             match output {
                 Format::Json => print!("{}", output::json(&objects)?),
                 Format::Yaml => print!(
@@ -487,6 +669,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             tail,
             follow,
         } => {
+            let replica = smrctl::source::replica_name(&replica).map_err(Failure::Input)?;
             let client = connect(cli.context)?;
             if follow {
                 use futures::StreamExt as _;
@@ -507,6 +690,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             interactive,
             tty,
         } => {
+            let replica = smrctl::source::replica_name(&replica).map_err(Failure::Input)?;
             let client = connect(cli.context)?;
             if interactive || tty {
                 let code = smrctl::exec::interactive(&client, &replica, &command, interactive, tty)
@@ -548,11 +732,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.remove_node(id).await?;
             println!("node {id} removed");
         }
-        Cmd::Context => {
-            let path = smrctl::resolve_context(cli.context);
-            let ctx = Context::load(&path)?;
-            println!("context {} ({}): {}", ctx.name, path.display(), ctx.api_url);
-        }
+        Cmd::Context { action } => context(cli.context, action)?,
         Cmd::Openapi => {
             let client = connect(cli.context)?;
             println!(
@@ -563,6 +743,173 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn context(flag: Option<PathBuf>, action: Option<ContextCmd>) -> Result<(), Failure> {
+    use smrctl::contexts::{self, Store};
+    let store = Store::user();
+    let current = smrctl::resolve_context(flag);
+    match action {
+        None => {
+            let ctx = Context::load(&current)?;
+            println!(
+                "context {} ({}): {}",
+                ctx.name,
+                current.display(),
+                ctx.api_url
+            );
+        }
+        Some(ContextCmd::List) => {
+            let entries = store.list(Some(&current)).map_err(Failure::Input)?;
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        if e.current { "*".into() } else { String::new() },
+                        e.name.clone(),
+                        e.api_url.clone(),
+                        e.path.display().to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["CURRENT", "NAME", "API", "FILE"], &rows)
+            );
+        }
+        Some(ContextCmd::Use { name }) => {
+            let path = store
+                .use_context(&name)
+                .map_err(|e| Failure::Client(ClientError::Context(e)))?;
+            println!("using context {name} ({})", path.display());
+            if std::env::var_os("SMR_CONTEXT").is_some() {
+                eprintln!("smrctl: note: $SMR_CONTEXT is set and takes precedence");
+            }
+        }
+        Some(ContextCmd::Import {
+            file,
+            name,
+            force,
+            make_default,
+        }) => {
+            let name = store
+                .import(&file, name.as_deref(), force)
+                .map_err(|e| Failure::Client(ClientError::Context(e)))?;
+            if make_default {
+                store
+                    .use_context(&name)
+                    .map_err(|e| Failure::Client(ClientError::Context(e)))?;
+                println!("context {name} imported and in use");
+            } else {
+                println!(
+                    "context {name} imported; `smrctl context use {name}` makes it the default"
+                );
+            }
+        }
+        Some(ContextCmd::Export { file, name }) => {
+            let text = contexts::export(&current, name.as_deref())
+                .map_err(|e| Failure::Client(ClientError::Context(e)))?;
+            match file {
+                Some(path) => {
+                    api_types::client::write_private(&path, text.as_bytes()).map_err(|e| {
+                        Failure::Other(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+                    })?;
+                    eprintln!(
+                        "smrctl: wrote {} (it holds this client's private key: share it like a password)",
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `smrctl edit`: fetch, edit, validate, apply; again with the reason until it is accepted or
+/// the user gives up.
+async fn edit(client: &Client, address: &definitions::Address) -> Result<(), Failure> {
+    use smrctl::edit::{self as ed, Outcome};
+    let stored = get_addressed(client, address).await?;
+    let key = stored.object.key();
+    let original = definitions::to_yaml(std::slice::from_ref(&stored.object))
+        .map_err(|e| Failure::Other(e.into()))?;
+    let dir = tempfile_dir()?;
+    let file = dir.join(format!("{}-{}-{}.yaml", key.kind, key.group, key.name));
+    let source = file.display().to_string();
+    let mut error: Option<String> = None;
+    // What the editor shows: the object, then after a refusal what the user saved.
+    let mut body = original;
+    let result = loop {
+        let shown = ed::with_error(&body, error.as_deref());
+        std::fs::write(&file, &shown).map_err(|e| Failure::Other(e.into()))?;
+        if let Err(e) = ed::run_editor(&file) {
+            break Err(Failure::Input(e));
+        }
+        let saved = std::fs::read_to_string(&file).map_err(|e| Failure::Other(e.into()))?;
+        match ed::judge(&shown, &saved, &key, &source) {
+            Outcome::Unchanged => {
+                break match error {
+                    None => {
+                        println!("{key} unchanged (nothing saved)");
+                        Ok(())
+                    }
+                    Some(e) => Err(Failure::Input(format!(
+                        "edit abandoned; the last edit was refused: {e}"
+                    ))),
+                };
+            }
+            Outcome::Invalid(why) => {
+                body = ed::strip_error(&saved).to_string();
+                error = Some(why);
+            }
+            Outcome::Edited(obj) => {
+                match client.apply(std::slice::from_ref(&*obj), false, None).await {
+                    Ok(response) => {
+                        for o in &response.outcomes {
+                            println!("{} {}", o.key, outcome_word(o.outcome));
+                        }
+                        break Ok(());
+                    }
+                    Err(e @ ClientError::Api { status, .. })
+                        if (400..500).contains(&status) && status != 401 && status != 403 =>
+                    {
+                        body = ed::strip_error(&saved).to_string();
+                        let mut why = e.to_string();
+                        if let ClientError::Api {
+                            details: Some(d), ..
+                        } = &e
+                            && !d.is_null()
+                        {
+                            why.push('\n');
+                            why.push_str(&serde_json::to_string_pretty(d).unwrap_or_default());
+                        }
+                        error = Some(why);
+                    }
+                    Err(e) => break Err(Failure::Client(e)),
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A private temporary folder for the edited file.
+fn tempfile_dir() -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let dir = base.join(format!("smrctl-edit-{}-{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Failure::Other(e.into())),
+        }
+    }
+    Err(Failure::Other(anyhow::anyhow!(
+        "cannot create a temporary folder"
+    )))
 }
 
 /// `GROUP/NAME` or `gitops/GROUP/NAME`.

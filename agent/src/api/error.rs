@@ -130,6 +130,7 @@ impl From<NodeError> for ApiError {
             NodeError::Conflict(why) => ApiError::Conflict(why),
             NodeError::NotFound(what) => ApiError::NotFound(what),
             NodeError::Forbidden(why) => ApiError::Forbidden(why),
+            NodeError::BadSignature(why) => ApiError::BadSignature(why),
             NodeError::BadRequest(why) => ApiError::BadRequest(why),
             NodeError::Internal(why) => ApiError::Internal(why),
             NodeError::Relayed { status, body } => ApiError::Relayed {

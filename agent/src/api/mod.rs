@@ -6,9 +6,9 @@
 //! need a node certificate. Credentials stored in objects are never returned.
 
 pub mod error;
-pub mod gitops;
 pub mod serve;
 pub mod stream;
+pub mod sync_routes;
 #[doc(hidden)] // transitional (issue 13): the bodies moved to api-types.
 pub use api_types::{plain_objects, types};
 
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::definitions::{self, Kind, ObjectKey};
 use crate::node::{Consistency, Node, ReplicaHost};
 use crate::pki::{PeerIdentity, Role};
-use crate::state::{CommandResult, Op, StoredObject};
+use crate::state::{CommandResult, StoredObject};
 use error::ApiError;
 use types::*;
 
@@ -106,9 +106,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/replicas/{name}/exec", post(replica_exec))
         .route("/api/v1/replicas/{name}/attach", get(replica_attach))
         .route("/api/v1/describe/{kind}/{group}/{name}", get(describe))
-        .route("/api/v1/gitops", get(gitops::list))
-        .route("/api/v1/gitops/{group}/{name}", get(gitops::describe))
-        .route("/api/v1/gitops/{group}/{name}/sync", post(gitops::sync))
+        .route("/api/v1/gitops", get(sync_routes::list))
+        .route("/api/v1/gitops/{group}/{name}", get(sync_routes::describe))
+        .route(
+            "/api/v1/gitops/{group}/{name}/sync",
+            post(sync_routes::sync),
+        )
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
@@ -117,7 +120,7 @@ pub fn router(node: Arc<Node>) -> Router {
         // Git hosts have no client certificate: the body's HMAC signature authenticates.
         .route(
             "/api/v1/gitops/{group}/{name}/webhook",
-            post(gitops::webhook),
+            post(sync_routes::webhook),
         )
         .merge(authenticated)
         .fallback(|| async { ApiError::NotFound("route".into()) })
@@ -340,30 +343,8 @@ async fn rotate_key(
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
-    if id != node.id {
-        if headers.contains_key("x-smr-forwarded") {
-            return Err(ApiError::Unavailable(format!("this is not node {id}")));
-        }
-        let state = node.state(Consistency::Stale).await?;
-        let record = state
-            .nodes
-            .get(&id)
-            .ok_or_else(|| ApiError::NotFound(format!("node {id}")))?;
-        return node
-            .call::<(), RotateKeyResponse>(
-                &record.api_addr(),
-                &format!("nodes/{id}/rotate-key"),
-                Some(&()),
-            )
-            .await
-            .map_err(ApiError::from)
-            .map(Json);
-    }
-    let public_key = node.rotate_wireguard_key().await?;
-    Ok(Json(RotateKeyResponse {
-        id,
-        public_key: public_key.to_string(),
-    }))
+    let forwarded = headers.contains_key("x-smr-forwarded");
+    Ok(Json(node.rotate_key(id, forwarded).await?))
 }
 
 async fn remove_node(
@@ -447,29 +428,7 @@ async fn apply(
             "nothing to apply: no definitions in the request".into(),
         ));
     }
-    if params.dry_run {
-        let state = node.state(Consistency::Linearizable).await?;
-        let mut preview = (*state).clone();
-        let command = crate::state::Command {
-            op_id: String::new(),
-            at_ms: 0,
-            op: Op::Apply {
-                objects,
-                owner: None,
-            },
-        };
-        return objects_response(preview.apply(&command), true);
-    }
-    let result = node
-        .propose(
-            Op::Apply {
-                objects,
-                owner: None,
-            },
-            op_id,
-        )
-        .await?;
-    objects_response(result, false)
+    Ok(Json(node.apply(objects, op_id, params.dry_run).await?))
 }
 
 fn is_yaml(headers: &HeaderMap) -> bool {
@@ -479,24 +438,9 @@ fn is_yaml(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("yaml"))
 }
 
-fn objects_response(result: CommandResult, dry_run: bool) -> Result<Json<ApplyResponse>, ApiError> {
-    match result {
-        CommandResult::Objects { revision, outcomes } => Ok(Json(ApplyResponse {
-            revision,
-            outcomes,
-            dry_run,
-        })),
-        CommandResult::Rejected { reason } => Err(ApiError::Conflict(reason)),
-        other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
-    }
-}
-
 async fn delete_many(State(node): AppState, body: Body) -> Result<Json<ApplyResponse>, ApiError> {
     let req: DeleteRequest = parse_json(&read_body(body).await?)?;
-    let result = node
-        .propose(Op::Delete { keys: req.keys }, req.op_id)
-        .await?;
-    objects_response(result, false)
+    Ok(Json(node.delete(req.keys, req.op_id).await?))
 }
 
 fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
@@ -517,7 +461,9 @@ async fn list_all(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<StoredObject>>, ApiError> {
     let state = node.state(params.consistency()?).await?;
-    Ok(Json(state.objects.values().map(gitops::redacted).collect()))
+    Ok(Json(
+        state.objects.values().map(crate::views::redacted).collect(),
+    ))
 }
 
 async fn list_kind(
@@ -527,7 +473,9 @@ async fn list_kind(
 ) -> Result<Json<Vec<StoredObject>>, ApiError> {
     let kind = parse_kind(&kind)?;
     let state = node.state(params.consistency()?).await?;
-    Ok(Json(state.objects_of(kind).map(gitops::redacted).collect()))
+    Ok(Json(
+        state.objects_of(kind).map(crate::views::redacted).collect(),
+    ))
 }
 
 async fn get_object(
@@ -540,7 +488,7 @@ async fn get_object(
     state
         .objects
         .get(&key)
-        .map(gitops::redacted)
+        .map(crate::views::redacted)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(key.to_string()))
 }
@@ -551,22 +499,7 @@ async fn delete_one(
     Query(params): Query<WriteParams>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let key = parse_key(&kind, group, name)?;
-    let result = node
-        .propose(
-            Op::Delete {
-                keys: vec![key.clone()],
-            },
-            params.op_id,
-        )
-        .await?;
-    if let CommandResult::Objects { outcomes, .. } = &result
-        && outcomes
-            .iter()
-            .all(|o| o.outcome == crate::state::Outcome::NotFound)
-    {
-        return Err(ApiError::NotFound(key.to_string()));
-    }
-    objects_response(result, false)
+    Ok(Json(node.delete_one(key, params.op_id).await?))
 }
 
 async fn internal_propose(
@@ -574,17 +507,7 @@ async fn internal_propose(
     body: Body,
 ) -> Result<Json<CommandResult>, ApiError> {
     let req: ProposeRequest = parse_json(&read_body(body).await?)?;
-    let op_id = req.command.op_id.clone();
-    // Written here only: a command forwarded to a node that lost leadership is refused, not relayed again.
-    match node.store.write(req.command).await {
-        Ok(result) => Ok(Json(result)),
-        Err(crate::store::WriteError::Fatal(why)) => Err(ApiError::Internal(why)),
-        Err(crate::store::WriteError::Unknown(why)) => Err(ApiError::OutcomeUnknown { op_id, why }),
-        Err(crate::store::WriteError::InsufficientStorage(why)) => {
-            Err(ApiError::InsufficientStorage(why))
-        }
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
-    }
+    Ok(Json(node.write_here(req.command).await?))
 }
 
 async fn internal_read_index(State(node): AppState) -> Result<Json<ReadIndexResponse>, ApiError> {
@@ -595,12 +518,7 @@ async fn internal_read_index(State(node): AppState) -> Result<Json<ReadIndexResp
 
 async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignResponse>, ApiError> {
     let req: SignRequest = parse_json(&read_body(body).await?)?;
-    if node.ca.is_none() {
-        return Err(ApiError::Unavailable(
-            "this node does not hold the cluster CA key".into(),
-        ));
-    }
-    let cert = node.sign(req, node.id).await?;
+    let cert = node.sign_here(req).await?;
     Ok(Json(SignResponse { cert }))
 }
 
@@ -747,17 +665,7 @@ fn runtime_error(e: crate::runtime::RuntimeError) -> ApiError {
 
 /// The `*.private` records this node serves (computed from its applied state).
 async fn dns_records(State(node): AppState) -> Result<Json<Vec<DnsRecordView>>, ApiError> {
-    let state = node.state(Consistency::Stale).await?;
-    let records = crate::controller::network::records(&state);
-    Ok(Json(
-        records
-            .iter()
-            .map(|(name, ips)| DnsRecordView {
-                name: format!("{name}."),
-                addresses: ips.iter().map(|ip| ip.to_string()).collect(),
-            })
-            .collect(),
-    ))
+    Ok(Json(node.dns_records().await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -781,22 +689,8 @@ async fn list_events(
 ) -> Result<Json<Vec<crate::state::Event>>, ApiError> {
     let since = params.since.unwrap_or(0);
     let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = node.store.subscribe();
-    loop {
-        let state = node.state(Consistency::Stale).await?;
-        let events: Vec<_> = state
-            .events
-            .iter()
-            .filter(|e| e.revision > since)
-            .filter(|e| params.subject.as_ref().is_none_or(|s| &e.subject == s))
-            .cloned()
-            .collect();
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(events));
-        }
-        let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
-    }
+    let events = node.events(since, params.subject.as_deref(), wait).await?;
+    Ok(Json(events))
 }
 
 async fn describe(
@@ -805,24 +699,7 @@ async fn describe(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<DescribeView>, ApiError> {
     let key = parse_key(&kind, group, name)?;
-    let state = node.state(params.consistency()?).await?;
-    let object = state
-        .objects
-        .get(&key)
-        .map(gitops::redacted)
-        .ok_or_else(|| ApiError::NotFound(key.to_string()))?;
-    let subject = key.to_string();
-    Ok(Json(DescribeView {
-        object,
-        placement_error: state.placement_errors.get(&key).cloned(),
-        replicas: crate::views::replicas(&state, Some(&key)),
-        events: state
-            .events
-            .iter()
-            .filter(|e| e.subject == subject)
-            .cloned()
-            .collect(),
-    }))
+    Ok(Json(node.describe(&key, params.consistency()?).await?))
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub async fn serve_tls(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
         };
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
@@ -81,9 +81,4 @@ async fn serve_connection(
     {
         tracing::debug!(%peer, "connection ended: {e}");
     }
-}
-
-/// Resolves once the shutdown flag is true (or its sender is gone).
-pub async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|stop| *stop).await;
 }

@@ -1,7 +1,7 @@
 //! What [`Node`](super::Node) answers when an action fails. No HTTP here: `api::error` maps
 //! each variant onto a status and error code, in one place (`impl From<NodeError> for ApiError`).
 
-use crate::api::types::ErrorBody;
+use api_types::types::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -23,6 +23,9 @@ pub enum NodeError {
     /// A join token or certificate that is refused.
     #[error("{0}")]
     Forbidden(String),
+    /// A webhook whose signature is missing or wrong.
+    #[error("{0}")]
+    BadSignature(String),
     /// A request that cannot be valid (a bad node name, an unreadable CSR).
     #[error("{0}")]
     BadRequest(String),

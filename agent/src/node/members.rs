@@ -1,12 +1,56 @@
 //! This node's health and the member list as `GET /api/v1/health` and `GET /api/v1/nodes`
-//! show them: registry, Raft roles, health probes, WireGuard sessions.
+//! show them: registry, Raft roles, health probes, WireGuard sessions; and the leader's upkeep of
+//! the store's membership.
 
 use std::time::Duration;
 
 use super::{Consistency, Node, NodeError};
-use crate::api::types::{HealthResponse, NodeView, WgPeerView};
+use api_types::types::{HealthResponse, NodeView, WgPeerView};
 
 impl Node {
+    /// On the leader, one step of keeping the store's membership equal to the node registry:
+    /// registered nodes are added (as learners, promoted by the voter policy), removed nodes are
+    /// taken out. Failures are logged; the next step tries again.
+    pub async fn update_membership(&self) {
+        let status = self.store.status();
+        if status.state != crate::store::ServerState::Leader {
+            return;
+        }
+        let Ok(state) = self.state(Consistency::Stale).await else {
+            return;
+        };
+        for (id, record) in &state.nodes {
+            if !status.members.contains_key(id) {
+                let peer = crate::store::RaftPeer {
+                    raft_addr: record.raft_addr(),
+                    api_addr: record.api_addr(),
+                    name: record.name.clone(),
+                };
+                tracing::info!(id, name = %record.name, "adding node to the Raft membership");
+                match tokio::time::timeout(
+                    Duration::from_secs(20),
+                    self.store.add_member(*id, peer),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(id, "adding node failed: {e}"),
+                    Err(_) => tracing::warn!(id, "adding node timed out; will retry"),
+                }
+            }
+        }
+        // An empty registry (a state from before the last node's removal was refused) must not
+        // empty the membership.
+        for id in status.members.keys().filter(|_| !state.nodes.is_empty()) {
+            if !state.nodes.contains_key(id) {
+                tracing::info!(id, "removing node from the Raft membership");
+                if let Err(e) = self.store.remove_member(*id).await {
+                    tracing::warn!(id, "removing node failed: {e}");
+                }
+            }
+        }
+    }
+
     /// This node's health as `GET /api/v1/health` shows it.
     pub async fn health(&self) -> Result<HealthResponse, NodeError> {
         let status = self.store.status();

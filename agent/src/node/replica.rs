@@ -2,7 +2,7 @@
 //! attach routes (plain and streamed).
 
 use super::{Consistency, Node, NodeError};
-use crate::runtime::DockerRuntime;
+use crate::runtime::{DockerRuntime, RuntimeError};
 use crate::state::NodeRecord;
 
 /// Where a replica runs, as seen from this node.
@@ -39,11 +39,20 @@ impl Node {
         })
     }
 
-    /// This node's Docker engine.
+    /// This node's Docker engine, for a request.
     pub async fn runtime(&self) -> Result<DockerRuntime, NodeError> {
-        DockerRuntime::connect(self.docker_host.as_deref())
+        self.docker()
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))
+    }
+
+    /// The node's one connection to its Docker engine, made (version negotiated, pinged) on the
+    /// first call that succeeds; a failed attempt is tried again on the next call.
+    pub async fn docker(&self) -> Result<DockerRuntime, RuntimeError> {
+        self.docker
+            .get_or_try_init(|| DockerRuntime::connect(self.docker_host.as_deref()))
+            .await
+            .cloned()
     }
 
     /// The node whose report lists replica `name`, and the replica's container id.

@@ -213,15 +213,48 @@ fn txn_error(e: etcd_client::Error) -> WriteError {
     }
 }
 
-/// Runs an etcd call with a deadline; both failures become a message.
-async fn timed<T, F>(limit: Duration, what: &str, call: F) -> Result<T, String>
+/// Why the applier, the election or a snapshot failed (each is retried; the store is degraded
+/// meanwhile).
+#[derive(Debug, thiserror::Error)]
+enum EtcdError {
+    /// An etcd call failed.
+    #[error("{what}: {source}")]
+    Call {
+        what: String,
+        source: etcd_client::Error,
+    },
+    #[error("{what}: no answer within {limit:?}")]
+    Timeout { what: String, limit: Duration },
+    /// The log watch or the leader lease ended; the message says how.
+    #[error("{0}")]
+    Ended(String),
+    /// A snapshot in etcd that is incomplete or damaged.
+    #[error("{0}")]
+    BadSnapshot(String),
+    #[error("{what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs an etcd call with a deadline.
+async fn timed<T, F>(limit: Duration, what: &str, call: F) -> Result<T, EtcdError>
 where
     F: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
+        Ok(Err(source)) => Err(EtcdError::Call {
+            what: what.to_string(),
+            source,
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            what: what.to_string(),
+            limit,
+        }),
     }
 }
 
@@ -300,9 +333,9 @@ impl EtcdStore {
         // A refused password is a configuration error, said at start; an unreachable etcd is
         // not (the applier keeps trying).
         if let Err(e) = inner.authenticate().await
-            && e.contains("authentication failed")
+            && e.to_string().contains("authentication failed")
         {
-            return Err(StoreError::Etcd(e));
+            return Err(StoreError::Etcd(e.to_string()));
         }
         let applier = tokio::spawn(run_applier(inner.clone(), inner.stop.subscribe()));
         let election = tokio::spawn(run_election(inner.clone(), inner.stop.subscribe()));
@@ -318,7 +351,7 @@ impl EtcdStore {
         inner
             .authenticate()
             .await
-            .map_err(WriteError::Unavailable)?;
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
         let value = serde_json::to_vec(&cmd).map_err(|e| WriteError::Fatal(e.to_string()))?;
         let key = format!(
             "{}log/{}",
@@ -402,7 +435,7 @@ impl EtcdStore {
         self.inner
             .authenticate()
             .await
-            .map_err(WriteError::Unavailable)?;
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
         let mut kv = self.inner.client.kv_client();
         let response = timed(
             self.inner.opts.write_timeout,
@@ -410,7 +443,7 @@ impl EtcdStore {
             kv.get(self.inner.key("head"), None),
         )
         .await
-        .map_err(WriteError::Unavailable)?;
+        .map_err(|e| WriteError::Unavailable(e.to_string()))?;
         Ok(response
             .kvs()
             .first()
@@ -505,7 +538,7 @@ impl Inner {
     }
 
     /// Logs in with the configured user once (the client renews the token from then on).
-    async fn authenticate(&self) -> Result<(), String> {
+    async fn authenticate(&self) -> Result<(), EtcdError> {
         let Some(credentials) = &self.credentials else {
             return Ok(());
         };
@@ -632,7 +665,7 @@ impl Inner {
     }
 
     /// Catches up (snapshot + log at one revision), then follows the log until it fails.
-    async fn sync_and_watch(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn sync_and_watch(&self, stop: &mut watch::Receiver<bool>) -> Result<(), EtcdError> {
         let limit = self.opts.write_timeout;
         self.authenticate().await?;
         let mut kv = self
@@ -695,20 +728,25 @@ impl Inner {
         self.applied_tx.send_modify(|_| {});
         loop {
             let message = tokio::select! {
-                _ = crate::api::serve::stopped(stop) => return Ok(()),
+                _ = crate::shutdown::stopped(stop) => return Ok(()),
                 m = stream.message() => m,
             };
             let response = match message {
                 Ok(Some(r)) => r,
-                Ok(None) => return Err("the log watch ended".into()),
-                Err(e) => return Err(format!("the log watch failed: {e}")),
+                Ok(None) => return Err(EtcdError::Ended("the log watch ended".into())),
+                Err(source) => {
+                    return Err(EtcdError::Call {
+                        what: "the log watch failed".into(),
+                        source,
+                    });
+                }
             };
             if response.canceled() || response.compact_revision() > 0 {
-                return Err(format!(
+                return Err(EtcdError::Ended(format!(
                     "the log watch was cancelled (compacted at {}): {}",
                     response.compact_revision(),
                     response.cancel_reason()
-                ));
+                )));
             }
             let entries: Vec<(u64, Option<Command>)> = response
                 .events()
@@ -722,7 +760,7 @@ impl Inner {
     }
 
     /// Campaigns for the leadership on a fresh lease and holds it until the lease is lost.
-    async fn campaign(self: &Arc<Self>, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn campaign(self: &Arc<Self>, stop: &mut watch::Receiver<bool>) -> Result<(), EtcdError> {
         self.authenticate().await?;
         let limit = self.opts.write_timeout;
         let ttl = self.opts.lease_ttl;
@@ -746,7 +784,7 @@ impl Inner {
         self: &Arc<Self>,
         lease: i64,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EtcdError> {
         let ttl = Duration::from_secs(self.opts.lease_ttl as u64);
         let mut leases = self.client.lease_client();
         let (mut keeper, mut renewals) = timed(
@@ -765,9 +803,12 @@ impl Inner {
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
         loop {
             tokio::select! {
-                _ = crate::api::serve::stopped(stop) => return Ok(()),
+                _ = crate::shutdown::stopped(stop) => return Ok(()),
                 won = &mut campaign, if campaigning => {
-                    won.map_err(|e| format!("campaign: {e}"))?;
+                    won.map_err(|source| EtcdError::Call {
+                        what: "campaign".into(),
+                        source,
+                    })?;
                     campaigning = false;
                     let mut election = lock(&self.election);
                     election.elected = true;
@@ -776,15 +817,27 @@ impl Inner {
                 }
                 renewal = renewals.message() => match renewal {
                     Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
-                    Ok(Some(_)) => return Err("the leader lease expired".into()),
-                    Ok(None) => return Err("the lease keep-alive stream ended".into()),
-                    Err(e) => return Err(format!("lease keep-alive: {e}")),
+                    Ok(Some(_)) => return Err(EtcdError::Ended("the leader lease expired".into())),
+                    Ok(None) => {
+                        return Err(EtcdError::Ended(
+                            "the lease keep-alive stream ended".into(),
+                        ));
+                    }
+                    Err(source) => {
+                        return Err(EtcdError::Call {
+                            what: "lease keep-alive".into(),
+                            source,
+                        });
+                    }
                 },
                 _ = tick.tick() => {
                     keeper
                         .keep_alive()
                         .await
-                        .map_err(|e| format!("lease keep-alive: {e}"))?;
+                        .map_err(|source| EtcdError::Call {
+                            what: "lease keep-alive".into(),
+                            source,
+                        })?;
                     if campaigning {
                         let leader = timed(Duration::from_secs(1), "leader", observer.leader(name.clone()))
                             .await
@@ -808,7 +861,9 @@ impl Inner {
             }
             // Step down before etcd can expire the lease and elect someone else.
             if renewed.elapsed() > ttl * 2 / 3 {
-                return Err("the leader lease was not renewed in time".into());
+                return Err(EtcdError::Ended(
+                    "the leader lease was not renewed in time".into(),
+                ));
             }
         }
     }
@@ -828,7 +883,7 @@ impl Inner {
         kv: &mut KvClient,
         manifest: &SnapshotManifest,
         at: i64,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, EtcdError> {
         let limit = self.opts.write_timeout;
         let mut body = Vec::with_capacity(manifest.bytes as usize);
         for index in 0..manifest.chunks {
@@ -840,31 +895,32 @@ impl Inner {
                 kv.get(key.clone(), Some(options)),
             )
             .await?;
-            let chunk = response
-                .kvs()
-                .first()
-                .ok_or_else(|| format!("the snapshot in etcd lacks its chunk {key}"))?;
+            let chunk = response.kvs().first().ok_or_else(|| {
+                EtcdError::BadSnapshot(format!("the snapshot in etcd lacks its chunk {key}"))
+            })?;
             body.extend_from_slice(chunk.value());
         }
         let digest = hex::encode(Sha256::digest(&body));
         if body.len() as u64 != manifest.bytes || digest != manifest.sha256 {
-            return Err(format!(
+            return Err(EtcdError::BadSnapshot(format!(
                 "the snapshot of revision {} in etcd is damaged ({} bytes, sha256 {digest}; its manifest says {} bytes, sha256 {})",
                 manifest.revision,
                 body.len(),
                 manifest.bytes,
                 manifest.sha256
-            ));
+            )));
         }
         tokio::task::spawn_blocking(move || serde_json::from_slice::<Snapshot>(&body))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("the snapshot in etcd is unreadable: {e}"))
+            .await?
+            .map_err(|source| EtcdError::Json {
+                what: "the snapshot in etcd is unreadable",
+                source,
+            })
     }
 
     /// Leader: stores the applied state as a snapshot (chunks, then the `<prefix>snapshot`
     /// manifest) and deletes the log up to it and the older chunks.
-    async fn write_snapshot(&self) -> Result<(), String> {
+    async fn write_snapshot(&self) -> Result<(), EtcdError> {
         let limit = self.opts.write_timeout;
         let (state, revision) = self.current();
         let mut kv = self.client.kv_client();
@@ -885,9 +941,11 @@ impl Inner {
                     state: &state,
                 })
             })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .await?
+            .map_err(|source| EtcdError::Json {
+                what: "serialising the snapshot",
+                source,
+            })?;
             let manifest = SnapshotManifest {
                 revision,
                 chunks: body.chunks(SNAPSHOT_CHUNK).count() as u32,
@@ -903,7 +961,10 @@ impl Inner {
                 )
                 .await?;
             }
-            let manifest = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+            let manifest = serde_json::to_vec(&manifest).map_err(|source| EtcdError::Json {
+                what: "serialising the snapshot manifest",
+                source,
+            })?;
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(
                     key.clone(),
@@ -970,9 +1031,11 @@ impl Inner {
     }
 }
 
-fn parse_manifest(value: &[u8]) -> Result<SnapshotManifest, String> {
-    serde_json::from_slice(value)
-        .map_err(|e| format!("the snapshot manifest in etcd is unreadable: {e}"))
+fn parse_manifest(value: &[u8]) -> Result<SnapshotManifest, EtcdError> {
+    serde_json::from_slice(value).map_err(|source| EtcdError::Json {
+        what: "the snapshot manifest in etcd is unreadable",
+        source,
+    })
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Option<Command> {
@@ -1000,7 +1063,7 @@ async fn run_applier(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             pause = Duration::from_millis(100);
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(2));
@@ -1017,7 +1080,7 @@ async fn run_election(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            _ = crate::api::serve::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

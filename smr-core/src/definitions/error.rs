@@ -88,7 +88,9 @@ impl fmt::Display for DefinitionError {
         } else {
             &self.file
         };
-        if self.line > 0 {
+        if self.line > 0 && self.column == 0 {
+            write!(f, "{file}:{}: ", self.line)?;
+        } else if self.line > 0 {
             write!(f, "{file}:{}:{}: ", self.line, self.column)?;
         } else {
             write!(f, "{file}: ")?;

@@ -25,16 +25,18 @@ mod validate;
 mod tests;
 
 pub use error::{DefinitionError, ErrorKind};
-pub use parse::{MAX_INPUT_BYTES, PackManifest, load_pack, load_path, parse_str, to_yaml};
+pub use parse::{
+    Loader, MAX_INPUT_BYTES, PackManifest, RenderedPack, load_pack, load_path, parse_str, to_yaml,
+};
 pub use scalars::{
     AgentRef, DurationValue, ScalarError, format_duration, is_template, parse_duration,
     parse_memory, template_lookups,
 };
 pub use spec::*;
-pub use validate::{MAX_REPLICAS, is_dns_label, validate};
+pub use validate::{MAX_REPLICAS, is_dns_label, is_prefix, validate};
 
-/// The only prefix smr knows; `simplecontainers.io/v1` (seen in simplecontainer's docs) is
-/// read as this one.
+/// The prefix of every kind but `custom` (which takes any `DOMAIN/VERSION`, e.g.
+/// `traefik.io/v1`); `simplecontainers.io/v1` (seen in simplecontainer's docs) is read as this one.
 pub const PREFIX: &str = "simplecontainer.io/v1";
 const PREFIX_ALIAS: &str = "simplecontainers.io/v1";
 
@@ -148,6 +150,49 @@ impl FromStr for ObjectKey {
     }
 }
 
+/// An address as users write it: `KIND/GROUP/NAME`, or `PREFIX/KIND/GROUP/NAME` with a two-part
+/// prefix (`traefik.io/v1/custom/traefik/dynamic`). The store keys objects by `KIND/GROUP/NAME`,
+/// so the prefix selects among what that key holds (see [`Object::address`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub prefix: Option<String>,
+    pub key: ObjectKey,
+}
+
+impl FromStr for Address {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        if parts.len() == 5 {
+            let prefix = format!("{}/{}", parts[0], parts[1]);
+            if !is_prefix(&prefix) {
+                return Err(KeyError::Shape(s.to_string()));
+            }
+            let key: ObjectKey = parts[2..].join("/").parse()?;
+            let prefix = if prefix == PREFIX_ALIAS {
+                PREFIX.to_string()
+            } else {
+                prefix
+            };
+            return Ok(Address {
+                prefix: Some(prefix),
+                key,
+            });
+        }
+        Ok(Address {
+            prefix: None,
+            key: s.parse()?,
+        })
+    }
+}
+
+impl Address {
+    /// Whether `obj` is what this address names (same key, and same prefix when one is given).
+    pub fn matches(&self, obj: &Object) -> bool {
+        obj.key() == self.key && self.prefix.as_ref().is_none_or(|p| *p == obj.prefix)
+    }
+}
+
 impl Serialize for ObjectKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -201,6 +246,11 @@ impl Object {
             group: self.meta.group.clone(),
             name: self.meta.name.clone(),
         }
+    }
+
+    /// `PREFIX/KIND/GROUP/NAME`, e.g. `traefik.io/v1/custom/traefik/dynamic`.
+    pub fn address(&self) -> String {
+        format!("{}/{}", self.prefix, self.key())
     }
 }
 

@@ -5,7 +5,7 @@
 //! a second time (only when something failed) into a located tree of keys and values, and the
 //! error's position, or the validator's field path, is looked up in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -62,16 +62,29 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionErro
             let e = DefinitionError::invalid(
                 "meta.name",
                 format!(
-                    "{} is defined twice (documents {} and {})",
+                    "{} is defined twice (documents {} and {}){}",
                     obj.key(),
                     first + 1,
-                    i + 1
+                    i + 1,
+                    prefix_note(&objects[first], obj)
                 ),
             );
             return Err(place(e, text, i).with_file(source));
         }
     }
     Ok(objects)
+}
+
+/// Why two custom objects of different prefixes still clash.
+fn prefix_note(first: &Object, second: &Object) -> String {
+    if first.prefix == second.prefix {
+        String::new()
+    } else {
+        format!(
+            " with prefixes {} and {}: smr keeps one {} object per group and name, whatever its prefix",
+            first.prefix, second.prefix, second.kind
+        )
+    }
 }
 
 /// Serializes objects as multi-document YAML (`---` between documents) that [`parse_str`] reads back.
@@ -91,62 +104,228 @@ pub struct PackManifest {
     pub description: Option<String>,
 }
 
-/// Loads a file, a directory (recursively, `*.yaml`/`*.yml` in sorted path order) or a pack
-/// (a folder with `Pack.yaml` and `definitions/`). Directories met while walking that hold a
-/// `Pack.yaml` are read as packs. The same object twice is an error.
+/// Loads a file, a directory (recursively, `*.yaml`/`*.yml` in sorted path order, skipping
+/// names that start with a dot such as `.github/`) or a pack (a folder with `Pack.yaml` and
+/// `definitions/`). Directories met while walking that hold a `Pack.yaml` are read as packs,
+/// with their variables' defaults. The same object twice is an error.
 pub fn load_path(path: &Path) -> Result<Vec<Object>, DefinitionError> {
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
-    let mut out = Vec::new();
-    if meta.is_dir() {
-        if path.join("Pack.yaml").is_file() {
-            out = load_pack(path)?.1;
-        } else {
-            for file in yaml_files(path)? {
-                out.extend(load_file(&file)?);
-            }
-        }
-    } else {
-        out = load_file(path)?;
-    }
-    let mut seen: BTreeMap<ObjectKey, ()> = BTreeMap::new();
-    for obj in &out {
-        if seen.insert(obj.key(), ()).is_some() {
-            return Err(DefinitionError::invalid(
-                "meta.name",
-                format!("{} is defined twice", obj.key()),
-            )
-            .with_file(&path.display().to_string()));
-        }
-    }
-    Ok(out)
+    Loader::new(&[])?.load(path)
 }
 
-/// Loads a pack: `Pack.yaml` (`name`, `version`) and every definition under `definitions/`.
+/// Loads a pack: `Pack.yaml` (`name`, `version`) and every definition under `definitions/`,
+/// rendered with the defaults of `definitions/variables.yaml`.
 pub fn load_pack(dir: &Path) -> Result<(PackManifest, Vec<Object>), DefinitionError> {
-    let manifest_path = dir.join("Pack.yaml");
-    let text = read_limited(&manifest_path)?;
-    let source = manifest_path.display().to_string();
-    let manifest: PackManifest = serde_saphyr::from_str_with_options(&text, options())
-        .map_err(|e| from_yaml_error(&e, &text).with_file(&source))?;
-    if manifest.name.trim().is_empty() {
-        return Err(
-            DefinitionError::new(ErrorKind::Pack, "name", "must not be empty").with_file(&source),
-        );
+    Loader::new(&[])?.pack(dir)
+}
+
+/// Reads definitions from files, directories and packs, putting `--set KEY=VALUE` overrides
+/// into the packs' variables. [`Loader::finish`] refuses an override no template used, so a
+/// misspelt `--set` is not silently ignored.
+#[derive(Debug, Default)]
+pub struct Loader {
+    set: Vec<String>,
+    used: BTreeSet<String>,
+    packs: usize,
+}
+
+/// One pack rendered: its manifest and each definition file's text after templating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedPack {
+    pub manifest: PackManifest,
+    /// `(file path, rendered text)`, in path order; `definitions/variables.yaml` is not one.
+    pub files: Vec<(String, String)>,
+}
+
+fn pack_error(file: &str, line: u64, message: impl Into<String>) -> DefinitionError {
+    DefinitionError::new(ErrorKind::Pack, "", message)
+        .with_file(file)
+        .at(line, 0)
+}
+
+impl Loader {
+    /// A loader with `--set` overrides (each `KEY=VALUE`; `a.b=v` sets a nested key).
+    pub fn new(set: &[String]) -> Result<Loader, DefinitionError> {
+        let mut probe = gitops::pack::Variables::default();
+        for s in set {
+            probe
+                .set(s)
+                .map_err(|m| DefinitionError::new(ErrorKind::Pack, "", m).with_file("--set"))?;
+        }
+        Ok(Loader {
+            set: set.to_vec(),
+            ..Loader::default()
+        })
     }
-    let defs = dir.join("definitions");
-    if !defs.is_dir() {
-        return Err(DefinitionError::new(
-            ErrorKind::Pack,
-            "",
-            "a pack needs a definitions/ folder",
-        )
-        .with_file(&dir.display().to_string()));
+
+    /// Loads a file, a directory or a pack (see [`load_path`]).
+    pub fn load(&mut self, path: &Path) -> Result<Vec<Object>, DefinitionError> {
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+        let shown = path.display().to_string();
+        let mut out = Vec::new();
+        if meta.is_dir() {
+            if path.join(PACK_FILE).is_file() {
+                out = self.pack(path)?.1;
+            } else {
+                if path.file_name().is_some_and(|n| n == "definitions")
+                    && let Some(parent) = path.parent()
+                    && parent.join(PACK_FILE).is_file()
+                {
+                    return Err(pack_error(
+                        &shown,
+                        0,
+                        format!(
+                            "this is the definitions folder of a pack; apply the pack folder {} instead",
+                            parent.display()
+                        ),
+                    ));
+                }
+                for unit in yaml_files(path)? {
+                    match unit {
+                        Unit::File(file) => out.extend(load_file(&file)?),
+                        Unit::Pack(dir) => out.extend(self.pack(&dir)?.1),
+                    }
+                }
+            }
+        } else {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if name == PACK_FILE {
+                return Err(pack_error(
+                    &shown,
+                    0,
+                    format!(
+                        "this is pack metadata; apply the pack folder {} instead",
+                        folder.map_or(".".into(), |p| p.display().to_string())
+                    ),
+                ));
+            }
+            if name == gitops::pack::VARIABLES_FILE
+                && let Some(pack) = folder.and_then(Path::parent)
+                && pack.join(PACK_FILE).is_file()
+            {
+                return Err(pack_error(
+                    &shown,
+                    0,
+                    format!(
+                        "this is a pack's variables file; apply the pack folder {} instead",
+                        pack.display()
+                    ),
+                ));
+            }
+            out = load_file(path)?;
+        }
+        let mut seen: BTreeMap<ObjectKey, usize> = BTreeMap::new();
+        for (i, obj) in out.iter().enumerate() {
+            if let Some(first) = seen.insert(obj.key(), i) {
+                return Err(DefinitionError::invalid(
+                    "meta.name",
+                    format!(
+                        "{} is defined twice{}",
+                        obj.key(),
+                        prefix_note(&out[first], obj)
+                    ),
+                )
+                .with_file(&shown));
+            }
+        }
+        Ok(out)
     }
-    let mut objects = Vec::new();
-    for file in yaml_files(&defs)? {
-        objects.extend(load_file(&file)?);
+
+    /// Loads one pack: its definitions rendered and parsed.
+    pub fn pack(&mut self, dir: &Path) -> Result<(PackManifest, Vec<Object>), DefinitionError> {
+        let rendered = self.render(dir)?;
+        let mut objects = Vec::new();
+        for (file, text) in &rendered.files {
+            objects.extend(parse_str(file, text)?);
+        }
+        Ok((rendered.manifest, objects))
     }
-    Ok((manifest, objects))
+
+    /// Renders one pack's definition files (what `smrctl template` shows) without parsing them.
+    pub fn render(&mut self, dir: &Path) -> Result<RenderedPack, DefinitionError> {
+        let manifest_path = dir.join(PACK_FILE);
+        if !manifest_path.is_file() {
+            return Err(pack_error(
+                &dir.display().to_string(),
+                0,
+                format!("not a pack: there is no {PACK_FILE} here"),
+            ));
+        }
+        let text = read_limited(&manifest_path)?;
+        let source = manifest_path.display().to_string();
+        let manifest: PackManifest = serde_saphyr::from_str_with_options(&text, options())
+            .map_err(|e| from_yaml_error(&e, &text).with_file(&source))?;
+        if manifest.name.trim().is_empty() {
+            return Err(
+                DefinitionError::new(ErrorKind::Pack, "name", "must not be empty")
+                    .with_file(&source),
+            );
+        }
+        let defs = dir.join("definitions");
+        if !defs.is_dir() {
+            return Err(DefinitionError::new(
+                ErrorKind::Pack,
+                "",
+                "a pack needs a definitions/ folder",
+            )
+            .with_file(&dir.display().to_string()));
+        }
+        let variables_path = defs.join(gitops::pack::VARIABLES_FILE);
+        let mut vars = if variables_path.is_file() {
+            let shown = variables_path.display().to_string();
+            gitops::pack::Variables::parse(&shown, &read_limited(&variables_path)?)
+                .map_err(|e| pack_error(&e.file, e.line, e.message))?
+        } else {
+            gitops::pack::Variables::default()
+        };
+        for s in &self.set {
+            vars.set(s)
+                .map_err(|m| DefinitionError::new(ErrorKind::Pack, "", m).with_file("--set"))?;
+        }
+        let mut files = Vec::new();
+        for unit in yaml_files(&defs)? {
+            let file = match unit {
+                Unit::File(f) if f == variables_path => continue,
+                Unit::File(f) => f,
+                Unit::Pack(p) => {
+                    return Err(pack_error(
+                        &p.display().to_string(),
+                        0,
+                        "a pack inside a pack's definitions is not supported",
+                    ));
+                }
+            };
+            let shown = file.display().to_string();
+            let (text, used) = gitops::pack::render(&shown, &read_limited(&file)?, &vars)
+                .map_err(|e| pack_error(&e.file, e.line, e.message))?;
+            self.used.extend(used);
+            files.push((shown, text));
+        }
+        self.packs += 1;
+        Ok(RenderedPack { manifest, files })
+    }
+
+    /// Refuses `--set` values that no pack template used (or that were given without a pack).
+    pub fn finish(&self) -> Result<(), DefinitionError> {
+        for s in &self.set {
+            let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
+            if self.packs == 0 {
+                return Err(pack_error(
+                    "--set",
+                    0,
+                    format!("--set {key}: --set fills pack variables, and no pack was given"),
+                ));
+            }
+            if !gitops::pack::is_used(key, &self.used) {
+                return Err(pack_error(
+                    "--set",
+                    0,
+                    format!("--set {key}: no template of the pack uses {{{{ .{key} }}}}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn load_file(path: &Path) -> Result<Vec<Object>, DefinitionError> {
@@ -174,9 +353,18 @@ fn io_error(path: &Path, e: &std::io::Error) -> DefinitionError {
     DefinitionError::new(ErrorKind::Io, "", e.to_string()).with_file(&path.display().to_string())
 }
 
-/// YAML files under `dir`, sorted by path; sub-folders holding a `Pack.yaml` contribute their
-/// pack's definitions instead. Symbolic links to folders are not followed.
-fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, DefinitionError> {
+const PACK_FILE: &str = "Pack.yaml";
+
+/// What a directory walk found: a definition file, or a folder that is a pack.
+enum Unit {
+    File(PathBuf),
+    Pack(PathBuf),
+}
+
+/// YAML files under `dir`, sorted by path; sub-folders holding a `Pack.yaml` are packs. Names
+/// starting with a dot (`.github/`, `.git/`, `.env.yaml`) are skipped. Symbolic links to
+/// folders are not followed.
+fn yaml_files(dir: &Path) -> Result<Vec<Unit>, DefinitionError> {
     let mut out = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io_error(dir, &e))?
@@ -185,17 +373,23 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, DefinitionError> {
         .map_err(|e| io_error(dir, &e))?;
     entries.sort();
     for p in entries {
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
+            continue;
+        }
         let link = std::fs::symlink_metadata(&p).map_err(|e| io_error(&p, &e))?;
         if link.is_dir() {
-            if p.join("Pack.yaml").is_file() {
-                out.extend(yaml_files(&p.join("definitions"))?);
+            if p.join(PACK_FILE).is_file() {
+                out.push(Unit::Pack(p));
             } else {
                 out.extend(yaml_files(&p)?);
             }
         } else if p.is_file()
             && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         {
-            out.push(p);
+            out.push(Unit::File(p));
         }
     }
     Ok(out)
@@ -265,6 +459,14 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
             None,
         ),
         E::Message { msg, .. } => (ErrorKind::InvalidValue, msg.clone(), None),
+        E::DuplicateMappingKey { key, .. } => (
+            ErrorKind::Syntax,
+            match key {
+                Some(k) => format!("key {k:?} is given twice in the same mapping"),
+                None => "a key is given twice in the same mapping".to_string(),
+            },
+            None,
+        ),
         E::Budget { .. }
         | E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
@@ -281,6 +483,29 @@ fn from_yaml_error(e: &serde_saphyr::Error, text: &str) -> DefinitionError {
     };
     let mut out = DefinitionError::new(kind, "", message);
     out.suggestion = suggestion;
+    if let E::DuplicateMappingKey {
+        key: Some(key),
+        location,
+    } = inner
+        && location.line() > 0
+    {
+        let at = (location.line(), location.column());
+        out = out.at(at.0, at.1);
+        out.path = Located::read_with(text, serde_saphyr::DuplicateKeyPolicy::FirstWins)
+            .and_then(|tree| tree.earlier_key(at, key))
+            .unwrap_or_default();
+        return out;
+    }
+    if let E::Message { msg, .. } = inner
+        && let Some(field) = msg
+            .strip_prefix("duplicate field `")
+            .and_then(|m| m.strip_suffix('`'))
+        && let Some(loc) = e.location()
+        && let Some(tree) = Located::read(text)
+        && let Some(spelled) = tree.alias_clash((loc.line(), loc.column()), field)
+    {
+        return spelled;
+    }
     if let Some(loc) = e.location()
         && loc.line() > 0
     {
@@ -440,10 +665,33 @@ fn pos(l: &serde_saphyr::Location) -> Pos {
     (l.line(), l.column())
 }
 
+/// Other spellings the definitions accept for a field (serde aliases beyond a change of case).
+const ALIASES: &[(&str, &str)] = &[
+    ("args", "command"),
+    ("network_mode", "networkMode"),
+    ("cpus", "cpu"),
+    ("driver_opts", "driverOpts"),
+    ("fileInfo", "permissions"),
+    ("file_info", "permissions"),
+    ("file_info", "fileInfo"),
+];
+
+fn same_field(field: &str, key: &str) -> bool {
+    field.eq_ignore_ascii_case(key)
+        || ALIASES
+            .iter()
+            .any(|(f, a)| f.eq_ignore_ascii_case(field) && a.eq_ignore_ascii_case(key))
+}
+
 impl Located {
     fn read(text: &str) -> Option<Located> {
-        let docs: Vec<Spanned<Node>> =
-            serde_saphyr::from_multiple_with_options(text, options()).ok()?;
+        Self::read_with(text, serde_saphyr::DuplicateKeyPolicy::Error)
+    }
+
+    fn read_with(text: &str, duplicates: serde_saphyr::DuplicateKeyPolicy) -> Option<Located> {
+        let mut o = options();
+        o.duplicate_keys = duplicates;
+        let docs: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, o).ok()?;
         let mut entries = Vec::new();
         for (doc, node) in docs.iter().enumerate() {
             Self::walk(doc, "", &node.value, &mut entries);
@@ -503,6 +751,75 @@ impl Located {
             .rfind(|e| e.key.unwrap_or(e.value) <= at)
             .map(|e| e.path.clone())
             .unwrap_or_default()
+    }
+
+    /// The path of the first copy of `key` written before `at` (a duplicate key's path).
+    fn earlier_key(&self, at: Pos, key: &str) -> Option<String> {
+        self.entries
+            .iter()
+            .rfind(|e| {
+                e.key.is_some_and(|k| k < at)
+                    && (e.path == key || e.path.ends_with(&format!(".{key}")))
+            })
+            .map(|e| e.path.clone())
+    }
+
+    /// serde's "duplicate field `args`" when a field is written under two of its names
+    /// (`command` and `args`): both spellings, placed at the later one.
+    fn alias_clash(&self, at: Pos, field: &str) -> Option<DefinitionError> {
+        // serde-saphyr places the error at the mapping holding both keys (or at a key in it).
+        let holder = self
+            .entries
+            .iter()
+            .find(|e| e.value == at)
+            .map(|e| e.path.clone())
+            .or_else(|| {
+                let p = self.path_at(at, true);
+                Some(p.rfind('.').map_or(String::new(), |i| p[..i].to_string()))
+            })?;
+        let doc = self
+            .entries
+            .iter()
+            .find(|e| e.path == holder && (e.value == at || e.key == Some(at)))
+            .map(|e| e.doc);
+        let children: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| doc.is_none_or(|d| e.doc == d))
+            .filter(|e| match e.path.strip_prefix(&holder) {
+                Some(rest) if holder.is_empty() => !rest.contains(['.', '[']),
+                Some(rest) => rest
+                    .strip_prefix('.')
+                    .is_some_and(|r| !r.contains(['.', '['])),
+                None => false,
+            })
+            .filter(|e| {
+                let name = e.path.rsplit('.').next().unwrap_or(&e.path);
+                same_field(field, name)
+            })
+            .collect();
+        let [first, second, ..] = children.as_slice() else {
+            return None;
+        };
+        let name = |e: &Entry| e.path.rsplit('.').next().unwrap_or(&e.path).to_string();
+        let (line, column) = second.key.unwrap_or(second.value);
+        let hint = if field == "args" {
+            " (smr reads `command` as `args`): write the program as `entrypoint` and its arguments as `args`"
+        } else {
+            "; give only one"
+        };
+        Some(
+            DefinitionError::new(
+                ErrorKind::InvalidValue,
+                second.path.clone(),
+                format!(
+                    "`{}` and `{}` are two names of the same field{hint}",
+                    name(first),
+                    name(second)
+                ),
+            )
+            .at(line, column),
+        )
     }
 
     /// The path of a missing field: serde-saphyr places the error at the last key read in

@@ -160,7 +160,7 @@ pub struct ContainersSpec {
     pub resources: Vec<ResourceMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<Spread>,
-    /// Accepted for simplecontainer compatibility: node names the definition may run on.
+    /// simplecontainer's node list: refused unless empty (use `spread: specific`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -318,22 +318,100 @@ pub struct VolumeMount {
     pub mount_point: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Refused unless empty: smr does not set the owner or mode of mounted paths (yet).
+    #[serde(
+        default,
+        alias = "permissions",
+        alias = "Permissions",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub file_info: Option<FileInfo>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub read_only: bool,
 }
 
-/// Ownership and mode of a mounted file.
+/// Ownership and mode of a mounted file (simplecontainer's `fileInfo`, or `permissions` on a
+/// resource). `permissions` is a number (`420`) or an octal string (`"0644"`, `"0o644"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "Owner", skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "Group", skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "Permissions",
+        deserialize_with = "file_mode",
+        serialize_with = "write_file_mode",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub permissions: Option<u32>,
+}
+
+impl FileInfo {
+    /// True when nothing is asked for (`fileInfo: {}`).
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_none() && self.group.is_none() && self.permissions.is_none()
+    }
+}
+
+/// Written as an octal string (`"0640"`), which [`file_mode`] reads back from YAML and JSON.
+fn write_file_mode<S: serde::Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match mode {
+        Some(m) => s.collect_str(&format_args!("0{m:o}")),
+        None => s.serialize_none(),
+    }
+}
+
+/// A file mode: a number as written (`420`), or a string read as octal when it starts with `0`
+/// or `0o` (`"0644"`, `"0o644"`), as Go's YAML reader (simplecontainer's) reads `0644`.
+fn file_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<u32>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a file mode such as \"0644\" or 420")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Option<u32>, E> {
+            match u32::try_from(v) {
+                Ok(m) if m <= 0o7777 => Ok(Some(m)),
+                _ => Err(E::custom(format!("file mode {v} is more than 0o7777"))),
+            }
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Option<u32>, E> {
+            u64::try_from(v)
+                .map_err(|_| E::custom(format!("file mode {v} is negative")))
+                .and_then(|v| self.visit_u64(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<u32>, E> {
+            let t = v.trim();
+            let octal = t
+                .strip_prefix("0o")
+                .or_else(|| t.strip_prefix("0O"))
+                .or_else(|| t.strip_prefix('0').filter(|r| !r.is_empty()));
+            let parsed = match octal {
+                Some(digits) => u64::from_str_radix(digits, 8),
+                None if t == "0" => Ok(0),
+                None => t.parse::<u64>(),
+            };
+            match parsed {
+                Ok(m) => self.visit_u64(m),
+                Err(_) => Err(E::custom(format!(
+                    "{v:?} is not a file mode (write it like \"0644\")"
+                ))),
+            }
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<u32>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<u32>, E> {
+            Ok(None)
+        }
+    }
+    // A string request hands over the scalar as written, so `0640` keeps its leading zero
+    // (asked for "any", the YAML reader would make it the number 640).
+    d.deserialize_str(V)
 }
 
 /// `{group, name}` naming a network, e.g. `{group: internal, name: cluster}` for the overlay.
@@ -378,7 +456,15 @@ pub struct ResourceMount {
     pub key: String,
     #[serde(alias = "MountPoint")]
     pub mount_point: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// simplecontainer writes it `permissions` here. Refused unless empty: smr mounts resource
+    /// files read-only as written (owner root, mode 0644) and does not change either (yet).
+    #[serde(
+        default,
+        alias = "permissions",
+        alias = "Permissions",
+        alias = "FileInfo",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub file_info: Option<FileInfo>,
 }
 
@@ -436,8 +522,9 @@ pub struct Dependency {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SpreadMode {
-    /// Round-robin over all agents.
+    /// Round-robin over all agents. `spread: ""` (simplecontainer's "not set") means this too.
     #[default]
+    #[serde(alias = "")]
     Uniform,
     /// Only over the listed agents.
     Specific,

@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;
@@ -845,4 +846,309 @@ fn never_panics_on_mutations() {
         }
     }
     assert!(outcomes[0] > 100 && outcomes[1] > 10, "{outcomes:?}");
+}
+
+const SC_FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/simplecontainer"
+);
+
+fn fixture(name: &str) -> (String, String) {
+    let path = format!("{SC_FIXTURES}/{name}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    (name.to_string(), text)
+}
+
+#[test]
+fn resource_permissions_are_file_info_and_refused_when_set() {
+    let (name, text) = fixture("nginx-permissions.yaml");
+    let e = parse_str(&name, &text).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(e.path, "spec.resources[0].permissions", "{e}");
+    assert_eq!(e.line, 29, "{e}");
+    assert!(
+        e.to_string()
+            .contains("smr does not set the owner, group or mode of mounted files yet"),
+        "{e}"
+    );
+    // An empty `permissions: {}` asks for nothing and is accepted (spread-unset.yaml).
+    // The mode is read as simplecontainer's reader reads it: 0640 is octal.
+    let info: FileInfo = serde_saphyr::from_str("owner: 101\npermissions: 0640\n").unwrap();
+    assert_eq!(info.permissions, Some(0o640));
+    assert_eq!(info.owner, Some(101));
+    let info: FileInfo = serde_saphyr::from_str("permissions: \"0o755\"\n").unwrap();
+    assert_eq!(info.permissions, Some(0o755));
+    let info: FileInfo = serde_saphyr::from_str("permissions: 420\n").unwrap();
+    assert_eq!(info.permissions, Some(0o644));
+    let json = serde_json::to_string(&info).unwrap();
+    assert_eq!(json, r#"{"permissions":"0644"}"#);
+    assert_eq!(serde_json::from_str::<FileInfo>(&json).unwrap(), info);
+    assert!(serde_saphyr::from_str::<FileInfo>("permissions: \"rw\"\n").is_err());
+    assert!(serde_saphyr::from_str::<FileInfo>("permissions: 99999\n").is_err());
+}
+
+#[test]
+fn spread_empty_means_uniform() {
+    let (name, text) = fixture("spread-unset.yaml");
+    let objs = parse_str(&name, &text).unwrap();
+    let c = containers(&objs[0]);
+    assert_eq!(
+        c.spread.as_ref().map(|s| s.spread),
+        Some(SpreadMode::Uniform)
+    );
+    assert_eq!(c.resources[0].file_info, Some(FileInfo::default()));
+    // Written back as `uniform`.
+    assert!(to_yaml(&objs).unwrap().contains("spread: uniform"));
+}
+
+#[test]
+fn command_with_args_names_both_at_the_second() {
+    let (name, text) = fixture("command-and-args.yaml");
+    let e = parse_str(&name, &text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "command-and-args.yaml:11:3: spec.args: `command` and `args` are two names of the same field (smr reads `command` as `args`): write the program as `entrypoint` and its arguments as `args`"
+    );
+    // The same inside an init container, and in the other order.
+    let e = err(
+        "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  initContainer:\n    image: y\n    args: [a]\n    command: [b]\n",
+    );
+    assert_eq!(e.line, 8, "{e}");
+    assert_eq!(e.path, "spec.initContainer.command", "{e}");
+}
+
+#[test]
+fn duplicate_key_has_no_library_hint() {
+    let (name, text) = fixture("duplicate-key.yaml");
+    let e = parse_str(&name, &text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "duplicate-key.yaml:10:3: spec.tag: key \"tag\" is given twice in the same mapping"
+    );
+    assert!(!e.to_string().contains("DuplicateKeyPolicy"));
+}
+
+#[test]
+fn custom_kind_takes_any_prefix() {
+    let (name, text) = fixture("traefik-dynamic.yaml");
+    let objs = parse_str(&name, &text).unwrap();
+    assert_eq!(objs[0].kind, Kind::Custom);
+    assert_eq!(objs[0].prefix, "traefik.io/v1");
+    assert_eq!(objs[0].address(), "traefik.io/v1/custom/proxy/routes");
+    assert_eq!(
+        objs[1].address(),
+        "simplecontainer.io/v1/containers/proxy/provider"
+    );
+    // The prefix survives the store's JSON and YAML.
+    let json = serde_json::to_string(&objs[0]).unwrap();
+    assert_eq!(serde_json::from_str::<Object>(&json).unwrap(), objs[0]);
+    assert_eq!(
+        parse_str("again.yaml", &to_yaml(&objs).unwrap()).unwrap(),
+        objs
+    );
+
+    // Other kinds keep simplecontainer's prefix; a custom prefix must look like one.
+    let e = err(
+        "prefix: traefik.io/v1\nkind: containers\nmeta: {group: g, name: n}\nspec: {image: x}\n",
+    );
+    assert_eq!(e.path, "prefix");
+    assert!(
+        e.to_string()
+            .contains("only kind custom takes other prefixes"),
+        "{e}"
+    );
+    let e = err("prefix: Traefik\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n");
+    assert_eq!(
+        e.to_string(),
+        "app.yaml:1:1: prefix: \"Traefik\" is not a prefix: write DOMAIN/VERSION, e.g. traefik.io/v1"
+    );
+
+    // One custom object per group and name, whatever the prefix: said when two clash.
+    let e = err(
+        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: b.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n",
+    );
+    assert!(
+        e.to_string().contains(
+            "with prefixes a.io/v1 and b.io/v1: smr keeps one custom object per group and name"
+        ),
+        "{e}"
+    );
+
+    // Addresses with a prefix.
+    let a: Address = "traefik.io/v1/custom/proxy/routes".parse().unwrap();
+    assert_eq!(a.prefix.as_deref(), Some("traefik.io/v1"));
+    assert_eq!(a.key.to_string(), "custom/proxy/routes");
+    assert!(a.matches(&objs[0]));
+    let other: Address = "other.io/v1/custom/proxy/routes".parse().unwrap();
+    assert!(!other.matches(&objs[0]));
+    let plain: Address = "custom/proxy/routes".parse().unwrap();
+    assert!(plain.prefix.is_none() && plain.matches(&objs[0]));
+    assert!("nodots/v1/custom/proxy/routes".parse::<Address>().is_err());
+    assert!(is_prefix("simplecontainer.io/v1") && !is_prefix("x.io/") && !is_prefix("x.io"));
+}
+
+#[test]
+fn pack_variables_defaults_and_set() {
+    let repo = Path::new(SC_FIXTURES).join("repo");
+    let pack = repo.join("packs/redis");
+    // Defaults from definitions/variables.yaml; variables.yaml itself is not a definition.
+    let (manifest, objs) = load_pack(&pack).unwrap();
+    assert_eq!(manifest.name, "redis");
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["configuration/cache/redis", "containers/cache/redis"]
+    );
+    let c = containers(&objs[1]);
+    assert_eq!(c.image_ref(), "redis:7.2.5");
+    assert_eq!(c.replicas, 1);
+    assert_eq!(c.ports[0].container, "6379");
+
+    // --set overrides, nested keys included; every --set must be used.
+    let mut loader = Loader::new(&[
+        "redis.tag=7.4".into(),
+        "replicas=3".into(),
+        "group=kv".into(),
+    ])
+    .unwrap();
+    let objs = loader.load(&pack).unwrap();
+    loader.finish().unwrap();
+    let c = containers(&objs[1]);
+    assert_eq!(c.image_ref(), "redis:7.4");
+    assert_eq!(c.replicas, 3);
+    assert_eq!(objs[1].key().to_string(), "containers/kv/redis");
+    let mut loader = Loader::new(&["redis.tga=7.4".into()]).unwrap();
+    loader.load(&pack).unwrap();
+    assert_eq!(
+        loader.finish().unwrap_err().to_string(),
+        "--set: --set redis.tga: no template of the pack uses {{ .redis.tga }}"
+    );
+    let mut loader = Loader::new(&["tag=1".into()]).unwrap();
+    loader.load(&repo.join("apps")).unwrap();
+    assert!(
+        loader
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("no pack was given")
+    );
+    assert!(Loader::new(&["novalue".into()]).is_err());
+
+    // The rendered text, as `smrctl template` shows it.
+    let rendered = Loader::new(&[]).unwrap().render(&pack).unwrap();
+    assert_eq!(rendered.files.len(), 2);
+    assert!(
+        rendered.files[1]
+            .1
+            .contains("image: redis\n  tag: \"7.2.5\"\n  replicas: 1\n"),
+        "{}",
+        rendered.files[1].1
+    );
+}
+
+#[test]
+fn pack_undefined_variable_names_it_and_the_file() {
+    let pack = Path::new(SC_FIXTURES).join("broken-pack");
+    let e = load_path(&pack).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Pack);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:8: variable `tag` is not defined (give it in definitions/variables.yaml or with --set tag=VALUE)",
+            pack.join("definitions/web.yaml").display()
+        )
+    );
+    let mut loader = Loader::new(&["tag=1.27".into()]).unwrap();
+    let objs = loader.load(&pack).unwrap();
+    loader.finish().unwrap();
+    assert_eq!(containers(&objs[0]).image_ref(), "nginx:1.27");
+}
+
+#[test]
+fn repository_root_skips_dot_folders_and_reads_packs() {
+    let repo = Path::new(SC_FIXTURES).join("repo");
+    // .github/workflows/ci.yaml is not a definition and would not parse as one.
+    assert!(
+        parse_str(
+            "ci.yaml",
+            &std::fs::read_to_string(repo.join(".github/workflows/ci.yaml")).unwrap()
+        )
+        .is_err()
+    );
+    let objs = load_path(&repo).unwrap();
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "containers/apps/busybox",
+            "configuration/cache/redis",
+            "containers/cache/redis"
+        ]
+    );
+}
+
+#[test]
+fn lone_pack_files_point_at_the_pack_folder() {
+    let pack = Path::new(SC_FIXTURES).join("repo/packs/redis");
+    let e = load_path(&pack.join("Pack.yaml")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Pack);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: this is pack metadata; apply the pack folder {} instead",
+            pack.join("Pack.yaml").display(),
+            pack.display()
+        )
+    );
+    let e = load_path(&pack.join("definitions/variables.yaml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("this is a pack's variables file; apply the pack folder"),
+        "{e}"
+    );
+    let e = load_path(&pack.join("definitions")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("this is the definitions folder of a pack; apply the pack folder"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fields_smr_does_not_act_on_are_refused() {
+    let e = err(
+        "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  nodes: [smr-agent-1]\n",
+    );
+    assert_eq!(e.path, "spec.nodes");
+    assert!(e.to_string().contains("spread: {spread: specific"), "{e}");
+    let e = err(
+        "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  volumes: [{hostPath: /srv, mountPoint: /data, subPath: logs}]\n",
+    );
+    assert_eq!(e.path, "spec.volumes[0].subPath");
+    parse_str("ok.yaml", "kind: containers\nmeta: {group: a, name: b}\nspec:\n  image: x\n  nodes: []\n  volumes: [{hostPath: /srv, mountPoint: /data, subPath: /}]\n").unwrap();
+}
+
+#[test]
+fn the_documentation_constructs_parse() {
+    let objs = load_path(&Path::new(SC_FIXTURES).join("docs")).unwrap();
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "configuration/shop/db",
+            "secret/shop/db-password",
+            "resource/shop/db",
+            "containers/shop/db",
+            "containers/shop/web",
+            "httpauth/shop/git",
+            "certkey/shop/deploy-key",
+            "gitops/shop/apps",
+            "network/shop/backend",
+            "volume/shop/cache",
+        ]
+    );
+    let web = containers(&objs[4]);
+    assert_eq!(web.init_container.as_ref().unwrap().image, "busybox");
+    assert_eq!(web.dependencies[0].name, "*");
+    assert!(objs.iter().all(|o| o.prefix == PREFIX));
 }

@@ -21,6 +21,23 @@ pub fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// `DOMAIN/VERSION` as simplecontainer writes prefixes (`simplecontainer.io/v1`,
+/// `traefik.io/v1`): a lowercase DNS name of at least two labels, `/`, then 1 to 63 of
+/// `a-z0-9.-`.
+pub fn is_prefix(s: &str) -> bool {
+    let Some((domain, version)) = s.split_once('/') else {
+        return false;
+    };
+    domain.len() <= 253
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(is_dns_label)
+        && !version.is_empty()
+        && version.len() <= 63
+        && version
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+}
+
 fn label_error(path: &str, value: &str) -> DefinitionError {
     DefinitionError::invalid(
         path,
@@ -58,10 +75,23 @@ pub fn validate(obj: &Object) -> Result<(), DefinitionError> {
             ),
         ));
     }
-    if obj.prefix != PREFIX {
+    if obj.kind == super::Kind::Custom {
+        if !is_prefix(&obj.prefix) {
+            return Err(DefinitionError::invalid(
+                "prefix",
+                format!(
+                    "{:?} is not a prefix: write DOMAIN/VERSION, e.g. traefik.io/v1",
+                    obj.prefix
+                ),
+            ));
+        }
+    } else if obj.prefix != PREFIX {
         return Err(DefinitionError::invalid(
             "prefix",
-            format!("unknown prefix {:?}, expected {PREFIX}", obj.prefix),
+            format!(
+                "unknown prefix {:?} for kind {}, expected {PREFIX} (only kind custom takes other prefixes)",
+                obj.prefix, obj.kind
+            ),
         ));
     }
     check_label("meta.group", &obj.meta.group)?;
@@ -128,6 +158,21 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
     }
     for (i, v) in c.volumes.iter().enumerate() {
         check_absolute(&format!("{at}.volumes[{i}].mountPoint"), &v.mount_point)?;
+        check_file_info(&format!("{at}.volumes[{i}].fileInfo"), v.file_info.as_ref())?;
+        if let Some(sub) = &v.sub_path
+            && !matches!(sub.trim(), "" | "/")
+        {
+            return Err(DefinitionError::invalid(
+                format!("{at}.volumes[{i}].subPath"),
+                "smr mounts the whole volume or host path; subPath is not supported (mount the sub-folder's host path instead)",
+            ));
+        }
+    }
+    if !c.nodes.is_empty() {
+        return Err(DefinitionError::invalid(
+            format!("{at}.nodes"),
+            "smr does not read `nodes`; to run only on some nodes write spread: {spread: specific, agents: [NAMES]}",
+        ));
     }
     for (i, n) in c.networks.iter().enumerate() {
         non_empty(&format!("{at}.networks[{i}].group"), &n.group)?;
@@ -163,6 +208,7 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
         check_label(&format!("{p}.name"), &r.name)?;
         non_empty(&format!("{p}.key"), &r.key)?;
         check_absolute(&format!("{p}.mountPoint"), &r.mount_point)?;
+        check_file_info(&format!("{p}.permissions"), r.file_info.as_ref())?;
     }
     if let Some(s) = &c.spread {
         if s.spread == SpreadMode::Specific && s.agents.is_empty() {
@@ -263,6 +309,20 @@ fn validate_containers(c: &ContainersSpec, at: &str, is_init: bool) -> Result<()
         validate_containers(init, &format!("{at}.initContainer"), true)?;
     }
     Ok(())
+}
+
+/// Owner, group and mode of mounted files are not set by smr: asking for them is refused
+/// rather than ignored.
+fn check_file_info(path: &str, info: Option<&FileInfo>) -> Result<(), DefinitionError> {
+    match info {
+        Some(info) if !info.is_empty() => Err(DefinitionError::invalid(
+            path,
+            "smr does not set the owner, group or mode of mounted files yet (a resource file is \
+             mounted read-only as the agent wrote it, owned by root; a volume keeps its own); \
+             remove this field",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_absolute(path: &str, value: &str) -> Result<(), DefinitionError> {

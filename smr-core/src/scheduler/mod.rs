@@ -20,24 +20,25 @@
 //!   the result is stored in the replicated state. Placement is stable: it never moves a replica
 //!   that sits on a live eligible node.
 //! - [`liveness`]: which nodes count as dead, from when each was last seen.
-//! - [`reconcile`]: [`plan_node`], what one agent does with its own replicas (create, start,
+//! - [`lifecycle`]: [`plan_node`], what one agent does with its own replicas (create, start,
 //!   stop, remove, restart with backoff), adopting healthy containers it already finds.
 //! - [`rollout`]: [`plan_rollout`], a rolling update across the cluster that advances the
 //!   generation of one placement slot at a time, gated on readiness and `max_unavailable`.
 
+pub mod leader;
+pub mod lifecycle;
 pub mod liveness;
 pub mod placement;
-pub mod reconcile;
 pub mod rollout;
 
+pub use lifecycle::{
+    Action, Backoff, ContainerState, DesiredReplica, NodePlan, ObservedContainer, Phase,
+    ReplicaStatus, RestartPolicy, plan_node,
+};
 pub use liveness::{DEFAULT_NODE_TIMEOUT_MS, liveness, mark_liveness};
 pub use placement::{
     AgentRef, DEFAULT_MAX_SURGE, DEFAULT_MAX_UNAVAILABLE, MAX_REPLICAS, NodeId, NodeInfo,
     Placement, ReplicaSlot, Spread, Workload, node_load, place, place_with_load,
-};
-pub use reconcile::{
-    Action, Backoff, ContainerState, DesiredReplica, NodePlan, ObservedContainer, Phase,
-    ReplicaStatus, RestartPolicy, plan_node,
 };
 pub use rollout::{ReplicaState, RolloutStep, apply_rollout, plan_rollout};
 

@@ -1,7 +1,7 @@
 //! The replicated side of gitops: each `gitops` object's sync status, the atomic sync operation
 //! that applies a commit's definitions and prunes what left git, and sync requests.
 //!
-//! The leader's loop (`agent::controller::gitops`) fetches and plans; everything it changes goes
+//! The leader's loop (`agent::controllers::sync`, deciding with `smr_core::repo_sync`) fetches and plans; everything it changes goes
 //! through [`ClusterState::gitops_sync`] in one command, so a sync is applied whole or not at all,
 //! and the last synced commit is recorded in the same entry as the objects it produced. A new
 //! leader reads that commit and finds nothing left to do.

@@ -340,7 +340,12 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
         labels,
         cidr: settings.cidr.ok_or_else(|| filled("cidr"))?,
         subnet_len: settings.subnet_len.ok_or_else(|| filled("subnet length"))?,
-        backend: settings.backend.clone(),
+        backend: settings
+            .backend
+            .as_deref()
+            .map(str::parse::<agent::daemon::NetworkBackend>)
+            .transpose()
+            .map_err(|e| Usage(format!("--backend: {e}")))?,
         iface: settings.iface.clone(),
         workloads: !settings.no_workloads,
         node_timeout: smr::start::node_timeout(

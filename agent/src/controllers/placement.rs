@@ -1,0 +1,45 @@
+//! The leader's placement loop: placements for every `containers` object, rolling updates, and
+//! rescheduling of replicas away from nodes that stopped reporting. The decisions are
+//! `smr_core::scheduler::leader` (pure); this loop reads the state, keeps the liveness memory
+//! and proposes them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::node::Node;
+use crate::state::Op;
+use smr_core::scheduler::leader::{Liveness, plan};
+
+/// Runs the scheduling loop until `stop`; acts only while this node leads.
+pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<bool>) {
+    let mut changes = node.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut liveness: Option<Liveness> = None;
+    loop {
+        tokio::select! {
+            _ = crate::shutdown::stopped(&mut stop) => return,
+            _ = changes.changed() => {},
+            _ = tick.tick() => {},
+        }
+        if !node.is_leader() {
+            liveness = None;
+            continue;
+        }
+        let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
+            continue;
+        };
+        let now = Instant::now();
+        let live = liveness
+            .get_or_insert_with(|| Liveness::new(timeout, now))
+            .observe(&state, now);
+        let updates = plan(&state, &live);
+        if updates.is_empty() {
+            continue;
+        }
+        if let Err(e) = node.propose(Op::Place { updates }, None).await {
+            tracing::warn!("scheduling: {e}");
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The node reconciler: runs this node's replicas on its Docker engine and reports their state.
+//!
+//! Every second, on every state change, and when a backoff expires it reads the placements of
+//! this node, renders each replica's container configuration, lists the containers smr manages
+//! on the engine, asks the [`NodePlanner`] what to do (exact actions, decided without I/O), does
+//! it, feeds the outcomes back, runs the readiness probes it asks for, and proposes a [`NodeReport`] when anything changed (and at least every few seconds,
+//! as the node's heartbeat). Dependencies gate creation: a replica whose dependencies are not all
+//! ready is not created yet.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::node::{Node, now_ms};
+use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
+use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
+use smr_core::container::FileWrite;
+use smr_core::convert::{RenderError, ReplicaContext, container_config, init_config, restart_of};
+use smr_core::node_plan::{
+    Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Probe, Rendered, desired_replicas,
+    init_failure,
+};
+
+/// How many replicas a node creates at once.
+const CREATE_CONCURRENCY: usize = 4;
+
+/// A report is sent at least this often, as the node's heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct ReplicasConfig {
+    pub node: NodeId,
+    /// Docker network replicas join (`cluster`), when the node has the overlay.
+    pub network: Option<String>,
+    /// This node's DNS server address, first resolver of every replica.
+    pub dns: Vec<String>,
+    pub files_dir: PathBuf,
+    pub stop_grace: Duration,
+}
+
+/// Runs until `stop`.
+pub async fn run<R: Runtime>(
+    node: Arc<Node>,
+    runtime: Arc<R>,
+    config: ReplicasConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = node.subscribe();
+    let mut executor = Executor::new(runtime.clone(), config.clone());
+    let mut seq = now_ms();
+    let mut last_sent: Option<(Vec<ReplicaReport>, Instant)> = None;
+    let mut wake_at: Option<u64> = None;
+    loop {
+        let sleep = wake_at
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = crate::shutdown::stopped(&mut stop) => return,
+            _ = changes.changed() => {},
+            _ = tokio::time::sleep(sleep) => {},
+        }
+        let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
+            continue;
+        };
+        let observed = match runtime.list_managed().await {
+            Ok(observed) => observed,
+            Err(e) => {
+                tracing::warn!("listing containers: {e}");
+                continue;
+            }
+        };
+        let (replicas, next_wake) = executor.pass(&state, &observed, now_ms()).await;
+        wake_at = next_wake;
+        let changed = last_sent.as_ref().is_none_or(|(sent, _)| *sent != replicas);
+        let due = last_sent
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
+        if changed || due {
+            seq += 1;
+            let report = NodeReport {
+                seq,
+                at_ms: now_ms(),
+                replicas: replicas.clone(),
+            };
+            match node
+                .propose(
+                    Op::Report {
+                        node: config.node,
+                        report,
+                    },
+                    None,
+                )
+                .await
+            {
+                Ok(_) => last_sent = Some((replicas, Instant::now())),
+                Err(e) => tracing::warn!("reporting replicas: {e}"),
+            }
+        }
+    }
+}
+
+/// An init container run: its exit code and log tail, or why it could not run.
+type InitTask = JoinHandle<Result<(i64, String), String>>;
+
+/// Runs the [`NodePlanner`]'s actions against a [`Runtime`]: the I/O half of a pass.
+pub(crate) struct Executor<R: Runtime> {
+    runtime: Arc<R>,
+    config: ReplicasConfig,
+    planner: NodePlanner,
+    /// Stops in progress per container id: a stop waits up to the grace period, so it runs in
+    /// the background instead of holding up the whole pass.
+    stopping: HashMap<String, JoinHandle<()>>,
+    /// Init container runs per replica name, with the config hash they run for.
+    inits: HashMap<String, (String, InitTask)>,
+}
+
+impl<R: Runtime> Drop for Executor<R> {
+    fn drop(&mut self) {
+        for (_, task) in self.inits.values() {
+            task.abort();
+        }
+    }
+}
+
+impl<R: Runtime> Executor<R> {
+    pub(crate) fn new(runtime: Arc<R>, config: ReplicasConfig) -> Self {
+        Executor {
+            planner: NodePlanner::new(config.node, config.network.clone()),
+            runtime,
+            config,
+            stopping: HashMap::new(),
+            inits: HashMap::new(),
+        }
+    }
+
+    /// One reconcile pass at `now`; returns the replica reports and when to wake up for a
+    /// backoff.
+    pub(crate) async fn pass(
+        &mut self,
+        state: &ClusterState,
+        observed: &[ContainerInfo],
+        now: u64,
+    ) -> (Vec<ReplicaReport>, Option<u64>) {
+        // Init runs that ended since the last pass.
+        let finished: Vec<String> = self
+            .inits
+            .iter()
+            .filter(|(_, (_, task))| task.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for replica in finished {
+            let Some((hash, task)) = self.inits.remove(&replica) else {
+                continue;
+            };
+            let result = task.await.unwrap_or_else(|e| Err(e.to_string()));
+            if self.planner.init_running(&replica, &hash)
+                && let Some(why) = init_failure(&result)
+            {
+                tracing::warn!(replica, "{why}");
+            }
+            let outcome = Outcome::InitFinished {
+                replica,
+                hash,
+                result,
+            };
+            self.planner.record(outcome, now);
+        }
+
+        let ctx = ReplicaContext {
+            node: self.config.node,
+            network: self.config.network.as_deref(),
+            dns: self.config.dns.clone(),
+            files_dir: &self.config.files_dir,
+        };
+        let mut replicas =
+            desired_replicas(state, self.config.node, restart_of, |stored, index, g| {
+                let render = || {
+                    let (container, mut files) = container_config(state, stored, index, g, &ctx)?;
+                    let init = init_config(state, stored, index, g, &ctx)?.map(|(init, more)| {
+                        files.extend(more);
+                        init
+                    });
+                    Ok::<_, RenderError>(Rendered {
+                        container,
+                        init,
+                        files,
+                    })
+                };
+                // The report shows why a replica cannot be rendered.
+                render().map_err(|e| e.to_string())
+            });
+        // The files the replicas mount, written on every pass; a replica whose files cannot be
+        // written is not rendered (reported blocked).
+        for replica in &mut replicas {
+            if let Ok(rendered) = &replica.rendered
+                && let Err(e) = write_files(&rendered.files)
+            {
+                replica.rendered = Err(e);
+            }
+        }
+        let desired = Desired { state, replicas };
+        self.stopping.retain(|_, task| !task.is_finished());
+        let stopping: BTreeSet<String> = self.stopping.keys().cloned().collect();
+        let observed = Observed {
+            containers: observed,
+            stopping: &stopping,
+            now_ms: now,
+        };
+        let pass = self.planner.plan(&desired, &observed);
+        for action in &pass.actions {
+            self.execute(action, now).await;
+        }
+        let reports = self.planner.reports(&desired, &observed, &pass);
+        for probe in self.planner.probes(&desired, &observed) {
+            if run_probe(self.runtime.as_ref(), &probe).await {
+                let outcome = Outcome::Probed {
+                    id: probe.id,
+                    started_ms: probe.started_ms,
+                };
+                self.planner.record(outcome, now);
+            }
+        }
+        self.planner.retain(&desired, &observed);
+        let planner = &self.planner;
+        self.inits.retain(|replica, (hash, task)| {
+            let wanted = planner.init_running(replica, hash);
+            if !wanted {
+                task.abort();
+            }
+            wanted
+        });
+        (reports, pass.wake_at_ms)
+    }
+
+    async fn execute(&mut self, action: &NodeAction, now: u64) {
+        let runtime = self.runtime.as_ref();
+        let failed = |replica: &str, e: String| Outcome::Failed {
+            replica: replica.to_string(),
+            error: e,
+        };
+        let outcomes = match action {
+            NodeAction::Stop { id } => {
+                let (runtime, grace) = (self.runtime.clone(), self.config.stop_grace);
+                let task = tokio::spawn({
+                    let id = id.clone();
+                    async move {
+                        if let Err(e) = runtime.stop(&id, grace).await {
+                            tracing::warn!("stopping {id}: {e}");
+                        }
+                    }
+                });
+                self.stopping.insert(id.clone(), task);
+                vec![]
+            }
+            NodeAction::Remove { id, replica } => match runtime.remove(id).await {
+                Ok(()) => {
+                    tracing::info!(replica = %replica, "removed");
+                    vec![]
+                }
+                Err(e) => vec![failed(replica, e.to_string())],
+            },
+            NodeAction::Start { id, replica } => match runtime.start(id).await {
+                Ok(()) => vec![],
+                Err(e) => vec![failed(replica, e.to_string())],
+            },
+            NodeAction::Restart { id, replica } => match runtime.start(id).await {
+                Ok(()) => {
+                    tracing::info!(replica = %replica, "restarted after exit");
+                    vec![Outcome::Restarted {
+                        replica: replica.clone(),
+                    }]
+                }
+                Err(e) => vec![failed(replica, e.to_string())],
+            },
+            NodeAction::RunInit {
+                replica,
+                hash,
+                config,
+            } => {
+                let runtime = self.runtime.clone();
+                let config = config.clone();
+                let task = tokio::spawn(async move {
+                    runtime
+                        .run_to_completion(&config)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+                tracing::info!(replica, "init container started");
+                if let Some((_, previous)) =
+                    self.inits.insert(replica.clone(), (hash.clone(), task))
+                {
+                    previous.abort();
+                }
+                vec![]
+            }
+            NodeAction::Create { replica, config } => {
+                vec![created(replica, create_and_start(runtime, config).await)]
+            }
+            NodeAction::CreateBatch { replicas } => {
+                let mut outcomes = Vec::with_capacity(replicas.len());
+                for chunk in replicas.chunks(CREATE_CONCURRENCY) {
+                    let runs = chunk.iter().map(|(_, c)| create_and_start(runtime, c));
+                    let results = futures::future::join_all(runs).await;
+                    outcomes.extend(chunk.iter().zip(results).map(|((n, _), r)| created(n, r)));
+                }
+                outcomes
+            }
+        };
+        for outcome in outcomes {
+            if let Outcome::Failed { replica, error } = &outcome {
+                tracing::warn!(replica = %replica, "{action:?}: {error}");
+            }
+            self.planner.record(outcome, now);
+        }
+    }
+}
+
+/// Writes rendered files, creating their directories.
+fn write_files(files: &[FileWrite]) -> Result<(), String> {
+    for file in files {
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("writing files in {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&file.path, file.content.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", file.path.display()))?;
+    }
+    Ok(())
+}
+
+/// The outcome of creating and starting `replica`.
+fn created(replica: &str, result: Result<(), String>) -> Outcome {
+    match result {
+        Ok(()) => {
+            tracing::info!(replica, "created and started");
+            Outcome::Created {
+                replica: replica.to_string(),
+            }
+        }
+        Err(error) => Outcome::Failed {
+            replica: replica.to_string(),
+            error,
+        },
+    }
+}
+
+async fn create_and_start<R: Runtime>(runtime: &R, config: &ContainerConfig) -> Result<(), String> {
+    let id = runtime.create(config).await.map_err(|e| e.to_string())?;
+    runtime.start(&id).await.map_err(|e| e.to_string())
+}
+
+/// Runs the checks of a probe in order; ready when all pass.
+async fn run_probe<R: Runtime>(runtime: &R, probe: &Probe) -> bool {
+    for check in &probe.checks {
+        let ok = match check {
+            Check::Command { cmd, timeout } => {
+                matches!(
+                    tokio::time::timeout(*timeout, runtime.exec(&probe.id, cmd)).await,
+                    Ok(Ok(out)) if out.exit_code == 0
+                )
+            }
+            Check::Http {
+                url,
+                method,
+                body,
+                timeout,
+            } => {
+                let Some(url) = url else { return false };
+                let client = reqwest::Client::builder()
+                    .timeout(*timeout)
+                    .no_proxy()
+                    .build();
+                let Ok(client) = client else { return false };
+                let request = match method.as_str() {
+                    "POST" => client.post(url).json(body),
+                    _ => client.get(url),
+                };
+                matches!(request.send().await, Ok(r) if r.status().is_success())
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+use super::*;
+use crate::definitions;
+use crate::state::{Command, CommandResult, NodeRecord, NodeReport, Op, ReplicaReport};
+
+fn apply(state: &mut ClusterState, op: Op) -> CommandResult {
+    state.apply(&Command {
+        op_id: String::new(),
+        at_ms: 0,
+        op,
+    })
+}
+
+fn cluster(nodes: usize, yaml: &str) -> ClusterState {
+    let mut state = ClusterState::default();
+    for i in 1..=nodes {
+        let node = NodeRecord {
+            id: 0,
+            name: format!("n{i}"),
+            host: String::new(),
+            domain: String::new(),
+            ip: format!("10.0.0.{i}"),
+            api_port: 1443,
+            raft_port: 9212,
+            labels: Default::default(),
+            joined_ms: 0,
+            schedulable: true,
+            lease: None,
+            vtep_mac: None,
+            public_ip: None,
+            wg_port: None,
+            wg_public_key: None,
+        };
+        apply(&mut state, Op::RegisterNode { node });
+    }
+    let objects = definitions::parse_str("t.yaml", yaml).expect("valid");
+    apply(
+        &mut state,
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    );
+    state
+}
+
+const FIVE: &str = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  image: busybox\n  replicas: 5\n";
+
+fn all_live(state: &ClusterState) -> BTreeMap<NodeId, bool> {
+    state.nodes.keys().map(|id| (*id, true)).collect()
+}
+
+fn per_node(state: &ClusterState) -> BTreeMap<NodeId, u32> {
+    state.placements.values().next().expect("placed").per_node()
+}
+
+#[test]
+fn places_new_objects_then_is_quiet() {
+    let mut state = cluster(3, FIVE);
+    let updates = plan(&state, &all_live(&state));
+    assert_eq!(updates.len(), 1);
+    apply(&mut state, Op::Place { updates });
+    assert_eq!(per_node(&state), BTreeMap::from([(1, 2), (2, 2), (3, 1)]));
+    assert!(
+        plan(&state, &all_live(&state)).is_empty(),
+        "nothing to do once placed"
+    );
+}
+
+#[test]
+fn dead_node_replicas_move_to_live_nodes() {
+    let mut state = cluster(3, FIVE);
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    let mut live = all_live(&state);
+    live.insert(2, false);
+    let updates = plan(&state, &live);
+    apply(&mut state, Op::Place { updates });
+    let counts = per_node(&state);
+    assert_eq!(counts.get(&2), None, "{counts:?}");
+    assert_eq!(counts.values().sum::<u32>(), 5);
+}
+
+#[test]
+fn deleted_objects_lose_their_placement() {
+    let mut state = cluster(2, FIVE);
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    let key = state.objects.keys().next().unwrap().clone();
+    apply(&mut state, Op::Delete { keys: vec![key] });
+    assert!(state.placements.is_empty());
+    assert!(plan(&state, &all_live(&state)).is_empty());
+}
+
+#[test]
+fn unplaceable_objects_get_an_error_once() {
+    let yaml = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  image: busybox\n  nodeSelector:\n    disk: ssd\n";
+    let mut state = cluster(2, yaml);
+    let updates = plan(&state, &all_live(&state));
+    assert!(
+        updates[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("disk")),
+        "{updates:?}"
+    );
+    apply(&mut state, Op::Place { updates });
+    assert!(plan(&state, &all_live(&state)).is_empty());
+}
+
+#[test]
+fn a_template_change_rolls_one_replica_at_a_time() {
+    let mut state = cluster(2, FIVE.replace("replicas: 5", "replicas: 2").as_str());
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    let key = state.objects.keys().next().unwrap().clone();
+    let report = |state: &mut ClusterState, node: NodeId, seq: u64, generation: u64| {
+        let placement = state.placements[&key].clone();
+        let replicas = placement
+            .on_node(node)
+            .map(|(index, slot)| ReplicaReport {
+                key: key.clone(),
+                index,
+                name: format!("g-n-{index}"),
+                container_id: None,
+                phase: "running".into(),
+                ready: slot.generation == generation,
+                ip: None,
+                restarts: 0,
+                generation: slot.generation,
+                image: String::new(),
+                started_ms: None,
+                message: None,
+            })
+            .collect();
+        apply(
+            state,
+            Op::Report {
+                node,
+                report: NodeReport {
+                    seq,
+                    at_ms: 0,
+                    replicas,
+                },
+            },
+        );
+    };
+    report(&mut state, 1, 1, 1);
+    report(&mut state, 2, 1, 1);
+    let objects = definitions::parse_str(
+        "t.yaml",
+        &FIVE
+            .replace("replicas: 5", "replicas: 2")
+            .replace("busybox", "nginx"),
+    )
+    .unwrap();
+    apply(
+        &mut state,
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    );
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    let generations: Vec<u64> = state.placements[&key]
+        .replicas
+        .values()
+        .map(|s| s.generation)
+        .collect();
+    assert_eq!(generations, vec![2, 1], "one replica at a time");
+    // Until the new replica is ready, nothing more moves.
+    assert!(plan(&state, &all_live(&state)).is_empty());
+}
+
+#[test]
+fn liveness_uses_report_sequence_changes() {
+    let mut state = cluster(2, FIVE);
+    let t0 = Instant::now();
+    let mut liveness = Liveness::new(Duration::from_secs(15), t0);
+    assert_eq!(
+        liveness.observe(&state, t0),
+        BTreeMap::from([(1, true), (2, true)])
+    );
+    apply(
+        &mut state,
+        Op::Report {
+            node: 1,
+            report: NodeReport {
+                seq: 1,
+                at_ms: 0,
+                replicas: vec![],
+            },
+        },
+    );
+    let t1 = t0 + Duration::from_secs(10);
+    liveness.observe(&state, t1);
+    let t2 = t0 + Duration::from_secs(20);
+    assert_eq!(
+        liveness.observe(&state, t2),
+        BTreeMap::from([(1, true), (2, false)])
+    );
+}
