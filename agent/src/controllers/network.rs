@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::state::{ClusterState, NodeId, Op};
+use crate::state::{ClusterState, Delta, Follower, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
 use overlay::wireguard::{WG_PORT, WgConfig, WgPeer};
 use overlay::{Backend, Overlay, OverlayConfig, Peer};
@@ -204,8 +204,15 @@ async fn run_overlay(
     tracing::info!(%backend, %lease, mtu, gateway = %spec.gateway(), "overlay, cluster network and DNS ready");
 
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Woken by a change, the loop works only when the change concerns nodes, the cluster
+    // network or replica reports: a heartbeat or a definition write costs no netlink, Docker or
+    // DNS work. Every tick is a full pass (the safety net).
+    let mut follower = Follower::new();
+    let mut resync = true;
     loop {
-        if let Ok(state) = node.state(crate::node::Consistency::Stale).await {
+        if let Ok(state) = node.state(crate::node::Consistency::Stale).await
+            && follower.next(&state, resync).needs(Delta::touches_network)
+        {
             publish_wireguard(node, &state, config.id).await;
             match overlay.reconcile(&peers(&state, config.id, backend)).await {
                 Ok(report) if !report.is_noop() => tracing::info!(?report, "overlay reconciled"),
@@ -217,13 +224,13 @@ async fn run_overlay(
                 dns.set_records(records);
             }
         }
-        if let Err(e) = ensure_cluster_network(&networks, &spec).await {
+        if resync && let Err(e) = ensure_cluster_network(&networks, &spec).await {
             tracing::warn!("cluster network: {e}");
         }
         tokio::select! {
             _ = crate::shutdown::stopped(stop) => break,
-            _ = changes.changed() => {},
-            _ = tick.tick() => {},
+            _ = changes.changed() => resync = false,
+            _ = tick.tick() => resync = true,
         }
     }
     if let Err(e) = dns.shutdown().await {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::state::Op;
+use crate::state::{Delta, Follower, Op};
 use smr_core::scheduler::leader::{Liveness, plan};
 
 /// Runs the scheduling loop until `stop`; acts only while this node leads.
@@ -17,19 +17,29 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
     let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut liveness: Option<Liveness> = None;
+    let mut follower = Follower::new();
     loop {
-        tokio::select! {
+        let timed = tokio::select! {
             _ = crate::shutdown::stopped(&mut stop) => return,
-            _ = changes.changed() => {},
-            _ = tick.tick() => {},
-        }
+            _ = changes.changed() => false,
+            _ = tick.tick() => true,
+        };
         if !node.is_leader() {
             liveness = None;
+            follower = Follower::new();
             continue;
         }
         let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
+        // A change that concerns no placement (a heartbeat, a configuration nobody reads) waits
+        // for the next tick (liveness is judged there too), which is a full pass.
+        if !follower
+            .next(&state, timed)
+            .needs(Delta::touches_scheduling)
+        {
+            continue;
+        }
         let now = Instant::now();
         let live = liveness
             .get_or_insert_with(|| Liveness::new(timeout, now))

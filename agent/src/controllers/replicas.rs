@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::node::{Node, now_ms};
 use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
-use crate::state::{ClusterState, NodeId, NodeReport, Op, ReplicaReport};
+use crate::state::{ClusterState, Delta, Follower, NodeId, NodeReport, Op, ReplicaReport};
 use smr_core::container::FileWrite;
 use smr_core::convert::{RenderError, ReplicaContext, container_config, init_config, restart_of};
 use smr_core::node_plan::{
@@ -54,19 +54,30 @@ pub async fn run<R: Runtime>(
     let mut seq = now_ms();
     let mut last_sent: Option<(Vec<ReplicaReport>, Instant)> = None;
     let mut wake_at: Option<u64> = None;
+    let mut follower = Follower::new();
+    // A full pass at least this often even while changes keep waking the loop.
+    let mut full_due = Instant::now();
     loop {
         let sleep = wake_at
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
-        tokio::select! {
+        let timer = tokio::select! {
             _ = crate::shutdown::stopped(&mut stop) => return,
-            _ = changes.changed() => {},
-            _ = tokio::time::sleep(sleep) => {},
-        }
+            _ = changes.changed() => false,
+            _ = tokio::time::sleep(sleep) => true,
+        };
         let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
+        // A change that concerns no replica (a heartbeat, a configuration nobody reads) waits
+        // for the next full pass: woken by the timer (a backoff, the second), or a second after
+        // the last pass however many changes arrive.
+        let full = timer || Instant::now() >= full_due;
+        if !follower.next(&state, full).needs(Delta::touches_replicas) {
+            continue;
+        }
+        full_due = Instant::now() + Duration::from_secs(1);
         let observed = match runtime.list_managed().await {
             Ok(observed) => observed,
             Err(e) => {

@@ -9,17 +9,24 @@
 //! is not applied again; its first result is returned. That makes a client's retry after a lost
 //! reply (a leader killed mid-request) safe: a write is acknowledged at most once and applied once.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::{Availability, Placement};
 
+mod delta;
 mod inputs;
 pub mod lease;
+mod recent;
+pub mod shared;
 mod sync_status;
 
+pub use delta::{Changes, Delta, Follower, Step};
+pub use inputs::ReadersIndex;
+pub use recent::RecentOps;
+pub use shared::{MapChange, SharedList, SharedMap};
 pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
 pub type NodeId = u64;
@@ -202,12 +209,17 @@ pub struct CaRecord {
     pub holder: NodeId,
 }
 
+/// The replicated state. Its large collections are persistent ([`SharedMap`], [`SharedList`]):
+/// a clone (what a reader holds) costs O(1) and shares everything; an apply then copies only the
+/// O(log n) path to what it changes, and [`ClusterState::delta`] finds what differs between two
+/// versions in about the time it takes to walk the differences. Serialized exactly as the
+/// `BTreeMap`/`VecDeque` fields it had before.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Increases by one for every command that changed something.
     pub revision: u64,
-    pub objects: BTreeMap<ObjectKey, StoredObject>,
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub objects: SharedMap<ObjectKey, StoredObject>,
+    pub nodes: SharedMap<NodeId, NodeRecord>,
     /// Ids are handed out in join order from 1 and never reused.
     pub last_node_id: NodeId,
     pub join_tokens: Vec<JoinTokenRecord>,
@@ -215,27 +227,31 @@ pub struct ClusterState {
     pub ca: Option<CaRecord>,
     /// Recently applied operation ids with their results, oldest first.
     #[serde(default)]
-    pub recent_ops: VecDeque<(String, CommandResult)>,
+    pub recent_ops: RecentOps,
     /// Where each `containers` object's replicas run (decided by the leader).
     #[serde(default)]
-    pub placements: BTreeMap<ObjectKey, Placement>,
+    pub placements: SharedMap<ObjectKey, Placement>,
     /// Why an object could not be placed, if it could not.
     #[serde(default)]
-    pub placement_errors: BTreeMap<ObjectKey, String>,
+    pub placement_errors: SharedMap<ObjectKey, String>,
     /// Each node's latest report of its replicas.
     #[serde(default)]
-    pub reports: BTreeMap<NodeId, NodeReport>,
+    pub reports: SharedMap<NodeId, NodeReport>,
     #[serde(default)]
-    pub events: VecDeque<Event>,
+    pub events: SharedList<Event>,
     /// The overlay settings; `None` until the first node records them.
     #[serde(default)]
     pub network: Option<NetworkSettings>,
     /// Sync status of every `gitops` object.
     #[serde(default)]
-    pub gitops: BTreeMap<ObjectKey, GitopsStatus>,
+    pub gitops: SharedMap<ObjectKey, GitopsStatus>,
     /// Nodes taken out of scheduling (`smrctl cordon`, `drain`); absent: active.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub availability: BTreeMap<NodeId, Availability>,
+    /// Which definitions read which objects: derived from `objects` by the writes, not stored
+    /// (and not compared). Leave it alone.
+    #[serde(skip)]
+    pub readers_index: ReadersIndex,
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -372,11 +388,7 @@ impl ClusterState {
         }
         let result = self.apply_op(&cmd.op, cmd.at_ms);
         if !cmd.op_id.is_empty() {
-            self.recent_ops
-                .push_back((cmd.op_id.clone(), result.clone()));
-            while self.recent_ops.len() > DEDUP_WINDOW {
-                self.recent_ops.pop_front();
-            }
+            self.recent_ops.push(cmd.op_id.clone(), result.clone());
         }
         result
     }
@@ -544,50 +556,65 @@ impl ClusterState {
             };
         }
         let revision = self.revision + 1;
-        let previous = self.reports.get(&node).cloned().unwrap_or_default();
-        for replica in &report.replicas {
-            let before = previous
-                .replicas
+        // Replicas by (object, index), before and after: O(r log r), not O(r^2), for a node
+        // that runs many. Events in the same order as ever (the report's, then the previous
+        // report's), so that every version of the state machine records the same.
+        let mut events = Vec::new();
+        {
+            let previous = self.reports.get(&node).map(|r| r.replicas.as_slice());
+            // Reversed: where a report names a replica twice, its first entry counts, as before.
+            let before: BTreeMap<(&ObjectKey, u32), &ReplicaReport> = previous
+                .unwrap_or_default()
                 .iter()
-                .find(|r| r.key == replica.key && r.index == replica.index);
-            let moved = before.is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
-            if moved {
-                let state = if replica.ready {
-                    format!("{} (ready)", replica.phase)
-                } else {
-                    replica.phase.clone()
-                };
-                let mut message = format!("{} on node {node}: {state}", replica.name);
-                if let Some(why) = &replica.message {
-                    message.push_str(": ");
-                    message.push_str(why);
+                .rev()
+                .map(|r| ((&r.key, r.index), r))
+                .collect();
+            let now_there: BTreeSet<(&ObjectKey, u32)> =
+                report.replicas.iter().map(|r| (&r.key, r.index)).collect();
+            for replica in &report.replicas {
+                let moved = before
+                    .get(&(&replica.key, replica.index))
+                    .is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
+                if moved {
+                    let state = if replica.ready {
+                        format!("{} (ready)", replica.phase)
+                    } else {
+                        replica.phase.clone()
+                    };
+                    let mut message = format!("{} on node {node}: {state}", replica.name);
+                    if let Some(why) = &replica.message {
+                        message.push_str(": ");
+                        message.push_str(why);
+                    }
+                    events.push(Event {
+                        revision,
+                        at_ms: now,
+                        subject: replica.key.to_string(),
+                        replica: Some(replica.name.clone()),
+                        node: Some(node),
+                        reason: phase_reason(&replica.phase, replica.ready),
+                        message,
+                    });
                 }
-                self.push_event(Event {
+            }
+            for gone in previous
+                .unwrap_or_default()
+                .iter()
+                .filter(|b| !now_there.contains(&(&b.key, b.index)))
+            {
+                events.push(Event {
                     revision,
                     at_ms: now,
-                    subject: replica.key.to_string(),
-                    replica: Some(replica.name.clone()),
+                    subject: gone.key.to_string(),
+                    replica: Some(gone.name.clone()),
                     node: Some(node),
-                    reason: phase_reason(&replica.phase, replica.ready),
-                    message,
+                    reason: "Removed".into(),
+                    message: format!("{} on node {node}: removed", gone.name),
                 });
             }
         }
-        for gone in previous.replicas.iter().filter(|b| {
-            !report
-                .replicas
-                .iter()
-                .any(|r| r.key == b.key && r.index == b.index)
-        }) {
-            self.push_event(Event {
-                revision,
-                at_ms: now,
-                subject: gone.key.to_string(),
-                replica: Some(gone.name.clone()),
-                node: Some(node),
-                reason: "Removed".into(),
-                message: format!("{} on node {node}: removed", gone.name),
-            });
+        for event in events {
+            self.push_event(event);
         }
         self.reports.insert(node, report.clone());
         self.bump()
@@ -732,6 +759,12 @@ impl ClusterState {
         if changed {
             self.revision = revision;
         }
+        let touched: BTreeSet<ObjectKey> = outcomes
+            .iter()
+            .filter(|o| o.outcome != Outcome::Unchanged)
+            .map(|o| o.key.clone())
+            .collect();
+        self.reindex(&touched);
         self.roll_readers(&data_changed, &rolled, revision, now);
         CommandResult::Objects {
             revision: self.revision,
@@ -784,6 +817,12 @@ impl ClusterState {
         if changed {
             self.revision = revision;
         }
+        let touched: BTreeSet<ObjectKey> = outcomes
+            .iter()
+            .filter(|o| o.outcome == Outcome::Deleted)
+            .map(|o| o.key.clone())
+            .collect();
+        self.reindex(&touched);
         self.roll_readers(&data_gone, &BTreeSet::new(), revision, now);
         CommandResult::Objects {
             revision: self.revision,
@@ -827,10 +866,7 @@ impl ClusterState {
 
     /// The result of operation `op_id`, if it was applied within the dedup window.
     pub fn recent_result(&self, op_id: &str) -> Option<&CommandResult> {
-        self.recent_ops
-            .iter()
-            .find(|(id, _)| id == op_id)
-            .map(|(_, r)| r)
+        self.recent_ops.get(op_id)
     }
 
     /// Objects of one kind, in key order. Visits only that kind's keys (the kind leads the key
@@ -912,3 +948,5 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_delta;

@@ -195,7 +195,9 @@ impl ClusterState {
     pub(super) fn gitops_request_sync(&mut self, key: &ObjectKey) -> CommandResult {
         match self.objects.get(key) {
             Some(g) if g.object.kind == Kind::Gitops => {
-                let status = self.gitops.entry(key.clone()).or_default();
+                let status = self
+                    .gitops
+                    .get_or_insert_with(key.clone(), Default::default);
                 status.sync_requested += 1;
                 let requested = status.sync_requested;
                 self.revision += 1;

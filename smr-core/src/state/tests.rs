@@ -1,7 +1,7 @@
 use super::*;
 use crate::definitions::Meta;
 
-fn obj(name: &str, image: &str) -> Object {
+pub(super) fn obj(name: &str, image: &str) -> Object {
     Object {
         kind: Kind::Containers,
         prefix: "simplecontainer.io/v1".into(),
@@ -18,7 +18,7 @@ fn obj(name: &str, image: &str) -> Object {
     }
 }
 
-fn cmd(op_id: &str, op: Op) -> Command {
+pub(super) fn cmd(op_id: &str, op: Op) -> Command {
     Command {
         op_id: op_id.into(),
         at_ms: 1000,
@@ -26,7 +26,7 @@ fn cmd(op_id: &str, op: Op) -> Command {
     }
 }
 
-fn node(name: &str) -> NodeRecord {
+pub(super) fn node(name: &str) -> NodeRecord {
     NodeRecord {
         id: 0,
         name: name.into(),
@@ -185,7 +185,7 @@ fn a_hand_change_to_a_gitops_object_keeps_its_owner_and_gitops_never_takes_over(
     assert_eq!(s.objects.len(), 2, "nothing of a refused batch is applied");
 }
 
-fn gitops_obj(name: &str) -> Object {
+pub(super) fn gitops_obj(name: &str) -> Object {
     Object::new(
         "g",
         name,
@@ -416,7 +416,7 @@ fn state_round_trips_through_json() {
     assert_eq!(back, s);
 }
 
-fn placement(nodes: &[u64]) -> Placement {
+pub(super) fn placement(nodes: &[u64]) -> Placement {
     let mut p = Placement::default();
     for (i, n) in nodes.iter().enumerate() {
         p.replicas.insert(
@@ -523,7 +523,7 @@ fn placement_errors_are_recorded_once_as_events() {
     );
 }
 
-fn replica(phase: &str, ready: bool) -> ReplicaReport {
+pub(super) fn replica(phase: &str, ready: bool) -> ReplicaReport {
     ReplicaReport {
         key: obj("x", "a").key(),
         index: 1,
@@ -736,7 +736,7 @@ fn commands_round_trip_through_json() {
     }
 }
 
-fn yaml(text: &str) -> Vec<Object> {
+pub(super) fn yaml(text: &str) -> Vec<Object> {
     crate::definitions::parse_str("test.yaml", text).unwrap()
 }
 
@@ -744,7 +744,7 @@ fn template_generation(s: &ClusterState, key: &str) -> u64 {
     s.objects[&key.parse::<ObjectKey>().unwrap()].template_generation
 }
 
-const READERS: &str = "
+pub(super) const READERS: &str = "
 kind: containers
 prefix: simplecontainer.io/v1
 meta: {group: app, name: web}
@@ -761,7 +761,7 @@ spec:
   image: busybox
 ";
 
-fn data_object(kind: &str, name: &str, value: &str) -> Vec<Object> {
+pub(super) fn data_object(kind: &str, name: &str, value: &str) -> Vec<Object> {
     yaml(&format!(
         "kind: {kind}\nprefix: simplecontainer.io/v1\nmeta: {{group: app, name: {name}}}\nspec:\n  data: {{v: '{value}'}}\n"
     ))
