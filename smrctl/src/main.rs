@@ -1162,6 +1162,7 @@ fn outcome_word(outcome: Outcome) -> &'static str {
         Outcome::Unchanged => "unchanged",
         Outcome::Deleted => "deleted",
         Outcome::NotFound => "not found",
+        Outcome::Restarted => "restarted",
     }
 }
 
