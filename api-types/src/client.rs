@@ -364,6 +364,22 @@ impl Client {
         self.delete_with(keys, None).await
     }
 
+    /// A rolling restart of a containers definition's replicas (a new template generation, the
+    /// definition unchanged). Carries an `op_id`, so a retry after a lost answer restarts once.
+    pub async fn restart(&self, key: &ObjectKey) -> Result<ApplyResponse, ClientError> {
+        let op_id = crate::state::new_op_id();
+        self.request_with(
+            Method::POST,
+            &format!(
+                "objects/{}/{}/{}/restart?op_id={op_id}",
+                key.kind, key.group, key.name
+            ),
+            Payload::None,
+            Replay::Safe,
+        )
+        .await
+    }
+
     pub async fn list(&self, kind: Option<Kind>) -> Result<Vec<StoredObject>, ClientError> {
         let path = match kind {
             Some(kind) => format!("objects/{kind}"),

@@ -85,6 +85,19 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "yaml")]
         output: Format,
     },
+    /// Rolling restart of a containers definition's replicas without changing it
+    /// (`containers/GROUP/NAME`): a new replica is ready before the next old one goes. Waits for
+    /// the rollout like apply.
+    Restart {
+        /// containers/GROUP/NAME.
+        key: String,
+        /// Return once the restart is recorded.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for readiness (e.g. 90s, 5m); exit code 8 when it runs out.
+        #[arg(long, default_value = "5m", value_parser = definitions::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Edit an object's YAML in $VISUAL/$EDITOR and apply it when saved; a refused edit is
     /// opened again with the reason.
     Edit { key: String },
@@ -509,6 +522,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .map_err(|e| Failure::Other(e.into()))?
                 ),
                 Format::Table | Format::Wide => print!("{}", objects_table(&[stored])),
+            }
+        }
+        Cmd::Restart {
+            key,
+            no_wait,
+            timeout,
+        } => {
+            let address = parse_address(&key)?;
+            let client = connect(cli.context)?;
+            let response = client.restart(&address.key).await?;
+            println!("{} restart started", address.key);
+            if !no_wait {
+                let ready = smrctl::rollout::wait(
+                    &client,
+                    std::slice::from_ref(&address.key),
+                    response.revision,
+                    timeout,
+                )
+                .await
+                .map_err(|e| match e {
+                    smrctl::rollout::WaitError::Client(e) => Failure::Client(e),
+                    smrctl::rollout::WaitError::NotReady(why) => Failure::NotReady(why),
+                })?;
+                for p in ready {
+                    println!("{}", p.line());
+                }
             }
         }
         Cmd::Edit { key } => {
@@ -1224,6 +1263,7 @@ fn outcome_word(outcome: Outcome) -> &'static str {
         Outcome::Unchanged => "unchanged",
         Outcome::Deleted => "deleted",
         Outcome::NotFound => "not found",
+        Outcome::Restarted => "restarted",
     }
 }
 

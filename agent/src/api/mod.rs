@@ -61,6 +61,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/objects/{kind}"),
     ("get", "/api/v1/objects/{kind}/{group}/{name}"),
     ("delete", "/api/v1/objects/{kind}/{group}/{name}"),
+    ("post", "/api/v1/objects/{kind}/{group}/{name}/restart"),
     ("get", "/api/v1/replicas"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/dns"),
@@ -105,6 +106,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/api/v1/objects/{kind}/{group}/{name}",
             get(get_object).delete(delete_one),
+        )
+        .route(
+            "/api/v1/objects/{kind}/{group}/{name}/restart",
+            post(restart_one),
         )
         .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/events", get(list_events))
@@ -509,6 +514,17 @@ async fn delete_one(
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let key = parse_key(&kind, group, name)?;
     Ok(Json(node.delete_one(key, params.op_id).await?))
+}
+
+/// `POST /api/v1/objects/{kind}/{group}/{name}/restart`: a rolling restart of a containers
+/// definition's replicas.
+async fn restart_one(
+    State(node): AppState,
+    Path((kind, group, name)): Path<(String, String, String)>,
+    Query(params): Query<WriteParams>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let key = parse_key(&kind, group, name)?;
+    Ok(Json(node.restart(key, params.op_id).await?))
 }
 
 async fn internal_propose(

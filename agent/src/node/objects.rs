@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{Consistency, Node, NodeError};
-use crate::definitions::{Object, ObjectKey};
-use crate::state::{Command, CommandResult, Event, Op, Outcome};
+use crate::definitions::{Kind, Object, ObjectKey};
+use crate::state::{Command, CommandResult, Event, Op, Outcome, restart_refusal};
 use api_types::types::{ApplyResponse, DescribeView, DnsRecordView, SignRequest};
 
 impl Node {
@@ -56,6 +56,28 @@ impl Node {
                 },
                 op_id,
             )
+            .await?;
+        if let CommandResult::Objects { outcomes, .. } = &result
+            && outcomes.iter().all(|o| o.outcome == Outcome::NotFound)
+        {
+            return Err(NodeError::NotFound(key.to_string()));
+        }
+        objects_response(result, false)
+    }
+
+    /// Restarts the replicas of containers definition `key`, batch by batch (a new template
+    /// generation for the same definition): not found when it is not there, a bad request for
+    /// any other kind (refused before anything is proposed).
+    pub async fn restart(
+        &self,
+        key: ObjectKey,
+        op_id: Option<String>,
+    ) -> Result<ApplyResponse, NodeError> {
+        if key.kind != Kind::Containers {
+            return Err(NodeError::BadRequest(restart_refusal(&key)));
+        }
+        let result = self
+            .propose(Op::Restart { key: key.clone() }, op_id)
             .await?;
         if let CommandResult::Objects { outcomes, .. } = &result
             && outcomes.iter().all(|o| o.outcome == Outcome::NotFound)

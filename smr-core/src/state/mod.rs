@@ -277,6 +277,12 @@ pub enum Op {
     Delete {
         keys: Vec<ObjectKey>,
     },
+    /// Gives a `containers` definition a new template generation without changing it: the
+    /// leader then replaces its replicas batch by batch (`smrctl restart`). A missing object is
+    /// reported as not found; any other kind is refused.
+    Restart {
+        key: ObjectKey,
+    },
     /// Add a node to the registry; its id is assigned here.
     RegisterNode {
         node: NodeRecord,
@@ -340,6 +346,8 @@ pub enum Outcome {
     Unchanged,
     Deleted,
     NotFound,
+    /// A new template generation for an unchanged definition ([`Op::Restart`]).
+    Restarted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +380,14 @@ pub enum CommandResult {
     },
 }
 
+/// Why an object of another kind than `containers` cannot be restarted.
+pub fn restart_refusal(key: &ObjectKey) -> String {
+    format!(
+        "{key} cannot be restarted: only containers definitions have replicas to restart (not {})",
+        key.kind.as_str()
+    )
+}
+
 /// Why the last node of a cluster cannot be removed.
 pub fn last_node_refusal(id: NodeId) -> String {
     format!(
@@ -397,6 +413,7 @@ impl ClusterState {
         match op {
             Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
             Op::Delete { keys } => self.delete_objects(keys, now),
+            Op::Restart { key } => self.restart(key, now),
             Op::RegisterNode { node } => self.register_node(node, now),
             Op::RemoveNode { id } if self.nodes.len() == 1 && self.nodes.contains_key(id) => {
                 CommandResult::Rejected {
@@ -827,6 +844,48 @@ impl ClusterState {
         CommandResult::Objects {
             revision: self.revision,
             outcomes,
+        }
+    }
+
+    fn restart(&mut self, key: &ObjectKey, now: u64) -> CommandResult {
+        if key.kind != Kind::Containers {
+            return CommandResult::Rejected {
+                reason: restart_refusal(key),
+            };
+        }
+        let Some(stored) = self.objects.get_mut(key) else {
+            return CommandResult::Objects {
+                revision: self.revision,
+                outcomes: vec![ObjectOutcome {
+                    key: key.clone(),
+                    outcome: Outcome::NotFound,
+                    generation: 0,
+                }],
+            };
+        };
+        // Like a changed input (see `roll_readers`): the definition and its generation stay as
+        // they are, so its placement stays valid; only what its replicas run is new.
+        stored.template_generation += 1;
+        let (generation, template) = (stored.generation, stored.template_generation);
+        self.revision += 1;
+        self.push_event(Event {
+            revision: self.revision,
+            at_ms: now,
+            subject: key.to_string(),
+            replica: None,
+            node: None,
+            reason: "Restarted".into(),
+            message: format!(
+                "restart requested: rolling update of its replicas to template {template}"
+            ),
+        });
+        CommandResult::Objects {
+            revision: self.revision,
+            outcomes: vec![ObjectOutcome {
+                key: key.clone(),
+                outcome: Outcome::Restarted,
+                generation,
+            }],
         }
     }
 

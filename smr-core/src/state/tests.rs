@@ -725,6 +725,7 @@ fn commands_round_trip_through_json() {
         Op::GitopsRequestSync {
             gitops: key.clone(),
         },
+        Op::Restart { key: key.clone() },
         Op::Noop,
     ];
     for op in ops {
@@ -969,4 +970,125 @@ fn node_availability_is_recorded_with_an_event_and_dropped_with_the_node() {
     set(&mut s, "c6", 1, Availability::Cordoned);
     s.apply(&cmd("r1", Op::RemoveNode { id: 1 }));
     assert!(s.availability.is_empty(), "{:?}", s.availability);
+}
+
+#[test]
+fn restart_rolls_one_definition_without_changing_it() {
+    let mut s = ClusterState::default();
+    let mut objects = yaml(READERS);
+    objects.extend(data_object("configuration", "shared", "1"));
+    s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects,
+            owner: None,
+        },
+    ));
+    s.apply(&cmd(
+        "p",
+        Op::Place {
+            updates: vec![PlacementUpdate {
+                key: "containers/app/web".parse().unwrap(),
+                generation: 1,
+                placement: Some(placement(&[1])),
+                error: None,
+            }],
+        },
+    ));
+    let before = s.clone();
+    assert_eq!(s.revision, 2);
+
+    let r = s.apply(&cmd(
+        "r",
+        Op::Restart {
+            key: "containers/app/web".parse().unwrap(),
+        },
+    ));
+    assert_eq!(
+        r,
+        CommandResult::Objects {
+            revision: 3,
+            outcomes: vec![ObjectOutcome {
+                key: "containers/app/web".parse().unwrap(),
+                outcome: Outcome::Restarted,
+                generation: 1,
+            }],
+        }
+    );
+    // Only the template generation moved: the definition, its generation and its placement
+    // (made for generation 1) stay, and no other object changed.
+    let web = &s.objects[&"containers/app/web".parse::<ObjectKey>().unwrap()];
+    let web_before = &before.objects[&"containers/app/web".parse::<ObjectKey>().unwrap()];
+    assert_eq!(
+        (web.generation, web.template_generation, web.revision),
+        (1, 2, 1)
+    );
+    assert_eq!(web.object, web_before.object);
+    for (key, stored) in &s.objects {
+        if key.to_string() != "containers/app/web" {
+            assert_eq!(Some(stored), before.objects.get(key), "{key}");
+        }
+    }
+    assert_eq!(s.placements, before.placements);
+    assert_eq!(
+        s.events.back(),
+        Some(&Event {
+            revision: 3,
+            at_ms: 1000,
+            subject: "containers/app/web".into(),
+            replica: None,
+            node: None,
+            reason: "Restarted".into(),
+            message: "restart requested: rolling update of its replicas to template 2".into(),
+        })
+    );
+
+    // A retry of the same operation does not restart twice; a new one does.
+    let again = s.apply(&cmd(
+        "r",
+        Op::Restart {
+            key: "containers/app/web".parse().unwrap(),
+        },
+    ));
+    assert_eq!(again, r);
+    assert_eq!(template_generation(&s, "containers/app/web"), 2);
+    s.apply(&cmd(
+        "r2",
+        Op::Restart {
+            key: "containers/app/web".parse().unwrap(),
+        },
+    ));
+    assert_eq!(template_generation(&s, "containers/app/web"), 3);
+    assert_eq!(template_generation(&s, "containers/app/other"), 1);
+    assert_eq!(s.revision, 4);
+
+    // Unknown objects and other kinds change nothing.
+    let settled = s.clone();
+    let r = s.apply(&cmd(
+        "nope",
+        Op::Restart {
+            key: "containers/app/nope".parse().unwrap(),
+        },
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![("containers/app/nope".into(), Outcome::NotFound, 0)]
+    );
+    let r = s.apply(&cmd(
+        "conf",
+        Op::Restart {
+            key: "configuration/app/shared".parse().unwrap(),
+        },
+    ));
+    assert_eq!(
+        r,
+        CommandResult::Rejected {
+            reason: "configuration/app/shared cannot be restarted: only containers definitions \
+                     have replicas to restart (not configuration)"
+                .into()
+        }
+    );
+    let mut settled_ops = settled.clone();
+    settled_ops.recent_ops = s.recent_ops.clone();
+    assert_eq!(s, settled_ops);
 }
