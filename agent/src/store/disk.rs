@@ -254,6 +254,15 @@ impl Disk {
         self.closing.store(true, Ordering::SeqCst);
     }
 
+    /// Closes the database file once the operations in progress are done, so that its lock is
+    /// released now, not when the last task holding this `Disk` ends: a store opened again on the
+    /// same directory right after a shutdown finds it free. Later operations fail as closed.
+    /// Blocking.
+    pub fn release(&self) {
+        self.close();
+        self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }

@@ -481,6 +481,11 @@ impl RaftStore {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        // Tasks of the core may still hold the disk for a moment; the file is closed now.
+        let disk = self.disk.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || disk.release()).await {
+            tracing::warn!("closing the Raft database: {e}");
+        }
     }
 }
 
