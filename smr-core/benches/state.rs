@@ -20,37 +20,13 @@
 //!
 //! Prints figures; asserts nothing about speed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smr_core::definitions::{DataSpec, Object, Spec};
 use smr_core::state::{ClusterState, Command, Op};
 
-/// A configuration object of about 200 bytes (as JSON in the log).
-fn object(n: usize, version: usize) -> Object {
-    let mut data = BTreeMap::new();
-    data.insert("database".to_string(), format!("app-{n}"));
-    data.insert("port".to_string(), "3306".to_string());
-    data.insert("version".to_string(), format!("{version:08}"));
-    data.insert("padding".to_string(), "x".repeat(48));
-    Object::new(
-        "bench",
-        format!("config-{n:06}"),
-        Spec::Configuration(DataSpec { data }),
-    )
-}
-
-fn command(op: usize, object: Object) -> Command {
-    Command {
-        op_id: format!("{op:032x}"),
-        at_ms: 1_700_000_000_000 + op as u64,
-        op: Op::Apply {
-            objects: vec![object],
-            owner: None,
-        },
-    }
-}
+mod common;
+use common::{command, object};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
