@@ -40,6 +40,10 @@ pub fn normalize_directory(path: &str) -> Result<Vec<String>, GitError> {
             p if p.eq_ignore_ascii_case(".git") => {
                 return Err(hostile("'.git' is not allowed"));
             }
+            p if out.is_empty() && p.starts_with('~') => {
+                // `./~user/x` would read as a home directory once normalized to `~user/x`.
+                return Err(hostile("absolute paths are not allowed"));
+            }
             p => out.push(p.to_string()),
         }
     }
@@ -119,6 +123,8 @@ mod tests {
             "a/..",
             "/etc",
             "~/x",
+            "./~",
+            ".//~user/x",
             "a\\..\\b",
             ".git",
             "a/.GIT/hooks",
@@ -154,6 +160,12 @@ mod tests {
                             .filter(|p| !p.is_empty() && *p != ".")
                             .collect::<Vec<_>>()
                             .join("/"),
+                        "{input:?}"
+                    );
+                    // Normalizing the normalized path changes nothing.
+                    assert_eq!(
+                        normalize_directory(&parts.join("/")).ok().as_ref(),
+                        Some(&parts),
                         "{input:?}"
                     );
                 }
