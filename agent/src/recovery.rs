@@ -29,8 +29,10 @@ pub fn seed_path(data_dir: &Path) -> PathBuf {
 }
 
 /// A state waiting to be proposed when the agent starts.
+/// Externally tagged (`{"restore": {...}}`): an internally tagged enum would buffer the state,
+/// whose maps keyed by node id then no longer parse.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "seed", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Seed {
     /// What a new cluster keeps of a backup.
     Restore { state: Box<ClusterState> },
@@ -242,4 +244,92 @@ pub async fn apply_seed(node: &Node, data_dir: &Path, me: RaftPeer) -> Result<()
     std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
     tracing::info!("{what}: done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeRecord;
+
+    fn state_with_nodes() -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in [1, 2] {
+            state.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    name: format!("n{id}"),
+                    host: "h".into(),
+                    domain: "d".into(),
+                    ip: "10.0.0.1".into(),
+                    public_ip: None,
+                    api_port: 1443,
+                    raft_port: 9212,
+                    labels: Default::default(),
+                    joined_ms: 0,
+                    schedulable: true,
+                    lease: None,
+                    vtep_mac: None,
+                    wg_port: None,
+                    wg_public_key: None,
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn a_seed_with_nodes_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = Seed::ForceNewCluster {
+            state: Box::new(state_with_nodes()),
+            keep: 1,
+        };
+        write_seed(dir.path(), &seed).unwrap();
+        let back: Seed =
+            serde_json::from_slice(&std::fs::read(seed_path(dir.path())).unwrap()).unwrap();
+        match back {
+            Seed::ForceNewCluster { state, keep } => {
+                assert_eq!(keep, 1);
+                assert_eq!(*state, state_with_nodes());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn restore_needs_a_fresh_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("smr");
+        check_fresh(&data).unwrap();
+        std::fs::create_dir(&data).unwrap();
+        check_fresh(&data).unwrap();
+        std::fs::write(data.join("node.json"), "{}").unwrap();
+        let e = prepare_restore(&data, &ClusterState::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("is not empty (it holds node.json)"),
+            "{e}"
+        );
+        assert!(!seed_path(&data).exists());
+    }
+
+    #[test]
+    fn force_new_cluster_is_refused_on_etcd_and_without_a_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = prepare_force_new_cluster(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("holds none"), "{e}");
+        let node = serde_json::json!({
+            "id": 1, "name": "n1", "host": "h", "domain": "d", "ip": "10.0.0.1",
+            "api_port": 1443, "raft_port": 9212, "bootstrapped": true,
+            "vtep_mac": "02:00:00:00:00:01",
+            "etcd": {"url": "etcd://127.0.0.1:2379", "prefix": "/smr/"}
+        });
+        std::fs::write(node_file_path(dir.path()), node.to_string()).unwrap();
+        let e = prepare_force_new_cluster(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("this node keeps its state in etcd"),
+            "{e}"
+        );
+        assert!(!seed_path(dir.path()).exists());
+    }
 }
