@@ -7,6 +7,8 @@
 //! - Two of three nodes are destroyed (agents stopped, VMs cut off, containers gone): writes
 //!   fail; the survivor restarted with `--force-new-cluster` is a one-node cluster with its
 //!   state, two new VMs join it with a token, and replicas run on them.
+//! - On the etcd store (loopback agents, a real etcd): a backup from the second agent, restored
+//!   by a background `smrmgr restore` into a loopback Raft node; `--force-new-cluster` refused.
 
 mod common;
 
@@ -392,5 +394,86 @@ async fn force(cluster: &mut VmCluster) -> anyhow::Result<()> {
         let on = replicas.iter().filter(|r| r.node == id).count();
         anyhow::ensure!(on >= 1, "new node {id} runs {on} replicas: {replicas:?}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_on_the_etcd_store_restores_and_force_new_cluster_is_refused() -> anyhow::Result<()>
+{
+    if !smr_tests::etcd::available() {
+        println!("skipped: no etcd binary (Debian package etcd-server)");
+        return Ok(());
+    }
+    let etcd = tokio::task::spawn_blocking(|| smr_tests::etcd::EtcdCluster::start(1)).await??;
+    let mut cluster = common::Cluster::new();
+    cluster.start_extra = vec!["--store".into(), etcd.url()];
+    cluster.start_first()?;
+    cluster.join(0)?;
+    let secret = "kind: secret\nprefix: simplecontainer.io/v1\nmeta: {group: app, name: db}\nspec:\n  data:\n    password: etcd-held-value\n";
+    apply(&cluster.client(0), secret).await?;
+
+    // Taken through the second agent: the write through the first one is in it.
+    let file = cluster.dir.path().join("etcd.smr");
+    let mut cmd = common::smrmgr(cluster.dir.path());
+    cmd.args(["backup"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&cluster.nodes[1].data_dir);
+    println!("{}", common::run(cmd)?);
+    let backup = smr_core::backup::decode(&std::fs::read(&file)?)?;
+    anyhow::ensure!(
+        backup.header.store == "etcd" && backup.header.term == 0,
+        "{:?}",
+        backup.header
+    );
+    anyhow::ensure!(
+        std::fs::read_to_string(&file)?.contains("etcd-held-value"),
+        "the secret is in the backup"
+    );
+
+    // --force-new-cluster is for the embedded store: refused, nothing moved.
+    cluster.stop(0)?;
+    let mut cmd = common::smrmgr(cluster.dir.path());
+    cmd.args(["start", "--force-new-cluster", "--data-dir"])
+        .arg(&cluster.nodes[0].data_dir);
+    let out = common::output(cmd);
+    anyhow::ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("this node keeps its state in etcd"),
+        "{out:?}"
+    );
+    anyhow::ensure!(!cluster.nodes[0].data_dir.join("seed.json").exists());
+
+    // Restored (in the background, as an operator runs it) into a node on the embedded store.
+    let ip = std::net::Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8 + 1, 9);
+    let node = common::Node {
+        name: "restored".into(),
+        ip,
+        data_dir: cluster.dir.path().join("restored"),
+    };
+    let mut cmd = common::smrmgr(cluster.dir.path());
+    cmd.arg("restore")
+        .arg(&file)
+        .args(["-a", "restored", "--ip", &ip.to_string()])
+        .args([
+            "--backend",
+            "none",
+            "--no-workloads",
+            "--metrics-addr",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(&node.data_dir);
+    let said = common::run(cmd)?;
+    println!("{said}");
+    let client = node.client()?;
+    cluster.nodes.push(node);
+    let key: definitions::ObjectKey = "secret/app/db".parse()?;
+    eventually("the restored secret", Duration::from_secs(30), || async {
+        client.get(&key).await.ok()
+    })
+    .await?;
+    let nodes = client.nodes().await?;
+    anyhow::ensure!(nodes.len() == 1 && nodes[0].name == "restored", "{nodes:?}");
     Ok(())
 }

@@ -14,14 +14,16 @@ impl Node {
     pub async fn backup(&self) -> Result<Vec<u8>, NodeError> {
         let state = self.state(Consistency::Linearizable).await?;
         let status = self.store.status();
+        let (store, term) = match self.store {
+            Store::Raft(_) => ("raft", status.term),
+            // The etcd store's "term" is its own election's, not a position of the state.
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => ("etcd", 0),
+        };
         let at = TakenAt {
-            store: match self.store {
-                Store::Raft(_) => "raft".into(),
-                #[cfg(feature = "etcd")]
-                Store::Etcd(_) => "etcd".into(),
-            },
+            store: store.into(),
             index: status.last_applied.unwrap_or(0),
-            term: status.term,
+            term,
             taken_ms: super::now_ms(),
             taken_by: self.name.clone(),
         };
