@@ -170,6 +170,20 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
     );
     let text = std::fs::read_to_string(&file)?;
     anyhow::ensure!(text.contains("s3cr3t-backup-value") && text.contains("git-password-value"));
+    // The route gives secrets to admin certificates only: a node certificate is refused.
+    let pki_dir = data_dir(cluster.vm(follower)).join("pki");
+    let node_cert = agent::pki::Identity::load(&pki_dir, "node")?;
+    let as_node =
+        agent::pki::reqwest_client(&node_cert.ca_pem, Some(&node_cert), Duration::from_secs(10))?;
+    let status = as_node
+        .get(format!(
+            "{}/api/v1/backup",
+            api_context(cluster.vm(follower))?.api_url
+        ))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(status == 403, "a backup with a node certificate: {status}");
 
     // Restore on VM 4: a damaged file or a used data dir is refused, and nothing is created.
     let vm = cluster.vm(3).clone();
