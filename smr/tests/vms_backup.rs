@@ -9,6 +9,8 @@
 //!   state, two new VMs join it with a token, and replicas run on them.
 //! - On the etcd store (loopback agents, a real etcd): a backup from the second agent, restored
 //!   by a background `smrmgr restore` into a loopback Raft node; `--force-new-cluster` refused.
+//! - On loopback (no Docker): a background `smrmgr start --force-new-cluster` after two of three
+//!   agents are killed; a new agent then joins.
 
 mod common;
 
@@ -489,5 +491,57 @@ async fn a_backup_on_the_etcd_store_restores_and_force_new_cluster_is_refused() 
     .await?;
     let nodes = client.nodes().await?;
     anyhow::ensure!(nodes.len() == 1 && nodes[0].name == "restored", "{nodes:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_background_force_new_cluster_on_loopback_takes_writes_and_a_new_node()
+-> anyhow::Result<()> {
+    let mut cluster = common::Cluster::new();
+    cluster.start_first()?;
+    cluster.join(0)?;
+    cluster.join(0)?;
+    cluster.wait_formed(&[0, 1, 2], 3).await?;
+    let secret = "kind: secret\nprefix: simplecontainer.io/v1\nmeta: {group: app, name: db}\nspec:\n  data:\n    password: kept\n";
+    apply(&cluster.client(0), secret).await?;
+    cluster.kill9(1)?;
+    cluster.kill9(2)?;
+    cluster.stop(0)?;
+    let mut cmd = common::smrmgr(cluster.dir.path());
+    cmd.args(["start", "--force-new-cluster", "--data-dir"])
+        .arg(&cluster.nodes[0].data_dir)
+        .env("SMR_LOG", "info,openraft=warn");
+    let said = common::run(cmd)?;
+    println!("{said}");
+    anyhow::ensure!(
+        said.contains("removing smr-agent-2 (id 2), smr-agent-3 (id 3)"),
+        "{said}"
+    );
+    let client = cluster.client(0);
+    let health = eventually("a one-node leader", Duration::from_secs(30), || async {
+        let h = client.health().await.ok()?;
+        (h.state == "leader" && h.voters == [1]).then_some(h)
+    })
+    .await?;
+    println!("{health:?}");
+    anyhow::ensure!(!cluster.nodes[0].data_dir.join("seed.json").exists());
+    client.get(&"secret/app/db".parse()?).await?;
+    apply(&client, &busybox(1)).await?;
+    // A restart without the flag is the forced cluster, as it is.
+    cluster.stop(0)?;
+    cluster.restart(0)?;
+    let client = cluster.client(0);
+    let joined = cluster.join(0)?;
+    let ids = eventually("2 nodes, both members", Duration::from_secs(30), || async {
+        let nodes = client.nodes().await.ok()?;
+        let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+        (nodes.len() == 2 && nodes.iter().all(|n| n.role != "joining")).then_some(ids)
+    })
+    .await?;
+    anyhow::ensure!(ids == [1, 4], "{ids:?}");
+    cluster
+        .client(joined)
+        .get(&"containers/busybox/busybox".parse()?)
+        .await?;
     Ok(())
 }
