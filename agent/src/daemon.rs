@@ -401,6 +401,10 @@ pub async fn run(
         me.bootstrapped = true;
         write_json(&node_path, &me)?;
     }
+    // `smrmgr restore` or `start --force-new-cluster` left a state to start from.
+    crate::recovery::apply_seed(&node, &dir, me.peer())
+        .await
+        .map_err(|e| DaemonError::Bootstrap(e.to_string()))?;
 
     let admin = Identity::load(&pki_dir, "admin")?;
     let context = Context {

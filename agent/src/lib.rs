@@ -14,12 +14,14 @@
 //! - [`shutdown`]: the shutdown flag every task watches.
 //! - [`metrics`]: Prometheus metrics (`--metrics-addr`, `GET /metrics` on the API).
 //! - [`daemon`]: wires the parts into a running node.
+//! - [`recovery`]: a cluster started again from a backup or from a survivor of a lost quorum.
 
 pub mod api;
 pub mod controllers;
 pub mod daemon;
 pub mod metrics;
 pub mod node;
+pub mod recovery;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;

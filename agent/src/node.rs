@@ -26,6 +26,7 @@ use api_types::types::{
 use tokio::sync::watch;
 
 pub mod availability;
+mod backup;
 mod error;
 mod members;
 mod objects;

@@ -567,6 +567,48 @@ impl Client {
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.request(Method::GET, path, Payload::None).await
     }
+
+    /// `GET /api/v1/backup`: the cluster state as a backup file (admin certificates only),
+    /// retried like any read while no leader answers.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/api/v1/backup", self.base);
+        let mut retry = crate::retry::retry_until(
+            Instant::now() + self.retry_for,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        );
+        loop {
+            let mut request = self.http.get(&url);
+            if let Some(limit) = self.attempt_timeout {
+                request = request.timeout(limit);
+            }
+            let error = match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    return response
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| ClientError::Decode(error_chain(&e)));
+                }
+                Ok(response) => api_error(response).await,
+                Err(e) => ClientError::Connect {
+                    url: self.base.clone(),
+                    reason: error_chain(&e),
+                },
+            };
+            let retryable = matches!(
+                error,
+                ClientError::Api {
+                    status: 503 | 504,
+                    ..
+                }
+            );
+            match retry.next_pause() {
+                Some(pause) if retryable => tokio::time::sleep(pause).await,
+                _ => return Err(error),
+            }
+        }
+    }
 }
 
 /// An error with its causes, e.g. "error sending request: ... : invalid peer certificate: UnknownIssuer".

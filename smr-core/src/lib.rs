@@ -10,12 +10,14 @@
 //! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions.
 //! - [`repo_sync`]: what the leader's repository sync proposes for a `gitops` object.
 //! - [`credentials`]: a user and password that is never shown.
+//! - [`backup`]: backup files, and the states a restored or forced cluster starts from.
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
 //! shell around it, and smrctl links it without any of those.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod backup;
 pub mod container;
 pub mod convert;
 pub mod credentials;

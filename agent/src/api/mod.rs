@@ -6,6 +6,7 @@
 //! need a node certificate. Credentials stored in objects are never returned.
 
 mod availability;
+mod backup;
 pub mod error;
 pub mod serve;
 pub mod stream;
@@ -77,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
     ("get", "/metrics"),
+    ("get", "/api/v1/backup"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -125,6 +127,7 @@ pub fn router(node: Arc<Node>) -> Router {
             post(sync_routes::sync),
         )
         .route("/metrics", get(crate::metrics::api_handler))
+        .route("/api/v1/backup", get(backup::backup))
         .merge(internal)
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()

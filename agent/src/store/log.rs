@@ -16,7 +16,7 @@ use super::TypeConfig;
 use super::disk::{Disk, DiskError};
 use crate::state::NodeId;
 
-const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+pub(super) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";

@@ -19,6 +19,7 @@ pub mod disk;
 pub mod etcd;
 mod log;
 mod net;
+pub mod recover;
 mod sm;
 
 use std::collections::{BTreeMap, BTreeSet};

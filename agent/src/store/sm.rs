@@ -233,6 +233,17 @@ impl StateMachineStore {
         self.inner.applied_tx.subscribe()
     }
 
+    /// The index of the last entry applied (0 before any).
+    pub(super) fn applied_index(&self) -> u64 {
+        self.inner
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
     /// Stores a snapshot, replacing the previous one (blocking): the body file first, then the
     /// meta naming it; a crash in between leaves the previous snapshot in force.
     fn persist(&self, meta: &Meta, body: &[u8]) -> Result<()> {

@@ -20,6 +20,7 @@ mod delta;
 mod inputs;
 pub mod lease;
 mod recent;
+mod reset;
 pub mod shared;
 mod sync_status;
 
@@ -335,6 +336,19 @@ pub enum Op {
     },
     /// Does nothing; used to test the log.
     Noop,
+    /// `smrmgr restore`: the objects and gitops status of a backup ([`crate::backup::restored`])
+    /// into a cluster just created, which holds no object yet; refused otherwise, or when the
+    /// backup's network differs from the cluster's.
+    Restore {
+        state: Box<ClusterState>,
+    },
+    /// `smrmgr start --force-new-cluster`: a surviving node's state, as a one-node cluster of
+    /// node `keep` ([`crate::backup::forced`]), into the node's new Raft group, which holds
+    /// nothing yet; refused otherwise.
+    ForceNewCluster {
+        state: Box<ClusterState>,
+        keep: NodeId,
+    },
 }
 
 /// What became of one object in an apply or delete.
@@ -507,6 +521,8 @@ impl ClusterState {
                 self.set_node_availability(*id, *availability, now)
             }
             Op::Noop => self.bump(),
+            Op::Restore { state } => self.restore(state, now),
+            Op::ForceNewCluster { state, keep } => self.force_new_cluster(state, *keep, now),
         }
     }
 

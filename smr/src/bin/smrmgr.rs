@@ -75,6 +75,33 @@ enum Cmd {
     },
     /// Print the shell completion script (e.g. `source <(smrmgr completion bash)`).
     Completion { shell: clap_complete::Shell },
+    /// Write a consistent backup of the whole cluster state to FILE (mode 0600: it holds every
+    /// secret), taken online through the local agent (a follower too).
+    Backup {
+        /// The backup file to write (replaced atomically if it exists).
+        file: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Create a new one-node cluster from a backup FILE, in a fresh data dir (the start flags of
+    /// a new node; the cluster network is the backup's). Other nodes then join it with a token.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Clone)]
+struct RestoreArgs {
+    /// The backup file (`smrmgr backup`).
+    file: PathBuf,
+    #[command(flatten)]
+    settings: StartSettings,
+    #[command(flatten)]
+    data: DataDir,
+    /// Run in the foreground instead of starting a background agent.
+    #[arg(long)]
+    foreground: bool,
+    /// How long to wait for a background agent to serve, in seconds.
+    #[arg(long, default_value = "90")]
+    wait: u64,
 }
 
 #[derive(Args, Clone)]
@@ -103,6 +130,11 @@ struct StartArgs {
     /// How long to wait for a background agent to serve, in seconds.
     #[arg(long, default_value = "90")]
     wait: u64,
+    /// Quorum is lost for good: make this node's state a one-node cluster (the other nodes leave
+    /// the registry, their replicas are placed again; others join with a new token). The agent
+    /// must be stopped; the embedded Raft store only.
+    #[arg(long = "force-new-cluster")]
+    force_new_cluster: bool,
 }
 
 /// A usage error found after parsing (exit code 2, like clap's).
@@ -113,8 +145,9 @@ struct Usage(String);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Cmd::Start(args) if args.force_new_cluster => force_new_cluster(args),
         Cmd::Start(args) if args.foreground => foreground(args),
-        Cmd::Start(args) => background(args),
+        Cmd::Start(args) => background(args, start_child_args()),
         Cmd::Stop {
             data,
             timeout,
@@ -131,6 +164,8 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "smrmgr", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Backup { file, data } => backup(&data.data_dir, &file),
+        Cmd::Restore(args) => restore(args),
     };
     match result {
         Ok(code) => code,
@@ -403,8 +438,24 @@ fn foreground(args: StartArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts `smrmgr start --foreground` detached, logging to `<data-dir>/smr.log`, and waits until it serves.
-fn background(args: StartArgs) -> anyhow::Result<ExitCode> {
+/// The arguments of this `smrmgr start` (without the program), for the background agent: the
+/// token goes by environment, not argv, so it does not show in the process list.
+fn start_child_args() -> Vec<std::ffi::OsString> {
+    let mut child_args = Vec::new();
+    let mut args_iter = std::env::args_os().skip(1);
+    while let Some(arg) = args_iter.next() {
+        if arg == "--token" {
+            args_iter.next();
+        } else if !arg.to_string_lossy().starts_with("--token=") && arg != "--force-new-cluster" {
+            child_args.push(arg);
+        }
+    }
+    child_args
+}
+
+/// Starts `smrmgr CHILD_ARGS --foreground` detached, logging to `<data-dir>/smr.log`, and waits
+/// until it serves.
+fn background(args: StartArgs, child_args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
     let config = agent_config(&args)?;
     let dir = config.data_dir.clone();
     if let Some(pid) = running_pid(&dir) {
@@ -430,16 +481,6 @@ fn background(args: StartArgs) -> anyhow::Result<ExitCode> {
     let log_start = log_file.metadata()?.len();
     let _ = std::fs::remove_file(daemon::context_path(&dir));
     let mut command = std::process::Command::new(std::env::current_exe()?);
-    // The token goes by environment, not argv, so it does not show in the process list.
-    let mut child_args = Vec::new();
-    let mut args_iter = std::env::args_os().skip(1);
-    while let Some(arg) = args_iter.next() {
-        if arg == "--token" {
-            args_iter.next();
-        } else if !arg.to_string_lossy().starts_with("--token=") {
-            child_args.push(arg);
-        }
-    }
     command.args(child_args).arg("--foreground");
     if let Some(token) = &config.token {
         command.env("SMR_TOKEN", token);
@@ -665,6 +706,14 @@ fn leave(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn service_install(args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.force_new_cluster {
+        return Err(Usage(
+            "--force-new-cluster is a one-time step: run `smrmgr start --force-new-cluster` \
+             (agent stopped), then install the service without it"
+                .into(),
+        )
+        .into());
+    }
     let exe = std::env::current_exe()?;
     let mut flags: Vec<String> = std::env::args().skip(2).collect();
     flags.retain(|f| f != "--foreground");
@@ -698,4 +747,121 @@ fn service_install(args: StartArgs) -> anyhow::Result<ExitCode> {
     .context("see `journalctl -u smr`")?;
     println!("installed smr.service; the agent is serving on {api_url}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `smrmgr backup FILE`: the cluster state from the local agent, checked, written atomically.
+fn backup(dir: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let client = client_for(dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let bytes = runtime
+        .block_on(client.backup())
+        .context("taking the backup")?;
+    // What restore will read is checked before it replaces anything.
+    let backup = smr_core::backup::decode(&bytes).context("the backup the agent sent")?;
+    smr::backup::write_atomic_private(file, &bytes)
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "wrote {} ({} KiB): {}",
+        file.display(),
+        bytes.len().div_ceil(1024),
+        smr::backup::describe(&backup)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smrmgr restore FILE <new node flags>`: checks the file and the data dir before anything is
+/// created, leaves the state to restore in the data dir and starts the agent, which creates the
+/// cluster and applies it.
+fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data.data_dir.clone();
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let backup = smr_core::backup::decode(&bytes)
+        .with_context(|| format!("{} cannot be restored", args.file.display()))?;
+    agent::recovery::check_fresh(&dir)?;
+    let settings =
+        smr::backup::with_backup_network(args.settings.clone(), &backup).map_err(Usage)?;
+    let start = StartArgs {
+        settings: settings.clone(),
+        join: None,
+        token: None,
+        data: args.data.clone(),
+        foreground: args.foreground,
+        wait: args.wait,
+        force_new_cluster: false,
+    };
+    // The flags are checked before anything is written.
+    agent_config(&start)?;
+    agent::recovery::prepare_restore(&dir, &backup.state)?;
+    println!(
+        "restoring {}: {}",
+        args.file.display(),
+        smr::backup::describe(&backup)
+    );
+    let started = if args.foreground {
+        foreground(start)
+    } else {
+        let child: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let child = smr::backup::start_args_for_restore(
+            &child,
+            &args.file.clone().into_os_string(),
+            &settings,
+        );
+        background(start, child)
+    };
+    if started.is_err() {
+        // The agent did not start: the seed stays, and says why at the next start.
+        eprintln!(
+            "smrmgr: the restore is prepared in {}; fix the problem and run `smrmgr start \
+             --data-dir {}` to finish it, or empty the data dir to start over",
+            dir.display(),
+            dir.display()
+        );
+    }
+    started
+}
+
+/// `smrmgr start --force-new-cluster`: this node's state becomes a one-node cluster.
+fn force_new_cluster(mut args: StartArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data.data_dir.clone();
+    if args.join.is_some() || args.token.is_some() {
+        return Err(Usage(
+            "--force-new-cluster does not join: leave out --join and --token".into(),
+        )
+        .into());
+    }
+    if let Some(pid) = running_pid(&dir) {
+        bail!(
+            "the agent of {} runs (pid {pid}): stop it first (`smrmgr stop`), then start it \
+             with --force-new-cluster",
+            dir.display()
+        );
+    }
+    agent_config(&args)?;
+    let forced = agent::recovery::prepare_force_new_cluster(&dir)?;
+    let removed: Vec<String> = forced
+        .removed
+        .iter()
+        .map(|(id, name)| format!("{name} (id {id})"))
+        .collect();
+    println!(
+        "forcing a new one-node cluster of node {} (id {}) from its state up to log index {} \
+         ({} objects); removing {}; the old Raft data is in {}",
+        forced.name,
+        forced.id,
+        forced.last_index,
+        forced.objects,
+        if removed.is_empty() {
+            "no other node".into()
+        } else {
+            removed.join(", ")
+        },
+        forced.old_raft.display()
+    );
+    args.force_new_cluster = false;
+    if args.foreground {
+        foreground(args)
+    } else {
+        background(args, start_child_args())
+    }
 }
