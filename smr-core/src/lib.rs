@@ -10,6 +10,7 @@
 //! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions.
 //! - [`repo_sync`]: what the leader's repository sync proposes for a `gitops` object.
 //! - [`credentials`]: a user and password that is never shown.
+//! - [`volume`]: the `volume` kind: Docker named volumes, their users and a node's volume plan.
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
 //! shell around it, and smrctl links it without any of those.
@@ -24,3 +25,4 @@ pub mod node_plan;
 pub mod repo_sync;
 pub mod scheduler;
 pub mod state;
+pub mod volume;
