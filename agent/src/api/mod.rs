@@ -10,6 +10,7 @@ pub mod error;
 pub mod serve;
 pub mod stream;
 pub mod sync_routes;
+mod users;
 #[doc(hidden)] // transitional (issue 13): the bodies moved to api-types.
 pub use api_types::{plain_objects, types};
 
@@ -77,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
     ("get", "/metrics"),
+    ("post", "/api/v1/users/{name}/certificate"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -126,6 +128,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/metrics", get(crate::metrics::api_handler))
         .merge(internal)
+        .merge(users::router())
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
         .route("/api/v1/ca", get(ca))
