@@ -15,14 +15,13 @@ use common::{Cluster, output, smrctl};
 
 /// smrctl with its own HOME and no context flag: what a colleague's machine runs.
 fn colleague(home: &Path, args: &[&str]) -> Output {
-    let out = Command::new(common::smrctl_bin())
+    Command::new(common::smrctl_bin())
         .args(args)
         .env("HOME", home)
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("SMR_CONTEXT")
         .output()
-        .expect("smrctl runs");
-    out
+        .expect("smrctl runs")
 }
 
 fn ok(out: Output) -> String {

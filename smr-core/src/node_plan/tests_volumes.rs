@@ -130,17 +130,16 @@ fn config_of(state: &ClusterState, group: &str, name: &str) -> VolumeConfig {
     volume::volume_config(&state.objects[&key]).unwrap()
 }
 
+/// Phase and message of a replica's report.
+type Shown = Option<(String, Option<String>)>;
+
 /// One pass: volume actions, replica actions and the reports' (phase, message) of `app-db-1`.
 fn pass(
     planner: &mut NodePlanner,
     state: &ClusterState,
     volumes: Result<&[VolumeInfo], &str>,
     containers: &[ContainerInfo],
-) -> (
-    Vec<VolumeAction>,
-    Vec<NodeAction>,
-    Option<(String, Option<String>)>,
-) {
+) -> (Vec<VolumeAction>, Vec<NodeAction>, Shown) {
     let d = Desired {
         state,
         replicas: desired_replicas(state, NODE, restart_of, render),
