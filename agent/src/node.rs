@@ -33,6 +33,7 @@ mod objects;
 mod overlay_slot;
 mod replica;
 mod sync;
+mod users;
 pub use error::NodeError;
 pub use overlay_slot::{OverlaySlot, RotateError, RotateOutcome};
 pub use replica::ReplicaHost;

@@ -310,6 +310,42 @@ impl Client {
             .await
     }
 
+    /// An admin client certificate for user `name` and the public key of `csr_pem` (this client
+    /// must hold an admin certificate).
+    pub async fn sign_user(
+        &self,
+        name: &str,
+        csr_pem: &str,
+    ) -> Result<crate::types::UserCertResponse, ClientError> {
+        let body = serde_json::json!({ "csr": csr_pem });
+        self.request(
+            Method::POST,
+            &format!("users/{name}/certificate"),
+            Payload::Json(body),
+        )
+        .await
+    }
+
+    /// A new context for user `user` on the cluster of `base` (its API URL): a fresh key made
+    /// here and an admin certificate the cluster signs for it ([`Self::sign_user`]).
+    pub async fn user_context(
+        &self,
+        base: &Context,
+        user: &str,
+        name: &str,
+    ) -> Result<Context, ClientError> {
+        let (key_pem, csr_pem) = pki::new_key_and_csr(pki::Role::Admin, user, &[])
+            .map_err(|e| ClientError::Context(format!("cannot make a key for {user}: {e}")))?;
+        let signed = self.sign_user(user, &csr_pem).await?;
+        Ok(Context {
+            name: name.to_string(),
+            api_url: base.api_url.clone(),
+            ca_pem: signed.ca_pem,
+            cert_pem: signed.cert,
+            key_pem,
+        })
+    }
+
     /// Applies objects atomically; `op_id` makes retries safe (one is chosen if `None`).
     pub async fn apply(
         &self,

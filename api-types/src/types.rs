@@ -291,3 +291,19 @@ pub struct ProposeRequest {
 pub struct ReadIndexResponse {
     pub index: u64,
 }
+
+/// `POST /api/v1/users/{name}/certificate` (admin certificates only): a CSR made where the
+/// user's key stays.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCertRequest {
+    pub csr: String,
+}
+
+/// An admin client certificate signed for a named user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserCertResponse {
+    pub name: String,
+    pub cert: String,
+    pub ca_pem: String,
+}

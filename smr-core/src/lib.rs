@@ -11,6 +11,7 @@
 //! - [`repo_sync`]: what the leader's repository sync proposes for a `gitops` object.
 //! - [`credentials`]: a user and password that is never shown.
 //! - [`backup`]: backup files, and the states a restored or forced cluster starts from.
+//! - [`volume`]: the `volume` kind: Docker named volumes, their users and a node's volume plan.
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
 //! shell around it, and smrctl links it without any of those.
@@ -26,3 +27,4 @@ pub mod node_plan;
 pub mod repo_sync;
 pub mod scheduler;
 pub mod state;
+pub mod volume;

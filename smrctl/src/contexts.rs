@@ -26,7 +26,8 @@ pub struct Entry {
     pub current: bool,
 }
 
-fn valid_name(name: &str) -> bool {
+/// A context name: a file name that is safe to use (no path, no leading dot).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')

@@ -221,12 +221,16 @@ enum ContextCmd {
         make_default: bool,
     },
     /// Write the context in use (API URL, CA, this client's certificate and key) as one file,
-    /// to FILE (mode 0600) or stdout.
+    /// to FILE (mode 0600) or stdout. With --user NAME: a fresh key and an admin certificate
+    /// the cluster signs for user NAME instead of this client's own.
     Export {
         file: Option<PathBuf>,
-        /// The name the context gets in the file.
+        /// The name the context gets in the file (default: the user's name with --user).
         #[arg(long)]
         name: Option<String>,
+        /// Mint a new admin certificate for this user (needs an admin certificate).
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -833,6 +837,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let client = connect(cli.context)?;
             smrctl::drain::drain(&client, &node, timeout).await?;
         }
+        Cmd::Context {
+            action:
+                Some(ContextCmd::Export {
+                    file,
+                    name,
+                    user: Some(user),
+                }),
+        } => export_user(cli.context, &user, name, file).await?,
         Cmd::Context { action } => context(cli.context, action)?,
         Cmd::Openapi => {
             let client = connect(cli.context)?;
@@ -907,7 +919,7 @@ fn context(flag: Option<PathBuf>, action: Option<ContextCmd>) -> Result<(), Fail
                 );
             }
         }
-        Some(ContextCmd::Export { file, name }) => {
+        Some(ContextCmd::Export { file, name, .. }) => {
             let text = contexts::export(&current, name.as_deref())
                 .map_err(|e| Failure::Client(ClientError::Context(e)))?;
             match file {
@@ -923,6 +935,40 @@ fn context(flag: Option<PathBuf>, action: Option<ContextCmd>) -> Result<(), Fail
                 None => print!("{text}"),
             }
         }
+    }
+    Ok(())
+}
+
+/// `smrctl context export --user USER`: a context with a fresh key and an admin certificate the
+/// cluster signs for USER, to FILE (mode 0600) or stdout.
+async fn export_user(
+    flag: Option<PathBuf>,
+    user: &str,
+    name: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let name = name.unwrap_or_else(|| user.to_string());
+    if !smrctl::contexts::valid_name(&name) {
+        return Err(Failure::Input(format!(
+            "{name:?} is not a context name (give one with --name)"
+        )));
+    }
+    let base = Context::load(&smrctl::resolve_context(flag))?;
+    let client = Client::from_context(&base)?;
+    let ctx = client.user_context(&base, user, &name).await?;
+    let text = serde_json::to_string_pretty(&ctx).map_err(|e| Failure::Other(e.into()))? + "\n";
+    match file {
+        Some(path) => {
+            api_types::client::write_private(&path, text.as_bytes()).map_err(|e| {
+                Failure::Other(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+            })?;
+            eprintln!(
+                "smrctl: wrote {} for user {user} (a new admin certificate and its private key: \
+                 share it like a password)",
+                path.display()
+            );
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod serve;
 pub mod stream;
 pub mod sync_routes;
+mod users;
 #[doc(hidden)] // transitional (issue 13): the bodies moved to api-types.
 pub use api_types::{plain_objects, types};
 
@@ -79,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/internal/sign"),
     ("get", "/metrics"),
     ("get", "/api/v1/backup"),
+    ("post", "/api/v1/users/{name}/certificate"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -129,6 +131,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(crate::metrics::api_handler))
         .route("/api/v1/backup", get(backup::backup))
         .merge(internal)
+        .merge(users::router())
         .route_layer(middleware::from_fn(require_client_cert));
     Router::new()
         .route("/api/v1/ca", get(ca))

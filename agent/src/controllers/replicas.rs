@@ -24,6 +24,7 @@ use smr_core::node_plan::{
     Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Probe, Rendered, desired_replicas,
     init_failure,
 };
+use smr_core::volume::VolumeAction;
 
 /// How many replicas a node creates at once.
 const CREATE_CONCURRENCY: usize = 4;
@@ -224,6 +225,7 @@ impl<R: Runtime> Executor<R> {
             stopping: &stopping,
             now_ms: now,
         };
+        self.volumes(&desired).await;
         let pass = self.planner.plan(&desired, &observed);
         for action in &pass.actions {
             self.execute(action, now).await;
@@ -248,6 +250,34 @@ impl<R: Runtime> Executor<R> {
             wanted
         });
         (reports, pass.wake_at_ms)
+    }
+
+    /// The volume half of a pass (before the replicas': their creations wait for the volumes
+    /// they mount).
+    async fn volumes(&mut self, desired: &Desired<'_>) {
+        let listed = self.runtime.list_volumes().await.map_err(|e| e.to_string());
+        let actions = self
+            .planner
+            .plan_volumes(desired, listed.as_deref().map_err(String::as_str));
+        for action in actions {
+            // Not the options: they may hold credentials (cifs, nfs).
+            let (name, what, result) = match &action {
+                VolumeAction::Create(config) => (
+                    &config.name,
+                    "creating",
+                    self.runtime.create_volume(config).await,
+                ),
+                VolumeAction::Remove { name } => {
+                    (name, "removing", self.runtime.remove_volume(name).await)
+                }
+            };
+            match &result {
+                Ok(()) => tracing::info!(volume = %name, "{what} volume: done"),
+                Err(e) => tracing::warn!(volume = %name, "{what} volume: {e}"),
+            }
+            self.planner
+                .record_volume(name, result.map_err(|e| e.to_string()));
+        }
     }
 
     async fn execute(&mut self, action: &NodeAction, now: u64) {

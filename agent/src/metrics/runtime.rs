@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::runtime::{ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError, VolumeConfig, VolumeInfo,
+};
 
 /// Wraps the reconciler's runtime; every call goes through unchanged.
 pub struct Metered<R>(pub R);
@@ -58,5 +60,17 @@ impl<R: Runtime> Runtime for Metered<R> {
 
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ExecOutput, RuntimeError> {
         counted("exec", self.0.exec(id, cmd).await)
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        counted("list_volumes", self.0.list_volumes().await)
+    }
+
+    async fn create_volume(&self, config: &VolumeConfig) -> Result<(), RuntimeError> {
+        counted("create_volume", self.0.create_volume(config).await)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        counted("remove_volume", self.0.remove_volume(name).await)
     }
 }

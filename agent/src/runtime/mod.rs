@@ -18,6 +18,9 @@ use futures::StreamExt;
 
 use crate::credentials::Credentials;
 pub use smr_core::container::{ContainerConfig, ContainerInfo, State, labels, parse_registry_auth};
+pub use smr_core::volume::{VolumeConfig, VolumeInfo};
+
+mod volumes;
 
 /// How long pulling one image may take before the create fails (and is retried).
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -111,6 +114,15 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         cmd: &[String],
     ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+    /// Every named volume on this engine (smr's or not), with the containers that mount it.
+    fn list_volumes(&self) -> impl Future<Output = Result<Vec<VolumeInfo>, RuntimeError>> + Send;
+    /// Creates a named volume ([`smr_core::volume`]).
+    fn create_volume(
+        &self,
+        config: &VolumeConfig,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a named volume; the engine refuses while a container mounts it.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }
 
 /// [`Runtime`] over a Docker engine.
@@ -534,5 +546,17 @@ impl Runtime for DockerRuntime {
             exit_code: inspected.exit_code.unwrap_or(-1),
             output: String::from_utf8_lossy(&output).into_owned(),
         })
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        self.volumes().await
+    }
+
+    async fn create_volume(&self, config: &VolumeConfig) -> Result<(), RuntimeError> {
+        self.make_volume(config).await
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.drop_volume(name).await
     }
 }

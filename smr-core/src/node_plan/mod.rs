@@ -13,6 +13,7 @@
 //! reports.
 
 mod pass;
+mod volumes;
 
 pub use pass::{
     Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Pass, Probe, Rendered,
@@ -21,3 +22,5 @@ pub use pass::{
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_volumes;

@@ -273,6 +273,7 @@ pub struct NodePlanner {
     network: Option<String>,
     backoff: Backoff,
     memory: Memory,
+    pub(super) volumes: super::volumes::VolumeMemory,
 }
 
 impl NodePlanner {
@@ -282,6 +283,7 @@ impl NodePlanner {
             network,
             backoff: Backoff::default(),
             memory: Memory::default(),
+            volumes: Default::default(),
         }
     }
 
@@ -372,7 +374,10 @@ impl NodePlanner {
             let stored = key.as_ref().and_then(|k| d.state.objects.get(k));
 
             // Dependencies gate creation: replicas not yet created wait until they are ready.
-            let (wanted_now, waiting) = gate(memory, d.state, stored, wanted, &containers, now);
+            let (wanted_now, mut waiting) = gate(memory, d.state, stored, wanted, &containers, now);
+            // Replicas not created yet wait for the volumes they mount.
+            let wanted_now =
+                super::volumes::hold(&self.volumes, wanted_now, &mut waiting, &containers);
 
             let observed: Vec<ObservedContainer> =
                 containers.iter().map(|c| observe(c, memory)).collect();

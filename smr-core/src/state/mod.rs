@@ -716,6 +716,9 @@ impl ClusterState {
             }
             // A gitops object never takes over what someone else holds. A change by hand to an
             // object gitops deployed is allowed: it stays gitops's, which reports it as drift.
+            if let Some(reason) = crate::volume::refuse_change(self, object) {
+                return CommandResult::Rejected { reason };
+            }
             if let (Some(owner), Some(existing)) = (owner, self.objects.get(&key))
                 && existing.owner.as_deref() != Some(owner)
             {
@@ -819,9 +822,14 @@ impl ClusterState {
                         keys.push(owned);
                     }
                 }
-                self.gitops.remove(&keys[i]);
             }
             i += 1;
+        }
+        if let Some(reason) = crate::volume::refuse_delete(self, &keys) {
+            return CommandResult::Rejected { reason };
+        }
+        for key in keys.iter().filter(|k| k.kind == Kind::Gitops) {
+            self.gitops.remove(key);
         }
         let mut data_gone = BTreeSet::new();
         let outcomes: Vec<ObjectOutcome> = keys

@@ -158,6 +158,9 @@ impl ClusterState {
                 };
             }
         }
+        if let Some(reason) = crate::volume::refuse_delete_after(self, &sync.apply, &sync.delete) {
+            return CommandResult::Rejected { reason };
+        }
         let before = self.revision;
         let mut outcomes = match self.apply_objects(&sync.apply, Some(&owner), now) {
             CommandResult::Objects { outcomes, .. } => outcomes,

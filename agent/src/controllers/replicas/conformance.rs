@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fake::FakeRuntime;
-use crate::runtime::{ContainerConfig, DockerRuntime, Runtime, RuntimeError, State, labels};
+use crate::runtime::{
+    ContainerConfig, DockerRuntime, Runtime, RuntimeError, State, VolumeConfig, labels,
+};
 
 /// A container config named `<prefix>-<name>`, managed by smr unless `managed` is false.
 fn config(prefix: &str, name: &str, image: &str, managed: bool, cmd: &[&str]) -> ContainerConfig {
@@ -182,9 +184,73 @@ async fn exec_exit_code<R: Runtime>(rt: &R, prefix: &str, image: &str, ids: &mut
     assert_eq!(out.exit_code, 0);
 }
 
+/// Named volumes: created with smr's labels, listed with the containers that mount them,
+/// refused removal while mounted; a name mounted without a volume is created without labels.
+async fn volumes_listed_with_users<R: Runtime>(
+    rt: &R,
+    prefix: &str,
+    image: &str,
+    ids: &mut Created,
+    volumes: &mut Vec<String>,
+) {
+    let name = format!("{prefix}-vol");
+    let labels = BTreeMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::OWNER.to_string(), "volume/conf/vol".to_string()),
+    ]);
+    let volume = VolumeConfig {
+        name: name.clone(),
+        driver: "local".into(),
+        driver_opts: BTreeMap::new(),
+        labels: labels.clone(),
+    };
+    rt.create_volume(&volume).await.unwrap();
+    volumes.push(name.clone());
+    let listed = rt.list_volumes().await.unwrap();
+    let v = listed
+        .iter()
+        .find(|v| v.name == name)
+        .expect("volume listed");
+    assert_eq!(v.labels, labels);
+    assert!(v.users.is_empty(), "{v:?}");
+
+    let implicit = format!("{prefix}-implicit");
+    volumes.push(implicit.clone());
+    let mut user = config(prefix, "mounter", image, true, SLEEP);
+    user.binds = vec![format!("{name}:/data"), format!("{implicit}:/other")];
+    let id = rt.create(&user).await.unwrap();
+    ids.push(id.clone());
+    let listed = rt.list_volumes().await.unwrap();
+    let v = listed
+        .iter()
+        .find(|v| v.name == name)
+        .expect("volume listed");
+    assert_eq!(v.users, vec![format!("{prefix}-mounter")]);
+    let other = listed
+        .iter()
+        .find(|v| v.name == implicit)
+        .expect("implicit");
+    assert!(!other.labels.contains_key(labels::MANAGED), "{other:?}");
+    assert!(
+        rt.remove_volume(&name).await.is_err(),
+        "a mounted volume is not removed"
+    );
+
+    rt.remove(&id).await.unwrap();
+    rt.remove_volume(&name).await.unwrap();
+    rt.remove_volume(&implicit).await.unwrap();
+    let listed = rt.list_volumes().await.unwrap();
+    assert!(listed.iter().all(|v| v.name != name && v.name != implicit));
+    assert!(matches!(
+        rt.remove_volume(&name).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+}
+
 /// Every case, then removal of what they created (also when one panics).
 async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
     let mut ids = Created::new();
+    let mut volumes = Vec::new();
     let run = async {
         list_excludes_unlabelled(rt.as_ref(), prefix, image, &mut ids).await;
         round_trip_and_idempotent_stop(rt.as_ref(), prefix, image, &mut ids).await;
@@ -192,10 +258,14 @@ async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
         init_exit_code_and_log(rt.as_ref(), prefix, image).await;
         init_refuses_a_foreign_name(rt.as_ref(), prefix, image, &mut ids).await;
         exec_exit_code(rt.as_ref(), prefix, image, &mut ids).await;
+        volumes_listed_with_users(rt.as_ref(), prefix, image, &mut ids, &mut volumes).await;
     };
     let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await;
     for id in &ids {
         let _ = rt.remove(id).await;
+    }
+    for name in &volumes {
+        let _ = rt.remove_volume(name).await;
     }
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
@@ -215,6 +285,7 @@ async fn the_fake_runtime_conforms() {
     name_conflict(rt.as_ref(), "conf", "img", &mut ids).await;
     init_exit_code_and_log(rt.as_ref(), "conf", "img").await;
     init_refuses_a_foreign_name(rt.as_ref(), "conf", "img", &mut ids).await;
+    volumes_listed_with_users(rt.as_ref(), "conf", "img", &mut ids, &mut Vec::new()).await;
     let id = rt
         .create(&config("conf", "exec", "img", true, SLEEP))
         .await

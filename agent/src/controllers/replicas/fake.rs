@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::runtime::{
-    ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError, State, labels,
+    ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError, State, VolumeConfig,
+    VolumeInfo, labels,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub(crate) enum Call {
     Remove { name: String },
     RunToCompletion { name: String },
     Exec { name: String, cmd: Vec<String> },
+    CreateVolume { name: String },
+    RemoveVolume { name: String },
 }
 
 #[derive(Default)]
@@ -33,6 +36,11 @@ struct Fake {
     inits: HashMap<String, (i64, String)>,
     /// Exit code of exec in the container of this name (default: 0).
     execs: HashMap<String, i64>,
+    /// Named volumes by name (Docker creates one without labels for a container that mounts a
+    /// name that does not exist).
+    volumes: BTreeMap<String, VolumeInfo>,
+    /// Named volumes each container (by id) mounts.
+    mounts: BTreeMap<String, Vec<String>>,
 }
 
 impl Fake {
@@ -151,6 +159,18 @@ impl Runtime for FakeRuntime {
         }
         fake.next_id += 1;
         let id = format!("c{:04}", fake.next_id);
+        let named: Vec<String> = smr_core::volume::named_binds(config)
+            .map(str::to_string)
+            .collect();
+        for name in &named {
+            fake.volumes
+                .entry(name.clone())
+                .or_insert_with(|| VolumeInfo {
+                    name: name.clone(),
+                    ..Default::default()
+                });
+        }
+        fake.mounts.insert(id.clone(), named);
         fake.containers.insert(
             id.clone(),
             ContainerInfo {
@@ -247,5 +267,59 @@ impl Runtime for FakeRuntime {
             exit_code: fake.execs.get(&name).copied().unwrap_or(0),
             output: String::new(),
         })
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        let fake = self.lock();
+        Ok(fake
+            .volumes
+            .values()
+            .map(|v| VolumeInfo {
+                users: fake
+                    .mounts
+                    .iter()
+                    .filter(|(id, names)| {
+                        names.contains(&v.name) && fake.containers.contains_key(*id)
+                    })
+                    .map(|(id, _)| fake.name_of(id))
+                    .collect(),
+                ..v.clone()
+            })
+            .collect())
+    }
+
+    async fn create_volume(&self, config: &VolumeConfig) -> Result<(), RuntimeError> {
+        let mut fake = self.lock();
+        fake.calls.push(Call::CreateVolume {
+            name: config.name.clone(),
+        });
+        if fake.volumes.contains_key(&config.name) {
+            return Err(RuntimeError::Conflict(config.name.clone()));
+        }
+        let volume = VolumeInfo {
+            name: config.name.clone(),
+            labels: config.labels.clone(),
+            users: Vec::new(),
+        };
+        fake.volumes.insert(config.name.clone(), volume);
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut fake = self.lock();
+        fake.calls.push(Call::RemoveVolume {
+            name: name.to_string(),
+        });
+        let used = fake
+            .mounts
+            .iter()
+            .any(|(id, names)| names.iter().any(|n| n == name) && fake.containers.contains_key(id));
+        if used {
+            return Err(RuntimeError::Conflict(format!("volume {name} is in use")));
+        }
+        fake.volumes
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
     }
 }

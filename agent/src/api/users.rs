@@ -1,0 +1,50 @@
+//! `POST /api/v1/users/{name}/certificate`: an admin client certificate for a named user
+//! (`smrctl context export --user NAME`). Only admin certificates may ask.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Extension, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+
+use super::error::ApiError;
+use super::types::{UserCertRequest, UserCertResponse};
+use super::{AppState, ClientIdentity, parse_json, read_body};
+use crate::node::Node;
+use crate::pki::{PeerIdentity, Role};
+
+pub(super) fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/api/v1/users/{name}/certificate", post(sign))
+        .route_layer(middleware::from_fn(require_admin))
+}
+
+/// Lets only clients with an admin certificate through.
+async fn require_admin(
+    Extension(who): Extension<ClientIdentity>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match who.0 {
+        Some(PeerIdentity {
+            role: Role::Admin, ..
+        }) => next.run(req).await,
+        _ => ApiError::Forbidden(
+            "only admin certificates may have certificates signed for users".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn sign(
+    State(node): AppState,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<UserCertResponse>, ApiError> {
+    let req: UserCertRequest = parse_json(&read_body(body).await?)?;
+    let (cert, ca_pem) = node.sign_user(&name, &req.csr).await?;
+    Ok(Json(UserCertResponse { name, cert, ca_pem }))
+}

@@ -1,0 +1,80 @@
+//! Docker named volumes for the `volume` kind ([`smr_core::volume`]): listing them with the
+//! containers that mount them, creating and removing them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::VolumeCreateRequest;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+
+use super::{DockerRuntime, RuntimeError, docker_error};
+use smr_core::volume::{VolumeConfig, VolumeInfo};
+
+impl DockerRuntime {
+    /// Every volume of the engine, with the names of the containers (any, in any state) that
+    /// mount it.
+    pub(super) async fn volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        let listed = self
+            .docker
+            .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+            .await
+            .map_err(|e| docker_error("listing volumes", e))?;
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("listing containers", e))?;
+        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for c in containers {
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            for m in c.mounts.unwrap_or_default() {
+                if let Some(volume) = m.name {
+                    users.entry(volume).or_default().push(name.clone());
+                }
+            }
+        }
+        Ok(listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeInfo {
+                users: users.remove(&v.name).unwrap_or_default(),
+                labels: v.labels.into_iter().collect(),
+                name: v.name,
+            })
+            .collect())
+    }
+
+    pub(super) async fn make_volume(&self, config: &VolumeConfig) -> Result<(), RuntimeError> {
+        let request = VolumeCreateRequest {
+            name: Some(config.name.clone()),
+            driver: Some(config.driver.clone()),
+            driver_opts: Some(
+                config
+                    .driver_opts
+                    .clone()
+                    .into_iter()
+                    .collect::<HashMap<_, _>>(),
+            ),
+            labels: Some(config.labels.clone().into_iter().collect::<HashMap<_, _>>()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| docker_error(&format!("volume {}", config.name), e))
+    }
+
+    pub(super) async fn drop_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+            .map_err(|e| docker_error(&format!("volume {name}"), e))
+    }
+}
