@@ -14,12 +14,14 @@
 //! - [`shutdown`]: the shutdown flag every task watches.
 //! - [`metrics`]: Prometheus metrics (`--metrics-addr`, `GET /metrics` on the API).
 //! - [`daemon`]: wires the parts into a running node.
+//! - [`renewal`]: renews this node's certificates at 2/3 of their lifetime, without a restart.
 
 pub mod api;
 pub mod controllers;
 pub mod daemon;
 pub mod metrics;
 pub mod node;
+pub mod renewal;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;
