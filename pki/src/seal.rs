@@ -5,10 +5,9 @@
 //! ([`ClusterKey::seal_ca`]: AES-256-GCM, a random 96-bit nonce, the CA fingerprint as associated
 //! data, so a sealed key cannot be passed off as another CA's). A joining node receives the
 //! cluster key in the answer to its join (token-authenticated, over TLS pinned to the CA) and keeps
-//! it in `pki/cluster.key` (0600), or the operator keeps it off the disk and hands it to the agent
-//! at each start (`smrmgr start --cluster-key-file`). A node that holds the cluster key opens the
-//! CA key from the state when it has to sign ([`ClusterKey::open_ca`]); the plain CA key is never
-//! written anywhere and never leaves the process.
+//! it in `pki/cluster.key` (0600). A node that holds the cluster key opens the CA key from the
+//! state when it has to sign ([`ClusterKey::open_ca`]); the opened key stays in that process's
+//! memory: it is written nowhere (the first node keeps the `ca.key` file it always had).
 //!
 //! ```text
 //!  state.ca.key_sealed = "v1:" hex(nonce(12) || AES-256-GCM(ca.key PEM, aad = "smr-ca-key:" fpr))
