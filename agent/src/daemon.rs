@@ -76,6 +76,9 @@ pub struct AgentConfig {
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// Where to serve Prometheus metrics in plain HTTP (`--metrics-addr`; `None`: off).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the cluster key is kept when not in `pki/cluster.key` (`--cluster-key-file`, an
+    /// absolute path, e.g. on a tmpfs): the node refuses to start when it is missing.
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 /// `smrmgr start --store etcd://...` and its TLS files; kept in `node.json` for restarts.
@@ -286,6 +289,8 @@ pub async fn run(
     let wg_public_key = wg_key.public_key().to_string();
 
     let node_path = node_file_path(&dir);
+    // Checked before anything is written.
+    cluster_key_path(&config, &pki_dir)?;
     let (mut me, identity, ca) = if node_path.exists() {
         let mut me: NodeFile = read_json(&node_path)?;
         let public_ip = config.public_ip.unwrap_or(config.ip).to_string();
@@ -340,9 +345,15 @@ pub async fn run(
         (me, identity, Some(ca))
     };
 
-    let cluster_key_path = pki_dir.join(pki::CLUSTER_KEY_FILE);
+    let cluster_key_path = cluster_key_path(&config, &pki_dir)?;
     let cluster_key = if cluster_key_path.exists() {
         Some(pki::ClusterKey::load(&cluster_key_path)?)
+    } else if let Some(file) = &config.cluster_key_file {
+        return Err(DaemonError::Config(format!(
+            "--cluster-key-file {}: no such file; put this cluster's key (SMRKEY-1-...) there \
+             before starting the node",
+            file.display()
+        )));
     } else {
         None
     };
@@ -497,6 +508,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Where this node keeps the cluster key: `--cluster-key-file` (absolute), else in `pki/`.
+fn cluster_key_path(config: &AgentConfig, pki_dir: &Path) -> Result<PathBuf, DaemonError> {
+    match &config.cluster_key_file {
+        Some(file) if !file.is_absolute() => Err(DaemonError::Config(format!(
+            "--cluster-key-file {} must be an absolute path",
+            file.display()
+        ))),
+        Some(file) => Ok(file.clone()),
+        None => Ok(pki_dir.join(pki::CLUSTER_KEY_FILE)),
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -582,7 +605,7 @@ fn create_cluster(
 ) -> Result<(NodeFile, Identity, ClusterCa), DaemonError> {
     let ca = ClusterCa::generate("smr")?;
     ca.save(pki_dir)?;
-    pki::ClusterKey::generate().save(&pki_dir.join(pki::CLUSTER_KEY_FILE))?;
+    pki::ClusterKey::generate().save(&cluster_key_path(config, pki_dir)?)?;
     let validity = crate::renewal::leaf_validity()?;
     let (key_pem, csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
     let cert_pem =
@@ -783,7 +806,7 @@ async fn join(
     if let Some(text) = &response.cluster_key {
         let key = pki::ClusterKey::from_text(text)
             .map_err(|e| join_err(format!("the cluster key it sent: {e}")))?;
-        key.save(&pki_dir.join(pki::CLUSTER_KEY_FILE))?;
+        key.save(&cluster_key_path(config, pki_dir)?)?;
     }
     tracing::info!(id = response.id, "joined the cluster through {join_addr}");
     Ok((node_file(config, response.id, true, vtep_mac), identity))

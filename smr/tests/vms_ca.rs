@@ -74,15 +74,29 @@ async fn a_new_node_joins_after_the_node_that_created_the_cluster_is_destroyed()
 async fn survive_first_node(cluster: &mut VmCluster) -> anyhow::Result<()> {
     cluster.start_agent(0, None, &EXTRA).await?;
     cluster.start_agent(1, Some(0), &EXTRA).await?;
-    cluster.start_agent(2, Some(0), &EXTRA).await?;
+    // VM 2 keeps its cluster key off its data dir.
+    let off_disk = cluster.vm(2).dir.join("keys").join("cluster.key");
+    let off_disk_arg = off_disk.display().to_string();
+    let mut extra2 = EXTRA.to_vec();
+    extra2.extend(["--cluster-key-file", off_disk_arg.as_str()]);
+    cluster.start_agent(2, Some(0), &extra2).await?;
     let first_dir = data_dir(cluster.vm(0));
     let ca_key = std::fs::read_to_string(first_dir.join("pki/ca.key"))?;
     let cluster_key = std::fs::read_to_string(first_dir.join("pki/cluster.key"))?;
     let ca_pem = std::fs::read_to_string(first_dir.join("pki/ca.crt"))?;
-    // Every node holds the cluster key (0600); only the first one a CA key file.
+    // Every node holds the cluster key (0600; VM 2 in its --cluster-key-file, not in its data
+    // dir); only the first one a CA key file.
     for i in 0..3 {
         let dir = data_dir(cluster.vm(i)).join("pki");
-        let key = dir.join("cluster.key");
+        ensure!(
+            dir.join("cluster.key").exists() == (i != 2),
+            "node {i}: pki/cluster.key"
+        );
+        let key = if i == 2 {
+            off_disk.clone()
+        } else {
+            dir.join("cluster.key")
+        };
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key)
             .with_context(|| format!("{}", key.display()))?
@@ -171,6 +185,27 @@ async fn survive_first_node(cluster: &mut VmCluster) -> anyhow::Result<()> {
             "{args:?}"
         );
     }
+
+    // VM 2 without its --cluster-key-file (kept in node.json) does not start, and says why;
+    // with the file back it does.
+    cluster.stop_agent(2)?;
+    let aside = off_disk.with_extension("aside");
+    std::fs::rename(&off_disk, &aside)?;
+    let docker_host = cluster.vm(2).docker_host.clone();
+    let mut cmd = cluster.smrmgr_on(2, &["start", "--foreground", "--docker-host", &docker_host]);
+    let out = smr_tests::testbed::output_with_timeout(&mut cmd, Duration::from_secs(60))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "started without its cluster key: {out:?}"
+    );
+    ensure!(
+        stderr.contains("--cluster-key-file") && stderr.contains("no such file"),
+        "{stderr}"
+    );
+    std::fs::rename(&aside, &off_disk)?;
+    cluster.restart_agent(2).await?;
+    ensure!(!data_dir(cluster.vm(2)).join("pki/cluster.key").exists());
     Ok(())
 }
 
