@@ -6,6 +6,7 @@
 //! node.json            who this node is (id, name, addresses); written once joined or bootstrapped
 //! wireguard.key        this node's WireGuard private key (base64, mode 0600); never leaves the node
 //! pki/ca.crt ca.key    the cluster CA (ca.key only on the node that created the cluster)
+//! pki/cluster.key      the cluster key (0600): opens the CA key sealed in the state
 //! pki/node.crt .key    this node's certificate and key
 //! pki/admin.crt .key   the admin client certificate for smrctl
 //! raft/                Raft log, vote and snapshots (redb); absent when the state is in etcd
@@ -75,6 +76,9 @@ pub struct AgentConfig {
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// Where to serve Prometheus metrics in plain HTTP (`--metrics-addr`; `None`: off).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the cluster key is kept when not in `pki/cluster.key` (`--cluster-key-file`, an
+    /// absolute path, e.g. on a tmpfs): the node refuses to start when it is missing.
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 /// `smrmgr start --store etcd://...` and its TLS files; kept in `node.json` for restarts.
@@ -285,6 +289,8 @@ pub async fn run(
     let wg_public_key = wg_key.public_key().to_string();
 
     let node_path = node_file_path(&dir);
+    // Checked before anything is written.
+    cluster_key_path(&config, &pki_dir)?;
     let (mut me, identity, ca) = if node_path.exists() {
         let mut me: NodeFile = read_json(&node_path)?;
         let public_ip = config.public_ip.unwrap_or(config.ip).to_string();
@@ -318,7 +324,7 @@ pub async fn run(
             )));
         }
         let identity = Identity::load(&pki_dir, "node")?;
-        let ca = if pki_dir.join("ca.key").exists() {
+        let ca = if pki_dir.join(pki::CA_KEY_FILE).exists() {
             Some(ClusterCa::load(&pki_dir)?)
         } else {
             None
@@ -339,7 +345,23 @@ pub async fn run(
         (me, identity, Some(ca))
     };
 
-    let peers = pki::reqwest_client(&identity.ca_pem, Some(&identity), Duration::from_secs(10))?;
+    let cluster_key_path = cluster_key_path(&config, &pki_dir)?;
+    let cluster_key = if cluster_key_path.exists() {
+        Some(pki::ClusterKey::load(&cluster_key_path)?)
+    } else if let Some(file) = &config.cluster_key_file {
+        return Err(DaemonError::Config(format!(
+            "--cluster-key-file {}: no such file; put this cluster's key (SMRKEY-1-...) there \
+             before starting the node",
+            file.display()
+        )));
+    } else {
+        None
+    };
+    let leaf_validity = crate::renewal::leaf_validity()?;
+    // The API and Raft servers and the node client present what `live` holds at each new
+    // connection: a renewed certificate is used without a restart.
+    let live = pki::LiveIdentity::new(identity.clone())?;
+    let peers = pki::reqwest_client_live(&live, Duration::from_secs(10))?;
     let transport = Transport {
         client: peers.clone(),
         scheme: "https".into(),
@@ -361,6 +383,11 @@ pub async fn run(
         config.docker_host.clone(),
         wireguard_key_path(&dir),
     ));
+    node.set_pki(crate::node::certs::NodePki {
+        cluster_key: cluster_key.clone(),
+        live: live.clone(),
+        leaf_validity,
+    });
     // A restart naming another backend than the cluster's is refused, not ignored.
     if let Some(asked) = &config.backend
         && let Ok(state) = node.state(Consistency::Stale).await
@@ -374,8 +401,8 @@ pub async fn run(
         )));
     }
 
-    let api_tls = pki::api_server_config(&identity)?;
-    let raft_tls = pki::raft_server_config(&identity)?;
+    let api_tls = pki::api_server_config_live(&live)?;
+    let raft_tls = pki::raft_server_config_live(&live)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_server = tokio::spawn(api::serve::serve_tls(
         api_listener,
@@ -396,7 +423,7 @@ pub async fn run(
     write_json(&node_path, &me)?;
     if !me.bootstrapped {
         if me.id == 1 && config.join.is_none() {
-            finish_bootstrap(&node, &me, &config, &wg_public_key).await?;
+            finish_bootstrap(&node, &me, &config, &wg_public_key, cluster_key.as_ref()).await?;
         }
         me.bootstrapped = true;
         write_json(&node_path, &me)?;
@@ -451,6 +478,18 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
+    let renewal = tokio::spawn(crate::renewal::run(
+        node.clone(),
+        live.clone(),
+        crate::renewal::Renewal {
+            pki_dir: pki_dir.clone(),
+            name: me.name.clone(),
+            sans: sans(&config),
+            context_path: context_path(&dir),
+            api_url: context.api_url.clone(),
+        },
+        stop_rx.clone(),
+    ));
     let metrics = metrics_listener
         .map(|l| tokio::spawn(crate::metrics::serve(l, node.clone(), stop_rx.clone())));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
@@ -463,6 +502,7 @@ pub async fn run(
     }
     let _ = loops.await;
     let _ = labels.await;
+    let _ = renewal.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
@@ -470,6 +510,18 @@ pub async fn run(
     let _ = raft_server.await;
     store.shutdown().await;
     Ok(())
+}
+
+/// Where this node keeps the cluster key: `--cluster-key-file` (absolute), else in `pki/`.
+fn cluster_key_path(config: &AgentConfig, pki_dir: &Path) -> Result<PathBuf, DaemonError> {
+    match &config.cluster_key_file {
+        Some(file) if !file.is_absolute() => Err(DaemonError::Config(format!(
+            "--cluster-key-file {} must be an absolute path",
+            file.display()
+        ))),
+        Some(file) => Ok(file.clone()),
+        None => Ok(pki_dir.join(pki::CLUSTER_KEY_FILE)),
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -557,8 +609,11 @@ fn create_cluster(
 ) -> Result<(NodeFile, Identity, ClusterCa), DaemonError> {
     let ca = ClusterCa::generate("smr")?;
     ca.save(pki_dir)?;
+    pki::ClusterKey::generate().save(&cluster_key_path(config, pki_dir)?)?;
+    let validity = crate::renewal::leaf_validity()?;
     let (key_pem, csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
-    let cert_pem = ca.sign_csr(&csr, Role::Node, &config.name, &sans(config))?;
+    let cert_pem =
+        ca.sign_csr_valid_for(&csr, Role::Node, &config.name, &sans(config), validity)?;
     let identity = Identity {
         cert_pem,
         key_pem,
@@ -567,7 +622,7 @@ fn create_cluster(
     identity.save(pki_dir, "node")?;
     let admin_name = format!("admin@{}", config.name);
     let (key_pem, csr) = pki::new_key_and_csr(Role::Admin, &admin_name, &[])?;
-    let cert_pem = ca.sign_csr(&csr, Role::Admin, &admin_name, &[])?;
+    let cert_pem = ca.sign_csr_valid_for(&csr, Role::Admin, &admin_name, &[], validity)?;
     Identity {
         cert_pem,
         key_pem,
@@ -595,6 +650,7 @@ async fn finish_bootstrap(
     me: &NodeFile,
     config: &AgentConfig,
     wg_public_key: &str,
+    cluster_key: Option<&pki::ClusterKey>,
 ) -> Result<(), DaemonError> {
     let labels = &config.labels;
     let ca = node
@@ -606,6 +662,7 @@ async fn finish_bootstrap(
         cert_pem: ca.cert_pem().to_string(),
         fingerprint: ca.fingerprint(),
         holder: me.id,
+        key_sealed: cluster_key.map(|k| k.seal_ca(ca)).transpose()?,
     };
     let network = NetworkSettings {
         cidr: config.cidr,
@@ -750,6 +807,11 @@ async fn join(
     }
     identity.save(pki_dir, "node")?;
     Identity::new(response.admin_cert, admin_key, response.ca_pem)?.save(pki_dir, "admin")?;
+    if let Some(text) = &response.cluster_key {
+        let key = pki::ClusterKey::from_text(text)
+            .map_err(|e| join_err(format!("the cluster key it sent: {e}")))?;
+        key.save(&cluster_key_path(config, pki_dir)?)?;
+    }
     tracing::info!(id = response.id, "joined the cluster through {join_addr}");
     Ok((node_file(config, response.id, true, vtep_mac), identity))
 }

@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus metrics (`--metrics-addr`, `GET /metrics` on the API).
 //! - [`daemon`]: wires the parts into a running node.
 //! - [`recovery`]: a cluster started again from a backup or from a survivor of a lost quorum.
+//! - [`renewal`]: renews this node's certificates at 2/3 of their lifetime, without a restart.
 
 pub mod api;
 pub mod controllers;
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod node;
 pub mod recovery;
+pub mod renewal;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use smr_core::backend::NetworkBackend;
 
-use crate::pki::{ClusterCa, JoinToken, Role};
+use crate::pki::{ClusterCa, JoinToken};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
 use crate::store::{RaftPeer, ServerState, Store, StoreError, WriteError};
 use api_types::types::{
@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 pub mod availability;
 mod backup;
+pub mod certs;
 mod error;
 mod members;
 mod objects;
@@ -88,6 +89,8 @@ pub struct Node {
     pub overlay: Arc<OverlaySlot>,
     /// This node's WireGuard private key file.
     pub wg_key_path: std::path::PathBuf,
+    /// Who signs here and the certificate this node presents ([`certs`]).
+    certs: certs::Certs,
 }
 
 impl Node {
@@ -110,6 +113,7 @@ impl Node {
             docker: tokio::sync::OnceCell::new(),
             overlay: Default::default(),
             wg_key_path,
+            certs: Default::default(),
         }
     }
 
@@ -583,6 +587,7 @@ impl Node {
                     node_cert,
                     admin_cert,
                     ca_pem: ca.cert_pem.clone(),
+                    cluster_key: self.cluster_key_text(),
                 })
             }
             CommandResult::Rejected { reason } => Err(NodeError::Conflict(reason)),
@@ -590,13 +595,11 @@ impl Node {
         }
     }
 
-    /// Signs a CSR here if this node holds the CA key, otherwise on the node that does.
+    /// Signs a CSR here if this node can (it holds the CA key, or the cluster key that opens
+    /// the copy sealed in the state), otherwise on the node that holds the CA key.
     pub async fn sign(&self, req: SignRequest, holder: NodeId) -> Result<String, NodeError> {
-        if let Some(ca) = &self.ca {
-            let role = if req.admin { Role::Admin } else { Role::Node };
-            return ca
-                .sign_csr(&req.csr, role, &req.name, &req.sans)
-                .map_err(|e| NodeError::BadRequest(format!("certificate request refused: {e}")));
+        if let Some(cert) = self.sign_locally(&req).await? {
+            return Ok(cert);
         }
         let state = self.store.read(false).await.map_err(read_error)?;
         let node = state.nodes.get(&holder).ok_or_else(|| {

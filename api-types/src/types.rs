@@ -60,6 +60,9 @@ pub struct HealthResponse {
     pub voters: Vec<NodeId>,
     #[serde(default)]
     pub learners: Vec<NodeId>,
+    /// When this node's certificate expires (milliseconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,6 +108,10 @@ pub struct NodeView {
     /// Replicas placed on the node, those still moving off it and those it still runs.
     #[serde(default)]
     pub replicas: u32,
+    /// When the node's certificate expires (ms since the epoch), as its health probe said
+    /// (absent when it did not answer). Renewed by the node at 2/3 of its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_ms: Option<u64>,
 }
 
 /// `PUT /api/v1/nodes/{id}/availability`: cordon, drain or uncordon (`active`) a node.
@@ -192,12 +199,25 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct JoinResponse {
     pub id: NodeId,
     pub node_cert: String,
     pub admin_cert: String,
     pub ca_pem: String,
+    /// The cluster key (`SMRKEY-1-...`) that opens the CA key sealed in the state, so that the
+    /// new node can sign joins and renewals too. Absent from a cluster created before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_key: Option<String>,
+}
+
+impl std::fmt::Debug for JoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinResponse")
+            .field("id", &self.id)
+            .field("cluster_key", &self.cluster_key.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Node-to-node: ask the CA holder to sign a CSR.

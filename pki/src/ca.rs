@@ -165,6 +165,11 @@ impl ClusterCa {
         files::write_atomic(&dir.join(CA_CERT_FILE), self.cert_pem.as_bytes(), CERT_MODE)
     }
 
+    /// The CA private key, PEM: only for sealing it ([`super::ClusterKey::seal_ca`]).
+    pub(crate) fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -190,6 +195,19 @@ impl ClusterCa {
         name: &str,
         sans: &[String],
     ) -> Result<String, PkiError> {
+        self.sign_csr_valid_for(csr_pem, role, name, sans, LEAF_VALIDITY)
+    }
+
+    /// [`ClusterCa::sign_csr`] for a certificate valid `validity` (from now; `notBefore` is
+    /// backdated by an hour, or a tenth of `validity` when that is shorter).
+    pub fn sign_csr_valid_for(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &str,
+        sans: &[String],
+        validity: Duration,
+    ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::InvalidCsr(e.to_string()))?;
         // rcgen derives the key algorithm from the CSR's signature algorithm; make sure that
@@ -201,7 +219,7 @@ impl ClusterCa {
             ));
         }
         let mut params = leaf_params(role, name, sans)?;
-        set_validity(&mut params, LEAF_VALIDITY);
+        set_validity(&mut params, validity);
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -321,7 +339,7 @@ fn validate_name(name: &str) -> Result<(), PkiError> {
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = x509_parser::time::ASN1Time::now().to_datetime();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - BACKDATE.min(validity / 10);
     params.not_after = now + validity;
 }
 

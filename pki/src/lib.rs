@@ -26,6 +26,8 @@
 mod ca;
 mod files;
 mod identity;
+mod live;
+mod seal;
 mod tls;
 mod token;
 
@@ -37,17 +39,21 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-pub use ca::{ClusterCa, Role, new_key_and_csr};
+pub use ca::{ClusterCa, LEAF_VALIDITY, Role, new_key_and_csr};
 pub use identity::{Identity, PeerIdentity, peer_identity};
+pub use live::{LiveIdentity, renew_at, validity};
+pub use seal::{CLUSTER_KEY_FILE, ClusterKey};
 pub use tls::{
-    CA_MISMATCH, api_server_config, client_config, pinned_client_config, pinned_reqwest_client,
-    raft_server_config, reqwest_client,
+    CA_MISMATCH, api_server_config, api_server_config_live, client_config, pinned_client_config,
+    pinned_reqwest_client, raft_server_config, raft_server_config_live, reqwest_client,
+    reqwest_client_live,
 };
 pub use token::{JoinToken, TokenError, hash_secret, secret_matches};
 
 /// File names used by [`ClusterCa::save`] / [`ClusterCa::load`] and [`Identity`].
 pub const CA_CERT_FILE: &str = "ca.crt";
-/// The CA private key file (mode 0600); only on the node that created the cluster.
+/// The CA private key file (mode 0600); only on the node that created the cluster (every other
+/// node opens the copy sealed in the state, see [`ClusterKey`]).
 pub const CA_KEY_FILE: &str = "ca.key";
 
 /// Errors of the PKI module.
@@ -84,6 +90,8 @@ pub enum PkiError {
     HttpClient(#[source] reqwest::Error),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("cluster key: {0}")]
+    Sealed(&'static str),
 }
 
 /// The one crypto provider of smr: aws-lc-rs.

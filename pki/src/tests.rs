@@ -516,3 +516,138 @@ async fn tokio_rustls_client_negotiates_alpn_and_server_sees_node() {
         })
     );
 }
+
+#[test]
+fn the_ca_key_sealed_with_the_cluster_key_opens_only_with_it() {
+    let p = pki();
+    let key = ClusterKey::generate();
+    let sealed = key.seal_ca(&p.ca).unwrap();
+    assert!(sealed.starts_with("v1:"), "{sealed}");
+    // The sealed text does not carry the key in clear.
+    let key_body: String =
+        p.ca.key_pem()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+    assert!(!sealed.contains(&key_body[..20]));
+    // Two seals of the same key differ (a fresh nonce each time).
+    assert_ne!(sealed, key.seal_ca(&p.ca).unwrap());
+
+    // Opened with the right key: a CA that signs certificates the cluster accepts.
+    let opened = key.open_ca(p.ca.cert_pem(), &sealed).unwrap();
+    assert_eq!(opened.fingerprint(), p.ca.fingerprint());
+    let node = issue(&opened, Role::Node, "node-9", &["127.0.0.1"]);
+    assert_eq!(node.ca_fingerprint().unwrap(), p.ca.fingerprint());
+
+    // Another cluster key, another CA's certificate, or an altered text: refused.
+    let other = ClusterKey::generate();
+    let err = other.open_ca(p.ca.cert_pem(), &sealed).unwrap_err();
+    assert!(err.to_string().contains("does not open"), "{err}");
+    let foreign = ClusterCa::generate("other").unwrap();
+    assert!(key.open_ca(foreign.cert_pem(), &sealed).is_err());
+    let mut altered = sealed.clone().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
+    assert!(
+        key.open_ca(p.ca.cert_pem(), std::str::from_utf8(&altered).unwrap())
+            .is_err()
+    );
+    assert!(key.open_ca(p.ca.cert_pem(), "v1:00").is_err());
+    assert!(key.open_ca(p.ca.cert_pem(), "plain").is_err());
+}
+
+#[test]
+fn the_cluster_key_text_and_file_round_trip_and_debug_hides_it() {
+    let key = ClusterKey::generate();
+    let text = key.to_text();
+    assert!(
+        text.starts_with("SMRKEY-1-") && text.len() == 9 + 64,
+        "{text}"
+    );
+    assert_eq!(ClusterKey::from_text(&format!("  {text}\n")).unwrap(), key);
+    assert!(ClusterKey::from_text("SMRKEY-1-abcd").is_err());
+    assert!(ClusterKey::from_text(&text[9..]).is_err());
+    assert_eq!(format!("{key:?}"), "ClusterKey(***)");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pki").join(CLUSTER_KEY_FILE);
+    key.save(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(ClusterKey::load(&path).unwrap(), key);
+}
+
+#[test]
+fn a_short_lifetime_is_renewed_at_two_thirds() {
+    let p = pki();
+    let (key_pem, csr) = new_key_and_csr(Role::Node, "node-1", &[]).unwrap();
+    let cert =
+        p.ca.sign_csr_valid_for(&csr, Role::Node, "node-1", &[], Duration::from_secs(90))
+            .unwrap();
+    Identity::new(cert.clone(), key_pem, p.ca.cert_pem().to_owned()).unwrap();
+    let (nb, na) = validity(&cert).unwrap();
+    // Backdated by a tenth of the lifetime (9 s), not an hour.
+    assert_eq!(na.duration_since(nb).unwrap(), Duration::from_secs(99));
+    assert_eq!(
+        renew_at(nb, na).duration_since(nb).unwrap(),
+        Duration::from_secs(66)
+    );
+    // The default lifetime: a year, backdated an hour.
+    let (nb, na) = validity(&p.node.cert_pem).unwrap();
+    assert_eq!(
+        na.duration_since(nb).unwrap(),
+        LEAF_VALIDITY + Duration::from_secs(3600)
+    );
+}
+
+/// The certificate a server presented on a fresh connection (tokio-rustls client).
+async fn presented(server: &TestServer, ca_pem: &str) -> Vec<u8> {
+    let config = client_config(ca_pem, None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    der
+}
+
+#[tokio::test]
+async fn a_replaced_live_identity_is_presented_by_servers_and_clients_from_the_next_handshake() {
+    let p = pki();
+    let renewed = issue(&p.ca, Role::Node, "node-1", &["127.0.0.1", "localhost"]);
+    assert_ne!(renewed.cert_pem, p.node.cert_pem);
+
+    // Server side: the API server presents the renewed certificate, without a new config.
+    let live = LiveIdentity::new(p.node.clone()).unwrap();
+    let mut server = TestServer::start(api_server_config_live(&live).unwrap()).await;
+    assert_eq!(
+        presented(&server, p.ca.cert_pem()).await,
+        parse(&p.node.cert_pem)
+    );
+    let _ = server.next_seen().await;
+    live.replace(renewed.clone()).unwrap();
+    assert_eq!(
+        presented(&server, p.ca.cert_pem()).await,
+        parse(&renewed.cert_pem)
+    );
+    let _ = server.next_seen().await;
+    assert_eq!(live.get().cert_pem, renewed.cert_pem);
+
+    // Client side: the same reqwest client presents the new certificate on its next connection
+    // (the test server closes every connection after one answer).
+    let client_live = LiveIdentity::new(p.node2.clone()).unwrap();
+    let client = reqwest_client_live(&client_live, TIMEOUT).unwrap();
+    assert_eq!(get(&client, &server.url()).await.unwrap(), "node:node-2");
+    let _ = server.next_seen().await;
+    let node3 = issue(&p.ca, Role::Node, "node-3", &["127.0.0.1"]);
+    client_live.replace(node3).unwrap();
+    assert_eq!(get(&client, &server.url()).await.unwrap(), "node:node-3");
+
+    // A Raft server on a live identity still refuses admins.
+    let mut raft = TestServer::start(raft_server_config_live(&live).unwrap()).await;
+    let admin = reqwest_client(p.ca.cert_pem(), Some(&p.admin), TIMEOUT).unwrap();
+    assert!(get(&admin, &raft.url()).await.is_err());
+    assert!(raft.next_seen().await.is_err());
+}

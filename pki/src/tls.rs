@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::ca::parse_cert_pem;
 use super::identity::{Identity, peer_identity};
+use super::live::LiveIdentity;
 use super::{PkiError, Role, provider};
 
 /// ALPN protocols offered by the servers.
@@ -59,6 +60,51 @@ fn server_config(
         .with_single_cert(identity.chain()?, identity.private_key()?)?;
     config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+fn live_server_config(
+    live: &Arc<LiveIdentity>,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(live.clone());
+    config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// [`api_server_config`] presenting the certificate `live` holds at each handshake.
+pub fn api_server_config_live(live: &Arc<LiveIdentity>) -> Result<Arc<ServerConfig>, PkiError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(ca_roots(&live.get().ca_pem)?, provider())
+            .allow_unauthenticated()
+            .build()?;
+    live_server_config(live, verifier)
+}
+
+/// [`raft_server_config`] presenting the certificate `live` holds at each handshake.
+pub fn raft_server_config_live(live: &Arc<LiveIdentity>) -> Result<Arc<ServerConfig>, PkiError> {
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(ca_roots(&live.get().ca_pem)?, provider())
+            .build()?;
+    live_server_config(live, Arc::new(NodeOnly { inner }))
+}
+
+/// [`reqwest_client`] presenting the certificate `live` holds at each new connection (every
+/// connection is a full handshake).
+pub fn reqwest_client_live(
+    live: &Arc<LiveIdentity>,
+    timeout: Duration,
+) -> Result<reqwest::Client, PkiError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(ca_roots(&live.get().ca_pem)?)
+        .with_client_cert_resolver(live.clone());
+    // No session resumption: a resumed session would carry the identity of the certificate it
+    // was made with, so a renewed certificate would not be shown until the ticket expired.
+    config.resumption = rustls::client::Resumption::disabled();
+    to_reqwest(config, timeout)
 }
 
 /// The REST API server: presents `[node cert, CA cert]`; a client certificate is optional but,

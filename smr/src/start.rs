@@ -32,6 +32,7 @@ pub const MUTABLE: &[&str] = &[
     "etcd_key",
     "etcd_user",
     "etcd_password_file",
+    "cluster_key_file",
 ];
 
 pub const DEFAULT_API_PORT: u16 = 1443;
@@ -126,6 +127,11 @@ pub struct StartSettings {
     /// [default: 127.0.0.1:9213].
     #[arg(long = "metrics-addr", value_name = "ADDR", value_parser = check_metrics_addr)]
     pub metrics_addr: Option<String>,
+    /// Keep the cluster key (which opens the CA key sealed in the state) in FILE, an absolute
+    /// path off the data dir (e.g. on a tmpfs the operator fills before each start), instead of
+    /// <data-dir>/pki/cluster.key. A node started with it refuses to start when FILE is missing.
+    #[arg(long = "cluster-key-file", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 fn check_metrics_addr(s: &str) -> Result<String, String> {

@@ -116,7 +116,7 @@ enum Cmd {
     /// Nodes of the cluster: role, leader, address, health, scheduling (active, cordoned,
     /// draining) and replicas held; `-o wide` adds subnet, backend, VTEP
     /// MAC, public address, WireGuard port and the answering node's WireGuard session with each
-    /// peer (last handshake, bytes received and sent).
+    /// peer (last handshake, bytes received and sent) and when each node's certificate expires.
     Nodes {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
@@ -660,6 +660,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                     }
                                     None => row.extend([dash(), dash(), dash()]),
                                 }
+                                row.push(
+                                    n.cert_expires_ms
+                                        .map(|t| output::expiry(t, now))
+                                        .unwrap_or_else(dash),
+                                );
                             }
                             row
                         })
@@ -685,6 +690,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             "HANDSHAKE",
                             "RX",
                             "TX",
+                            "CERT EXPIRES",
                         ]);
                     }
                     print!("{}", output::table(&header, &rows));

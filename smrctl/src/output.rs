@@ -60,6 +60,33 @@ pub fn age(since_ms: u64, now_ms: u64) -> String {
     }
 }
 
+/// A moment in the future as `2027-11-30T00:55Z (in 364d)`, or `... (expired 3m ago)`.
+pub fn expiry(at_ms: u64, now_ms: u64) -> String {
+    let when = if at_ms > now_ms {
+        format!("in {}", age(now_ms, at_ms))
+    } else {
+        format!("expired {} ago", age(at_ms, now_ms))
+    };
+    format!("{} ({when})", utc_minute(at_ms))
+}
+
+/// `YYYY-MM-DDTHH:MMZ` (UTC) of milliseconds since the epoch (civil-from-days, H. Hinnant).
+fn utc_minute(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let (hour, minute) = ((secs % 86400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}Z")
+}
+
 /// "512 B", "1.5 KiB", "3.2 MiB", "1.0 GiB": a byte count for tables.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -106,5 +133,21 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
         assert_eq!(bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn expiry_dates() {
+        // 2026-11-30T00:55:33Z and one year later; a leap day.
+        let now = 1_796_000_133_000;
+        assert_eq!(
+            expiry(now + 365 * 86_400_000, now),
+            "2027-11-30T00:55Z (in 365d)"
+        );
+        assert_eq!(
+            expiry(now - 180_000, now),
+            "2026-11-30T00:52Z (expired 3m ago)"
+        );
+        assert_eq!(utc_minute(951_782_400_000), "2000-02-29T00:00Z");
+        assert_eq!(utc_minute(0), "1970-01-01T00:00Z");
     }
 }

@@ -18,6 +18,7 @@
 //! OpenMetrics text (what `prometheus-client` writes; Prometheus reads it natively), names with
 //! the `smr_` prefix and base units (`_seconds`, `_bytes`, `_total`).
 
+pub mod certificates;
 pub mod runtime;
 pub mod snapshot;
 
@@ -221,6 +222,7 @@ pub async fn render(node: &Node) -> String {
     // Writing to a String cannot fail.
     let _ = encode_registry(&mut out, &COUNTERS.registry);
     let _ = encode_registry(&mut out, &snapshot::render(&input));
+    let _ = encode_registry(&mut out, &certificates::render(&certificates::gather(node)));
     let _ = encode_eof(&mut out);
     out
 }

@@ -72,6 +72,7 @@ impl Node {
             revision: state.revision,
             voters: status.voters.iter().copied().collect(),
             learners: status.learners.iter().copied().collect(),
+            cert_expires_ms: self.cert_expires_ms(),
         })
     }
 
@@ -88,14 +89,17 @@ impl Node {
                 // This node answers, so it is healthy (behind NAT it may not reach its own public
                 // address).
                 if me {
-                    return true;
+                    return (true, self.cert_expires_ms());
                 }
                 let probe = tokio::time::timeout(
                     Duration::from_secs(2),
                     self.call::<(), HealthResponse>(&addr, "health", None),
                 )
                 .await;
-                matches!(probe, Ok(Ok(_)))
+                match probe {
+                    Ok(Ok(health)) => (true, health.cert_expires_ms),
+                    _ => (false, None),
+                }
             }
         });
         let healthy = futures::future::join_all(probes).await;
@@ -110,7 +114,7 @@ impl Node {
             .nodes
             .values()
             .zip(healthy)
-            .map(|(n, healthy)| NodeView {
+            .map(|(n, (healthy, cert_expires_ms))| NodeView {
                 id: n.id,
                 name: n.name.clone(),
                 host: n.host.clone(),
@@ -139,6 +143,7 @@ impl Node {
                 wireguard: (n.id != self.id).then(|| wg_peer_view(n, &stats)).flatten(),
                 availability: state.availability.get(&n.id).copied().unwrap_or_default(),
                 replicas: super::availability::replicas_on(&state, n.id),
+                cert_expires_ms,
             })
             .collect();
         Ok(views)

@@ -151,15 +151,12 @@ impl Node {
             .collect())
     }
 
-    /// Signs a CSR with the CA key this node holds (another node's request); refused on a node
-    /// without the key.
+    /// Signs a CSR with the CA key this node holds or opens (another node's request); refused
+    /// on a node that cannot sign.
     pub async fn sign_here(&self, req: SignRequest) -> Result<String, NodeError> {
-        if self.ca.is_none() {
-            return Err(NodeError::Unavailable(
-                "this node does not hold the cluster CA key".into(),
-            ));
-        }
-        self.sign(req, self.id).await
+        self.sign_locally(&req).await?.ok_or_else(|| {
+            NodeError::Unavailable("this node cannot sign: it holds no cluster CA key".into())
+        })
     }
 }
 

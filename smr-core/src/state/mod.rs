@@ -202,12 +202,27 @@ pub struct JoinTokenRecord {
     pub expires_ms: u64,
 }
 
-/// The cluster CA's certificate (never its key) and the node that holds the key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The cluster CA's certificate, the node that created it, and its private key sealed with the
+/// cluster key (AES-256-GCM, see `pki::ClusterKey`): never the key in clear. Any node that holds
+/// the cluster key opens it to sign; a cluster created before the key was sealed has none, and
+/// signs on `holder`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaRecord {
     pub cert_pem: String,
     pub fingerprint: String,
     pub holder: NodeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sealed: Option<String>,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("fingerprint", &self.fingerprint)
+            .field("holder", &self.holder)
+            .field("key_sealed", &self.key_sealed.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The replicated state. Its large collections are persistent ([`SharedMap`], [`SharedList`]):

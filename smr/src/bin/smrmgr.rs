@@ -401,6 +401,7 @@ fn agent_config(args: &StartArgs) -> anyhow::Result<AgentConfig> {
                 .unwrap_or(agent::metrics::DEFAULT_ADDR),
         )
         .map_err(Usage)?,
+        cluster_key_file: settings.cluster_key_file.clone(),
         settings: settings.to_map(),
     })
 }
