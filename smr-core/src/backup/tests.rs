@@ -55,6 +55,7 @@ fn cluster() -> ClusterState {
         cert_pem: "PEM".into(),
         fingerprint: "ab12".into(),
         holder: 1,
+        key_sealed: Some("sealed by the old cluster key".into()),
     };
     run(&mut s, "ca", Op::SetCa { ca });
     run(&mut s, "net", Op::SetNetwork { network: network() });
@@ -204,6 +205,7 @@ fn new_cluster() -> ClusterState {
         cert_pem: "NEW".into(),
         fingerprint: "cd34".into(),
         holder: 1,
+        key_sealed: Some("sealed by the new cluster key".into()),
     };
     run(&mut s, "ca", Op::SetCa { ca });
     run(&mut s, "net", Op::SetNetwork { network: network() });
@@ -233,7 +235,9 @@ fn restore_keeps_the_objects_and_nothing_of_the_old_membership() {
     assert_eq!(keys, ["containers/g/web", "secret/g/pw"]);
     assert_eq!(s.objects, old.objects);
     // The new cluster's own CA and node stay; no old node, report or placement comes along.
-    assert_eq!(s.ca.as_ref().unwrap().fingerprint, "cd34");
+    let ca = s.ca.as_ref().unwrap();
+    assert_eq!(ca.fingerprint, "cd34");
+    assert_eq!(ca.key_sealed.as_deref(), Some("sealed by the new cluster key"));
     let names: Vec<&str> = s.nodes.values().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["fresh"]);
     assert!(s.reports.is_empty() && s.placements.is_empty());
