@@ -261,6 +261,19 @@ pub fn container_config(
         files.push(FileWrite { path, content });
     }
     let dns = Vec::new();
+    // The networks it joins (`spec.networks`, else `cluster`): the first carries the default
+    // route, the others are connected before it starts.
+    let joined: Vec<String> = if spec.networks.is_empty() {
+        ctx.network.map(str::to_string).into_iter().collect()
+    } else {
+        crate::networks::attachments(spec, &crate::networks::overlay_networks(state))
+            .into_iter()
+            .filter_map(|a| match a {
+                crate::networks::Attachment::Cluster => ctx.network.map(str::to_string),
+                other => Some(other.docker_name()),
+            })
+            .collect()
+    };
     let mut config = ContainerConfig {
         name: name.clone(),
         hostname: name,
@@ -282,7 +295,7 @@ pub fn container_config(
         network: spec
             .network_mode
             .clone()
-            .or_else(|| ctx.network.map(str::to_string)),
+            .or_else(|| joined.first().cloned()),
         dns,
         nano_cpus: limits.and_then(|l| l.cpus).map(|c| (c * 1e9) as i64),
         memory_bytes,
@@ -295,6 +308,11 @@ pub fn container_config(
                 crate::container::parse_registry_auth(&a).map_err(RenderError::RegistryAuth)
             })
             .transpose()?,
+        extra_networks: if spec.network_mode.is_some() {
+            Vec::new()
+        } else {
+            joined.iter().skip(1).cloned().collect()
+        },
     };
     let hash = config.config_hash();
     config.labels.insert(labels::CONFIG_HASH.into(), hash);

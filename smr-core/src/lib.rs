@@ -10,6 +10,8 @@
 //! - [`node_plan`]: what a node's reconciler does with its replicas, as exact actions.
 //! - [`repo_sync`]: what the leader's repository sync proposes for a `gitops` object.
 //! - [`credentials`]: a user and password that is never shown.
+//! - [`networks`]: `network` objects (overlay networks with their own pools): what is accepted,
+//!   which networks a replica joins, what each node needs.
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
 //! shell around it, and smrctl links it without any of those.
@@ -20,6 +22,7 @@ pub mod container;
 pub mod convert;
 pub mod credentials;
 pub mod definitions;
+pub mod networks;
 pub mod node_plan;
 pub mod repo_sync;
 pub mod scheduler;

@@ -53,6 +53,11 @@ pub struct ContainerConfig {
     /// (not hashed, not serialised).
     #[serde(skip)]
     pub registry_auth: Option<Credentials>,
+    /// Further Docker networks, connected before the container starts (`network` carries the
+    /// default route). Not serialised when empty, so the hash of a container on one network
+    /// stays what it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_networks: Vec<String>,
 }
 
 /// A file a container mounts (a resource, its `resolv.conf`), rendered with its configuration:
