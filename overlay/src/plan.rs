@@ -163,7 +163,7 @@ fn dedup(desired: &[Peer]) -> Vec<Peer> {
 }
 
 /// The routes the desired peers need, then the ops turning `observed` routes into them.
-fn plan_routes(
+pub(crate) fn plan_routes(
     want: &[RouteEntry],
     observed: &[RouteEntry],
     dels: &mut Vec<Op>,

@@ -263,17 +263,30 @@ pub fn container_config(
     let dns = Vec::new();
     // The networks it joins (`spec.networks`, else `cluster`): the first carries the default
     // route, the others are connected before it starts.
-    let joined: Vec<String> = if spec.networks.is_empty() {
-        ctx.network.map(str::to_string).into_iter().collect()
+    // Docker network and range of each.
+    let joined: Vec<(String, Option<ipnet::Ipv4Net>)> = if spec.networks.is_empty() {
+        ctx.network
+            .map(|n| (n.to_string(), None))
+            .into_iter()
+            .collect()
     } else {
+        let cidr = state.network.as_ref().map(|n| n.cidr.trunc());
         crate::networks::attachments(spec, &crate::networks::overlay_networks(state))
             .into_iter()
             .filter_map(|a| match a {
-                crate::networks::Attachment::Cluster => ctx.network.map(str::to_string),
-                other => Some(other.docker_name()),
+                crate::networks::Attachment::Cluster => ctx.network.map(|n| (n.to_string(), cidr)),
+                crate::networks::Attachment::Overlay(n) => Some((n.docker_name(), Some(n.pool))),
             })
             .collect()
     };
+    if joined.len() > 1 && spec.network_mode.is_none() {
+        let routes: Vec<String> = joined
+            .iter()
+            .filter_map(|(name, range)| Some(format!("{name}={}", (*range)?)))
+            .collect();
+        container_labels.insert(labels::NETWORKS.into(), routes.join(","));
+    }
+    let joined: Vec<String> = joined.into_iter().map(|(name, _)| name).collect();
     let mut config = ContainerConfig {
         name: name.clone(),
         hostname: name,

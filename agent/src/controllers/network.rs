@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+mod pools;
+
 use crate::node::Node;
 use crate::state::{ClusterState, Delta, Follower, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
@@ -214,11 +216,13 @@ async fn run_overlay(
             && follower.next(&state, resync).needs(Delta::touches_network)
         {
             publish_wireguard(node, &state, config.id).await;
-            match overlay.reconcile(&peers(&state, config.id, backend)).await {
+            let peers = peers(&state, config.id, backend);
+            match overlay.reconcile(&peers).await {
                 Ok(report) if !report.is_noop() => tracing::info!(?report, "overlay reconciled"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("overlay: {e}"),
             }
+            pools::reconcile(&state, config.id, &overlay, &peers, &config.docker, mtu).await;
             let records = crate::views::dns_records(&state);
             if records != dns.records() {
                 dns.set_records(records);

@@ -22,6 +22,9 @@ pub mod labels {
     pub const CONFIG_HASH: &str = "io.smr.config-hash";
     /// On an init container (value: its replica's name) instead of [`MANAGED`].
     pub const INIT: &str = "io.smr.init";
+    /// On a container of several networks: `<docker network>=<range>` for each, comma
+    /// separated, the first carrying the default route.
+    pub const NETWORKS: &str = "io.smr.networks";
 }
 
 /// What to run: everything Docker needs to create one replica.

@@ -563,6 +563,9 @@ fn clean_network() -> anyhow::Result<()> {
         if overlay::masq::remove_masquerade(&overlay::masq::IptablesCmd::default()).await? {
             println!("removed smr's masquerading rules");
         }
+        if overlay::isolation::remove_isolation(&overlay::masq::IptablesCmd::default()).await? {
+            println!("removed smr's network isolation rules");
+        }
         anyhow::Ok(())
     })
 }
