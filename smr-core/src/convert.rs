@@ -321,10 +321,14 @@ pub fn container_config(
                 crate::container::parse_registry_auth(&a).map_err(RenderError::RegistryAuth)
             })
             .transpose()?,
-        extra_networks: if spec.network_mode.is_some() {
-            Vec::new()
-        } else {
-            joined.iter().skip(1).cloned().collect()
+        // With `network_mode` (e.g. simplecontainer's `bridge`) the container is created on it
+        // and connected to its networks as well; Docker then picks the default route.
+        extra_networks: match spec.network_mode.as_deref() {
+            Some(mode) if !spec.networks.is_empty() => {
+                joined.iter().filter(|n| *n != mode).cloned().collect()
+            }
+            Some(_) => Vec::new(),
+            None => joined.iter().skip(1).cloned().collect(),
         },
     };
     let hash = config.config_hash();

@@ -130,8 +130,8 @@ pub enum NetworkError {
         group: String,
         name: String,
     },
-    #[error("{key}: networks and networkMode cannot be used together")]
-    WithMode { key: ObjectKey },
+    #[error("{key}: networks cannot be joined with networkMode {mode}")]
+    WithMode { key: ObjectKey, mode: String },
     #[error("{key} is used by {}; delete or change them first", users.join(", "))]
     InUse { key: ObjectKey, users: Vec<String> },
 }
@@ -341,8 +341,15 @@ fn check_refs(
     spec: &ContainersSpec,
     networks: &[OverlayNetwork],
 ) -> Result<(), NetworkError> {
-    if !spec.networks.is_empty() && spec.network_mode.is_some() {
-        return Err(NetworkError::WithMode { key: key.clone() });
+    // A container of the host's network, of none or of another container's joins no network.
+    if let Some(mode) = spec.network_mode.as_deref()
+        && !spec.networks.is_empty()
+        && (matches!(mode, "host" | "none") || mode.starts_with("container:"))
+    {
+        return Err(NetworkError::WithMode {
+            key: key.clone(),
+            mode: mode.into(),
+        });
     }
     let mut seen = BTreeSet::new();
     for (index, r) in spec.networks.iter().enumerate() {

@@ -279,6 +279,17 @@ fn containers_may_name_only_networks_that_exist() {
         .unwrap_err(),
         "containers/g/web: networks lists internal/cluster twice"
     );
+    let host = containers("g", "web", &[("internal", "cluster")]) + "  network_mode: host\n";
+    assert_eq!(
+        apply(&mut s, &host).unwrap_err(),
+        "containers/g/web: networks cannot be joined with networkMode host"
+    );
+    // simplecontainer's `network_mode: bridge` with networks: created on bridge, then connected.
+    apply(
+        &mut s,
+        &(containers("g", "web", &[("internal", "cluster")]) + "  network_mode: bridge\n"),
+    )
+    .unwrap();
     // The network and its user in one batch, in either order.
     apply(
         &mut s,
@@ -431,5 +442,63 @@ fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
                 (ip("10.21.1.2"), net("10.21.0.0/16")),
             ],
         }
+    );
+}
+
+#[test]
+fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
+    use crate::container::labels;
+    use crate::convert::{ReplicaContext, container_config};
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            network("g", "back", "10.21.0.0/16"),
+            containers(
+                "g",
+                "web",
+                &[("g", "back"), ("internal", "cluster"), ("g", "front")],
+            ),
+            containers("g", "plain", &[]),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ReplicaContext {
+        node: 1,
+        network: Some(CLUSTER),
+        dns: vec![],
+        files_dir: dir.path(),
+    };
+    let config = |name: &str| {
+        let stored = s
+            .objects
+            .get(&ObjectKey {
+                kind: Kind::Containers,
+                group: "g".into(),
+                name: name.into(),
+            })
+            .unwrap();
+        container_config(&s, stored, 1, 1, &ctx).unwrap().0
+    };
+    let web = config("web");
+    assert_eq!(web.network.as_deref(), Some("smr.g.back"));
+    assert_eq!(web.extra_networks, vec!["cluster", "smr.g.front"]);
+    assert_eq!(
+        web.labels[labels::NETWORKS],
+        "smr.g.back=10.21.0.0/16,cluster=10.10.0.0/16,smr.g.front=10.20.0.0/16"
+    );
+    // On cluster only, as before: nothing extra, no label.
+    let plain = config("plain");
+    assert_eq!(plain.network.as_deref(), Some(CLUSTER));
+    assert!(plain.extra_networks.is_empty());
+    assert!(!plain.labels.contains_key(labels::NETWORKS));
+    assert!(
+        !serde_json::to_string(&plain)
+            .unwrap()
+            .contains("extra_networks"),
+        "the hash of a container on one network is what it was"
     );
 }

@@ -40,8 +40,8 @@ enum Cmd {
         data: DataDir,
         #[arg(long, default_value = "30")]
         timeout: u64,
-        /// Also remove the overlay devices (`smr.1`, `smr-wg`) and smr's masquerading rules from
-        /// this host.
+        /// Also remove the overlay devices (`smr.1`, `smr-wg`), smr's masquerading rules and its
+        /// network isolation chain from this host.
         #[arg(long)]
         clean: bool,
     },
