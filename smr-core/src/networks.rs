@@ -5,7 +5,7 @@
 //! whose `cluster` lease is the k-th subnet of the cluster CIDR gets the k-th subnet of the pool
 //! ([`node_subnet`]), so slices come and go with the leases and need no state of their own. On
 //! each node the agent makes a Docker bridge network on that slice, routes every peer's slice
-//! through the overlay backend in use, and installs smr's isolation rules: a container reaches
+//! through the overlay backend in use (wireguard: as the peer's allowed IPs), and installs smr's isolation rules: a container reaches
 //! the networks it joined and no others.
 //!
 //! This module decides: what is accepted ([`check_apply`]), what may be deleted
@@ -97,7 +97,7 @@ pub enum NetworkError {
         max: u8,
     },
     #[error(
-        "{key}: overlay networks need the vxlan or host-gw backend; this cluster runs {backend}"
+        "{key}: overlay networks need an overlay backend (wireguard, vxlan or host-gw); this cluster runs {backend}"
     )]
     Backend { key: ObjectKey, backend: String },
     #[error(
@@ -278,7 +278,7 @@ pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), Netwo
             }
         };
         if let Some(settings) = &state.network {
-            if !matches!(settings.backend.as_str(), "vxlan" | "host-gw") {
+            if !matches!(settings.backend.as_str(), "wireguard" | "vxlan" | "host-gw") {
                 return Err(NetworkError::Backend {
                     key,
                     backend: settings.backend.clone(),

@@ -1,4 +1,4 @@
-//! Overlay networks (issue 15) on 3 emulated VMs (vxlan backend): networks `front` and `back`
+//! Overlay networks (issue 15) on 3 emulated VMs (vxlan, then wireguard): networks `front` and `back`
 //! beside `cluster`. A replica on `front` and `back` reaches both; one on `front` only cannot
 //! reach one on `back` only (by IP, across VMs, both ways) nor a `cluster` one; names resolve per
 //! network (real DNS queries to a node's server); deleting a used network is refused naming its
@@ -86,6 +86,22 @@ async fn overlay_networks_carry_isolate_resolve_and_go() -> anyhow::Result<()> {
         return Ok(());
     };
     cluster.start_all(&["--backend", "vxlan"]).await?;
+    let client = cluster.client(0);
+    let result = scenario(&cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
+/// The same on the wireguard backend (the default): the slices travel as the peers' allowed IPs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlay_networks_on_wireguard() -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    cluster.start_all(&[]).await?;
     let client = cluster.client(0);
     let result = scenario(&cluster, &client).await;
     if result.is_err() {

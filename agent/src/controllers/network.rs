@@ -89,6 +89,8 @@ fn ipv4(text: &str) -> Option<Ipv4Addr> {
 /// differ. vxlan and host-gw carry clear text over one private network, so they send to the
 /// peer's own address (`--ip`), never across the public side of a NAT.
 pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
+    // Each peer's slices of the overlay networks' pools (allowed IPs for wireguard).
+    let mut slices = smr_core::networks::peer_routes(state, me);
     state
         .nodes
         .values()
@@ -114,6 +116,7 @@ pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
                     _ => vtep_mac.unwrap_or_default(),
                 },
                 wireguard,
+                extra_subnets: slices.remove(&n.id).unwrap_or_default(),
             })
         })
         .collect()

@@ -1,7 +1,8 @@
 //! Routes to the slices other nodes hold of the pools of overlay networks (the `network`
 //! kind), carried by the backend in use exactly like the routes to their leases: vxlan sends
 //! `<slice> via <peer lease>.0 dev smr.1 onlink` (the peer's VTEP, whose neighbour and FDB
-//! entries the peer diff already keeps), host-gw `<slice> via <peer underlay>`. The pure part is
+//! entries the peer diff already keeps), host-gw `<slice> via <peer underlay>`, wireguard
+//! `<slice> dev smr-wg` (the slice is one of the peer's allowed IPs). The pure part is
 //! [`pool_routes`]; [`Overlay::reconcile_pool`] reads the routes inside one pool and applies the
 //! difference.
 
@@ -13,7 +14,8 @@ use crate::masq::Iptables;
 use crate::plan::{Observed, Op, Peer, RouteEntry, VXLAN_DEV, plan_routes};
 
 /// The routes `slices` (each a peer's slice of a pool, with that peer) need on `backend`;
-/// `underlay_dev` is the interface host-gw routes leave by. WireGuard carries no pool.
+/// `underlay_dev` is the interface host-gw routes leave by. WireGuard routes a slice into its
+/// device, which sends it to the peer whose allowed IPs hold it (`Peer::extra_subnets`).
 pub fn pool_routes(
     backend: Backend,
     slices: &[(Ipv4Net, Peer)],
@@ -21,20 +23,20 @@ pub fn pool_routes(
 ) -> Vec<RouteEntry> {
     slices
         .iter()
-        .filter_map(|(slice, peer)| match backend {
-            Backend::Vxlan => Some(RouteEntry {
+        .map(|(slice, peer)| match backend {
+            Backend::Vxlan => RouteEntry {
                 dst: slice.trunc(),
                 via: Some(peer.subnet.network()),
                 dev: VXLAN_DEV.into(),
                 onlink: true,
-            }),
-            Backend::HostGw => Some(RouteEntry {
+            },
+            Backend::HostGw => RouteEntry {
                 dst: slice.trunc(),
                 via: Some(peer.underlay),
                 dev: underlay_dev.into(),
                 onlink: false,
-            }),
-            Backend::WireGuard => None,
+            },
+            Backend::WireGuard => crate::wireguard::plan::peer_route(*slice),
         })
         .collect()
 }
@@ -56,11 +58,6 @@ impl<K: Kernel, I: Iptables> Overlay<K, I> {
         own: Ipv4Net,
         slices: &[(Ipv4Net, Peer)],
     ) -> Result<Vec<Op>, OverlayError> {
-        if self.cfg.backend == Backend::WireGuard && !slices.is_empty() {
-            return Err(OverlayError::Config(
-                "overlay networks are not carried by the wireguard backend".into(),
-            ));
-        }
         let u = self.underlay().await?;
         let scope = ObserveScope {
             vxlan_dev: None,
@@ -91,6 +88,7 @@ mod tests {
             underlay: format!("192.168.1.{n}").parse().unwrap(),
             vtep_mac: [2, 0, 0, 0, 0, n],
             wireguard: None,
+            extra_subnets: vec![],
         }
     }
 
@@ -120,7 +118,13 @@ mod tests {
                 "add route 10.20.2.0/24 via 192.168.1.2 dev eth0",
             ]
         );
-        assert!(show(Backend::WireGuard).is_empty());
+        assert_eq!(
+            show(Backend::WireGuard),
+            vec![
+                "add route 10.20.1.0/24 dev smr-wg",
+                "add route 10.20.2.0/24 dev smr-wg",
+            ]
+        );
     }
 
     #[test]

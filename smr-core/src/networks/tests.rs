@@ -249,11 +249,16 @@ fn network_objects_are_checked_before_anything_is_stored() {
         "network/g/b: ipv4AddressPool 10.20.128.0/17 overlaps network/g/a (10.20.0.0/16)"
     );
 
-    let mut wg = cluster("wireguard");
+    let mut none = cluster("none");
     assert_eq!(
-        refused(&mut wg, &network("g", "a", "10.20.0.0/16")),
-        "network/g/a: overlay networks need the vxlan or host-gw backend; this cluster runs wireguard"
+        refused(&mut none, &network("g", "a", "10.20.0.0/16")),
+        "network/g/a: overlay networks need an overlay backend (wireguard, vxlan or host-gw); this cluster runs none"
     );
+    apply(
+        &mut cluster("wireguard"),
+        &network("g", "a", "10.20.0.0/16"),
+    )
+    .unwrap();
 }
 
 #[test]
