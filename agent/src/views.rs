@@ -71,22 +71,39 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
     views
 }
 
-/// The `*.private` records: ready replicas with an address on the cluster network, and nodes.
+/// The `*.private` records: ready replicas with their address on the cluster network
+/// (`cluster.*`) and on each overlay network they joined (`<network>.*`), and nodes.
 pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
-    let replicas: Vec<dns::ReplicaInfo> = state
-        .reports
-        .values()
-        .flat_map(|r| &r.replicas)
-        .filter_map(|r| {
-            Some(dns::ReplicaInfo {
-                group: r.key.group.clone(),
-                name: r.key.name.clone(),
-                index: r.index,
-                ip: r.ip.as_deref()?.parse().ok()?,
-                ready: r.ready,
-            })
+    let info = |r: &crate::state::ReplicaReport, ip: &str| {
+        Some(dns::ReplicaInfo {
+            group: r.key.group.clone(),
+            name: r.key.name.clone(),
+            index: r.index,
+            ip: ip.parse().ok()?,
+            ready: r.ready,
         })
-        .collect();
+    };
+    let overlay_names: std::collections::BTreeMap<String, String> =
+        smr_core::networks::overlay_networks(state)
+            .into_iter()
+            .map(|n| (n.docker_name(), n.name))
+            .collect();
+    let mut replicas = Vec::new();
+    let mut on_networks = Vec::new();
+    for r in state.reports.values().flat_map(|r| &r.replicas) {
+        // A report without addresses per network (an older agent's) has only `ip`.
+        let cluster_ip = if r.ips.is_empty() {
+            r.ip.as_deref()
+        } else {
+            r.ips.get(smr_core::networks::CLUSTER).map(String::as_str)
+        };
+        replicas.extend(cluster_ip.and_then(|ip| info(r, ip)));
+        for (docker_name, ip) in &r.ips {
+            if let Some(network) = overlay_names.get(docker_name) {
+                on_networks.extend(info(r, ip).map(|i| (network.clone(), i)));
+            }
+        }
+    }
     let nodes: Vec<dns::NodeInfo> = state
         .nodes
         .values()
@@ -97,7 +114,7 @@ pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
             })
         })
         .collect();
-    dns::compute_records(&replicas, &nodes)
+    dns::compute_network_records(&replicas, &on_networks, &nodes)
 }
 
 /// A stored object as the API shows it: credentials (httpauth passwords, certkey keys and

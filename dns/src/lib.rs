@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use packet::answer_packet;
-pub use records::{NodeInfo, RecordSet, ReplicaInfo, compute_records};
+pub use records::{NodeInfo, RecordSet, ReplicaInfo, compute_network_records, compute_records};
 pub use resolv::{parse_resolv_conf, upstreams_from_resolv_conf};
 pub use server::{DnsConfig, DnsHandle, DnsServer};
 

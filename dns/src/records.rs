@@ -158,24 +158,25 @@ impl Builder {
 /// Computes the records of the `private.` zone from replicas and nodes. Never panics:
 /// inputs whose names are not valid DNS labels are skipped.
 pub fn compute_records(replicas: &[ReplicaInfo], nodes: &[NodeInfo]) -> RecordSet {
+    compute_network_records(replicas, &[], nodes)
+}
+
+/// [`compute_records`] plus the names of replicas on other networks: for each
+/// `(network, replica)` of `on_networks`, the three names with `<network>` in place of
+/// `cluster` (`<network>.<group>.<group>-<name>-<index>.private`,
+/// `<network>.<group>-<name>-<index>.private`, `<network>.<group>.<name>.private`), answering
+/// the replica's address on that network.
+pub fn compute_network_records(
+    cluster: &[ReplicaInfo],
+    on_networks: &[(String, ReplicaInfo)],
+    nodes: &[NodeInfo],
+) -> RecordSet {
     let mut builder = Builder::default();
-    for replica in replicas.iter().filter(|r| r.ready) {
-        let (Some(group), Some(name)) = (lower_label(&replica.group), lower_label(&replica.name))
-        else {
-            continue;
-        };
-        let Some(host) = lower_label(&format!("{group}-{name}-{}", replica.index)) else {
-            continue;
-        };
-        for owner in [
-            format!("cluster.{group}.{host}.{ZONE}"),
-            format!("cluster.{host}.{ZONE}"),
-            format!("cluster.{group}.{name}.{ZONE}"),
-        ] {
-            if owner.len() <= MAX_NAME_LEN {
-                builder.add(owner, replica.ip);
-            }
-        }
+    for replica in cluster {
+        add_replica(&mut builder, "cluster", replica);
+    }
+    for (network, replica) in on_networks {
+        add_replica(&mut builder, network, replica);
     }
     for node in nodes {
         let Some(name) = lower_label(&node.name) else {
@@ -187,6 +188,31 @@ pub fn compute_records(replicas: &[ReplicaInfo], nodes: &[NodeInfo]) -> RecordSe
         }
     }
     builder.finish()
+}
+
+fn add_replica(builder: &mut Builder, network: &str, replica: &ReplicaInfo) {
+    if !replica.ready {
+        return;
+    }
+    let (Some(network), Some(group), Some(name)) = (
+        lower_label(network),
+        lower_label(&replica.group),
+        lower_label(&replica.name),
+    ) else {
+        return;
+    };
+    let Some(host) = lower_label(&format!("{group}-{name}-{}", replica.index)) else {
+        return;
+    };
+    for owner in [
+        format!("{network}.{group}.{host}.{ZONE}"),
+        format!("{network}.{host}.{ZONE}"),
+        format!("{network}.{group}.{name}.{ZONE}"),
+    ] {
+        if owner.len() <= MAX_NAME_LEN {
+            builder.add(owner, replica.ip);
+        }
+    }
 }
 
 /// Lowercases `label` and checks it is a hostname label: `[a-z0-9-]`, 1..=63 bytes, not
@@ -446,5 +472,59 @@ mod tests {
             let bytes: Vec<u8> = (0..rng.random_range(0..80)).map(|_| rng.random()).collect();
             let _ = name_key_from_labels(bytes.split(|b| *b == b'.'));
         }
+    }
+
+    #[test]
+    fn names_per_network_answer_the_address_on_that_network() {
+        let cluster = [replica("g", "web", 1, [10, 10, 0, 2], true)];
+        let on = [
+            (
+                "front".to_string(),
+                replica("g", "web", 1, [10, 20, 0, 2], true),
+            ),
+            (
+                "back".to_string(),
+                replica("g", "web", 1, [10, 21, 0, 2], true),
+            ),
+            (
+                "back".to_string(),
+                replica("g", "web", 2, [10, 21, 1, 2], true),
+            ),
+            (
+                "back".to_string(),
+                replica("g", "web", 3, [10, 21, 2, 2], false),
+            ),
+            (
+                "Bad_Label".to_string(),
+                replica("g", "web", 1, [10, 22, 0, 2], true),
+            ),
+        ];
+        let set = compute_network_records(&cluster, &on, &[]);
+        let names: Vec<(String, Vec<String>)> = set
+            .iter()
+            .map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.to_string()).collect()))
+            .collect();
+        let row =
+            |n: &str, ips: &[&str]| (n.to_string(), ips.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            names,
+            vec![
+                row("back.g-web-1.private", &["10.21.0.2"]),
+                row("back.g-web-2.private", &["10.21.1.2"]),
+                row("back.g.g-web-1.private", &["10.21.0.2"]),
+                row("back.g.g-web-2.private", &["10.21.1.2"]),
+                row("back.g.web.private", &["10.21.0.2", "10.21.1.2"]),
+                row("cluster.g-web-1.private", &["10.10.0.2"]),
+                row("cluster.g.g-web-1.private", &["10.10.0.2"]),
+                row("cluster.g.web.private", &["10.10.0.2"]),
+                row("front.g-web-1.private", &["10.20.0.2"]),
+                row("front.g.g-web-1.private", &["10.20.0.2"]),
+                row("front.g.web.private", &["10.20.0.2"]),
+            ]
+        );
+        assert_eq!(
+            compute_network_records(&cluster, &[], &[]),
+            compute_records(&cluster, &[])
+        );
     }
 }

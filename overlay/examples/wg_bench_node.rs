@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             public_key: a[5].parse()?,
             endpoint: SocketAddrV4::new(peer_ip, WG_PORT),
         }),
+        extra_subnets: vec![],
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -13,6 +13,9 @@
 //!                        +--apply each Op---------> Kernel
 //! ```
 
+mod pools;
+pub use pools::{plan_pool, pool_routes};
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;

@@ -15,14 +15,16 @@
 
 pub mod docker;
 mod driver;
+pub mod isolation;
 pub mod kernel;
 pub mod masq;
+pub mod netns;
 pub mod plan;
 pub mod wireguard;
 
 pub use driver::{
     Backend, Overlay, OverlayConfig, OverlayError, ReconcileReport, UnknownBackend, VNI,
-    VXLAN_OVERHEAD, VXLAN_PORT, generate_vtep_mac,
+    VXLAN_OVERHEAD, VXLAN_PORT, generate_vtep_mac, plan_pool, pool_routes,
 };
 pub use kernel::{Kernel, KernelError, NetlinkKernel};
 pub use plan::{Mac, Observed, Op, Peer, VXLAN_DEV, check_same_l2, plan, plan_host_gw};

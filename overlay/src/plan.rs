@@ -50,6 +50,10 @@ pub struct Peer {
     pub vtep_mac: [u8; 6],
     /// The peer's WireGuard key and endpoint (needed by the wireguard backend only).
     pub wireguard: Option<WgPeer>,
+    /// The peer's slices of overlay networks' pools (the `network` kind): the wireguard
+    /// backend adds them to the peer's allowed IPs (vxlan and host-gw route them apart, see
+    /// `Overlay::reconcile_pool`).
+    pub extra_subnets: Vec<Ipv4Net>,
 }
 
 /// A neighbour (ARP) entry on the vxlan device.
@@ -163,7 +167,7 @@ fn dedup(desired: &[Peer]) -> Vec<Peer> {
 }
 
 /// The routes the desired peers need, then the ops turning `observed` routes into them.
-fn plan_routes(
+pub(crate) fn plan_routes(
     want: &[RouteEntry],
     observed: &[RouteEntry],
     dels: &mut Vec<Op>,
@@ -382,6 +386,7 @@ mod tests {
             underlay: ip("192.168.250.12"),
             vtep_mac: M2,
             wireguard: None,
+            extra_subnets: vec![],
         }
     }
     fn p3() -> Peer {
@@ -390,6 +395,7 @@ mod tests {
             underlay: ip("192.168.250.13"),
             vtep_mac: M3,
             wireguard: None,
+            extra_subnets: vec![],
         }
     }
     fn dev() -> String {

@@ -116,6 +116,7 @@ fn peer(node: u8, mac: [u8; 6]) -> Peer {
         underlay: Ipv4Addr::new(192, 168, 77, node),
         vtep_mac: mac,
         wireguard: None,
+        extra_subnets: vec![],
     }
 }
 

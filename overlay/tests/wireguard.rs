@@ -111,6 +111,7 @@ impl Vm {
                 public_key: self.key.public_key(),
                 endpoint: SocketAddrV4::new(self.ip, 51820),
             }),
+            extra_subnets: vec![],
         }
     }
 

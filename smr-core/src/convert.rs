@@ -261,6 +261,32 @@ pub fn container_config(
         files.push(FileWrite { path, content });
     }
     let dns = Vec::new();
+    // The networks it joins (`spec.networks`, else `cluster`): the first carries the default
+    // route, the others are connected before it starts.
+    // Docker network and range of each.
+    let joined: Vec<(String, Option<ipnet::Ipv4Net>)> = if spec.networks.is_empty() {
+        ctx.network
+            .map(|n| (n.to_string(), None))
+            .into_iter()
+            .collect()
+    } else {
+        let cidr = state.network.as_ref().map(|n| n.cidr.trunc());
+        crate::networks::attachments(spec, &crate::networks::overlay_networks(state))
+            .into_iter()
+            .filter_map(|a| match a {
+                crate::networks::Attachment::Cluster => ctx.network.map(|n| (n.to_string(), cidr)),
+                crate::networks::Attachment::Overlay(n) => Some((n.docker_name(), Some(n.pool))),
+            })
+            .collect()
+    };
+    if joined.len() > 1 && spec.network_mode.is_none() {
+        let routes: Vec<String> = joined
+            .iter()
+            .filter_map(|(name, range)| Some(format!("{name}={}", (*range)?)))
+            .collect();
+        container_labels.insert(labels::NETWORKS.into(), routes.join(","));
+    }
+    let joined: Vec<String> = joined.into_iter().map(|(name, _)| name).collect();
     let mut config = ContainerConfig {
         name: name.clone(),
         hostname: name,
@@ -282,7 +308,7 @@ pub fn container_config(
         network: spec
             .network_mode
             .clone()
-            .or_else(|| ctx.network.map(str::to_string)),
+            .or_else(|| joined.first().cloned()),
         dns,
         nano_cpus: limits.and_then(|l| l.cpus).map(|c| (c * 1e9) as i64),
         memory_bytes,
@@ -295,6 +321,15 @@ pub fn container_config(
                 crate::container::parse_registry_auth(&a).map_err(RenderError::RegistryAuth)
             })
             .transpose()?,
+        // With `network_mode` (e.g. simplecontainer's `bridge`) the container is created on it
+        // and connected to its networks as well; Docker then picks the default route.
+        extra_networks: match spec.network_mode.as_deref() {
+            Some(mode) if !spec.networks.is_empty() => {
+                joined.iter().filter(|n| *n != mode).cloned().collect()
+            }
+            Some(_) => Vec::new(),
+            None => joined.iter().skip(1).cloned().collect(),
+        },
     };
     let hash = config.config_hash();
     config.labels.insert(labels::CONFIG_HASH.into(), hash);

@@ -12,6 +12,8 @@
 //! - [`credentials`]: a user and password that is never shown.
 //! - [`backup`]: backup files, and the states a restored or forced cluster starts from.
 //! - [`volume`]: the `volume` kind: Docker named volumes, their users and a node's volume plan.
+//! - [`networks`]: `network` objects (overlay networks with their own pools): what is accepted,
+//!   which networks a replica joins, what each node needs.
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
 //! shell around it, and smrctl links it without any of those.
@@ -23,6 +25,7 @@ pub mod container;
 pub mod convert;
 pub mod credentials;
 pub mod definitions;
+pub mod networks;
 pub mod node_plan;
 pub mod repo_sync;
 pub mod scheduler;

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+mod pools;
+
 use crate::node::Node;
 use crate::state::{ClusterState, Delta, Follower, NodeId, Op};
 use overlay::docker::{BollardNetworks, ClusterNetworkSpec, ensure_cluster_network};
@@ -87,6 +89,8 @@ fn ipv4(text: &str) -> Option<Ipv4Addr> {
 /// differ. vxlan and host-gw carry clear text over one private network, so they send to the
 /// peer's own address (`--ip`), never across the public side of a NAT.
 pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
+    // Each peer's slices of the overlay networks' pools (allowed IPs for wireguard).
+    let mut slices = smr_core::networks::peer_routes(state, me);
     state
         .nodes
         .values()
@@ -112,6 +116,7 @@ pub fn peers(state: &ClusterState, me: NodeId, backend: Backend) -> Vec<Peer> {
                     _ => vtep_mac.unwrap_or_default(),
                 },
                 wireguard,
+                extra_subnets: slices.remove(&n.id).unwrap_or_default(),
             })
         })
         .collect()
@@ -214,11 +219,13 @@ async fn run_overlay(
             && follower.next(&state, resync).needs(Delta::touches_network)
         {
             publish_wireguard(node, &state, config.id).await;
-            match overlay.reconcile(&peers(&state, config.id, backend)).await {
+            let peers = peers(&state, config.id, backend);
+            match overlay.reconcile(&peers).await {
                 Ok(report) if !report.is_noop() => tracing::info!(?report, "overlay reconciled"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("overlay: {e}"),
             }
+            pools::reconcile(&state, config.id, &overlay, &peers, &config.docker, mtu).await;
             let records = crate::views::dns_records(&state);
             if records != dns.records() {
                 dns.set_records(records);

@@ -74,6 +74,7 @@ fn state() -> ClusterState {
         image: String::new(),
         started_ms: None,
         message: None,
+        ips: Default::default(),
     };
     state.reports.insert(
         1,

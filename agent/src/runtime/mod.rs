@@ -255,6 +255,66 @@ impl DockerRuntime {
         &self.host
     }
 
+    /// For a container on several networks ([`labels::NETWORKS`]): the default route through
+    /// its first network, each other network's range through that network's gateway (Docker
+    /// picks the default route by network name). A failure stops the container's start: it is
+    /// retried like any failed start.
+    async fn route_networks(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| docker_error(id, e))?;
+        let Some(wanted) = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(labels::NETWORKS))
+        else {
+            return Ok(());
+        };
+        let gateways: HashMap<String, std::net::Ipv4Addr> = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .map(|networks| {
+                networks
+                    .iter()
+                    .filter_map(|(name, ep)| {
+                        Some((name.clone(), ep.gateway.as_deref()?.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut routes = Vec::new();
+        for entry in wanted.split(',') {
+            let Some((name, range)) = entry.split_once('=') else {
+                continue;
+            };
+            let (Some(gateway), Ok(range)) = (gateways.get(name), range.parse::<ipnet::Ipv4Net>())
+            else {
+                return Err(RuntimeError::Docker(format!(
+                    "{id}: no gateway on network {name} for the routes of its networks"
+                )));
+            };
+            routes.push((range, *gateway));
+        }
+        let Some(&(_, default_via)) = routes.first() else {
+            return Ok(());
+        };
+        let pid = c.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
+        if pid <= 0 {
+            return Ok(());
+        }
+        let routes = overlay::netns::ContainerRoutes {
+            default_via,
+            ranges: routes[1..].to_vec(),
+        };
+        overlay::netns::set_container_routes(pid as u32, routes)
+            .await
+            .map_err(|e| RuntimeError::Docker(e.to_string()))
+    }
+
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
         let c = self
             .docker
@@ -433,6 +493,18 @@ impl Runtime for DockerRuntime {
             .create_container(Some(options), body)
             .await
             .map_err(|e| docker_error(&config.name, e))?;
+        // Docker's API 1.41 takes one network at creation; the others are connected before the
+        // container starts (the first one keeps the default route).
+        for network in &config.extra_networks {
+            let request = bollard::models::NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: None,
+            };
+            if let Err(e) = self.docker.connect_network(network, request).await {
+                let _ = self.remove(&created.id).await;
+                return Err(docker_error(&config.name, e));
+            }
+        }
         Ok(created.id)
     }
 
@@ -440,7 +512,8 @@ impl Runtime for DockerRuntime {
         self.docker
             .start_container(id, None)
             .await
-            .map_err(|e| docker_error(id, e))
+            .map_err(|e| docker_error(id, e))?;
+        self.route_networks(id).await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {

@@ -74,12 +74,30 @@ pub struct WgPlan {
 /// The device peer a desired peer needs (`None` without WireGuard data).
 pub fn peer_config(p: &Peer) -> Option<WgPeerConfig> {
     let wg = p.wireguard?;
+    let mut extra: Vec<Ipv4Net> = p.extra_subnets.iter().map(Ipv4Net::trunc).collect();
+    extra.sort();
+    extra.dedup();
+    let mut allowed_ips = vec![p.subnet.trunc()];
+    allowed_ips.extend(extra.into_iter().filter(|n| *n != p.subnet.trunc()));
     Some(WgPeerConfig {
         public_key: wg.public_key,
         endpoint: Some(wg.endpoint),
-        allowed_ips: vec![p.subnet.trunc()],
+        allowed_ips,
         keepalive: Some(WG_KEEPALIVE_SECS),
     })
+}
+
+/// Equal configurations, whatever order the device lists allowed IPs in.
+fn same_config(a: &WgPeerConfig, b: &WgPeerConfig) -> bool {
+    let sorted = |c: &WgPeerConfig| {
+        let mut ips = c.allowed_ips.clone();
+        ips.sort();
+        ips
+    };
+    a.public_key == b.public_key
+        && a.endpoint == b.endpoint
+        && a.keepalive == b.keepalive
+        && sorted(a) == sorted(b)
 }
 
 /// The route a peer's subnet needs.
@@ -122,7 +140,7 @@ pub fn plan_wireguard(
     for w in &want {
         match observed.iter().find(|o| o.public_key == w.public_key) {
             None => plan.peers.push(WgOp::AddPeer(w.clone())),
-            Some(o) if o != w => plan.peers.push(WgOp::UpdatePeer(w.clone())),
+            Some(o) if !same_config(o, w) => plan.peers.push(WgOp::UpdatePeer(w.clone())),
             Some(_) => {}
         }
     }
@@ -169,6 +187,7 @@ mod tests {
                 public_key: key(k),
                 endpoint: ep(node),
             }),
+            extra_subnets: vec![],
         }
     }
     fn cfg(node: u8, k: u8) -> WgPeerConfig {
@@ -247,6 +266,41 @@ mod tests {
                 peers: vec![WgOp::RemovePeer(key(2)), WgOp::AddPeer(cfg(2, 9))],
                 routes: vec![],
             }
+        );
+    }
+
+    #[test]
+    fn slices_of_overlay_networks_are_allowed_ips_in_any_order() {
+        let mut p = peer(2, 2);
+        p.extra_subnets = vec![net("10.21.2.0/24"), net("10.20.2.0/24")];
+        let want = WgPeerConfig {
+            allowed_ips: vec![
+                net("10.42.2.0/24"),
+                net("10.20.2.0/24"),
+                net("10.21.2.0/24"),
+            ],
+            ..cfg(2, 2)
+        };
+        // Their routes are the pools' business (`Overlay::reconcile_pool`), not this plan's.
+        assert_eq!(
+            plan_wireguard(std::slice::from_ref(&p), &[cfg(2, 2)], &[route(2)]),
+            WgPlan {
+                peers: vec![WgOp::UpdatePeer(want.clone())],
+                routes: vec![],
+            }
+        );
+        // A device that lists them in another order is left alone.
+        let reordered = WgPeerConfig {
+            allowed_ips: vec![
+                net("10.21.2.0/24"),
+                net("10.42.2.0/24"),
+                net("10.20.2.0/24"),
+            ],
+            ..cfg(2, 2)
+        };
+        assert_eq!(
+            plan_wireguard(&[p], &[reordered], &[route(2)]),
+            WgPlan::default()
         );
     }
 

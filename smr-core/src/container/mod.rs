@@ -22,6 +22,9 @@ pub mod labels {
     pub const CONFIG_HASH: &str = "io.smr.config-hash";
     /// On an init container (value: its replica's name) instead of [`MANAGED`].
     pub const INIT: &str = "io.smr.init";
+    /// On a container of several networks: `<docker network>=<range>` for each, comma
+    /// separated, the first carrying the default route.
+    pub const NETWORKS: &str = "io.smr.networks";
 }
 
 /// What to run: everything Docker needs to create one replica.
@@ -53,6 +56,11 @@ pub struct ContainerConfig {
     /// (not hashed, not serialised).
     #[serde(skip)]
     pub registry_auth: Option<Credentials>,
+    /// Further Docker networks, connected before the container starts (`network` carries the
+    /// default route). Not serialised when empty, so the hash of a container on one network
+    /// stays what it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_networks: Vec<String>,
 }
 
 /// A file a container mounts (a resource, its `resolv.conf`), rendered with its configuration:

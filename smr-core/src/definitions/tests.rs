@@ -1143,10 +1143,14 @@ fn the_documentation_constructs_parse() {
             "httpauth/shop/git",
             "certkey/shop/deploy-key",
             "gitops/shop/apps",
-            "network/shop/backend",
             "volume/shop/cache",
         ]
     );
+    // Its network (driver bridge) parses on its own; applying it is refused (see networks).
+    let (name, text) = fixture("network-bridge.yaml");
+    let net = parse_str(&name, &text).unwrap();
+    assert_eq!(net[0].key().to_string(), "network/shop/backend");
+    assert_eq!(net[0].prefix, PREFIX);
     let web = containers(&objs[4]);
     assert_eq!(web.init_container.as_ref().unwrap().image, "busybox");
     assert_eq!(web.dependencies[0].name, "*");

@@ -466,6 +466,14 @@ impl NodePlanner {
                     }),
                     started_ms: container.and_then(|c| c.started_ms),
                     message,
+                    ips: container
+                        .map(|c| {
+                            c.ips
+                                .iter()
+                                .map(|(n, ip)| (n.clone(), ip.to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
             }
             for (replica, _) in object.wanted.iter().filter(|(_, rendered)| !rendered) {
@@ -872,6 +880,7 @@ fn blocked(
             .unwrap_or_default(),
         started_ms: None,
         message,
+        ips: Default::default(),
     }
 }
 

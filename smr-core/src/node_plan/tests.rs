@@ -313,6 +313,7 @@ impl World {
                 image: String::new(),
                 started_ms: None,
                 message: None,
+                ips: Default::default(),
             })
             .collect();
         self.state.reports.insert(

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::shared::{MapChange, SharedMap};
 use super::{ClusterState, Command, CommandResult, NodeId, NodeReport, ReplicaReport};
-use crate::definitions::ObjectKey;
+use crate::definitions::{Kind, ObjectKey};
 
 /// The keys of one collection that changed: set (created or modified) or removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,9 +118,13 @@ impl Delta {
 
     /// Whether what the network loop derives may differ: overlay peers and WireGuard keys (the
     /// nodes, the cluster network) and DNS records (the nodes, the replicas' reports). A
-    /// heartbeat (a report with the same replicas) or a definition write touches none of them.
+    /// heartbeat (a report with the same replicas) or a definition write touches none of them,
+    /// but a `network` object's write does (Docker networks, routes, isolation rules).
     pub fn touches_network(&self) -> bool {
-        !self.nodes.is_empty() || self.settings || !self.replicas.is_empty()
+        !self.nodes.is_empty()
+            || self.settings
+            || !self.replicas.is_empty()
+            || self.objects.touched().any(|k| k.kind == Kind::Network)
     }
 
     /// Whether a node's replicas may need work: placements, nodes, the cluster network, replica

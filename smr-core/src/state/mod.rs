@@ -61,6 +61,10 @@ pub struct ReplicaReport {
     /// Why the replica is not running, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Address per Docker network it is on (`cluster`, `smr.<group>.<name>` of an overlay
+    /// network), for the per-network DNS names and isolation rules.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ips: BTreeMap<String, String>,
 }
 
 /// The latest report of a node: its replicas and a sequence number that proves it is alive.
@@ -748,6 +752,11 @@ impl ClusterState {
                 };
             }
         }
+        if let Err(e) = crate::networks::check_apply(self, objects) {
+            return CommandResult::Rejected {
+                reason: e.to_string(),
+            };
+        }
         let revision = self.revision + 1;
         let mut changed = false;
         // Containers definitions that roll anyway (new, or a new template), and configuration,
@@ -843,8 +852,16 @@ impl ClusterState {
         if let Some(reason) = crate::volume::refuse_delete(self, &keys) {
             return CommandResult::Rejected { reason };
         }
-        for key in keys.iter().filter(|k| k.kind == Kind::Gitops) {
-            self.gitops.remove(key);
+        // Refused before anything changes.
+        if let Err(e) = crate::networks::check_delete(self, &keys) {
+            return CommandResult::Rejected {
+                reason: e.to_string(),
+            };
+        }
+        for key in &keys {
+            if key.kind == Kind::Gitops && self.objects.contains_key(key) {
+                self.gitops.remove(key);
+            }
         }
         let mut data_gone = BTreeSet::new();
         let outcomes: Vec<ObjectOutcome> = keys

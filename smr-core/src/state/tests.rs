@@ -537,6 +537,7 @@ pub(super) fn replica(phase: &str, ready: bool) -> ReplicaReport {
         image: "a:latest".into(),
         started_ms: None,
         message: None,
+        ips: Default::default(),
     }
 }
 

@@ -40,8 +40,8 @@ enum Cmd {
         data: DataDir,
         #[arg(long, default_value = "30")]
         timeout: u64,
-        /// Also remove the overlay devices (`smr.1`, `smr-wg`) and smr's masquerading rules from
-        /// this host.
+        /// Also remove the overlay devices (`smr.1`, `smr-wg`), smr's masquerading rules and its
+        /// network isolation chain from this host.
         #[arg(long)]
         clean: bool,
     },
@@ -604,6 +604,9 @@ fn clean_network() -> anyhow::Result<()> {
         }
         if overlay::masq::remove_masquerade(&overlay::masq::IptablesCmd::default()).await? {
             println!("removed smr's masquerading rules");
+        }
+        if overlay::isolation::remove_isolation(&overlay::masq::IptablesCmd::default()).await? {
+            println!("removed smr's network isolation rules");
         }
         anyhow::Ok(())
     })

@@ -130,6 +130,7 @@ fn a_template_change_rolls_one_replica_at_a_time() {
                 image: String::new(),
                 started_ms: None,
                 message: None,
+                ips: Default::default(),
             })
             .collect();
         apply(

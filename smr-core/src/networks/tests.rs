@@ -1,0 +1,509 @@
+use super::*;
+use crate::definitions::parse_str;
+use crate::state::{Command, CommandResult, NetworkSettings, NodeRecord, Op};
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn objects(yaml: &str) -> Vec<Object> {
+    parse_str("test.yaml", yaml).unwrap()
+}
+
+fn network(group: &str, name: &str, pool: &str) -> String {
+    format!(
+        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  driver: overlay\n  IPV4AddressPool: {pool}\n"
+    )
+}
+
+fn containers(group: &str, name: &str, networks: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  image: busybox\n  tag: latest\n  replicas: 1\n"
+    );
+    if !networks.is_empty() {
+        s.push_str("  networks:\n");
+        for (g, n) in networks {
+            s.push_str(&format!("    - group: {g}\n      name: {n}\n"));
+        }
+    }
+    s
+}
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord {
+        id: 0,
+        name: name.into(),
+        host: name.into(),
+        domain: name.into(),
+        ip: "127.0.0.1".into(),
+        public_ip: None,
+        api_port: 1443,
+        raft_port: 9212,
+        labels: Default::default(),
+        joined_ms: 0,
+        schedulable: true,
+        lease: None,
+        vtep_mac: None,
+        wg_port: None,
+        wg_public_key: None,
+    }
+}
+
+fn run(s: &mut ClusterState, op: Op) -> CommandResult {
+    s.apply(&Command {
+        op_id: String::new(),
+        at_ms: 1,
+        op,
+    })
+}
+
+/// A cluster on `backend` with three nodes (leases 10.10.0.0/24, .1.0/24, .2.0/24).
+fn cluster(backend: &str) -> ClusterState {
+    let mut s = ClusterState::default();
+    run(
+        &mut s,
+        Op::SetNetwork {
+            network: NetworkSettings {
+                cidr: net("10.10.0.0/16"),
+                subnet_len: 24,
+                backend: backend.into(),
+            },
+        },
+    );
+    for n in ["n1", "n2", "n3"] {
+        assert!(matches!(
+            run(&mut s, Op::RegisterNode { node: node(n) }),
+            CommandResult::NodeRegistered { .. }
+        ));
+    }
+    s
+}
+
+fn apply(s: &mut ClusterState, yaml: &str) -> Result<(), String> {
+    match run(
+        s,
+        Op::Apply {
+            objects: objects(yaml),
+            owner: None,
+        },
+    ) {
+        CommandResult::Rejected { reason } => Err(reason),
+        _ => Ok(()),
+    }
+}
+
+fn delete(s: &mut ClusterState, keys: &[(Kind, &str, &str)]) -> Result<(), String> {
+    let keys = keys
+        .iter()
+        .map(|(kind, g, n)| ObjectKey {
+            kind: *kind,
+            group: g.to_string(),
+            name: n.to_string(),
+        })
+        .collect();
+    match run(s, Op::Delete { keys }) {
+        CommandResult::Rejected { reason } => Err(reason),
+        _ => Ok(()),
+    }
+}
+
+#[test]
+fn slices_follow_the_leases() {
+    let (pool, cidr) = (net("10.20.0.0/16"), net("10.10.0.0/16"));
+    assert_eq!(slice_len(pool, cidr, 24), Some(24));
+    assert_eq!(slice_len(net("10.20.0.0/20"), cidr, 24), Some(28));
+    assert_eq!(slice_len(net("10.20.0.0/23"), cidr, 24), None);
+    assert_eq!(
+        node_subnet(pool, cidr, 24, net("10.10.0.0/24")),
+        Some(net("10.20.0.0/24"))
+    );
+    assert_eq!(
+        node_subnet(pool, cidr, 24, net("10.10.7.0/24")),
+        Some(net("10.20.7.0/24"))
+    );
+    assert_eq!(
+        node_subnet(net("10.20.0.0/20"), cidr, 24, net("10.10.3.0/24")),
+        Some(net("10.20.0.48/28"))
+    );
+    // A /12 pool on a /16 cluster: /20 slices.
+    assert_eq!(
+        node_subnet(net("172.16.0.0/12"), cidr, 24, net("10.10.255.0/24")),
+        Some(net("172.31.240.0/20"))
+    );
+    // A lease outside the cluster CIDR has no slice.
+    assert_eq!(node_subnet(pool, cidr, 24, net("10.11.0.0/24")), None);
+}
+
+#[test]
+fn every_node_gets_its_own_slice_of_every_network() {
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &format!(
+            "{}---\n{}",
+            network("g", "front", "10.20.0.0/16"),
+            network("g", "back", "10.21.0.0/16")
+        ),
+    )
+    .unwrap();
+    let mine: Vec<(String, String, String)> = node_networks(&s, 2)
+        .into_iter()
+        .map(|n| {
+            (
+                n.network.docker_name(),
+                n.network.bridge(),
+                n.subnet.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mine,
+        vec![
+            (
+                "smr.g.back".into(),
+                "smrnfd02be44".into(),
+                "10.21.1.0/24".into()
+            ),
+            (
+                "smr.g.front".into(),
+                "smrn3a2df40a".into(),
+                "10.20.1.0/24".into()
+            ),
+        ]
+    );
+    assert_eq!(
+        peer_routes(&s, 2),
+        BTreeMap::from([
+            (1, vec![net("10.21.0.0/24"), net("10.20.0.0/24")]),
+            (3, vec![net("10.21.2.0/24"), net("10.20.2.0/24")]),
+        ])
+    );
+}
+
+#[test]
+fn network_objects_are_checked_before_anything_is_stored() {
+    let mut s = cluster("vxlan");
+    let refused = |s: &mut ClusterState, yaml: &str| {
+        let before = s.revision;
+        let e = apply(s, yaml).unwrap_err();
+        assert_eq!(s.revision, before, "nothing stored for {yaml}");
+        e
+    };
+    assert_eq!(
+        refused(
+            &mut s,
+            "kind: network\nprefix: simplecontainer.io/v1\nmeta: {group: g, name: n}\nspec: {driver: bridge}\n"
+        ),
+        "network/g/n: driver bridge (a node-local Docker network) is not supported yet; use driver: overlay (the default), a cluster-wide network with its own pool"
+    );
+    assert_eq!(
+        refused(
+            &mut s,
+            "kind: network\nprefix: simplecontainer.io/v1\nmeta: {group: g, name: n}\nspec: {driver: macvlan, IPV4AddressPool: 10.20.0.0/16}\n"
+        ),
+        "network/g/n: driver \"macvlan\" is not supported (supported: overlay, the default)"
+    );
+    assert_eq!(
+        refused(
+            &mut s,
+            "kind: network\nprefix: simplecontainer.io/v1\nmeta: {group: g, name: n}\nspec: {}\n"
+        ),
+        "network/g/n: an overlay network needs ipv4AddressPool (e.g. 10.20.0.0/16)"
+    );
+    assert_eq!(
+        refused(&mut s, &network("g", "n", "10.20.0.0")),
+        "network/g/n: ipv4AddressPool \"10.20.0.0\" is not an IPv4 network in CIDR form"
+    );
+    assert_eq!(
+        refused(&mut s, &network("g", "cluster", "10.20.0.0/16")),
+        "network/g/cluster: the name cluster is the default network's"
+    );
+    assert_eq!(
+        refused(&mut s, &network("g", "n", "10.0.0.0/8")),
+        "network/g/n: ipv4AddressPool 10.0.0.0/8 overlaps the cluster CIDR 10.10.0.0/16"
+    );
+    assert_eq!(
+        refused(&mut s, &network("g", "n", "10.20.0.0/23")),
+        "network/g/n: ipv4AddressPool 10.20.0.0/23 is too small: it must hold one subnet of at least 4 addresses per possible node (256), so at most /22"
+    );
+    assert_eq!(
+        refused(
+            &mut s,
+            &format!(
+                "{}---\n{}",
+                network("g", "a", "10.20.0.0/16"),
+                network("h", "b", "10.20.128.0/17")
+            )
+        ),
+        "network/h/b: ipv4AddressPool 10.20.128.0/17 overlaps network/g/a (10.20.0.0/16)"
+    );
+    apply(&mut s, &network("g", "a", "10.20.0.0/16")).unwrap();
+    // Applying it again unchanged is fine; another pool is not.
+    apply(&mut s, &network("g", "a", "10.20.0.0/16")).unwrap();
+    assert_eq!(
+        refused(&mut s, &network("g", "a", "10.30.0.0/16")),
+        "network/g/a: ipv4AddressPool cannot change from 10.20.0.0/16 to 10.30.0.0/16 (delete the network and apply it again)"
+    );
+    assert_eq!(
+        refused(&mut s, &network("g", "b", "10.20.128.0/17")),
+        "network/g/b: ipv4AddressPool 10.20.128.0/17 overlaps network/g/a (10.20.0.0/16)"
+    );
+
+    let mut none = cluster("none");
+    assert_eq!(
+        refused(&mut none, &network("g", "a", "10.20.0.0/16")),
+        "network/g/a: overlay networks need an overlay backend (wireguard, vxlan or host-gw); this cluster runs none"
+    );
+    apply(
+        &mut cluster("wireguard"),
+        &network("g", "a", "10.20.0.0/16"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn containers_may_name_only_networks_that_exist() {
+    let mut s = cluster("host-gw");
+    assert_eq!(
+        apply(&mut s, &containers("g", "web", &[("g", "front")])).unwrap_err(),
+        "containers/g/web: networks[0] g/front: no such network (apply a network object g/front, or use {group: internal, name: cluster})"
+    );
+    assert_eq!(
+        apply(&mut s, &containers("g", "web", &[("internal", "bridge")])).unwrap_err(),
+        "containers/g/web: networks[0] internal/bridge: Docker's own networks cannot be joined yet"
+    );
+    assert_eq!(
+        apply(
+            &mut s,
+            &containers(
+                "g",
+                "web",
+                &[("internal", "cluster"), ("internal", "cluster")]
+            )
+        )
+        .unwrap_err(),
+        "containers/g/web: networks lists internal/cluster twice"
+    );
+    let host = containers("g", "web", &[("internal", "cluster")]) + "  network_mode: host\n";
+    assert_eq!(
+        apply(&mut s, &host).unwrap_err(),
+        "containers/g/web: networks cannot be joined with networkMode host"
+    );
+    // simplecontainer's `network_mode: bridge` with networks: created on bridge, then connected.
+    apply(
+        &mut s,
+        &(containers("g", "web", &[("internal", "cluster")]) + "  network_mode: bridge\n"),
+    )
+    .unwrap();
+    // The network and its user in one batch, in either order.
+    apply(
+        &mut s,
+        &format!(
+            "{}---\n{}",
+            containers("g", "web", &[("g", "front"), ("internal", "cluster")]),
+            network("g", "front", "10.20.0.0/16")
+        ),
+    )
+    .unwrap();
+    apply(&mut s, &containers("g", "plain", &[])).unwrap();
+}
+
+#[test]
+fn deleting_a_used_network_is_refused_naming_the_users() {
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            network("g", "back", "10.21.0.0/16"),
+            containers("g", "web", &[("g", "front"), ("g", "back")]),
+            containers("h", "db", &[("g", "back")]),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let before = s.revision;
+    assert_eq!(
+        delete(&mut s, &[(Kind::Network, "g", "back")]).unwrap_err(),
+        "network/g/back is used by containers/g/web, containers/h/db; delete or change them first"
+    );
+    // Refused as a whole: the other key of the same delete stays too.
+    assert_eq!(
+        delete(
+            &mut s,
+            &[
+                (Kind::Containers, "g", "web"),
+                (Kind::Network, "g", "front"),
+                (Kind::Network, "g", "back")
+            ]
+        )
+        .unwrap_err(),
+        "network/g/back is used by containers/h/db; delete or change them first"
+    );
+    assert_eq!(s.revision, before);
+    assert_eq!(overlay_networks(&s).len(), 2);
+    // With its users in the same delete, it goes.
+    delete(
+        &mut s,
+        &[
+            (Kind::Network, "g", "back"),
+            (Kind::Containers, "h", "db"),
+            (Kind::Containers, "g", "web"),
+        ],
+    )
+    .unwrap();
+    delete(&mut s, &[(Kind::Network, "g", "front")]).unwrap();
+    assert!(overlay_networks(&s).is_empty());
+}
+
+#[test]
+fn replicas_join_their_networks_in_order_the_first_carries_the_default_route() {
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            network("g", "back", "10.21.0.0/16"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let nets = overlay_networks(&s);
+    let joined = |yaml: &str| -> Vec<String> {
+        let Spec::Containers(c) = &objects(yaml)[0].spec else {
+            unreachable!()
+        };
+        attachments(c, &nets)
+            .iter()
+            .map(|a| format!("{} {}", a.docker_name(), a.dns_label()))
+            .collect()
+    };
+    assert_eq!(joined(&containers("g", "x", &[])), vec!["cluster cluster"]);
+    assert_eq!(
+        joined(&containers(
+            "g",
+            "x",
+            &[("g", "back"), ("internal", "cluster"), ("g", "front")]
+        )),
+        vec!["smr.g.back back", "cluster cluster", "smr.g.front front"]
+    );
+    assert_eq!(
+        joined(&containers("g", "x", &[("g", "front")])),
+        vec!["smr.g.front front"]
+    );
+}
+
+#[test]
+fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
+    let mut s = cluster("vxlan");
+    assert_eq!(allowed_ranges(&s, 1, &[]), Isolation::default());
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            network("g", "back", "10.21.0.0/16"),
+            containers("g", "both", &[("g", "front"), ("g", "back")]),
+            containers("g", "f", &[("g", "front")]),
+            containers("g", "c", &[]),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let key = |name: &str| ObjectKey {
+        kind: Kind::Containers,
+        group: "g".into(),
+        name: name.into(),
+    };
+    let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
+    let iso = allowed_ranges(
+        &s,
+        2,
+        &[
+            (key("both"), vec![ip("10.20.1.2"), ip("10.21.1.2")]),
+            (key("f"), vec![ip("10.20.1.3")]),
+            (key("c"), vec![ip("10.10.1.2")]),
+            (key("gone"), vec![ip("10.10.1.9")]),
+        ],
+    );
+    assert_eq!(
+        iso,
+        Isolation {
+            ranges: vec![
+                net("10.10.0.0/16"),
+                net("10.21.0.0/16"),
+                net("10.20.0.0/16")
+            ],
+            local: vec![
+                net("10.10.1.0/24"),
+                net("10.21.1.0/24"),
+                net("10.20.1.0/24")
+            ],
+            allowed: vec![
+                (ip("10.10.1.2"), net("10.10.0.0/16")),
+                (ip("10.20.1.2"), net("10.20.0.0/16")),
+                (ip("10.20.1.2"), net("10.21.0.0/16")),
+                (ip("10.20.1.3"), net("10.20.0.0/16")),
+                (ip("10.21.1.2"), net("10.20.0.0/16")),
+                (ip("10.21.1.2"), net("10.21.0.0/16")),
+            ],
+        }
+    );
+}
+
+#[test]
+fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
+    use crate::container::labels;
+    use crate::convert::{ReplicaContext, container_config};
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            network("g", "back", "10.21.0.0/16"),
+            containers(
+                "g",
+                "web",
+                &[("g", "back"), ("internal", "cluster"), ("g", "front")],
+            ),
+            containers("g", "plain", &[]),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ReplicaContext {
+        node: 1,
+        network: Some(CLUSTER),
+        dns: vec![],
+        files_dir: dir.path(),
+    };
+    let config = |name: &str| {
+        let stored = s
+            .objects
+            .get(&ObjectKey {
+                kind: Kind::Containers,
+                group: "g".into(),
+                name: name.into(),
+            })
+            .unwrap();
+        container_config(&s, stored, 1, 1, &ctx).unwrap().0
+    };
+    let web = config("web");
+    assert_eq!(web.network.as_deref(), Some("smr.g.back"));
+    assert_eq!(web.extra_networks, vec!["cluster", "smr.g.front"]);
+    assert_eq!(
+        web.labels[labels::NETWORKS],
+        "smr.g.back=10.21.0.0/16,cluster=10.10.0.0/16,smr.g.front=10.20.0.0/16"
+    );
+    // On cluster only, as before: nothing extra, no label.
+    let plain = config("plain");
+    assert_eq!(plain.network.as_deref(), Some(CLUSTER));
+    assert!(plain.extra_networks.is_empty());
+    assert!(!plain.labels.contains_key(labels::NETWORKS));
+    assert!(
+        !serde_json::to_string(&plain)
+            .unwrap()
+            .contains("extra_networks"),
+        "the hash of a container on one network is what it was"
+    );
+}
