@@ -237,7 +237,10 @@ fn restore_keeps_the_objects_and_nothing_of_the_old_membership() {
     // The new cluster's own CA and node stay; no old node, report or placement comes along.
     let ca = s.ca.as_ref().unwrap();
     assert_eq!(ca.fingerprint, "cd34");
-    assert_eq!(ca.key_sealed.as_deref(), Some("sealed by the new cluster key"));
+    assert_eq!(
+        ca.key_sealed.as_deref(),
+        Some("sealed by the new cluster key")
+    );
     let names: Vec<&str> = s.nodes.values().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["fresh"]);
     assert!(s.reports.is_empty() && s.placements.is_empty());
