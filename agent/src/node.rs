@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 pub mod availability;
 mod error;
+pub mod heartbeat;
 mod members;
 mod objects;
 mod overlay_slot;
@@ -86,6 +87,8 @@ pub struct Node {
     pub overlay: Arc<OverlaySlot>,
     /// This node's WireGuard private key file.
     pub wg_key_path: std::path::PathBuf,
+    /// Heartbeats received while this node leads, and its node timeout ([`heartbeat`]).
+    heartbeats: heartbeat::Board,
 }
 
 impl Node {
@@ -108,6 +111,7 @@ impl Node {
             docker: tokio::sync::OnceCell::new(),
             overlay: Default::default(),
             wg_key_path,
+            heartbeats: Default::default(),
         }
     }
 

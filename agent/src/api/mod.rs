@@ -77,6 +77,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
     ("get", "/metrics"),
+    ("post", "/api/v1/internal/heartbeat"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -88,6 +89,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/internal/propose", post(internal_propose))
         .route("/api/v1/internal/read-index", get(internal_read_index))
         .route("/api/v1/internal/sign", post(internal_sign))
+        .route("/api/v1/internal/heartbeat", post(internal_heartbeat))
         .route_layer(middleware::from_fn(require_node));
     let authenticated = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -545,6 +547,18 @@ async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignRes
     let req: SignRequest = parse_json(&read_body(body).await?)?;
     let cert = node.sign_here(req).await?;
     Ok(Json(SignResponse { cert }))
+}
+
+/// A node's heartbeat to the leader (issue 14): recorded in the leader's memory, not the log.
+async fn internal_heartbeat(
+    State(node): AppState,
+    Extension(who): Extension<ClientIdentity>,
+    body: Body,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let req: HeartbeatRequest = parse_json(&read_body(body).await?)?;
+    // The route layer let only node certificates through.
+    let name = who.0.map(|p| p.name).unwrap_or_default();
+    Ok(Json(node.heartbeat_here(req, &name).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
