@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use agent::client::Client;
 use agent::definitions;
 use anyhow::Context as _;
-use common::vms::{VmCluster, all_ready};
+use common::vms::{VmCluster, all_ready, key};
+use smr_tests::etcd::EtcdCluster;
 
 const IMAGE: &str = "smr/busybox";
 const TAG: &str = "local";
@@ -36,6 +37,97 @@ async fn the_steady_state_cluster_adds_no_log_entries_from_heartbeats() -> anyho
         cluster.dump_logs();
     }
     result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_state_in_etcd_heartbeats_add_nothing_and_a_silent_node_loses_its_replicas()
+-> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(3)? else {
+        return Ok(());
+    };
+    if !smr_tests::etcd::available() {
+        println!("skipped: no etcd binary");
+        return Ok(());
+    }
+    let ip = cluster.testbed.bridge_ip();
+    let etcd = tokio::task::spawn_blocking(move || EtcdCluster::start_on(1, ip)).await??;
+    let url = etcd.url();
+    let extra = [
+        "--node-timeout",
+        "5s",
+        "--store",
+        url.as_str(),
+        "--etcd-prefix",
+        "/smr-heartbeat/",
+    ];
+    let result = match cluster.start_all(&extra).await {
+        Ok(()) => {
+            let client = cluster.client(0);
+            match steady(&cluster, &client).await {
+                Ok(()) => silent_node(&mut cluster, &client).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        cluster.dump_logs();
+    }
+    result
+}
+
+/// The agent of a VM that does not lead stops: its replica runs elsewhere after the node
+/// timeout; when it is back, no duplicate remains.
+async fn silent_node(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
+    let leader = client.health().await?.leader.context("a leader")?;
+    let silent = (1..=3u64)
+        .find(|id| *id != leader && *id != 1)
+        .expect("a node");
+    let i = silent as usize - 1;
+    let lost: Vec<String> = all_ready(client, 3, Duration::from_secs(10))
+        .await?
+        .into_iter()
+        .filter(|r| r.node == silent)
+        .map(|r| r.name)
+        .collect();
+    anyhow::ensure!(!lost.is_empty(), "node {silent} runs a replica");
+    cluster.stop_agent(i)?;
+    let moved = common::eventually(
+        "the silent node's replica to run elsewhere",
+        Duration::from_secs(60),
+        || async {
+            let replicas = client.replicas(Some(&key())).await.ok()?;
+            (replicas.len() == 3 && replicas.iter().all(|r| r.ready && r.node != silent))
+                .then_some(replicas)
+        },
+    )
+    .await?;
+    for name in &lost {
+        assert!(moved.iter().any(|r| &r.name == name), "{name} rescheduled");
+    }
+    cluster.restart_agent(i).await?;
+    common::eventually(
+        "no duplicate once the node is back",
+        Duration::from_secs(60),
+        || async {
+            let mut names = Vec::new();
+            for vm in 0..3 {
+                let out = cluster
+                    .vm(vm)
+                    .docker_ok(&["ps", "--format", "{{.Names}}"])
+                    .ok()?;
+                names.extend(
+                    out.lines()
+                        .filter(|n| n.starts_with("busybox-busybox-"))
+                        .map(str::to_string),
+                );
+            }
+            names.sort();
+            (names.len() == 3 && names.windows(2).all(|w| w[0] != w[1])).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn steady(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
