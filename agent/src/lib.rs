@@ -14,6 +14,8 @@
 //! - [`shutdown`]: the shutdown flag every task watches.
 //! - [`metrics`]: Prometheus metrics (`--metrics-addr`, `GET /metrics` on the API).
 //! - [`daemon`]: wires the parts into a running node.
+//! - [`sim`]: simulated nodes for the simulator (issue 14): real API, real reconciler, an engine
+//!   in memory.
 
 pub mod api;
 pub mod controllers;
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod node;
 pub mod runtime;
 pub mod shutdown;
+pub mod sim;
 pub mod store;
 pub mod views;
 

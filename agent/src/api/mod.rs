@@ -78,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/internal/sign"),
     ("get", "/metrics"),
     ("post", "/api/v1/internal/heartbeat"),
+    ("get", "/api/v1/internal/state"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -90,6 +91,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/internal/read-index", get(internal_read_index))
         .route("/api/v1/internal/sign", post(internal_sign))
         .route("/api/v1/internal/heartbeat", post(internal_heartbeat))
+        .route("/api/v1/internal/state", get(internal_state))
         .route_layer(middleware::from_fn(require_node));
     let authenticated = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -559,6 +561,15 @@ async fn internal_heartbeat(
     // The route layer let only node certificates through.
     let name = who.0.map(|p| p.name).unwrap_or_default();
     Ok(Json(node.heartbeat_here(req, &name).await?))
+}
+
+/// This node's applied state, whole (node certificates only: it holds secrets). Simulated
+/// nodes (`crate::sim`) reconcile from it, having no store of their own.
+async fn internal_state(State(node): AppState) -> Result<Response, ApiError> {
+    let state = node.state(Consistency::Stale).await?;
+    let body = serde_json::to_vec(&*state)
+        .map_err(|e| ApiError::Internal(format!("serializing the state: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
