@@ -376,3 +376,50 @@ async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
     }
     answer.json().await.map_err(|e| http_error(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> ContainerConfig {
+        ContainerConfig {
+            name: name.to_string(),
+            labels: BTreeMap::from([(labels::MANAGED.to_string(), "true".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_engine_starts_at_once_fails_every_nth_create_and_refuses_a_taken_name() {
+        let engine = SimRuntime::new(SimOptions {
+            latency: Duration::ZERO,
+            fail_every: 3,
+        });
+        let a = engine.create(&config("a")).await.expect("created");
+        engine.start(&a).await.expect("started");
+        assert!(matches!(
+            engine.create(&config("a")).await,
+            Err(RuntimeError::Conflict(_))
+        ));
+        assert!(matches!(
+            engine.create(&config("b")).await,
+            Err(RuntimeError::Docker(_))
+        ));
+        let b = engine.create(&config("b")).await.expect("created");
+        engine.start(&b).await.expect("started");
+        assert_eq!(engine.running(), vec!["a".to_string(), "b".to_string()]);
+        let listed = engine.list_managed().await.expect("listed");
+        assert_eq!(listed.len(), 2);
+        assert_ne!(
+            listed[0].ips, listed[1].ips,
+            "each container its own address"
+        );
+        engine.stop(&a, Duration::ZERO).await.expect("stopped");
+        engine.remove(&a).await.expect("removed");
+        assert_eq!(engine.running(), vec!["b".to_string()]);
+        assert!(matches!(
+            engine.remove(&a).await,
+            Err(RuntimeError::NotFound(_))
+        ));
+    }
+}
