@@ -278,6 +278,7 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         .map(|(node, alive)| (node.http().clone(), node.id, alive.clone()))
         .collect();
     let beat_api = api.clone();
+    let before = received(&metrics).await;
     let heartbeats = tokio::spawn(async move {
         loop {
             let sends = beats
@@ -293,9 +294,34 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         nodes,
         alive,
     };
-    let result = scenario(&mut sim, &cluster, objects, per_object, kill, &metrics, pid).await;
+    let result = match first_round(&metrics, before, n).await {
+        Ok(()) => scenario(&mut sim, &cluster, objects, per_object, kill, &metrics, pid).await,
+        Err(e) => Err(e),
+    };
     heartbeats.abort();
     result
+}
+
+/// The heartbeats the agent received (0 before the first).
+async fn received(metrics: &str) -> f64 {
+    metric(metrics, "smr_heartbeats_total{event=\"received\"} ")
+        .await
+        .unwrap_or(0.0)
+}
+
+/// Waits until every node was heard from, or the placement would spread over the nodes heard
+/// from so far (and, being stable, stay there). Rounds go one after the other, so `2n` more
+/// received (the agent's own beats are far fewer) means the first round is complete.
+async fn first_round(metrics: &str, before: f64, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received(metrics).await < before + 2.0 * n as f64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the first heartbeats do not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 async fn scenario(
