@@ -16,6 +16,8 @@
 //! - [`daemon`]: wires the parts into a running node.
 //! - [`recovery`]: a cluster started again from a backup or from a survivor of a lost quorum.
 //! - [`renewal`]: renews this node's certificates at 2/3 of their lifetime, without a restart.
+//! - [`sim`]: simulated nodes for the simulator (issue 14): real API, real reconciler, an engine
+//!   in memory.
 
 pub mod api;
 pub mod controllers;
@@ -26,6 +28,7 @@ pub mod recovery;
 pub mod renewal;
 pub mod runtime;
 pub mod shutdown;
+pub mod sim;
 pub mod store;
 pub mod views;
 

@@ -29,6 +29,7 @@ pub mod availability;
 mod backup;
 pub mod certs;
 mod error;
+pub mod heartbeat;
 mod members;
 mod objects;
 mod overlay_slot;
@@ -91,6 +92,8 @@ pub struct Node {
     pub wg_key_path: std::path::PathBuf,
     /// Who signs here and the certificate this node presents ([`certs`]).
     certs: certs::Certs,
+    /// Heartbeats received while this node leads, and its node timeout ([`heartbeat`]).
+    heartbeats: heartbeat::Board,
 }
 
 impl Node {
@@ -114,6 +117,7 @@ impl Node {
             overlay: Default::default(),
             wg_key_path,
             certs: Default::default(),
+            heartbeats: Default::default(),
         }
     }
 

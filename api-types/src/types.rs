@@ -327,3 +327,18 @@ pub struct UserCertResponse {
     pub cert: String,
     pub ca_pem: String,
 }
+
+/// Node-to-node: a node tells the leader it is alive (issue 14). Held in the leader's memory,
+/// never written to the log. The node must be the one the client certificate names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub node: NodeId,
+}
+
+/// The leader's answer to a heartbeat: when to send the next one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// The period the leader wants, in milliseconds (a fifth of its node timeout, 1 to 5 s).
+    pub period_ms: u64,
+}

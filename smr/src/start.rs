@@ -158,8 +158,8 @@ pub fn node_timeout(s: &str) -> Result<std::time::Duration, String> {
     );
     if timeout < min || timeout > max {
         return Err(format!(
-            "{s} is outside 5s..1h (nodes report every {}s)",
-            agent::controllers::replicas::HEARTBEAT.as_secs()
+            "{s} is outside 5s..1h (nodes heartbeat every {}s at the fastest)",
+            agent::scheduler::heartbeat::MIN_PERIOD.as_secs()
         ));
     }
     Ok(timeout)

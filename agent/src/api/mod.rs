@@ -81,6 +81,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/api/v1/backup"),
     ("post", "/api/v1/users/{name}/certificate"),
+    ("post", "/api/v1/internal/heartbeat"),
+    ("get", "/api/v1/internal/state"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -92,6 +94,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/internal/propose", post(internal_propose))
         .route("/api/v1/internal/read-index", get(internal_read_index))
         .route("/api/v1/internal/sign", post(internal_sign))
+        .route("/api/v1/internal/heartbeat", post(internal_heartbeat))
+        .route("/api/v1/internal/state", get(internal_state))
         .route_layer(middleware::from_fn(require_node));
     let authenticated = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -551,6 +555,27 @@ async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignRes
     let req: SignRequest = parse_json(&read_body(body).await?)?;
     let cert = node.sign_here(req).await?;
     Ok(Json(SignResponse { cert }))
+}
+
+/// A node's heartbeat to the leader (issue 14): recorded in the leader's memory, not the log.
+async fn internal_heartbeat(
+    State(node): AppState,
+    Extension(who): Extension<ClientIdentity>,
+    body: Body,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let req: HeartbeatRequest = parse_json(&read_body(body).await?)?;
+    // The route layer let only node certificates through.
+    let name = who.0.map(|p| p.name).unwrap_or_default();
+    Ok(Json(node.heartbeat_here(req, &name).await?))
+}
+
+/// This node's applied state, whole (node certificates only: it holds secrets). Simulated
+/// nodes (`crate::sim`) reconcile from it, having no store of their own.
+async fn internal_state(State(node): AppState) -> Result<Response, ApiError> {
+    let state = node.state(Consistency::Stale).await?;
+    let body = serde_json::to_vec(&*state)
+        .map_err(|e| ApiError::Internal(format!("serializing the state: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

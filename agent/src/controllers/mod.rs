@@ -3,13 +3,15 @@
 //! ```text
 //!  leader only:  state --(placement)--> Op::Place  (placements, rolling updates, rescheduling)
 //!  leader only:  git + state --(sync)--> Op::GitopsSync (deploy commits, prune, drift)
-//!  every node:   state + Docker --(replicas)--> Docker actions, Op::Report (replica status, heartbeat)
+//!  every node:   state + Docker --(replicas)--> Docker actions, Op::Report (replica status changes)
 //!  every node:   state --(network)--> overlay, `cluster` Docker network, DNS records
+//!  every node:   --(heartbeat)--> the leader's API (its memory, not the log)
 //! ```
 //! The loops are level-triggered: they wake on every state change and on a timer, read the whole
 //! desired and observed state, and act on the difference computed by the pure planners of
 //! `smr-core` (`scheduler::leader`, `repo_sync`, `node_plan`).
 
+pub mod heartbeat;
 pub mod network;
 pub mod placement;
 pub mod replicas;
@@ -52,6 +54,7 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
         cfg.gitops_cache.clone(),
         stop.clone(),
     ));
+    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), stop.clone()));
     if cfg.workloads {
         workloads(node, cfg, stop.clone()).await;
     }
@@ -59,6 +62,7 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
     crate::shutdown::stopped(&mut stop).await;
     let _ = scheduler.await;
     let _ = sync.await;
+    let _ = heartbeat.await;
 }
 
 async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bool>) {

@@ -1,7 +1,7 @@
 //! The leader's placement loop: placements for every `containers` object, rolling updates, and
-//! rescheduling of replicas away from nodes that stopped reporting. The decisions are
-//! `smr_core::scheduler::leader` (pure); this loop reads the state, keeps the liveness memory
-//! and proposes them.
+//! rescheduling of replicas away from nodes that stopped heartbeating. The decisions are
+//! `smr_core::scheduler::leader` (pure); this loop reads the state and the heartbeats this node
+//! received as leader ([`crate::node::heartbeat`]), keeps the liveness memory and proposes them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut liveness: Option<Liveness> = None;
     let mut follower = Follower::new();
+    node.set_node_timeout(timeout);
     loop {
         let timed = tokio::select! {
             _ = crate::shutdown::stopped(&mut stop) => return,
@@ -41,9 +42,10 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
             continue;
         }
         let now = Instant::now();
+        node.forget_heartbeats(|id| state.nodes.contains_key(&id));
         let live = liveness
             .get_or_insert_with(|| Liveness::new(timeout, now))
-            .observe(&state, now);
+            .observe(&state, &node.heartbeats(), now);
         let updates = plan(&state, &live);
         if updates.is_empty() {
             continue;

@@ -3,9 +3,10 @@
 //! Every second, on every state change, and when a backoff expires it reads the placements of
 //! this node, renders each replica's container configuration, lists the containers smr manages
 //! on the engine, asks the [`NodePlanner`] what to do (exact actions, decided without I/O), does
-//! it, feeds the outcomes back, runs the readiness probes it asks for, and proposes a [`NodeReport`] when anything changed (and at least every few seconds,
-//! as the node's heartbeat). Dependencies gate creation: a replica whose dependencies are not all
-//! ready is not created yet.
+//! it, feeds the outcomes back, runs the readiness probes it asks for, and proposes a [`NodeReport`] when anything changed, and only then: the
+//! node's heartbeat goes to the leader's memory, not the log (`controllers::heartbeat`), so a
+//! node where nothing changes writes nothing. Dependencies gate creation: a replica whose
+//! dependencies are not all ready is not created yet.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -29,9 +30,6 @@ use smr_core::volume::VolumeAction;
 /// How many replicas a node creates at once.
 const CREATE_CONCURRENCY: usize = 4;
 
-/// A report is sent at least this often, as the node's heartbeat.
-pub const HEARTBEAT: Duration = Duration::from_secs(3);
-
 #[derive(Clone, Debug)]
 pub struct ReplicasConfig {
     pub node: NodeId,
@@ -53,7 +51,8 @@ pub async fn run<R: Runtime>(
     let mut changes = node.subscribe();
     let mut executor = Executor::new(runtime.clone(), config.clone());
     let mut seq = now_ms();
-    let mut last_sent: Option<(Vec<ReplicaReport>, Instant)> = None;
+    // The replicas last reported: a report is proposed when they change, not as a heartbeat.
+    let mut last_sent: Option<Vec<ReplicaReport>> = None;
     let mut wake_at: Option<u64> = None;
     let mut follower = Follower::new();
     // A full pass at least this often even while changes keep waking the loop.
@@ -90,11 +89,7 @@ pub async fn run<R: Runtime>(
         let (replicas, next_wake) = executor.pass(&state, &observed, now_ms()).await;
         crate::metrics::reconcile_pass(started.elapsed());
         wake_at = next_wake;
-        let changed = last_sent.as_ref().is_none_or(|(sent, _)| *sent != replicas);
-        let due = last_sent
-            .as_ref()
-            .is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
-        if changed || due {
+        if last_sent.as_ref() != Some(&replicas) {
             seq += 1;
             let report = NodeReport {
                 seq,
@@ -111,7 +106,7 @@ pub async fn run<R: Runtime>(
                 )
                 .await
             {
-                Ok(_) => last_sent = Some((replicas, Instant::now())),
+                Ok(_) => last_sent = Some(replicas),
                 Err(e) => tracing::warn!("reporting replicas: {e}"),
             }
         }

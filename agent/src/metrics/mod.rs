@@ -63,6 +63,7 @@ struct Counters {
     gitops_fetches: Family<Labels, Counter>,
     api_requests: Family<Labels, Counter>,
     api_duration: HistogramFamily,
+    heartbeats: Family<Labels, Counter>,
 }
 
 /// 1 ms to about 33 s, doubling.
@@ -125,6 +126,14 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         Unit::Seconds,
         api_duration.clone(),
     );
+    let heartbeats = Family::<Labels, Counter>::default();
+    registry.register(
+        "heartbeats",
+        "Node heartbeats (issue 14: kept in the leader's memory, not in the log), by event: sent \
+         (answered by the leader or recorded by this node as leader), failed (not answered), \
+         received (recorded by this node as leader, its own included)",
+        heartbeats.clone(),
+    );
     Counters {
         registry,
         writes,
@@ -135,6 +144,7 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         gitops_fetches,
         api_requests,
         api_duration,
+        heartbeats,
     }
 });
 
@@ -179,6 +189,14 @@ pub fn gitops_fetched(ok: bool) {
     COUNTERS
         .gitops_fetches
         .get_or_create(&labels(&[("result", result)]))
+        .inc();
+}
+
+/// Hook of the heartbeats: `event` is `sent`, `failed` or `received`.
+pub fn heartbeat(event: &'static str) {
+    COUNTERS
+        .heartbeats
+        .get_or_create(&labels(&[("event", event)]))
         .inc();
 }
 

@@ -19,7 +19,9 @@ impl Node {
         let Ok(state) = self.state(Consistency::Stale).await else {
             return;
         };
-        for (id, record) in &state.nodes {
+        // A node registered without a Raft port (a simulated node, `crate::sim`) runs no Raft
+        // server: it never becomes a member.
+        for (id, record) in state.nodes.iter().filter(|(_, r)| r.raft_port != 0) {
             if !status.members.contains_key(id) {
                 let peer = crate::store::RaftPeer {
                     raft_addr: record.raft_addr(),

@@ -3,9 +3,10 @@
 //! every `containers` object ([`plan`]: placements, rolling updates, rescheduling). The agent's
 //! loop (`controllers::placement`) reads the state and proposes what this returns.
 //!
-//! Liveness is judged by the leader's own clock: a node is live while its report sequence number
-//! keeps changing within the timeout. A new leader counts every node as seen when it took over,
-//! so a leader change never makes the whole cluster look dead.
+//! Liveness is judged by the leader's own clock: a node is live while it was heard from within the
+//! timeout, by a heartbeat (held in the leader's memory, [`super::heartbeat`]) or by a change of
+//! its report sequence number (a report in the log). A new leader counts every node as seen when
+//! it took over, so a leader change never makes the whole cluster look dead.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::state::{ClusterState, NodeId, PlacementUpdate};
 /// How long a node may stay silent before its replicas are placed elsewhere (default 15 s).
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Leader-local memory of when each node's report last changed.
+/// Leader-local memory of when each node's report last changed, and judge of liveness.
 #[derive(Debug)]
 pub struct Liveness {
     timeout: Duration,
@@ -34,8 +35,15 @@ impl Liveness {
         }
     }
 
-    /// Updates from the state's reports and tells which nodes are live at `now`.
-    pub fn observe(&mut self, state: &ClusterState, now: Instant) -> BTreeMap<NodeId, bool> {
+    /// Updates from the state's reports and tells which nodes are live at `now`: heard from
+    /// (a report that changed, a heartbeat in `heartbeats`, or this leader taking over) within
+    /// the timeout.
+    pub fn observe(
+        &mut self,
+        state: &ClusterState,
+        heartbeats: &BTreeMap<NodeId, Instant>,
+        now: Instant,
+    ) -> BTreeMap<NodeId, bool> {
         self.seen.retain(|id, _| state.nodes.contains_key(id));
         state
             .nodes
@@ -51,7 +59,11 @@ impl Liveness {
                 {
                     *entry = (seq, now);
                 }
-                (*id, now.duration_since(entry.1) < self.timeout)
+                let heard = match heartbeats.get(id) {
+                    Some(beat) => entry.1.max(*beat),
+                    None => entry.1,
+                };
+                (*id, now.saturating_duration_since(heard) < self.timeout)
             })
             .collect()
     }

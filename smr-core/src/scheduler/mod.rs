@@ -8,7 +8,7 @@
 //! ```text
 //!  Raft leader                                        every agent (for ITS replicas)
 //!  -----------                                        ------------------------------
-//!  heartbeats --> liveness() --> NodeInfo.live
+//!  heartbeats (leader memory) + reports --> leader::Liveness --> NodeInfo.live
 //!  Workload + NodeInfo + old Placement
 //!        --> place() --> Placement  --(Raft)-->  slots of this node --> DesiredReplica
 //!  Placement + replica readiness                      Docker containers --> ObservedContainer
@@ -28,6 +28,7 @@
 //!   new replica ready before the old one stops.
 
 pub mod drain;
+pub mod heartbeat;
 pub mod leader;
 pub mod lifecycle;
 pub mod liveness;

@@ -179,7 +179,7 @@ fn liveness_uses_report_sequence_changes() {
     let t0 = Instant::now();
     let mut liveness = Liveness::new(Duration::from_secs(15), t0);
     assert_eq!(
-        liveness.observe(&state, t0),
+        liveness.observe(&state, &BTreeMap::new(), t0),
         BTreeMap::from([(1, true), (2, true)])
     );
     apply(
@@ -194,10 +194,91 @@ fn liveness_uses_report_sequence_changes() {
         },
     );
     let t1 = t0 + Duration::from_secs(10);
-    liveness.observe(&state, t1);
+    liveness.observe(&state, &BTreeMap::new(), t1);
     let t2 = t0 + Duration::from_secs(20);
     assert_eq!(
-        liveness.observe(&state, t2),
+        liveness.observe(&state, &BTreeMap::new(), t2),
         BTreeMap::from([(1, true), (2, false)])
     );
+}
+
+#[test]
+fn heartbeats_keep_nodes_live_without_any_report() {
+    let state = cluster(3, FIVE);
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let mut liveness = Liveness::new(s(15), t0);
+    let mut beats = crate::scheduler::heartbeat::Heartbeats::default();
+    // Nodes 1 and 2 beat every 3 s for 30 s; node 3 never does.
+    for step in 1..=10 {
+        beats.beat(1, t0 + s(3 * step));
+        beats.beat(2, t0 + s(3 * step));
+    }
+    // Node 2 then falls silent; node 1 goes on.
+    for step in 11..=20 {
+        beats.beat(1, t0 + s(3 * step));
+    }
+    let mut at = |secs| liveness_at(&mut liveness, &state, &beats, t0 + s(secs));
+    // The grace period of a new leader: all live until one timeout after it took over.
+    assert_eq!(at(14), vec![(1, true), (2, true), (3, true)]);
+    // Exactly one timeout after the takeover, node 3 (never heard from) is dead.
+    assert_eq!(at(15), vec![(1, true), (2, true), (3, false)]);
+    // Node 2's last beat was at 30 s: live before 45 s, dead from 45 s on.
+    assert_eq!(at(44), vec![(1, true), (2, true), (3, false)]);
+    assert_eq!(at(45), vec![(1, true), (2, false), (3, false)]);
+    assert_eq!(at(60), vec![(1, true), (2, false), (3, false)]);
+    assert_eq!(at(75), vec![(1, false), (2, false), (3, false)]);
+}
+
+#[test]
+fn a_heartbeat_older_than_the_takeover_does_not_shorten_the_grace_period() {
+    let state = cluster(1, FIVE);
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let mut beats = crate::scheduler::heartbeat::Heartbeats::default();
+    beats.beat(1, t0);
+    // This node became leader (again) 100 s after that beat, which it kept from an earlier term.
+    let mut liveness = Liveness::new(s(15), t0 + s(100));
+    let at = |l: &mut Liveness, secs| liveness_at(l, &state, &beats, t0 + s(secs));
+    assert_eq!(at(&mut liveness, 114), vec![(1, true)]);
+    assert_eq!(at(&mut liveness, 115), vec![(1, false)]);
+}
+
+#[test]
+fn dead_by_silence_means_rescheduled_and_a_beat_brings_the_node_back() {
+    let mut state = cluster(3, FIVE);
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let mut liveness = Liveness::new(s(15), t0);
+    let mut beats = crate::scheduler::heartbeat::Heartbeats::default();
+    let live = liveness.observe(&state, beats.last(), t0);
+    let updates = plan(&state, &live);
+    apply(&mut state, Op::Place { updates });
+    assert_eq!(per_node(&state), BTreeMap::from([(1, 2), (2, 2), (3, 1)]));
+    beats.beat(1, t0 + s(10));
+    beats.beat(2, t0 + s(10));
+    let live = liveness.observe(&state, beats.last(), t0 + s(16));
+    assert_eq!(live, BTreeMap::from([(1, true), (2, true), (3, false)]));
+    let updates = plan(&state, &live);
+    apply(&mut state, Op::Place { updates });
+    assert_eq!(per_node(&state), BTreeMap::from([(1, 3), (2, 2)]));
+    // Node 3 beats again: live, and nothing moves back (placement is stable).
+    beats.beat(1, t0 + s(17));
+    beats.beat(2, t0 + s(17));
+    beats.beat(3, t0 + s(17));
+    let live = liveness.observe(&state, beats.last(), t0 + s(18));
+    assert_eq!(live, BTreeMap::from([(1, true), (2, true), (3, true)]));
+    assert!(plan(&state, &live).is_empty());
+}
+
+fn liveness_at(
+    liveness: &mut Liveness,
+    state: &ClusterState,
+    beats: &crate::scheduler::heartbeat::Heartbeats,
+    now: Instant,
+) -> Vec<(NodeId, bool)> {
+    liveness
+        .observe(state, beats.last(), now)
+        .into_iter()
+        .collect()
 }

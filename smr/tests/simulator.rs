@@ -1,0 +1,457 @@
+//! Issue 14: the simulator. One real agent (the leader, control plane only) on loopback, and N
+//! simulated nodes in this process (`agent::sim`) that join through its API, heartbeat, and run
+//! what they are assigned through the real node reconciler on an engine in memory. Asserts
+//! correctness, not time; prints the figures `bench/scale.sh` reports.
+//!
+//! Size: `SMR_SIM_NODES` (default 100) and `SMR_SIM_REPLICAS` (default 5,000, in objects of
+//! `SMR_SIM_NODES` replicas each, spread uniform), `SMR_SIM_KILL` nodes killed (default 10).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent::sim::{SimNode, SimOptions, fetch_state};
+use agent::state::{ClusterState, NodeId};
+use anyhow::{Context as _, bail};
+use common::Cluster;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn object(i: usize, replicas: usize) -> String {
+    format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: sim\n  name: app{i}\nspec:\n  image: sim/app\n  tag: \"1\"\n  replicas: {replicas}\n  spread:\n    spread: uniform\n"
+    )
+}
+
+/// The nodes, their liveness switch, and the agent they talk to.
+struct Sim {
+    api: String,
+    nodes: Vec<SimNode>,
+    alive: Vec<Arc<AtomicBool>>,
+}
+
+impl Sim {
+    fn alive_ids(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .iter()
+            .zip(&self.alive)
+            .filter(|(_, a)| a.load(Ordering::SeqCst))
+            .map(|(n, _)| n.id)
+            .collect()
+    }
+
+    /// Reconcile passes of the live nodes against the agent's state until `done` holds of a
+    /// state (then returns it) or `limit` passes.
+    async fn drive(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut(&Sim, &ClusterState) -> Result<(), String>,
+    ) -> anyhow::Result<ClusterState> {
+        let deadline = Instant::now() + limit;
+        let http = self.nodes[0].http().clone();
+        loop {
+            let state = fetch_state(&http, &self.api).await?;
+            let why = match done(self, &state) {
+                Ok(()) => return Ok(state),
+                Err(why) => why,
+            };
+            if Instant::now() > deadline {
+                bail!("{what}: not reached in {limit:?}: {why}");
+            }
+            let alive: Vec<bool> = self
+                .alive
+                .iter()
+                .map(|a| a.load(Ordering::SeqCst))
+                .collect();
+            let passes = self
+                .nodes
+                .iter_mut()
+                .zip(alive)
+                .filter(|(_, alive)| *alive)
+                .map(|(node, _)| node.reconcile(&state));
+            for result in futures::future::join_all(passes).await {
+                if let Err(e) = result {
+                    eprintln!("reconcile: {e}");
+                }
+            }
+            // Let the leader's placement loop (a 500 ms tick) and the writes catch up.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Every replica of every object placed on a node of `alive`, spread uniform (per object, the
+/// counts of the nodes differ by at most one), and reported running and ready by its node; no
+/// node of `alive` reports a replica it is not assigned.
+/// The spread is judged over `spread_over` (nodes that came back hold nothing until new
+/// replicas come: placement never moves a replica off a live node).
+fn all_running(
+    state: &ClusterState,
+    objects: usize,
+    per_object: usize,
+    alive: &BTreeSet<NodeId>,
+    spread_over: &BTreeSet<NodeId>,
+) -> Result<(), String> {
+    if !state.placement_errors.is_empty() {
+        return Err(format!("placement errors: {:?}", state.placement_errors));
+    }
+    let mut placed: BTreeMap<NodeId, BTreeSet<(String, u32)>> = BTreeMap::new();
+    for i in 0..objects {
+        let key: agent::definitions::ObjectKey =
+            format!("containers/sim/app{i}").parse().expect("key");
+        let placement = state
+            .placements
+            .get(&key)
+            .ok_or(format!("{key} not placed"))?;
+        if placement.replicas.len() != per_object {
+            return Err(format!("{key}: {} slots", placement.replicas.len()));
+        }
+        let mut counts: BTreeMap<NodeId, usize> = spread_over.iter().map(|id| (*id, 0)).collect();
+        for (index, slot) in &placement.replicas {
+            if !alive.contains(&slot.node) {
+                return Err(format!("{key}/{index} on node {} (not alive)", slot.node));
+            }
+            if let Some(count) = counts.get_mut(&slot.node) {
+                *count += 1;
+            }
+            placed
+                .entry(slot.node)
+                .or_default()
+                .insert((key.to_string(), *index));
+        }
+        let (min, max) = (counts.values().min(), counts.values().max());
+        if let (Some(min), Some(max)) = (min, max)
+            && max - min > 1
+        {
+            return Err(format!("{key}: not uniform ({min} to {max} per node)"));
+        }
+    }
+    for id in alive {
+        let reported: BTreeSet<(String, u32)> = state
+            .reports
+            .get(id)
+            .map(|r| {
+                r.replicas
+                    .iter()
+                    .filter(|r| r.phase == "running" && r.ready)
+                    .map(|r| (r.key.to_string(), r.index))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let all: usize = state.reports.get(id).map_or(0, |r| r.replicas.len());
+        let expected = placed.get(id).cloned().unwrap_or_default();
+        if reported != expected || all != expected.len() {
+            return Err(format!(
+                "node {id} reports {} running of {} ({} in all)",
+                reported.len(),
+                expected.len(),
+                all
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The replica records DNS must hold: per ready replica its two names, per object all of them.
+fn expected_dns(
+    state: &ClusterState,
+    alive: &BTreeSet<NodeId>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut records: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for id in alive {
+        for r in state
+            .reports
+            .get(id)
+            .map(|r| r.replicas.as_slice())
+            .unwrap_or_default()
+        {
+            let (Some(ip), true) = (&r.ip, r.ready) else {
+                continue;
+            };
+            let (g, n, i) = (&r.key.group, &r.key.name, r.index);
+            for name in [
+                format!("cluster.{g}.{g}-{n}-{i}.private."),
+                format!("cluster.{g}-{n}-{i}.private."),
+                format!("cluster.{g}.{n}.private."),
+            ] {
+                records.entry(name).or_default().insert(ip.clone());
+            }
+        }
+    }
+    records
+}
+
+async fn dns_of_replicas(
+    client: &agent::client::Client,
+) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+    let records = client.get_json("dns").await?;
+    let mut out = BTreeMap::new();
+    for r in records.as_array().context("a list")? {
+        let name = r["name"].as_str().context("name")?.to_string();
+        if !name.starts_with("cluster.sim") {
+            continue;
+        }
+        let ips: BTreeSet<String> = r["addresses"]
+            .as_array()
+            .context("addresses")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        out.insert(name, ips);
+    }
+    Ok(out)
+}
+
+/// A series of the agent's plain-HTTP metrics.
+async fn metric(addr: &str, prefix: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{prefix} in the metrics"))
+}
+
+fn rss_kib(pid: nix::unistd::Pid) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> anyhow::Result<()> {
+    let n = env_or("SMR_SIM_NODES", 100);
+    let replicas = env_or("SMR_SIM_REPLICAS", 5_000);
+    let kill = env_or("SMR_SIM_KILL", 10).min(n.saturating_sub(1));
+    let per_object = n;
+    let objects = replicas.div_ceil(per_object);
+
+    let mut cluster = Cluster::new();
+    cluster.start_extra = vec!["--node-timeout".into(), "5s".into()];
+    cluster.start_first()?;
+    let token = cluster.token(0)?;
+    let ca = std::fs::read_to_string(cluster.nodes[0].data_dir.join("pki/ca.crt"))?;
+    let api = cluster.nodes[0].api();
+    let metrics = format!("{}:9213", cluster.nodes[0].ip);
+    let pid = cluster.nodes[0].pid().context("the agent's pid")?;
+    let files = cluster.dir.path().join("sim-files");
+
+    let started = Instant::now();
+    let mut nodes = Vec::with_capacity(n);
+    for i in 1..=n {
+        let ip = format!("10.200.{}.{}", i / 250, i % 250 + 1);
+        let node = SimNode::join(
+            &api,
+            &ca,
+            &token,
+            &format!("sim-{i}"),
+            &ip,
+            files.join(i.to_string()),
+            SimOptions::default(),
+        )
+        .await?;
+        nodes.push(node);
+    }
+    println!(
+        "{n} simulated nodes joined in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let alive: Vec<Arc<AtomicBool>> = (0..n).map(|_| Arc::new(AtomicBool::new(true))).collect();
+
+    // Heartbeats of the live nodes, every second (the leader asks for 1 s at a 5 s timeout).
+    let beats: Vec<_> = nodes
+        .iter()
+        .zip(&alive)
+        .map(|(node, alive)| (node.http().clone(), node.id, alive.clone()))
+        .collect();
+    let beat_api = api.clone();
+    let before = received(&metrics).await;
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let sends = beats
+                .iter()
+                .filter(|(_, _, a)| a.load(Ordering::SeqCst))
+                .map(|(http, id, _)| agent::sim::heartbeat(http, &beat_api, *id));
+            futures::future::join_all(sends).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut sim = Sim {
+        api: api.clone(),
+        nodes,
+        alive,
+    };
+    let result = match first_round(&metrics, before, n).await {
+        Ok(()) => scenario(&mut sim, &cluster, objects, per_object, kill, &metrics, pid).await,
+        Err(e) => Err(e),
+    };
+    heartbeats.abort();
+    result
+}
+
+/// The heartbeats the agent received (0 before the first).
+async fn received(metrics: &str) -> f64 {
+    metric(metrics, "smr_heartbeats_total{event=\"received\"} ")
+        .await
+        .unwrap_or(0.0)
+}
+
+/// Waits until every node was heard from, or the placement would spread over the nodes heard
+/// from so far (and, being stable, stay there). Rounds go one after the other, so `2n` more
+/// received (the agent's own beats are far fewer) means the first round is complete.
+async fn first_round(metrics: &str, before: f64, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received(metrics).await < before + 2.0 * n as f64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the first heartbeats do not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn scenario(
+    sim: &mut Sim,
+    cluster: &Cluster,
+    objects: usize,
+    per_object: usize,
+    kill: usize,
+    metrics: &str,
+    pid: nix::unistd::Pid,
+) -> anyhow::Result<()> {
+    let client = cluster.client(0);
+    let yaml: Vec<String> = (0..objects).map(|i| object(i, per_object)).collect();
+    let parsed = agent::definitions::parse_str("sim.yaml", &yaml.join("---\n"))?;
+    let total = objects * per_object;
+    let applied = Instant::now();
+    client.apply(&parsed, false, None).await?;
+
+    // Placed, then all running.
+    let everyone = sim.alive_ids();
+    let mut placed_at = None;
+    sim.drive(
+        "all replicas running",
+        Duration::from_secs(150),
+        |_, state| {
+            if placed_at.is_none() {
+                let slots: usize = state.placements.values().map(|p| p.replicas.len()).sum();
+                if slots == total {
+                    placed_at = Some(applied.elapsed());
+                }
+            }
+            all_running(state, objects, per_object, &everyone, &everyone)
+        },
+    )
+    .await?;
+    let running = applied.elapsed();
+    let placed = placed_at.unwrap_or(running);
+    println!(
+        "{total} replicas on {} nodes: placed in {:.2} s ({:.0} placements/s), all running in {:.2} s",
+        everyone.len(),
+        placed.as_secs_f64(),
+        total as f64 / placed.as_secs_f64().max(0.001),
+        running.as_secs_f64()
+    );
+    // DNS holds exactly the ready replicas.
+    let state = sim
+        .drive("DNS", Duration::from_secs(5), |_, _| Ok(()))
+        .await?;
+    assert_eq!(
+        dns_of_replicas(&client).await?,
+        expected_dns(&state, &everyone),
+        "DNS holds exactly the ready replicas"
+    );
+
+    // Idle: the log does not grow while heartbeats go on.
+    let index = metric(metrics, "smr_store_commit_index ").await?;
+    let beats = metric(metrics, "smr_heartbeats_total{event=\"received\"} ").await?;
+    let idle_from = Instant::now();
+    loop {
+        let now = metric(metrics, "smr_heartbeats_total{event=\"received\"} ").await?;
+        if now >= beats + 3.0 * everyone.len() as f64 {
+            break;
+        }
+        anyhow::ensure!(
+            idle_from.elapsed() < Duration::from_secs(30),
+            "heartbeats do not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let grown = metric(metrics, "smr_store_commit_index ").await? - index;
+    println!(
+        "idle: {grown} Raft entries in {:.1} s ({:.2}/s) while {} heartbeats arrived; leader RSS {} MiB",
+        idle_from.elapsed().as_secs_f64(),
+        grown / idle_from.elapsed().as_secs_f64(),
+        3 * everyone.len(),
+        rss_kib(pid).unwrap_or(0) / 1024
+    );
+
+    // `kill` nodes go silent: no heartbeat, no reconcile.
+    let killed: Vec<usize> = (0..kill)
+        .map(|k| k * sim.nodes.len() / kill.max(1))
+        .collect();
+    for &k in &killed {
+        sim.alive[k].store(false, Ordering::SeqCst);
+    }
+    let survivors = sim.alive_ids();
+    let silent = Instant::now();
+    sim.drive(
+        "the killed nodes' replicas running elsewhere",
+        Duration::from_secs(90),
+        |_, state| all_running(state, objects, per_object, &survivors, &survivors),
+    )
+    .await?;
+    println!(
+        "{kill} nodes killed: their replicas ran elsewhere after {:.1} s (node timeout 5 s)",
+        silent.elapsed().as_secs_f64()
+    );
+
+    // They return: their stale containers go, no replica runs twice.
+    for &k in &killed {
+        sim.alive[k].store(true, Ordering::SeqCst);
+    }
+    let state = sim
+        .drive(
+            "no duplicate once the nodes are back",
+            Duration::from_secs(60),
+            |sim, state| {
+                all_running(state, objects, per_object, &everyone, &survivors)?;
+                let mut names: Vec<String> = sim
+                    .nodes
+                    .iter()
+                    .flat_map(|n| n.runtime().running())
+                    .collect();
+                let count = names.len();
+                names.sort();
+                names.dedup();
+                if names.len() != count || count != total {
+                    return Err(format!(
+                        "{count} containers running, {} distinct, {total} wanted",
+                        names.len()
+                    ));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    assert_eq!(
+        dns_of_replicas(&client).await?,
+        expected_dns(&state, &everyone),
+        "DNS holds exactly the ready replicas"
+    );
+    Ok(())
+}
