@@ -3,8 +3,8 @@
 
 use crate::definitions::{ObjectKey, Spec};
 use crate::scheduler::replica_name;
-use crate::state::ClusterState;
 use crate::state::StoredObject;
+use crate::state::{ClusterState, NodeId};
 use api_types::types::ReplicaView;
 
 /// Every placed replica (optionally of one object) with what its node last reported about it.
@@ -90,12 +90,29 @@ pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
             .collect();
     let mut replicas = Vec::new();
     let mut on_networks = Vec::new();
-    for r in state.reports.values().flat_map(|r| &r.replicas) {
-        // A report without addresses per network (an older agent's) has only `ip`.
-        let cluster_ip = if r.ips.is_empty() {
-            r.ip.as_deref()
-        } else {
-            r.ips.get(smr_core::networks::CLUSTER).map(String::as_str)
+    // A replica is named only while its slot is on the node that reports it (or moving off it
+    // and not yet ready elsewhere): a node that went silent keeps its last report, "ready"
+    // included, after the leader moved its slots to live nodes.
+    let placed_here = |node: NodeId, r: &&crate::state::ReplicaReport| {
+        state
+            .placements
+            .get(&r.key)
+            .is_some_and(|p| p.on_node(node).any(|(index, _)| index == r.index))
+    };
+    for r in state
+        .reports
+        .iter()
+        .flat_map(|(&node, report)| report.replicas.iter().filter(move |r| placed_here(node, r)))
+    {
+        // On `cluster` by name; else, when the replica is on no overlay network (a report
+        // without addresses per network, an older agent's; backend `none`, where replicas sit
+        // on Docker's bridge; a `networkMode` of its own), by its one address, as before
+        // overlay networks existed.
+        let on_overlay = r.ips.keys().any(|n| overlay_names.contains_key(n));
+        let cluster_ip = match r.ips.get(smr_core::networks::CLUSTER) {
+            Some(ip) => Some(ip.as_str()),
+            None if !on_overlay => r.ip.as_deref(),
+            None => None,
         };
         replicas.extend(cluster_ip.and_then(|ip| info(r, ip)));
         for (docker_name, ip) in &r.ips {

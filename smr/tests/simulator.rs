@@ -419,6 +419,29 @@ async fn scenario(
         "{kill} nodes killed: their replicas ran elsewhere after {:.1} s (node timeout 5 s)",
         silent.elapsed().as_secs_f64()
     );
+    // While they are away, DNS names only the replicas that run on live nodes: the silent
+    // nodes' last reports still say "ready", but their slots have moved.
+    let http = sim.nodes[0].http().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = fetch_state(&http, &sim.api).await?;
+        let (got, want) = (
+            dns_of_replicas(&client).await?,
+            expected_dns(&state, &survivors),
+        );
+        if got == want {
+            break;
+        }
+        if Instant::now() > deadline {
+            let stale: Vec<&String> = got.keys().filter(|k| got.get(*k) != want.get(*k)).collect();
+            bail!(
+                "DNS still differs from the live nodes' ready replicas for {} name(s), e.g. {:?}",
+                stale.len(),
+                stale.first()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // They return: their stale containers go, no replica runs twice.
     for &k in &killed {
