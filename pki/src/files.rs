@@ -64,6 +64,49 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
     result
 }
 
+/// Where the next version of `path` waits while a pair is replaced ([`write_pair`]).
+fn next_of(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".next");
+    path.with_file_name(name)
+}
+
+fn rename_durable(from: &Path, to: &Path) -> Result<(), PkiError> {
+    fs::rename(from, to).map_err(io("renaming into", to))?;
+    if let Some(d) = to.parent().and_then(|d| File::open(d).ok()) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Replaces a private key and its certificate as one: both are written in full as `*.next`
+/// first, then renamed over the old ones, the key first. A crash leaves one of three states,
+/// each of which [`finish_pair`] resolves to a whole pair.
+pub(crate) fn write_pair(key: (&Path, &[u8]), cert: (&Path, &[u8])) -> Result<(), PkiError> {
+    let (key_next, cert_next) = (next_of(key.0), next_of(cert.0));
+    write_atomic(&key_next, key.1, KEY_MODE)?;
+    write_atomic(&cert_next, cert.1, CERT_MODE)?;
+    rename_durable(&key_next, key.0)?;
+    rename_durable(&cert_next, cert.0)
+}
+
+/// Finishes or undoes a [`write_pair`] that a crash interrupted:
+/// - both `*.next` present: the new pair was written in full, nothing renamed yet: finish;
+/// - only the certificate's: the key was renamed already: finish with the certificate;
+/// - only the key's: the certificate's was never written: the old pair is whole; drop it.
+pub(crate) fn finish_pair(key: &Path, cert: &Path) -> Result<(), PkiError> {
+    let (key_next, cert_next) = (next_of(key), next_of(cert));
+    match (key_next.exists(), cert_next.exists()) {
+        (true, true) => {
+            rename_durable(&key_next, key)?;
+            rename_durable(&cert_next, cert)
+        }
+        (false, true) => rename_durable(&cert_next, cert),
+        (true, false) => fs::remove_file(&key_next).map_err(io("removing", &key_next)),
+        (false, false) => Ok(()),
+    }
+}
+
 /// Reads a UTF-8 text file.
 pub(crate) fn read_text(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(io("reading", path))

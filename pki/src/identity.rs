@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ca::{Role, fingerprint_der, parse_cert_pem};
-use super::files::{self, CERT_MODE, KEY_MODE};
+use super::files::{self, CERT_MODE};
 use super::{CA_CERT_FILE, PkiError};
 
 /// Leaf certificate, its private key and the cluster CA certificate, all PEM.
@@ -50,7 +50,12 @@ impl Identity {
 
     /// Loads `<prefix>.crt`, `<prefix>.key` and `ca.crt` from `dir`, then checks them as
     /// [`Identity::new`] does.
+    /// A save that a crash interrupted is finished (or undone) first: see [`Identity::save`].
     pub fn load(dir: &Path, prefix: &str) -> Result<Identity, PkiError> {
+        files::finish_pair(
+            &dir.join(format!("{prefix}.key")),
+            &dir.join(format!("{prefix}.crt")),
+        )?;
         Identity::new(
             files::read_text(&dir.join(format!("{prefix}.crt")))?,
             files::read_text(&dir.join(format!("{prefix}.key")))?,
@@ -59,17 +64,17 @@ impl Identity {
     }
 
     /// Saves `<prefix>.key` (0600), `<prefix>.crt` and `ca.crt` (0644) into `dir`, atomically.
+    ///
+    /// The key and the certificate are one pair, replaced together (a renewal replaces both):
+    /// a crash at any point leaves the old pair or the new one, never a key of one with the
+    /// certificate of the other. Both are first written in full beside the old pair
+    /// (`<prefix>.key.next`, `<prefix>.crt.next`), then renamed over it, key first;
+    /// [`Identity::load`] finishes a replacement a crash interrupted.
     pub fn save(&self, dir: &Path, prefix: &str) -> Result<(), PkiError> {
         files::ensure_dir(dir)?;
-        files::write_atomic(
-            &dir.join(format!("{prefix}.key")),
-            self.key_pem.as_bytes(),
-            KEY_MODE,
-        )?;
-        files::write_atomic(
-            &dir.join(format!("{prefix}.crt")),
-            self.cert_pem.as_bytes(),
-            CERT_MODE,
+        files::write_pair(
+            (&dir.join(format!("{prefix}.key")), self.key_pem.as_bytes()),
+            (&dir.join(format!("{prefix}.crt")), self.cert_pem.as_bytes()),
         )?;
         files::write_atomic(&dir.join(CA_CERT_FILE), self.ca_pem.as_bytes(), CERT_MODE)
     }

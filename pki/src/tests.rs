@@ -651,3 +651,72 @@ async fn a_replaced_live_identity_is_presented_by_servers_and_clients_from_the_n
     assert!(get(&admin, &raft.url()).await.is_err());
     assert!(raft.next_seen().await.is_err());
 }
+
+/// A renewal replaces `node.key` and `node.crt` together. A crash between any two steps of
+/// the replacement leaves files that the next load turns into one whole pair, old or new: never
+/// the new key with the old certificate (which the agent would refuse to start with).
+#[test]
+fn a_key_and_certificate_pair_survives_a_crash_at_any_step_of_its_replacement() {
+    let ca = ClusterCa::generate("test").unwrap();
+    let old = issue(&ca, Role::Node, "node-1", &["127.0.0.1"]);
+    let new = issue(&ca, Role::Node, "node-1", &["127.0.0.1"]);
+    let names = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let write = |dir: &std::path::Path, name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).unwrap();
+    };
+    // (files written after the old pair was saved, the pair the load must give)
+    let crashes: [(&[(&str, &str)], &Identity); 4] = [
+        // The new key written, not yet its certificate.
+        (&[("node.key.next", &new.key_pem)], &old),
+        // Both written, nothing renamed.
+        (
+            &[
+                ("node.key.next", &new.key_pem),
+                ("node.crt.next", &new.cert_pem),
+            ],
+            &new,
+        ),
+        // The key renamed, not yet the certificate.
+        (
+            &[("node.key", &new.key_pem), ("node.crt.next", &new.cert_pem)],
+            &new,
+        ),
+        // Done.
+        (
+            &[("node.key", &new.key_pem), ("node.crt", &new.cert_pem)],
+            &new,
+        ),
+    ];
+    for (step, (files, want)) in crashes.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        old.save(dir.path(), "node").unwrap();
+        for (name, text) in *files {
+            write(dir.path(), name, text);
+        }
+        let loaded = Identity::load(dir.path(), "node")
+            .unwrap_or_else(|e| panic!("crash after step {step}: {e}"));
+        assert_eq!(loaded.key_pem, want.key_pem, "crash after step {step}");
+        assert_eq!(loaded.cert_pem, want.cert_pem, "crash after step {step}");
+        assert_eq!(
+            names(dir.path()),
+            ["ca.crt", "node.crt", "node.key"],
+            "crash after step {step}"
+        );
+    }
+    // An uninterrupted save leaves no `.next` file either.
+    let dir = tempfile::tempdir().unwrap();
+    old.save(dir.path(), "node").unwrap();
+    new.save(dir.path(), "node").unwrap();
+    assert_eq!(names(dir.path()), ["ca.crt", "node.crt", "node.key"]);
+    assert_eq!(
+        Identity::load(dir.path(), "node").unwrap().cert_pem,
+        new.cert_pem
+    );
+}
