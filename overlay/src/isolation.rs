@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::masq::{IptOutput, Iptables, MasqError};
+use crate::masq::{Iptables, MasqError, OwnedChain};
 
 /// The filter chain smr owns.
 pub const ISOLATION_CHAIN: &str = "SMR-NETS";
@@ -72,23 +72,11 @@ pub fn isolation_rules(spec: &IsolationSpec) -> Vec<String> {
     rules
 }
 
-fn filter(rest: &str) -> Vec<String> {
-    let mut v = vec!["-t".to_string(), "filter".to_string()];
-    v.extend(rest.split_whitespace().map(str::to_string));
-    v
-}
-
-async fn must<I: Iptables>(ipt: &I, args: Vec<String>) -> Result<IptOutput, MasqError> {
-    let out = ipt.run(&args).await?;
-    if out.success {
-        Ok(out)
-    } else {
-        Err(MasqError::Failed {
-            args: args.join(" "),
-            stderr: out.stderr.trim().to_string(),
-        })
-    }
-}
+const ISOLATION: OwnedChain = OwnedChain {
+    table: "filter",
+    name: ISOLATION_CHAIN,
+    jump: JUMP,
+};
 
 /// Installs the chain with `spec`'s rules and the jump; `true` if anything changed. The
 /// chain is rewritten only when its content differs (the jump stays, so the rules apply
@@ -97,55 +85,12 @@ pub async fn ensure_isolation<I: Iptables>(
     ipt: &I,
     spec: &IsolationSpec,
 ) -> Result<bool, MasqError> {
-    let mut changed = false;
-    let want = isolation_rules(spec);
-    let listed = ipt.run(&filter(&format!("-S {ISOLATION_CHAIN}"))).await?;
-    let have: Vec<String> = if listed.success {
-        listed
-            .stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("-A "))
-            .map(str::to_string)
-            .collect()
-    } else {
-        must(ipt, filter(&format!("-N {ISOLATION_CHAIN}"))).await?;
-        changed = true;
-        Vec::new()
-    };
-    if have != want {
-        if !have.is_empty() {
-            must(ipt, filter(&format!("-F {ISOLATION_CHAIN}"))).await?;
-        }
-        for rule in &want {
-            must(ipt, filter(rule)).await?;
-        }
-        changed = true;
-    }
-    if !ipt.run(&filter(&format!("-C {JUMP}"))).await?.success {
-        must(ipt, filter(&format!("-I {JUMP}"))).await?;
-        changed = true;
-    }
-    Ok(changed)
+    ISOLATION.ensure(ipt, &isolation_rules(spec)).await
 }
 
 /// Removes the jump and the chain; `true` if anything was there.
 pub async fn remove_isolation<I: Iptables>(ipt: &I) -> Result<bool, MasqError> {
-    let mut changed = false;
-    while ipt.run(&filter(&format!("-C {JUMP}"))).await?.success {
-        must(ipt, filter(&format!("-D {JUMP}"))).await?;
-        changed = true;
-    }
-    if ipt
-        .run(&filter(&format!("-S {ISOLATION_CHAIN}")))
-        .await?
-        .success
-    {
-        must(ipt, filter(&format!("-F {ISOLATION_CHAIN}"))).await?;
-        must(ipt, filter(&format!("-X {ISOLATION_CHAIN}"))).await?;
-        changed = true;
-    }
-    Ok(changed)
+    ISOLATION.remove(ipt).await
 }
 
 #[cfg(test)]

@@ -88,25 +88,102 @@ fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_string).collect()
 }
 
-fn nat(rest: &str) -> Vec<String> {
-    let mut v = vec!["-t".to_string(), "nat".to_string()];
-    v.extend(words(rest));
-    v
+/// One iptables chain of smr's own in `table`, filled with exactly its rules, and the rule in a
+/// built-in chain that jumps to it (`jump`, e.g. `POSTROUTING -j SMR-MASQ`). smr owns nothing
+/// else in the table: ensuring and removing touch only these.
+pub(crate) struct OwnedChain {
+    pub table: &'static str,
+    pub name: &'static str,
+    pub jump: &'static str,
 }
 
-async fn must<I: Iptables>(ipt: &I, args: Vec<String>) -> Result<IptOutput, MasqError> {
-    let out = ipt.run(&args).await?;
-    if out.success {
-        Ok(out)
-    } else {
-        Err(MasqError::Failed {
-            args: args.join(" "),
-            stderr: out.stderr.trim().to_string(),
-        })
+impl OwnedChain {
+    fn args(&self, rest: &str) -> Vec<String> {
+        let mut v = vec!["-t".to_string(), self.table.to_string()];
+        v.extend(words(rest));
+        v
+    }
+
+    async fn must<I: Iptables>(&self, ipt: &I, rest: &str) -> Result<IptOutput, MasqError> {
+        let args = self.args(rest);
+        let out = ipt.run(&args).await?;
+        if out.success {
+            Ok(out)
+        } else {
+            Err(MasqError::Failed {
+                args: args.join(" "),
+                stderr: out.stderr.trim().to_string(),
+            })
+        }
+    }
+
+    async fn holds<I: Iptables>(&self, ipt: &I, rest: &str) -> Result<bool, MasqError> {
+        Ok(ipt.run(&self.args(rest)).await?.success)
+    }
+
+    /// Installs the chain with exactly `want` (`-A` rules, as `-S` lists them) and the jump;
+    /// `true` if anything changed. The chain is rewritten only when its content differs (the
+    /// jump stays, so the rules apply throughout: a rewrite flushes and refills within one pass).
+    pub(crate) async fn ensure<I: Iptables>(
+        &self,
+        ipt: &I,
+        want: &[String],
+    ) -> Result<bool, MasqError> {
+        let name = self.name;
+        let mut changed = false;
+        let listed = ipt.run(&self.args(&format!("-S {name}"))).await?;
+        let have: Vec<String> = if listed.success {
+            listed
+                .stdout
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("-A "))
+                .map(str::to_string)
+                .collect()
+        } else {
+            self.must(ipt, &format!("-N {name}")).await?;
+            changed = true;
+            Vec::new()
+        };
+        if have != want {
+            if !have.is_empty() {
+                self.must(ipt, &format!("-F {name}")).await?;
+            }
+            for rule in want {
+                self.must(ipt, rule).await?;
+            }
+            changed = true;
+        }
+        if !self.holds(ipt, &format!("-C {}", self.jump)).await? {
+            self.must(ipt, &format!("-I {}", self.jump)).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Removes the jump and the chain; `true` if anything was there.
+    pub(crate) async fn remove<I: Iptables>(&self, ipt: &I) -> Result<bool, MasqError> {
+        let name = self.name;
+        let mut changed = false;
+        // Remove every copy of the jump (a crashed older run may have left more than one).
+        while self.holds(ipt, &format!("-C {}", self.jump)).await? {
+            self.must(ipt, &format!("-D {}", self.jump)).await?;
+            changed = true;
+        }
+        if self.holds(ipt, &format!("-S {name}")).await? {
+            self.must(ipt, &format!("-F {name}")).await?;
+            self.must(ipt, &format!("-X {name}")).await?;
+            changed = true;
+        }
+        Ok(changed)
     }
 }
 
-const JUMP: &str = "POSTROUTING -j SMR-MASQ";
+const MASQ: OwnedChain = OwnedChain {
+    table: "nat",
+    name: MASQ_CHAIN,
+    jump: "POSTROUTING -j SMR-MASQ",
+};
 
 /// Installs the chain, its rules and the POSTROUTING jump; returns `true` if anything changed.
 pub async fn ensure_masquerade<I: Iptables>(
@@ -114,52 +191,12 @@ pub async fn ensure_masquerade<I: Iptables>(
     lease: Ipv4Net,
     cluster: Ipv4Net,
 ) -> Result<bool, MasqError> {
-    let mut changed = false;
-    let want = masq_rules(lease, cluster);
-    let listed = ipt.run(&nat(&format!("-S {MASQ_CHAIN}"))).await?;
-    let have: Vec<String> = if listed.success {
-        listed
-            .stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("-A "))
-            .map(str::to_string)
-            .collect()
-    } else {
-        must(ipt, nat(&format!("-N {MASQ_CHAIN}"))).await?;
-        changed = true;
-        Vec::new()
-    };
-    if have != want {
-        if !have.is_empty() {
-            must(ipt, nat(&format!("-F {MASQ_CHAIN}"))).await?;
-        }
-        for rule in &want {
-            must(ipt, nat(rule)).await?;
-        }
-        changed = true;
-    }
-    if !ipt.run(&nat(&format!("-C {JUMP}"))).await?.success {
-        must(ipt, nat(&format!("-I {JUMP}"))).await?;
-        changed = true;
-    }
-    Ok(changed)
+    MASQ.ensure(ipt, &masq_rules(lease, cluster)).await
 }
 
 /// Removes the jump and the chain; `true` if anything was there.
 pub async fn remove_masquerade<I: Iptables>(ipt: &I) -> Result<bool, MasqError> {
-    let mut changed = false;
-    // Remove every copy of the jump (a crashed older run may have left more than one).
-    while ipt.run(&nat(&format!("-C {JUMP}"))).await?.success {
-        must(ipt, nat(&format!("-D {JUMP}"))).await?;
-        changed = true;
-    }
-    if ipt.run(&nat(&format!("-S {MASQ_CHAIN}"))).await?.success {
-        must(ipt, nat(&format!("-F {MASQ_CHAIN}"))).await?;
-        must(ipt, nat(&format!("-X {MASQ_CHAIN}"))).await?;
-        changed = true;
-    }
-    Ok(changed)
+    MASQ.remove(ipt).await
 }
 
 #[cfg(test)]
