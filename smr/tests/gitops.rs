@@ -15,6 +15,7 @@ use agent::api::sync_routes::GitopsView;
 use agent::client::Client;
 use agent::definitions::ObjectKey;
 use agent::state::GitopsState;
+use anyhow::Context;
 use common::{Cluster, eventually, output, run, smrctl};
 use hmac::Mac;
 use support::{GitDaemon, HttpGit, Sshd, TestRepo};
@@ -172,6 +173,30 @@ async fn git_daemon_deploys_follows_pushes_prunes_and_handles_drift_bad_commits_
     assert!(message.contains("meta.label"), "{message}");
     assert!(message.contains("nothing of it applied"), "{message}");
     assert_eq!(view.status.synced_commit.as_deref(), Some(c2.as_str()));
+    assert_eq!(view.status.head_commit.as_deref(), Some(c3.as_str()));
+    // The error stands across later polls of the same broken head: nothing reports the last good
+    // commit as synced in between (it did, a few milliseconds after each failed fetch).
+    let errors = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("smr_gitops_fetches_total{result=\"error\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let metrics = format!("http://{}:9213/metrics", cluster.nodes[0].ip);
+    let failed_before = errors(reqwest::get(&metrics).await?.text().await?);
+    eventually(
+        "two more failed fetches of the broken head",
+        DEADLINE,
+        || async {
+            let now = errors(reqwest::get(&metrics).await.ok()?.text().await.ok()?);
+            (now >= failed_before + 2.0).then_some(())
+        },
+    )
+    .await?;
+    let view = status(&client, "ops/repo")
+        .await
+        .context("the gitops status")?;
+    assert_eq!(view.status.state, GitopsState::Error, "{:?}", view.status);
     assert_eq!(view.status.head_commit.as_deref(), Some(c3.as_str()));
     assert_eq!(value_of(&client, "a").await.as_deref(), Some("2"));
     assert!(client.get(&key("configuration/app/bad")).await.is_err());

@@ -143,6 +143,12 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
                 }
                 Err((head, message)) => {
                     tracing::warn!("gitops {}: {message}", f.key);
+                    // The last good commit no longer describes the repository: comparing the
+                    // cluster with it between fetches would report "synced" at that commit and
+                    // overwrite this error within milliseconds. Until a fetch succeeds again,
+                    // nothing is applied and the error stands (as Flux and Argo CD do with a
+                    // revision that does not build).
+                    t.desired = None;
                     if let Some(sync) =
                         failed(&state, &f.key, f.generation, head, message, f.request)
                     {
