@@ -226,26 +226,45 @@ fn forged_handshake(
 }
 
 /// Sends one UDP datagram from `bind` to `to`; what comes back within 2 s, if anything.
+/// A signal (a child process of the testbed exiting, say) may interrupt the blocking wait
+/// (EINTR): the wait then goes on until the same deadline.
 fn send_and_listen(
     bind: Ipv4Addr,
     to: SocketAddr,
     packet: &[u8],
 ) -> anyhow::Result<Option<Vec<u8>>> {
+    let interrupted = |e: &std::io::Error| e.kind() == std::io::ErrorKind::Interrupted;
     let socket = UdpSocket::bind((bind, 0))?;
-    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-    socket.send_to(packet, to)?;
-    let mut answer = vec![0u8; 2048];
-    match socket.recv_from(&mut answer) {
-        Ok((n, _)) => Ok(Some(answer[..n].to_vec())),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(None)
+    loop {
+        match socket.send_to(packet, to) {
+            Err(e) if interrupted(&e) => continue,
+            sent => {
+                sent?;
+                break;
+            }
         }
-        Err(e) => Err(e.into()),
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut answer = vec![0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        socket.set_read_timeout(Some(left))?;
+        match socket.recv_from(&mut answer) {
+            Ok((n, _)) => return Ok(Some(answer[..n].to_vec())),
+            Err(e) if interrupted(&e) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
