@@ -211,17 +211,7 @@ impl Runtime for SimRuntime {
     }
 
     async fn create_volume(&self, config: &VolumeConfig) -> Result<(), RuntimeError> {
-        let mut engine = self.lock();
-        if engine.volumes.contains_key(&config.name) {
-            return Err(RuntimeError::Conflict(config.name.clone()));
-        }
-        let volume = VolumeInfo {
-            name: config.name.clone(),
-            labels: config.labels.clone(),
-            users: Vec::new(),
-        };
-        engine.volumes.insert(config.name.clone(), volume);
-        Ok(())
+        crate::runtime::volumes::create_in_memory(&mut self.lock().volumes, config)
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {

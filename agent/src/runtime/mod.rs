@@ -20,7 +20,7 @@ use crate::credentials::Credentials;
 pub use smr_core::container::{ContainerConfig, ContainerInfo, State, labels, parse_registry_auth};
 pub use smr_core::volume::{VolumeConfig, VolumeInfo};
 
-mod volumes;
+pub(crate) mod volumes;
 
 /// How long pulling one image may take before the create fails (and is retried).
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);

@@ -78,3 +78,21 @@ impl DockerRuntime {
             .map_err(|e| docker_error(&format!("volume {name}"), e))
     }
 }
+
+/// Creates a volume in the table of an engine kept in memory (the fake runtime's and the
+/// simulator's): refused like Docker's when the name is taken; no container mounts it yet.
+pub(crate) fn create_in_memory(
+    table: &mut BTreeMap<String, VolumeInfo>,
+    config: &VolumeConfig,
+) -> Result<(), RuntimeError> {
+    if table.contains_key(&config.name) {
+        return Err(RuntimeError::Conflict(config.name.clone()));
+    }
+    let volume = VolumeInfo {
+        name: config.name.clone(),
+        labels: config.labels.clone(),
+        users: Vec::new(),
+    };
+    table.insert(config.name.clone(), volume);
+    Ok(())
+}

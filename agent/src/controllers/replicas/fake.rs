@@ -293,16 +293,7 @@ impl Runtime for FakeRuntime {
         fake.calls.push(Call::CreateVolume {
             name: config.name.clone(),
         });
-        if fake.volumes.contains_key(&config.name) {
-            return Err(RuntimeError::Conflict(config.name.clone()));
-        }
-        let volume = VolumeInfo {
-            name: config.name.clone(),
-            labels: config.labels.clone(),
-            users: Vec::new(),
-        };
-        fake.volumes.insert(config.name.clone(), volume);
-        Ok(())
+        crate::runtime::volumes::create_in_memory(&mut fake.volumes, config)
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
