@@ -95,17 +95,11 @@ fn smrmgr_out(cluster: &VmCluster, i: usize, args: &[&str]) -> std::process::Out
 
 /// Waits until VM `i`'s agent serves (its admin context answers).
 async fn serving(cluster: &VmCluster, i: usize) -> anyhow::Result<Client> {
-    let vm = cluster.vm(i).clone();
-    eventually(
+    let vm = cluster.vm(i);
+    common::vms::serving(
+        vm,
         &format!("the agent on {} to serve", vm.name),
         Duration::from_secs(90),
-        || {
-            let vm = vm.clone();
-            async move {
-                let client = Client::from_context(&api_context(&vm).ok()?).ok()?;
-                client.health().await.ok().map(|_| client)
-            }
-        },
     )
     .await
 }

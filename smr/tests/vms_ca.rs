@@ -254,19 +254,10 @@ async fn start_short_lived(
     cmd.env(agent::renewal::TEST_LIFETIME_ENV, lifetime_s.to_string());
     let spawned = vm.spawn(&format!("agent-{}", vm.index), cmd)?;
     cluster.agents[i] = Some(spawned.pid);
-    eventually(
+    common::vms::serving(
+        &vm,
         &format!("agent on {} to serve", vm.name),
         Duration::from_secs(60),
-        || {
-            let vm = vm.clone();
-            async move {
-                Client::from_context(&api_context(&vm).ok()?)
-                    .ok()?
-                    .health()
-                    .await
-                    .ok()
-            }
-        },
     )
     .await?;
     Ok(())

@@ -119,19 +119,10 @@ impl VmCluster {
         let spawned = vm.spawn(&format!("agent-{}", vm.index), cmd)?;
         self.agents[i] = Some(spawned.pid);
         let log = spawned.log.clone();
-        eventually(
+        serving(
+            &vm,
             &format!("agent on {} to serve (log {})", vm.name, log.display()),
             Duration::from_secs(60),
-            || {
-                let vm = vm.clone();
-                async move {
-                    Client::from_context(&api_context(&vm).ok()?)
-                        .ok()?
-                        .health()
-                        .await
-                        .ok()
-                }
-            },
         )
         .await?;
         Ok(())
@@ -152,19 +143,10 @@ impl VmCluster {
         let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
         let spawned = vm.spawn(&format!("agent-{}-again", vm.index), cmd)?;
         self.agents[i] = Some(spawned.pid);
-        eventually(
+        serving(
+            &vm,
             &format!("agent on {} to serve again", vm.name),
             Duration::from_secs(60),
-            || {
-                let vm = vm.clone();
-                async move {
-                    Client::from_context(&api_context(&vm).ok()?)
-                        .ok()?
-                        .health()
-                        .await
-                        .ok()
-                }
-            },
         )
         .await?;
         Ok(())
@@ -324,4 +306,16 @@ pub fn unique_marker(what: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("smr-{what}-marker-{}-{nanos}", std::process::id())
+}
+
+/// Waits until `vm`'s agent serves (its admin context answers a health check); its client.
+pub async fn serving(vm: &Vm, what: &str, limit: Duration) -> anyhow::Result<Client> {
+    eventually(what, limit, || {
+        let vm = vm.clone();
+        async move {
+            let client = Client::from_context(&api_context(&vm).ok()?).ok()?;
+            client.health().await.ok().map(|_| client)
+        }
+    })
+    .await
 }
