@@ -93,22 +93,44 @@ impl ClusterCa {
     /// Generates a new CA for the cluster `cluster_name`: ECDSA P-256, valid 10 years.
     pub fn generate(cluster_name: &str) -> Result<ClusterCa, PkiError> {
         validate_name(cluster_name)?;
+        ClusterCa::generate_named(cluster_name, &format!("smr cluster CA {cluster_name}"))
+    }
+
+    /// A new CA to replace this one (`smrmgr ca rotate`): a new key, the same organisation
+    /// (cluster name), a common name that tells it apart (`... rotated <unix seconds>`).
+    pub fn generate_successor(&self) -> Result<ClusterCa, PkiError> {
+        let (_, cluster_name) = ca_names(&self.cert_der)?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        ClusterCa::generate_named(
+            &cluster_name,
+            &format!("smr cluster CA {cluster_name} rotated {secs}"),
+        )
+    }
+
+    /// The cross-signed certificate of `next`: `next`'s subject and key, issued by this CA.
+    /// A leaf of `next` presented with it verifies against this CA alone (leaf -> cross
+    /// certificate -> this CA), so peers that trust only this CA accept it during a rotation.
+    pub fn cross_sign(&self, next: &ClusterCa) -> Result<String, PkiError> {
+        let (common_name, cluster_name) = ca_names(next.cert_der())?;
+        let mut params = ca_params(&cluster_name, &common_name);
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::from_pem(&next.key_pem).map_err(|e| PkiError::Pem {
+            what: "CA private key",
+            reason: e.to_string(),
+        })?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(PkiError::Generate)?;
+        Ok(cert.pem())
+    }
+
+    fn generate_named(cluster_name: &str, common_name: &str) -> Result<ClusterCa, PkiError> {
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("smr cluster CA {cluster_name}"));
-        dn.push(DnType::OrganizationalUnitName, CA_OU);
-        dn.push(DnType::OrganizationName, cluster_name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        set_validity(&mut params, CA_VALIDITY);
-        params.serial_number = Some(random_serial());
+        let params = ca_params(cluster_name, common_name);
         let cert = params.self_signed(&key).map_err(PkiError::Generate)?;
         Ok(ClusterCa {
             cert_pem: cert.pem(),
@@ -266,6 +288,86 @@ pub(crate) fn parse_cert_pem(
         what,
         reason: e.to_string(),
     })
+}
+
+/// A CA certificate's parameters (subject `CN=common_name, OU=smr-ca, O=cluster_name`), valid
+/// 10 years from now, a new serial. The same names always encode to the same subject.
+fn ca_params(cluster_name: &str, common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationalUnitName, CA_OU);
+    dn.push(DnType::OrganizationName, cluster_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_VALIDITY);
+    params.serial_number = Some(random_serial());
+    params
+}
+
+/// Common name and organisation (cluster name) of a CA certificate.
+fn ca_names(der: &[u8]) -> Result<(String, String), PkiError> {
+    let (_, x509) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let subject = x509.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or_else(|| PkiError::BadCertificate("the CA certificate has no common name".into()))?;
+    let o = subject
+        .iter_organization()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or_else(|| PkiError::BadCertificate("the CA certificate has no organisation".into()))?;
+    Ok((cn.to_owned(), o.to_owned()))
+}
+
+/// PEM texts one after the other (a chain or a bundle of trust roots), each ending with a
+/// newline.
+pub fn join_pem(parts: &[&str]) -> String {
+    let mut out = String::new();
+    for part in parts {
+        let part = part.trim();
+        if !part.is_empty() {
+            out.push_str(part);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Hex SHA-256 of every certificate of a PEM text, in order.
+pub fn pem_fingerprints(pem: &str) -> Result<Vec<String>, PkiError> {
+    Ok(parse_certs_pem(pem, "certificate")?
+        .iter()
+        .map(|d| fingerprint_der(d))
+        .collect())
+}
+
+/// Every certificate of a PEM text, in order (at least one).
+pub(crate) fn parse_certs_pem(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(PkiError::Pem {
+            what,
+            reason: "no certificate".into(),
+        });
+    }
+    Ok(certs)
 }
 
 /// The DER SubjectPublicKeyInfo of a PEM CSR.

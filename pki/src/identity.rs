@@ -8,11 +8,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::ca::{Role, fingerprint_der, parse_cert_pem};
+use super::ca::{Role, fingerprint_der, parse_cert_pem, parse_certs_pem};
 use super::files::{self, CERT_MODE};
 use super::{CA_CERT_FILE, PkiError};
 
 /// Leaf certificate, its private key and the cluster CA certificate, all PEM.
+///
+/// During a CA rotation `cert_pem` holds the leaf followed by the cross-signed certificate of
+/// the new CA (so peers that still trust only the old CA accept the leaf), and `ca_pem` holds
+/// both CA certificates (the trust roots: old first, then new).
 #[derive(Clone)]
 pub struct Identity {
     pub cert_pem: String,
@@ -84,19 +88,56 @@ impl Identity {
         parse_cert_pem(&self.cert_pem, "certificate")
     }
 
-    /// The CA certificate, DER.
+    /// The (first) CA certificate, DER.
     pub fn ca_der(&self) -> Result<CertificateDer<'static>, PkiError> {
         parse_cert_pem(&self.ca_pem, "CA certificate")
     }
 
-    /// Hex SHA-256 of the CA certificate (the fingerprint join tokens carry).
+    /// Every trusted CA certificate, DER (two during a CA rotation).
+    pub fn ca_ders(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        parse_certs_pem(&self.ca_pem, "CA certificate")
+    }
+
+    /// Hex SHA-256 of the (first) CA certificate (the fingerprint join tokens carry).
     pub fn ca_fingerprint(&self) -> Result<String, PkiError> {
         Ok(fingerprint_der(&self.ca_der()?))
     }
 
-    /// The chain a server presents: `[leaf, CA]`.
+    /// Hex SHA-256 of every trusted CA certificate, in `ca_pem`'s order.
+    pub fn ca_fingerprints(&self) -> Result<Vec<String>, PkiError> {
+        Ok(self.ca_ders()?.iter().map(|d| fingerprint_der(d)).collect())
+    }
+
+    /// The fingerprint of the trusted CA whose key signed the leaf certificate (directly, or
+    /// as the key of the cross-signed certificate that follows the leaf).
+    pub fn leaf_ca_fingerprint(&self) -> Result<String, PkiError> {
+        let cert_der = self.cert_der()?;
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        for ca_der in self.ca_ders()? {
+            let (_, ca) = X509Certificate::from_der(&ca_der)
+                .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+            if cert.verify_signature(Some(ca.public_key())).is_ok() {
+                return Ok(fingerprint_der(&ca_der));
+            }
+        }
+        Err(PkiError::BadCertificate(
+            "the certificate was not issued by a trusted cluster CA".into(),
+        ))
+    }
+
+    /// The chain a client presents: the leaf and what follows it in `cert_pem` (the
+    /// cross-signed certificate during a CA rotation).
+    pub fn client_chain(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        parse_certs_pem(&self.cert_pem, "certificate")
+    }
+
+    /// The chain a server presents: [`Identity::client_chain`], then the CA certificates (a
+    /// joiner pins one of them by its fingerprint).
     pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-        Ok(vec![self.cert_der()?, self.ca_der()?])
+        let mut chain = self.client_chain()?;
+        chain.extend(self.ca_ders()?);
+        Ok(chain)
     }
 
     /// The private key, DER.
@@ -116,15 +157,28 @@ impl Identity {
     }
 
     fn check(&self) -> Result<(), PkiError> {
-        let cert_der = self.cert_der()?;
-        let ca_der = self.ca_der()?;
-        let (_, cert) = X509Certificate::from_der(&cert_der)
+        let chain = self.client_chain()?;
+        let (_, cert) = X509Certificate::from_der(&chain[0])
             .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-        let (_, ca) = X509Certificate::from_der(&ca_der)
-            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-        cert.verify_signature(Some(ca.public_key())).map_err(|_| {
-            PkiError::BadCertificate("the certificate was not issued by the cluster CA".into())
-        })?;
+        // The leaf's issuer: a trusted CA, or the cross-signed certificate after the leaf
+        // (which must itself be issued by a trusted CA).
+        let cas = self.ca_ders()?;
+        let signed_by = |cert: &X509Certificate<'_>, issuers: &[CertificateDer<'_>]| {
+            issuers.iter().any(|der| {
+                X509Certificate::from_der(der)
+                    .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+            })
+        };
+        let by_cross = chain.len() > 1 && signed_by(&cert, &chain[1..2]) && {
+            let (_, cross) = X509Certificate::from_der(&chain[1])
+                .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+            signed_by(&cross, &cas)
+        };
+        if !by_cross && !signed_by(&cert, &cas) {
+            return Err(PkiError::BadCertificate(
+                "the certificate was not issued by the cluster CA".into(),
+            ));
+        }
         let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|e| PkiError::Pem {
             what: "private key",
             reason: e.to_string(),

@@ -6,19 +6,37 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::identity::Identity;
 use super::{PkiError, provider};
 
 /// An [`Identity`] that can be replaced; see the module documentation.
+/// Its trust roots (the CA certificates of `ca_pem`) are live too: the verifiers of the live
+/// configurations read them at each handshake, so a CA rotation changes whom this node trusts
+/// with no restart.
 #[derive(Debug)]
 pub struct LiveIdentity {
-    current: RwLock<(Identity, Arc<CertifiedKey>)>,
+    current: RwLock<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    identity: Identity,
+    key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+}
+
+fn current(identity: Identity) -> Result<Current, PkiError> {
+    Ok(Current {
+        key: certified(&identity)?,
+        roots: super::tls::ca_roots(&identity.ca_pem)?,
+        identity,
+    })
 }
 
 fn certified(identity: &Identity) -> Result<Arc<CertifiedKey>, PkiError> {
@@ -30,34 +48,34 @@ fn certified(identity: &Identity) -> Result<Arc<CertifiedKey>, PkiError> {
 
 impl LiveIdentity {
     pub fn new(identity: Identity) -> Result<Arc<LiveIdentity>, PkiError> {
-        let key = certified(&identity)?;
         Ok(Arc::new(LiveIdentity {
-            current: RwLock::new((identity, key)),
+            current: RwLock::new(current(identity)?),
         }))
     }
 
     /// The identity presented now.
     pub fn get(&self) -> Identity {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
+        self.read().identity.clone()
     }
 
-    /// Presents `identity` from the next handshake on. It must be of the same CA.
+    /// Presents `identity` and trusts its CA certificates from the next handshake on.
     pub fn replace(&self, identity: Identity) -> Result<(), PkiError> {
-        let key = certified(&identity)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (identity, key);
+        let next = current(identity)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn key(&self) -> Arc<CertifiedKey> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
+        self.read().key.clone()
+    }
+
+    /// The trust roots now.
+    pub(crate) fn roots(&self) -> Arc<RootCertStore> {
+        self.read().roots.clone()
     }
 }
 

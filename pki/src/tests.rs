@@ -720,3 +720,193 @@ fn a_key_and_certificate_pair_survives_a_crash_at_any_step_of_its_replacement() 
         new.cert_pem
     );
 }
+
+/// A CA rotation: the new CA, its certificate cross-signed by the old one, and a node's
+/// identity while it runs (leaf of the new CA + cross certificate; trusting both CAs).
+struct Rotation {
+    old: ClusterCa,
+    new: ClusterCa,
+    cross: String,
+}
+
+fn rotation() -> Rotation {
+    install_crypto_provider();
+    let old = ClusterCa::generate("test").unwrap();
+    let new = old.generate_successor().unwrap();
+    let cross = old.cross_sign(&new).unwrap();
+    Rotation { old, new, cross }
+}
+
+impl Rotation {
+    /// A node of the new CA as it runs during the rotation (`with_cross`) or without the
+    /// cross-signed certificate, trusting `roots`.
+    fn node(&self, name: &str, with_cross: bool, roots: &[&ClusterCa]) -> Identity {
+        let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let (key_pem, csr) = new_key_and_csr(Role::Node, name, &sans).unwrap();
+        let leaf = self.new.sign_csr(&csr, Role::Node, name, &sans).unwrap();
+        let cert_pem = if with_cross {
+            join_pem(&[&leaf, &self.cross])
+        } else {
+            leaf
+        };
+        let roots: Vec<&str> = roots.iter().map(|c| c.cert_pem()).collect();
+        Identity::new(cert_pem, key_pem, join_pem(&roots)).unwrap()
+    }
+}
+
+#[test]
+fn the_successor_ca_is_a_new_key_and_name_of_the_same_cluster_and_the_cross_certificate_links_them()
+{
+    let r = rotation();
+    assert_ne!(r.new.fingerprint(), r.old.fingerprint());
+    let (_, old) = X509Certificate::from_der(r.old.cert_der()).unwrap();
+    let (_, new) = X509Certificate::from_der(r.new.cert_der()).unwrap();
+    let cross_der = parse(&r.cross);
+    let (_, cross) = X509Certificate::from_der(&cross_der).unwrap();
+    assert_ne!(new.subject(), old.subject());
+    assert_eq!(
+        new.subject()
+            .iter_organization()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap(),
+        "test"
+    );
+    // The cross certificate: the new CA's subject and key, issued (signed) by the old CA.
+    assert_eq!(cross.subject().as_raw(), new.subject().as_raw());
+    assert_eq!(cross.issuer().as_raw(), old.subject().as_raw());
+    assert_eq!(cross.public_key().raw, new.public_key().raw);
+    cross.verify_signature(Some(old.public_key())).unwrap();
+    assert!(cross.is_ca());
+
+    let during = r.node("node-1", true, &[&r.old, &r.new]);
+    assert_eq!(during.leaf_ca_fingerprint().unwrap(), r.new.fingerprint());
+    assert_eq!(
+        during.ca_fingerprints().unwrap(),
+        vec![r.old.fingerprint(), r.new.fingerprint()]
+    );
+    assert_eq!(during.client_chain().unwrap().len(), 2);
+    assert_eq!(during.chain().unwrap().len(), 4);
+    let before = issue(&r.old, Role::Node, "node-2", &["127.0.0.1"]);
+    assert_eq!(before.leaf_ca_fingerprint().unwrap(), r.old.fingerprint());
+    // A leaf of the new CA does not pass for one of the old CA without the cross certificate.
+    let (key_pem, csr) = new_key_and_csr(Role::Node, "node-3", &[]).unwrap();
+    let leaf = r.new.sign_csr(&csr, Role::Node, "node-3", &[]).unwrap();
+    assert!(Identity::new(leaf, key_pem, r.old.cert_pem().to_owned()).is_err());
+}
+
+#[tokio::test]
+async fn a_leaf_of_the_new_ca_verifies_against_the_old_root_through_the_cross_certificate() {
+    let r = rotation();
+    let old_only = r.old.cert_pem();
+    let new_only = r.new.cert_pem();
+
+    // Server side: a rotated node presents [leaf, cross, old CA, new CA].
+    let rotated = r.node("node-1", true, &[&r.old, &r.new]);
+    let mut server = TestServer::start(api_server_config(&rotated).unwrap()).await;
+    for roots in [old_only, new_only] {
+        let client = reqwest_client(roots, None, TIMEOUT).unwrap();
+        assert_eq!(get(&client, &server.url()).await.unwrap(), "anonymous");
+        server.next_seen().await.unwrap();
+    }
+    // Client side: the same node's client certificate (with the cross certificate) passes a
+    // Raft server that trusts only the old CA, and one that trusts only the new CA.
+    let old_node = issue(&r.old, Role::Node, "node-2", &["127.0.0.1", "localhost"]);
+    let new_node = r.node("node-3", false, &[&r.new]);
+    for server_id in [&old_node, &new_node] {
+        let mut raft = TestServer::start(raft_server_config(server_id).unwrap()).await;
+        let client = reqwest_client(&server_id.ca_pem, Some(&rotated), TIMEOUT).unwrap();
+        assert_eq!(get(&client, &raft.url()).await.unwrap(), "node:node-1");
+        raft.next_seen().await.unwrap();
+    }
+
+    // Without the cross certificate, a peer that trusts only the old CA refuses the leaf,
+    // as server and as client.
+    let bare = r.node("node-4", false, &[&r.old, &r.new]);
+    let mut server = TestServer::start(api_server_config(&bare).unwrap()).await;
+    let client = reqwest_client(old_only, None, TIMEOUT).unwrap();
+    let err = get(&client, &server.url()).await.unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(server.next_seen().await.is_err());
+    let mut raft = TestServer::start(raft_server_config(&old_node).unwrap()).await;
+    let client = reqwest_client(old_only, Some(&bare), TIMEOUT).unwrap();
+    assert!(get(&client, &raft.url()).await.is_err());
+    let seen = raft.next_seen().await.unwrap_err();
+    assert!(seen.contains("UnknownIssuer"), "{seen}");
+}
+
+#[tokio::test]
+async fn live_servers_and_clients_pick_up_new_trust_roots_at_the_next_handshake() {
+    let r = rotation();
+    let old_admin = issue(&r.old, Role::Admin, "alice", &[]);
+    let bare_new = r.node("node-2", false, &[&r.new]);
+    let before = issue(&r.old, Role::Node, "node-1", &["127.0.0.1", "localhost"]);
+    let live = LiveIdentity::new(before).unwrap();
+    let mut server = TestServer::start(raft_server_config_live(&live).unwrap()).await;
+    let mut api = TestServer::start(api_server_config_live(&live).unwrap()).await;
+    let new_client = reqwest_client(r.new.cert_pem(), Some(&bare_new), TIMEOUT).unwrap();
+    // An admin of the old CA that trusts both CAs (as a context written during the rotation).
+    let both = join_pem(&[r.old.cert_pem(), r.new.cert_pem()]);
+    let old_client = reqwest_client(&both, Some(&old_admin), TIMEOUT).unwrap();
+
+    // Before: the old CA only. A new-CA leaf without the cross certificate is refused.
+    assert!(get(&new_client, &server.url()).await.is_err());
+    assert!(server.next_seen().await.is_err());
+
+    // During: both CAs trusted, the new leaf presented with the cross certificate.
+    live.replace(r.node("node-1", true, &[&r.old, &r.new]))
+        .unwrap();
+    assert_eq!(
+        get(&new_client, &server.url()).await.unwrap(),
+        "node:node-2"
+    );
+    server.next_seen().await.unwrap();
+    assert_eq!(get(&old_client, &api.url()).await.unwrap(), "admin:alice");
+    api.next_seen().await.unwrap();
+
+    // After: the new CA only. The old CA's admin is refused at the handshake (its TLS session
+    // of before is not resumed).
+    live.replace(r.node("node-1", false, &[&r.new])).unwrap();
+    assert_eq!(
+        get(&new_client, &server.url()).await.unwrap(),
+        "node:node-2"
+    );
+    server.next_seen().await.unwrap();
+    let err = get(&old_client, &api.url()).await.unwrap_err();
+    let seen = api.next_seen().await.unwrap_err();
+    assert!(
+        seen.contains("UnknownIssuer"),
+        "server: {seen}; client: {err}"
+    );
+
+    // The node's own client follows its trust roots too.
+    let peer_live = LiveIdentity::new(issue(&r.old, Role::Node, "node-5", &["127.0.0.1"])).unwrap();
+    let peer = reqwest_client_live(&peer_live, TIMEOUT).unwrap();
+    let err = get(&peer, &api.url()).await.unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    let _ = api.next_seen().await;
+    peer_live
+        .replace(r.node("node-5", true, &[&r.old, &r.new]))
+        .unwrap();
+    assert_eq!(get(&peer, &api.url()).await.unwrap(), "node:node-5");
+}
+
+#[tokio::test]
+async fn a_join_token_of_the_old_ca_works_during_a_rotation_and_is_refused_after_it() {
+    let r = rotation();
+    let pinned_old = pinned_reqwest_client(&r.old.fingerprint(), TIMEOUT).unwrap();
+    let pinned_new = pinned_reqwest_client(&r.new.fingerprint(), TIMEOUT).unwrap();
+    let during = r.node("node-1", true, &[&r.old, &r.new]);
+    let mut server = TestServer::start(api_server_config(&during).unwrap()).await;
+    for client in [&pinned_old, &pinned_new] {
+        assert_eq!(get(client, &server.url()).await.unwrap(), "anonymous");
+        server.next_seen().await.unwrap();
+    }
+    let after = r.node("node-1", false, &[&r.new]);
+    let mut server = TestServer::start(api_server_config(&after).unwrap()).await;
+    let err = get(&pinned_old, &server.url()).await.unwrap_err();
+    assert!(err.contains(CA_MISMATCH), "{err}");
+    let _ = server.next_seen().await;
+    assert_eq!(get(&pinned_new, &server.url()).await.unwrap(), "anonymous");
+}

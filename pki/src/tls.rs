@@ -22,7 +22,7 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
-use super::ca::parse_cert_pem;
+use super::ca::parse_certs_pem;
 use super::identity::{Identity, peer_identity};
 use super::live::LiveIdentity;
 use super::{PkiError, Role, provider};
@@ -44,9 +44,12 @@ fn refused(reason: &'static str) -> rustls::Error {
     )))))
 }
 
-fn ca_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
+/// Every CA certificate of `ca_pem` as a trust root (two during a CA rotation).
+pub(crate) fn ca_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
-    roots.add(parse_cert_pem(ca_pem, "CA certificate")?)?;
+    for der in parse_certs_pem(ca_pem, "CA certificate")? {
+        roots.add(der)?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -70,25 +73,39 @@ fn live_server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(live.clone());
+    // No session resumption: a resumed session skips the certificate checks, so a client
+    // whose CA was dropped from trust (after a CA rotation) could go on resuming.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
-/// [`api_server_config`] presenting the certificate `live` holds at each handshake.
+/// [`api_server_config`] presenting the certificate `live` holds, and trusting its CAs, at
+/// each handshake.
 pub fn api_server_config_live(live: &Arc<LiveIdentity>) -> Result<Arc<ServerConfig>, PkiError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(ca_roots(&live.get().ca_pem)?, provider())
-            .allow_unauthenticated()
-            .build()?;
-    live_server_config(live, verifier)
+    let verifier = LiveClientVerifier {
+        live: live.clone(),
+        mandatory: false,
+        provider: provider(),
+    };
+    live_server_config(live, Arc::new(verifier))
 }
 
-/// [`raft_server_config`] presenting the certificate `live` holds at each handshake.
+/// [`raft_server_config`] presenting the certificate `live` holds, and trusting its CAs, at
+/// each handshake.
 pub fn raft_server_config_live(live: &Arc<LiveIdentity>) -> Result<Arc<ServerConfig>, PkiError> {
-    let inner =
-        WebPkiClientVerifier::builder_with_provider(ca_roots(&live.get().ca_pem)?, provider())
-            .build()?;
-    live_server_config(live, Arc::new(NodeOnly { inner }))
+    let inner = LiveClientVerifier {
+        live: live.clone(),
+        mandatory: true,
+        provider: provider(),
+    };
+    live_server_config(
+        live,
+        Arc::new(NodeOnly {
+            inner: Arc::new(inner),
+        }),
+    )
 }
 
 /// [`reqwest_client`] presenting the certificate `live` holds at each new connection (every
@@ -99,7 +116,11 @@ pub fn reqwest_client_live(
 ) -> Result<reqwest::Client, PkiError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(ca_roots(&live.get().ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LiveServerVerifier {
+            live: live.clone(),
+            provider: provider(),
+        }))
         .with_client_cert_resolver(live.clone());
     // No session resumption: a resumed session would carry the identity of the certificate it
     // was made with, so a renewed certificate would not be shown until the ticket expired.
@@ -142,7 +163,7 @@ fn build_client_config(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(ca_roots(ca_pem)?);
     Ok(match identity {
-        Some(id) => builder.with_client_auth_cert(vec![id.cert_der()?], id.private_key()?)?,
+        Some(id) => builder.with_client_auth_cert(id.client_chain()?, id.private_key()?)?,
         None => builder.with_no_client_auth(),
     })
 }
@@ -273,9 +294,11 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let pinned =
+            |c: &CertificateDer<'_>| Sha256::digest(c.as_ref()).as_slice() == self.fingerprint;
         let ca = intermediates
             .iter()
-            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.fingerprint)
+            .find(|c| pinned(c))
             .ok_or_else(|| refused(CA_MISMATCH))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
@@ -283,7 +306,148 @@ impl ServerCertVerifier for PinnedCa {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        // The other certificates may link the leaf to the pinned CA: during a CA rotation a
+        // leaf of the new CA reaches the old one through the cross-signed certificate.
+        let others: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|c| !pinned(c))
+            .cloned()
+            .collect();
+        webpki.verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client verifier of the live servers: the WebPKI check against the trust roots `live` holds
+/// at this handshake.
+#[derive(Debug)]
+struct LiveClientVerifier {
+    live: Arc<LiveIdentity>,
+    /// Whether a client certificate is required (Raft) or optional (API).
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; the roots change, and smr clients send their one certificate.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(self.live.roots(), self.provider.clone());
+        if !self.mandatory {
+            builder = builder.allow_unauthenticated();
+        }
+        let inner = builder
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Server verifier of the live client: the WebPKI check against the trust roots `live` holds
+/// at this handshake.
+#[derive(Debug)]
+struct LiveServerVerifier {
+    live: Arc<LiveIdentity>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for LiveServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        WebPkiServerVerifier::builder_with_provider(self.live.roots(), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
