@@ -663,6 +663,8 @@ async fn finish_bootstrap(
         fingerprint: ca.fingerprint(),
         holder: me.id,
         key_sealed: cluster_key.map(|k| k.seal_ca(ca)).transpose()?,
+        next: None,
+        previous: None,
     };
     let network = NetworkSettings {
         cidr: config.cidr,

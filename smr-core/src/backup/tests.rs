@@ -56,6 +56,8 @@ fn cluster() -> ClusterState {
         fingerprint: "ab12".into(),
         holder: 1,
         key_sealed: Some("sealed by the old cluster key".into()),
+        next: None,
+        previous: None,
     };
     run(&mut s, "ca", Op::SetCa { ca });
     run(&mut s, "net", Op::SetNetwork { network: network() });
@@ -206,6 +208,8 @@ fn new_cluster() -> ClusterState {
         fingerprint: "cd34".into(),
         holder: 1,
         key_sealed: Some("sealed by the new cluster key".into()),
+        next: None,
+        previous: None,
     };
     run(&mut s, "ca", Op::SetCa { ca });
     run(&mut s, "net", Op::SetNetwork { network: network() });

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::{Availability, Placement};
 
+pub mod ca_rotation;
 mod delta;
 mod inputs;
 pub mod lease;
@@ -217,6 +218,34 @@ pub struct CaRecord {
     pub holder: NodeId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_sealed: Option<String>,
+    /// The CA rotation under way (`smrmgr ca rotate`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextCa>,
+    /// The fingerprint of the CA this one replaced (join tokens minted before the last rotation
+    /// name it, and are refused with that reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+/// The CA that replaces the current one during a rotation: its certificate, its key sealed with
+/// the cluster key like the current one's, and its certificate cross-signed by the current CA
+/// (which nodes present after their leaf so that peers trusting only the current CA accept it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextCa {
+    pub cert_pem: String,
+    pub fingerprint: String,
+    pub key_sealed: String,
+    pub cross_pem: String,
+    pub started_ms: u64,
+}
+
+impl std::fmt::Debug for NextCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NextCa")
+            .field("fingerprint", &self.fingerprint)
+            .field("started_ms", &self.started_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for CaRecord {
@@ -225,6 +254,8 @@ impl std::fmt::Debug for CaRecord {
             .field("fingerprint", &self.fingerprint)
             .field("holder", &self.holder)
             .field("key_sealed", &self.key_sealed.as_ref().map(|_| "***"))
+            .field("next", &self.next)
+            .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
 }
@@ -367,6 +398,17 @@ pub enum Op {
     ForceNewCluster {
         state: Box<ClusterState>,
         keep: NodeId,
+    },
+    /// `smrmgr ca rotate`: starts the rotation to `next`; refused while another runs, or when
+    /// the cluster has no CA (the same rotation again is accepted and changes nothing).
+    StartCaRotation {
+        next: NextCa,
+    },
+    /// Every node's certificate comes from the next CA: it becomes the CA, the old one is no
+    /// longer trusted. Refused unless the rotation to `fingerprint` is under way (done already:
+    /// accepted, nothing changes).
+    FinishCaRotation {
+        fingerprint: String,
     },
 }
 
@@ -542,6 +584,8 @@ impl ClusterState {
             Op::Noop => self.bump(),
             Op::Restore { state } => self.restore(state, now),
             Op::ForceNewCluster { state, keep } => self.force_new_cluster(state, *keep, now),
+            Op::StartCaRotation { next } => self.start_ca_rotation(next),
+            Op::FinishCaRotation { fingerprint } => self.finish_ca_rotation(fingerprint),
         }
     }
 

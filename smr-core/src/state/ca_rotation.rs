@@ -1,0 +1,360 @@
+//! The CA rotation (`smrmgr ca rotate`), after Swarm's root rotation: the state records the next
+//! CA beside the current one ([`NextCa`]); every node then trusts both, renews its certificate
+//! from the next CA at once and presents it with the next CA's certificate cross-signed by the
+//! current one (peers that still trust only the current CA accept it through that). When every
+//! member's certificate comes from the next CA, the leader finishes: the next CA becomes the CA
+//! and the old one is trusted no longer.
+//!
+//! ```text
+//!  ca = C, next = None      trust [C]     leaf of C            (steady)
+//!  StartCaRotation(N)  -->  trust [C, N]  leaf of N + cross    (each node: Trust, Renew)
+//!  all leaves of N     -->  FinishCaRotation(N)  (the leader)
+//!  ca = N, next = None      trust [N]     leaf of N            (each node: Trust)
+//! ```
+//!
+//! [`ca_actions`] decides what one node does, from what it holds and what the state says.
+
+use super::{CaRecord, ClusterState, CommandResult, NextCa, NodeId};
+
+impl ClusterState {
+    pub(super) fn start_ca_rotation(&mut self, next: &NextCa) -> CommandResult {
+        let Some(ca) = &mut self.ca else {
+            return CommandResult::Rejected {
+                reason: "the cluster has no CA recorded".into(),
+            };
+        };
+        match &ca.next {
+            Some(running) if running.fingerprint == next.fingerprint => {
+                return CommandResult::Done {
+                    revision: self.revision,
+                };
+            }
+            Some(running) => {
+                return CommandResult::Rejected {
+                    reason: format!(
+                        "a CA rotation to {} is under way; wait for it to finish (`smrmgr ca \
+                         status`)",
+                        running.fingerprint
+                    ),
+                };
+            }
+            None if next.fingerprint == ca.fingerprint => {
+                return CommandResult::Rejected {
+                    reason: "the next CA is the current CA".into(),
+                };
+            }
+            None => {}
+        }
+        ca.next = Some(next.clone());
+        self.bump()
+    }
+
+    pub(super) fn finish_ca_rotation(&mut self, fingerprint: &str) -> CommandResult {
+        let Some(ca) = &mut self.ca else {
+            return CommandResult::Rejected {
+                reason: "the cluster has no CA recorded".into(),
+            };
+        };
+        if ca.fingerprint == fingerprint && ca.next.is_none() {
+            return CommandResult::Done {
+                revision: self.revision,
+            };
+        }
+        let Some(next) = ca.next.take_if(|n| n.fingerprint == fingerprint) else {
+            return CommandResult::Rejected {
+                reason: format!("no CA rotation to {fingerprint} is under way"),
+            };
+        };
+        *ca = CaRecord {
+            cert_pem: next.cert_pem,
+            previous: Some(std::mem::take(&mut ca.fingerprint)),
+            fingerprint: next.fingerprint,
+            holder: ca.holder,
+            key_sealed: Some(next.key_sealed),
+            next: None,
+        };
+        self.bump()
+    }
+}
+
+/// What one node holds and knows when it decides ([`ca_actions`]).
+#[derive(Clone, Debug)]
+pub struct NodeCaView<'a> {
+    /// The state's CA record.
+    pub ca: &'a CaRecord,
+    /// The fingerprints of the CAs this node trusts now, in order.
+    pub trusted: &'a [String],
+    /// Whether this node presents a cross-signed certificate after its leaf.
+    pub presents_cross: bool,
+    /// The fingerprint of the CA this node's leaf certificate comes from.
+    pub leaf_ca: &'a str,
+    /// On the leader only: the CA of each member's leaf as its health probe said (`None`: it
+    /// did not answer).
+    pub members: Option<&'a [(NodeId, Option<String>)]>,
+}
+
+/// One step of a node towards what the CA record asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaAction {
+    /// Trust exactly these CAs (fingerprints, in order), and present the cross-signed
+    /// certificate after a leaf of the next CA while a rotation runs (only then).
+    Trust { cas: Vec<String> },
+    /// Renew this node's certificates now, from the CA that signs now (the next one during a
+    /// rotation).
+    Renew,
+    /// The leader: every member's leaf comes from the next CA; finish the rotation.
+    Finish { fingerprint: String },
+}
+
+/// The CAs a node trusts for `ca`: the current one, and the next one during a rotation.
+pub fn trusted_cas(ca: &CaRecord) -> Vec<String> {
+    let mut cas = vec![ca.fingerprint.clone()];
+    cas.extend(ca.next.as_ref().map(|n| n.fingerprint.clone()));
+    cas
+}
+
+/// The CA that signs certificates now: the next one during a rotation, else the current one.
+pub fn signing_ca(ca: &CaRecord) -> &str {
+    ca.next.as_ref().map_or(&ca.fingerprint, |n| &n.fingerprint)
+}
+
+/// Whether a node whose leaf comes from `leaf_ca` presents the cross-signed certificate.
+pub fn presents_cross(ca: &CaRecord, leaf_ca: &str) -> bool {
+    ca.next.as_ref().is_some_and(|n| n.fingerprint == leaf_ca)
+}
+
+/// What this node does now, in this order (see the module documentation).
+pub fn ca_actions(view: &NodeCaView<'_>) -> Vec<CaAction> {
+    let mut actions = Vec::new();
+    let cas = trusted_cas(view.ca);
+    if view.trusted != cas.as_slice()
+        || view.presents_cross != presents_cross(view.ca, view.leaf_ca)
+    {
+        actions.push(CaAction::Trust { cas });
+    }
+    if view.leaf_ca != signing_ca(view.ca) {
+        actions.push(CaAction::Renew);
+    }
+    if let (Some(next), Some(members)) = (&view.ca.next, view.members)
+        && !members.is_empty()
+        && members
+            .iter()
+            .all(|(_, leaf)| leaf.as_deref() == Some(next.fingerprint.as_str()))
+    {
+        actions.push(CaAction::Finish {
+            fingerprint: next.fingerprint.clone(),
+        });
+    }
+    actions
+}
+
+/// How far a rotation is: members whose leaf comes from the signing CA, and all members.
+pub fn progress(ca: &CaRecord, members: &[(NodeId, Option<String>)]) -> (usize, usize) {
+    let signer = signing_ca(ca);
+    let done = members
+        .iter()
+        .filter(|(_, leaf)| leaf.as_deref() == Some(signer))
+        .count();
+    (done, members.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Op};
+
+    fn record(next: Option<&str>) -> CaRecord {
+        CaRecord {
+            cert_pem: "OLD PEM".into(),
+            fingerprint: "old".into(),
+            holder: 1,
+            key_sealed: Some("sealed old".into()),
+            next: next.map(next_ca),
+            previous: None,
+        }
+    }
+
+    fn next_ca(fingerprint: &str) -> NextCa {
+        NextCa {
+            cert_pem: format!("{fingerprint} PEM"),
+            fingerprint: fingerprint.into(),
+            key_sealed: format!("sealed {fingerprint}"),
+            cross_pem: "CROSS".into(),
+            started_ms: 5,
+        }
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn view<'a>(
+        ca: &'a CaRecord,
+        trusted: &'a [String],
+        cross: bool,
+        leaf: &'a str,
+        members: Option<&'a [(NodeId, Option<String>)]>,
+    ) -> Vec<CaAction> {
+        ca_actions(&NodeCaView {
+            ca,
+            trusted,
+            presents_cross: cross,
+            leaf_ca: leaf,
+            members,
+        })
+    }
+
+    #[test]
+    fn a_node_in_step_with_its_ca_does_nothing() {
+        let steady = record(None);
+        assert_eq!(view(&steady, &s(&["old"]), false, "old", None), vec![]);
+        let members = [(1, Some("old".to_string())), (2, Some("old".to_string()))];
+        assert_eq!(
+            view(&steady, &s(&["old"]), false, "old", Some(&members)),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn at_the_start_a_node_trusts_both_cas_and_renews_from_the_next_one() {
+        let rotating = record(Some("new"));
+        assert_eq!(
+            view(&rotating, &s(&["old"]), false, "old", None),
+            vec![
+                CaAction::Trust {
+                    cas: s(&["old", "new"])
+                },
+                CaAction::Renew
+            ]
+        );
+        // Renewed: its leaf is of the next CA, presented with the cross certificate.
+        assert_eq!(
+            view(&rotating, &s(&["old", "new"]), true, "new", None),
+            vec![]
+        );
+        // Renewed but not presenting the cross certificate: trust again (which adds it).
+        assert_eq!(
+            view(&rotating, &s(&["old", "new"]), false, "new", None),
+            vec![CaAction::Trust {
+                cas: s(&["old", "new"])
+            }]
+        );
+    }
+
+    #[test]
+    fn the_leader_finishes_only_when_every_member_answered_with_a_leaf_of_the_next_ca() {
+        let rotating = record(Some("new"));
+        let trusted = s(&["old", "new"]);
+        let new = || Some("new".to_string());
+        let waiting: [&[(NodeId, Option<String>)]; 3] = [
+            &[(1, new()), (2, Some("old".into())), (3, new())],
+            &[(1, new()), (2, None), (3, new())],
+            &[],
+        ];
+        for members in waiting {
+            assert_eq!(
+                view(&rotating, &trusted, true, "new", Some(members)),
+                vec![],
+                "{members:?}"
+            );
+        }
+        let all = [(1, new()), (2, new()), (3, new())];
+        assert_eq!(
+            view(&rotating, &trusted, true, "new", Some(&all)),
+            vec![CaAction::Finish {
+                fingerprint: "new".into()
+            }]
+        );
+        assert_eq!(progress(&rotating, &waiting[0]), (2, 3));
+        assert_eq!(progress(&rotating, &all), (3, 3));
+    }
+
+    #[test]
+    fn after_the_finish_a_node_drops_the_old_ca_and_the_cross_certificate() {
+        let mut finished = record(None);
+        finished.fingerprint = "new".into();
+        assert_eq!(
+            view(&finished, &s(&["old", "new"]), true, "new", None),
+            vec![CaAction::Trust { cas: s(&["new"]) }]
+        );
+        assert_eq!(view(&finished, &s(&["new"]), false, "new", None), vec![]);
+        // A node that missed the whole rotation renews (from the new CA).
+        assert_eq!(
+            view(&finished, &s(&["old"]), false, "old", None),
+            vec![CaAction::Trust { cas: s(&["new"]) }, CaAction::Renew]
+        );
+    }
+
+    fn apply(state: &mut ClusterState, id: &str, op: Op) -> CommandResult {
+        state.apply(&Command {
+            op_id: id.into(),
+            at_ms: 10,
+            op,
+        })
+    }
+
+    #[test]
+    fn the_rotation_starts_once_and_finishes_only_to_the_ca_it_started() {
+        let mut state = ClusterState::default();
+        let start = |fp: &str| Op::StartCaRotation { next: next_ca(fp) };
+        assert_eq!(
+            apply(&mut state, "s0", start("new")),
+            CommandResult::Rejected {
+                reason: "the cluster has no CA recorded".into()
+            }
+        );
+        apply(&mut state, "ca", Op::SetCa { ca: record(None) });
+        assert!(matches!(
+            apply(&mut state, "s1", start("old")),
+            CommandResult::Rejected { .. }
+        ));
+        assert!(matches!(
+            apply(&mut state, "s2", start("new")),
+            CommandResult::Done { .. }
+        ));
+        let revision = state.revision;
+        // The same start again changes nothing; another one is refused while it runs.
+        assert_eq!(
+            apply(&mut state, "s3", start("new")),
+            CommandResult::Done { revision }
+        );
+        assert_eq!(
+            apply(&mut state, "s4", start("other")),
+            CommandResult::Rejected {
+                reason: "a CA rotation to new is under way; wait for it to finish (`smrmgr ca \
+                         status`)"
+                    .into()
+            }
+        );
+        let finish = |fp: &str| Op::FinishCaRotation {
+            fingerprint: fp.into(),
+        };
+        assert_eq!(
+            apply(&mut state, "f1", finish("other")),
+            CommandResult::Rejected {
+                reason: "no CA rotation to other is under way".into()
+            }
+        );
+        assert_eq!(state.ca.as_ref().unwrap(), &record(Some("new")));
+        assert!(matches!(
+            apply(&mut state, "f2", finish("new")),
+            CommandResult::Done { .. }
+        ));
+        assert_eq!(
+            state.ca.as_ref().unwrap(),
+            &CaRecord {
+                cert_pem: "new PEM".into(),
+                fingerprint: "new".into(),
+                holder: 1,
+                key_sealed: Some("sealed new".into()),
+                next: None,
+                previous: Some("old".into()),
+            }
+        );
+        let revision = state.revision;
+        assert_eq!(
+            apply(&mut state, "f3", finish("new")),
+            CommandResult::Done { revision }
+        );
+    }
+}
