@@ -325,7 +325,19 @@ pub async fn run(
         }
         let identity = Identity::load(&pki_dir, "node")?;
         let ca = if pki_dir.join(pki::CA_KEY_FILE).exists() {
-            Some(ClusterCa::load(&pki_dir)?)
+            match ClusterCa::load(&pki_dir) {
+                Ok(ca) => Some(ca),
+                // After a CA rotation `ca.crt` is the new CA's: the key file is the retired
+                // CA's. Signing uses the new CA's key sealed in the state.
+                Err(pki::PkiError::KeyMismatch(_)) => {
+                    tracing::info!(
+                        "{} is the key of a CA rotated out: not used",
+                        pki_dir.join(pki::CA_KEY_FILE).display()
+                    );
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };

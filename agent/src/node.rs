@@ -77,8 +77,8 @@ pub struct Node {
     pub name: String,
     /// Reached only through the methods below: callers see typed actions and [`NodeError`].
     store: Store,
-    /// Present on the node that holds the cluster CA key.
-    pub ca: Option<ClusterCa>,
+    /// Present on the node that holds the cluster CA key (the first CA's, in `pki/ca.key`).
+    pub ca: Option<Arc<ClusterCa>>,
     /// mTLS client presenting this node's certificate, for node-to-node API calls.
     pub peers: reqwest::Client,
     /// The Docker engine this node runs replicas on.
@@ -110,7 +110,7 @@ impl Node {
             id,
             name,
             store,
-            ca,
+            ca: ca.map(Arc::new),
             peers,
             docker_host,
             docker: tokio::sync::OnceCell::new(),
@@ -466,6 +466,20 @@ impl Node {
             .ca
             .as_ref()
             .ok_or_else(|| NodeError::Internal("the cluster has no CA recorded".into()))?;
+        if let Some(next) = &ca.next {
+            return Err(NodeError::Conflict(format!(
+                "a CA rotation (to {}) is under way: join once it has finished (`smrmgr ca \
+                 status`), with a token minted then",
+                next.fingerprint
+            )));
+        }
+        if ca.previous.as_ref() == Some(&token.ca_fingerprint) {
+            return Err(NodeError::Forbidden(
+                "join token refused: it was minted before the cluster CA was rotated; mint a new \
+                 one (`smrmgr token`)"
+                    .into(),
+            ));
+        }
         if token.ca_fingerprint != ca.fingerprint {
             return Err(NodeError::Forbidden(
                 "join token refused: it was issued by another cluster's CA".into(),
@@ -682,6 +696,13 @@ impl Node {
             .ca
             .as_ref()
             .ok_or_else(|| NodeError::Internal("the cluster has no CA recorded".into()))?;
+        if let Some(next) = &ca.next {
+            return Err(NodeError::Conflict(format!(
+                "a CA rotation (to {}) is under way: mint join tokens once it has finished \
+                 (`smrmgr ca status`)",
+                next.fingerprint
+            )));
+        }
         let token =
             JoinToken::generate(&ca.fingerprint).map_err(|e| NodeError::Internal(e.to_string()))?;
         let expires_ms = now_ms() + ttl.as_millis() as u64;

@@ -8,6 +8,11 @@
 //! ```
 //! A failed renewal is logged and tried again (every 10 s, sooner for short lifetimes) until
 //! it succeeds or the certificate expires.
+//!
+//! The same loop follows the cluster CA record every second: during a CA rotation it makes the
+//! node trust both CAs, renews its certificates from the next CA at once (presented with the
+//! cross-signed certificate), finishes the rotation on the leader once every node's certificate
+//! comes from the next CA, and drops the old CA afterwards ([`crate::state::ca_rotation`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,8 +23,11 @@ use tokio::sync::watch;
 
 use crate::client::Context;
 use crate::daemon::DaemonError;
-use crate::node::Node;
+use crate::node::certs::identity_for;
+use crate::node::{Consistency, Node};
 use crate::pki::{self, Identity, LiveIdentity, Role};
+use crate::state::ca_rotation::{self, CaAction};
+use crate::state::{CommandResult, Op};
 
 /// Environment variable, FOR TESTS ONLY: the lifetime, in seconds (30 to 31536000), of the
 /// certificates this node signs (default: a year). Tests set it on every agent to see renewals
@@ -58,33 +66,58 @@ pub struct Renewal {
     pub api_url: String,
 }
 
+/// How often the node compares what it presents and trusts with the CA record (a CA rotation).
+const CA_CHECK: Duration = Duration::from_secs(1);
+
 /// Runs until `stop`: renews the node and admin certificates at 2/3 of the node certificate's
-/// lifetime.
+/// lifetime, and follows the cluster CA record (a rotation: trust both CAs, renew from the next
+/// one, finish on the leader, drop the old CA; see [`crate::state::ca_rotation`]).
 pub async fn run(
     node: Arc<Node>,
     live: Arc<LiveIdentity>,
     renewal: Renewal,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut failed_at: Option<SystemTime> = None;
     loop {
-        let wait = match pki::validity(&live.get().cert_pem) {
-            Ok((not_before, not_after)) => {
-                let at = pki::renew_at(not_before, not_after);
-                at.duration_since(SystemTime::now()).unwrap_or_default()
-            }
+        let renew_at = match pki::validity(&live.get().cert_pem) {
+            Ok((not_before, not_after)) => pki::renew_at(not_before, not_after),
             Err(e) => {
                 tracing::error!("certificate renewal: reading this node's certificate: {e}");
                 return;
             }
         };
+        // After a failure, the next attempt waits a pause that depends on what is left.
+        let due = match failed_at {
+            Some(at) => {
+                let left = pki::validity(&live.get().cert_pem)
+                    .ok()
+                    .and_then(|(_, na)| na.duration_since(at).ok())
+                    .unwrap_or_default();
+                (at + (left / 20).clamp(Duration::from_secs(1), Duration::from_secs(10)))
+                    .max(renew_at)
+            }
+            None => renew_at,
+        };
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(CA_CHECK);
         if !wait.is_zero() {
             tokio::select! {
                 _ = crate::shutdown::stopped(&mut stop) => return,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        if let Err(e) = follow_ca(&node, &live, &renewal).await {
+            tracing::warn!("following the cluster CA: {e}");
+        }
+        if SystemTime::now() < due {
+            continue;
+        }
         match renew(&node, &live, &renewal).await {
             Ok(not_after) => {
+                failed_at = None;
                 let left = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
@@ -94,6 +127,7 @@ pub async fn run(
                 );
             }
             Err(e) => {
+                failed_at = Some(SystemTime::now());
                 let left = pki::validity(&live.get().cert_pem)
                     .ok()
                     .and_then(|(_, na)| na.duration_since(SystemTime::now()).ok())
@@ -102,41 +136,85 @@ pub async fn run(
                     expires_in_s = left.as_secs(),
                     "certificate renewal failed, trying again: {e}"
                 );
-                let pause = (left / 20).clamp(Duration::from_secs(1), Duration::from_secs(10));
-                tokio::select! {
-                    _ = crate::shutdown::stopped(&mut stop) => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
             }
         }
     }
 }
 
-/// One renewal of both certificates; returns the new node certificate's `notAfter`.
-async fn renew(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<SystemTime, String> {
-    let current = live.get();
-    let ca_pem = current.ca_pem.clone();
-    let issue = |role: Role, name: String, sans: Vec<String>| {
-        let ca_pem = ca_pem.clone();
-        async move {
-            let (key_pem, csr) =
-                pki::new_key_and_csr(role, &name, &sans).map_err(|e| e.to_string())?;
-            let req = SignRequest {
-                csr,
-                admin: role == Role::Admin,
-                name,
-                sans,
-            };
-            let cert_pem = node.sign_own(req).await.map_err(|e| e.to_string())?;
-            Identity::new(cert_pem, key_pem, ca_pem).map_err(|e| e.to_string())
-        }
+/// One step towards what the CA record asks ([`ca_rotation::ca_actions`]).
+async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<(), String> {
+    let state = node
+        .state(Consistency::Stale)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(record) = state.ca.as_ref() else {
+        return Ok(());
     };
-    let node_id = issue(Role::Node, renewal.name.clone(), renewal.sans.clone()).await?;
-    let admin = issue(Role::Admin, format!("admin@{}", renewal.name), Vec::new()).await?;
+    let current = live.get();
+    let trusted = current.ca_fingerprints().map_err(|e| e.to_string())?;
+    let leaf_ca = current.leaf_ca_fingerprint().map_err(|e| e.to_string())?;
+    let presents_cross = current.client_chain().map_err(|e| e.to_string())?.len() > 1;
+    let members = if record.next.is_some() && node.is_leader() {
+        let nodes = node
+            .nodes(Consistency::Stale)
+            .await
+            .map_err(|e| e.to_string())?;
+        Some(
+            nodes
+                .into_iter()
+                .map(|n| (n.id, n.cert_ca))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
+    let actions = ca_rotation::ca_actions(&ca_rotation::NodeCaView {
+        ca: record,
+        trusted: &trusted,
+        presents_cross,
+        leaf_ca: &leaf_ca,
+        members: members.as_deref(),
+    });
+    for action in actions {
+        match action {
+            CaAction::Trust { cas } => {
+                let node_id = identity_for(record, &current.cert_pem, &current.key_pem)?;
+                let admin = Identity::load(&renewal.pki_dir, "admin").map_err(|e| e.to_string())?;
+                let admin = identity_for(record, &admin.cert_pem, &admin.key_pem)?;
+                install(live, renewal, node_id, admin)?;
+                tracing::info!(?cas, "this node now trusts the CAs of the CA record");
+            }
+            CaAction::Renew => {
+                renew(node, live, renewal).await?;
+                tracing::info!(ca = %ca_rotation::signing_ca(record), "renewed this node's certificates from the CA that signs now");
+            }
+            CaAction::Finish { fingerprint } => {
+                match node
+                    .propose(Op::FinishCaRotation { fingerprint: fingerprint.clone() }, None)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    CommandResult::Rejected { reason } => return Err(reason),
+                    _ => tracing::info!(%fingerprint, "CA rotation finished: every node's certificate comes from the new CA"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Saves both identities and `admin.context`, and presents (and trusts) the node identity from
+/// the next handshake on.
+fn install(
+    live: &LiveIdentity,
+    renewal: &Renewal,
+    node_id: Identity,
+    admin: Identity,
+) -> Result<(), String> {
     node_id
         .save(&renewal.pki_dir, "node")
         .map_err(|e| e.to_string())?;
-    live.replace(node_id.clone()).map_err(|e| e.to_string())?;
+    live.replace(node_id).map_err(|e| e.to_string())?;
     admin
         .save(&renewal.pki_dir, "admin")
         .map_err(|e| e.to_string())?;
@@ -148,7 +226,35 @@ async fn renew(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<Sy
         key_pem: admin.key_pem.clone(),
     }
     .save(&renewal.context_path)
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// One renewal of both certificates, from the CA that signs now, as the CA record asks them
+/// presented; returns the new node certificate's `notAfter`.
+async fn renew(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<SystemTime, String> {
+    let issue = |role: Role, name: String, sans: Vec<String>| async move {
+        let (key_pem, csr) = pki::new_key_and_csr(role, &name, &sans).map_err(|e| e.to_string())?;
+        let req = SignRequest {
+            csr,
+            admin: role == Role::Admin,
+            name,
+            sans,
+        };
+        let cert_pem = node.sign_own(req).await.map_err(|e| e.to_string())?;
+        // The record as it is once signed: the certificate is of the CA that signs now.
+        let state = node
+            .state(Consistency::Stale)
+            .await
+            .map_err(|e| e.to_string())?;
+        match state.ca.as_ref() {
+            Some(record) => identity_for(record, &cert_pem, &key_pem),
+            None => Identity::new(cert_pem, key_pem, live.get().ca_pem)
+                .map_err(|e| e.to_string()),
+        }
+    };
+    let node_id = issue(Role::Node, renewal.name.clone(), renewal.sans.clone()).await?;
+    let admin = issue(Role::Admin, format!("admin@{}", renewal.name), Vec::new()).await?;
     let (_, not_after) = pki::validity(&node_id.cert_pem).map_err(|e| e.to_string())?;
+    install(live, renewal, node_id, admin)?;
     Ok(not_after)
 }

@@ -304,6 +304,20 @@ impl Client {
         .await
     }
 
+    /// Starts a CA rotation (`smrmgr ca rotate`); when one is under way already, its status.
+    pub async fn ca_rotate(&self) -> Result<CaStatus, ClientError> {
+        self.request(
+            Method::POST,
+            "ca/rotate",
+            Payload::Json(serde_json::Value::Null),
+        )
+        .await
+    }
+
+    pub async fn ca_status(&self) -> Result<CaStatus, ClientError> {
+        self.request(Method::GET, "ca/status", Payload::None).await
+    }
+
     pub async fn token(&self, ttl: Option<Duration>) -> Result<TokenResponse, ClientError> {
         let body = serde_json::json!({ "ttl_seconds": ttl.map(|t| t.as_secs()) });
         self.request(Method::POST, "tokens", Payload::Json(body))

@@ -63,6 +63,9 @@ pub struct HealthResponse {
     /// When this node's certificate expires (milliseconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires_ms: Option<u64>,
+    /// The fingerprint (hex SHA-256) of the CA this node's certificate comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_ca: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,6 +115,10 @@ pub struct NodeView {
     /// (absent when it did not answer). Renewed by the node at 2/3 of its lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires_ms: Option<u64>,
+    /// The fingerprint of the CA the node's certificate comes from, as its health probe said
+    /// (absent when it did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_ca: Option<String>,
 }
 
 /// `PUT /api/v1/nodes/{id}/availability`: cordon, drain or uncordon (`active`) a node.
@@ -341,4 +348,38 @@ pub struct HeartbeatRequest {
 pub struct HeartbeatResponse {
     /// The period the leader wants, in milliseconds (a fifth of its node timeout, 1 to 5 s).
     pub period_ms: u64,
+}
+
+/// `GET /api/v1/ca/status` and the answer to `POST /api/v1/ca/rotate`: the cluster CA, the
+/// rotation under way if any, and the CA of each node's certificate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// The fingerprint (hex SHA-256) of the cluster CA.
+    pub fingerprint: String,
+    /// The CA a rotation replaces it with, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// When the rotation started (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// The CA the last rotation replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Nodes whose certificate comes from the CA that signs now (the next one during a
+    /// rotation), and all nodes.
+    pub done: usize,
+    pub total: usize,
+    pub nodes: Vec<CaNodeStatus>,
+}
+
+/// One node in [`CaStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaNodeStatus {
+    pub id: NodeId,
+    pub name: String,
+    /// `healthy` or `unreachable`.
+    pub health: String,
+    /// The CA its certificate comes from (absent when it did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_ca: Option<String>,
 }

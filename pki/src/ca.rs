@@ -342,6 +342,16 @@ pub fn join_pem(parts: &[&str]) -> String {
     out
 }
 
+/// The first PEM block of a text (a chain's leaf), with its end line; the whole text when it
+/// has no end line.
+pub fn first_pem(pem: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(at) => &pem[..at + END.len()],
+        None => pem,
+    }
+}
+
 /// Hex SHA-256 of every certificate of a PEM text, in order.
 pub fn pem_fingerprints(pem: &str) -> Result<Vec<String>, PkiError> {
     Ok(parse_certs_pem(pem, "certificate")?

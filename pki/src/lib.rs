@@ -39,7 +39,9 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-pub use ca::{ClusterCa, LEAF_VALIDITY, Role, join_pem, new_key_and_csr, pem_fingerprints};
+pub use ca::{
+    ClusterCa, LEAF_VALIDITY, Role, first_pem, join_pem, new_key_and_csr, pem_fingerprints,
+};
 pub use identity::{Identity, PeerIdentity, peer_identity};
 pub use live::{LiveIdentity, renew_at, validity};
 pub use seal::{CLUSTER_KEY_FILE, ClusterKey};

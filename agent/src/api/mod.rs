@@ -83,6 +83,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/users/{name}/certificate"),
     ("post", "/api/v1/internal/heartbeat"),
     ("get", "/api/v1/internal/state"),
+    ("post", "/api/v1/ca/rotate"),
+    ("get", "/api/v1/ca/status"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -134,6 +136,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/metrics", get(crate::metrics::api_handler))
         .route("/api/v1/backup", get(backup::backup))
+        .route("/api/v1/ca/rotate", post(ca_rotate))
+        .route("/api/v1/ca/status", get(ca_status))
         .merge(internal)
         .merge(users::router())
         .route_layer(middleware::from_fn(require_client_cert));
@@ -335,6 +339,31 @@ async fn ca(State(node): AppState) -> Result<Response, ApiError> {
         ca.cert_pem.clone(),
     )
         .into_response())
+}
+
+/// `POST /api/v1/ca/rotate` (admin and node certificates): starts a CA rotation, or answers
+/// the status of the one under way.
+async fn ca_rotate(
+    State(node): AppState,
+    Extension(who): Extension<ClientIdentity>,
+) -> Result<Json<CaStatus>, ApiError> {
+    if !matches!(
+        who.0,
+        Some(PeerIdentity {
+            role: Role::Admin | Role::Node,
+            ..
+        })
+    ) {
+        return Err(ApiError::Forbidden(
+            "only admin certificates may rotate the cluster CA".into(),
+        ));
+    }
+    Ok(Json(node.start_ca_rotation().await?))
+}
+
+/// `GET /api/v1/ca/status`: the CA, a rotation under way, the CA of each node's certificate.
+async fn ca_status(State(node): AppState) -> Result<Json<CaStatus>, ApiError> {
+    Ok(Json(node.ca_status().await?))
 }
 
 async fn join(State(node): AppState, body: Body) -> Result<Json<JoinResponse>, ApiError> {

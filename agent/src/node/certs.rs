@@ -6,10 +6,11 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
-use api_types::types::SignRequest;
+use api_types::types::{CaNodeStatus, CaStatus, SignRequest};
 
-use super::{Node, NodeError, read_error};
-use crate::pki::{ClusterCa, ClusterKey, LiveIdentity, Role};
+use super::{Consistency, Node, NodeError, read_error};
+use crate::pki::{ClusterCa, ClusterKey, Identity, LiveIdentity, Role};
+use crate::state::{CaRecord, CommandResult, NextCa, Op, ca_rotation};
 
 /// This node's PKI as the daemon set it up.
 pub struct NodePki {
@@ -55,26 +56,40 @@ impl Node {
         Some(not_after.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
     }
 
-    /// The CA that can sign here: the key file of the node that created the cluster, else the
-    /// key sealed in the state opened with the cluster key. `None`: this node cannot sign.
+    /// The CA that signs now (the next one during a rotation) when this node can sign: the key
+    /// file of the node that created the cluster (for that CA only), else the key sealed in
+    /// the state opened with the cluster key. `None`: this node cannot sign.
     async fn signing_ca(&self) -> Result<Option<Arc<ClusterCa>>, NodeError> {
-        let Some(key) = self.certs.pki.get().and_then(|p| p.cluster_key.as_ref()) else {
-            return Ok(None);
-        };
         let state = self.store.read(false).await.map_err(read_error)?;
         let Some(record) = state.ca.as_ref() else {
             return Ok(None);
         };
-        let Some(sealed) = record.key_sealed.as_deref() else {
+        let (cert_pem, fingerprint, sealed) = match &record.next {
+            Some(next) => (&next.cert_pem, &next.fingerprint, Some(&next.key_sealed)),
+            None => (
+                &record.cert_pem,
+                &record.fingerprint,
+                record.key_sealed.as_ref(),
+            ),
+        };
+        if let Some(ca) = &self.ca
+            && &ca.fingerprint() == fingerprint
+        {
+            return Ok(Some(ca.clone()));
+        }
+        let Some(key) = self.certs.pki.get().and_then(|p| p.cluster_key.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(sealed) = sealed else {
             return Ok(None);
         };
         let mut opened = self.certs.opened.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ca) = opened.as_ref()
-            && ca.fingerprint() == record.fingerprint
+            && &ca.fingerprint() == fingerprint
         {
             return Ok(Some(ca.clone()));
         }
-        let ca = Arc::new(key.open_ca(&record.cert_pem, sealed).map_err(|e| {
+        let ca = Arc::new(key.open_ca(cert_pem, sealed).map_err(|e| {
             NodeError::Internal(format!("opening the CA key sealed in the state: {e}"))
         })?);
         *opened = Some(ca.clone());
@@ -96,9 +111,6 @@ impl Node {
             ca.sign_csr_valid_for(&req.csr, role, &req.name, &req.sans, validity)
                 .map_err(|e| NodeError::BadRequest(format!("certificate request refused: {e}")))
         };
-        if let Some(ca) = &self.ca {
-            return sign(ca).map(Some);
-        }
         match self.signing_ca().await? {
             Some(ca) => sign(&ca).map(Some),
             None => Ok(None),
@@ -116,4 +128,113 @@ impl Node {
             .ok_or_else(|| NodeError::Unavailable("the cluster has no CA recorded".into()))?;
         self.sign(req, holder).await
     }
+}
+
+impl Node {
+    /// The CA of this node's certificate (fingerprint), if the daemon set its PKI.
+    pub fn cert_ca(&self) -> Option<String> {
+        self.live_identity()?.get().leaf_ca_fingerprint().ok()
+    }
+
+    /// `POST /api/v1/ca/rotate`: makes the next CA (a new key, sealed with the cluster key like
+    /// the current one's) and its certificate cross-signed by the current CA, and starts the
+    /// rotation. A rotation under way already is not started again: its status is answered.
+    pub async fn start_ca_rotation(&self) -> Result<CaStatus, NodeError> {
+        let state = self.state(Consistency::Linearizable).await?;
+        let record = state
+            .ca
+            .as_ref()
+            .ok_or_else(|| NodeError::Unavailable("the cluster has no CA recorded".into()))?;
+        if record.next.is_none() {
+            let refused = |why: &str| {
+                NodeError::Conflict(format!(
+                    "the CA cannot be rotated from this node: {why} (the cluster was created \
+                     before its CA key was sealed in the state; rotation needs it)"
+                ))
+            };
+            let key = self
+                .certs
+                .pki
+                .get()
+                .and_then(|p| p.cluster_key.as_ref())
+                .ok_or_else(|| refused("it has no cluster key"))?;
+            let sealed = record
+                .key_sealed
+                .as_deref()
+                .ok_or_else(|| refused("the state holds no sealed CA key"))?;
+            let internal = |e: crate::pki::PkiError| NodeError::Internal(e.to_string());
+            let current = key.open_ca(&record.cert_pem, sealed).map_err(internal)?;
+            let next = current.generate_successor().map_err(internal)?;
+            let next = NextCa {
+                cert_pem: next.cert_pem().to_owned(),
+                fingerprint: next.fingerprint(),
+                key_sealed: key.seal_ca(&next).map_err(internal)?,
+                cross_pem: current.cross_sign(&next).map_err(internal)?,
+                started_ms: super::now_ms(),
+            };
+            let fingerprint = next.fingerprint.clone();
+            match self.propose(Op::StartCaRotation { next }, None).await? {
+                CommandResult::Rejected { reason } => return Err(NodeError::Conflict(reason)),
+                _ => tracing::info!(%fingerprint, "CA rotation started"),
+            }
+        }
+        self.ca_status().await
+    }
+
+    /// `GET /api/v1/ca/status`: the CA, the rotation under way, the CA of each node's
+    /// certificate (from health probes, as `nodes` shows them).
+    pub async fn ca_status(&self) -> Result<CaStatus, NodeError> {
+        let nodes = self.nodes(Consistency::Linearizable).await?;
+        let state = self.state(Consistency::Stale).await?;
+        let record = state
+            .ca
+            .as_ref()
+            .ok_or_else(|| NodeError::Unavailable("the cluster has no CA recorded".into()))?;
+        let members: Vec<_> = nodes.iter().map(|n| (n.id, n.cert_ca.clone())).collect();
+        let (done, total) = ca_rotation::progress(record, &members);
+        Ok(CaStatus {
+            fingerprint: record.fingerprint.clone(),
+            next: record.next.as_ref().map(|n| n.fingerprint.clone()),
+            started_ms: record.next.as_ref().map(|n| n.started_ms),
+            previous: record.previous.clone(),
+            done,
+            total,
+            nodes: nodes
+                .into_iter()
+                .map(|n| CaNodeStatus {
+                    id: n.id,
+                    name: n.name,
+                    health: n.health,
+                    cert_ca: n.cert_ca,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The identity a node presents for its leaf certificate `leaf_pem` (PEM; anything after the
+/// first certificate is ignored) and `key_pem` under the CA `record`: it trusts the CAs the
+/// record names (both during a rotation) and presents the cross-signed certificate after a leaf
+/// of the next CA. Fails when no CA of the record issued the leaf.
+pub fn identity_for(record: &CaRecord, leaf_pem: &str, key_pem: &str) -> Result<Identity, String> {
+    let leaf = crate::pki::first_pem(leaf_pem);
+    let mut roots = vec![record.cert_pem.as_str()];
+    let mut chain = vec![leaf];
+    if let Some(next) = &record.next {
+        roots.push(&next.cert_pem);
+        let probe = Identity {
+            cert_pem: leaf.to_owned(),
+            key_pem: key_pem.to_owned(),
+            ca_pem: next.cert_pem.clone(),
+        };
+        if probe.leaf_ca_fingerprint().ok().as_ref() == Some(&next.fingerprint) {
+            chain.push(&next.cross_pem);
+        }
+    }
+    Identity::new(
+        crate::pki::join_pem(&chain),
+        key_pem.to_owned(),
+        crate::pki::join_pem(&roots),
+    )
+    .map_err(|e| format!("the certificate under the cluster CA {}: {e}", record.fingerprint))
 }

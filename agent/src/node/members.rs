@@ -75,6 +75,7 @@ impl Node {
             voters: status.voters.iter().copied().collect(),
             learners: status.learners.iter().copied().collect(),
             cert_expires_ms: self.cert_expires_ms(),
+            cert_ca: self.cert_ca(),
         })
     }
 
@@ -91,7 +92,7 @@ impl Node {
                 // This node answers, so it is healthy (behind NAT it may not reach its own public
                 // address).
                 if me {
-                    return (true, self.cert_expires_ms());
+                    return (true, self.cert_expires_ms(), self.cert_ca());
                 }
                 let probe = tokio::time::timeout(
                     Duration::from_secs(2),
@@ -99,8 +100,8 @@ impl Node {
                 )
                 .await;
                 match probe {
-                    Ok(Ok(health)) => (true, health.cert_expires_ms),
-                    _ => (false, None),
+                    Ok(Ok(health)) => (true, health.cert_expires_ms, health.cert_ca),
+                    _ => (false, None, None),
                 }
             }
         });
@@ -116,7 +117,7 @@ impl Node {
             .nodes
             .values()
             .zip(healthy)
-            .map(|(n, (healthy, cert_expires_ms))| NodeView {
+            .map(|(n, (healthy, cert_expires_ms, cert_ca))| NodeView {
                 id: n.id,
                 name: n.name.clone(),
                 host: n.host.clone(),
@@ -146,6 +147,7 @@ impl Node {
                 availability: state.availability.get(&n.id).copied().unwrap_or_default(),
                 replicas: super::availability::replicas_on(&state, n.id),
                 cert_expires_ms,
+                cert_ca,
             })
             .collect();
         Ok(views)

@@ -37,6 +37,13 @@ impl Node {
             .ca
             .as_ref()
             .ok_or_else(|| NodeError::Internal("the cluster has no CA recorded".into()))?;
+        if let Some(next) = &ca.next {
+            return Err(NodeError::Conflict(format!(
+                "a CA rotation (to {}) is under way: ask for user certificates once it has \
+                 finished (`smrmgr ca status`)",
+                next.fingerprint
+            )));
+        }
         let request = SignRequest {
             csr: csr.to_string(),
             admin: true,

@@ -86,6 +86,30 @@ enum Cmd {
     /// Create a new one-node cluster from a backup FILE, in a fresh data dir (the start flags of
     /// a new node; the cluster network is the backup's). Other nodes then join it with a token.
     Restore(RestoreArgs),
+    /// The cluster CA: `rotate` replaces it (cross-signed transition), `status` shows it.
+    Ca {
+        #[command(subcommand)]
+        command: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Replace the cluster CA: a new CA is made and cross-signed by the current one; every node
+    /// trusts both and renews its certificates from the new CA; once all have, the old CA is
+    /// trusted no longer. Waits for the end and prints progress (nodes done / total).
+    Rotate {
+        #[command(flatten)]
+        data: DataDir,
+        /// How long to wait for every node, in seconds (the rotation goes on after a timeout).
+        #[arg(long, default_value = "300")]
+        timeout: u64,
+    },
+    /// The cluster CA, a rotation under way, and the CA each node's certificate comes from.
+    Status {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -166,6 +190,12 @@ fn main() -> ExitCode {
         }
         Cmd::Backup { file, data } => backup(&data.data_dir, &file),
         Cmd::Restore(args) => restore(args),
+        Cmd::Ca {
+            command: CaCmd::Rotate { data, timeout },
+        } => ca_rotate(&data.data_dir, Duration::from_secs(timeout)),
+        Cmd::Ca {
+            command: CaCmd::Status { data },
+        } => ca_status(&data.data_dir),
     };
     match result {
         Ok(code) => code,
@@ -867,5 +897,115 @@ fn force_new_cluster(mut args: StartArgs) -> anyhow::Result<ExitCode> {
         foreground(args)
     } else {
         background(args, start_child_args())
+    }
+}
+
+/// A fingerprint as people read it: its first 16 hex characters.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+fn print_ca_status(status: &agent::api::types::CaStatus) {
+    println!("CA        {}", status.fingerprint);
+    if let Some(next) = &status.next {
+        println!("rotating  to {next} ({}/{} nodes done)", status.done, status.total);
+    }
+    if let Some(previous) = &status.previous {
+        println!("previous  {previous} (no longer trusted)");
+    }
+    println!("{:<6} {:<20} {:<12} CERT CA", "ID", "NODE", "HEALTH");
+    for n in &status.nodes {
+        let ca = match n.cert_ca.as_deref() {
+            None => "-".to_string(),
+            Some(fp) if fp == status.fingerprint => format!("{} (current)", short(fp)),
+            Some(fp) if Some(fp) == status.next.as_deref() => format!("{} (next)", short(fp)),
+            Some(fp) => format!("{} (other)", short(fp)),
+        };
+        println!("{:<6} {:<20} {:<12} {ca}", n.id, n.name, n.health);
+    }
+}
+
+fn ca_status(dir: &Path) -> anyhow::Result<ExitCode> {
+    let client = client_for(dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let status = runtime
+        .block_on(client.ca_status())
+        .context("reading the CA status")?;
+    print_ca_status(&status);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smrmgr ca rotate`: starts the rotation (or joins the one under way) and waits for its end.
+/// The client is made again from `admin.context` at each poll: the agent rewrites it with a
+/// certificate of the new CA during the rotation.
+fn ca_rotate(dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let started = runtime
+        .block_on(client_for(dir)?.ca_rotate())
+        .context("starting the CA rotation")?;
+    let Some(next) = started.next.clone() else {
+        bail!(
+            "the rotation did not start (the CA is {}); see `smrmgr ca status`",
+            started.fingerprint
+        );
+    };
+    println!(
+        "rotating the cluster CA {} -> {}",
+        short(&started.fingerprint),
+        short(&next)
+    );
+    let deadline = Instant::now() + timeout;
+    let mut shown = None;
+    loop {
+        match client_for(dir).and_then(|c| Ok(runtime.block_on(c.ca_status())?)) {
+            Ok(status) if status.next.is_none() && status.fingerprint == next => {
+                println!(
+                    "done: {}/{} nodes have a certificate of CA {}; CA {} is no longer trusted",
+                    status.done,
+                    status.total,
+                    short(&next),
+                    short(&started.fingerprint)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(status) if status.next.as_deref() != Some(next.as_str()) => {
+                bail!(
+                    "the cluster CA is {} and no rotation to {} is under way any more",
+                    status.fingerprint,
+                    next
+                );
+            }
+            Ok(status) => {
+                if shown != Some((status.done, status.total)) {
+                    println!("nodes done: {}/{}", status.done, status.total);
+                    shown = Some((status.done, status.total));
+                }
+                if Instant::now() >= deadline {
+                    let waiting: Vec<String> = status
+                        .nodes
+                        .iter()
+                        .filter(|n| n.cert_ca.as_deref() != Some(next.as_str()))
+                        .map(|n| format!("{} ({})", n.name, n.health))
+                        .collect();
+                    bail!(
+                        "the rotation is still under way after {} s ({}/{} nodes done; waiting \
+                         for {}); it goes on by itself: see `smrmgr ca status`",
+                        timeout.as_secs(),
+                        status.done,
+                        status.total,
+                        waiting.join(", ")
+                    );
+                }
+            }
+            // A node may be between two certificates: ask again until the deadline.
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "the rotation's status after {} s",
+                    timeout.as_secs()
+                )));
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
