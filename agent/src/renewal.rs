@@ -190,12 +190,19 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
             }
             CaAction::Finish { fingerprint } => {
                 match node
-                    .propose(Op::FinishCaRotation { fingerprint: fingerprint.clone() }, None)
+                    .propose(
+                        Op::FinishCaRotation {
+                            fingerprint: fingerprint.clone(),
+                        },
+                        None,
+                    )
                     .await
                     .map_err(|e| e.to_string())?
                 {
                     CommandResult::Rejected { reason } => return Err(reason),
-                    _ => tracing::info!(%fingerprint, "CA rotation finished: every node's certificate comes from the new CA"),
+                    _ => {
+                        tracing::info!(%fingerprint, "CA rotation finished: every node's certificate comes from the new CA")
+                    }
                 }
             }
         }
@@ -203,18 +210,15 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
     Ok(())
 }
 
-/// Saves both identities and `admin.context`, and presents (and trusts) the node identity from
-/// the next handshake on.
+/// Saves both identities and `admin.context`, then presents (and trusts) the node identity from
+/// the next handshake on. The admin side goes first: once the node's health shows a
+/// certificate of the next CA (what finishes a rotation), its `admin.context` has one too.
 fn install(
     live: &LiveIdentity,
     renewal: &Renewal,
     node_id: Identity,
     admin: Identity,
 ) -> Result<(), String> {
-    node_id
-        .save(&renewal.pki_dir, "node")
-        .map_err(|e| e.to_string())?;
-    live.replace(node_id).map_err(|e| e.to_string())?;
     admin
         .save(&renewal.pki_dir, "admin")
         .map_err(|e| e.to_string())?;
@@ -226,7 +230,11 @@ fn install(
         key_pem: admin.key_pem.clone(),
     }
     .save(&renewal.context_path)
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    node_id
+        .save(&renewal.pki_dir, "node")
+        .map_err(|e| e.to_string())?;
+    live.replace(node_id).map_err(|e| e.to_string())
 }
 
 /// One renewal of both certificates, from the CA that signs now, as the CA record asks them
@@ -248,8 +256,7 @@ async fn renew(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<Sy
             .map_err(|e| e.to_string())?;
         match state.ca.as_ref() {
             Some(record) => identity_for(record, &cert_pem, &key_pem),
-            None => Identity::new(cert_pem, key_pem, live.get().ca_pem)
-                .map_err(|e| e.to_string()),
+            None => Identity::new(cert_pem, key_pem, live.get().ca_pem).map_err(|e| e.to_string()),
         }
     };
     let node_id = issue(Role::Node, renewal.name.clone(), renewal.sans.clone()).await?;

@@ -9,11 +9,13 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agent::client::{Client, Context};
 use agent::definitions;
 use anyhow::{Context as _, bail, ensure};
 use common::eventually;
-use common::vms::{VmCluster, agent_name, api_context, data_dir, dial_ip};
+use common::vms::{
+    VmCluster, agent_name, all_logs, api_context, apply_yaml as apply, data_dir, dial_ip,
+    write_fresh,
+};
 use smr_tests::testbed::TestbedConfig;
 
 const EXTRA: [&str; 3] = ["--backend", "none", "--no-workloads"];
@@ -28,34 +30,12 @@ fn config(name: &str, n: usize) -> TestbedConfig {
 }
 
 fn configuration(name: &str, value: &str) -> String {
-    format!(
-        "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: ca\n  name: {name}\nspec:\n  data:\n    value: \"{value}\"\n"
-    )
-}
-
-async fn apply(client: &Client, yaml: &str) -> anyhow::Result<()> {
-    client
-        .apply(&definitions::parse_str("test.yaml", yaml)?, false, None)
-        .await?;
-    Ok(())
+    common::vms::configuration("ca", name, value)
 }
 
 /// The body of a PEM text (its base64 lines), to look for in logs and answers.
 fn pem_body(pem: &str) -> String {
     pem.lines().filter(|l| !l.starts_with("-----")).collect()
-}
-
-/// Every agent log of the testbed, concatenated.
-fn all_logs(cluster: &VmCluster) -> String {
-    let mut text = String::new();
-    for vm in cluster.testbed.vms() {
-        if let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) {
-            for entry in entries.flatten() {
-                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-            }
-        }
-    }
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -300,9 +280,7 @@ async fn renewals(cluster: &mut VmCluster) -> anyhow::Result<()> {
     let mut writes = 0;
     while SystemTime::now() < until {
         let i = writes % 3;
-        let ctx = Context::load(&dirs[i].join("admin.context"))?;
-        let client = Client::from_context(&ctx)?;
-        if let Err(e) = apply(&client, &configuration("w", &writes.to_string())).await {
+        if let Err(e) = write_fresh(&dirs[i], "ca", writes).await {
             bail!(
                 "write {writes} through node {i} failed at {:?} after the start: {e:#}",
                 SystemTime::now().duration_since(UNIX_EPOCH)?

@@ -236,5 +236,10 @@ pub fn identity_for(record: &CaRecord, leaf_pem: &str, key_pem: &str) -> Result<
         key_pem.to_owned(),
         crate::pki::join_pem(&roots),
     )
-    .map_err(|e| format!("the certificate under the cluster CA {}: {e}", record.fingerprint))
+    .map_err(|e| {
+        format!(
+            "the certificate under the cluster CA {}: {e}",
+            record.fingerprint
+        )
+    })
 }

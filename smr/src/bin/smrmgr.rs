@@ -908,7 +908,10 @@ fn short(fingerprint: &str) -> &str {
 fn print_ca_status(status: &agent::api::types::CaStatus) {
     println!("CA        {}", status.fingerprint);
     if let Some(next) = &status.next {
-        println!("rotating  to {next} ({}/{} nodes done)", status.done, status.total);
+        println!(
+            "rotating  to {next} ({}/{} nodes done)",
+            status.done, status.total
+        );
     }
     if let Some(previous) = &status.previous {
         println!("previous  {previous} (no longer trusted)");

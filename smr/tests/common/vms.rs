@@ -319,3 +319,44 @@ pub async fn serving(vm: &Vm, what: &str, limit: Duration) -> anyhow::Result<Cli
     })
     .await
 }
+
+/// A `configuration` object `<group>/<name>` holding `value` (the CA tests' writes).
+pub fn configuration(group: &str, name: &str, value: &str) -> String {
+    format!(
+        "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  data:\n    value: \"{value}\"\n"
+    )
+}
+
+/// Applies the definitions of a YAML text through `client`.
+pub async fn apply_yaml(client: &Client, yaml: &str) -> anyhow::Result<()> {
+    client
+        .apply(
+            &agent::definitions::parse_str("test.yaml", yaml)?,
+            false,
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+/// One write of the CA tests' traffic: `configuration/<group>/w` set to `n` through the node of
+/// data dir `dir`, with a fresh client (a fresh TLS connection, with the admin certificate and
+/// trust roots its `admin.context` holds at that moment).
+pub async fn write_fresh(dir: &std::path::Path, group: &str, n: usize) -> anyhow::Result<()> {
+    let ctx = Context::load(&dir.join("admin.context"))?;
+    let client = Client::from_context(&ctx)?;
+    apply_yaml(&client, &configuration(group, "w", &n.to_string())).await
+}
+
+/// Every agent log of the testbed, concatenated.
+pub fn all_logs(cluster: &VmCluster) -> String {
+    let mut text = String::new();
+    for vm in cluster.testbed.vms() {
+        if let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) {
+            for entry in entries.flatten() {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+    }
+    text
+}
