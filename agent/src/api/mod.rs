@@ -341,8 +341,8 @@ async fn ca(State(node): AppState) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// `POST /api/v1/ca/rotate` (admin and node certificates): starts a CA rotation, or answers
-/// the status of the one under way.
+/// `POST /api/v1/ca/rotate` (admin certificates only): starts a CA rotation, or answers the
+/// status of the one under way.
 async fn ca_rotate(
     State(node): AppState,
     Extension(who): Extension<ClientIdentity>,
@@ -350,7 +350,7 @@ async fn ca_rotate(
     if !matches!(
         who.0,
         Some(PeerIdentity {
-            role: Role::Admin | Role::Node,
+            role: Role::Admin,
             ..
         })
     ) {

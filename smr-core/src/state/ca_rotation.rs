@@ -265,7 +265,7 @@ mod tests {
                 fingerprint: "new".into()
             }]
         );
-        assert_eq!(progress(&rotating, &waiting[0]), (2, 3));
+        assert_eq!(progress(&rotating, waiting[0]), (2, 3));
         assert_eq!(progress(&rotating, &all), (3, 3));
     }
 
