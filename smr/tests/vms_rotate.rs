@@ -10,7 +10,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent::client::Context;
@@ -46,6 +46,28 @@ fn fingerprints(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(pki::pem_fingerprints(&pem)?)
 }
 
+/// `<prefix>.crt`, `<prefix>.key` and `ca.crt` of a node's `pki/` as they are now, read only
+/// (`Identity::load` would finish a replacement the running agent is making).
+fn read_identity(pki_dir: &std::path::Path, prefix: &str) -> anyhow::Result<Identity> {
+    let read = |name: String| std::fs::read_to_string(pki_dir.join(name));
+    Ok(Identity::new(
+        read(format!("{prefix}.crt"))?,
+        read(format!("{prefix}.key"))?,
+        read("ca.crt".into())?,
+    )?)
+}
+
+/// Waits until the traffic counted `n` more writes in `done`.
+async fn more_writes(done: &Arc<AtomicUsize>, n: usize) -> anyhow::Result<()> {
+    let from = done.load(Ordering::Relaxed);
+    let what = format!("{n} more writes");
+    common::eventually(&what, Duration::from_secs(60), || {
+        let count = done.load(Ordering::Relaxed);
+        async move { (count >= from + n).then_some(()) }
+    })
+    .await
+}
+
 async fn rotate(cluster: &mut VmCluster) -> anyhow::Result<()> {
     cluster.start_agent(0, None, &EXTRA).await?;
     cluster.start_agent(1, Some(0), &EXTRA).await?;
@@ -62,8 +84,9 @@ async fn rotate(cluster: &mut VmCluster) -> anyhow::Result<()> {
     // the admin context of that node as it is then), until told to stop; the first failure
     // ends the traffic with its error.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let traffic = {
-        let (dirs, stop) = (dirs.clone(), stop.clone());
+        let (dirs, stop, done) = (dirs.clone(), stop.clone(), done.clone());
         tokio::spawn(async move {
             let mut writes = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -72,11 +95,14 @@ async fn rotate(cluster: &mut VmCluster) -> anyhow::Result<()> {
                     bail!("write {writes} through node {i} failed: {e:#}");
                 }
                 writes += 1;
+                done.store(writes, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(writes)
         })
     };
+    more_writes(&done, 6).await?;
+    let before_rotation = done.load(Ordering::Relaxed);
 
     // Node 2 lags: its agent is paused (SIGSTOP) before the rotation starts, and resumed once
     // the two others present certificates of the new CA. It still trusts only the old CA then:
@@ -122,15 +148,18 @@ async fn rotate(cluster: &mut VmCluster) -> anyhow::Result<()> {
         stdout.contains("nodes done: 2/3") && stdout.contains("done: 3/3 nodes"),
         "{stdout}"
     );
-    // Traffic goes on a little after the end, then must have had no failure.
-    let after: Vec<_> = dirs.clone();
-    for n in 0..9 {
-        write_fresh(&after[n % 3], GROUP, 100_000 + n).await?;
-    }
+    // Traffic goes on after the end (through every node, with their rotated contexts), then
+    // must have had no failure.
+    let after_rotation = done.load(Ordering::Relaxed);
+    more_writes(&done, 6).await?;
     stop.store(true, Ordering::Relaxed);
     let writes = traffic.await??;
-    ensure!(writes >= 10, "only {writes} writes during the rotation");
-    println!("{writes} writes, none failed; smrmgr ca rotate said:\n{stdout}");
+    println!(
+        "writes: {before_rotation} before the rotation, {} during it, {} after it",
+        after_rotation - before_rotation,
+        writes - after_rotation
+    );
+    println!("no write failed; smrmgr ca rotate said:\n{stdout}");
 
     // Every node's certificate is of the new CA, which is the only CA it trusts.
     let status = cluster.client(0).ca_status().await?;
@@ -145,30 +174,30 @@ async fn rotate(cluster: &mut VmCluster) -> anyhow::Result<()> {
         ensure!(n.cert_ca.as_deref() == Some(new.as_str()), "{n:?}");
     }
     for (i, dir) in dirs.iter().enumerate() {
-        // Each node drops the old CA within a second of the finish.
+        // Each node drops the old CA and the cross certificate within a second of the finish
+        // (its files are rewritten one after the other: polled until all are).
+        let settled = |dir: &std::path::Path| -> anyhow::Result<bool> {
+            let pki_dir = dir.join("pki");
+            let node = read_identity(&pki_dir, "node")?;
+            let admin = read_identity(&pki_dir, "admin")?;
+            let ctx = Context::load(&dir.join("admin.context"))?;
+            Ok(fingerprints(&pki_dir.join("ca.crt"))? == vec![new.clone()]
+                && ctx.ca_pem == std::fs::read_to_string(pki_dir.join("ca.crt"))?
+                && ctx.cert_pem == admin.cert_pem
+                && node.leaf_ca_fingerprint()? == new
+                && node.client_chain()?.len() == 1
+                && admin.leaf_ca_fingerprint()? == new
+                && admin.client_chain()?.len() == 1)
+        };
         common::eventually(
-            &format!("node {i} to trust only the new CA"),
+            &format!("node {i} to trust and present only the new CA"),
             Duration::from_secs(30),
             || {
-                let dir = dir.clone();
-                let new = new.clone();
-                async move {
-                    let ok = fingerprints(&dir.join("pki/ca.crt")).ok()? == vec![new.clone()]
-                        && Context::load(&dir.join("admin.context")).ok()?.ca_pem
-                            == std::fs::read_to_string(dir.join("pki/ca.crt")).ok()?;
-                    ok.then_some(())
-                }
+                let ok = matches!(settled(dir), Ok(true));
+                async move { ok.then_some(()) }
             },
         )
         .await?;
-        let node = Identity::load(&dir.join("pki"), "node")?;
-        ensure!(node.leaf_ca_fingerprint()? == new, "node {i}");
-        ensure!(
-            node.client_chain()?.len() == 1,
-            "node {i} still presents a cross certificate"
-        );
-        let admin = Identity::load(&dir.join("pki"), "admin")?;
-        ensure!(admin.leaf_ca_fingerprint()? == new, "node {i}'s admin");
     }
 
     // The old CA is trusted no longer: a client holding an old-CA certificate (and trusting
