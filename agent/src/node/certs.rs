@@ -243,3 +243,64 @@ pub fn identity_for(record: &CaRecord, leaf_pem: &str, key_pem: &str) -> Result<
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(ca: &ClusterCa) -> (String, String) {
+        let (key, csr) = crate::pki::new_key_and_csr(Role::Node, "n1", &[]).unwrap();
+        (ca.sign_csr(&csr, Role::Node, "n1", &[]).unwrap(), key)
+    }
+
+    fn record(current: &ClusterCa, next: Option<(&ClusterCa, &str)>) -> CaRecord {
+        CaRecord {
+            cert_pem: current.cert_pem().into(),
+            fingerprint: current.fingerprint(),
+            holder: 1,
+            key_sealed: None,
+            next: next.map(|(ca, cross)| NextCa {
+                cert_pem: ca.cert_pem().into(),
+                fingerprint: ca.fingerprint(),
+                key_sealed: String::new(),
+                cross_pem: cross.into(),
+                started_ms: 0,
+            }),
+            previous: None,
+        }
+    }
+
+    #[test]
+    fn a_node_presents_the_cross_certificate_only_with_a_leaf_of_the_next_ca() {
+        crate::pki::install_crypto_provider();
+        let old = ClusterCa::generate("t").unwrap();
+        let new = old.generate_successor().unwrap();
+        let cross = old.cross_sign(&new).unwrap();
+        let rotating = record(&old, Some((&new, &cross)));
+        let both = vec![old.fingerprint(), new.fingerprint()];
+
+        // A leaf of the old CA during the rotation: trusts both, no cross certificate.
+        let (cert, key) = leaf(&old);
+        let id = identity_for(&rotating, &cert, &key).unwrap();
+        assert_eq!(id.ca_fingerprints().unwrap(), both);
+        assert_eq!(id.client_chain().unwrap().len(), 1);
+        // A leaf of the next CA (given with a chain after it: only the leaf is taken).
+        let (cert, key) = leaf(&new);
+        let id = identity_for(&rotating, &crate::pki::join_pem(&[&cert, &cross]), &key).unwrap();
+        assert_eq!(id.ca_fingerprints().unwrap(), both);
+        let chain = id.client_chain().unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(
+            crate::pki::pem_fingerprints(&cross).unwrap()[0],
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&chain[1]))
+        );
+        // After the finish: the new CA only, no cross certificate; a leaf of the old CA is
+        // refused.
+        let finished = record(&new, None);
+        let id = identity_for(&finished, &id.cert_pem, &key).unwrap();
+        assert_eq!(id.ca_fingerprints().unwrap(), vec![new.fingerprint()]);
+        assert_eq!(id.client_chain().unwrap().len(), 1);
+        let (cert, key) = leaf(&old);
+        assert!(identity_for(&finished, &cert, &key).is_err());
+    }
+}
