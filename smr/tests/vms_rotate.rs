@@ -135,8 +135,18 @@ async fn rotate(cluster: &mut VmCluster) -> anyhow::Result<()> {
         },
     )
     .await;
+    // While the rotation waits for node 2, no join token is minted (a joiner would be refused).
+    let token_during = cluster.token(0);
     cluster.vm(2).signal(lagging, "CONT")?;
     let paused = paused?;
+    match token_during {
+        Ok(token) => bail!("a token was minted during the rotation: {token}"),
+        Err(e) => ensure!(
+            format!("{e:#}").contains("a CA rotation (to ")
+                && format!("{e:#}").contains("is under way"),
+            "{e:#}"
+        ),
+    }
     ensure!(
         fingerprints(&dirs[2].join("pki/ca.crt"))? == vec![old.clone()],
         "the paused node changed its trust: {paused:?}"
