@@ -153,3 +153,65 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     visible(&cluster, &all, &keys).await?;
     Ok(())
 }
+
+/// `smrmgr ca rotate` on the etcd store (issue 16): the CA record is part of the state kept in
+/// etcd, so the rotation runs as on the embedded store: every agent ends with a certificate of
+/// the new CA, trusts only it, and the cluster takes writes through every agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ca_is_rotated_on_the_etcd_store() -> anyhow::Result<()> {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
+    let mut cluster = Cluster::new();
+    cluster.start_extra = vec![
+        "--store".into(),
+        etcd.url(),
+        "--etcd-prefix".into(),
+        "/smr-rotate/".into(),
+    ];
+    cluster.start_first()?;
+    cluster.join(0)?;
+    cluster
+        .agreed_leader(&[0, 1], Duration::from_secs(30))
+        .await?;
+    let old = cluster.client(0).ca_status().await?.fingerprint;
+
+    let mut cmd = common::smrmgr(cluster.dir.path());
+    cmd.args(["ca", "rotate", "--timeout", "60", "--data-dir"])
+        .arg(&cluster.nodes[1].data_dir);
+    let out = common::run(cmd)?;
+    assert!(out.contains("done: 2/2 nodes"), "{out}");
+
+    let status = cluster.client(0).ca_status().await?;
+    assert_ne!(status.fingerprint, old);
+    assert_eq!(status.previous.as_deref(), Some(old.as_str()));
+    for n in &status.nodes {
+        assert_eq!(
+            n.cert_ca.as_deref(),
+            Some(status.fingerprint.as_str()),
+            "{n:?}"
+        );
+    }
+    for i in 0..2 {
+        let ca = cluster.nodes[i].data_dir.join("pki/ca.crt");
+        eventually(
+            &format!("agent {i} to trust only the new CA"),
+            Duration::from_secs(30),
+            || {
+                let ca = ca.clone();
+                let new = status.fingerprint.clone();
+                async move {
+                    let pem = std::fs::read_to_string(&ca).ok()?;
+                    (agent::pki::pem_fingerprints(&pem).ok()? == vec![new]).then_some(())
+                }
+            },
+        )
+        .await?;
+        apply(&cluster.client(i), "rotated", &format!("via{i}")).await?;
+    }
+    visible(
+        &cluster,
+        &[0, 1],
+        &[key("rotated", "via0"), key("rotated", "via1")],
+    )
+    .await?;
+    Ok(())
+}
