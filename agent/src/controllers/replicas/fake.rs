@@ -41,6 +41,8 @@ struct Fake {
     volumes: BTreeMap<String, VolumeInfo>,
     /// Named volumes each container (by id) mounts.
     mounts: BTreeMap<String, Vec<String>>,
+    /// Networks by name (bridge networks smr creates); a container's are its config's.
+    networks: BTreeMap<String, crate::runtime::NetworkInfo>,
 }
 
 impl Fake {
@@ -309,6 +311,25 @@ impl Runtime for FakeRuntime {
             return Err(RuntimeError::Conflict(format!("volume {name} is in use")));
         }
         fake.volumes
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+
+    async fn list_networks(&self) -> Result<Vec<crate::runtime::NetworkInfo>, RuntimeError> {
+        Ok(self.lock().networks.values().cloned().collect())
+    }
+
+    async fn create_network(
+        &self,
+        config: &crate::runtime::BridgeConfig,
+    ) -> Result<(), RuntimeError> {
+        crate::runtime::networks::create_in_memory(&mut self.lock().networks, config)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.lock()
+            .networks
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
