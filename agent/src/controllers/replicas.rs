@@ -252,6 +252,9 @@ impl<R: Runtime> Executor<R> {
     /// The bridge network half of a pass (before the replicas': their creations wait for the
     /// networks they join).
     async fn networks(&mut self, desired: &Desired<'_>) {
+        if !self.planner.wants_networks(desired) {
+            return;
+        }
         let listed = self
             .runtime
             .list_networks()

@@ -38,7 +38,7 @@ pub struct NetworkInfo {
 
 impl NetworkInfo {
     /// A bridge network smr made (overlay networks and Docker's own are not).
-    fn ours(&self) -> bool {
+    pub fn ours(&self) -> bool {
         self.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
             && self.labels.contains_key(BRIDGE_LABEL)
     }

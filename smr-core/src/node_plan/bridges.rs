@@ -17,9 +17,20 @@ pub(super) struct BridgeMemory {
     missing: BTreeMap<String, Missing>,
     /// The last failed action per network name.
     errors: BTreeMap<String, String>,
+    /// The last pass saw no bridge network object and none of smr's bridge networks on the
+    /// engine: until an object appears, there is nothing to list.
+    idle: bool,
 }
 
 impl NodePlanner {
+    /// Whether this pass needs the engine's networks for [`Self::plan_networks`]: not while
+    /// there is no bridge network object and the last listing showed none of smr's (a pass then
+    /// costs no Docker call for networks). The first pass always lists (leftovers of a stopped
+    /// agent are removed).
+    pub fn wants_networks(&self, d: &Desired) -> bool {
+        !self.bridges.idle || !crate::networks::bridge_networks(d.state).is_empty()
+    }
+
     /// The bridge network actions of a pass, to run before [`Self::plan`]'s (whose creations
     /// wait for the networks they join). `observed`: the engine's networks, or why they could
     /// not be listed.
@@ -37,6 +48,8 @@ impl NodePlanner {
             .map(str::to_string)
             .collect();
         let memory = &mut self.bridges;
+        memory.idle = crate::networks::bridge_networks(d.state).is_empty()
+            && observed.is_ok_and(|o| !o.iter().any(NetworkInfo::ours));
         let plan = bridge::plan_bridges(d.state, &needed, observed, &memory.errors);
         memory
             .errors

@@ -312,3 +312,26 @@ fn a_network_on_another_subnet_is_recreated_only_when_unused() {
     );
     assert_eq!(created, Vec::<String>::new());
 }
+
+#[test]
+fn networks_are_listed_only_while_bridge_networks_exist_or_remain() {
+    let mut state = ClusterState::default();
+    let mut planner = NodePlanner::new(NODE, None);
+    let wants = |planner: &NodePlanner, state: &ClusterState| {
+        planner.wants_networks(&Desired {
+            state,
+            replicas: Vec::new(),
+        })
+    };
+    // The first pass lists; one of smr's networks left on the engine keeps it listing.
+    assert!(wants(&planner, &state));
+    let (networks, _, _) = pass(&mut planner, &state, Ok(&[observed(&back(), &["x"])]));
+    assert_eq!(networks, vec![]);
+    assert!(wants(&planner, &state));
+    // Nothing of smr's there and no object: no more listing...
+    pass(&mut planner, &state, Ok(&[]));
+    assert!(!wants(&planner, &state));
+    // ...until a bridge network object appears.
+    put_bridge(&mut state, "back", "172.30.0.0/24");
+    assert!(wants(&planner, &state));
+}
