@@ -422,7 +422,7 @@ mod tests {
 
     #[test]
     fn bridge_network_names_are_answered_by_the_replica_s_node_only() {
-        use smr_core::definitions::{ContainersSpec, Kind, Meta, NetworkSpec, Object, Spec};
+        use smr_core::definitions::{Kind, Meta, NetworkSpec, Object, Spec};
         use smr_core::scheduler::{Placement, ReplicaSlot};
         use smr_core::state::{NodeReport, ReplicaReport, StoredObject};
         let mut s = state(vec![
@@ -455,11 +455,7 @@ mod tests {
                 ipv4_address_pool: Some("172.30.0.0/24".into()),
             }),
         );
-        let web = stored(
-            Kind::Containers,
-            "web",
-            Spec::Containers(Box::new(ContainersSpec::default())),
-        );
+        let web = stored(Kind::Containers, "web", Spec::Containers(Box::default()));
         let key = web.object.key();
         s.objects.insert(network.object.key(), network);
         s.objects.insert(key.clone(), web);
