@@ -271,18 +271,22 @@ pub fn container_config(
             .collect()
     } else {
         let cidr = state.network.as_ref().map(|n| n.cidr.trunc());
-        crate::networks::attachments(spec, &crate::networks::overlay_networks(state))
+        crate::networks::attachments(spec, state)
             .into_iter()
             .filter_map(|a| match a {
                 crate::networks::Attachment::Cluster => ctx.network.map(|n| (n.to_string(), cidr)),
-                crate::networks::Attachment::Overlay(n) => Some((n.docker_name(), Some(n.pool))),
+                other => Some((other.docker_name(), other.range(None))),
             })
             .collect()
     };
     if joined.len() > 1 && spec.network_mode.is_none() {
         let routes: Vec<String> = joined
             .iter()
-            .filter_map(|(name, range)| Some(format!("{name}={}", (*range)?)))
+            // Docker's own `bridge` (its range is Docker's): `bridge=`, a default route only.
+            .map(|(name, range)| match range {
+                Some(range) => format!("{name}={range}"),
+                None => format!("{name}="),
+            })
             .collect();
         container_labels.insert(labels::NETWORKS.into(), routes.join(","));
     }

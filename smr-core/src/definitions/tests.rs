@@ -1146,7 +1146,7 @@ fn the_documentation_constructs_parse() {
             "volume/shop/cache",
         ]
     );
-    // Its network (driver bridge) parses on its own; applying it is refused (see networks).
+    // Its network (driver bridge, node-local) parses on its own (applying it: see networks).
     let (name, text) = fixture("network-bridge.yaml");
     let net = parse_str(&name, &text).unwrap();
     assert_eq!(net[0].key().to_string(), "network/shop/backend");

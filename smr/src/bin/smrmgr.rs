@@ -608,6 +608,10 @@ fn clean_network() -> anyhow::Result<()> {
         if overlay::isolation::remove_isolation(&overlay::masq::IptablesCmd::default()).await? {
             println!("removed smr's network isolation rules");
         }
+        if overlay::masq::remove_networks_masquerade(&overlay::masq::IptablesCmd::default()).await?
+        {
+            println!("removed smr's masquerading rules of networks");
+        }
         anyhow::Ok(())
     })
 }
