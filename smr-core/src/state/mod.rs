@@ -444,7 +444,15 @@ impl ClusterState {
 
     fn apply_op(&mut self, op: &Op, now: u64) -> CommandResult {
         match op {
-            Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
+            Op::Apply { objects, owner } => {
+                let keys: Vec<ObjectKey> = objects.iter().map(Object::key).collect();
+                if let Err(e) = crate::docker_names::check(self.objects.keys(), &keys, &[]) {
+                    return CommandResult::Rejected {
+                        reason: e.to_string(),
+                    };
+                }
+                self.apply_objects(objects, owner.as_deref(), now)
+            }
             Op::Delete { keys } => self.delete_objects(keys, now),
             Op::Restart { key } => self.restart(key, now),
             Op::RegisterNode { node } => self.register_node(node, now),

@@ -1093,3 +1093,59 @@ fn restart_rolls_one_definition_without_changing_it() {
     settled_ops.recent_ops = s.recent_ops.clone();
     assert_eq!(s, settled_ops);
 }
+
+#[test]
+fn objects_whose_docker_names_clash_are_refused_whole_by_hand_and_in_a_sync() {
+    let named = |group: &str, name: &str| Object {
+        meta: Meta {
+            group: group.into(),
+            name: name.into(),
+            labels: Default::default(),
+        },
+        ..obj("x", "a")
+    };
+    let mut s = ClusterState::default();
+    s.apply(&cmd(
+        "g",
+        Op::Apply {
+            objects: vec![gitops_obj("repo")],
+            owner: None,
+        },
+    ));
+    s.apply(&cmd("s1", sync(vec![named("a-b", "c")], vec![], "c1")));
+    let revision = s.revision;
+    // By hand, with another object in the same batch: nothing of it is applied.
+    let r = s.apply(&cmd(
+        "h",
+        Op::Apply {
+            objects: vec![named("x", "y"), named("a", "b-c")],
+            owner: None,
+        },
+    ));
+    assert_eq!(
+        r,
+        CommandResult::Rejected {
+            reason: "containers/a-b/c and containers/a/b-c would both be named \"a-b-c\" in Docker (smr names replicas GROUP-NAME-INDEX): rename one of them".into()
+        }
+    );
+    assert_eq!((s.revision, s.objects.len()), (revision, 2));
+    // A sync that adds the clashing one is refused; one that renames (deletes the other in
+    // the same step) is applied.
+    let r = s.apply(&cmd(
+        "s2",
+        sync(vec![named("a-b", "c"), named("a", "b-c")], vec![], "c2"),
+    ));
+    assert!(matches!(r, CommandResult::Rejected { .. }), "{r:?}");
+    assert_eq!(s.revision, revision);
+    let r = s.apply(&cmd(
+        "s3",
+        sync(vec![named("a", "b-c")], vec![named("a-b", "c").key()], "c3"),
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![
+            ("containers/a/b-c".into(), Outcome::Created, 1),
+            ("containers/a-b/c".into(), Outcome::Deleted, 1)
+        ]
+    );
+}
