@@ -1156,3 +1156,83 @@ fn the_documentation_constructs_parse() {
     assert_eq!(web.dependencies[0].name, "*");
     assert!(objs.iter().all(|o| o.prefix == PREFIX));
 }
+
+#[test]
+fn pack_templates_use_simplecontainers_functions_and_conditionals() {
+    let pack = Path::new(SC_FIXTURES).join("functions-pack");
+    let (manifest, objs) = load_pack(&pack).unwrap();
+    assert_eq!(manifest.name, "whoami");
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["configuration/demo/who-am-i", "containers/demo/who-am-i"]
+    );
+    let Spec::Configuration(conf) = &objs[0].spec else {
+        panic!("{:?}", objs[0].spec)
+    };
+    let data: Vec<(&str, &str)> = conf
+        .data
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            ("hosts", "whoami.example.test who.example.test"),
+            ("image", "traefik/whoami:v1.10"),
+            ("motd", "welcome\nto the demo\n"),
+            ("password", "Y2hhbmdlbWU="),
+        ]
+    );
+    assert_eq!(objs[1].meta.labels["env"], "production");
+    let c = containers(&objs[1]);
+    assert_eq!(c.image_ref(), "traefik/whoami:v1.10");
+    assert_eq!(c.replicas, 2);
+    assert_eq!(
+        c.envs,
+        [
+            "APP_ENV=PRODUCTION",
+            "APP_NAME=who_am_i",
+            "HOST_WHOAMI=whoami.example.test",
+            "HOST_WHO=who.example.test"
+        ]
+    );
+    // --set fills the conditional (any non-empty value is true, as in Go) and the default.
+    let mut loader = Loader::new(&[
+        "debug=1".into(),
+        "password=s3cret".into(),
+        "env=Staging".into(),
+    ])
+    .unwrap();
+    let objs = loader.load(&pack).unwrap();
+    loader.finish().unwrap();
+    let Spec::Configuration(conf) = &objs[0].spec else {
+        panic!()
+    };
+    assert_eq!(conf.data["password"], "czNjcmV0");
+    assert_eq!(
+        containers(&objs[1]).envs[..3],
+        ["APP_ENV=STAGING", "APP_NAME=who_am_i", "DEBUG=1"]
+    );
+    assert_eq!(objs[1].meta.labels["env"], "staging");
+    // A function smr does not have is refused naming it, the file and the line.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("definitions")).unwrap();
+    std::fs::write(dir.path().join("Pack.yaml"), "name: p\nversion: 1.0.0\n").unwrap();
+    std::fs::write(
+        dir.path().join("definitions/app.yaml"),
+        "kind: configuration\nmeta: {group: a, name: b}\nspec:\n  data:\n    x: {{ .x | toYaml }}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("definitions/variables.yaml"), "x: 1\n").unwrap();
+    let e = load_path(dir.path()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Pack);
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "{}:5: `{{{{ .x | toYaml }}}}`: function \"toYaml\" is not supported in pack templates (supported: and, ",
+            dir.path().join("definitions/app.yaml").display()
+        )),
+        "{shown}"
+    );
+}
