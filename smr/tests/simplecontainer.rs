@@ -3,7 +3,8 @@
 //! repository root with `.github/` and a pack with variables and `--set`), `template`, a custom
 //! object under its own prefix, `inspect`/`remove`, `edit` with $EDITOR a script (accepted,
 //! refused then fixed, abandoned), `containers/GROUP/NAME-N` replicas, and a context exported
-//! for a colleague whose own smrctl (another HOME) imports it and uses it.
+//! for a colleague whose own smrctl (another HOME) imports it and uses it. A pack using template
+//! functions and conditionals, and two definitions whose Docker names clash (both dry runs).
 
 mod common;
 
@@ -109,6 +110,42 @@ async fn simplecontainer_files_and_cli_habits() -> anyhow::Result<()> {
     let out = run(cmd)?;
     assert_eq!(out.matches("created (dry run)").count(), 9, "{out}");
     assert!(out.contains("gitops/shop/apps created (dry run)"), "{out}");
+    // A pack whose templates use simplecontainer's functions and conditionals, validated by the
+    // cluster, and shown rendered.
+    let mut cmd = smrctl(&context);
+    cmd.args(["apply", "--dry-run"])
+        .arg(fixtures().join("functions-pack"))
+        .args(["--set", "debug=1"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains("configuration/demo/who-am-i created (dry run)")
+            && out.contains("containers/demo/who-am-i created (dry run)"),
+        "{out}"
+    );
+    let mut cmd = smrctl(&context);
+    cmd.arg("template")
+        .arg(fixtures().join("functions-pack"))
+        .args(["--set", "debug=1"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains(
+            "    - APP_NAME=who_am_i\n    - DEBUG=1\n    - HOST_WHOAMI=whoami.example.test\n"
+        ) && out.contains("    password: \"Y2hhbmdlbWU=\"\n"),
+        "{out}"
+    );
+    // Two definitions whose Docker names would be the same are refused, naming both.
+    let mut cmd = smrctl(&context);
+    cmd.args(["apply", "--dry-run"])
+        .arg(fixtures().join("name-clash.yaml"));
+    let out = output(cmd);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains(
+            "containers/a-b/c and containers/a/b-c would both be named \"a-b-c\" in Docker"
+        ),
+        "{}",
+        stderr(&out)
+    );
     // A node-local network (driver bridge) is refused, not accepted and ignored.
     let mut cmd = smrctl(&context);
     cmd.args(["apply", "--dry-run"])
