@@ -132,7 +132,7 @@ fn split(text: &str) -> Result<Vec<Piece>, Failure> {
 }
 
 /// What ended a list of nodes.
-enum End {
+enum Stop {
     Eof,
     End(u64),
     Else(u64, Option<Pipe>),
@@ -147,7 +147,7 @@ fn keyword(action: &str) -> (&str, &str) {
 
 fn parse_nodes(
     pieces: &mut std::iter::Peekable<std::vec::IntoIter<Piece>>,
-) -> Result<(Vec<Node>, End), Failure> {
+) -> Result<(Vec<Node>, Stop), Failure> {
     let mut nodes = Vec::new();
     while let Some(piece) = pieces.next() {
         let (line, action) = match piece {
@@ -159,8 +159,8 @@ fn parse_nodes(
         };
         let (word, rest) = keyword(&action);
         match word {
-            "end" if rest.is_empty() => return Ok((nodes, End::End(line))),
-            "else" if rest.is_empty() => return Ok((nodes, End::Else(line, None))),
+            "end" if rest.is_empty() => return Ok((nodes, Stop::End(line))),
+            "else" if rest.is_empty() => return Ok((nodes, Stop::Else(line, None))),
             "else" => {
                 let (w, cond) = keyword(rest);
                 if w != "if" {
@@ -169,7 +169,7 @@ fn parse_nodes(
                         format!("`{{{{ {action} }}}}`: only `else` and `else if` are supported"),
                     ));
                 }
-                return Ok((nodes, End::Else(line, Some(parse_pipe(line, cond)?))));
+                return Ok((nodes, Stop::Else(line, Some(parse_pipe(line, cond)?))));
             }
             "if" => {
                 let mut branches = vec![(parse_pipe(line, rest)?, Vec::new())];
@@ -177,12 +177,12 @@ fn parse_nodes(
                     let (body, end) = parse_nodes(pieces)?;
                     branches.last_mut().expect("one branch at least").1 = body;
                     match end {
-                        End::End(_) => break Vec::new(),
-                        End::Else(_, Some(cond)) => branches.push((cond, Vec::new())),
-                        End::Else(l, None) => {
+                        Stop::End(_) => break Vec::new(),
+                        Stop::Else(_, Some(cond)) => branches.push((cond, Vec::new())),
+                        Stop::Else(l, None) => {
                             let (body, end) = parse_nodes(pieces)?;
                             match end {
-                                End::End(_) => break body,
+                                Stop::End(_) => break body,
                                 _ => {
                                     return Err((
                                         l,
@@ -191,7 +191,7 @@ fn parse_nodes(
                                 }
                             }
                         }
-                        End::Eof => return Err((line, "`{{ if }}` has no `{{ end }}`".into())),
+                        Stop::Eof => return Err((line, "`{{ if }}` has no `{{ end }}`".into())),
                     }
                 };
                 nodes.push(Node::If(line, branches, otherwise));
@@ -208,15 +208,15 @@ fn parse_nodes(
                 let pipe = parse_pipe(line, rest)?;
                 let (body, end) = parse_nodes(pieces)?;
                 let otherwise = match end {
-                    End::End(_) => Vec::new(),
-                    End::Else(l, None) => match parse_nodes(pieces)? {
-                        (other, End::End(_)) => other,
+                    Stop::End(_) => Vec::new(),
+                    Stop::Else(l, None) => match parse_nodes(pieces)? {
+                        (other, Stop::End(_)) => other,
                         _ => return Err((l, "`{{ else }}` is not followed by `{{ end }}`".into())),
                     },
-                    End::Else(l, Some(_)) => {
+                    Stop::Else(l, Some(_)) => {
                         return Err((l, format!("`{{{{ else if }}}}` inside `{{{{ {word} }}}}`")));
                     }
-                    End::Eof => {
+                    Stop::Eof => {
                         return Err((line, format!("`{{{{ {word} }}}}` has no `{{{{ end }}}}`")));
                     }
                 };
@@ -235,7 +235,7 @@ fn parse_nodes(
             _ => nodes.push(Node::Print(line, parse_pipe(line, &action)?)),
         }
     }
-    Ok((nodes, End::Eof))
+    Ok((nodes, Stop::Eof))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -988,7 +988,7 @@ fn b64_decode(text: &str) -> Result<Vec<u8>, String> {
         .enumerate()
         .filter(|(_, b)| *b != b'\n' && *b != b'\r')
         .collect();
-    if clean.len() % 4 != 0 {
+    if !clean.len().is_multiple_of(4) {
         let at = clean.len() - clean.len() % 4;
         return Err(format!("illegal base64 data at input byte {at}"));
     }
@@ -1050,14 +1050,14 @@ pub(crate) fn execute(
     let mut iter = pieces.into_iter().peekable();
     let (nodes, end) = parse_nodes(&mut iter)?;
     match end {
-        End::Eof => {}
-        End::End(line) => {
+        Stop::Eof => {}
+        Stop::End(line) => {
             return Err((
                 line,
                 "`{{ end }}` without `{{ if }}`, `{{ range }}` or `{{ with }}`".into(),
             ));
         }
-        End::Else(line, _) => {
+        Stop::Else(line, _) => {
             return Err((
                 line,
                 "`{{ else }}` without `{{ if }}`, `{{ range }}` or `{{ with }}`".into(),

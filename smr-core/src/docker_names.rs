@@ -19,8 +19,8 @@ pub enum DockerNameError {
         "{first} and {second} would both be named {name:?} in Docker (smr names {what}): rename one of them"
     )]
     Clash {
-        first: ObjectKey,
-        second: ObjectKey,
+        first: String,
+        second: String,
         name: String,
         what: &'static str,
     },
@@ -66,8 +66,8 @@ pub fn check<'a>(
         match taken.get(&(key.kind, name.clone())) {
             Some(first) if *first != key => {
                 return Err(DockerNameError::Clash {
-                    first: (*first).clone(),
-                    second: key.clone(),
+                    first: first.to_string(),
+                    second: key.to_string(),
                     name,
                     what,
                 });
@@ -105,8 +105,8 @@ mod tests {
         assert_eq!(
             err,
             DockerNameError::Clash {
-                first: key("volume/x-y/z"),
-                second: key("volume/x/y-z"),
+                first: "volume/x-y/z".into(),
+                second: "volume/x/y-z".into(),
                 name: "x-y-z".into(),
                 what: "volumes GROUP-NAME",
             }
@@ -124,8 +124,8 @@ mod tests {
         assert_eq!(
             err,
             DockerNameError::Clash {
-                first: key("containers/a-b/c"),
-                second: key("containers/a/b-c"),
+                first: "containers/a-b/c".into(),
+                second: "containers/a/b-c".into(),
                 name: "a-b-c".into(),
                 what: "replicas GROUP-NAME-INDEX",
             }

@@ -418,6 +418,7 @@ fn key_of(n: &OverlayNetwork) -> ObjectKey {
         kind: Kind::Network,
         group: n.group.clone(),
         name: n.name.clone(),
+        prefix: None,
     }
 }
 

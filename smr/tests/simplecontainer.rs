@@ -1,10 +1,11 @@
 //! Issue 15, the parts that need no agent change, against a real agent on loopback: files in
 //! simplecontainer's format and its CLI habits through the smrctl binary. Positional paths (a
 //! repository root with `.github/` and a pack with variables and `--set`), `template`, a custom
-//! object under its own prefix, `inspect`/`remove`, `edit` with $EDITOR a script (accepted,
-//! refused then fixed, abandoned), `containers/GROUP/NAME-N` replicas, and a context exported
-//! for a colleague whose own smrctl (another HOME) imports it and uses it. A pack using template
-//! functions and conditionals, and two definitions whose Docker names clash (both dry runs).
+//! object under its own prefix (and another of the same kind, group and name under another
+//! prefix), `inspect`/`remove`, `edit` with $EDITOR a script (accepted, refused then fixed,
+//! abandoned), `containers/GROUP/NAME-N` replicas, and a context exported for a colleague whose
+//! own smrctl (another HOME) imports it and uses it. A pack using template functions and
+//! conditionals, and two definitions whose Docker names clash (both dry runs).
 
 mod common;
 
@@ -182,6 +183,43 @@ async fn simplecontainer_files_and_cli_habits() -> anyhow::Result<()> {
     let mut cmd = smrctl(&context);
     cmd.args(["inspect", "other.io/v1/custom/proxy/routes"]);
     assert_eq!(output(cmd).status.code(), Some(4));
+    // The same kind, group and name under another prefix is another object: both are kept,
+    // each fetched, listed and deleted by its own address.
+    let mut cmd = smrctl(&context);
+    cmd.args(["apply", "--no-wait"])
+        .arg(fixtures().join("custom-other-prefix.yaml"));
+    let out = run(cmd)?;
+    assert!(
+        out.contains("example.com/v2/custom/proxy/routes created"),
+        "{out}"
+    );
+    let other = client
+        .get(&"example.com/v2/custom/proxy/routes".parse()?)
+        .await?;
+    assert_eq!(other.object.prefix, "example.com/v2");
+    let traefik = client
+        .get(&"traefik.io/v1/custom/proxy/routes".parse()?)
+        .await?;
+    assert_eq!(traefik.object.prefix, "traefik.io/v1");
+    assert_eq!(traefik.generation, 1, "not replaced by the other prefix");
+    let mut cmd = smrctl(&context);
+    cmd.args(["list", "example.com/v2/custom"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains("example.com/v2/custom/proxy/routes")
+            && !out.contains("traefik.io/v1/custom/proxy/routes"),
+        "{out}"
+    );
+    let mut cmd = smrctl(&context);
+    cmd.args(["delete", "example.com/v2/custom/proxy/routes"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains("example.com/v2/custom/proxy/routes deleted"),
+        "{out}"
+    );
+    let mut cmd = smrctl(&context);
+    cmd.args(["inspect", "traefik.io/v1/custom/proxy/routes"]);
+    assert!(run(cmd)?.contains("web-router"));
 
     // edit: an accepted edit is applied.
     let bump = editor(

@@ -963,27 +963,70 @@ fn custom_kind_takes_any_prefix() {
         "app.yaml:1:1: prefix: \"Traefik\" is not a prefix: write DOMAIN/VERSION, e.g. traefik.io/v1"
     );
 
-    // One custom object per group and name, whatever the prefix: said when two clash.
+    // Custom objects of different prefixes are different objects, keyed PREFIX/KIND/GROUP/NAME;
+    // the built-in kinds (and custom objects with simplecontainer's prefix) keep KIND/GROUP/NAME.
+    let both = parse_str(
+        "two.yaml",
+        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: b.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n",
+    )
+    .unwrap();
+    let keys: Vec<String> = both.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["a.io/v1/custom/g/n", "b.io/v1/custom/g/n", "custom/g/n"]
+    );
+    assert_eq!(objs[1].key().to_string(), "containers/proxy/provider");
     let e = err(
-        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: b.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n",
+        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {x: 1}\n",
     );
     assert!(
-        e.to_string().contains(
-            "with prefixes a.io/v1 and b.io/v1: smr keeps one custom object per group and name"
-        ),
+        e.to_string()
+            .contains("a.io/v1/custom/g/n is defined twice (documents 1 and 2)"),
         "{e}"
     );
 
-    // Addresses with a prefix.
+    // Keys and addresses with a prefix: parsed, shown and serialized as written; the standard
+    // prefix (or its alias) is the key without one; only custom objects take another.
     let a: Address = "traefik.io/v1/custom/proxy/routes".parse().unwrap();
     assert_eq!(a.prefix.as_deref(), Some("traefik.io/v1"));
-    assert_eq!(a.key.to_string(), "custom/proxy/routes");
+    assert_eq!(a.key, objs[0].key());
+    assert_eq!(a.key.to_string(), "traefik.io/v1/custom/proxy/routes");
+    assert_eq!(a.key.prefix(), "traefik.io/v1");
     assert!(a.matches(&objs[0]));
     let other: Address = "other.io/v1/custom/proxy/routes".parse().unwrap();
     assert!(!other.matches(&objs[0]));
     let plain: Address = "custom/proxy/routes".parse().unwrap();
-    assert!(plain.prefix.is_none() && plain.matches(&objs[0]));
+    assert!(plain.prefix.is_none() && !plain.matches(&objs[0]));
+    assert!("custom/g/n".parse::<Address>().unwrap().matches(&both[2]));
+    assert_eq!(plain.key.prefix(), PREFIX);
+    for standard in [
+        "simplecontainer.io/v1/custom/g/n",
+        "simplecontainers.io/v1/custom/g/n",
+    ] {
+        assert_eq!(
+            standard.parse::<ObjectKey>().unwrap(),
+            ObjectKey::new(Kind::Custom, "g", "n")
+        );
+    }
+    assert_eq!(
+        "simplecontainer.io/v1/containers/g/n"
+            .parse::<ObjectKey>()
+            .unwrap()
+            .to_string(),
+        "containers/g/n"
+    );
+    assert_eq!(
+        "traefik.io/v1/containers/g/n"
+            .parse::<ObjectKey>()
+            .unwrap_err()
+            .to_string(),
+        "object address \"traefik.io/v1/containers/g/n\": only custom objects have a prefix other than simplecontainer.io/v1"
+    );
+    let json = serde_json::to_string(&a.key).unwrap();
+    assert_eq!(json, "\"traefik.io/v1/custom/proxy/routes\"");
+    assert_eq!(serde_json::from_str::<ObjectKey>(&json).unwrap(), a.key);
     assert!("nodots/v1/custom/proxy/routes".parse::<Address>().is_err());
+    assert!("a.io/v1/custom/g".parse::<ObjectKey>().is_err());
     assert!(is_prefix("simplecontainer.io/v1") && !is_prefix("x.io/") && !is_prefix("x.io"));
 }
 

@@ -227,6 +227,7 @@ pub fn repo_spec(
             kind,
             group: r.group.clone(),
             name: r.name.clone(),
+            prefix: None,
         };
         state
             .objects
