@@ -175,7 +175,18 @@ fn key_prefix(prefix: &str) -> Option<Arc<String>> {
 impl FromStr for ObjectKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
+        let mut parts: Vec<&str> = s.split('/').collect();
+        // simplecontainer's long forms put the category `kind` before the kind:
+        // `kind/KIND/GROUP/NAME` and `PREFIX/kind/KIND/GROUP/NAME`.
+        match parts.len() {
+            4 if parts[0] == "kind" => {
+                parts.remove(0);
+            }
+            6 if parts[2] == "kind" => {
+                parts.remove(2);
+            }
+            _ => {}
+        }
         let (prefix, rest) = match parts.len() {
             3 => (None, &parts[..]),
             5 => {
@@ -205,7 +216,8 @@ impl FromStr for ObjectKey {
 }
 
 /// An address as users write it: `KIND/GROUP/NAME`, or `PREFIX/KIND/GROUP/NAME` with a two-part
-/// prefix (`traefik.io/v1/custom/traefik/dynamic`). The prefix is part of the key: a custom
+/// prefix (`traefik.io/v1/custom/traefik/dynamic`), or simplecontainer's long forms with the
+/// category `kind` (`kind/containers/GROUP/NAME`, `traefik.io/v1/kind/custom/GROUP/NAME`). The prefix is part of the key: a custom
 /// object is found under the prefix it was applied with (`custom/GROUP/NAME` is the one with
 /// `simplecontainer.io/v1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,8 +231,8 @@ impl FromStr for Address {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let key: ObjectKey = s.parse()?;
-        let parts: Vec<&str> = s.split('/').collect();
-        let prefix = (parts.len() == 5).then(|| key.prefix().to_string());
+        let parts = s.split('/').count();
+        let prefix = (parts >= 5).then(|| key.prefix().to_string());
         Ok(Address { prefix, key })
     }
 }

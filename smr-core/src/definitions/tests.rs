@@ -1027,6 +1027,27 @@ fn custom_kind_takes_any_prefix() {
     assert_eq!(serde_json::from_str::<ObjectKey>(&json).unwrap(), a.key);
     assert!("nodots/v1/custom/proxy/routes".parse::<Address>().is_err());
     assert!("a.io/v1/custom/g".parse::<ObjectKey>().is_err());
+    // simplecontainer's long forms, with the category `kind`.
+    let long: Address = "traefik.io/v1/kind/custom/proxy/routes".parse().unwrap();
+    assert_eq!(long.key, objs[0].key());
+    assert_eq!(long.prefix.as_deref(), Some("traefik.io/v1"));
+    assert_eq!(
+        "simplecontainer.io/v1/kind/containers/proxy/provider"
+            .parse::<ObjectKey>()
+            .unwrap(),
+        objs[1].key()
+    );
+    assert_eq!(
+        "kind/containers/proxy/provider"
+            .parse::<ObjectKey>()
+            .unwrap(),
+        objs[1].key()
+    );
+    assert!(
+        "state/containers/proxy/provider"
+            .parse::<ObjectKey>()
+            .is_err()
+    );
     assert!(is_prefix("simplecontainer.io/v1") && !is_prefix("x.io/") && !is_prefix("x.io"));
 }
 
