@@ -206,6 +206,7 @@ pub fn container_config(
             kind: Kind::Resource,
             group: r.group.clone(),
             name: r.name.clone(),
+            prefix: None,
         };
         let data = lookup_data(state, &rkey)?;
         let content = data.get(&r.key).ok_or_else(|| RenderError::NoResourceKey {
@@ -401,6 +402,7 @@ fn template_vars(
             kind: Kind::Configuration,
             group: c.group.clone(),
             name: c.name.clone(),
+            prefix: None,
         };
         vars.extend(
             lookup_data(state, &key)
@@ -413,6 +415,7 @@ fn template_vars(
         kind: Kind::Configuration,
         group: owner.group.clone(),
         name: owner.name.clone(),
+        prefix: None,
     };
     if let Ok(data) = lookup_data(state, &own) {
         for (k, v) in data {

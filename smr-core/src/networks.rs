@@ -574,6 +574,7 @@ fn key_of(group: &str, name: &str) -> ObjectKey {
         kind: Kind::Network,
         group: group.into(),
         name: name.into(),
+        prefix: None,
     }
 }
 

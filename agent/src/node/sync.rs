@@ -174,6 +174,7 @@ fn webhook_secret(state: &ClusterState, key: &ObjectKey) -> Result<String, NodeE
         kind: Kind::Secret,
         group: r.group.clone(),
         name: r.name.clone(),
+        prefix: None,
     };
     match state.objects.get(&secret_key).map(|o| &o.object.spec) {
         Some(Spec::Secret(data)) => data

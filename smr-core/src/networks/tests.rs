@@ -99,6 +99,7 @@ fn delete(s: &mut ClusterState, keys: &[(Kind, &str, &str)]) -> Result<(), Strin
             kind: *kind,
             group: g.to_string(),
             name: n.to_string(),
+            prefix: None,
         })
         .collect();
     match run(s, Op::Delete { keys }) {
@@ -413,6 +414,7 @@ fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
         kind: Kind::Containers,
         group: "g".into(),
         name: name.into(),
+        prefix: None,
     };
     let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
     let iso = allowed_ranges(
@@ -486,6 +488,7 @@ fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
                 kind: Kind::Containers,
                 group: "g".into(),
                 name: name.into(),
+                prefix: None,
             })
             .unwrap();
         container_config(&s, stored, 1, 1, &ctx).unwrap().0

@@ -238,6 +238,7 @@ impl std::fmt::Debug for CaRecord {
 pub struct ClusterState {
     /// Increases by one for every command that changed something.
     pub revision: u64,
+    #[serde(deserialize_with = "objects_by_key")]
     pub objects: SharedMap<ObjectKey, StoredObject>,
     pub nodes: SharedMap<NodeId, NodeRecord>,
     /// Ids are handed out in join order from 1 and never reused.
@@ -272,6 +273,23 @@ pub struct ClusterState {
     /// (and not compared). Leave it alone.
     #[serde(skip)]
     pub readers_index: ReadersIndex,
+}
+
+/// Reads the objects map, each object under its own [`Object::key`]. A state written before
+/// custom objects were keyed by their prefix holds a `prefix: traefik.io/v1` custom object under
+/// `custom/GROUP/NAME`; it is moved to `traefik.io/v1/custom/GROUP/NAME` as the state is loaded
+/// (a snapshot, the etcd store, a backup), the same way on every node.
+fn objects_by_key<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SharedMap<ObjectKey, StoredObject>, D::Error> {
+    let objects = SharedMap::<ObjectKey, StoredObject>::deserialize(d)?;
+    if objects.iter().all(|(k, o)| *k == o.object.key()) {
+        return Ok(objects);
+    }
+    Ok(objects
+        .iter()
+        .map(|(_, o)| (o.object.key(), o.clone()))
+        .collect())
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -444,7 +462,15 @@ impl ClusterState {
 
     fn apply_op(&mut self, op: &Op, now: u64) -> CommandResult {
         match op {
-            Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
+            Op::Apply { objects, owner } => {
+                let keys: Vec<ObjectKey> = objects.iter().map(Object::key).collect();
+                if let Err(e) = crate::docker_names::check(self.objects.keys(), &keys, &[]) {
+                    return CommandResult::Rejected {
+                        reason: e.to_string(),
+                    };
+                }
+                self.apply_objects(objects, owner.as_deref(), now)
+            }
             Op::Delete { keys } => self.delete_objects(keys, now),
             Op::Restart { key } => self.restart(key, now),
             Op::RegisterNode { node } => self.register_node(node, now),
@@ -999,6 +1025,7 @@ impl ClusterState {
             kind,
             group: String::new(),
             name: String::new(),
+            prefix: None,
         };
         self.objects
             .range(first..)
