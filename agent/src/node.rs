@@ -129,7 +129,9 @@ impl Node {
     /// Seals the secret values `op` carries with the cluster key ([`crate::secrets`]); nothing
     /// in a cluster without one.
     pub fn seal_secrets(&self, op: &mut Op) {
-        if let Some(key) = self.cluster_key() {
+        if let Some(key) = self.cluster_key()
+            && !crate::secrets::test_plain()
+        {
             crate::secrets::seal_op(key, op);
         }
     }

@@ -12,6 +12,22 @@ use crate::definitions::{Object, Spec};
 use crate::pki::{ClusterKey, PkiError, is_sealed_value};
 use crate::state::{ClusterState, Op};
 
+/// For tests only: set to `1`, the agent behaves as a version before secrets were sealed (it
+/// proposes them in clear and does not seal those it finds), to test the migration.
+pub const TEST_PLAIN_ENV: &str = "SMR_TEST_PLAIN_SECRETS";
+
+/// Whether [`TEST_PLAIN_ENV`] is set (read once; a warning is logged).
+pub fn test_plain() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        let plain = std::env::var(TEST_PLAIN_ENV).is_ok_and(|v| v == "1");
+        if plain {
+            tracing::warn!("{TEST_PLAIN_ENV}=1: secrets are NOT sealed (for tests only)");
+        }
+        plain
+    })
+}
+
 /// Where a secret value lives: `group/name:field` (the associated data of its seal).
 pub fn place(object: &Object, field: &str) -> String {
     format!("{}/{}:{field}", object.meta.group, object.meta.name)
@@ -164,6 +180,9 @@ pub async fn seal_plain_secrets(
     let Some(key) = node.cluster_key().cloned() else {
         return;
     };
+    if test_plain() {
+        return;
+    }
     let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut done = false;

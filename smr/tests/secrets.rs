@@ -3,6 +3,8 @@
 //! base64 in any file of the nodes' data dirs (Raft log, snapshots), nor in a backup; it opens
 //! with the cluster key; applied again unchanged it is a no-op; `smrmgr restore` refuses the
 //! backup without the old cluster's key and seals the secret again with the new cluster's key.
+//! A cluster whose secrets an older version stored in clear gets them sealed by its leader when it
+//! starts again, without a new generation.
 
 mod common;
 
@@ -92,7 +94,9 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
     let mut cluster = Cluster::new();
     cluster.start_first()?;
     cluster.join(0)?;
-    cluster.wait_formed(&[0, 1], 2).await?;
+    cluster
+        .agreed_leader(&[0, 1], Duration::from_secs(60))
+        .await?;
     let client = cluster.client(1);
     let applied = client.apply(&[secret()], false, None).await?;
     assert_eq!(applied.outcomes[0].outcome, Outcome::Created, "{applied:?}");
@@ -106,7 +110,7 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
         "{preview:?}"
     );
 
-    // 18 MiB of log after it: each node takes a snapshot (more than 16 MiB of log since the last).
+    // 18 MiB of log after it: a snapshot is taken (more than 16 MiB of log since the last).
     let big = "x".repeat(1024 * 1024);
     for n in 0..18 {
         let config = Object::new(
@@ -118,23 +122,28 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
         );
         client.apply(&[config], false, None).await?;
     }
-    for node in &cluster.nodes {
-        eventually(
-            &format!("a snapshot in {}", node.data_dir.display()),
-            Duration::from_secs(60),
-            || async {
-                let mut all = Vec::new();
-                files(&node.data_dir, &mut all);
-                all.iter()
-                    .any(|f| {
-                        f.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("snapshot-"))
-                    })
-                    .then_some(())
-            },
-        )
-        .await?;
-    }
+    // (The leader's log crossed the threshold; a follower may take its own later.)
+    let snapshots = eventually("a snapshot", Duration::from_secs(60), || async {
+        let mut all = Vec::new();
+        files(cluster.dir.path(), &mut all);
+        let snapshots: Vec<PathBuf> = all
+            .into_iter()
+            .filter(|f| {
+                f.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with("snapshot-") && n.ends_with(".json")
+                })
+            })
+            .collect();
+        (!snapshots.is_empty()).then_some(snapshots)
+    })
+    .await?;
+    println!("snapshots: {snapshots:?}");
+    // The filling goes (the restore below then carries a small state).
+    let fill: Vec<definitions::ObjectKey> = (0..18)
+        .map(|n| format!("configuration/fill/c{n}").parse())
+        .collect::<Result<_, _>>()?;
+    client.delete(&fill).await?;
 
     // A backup: the value is sealed in it and opens with the cluster key only.
     let file = cluster.dir.path().join("cluster.smr");
@@ -201,5 +210,35 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
     );
     let found = holding_the_value(cluster.dir.path());
     assert!(found.is_empty(), "the secret in clear in {found:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_stored_in_clear_by_an_older_version_are_sealed_by_the_leader_at_start()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new();
+    // As a version before sealing: secrets proposed in clear.
+    cluster.start_env = vec![(agent::secrets::TEST_PLAIN_ENV.into(), "1".into())];
+    cluster.start_first()?;
+    let client = cluster.client(0);
+    client.apply(&[secret()], false, None).await?;
+    let file = cluster.dir.path().join("before.smr");
+    assert_eq!(secret_value(&backup(&cluster, 0, &file)?), VALUE);
+
+    // The new version starts: the leader seals it, one command, no new generation.
+    cluster.stop(0)?;
+    cluster.restart(0)?;
+    let client = cluster.client(0);
+    let key = ClusterKey::load(&cluster.nodes[0].data_dir.join("pki/cluster.key"))?;
+    let after = cluster.dir.path().join("after.smr");
+    let state = eventually("the secret sealed", Duration::from_secs(30), || async {
+        let state = backup(&cluster, 0, &after).ok()?;
+        agent::pki::is_sealed_value(&secret_value(&state)).then_some(state)
+    })
+    .await?;
+    assert_eq!(secret_value(&agent::secrets::opened(&key, &state)), VALUE);
+    let stored = client.get(&"secret/app/db".parse()?).await?;
+    assert_eq!(stored.generation, 1, "{stored:?}");
+    assert!(!std::fs::read_to_string(&after)?.contains(VALUE));
     Ok(())
 }
