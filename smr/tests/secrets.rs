@@ -150,12 +150,12 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
     let state = backup(&cluster, 0, &file)?;
     let key_file = cluster.nodes[0].data_dir.join("pki/cluster.key");
     let key = ClusterKey::load(&key_file)?;
-    let sealed = secret_value(&state);
-    assert!(agent::pki::is_sealed_value(&sealed), "{sealed}");
-    assert_eq!(secret_value(&agent::secrets::opened(&key, &state)), VALUE);
     // Nowhere on disk in clear: neither in the nodes' data dirs (log, snapshots) nor the backup.
     let found = holding_the_value(cluster.dir.path());
     assert!(found.is_empty(), "the secret in clear in {found:?}");
+    let sealed = secret_value(&state);
+    assert!(agent::pki::is_sealed_value(&sealed), "{sealed}");
+    assert_eq!(secret_value(&agent::secrets::opened(&key, &state)), VALUE);
 
     // Restored without the old cluster's key: refused, nothing created.
     let ip = std::net::Ipv4Addr::new(127, 78, (std::process::id() % 250) as u8 + 1, 9);
