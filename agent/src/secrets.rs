@@ -172,7 +172,9 @@ pub fn reseal(
 
 /// Runs until `stop`: each time this node becomes the leader, seals in one command
 /// ([`Op::SealSecrets`]) the secret values the state holds in clear (stored by a previous
-/// version), then waits for the next leadership.
+/// version), then waits for the next leadership. Not before every node says (in its health
+/// answer) that it seals and opens secrets: an older one could not apply that command, nor open
+/// what it seals.
 pub async fn seal_plain_secrets(
     node: std::sync::Arc<crate::node::Node>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -186,6 +188,8 @@ pub async fn seal_plain_secrets(
     let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut done = false;
+    // While some node is of an older version, asked again at most every 10 s.
+    let mut next_try = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = crate::shutdown::stopped(&mut stop) => return,
@@ -196,7 +200,7 @@ pub async fn seal_plain_secrets(
             done = false;
             continue;
         }
-        if done {
+        if done || tokio::time::Instant::now() < next_try {
             continue;
         }
         let Ok(state) = node.state(crate::node::Consistency::Linearizable).await else {
@@ -208,6 +212,14 @@ pub async fn seal_plain_secrets(
             continue;
         }
         let count = objects.len();
+        if !node.all_seal_secrets(&state).await {
+            tracing::info!(
+                "{count} secret(s) stored in clear wait for every node to seal secrets (upgrade \
+                 the older ones)"
+            );
+            next_try = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            continue;
+        }
         match node.propose(Op::SealSecrets { objects }, None).await {
             Ok(_) => {
                 tracing::info!("sealed the values of {count} secret(s) stored in clear");

@@ -217,27 +217,46 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
 async fn secrets_stored_in_clear_by_an_older_version_are_sealed_by_the_leader_at_start()
 -> anyhow::Result<()> {
     let mut cluster = Cluster::new();
-    // As a version before sealing: secrets proposed in clear.
+    // Two nodes of a version before sealing: secrets proposed in clear.
     cluster.start_env = vec![(agent::secrets::TEST_PLAIN_ENV.into(), "1".into())];
     cluster.start_first()?;
-    let client = cluster.client(0);
-    client.apply(&[secret()], false, None).await?;
+    cluster.join(0)?;
+    cluster
+        .agreed_leader(&[0, 1], Duration::from_secs(60))
+        .await?;
+    cluster.client(0).apply(&[secret()], false, None).await?;
     let file = cluster.dir.path().join("before.smr");
     assert_eq!(secret_value(&backup(&cluster, 0, &file)?), VALUE);
 
-    // The new version starts: the leader seals it, one command, no new generation.
+    // The first node (the only voter, so the leader) restarts as the new version: the other
+    // one is still older, so the leader leaves the secret as it is and says why.
     cluster.stop(0)?;
     cluster.restart(0)?;
-    let client = cluster.client(0);
+    let log = cluster.nodes[0].data_dir.join("smr.log");
+    eventually(
+        "the leader waiting for the older node",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("wait for every node to seal secrets")
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(secret_value(&backup(&cluster, 0, &file)?), VALUE);
+
+    // The other node upgraded too: the leader seals it, one command, no new generation.
+    cluster.stop(1)?;
+    cluster.restart(1)?;
     let key = ClusterKey::load(&cluster.nodes[0].data_dir.join("pki/cluster.key"))?;
     let after = cluster.dir.path().join("after.smr");
-    let state = eventually("the secret sealed", Duration::from_secs(30), || async {
+    let state = eventually("the secret sealed", Duration::from_secs(60), || async {
         let state = backup(&cluster, 0, &after).ok()?;
         agent::pki::is_sealed_value(&secret_value(&state)).then_some(state)
     })
     .await?;
     assert_eq!(secret_value(&agent::secrets::opened(&key, &state)), VALUE);
-    let stored = client.get(&"secret/app/db".parse()?).await?;
+    let stored = cluster.client(0).get(&"secret/app/db".parse()?).await?;
     assert_eq!(stored.generation, 1, "{stored:?}");
     assert!(!std::fs::read_to_string(&after)?.contains(VALUE));
     Ok(())
