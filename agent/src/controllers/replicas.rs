@@ -87,7 +87,9 @@ pub async fn run<R: Runtime>(
             }
         };
         let started = Instant::now();
-        let (replicas, next_wake) = executor.pass(&state, &observed, now_ms()).await;
+        // Secrets opened in memory for rendering only.
+        let opened = node.open_secrets(&state);
+        let (replicas, next_wake) = executor.pass(&opened, &observed, now_ms()).await;
         crate::metrics::reconcile_pass(started.elapsed());
         wake_at = next_wake;
         if last_sent.as_ref() != Some(&replicas) {

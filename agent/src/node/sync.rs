@@ -68,7 +68,7 @@ impl Node {
         body: &[u8],
     ) -> Result<WebhookOutcome, NodeError> {
         let state = self.state(Consistency::Stale).await?;
-        let verified = webhook_secret(&state, &key).and_then(|secret| {
+        let verified = webhook_secret(&self.open_secrets(&state), &key).and_then(|secret| {
             let signature = signature.ok_or_else(|| {
                 NodeError::BadSignature(
                     "missing signature: send X-Hub-Signature-256 (GitHub) or X-Gitea-Signature"

@@ -386,6 +386,13 @@ pub enum Op {
         state: Box<ClusterState>,
         keep: NodeId,
     },
+    /// The leader seals the values of secrets a previous version stored in clear: each object
+    /// replaces the stored secret of its key when that holds the same fields, labels and prefix
+    /// (others are left alone: they changed meanwhile). Neither a new generation nor a rollout:
+    /// the readers render the same values.
+    SealSecrets {
+        objects: Vec<Object>,
+    },
 }
 
 /// What became of one object in an apply or delete.
@@ -568,6 +575,7 @@ impl ClusterState {
             Op::Noop => self.bump(),
             Op::Restore { state } => self.restore(state, now),
             Op::ForceNewCluster { state, keep } => self.force_new_cluster(state, *keep, now),
+            Op::SealSecrets { objects } => self.seal_secrets(objects, now),
         }
     }
 
@@ -735,6 +743,39 @@ impl ClusterState {
         };
         self.push_event(event);
         self.bump()
+    }
+
+    fn seal_secrets(&mut self, objects: &[Object], now: u64) -> CommandResult {
+        let revision = self.revision + 1;
+        let mut changed = false;
+        for object in objects {
+            let crate::definitions::Spec::Secret(sealed) = &object.spec else {
+                continue;
+            };
+            let Some(stored) = self.objects.get_mut(&object.key()) else {
+                continue;
+            };
+            let same_shape = match &stored.object.spec {
+                crate::definitions::Spec::Secret(data) => {
+                    data.data.keys().eq(sealed.data.keys())
+                        && stored.object.meta == object.meta
+                        && stored.object.prefix == object.prefix
+                }
+                _ => false,
+            };
+            if same_shape && stored.object != *object {
+                stored.object = object.clone();
+                stored.revision = revision;
+                stored.updated_ms = now;
+                changed = true;
+            }
+        }
+        if changed {
+            self.revision = revision;
+        }
+        CommandResult::Done {
+            revision: self.revision,
+        }
     }
 
     fn bump(&mut self) -> CommandResult {
