@@ -621,7 +621,12 @@ fn create_cluster(
 ) -> Result<(NodeFile, Identity, ClusterCa), DaemonError> {
     let ca = ClusterCa::generate("smr")?;
     ca.save(pki_dir)?;
-    pki::ClusterKey::generate().save(&cluster_key_path(config, pki_dir)?)?;
+    // `smrmgr restore` made this cluster's key already: the secrets of the state it restores
+    // are sealed with it.
+    let key_path = cluster_key_path(config, pki_dir)?;
+    if !(key_path.exists() && crate::recovery::seed_path(&config.data_dir).exists()) {
+        pki::ClusterKey::generate().save(&key_path)?;
+    }
     let validity = crate::renewal::leaf_validity()?;
     let (key_pem, csr) = pki::new_key_and_csr(Role::Node, &config.name, &sans(config))?;
     let cert_pem =

@@ -18,6 +18,7 @@
 //! - [`renewal`]: renews this node's certificates at 2/3 of their lifetime, without a restart.
 //! - [`sim`]: simulated nodes for the simulator (issue 14): real API, real reconciler, an engine
 //!   in memory.
+//! - [`secrets`]: secret values sealed with the cluster key, opened in memory for their readers.
 
 pub mod api;
 pub mod controllers;
@@ -27,6 +28,7 @@ pub mod node;
 pub mod recovery;
 pub mod renewal;
 pub mod runtime;
+pub mod secrets;
 pub mod shutdown;
 pub mod sim;
 pub mod store;

@@ -126,6 +126,24 @@ impl Node {
         self.store.subscribe()
     }
 
+    /// Seals the secret values `op` carries with the cluster key ([`crate::secrets`]); nothing
+    /// in a cluster without one.
+    pub fn seal_secrets(&self, op: &mut Op) {
+        if let Some(key) = self.cluster_key()
+            && !crate::secrets::test_plain()
+        {
+            crate::secrets::seal_op(key, op);
+        }
+    }
+
+    /// `state` with its secrets opened, for readers in this process only (never stored).
+    pub fn open_secrets(&self, state: &ClusterState) -> ClusterState {
+        match self.cluster_key() {
+            Some(key) => crate::secrets::opened(key, state),
+            None => state.clone(),
+        }
+    }
+
     /// Whether this node leads the cluster now.
     pub fn is_leader(&self) -> bool {
         self.store.status().state == ServerState::Leader
@@ -153,7 +171,8 @@ impl Node {
 
     /// Writes a command forwarded by another node here, and only here: a node that lost
     /// leadership refuses it rather than relaying it again.
-    pub async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
+    pub async fn write_here(&self, mut command: Command) -> Result<CommandResult, NodeError> {
+        self.seal_secrets(&mut command.op);
         let op_id = command.op_id.clone();
         match self.store.write(command).await {
             Ok(result) => Ok(result),
@@ -181,7 +200,10 @@ impl Node {
     /// The answer is the command's result, or `Unavailable` when no attempt can have applied it
     /// (none was proposed), or `OutcomeUnknown` when one may have (sent to a leader that did not
     /// answer, proposed but not committed in time).
-    pub async fn propose_command(&self, command: Command) -> Result<CommandResult, NodeError> {
+    ///
+    /// Secret values are sealed with the cluster key here, before anything leaves this node.
+    pub async fn propose_command(&self, mut command: Command) -> Result<CommandResult, NodeError> {
+        self.seal_secrets(&mut command.op);
         let deadline = Instant::now() + LEADER_WAIT;
         let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later

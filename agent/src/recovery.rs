@@ -100,14 +100,38 @@ pub fn check_fresh(data_dir: &Path) -> Result<(), RecoveryError> {
 }
 
 /// `smrmgr restore`: puts what the new cluster keeps of `backup` into the fresh `data_dir`, for
-/// the agent to propose once it created the cluster.
-pub fn prepare_restore(data_dir: &Path, backup: &ClusterState) -> Result<(), RecoveryError> {
+/// the agent to propose once it created the cluster. The new cluster's key is made here and saved
+/// at `key_path` (where the agent reads it): the backup's secrets are opened with `old_key` (the
+/// key of the cluster the backup was taken from) and sealed again with it. Refused, with nothing
+/// written, when the backup holds sealed secrets and `old_key` is absent or does not open them.
+pub fn prepare_restore(
+    data_dir: &Path,
+    backup: &ClusterState,
+    old_key: Option<&crate::pki::ClusterKey>,
+    key_path: &Path,
+) -> Result<(), RecoveryError> {
     check_fresh(data_dir)?;
+    if old_key.is_none() && crate::secrets::holds_sealed(backup) {
+        return Err(RecoveryError::Refused(
+            "the backup holds secrets sealed with the cluster key of the cluster it was taken \
+             from: give that key (its nodes' pki/cluster.key, or the file their \
+             --cluster-key-file named) with --backup-key-file FILE"
+                .into(),
+        ));
+    }
+    let mut state = smr_core::backup::restored(backup);
+    let new_key = crate::pki::ClusterKey::generate();
+    crate::secrets::reseal(old_key, &new_key, &mut state).map_err(|e| {
+        RecoveryError::Refused(format!(
+            "opening the backup's secrets with the --backup-key-file key: {e}"
+        ))
+    })?;
     create_private_dir(data_dir)?;
+    new_key.save(key_path).map_err(|e| io(key_path, e))?;
     write_seed(
         data_dir,
         &Seed::Restore {
-            state: Box::new(smr_core::backup::restored(backup)),
+            state: Box::new(state),
         },
     )
 }
@@ -305,12 +329,73 @@ mod tests {
         std::fs::create_dir(&data).unwrap();
         check_fresh(&data).unwrap();
         std::fs::write(data.join("node.json"), "{}").unwrap();
-        let e = prepare_restore(&data, &ClusterState::default()).unwrap_err();
+        let key_path = data.join("pki/cluster.key");
+        let e = prepare_restore(&data, &ClusterState::default(), None, &key_path).unwrap_err();
         assert!(
             e.to_string().contains("is not empty (it holds node.json)"),
             "{e}"
         );
         assert!(!seed_path(&data).exists());
+    }
+
+    #[test]
+    fn a_restore_of_sealed_secrets_needs_the_old_key_and_seals_them_with_the_new_one() {
+        use crate::definitions::{DataSpec, Object, Spec};
+        use crate::pki::ClusterKey;
+        let old = ClusterKey::generate();
+        let mut secret = Object::new(
+            "app",
+            "db",
+            Spec::Secret(DataSpec {
+                data: [("password".to_string(), "pw-restored".to_string())].into(),
+            }),
+        );
+        crate::secrets::seal_object(&old, &mut secret);
+        let mut backup = ClusterState::default();
+        backup.apply(&Command {
+            op_id: "a".into(),
+            at_ms: 1,
+            op: Op::Apply {
+                objects: vec![secret],
+                owner: None,
+            },
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("smr");
+        let key_path = data.join("pki").join(crate::pki::CLUSTER_KEY_FILE);
+
+        // No key, or another cluster's: refused, nothing written.
+        let e = prepare_restore(&data, &backup, None, &key_path).unwrap_err();
+        assert!(e.to_string().contains("--backup-key-file"), "{e}");
+        let e =
+            prepare_restore(&data, &backup, Some(&ClusterKey::generate()), &key_path).unwrap_err();
+        assert!(
+            e.to_string().contains("secret/app/db key password")
+                && e.to_string().contains("does not open"),
+            "{e}"
+        );
+        assert!(!data.exists());
+
+        // The right key: the seed holds the secret sealed with the new cluster's key only.
+        prepare_restore(&data, &backup, Some(&old), &key_path).unwrap();
+        let new = ClusterKey::load(&key_path).unwrap();
+        assert_ne!(new, old);
+        let text = std::fs::read_to_string(seed_path(&data)).unwrap();
+        assert!(!text.contains("pw-restored"));
+        let Seed::Restore { state } = serde_json::from_str(&text).unwrap() else {
+            panic!("{text}")
+        };
+        let opened = crate::secrets::opened(&new, &state);
+        let value = &opened
+            .objects
+            .values()
+            .next()
+            .unwrap()
+            .object
+            .spec
+            .data()
+            .unwrap()["password"];
+        assert_eq!(value, "pw-restored");
     }
 
     #[test]

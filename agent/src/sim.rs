@@ -66,6 +66,8 @@ struct Engine {
     containers: BTreeMap<String, ContainerInfo>,
     /// Named volumes by name. Mounts are not simulated: no volume has users.
     volumes: BTreeMap<String, VolumeInfo>,
+    /// Networks by name (bridge networks smr creates). Connections are not simulated.
+    networks: BTreeMap<String, crate::runtime::NetworkInfo>,
     next_id: u64,
     creates: u64,
 }
@@ -217,6 +219,25 @@ impl Runtime for SimRuntime {
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         self.lock()
             .volumes
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+
+    async fn list_networks(&self) -> Result<Vec<crate::runtime::NetworkInfo>, RuntimeError> {
+        Ok(self.lock().networks.values().cloned().collect())
+    }
+
+    async fn create_network(
+        &self,
+        config: &crate::runtime::BridgeConfig,
+    ) -> Result<(), RuntimeError> {
+        crate::runtime::networks::create_in_memory(&mut self.lock().networks, config)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.lock()
+            .networks
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))

@@ -71,9 +71,21 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
     views
 }
 
-/// The `*.private` records: ready replicas with their address on the cluster network
-/// (`cluster.*`) and on each overlay network they joined (`<network>.*`), and nodes.
+/// The `*.private` records every node answers: ready replicas with their address on the
+/// cluster network (`cluster.*`) and on each overlay network they joined (`<network>.*`), and
+/// nodes.
 pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
+    records(state, None)
+}
+
+/// The `*.private` records node `me` answers: [`dns_records`], and the names of the replicas
+/// running on `me` on node-local networks (bridge networks and Docker's own `bridge`): their
+/// addresses are reachable on `me` only, so other nodes do not know these names.
+pub fn dns_records_on(state: &ClusterState, me: NodeId) -> dns::RecordSet {
+    records(state, Some(me))
+}
+
+fn records(state: &ClusterState, me: Option<NodeId>) -> dns::RecordSet {
     let info = |r: &crate::state::ReplicaReport, ip: &str| {
         Some(dns::ReplicaInfo {
             group: r.key.group.clone(),
@@ -88,6 +100,15 @@ pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
             .into_iter()
             .map(|n| (n.docker_name(), n.name))
             .collect();
+    let mut local_names: std::collections::BTreeMap<String, String> =
+        smr_core::networks::bridge_networks(state)
+            .into_iter()
+            .map(|n| (n.docker_name(), n.name))
+            .collect();
+    local_names.insert(
+        smr_core::networks::DOCKER_BRIDGE.into(),
+        smr_core::networks::DOCKER_BRIDGE.into(),
+    );
     let mut replicas = Vec::new();
     let mut on_networks = Vec::new();
     // A replica is named only while its slot is on the node that reports it (or moving off it
@@ -99,16 +120,22 @@ pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
             .get(&r.key)
             .is_some_and(|p| p.on_node(node).any(|(index, _)| index == r.index))
     };
-    for r in state
-        .reports
-        .iter()
-        .flat_map(|(&node, report)| report.replicas.iter().filter(move |r| placed_here(node, r)))
-    {
+    for (node, r) in state.reports.iter().flat_map(|(&node, report)| {
+        report
+            .replicas
+            .iter()
+            .filter(move |r| placed_here(node, r))
+            .map(move |r| (node, r))
+    }) {
         // On `cluster` by name; else, when the replica is on no overlay network (a report
         // without addresses per network, an older agent's; backend `none`, where replicas sit
         // on Docker's bridge; a `networkMode` of its own), by its one address, as before
         // overlay networks existed.
-        let on_overlay = r.ips.keys().any(|n| overlay_names.contains_key(n));
+        // A bridge network (not Docker's own `bridge`) counts as an overlay network here.
+        let on_overlay = r.ips.keys().any(|n| {
+            overlay_names.contains_key(n)
+                || (local_names.contains_key(n) && n != smr_core::networks::DOCKER_BRIDGE)
+        });
         let cluster_ip = match r.ips.get(smr_core::networks::CLUSTER) {
             Some(ip) => Some(ip.as_str()),
             None if !on_overlay => r.ip.as_deref(),
@@ -117,6 +144,10 @@ pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
         replicas.extend(cluster_ip.and_then(|ip| info(r, ip)));
         for (docker_name, ip) in &r.ips {
             if let Some(network) = overlay_names.get(docker_name) {
+                on_networks.extend(info(r, ip).map(|i| (network.clone(), i)));
+            } else if me == Some(node)
+                && let Some(network) = local_names.get(docker_name)
+            {
                 on_networks.extend(info(r, ip).map(|i| (network.clone(), i)));
             }
         }

@@ -19,6 +19,13 @@ use crate::sync_views::{GitopsView, SyncRequested};
 use crate::types::*;
 use pki::{self, Identity};
 
+/// `?prefix=P` (or `&prefix=P`) for a custom object under a prefix of its own; empty otherwise.
+fn prefix_query(key: &ObjectKey, sep: char) -> String {
+    key.prefix
+        .as_ref()
+        .map_or(String::new(), |p| format!("{sep}prefix={p}"))
+}
+
 /// How long a request keeps retrying while the cluster answers `unavailable`.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
 
@@ -421,8 +428,11 @@ impl Client {
         self.request_with(
             Method::POST,
             &format!(
-                "objects/{}/{}/{}/restart?op_id={op_id}",
-                key.kind, key.group, key.name
+                "objects/{}/{}/{}/restart?op_id={op_id}{}",
+                key.kind,
+                key.group,
+                key.name,
+                prefix_query(key, '&')
             ),
             Payload::None,
             Replay::Safe,
@@ -441,7 +451,13 @@ impl Client {
     pub async fn get(&self, key: &ObjectKey) -> Result<StoredObject, ClientError> {
         self.request(
             Method::GET,
-            &format!("objects/{}/{}/{}", key.kind, key.group, key.name),
+            &format!(
+                "objects/{}/{}/{}{}",
+                key.kind,
+                key.group,
+                key.name,
+                prefix_query(key, '?')
+            ),
             Payload::None,
         )
         .await
@@ -461,7 +477,13 @@ impl Client {
     pub async fn describe(&self, key: &ObjectKey) -> Result<DescribeView, ClientError> {
         self.request(
             Method::GET,
-            &format!("describe/{}/{}/{}", key.kind, key.group, key.name),
+            &format!(
+                "describe/{}/{}/{}{}",
+                key.kind,
+                key.group,
+                key.name,
+                prefix_query(key, '?')
+            ),
             Payload::None,
         )
         .await

@@ -63,6 +63,9 @@ pub struct HealthResponse {
     /// When this node's certificate expires (milliseconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires_ms: Option<u64>,
+    /// Whether this node seals and opens secret values (an older version does not say so).
+    #[serde(default)]
+    pub seals_secrets: bool,
     /// The fingerprint (hex SHA-256) of the CA this node's certificate comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_ca: Option<String>,

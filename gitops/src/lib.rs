@@ -23,6 +23,7 @@ pub mod pack;
 mod paths;
 mod plan;
 mod spec;
+pub mod template;
 #[cfg(feature = "git")]
 mod tree;
 #[cfg(feature = "git")]

@@ -1,11 +1,11 @@
 //! Pack variables: `definitions/variables.yaml` gives defaults, `--set key=value` overrides them,
-//! and `{{ .key }}` (or `{{ .a.b }}` for nested keys) in the pack's definition files is replaced
-//! by the value before the YAML is parsed, as simplecontainer's packs do. Pure: text in, text out.
+//! and the pack's definition files are templates over them (`{{ .key }}`, `{{ .a.b }}`, pipelines,
+//! functions, `if`/`range`/`with`: see [`crate::template`]), rendered before the YAML is parsed,
+//! as simplecontainer's packs are. Pure: text in, text out.
 //!
-//! Only variable references are understood; any other template action (`{{ if }}`, pipelines,
-//! functions) is refused with the file and line, never left in or silently dropped. Keys match
-//! case-insensitively (simplecontainer's reader lowercases them). `{{- ` and ` -}}` trim the
-//! white space before and after, `{{/* ... */}}` is a comment.
+//! Keys match case-insensitively (simplecontainer's reader lowercases them). Values keep their
+//! YAML type (string, number, boolean, list, mapping); `--set` values are strings, as in
+//! simplecontainer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,10 +27,13 @@ pub struct TemplateError {
     pub message: String,
 }
 
-/// A variable's value: text (numbers and booleans as written), or a mapping of nested keys.
+/// A variable's value: a string, a number (as written: `1.20` stays `1.20`), a boolean, a list
+/// or a mapping of nested keys. A YAML null is the empty string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Text(String),
+    Number(String),
+    Bool(bool),
     List(Vec<Value>),
     Map(BTreeMap<String, Value>),
 }
@@ -43,9 +46,10 @@ pub struct Variables {
 
 enum Raw {
     Text(String),
-    /// A number, boolean or null: its text is taken from the source as written (`1.20` stays
-    /// `1.20`, `0640` stays `0640`).
+    /// A number: its text is taken from the source as written (`1.20` stays `1.20`, `0640`
+    /// stays `0640`).
     Scalar,
+    Bool(bool),
     List(Vec<Spanned<Raw>>),
     Map(Vec<(String, Spanned<Raw>)>),
 }
@@ -58,8 +62,8 @@ impl<'de> Deserialize<'de> for Raw {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a value, list or mapping")
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Raw, E> {
-                Ok(Raw::Scalar)
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
+                Ok(Raw::Bool(v))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Raw, E> {
                 Ok(Raw::Scalar)
@@ -110,6 +114,7 @@ impl<'de> Deserialize<'de> for Raw {
 fn convert(text: &str, node: Spanned<Raw>) -> Value {
     match node.value {
         Raw::Text(s) => Value::Text(s),
+        Raw::Bool(b) => Value::Bool(b),
         Raw::Scalar => {
             let span = node.referenced.span();
             let raw = match (span.byte_offset(), span.byte_len()) {
@@ -119,7 +124,7 @@ fn convert(text: &str, node: Spanned<Raw>) -> Value {
                     .and_then(|(at, len)| text.get(at..at + len)),
                 _ => None,
             };
-            Value::Text(raw.unwrap_or_default().trim().to_string())
+            Value::Number(raw.unwrap_or_default().trim().to_string())
         }
         Raw::List(items) => Value::List(items.into_iter().map(|i| convert(text, i)).collect()),
         Raw::Map(items) => Value::Map(
@@ -195,108 +200,28 @@ impl Variables {
         }
         Ok(())
     }
+}
 
-    fn lookup(&self, path: &[&str]) -> Option<&Value> {
-        let (first, rest) = path.split_first()?;
-        let mut at = self.root.get(&first.to_ascii_lowercase())?;
-        for part in rest {
-            match at {
-                Value::Map(m) => at = m.get(&part.to_ascii_lowercase())?,
-                _ => return None,
-            }
-        }
-        Some(at)
+impl Variables {
+    #[cfg(test)]
+    pub(crate) fn root_for_tests(&self) -> BTreeMap<String, Value> {
+        self.root.clone()
     }
 }
 
-/// Replaces every `{{ .name }}` of `text` by its value. Returns the rendered text and the
-/// (lowercased, dotted) names it used. `file` names the text in errors.
+/// Renders one pack template (see [`crate::template`]): variables, pipelines, the functions
+/// of [`crate::template::FUNCTIONS`], `if`/`range`/`with`. Returns the rendered text and the
+/// (lowercased, dotted) variables it read. `file` names the text in errors.
 pub fn render(
     file: &str,
     text: &str,
     vars: &Variables,
 ) -> Result<(String, BTreeSet<String>), TemplateError> {
-    let mut out = String::with_capacity(text.len());
-    let mut used = BTreeSet::new();
-    let mut rest = text;
-    let line_of = |at: &str| -> u64 {
-        let consumed = text.len() - at.len();
-        text[..consumed].matches('\n').count() as u64 + 1
-    };
-    while let Some(start) = rest.find("{{") {
-        let line = line_of(&rest[start..]);
-        let err = |message: String| TemplateError {
-            file: file.to_string(),
-            line,
-            message,
-        };
-        let mut before = &rest[..start];
-        let after_open = &rest[start + 2..];
-        let Some(end) = after_open.find("}}") else {
-            return Err(err("`{{` is not closed by `}}`".into()));
-        };
-        let mut action = &after_open[..end];
-        let mut next = &after_open[end + 2..];
-        if let Some(a) = action.strip_prefix('-')
-            && a.starts_with(char::is_whitespace)
-        {
-            before = before.trim_end();
-            action = a;
-        }
-        if let Some(a) = action.strip_suffix('-')
-            && a.ends_with(char::is_whitespace)
-        {
-            next = next.trim_start();
-            action = a;
-        }
-        out.push_str(before);
-        let action = action.trim();
-        if action.starts_with("/*") && action.ends_with("*/") {
-            rest = next;
-            continue;
-        }
-        let Some(name) = action.strip_prefix('.') else {
-            return Err(err(format!(
-                "`{{{{ {action} }}}}`: only variables (`{{{{ .name }}}}`) are supported in pack templates"
-            )));
-        };
-        let path: Vec<&str> = name.split('.').collect();
-        if name.is_empty()
-            || path.iter().any(|p| {
-                p.is_empty()
-                    || !p
-                        .chars()
-                        .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
-            })
-        {
-            return Err(err(format!(
-                "`{{{{ {action} }}}}`: only variables (`{{{{ .name }}}}`) are supported in pack templates"
-            )));
-        }
-        let dotted = name.to_ascii_lowercase();
-        match vars.lookup(&path) {
-            Some(Value::Text(v)) => out.push_str(v),
-            Some(Value::Map(_)) => {
-                return Err(err(format!(
-                    "variable `{name}` is a mapping; name one of its keys (`{{{{ .{name}.KEY }}}}`)"
-                )));
-            }
-            Some(Value::List(_)) => {
-                return Err(err(format!(
-                    "variable `{name}` is a list; only single values can be put in a template"
-                )));
-            }
-            None => {
-                return Err(err(format!(
-                    "variable `{name}` is not defined (give it in definitions/{VARIABLES_FILE} or with --set {name}=VALUE)"
-                )));
-            }
-        }
-        used.insert(dotted);
-        rest = next;
-    }
-    out.push_str(rest);
-    Ok((out, used))
+    crate::template::execute(text, &vars.root).map_err(|(line, message)| TemplateError {
+        file: file.to_string(),
+        line,
+        message,
+    })
 }
 
 /// Whether the `--set` key `key` (dotted) was used by a template: the key itself or any key
@@ -370,11 +295,13 @@ mod tests {
         assert!(e.message.contains("is a mapping"), "{e}");
         let e = render("a.yaml", "{{ .l }}", &v).unwrap_err();
         assert!(e.message.contains("is a list"), "{e}");
-        let e = render("a.yaml", "\n\n{{ if .a }}x{{ end }}", &v).unwrap_err();
+        let e = render("a.yaml", "\n\n{{ if .a }}x{{ en }}", &v).unwrap_err();
         assert_eq!(e.line, 3);
-        assert!(e.message.contains("only variables"), "{e}");
-        let e = render("a.yaml", "{{ .a | upper }}", &v).unwrap_err();
-        assert!(e.message.contains("only variables"), "{e}");
+        assert!(
+            e.message.contains("function \"en\" is not supported"),
+            "{e}"
+        );
+        assert_eq!(render("a.yaml", "{{ .a | upper }}", &v).unwrap().0, "X");
         let e = render("a.yaml", "x {{ .a", &v).unwrap_err();
         assert!(e.message.contains("not closed"), "{e}");
         let e = Variables::parse("variables.yaml", "- a\n- b\n").unwrap_err();

@@ -199,6 +199,53 @@ pub async fn remove_masquerade<I: Iptables>(ipt: &I) -> Result<bool, MasqError> 
     MASQ.remove(ipt).await
 }
 
+/// The nat chain smr owns for the networks beyond `cluster` (overlay networks' slices and bridge
+/// networks' subnets), beside [`MASQ_CHAIN`] (the `cluster` lease's).
+pub const NETWORKS_MASQ_CHAIN: &str = "SMR-MASQ-NETS";
+
+const NETWORKS_MASQ: OwnedChain = OwnedChain {
+    table: "nat",
+    name: NETWORKS_MASQ_CHAIN,
+    jump: "POSTROUTING -j SMR-MASQ-NETS",
+};
+
+/// The rules of [`NETWORKS_MASQ_CHAIN`], in the form `iptables -S` prints them: traffic from
+/// each of `sources` (this node's slices of the overlay networks' pools, the bridge networks'
+/// subnets) to any of `ranges` (the cluster CIDR, every pool and bridge subnet) is left alone;
+/// the rest from them, which leaves the cluster, is masqueraded.
+pub fn networks_masq_rules(sources: &[Ipv4Net], ranges: &[Ipv4Net]) -> Vec<String> {
+    let c = NETWORKS_MASQ_CHAIN;
+    let mut rules = Vec::new();
+    for source in sources {
+        let source = source.trunc();
+        for range in ranges {
+            rules.push(format!("-A {c} -s {source} -d {} -j RETURN", range.trunc()));
+        }
+        rules.push(format!("-A {c} -s {source} -j MASQUERADE"));
+    }
+    rules
+}
+
+/// Installs [`NETWORKS_MASQ_CHAIN`] with its rules and its POSTROUTING jump (`true` if anything
+/// changed); with no `sources` (no network beyond `cluster`) removes them.
+pub async fn ensure_networks_masquerade<I: Iptables>(
+    ipt: &I,
+    sources: &[Ipv4Net],
+    ranges: &[Ipv4Net],
+) -> Result<bool, MasqError> {
+    if sources.is_empty() {
+        return remove_networks_masquerade(ipt).await;
+    }
+    NETWORKS_MASQ
+        .ensure(ipt, &networks_masq_rules(sources, ranges))
+        .await
+}
+
+/// Removes [`NETWORKS_MASQ_CHAIN`] and its jump; `true` if anything was there.
+pub async fn remove_networks_masquerade<I: Iptables>(ipt: &I) -> Result<bool, MasqError> {
+    NETWORKS_MASQ.remove(ipt).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +332,53 @@ mod tests {
                 "-A SMR-MASQ -s 10.10.3.0/24 ! -d 10.10.0.0/16 -j MASQUERADE",
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn networks_beyond_cluster_are_masqueraded_leaving_the_cluster_only() {
+        let f = Fake::default();
+        let sources = [net("10.20.1.0/24"), net("172.30.0.0/24")];
+        let ranges = [
+            net("10.10.0.0/16"),
+            net("10.20.0.0/16"),
+            net("172.30.0.0/24"),
+        ];
+        assert!(
+            ensure_networks_masquerade(&f, &sources, &ranges)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            f.chains.lock().unwrap()["SMR-MASQ-NETS"],
+            vec![
+                "-A SMR-MASQ-NETS -s 10.20.1.0/24 -d 10.10.0.0/16 -j RETURN",
+                "-A SMR-MASQ-NETS -s 10.20.1.0/24 -d 10.20.0.0/16 -j RETURN",
+                "-A SMR-MASQ-NETS -s 10.20.1.0/24 -d 172.30.0.0/24 -j RETURN",
+                "-A SMR-MASQ-NETS -s 10.20.1.0/24 -j MASQUERADE",
+                "-A SMR-MASQ-NETS -s 172.30.0.0/24 -d 10.10.0.0/16 -j RETURN",
+                "-A SMR-MASQ-NETS -s 172.30.0.0/24 -d 10.20.0.0/16 -j RETURN",
+                "-A SMR-MASQ-NETS -s 172.30.0.0/24 -d 172.30.0.0/24 -j RETURN",
+                "-A SMR-MASQ-NETS -s 172.30.0.0/24 -j MASQUERADE",
+            ]
+        );
+        assert_eq!(
+            f.chains.lock().unwrap()["POSTROUTING"],
+            vec!["-A POSTROUTING -j SMR-MASQ-NETS"]
+        );
+        f.log.lock().unwrap().clear();
+        assert!(
+            !ensure_networks_masquerade(&f, &sources, &ranges)
+                .await
+                .unwrap()
+        );
+        // The last network gone: chain and jump removed, `SMR-MASQ` untouched.
+        assert!(ensure_networks_masquerade(&f, &[], &ranges).await.unwrap());
+        assert!(!f.chains.lock().unwrap().contains_key("SMR-MASQ-NETS"));
+        assert_eq!(
+            f.chains.lock().unwrap()["POSTROUTING"],
+            Vec::<String>::new()
+        );
+        assert!(!remove_networks_masquerade(&f).await.unwrap());
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ pub use ca::{
 };
 pub use identity::{Identity, PeerIdentity, peer_identity};
 pub use live::{LiveIdentity, renew_at, validity};
-pub use seal::{CLUSTER_KEY_FILE, ClusterKey};
+pub use seal::{CLUSTER_KEY_FILE, ClusterKey, SEALED_VALUE_PREFIX, is_sealed_value};
 pub use tls::{
     CA_MISMATCH, api_server_config, api_server_config_live, client_config, pinned_client_config,
     pinned_reqwest_client, raft_server_config, raft_server_config_live, reqwest_client,

@@ -12,11 +12,27 @@
 //! ```text
 //!  state.ca.key_sealed = "v1:" hex(nonce(12) || AES-256-GCM(ca.key PEM, aad = "smr-ca-key:" fpr))
 //! ```
+//!
+//! The values of `kind: secret` objects are sealed with the same key ([`ClusterKey::seal_value`])
+//! before they are proposed, and stay sealed in the state, the Raft log, snapshots, etcd and
+//! backups. That sealing is deterministic, so that an unchanged secret applied again is the same
+//! text and stays a no-op: AES-256-GCM-SIV (nonce-misuse resistant) under a key derived from the
+//! cluster key, with a nonce derived from the value by HMAC-SHA256 under another derived key.
+//! Equal values of the same field seal to equal texts (that much is visible); the field's place
+//! (`group/name:field`) is the associated data, so a sealed value cannot be moved to another one.
+//!
+//! ```text
+//!  value = "smr-sealed:v1:" hex(nonce(12) || AES-256-GCM-SIV(value, aad = "smr-secret:" place))
+//!  nonce = HMAC-SHA256(HMAC-SHA256(cluster key, "smr-secret-nonce-v1"), place 0x00 value)[..12]
+//! ```
 
 use std::fmt;
 use std::path::Path;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::{
+    AES_256_GCM, AES_256_GCM_SIV, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey,
+};
+use aws_lc_rs::hmac;
 
 use super::PkiError;
 use super::ca::ClusterCa;
@@ -26,6 +42,8 @@ use super::files::{self, KEY_MODE};
 pub const CLUSTER_KEY_FILE: &str = "cluster.key";
 
 const SEALED_PREFIX: &str = "v1:";
+/// How a sealed secret value starts.
+pub const SEALED_VALUE_PREFIX: &str = "smr-sealed:v1:";
 const KEY_TEXT_PREFIX: &str = "SMRKEY-1-";
 
 /// The cluster's key-encryption key: 32 random bytes. Its text form is `SMRKEY-1-<64 hex>`.
@@ -126,6 +144,88 @@ impl ClusterKey {
             .to_owned();
         ClusterCa::from_pem(cert_pem, &key_pem)
     }
+}
+
+/// Whether `value` has the form of a sealed secret value (it may still not open).
+pub fn is_sealed_value(value: &str) -> bool {
+    value.starts_with(SEALED_VALUE_PREFIX)
+}
+
+impl ClusterKey {
+    /// A key for one purpose, derived from the cluster key.
+    fn derived(&self, label: &[u8]) -> hmac::Tag {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.0), label)
+    }
+
+    /// The secret value `value` of the field at `place` (`group/name:field`) sealed with this
+    /// key, deterministically (see the module documentation).
+    pub fn seal_value(&self, place: &str, value: &str) -> String {
+        let nonce_key = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            self.derived(b"smr-secret-nonce-v1").as_ref(),
+        );
+        let mut ctx = hmac::Context::with_key(&nonce_key);
+        ctx.update(place.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(value.as_bytes());
+        let tag = ctx.sign();
+        let nonce: [u8; NONCE_LEN] = tag.as_ref()[..NONCE_LEN]
+            .try_into()
+            .expect("HMAC-SHA256 is longer than a nonce");
+        let mut data = value.as_bytes().to_vec();
+        self.value_aead()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(value_aad(place)),
+                &mut data,
+            )
+            .expect("AES-256-GCM-SIV seals any string");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        format!("{SEALED_VALUE_PREFIX}{}", hex::encode(out))
+    }
+
+    /// Opens a value sealed by [`ClusterKey::seal_value`] for the same `place`. Fails with a
+    /// clear error when it is not in that form, was sealed with another key or for another
+    /// place, or was altered.
+    pub fn open_value(&self, place: &str, sealed: &str) -> Result<String, PkiError> {
+        let bytes = sealed
+            .strip_prefix(SEALED_VALUE_PREFIX)
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|b| b.len() > NONCE_LEN)
+            .ok_or(PkiError::Sealed(
+                "the sealed secret value is not in the smr-sealed:v1 format",
+            ))?;
+        let (nonce, sealed_data) = bytes.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+        let mut data = sealed_data.to_vec();
+        let plain = self
+            .value_aead()
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(value_aad(place)),
+                &mut data,
+            )
+            .map_err(|_| {
+                PkiError::Sealed(
+                    "the secret value does not open with this cluster key (another cluster's \
+                     key, another field's value, or altered)",
+                )
+            })?;
+        String::from_utf8(plain.to_vec())
+            .map_err(|_| PkiError::Sealed("the opened secret value is not text"))
+    }
+
+    fn value_aead(&self) -> LessSafeKey {
+        let key = self.derived(b"smr-secret-enc-v1");
+        LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM_SIV, key.as_ref()).expect("AES-256 key of 32 bytes"),
+        )
+    }
+}
+
+fn value_aad(place: &str) -> Vec<u8> {
+    format!("smr-secret:{place}").into_bytes()
 }
 
 fn aad(fingerprint: &str) -> Vec<u8> {

@@ -721,6 +721,53 @@ fn a_key_and_certificate_pair_survives_a_crash_at_any_step_of_its_replacement() 
     );
 }
 
+#[test]
+fn secret_values_seal_deterministically_and_open_only_with_their_key_and_place() {
+    let key = ClusterKey::generate();
+    let sealed = key.seal_value("app/db:password", "hunter2-distinctive");
+    assert!(crate::is_sealed_value(&sealed), "{sealed}");
+    assert!(!sealed.contains("hunter2"), "{sealed}");
+    // The same value at the same place seals to the same text (re-applies stay no-ops)...
+    assert_eq!(
+        sealed,
+        key.seal_value("app/db:password", "hunter2-distinctive")
+    );
+    // ...another value or another place to another one.
+    assert_ne!(
+        sealed,
+        key.seal_value("app/db:password", "hunter3-distinctive")
+    );
+    assert_ne!(sealed, key.seal_value("app/db:user", "hunter2-distinctive"));
+    assert_eq!(
+        key.open_value("app/db:password", &sealed).unwrap(),
+        "hunter2-distinctive"
+    );
+    assert_eq!(
+        key.open_value("a/b:c", &key.seal_value("a/b:c", ""))
+            .unwrap(),
+        ""
+    );
+
+    // Another key, another place, an altered or malformed text: refused.
+    let err = ClusterKey::generate()
+        .open_value("app/db:password", &sealed)
+        .unwrap_err();
+    assert!(err.to_string().contains("does not open"), "{err}");
+    assert!(key.open_value("app/db:user", &sealed).is_err());
+    let mut altered = sealed.clone().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
+    assert!(
+        key.open_value("app/db:password", std::str::from_utf8(&altered).unwrap())
+            .is_err()
+    );
+    assert!(
+        key.open_value("app/db:password", "smr-sealed:v1:00")
+            .is_err()
+    );
+    assert!(key.open_value("app/db:password", "plain").is_err());
+}
+
 /// A CA rotation: the new CA, its certificate cross-signed by the old one, and a node's
 /// identity while it runs (leaf of the new CA + cross certificate; trusting both CAs).
 struct Rotation {

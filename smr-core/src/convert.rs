@@ -206,6 +206,7 @@ pub fn container_config(
             kind: Kind::Resource,
             group: r.group.clone(),
             name: r.name.clone(),
+            prefix: None,
         };
         let data = lookup_data(state, &rkey)?;
         let content = data.get(&r.key).ok_or_else(|| RenderError::NoResourceKey {
@@ -271,18 +272,22 @@ pub fn container_config(
             .collect()
     } else {
         let cidr = state.network.as_ref().map(|n| n.cidr.trunc());
-        crate::networks::attachments(spec, &crate::networks::overlay_networks(state))
+        crate::networks::attachments(spec, state)
             .into_iter()
             .filter_map(|a| match a {
                 crate::networks::Attachment::Cluster => ctx.network.map(|n| (n.to_string(), cidr)),
-                crate::networks::Attachment::Overlay(n) => Some((n.docker_name(), Some(n.pool))),
+                other => Some((other.docker_name(), other.range(None))),
             })
             .collect()
     };
     if joined.len() > 1 && spec.network_mode.is_none() {
         let routes: Vec<String> = joined
             .iter()
-            .filter_map(|(name, range)| Some(format!("{name}={}", (*range)?)))
+            // Docker's own `bridge` (its range is Docker's): `bridge=`, a default route only.
+            .map(|(name, range)| match range {
+                Some(range) => format!("{name}={range}"),
+                None => format!("{name}="),
+            })
             .collect();
         container_labels.insert(labels::NETWORKS.into(), routes.join(","));
     }
@@ -397,6 +402,7 @@ fn template_vars(
             kind: Kind::Configuration,
             group: c.group.clone(),
             name: c.name.clone(),
+            prefix: None,
         };
         vars.extend(
             lookup_data(state, &key)
@@ -409,6 +415,7 @@ fn template_vars(
         kind: Kind::Configuration,
         group: owner.group.clone(),
         name: owner.name.clone(),
+        prefix: None,
     };
     if let Ok(data) = lookup_data(state, &own) {
         for (k, v) in data {

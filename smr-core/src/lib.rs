@@ -14,6 +14,7 @@
 //! - [`volume`]: the `volume` kind: Docker named volumes, their users and a node's volume plan.
 //! - [`networks`]: `network` objects (overlay networks with their own pools): what is accepted,
 //!   which networks a replica joins, what each node needs.
+//! - [`docker_names`]: objects whose Docker names would be the same (`a-b/c` and `a/b-c`).
 //!
 //! The crate has no async runtime, HTTP, Docker or Raft dependency: the agent crate is the I/O
 //! shell around it, and smrctl links it without any of those.
@@ -25,6 +26,7 @@ pub mod container;
 pub mod convert;
 pub mod credentials;
 pub mod definitions;
+pub mod docker_names;
 pub mod networks;
 pub mod node_plan;
 pub mod repo_sync;

@@ -34,6 +34,57 @@ pub const NETWORK_LABEL: &str = "io.smr.network";
 /// network that is gone from the state).
 pub const POOL_LABEL: &str = "io.smr.pool";
 
+/// Label on the Docker networks smr makes for bridge networks (`driver: bridge`):
+/// `<group>/<name>`. Not [`NETWORK_LABEL`], so the overlay networks' loop leaves them alone.
+pub const BRIDGE_LABEL: &str = "io.smr.bridge-network";
+/// Label on the same networks: their subnet (a network whose object was applied again with
+/// another pool is recreated once no container uses it).
+pub const SUBNET_LABEL: &str = "io.smr.subnet";
+/// Docker's own default network, joinable as `{group: internal, name: bridge}` (or any group
+/// with name `bridge` when no network object has that key).
+pub const DOCKER_BRIDGE: &str = "bridge";
+
+/// A `network` object with `driver: bridge`: a node-local Docker bridge network with the
+/// same subnet (`ipv4AddressPool`) on every node that runs a replica joining it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BridgeNetwork {
+    pub group: String,
+    pub name: String,
+    pub subnet: Ipv4Net,
+}
+
+impl BridgeNetwork {
+    /// The Docker network's name on the nodes that need it: `smr.<group>.<name>`.
+    pub fn docker_name(&self) -> String {
+        format!("smr.{}.{}", self.group, self.name)
+    }
+
+    /// The Linux bridge's name: `smrb` and 8 hex digits of a hash of `<group>/<name>`.
+    pub fn bridge(&self) -> String {
+        format!("smrb{}", fnv(&self.group, &self.name))
+    }
+
+    /// `<group>/<name>`, the value of [`BRIDGE_LABEL`].
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.group, self.name)
+    }
+
+    /// The gateway (the bridge's address on each node): the subnet's first address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    }
+}
+
+fn fnv(group: &str, name: &str) -> String {
+    // FNV-1a: stable across builds and versions, unlike the std hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("{group}/{name}").bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
 /// A `network` object with `driver: overlay`, as the agent uses it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OverlayNetwork {
@@ -51,13 +102,7 @@ impl OverlayNetwork {
     /// The Linux bridge's name (at most 15 bytes): `smrn` and 8 hex digits of a hash of
     /// `<group>/<name>`.
     pub fn bridge(&self) -> String {
-        // FNV-1a: stable across builds and versions, unlike the std hasher.
-        let mut h: u32 = 0x811c_9dc5;
-        for b in format!("{}/{}", self.group, self.name).bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        format!("smrn{h:08x}")
+        format!("smrn{}", fnv(&self.group, &self.name))
     }
 
     /// `<group>/<name>`, the value of [`NETWORK_LABEL`].
@@ -69,12 +114,24 @@ impl OverlayNetwork {
 /// Why a network or a containers definition is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NetworkError {
-    #[error("{key}: driver {driver:?} is not supported (supported: overlay, the default)")]
+    #[error(
+        "{key}: driver {driver:?} is not supported (supported: overlay, the default, and bridge)"
+    )]
     Driver { key: ObjectKey, driver: String },
     #[error(
-        "{key}: driver bridge (a node-local Docker network) is not supported yet; use driver: overlay (the default), a cluster-wide network with its own pool"
+        "{key}: a bridge network needs ipv4AddressPool, its subnet on each node that runs a replica joining it (e.g. 172.30.0.0/24)"
     )]
-    Bridge { key: ObjectKey },
+    BridgeNoPool { key: ObjectKey },
+    #[error("{key}: ipv4AddressPool {pool} is too small for a bridge network (at most /30)")]
+    BridgeTooSmall { key: ObjectKey, pool: Ipv4Net },
+    #[error(
+        "{key}: driver cannot change from {old} to {new} (delete the network and apply it again)"
+    )]
+    DriverChanged {
+        key: ObjectKey,
+        old: &'static str,
+        new: &'static str,
+    },
     #[error("{key}: an overlay network needs ipv4AddressPool (e.g. 10.20.0.0/16)")]
     NoPool { key: ObjectKey },
     #[error("{key}: ipv4AddressPool {pool:?} is not an IPv4 network in CIDR form")]
@@ -117,7 +174,9 @@ pub enum NetworkError {
         group: String,
         name: String,
     },
-    #[error("{key}: networks[{index}] {group}/{name}: Docker's own networks cannot be joined yet")]
+    #[error(
+        "{key}: networks[{index}] {group}/{name}: Docker's own {name} network cannot be joined through networks (use networkMode: {name})"
+    )]
     DockerOwn {
         key: ObjectKey,
         index: usize,
@@ -161,6 +220,31 @@ fn overlay_of(object: &Object) -> Option<OverlayNetwork> {
     })
 }
 
+/// The bridge networks of the state, in key order (objects that are not accepted bridge
+/// networks are skipped, as in [`overlay_networks`]).
+pub fn bridge_networks(state: &ClusterState) -> Vec<BridgeNetwork> {
+    state
+        .objects
+        .values()
+        .filter_map(|s| bridge_of(&s.object))
+        .collect()
+}
+
+fn bridge_of(object: &Object) -> Option<BridgeNetwork> {
+    let Spec::Network(n) = &object.spec else {
+        return None;
+    };
+    if n.driver.as_deref() != Some("bridge") {
+        return None;
+    }
+    let subnet: Ipv4Net = n.ipv4_address_pool.as_deref()?.trim().parse().ok()?;
+    Some(BridgeNetwork {
+        group: object.meta.group.clone(),
+        name: object.meta.name.clone(),
+        subnet: subnet.trunc(),
+    })
+}
+
 /// The prefix length of a node's slice of `pool`: as many slices as the cluster CIDR has
 /// leases. `None` if a slice would hold fewer than 4 addresses.
 pub fn slice_len(pool: Ipv4Net, cidr: Ipv4Net, subnet_len: u8) -> Option<u8> {
@@ -193,6 +277,10 @@ pub fn node_subnet(
 pub enum Attachment {
     Cluster,
     Overlay(OverlayNetwork),
+    /// A `driver: bridge` network: node-local.
+    Bridge(BridgeNetwork),
+    /// Docker's own `bridge` network: node-local, its subnet is Docker's.
+    DockerBridge,
 }
 
 impl Attachment {
@@ -201,6 +289,8 @@ impl Attachment {
         match self {
             Attachment::Cluster => CLUSTER.into(),
             Attachment::Overlay(n) => n.docker_name(),
+            Attachment::Bridge(n) => n.docker_name(),
+            Attachment::DockerBridge => DOCKER_BRIDGE.into(),
         }
     }
 
@@ -209,26 +299,53 @@ impl Attachment {
         match self {
             Attachment::Cluster => CLUSTER,
             Attachment::Overlay(n) => &n.name,
+            Attachment::Bridge(n) => &n.name,
+            Attachment::DockerBridge => DOCKER_BRIDGE,
+        }
+    }
+
+    /// The address range smr knows for it (`None` for Docker's own `bridge`).
+    pub fn range(&self, cluster: Option<Ipv4Net>) -> Option<Ipv4Net> {
+        match self {
+            Attachment::Cluster => cluster.map(|c| c.trunc()),
+            Attachment::Overlay(n) => Some(n.pool),
+            Attachment::Bridge(n) => Some(n.subnet),
+            Attachment::DockerBridge => None,
         }
     }
 }
 
-/// The networks a replica of `spec` joins: `spec.networks` resolved against `networks` (an
-/// overlay network by group and name; `cluster` by name when no network object has that key),
-/// `[cluster]` when it lists none. Unknown names are left out (refused at apply time).
-pub fn attachments(spec: &ContainersSpec, networks: &[OverlayNetwork]) -> Vec<Attachment> {
+/// The networks a replica of `spec` joins: `spec.networks` resolved against the state's
+/// network objects (by group and name; `cluster` and Docker's own `bridge` by name when no
+/// network object has that key), `[cluster]` when it lists none. Unknown names are left out
+/// (refused at apply time).
+pub fn attachments(spec: &ContainersSpec, state: &ClusterState) -> Vec<Attachment> {
+    attachments_among(spec, &overlay_networks(state), &bridge_networks(state))
+}
+
+/// [`attachments`] against given networks.
+pub fn attachments_among(
+    spec: &ContainersSpec,
+    networks: &[OverlayNetwork],
+    bridges: &[BridgeNetwork],
+) -> Vec<Attachment> {
     if spec.networks.is_empty() {
         return vec![Attachment::Cluster];
     }
     let mut out: Vec<Attachment> = Vec::new();
     for r in &spec.networks {
-        let a = match networks
+        let overlay = networks
             .iter()
-            .find(|n| n.group == r.group && n.name == r.name)
-        {
-            Some(n) => Attachment::Overlay(n.clone()),
-            None if r.name == CLUSTER => Attachment::Cluster,
-            None => continue,
+            .find(|n| n.group == r.group && n.name == r.name);
+        let bridge = bridges
+            .iter()
+            .find(|n| n.group == r.group && n.name == r.name);
+        let a = match (overlay, bridge) {
+            (Some(n), _) => Attachment::Overlay(n.clone()),
+            (None, Some(n)) => Attachment::Bridge(n.clone()),
+            (None, None) if r.name == CLUSTER => Attachment::Cluster,
+            (None, None) if r.name == DOCKER_BRIDGE => Attachment::DockerBridge,
+            (None, None) => continue,
         };
         if !out.contains(&a) {
             out.push(a);
@@ -245,7 +362,11 @@ pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), Netwo
     // Networks after the batch: stored ones not replaced, then the batch's.
     let mut after: Vec<OverlayNetwork> = overlay_networks(state)
         .into_iter()
-        .filter(|n| !incoming.contains(&key_of(n)))
+        .filter(|n| !incoming.contains(&key_of(&n.group, &n.name)))
+        .collect();
+    let mut bridges_after: Vec<BridgeNetwork> = bridge_networks(state)
+        .into_iter()
+        .filter(|n| !incoming.contains(&key_of(&n.group, &n.name)))
         .collect();
     for object in objects {
         let Spec::Network(n) = &object.spec else {
@@ -255,20 +376,27 @@ pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), Netwo
         if object.meta.name == CLUSTER {
             return Err(NetworkError::Reserved { key });
         }
-        match n.driver.as_deref() {
-            None | Some("overlay") => {}
-            Some("bridge") => return Err(NetworkError::Bridge { key }),
+        let bridge = match n.driver.as_deref() {
+            None | Some("overlay") => false,
+            Some("bridge") => true,
             Some(other) => {
                 return Err(NetworkError::Driver {
                     key,
                     driver: other.into(),
                 });
             }
-        }
+        };
         let Some(text) = n.ipv4_address_pool.as_deref() else {
-            return Err(NetworkError::NoPool { key });
+            return Err(if bridge {
+                NetworkError::BridgeNoPool { key }
+            } else {
+                NetworkError::NoPool { key }
+            });
         };
         let pool: Ipv4Net = match text.trim().parse::<Ipv4Net>() {
+            Ok(p) if bridge && p.prefix_len() > 30 => {
+                return Err(NetworkError::BridgeTooSmall { key, pool: p });
+            }
             Ok(p) => p.trunc(),
             Err(_) => {
                 return Err(NetworkError::BadPool {
@@ -277,8 +405,22 @@ pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), Netwo
                 });
             }
         };
+        let old_overlay = overlay_networks(state)
+            .into_iter()
+            .find(|o| key_of(&o.group, &o.name) == key);
+        let old_bridge = bridge_networks(state)
+            .into_iter()
+            .find(|o| key_of(&o.group, &o.name) == key);
+        let driver_name = |b: bool| if b { "bridge" } else { "overlay" };
+        if (bridge && old_overlay.is_some()) || (!bridge && old_bridge.is_some()) {
+            return Err(NetworkError::DriverChanged {
+                key,
+                old: driver_name(!bridge),
+                new: driver_name(bridge),
+            });
+        }
         if let Some(settings) = &state.network {
-            if !matches!(settings.backend.as_str(), "wireguard" | "vxlan" | "host-gw") {
+            if !bridge && !matches!(settings.backend.as_str(), "wireguard" | "vxlan" | "host-gw") {
                 return Err(NetworkError::Backend {
                     key,
                     backend: settings.backend.clone(),
@@ -291,7 +433,7 @@ pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), Netwo
                     other: format!("the cluster CIDR {}", settings.cidr),
                 });
             }
-            if slice_len(pool, settings.cidr, settings.subnet_len).is_none() {
+            if !bridge && slice_len(pool, settings.cidr, settings.subnet_len).is_none() {
                 let extra = settings
                     .subnet_len
                     .saturating_sub(settings.cidr.prefix_len());
@@ -303,35 +445,45 @@ pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), Netwo
                 });
             }
         }
-        if let Some(old) = overlay_networks(state)
-            .into_iter()
-            .find(|o| key_of(o) == key)
-            && old.pool != pool
+        let old_pool = old_overlay.map(|o| o.pool).or(old_bridge.map(|o| o.subnet));
+        if let Some(old) = old_pool
+            && old != pool
         {
             return Err(NetworkError::PoolChanged {
                 key,
-                old: old.pool,
+                old,
                 new: pool,
             });
         }
-        if let Some(other) = after.iter().find(|o| overlaps(pool, o.pool)) {
-            return Err(NetworkError::Overlap {
-                key,
-                pool,
-                other: format!("network/{}/{} ({})", other.group, other.name, other.pool),
+        let other = after
+            .iter()
+            .find(|o| overlaps(pool, o.pool))
+            .map(|o| format!("network/{}/{} ({})", o.group, o.name, o.pool))
+            .or_else(|| {
+                bridges_after
+                    .iter()
+                    .find(|o| overlaps(pool, o.subnet))
+                    .map(|o| format!("network/{}/{} ({})", o.group, o.name, o.subnet))
             });
+        if let Some(other) = other {
+            return Err(NetworkError::Overlap { key, pool, other });
         }
-        after.push(OverlayNetwork {
-            group: object.meta.group.clone(),
-            name: object.meta.name.clone(),
-            pool,
-        });
+        let (group, name) = (object.meta.group.clone(), object.meta.name.clone());
+        if bridge {
+            bridges_after.push(BridgeNetwork {
+                group,
+                name,
+                subnet: pool,
+            });
+        } else {
+            after.push(OverlayNetwork { group, name, pool });
+        }
     }
     for object in objects {
         let Spec::Containers(c) = &object.spec else {
             continue;
         };
-        check_refs(&object.key(), c, &after)?;
+        check_refs(&object.key(), c, &after, &bridges_after)?;
     }
     Ok(())
 }
@@ -340,6 +492,7 @@ fn check_refs(
     key: &ObjectKey,
     spec: &ContainersSpec,
     networks: &[OverlayNetwork],
+    bridges: &[BridgeNetwork],
 ) -> Result<(), NetworkError> {
     // A container of the host's network, of none or of another container's joins no network.
     if let Some(mode) = spec.network_mode.as_deref()
@@ -355,8 +508,11 @@ fn check_refs(
     for (index, r) in spec.networks.iter().enumerate() {
         let known = networks
             .iter()
-            .any(|n| n.group == r.group && n.name == r.name);
-        if !known && matches!(r.name.as_str(), "bridge" | "host" | "none") {
+            .any(|n| n.group == r.group && n.name == r.name)
+            || bridges
+                .iter()
+                .any(|n| n.group == r.group && n.name == r.name);
+        if !known && matches!(r.name.as_str(), "host" | "none") {
             return Err(NetworkError::DockerOwn {
                 key: key.clone(),
                 index,
@@ -364,7 +520,7 @@ fn check_refs(
                 name: r.name.clone(),
             });
         }
-        if !known && r.name != CLUSTER {
+        if !known && r.name != CLUSTER && r.name != DOCKER_BRIDGE {
             return Err(NetworkError::Unknown {
                 key: key.clone(),
                 index,
@@ -413,11 +569,12 @@ pub fn check_delete(state: &ClusterState, keys: &[ObjectKey]) -> Result<(), Netw
     Ok(())
 }
 
-fn key_of(n: &OverlayNetwork) -> ObjectKey {
+fn key_of(group: &str, name: &str) -> ObjectKey {
     ObjectKey {
         kind: Kind::Network,
-        group: n.group.clone(),
-        name: n.name.clone(),
+        group: group.into(),
+        name: name.into(),
+        prefix: None,
     }
 }
 
@@ -474,8 +631,9 @@ pub fn peer_routes(state: &ClusterState, me: NodeId) -> BTreeMap<NodeId, Vec<Ipv
 }
 
 /// The isolation input of one node: which ranges are isolated from each other (the cluster
-/// CIDR and every pool), this node's own slices (where its containers send from), and per
-/// local replica address the ranges it may send to (those of the networks its replica joined).
+/// CIDR, every pool and every bridge network's subnet), this node's own slices (where its
+/// containers send from: its lease, its slice of every pool, every bridge subnet), and per local
+/// replica address the ranges it may send to (those of the networks its replica joined).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Isolation {
     pub ranges: Vec<Ipv4Net>,
@@ -483,7 +641,20 @@ pub struct Isolation {
     pub allowed: Vec<(Ipv4Addr, Ipv4Net)>,
 }
 
-/// [`Isolation`] for node `me`: empty (no rules) when there is no overlay network.
+impl Isolation {
+    /// The local ranges other than the `cluster` lease (the overlay networks' slices and the
+    /// bridge networks' subnets): traffic from them to outside every range is masqueraded by
+    /// smr (`cluster`'s is masqueraded by the overlay itself).
+    pub fn masquerade_sources(&self, cluster: Ipv4Net) -> Vec<Ipv4Net> {
+        self.local
+            .iter()
+            .filter(|l| !cluster.contains(*l))
+            .copied()
+            .collect()
+    }
+}
+
+/// [`Isolation`] for node `me`: empty (no rules) when there is no overlay or bridge network.
 /// `replica_ips` are this node's replicas: their object key and every address they hold.
 pub fn allowed_ranges(
     state: &ClusterState,
@@ -491,28 +662,30 @@ pub fn allowed_ranges(
     replica_ips: &[(ObjectKey, Vec<Ipv4Addr>)],
 ) -> Isolation {
     let networks = overlay_networks(state);
+    let bridges = bridge_networks(state);
     let (Some(settings), Some(lease)) = (
         state.network.as_ref(),
         state.nodes.get(&me).and_then(|n| n.lease),
     ) else {
         return Isolation::default();
     };
-    if networks.is_empty() {
+    if networks.is_empty() && bridges.is_empty() {
         return Isolation::default();
     }
     let mut ranges = vec![settings.cidr.trunc()];
     ranges.extend(networks.iter().map(|n| n.pool));
+    ranges.extend(bridges.iter().map(|n| n.subnet));
     let mut local = vec![lease.trunc()];
     local.extend(node_networks(state, me).into_iter().map(|n| n.subnet));
+    local.extend(bridges.iter().map(|n| n.subnet));
     let mut allowed = BTreeSet::new();
     for (key, ips) in replica_ips {
         let Some(Spec::Containers(spec)) = state.objects.get(key).map(|s| &s.object.spec) else {
             continue;
         };
-        for a in attachments(spec, &networks) {
-            let range = match a {
-                Attachment::Cluster => settings.cidr.trunc(),
-                Attachment::Overlay(n) => n.pool,
+        for a in attachments_among(spec, &networks, &bridges) {
+            let Some(range) = a.range(Some(settings.cidr)) else {
+                continue;
             };
             for ip in ips {
                 allowed.insert((*ip, range));
@@ -525,6 +698,8 @@ pub fn allowed_ranges(
         allowed: allowed.into_iter().collect(),
     }
 }
+
+pub mod bridge;
 
 #[cfg(test)]
 mod tests;

@@ -110,8 +110,16 @@ pub fn start_args_for_restore(
     let mut out = Vec::new();
     let mut file_dropped = false;
     let mut command_seen = false;
+    // `--backup-key-file` is restore's alone (used before the agent starts).
+    let mut skip_value = false;
     for arg in args {
-        if !command_seen && arg == "restore" {
+        if skip_value {
+            skip_value = false;
+        } else if command_seen && arg == "--backup-key-file" {
+            skip_value = true;
+        } else if command_seen && arg.to_string_lossy().starts_with("--backup-key-file=") {
+            // Dropped with its value.
+        } else if !command_seen && arg == "restore" {
             out.push("start".into());
             command_seen = true;
         } else if command_seen && !file_dropped && arg == file {
@@ -161,8 +169,11 @@ mod tests {
             "x",
             "--subnet-len",
             "24",
+            "--backup-key-file",
+            "/old.key",
             "--data-dir",
             "/d",
+            "--backup-key-file=/old.key",
         ]);
         assert_eq!(
             start_args_for_restore(&args, &"b.smr".into(), &settings),

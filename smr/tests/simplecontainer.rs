@@ -1,9 +1,11 @@
 //! Issue 15, the parts that need no agent change, against a real agent on loopback: files in
 //! simplecontainer's format and its CLI habits through the smrctl binary. Positional paths (a
 //! repository root with `.github/` and a pack with variables and `--set`), `template`, a custom
-//! object under its own prefix, `inspect`/`remove`, `edit` with $EDITOR a script (accepted,
-//! refused then fixed, abandoned), `containers/GROUP/NAME-N` replicas, and a context exported
-//! for a colleague whose own smrctl (another HOME) imports it and uses it.
+//! object under its own prefix (and another of the same kind, group and name under another
+//! prefix), `inspect`/`remove`, `edit` with $EDITOR a script (accepted, refused then fixed,
+//! abandoned), `containers/GROUP/NAME-N` replicas, and a context exported for a colleague whose
+//! own smrctl (another HOME) imports it and uses it. A pack using template functions and
+//! conditionals, and two definitions whose Docker names clash (both dry runs).
 
 mod common;
 
@@ -109,18 +111,50 @@ async fn simplecontainer_files_and_cli_habits() -> anyhow::Result<()> {
     let out = run(cmd)?;
     assert_eq!(out.matches("created (dry run)").count(), 9, "{out}");
     assert!(out.contains("gitops/shop/apps created (dry run)"), "{out}");
-    // A node-local network (driver bridge) is refused, not accepted and ignored.
+    // A pack whose templates use simplecontainer's functions and conditionals, validated by the
+    // cluster, and shown rendered.
     let mut cmd = smrctl(&context);
     cmd.args(["apply", "--dry-run"])
-        .arg(fixtures().join("network-bridge.yaml"));
+        .arg(fixtures().join("functions-pack"))
+        .args(["--set", "debug=1"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains("configuration/demo/who-am-i created (dry run)")
+            && out.contains("containers/demo/who-am-i created (dry run)"),
+        "{out}"
+    );
+    let mut cmd = smrctl(&context);
+    cmd.arg("template")
+        .arg(fixtures().join("functions-pack"))
+        .args(["--set", "debug=1"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains(
+            "    - APP_NAME=who_am_i\n    - DEBUG=1\n    - HOST_WHOAMI=whoami.example.test\n"
+        ) && out.contains("    password: \"Y2hhbmdlbWU=\"\n"),
+        "{out}"
+    );
+    // Two definitions whose Docker names would be the same are refused, naming both.
+    let mut cmd = smrctl(&context);
+    cmd.args(["apply", "--dry-run"])
+        .arg(fixtures().join("name-clash.yaml"));
     let out = output(cmd);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         stderr(&out).contains(
-            "network/shop/backend: driver bridge (a node-local Docker network) is not supported yet"
+            "containers/a-b/c and containers/a/b-c would both be named \"a-b-c\" in Docker"
         ),
         "{}",
         stderr(&out)
+    );
+    // A node-local network (driver bridge) is accepted (vms_bridge.rs runs one).
+    let mut cmd = smrctl(&context);
+    cmd.args(["apply", "--dry-run"])
+        .arg(fixtures().join("network-bridge.yaml"));
+    let out = run(cmd)?;
+    assert!(
+        out.contains("network/shop/backend created (dry run)"),
+        "{out}"
     );
 
     // A custom object under its own prefix: stored with it, listed and fetched by it.
@@ -145,6 +179,43 @@ async fn simplecontainer_files_and_cli_habits() -> anyhow::Result<()> {
     let mut cmd = smrctl(&context);
     cmd.args(["inspect", "other.io/v1/custom/proxy/routes"]);
     assert_eq!(output(cmd).status.code(), Some(4));
+    // The same kind, group and name under another prefix is another object: both are kept,
+    // each fetched, listed and deleted by its own address.
+    let mut cmd = smrctl(&context);
+    cmd.args(["apply", "--no-wait"])
+        .arg(fixtures().join("custom-other-prefix.yaml"));
+    let out = run(cmd)?;
+    assert!(
+        out.contains("example.com/v2/custom/proxy/routes created"),
+        "{out}"
+    );
+    let other = client
+        .get(&"example.com/v2/custom/proxy/routes".parse()?)
+        .await?;
+    assert_eq!(other.object.prefix, "example.com/v2");
+    let traefik = client
+        .get(&"traefik.io/v1/custom/proxy/routes".parse()?)
+        .await?;
+    assert_eq!(traefik.object.prefix, "traefik.io/v1");
+    assert_eq!(traefik.generation, 1, "not replaced by the other prefix");
+    let mut cmd = smrctl(&context);
+    cmd.args(["list", "example.com/v2/custom"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains("example.com/v2/custom/proxy/routes")
+            && !out.contains("traefik.io/v1/custom/proxy/routes"),
+        "{out}"
+    );
+    let mut cmd = smrctl(&context);
+    cmd.args(["delete", "example.com/v2/custom/proxy/routes"]);
+    let out = run(cmd)?;
+    assert!(
+        out.contains("example.com/v2/custom/proxy/routes deleted"),
+        "{out}"
+    );
+    let mut cmd = smrctl(&context);
+    cmd.args(["inspect", "traefik.io/v1/custom/proxy/routes"]);
+    assert!(run(cmd)?.contains("web-router"));
 
     // edit: an accepted edit is applied.
     let bump = editor(

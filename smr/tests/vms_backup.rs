@@ -72,10 +72,11 @@ async fn apply(client: &Client, yaml: &str) -> anyhow::Result<()> {
 }
 
 /// The objects of a backup file, by key, as JSON (secrets in clear).
-fn objects_of(file: &Path) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+/// The objects of a backup, their secrets opened with its cluster's key `key_file`.
+fn objects_of(file: &Path, key_file: &Path) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     let backup = smr_core::backup::decode(&std::fs::read(file)?)?;
-    Ok(backup
-        .state
+    let key = agent::pki::ClusterKey::load(key_file)?;
+    Ok(agent::secrets::opened(&key, &backup.state)
         .objects
         .iter()
         .map(|(k, o)| (k.to_string(), serde_json::to_value(&o.object).unwrap()))
@@ -151,7 +152,8 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
     let old_ca = backup.state.ca.clone().context("CA")?.fingerprint;
     anyhow::ensure!(backup.header.cluster_id == old_ca);
     anyhow::ensure!(backup.header.taken_by == agent_name(cluster.vm(follower)));
-    let objects = objects_of(&file)?;
+    let old_key = data_dir(cluster.vm(0)).join("pki/cluster.key");
+    let objects = objects_of(&file, &old_key)?;
     let keys: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
     anyhow::ensure!(
         keys == [
@@ -164,8 +166,15 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
         ],
         "{keys:?}"
     );
+    // The secret is in it sealed with the cluster key (in clear once opened, above).
+    anyhow::ensure!(
+        objects
+            .iter()
+            .any(|(_, o)| o.to_string().contains("s3cr3t-backup-value")),
+        "{objects:?}"
+    );
     let text = std::fs::read_to_string(&file)?;
-    anyhow::ensure!(text.contains("s3cr3t-backup-value") && text.contains("git-password-value"));
+    anyhow::ensure!(!text.contains("s3cr3t-backup-value") && text.contains("git-password-value"));
     // The route gives secrets to admin certificates only: a node certificate is refused.
     let pki_dir = data_dir(cluster.vm(follower)).join("pki");
     let node_cert = agent::pki::Identity::load(&pki_dir, "node")?;
@@ -187,6 +196,8 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
         vec![
             "restore".into(),
             file.display().to_string(),
+            "--backup-key-file".into(),
+            old_key.display().to_string(),
             "-a".into(),
             "smr-restored".into(),
             "--ip".into(),
@@ -203,8 +214,8 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
     let corrupt = vm.dir.join("corrupt.smr");
     let mut flipped = bytes.clone();
     let at = text
-        .find("s3cr3t-backup-value")
-        .context("secret in the file")?;
+        .find("git-password-value")
+        .context("password in the file")?;
     flipped[at] = b'S';
     std::fs::write(&corrupt, &flipped)?;
     let newer = vm.dir.join("newer.smr");
@@ -233,6 +244,20 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
             fresh.display()
         );
     }
+    // Without the key of the backup's cluster, its secrets cannot be restored: refused.
+    let args = restore_flags(&file, &fresh);
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--backup-key-file" && *a != old_key.to_str().unwrap())
+        .collect();
+    let out = smrmgr_out(cluster, 3, &args);
+    anyhow::ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("--backup-key-file FILE"),
+        "{out:?}"
+    );
+    anyhow::ensure!(!fresh.exists(), "created by a refused restore");
     let used = vm.dir.join("used");
     std::fs::create_dir_all(&used)?;
     std::fs::write(used.join("node.json"), "{}")?;
@@ -264,7 +289,7 @@ async fn backup_and_restore(cluster: &mut VmCluster) -> anyhow::Result<()> {
     eventually("the restored objects", Duration::from_secs(30), || async {
         let out = smrmgr_out(cluster, 3, &["backup", again.to_str()?]);
         out.status.success().then_some(())?;
-        (objects_of(&again).ok()? == objects).then_some(())
+        (objects_of(&again, &fresh.join("pki/cluster.key")).ok()? == objects).then_some(())
     })
     .await?;
     let second = smr_core::backup::decode(&std::fs::read(&again)?)?;
@@ -436,9 +461,38 @@ async fn a_backup_on_the_etcd_store_restores_and_force_new_cluster_is_refused() 
         "{:?}",
         backup.header
     );
+    // The secret is sealed in the backup and in etcd: its value is in neither, in clear or in
+    // base64.
+    let hidden = ["etcd-held-value".to_string(), {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("etcd-held-value")
+    }];
+    let text = std::fs::read_to_string(&file)?;
+    for h in &hidden {
+        anyhow::ensure!(!text.contains(h.as_str()), "{h} in the backup");
+    }
+    let kvs = smr_tests::etcd::all_key_values(&etcd.endpoints()).await?;
     anyhow::ensure!(
-        std::fs::read_to_string(&file)?.contains("etcd-held-value"),
-        "the secret is in the backup"
+        kvs.iter()
+            .any(|(_, v)| String::from_utf8_lossy(v).contains(agent::pki::SEALED_VALUE_PREFIX)),
+        "the sealed secret is in etcd ({} keys)",
+        kvs.len()
+    );
+    for (k, v) in &kvs {
+        let v = String::from_utf8_lossy(v);
+        for h in &hidden {
+            anyhow::ensure!(
+                !v.contains(h.as_str()),
+                "{h} in etcd under {}",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    let old_key = cluster.nodes[0].data_dir.join("pki/cluster.key");
+    let opened = agent::secrets::opened(&agent::pki::ClusterKey::load(&old_key)?, &backup.state);
+    anyhow::ensure!(
+        serde_json::to_string(&opened.objects)?.contains("etcd-held-value"),
+        "the secret opens with the cluster key"
     );
 
     // --force-new-cluster is for the embedded store: refused, nothing moved.
@@ -464,6 +518,8 @@ async fn a_backup_on_the_etcd_store_restores_and_force_new_cluster_is_refused() 
     let mut cmd = common::smrmgr(cluster.dir.path());
     cmd.arg("restore")
         .arg(&file)
+        .arg("--backup-key-file")
+        .arg(&old_key)
         .args(["-a", "restored", "--ip", &ip.to_string()])
         .args([
             "--backend",

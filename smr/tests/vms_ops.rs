@@ -320,47 +320,16 @@ async fn drain(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
     // Watch every engine while node 2 drains: the running replicas never drop below
     // REPLICAS (each new one is ready before the old one stops), and the API never shows fewer
     // than REPLICAS - 1 ready.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        let client = client.clone();
-        let vms: Vec<_> = (0..3).map(|i| cluster.vm(i).clone()).collect();
-        tokio::spawn(async move {
-            let (mut min_running, mut min_ready, mut samples) = (usize::MAX, usize::MAX, 0);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let running: usize = vms
-                    .iter()
-                    .map(|vm| {
-                        vm.docker_ok(&["ps", "--format", "{{.Names}}"])
-                            .map(|o| o.lines().filter(|n| n.starts_with("busybox-")).count())
-                            .unwrap_or(0)
-                    })
-                    .sum();
-                min_running = min_running.min(running);
-                if let Ok(replicas) = client.replicas(None).await {
-                    min_ready = min_ready.min(replicas.iter().filter(|r| r.ready).count());
-                }
-                samples += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (min_running, min_ready, samples)
-        })
-    };
-    let out = tokio::task::spawn_blocking({
-        let mut cmd = cluster.smrctl_on(0);
-        cmd.args(["drain", "smr-agent-2", "--timeout", "3m"]);
-        move || common::run(cmd)
-    })
-    .await?;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (min_running, min_ready, samples) = watcher.await?;
-    let out = out?;
+    let vms: Vec<_> = (0..3).map(|i| cluster.vm(i).clone()).collect();
+    let mut cmd = cluster.smrctl_on(0);
+    cmd.args(["drain", "smr-agent-2", "--timeout", "3m"]);
+    let (out, floor) = common::vms::floor_while(vms, client, None, "busybox-", cmd).await?;
     println!("{out}");
-    println!("drain: {samples} samples, min running {min_running}, min ready {min_ready}");
+    println!("drain: {floor:?}");
     anyhow::ensure!(out.contains("smr-agent-2: drained"), "{out}");
-    anyhow::ensure!(samples >= 5, "too few samples ({samples})");
-    anyhow::ensure!(min_running >= REPLICAS, "running dropped to {min_running}");
-    anyhow::ensure!(min_ready + 1 >= REPLICAS, "ready dropped to {min_ready}");
+    anyhow::ensure!(floor.samples >= 5, "too few samples ({floor:?})");
+    anyhow::ensure!(floor.running >= REPLICAS, "running dropped: {floor:?}");
+    anyhow::ensure!(floor.ready + 1 >= REPLICAS, "ready dropped: {floor:?}");
 
     // The node is empty; its engine runs none.
     eventually(

@@ -387,26 +387,12 @@ fn parse_address(text: &str) -> Result<definitions::Address, Failure> {
         .map_err(|e: definitions::KeyError| Failure::Input(e.to_string()))
 }
 
-/// The object at `address`; a prefix in the address must match the stored object's.
+/// The object at `address` (a custom object under its own prefix: `PREFIX/custom/GROUP/NAME`).
 async fn get_addressed(
     client: &Client,
     address: &definitions::Address,
 ) -> Result<StoredObject, Failure> {
-    let stored = client.get(&address.key).await?;
-    if !address.matches(&stored.object) {
-        return Err(Failure::Client(ClientError::Api {
-            status: 404,
-            code: "not_found".into(),
-            message: format!(
-                "{} not found ({} has prefix {})",
-                stored.object.key(),
-                address.prefix.as_deref().unwrap_or_default(),
-                stored.object.prefix
-            ),
-            details: None,
-        }));
-    }
-    Ok(stored)
+    Ok(client.get(&address.key).await?)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -506,9 +492,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ));
             }
             let client = connect(cli.context)?;
-            for a in addresses.iter().filter(|a| a.prefix.is_some()) {
-                get_addressed(&client, a).await?;
-            }
             let response = client.delete(&all).await?;
             for o in &response.outcomes {
                 println!("{} {}", o.key, outcome_word(o.outcome));

@@ -313,3 +313,16 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// Every key and value etcd holds (no authentication), to look for what must not be there.
+pub async fn all_key_values(endpoints: &[String]) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut client = etcd_client::Client::connect(endpoints, None).await?;
+    let answer = client
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await?;
+    Ok(answer
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+        .collect())
+}

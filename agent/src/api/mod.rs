@@ -284,6 +284,9 @@ struct ReadParams {
     /// `linearizable` (default) or `stale`.
     #[serde(default)]
     consistency: Option<String>,
+    /// The prefix of a custom object (`traefik.io/v1`); absent: `simplecontainer.io/v1`.
+    #[serde(default)]
+    prefix: Option<String>,
 }
 
 impl ReadParams {
@@ -450,6 +453,9 @@ struct ApplyParams {
 struct WriteParams {
     #[serde(default)]
     op_id: Option<String>,
+    /// The prefix of a custom object (`traefik.io/v1`); absent: `simplecontainer.io/v1`.
+    #[serde(default)]
+    prefix: Option<String>,
 }
 
 /// `POST /api/v1/objects`: JSON `{objects: [...]}` or YAML definitions (`Content-Type: application/yaml`).
@@ -501,12 +507,20 @@ fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
         .map_err(|e: definitions::UnknownKind| ApiError::BadRequest(e.to_string()))
 }
 
-fn parse_key(kind: &str, group: String, name: String) -> Result<ObjectKey, ApiError> {
-    Ok(ObjectKey {
-        kind: parse_kind(kind)?,
-        group,
-        name,
-    })
+/// The key of `kind/group/name`, under `prefix` when one is given (`?prefix=traefik.io/v1`).
+fn parse_key(
+    kind: &str,
+    group: String,
+    name: String,
+    prefix: Option<&str>,
+) -> Result<ObjectKey, ApiError> {
+    let key = ObjectKey::new(parse_kind(kind)?, group, name);
+    match prefix {
+        None => Ok(key),
+        Some(prefix) => format!("{prefix}/{key}")
+            .parse()
+            .map_err(|e: definitions::KeyError| ApiError::BadRequest(e.to_string())),
+    }
 }
 
 async fn list_all(
@@ -525,9 +539,21 @@ async fn list_kind(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<StoredObject>>, ApiError> {
     let kind = parse_kind(&kind)?;
+    let prefix = match params.prefix.as_deref() {
+        None => None,
+        Some(p) => Some(
+            parse_key(kind.as_str(), "g".into(), "n".into(), Some(p))?
+                .prefix()
+                .to_string(),
+        ),
+    };
     let state = node.state(params.consistency()?).await?;
     Ok(Json(
-        state.objects_of(kind).map(crate::views::redacted).collect(),
+        state
+            .objects_of(kind)
+            .filter(|o| prefix.as_ref().is_none_or(|p| *p == o.object.prefix))
+            .map(crate::views::redacted)
+            .collect(),
     ))
 }
 
@@ -536,7 +562,7 @@ async fn get_object(
     Path((kind, group, name)): Path<(String, String, String)>,
     Query(params): Query<ReadParams>,
 ) -> Result<Json<StoredObject>, ApiError> {
-    let key = parse_key(&kind, group, name)?;
+    let key = parse_key(&kind, group, name, params.prefix.as_deref())?;
     let state = node.state(params.consistency()?).await?;
     state
         .objects
@@ -551,7 +577,7 @@ async fn delete_one(
     Path((kind, group, name)): Path<(String, String, String)>,
     Query(params): Query<WriteParams>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let key = parse_key(&kind, group, name)?;
+    let key = parse_key(&kind, group, name, params.prefix.as_deref())?;
     Ok(Json(node.delete_one(key, params.op_id).await?))
 }
 
@@ -562,7 +588,7 @@ async fn restart_one(
     Path((kind, group, name)): Path<(String, String, String)>,
     Query(params): Query<WriteParams>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let key = parse_key(&kind, group, name)?;
+    let key = parse_key(&kind, group, name, params.prefix.as_deref())?;
     Ok(Json(node.restart(key, params.op_id).await?))
 }
 
@@ -623,6 +649,7 @@ async fn list_replicas(
 ) -> Result<Json<Vec<ReplicaView>>, ApiError> {
     let consistency = ReadParams {
         consistency: params.consistency,
+        prefix: None,
     }
     .consistency()?;
     let filter = params
@@ -783,7 +810,7 @@ async fn describe(
     Path((kind, group, name)): Path<(String, String, String)>,
     Query(params): Query<ReadParams>,
 ) -> Result<Json<DescribeView>, ApiError> {
-    let key = parse_key(&kind, group, name)?;
+    let key = parse_key(&kind, group, name, params.prefix.as_deref())?;
     Ok(Json(node.describe(&key, params.consistency()?).await?))
 }
 

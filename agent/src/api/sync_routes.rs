@@ -22,6 +22,7 @@ fn gitops_key(group: String, name: String) -> ObjectKey {
         kind: Kind::Gitops,
         group,
         name,
+        prefix: None,
     }
 }
 

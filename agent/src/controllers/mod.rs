@@ -6,6 +6,7 @@
 //!  every node:   state + Docker --(replicas)--> Docker actions, Op::Report (replica status changes)
 //!  every node:   state --(network)--> overlay, `cluster` Docker network, DNS records
 //!  every node:   --(heartbeat)--> the leader's API (its memory, not the log)
+//!  leader only:  secrets stored in clear by a previous version --> Op::SealSecrets (once)
 //! ```
 //! The loops are level-triggered: they wake on every state change and on a timer, read the whole
 //! desired and observed state, and act on the difference computed by the pure planners of
@@ -55,6 +56,10 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
         stop.clone(),
     ));
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), stop.clone()));
+    let seal = tokio::spawn(crate::secrets::seal_plain_secrets(
+        node.clone(),
+        stop.clone(),
+    ));
     if cfg.workloads {
         workloads(node, cfg, stop.clone()).await;
     }
@@ -63,6 +68,7 @@ pub async fn run_node(node: Arc<Node>, cfg: NodeLoops, stop: watch::Receiver<boo
     let _ = scheduler.await;
     let _ = sync.await;
     let _ = heartbeat.await;
+    let _ = seal.await;
 }
 
 async fn workloads(node: Arc<Node>, cfg: NodeLoops, mut stop: watch::Receiver<bool>) {

@@ -226,7 +226,7 @@ async fn run_overlay(
                 Err(e) => tracing::warn!("overlay: {e}"),
             }
             pools::reconcile(&state, config.id, &overlay, &peers, &config.docker, mtu).await;
-            let records = crate::views::dns_records(&state);
+            let records = crate::views::dns_records_on(&state, config.id);
             if records != dns.records() {
                 dns.set_records(records);
             }
@@ -418,6 +418,89 @@ mod tests {
         }
         let wg = peers(&s, 1, Backend::WireGuard);
         assert_eq!(wg[0].underlay.to_string(), "198.51.100.2");
+    }
+
+    #[test]
+    fn bridge_network_names_are_answered_by_the_replica_s_node_only() {
+        use smr_core::definitions::{Kind, Meta, NetworkSpec, Object, Spec};
+        use smr_core::scheduler::{Placement, ReplicaSlot};
+        use smr_core::state::{NodeReport, ReplicaReport, StoredObject};
+        let mut s = state(vec![
+            record(1, "10.0.0.1", None, "10.10.0.0/24"),
+            record(2, "10.0.0.2", None, "10.10.1.0/24"),
+        ]);
+        let stored = |kind, name: &str, spec| StoredObject {
+            object: Object {
+                kind,
+                prefix: "simplecontainer.io/v1".into(),
+                meta: Meta {
+                    group: "g".into(),
+                    name: name.into(),
+                    labels: Default::default(),
+                },
+                spec,
+            },
+            generation: 1,
+            template_generation: 1,
+            revision: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            owner: None,
+        };
+        let network = stored(
+            Kind::Network,
+            "local",
+            Spec::Network(NetworkSpec {
+                driver: Some("bridge".into()),
+                ipv4_address_pool: Some("172.30.0.0/24".into()),
+            }),
+        );
+        let web = stored(Kind::Containers, "web", Spec::Containers(Box::default()));
+        let key = web.object.key();
+        s.objects.insert(network.object.key(), network);
+        s.objects.insert(key.clone(), web);
+        let slot = ReplicaSlot {
+            node: 1,
+            generation: 1,
+            surge: false,
+            previous: None,
+        };
+        s.placements.insert(
+            key.clone(),
+            Placement {
+                replicas: [(1, slot)].into(),
+            },
+        );
+        let report = ReplicaReport {
+            key,
+            index: 1,
+            name: "g-web-1".into(),
+            container_id: None,
+            phase: "running".into(),
+            ready: true,
+            ip: Some("172.30.0.2".into()),
+            restarts: 0,
+            generation: 1,
+            image: "busybox".into(),
+            started_ms: None,
+            message: None,
+            ips: [("smr.g.local".to_string(), "172.30.0.2".to_string())].into(),
+        };
+        s.reports.insert(
+            1,
+            NodeReport {
+                seq: 1,
+                at_ms: 0,
+                replicas: vec![report],
+            },
+        );
+        let on = |me| format!("{:?}", crate::views::dns_records_on(&s, me));
+        assert!(on(1).contains("local.g.web.private"), "{}", on(1));
+        assert!(on(1).contains("172.30.0.2"), "{}", on(1));
+        // Not from the other node, not cluster-wide, and no `cluster.` name.
+        assert!(!on(2).contains("172.30.0.2"), "{}", on(2));
+        let everywhere = format!("{:?}", crate::views::dns_records(&s));
+        assert!(!everywhere.contains("172.30.0.2"), "{everywhere}");
     }
 
     #[test]

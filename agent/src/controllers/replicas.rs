@@ -21,6 +21,7 @@ use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
 use crate::state::{ClusterState, Delta, Follower, NodeId, NodeReport, Op, ReplicaReport};
 use smr_core::container::FileWrite;
 use smr_core::convert::{RenderError, ReplicaContext, container_config, init_config, restart_of};
+use smr_core::networks::bridge::NetworkAction;
 use smr_core::node_plan::{
     Check, Desired, NodeAction, NodePlanner, Observed, Outcome, Probe, Rendered, desired_replicas,
     init_failure,
@@ -86,7 +87,9 @@ pub async fn run<R: Runtime>(
             }
         };
         let started = Instant::now();
-        let (replicas, next_wake) = executor.pass(&state, &observed, now_ms()).await;
+        // Secrets opened in memory for rendering only.
+        let opened = node.open_secrets(&state);
+        let (replicas, next_wake) = executor.pass(&opened, &observed, now_ms()).await;
         crate::metrics::reconcile_pass(started.elapsed());
         wake_at = next_wake;
         if last_sent.as_ref() != Some(&replicas) {
@@ -220,6 +223,7 @@ impl<R: Runtime> Executor<R> {
             stopping: &stopping,
             now_ms: now,
         };
+        self.networks(&desired).await;
         self.volumes(&desired).await;
         let pass = self.planner.plan(&desired, &observed);
         for action in &pass.actions {
@@ -245,6 +249,40 @@ impl<R: Runtime> Executor<R> {
             wanted
         });
         (reports, pass.wake_at_ms)
+    }
+
+    /// The bridge network half of a pass (before the replicas': their creations wait for the
+    /// networks they join).
+    async fn networks(&mut self, desired: &Desired<'_>) {
+        if !self.planner.wants_networks(desired) {
+            return;
+        }
+        let listed = self
+            .runtime
+            .list_networks()
+            .await
+            .map_err(|e| e.to_string());
+        let actions = self
+            .planner
+            .plan_networks(desired, listed.as_deref().map_err(String::as_str));
+        for action in actions {
+            let (name, what, result) = match &action {
+                NetworkAction::Create(config) => (
+                    &config.name,
+                    "creating",
+                    self.runtime.create_network(config).await,
+                ),
+                NetworkAction::Remove { name } => {
+                    (name, "removing", self.runtime.remove_network(name).await)
+                }
+            };
+            match &result {
+                Ok(()) => tracing::info!(network = %name, "{what} bridge network: done"),
+                Err(e) => tracing::warn!(network = %name, "{what} bridge network: {e}"),
+            }
+            self.planner
+                .record_network(name, result.map_err(|e| e.to_string()));
+        }
     }
 
     /// The volume half of a pass (before the replicas': their creations wait for the volumes

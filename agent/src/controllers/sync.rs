@@ -134,7 +134,15 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
             t.evaluated = None;
             crate::metrics::gitops_fetched(f.result.is_ok());
             match f.result {
-                Ok(desired) => {
+                Ok(mut desired) => {
+                    // Sealed as the state holds them: an unchanged secret is no drift.
+                    if let Some(key) = node.cluster_key()
+                        && !crate::secrets::test_plain()
+                    {
+                        for object in desired.objects.values_mut() {
+                            crate::secrets::seal_object(key, object);
+                        }
+                    }
                     t.desired = Some(Arc::new(desired));
                     t.evaluated = Some(state.revision);
                     let desired = t.desired.clone().expect("just set");

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::runtime::{
-    ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError, VolumeConfig, VolumeInfo,
+    BridgeConfig, ContainerConfig, ContainerInfo, ExecOutput, NetworkInfo, Runtime, RuntimeError,
+    VolumeConfig, VolumeInfo,
 };
 
 /// Wraps the reconciler's runtime; every call goes through unchanged.
@@ -72,5 +73,17 @@ impl<R: Runtime> Runtime for Metered<R> {
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         counted("remove_volume", self.0.remove_volume(name).await)
+    }
+
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>, RuntimeError> {
+        counted("list_networks", self.0.list_networks().await)
+    }
+
+    async fn create_network(&self, config: &BridgeConfig) -> Result<(), RuntimeError> {
+        counted("create_network", self.0.create_network(config).await)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        counted("remove_network", self.0.remove_network(name).await)
     }
 }

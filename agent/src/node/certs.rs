@@ -40,6 +40,11 @@ impl Node {
         self.certs.pki.get().map(|p| p.live.clone())
     }
 
+    /// The cluster key, where this node has one: it seals and opens secret values.
+    pub fn cluster_key(&self) -> Option<&ClusterKey> {
+        self.certs.pki.get().and_then(|p| p.cluster_key.as_ref())
+    }
+
     /// The cluster key a joining node receives.
     pub(super) fn cluster_key_text(&self) -> Option<String> {
         self.certs

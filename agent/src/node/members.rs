@@ -75,8 +75,39 @@ impl Node {
             voters: status.voters.iter().copied().collect(),
             learners: status.learners.iter().copied().collect(),
             cert_expires_ms: self.cert_expires_ms(),
+            seals_secrets: self.seals_secrets(),
             cert_ca: self.cert_ca(),
         })
+    }
+
+    /// Whether this node seals and opens secret values: it has the cluster key (and does not
+    /// play an older version in a test).
+    pub fn seals_secrets(&self) -> bool {
+        self.cluster_key().is_some() && !crate::secrets::test_plain()
+    }
+
+    /// Whether every node of `state` says it seals and opens secret values (2 s per probe, all
+    /// at once); a node that does not answer or does not say so (an older version) is `false`.
+    pub async fn all_seal_secrets(&self, state: &crate::state::ClusterState) -> bool {
+        let probes = state.nodes.values().map(|n| {
+            let addr = n.api_addr();
+            let me = n.id == self.id;
+            async move {
+                if me {
+                    return self.seals_secrets();
+                }
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.call::<(), HealthResponse>(&addr, "health", None),
+                )
+                .await;
+                matches!(probe, Ok(Ok(health)) if health.seals_secrets)
+            }
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .all(|ok| ok)
     }
 
     /// Every member with its role (voter, learner, joining), whether it answers a health probe

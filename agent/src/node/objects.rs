@@ -17,11 +17,13 @@ impl Node {
         op_id: Option<String>,
         dry_run: bool,
     ) -> Result<ApplyResponse, NodeError> {
-        let op = Op::Apply {
+        let mut op = Op::Apply {
             objects,
             owner: None,
         };
         if dry_run {
+            // Sealed as a real apply would be: an unchanged secret previews as unchanged.
+            self.seal_secrets(&mut op);
             let state = self.state(Consistency::Linearizable).await?;
             let mut preview = (*state).clone();
             let command = Command {

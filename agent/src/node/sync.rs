@@ -68,7 +68,7 @@ impl Node {
         body: &[u8],
     ) -> Result<WebhookOutcome, NodeError> {
         let state = self.state(Consistency::Stale).await?;
-        let verified = webhook_secret(&state, &key).and_then(|secret| {
+        let verified = webhook_secret(&self.open_secrets(&state), &key).and_then(|secret| {
             let signature = signature.ok_or_else(|| {
                 NodeError::BadSignature(
                     "missing signature: send X-Hub-Signature-256 (GitHub) or X-Gitea-Signature"
@@ -174,6 +174,7 @@ fn webhook_secret(state: &ClusterState, key: &ObjectKey) -> Result<String, NodeE
         kind: Kind::Secret,
         group: r.group.clone(),
         name: r.name.clone(),
+        prefix: None,
     };
     match state.objects.get(&secret_key).map(|o| &o.object.spec) {
         Some(Spec::Secret(data)) => data

@@ -18,8 +18,10 @@ use futures::StreamExt;
 
 use crate::credentials::Credentials;
 pub use smr_core::container::{ContainerConfig, ContainerInfo, State, labels, parse_registry_auth};
+pub use smr_core::networks::bridge::{BridgeConfig, NetworkInfo};
 pub use smr_core::volume::{VolumeConfig, VolumeInfo};
 
+pub(crate) mod networks;
 pub(crate) mod volumes;
 
 /// How long pulling one image may take before the create fails (and is retried).
@@ -123,6 +125,15 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Removes a named volume; the engine refuses while a container mounts it.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Every network on this engine (smr's or not), with the containers connected to it.
+    fn list_networks(&self) -> impl Future<Output = Result<Vec<NetworkInfo>, RuntimeError>> + Send;
+    /// Creates a bridge network ([`smr_core::networks::bridge`]).
+    fn create_network(
+        &self,
+        config: &BridgeConfig,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a network; the engine refuses while a container is connected to it.
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }
 
 /// [`Runtime`] over a Docker engine.
@@ -286,13 +297,17 @@ impl DockerRuntime {
                     .collect()
             })
             .unwrap_or_default();
-        let mut routes = Vec::new();
+        // `name=` (Docker's own `bridge`, whose range is Docker's): a gateway, no range route.
+        let mut routes: Vec<(Option<ipnet::Ipv4Net>, std::net::Ipv4Addr)> = Vec::new();
         for entry in wanted.split(',') {
             let Some((name, range)) = entry.split_once('=') else {
                 continue;
             };
-            let (Some(gateway), Ok(range)) = (gateways.get(name), range.parse::<ipnet::Ipv4Net>())
-            else {
+            let range = match range {
+                "" => Ok(None),
+                r => r.parse::<ipnet::Ipv4Net>().map(Some),
+            };
+            let (Some(gateway), Ok(range)) = (gateways.get(name), range) else {
                 return Err(RuntimeError::Docker(format!(
                     "{id}: no gateway on network {name} for the routes of its networks"
                 )));
@@ -308,7 +323,10 @@ impl DockerRuntime {
         }
         let routes = overlay::netns::ContainerRoutes {
             default_via,
-            ranges: routes[1..].to_vec(),
+            ranges: routes[1..]
+                .iter()
+                .filter_map(|(range, via)| Some(((*range)?, *via)))
+                .collect(),
         };
         overlay::netns::set_container_routes(pid as u32, routes)
             .await
@@ -631,5 +649,17 @@ impl Runtime for DockerRuntime {
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         self.drop_volume(name).await
+    }
+
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>, RuntimeError> {
+        self.networks().await
+    }
+
+    async fn create_network(&self, config: &BridgeConfig) -> Result<(), RuntimeError> {
+        self.make_network(config).await
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.drop_network(name).await
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
@@ -113,48 +114,115 @@ impl FromStr for Kind {
     }
 }
 
-/// `KIND/GROUP/NAME`, the address of an object. Serializes as that string.
+/// The address of an object: `KIND/GROUP/NAME`, or `PREFIX/KIND/GROUP/NAME` for a `custom`
+/// object under a prefix of its own (`traefik.io/v1/custom/proxy/routes`). Serializes as that
+/// string. `prefix` is `None` for [`PREFIX`] (`simplecontainer.io/v1`), so the keys of the
+/// built-in kinds, and of custom objects with the standard prefix, are `KIND/GROUP/NAME` as they
+/// always were; it is never `Some(PREFIX)` (build keys with [`ObjectKey::new`],
+/// [`Object::key`] or by parsing).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     pub kind: Kind,
     pub group: String,
     pub name: String,
+    /// Behind a pointer so that a key (held by many error types) grows by one word only.
+    pub prefix: Option<Arc<String>>,
+}
+
+impl ObjectKey {
+    /// A key with the standard prefix.
+    pub fn new(kind: Kind, group: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            kind,
+            group: group.into(),
+            name: name.into(),
+            prefix: None,
+        }
+    }
+
+    /// The prefix of the object this key names (`simplecontainer.io/v1` unless another).
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().map_or(PREFIX, String::as_str)
+    }
 }
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(prefix) = &self.prefix {
+            write!(f, "{prefix}/")?;
+        }
         write!(f, "{}/{}/{}", self.kind, self.group, self.name)
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("object address {0:?} is not KIND/GROUP/NAME")]
+    #[error("object address {0:?} is not KIND/GROUP/NAME or PREFIX/KIND/GROUP/NAME")]
     Shape(String),
     #[error(transparent)]
     Kind(#[from] UnknownKind),
+    #[error(
+        "object address {0:?}: only custom objects have a prefix other than simplecontainer.io/v1"
+    )]
+    Prefix(String),
+}
+
+/// The stored form of a prefix: `None` for the standard one (or its alias).
+fn key_prefix(prefix: &str) -> Option<Arc<String>> {
+    (prefix != PREFIX && prefix != PREFIX_ALIAS).then(|| Arc::new(prefix.to_string()))
 }
 
 impl FromStr for ObjectKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(k), Some(g), Some(n), None) if !g.is_empty() && !n.is_empty() => Ok(ObjectKey {
-                kind: k.parse()?,
-                group: g.to_string(),
-                name: n.to_string(),
-            }),
-            _ => Err(KeyError::Shape(s.to_string())),
+        let mut parts: Vec<&str> = s.split('/').collect();
+        // simplecontainer's long forms put the category `kind` before the kind:
+        // `kind/KIND/GROUP/NAME` and `PREFIX/kind/KIND/GROUP/NAME`.
+        match parts.len() {
+            4 if parts[0] == "kind" => {
+                parts.remove(0);
+            }
+            6 if parts[2] == "kind" => {
+                parts.remove(2);
+            }
+            _ => {}
         }
+        let (prefix, rest) = match parts.len() {
+            3 => (None, &parts[..]),
+            5 => {
+                let prefix = format!("{}/{}", parts[0], parts[1]);
+                if !is_prefix(&prefix) {
+                    return Err(KeyError::Shape(s.to_string()));
+                }
+                (key_prefix(&prefix), &parts[2..])
+            }
+            _ => return Err(KeyError::Shape(s.to_string())),
+        };
+        let (g, n) = (rest[1], rest[2]);
+        if g.is_empty() || n.is_empty() {
+            return Err(KeyError::Shape(s.to_string()));
+        }
+        let kind: Kind = rest[0].parse()?;
+        if prefix.is_some() && kind != Kind::Custom {
+            return Err(KeyError::Prefix(s.to_string()));
+        }
+        Ok(ObjectKey {
+            kind,
+            group: g.to_string(),
+            name: n.to_string(),
+            prefix,
+        })
     }
 }
 
 /// An address as users write it: `KIND/GROUP/NAME`, or `PREFIX/KIND/GROUP/NAME` with a two-part
-/// prefix (`traefik.io/v1/custom/traefik/dynamic`). The store keys objects by `KIND/GROUP/NAME`,
-/// so the prefix selects among what that key holds (see [`Object::address`]).
+/// prefix (`traefik.io/v1/custom/traefik/dynamic`), or simplecontainer's long forms with the
+/// category `kind` (`kind/containers/GROUP/NAME`, `traefik.io/v1/kind/custom/GROUP/NAME`). The prefix is part of the key: a custom
+/// object is found under the prefix it was applied with (`custom/GROUP/NAME` is the one with
+/// `simplecontainer.io/v1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Address {
+    /// The prefix as written, if one was.
     pub prefix: Option<String>,
     pub key: ObjectKey,
 }
@@ -162,34 +230,17 @@ pub struct Address {
 impl FromStr for Address {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
-        if parts.len() == 5 {
-            let prefix = format!("{}/{}", parts[0], parts[1]);
-            if !is_prefix(&prefix) {
-                return Err(KeyError::Shape(s.to_string()));
-            }
-            let key: ObjectKey = parts[2..].join("/").parse()?;
-            let prefix = if prefix == PREFIX_ALIAS {
-                PREFIX.to_string()
-            } else {
-                prefix
-            };
-            return Ok(Address {
-                prefix: Some(prefix),
-                key,
-            });
-        }
-        Ok(Address {
-            prefix: None,
-            key: s.parse()?,
-        })
+        let key: ObjectKey = s.parse()?;
+        let parts = s.split('/').count();
+        let prefix = (parts >= 5).then(|| key.prefix().to_string());
+        Ok(Address { prefix, key })
     }
 }
 
 impl Address {
-    /// Whether `obj` is what this address names (same key, and same prefix when one is given).
+    /// Whether `obj` is what this address names.
     pub fn matches(&self, obj: &Object) -> bool {
-        obj.key() == self.key && self.prefix.as_ref().is_none_or(|p| *p == obj.prefix)
+        obj.key() == self.key
     }
 }
 
@@ -245,12 +296,14 @@ impl Object {
             kind: self.kind,
             group: self.meta.group.clone(),
             name: self.meta.name.clone(),
+            prefix: key_prefix(&self.prefix),
         }
     }
 
     /// `PREFIX/KIND/GROUP/NAME`, e.g. `traefik.io/v1/custom/traefik/dynamic`.
     pub fn address(&self) -> String {
-        format!("{}/{}", self.prefix, self.key())
+        let key = self.key();
+        format!("{}/{}/{}/{}", self.prefix, key.kind, key.group, key.name)
     }
 }
 

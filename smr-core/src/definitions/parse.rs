@@ -62,29 +62,16 @@ pub fn parse_str(source: &str, text: &str) -> Result<Vec<Object>, DefinitionErro
             let e = DefinitionError::invalid(
                 "meta.name",
                 format!(
-                    "{} is defined twice (documents {} and {}){}",
+                    "{} is defined twice (documents {} and {})",
                     obj.key(),
                     first + 1,
                     i + 1,
-                    prefix_note(&objects[first], obj)
                 ),
             );
             return Err(place(e, text, i).with_file(source));
         }
     }
     Ok(objects)
-}
-
-/// Why two custom objects of different prefixes still clash.
-fn prefix_note(first: &Object, second: &Object) -> String {
-    if first.prefix == second.prefix {
-        String::new()
-    } else {
-        format!(
-            " with prefixes {} and {}: smr keeps one {} object per group and name, whatever its prefix",
-            first.prefix, second.prefix, second.kind
-        )
-    }
 }
 
 /// Serializes objects as multi-document YAML (`---` between documents) that [`parse_str`] reads back.
@@ -216,14 +203,10 @@ impl Loader {
         }
         let mut seen: BTreeMap<ObjectKey, usize> = BTreeMap::new();
         for (i, obj) in out.iter().enumerate() {
-            if let Some(first) = seen.insert(obj.key(), i) {
+            if seen.insert(obj.key(), i).is_some() {
                 return Err(DefinitionError::invalid(
                     "meta.name",
-                    format!(
-                        "{} is defined twice{}",
-                        obj.key(),
-                        prefix_note(&out[first], obj)
-                    ),
+                    format!("{} is defined twice", obj.key()),
                 )
                 .with_file(&shown));
             }

@@ -963,27 +963,91 @@ fn custom_kind_takes_any_prefix() {
         "app.yaml:1:1: prefix: \"Traefik\" is not a prefix: write DOMAIN/VERSION, e.g. traefik.io/v1"
     );
 
-    // One custom object per group and name, whatever the prefix: said when two clash.
+    // Custom objects of different prefixes are different objects, keyed PREFIX/KIND/GROUP/NAME;
+    // the built-in kinds (and custom objects with simplecontainer's prefix) keep KIND/GROUP/NAME.
+    let both = parse_str(
+        "two.yaml",
+        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: b.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n",
+    )
+    .unwrap();
+    let keys: Vec<String> = both.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["a.io/v1/custom/g/n", "b.io/v1/custom/g/n", "custom/g/n"]
+    );
+    assert_eq!(objs[1].key().to_string(), "containers/proxy/provider");
     let e = err(
-        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: b.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n",
+        "prefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {}\n---\nprefix: a.io/v1\nkind: custom\nmeta: {group: g, name: n}\nspec: {x: 1}\n",
     );
     assert!(
-        e.to_string().contains(
-            "with prefixes a.io/v1 and b.io/v1: smr keeps one custom object per group and name"
-        ),
+        e.to_string()
+            .contains("a.io/v1/custom/g/n is defined twice (documents 1 and 2)"),
         "{e}"
     );
 
-    // Addresses with a prefix.
+    // Keys and addresses with a prefix: parsed, shown and serialized as written; the standard
+    // prefix (or its alias) is the key without one; only custom objects take another.
     let a: Address = "traefik.io/v1/custom/proxy/routes".parse().unwrap();
     assert_eq!(a.prefix.as_deref(), Some("traefik.io/v1"));
-    assert_eq!(a.key.to_string(), "custom/proxy/routes");
+    assert_eq!(a.key, objs[0].key());
+    assert_eq!(a.key.to_string(), "traefik.io/v1/custom/proxy/routes");
+    assert_eq!(a.key.prefix(), "traefik.io/v1");
     assert!(a.matches(&objs[0]));
     let other: Address = "other.io/v1/custom/proxy/routes".parse().unwrap();
     assert!(!other.matches(&objs[0]));
     let plain: Address = "custom/proxy/routes".parse().unwrap();
-    assert!(plain.prefix.is_none() && plain.matches(&objs[0]));
+    assert!(plain.prefix.is_none() && !plain.matches(&objs[0]));
+    assert!("custom/g/n".parse::<Address>().unwrap().matches(&both[2]));
+    assert_eq!(plain.key.prefix(), PREFIX);
+    for standard in [
+        "simplecontainer.io/v1/custom/g/n",
+        "simplecontainers.io/v1/custom/g/n",
+    ] {
+        assert_eq!(
+            standard.parse::<ObjectKey>().unwrap(),
+            ObjectKey::new(Kind::Custom, "g", "n")
+        );
+    }
+    assert_eq!(
+        "simplecontainer.io/v1/containers/g/n"
+            .parse::<ObjectKey>()
+            .unwrap()
+            .to_string(),
+        "containers/g/n"
+    );
+    assert_eq!(
+        "traefik.io/v1/containers/g/n"
+            .parse::<ObjectKey>()
+            .unwrap_err()
+            .to_string(),
+        "object address \"traefik.io/v1/containers/g/n\": only custom objects have a prefix other than simplecontainer.io/v1"
+    );
+    let json = serde_json::to_string(&a.key).unwrap();
+    assert_eq!(json, "\"traefik.io/v1/custom/proxy/routes\"");
+    assert_eq!(serde_json::from_str::<ObjectKey>(&json).unwrap(), a.key);
     assert!("nodots/v1/custom/proxy/routes".parse::<Address>().is_err());
+    assert!("a.io/v1/custom/g".parse::<ObjectKey>().is_err());
+    // simplecontainer's long forms, with the category `kind`.
+    let long: Address = "traefik.io/v1/kind/custom/proxy/routes".parse().unwrap();
+    assert_eq!(long.key, objs[0].key());
+    assert_eq!(long.prefix.as_deref(), Some("traefik.io/v1"));
+    assert_eq!(
+        "simplecontainer.io/v1/kind/containers/proxy/provider"
+            .parse::<ObjectKey>()
+            .unwrap(),
+        objs[1].key()
+    );
+    assert_eq!(
+        "kind/containers/proxy/provider"
+            .parse::<ObjectKey>()
+            .unwrap(),
+        objs[1].key()
+    );
+    assert!(
+        "state/containers/proxy/provider"
+            .parse::<ObjectKey>()
+            .is_err()
+    );
     assert!(is_prefix("simplecontainer.io/v1") && !is_prefix("x.io/") && !is_prefix("x.io"));
 }
 
@@ -1146,7 +1210,7 @@ fn the_documentation_constructs_parse() {
             "volume/shop/cache",
         ]
     );
-    // Its network (driver bridge) parses on its own; applying it is refused (see networks).
+    // Its network (driver bridge, node-local) parses on its own (applying it: see networks).
     let (name, text) = fixture("network-bridge.yaml");
     let net = parse_str(&name, &text).unwrap();
     assert_eq!(net[0].key().to_string(), "network/shop/backend");
@@ -1155,4 +1219,84 @@ fn the_documentation_constructs_parse() {
     assert_eq!(web.init_container.as_ref().unwrap().image, "busybox");
     assert_eq!(web.dependencies[0].name, "*");
     assert!(objs.iter().all(|o| o.prefix == PREFIX));
+}
+
+#[test]
+fn pack_templates_use_simplecontainers_functions_and_conditionals() {
+    let pack = Path::new(SC_FIXTURES).join("functions-pack");
+    let (manifest, objs) = load_pack(&pack).unwrap();
+    assert_eq!(manifest.name, "whoami");
+    let keys: Vec<String> = objs.iter().map(|o| o.key().to_string()).collect();
+    assert_eq!(
+        keys,
+        ["configuration/demo/who-am-i", "containers/demo/who-am-i"]
+    );
+    let Spec::Configuration(conf) = &objs[0].spec else {
+        panic!("{:?}", objs[0].spec)
+    };
+    let data: Vec<(&str, &str)> = conf
+        .data
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            ("hosts", "whoami.example.test who.example.test"),
+            ("image", "traefik/whoami:v1.10"),
+            ("motd", "welcome\nto the demo\n"),
+            ("password", "Y2hhbmdlbWU="),
+        ]
+    );
+    assert_eq!(objs[1].meta.labels["env"], "production");
+    let c = containers(&objs[1]);
+    assert_eq!(c.image_ref(), "traefik/whoami:v1.10");
+    assert_eq!(c.replicas, 2);
+    assert_eq!(
+        c.envs,
+        [
+            "APP_ENV=PRODUCTION",
+            "APP_NAME=who_am_i",
+            "HOST_WHOAMI=whoami.example.test",
+            "HOST_WHO=who.example.test"
+        ]
+    );
+    // --set fills the conditional (any non-empty value is true, as in Go) and the default.
+    let mut loader = Loader::new(&[
+        "debug=1".into(),
+        "password=s3cret".into(),
+        "env=Staging".into(),
+    ])
+    .unwrap();
+    let objs = loader.load(&pack).unwrap();
+    loader.finish().unwrap();
+    let Spec::Configuration(conf) = &objs[0].spec else {
+        panic!()
+    };
+    assert_eq!(conf.data["password"], "czNjcmV0");
+    assert_eq!(
+        containers(&objs[1]).envs[..3],
+        ["APP_ENV=STAGING", "APP_NAME=who_am_i", "DEBUG=1"]
+    );
+    assert_eq!(objs[1].meta.labels["env"], "staging");
+    // A function smr does not have is refused naming it, the file and the line.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("definitions")).unwrap();
+    std::fs::write(dir.path().join("Pack.yaml"), "name: p\nversion: 1.0.0\n").unwrap();
+    std::fs::write(
+        dir.path().join("definitions/app.yaml"),
+        "kind: configuration\nmeta: {group: a, name: b}\nspec:\n  data:\n    x: {{ .x | toYaml }}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("definitions/variables.yaml"), "x: 1\n").unwrap();
+    let e = load_path(dir.path()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Pack);
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "{}:5: `{{{{ .x | toYaml }}}}`: function \"toYaml\" is not supported in pack templates (supported: and, ",
+            dir.path().join("definitions/app.yaml").display()
+        )),
+        "{shown}"
+    );
 }

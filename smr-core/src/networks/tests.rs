@@ -99,6 +99,7 @@ fn delete(s: &mut ClusterState, keys: &[(Kind, &str, &str)]) -> Result<(), Strin
             kind: *kind,
             group: g.to_string(),
             name: n.to_string(),
+            prefix: None,
         })
         .collect();
     match run(s, Op::Delete { keys }) {
@@ -194,14 +195,14 @@ fn network_objects_are_checked_before_anything_is_stored() {
             &mut s,
             "kind: network\nprefix: simplecontainer.io/v1\nmeta: {group: g, name: n}\nspec: {driver: bridge}\n"
         ),
-        "network/g/n: driver bridge (a node-local Docker network) is not supported yet; use driver: overlay (the default), a cluster-wide network with its own pool"
+        "network/g/n: a bridge network needs ipv4AddressPool, its subnet on each node that runs a replica joining it (e.g. 172.30.0.0/24)"
     );
     assert_eq!(
         refused(
             &mut s,
             "kind: network\nprefix: simplecontainer.io/v1\nmeta: {group: g, name: n}\nspec: {driver: macvlan, IPV4AddressPool: 10.20.0.0/16}\n"
         ),
-        "network/g/n: driver \"macvlan\" is not supported (supported: overlay, the default)"
+        "network/g/n: driver \"macvlan\" is not supported (supported: overlay, the default, and bridge)"
     );
     assert_eq!(
         refused(
@@ -269,8 +270,8 @@ fn containers_may_name_only_networks_that_exist() {
         "containers/g/web: networks[0] g/front: no such network (apply a network object g/front, or use {group: internal, name: cluster})"
     );
     assert_eq!(
-        apply(&mut s, &containers("g", "web", &[("internal", "bridge")])).unwrap_err(),
-        "containers/g/web: networks[0] internal/bridge: Docker's own networks cannot be joined yet"
+        apply(&mut s, &containers("g", "web", &[("internal", "host")])).unwrap_err(),
+        "containers/g/web: networks[0] internal/host: Docker's own host network cannot be joined through networks (use networkMode: host)"
     );
     assert_eq!(
         apply(
@@ -373,7 +374,7 @@ fn replicas_join_their_networks_in_order_the_first_carries_the_default_route() {
         let Spec::Containers(c) = &objects(yaml)[0].spec else {
             unreachable!()
         };
-        attachments(c, &nets)
+        attachments_among(c, &nets, &[])
             .iter()
             .map(|a| format!("{} {}", a.docker_name(), a.dns_label()))
             .collect()
@@ -413,6 +414,7 @@ fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
         kind: Kind::Containers,
         group: "g".into(),
         name: name.into(),
+        prefix: None,
     };
     let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
     let iso = allowed_ranges(
@@ -466,6 +468,8 @@ fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
                 &[("g", "back"), ("internal", "cluster"), ("g", "front")],
             ),
             containers("g", "plain", &[]),
+            bridge("g", "local", "172.30.0.0/24"),
+            containers("g", "docker", &[("internal", "bridge"), ("g", "local")]),
         ]
         .join("---\n"),
     )
@@ -484,6 +488,7 @@ fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
                 kind: Kind::Containers,
                 group: "g".into(),
                 name: name.into(),
+                prefix: None,
             })
             .unwrap();
         container_config(&s, stored, 1, 1, &ctx).unwrap().0
@@ -495,6 +500,15 @@ fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
         web.labels[labels::NETWORKS],
         "smr.g.back=10.21.0.0/16,cluster=10.10.0.0/16,smr.g.front=10.20.0.0/16"
     );
+    // On Docker's own bridge first (its range is Docker's: a default route only), then on a
+    // bridge network.
+    let docker = config("docker");
+    assert_eq!(docker.network.as_deref(), Some("bridge"));
+    assert_eq!(docker.extra_networks, vec!["smr.g.local"]);
+    assert_eq!(
+        docker.labels[labels::NETWORKS],
+        "bridge=,smr.g.local=172.30.0.0/24"
+    );
     // On cluster only, as before: nothing extra, no label.
     let plain = config("plain");
     assert_eq!(plain.network.as_deref(), Some(CLUSTER));
@@ -505,5 +519,186 @@ fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
             .unwrap()
             .contains("extra_networks"),
         "the hash of a container on one network is what it was"
+    );
+}
+
+fn bridge(group: &str, name: &str, subnet: &str) -> String {
+    format!(
+        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  driver: bridge\n  ipv4addresspool: {subnet}\n"
+    )
+}
+
+#[test]
+fn bridge_networks_need_a_subnet_of_their_own_and_keep_their_driver() {
+    let mut s = cluster("vxlan");
+    let refused = |s: &mut ClusterState, yaml: &str| {
+        let before = s.revision;
+        let e = apply(s, yaml).unwrap_err();
+        assert_eq!(s.revision, before, "nothing stored for {yaml}");
+        e
+    };
+    assert_eq!(
+        refused(&mut s, &bridge("g", "b", "10.10.5.0/24")),
+        "network/g/b: ipv4AddressPool 10.10.5.0/24 overlaps the cluster CIDR 10.10.0.0/16"
+    );
+    assert_eq!(
+        refused(&mut s, &bridge("g", "b", "172.30.0.0/31")),
+        "network/g/b: ipv4AddressPool 172.30.0.0/31 is too small for a bridge network (at most /30)"
+    );
+    apply(&mut s, &network("g", "front", "10.20.0.0/16")).unwrap();
+    assert_eq!(
+        refused(&mut s, &bridge("g", "b", "10.20.3.0/24")),
+        "network/g/b: ipv4AddressPool 10.20.3.0/24 overlaps network/g/front (10.20.0.0/16)"
+    );
+    // A bridge network needs no room per node: one /30 is enough, the same on every node.
+    apply(&mut s, &bridge("g", "b", "172.30.0.0/30")).unwrap();
+    assert_eq!(
+        bridge_networks(&s),
+        vec![BridgeNetwork {
+            group: "g".into(),
+            name: "b".into(),
+            subnet: net("172.30.0.0/30"),
+        }]
+    );
+    assert!(overlay_networks(&s).iter().all(|n| n.name != "b"));
+    assert_eq!(
+        refused(&mut s, &network("h", "o", "172.30.0.0/16")),
+        "network/h/o: ipv4AddressPool 172.30.0.0/16 overlaps network/g/b (172.30.0.0/30)"
+    );
+    assert_eq!(
+        refused(&mut s, &bridge("g", "b", "172.31.0.0/24")),
+        "network/g/b: ipv4AddressPool cannot change from 172.30.0.0/30 to 172.31.0.0/24 (delete the network and apply it again)"
+    );
+    assert_eq!(
+        refused(&mut s, &network("g", "b", "10.30.0.0/16")),
+        "network/g/b: driver cannot change from bridge to overlay (delete the network and apply it again)"
+    );
+    assert_eq!(
+        refused(&mut s, &bridge("g", "front", "10.20.0.0/16")),
+        "network/g/front: driver cannot change from overlay to bridge (delete the network and apply it again)"
+    );
+    // Bridge networks need no overlay backend.
+    apply(&mut cluster("none"), &bridge("g", "b", "172.30.0.0/24")).unwrap();
+    // A used one cannot be deleted, naming its users.
+    apply(&mut s, &containers("g", "web", &[("g", "b")])).unwrap();
+    assert_eq!(
+        delete(&mut s, &[(Kind::Network, "g", "b")]).unwrap_err(),
+        "network/g/b is used by containers/g/web; delete or change them first"
+    );
+    delete(
+        &mut s,
+        &[(Kind::Network, "g", "b"), (Kind::Containers, "g", "web")],
+    )
+    .unwrap();
+    assert_eq!(bridge_networks(&s), vec![]);
+}
+
+#[test]
+fn replicas_join_bridge_networks_and_docker_s_own_bridge() {
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            bridge("g", "local", "172.30.0.0/24"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let yaml = containers(
+        "g",
+        "web",
+        &[("g", "local"), ("internal", "bridge"), ("g", "front")],
+    );
+    apply(&mut s, &yaml).unwrap();
+    let Spec::Containers(c) = &objects(&yaml)[0].spec else {
+        unreachable!()
+    };
+    let joined: Vec<(String, String, Option<Ipv4Net>)> = attachments(c, &s)
+        .iter()
+        .map(|a| {
+            (
+                a.docker_name(),
+                a.dns_label().to_string(),
+                a.range(Some(net("10.10.0.0/16"))),
+            )
+        })
+        .collect();
+    assert_eq!(
+        joined,
+        vec![
+            (
+                "smr.g.local".into(),
+                "local".into(),
+                Some(net("172.30.0.0/24"))
+            ),
+            ("bridge".into(), "bridge".into(), None),
+            (
+                "smr.g.front".into(),
+                "front".into(),
+                Some(net("10.20.0.0/16"))
+            ),
+        ]
+    );
+}
+
+#[test]
+fn bridge_subnets_are_isolated_and_masqueraded_like_slices() {
+    let mut s = cluster("vxlan");
+    apply(
+        &mut s,
+        &[
+            network("g", "front", "10.20.0.0/16"),
+            bridge("g", "local", "172.30.0.0/24"),
+            containers("g", "web", &[("g", "local"), ("internal", "cluster")]),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let me = *s.nodes.keys().next().unwrap();
+    let key: ObjectKey = "containers/g/web".parse().unwrap();
+    let iso = allowed_ranges(
+        &s,
+        me,
+        &[(
+            key,
+            vec!["172.30.0.2".parse().unwrap(), "10.10.0.2".parse().unwrap()],
+        )],
+    );
+    assert_eq!(
+        iso.ranges,
+        vec![
+            net("10.10.0.0/16"),
+            net("10.20.0.0/16"),
+            net("172.30.0.0/24")
+        ]
+    );
+    assert_eq!(
+        iso.local,
+        vec![
+            net("10.10.0.0/24"),
+            net("10.20.0.0/24"),
+            net("172.30.0.0/24")
+        ]
+    );
+    assert_eq!(
+        iso.allowed,
+        vec![
+            ("10.10.0.2".parse().unwrap(), net("10.10.0.0/16")),
+            ("10.10.0.2".parse().unwrap(), net("172.30.0.0/24")),
+            ("172.30.0.2".parse().unwrap(), net("10.10.0.0/16")),
+            ("172.30.0.2".parse().unwrap(), net("172.30.0.0/24")),
+        ]
+    );
+    assert_eq!(
+        iso.masquerade_sources(net("10.10.0.0/16")),
+        vec![net("10.20.0.0/24"), net("172.30.0.0/24")]
+    );
+    // Only a bridge network: isolation all the same.
+    let mut only = cluster("vxlan");
+    apply(&mut only, &bridge("g", "local", "172.30.0.0/24")).unwrap();
+    assert_eq!(
+        allowed_ranges(&only, me, &[]).ranges,
+        vec![net("10.10.0.0/16"), net("172.30.0.0/24")]
     );
 }

@@ -12,6 +12,7 @@
 //! gating, the init-container state machine, background stops, batched creation and the
 //! reports.
 
+mod bridges;
 mod pass;
 mod volumes;
 
@@ -22,5 +23,7 @@ pub use pass::{
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bridges;
 #[cfg(test)]
 mod tests_volumes;

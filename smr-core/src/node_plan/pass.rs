@@ -274,6 +274,7 @@ pub struct NodePlanner {
     backoff: Backoff,
     memory: Memory,
     pub(super) volumes: super::volumes::VolumeMemory,
+    pub(super) bridges: super::bridges::BridgeMemory,
 }
 
 impl NodePlanner {
@@ -284,6 +285,7 @@ impl NodePlanner {
             backoff: Backoff::default(),
             memory: Memory::default(),
             volumes: Default::default(),
+            bridges: Default::default(),
         }
     }
 
@@ -378,6 +380,9 @@ impl NodePlanner {
             // Replicas not created yet wait for the volumes they mount.
             let wanted_now =
                 super::volumes::hold(&self.volumes, wanted_now, &mut waiting, &containers);
+            // ...and for the bridge networks they join.
+            let wanted_now =
+                super::bridges::hold(&self.bridges, wanted_now, &mut waiting, &containers);
 
             let observed: Vec<ObservedContainer> =
                 containers.iter().map(|c| observe(c, memory)).collect();

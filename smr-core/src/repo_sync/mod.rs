@@ -101,6 +101,20 @@ pub fn decide(
             .filter_map(|k| desired.objects.get(&parse(k)?).cloned())
             .collect();
         sync.delete = plan.delete.iter().filter_map(parse).collect();
+        // Refused by the state machine anyway; said in the status rather than only in a log.
+        let keys: Vec<ObjectKey> = sync.apply.iter().map(Object::key).collect();
+        if let Err(e) = crate::docker_names::check(state.objects.keys(), &keys, &sync.delete) {
+            let message = format!("commit {}: {e}", short(&desired.commit));
+            return failed(
+                state,
+                key,
+                desired.generation,
+                Some(desired.commit.clone()),
+                message,
+                request,
+            )
+            .map_or(Decision::Nothing, |s| Decision::Propose(Box::new(s)));
+        }
         status.synced_commit = Some(desired.commit.clone());
         status.synced_generation = desired.generation;
         if new_commit || !plan.is_noop() {
@@ -227,6 +241,7 @@ pub fn repo_spec(
             kind,
             group: r.group.clone(),
             name: r.name.clone(),
+            prefix: None,
         };
         state
             .objects

@@ -227,3 +227,54 @@ fn a_failure_keeps_what_was_synced() {
         .is_none()
     );
 }
+
+#[test]
+fn a_commit_whose_objects_clash_in_docker_is_an_error_and_a_prefixed_custom_object_syncs() {
+    let mut s = state_with(true);
+    let containers = |group: &str, name: &str| {
+        Object::new(
+            group,
+            name,
+            crate::definitions::ContainersSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut custom = Object::new("app", "routes", Spec::Custom(Default::default()));
+    custom.prefix = "traefik.io/v1".into();
+    let d = desired("c1", &[containers("a-b", "c"), custom.clone()]);
+    step(&mut s, &d, 0).expect("a first sync");
+    assert!(
+        s.objects
+            .contains_key(&"traefik.io/v1/custom/app/routes".parse().unwrap())
+    );
+    // The next commit adds a/b-c beside a-b/c: nothing of it is applied, the status says why.
+    let d = desired(
+        "c2",
+        &[
+            containers("a-b", "c"),
+            containers("a", "b-c"),
+            config("x", "1"),
+        ],
+    );
+    step(&mut s, &d, 0).expect("an error status");
+    let status = &s.gitops[&key()];
+    assert_eq!(status.state, GitopsState::Error);
+    assert_eq!(
+        status.message,
+        "commit c2: containers/a-b/c and containers/a/b-c would both be named \"a-b-c\" in Docker (smr names replicas GROUP-NAME-INDEX): rename one of them"
+    );
+    assert_eq!(status.synced_commit.as_deref(), Some("c1"));
+    assert!(!s.objects.contains_key(&config("x", "1").key()));
+    // A commit that renames a-b/c to a/b-c is applied.
+    let d = desired("c3", &[containers("a", "b-c")]);
+    step(&mut s, &d, 0).expect("a sync");
+    assert_eq!(s.gitops[&key()].state, GitopsState::Synced);
+    assert!(s.objects.contains_key(&containers("a", "b-c").key()));
+    assert!(!s.objects.contains_key(&containers("a-b", "c").key()));
+    assert!(
+        !s.objects
+            .contains_key(&"traefik.io/v1/custom/app/routes".parse().unwrap())
+    );
+}

@@ -235,17 +235,20 @@ fn direct_inputs(key: &ObjectKey, spec: &ContainersSpec) -> BTreeSet<ObjectKey> 
         kind: Kind::Configuration,
         group: key.group.clone(),
         name: key.name.clone(),
+        prefix: None,
     }]);
     for spec in std::iter::once(spec).chain(spec.init_container.as_deref()) {
         direct.extend(spec.configurations.iter().map(|c| ObjectKey {
             kind: Kind::Configuration,
             group: c.group.clone(),
             name: c.name.clone(),
+            prefix: None,
         }));
         direct.extend(spec.resources.iter().map(|r| ObjectKey {
             kind: Kind::Resource,
             group: r.group.clone(),
             name: r.name.clone(),
+            prefix: None,
         }));
     }
     direct

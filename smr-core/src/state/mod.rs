@@ -269,6 +269,7 @@ impl std::fmt::Debug for CaRecord {
 pub struct ClusterState {
     /// Increases by one for every command that changed something.
     pub revision: u64,
+    #[serde(deserialize_with = "objects_by_key")]
     pub objects: SharedMap<ObjectKey, StoredObject>,
     pub nodes: SharedMap<NodeId, NodeRecord>,
     /// Ids are handed out in join order from 1 and never reused.
@@ -303,6 +304,23 @@ pub struct ClusterState {
     /// (and not compared). Leave it alone.
     #[serde(skip)]
     pub readers_index: ReadersIndex,
+}
+
+/// Reads the objects map, each object under its own [`Object::key`]. A state written before
+/// custom objects were keyed by their prefix holds a `prefix: traefik.io/v1` custom object under
+/// `custom/GROUP/NAME`; it is moved to `traefik.io/v1/custom/GROUP/NAME` as the state is loaded
+/// (a snapshot, the etcd store, a backup), the same way on every node.
+fn objects_by_key<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SharedMap<ObjectKey, StoredObject>, D::Error> {
+    let objects = SharedMap::<ObjectKey, StoredObject>::deserialize(d)?;
+    if objects.iter().all(|(k, o)| *k == o.object.key()) {
+        return Ok(objects);
+    }
+    Ok(objects
+        .iter()
+        .map(|(_, o)| (o.object.key(), o.clone()))
+        .collect())
 }
 
 /// A proposed change, as it travels through the Raft log.
@@ -399,6 +417,13 @@ pub enum Op {
         state: Box<ClusterState>,
         keep: NodeId,
     },
+    /// The leader seals the values of secrets a previous version stored in clear: each object
+    /// replaces the stored secret of its key when that holds the same fields, labels and prefix
+    /// (others are left alone: they changed meanwhile). Neither a new generation nor a rollout:
+    /// the readers render the same values.
+    SealSecrets {
+        objects: Vec<Object>,
+    },
     /// `smrmgr ca rotate`: starts the rotation to `next`; refused while another runs, or when
     /// the cluster has no CA (the same rotation again is accepted and changes nothing).
     StartCaRotation {
@@ -486,7 +511,15 @@ impl ClusterState {
 
     fn apply_op(&mut self, op: &Op, now: u64) -> CommandResult {
         match op {
-            Op::Apply { objects, owner } => self.apply_objects(objects, owner.as_deref(), now),
+            Op::Apply { objects, owner } => {
+                let keys: Vec<ObjectKey> = objects.iter().map(Object::key).collect();
+                if let Err(e) = crate::docker_names::check(self.objects.keys(), &keys, &[]) {
+                    return CommandResult::Rejected {
+                        reason: e.to_string(),
+                    };
+                }
+                self.apply_objects(objects, owner.as_deref(), now)
+            }
             Op::Delete { keys } => self.delete_objects(keys, now),
             Op::Restart { key } => self.restart(key, now),
             Op::RegisterNode { node } => self.register_node(node, now),
@@ -584,6 +617,7 @@ impl ClusterState {
             Op::Noop => self.bump(),
             Op::Restore { state } => self.restore(state, now),
             Op::ForceNewCluster { state, keep } => self.force_new_cluster(state, *keep, now),
+            Op::SealSecrets { objects } => self.seal_secrets(objects, now),
             Op::StartCaRotation { next } => self.start_ca_rotation(next),
             Op::FinishCaRotation { fingerprint } => self.finish_ca_rotation(fingerprint),
         }
@@ -753,6 +787,39 @@ impl ClusterState {
         };
         self.push_event(event);
         self.bump()
+    }
+
+    fn seal_secrets(&mut self, objects: &[Object], now: u64) -> CommandResult {
+        let revision = self.revision + 1;
+        let mut changed = false;
+        for object in objects {
+            let crate::definitions::Spec::Secret(sealed) = &object.spec else {
+                continue;
+            };
+            let Some(stored) = self.objects.get_mut(&object.key()) else {
+                continue;
+            };
+            let same_shape = match &stored.object.spec {
+                crate::definitions::Spec::Secret(data) => {
+                    data.data.keys().eq(sealed.data.keys())
+                        && stored.object.meta == object.meta
+                        && stored.object.prefix == object.prefix
+                }
+                _ => false,
+            };
+            if same_shape && stored.object != *object {
+                stored.object = object.clone();
+                stored.revision = revision;
+                stored.updated_ms = now;
+                changed = true;
+            }
+        }
+        if changed {
+            self.revision = revision;
+        }
+        CommandResult::Done {
+            revision: self.revision,
+        }
     }
 
     fn bump(&mut self) -> CommandResult {
@@ -1043,6 +1110,7 @@ impl ClusterState {
             kind,
             group: String::new(),
             name: String::new(),
+            prefix: None,
         };
         self.objects
             .range(first..)

@@ -161,6 +161,12 @@ impl ClusterState {
         if let Some(reason) = crate::volume::refuse_delete_after(self, &sync.apply, &sync.delete) {
             return CommandResult::Rejected { reason };
         }
+        let keys: Vec<ObjectKey> = sync.apply.iter().map(|o| o.key()).collect();
+        if let Err(e) = crate::docker_names::check(self.objects.keys(), &keys, &sync.delete) {
+            return CommandResult::Rejected {
+                reason: e.to_string(),
+            };
+        }
         let before = self.revision;
         let mut outcomes = match self.apply_objects(&sync.apply, Some(&owner), now) {
             CommandResult::Objects { outcomes, .. } => outcomes,

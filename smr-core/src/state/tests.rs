@@ -1093,3 +1093,124 @@ fn restart_rolls_one_definition_without_changing_it() {
     settled_ops.recent_ops = s.recent_ops.clone();
     assert_eq!(s, settled_ops);
 }
+
+#[test]
+fn objects_whose_docker_names_clash_are_refused_whole_by_hand_and_in_a_sync() {
+    let named = |group: &str, name: &str| Object {
+        meta: Meta {
+            group: group.into(),
+            name: name.into(),
+            labels: Default::default(),
+        },
+        ..obj("x", "a")
+    };
+    let mut s = ClusterState::default();
+    s.apply(&cmd(
+        "g",
+        Op::Apply {
+            objects: vec![gitops_obj("repo")],
+            owner: None,
+        },
+    ));
+    s.apply(&cmd("s1", sync(vec![named("a-b", "c")], vec![], "c1")));
+    let revision = s.revision;
+    // By hand, with another object in the same batch: nothing of it is applied.
+    let r = s.apply(&cmd(
+        "h",
+        Op::Apply {
+            objects: vec![named("x", "y"), named("a", "b-c")],
+            owner: None,
+        },
+    ));
+    assert_eq!(
+        r,
+        CommandResult::Rejected {
+            reason: "containers/a-b/c and containers/a/b-c would both be named \"a-b-c\" in Docker (smr names replicas GROUP-NAME-INDEX): rename one of them".into()
+        }
+    );
+    assert_eq!((s.revision, s.objects.len()), (revision, 2));
+    // A sync that adds the clashing one is refused; one that renames (deletes the other in
+    // the same step) is applied.
+    let r = s.apply(&cmd(
+        "s2",
+        sync(vec![named("a-b", "c"), named("a", "b-c")], vec![], "c2"),
+    ));
+    assert!(matches!(r, CommandResult::Rejected { .. }), "{r:?}");
+    assert_eq!(s.revision, revision);
+    let r = s.apply(&cmd(
+        "s3",
+        sync(vec![named("a", "b-c")], vec![named("a-b", "c").key()], "c3"),
+    ));
+    assert_eq!(
+        outcomes(r),
+        vec![
+            ("containers/a/b-c".into(), Outcome::Created, 1),
+            ("containers/a-b/c".into(), Outcome::Deleted, 1)
+        ]
+    );
+}
+
+#[test]
+fn custom_objects_are_keyed_by_their_prefix_and_old_states_are_rekeyed_on_load() {
+    let custom = |prefix: &str, value: &str| {
+        let mut o = crate::definitions::parse_str(
+            "c.yaml",
+            &format!("prefix: {prefix}\nkind: custom\nmeta: {{group: proxy, name: routes}}\nspec: {{v: {value}}}\n"),
+        )
+        .unwrap()
+        .remove(0);
+        o.prefix = prefix.into();
+        o
+    };
+    let mut s = ClusterState::default();
+    let r = s.apply(&cmd(
+        "a",
+        Op::Apply {
+            objects: vec![
+                custom("traefik.io/v1", "1"),
+                custom("example.com/v2", "2"),
+                custom("simplecontainer.io/v1", "3"),
+            ],
+            owner: None,
+        },
+    ));
+    let mut keys: Vec<String> = outcomes(r).into_iter().map(|(k, _, _)| k).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "custom/proxy/routes",
+            "example.com/v2/custom/proxy/routes",
+            "traefik.io/v1/custom/proxy/routes"
+        ]
+    );
+    assert_eq!(s.objects.len(), 3, "no prefix replaces another");
+    let r = s.apply(&cmd(
+        "d",
+        Op::Delete {
+            keys: vec!["example.com/v2/custom/proxy/routes".parse().unwrap()],
+        },
+    ));
+    assert_eq!(
+        outcomes(r),
+        [(
+            "example.com/v2/custom/proxy/routes".into(),
+            Outcome::Deleted,
+            1
+        )]
+    );
+    let traefik: ObjectKey = "traefik.io/v1/custom/proxy/routes".parse().unwrap();
+    assert_eq!(s.objects[&traefik].object, custom("traefik.io/v1", "1"));
+
+    // A state saved before keys held the prefix: the custom object sits under
+    // custom/proxy/routes. Loading it moves it to its prefixed key; nothing else changes.
+    let mut old = serde_json::to_value(&s).unwrap();
+    let objects = old["objects"].as_object_mut().unwrap();
+    let stored = objects.remove("traefik.io/v1/custom/proxy/routes").unwrap();
+    objects.remove("custom/proxy/routes");
+    objects.insert("custom/proxy/routes".into(), stored);
+    let loaded: ClusterState = serde_json::from_value(old).unwrap();
+    let keys: Vec<String> = loaded.objects.keys().map(|k| k.to_string()).collect();
+    assert_eq!(keys, ["traefik.io/v1/custom/proxy/routes"]);
+    assert_eq!(loaded.objects[&traefik], s.objects[&traefik]);
+}

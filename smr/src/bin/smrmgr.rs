@@ -126,6 +126,11 @@ struct RestoreArgs {
     /// How long to wait for a background agent to serve, in seconds.
     #[arg(long, default_value = "90")]
     wait: u64,
+    /// The cluster key (SMRKEY-1-...) of the cluster the backup was taken from: its secrets are
+    /// opened with it and sealed again with the new cluster's key. Needed when the backup holds
+    /// secrets.
+    #[arg(long = "backup-key-file", value_name = "FILE")]
+    backup_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -638,6 +643,10 @@ fn clean_network() -> anyhow::Result<()> {
         if overlay::isolation::remove_isolation(&overlay::masq::IptablesCmd::default()).await? {
             println!("removed smr's network isolation rules");
         }
+        if overlay::masq::remove_networks_masquerade(&overlay::masq::IptablesCmd::default()).await?
+        {
+            println!("removed smr's masquerading rules of networks");
+        }
         anyhow::Ok(())
     })
 }
@@ -826,7 +835,18 @@ fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     // The flags are checked before anything is written.
     agent_config(&start)?;
-    agent::recovery::prepare_restore(&dir, &backup.state)?;
+    let old_key = match &args.backup_key_file {
+        Some(file) => Some(
+            agent::pki::ClusterKey::load(file)
+                .with_context(|| format!("--backup-key-file {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let key_path = match &settings.cluster_key_file {
+        Some(file) => file.clone(),
+        None => dir.join("pki").join(agent::pki::CLUSTER_KEY_FILE),
+    };
+    agent::recovery::prepare_restore(&dir, &backup.state, old_key.as_ref(), &key_path)?;
     println!(
         "restoring {}: {}",
         args.file.display(),

@@ -48,6 +48,8 @@ pub struct Cluster {
     net: (u8, u8),
     /// Extra `smrmgr start` arguments for new nodes (e.g. `--store etcd://...`).
     pub start_extra: Vec<String>,
+    /// Extra environment of `smrmgr start` for new nodes (not of restarts).
+    pub start_env: Vec<(String, String)>,
 }
 
 pub fn smrmgr(home: &Path) -> Command {
@@ -146,6 +148,7 @@ impl Cluster {
             nodes: Vec::new(),
             net: (100 + n, (pid % 250) as u8 + 1),
             start_extra: Vec::new(),
+            start_env: Vec::new(),
         }
     }
 
@@ -181,6 +184,7 @@ impl Cluster {
         .arg("--metrics-addr")
         .arg(format!("{}:9213", node.ip))
         .args(&self.start_extra)
+        .envs(self.start_env.iter().map(|(k, v)| (k, v)))
         .env("SMR_LOG", "info,openraft=warn");
         cmd
     }

@@ -320,6 +320,78 @@ pub async fn serving(vm: &Vm, what: &str, limit: Duration) -> anyhow::Result<Cli
     .await
 }
 
+/// Container id -> name of every running container whose name starts with `prefix`, over the
+/// engines of `vms` (an engine that does not answer counts as running none).
+pub fn running_named(vms: &[Vm], prefix: &str) -> std::collections::BTreeMap<String, String> {
+    let mut ids = std::collections::BTreeMap::new();
+    for vm in vms {
+        let Ok(out) = vm.docker_ok(&["ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]) else {
+            continue;
+        };
+        for line in out.lines() {
+            if let Some((id, name)) = line.split_once(' ')
+                && name.starts_with(prefix)
+            {
+                ids.insert(id.to_string(), name.to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// The lowest counts seen while a command ran (see [`floor_while`]).
+#[derive(Debug)]
+pub struct Floor {
+    /// Fewest containers running on the engines.
+    pub running: usize,
+    /// Fewest replicas the API called ready.
+    pub ready: usize,
+    pub samples: usize,
+}
+
+/// Runs `cmd` (a blocking command, e.g. an smrctl) to its end while sampling every 50 ms the
+/// containers named `prefix*` running on `vms`' engines and the replicas of `key` (all when None)
+/// that the API calls ready. Returns the command's output and the lowest counts seen.
+pub async fn floor_while(
+    vms: Vec<Vm>,
+    client: &Client,
+    key: Option<ObjectKey>,
+    prefix: &'static str,
+    cmd: Command,
+) -> anyhow::Result<(String, Floor)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, client) = (stop.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut floor = Floor {
+                running: usize::MAX,
+                ready: usize::MAX,
+                samples: 0,
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let vms = vms.clone();
+                let running =
+                    tokio::task::spawn_blocking(move || running_named(&vms, prefix).len())
+                        .await
+                        .unwrap_or_default();
+                floor.running = floor.running.min(running);
+                if let Ok(replicas) = client.replicas(key.as_ref()).await {
+                    floor.ready = floor.ready.min(replicas.iter().filter(|r| r.ready).count());
+                }
+                floor.samples += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            floor
+        })
+    };
+    let out = tokio::task::spawn_blocking(move || super::run(cmd)).await;
+    stop.store(true, Ordering::SeqCst);
+    let floor = watcher.await?;
+    Ok((out??, floor))
+}
+
 /// A `configuration` object `<group>/<name>` holding `value` (the CA tests' writes).
 pub fn configuration(group: &str, name: &str, value: &str) -> String {
     format!(

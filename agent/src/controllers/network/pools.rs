@@ -7,6 +7,7 @@
 //!  state --node_networks--> Docker networks smr.<group>.<name> (labelled; stale ones removed)
 //!        --peer_routes----> Overlay::reconcile_pool (per pool; a gone pool: its routes removed)
 //!        --allowed_ranges-> isolation::ensure_isolation (SMR-NETS), removed when no network is left
+//!                          masq::ensure_networks_masquerade (SMR-MASQ-NETS), likewise
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,7 @@ use ipnet::Ipv4Net;
 use crate::state::{ClusterState, NodeId};
 use overlay::docker::MANAGED_LABEL;
 use overlay::isolation::{IsolationSpec, ensure_isolation, remove_isolation};
-use overlay::masq::IptablesCmd;
+use overlay::masq::{IptablesCmd, ensure_networks_masquerade};
 use overlay::{Overlay, Peer};
 use smr_core::networks::{self, NETWORK_LABEL, NodeNetwork, POOL_LABEL};
 
@@ -203,6 +204,16 @@ pub async fn reconcile(
         .unwrap_or_default();
     let iso = networks::allowed_ranges(state, me, &replica_ips);
     let ipt = IptablesCmd::default();
+    // Masquerading of what leaves the cluster from the networks beyond `cluster`.
+    let sources = match &state.network {
+        Some(settings) => iso.masquerade_sources(settings.cidr),
+        None => Vec::new(),
+    };
+    match ensure_networks_masquerade(&ipt, &sources, &iso.ranges).await {
+        Ok(true) => tracing::info!(?sources, "masquerading of networks updated"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("masquerading of networks: {e}"),
+    }
     let result = if iso.ranges.is_empty() {
         remove_isolation(&ipt).await
     } else {

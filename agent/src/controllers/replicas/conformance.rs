@@ -247,10 +247,66 @@ async fn volumes_listed_with_users<R: Runtime>(
     ));
 }
 
+/// Bridge networks: created with smr's labels on their subnet, listed with the containers on
+/// them (created ones too), refused removal while a running container is on one.
+async fn networks_listed_with_users<R: Runtime>(
+    rt: &R,
+    prefix: &str,
+    image: &str,
+    ids: &mut Created,
+    networks: &mut Vec<String>,
+) {
+    let network = smr_core::networks::BridgeNetwork {
+        group: prefix.into(),
+        name: "net".into(),
+        // Per process, so that runs side by side do not overlap.
+        subnet: format!("172.31.{}.0/24", std::process::id() % 250)
+            .parse()
+            .unwrap(),
+    };
+    let config = smr_core::networks::bridge::bridge_config(&network);
+    let name = config.name.clone();
+    rt.create_network(&config).await.unwrap();
+    networks.push(name.clone());
+    let listed = rt.list_networks().await.unwrap();
+    let n = listed
+        .iter()
+        .find(|n| n.name == name)
+        .expect("network listed");
+    assert_eq!(n.labels, config.labels);
+    assert!(n.ours(), "{n:?}");
+    assert!(n.users.is_empty(), "{n:?}");
+
+    let mut user = self::config(prefix, "netuser", image, true, SLEEP);
+    user.network = Some(name.clone());
+    let id = rt.create(&user).await.unwrap();
+    ids.push(id.clone());
+    // Listed as a user once created (Docker itself would remove the network under a container
+    // that never started: the planner goes by these users).
+    let listed = rt.list_networks().await.unwrap();
+    let n = listed.iter().find(|n| n.name == name).expect("listed");
+    assert_eq!(n.users, vec![format!("{prefix}-netuser")]);
+    rt.start(&id).await.unwrap();
+    assert!(
+        rt.remove_network(&name).await.is_err(),
+        "a network in use is not removed"
+    );
+
+    rt.remove(&id).await.unwrap();
+    rt.remove_network(&name).await.unwrap();
+    let listed = rt.list_networks().await.unwrap();
+    assert!(listed.iter().all(|n| n.name != name));
+    assert!(matches!(
+        rt.remove_network(&name).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+}
+
 /// Every case, then removal of what they created (also when one panics).
 async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
     let mut ids = Created::new();
     let mut volumes = Vec::new();
+    let mut networks = Vec::new();
     let run = async {
         list_excludes_unlabelled(rt.as_ref(), prefix, image, &mut ids).await;
         round_trip_and_idempotent_stop(rt.as_ref(), prefix, image, &mut ids).await;
@@ -259,6 +315,7 @@ async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
         init_refuses_a_foreign_name(rt.as_ref(), prefix, image, &mut ids).await;
         exec_exit_code(rt.as_ref(), prefix, image, &mut ids).await;
         volumes_listed_with_users(rt.as_ref(), prefix, image, &mut ids, &mut volumes).await;
+        networks_listed_with_users(rt.as_ref(), prefix, image, &mut ids, &mut networks).await;
     };
     let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await;
     for id in &ids {
@@ -266,6 +323,9 @@ async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
     }
     for name in &volumes {
         let _ = rt.remove_volume(name).await;
+    }
+    for name in &networks {
+        let _ = rt.remove_network(name).await;
     }
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
@@ -286,6 +346,7 @@ async fn the_fake_runtime_conforms() {
     init_exit_code_and_log(rt.as_ref(), "conf", "img").await;
     init_refuses_a_foreign_name(rt.as_ref(), "conf", "img", &mut ids).await;
     volumes_listed_with_users(rt.as_ref(), "conf", "img", &mut ids, &mut Vec::new()).await;
+    networks_listed_with_users(rt.as_ref(), "conf", "img", &mut ids, &mut Vec::new()).await;
     let id = rt
         .create(&config("conf", "exec", "img", true, SLEEP))
         .await

@@ -41,6 +41,10 @@ struct Fake {
     volumes: BTreeMap<String, VolumeInfo>,
     /// Named volumes each container (by id) mounts.
     mounts: BTreeMap<String, Vec<String>>,
+    /// Networks by name (bridge networks smr creates).
+    networks: BTreeMap<String, crate::runtime::NetworkInfo>,
+    /// The networks each container (by id) is on: its config's.
+    joined: BTreeMap<String, Vec<String>>,
 }
 
 impl Fake {
@@ -55,6 +59,17 @@ impl Fake {
             .get(id)
             .map(|c| c.name.clone())
             .unwrap_or_else(|| id.to_string())
+    }
+
+    /// Names of the containers on network `name`.
+    fn users_of_network(&self, name: &str) -> Vec<String> {
+        self.joined
+            .iter()
+            .filter(|(id, names)| {
+                names.iter().any(|n| n == name) && self.containers.contains_key(*id)
+            })
+            .map(|(id, _)| self.name_of(id))
+            .collect()
     }
 
     fn id_of(&self, name: &str) -> Option<String> {
@@ -171,6 +186,10 @@ impl Runtime for FakeRuntime {
                 });
         }
         fake.mounts.insert(id.clone(), named);
+        let joined = smr_core::networks::bridge::joined(config)
+            .map(str::to_string)
+            .collect();
+        fake.joined.insert(id.clone(), joined);
         fake.containers.insert(
             id.clone(),
             ContainerInfo {
@@ -309,6 +328,38 @@ impl Runtime for FakeRuntime {
             return Err(RuntimeError::Conflict(format!("volume {name} is in use")));
         }
         fake.volumes
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+
+    async fn list_networks(&self) -> Result<Vec<crate::runtime::NetworkInfo>, RuntimeError> {
+        let fake = self.lock();
+        Ok(fake
+            .networks
+            .values()
+            .map(|n| crate::runtime::NetworkInfo {
+                users: fake.users_of_network(&n.name),
+                ..n.clone()
+            })
+            .collect())
+    }
+
+    async fn create_network(
+        &self,
+        config: &crate::runtime::BridgeConfig,
+    ) -> Result<(), RuntimeError> {
+        crate::runtime::networks::create_in_memory(&mut self.lock().networks, config)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut fake = self.lock();
+        if !fake.users_of_network(name).is_empty() {
+            return Err(RuntimeError::Conflict(format!(
+                "network {name} has active endpoints"
+            )));
+        }
+        fake.networks
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))

@@ -1,0 +1,104 @@
+//! The bridge networks of a node's pass: [`NodePlanner::plan_networks`] decides the network
+//! actions (see [`crate::networks::bridge::plan_bridges`]) and remembers which networks are
+//! missing, so that [`NodePlanner::plan`] holds back the replicas that join one until it exists.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::pass::{Desired, NodePlanner, Rendered};
+use crate::container::ContainerInfo;
+use crate::networks::bridge::{self, NetworkAction, NetworkInfo};
+use crate::scheduler::{DesiredReplica, Phase};
+use crate::volume::Missing;
+
+/// What the planner remembers about bridge networks between passes.
+#[derive(Default)]
+pub(super) struct BridgeMemory {
+    /// Needed networks that are not there, from the last [`NodePlanner::plan_networks`].
+    missing: BTreeMap<String, Missing>,
+    /// The last failed action per network name.
+    errors: BTreeMap<String, String>,
+    /// The last pass saw no bridge network object and none of smr's bridge networks on the
+    /// engine: until an object appears, there is nothing to list.
+    idle: bool,
+}
+
+impl NodePlanner {
+    /// Whether this pass needs the engine's networks for [`Self::plan_networks`]: not while
+    /// there is no bridge network object and the last listing showed none of smr's (a pass then
+    /// costs no Docker call for networks). The first pass always lists (leftovers of a stopped
+    /// agent are removed).
+    pub fn wants_networks(&self, d: &Desired) -> bool {
+        !self.bridges.idle || !crate::networks::bridge_networks(d.state).is_empty()
+    }
+
+    /// The bridge network actions of a pass, to run before [`Self::plan`]'s (whose creations
+    /// wait for the networks they join). `observed`: the engine's networks, or why they could
+    /// not be listed.
+    pub fn plan_networks(
+        &mut self,
+        d: &Desired,
+        observed: Result<&[NetworkInfo], &str>,
+    ) -> Vec<NetworkAction> {
+        let needed: BTreeSet<String> = d
+            .replicas
+            .iter()
+            .filter_map(|r| r.rendered.as_ref().ok())
+            .flat_map(|r| std::iter::once(&r.container).chain(&r.init))
+            .flat_map(bridge::joined)
+            .map(str::to_string)
+            .collect();
+        let memory = &mut self.bridges;
+        memory.idle = crate::networks::bridge_networks(d.state).is_empty()
+            && observed.is_ok_and(|o| !o.iter().any(NetworkInfo::ours));
+        let plan = bridge::plan_bridges(d.state, &needed, observed, &memory.errors);
+        memory
+            .errors
+            .retain(|name, _| plan.missing.contains_key(name));
+        memory.missing = plan.missing;
+        plan.actions
+    }
+
+    /// What came of a network action on network `name`.
+    pub fn record_network(&mut self, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.bridges.errors.remove(name),
+            Err(e) => self.bridges.errors.insert(name.to_string(), e),
+        };
+    }
+}
+
+/// Moves the replicas without a container that join a missing network from `wanted` to
+/// `waiting`.
+#[allow(clippy::type_complexity)]
+pub(super) fn hold<'r>(
+    memory: &BridgeMemory,
+    wanted: Vec<(DesiredReplica, Option<&'r Rendered>)>,
+    waiting: &mut Vec<(DesiredReplica, Phase, String)>,
+    containers: &[&ContainerInfo],
+) -> Vec<(DesiredReplica, Option<&'r Rendered>)> {
+    if memory.missing.is_empty() {
+        return wanted;
+    }
+    let mut now = Vec::with_capacity(wanted.len());
+    for (replica, rendered) in wanted {
+        let exists = containers.iter().any(|c| c.name == replica.name);
+        let missing = rendered.filter(|_| !exists).and_then(|r| {
+            std::iter::once(&r.container)
+                .chain(&r.init)
+                .flat_map(bridge::joined)
+                .find_map(|name| memory.missing.get(name))
+        });
+        match missing {
+            Some(m) if m.blocked => waiting.push((
+                replica,
+                Phase::Blocked {
+                    reason: m.why.clone(),
+                },
+                m.why.clone(),
+            )),
+            Some(m) => waiting.push((replica, Phase::Pending, m.why.clone())),
+            None => now.push((replica, rendered)),
+        }
+    }
+    now
+}
