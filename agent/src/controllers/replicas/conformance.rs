@@ -302,6 +302,89 @@ async fn networks_listed_with_users<R: Runtime>(
     ));
 }
 
+/// The default route of a running container's namespace, read on the host from
+/// `/proc/PID/net/route` (the image has no `ip`): the gateway as an address.
+fn default_gateway(id: &str) -> Option<std::net::Ipv4Addr> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", id])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/route")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000"))
+            .then(|| u32::from_str_radix(f[2], 16).ok())
+            .flatten()
+            .map(|g| std::net::Ipv4Addr::from(g.swap_bytes()))
+    })
+}
+
+/// The gateway Docker gave container `id` on `network`.
+fn docker_gateway(id: &str, network: &str) -> std::net::Ipv4Addr {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").Gateway}}}}");
+    let out = Command::new("docker")
+        .args(["inspect", "-f", &format, id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.parse()
+        .unwrap_or_else(|_| panic!("{id}: gateway on {network}: {text:?}"))
+}
+
+/// Docker only: a container whose networks are Docker's own `bridge` and one of smr's bridge
+/// networks (label [`labels::NETWORKS`] as the converter writes it) starts with its default route
+/// through the first one, in either order.
+async fn docker_bridge_joined_with_routes(
+    rt: &DockerRuntime,
+    prefix: &str,
+    image: &str,
+    ids: &mut Created,
+    networks: &mut Vec<String>,
+) {
+    let network = smr_core::networks::BridgeNetwork {
+        group: prefix.into(),
+        name: "routes".into(),
+        subnet: format!("172.30.{}.0/24", std::process::id() % 250)
+            .parse()
+            .unwrap(),
+    };
+    let config = smr_core::networks::bridge::bridge_config(&network);
+    let ours = config.name.clone();
+    rt.create_network(&config).await.unwrap();
+    networks.push(ours.clone());
+    let range = format!("{ours}={}", network.subnet);
+    for (name, first, second, label) in [
+        (
+            "docker-first",
+            "bridge",
+            ours.as_str(),
+            format!("bridge=,{range}"),
+        ),
+        (
+            "ours-first",
+            ours.as_str(),
+            "bridge",
+            format!("{range},bridge="),
+        ),
+    ] {
+        let mut c = self::config(prefix, name, image, true, SLEEP);
+        c.network = Some(first.to_string());
+        c.extra_networks = vec![second.to_string()];
+        c.labels.insert(labels::NETWORKS.to_string(), label);
+        let id = rt.create(&c).await.unwrap();
+        ids.push(id.clone());
+        rt.start(&id).await.unwrap();
+        assert_eq!(
+            default_gateway(&id),
+            Some(docker_gateway(&id, first)),
+            "{name}: the default route goes through the first network, {first}"
+        );
+        rt.remove(&id).await.unwrap();
+    }
+    rt.remove_network(&ours).await.unwrap();
+}
+
 /// Every case, then removal of what they created (also when one panics).
 async fn all_cases<R: Runtime>(rt: Arc<R>, prefix: &str, image: &str) {
     let mut ids = Created::new();
@@ -360,6 +443,26 @@ async fn the_fake_runtime_conforms() {
     );
 }
 
+/// [`docker_bridge_joined_with_routes`], then removal of what it created (also when it panics).
+async fn docker_bridge_case(
+    docker: &DockerRuntime,
+    prefix: &str,
+    image: &str,
+) -> std::thread::Result<()> {
+    let (mut ids, mut networks) = (Created::new(), Vec::new());
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        docker_bridge_joined_with_routes(docker, prefix, image, &mut ids, &mut networks),
+    ))
+    .await;
+    for id in &ids {
+        let _ = docker.remove(id).await;
+    }
+    for name in &networks {
+        let _ = docker.remove_network(name).await;
+    }
+    result
+}
+
 /// Imports the host's static busybox as `tag` (all applets linked in /bin).
 fn import_busybox(tag: &str) -> Result<(), String> {
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -411,6 +514,10 @@ async fn the_docker_runtime_conforms() {
         &tag,
     )))
     .await;
+    let result = match result {
+        Ok(()) => docker_bridge_case(&docker, &run, &tag).await,
+        failed => failed,
+    };
     let _ = Command::new("docker").args(["rmi", &tag]).output();
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
