@@ -7,7 +7,10 @@
 //! ```
 //! While [`MAX_IN_FLIGHT`] entries are being committed, new writes gather in the queue; the next
 //! entry takes them all (up to the bounds). A lone command goes as a plain [`Proposal::One`],
-//! encoded exactly as entries were before batching. Each command of a batch is applied on its
+//! encoded exactly as entries were before batching. While a member of the cluster runs an
+//! earlier version (during a rolling upgrade: its Raft RPC server does not announce
+//! [`super::net::FEATURES_HEADER`] `batch`), every command goes as its own entry, which that
+//! version reads. Each command of a batch is applied on its
 //! own ([`apply_proposal`]): a refused one (a conflict, a validation error) answers only its
 //! caller, and each caller gets its own revision. A Raft error (not the leader, no quorum in
 //! time) answers every member of the entry, as it would have answered each alone.
@@ -17,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::net::Peers;
 use super::{Raft, WriteError, lock, write_error};
 use crate::state::{ClusterState, Command, CommandResult};
 
@@ -137,9 +141,10 @@ impl Batcher {
         raft: Raft,
         timeout: Duration,
         in_doubt: Arc<std::sync::Mutex<VecDeque<String>>>,
+        peers: Arc<Peers>,
     ) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, raft, timeout, in_doubt));
+        tokio::spawn(run(rx, raft, timeout, in_doubt, peers));
         Batcher { tx }
     }
 
@@ -158,11 +163,26 @@ impl Batcher {
     }
 }
 
+/// Whether every other member of the cluster reads batched entries.
+pub(super) fn members_read_batches(raft: &Raft, peers: &Peers) -> bool {
+    let metrics = raft.metrics().borrow().clone();
+    let me = metrics.id;
+    let others: Vec<_> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != me)
+        .collect();
+    peers.all_batch(others)
+}
+
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Queued>,
     raft: Raft,
     timeout: Duration,
     in_doubt: Arc<std::sync::Mutex<VecDeque<String>>>,
+    peers: Arc<Peers>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut queue: VecDeque<Queued> = VecDeque::new();
@@ -179,34 +199,66 @@ async fn run(
         while let Ok(q) = rx.try_recv() {
             queue.push_back(q);
         }
-        let n = cut(queue.iter().map(|q| q.size), MAX_COUNT, MAX_BYTES);
-        let members: Vec<Queued> = queue.drain(..n).collect();
-        let (commands, replies): (Vec<Command>, Vec<Reply>) =
-            members.into_iter().map(|q| (q.cmd, q.reply)).unzip();
-        let (raft, in_doubt) = (raft.clone(), in_doubt.clone());
-        tokio::spawn(async move {
-            let op_ids: Vec<String> = commands.iter().map(|c| c.op_id.clone()).collect();
-            let proposal = Proposal::of(commands);
-            let outcome = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
-                Ok(Ok(response)) => Ok(response.data),
-                Ok(Err(e)) => Err(write_error(e)),
-                Err(_) => {
-                    let mut in_doubt = lock(&in_doubt);
-                    in_doubt.extend(op_ids);
-                    while in_doubt.len() > crate::state::DEDUP_WINDOW {
-                        in_doubt.pop_front();
-                    }
-                    Err(WriteError::Unknown(format!(
-                        "the write was not committed within {timeout:?} (no quorum?)"
-                    )))
-                }
-            };
+        if !members_read_batches(&raft, &peers) {
+            // A member would not read a batch: each command is its own entry, all proposed at
+            // once (openraft appends concurrent proposals together), as before batching.
             drop(slot);
-            for (reply, answer) in replies.into_iter().zip(route(n, outcome)) {
-                // A caller that went away no longer waits for its answer.
-                let _ = reply.send(answer);
+            for q in queue.drain(..) {
+                tokio::spawn(propose(
+                    raft.clone(),
+                    vec![q.cmd],
+                    vec![q.reply],
+                    timeout,
+                    in_doubt.clone(),
+                    None,
+                ));
             }
-        });
+            continue;
+        }
+        let n = cut(queue.iter().map(|q| q.size), MAX_COUNT, MAX_BYTES);
+        let (commands, replies): (Vec<Command>, Vec<Reply>) =
+            queue.drain(..n).map(|q| (q.cmd, q.reply)).unzip();
+        tokio::spawn(propose(
+            raft.clone(),
+            commands,
+            replies,
+            timeout,
+            in_doubt.clone(),
+            Some(slot),
+        ));
+    }
+}
+
+/// Proposes `commands` as one entry and answers each member; frees `slot` once committed.
+async fn propose(
+    raft: Raft,
+    commands: Vec<Command>,
+    replies: Vec<Reply>,
+    timeout: Duration,
+    in_doubt: Arc<std::sync::Mutex<VecDeque<String>>>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let n = commands.len();
+    let op_ids: Vec<String> = commands.iter().map(|c| c.op_id.clone()).collect();
+    let proposal = Proposal::of(commands);
+    let outcome = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
+        Ok(Ok(response)) => Ok(response.data),
+        Ok(Err(e)) => Err(write_error(e)),
+        Err(_) => {
+            let mut in_doubt = lock(&in_doubt);
+            in_doubt.extend(op_ids);
+            while in_doubt.len() > crate::state::DEDUP_WINDOW {
+                in_doubt.pop_front();
+            }
+            Err(WriteError::Unknown(format!(
+                "the write was not committed within {timeout:?} (no quorum?)"
+            )))
+        }
+    };
+    drop(slot);
+    for (reply, answer) in replies.into_iter().zip(route(n, outcome)) {
+        // A caller that went away no longer waits for its answer.
+        let _ = reply.send(answer);
     }
 }
 
@@ -307,5 +359,25 @@ mod tests {
         let batch = Proposal::of(vec![one.clone(), cmd("b", Op::Noop)]);
         let text = serde_json::to_vec(&batch).unwrap();
         assert_eq!(serde_json::from_slice::<Proposal>(&text).unwrap(), batch);
+    }
+}
+
+#[cfg(test)]
+mod peers_tests {
+    use super::Peers;
+
+    /// Batches go only once every other member announced it reads them: a peer not heard from,
+    /// or one of an earlier version (no header), gets one command per entry.
+    #[test]
+    fn batches_wait_for_every_member_to_read_them() {
+        let peers = Peers::default();
+        assert!(peers.all_batch([]), "a one-node cluster batches");
+        assert!(!peers.all_batch([2]), "a peer not heard from yet");
+        peers.heard(2, true);
+        peers.heard(3, false);
+        assert!(peers.all_batch([2]));
+        assert!(!peers.all_batch([2, 3]), "node 3 runs an earlier version");
+        peers.heard(3, true);
+        assert!(peers.all_batch([2, 3]));
     }
 }

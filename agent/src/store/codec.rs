@@ -4,7 +4,9 @@
 //! MessagePack (rmp-serde) rather than a positional format (postcard, bincode): the state's types
 //! use `skip_serializing_if`, internally tagged and untagged enums and `serde_json::Value`, which
 //! need a self-describing format; with field names, a field added with `#[serde(default)]` still
-//! reads old data, as with JSON. JSON always starts with `{` here (entries and snapshot bodies
+//! reads old data, as with JSON. Encoded as "human readable" (addresses and networks as strings,
+//! as in JSON): serde reads untagged enums (a [`super::batch::Proposal`]) through a buffer that
+//! always asks for the human-readable form. JSON always starts with `{` here (entries and snapshot bodies
 //! are objects), so the tag byte [`TAG_MSGPACK`] tells the two apart.
 
 use serde::Serialize;
@@ -30,14 +32,21 @@ pub enum CodecError {
 /// Encodes `value` as [`TAG_MSGPACK`] then MessagePack with named fields.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![TAG_MSGPACK];
-    value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
+    value.serialize(
+        &mut rmp_serde::Serializer::new(&mut out)
+            .with_struct_map()
+            .with_human_readable(),
+    )?;
     Ok(out)
 }
 
 /// Decodes what [`encode`] wrote, or JSON written by an earlier version.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.first() {
-        Some(&TAG_MSGPACK) => Ok(rmp_serde::from_slice(&bytes[1..])?),
+        Some(&TAG_MSGPACK) => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(&bytes[1..]).with_human_readable();
+            Ok(T::deserialize(&mut de)?)
+        }
         Some(b'{') | Some(b' ') | Some(b'\n') => Ok(serde_json::from_slice(bytes)?),
         Some(other) => Err(CodecError::Unknown(*other)),
         None => Err(CodecError::Empty),
@@ -80,7 +89,7 @@ mod tests {
             labels: [("zone".to_string(), "a".to_string())].into(),
             joined_ms: 3,
             schedulable: true,
-            lease: None,
+            lease: Some("10.10.1.0/24".parse().unwrap()),
             vtep_mac: Some("aa:bb:cc:dd:ee:ff".into()),
             wg_port: None,
             wg_public_key: None,
@@ -131,6 +140,22 @@ mod tests {
             serde_json::to_value(&from_json).unwrap(),
             serde_json::to_value(&s).unwrap()
         );
+    }
+
+    /// A log entry's payload is an untagged enum: read back through serde's buffer, which wants
+    /// addresses in their human-readable form.
+    #[test]
+    fn entries_with_addresses_round_trip() {
+        let node: NodeRecord = state().nodes.values().next().unwrap().clone();
+        assert!(node.lease.is_some());
+        let one = super::super::batch::Proposal::One(cmd("n", Op::RegisterNode { node }));
+        let batch = super::super::batch::Proposal::Batch {
+            batch: vec![one.commands()[0].clone(), cmd("x", Op::Noop)],
+        };
+        for proposal in [one, batch] {
+            let back: super::super::batch::Proposal = decode(&encode(&proposal).unwrap()).unwrap();
+            assert_eq!(back, proposal);
+        }
     }
 
     #[test]

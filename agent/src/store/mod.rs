@@ -194,6 +194,8 @@ pub struct RaftStore {
     in_doubt: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
     /// Group commit: writes queue here and go to Raft many per entry.
     batcher: batch::Batcher,
+    /// What this node heard of its peers' Raft RPC servers (whether they read batches).
+    peers: Arc<net::Peers>,
     write_timeout: Duration,
 }
 
@@ -258,10 +260,14 @@ impl RaftStore {
         }
         .validate()
         .map_err(raft_err)?;
+        let peers = Arc::new(net::Peers::default());
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            net::Network { transport },
+            net::Network {
+                transport,
+                peers: peers.clone(),
+            },
             log,
             sm.clone(),
         )
@@ -294,8 +300,12 @@ impl RaftStore {
             });
         }
         let in_doubt = Arc::default();
-        let batcher =
-            batch::Batcher::start(raft.clone(), config.write_timeout, Arc::clone(&in_doubt));
+        let batcher = batch::Batcher::start(
+            raft.clone(),
+            config.write_timeout,
+            Arc::clone(&in_doubt),
+            peers.clone(),
+        );
         Ok(RaftStore {
             id,
             raft,
@@ -303,6 +313,7 @@ impl RaftStore {
             disk,
             in_doubt,
             batcher,
+            peers,
             write_timeout: config.write_timeout,
         })
     }

@@ -439,9 +439,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(None);
         }
         let disk = self.inner.disk.clone();
-        let stored = tokio::task::spawn_blocking(move || read_stored(&disk))
-            .await
-            .map_err(snap_read)??;
+        // The snapshot goes to a follower: as JSON, which every version reads (a follower of an
+        // earlier version, during a rolling upgrade, reads no MessagePack).
+        let stored = tokio::task::spawn_blocking(move || {
+            let Some((meta, body)) = read_stored(&disk)? else {
+                return Ok(None);
+            };
+            if body.first() != Some(&codec::TAG_MSGPACK) {
+                return Ok(Some((meta, body)));
+            }
+            let decoded: SnapshotBody = codec::decode(&body).map_err(snap_read)?;
+            let json = serde_json::to_vec(&SnapshotBodyRef {
+                last_applied: decoded.last_applied,
+                membership: &decoded.membership,
+                state: &decoded.state,
+            })
+            .map_err(snap_read)?;
+            Ok::<_, StorageError<NodeId>>(Some((meta, json)))
+        })
+        .await
+        .map_err(snap_read)??;
         Ok(stored.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -585,3 +585,104 @@ async fn a_data_dir_of_the_json_version_still_loads() {
     let local = recover::local_state(&raft_dir).expect("local state");
     assert_eq!(local.state.objects.len(), 140);
 }
+
+/// Serves `store`'s Raft RPCs on a loopback port; the server task ends when the handle drops.
+async fn serve_rpc(listener: tokio::net::TcpListener, store: &RaftStore) -> AbortOnDrop {
+    let router = store.rpc_router();
+    AbortOnDrop(tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Two nodes over HTTP on loopback: the leader learns from the follower's Raft RPC answers that
+/// it reads batched entries, and concurrent writes then share entries; the follower applies the
+/// same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_reads_batches_gets_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (l1, l2) = (
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let peer = |l: &tokio::net::TcpListener, name: &str| RaftPeer {
+        raft_addr: l.local_addr().expect("addr").to_string(),
+        api_addr: String::new(),
+        name: name.into(),
+    };
+    let (p1, p2) = (peer(&l1, "one"), peer(&l2, "two"));
+    let config = StoreConfig::default();
+    let one = RaftStore::open(&dir.path().join("one"), 1, transport(), config.clone())
+        .await
+        .expect("open");
+    let _serve1 = serve_rpc(l1, &one).await;
+    one.bootstrap(p1).await.expect("bootstrap");
+    let two = RaftStore::open(&dir.path().join("two"), 2, transport(), config)
+        .await
+        .expect("open");
+    let _serve2 = serve_rpc(l2, &two).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while one.status().state != ServerState::Leader {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    one.add_member(2, p2).await.expect("add node 2");
+    // Node 2's Raft RPC answers say it reads batches (the leader hears them with its appends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !batch::members_read_batches(&one.raft, &one.peers) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never heard that node 2 reads batches"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let before = one.sm.applied_index();
+    let writes = 100;
+    let tasks: Vec<_> = (0..writes)
+        .map(|n| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                one.write(command(&format!("op{n}"), &format!("o{n}"), 10))
+                    .await
+                    .expect("write")
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(
+            task.await.expect("task"),
+            CommandResult::Objects { .. }
+        ));
+    }
+    let entries = one.sm.applied_index() - before;
+    assert!(
+        entries < writes as u64 / 4,
+        "{writes} concurrent writes took {entries} Raft entries"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while two.sm.state().objects.len() < writes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        serde_json::to_value(&*two.sm.state()).expect("json"),
+        serde_json::to_value(&*one.sm.state()).expect("json")
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+}
