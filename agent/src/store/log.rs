@@ -1,5 +1,8 @@
 //! The Raft log, vote and commit point in redb, with durable commits.
 //!
+//! Entries are stored as MessagePack behind a tag byte; entries an earlier version wrote as JSON
+//! still read ([`super::codec`]). The vote, commit point and purge point stay JSON (tiny).
+//!
 //! Every write is one redb transaction committed with immediate durability (fsync) before
 //! openraft is told the entries are flushed. redb is blocking; each call runs on the blocking pool,
 //! through [`Disk::run`], which waits out I/O errors instead of failing Raft (see [`super::disk`]).
@@ -12,8 +15,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::TypeConfig;
 use super::disk::{Disk, DiskError};
+use super::{TypeConfig, codec};
 use crate::state::NodeId;
 
 pub(super) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -147,7 +150,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             )
             .await?;
         raw.iter()
-            .map(|bytes| serde_json::from_slice(bytes).map_err(io_read))
+            .map(|bytes| codec::decode(bytes).map_err(io_read))
             .collect()
     }
 }
@@ -170,7 +173,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await?;
         let last = match last {
             Some(bytes) => {
-                let entry: Entry<TypeConfig> = serde_json::from_slice(&bytes).map_err(io_read)?;
+                let entry: Entry<TypeConfig> = codec::decode(&bytes).map_err(io_read)?;
                 Some(entry.log_id)
             }
             None => None,
@@ -212,7 +215,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e).map_err(io_write)?)))
+            .map(|e| Ok((e.log_id.index, codec::encode(&e).map_err(io_write)?)))
             .collect::<Result<_>>()?;
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let result = self

@@ -1,8 +1,9 @@
 //! The embedded replicated store: openraft 0.9 with its log, vote and snapshots in redb.
 //!
 //! ```text
-//!  Store::write(Command) --> Raft::client_write --> log (redb, fsync) --> replicated to a quorum
-//!        <-- CommandResult <-- StateMachineStore::apply (ClusterState::apply) <--------+
+//!  Store::write(Command) --> batch::Batcher: queued commands go together (group commit)
+//!    --> Raft::client_write(Proposal) --> log (redb, fsync, MessagePack) --> replicated to a quorum
+//!        <-- its own CommandResult <-- StateMachineStore::apply (each command on its own) <--+
 //!  Store::read(linearizable) --> Raft::ensure_linearizable --> applied ClusterState
 //! ```
 //! [`Store`] is the only thing the rest of the agent sees: the embedded [`RaftStore`] (default) or,
@@ -13,6 +14,8 @@
 // openraft's storage traits return its `StorageError`, which is large; the store cannot choose.
 #![allow(clippy::result_large_err)]
 
+pub mod batch;
+mod codec;
 mod commit;
 pub mod disk;
 #[cfg(feature = "etcd")]
@@ -54,8 +57,8 @@ impl std::fmt::Display for RaftPeer {
 openraft::declare_raft_types!(
     /// smr's Raft types: commands in, command results out.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = batch::Proposal,
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = RaftPeer,
 );
@@ -106,7 +109,7 @@ pub enum StoreError {
     Etcd(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("this node is not the leader (leader: {})", leader.as_ref().map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()))]
     ForwardToLeader {
@@ -189,6 +192,12 @@ pub struct RaftStore {
     disk: Arc<disk::Disk>,
     /// Op ids of writes that timed out: they may still be applied later.
     in_doubt: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Group commit: writes queue here and go to Raft many per entry.
+    batcher: batch::Batcher,
+    /// What this node heard of its peers' Raft RPC servers (whether they read batches); the
+    /// batcher holds it too, tests read it here.
+    #[cfg_attr(not(test), allow(dead_code))]
+    peers: Arc<net::Peers>,
     write_timeout: Duration,
 }
 
@@ -253,10 +262,14 @@ impl RaftStore {
         }
         .validate()
         .map_err(raft_err)?;
+        let peers = Arc::new(net::Peers::default());
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            net::Network { transport },
+            net::Network {
+                transport,
+                peers: peers.clone(),
+            },
             log,
             sm.clone(),
         )
@@ -288,12 +301,21 @@ impl RaftStore {
                 }
             });
         }
+        let in_doubt = Arc::default();
+        let batcher = batch::Batcher::start(
+            raft.clone(),
+            config.write_timeout,
+            Arc::clone(&in_doubt),
+            peers.clone(),
+        );
         Ok(RaftStore {
             id,
             raft,
             sm,
             disk,
-            in_doubt: Arc::default(),
+            in_doubt,
+            batcher,
+            peers,
             write_timeout: config.write_timeout,
         })
     }
@@ -309,7 +331,8 @@ impl RaftStore {
             .map_err(raft_err)
     }
 
-    /// Proposes a command and waits until it is committed and applied.
+    /// Proposes a command and waits until it is committed and applied. Commands proposed while
+    /// others are being committed go together in one entry ([`batch`]), each with its own result.
     ///
     /// `ForwardToLeader` means the entry is not in the log (refused, or truncated by a new
     /// leader: committed entries never are); a timeout means it is appended here and may still
@@ -333,22 +356,7 @@ impl RaftStore {
                 "this node cannot store writes: {problem}"
             )));
         }
-        let op_id = cmd.op_id.clone();
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => {
-                let mut in_doubt = lock(&self.in_doubt);
-                in_doubt.push_back(op_id);
-                while in_doubt.len() > crate::state::DEDUP_WINDOW {
-                    in_doubt.pop_front();
-                }
-                Err(WriteError::Unknown(format!(
-                    "the write was not committed within {:?} (no quorum?)",
-                    self.write_timeout
-                )))
-            }
-        }
+        self.batcher.write(cmd).await
     }
 
     /// The leader's commit point, confirmed by a quorum (ReadIndex). Leader only.

@@ -25,15 +25,42 @@ use crate::state::NodeId;
 /// Largest Raft RPC body accepted (snapshot chunks are kept well below it).
 const RPC_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Response header by which a node's Raft RPC server says it reads batched entries
+/// ([`super::batch::Proposal::Batch`]); earlier versions do not send it.
+pub const FEATURES_HEADER: &str = "x-smr-raft-features";
+const FEATURES: &str = "batch";
+
+/// What this node learned of its peers' Raft RPC servers: whether each reads batched entries
+/// (from its last answer). A peer not heard from yet counts as not reading them.
+#[derive(Default)]
+pub struct Peers {
+    batch: std::sync::Mutex<std::collections::BTreeMap<NodeId, bool>>,
+}
+
+impl Peers {
+    pub(super) fn heard(&self, id: NodeId, batch: bool) {
+        super::lock(&self.batch).insert(id, batch);
+    }
+
+    /// Whether every one of `ids` reads batched entries.
+    pub fn all_batch(&self, ids: impl IntoIterator<Item = NodeId>) -> bool {
+        let batch = super::lock(&self.batch);
+        ids.into_iter()
+            .all(|id| batch.get(&id).copied().unwrap_or(false))
+    }
+}
+
 #[derive(Clone)]
 pub struct Network {
     pub transport: Transport,
+    pub peers: std::sync::Arc<Peers>,
 }
 
 pub struct Connection {
     transport: Transport,
     target: NodeId,
     base: String,
+    peers: std::sync::Arc<Peers>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -44,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: self.transport.clone(),
             target,
             base: format!("{}://{}/raft", self.transport.scheme, node.raft_addr),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -75,6 +103,12 @@ impl Connection {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        let batch = response
+            .headers()
+            .get(FEATURES_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == "batch"));
+        self.peers.heard(self.target, batch);
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
@@ -125,6 +159,15 @@ pub fn router(raft: Raft) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(RPC_BODY_LIMIT))
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    FEATURES_HEADER,
+                    axum::http::HeaderValue::from_static(FEATURES),
+                );
+                response
+            },
+        ))
         .with_state(raft)
 }
 

@@ -57,10 +57,10 @@ fn read(disk: &Arc<Disk>) -> Result<LocalState, String> {
     let mut last_index = snapshot_index;
     for bytes in raw {
         let entry: Entry<TypeConfig> =
-            serde_json::from_slice(&bytes).map_err(|e| format!("a log entry: {e}"))?;
+            super::codec::decode(&bytes).map_err(|e| format!("a log entry: {e}"))?;
         last_index = entry.log_id.index;
-        if let EntryPayload::Normal(command) = &entry.payload {
-            state.apply(command);
+        if let EntryPayload::Normal(proposal) = &entry.payload {
+            super::batch::apply_proposal(&mut state, proposal);
         }
     }
     Ok(LocalState {

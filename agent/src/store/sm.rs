@@ -3,8 +3,9 @@
 //! entries after it from the log.
 //!
 //! A snapshot is taken every [`super::StoreConfig::snapshot_every`] applied entries (openraft's
-//! policy) and logged. Its body (the state as JSON) is a file next to the database,
-//! `snapshot-<id>.json` (written to a temporary name, synced, renamed), so that writing it never
+//! policy) and logged. Its body (the state, MessagePack behind a tag byte, see [`super::codec`])
+//! is a file next to the database, `snapshot-<id>.snap` (written to a temporary name, synced,
+//! renamed; a `snapshot-<id>.json` body of an earlier version still loads), so that writing it never
 //! holds redb's single writer away from the log; its meta, naming the file, is then committed in
 //! redb, and older snapshot files are removed. Only the meta stays in memory; the body is read
 //! back when a follower needs it. After each snapshot openraft purges the log behind it (see
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::disk::Disk;
-use super::{RaftPeer, TypeConfig};
+use super::{RaftPeer, TypeConfig, codec};
 use crate::state::{ClusterState, CommandResult, NodeId};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -53,7 +54,8 @@ fn snap_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 /// What a snapshot holds: the applied state and where it was taken.
 #[derive(Deserialize)]
-struct SnapshotBody {
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct SnapshotBody {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     state: ClusterState,
@@ -106,7 +108,19 @@ fn body_file(dir: &Path, id: &str) -> PathBuf {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(id.as_bytes()))
     };
-    dir.join(format!("snapshot-{name}.json"))
+    dir.join(format!("snapshot-{name}.snap"))
+}
+
+/// The file holding the stored body of snapshot `id`: [`body_file`], or the JSON file an
+/// earlier version wrote under the same id if only that exists.
+fn stored_body_file(dir: &Path, id: &str) -> PathBuf {
+    let file = body_file(dir, id);
+    let legacy = file.with_extension("json");
+    if !file.exists() && legacy.exists() {
+        legacy
+    } else {
+        file
+    }
 }
 
 /// Reads the stored snapshot (blocking): its meta and body.
@@ -125,7 +139,7 @@ fn read_stored(disk: &Disk) -> Result<Option<(Meta, Vec<u8>)>> {
         .map_err(snap_read)?;
     if let Some(meta) = meta {
         let meta: Meta = serde_json::from_slice(&meta).map_err(snap_read)?;
-        let file = body_file(disk.dir(), &meta.snapshot_id);
+        let file = stored_body_file(disk.dir(), &meta.snapshot_id);
         // A missing body is not a passing I/O error: retrying cannot bring it back.
         let body = std::fs::read(&file).map_err(|e| {
             snap_read(std::io::Error::new(
@@ -146,7 +160,7 @@ fn read_stored(disk: &Disk) -> Result<Option<(Meta, Vec<u8>)>> {
 
 /// Writes `body` to `file` durably: a temporary file, synced, renamed, the directory synced.
 fn write_file(file: &Path, body: &[u8]) -> std::io::Result<()> {
-    let tmp = file.with_extension("json.tmp");
+    let tmp = file.with_extension("tmp");
     let mut out = std::fs::File::create(&tmp)?;
     out.write_all(body)?;
     out.sync_all()?;
@@ -190,7 +204,7 @@ impl StateMachineStore {
         let stored = read_stored(&disk)?;
         let (state, applied, membership, meta) = match stored {
             Some((meta, body)) => {
-                let body: SnapshotBody = serde_json::from_slice(&body).map_err(sm_read)?;
+                let body: SnapshotBody = codec::decode(&body).map_err(sm_read)?;
                 tracing::info!(
                     "loaded the snapshot at index {} ({} objects) in {} ms",
                     body.last_applied.map(|l| l.index).unwrap_or(0),
@@ -202,10 +216,13 @@ impl StateMachineStore {
             None => (ClusterState::default(), None, Membership::default(), None),
         };
         if let Some(m) = &meta {
-            let size = std::fs::metadata(body_file(disk.dir(), &m.snapshot_id)).map(|m| m.len());
+            let size =
+                std::fs::metadata(stored_body_file(disk.dir(), &m.snapshot_id)).map(|m| m.len());
             disk.snapshot_taken(size.ok());
         }
-        let keep = meta.as_ref().map(|m| body_file(disk.dir(), &m.snapshot_id));
+        let keep = meta
+            .as_ref()
+            .map(|m| stored_body_file(disk.dir(), &m.snapshot_id));
         remove_other_snapshots(disk.dir(), keep.as_deref());
         let (applied_tx, _) = watch::channel(applied.map(|l| l.index).unwrap_or(0));
         Ok(StateMachineStore {
@@ -292,7 +309,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let this = self.clone();
         let started = Instant::now();
         let (meta, data) = tokio::task::spawn_blocking(move || {
-            let data = serde_json::to_vec(&SnapshotBodyRef {
+            let data = codec::encode(&SnapshotBodyRef {
                 last_applied,
                 membership: &membership,
                 state: &state,
@@ -344,7 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .clone())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -363,16 +380,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.0 = Some(entry.log_id);
                 last = Some(entry.log_id.index);
                 results.push(match entry.payload {
-                    EntryPayload::Normal(command) => state.apply(&command),
+                    EntryPayload::Normal(proposal) => {
+                        super::batch::apply_proposal(state, &proposal)
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.1 = StoredMembership::new(Some(entry.log_id), membership);
-                        CommandResult::Done {
+                        vec![CommandResult::Done {
                             revision: state.revision,
-                        }
+                        }]
                     }
-                    EntryPayload::Blank => CommandResult::Done {
+                    EntryPayload::Blank => vec![CommandResult::Done {
                         revision: state.revision,
-                    },
+                    }],
                 });
             }
         }
@@ -396,7 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<()> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody = serde_json::from_slice(&data).map_err(sm_read)?;
+        let body: SnapshotBody = codec::decode(&data).map_err(sm_read)?;
         let this = self.clone();
         let to_persist = meta.clone();
         tokio::task::spawn_blocking(move || this.persist(&to_persist, &data))
@@ -420,9 +439,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(None);
         }
         let disk = self.inner.disk.clone();
-        let stored = tokio::task::spawn_blocking(move || read_stored(&disk))
-            .await
-            .map_err(snap_read)??;
+        // The snapshot goes to a follower: as JSON, which every version reads (a follower of an
+        // earlier version, during a rolling upgrade, reads no MessagePack).
+        let stored = tokio::task::spawn_blocking(move || {
+            let Some((meta, body)) = read_stored(&disk)? else {
+                return Ok(None);
+            };
+            if body.first() != Some(&codec::TAG_MSGPACK) {
+                return Ok(Some((meta, body)));
+            }
+            let decoded: SnapshotBody = codec::decode(&body).map_err(snap_read)?;
+            let json = serde_json::to_vec(&SnapshotBodyRef {
+                last_applied: decoded.last_applied,
+                membership: &decoded.membership,
+                state: &decoded.state,
+            })
+            .map_err(snap_read)?;
+            Ok::<_, StorageError<NodeId>>(Some((meta, json)))
+        })
+        .await
+        .map_err(snap_read)??;
         Ok(stored.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -424,3 +424,265 @@ async fn a_large_log_is_snapshotted_by_size() {
     }
     store.shutdown().await;
 }
+
+/// Group commit: writes proposed together go as few Raft entries, each caller gets its own
+/// result (its own revision), and a refused member answers only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_leader(&dir.path().join("raft"), StoreConfig::default()).await;
+    let before = store.sm.applied_index();
+    let writes = 200;
+    let tasks: Vec<_> = (0..writes)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let cmd = if n % 50 == 7 {
+                    // Refused by the state: answers only this caller.
+                    Command {
+                        op_id: format!("bad{n}"),
+                        at_ms: 1,
+                        op: crate::state::Op::RemoveNode { id: 999 },
+                    }
+                } else {
+                    command(&format!("op{n}"), &format!("o{n}"), 10)
+                };
+                (n, store.write(cmd).await.expect("write"))
+            })
+        })
+        .collect();
+    let mut revisions = BTreeSet::new();
+    for task in tasks {
+        let (n, result) = task.await.expect("task");
+        match result {
+            CommandResult::Rejected { reason } => {
+                assert_eq!(n % 50, 7, "write {n} refused: {reason}");
+                assert!(reason.contains("999"), "{reason}");
+            }
+            CommandResult::Objects { revision, outcomes } => {
+                assert_ne!(n % 50, 7, "write {n} should be refused");
+                assert_eq!(outcomes.len(), 1);
+                assert_eq!(outcomes[0].key.name, format!("o{n}"));
+                assert_eq!(outcomes[0].outcome, crate::state::Outcome::Created);
+                assert!(revisions.insert(revision), "revision {revision} twice");
+            }
+            other => panic!("write {n}: {other:?}"),
+        }
+    }
+    assert_eq!(revisions.len(), writes - 4);
+    assert_eq!(store.sm.state().objects.len(), writes - 4);
+    let entries = store.sm.applied_index() - before;
+    assert!(
+        entries < writes as u64 / 4,
+        "{writes} concurrent writes took {entries} Raft entries"
+    );
+    store.shutdown().await;
+}
+
+/// Rewrites the store's data dir as the JSON version wrote it: log entries as JSON, the
+/// snapshot body as JSON in `snapshot-<id>.json`.
+fn rewrite_as_json(raft_dir: &Path) {
+    use redb::ReadableTable;
+    let db = redb::Database::open(raft_dir.join("raft.redb")).expect("open redb");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut table = txn.open_table(log::LOGS).expect("logs");
+        let entries: Vec<(u64, Vec<u8>)> = table
+            .iter()
+            .expect("iter")
+            .map(|item| {
+                let (k, v) = item.expect("item");
+                let entry: openraft::Entry<TypeConfig> = codec::decode(v.value()).expect("entry");
+                (k.value(), serde_json::to_vec(&entry).expect("json"))
+            })
+            .collect();
+        assert!(!entries.is_empty());
+        for (index, bytes) in entries {
+            assert_eq!(bytes[0], b'{');
+            table.insert(index, bytes.as_slice()).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+    let mut bodies = 0;
+    for entry in std::fs::read_dir(raft_dir).expect("dir").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "snap") {
+            let body: sm::SnapshotBody =
+                codec::decode(&std::fs::read(&path).expect("read")).expect("body");
+            std::fs::write(
+                path.with_extension("json"),
+                serde_json::to_vec(&body).expect("json"),
+            )
+            .expect("write");
+            std::fs::remove_file(&path).expect("remove");
+            bodies += 1;
+        }
+    }
+    assert_eq!(bodies, 1, "one snapshot body");
+}
+
+/// A data dir written by the JSON version (log entries and snapshot body as JSON) still loads:
+/// the snapshot, then the entries after it; new writes go on in the binary encoding, and the
+/// next snapshot replaces the JSON one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_the_json_version_still_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft_dir = dir.path().join("raft");
+    let config = StoreConfig {
+        snapshot_every: 50,
+        ..StoreConfig::default()
+    };
+    let store = open_leader(&raft_dir, config.clone()).await;
+    let mut results = Vec::new();
+    for n in 0..80 {
+        results.push(
+            store
+                .write(command(&format!("op{n}"), &format!("o{n}"), 100))
+                .await
+                .expect("write"),
+        );
+    }
+    let snapshot_file = || {
+        std::fs::read_dir(&raft_dir)
+            .expect("dir")
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|e| e == "snap"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !snapshot_file() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let revision = store.sm.state().revision;
+    store.shutdown().await;
+    drop(store);
+    rewrite_as_json(&raft_dir);
+
+    let local = recover::local_state(&raft_dir).expect("local state of the JSON data");
+    assert_eq!(local.state.objects.len(), 80);
+    assert_eq!(local.state.revision, revision);
+    assert!(local.snapshot_index > 0 && local.last_index > local.snapshot_index);
+
+    let store = open_leader(&raft_dir, config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.sm.state().revision < revision {
+        assert!(std::time::Instant::now() < deadline, "state not restored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.sm.state().objects.len(), 80);
+    assert!((0..80).all(|n| stored(&store, &format!("o{n}"))));
+    // A retry of a write applied by the JSON version gets its first result.
+    let again = store.write(command("op3", "o3", 100)).await.expect("retry");
+    assert_eq!(again, results[3]);
+    for n in 80..140 {
+        store
+            .write(command(&format!("op{n}"), &format!("o{n}"), 100))
+            .await
+            .expect("write");
+    }
+    store.shutdown().await;
+    drop(store);
+    let local = recover::local_state(&raft_dir).expect("local state");
+    assert_eq!(local.state.objects.len(), 140);
+}
+
+/// Serves `store`'s Raft RPCs on a loopback port; the server task ends when the handle drops.
+async fn serve_rpc(listener: tokio::net::TcpListener, store: &RaftStore) -> AbortOnDrop {
+    let router = store.rpc_router();
+    AbortOnDrop(tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Two nodes over HTTP on loopback: the leader learns from the follower's Raft RPC answers that
+/// it reads batched entries, and concurrent writes then share entries; the follower applies the
+/// same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_reads_batches_gets_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (l1, l2) = (
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let peer = |l: &tokio::net::TcpListener, name: &str| RaftPeer {
+        raft_addr: l.local_addr().expect("addr").to_string(),
+        api_addr: String::new(),
+        name: name.into(),
+    };
+    let (p1, p2) = (peer(&l1, "one"), peer(&l2, "two"));
+    let config = StoreConfig::default();
+    let one = RaftStore::open(&dir.path().join("one"), 1, transport(), config.clone())
+        .await
+        .expect("open");
+    let _serve1 = serve_rpc(l1, &one).await;
+    one.bootstrap(p1).await.expect("bootstrap");
+    let two = RaftStore::open(&dir.path().join("two"), 2, transport(), config)
+        .await
+        .expect("open");
+    let _serve2 = serve_rpc(l2, &two).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while one.status().state != ServerState::Leader {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    one.add_member(2, p2).await.expect("add node 2");
+    // Node 2's Raft RPC answers say it reads batches (the leader hears them with its appends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !batch::members_read_batches(&one.raft, &one.peers) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never heard that node 2 reads batches"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let before = one.sm.applied_index();
+    let writes = 100;
+    let tasks: Vec<_> = (0..writes)
+        .map(|n| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                one.write(command(&format!("op{n}"), &format!("o{n}"), 10))
+                    .await
+                    .expect("write")
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(
+            task.await.expect("task"),
+            CommandResult::Objects { .. }
+        ));
+    }
+    let entries = one.sm.applied_index() - before;
+    assert!(
+        entries < writes as u64 / 4,
+        "{writes} concurrent writes took {entries} Raft entries"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while two.sm.state().objects.len() < writes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        serde_json::to_value(&*two.sm.state()).expect("json"),
+        serde_json::to_value(&*one.sm.state()).expect("json")
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -1,0 +1,279 @@
+//! Cost of one write against the size of the state (issue 14): a one-node cluster on loopback
+//! (`--no-workloads`: the store and the API, no reconciler or container runtime) is filled with
+//! small `configuration` objects (250 to a write) up to 500, 2,000, 10,000 and 50,000 objects;
+//! at each size one client over one keep-alive mTLS connection applies 1,000 single ~200-byte
+//! `configuration` objects one per request (overwriting 100 probe keys, so the state keeps its
+//! size) and the agent's resident memory is read.
+//!
+//!     cargo bench -p smr --bench state_size
+//!     SMR_BENCH_SIZES=500,2000      the sizes (default 500,2000,10000,50000)
+//!     SMR_BENCH_PROBES=N            single applies per size (default 1000)
+//!     SMR_BENCH_BASELINE=PATH       also run an other build's smrmgr first (e.g. main's), same run
+//!
+//! Prints applies/s, p50, p99, RSS and the size of a backup of the state. Figures only;
+//! nothing is asserted.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agent::client::{Client, Context};
+use agent::definitions::{self, Object};
+use anyhow::{Context as _, bail};
+
+/// Concurrent clients while filling.
+const FILLERS: usize = 8;
+/// Objects per write while filling.
+const FILL_BATCH: usize = 250;
+/// Probe keys overwritten by the measured applies.
+const PROBE_KEYS: usize = 100;
+
+struct Node {
+    smrmgr: PathBuf,
+    home: PathBuf,
+    data_dir: PathBuf,
+    ip: Ipv4Addr,
+}
+
+impl Node {
+    fn smrmgr(&self) -> Command {
+        let mut cmd = Command::new(&self.smrmgr);
+        cmd.env("HOME", &self.home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("DOCKER_HOST")
+            .env("SMR_LOG", "info,openraft=warn");
+        cmd
+    }
+
+    fn run(&self, mut cmd: Command) -> anyhow::Result<()> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> anyhow::Result<()> {
+        let mut cmd = self.smrmgr();
+        cmd.args([
+            "start",
+            "-a",
+            "bench",
+            "-d",
+            "bench.example.com",
+            "-n",
+            "bench",
+        ])
+        .arg("--ip")
+        .arg(self.ip.to_string())
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .args(["--backend", "none", "--no-workloads"])
+        .arg("--metrics-addr")
+        .arg(format!("{}:9213", self.ip));
+        self.run(cmd)
+    }
+
+    fn stop(&self) -> anyhow::Result<()> {
+        let mut cmd = self.smrmgr();
+        cmd.arg("stop").arg("--data-dir").arg(&self.data_dir);
+        self.run(cmd)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir.join("smr.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::from_context(&Context::load(
+            &self.data_dir.join("admin.context"),
+        )?)?)
+    }
+
+    fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// A `configuration` object of about 200 bytes as YAML.
+fn configuration_yaml(group: &str, name: &str, n: usize) -> String {
+    format!(
+        "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: {group}\n  name: {name}\nspec:\n  data:\n    value: \"{n}\"\n    note: a small configuration object of the state size benchmark\n"
+    )
+}
+
+fn objects(yaml: &[String]) -> Vec<Object> {
+    definitions::parse_str("bench", &yaml.join("---\n")).expect("valid definitions")
+}
+
+/// Fills the state from `from` to `to` objects, [`FILL_BATCH`] to a write.
+async fn fill(client: &Client, from: usize, to: usize) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(from));
+    let tasks = (0..FILLERS).map(|_| {
+        let (client, next) = (client.clone(), next.clone());
+        tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(FILL_BATCH, Ordering::Relaxed);
+                if start >= to {
+                    return anyhow::Ok(());
+                }
+                let yaml: Vec<String> = (start..(start + FILL_BATCH).min(to))
+                    .map(|i| configuration_yaml("fill", &format!("o{i}"), i))
+                    .collect();
+                client.apply(&objects(&yaml), false, None).await?;
+            }
+        })
+    });
+    for result in futures::future::join_all(tasks).await {
+        result??;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Row {
+    size: usize,
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    rss: f64,
+    state_mib: f64,
+}
+
+async fn scenario(
+    label: &str,
+    smrmgr: &Path,
+    ip: Ipv4Addr,
+    sizes: &[usize],
+    probes: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let node = Node {
+        smrmgr: smrmgr.to_path_buf(),
+        home: dir.path().to_path_buf(),
+        data_dir: dir.path().join("data"),
+        ip,
+    };
+    let result = async {
+        node.create()?;
+        let client = node.client()?;
+        let mut rows = Vec::new();
+        let mut filled = 0;
+        for &size in sizes {
+            fill(&client, filled, size.saturating_sub(PROBE_KEYS))
+                .await
+                .with_context(|| format!("{label}: filling to {size} objects"))?;
+            filled = filled.max(size.saturating_sub(PROBE_KEYS));
+            let mut latencies = Vec::with_capacity(probes);
+            let started = Instant::now();
+            for n in 0..probes {
+                let yaml = configuration_yaml("probe", &format!("p{}", n % PROBE_KEYS), n + size);
+                let objects = objects(&[yaml]);
+                let t = Instant::now();
+                client.apply(&objects, false, None).await?;
+                latencies.push(t.elapsed());
+            }
+            let rate = probes as f64 / started.elapsed().as_secs_f64();
+            latencies.sort();
+            let backup = client.backup().await.context("reading a backup")?;
+            let state_mib = backup.len() as f64 / 1048576.0;
+            rows.push(Row {
+                size,
+                rate,
+                p50: percentile(&latencies, 0.5),
+                p99: percentile(&latencies, 0.99),
+                rss: node.pid().map(rss_mib).unwrap_or(0.0),
+                state_mib,
+            });
+        }
+        node.stop()?;
+        anyhow::Ok(rows)
+    }
+    .await;
+    if result.is_err() {
+        node.kill();
+    }
+    result
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::var("SMR_BENCH_SIZES")
+        .unwrap_or_else(|_| "500,2000,10000,50000".into())
+        .split(',')
+        .map(|s| s.trim().parse().context("SMR_BENCH_SIZES: numbers"))
+        .collect::<anyhow::Result<_>>()?;
+    let probes: usize = std::env::var("SMR_BENCH_PROBES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut runs: Vec<(String, PathBuf)> = Vec::new();
+    if let Ok(baseline) = std::env::var("SMR_BENCH_BASELINE") {
+        runs.push(("baseline".into(), PathBuf::from(baseline)));
+    }
+    runs.push((
+        "this build".into(),
+        PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
+    ));
+    let third = (std::process::id() % 250) as u8 + 1;
+    println!(
+        "one node on loopback (--no-workloads), 1 client, {probes} single ~200-byte configuration applies per size"
+    );
+    println!(
+        "{:<12} {:>8} {:>10} {:>9} {:>9} {:>9} {:>11}",
+        "build", "objects", "applies/s", "p50", "p99", "RSS MiB", "backup MiB"
+    );
+    for (i, (label, smrmgr)) in runs.iter().enumerate() {
+        let ip = Ipv4Addr::new(127, 95 + i as u8, third, 1);
+        match scenario(label, smrmgr, ip, &sizes, probes).await {
+            Ok(rows) => {
+                for r in rows {
+                    println!(
+                        "{label:<12} {:>8} {:>10.0} {:>7.2}ms {:>7.2}ms {:>9.0} {:>11.1}",
+                        r.size,
+                        r.rate,
+                        r.p50.as_secs_f64() * 1e3,
+                        r.p99.as_secs_f64() * 1e3,
+                        r.rss,
+                        r.state_mib
+                    );
+                }
+            }
+            Err(e) => println!("failed: {label} ({}): {e:#}", smrmgr.display()),
+        }
+    }
+    Ok(())
+}
