@@ -97,7 +97,7 @@ pub fn dns_records(state: &ClusterState) -> dns::RecordSet {
         state
             .placements
             .get(&r.key)
-            .is_some_and(|p| p.on_node(node).any(|(index, _)| index == r.index))
+            .is_some_and(|p| p.runs_on(node, r.index))
     };
     for r in state
         .reports

@@ -342,3 +342,18 @@ pub struct HeartbeatResponse {
     /// The period the leader wants, in milliseconds (a fifth of its node timeout, 1 to 5 s).
     pub period_ms: u64,
 }
+
+/// Node-to-node: a node's report of its replicas (issue 14), a delta on its last one or in full.
+/// The node must be the one the client certificate names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    pub report: crate::state::ReportDelta,
+}
+
+/// The answer to a report: applied, or to be sent again in full (the delta built on a report the
+/// state does not hold).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportResponse {
+    pub send_full: bool,
+}
