@@ -320,14 +320,26 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         .collect();
     let beat_api = api.clone();
     let before = received(&metrics).await;
-    let heartbeats = tokio::spawn(async move {
-        loop {
-            let sends = beats
-                .iter()
-                .filter(|(_, _, a)| a.load(Ordering::SeqCst))
-                .map(|(http, id, _)| agent::sim::heartbeat(http, &beat_api, *id));
-            futures::future::join_all(sends).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    // On a thread and runtime of their own: the reconcile passes of many nodes (CPU work in one
+    // task) must not hold them up, or live nodes would look dead to the leader.
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeats = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the heartbeats");
+            runtime.block_on(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let sends = beats
+                        .iter()
+                        .filter(|(_, _, a)| a.load(Ordering::SeqCst))
+                        .map(|(http, id, _)| agent::sim::heartbeat(http, &beat_api, *id));
+                    futures::future::join_all(sends).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
         }
     });
     let mut sim = Sim {
@@ -339,7 +351,8 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         Ok(()) => scenario(&mut sim, &cluster, objects, per_object, kill, &metrics, pid).await,
         Err(e) => Err(e),
     };
-    heartbeats.abort();
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || heartbeats.join()).await;
     result
 }
 
@@ -378,6 +391,9 @@ async fn scenario(
     let yaml: Vec<String> = (0..objects).map(|i| object(i, per_object)).collect();
     let parsed = agent::definitions::parse_str("sim.yaml", &yaml.join("---\n"))?;
     let total = objects * per_object;
+    // Deadlines grow with the size (bench/scale.sh runs far beyond the CI size): 3 ms per replica
+    // beyond the default 5,000.
+    let slack = Duration::from_millis(3 * total.saturating_sub(5_000) as u64);
     let cpu_before = cpu_seconds(pid);
     let applied = Instant::now();
     client.apply(&parsed, false, None).await?;
@@ -387,7 +403,7 @@ async fn scenario(
     let mut placed_at = None;
     sim.drive(
         "all replicas running",
-        Duration::from_secs(150),
+        Duration::from_secs(150) + slack,
         |_, state| {
             if placed_at.is_none() {
                 let slots: usize = state.placements.values().map(|p| p.replicas.len()).sum();
@@ -431,7 +447,7 @@ async fn scenario(
             break;
         }
         anyhow::ensure!(
-            idle_from.elapsed() < Duration::from_secs(30),
+            idle_from.elapsed() < Duration::from_secs(30) + slack,
             "heartbeats do not arrive"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -485,7 +501,7 @@ async fn scenario(
     let silent = Instant::now();
     sim.drive(
         "the killed nodes' replicas running elsewhere",
-        Duration::from_secs(90),
+        Duration::from_secs(90) + slack,
         |_, state| all_running(state, objects, per_object, &survivors, &survivors),
     )
     .await?;
@@ -496,7 +512,7 @@ async fn scenario(
     // While they are away, DNS names only the replicas that run on live nodes: the silent
     // nodes' last reports still say "ready", but their slots have moved.
     let http = sim.nodes[0].http().clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30) + slack;
     loop {
         let state = fetch_state(&http, &sim.api).await?;
         let (got, want) = (
@@ -524,7 +540,7 @@ async fn scenario(
     let state = sim
         .drive(
             "no duplicate once the nodes are back",
-            Duration::from_secs(60),
+            Duration::from_secs(60) + slack,
             |sim, state| {
                 all_running(state, objects, per_object, &everyone, &survivors)?;
                 let mut names: Vec<String> = sim
