@@ -34,6 +34,7 @@ mod members;
 mod objects;
 mod overlay_slot;
 mod replica;
+pub mod reports;
 mod sync;
 mod users;
 pub use error::NodeError;
@@ -94,6 +95,8 @@ pub struct Node {
     certs: certs::Certs,
     /// Heartbeats received while this node leads, and its node timeout ([`heartbeat`]).
     heartbeats: heartbeat::Board,
+    /// Replica reports waiting to go together in one log entry ([`reports`]).
+    reports: reports::Batcher,
 }
 
 impl Node {
@@ -118,6 +121,7 @@ impl Node {
             wg_key_path,
             certs: Default::default(),
             heartbeats: Default::default(),
+            reports: Default::default(),
         }
     }
 

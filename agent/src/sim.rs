@@ -12,7 +12,7 @@
 //!  SimNode::heartbeat --POST internal/heartbeat----->  leader's memory -> liveness
 //!  fetch_state     --GET internal/state------------->  the applied ClusterState
 //!  SimNode::reconcile: Executor (node_plan) on SimRuntime
-//!                  --POST internal/propose Op::Report (when the replicas changed)
+//!                  --POST internal/report (what changed)-->  batched with other nodes' into one Op::Reports
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,15 +22,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use api_types::types::{HeartbeatRequest, JoinRequest, JoinResponse, ProposeRequest};
+use api_types::types::{
+    HeartbeatRequest, JoinRequest, JoinResponse, ReportRequest, ReportResponse,
+};
 
 use crate::controllers::replicas::{Executor, ReplicasConfig};
+use crate::node::reports::next_report;
 use crate::pki::{Identity, Role};
 use crate::runtime::{
     ContainerConfig, ContainerInfo, ExecOutput, Runtime, RuntimeError, State, VolumeConfig,
     VolumeInfo, labels,
 };
-use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeReport, Op, ReplicaReport};
+use crate::state::{ClusterState, NodeId, ReplicaReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -252,7 +255,8 @@ pub struct SimNode {
     http: reqwest::Client,
     runtime: Arc<SimRuntime>,
     executor: Executor<SimRuntime>,
-    last_sent: Option<Vec<ReplicaReport>>,
+    /// The sequence number and replicas of the last report the state took.
+    last_sent: Option<(u64, Vec<ReplicaReport>)>,
     seq: u64,
 }
 
@@ -327,8 +331,8 @@ impl SimNode {
         heartbeat(&self.http, &self.api, self.id).await
     }
 
-    /// One reconcile pass against `state`, then a report when the replicas changed (as the
-    /// agent's reconciler does). Returns whether a report was proposed.
+    /// One reconcile pass against `state`, then a report of the replicas that changed (as the
+    /// agent's reconciler does). Returns whether a report was sent.
     pub async fn reconcile(&mut self, state: &ClusterState) -> Result<bool, SimError> {
         let observed = self
             .runtime
@@ -337,34 +341,35 @@ impl SimNode {
             .map_err(|e| SimError::Refused(e.to_string()))?;
         let now = crate::node::now_ms();
         let (replicas, _) = self.executor.pass(state, &observed, now).await;
-        if self.last_sent.as_ref() == Some(&replicas) {
-            return Ok(false);
+        // As the agent's reconciler: a delta on the last report the state took; in full when
+        // there is none or the answer asks for it.
+        for _ in 0..2 {
+            let Some(report) = next_report(
+                self.id,
+                self.seq + 1,
+                now,
+                self.last_sent.as_ref(),
+                &replicas,
+            ) else {
+                return Ok(false);
+            };
+            self.seq += 1;
+            let answer: ReportResponse = post(
+                &self.http,
+                &self.api,
+                "internal/report",
+                &ReportRequest { report },
+            )
+            .await?;
+            if !answer.send_full {
+                self.last_sent = Some((self.seq, replicas));
+                return Ok(true);
+            }
+            self.last_sent = None;
         }
-        self.seq += 1;
-        let command = Command {
-            op_id: crate::state::new_op_id(),
-            at_ms: now,
-            op: Op::Report {
-                node: self.id,
-                report: NodeReport {
-                    seq: self.seq,
-                    at_ms: now,
-                    replicas: replicas.clone(),
-                },
-            },
-        };
-        let result: CommandResult = post(
-            &self.http,
-            &self.api,
-            "internal/propose",
-            &ProposeRequest { command },
-        )
-        .await?;
-        if let CommandResult::Rejected { reason } = result {
-            return Err(SimError::Refused(reason));
-        }
-        self.last_sent = Some(replicas);
-        Ok(true)
+        Err(SimError::Refused(
+            "the full report was answered 'send in full'".into(),
+        ))
     }
 }
 

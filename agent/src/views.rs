@@ -11,6 +11,19 @@ use api_types::types::ReplicaView;
 /// A placed replica that its node has not reported yet is `pending`.
 pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaView> {
     let mut views = Vec::new();
+    // What each node reports, by (node, object, index), built once: looking a slot up does not
+    // scan its node's report (the first entry for a replica counts, as `find` did).
+    let mut reports: std::collections::BTreeMap<
+        (NodeId, &ObjectKey, u32),
+        &crate::state::ReplicaReport,
+    > = std::collections::BTreeMap::new();
+    for (node, report) in state.reports.iter() {
+        for r in &report.replicas {
+            if only.is_none_or(|o| o == &r.key) {
+                reports.entry((*node, &r.key, r.index)).or_insert(r);
+            }
+        }
+    }
     for (key, placement) in &state.placements {
         if only.is_some_and(|o| o != key) {
             continue;
@@ -21,11 +34,7 @@ pub fn replicas(state: &ClusterState, only: Option<&ObjectKey>) -> Vec<ReplicaVi
             .and_then(|o| o.object.spec.as_containers().map(|c| c.image_ref()))
             .unwrap_or_default();
         for (index, slot) in &placement.replicas {
-            let reported = state.reports.get(&slot.node).and_then(|r| {
-                r.replicas
-                    .iter()
-                    .find(|r| &r.key == key && r.index == *index)
-            });
+            let reported = reports.get(&(slot.node, key, *index)).copied();
             let node_name = state
                 .nodes
                 .get(&slot.node)
@@ -118,7 +127,7 @@ fn records(state: &ClusterState, me: Option<NodeId>) -> dns::RecordSet {
         state
             .placements
             .get(&r.key)
-            .is_some_and(|p| p.on_node(node).any(|(index, _)| index == r.index))
+            .is_some_and(|p| p.runs_on(node, r.index))
     };
     for (node, r) in state.reports.iter().flat_map(|(&node, report)| {
         report

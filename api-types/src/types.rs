@@ -386,3 +386,18 @@ pub struct CaNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_ca: Option<String>,
 }
+
+/// Node-to-node: a node's report of its replicas (issue 14), a delta on its last one or in full.
+/// The node must be the one the client certificate names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    pub report: crate::state::ReportDelta,
+}
+
+/// The answer to a report: applied, or to be sent again in full (the delta built on a report the
+/// state does not hold).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportResponse {
+    pub send_full: bool,
+}

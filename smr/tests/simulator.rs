@@ -5,6 +5,8 @@
 //!
 //! Size: `SMR_SIM_NODES` (default 100) and `SMR_SIM_REPLICAS` (default 5,000, in objects of
 //! `SMR_SIM_NODES` replicas each, spread uniform), `SMR_SIM_KILL` nodes killed (default 10).
+//! `SMR_SIM_STORE=etcd`: the agent on a real etcd (one member) instead of its Raft log.
+//! `SMR_SIM_APPLIES`: configuration objects applied one by one at that size (default 50).
 
 mod common;
 
@@ -17,6 +19,7 @@ use agent::sim::{SimNode, SimOptions, fetch_state};
 use agent::state::{ClusterState, NodeId};
 use anyhow::{Context as _, bail};
 use common::Cluster;
+use smr_tests::etcd::EtcdCluster;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -223,6 +226,29 @@ async fn metric(addr: &str, prefix: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("{prefix} in the metrics"))
 }
 
+/// The CPU time the process has used so far (user and system), from /proc.
+fn cpu_seconds(pid: nix::unistd::Pid) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name (which may hold spaces): the state (field 3) first,
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    // In USER_HZ, 100 per second on Linux.
+    ticks / 100.0
+}
+
+/// The `q` quantile (0 to 1) of `sorted` (ascending, not empty).
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
 fn rss_kib(pid: nix::unistd::Pid) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -239,8 +265,23 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
     let per_object = n;
     let objects = replicas.div_ceil(per_object);
 
+    // `SMR_SIM_STORE=etcd`: the agent keeps the state in a real etcd (one member) instead of its
+    // own Raft log.
+    let etcd = match std::env::var("SMR_SIM_STORE").as_deref() {
+        Ok("etcd") => Some(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??),
+        Ok("raft") | Err(_) => None,
+        Ok(other) => bail!("SMR_SIM_STORE: {other} is not a store (raft or etcd)"),
+    };
     let mut cluster = Cluster::new();
     cluster.start_extra = vec!["--node-timeout".into(), "5s".into()];
+    if let Some(etcd) = &etcd {
+        cluster.start_extra.extend([
+            "--store".into(),
+            etcd.url(),
+            "--etcd-prefix".into(),
+            "/smr-sim/".into(),
+        ]);
+    }
     cluster.start_first()?;
     let token = cluster.token(0)?;
     let ca = std::fs::read_to_string(cluster.nodes[0].data_dir.join("pki/ca.crt"))?;
@@ -279,14 +320,26 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         .collect();
     let beat_api = api.clone();
     let before = received(&metrics).await;
-    let heartbeats = tokio::spawn(async move {
-        loop {
-            let sends = beats
-                .iter()
-                .filter(|(_, _, a)| a.load(Ordering::SeqCst))
-                .map(|(http, id, _)| agent::sim::heartbeat(http, &beat_api, *id));
-            futures::future::join_all(sends).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    // On a thread and runtime of their own: the reconcile passes of many nodes (CPU work in one
+    // task) must not hold them up, or live nodes would look dead to the leader.
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeats = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the heartbeats");
+            runtime.block_on(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let sends = beats
+                        .iter()
+                        .filter(|(_, _, a)| a.load(Ordering::SeqCst))
+                        .map(|(http, id, _)| agent::sim::heartbeat(http, &beat_api, *id));
+                    futures::future::join_all(sends).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
         }
     });
     let mut sim = Sim {
@@ -298,7 +351,8 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         Ok(()) => scenario(&mut sim, &cluster, objects, per_object, kill, &metrics, pid).await,
         Err(e) => Err(e),
     };
-    heartbeats.abort();
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || heartbeats.join()).await;
     result
 }
 
@@ -337,6 +391,10 @@ async fn scenario(
     let yaml: Vec<String> = (0..objects).map(|i| object(i, per_object)).collect();
     let parsed = agent::definitions::parse_str("sim.yaml", &yaml.join("---\n"))?;
     let total = objects * per_object;
+    // Deadlines grow with the size (bench/scale.sh runs far beyond the CI size): 3 ms per replica
+    // beyond the default 5,000.
+    let slack = Duration::from_millis(3 * total.saturating_sub(5_000) as u64);
+    let cpu_before = cpu_seconds(pid);
     let applied = Instant::now();
     client.apply(&parsed, false, None).await?;
 
@@ -345,7 +403,7 @@ async fn scenario(
     let mut placed_at = None;
     sim.drive(
         "all replicas running",
-        Duration::from_secs(150),
+        Duration::from_secs(150) + slack,
         |_, state| {
             if placed_at.is_none() {
                 let slots: usize = state.placements.values().map(|p| p.replicas.len()).sum();
@@ -360,11 +418,13 @@ async fn scenario(
     let running = applied.elapsed();
     let placed = placed_at.unwrap_or(running);
     println!(
-        "{total} replicas on {} nodes: placed in {:.2} s ({:.0} placements/s), all running in {:.2} s",
+        "{total} replicas on {} nodes: placed in {:.2} s ({:.0} placements/s), all running in {:.2} s; leader CPU {:.1} s ({:.0}% of a core)",
         everyone.len(),
         placed.as_secs_f64(),
         total as f64 / placed.as_secs_f64().max(0.001),
-        running.as_secs_f64()
+        running.as_secs_f64(),
+        cpu_seconds(pid) - cpu_before,
+        100.0 * (cpu_seconds(pid) - cpu_before) / running.as_secs_f64().max(0.001)
     );
     // DNS holds exactly the ready replicas.
     let state = sim
@@ -380,25 +440,55 @@ async fn scenario(
     let index = metric(metrics, "smr_store_commit_index ").await?;
     let beats = metric(metrics, "smr_heartbeats_total{event=\"received\"} ").await?;
     let idle_from = Instant::now();
+    let idle_cpu = cpu_seconds(pid);
     loop {
         let now = metric(metrics, "smr_heartbeats_total{event=\"received\"} ").await?;
         if now >= beats + 3.0 * everyone.len() as f64 {
             break;
         }
         anyhow::ensure!(
-            idle_from.elapsed() < Duration::from_secs(30),
+            idle_from.elapsed() < Duration::from_secs(30) + slack,
             "heartbeats do not arrive"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let grown = metric(metrics, "smr_store_commit_index ").await? - index;
+    let idle = idle_from.elapsed().as_secs_f64();
     println!(
-        "idle: {grown} Raft entries in {:.1} s ({:.2}/s) while {} heartbeats arrived; leader RSS {} MiB",
-        idle_from.elapsed().as_secs_f64(),
-        grown / idle_from.elapsed().as_secs_f64(),
+        "idle: {grown} log entries in {idle:.1} s ({:.2}/s) while {} heartbeats arrived; leader RSS {} MiB, CPU {:.0}% of a core",
+        grown / idle,
         3 * everyone.len(),
-        rss_kib(pid).unwrap_or(0) / 1024
+        rss_kib(pid).unwrap_or(0) / 1024,
+        100.0 * (cpu_seconds(pid) - idle_cpu) / idle
     );
+    let batches = metric(metrics, "smr_report_batch_reports_count ").await?;
+    let reports = metric(metrics, "smr_report_batch_reports_sum ").await?;
+    println!(
+        "reports: {reports} in {batches} log entries ({:.1} per entry)",
+        reports / batches.max(1.0)
+    );
+
+    // One client applies configuration objects one after the other at this size (heartbeats
+    // going on): the latency of each apply, acknowledged once committed and applied.
+    let applies = env_or("SMR_SIM_APPLIES", 50);
+    let mut took = Vec::with_capacity(applies);
+    for i in 0..applies {
+        let yaml = format!(
+            "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: simcfg\n  name: c{i}\nspec:\n  data:\n    n: \"{i}\"\n"
+        );
+        let parsed = agent::definitions::parse_str("c.yaml", &yaml)?;
+        let started = Instant::now();
+        client.apply(&parsed, false, None).await?;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    if !took.is_empty() {
+        println!(
+            "apply at this size: {applies} configuration objects one by one: p50 {:.1} ms, p99 {:.1} ms",
+            quantile(&took, 0.5).as_secs_f64() * 1000.0,
+            quantile(&took, 0.99).as_secs_f64() * 1000.0
+        );
+    }
 
     // `kill` nodes go silent: no heartbeat, no reconcile.
     let killed: Vec<usize> = (0..kill)
@@ -411,7 +501,7 @@ async fn scenario(
     let silent = Instant::now();
     sim.drive(
         "the killed nodes' replicas running elsewhere",
-        Duration::from_secs(90),
+        Duration::from_secs(90) + slack,
         |_, state| all_running(state, objects, per_object, &survivors, &survivors),
     )
     .await?;
@@ -422,7 +512,7 @@ async fn scenario(
     // While they are away, DNS names only the replicas that run on live nodes: the silent
     // nodes' last reports still say "ready", but their slots have moved.
     let http = sim.nodes[0].http().clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30) + slack;
     loop {
         let state = fetch_state(&http, &sim.api).await?;
         let (got, want) = (
@@ -450,7 +540,7 @@ async fn scenario(
     let state = sim
         .drive(
             "no duplicate once the nodes are back",
-            Duration::from_secs(60),
+            Duration::from_secs(60) + slack,
             |sim, state| {
                 all_running(state, objects, per_object, &everyone, &survivors)?;
                 let mut names: Vec<String> = sim

@@ -85,6 +85,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/internal/state"),
     ("post", "/api/v1/ca/rotate"),
     ("get", "/api/v1/ca/status"),
+    ("post", "/api/v1/internal/report"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -98,6 +99,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/internal/sign", post(internal_sign))
         .route("/api/v1/internal/heartbeat", post(internal_heartbeat))
         .route("/api/v1/internal/state", get(internal_state))
+        .route("/api/v1/internal/report", post(internal_report))
         .route_layer(middleware::from_fn(require_node));
     let authenticated = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -610,6 +612,22 @@ async fn internal_sign(State(node): AppState, body: Body) -> Result<Json<SignRes
     let req: SignRequest = parse_json(&read_body(body).await?)?;
     let cert = node.sign_here(req).await?;
     Ok(Json(SignResponse { cert }))
+}
+
+/// A node's replica report (issue 14), a delta or in full, proposed in one entry with the others
+/// that arrive meanwhile.
+async fn internal_report(
+    State(node): AppState,
+    Extension(who): Extension<ClientIdentity>,
+    body: Body,
+) -> Result<Json<ReportResponse>, ApiError> {
+    let req: ReportRequest = parse_json(&read_body(body).await?)?;
+    // The route layer let only node certificates through.
+    let name = who.0.map(|p| p.name).unwrap_or_default();
+    let reported = node.report_here(req.report, &name).await?;
+    Ok(Json(ReportResponse {
+        send_full: reported == crate::node::reports::Reported::SendFull,
+    }))
 }
 
 /// A node's heartbeat to the leader (issue 14): recorded in the leader's memory, not the log.

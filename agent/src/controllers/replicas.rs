@@ -3,7 +3,8 @@
 //! Every second, on every state change, and when a backoff expires it reads the placements of
 //! this node, renders each replica's container configuration, lists the containers smr manages
 //! on the engine, asks the [`NodePlanner`] what to do (exact actions, decided without I/O), does
-//! it, feeds the outcomes back, runs the readiness probes it asks for, and proposes a [`NodeReport`] when anything changed, and only then: the
+//! it, feeds the outcomes back, runs the readiness probes it asks for, and reports what changed
+//! (a delta on its last report, batched with other nodes' by `node::reports`), and only then: the
 //! node's heartbeat goes to the leader's memory, not the log (`controllers::heartbeat`), so a
 //! node where nothing changes writes nothing. Dependencies gate creation: a replica whose
 //! dependencies are not all ready is not created yet.
@@ -16,9 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::node::reports::{Reported, next_report};
 use crate::node::{Node, now_ms};
 use crate::runtime::{ContainerConfig, ContainerInfo, Runtime};
-use crate::state::{ClusterState, Delta, Follower, NodeId, NodeReport, Op, ReplicaReport};
+use crate::state::{ClusterState, Delta, Follower, NodeId, ReplicaReport};
 use smr_core::container::FileWrite;
 use smr_core::convert::{RenderError, ReplicaContext, container_config, init_config, restart_of};
 use smr_core::networks::bridge::NetworkAction;
@@ -52,8 +54,9 @@ pub async fn run<R: Runtime>(
     let mut changes = node.subscribe();
     let mut executor = Executor::new(runtime.clone(), config.clone());
     let mut seq = now_ms();
-    // The replicas last reported: a report is proposed when they change, not as a heartbeat.
-    let mut last_sent: Option<Vec<ReplicaReport>> = None;
+    // The sequence number and replicas of the last report the state took: a report is proposed
+    // when they change (not as a heartbeat), as a delta on it; `None`: the whole list.
+    let mut last_sent: Option<(u64, Vec<ReplicaReport>)> = None;
     let mut wake_at: Option<u64> = None;
     let mut follower = Follower::new();
     // A full pass at least this often even while changes keep waking the loop.
@@ -92,25 +95,29 @@ pub async fn run<R: Runtime>(
         let (replicas, next_wake) = executor.pass(&opened, &observed, now_ms()).await;
         crate::metrics::reconcile_pass(started.elapsed());
         wake_at = next_wake;
-        if last_sent.as_ref() != Some(&replicas) {
-            seq += 1;
-            let report = NodeReport {
-                seq,
-                at_ms: now_ms(),
-                replicas: replicas.clone(),
+        // A delta on a report the state does not hold is answered `SendFull`: then at once the
+        // whole list.
+        for _ in 0..2 {
+            let Some(delta) = next_report(
+                config.node,
+                seq + 1,
+                now_ms(),
+                last_sent.as_ref(),
+                &replicas,
+            ) else {
+                break;
             };
-            match node
-                .propose(
-                    Op::Report {
-                        node: config.node,
-                        report,
-                    },
-                    None,
-                )
-                .await
-            {
-                Ok(_) => last_sent = Some(replicas),
-                Err(e) => tracing::warn!("reporting replicas: {e}"),
+            seq += 1;
+            match node.report(delta).await {
+                Ok(Reported::Applied) => {
+                    last_sent = Some((seq, replicas));
+                    break;
+                }
+                Ok(Reported::SendFull) => last_sent = None,
+                Err(e) => {
+                    tracing::warn!("reporting replicas: {e}");
+                    break;
+                }
             }
         }
     }

@@ -64,6 +64,7 @@ struct Counters {
     api_requests: Family<Labels, Counter>,
     api_duration: HistogramFamily,
     heartbeats: Family<Labels, Counter>,
+    report_batch: Histogram,
 }
 
 /// 1 ms to about 33 s, doubling.
@@ -134,6 +135,13 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
          received (recorded by this node as leader, its own included)",
         heartbeats.clone(),
     );
+    let report_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+    registry.register(
+        "report_batch_reports",
+        "Replica reports per log entry this node proposed (issue 14: reports of many nodes that \
+         arrive together go as one Op::Reports entry)",
+        report_batch.clone(),
+    );
     Counters {
         registry,
         writes,
@@ -145,6 +153,7 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         api_requests,
         api_duration,
         heartbeats,
+        report_batch,
     }
 });
 
@@ -168,6 +177,11 @@ pub fn store_write(result: &Result<CommandResult, WriteError>, took: Duration) {
     if proposed {
         c.proposal.observe(took.as_secs_f64());
     }
+}
+
+/// Hook of the report batcher: one batch of `reports` replica reports proposed.
+pub fn report_batch(reports: usize) {
+    COUNTERS.report_batch.observe(reports as f64);
 }
 
 /// Hook of the reconciler: one pass took `took`.

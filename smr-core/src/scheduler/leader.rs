@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::{self as scheduler, NodeInfo, ReplicaState};
 use crate::convert::{node_labels, workload_of};
-use crate::state::{ClusterState, NodeId, PlacementUpdate};
+use crate::state::{ClusterState, NodeId, PlacementUpdate, ReplicaReport};
 
 /// How long a node may stay silent before its replicas are placed elsewhere (default 15 s).
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -84,11 +84,15 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
             availability: state.availability.get(&n.id).copied().unwrap_or_default(),
         })
         .collect();
-    let placements: BTreeMap<String, scheduler::Placement> = state
-        .placements
-        .iter()
-        .map(|(k, p)| (k.to_string(), p.clone()))
-        .collect();
+    // Replicas per node over all placements, once; each object's load is this minus its own
+    // (what `scheduler::node_load` computes, in O(nodes) per object instead of O(replicas)).
+    let mut total: BTreeMap<NodeId, u32> = BTreeMap::new();
+    for placement in state.placements.values() {
+        for slot in placement.replicas.values() {
+            *total.entry(slot.node).or_insert(0) += 1;
+        }
+    }
+    let reports = ReportIndex::new(state);
     let mut updates = Vec::new();
     // Only containers objects are placed; the others are not visited.
     for (key, stored) in state.keyed_objects_of(crate::definitions::Kind::Containers) {
@@ -96,10 +100,10 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
             continue;
         };
         let current = state.placements.get(key);
-        let load = scheduler::node_load(&placements, &workload.key);
+        let load = load_without(&total, current);
         match scheduler::place_with_load(&workload, &nodes, current, &load) {
             Ok(placed) => {
-                let status = replica_states(state, key, &placed, live);
+                let status = replica_states(&reports, key, &placed, live);
                 let steps = scheduler::plan_rollout(&workload, &placed, &status);
                 let next = scheduler::apply_rollout(&placed, &steps);
                 let drain = scheduler::plan_drain(&workload, &next, &status, &nodes, &load);
@@ -141,10 +145,57 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
     updates
 }
 
+/// `total` less the replicas of `own` (zero counts left out, as `scheduler::node_load` does).
+fn load_without(
+    total: &BTreeMap<NodeId, u32>,
+    own: Option<&scheduler::Placement>,
+) -> BTreeMap<NodeId, u32> {
+    let mut load = total.clone();
+    if let Some(own) = own {
+        for (node, count) in own.per_node() {
+            if let Some(n) = load.get_mut(&node) {
+                *n = n.saturating_sub(count);
+                if *n == 0 {
+                    load.remove(&node);
+                }
+            }
+        }
+    }
+    load
+}
+
+/// Every node's reported replicas by (node, object, index): the first entry of a node's report
+/// for a replica counts. Built once per plan, so that looking a replica up does not scan its
+/// node's report.
+struct ReportIndex<'a> {
+    by_replica: BTreeMap<(NodeId, &'a crate::definitions::ObjectKey, u32), &'a ReplicaReport>,
+}
+
+impl<'a> ReportIndex<'a> {
+    fn new(state: &'a ClusterState) -> Self {
+        let mut by_replica = BTreeMap::new();
+        for (node, report) in state.reports.iter() {
+            for r in &report.replicas {
+                by_replica.entry((*node, &r.key, r.index)).or_insert(r);
+            }
+        }
+        ReportIndex { by_replica }
+    }
+
+    fn get(
+        &self,
+        node: NodeId,
+        key: &'a crate::definitions::ObjectKey,
+        index: u32,
+    ) -> Option<&'a ReplicaReport> {
+        self.by_replica.get(&(node, key, index)).copied()
+    }
+}
+
 /// Readiness per replica index, as reported by the node the slot is on (live nodes only).
-fn replica_states(
-    state: &ClusterState,
-    key: &crate::definitions::ObjectKey,
+fn replica_states<'a>(
+    reports: &ReportIndex<'a>,
+    key: &'a crate::definitions::ObjectKey,
     placement: &scheduler::Placement,
     live: &BTreeMap<NodeId, bool>,
 ) -> BTreeMap<u32, ReplicaState> {
@@ -153,12 +204,7 @@ fn replica_states(
         if !live.get(&slot.node).copied().unwrap_or(false) {
             continue;
         }
-        let reported = state.reports.get(&slot.node).and_then(|r| {
-            r.replicas
-                .iter()
-                .find(|r| &r.key == key && r.index == *index)
-        });
-        if let Some(r) = reported {
+        if let Some(r) = reports.get(slot.node, key, *index) {
             status.insert(
                 *index,
                 ReplicaState {

@@ -185,6 +185,13 @@ impl Placement {
             .filter(move |(_, slot)| slot.node == node || slot.previous == Some(node))
             .map(|(&index, slot)| (index, slot))
     }
+
+    /// Whether slot `index` is among [`Placement::on_node`]'s for `node`, in O(log r).
+    pub fn runs_on(&self, node: NodeId, index: u32) -> bool {
+        self.replicas
+            .get(&index)
+            .is_some_and(|slot| slot.node == node || slot.previous == Some(node))
+    }
 }
 
 /// Replicas per node over all placements except the one under `exclude` (a workload key):
@@ -252,16 +259,35 @@ pub fn place_with_load(
             slots.insert(index, slot);
         }
     }
+    // The active nodes ordered as `least_loaded` picks them: (count, load, rank, id), the least
+    // first. Built only when a slot is missing; each pick takes the first and puts it back with
+    // one more, so placing r replicas on n nodes costs O((n + r) log n), not O(n r).
+    let mut queue: Option<BTreeSet<(u32, u32, u64, NodeId)>> = None;
     for index in 1..=workload.replicas {
         if slots.contains_key(&index) {
             continue;
         }
-        let node = least_loaded(&active, &count, load).ok_or_else(|| {
-            ScheduleError::AllEligibleCordoned {
-                workload: workload.key.clone(),
-                nodes: names(candidates.keys(), nodes),
-            }
-        })?;
+        let queue = queue.get_or_insert_with(|| {
+            active
+                .iter()
+                .map(|(&id, &rank)| {
+                    (
+                        count.get(&id).copied().unwrap_or(0),
+                        load.get(&id).copied().unwrap_or(0),
+                        rank,
+                        id,
+                    )
+                })
+                .collect()
+        });
+        let (c, l, rank, node) =
+            queue
+                .pop_first()
+                .ok_or_else(|| ScheduleError::AllEligibleCordoned {
+                    workload: workload.key.clone(),
+                    nodes: names(candidates.keys(), nodes),
+                })?;
+        queue.insert((c + 1, l, rank, node));
         *count.entry(node).or_insert(0) += 1;
         slots.insert(index, ReplicaSlot::new(node, workload.generation));
     }

@@ -21,6 +21,7 @@ mod delta;
 mod inputs;
 pub mod lease;
 mod recent;
+mod report_delta;
 mod reset;
 pub mod shared;
 mod sync_status;
@@ -28,6 +29,7 @@ mod sync_status;
 pub use delta::{Changes, Delta, Follower, Step};
 pub use inputs::ReadersIndex;
 pub use recent::RecentOps;
+pub use report_delta::{ReplicaRef, ReportDelta, StaleBase, merge as merge_reports};
 pub use shared::{MapChange, SharedList, SharedMap};
 pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
@@ -435,6 +437,13 @@ pub enum Op {
     FinishCaRotation {
         fingerprint: String,
     },
+    /// Reports of many nodes in one entry (issue 14), each a full report or a delta on the
+    /// node's report the state holds ([`ReportDelta`]); applied one after the other. A delta on
+    /// another report than the one held changes nothing and its node is asked to send in full
+    /// ([`CommandResult::Reported`]); a node that is not a member is named, not an error.
+    Reports {
+        reports: Vec<ReportDelta>,
+    },
 }
 
 /// What became of one object in an apply or delete.
@@ -478,6 +487,52 @@ pub enum CommandResult {
     Rejected {
         reason: String,
     },
+    /// [`Op::Reports`] applied: the nodes in `resend` sent a delta on a report the state does
+    /// not hold (nothing of theirs changed: they must send in full), those in `unknown` are not
+    /// members.
+    Reported {
+        revision: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resend: Vec<NodeId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<NodeId>,
+    },
+}
+
+/// A replica's new phase or readiness as an event.
+fn replica_event(node: NodeId, replica: &ReplicaReport, revision: u64, now: u64) -> Event {
+    let state = if replica.ready {
+        format!("{} (ready)", replica.phase)
+    } else {
+        replica.phase.clone()
+    };
+    let mut message = format!("{} on node {node}: {state}", replica.name);
+    if let Some(why) = &replica.message {
+        message.push_str(": ");
+        message.push_str(why);
+    }
+    Event {
+        revision,
+        at_ms: now,
+        subject: replica.key.to_string(),
+        replica: Some(replica.name.clone()),
+        node: Some(node),
+        reason: phase_reason(&replica.phase, replica.ready),
+        message,
+    }
+}
+
+/// A replica no longer reported, as an event.
+fn removed_event(node: NodeId, gone: &ReplicaReport, revision: u64, now: u64) -> Event {
+    Event {
+        revision,
+        at_ms: now,
+        subject: gone.key.to_string(),
+        replica: Some(gone.name.clone()),
+        node: Some(node),
+        reason: "Removed".into(),
+        message: format!("{} on node {node}: removed", gone.name),
+    }
 }
 
 /// Why an object of another kind than `containers` cannot be restarted.
@@ -620,6 +675,7 @@ impl ClusterState {
             Op::SealSecrets { objects } => self.seal_secrets(objects, now),
             Op::StartCaRotation { next } => self.start_ca_rotation(next),
             Op::FinishCaRotation { fingerprint } => self.finish_ca_rotation(fingerprint),
+            Op::Reports { reports } => self.reports(reports, now),
         }
     }
 
@@ -685,7 +741,96 @@ impl ClusterState {
                 reason: format!("node {node} is not a member"),
             };
         }
+        self.record_report(node, report, self.revision + 1, now);
+        self.bump()
+    }
+
+    /// [`Op::Reports`]: each in turn; one revision for all.
+    fn reports(&mut self, reports: &[ReportDelta], now: u64) -> CommandResult {
         let revision = self.revision + 1;
+        let (mut resend, mut unknown) = (Vec::new(), Vec::new());
+        let mut changed = false;
+        for delta in reports {
+            let node = delta.node;
+            if !self.nodes.contains_key(&node) {
+                unknown.push(node);
+                continue;
+            }
+            if delta.is_full() {
+                let report = delta
+                    .apply_to(None)
+                    .expect("a full report applies to anything");
+                self.record_report(node, &report, revision, now);
+                changed = true;
+                continue;
+            }
+            match delta.apply_to(self.reports.get(&node)) {
+                Ok(report) => {
+                    self.delta_events(delta, revision, now);
+                    self.reports.insert(node, report);
+                    changed = true;
+                }
+                Err(_) => resend.push(node),
+            }
+        }
+        if changed {
+            self.revision = revision;
+        }
+        CommandResult::Reported {
+            revision: self.revision,
+            resend,
+            unknown,
+        }
+    }
+
+    /// The events of a delta that applies: a replica named in `set` whose phase or readiness
+    /// differs from the report held (or that is new), then each removed one that was there; in
+    /// the delta's order. O(r log d) for r replicas held and d named.
+    fn delta_events(&mut self, delta: &ReportDelta, revision: u64, now: u64) {
+        let node = delta.node;
+        let mut events = Vec::new();
+        {
+            let previous = self
+                .reports
+                .get(&node)
+                .map(|r| r.replicas.as_slice())
+                .unwrap_or_default();
+            let named: BTreeSet<(&ObjectKey, u32)> = delta
+                .set
+                .iter()
+                .map(|r| (&r.key, r.index))
+                .chain(delta.removed.iter().map(|r| (&r.key, r.index)))
+                .collect();
+            // Only the replicas the delta names are looked up: first entry wins, as in a full
+            // report.
+            let mut before: BTreeMap<(&ObjectKey, u32), &ReplicaReport> = BTreeMap::new();
+            for r in previous {
+                let k = (&r.key, r.index);
+                if named.contains(&k) {
+                    before.entry(k).or_insert(r);
+                }
+            }
+            for replica in &delta.set {
+                let moved = before
+                    .get(&(&replica.key, replica.index))
+                    .is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
+                if moved {
+                    events.push(replica_event(node, replica, revision, now));
+                }
+            }
+            for gone in &delta.removed {
+                if let Some(b) = before.get(&(&gone.key, gone.index)) {
+                    events.push(removed_event(node, b, revision, now));
+                }
+            }
+        }
+        for event in events {
+            self.push_event(event);
+        }
+    }
+
+    /// Replaces node's report with `report`, with the events of what moved, at `revision`.
+    fn record_report(&mut self, node: NodeId, report: &NodeReport, revision: u64, now: u64) {
         // Replicas by (object, index), before and after: O(r log r), not O(r^2), for a node
         // that runs many. Events in the same order as ever (the report's, then the previous
         // report's), so that every version of the state machine records the same.
@@ -706,25 +851,7 @@ impl ClusterState {
                     .get(&(&replica.key, replica.index))
                     .is_none_or(|b| b.phase != replica.phase || b.ready != replica.ready);
                 if moved {
-                    let state = if replica.ready {
-                        format!("{} (ready)", replica.phase)
-                    } else {
-                        replica.phase.clone()
-                    };
-                    let mut message = format!("{} on node {node}: {state}", replica.name);
-                    if let Some(why) = &replica.message {
-                        message.push_str(": ");
-                        message.push_str(why);
-                    }
-                    events.push(Event {
-                        revision,
-                        at_ms: now,
-                        subject: replica.key.to_string(),
-                        replica: Some(replica.name.clone()),
-                        node: Some(node),
-                        reason: phase_reason(&replica.phase, replica.ready),
-                        message,
-                    });
+                    events.push(replica_event(node, replica, revision, now));
                 }
             }
             for gone in previous
@@ -732,22 +859,13 @@ impl ClusterState {
                 .iter()
                 .filter(|b| !now_there.contains(&(&b.key, b.index)))
             {
-                events.push(Event {
-                    revision,
-                    at_ms: now,
-                    subject: gone.key.to_string(),
-                    replica: Some(gone.name.clone()),
-                    node: Some(node),
-                    reason: "Removed".into(),
-                    message: format!("{} on node {node}: removed", gone.name),
-                });
+                events.push(removed_event(node, gone, revision, now));
             }
         }
         for event in events {
             self.push_event(event);
         }
         self.reports.insert(node, report.clone());
-        self.bump()
     }
 
     fn set_node_availability(
@@ -1177,3 +1295,5 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests;
 #[cfg(test)]
 mod tests_delta;
+#[cfg(test)]
+mod tests_reports;

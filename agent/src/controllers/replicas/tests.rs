@@ -11,7 +11,7 @@ use crate::definitions::{
 };
 use crate::runtime::State;
 use crate::scheduler::{Placement, ReplicaSlot};
-use crate::state::StoredObject;
+use crate::state::{NodeReport, StoredObject};
 
 const T0: u64 = 1_000_000;
 

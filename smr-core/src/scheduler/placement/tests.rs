@@ -438,3 +438,62 @@ fn cordoned_nodes_keep_their_replicas_and_get_no_new_ones() {
          again)"
     );
 }
+
+/// The pick of each new slot one by one over every candidate (`least_loaded`), as placement did
+/// before it kept the candidates ordered: the reference the ordered pick must equal.
+fn place_by_scan(
+    workload: &Workload,
+    nodes: &[NodeInfo],
+    current: Option<&Placement>,
+    load: &BTreeMap<NodeId, u32>,
+) -> Placement {
+    let candidates = live_eligible(workload, nodes).unwrap();
+    let active = active_only(&candidates, nodes);
+    let mut slots = BTreeMap::new();
+    let mut count: BTreeMap<NodeId, u32> = BTreeMap::new();
+    for (&index, slot) in current.map(|c| &c.replicas).into_iter().flatten() {
+        if index >= 1 && candidates.contains_key(&slot.node) && index <= workload.replicas {
+            *count.entry(slot.node).or_insert(0) += 1;
+            slots.insert(index, slot.clone());
+        }
+    }
+    for index in 1..=workload.replicas {
+        if slots.contains_key(&index) {
+            continue;
+        }
+        let node = least_loaded(&active, &count, load).unwrap();
+        *count.entry(node).or_insert(0) += 1;
+        slots.insert(index, ReplicaSlot::new(node, workload.generation));
+    }
+    Placement { replicas: slots }
+}
+
+#[test]
+fn the_ordered_pick_places_exactly_as_a_scan_of_every_candidate() {
+    // Loads, dead and cordoned nodes and kept slots that make ties and uneven counts.
+    for n in [1u64, 3, 7, 20] {
+        for replicas in [1u32, 5, 13, 64] {
+            let mut ns = nodes(n);
+            if n > 2 {
+                ns = dead(ns, 2);
+                ns[0].availability = Availability::Cordoned;
+            }
+            let load: BTreeMap<NodeId, u32> =
+                (1..=n).map(|id| (id, ((id * 7) % 5) as u32)).collect();
+            let current = place_by_scan(&workload(replicas / 2 + 1), &nodes(n), None, &load);
+            for (cur, load) in [
+                (None, BTreeMap::new()),
+                (None, load.clone()),
+                (Some(&current), load.clone()),
+            ] {
+                let w = workload(replicas);
+                assert_eq!(
+                    place_with_load(&w, &ns, cur, &load).unwrap(),
+                    place_by_scan(&w, &ns, cur, &load),
+                    "{n} nodes, {replicas} replicas, kept {:?}, load {load:?}",
+                    cur.map(layout)
+                );
+            }
+        }
+    }
+}

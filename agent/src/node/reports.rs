@@ -1,0 +1,218 @@
+//! Replica reports, batched (issue 14).
+//!
+//! ```text
+//!  controllers::replicas (every node) --Node::report(delta)--+
+//!  api internal/report (simulated nodes) --Node::report_here-+--> pending --(one flusher at a time)-->
+//!      Op::Reports { merge_reports(pending) } --Node::propose--> one log entry for all of them
+//! ```
+//! Reports that arrive while a batch is being proposed wait for it to be committed and then go
+//! together in the next one (group commit): under load the number of log entries follows the
+//! commit rate, not the number of nodes. Each caller learns from the entry's result whether its
+//! node must send a full report (its delta built on a report the state does not hold).
+
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::{Consistency, Node, NodeError};
+use crate::state::{CommandResult, NodeId, Op, ReportDelta, merge_reports};
+
+/// What became of one report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reported {
+    Applied,
+    /// The delta was based on a report the state does not hold: send the whole list.
+    SendFull,
+}
+
+type Answer = Result<CommandResult, String>;
+
+/// Reports waiting for the next batch, and the one flusher's turn.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    pending: Mutex<Vec<(ReportDelta, oneshot::Sender<Answer>)>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Batcher {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(ReportDelta, oneshot::Sender<Answer>)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `delta` and waits for the entry it goes in: proposed by this caller with `propose`
+    /// (with every report queued meanwhile, merged) when no batch is in flight, else by the
+    /// caller whose turn comes first. Answers the entry's result.
+    pub(crate) async fn submit<F, Fut>(&self, delta: ReportDelta, propose: F) -> Answer
+    where
+        F: FnOnce(Op) -> Fut,
+        Fut: std::future::Future<Output = Answer>,
+    {
+        let (tx, mut rx) = oneshot::channel();
+        self.pending().push((delta, tx));
+        let _turn = self.turn.lock().await;
+        if let Ok(answer) = rx.try_recv() {
+            // Went out in the batch of the caller before.
+            return answer;
+        }
+        let batch = std::mem::take(&mut *self.pending());
+        let (deltas, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        crate::metrics::report_batch(deltas.len());
+        let result = propose(Op::Reports {
+            reports: merge_reports(deltas),
+        })
+        .await;
+        for answer in answers {
+            let _ = answer.send(result.clone());
+        }
+        rx.try_recv()
+            .map_err(|_| "the report batch lost its answer".to_string())
+            .and_then(|a| a)
+    }
+}
+
+impl Node {
+    /// Proposes a node's report together with the others that arrive meanwhile: one
+    /// [`Op::Reports`] entry per batch (forwarded to the leader when this node does not lead).
+    pub async fn report(&self, delta: ReportDelta) -> Result<Reported, NodeError> {
+        let node = delta.node;
+        let answer = self
+            .reports
+            .submit(delta, |op| async move {
+                self.propose(op, None).await.map_err(|e| e.to_string())
+            })
+            .await;
+        match answer {
+            Ok(CommandResult::Reported {
+                resend, unknown, ..
+            }) => {
+                if unknown.contains(&node) {
+                    Err(NodeError::NotFound(format!("node {node}")))
+                } else if resend.contains(&node) {
+                    Ok(Reported::SendFull)
+                } else {
+                    Ok(Reported::Applied)
+                }
+            }
+            Ok(CommandResult::Rejected { reason }) => Err(NodeError::Conflict(reason)),
+            Ok(other) => Err(NodeError::Internal(format!(
+                "a report batch answered {other:?}"
+            ))),
+            Err(why) => Err(NodeError::Unavailable(why)),
+        }
+    }
+
+    /// A report received from another node over the API: `cert_name` is the name in the
+    /// caller's node certificate, and a node reports for itself only.
+    pub async fn report_here(
+        &self,
+        delta: ReportDelta,
+        cert_name: &str,
+    ) -> Result<Reported, NodeError> {
+        let state = self.state(Consistency::Stale).await?;
+        let Some(record) = state.nodes.get(&delta.node) else {
+            return Err(NodeError::NotFound(format!("node {}", delta.node)));
+        };
+        if record.name != cert_name {
+            return Err(NodeError::Forbidden(format!(
+                "the certificate of {cert_name} cannot report for node {} ({})",
+                delta.node, record.name
+            )));
+        }
+        drop(state);
+        self.report(delta).await
+    }
+}
+
+/// The report to send after `last` (the replicas and sequence number of the last report the
+/// state took, if any): a delta on it, or the whole list. `None`: nothing changed.
+pub fn next_report(
+    node: NodeId,
+    seq: u64,
+    at_ms: u64,
+    last: Option<&(u64, Vec<crate::state::ReplicaReport>)>,
+    replicas: &[crate::state::ReplicaReport],
+) -> Option<ReportDelta> {
+    match last {
+        Some((base, before)) => ReportDelta::between(node, seq, at_ms, *base, before, replicas),
+        None => Some(ReportDelta::full(node, seq, at_ms, replicas.to_vec())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn report(node: NodeId) -> ReportDelta {
+        ReportDelta::full(node, 1, 0, Vec::new())
+    }
+
+    fn nodes_of(op: &Op) -> Vec<NodeId> {
+        match op {
+            Op::Reports { reports } => reports.iter().map(|r| r.node).collect(),
+            other => panic!("not reports: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_queued_while_a_batch_is_in_flight_go_together_in_the_next_entry() {
+        let batcher = Arc::new(Batcher::default());
+        let proposed: Arc<Mutex<Vec<Vec<NodeId>>>> = Arc::default();
+        let answer = || {
+            Ok(CommandResult::Reported {
+                revision: 1,
+                resend: vec![],
+                unknown: vec![],
+            })
+        };
+        // Node 1's report goes out alone and its entry is held until released.
+        let (release, held) = oneshot::channel::<()>();
+        let first = {
+            let (batcher, proposed) = (batcher.clone(), proposed.clone());
+            tokio::spawn(async move {
+                batcher
+                    .submit(report(1), |op| async move {
+                        proposed.lock().unwrap().push(nodes_of(&op));
+                        let _ = held.await;
+                        answer()
+                    })
+                    .await
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proposed.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the first batch is not proposed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Nine more arrive meanwhile.
+        let others: Vec<_> = (2..=10)
+            .map(|node| {
+                let (batcher, proposed) = (batcher.clone(), proposed.clone());
+                tokio::spawn(async move {
+                    batcher
+                        .submit(report(node), |op| async move {
+                            proposed.lock().unwrap().push(nodes_of(&op));
+                            answer()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while batcher.pending().len() < 9 {
+            assert!(Instant::now() < deadline, "the reports are not queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        release.send(()).expect("the first batch waits");
+        assert_eq!(first.await.expect("joined"), answer());
+        for other in others {
+            assert_eq!(other.await.expect("joined"), answer());
+        }
+        assert_eq!(
+            *proposed.lock().unwrap(),
+            vec![vec![1], (2..=10).collect::<Vec<NodeId>>()],
+            "one entry for the first, one for the nine that arrived during it"
+        );
+    }
+}
