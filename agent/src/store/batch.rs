@@ -38,12 +38,52 @@ pub const MAX_IN_FLIGHT: usize = 2;
 /// In JSON a lone command is the command itself, so entries written before batching read back
 /// unchanged; a batch is `{"batch": [command, ...]}`.
 // A lone command is the common entry: kept inline rather than boxed (one allocation less).
+///
+/// Read through [`RawProposal`], a plain struct, not as an untagged enum: serde buffers an
+/// untagged enum's input, and a buffered JSON map key ("1") no longer reads as a number, so
+/// every entry holding a placement (`BTreeMap<u32, _>`) failed to read on the followers.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "RawProposal")]
 pub enum Proposal {
     Batch { batch: Vec<Command> },
     One(Command),
+}
+
+/// The fields of either form of a [`Proposal`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProposal {
+    #[serde(default)]
+    batch: Option<Vec<Command>>,
+    #[serde(default)]
+    op_id: Option<String>,
+    #[serde(default)]
+    at_ms: Option<u64>,
+    #[serde(default)]
+    op: Option<crate::state::Op>,
+}
+
+impl TryFrom<RawProposal> for Proposal {
+    type Error = String;
+
+    fn try_from(raw: RawProposal) -> Result<Proposal, String> {
+        match raw {
+            RawProposal {
+                batch: Some(batch),
+                op_id: None,
+                at_ms: None,
+                op: None,
+            } => Ok(Proposal::Batch { batch }),
+            RawProposal {
+                batch: None,
+                op_id: Some(op_id),
+                at_ms: Some(at_ms),
+                op: Some(op),
+            } => Ok(Proposal::One(Command { op_id, at_ms, op })),
+            _ => Err("a log entry is a batch or one command (op_id, at_ms and op)".into()),
+        }
+    }
 }
 
 impl Proposal {
@@ -361,6 +401,43 @@ mod tests {
         let batch = Proposal::of(vec![one.clone(), cmd("b", Op::Noop)]);
         let text = serde_json::to_vec(&batch).unwrap();
         assert_eq!(serde_json::from_slice::<Proposal>(&text).unwrap(), batch);
+    }
+
+    #[test]
+    fn entries_holding_placements_read_back_in_json_and_messagepack() {
+        let placement: crate::scheduler::placement::Placement = serde_json::from_str(
+            r#"{"replicas": {"1": {"node": 1, "generation": 1}, "2": {"node": 2, "generation": 1}}}"#,
+        )
+        .unwrap();
+        let place = Op::Place {
+            updates: vec![crate::state::PlacementUpdate {
+                key: "containers/g/n".parse().unwrap(),
+                generation: 1,
+                placement: Some(placement),
+                error: None,
+            }],
+        };
+        for proposal in [
+            Proposal::of(vec![cmd("a", place.clone())]),
+            Proposal::of(vec![cmd("a", place.clone()), cmd("b", Op::Noop)]),
+        ] {
+            let json = serde_json::to_vec(&proposal).unwrap();
+            let back: Proposal = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, proposal);
+            let packed = super::super::codec::encode(&proposal).unwrap();
+            let back: Proposal = super::super::codec::decode(&packed).unwrap();
+            assert_eq!(back, proposal);
+        }
+        // Neither form, or both at once: refused, naming the forms.
+        for bad in [
+            r#"{"op_id": "a"}"#,
+            r#"{"batch": [], "op_id": "a", "at_ms": 1, "op": "noop"}"#,
+        ] {
+            let err = serde_json::from_str::<Proposal>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("a batch or one command"), "{bad}: {err}");
+        }
     }
 }
 
