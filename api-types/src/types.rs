@@ -69,6 +69,10 @@ pub struct HealthResponse {
     /// The fingerprint (hex SHA-256) of the CA this node's certificate comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_ca: Option<String>,
+    /// Whether this node applies batched delta reports (`Op::Reports`); an older version does
+    /// not say so, and would fail on such a log entry.
+    #[serde(default)]
+    pub report_deltas: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

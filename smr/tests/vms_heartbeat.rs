@@ -240,3 +240,63 @@ async fn series(cluster: &VmCluster, i: usize, prefix: &str) -> anyhow::Result<O
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64))
 }
+
+/// A rolling upgrade: while a node of the version before delta reports runs (it would stop on
+/// an `Op::Reports` log entry), an upgraded node reports in full, as that version does; once
+/// every node is upgraded it batches delta reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_go_in_full_while_a_node_of_the_version_before_runs() -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(2)? else {
+        return Ok(());
+    };
+    let legacy = vec![(
+        agent::node::reports::TEST_LEGACY_ENV.to_string(),
+        "1".to_string(),
+    )];
+    cluster.env.insert(1, legacy);
+    cluster.start_all(&[]).await?;
+    let client = cluster.client(0);
+    let result = rolling(&mut cluster, &client).await;
+    if result.is_err() {
+        cluster.dump_logs();
+    }
+    result
+}
+
+async fn rolling(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
+    const BATCHES: &str = "smr_report_batch_reports_count ";
+    // VM 1's agent restarts (as after its upgrade) while VM 2 plays the older version.
+    cluster.stop_agent(0)?;
+    cluster.restart_agent(0).await?;
+    client
+        .apply(&definitions::parse_str("b.yaml", &busybox(4))?, false, None)
+        .await?;
+    let ready = all_ready(client, 4, Duration::from_secs(120)).await?;
+    anyhow::ensure!(
+        ready.iter().any(|r| r.node == 1) && ready.iter().any(|r| r.node == 2),
+        "both nodes run replicas: {ready:?}"
+    );
+    let batched = series(cluster, 0, BATCHES).await?;
+    anyhow::ensure!(
+        batched == Some(0),
+        "node 1 batched delta reports while node 2 could not read them: {batched:?}"
+    );
+
+    // VM 2 upgraded too, then VM 1 restarts: it now batches.
+    cluster.env.remove(&1);
+    cluster.stop_agent(1)?;
+    cluster.restart_agent(1).await?;
+    cluster.stop_agent(0)?;
+    cluster.restart_agent(0).await?;
+    common::eventually(
+        "node 1 batching reports",
+        Duration::from_secs(60),
+        || async {
+            let n = series(cluster, 0, BATCHES).await.ok()??;
+            (n > 0).then_some(())
+        },
+    )
+    .await?;
+    all_ready(client, 4, Duration::from_secs(60)).await?;
+    Ok(())
+}

@@ -108,6 +108,18 @@ pub async fn run<R: Runtime>(
                 break;
             };
             seq += 1;
+            // A node of the version before delta reports would stop on such an entry: the
+            // whole list, as that version sent it, until every node reads them.
+            if !node.members_read_report_deltas().await {
+                match node
+                    .report_in_full(config.node, seq, now_ms(), replicas.clone())
+                    .await
+                {
+                    Ok(()) => last_sent = Some((seq, replicas)),
+                    Err(e) => tracing::warn!("reporting replicas: {e}"),
+                }
+                break;
+            }
             match node.report(delta).await {
                 Ok(Reported::Applied) => {
                     last_sent = Some((seq, replicas));

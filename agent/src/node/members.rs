@@ -77,6 +77,7 @@ impl Node {
             cert_expires_ms: self.cert_expires_ms(),
             seals_secrets: self.seals_secrets(),
             cert_ca: self.cert_ca(),
+            report_deltas: !super::reports::test_legacy(),
         })
     }
 

@@ -32,7 +32,32 @@ type Answer = Result<CommandResult, String>;
 pub(crate) struct Batcher {
     pending: Mutex<Vec<(ReportDelta, oneshot::Sender<Answer>)>>,
     turn: tokio::sync::Mutex<()>,
+    /// Every node that applies log entries said it reads [`Op::Reports`] (then for good: a
+    /// downgrade is not supported), and when they were last asked.
+    members_read: std::sync::atomic::AtomicBool,
+    probed_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// `SMR_TEST_LEGACY_REPORTS=1` (tests only): this node says it does not read delta reports, as
+/// the version before them, and reports in full.
+pub const TEST_LEGACY_ENV: &str = "SMR_TEST_LEGACY_REPORTS";
+
+/// Whether this node plays the version before delta reports ([`TEST_LEGACY_ENV`]).
+pub fn test_legacy() -> bool {
+    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LEGACY.get_or_init(|| {
+        let legacy = std::env::var(TEST_LEGACY_ENV).is_ok_and(|v| v == "1");
+        if legacy {
+            tracing::warn!(
+                "{TEST_LEGACY_ENV}=1: playing a version without delta reports (tests only)"
+            );
+        }
+        legacy
+    })
+}
+
+/// How often nodes are asked again while one of them does not read delta reports.
+const REPROBE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Batcher {
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(ReportDelta, oneshot::Sender<Answer>)>> {
@@ -71,6 +96,78 @@ impl Batcher {
 }
 
 impl Node {
+    /// Whether every node that applies log entries (registered with a Raft port: simulated
+    /// nodes apply none) reads [`Op::Reports`]: asked over their health route (2 s each, all at
+    /// once), again at most every [`REPROBE`] while one does not (an older version in a rolling
+    /// upgrade, which would stop on such an entry), never again once all do.
+    pub async fn members_read_report_deltas(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let b = &self.reports;
+        if b.members_read.load(Ordering::SeqCst) {
+            return true;
+        }
+        if test_legacy() {
+            return false;
+        }
+        {
+            let mut at = b.probed_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < REPROBE) {
+                return false;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let Ok(state) = self.state(Consistency::Stale).await else {
+            return false;
+        };
+        let probes = state
+            .nodes
+            .values()
+            .filter(|n| n.raft_port != 0 && n.id != self.id)
+            .map(|n| {
+                let addr = n.api_addr();
+                async move {
+                    let probe = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        self.call::<(), api_types::types::HealthResponse>(&addr, "health", None),
+                    )
+                    .await;
+                    matches!(probe, Ok(Ok(health)) if health.report_deltas)
+                }
+            });
+        let all = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .all(|ok| ok);
+        if all {
+            b.members_read.store(true, Ordering::SeqCst);
+        } else {
+            tracing::info!(
+                "a node does not read delta reports yet (an older version): reporting in full"
+            );
+        }
+        all
+    }
+
+    /// Proposes a node's whole report as one entry of its own ([`Op::Report`]), as the version
+    /// before delta reports did: while a node that applies entries would not read [`Op::Reports`].
+    pub async fn report_in_full(
+        &self,
+        node: NodeId,
+        seq: u64,
+        at_ms: u64,
+        replicas: Vec<crate::state::ReplicaReport>,
+    ) -> Result<(), NodeError> {
+        let report = crate::state::NodeReport {
+            seq,
+            at_ms,
+            replicas,
+        };
+        match self.propose(Op::Report { node, report }, None).await? {
+            CommandResult::Rejected { reason } => Err(NodeError::Conflict(reason)),
+            _ => Ok(()),
+        }
+    }
+
     /// Proposes a node's report together with the others that arrive meanwhile: one
     /// [`Op::Reports`] entry per batch (forwarded to the leader when this node does not lead).
     pub async fn report(&self, delta: ReportDelta) -> Result<Reported, NodeError> {

@@ -19,6 +19,8 @@ pub struct VmCluster {
     pub testbed: Testbed,
     /// Pid of each VM's agent, when running.
     pub agents: Vec<Option<u32>>,
+    /// Extra environment of the agent of VM i (0-based), for its starts and restarts.
+    pub env: std::collections::HashMap<usize, Vec<(String, String)>>,
 }
 
 pub fn data_dir(vm: &Vm) -> PathBuf {
@@ -60,6 +62,7 @@ impl VmCluster {
         Ok(Some(VmCluster {
             testbed,
             agents: vec![None; n],
+            env: Default::default(),
         }))
     }
 
@@ -115,6 +118,7 @@ impl VmCluster {
                 &token,
             ]);
         }
+        cmd.envs(self.env.get(&i).into_iter().flatten().map(|(k, v)| (k, v)));
         let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
         let spawned = vm.spawn(&format!("agent-{}", vm.index), cmd)?;
         self.agents[i] = Some(spawned.pid);
@@ -139,7 +143,8 @@ impl VmCluster {
             &vm.docker_host,
             "--data-dir",
         ])
-        .arg(data_dir(&vm));
+        .arg(data_dir(&vm))
+        .envs(self.env.get(&i).into_iter().flatten().map(|(k, v)| (k, v)));
         let _ = std::fs::remove_file(data_dir(&vm).join("admin.context"));
         let spawned = vm.spawn(&format!("agent-{}-again", vm.index), cmd)?;
         self.agents[i] = Some(spawned.pid);
