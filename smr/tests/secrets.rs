@@ -131,7 +131,7 @@ async fn secrets_are_sealed_in_the_log_snapshots_and_backups_and_restored_with_t
             .filter(|f| {
                 f.file_name().is_some_and(|n| {
                     let n = n.to_string_lossy();
-                    n.starts_with("snapshot-") && n.ends_with(".json")
+                    n.starts_with("snapshot-") && (n.ends_with(".snap") || n.ends_with(".json"))
                 })
             })
             .collect();
