@@ -15,14 +15,17 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent::client::{Client, Context};
+use agent::client::Client;
 use agent::definitions::{self, Object};
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+
+#[path = "common/node.rs"]
+mod node;
+use node::{Node, proc_figures};
 
 /// Concurrent clients while filling.
 const FILLERS: usize = 8;
@@ -30,99 +33,6 @@ const FILLERS: usize = 8;
 const FILL_BATCH: usize = 250;
 /// Probe keys overwritten by the measured applies.
 const PROBE_KEYS: usize = 100;
-
-struct Node {
-    smrmgr: PathBuf,
-    home: PathBuf,
-    data_dir: PathBuf,
-    ip: Ipv4Addr,
-}
-
-impl Node {
-    fn smrmgr(&self) -> Command {
-        let mut cmd = Command::new(&self.smrmgr);
-        cmd.env("HOME", &self.home)
-            .env_remove("XDG_CONFIG_HOME")
-            .env_remove("DOCKER_HOST")
-            .env("SMR_LOG", "info,openraft=warn");
-        cmd
-    }
-
-    fn run(&self, mut cmd: Command) -> anyhow::Result<()> {
-        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?}: {}\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    fn create(&self) -> anyhow::Result<()> {
-        let mut cmd = self.smrmgr();
-        cmd.args([
-            "start",
-            "-a",
-            "bench",
-            "-d",
-            "bench.example.com",
-            "-n",
-            "bench",
-        ])
-        .arg("--ip")
-        .arg(self.ip.to_string())
-        .arg("--data-dir")
-        .arg(&self.data_dir)
-        .args(["--backend", "none", "--no-workloads"])
-        .arg("--metrics-addr")
-        .arg(format!("{}:9213", self.ip));
-        self.run(cmd)
-    }
-
-    fn stop(&self) -> anyhow::Result<()> {
-        let mut cmd = self.smrmgr();
-        cmd.arg("stop").arg("--data-dir").arg(&self.data_dir);
-        self.run(cmd)
-    }
-
-    fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.data_dir.join("smr.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::from_context(&Context::load(
-            &self.data_dir.join("admin.context"),
-        )?)?)
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 /// A `configuration` object of about 200 bytes as YAML.
 fn configuration_yaml(group: &str, name: &str, n: usize) -> String {
@@ -215,7 +125,7 @@ async fn scenario(
                 rate,
                 p50: percentile(&latencies, 0.5),
                 p99: percentile(&latencies, 0.99),
-                rss: node.pid().map(rss_mib).unwrap_or(0.0),
+                rss: node.pid().map(|pid| proc_figures(pid).0).unwrap_or(0.0),
                 state_mib,
             });
         }
