@@ -76,29 +76,5 @@ pub(super) fn hold<'r>(
     waiting: &mut Vec<(DesiredReplica, Phase, String)>,
     containers: &[&ContainerInfo],
 ) -> Vec<(DesiredReplica, Option<&'r Rendered>)> {
-    if memory.missing.is_empty() {
-        return wanted;
-    }
-    let mut now = Vec::with_capacity(wanted.len());
-    for (replica, rendered) in wanted {
-        let exists = containers.iter().any(|c| c.name == replica.name);
-        let missing = rendered.filter(|_| !exists).and_then(|r| {
-            std::iter::once(&r.container)
-                .chain(&r.init)
-                .flat_map(bridge::joined)
-                .find_map(|name| memory.missing.get(name))
-        });
-        match missing {
-            Some(m) if m.blocked => waiting.push((
-                replica,
-                Phase::Blocked {
-                    reason: m.why.clone(),
-                },
-                m.why.clone(),
-            )),
-            Some(m) => waiting.push((replica, Phase::Pending, m.why.clone())),
-            None => now.push((replica, rendered)),
-        }
-    }
-    now
+    super::volumes::hold_missing(&memory.missing, bridge::joined, wanted, waiting, containers)
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::pass::{Desired, NodePlanner, Rendered};
-use crate::container::ContainerInfo;
+use crate::container::{ContainerConfig, ContainerInfo};
 use crate::scheduler::{DesiredReplica, Phase};
 use crate::volume::{self, Missing, VolumeAction, VolumeInfo};
 
@@ -61,19 +61,39 @@ pub(super) fn hold<'r>(
     waiting: &mut Vec<(DesiredReplica, Phase, String)>,
     containers: &[&ContainerInfo],
 ) -> Vec<(DesiredReplica, Option<&'r Rendered>)> {
-    if memory.missing.is_empty() {
+    hold_missing(
+        &memory.missing,
+        volume::named_binds,
+        wanted,
+        waiting,
+        containers,
+    )
+}
+
+/// Moves the replicas without a container that need something `missing` (a volume, a bridge
+/// network: what `names` lists of a container) from `wanted` to `waiting`, blocked or pending
+/// with the reason.
+#[allow(clippy::type_complexity)]
+pub(super) fn hold_missing<'r, I: Iterator<Item = &'r str>>(
+    missing: &BTreeMap<String, Missing>,
+    names: impl Fn(&'r ContainerConfig) -> I,
+    wanted: Vec<(DesiredReplica, Option<&'r Rendered>)>,
+    waiting: &mut Vec<(DesiredReplica, Phase, String)>,
+    containers: &[&ContainerInfo],
+) -> Vec<(DesiredReplica, Option<&'r Rendered>)> {
+    if missing.is_empty() {
         return wanted;
     }
     let mut now = Vec::with_capacity(wanted.len());
     for (replica, rendered) in wanted {
         let exists = containers.iter().any(|c| c.name == replica.name);
-        let missing = rendered.filter(|_| !exists).and_then(|r| {
+        let needs = rendered.filter(|_| !exists).and_then(|r| {
             std::iter::once(&r.container)
                 .chain(&r.init)
-                .flat_map(volume::named_binds)
-                .find_map(|name| memory.missing.get(name))
+                .flat_map(&names)
+                .find_map(|name| missing.get(name))
         });
-        match missing {
+        match needs {
             Some(m) if m.blocked => waiting.push((
                 replica,
                 Phase::Blocked {
