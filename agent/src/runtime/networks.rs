@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
-use bollard::query_parameters::ListContainersOptionsBuilder;
 
 use super::{DockerRuntime, RuntimeError, docker_error};
 use smr_core::networks::bridge::{BridgeConfig, NetworkInfo};
@@ -19,20 +18,8 @@ impl DockerRuntime {
             .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
             .await
             .map_err(|e| docker_error("listing networks", e))?;
-        let options = ListContainersOptionsBuilder::new().all(true).build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| docker_error("listing containers", e))?;
         let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for c in containers {
-            let name = c
-                .names
-                .and_then(|n| n.into_iter().next())
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
+        for (name, c) in self.all_containers().await? {
             for network in c
                 .network_settings
                 .and_then(|s| s.networks)

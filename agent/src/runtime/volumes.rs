@@ -18,20 +18,8 @@ impl DockerRuntime {
             .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
             .await
             .map_err(|e| docker_error("listing volumes", e))?;
-        let options = ListContainersOptionsBuilder::new().all(true).build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| docker_error("listing containers", e))?;
         let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for c in containers {
-            let name = c
-                .names
-                .and_then(|n| n.into_iter().next())
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
+        for (name, c) in self.all_containers().await? {
             for m in c.mounts.unwrap_or_default() {
                 if let Some(volume) = m.name {
                     users.entry(volume).or_default().push(name.clone());
@@ -95,4 +83,30 @@ pub(crate) fn create_in_memory(
     };
     table.insert(config.name.clone(), volume);
     Ok(())
+}
+
+impl DockerRuntime {
+    /// Every container of the engine (any state), by name: who uses a volume or a network.
+    pub(super) async fn all_containers(
+        &self,
+    ) -> Result<Vec<(String, bollard::models::ContainerSummary)>, RuntimeError> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("listing containers", e))?;
+        Ok(containers
+            .into_iter()
+            .map(|c| {
+                let name = c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                (name, c)
+            })
+            .collect())
+    }
 }
