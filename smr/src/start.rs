@@ -289,6 +289,21 @@ fn shown(value: &Value) -> String {
     }
 }
 
+/// One argument of a systemd `ExecStart=` line: as it is when it holds only characters systemd
+/// reads literally, else double-quoted with `\` and `"` escaped; `%` and `$` doubled in either
+/// case (systemd would expand them as specifiers and environment variables).
+pub fn systemd_exec_arg(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@+%$".contains(c));
+    let text = arg.replace('%', "%%").replace('$', "$$");
+    if plain {
+        return text;
+    }
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +372,35 @@ mod tests {
         };
         let merged = StartSettings::merge(&old, &given.given()).unwrap();
         assert_eq!(merged["backend"], "host-gw");
+    }
+
+    #[test]
+    fn systemd_exec_args_are_quoted_where_systemd_would_split_or_expand_them() {
+        let line: Vec<String> = [
+            "-a",
+            "vm1.example.com",
+            "--token",
+            "a b",
+            "50%",
+            "$HOME",
+            "say \"hi\" \\ there",
+            "",
+        ]
+        .iter()
+        .map(|a| systemd_exec_arg(a))
+        .collect();
+        assert_eq!(
+            line,
+            [
+                "-a",
+                "vm1.example.com",
+                "--token",
+                "\"a b\"",
+                "50%%",
+                "$$HOME",
+                "\"say \\\"hi\\\" \\\\ there\"",
+                "\"\"",
+            ]
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! the package's Depends name), and a node starts from what it installed: the installed smrmgr
 //! creates a one-node cluster on a loopback address, the installed smrctl reads its health and
 //! stores an object, and the command line of the installed systemd unit restarts that node. A
-//! second test runs install.sh in such a root: the package beside it, a tarball, the .deb again.
+//! second test runs install.sh in such a root: the package beside it, a tarball, the .deb again. A
+//! third boots such a root (with systemd) as a container whose init is systemd, and checks that
+//! install.sh starts the node as `smr.service` and that systemd restarts it after a crash and a
+//! reboot.
 //!
 //! The package is built from the debug binaries this test build already produced (`build.sh
 //! --profile debug --bin-dir ...`): the release path is the same script with static binaries
@@ -213,10 +216,6 @@ impl Root {
         cmd
     }
 
-    fn run(&self, argv: &[&str]) -> anyhow::Result<String> {
-        run(&mut self.command(argv))
-    }
-
     /// The pid in `<root>/var/lib/smr/smr.pid`, if that process runs inside this root.
     fn agent_pid(&self) -> Option<Pid> {
         let text = std::fs::read_to_string(self.file("/var/lib/smr/smr.pid")).ok()?;
@@ -282,8 +281,21 @@ fn poll<T>(
     }
 }
 
+/// A machine the test runs commands on: a chroot ([`Root`]) or a container booted with systemd
+/// ([`Booted`]).
+trait Runs {
+    /// `argv` run there; its stdout, or an error with both outputs.
+    fn run(&self, argv: &[&str]) -> anyhow::Result<String>;
+}
+
+impl Runs for Root {
+    fn run(&self, argv: &[&str]) -> anyhow::Result<String> {
+        run(&mut self.command(argv))
+    }
+}
+
 /// The node list as the installed smrctl reports it: (name, health, role) of each node.
-fn nodes(root: &Root) -> anyhow::Result<Vec<(String, String, String)>> {
+fn nodes(root: &impl Runs) -> anyhow::Result<Vec<(String, String, String)>> {
     let text = root.run(&["smrctl", "nodes", "-o", "json"])?;
     let list: Vec<serde_json::Value> =
         serde_json::from_str(&text).context("smrctl nodes -o json")?;
@@ -296,7 +308,7 @@ fn nodes(root: &Root) -> anyhow::Result<Vec<(String, String, String)>> {
         .collect())
 }
 
-fn healthy_alone(root: &Root, name: &str) -> anyhow::Result<Option<()>> {
+fn healthy_alone(root: &impl Runs, name: &str) -> anyhow::Result<Option<()>> {
     let nodes = nodes(root)?;
     let want = vec![(name.to_string(), "healthy".to_string(), "voter".to_string())];
     Ok((nodes == want).then_some(()))
@@ -310,8 +322,8 @@ struct Prepared {
     tarball: PathBuf,
     /// Minbase and what the .deb's Depends name, nothing else.
     base: PathBuf,
-    /// The same and ca-certificates, which install.sh installs with a tarball: there, so that no
-    /// run needs the network once the roots are cached.
+    /// The same and ca-certificates, which install.sh installs with a tarball (there, so that no
+    /// run needs the network once the roots are cached), and systemd.
     base_for_install_sh: PathBuf,
     build_time: Duration,
     root_time: Duration,
@@ -365,7 +377,9 @@ fn prepared() -> anyhow::Result<&'static Prepared> {
     );
     let t = Instant::now();
     let base = base_tarball(&packages)?;
-    packages.push("ca-certificates".into());
+    // ca-certificates, which install.sh installs with a tarball; systemd, so that the same root
+    // boots as a container with systemd as its init (the systemd test).
+    packages.extend(["ca-certificates", "systemd", "systemd-sysv"].map(String::from));
     packages.sort();
     let base_for_install_sh = base_tarball(&packages)?;
     let root_time = t.elapsed();
@@ -660,6 +674,209 @@ fn install_sh_installs_the_package_beside_it_or_the_one_given() -> anyhow::Resul
         began.elapsed()
     );
     drop(root);
+    Ok(())
+}
+
+/// A container booted from a base root with systemd as its init, as a VM boots: loopback only,
+/// the host's cgroups read-only, CAP_SYS_ADMIN for systemd's mounts. Drop removes the container
+/// and then the image it was imported as, both by the ids recorded when they were made.
+struct Booted {
+    container: Option<String>,
+    image: String,
+}
+
+impl Booted {
+    fn boot(tarball: &Path) -> anyhow::Result<Booted> {
+        let tag = format!("smr-test-systemd:{}", std::process::id());
+        let image = run(Command::new("docker").arg("import").arg(tarball).arg(&tag))?;
+        let mut booted = Booted {
+            container: None,
+            image: image.trim().to_string(),
+        };
+        let id = run(Command::new("docker")
+            .args(["run", "-d", "--network", "none", "--cap-add", "SYS_ADMIN"])
+            .args(["--tmpfs", "/run", "--tmpfs", "/run/lock"])
+            .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
+            // What systemd takes as "halt": `docker restart` shuts the system down cleanly.
+            .args(["--stop-signal", "SIGRTMIN+3"])
+            .arg(&booted.image)
+            .arg("/lib/systemd/systemd"))?;
+        booted.container = Some(id.trim().to_string());
+        booted.wait_booted()?;
+        Ok(booted)
+    }
+
+    fn id(&self) -> &str {
+        self.container.as_deref().expect("a container")
+    }
+
+    /// Until systemd says the boot is over (`degraded`: some unit of the minimal root failed,
+    /// which is no concern here).
+    fn wait_booted(&self) -> anyhow::Result<()> {
+        poll("systemd to finish booting", Duration::from_secs(60), || {
+            let out = Command::new("docker")
+                .args(["exec", self.id(), "systemctl", "is-system-running"])
+                .output()?;
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Ok(matches!(state.as_str(), "running" | "degraded").then_some(()))
+        })
+    }
+
+    fn copy_in(&self, from: &Path, to: &str) -> anyhow::Result<()> {
+        run(Command::new("docker")
+            .arg("cp")
+            .arg(from)
+            .arg(format!("{}:{to}", self.id())))?;
+        Ok(())
+    }
+
+    /// A property of the smr unit, as `systemctl show` gives it.
+    fn unit(&self, property: &str) -> anyhow::Result<String> {
+        Ok(self
+            .run(&["systemctl", "show", "-p", property, "--value", "smr"])?
+            .trim()
+            .to_string())
+    }
+}
+
+impl Runs for Booted {
+    fn run(&self, argv: &[&str]) -> anyhow::Result<String> {
+        run(Command::new("docker")
+            .args(["exec", "-e", "SMR_LOG=info,openraft=warn", self.id()])
+            .args(argv)
+            .stdin(Stdio::null()))
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        if let Some(id) = self.container.take() {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .output();
+    }
+}
+
+/// README's set-up command under a real systemd: install.sh, given the .deb and start flags,
+/// installs it and starts the node as `smr.service` (through `smrmgr service-install`); systemd
+/// restarts the agent when it is killed, starts it again when the machine reboots, and stops it
+/// for good with `systemctl stop`. Docker is outside this test (the node runs `--no-workloads`,
+/// a stand-in `docker` answers `info`).
+#[test]
+fn install_sh_starts_a_systemd_service_that_survives_a_crash_and_a_reboot() -> anyhow::Result<()> {
+    if let Some(why) = unsupported() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    if !Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("skipped: no Docker engine answers (`docker info` fails)");
+        return Ok(());
+    }
+    let began = Instant::now();
+    let p = prepared()?;
+    let t = Instant::now();
+    let vm = Booted::boot(&p.base_for_install_sh)?;
+    let boot_time = t.elapsed();
+    let files = tempfile::tempdir()?;
+    let docker = files.path().join("docker");
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\n# test stand-in: `docker info` answers\nexit 0\n",
+    )?;
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    vm.copy_in(&docker, "/usr/local/bin/docker")?;
+    let config = files.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: pkg\n  name: c1\nspec:\n  data:\n    installed: under-systemd\n",
+    )?;
+    vm.copy_in(&config, "/tmp/config.yaml")?;
+    vm.run(&["mkdir", "-p", "/opt/smr"])?;
+    vm.copy_in(&workspace().join("install.sh"), "/opt/smr/install.sh")?;
+    vm.copy_in(&p.deb, "/opt/smr/smr.deb")?;
+
+    let said = vm.run(&[
+        "bash",
+        "/opt/smr/install.sh",
+        "/opt/smr/smr.deb",
+        "-a",
+        "sd-node",
+        "--ip",
+        "127.0.0.1",
+        "--backend",
+        "none",
+        "--no-workloads",
+    ])?;
+    ensure!(
+        said.contains("installing and starting the smr service"),
+        "install.sh did not start the node as a service though systemd runs:\n{said}"
+    );
+    assert_eq!(vm.unit("ActiveState")?, "active");
+    assert_eq!(vm.unit("UnitFileState")?, "enabled");
+    poll(
+        "the node of smr.service to be healthy",
+        Duration::from_secs(60),
+        || healthy_alone(&vm, "sd-node"),
+    )?;
+    vm.run(&["smrctl", "apply", "-f", "/tmp/config.yaml"])?;
+
+    // The agent dies: systemd starts it again (Restart=on-failure).
+    let first: u32 = vm.unit("MainPID")?.parse()?;
+    ensure!(first != 0, "smr.service runs no process");
+    vm.run(&["bash", "-c", &format!("kill -9 {first}")])?;
+    let second = poll(
+        "systemd to restart the killed agent and the node to be healthy",
+        Duration::from_secs(60),
+        || {
+            let pid: u32 = vm.unit("MainPID")?.parse()?;
+            if pid == 0 || pid == first || healthy_alone(&vm, "sd-node")?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(pid))
+        },
+    )?;
+    assert_eq!(vm.unit("NRestarts")?, "1");
+
+    // The machine reboots: the enabled unit starts the node at boot, state and all.
+    let t = Instant::now();
+    run(Command::new("docker").args(["restart", "-t", "30", vm.id()]))?;
+    vm.wait_booted()?;
+    poll(
+        "the node to be healthy again after a reboot",
+        Duration::from_secs(60),
+        || healthy_alone(&vm, "sd-node"),
+    )?;
+    let reboot_time = t.elapsed();
+    let third: u32 = vm.unit("MainPID")?.parse()?;
+    ensure!(
+        third != 0 && third != second,
+        "no new agent after the reboot"
+    );
+    let stored = vm.run(&["smrctl", "get", "configuration/pkg/c1", "-o", "json"])?;
+    ensure!(
+        stored.contains("under-systemd"),
+        "the object did not survive the reboot: {stored}"
+    );
+
+    // `systemctl stop` stops it, and systemd does not bring it back.
+    vm.run(&["systemctl", "stop", "smr"])?;
+    assert_eq!(vm.unit("ActiveState")?, "inactive");
+    assert_eq!(vm.unit("MainPID")?, "0");
+    ensure!(
+        vm.run(&["smrctl", "nodes"]).is_err(),
+        "the agent still answers after systemctl stop"
+    );
+    println!(
+        "systemd: booted in {boot_time:.1?}, reboot to healthy {reboot_time:.1?}, total {:.1?}",
+        began.elapsed()
+    );
+    drop(vm);
     Ok(())
 }
 

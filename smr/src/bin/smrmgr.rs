@@ -767,8 +767,12 @@ fn service_install(args: StartArgs) -> anyhow::Result<ExitCode> {
         "[Unit]\nDescription=smr agent\nAfter=network-online.target docker.service\nWants=network-online.target\n\n\
          [Service]\nExecStart={} start --foreground {}\nRestart=on-failure\nRestartSec=2\nLimitNOFILE=65536\n\n\
          [Install]\nWantedBy=multi-user.target\n",
-        exe.display(),
-        flags.join(" ")
+        smr::start::systemd_exec_arg(&exe.to_string_lossy()),
+        flags
+            .iter()
+            .map(|f| smr::start::systemd_exec_arg(f))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     std::fs::write("/etc/systemd/system/smr.service", unit)
         .context("writing /etc/systemd/system/smr.service")?;
