@@ -230,6 +230,27 @@ impl VmCluster {
     }
 }
 
+/// Runs `scenario` on a cluster of `n` VMs whose agents start with `extra` arguments, given
+/// the first agent's client; on failure, prints the replicas and the end of every agent's log.
+/// Where the testbed cannot run: nothing (Ok).
+pub async fn run_scenario(
+    n: usize,
+    extra: &[&str],
+    scenario: impl AsyncFnOnce(&mut VmCluster, &Client) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(n)? else {
+        return Ok(());
+    };
+    cluster.start_all(extra).await?;
+    let client = cluster.client(0);
+    let result = scenario(&mut cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
+}
+
 /// The busybox definition the VM suites run.
 pub fn key() -> ObjectKey {
     "containers/busybox/busybox".parse().expect("key")
@@ -241,9 +262,19 @@ pub async fn all_ready(
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<ReplicaView>> {
-    let key = key();
+    ready_replicas(client, Some(&key()), n, timeout).await
+}
+
+/// Waits until there are exactly `n` replicas (of `key`, or of every object), all running and
+/// ready.
+pub async fn ready_replicas(
+    client: &Client,
+    key: Option<&ObjectKey>,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReplicaView>> {
     eventually(&format!("{n} ready replicas"), timeout, || async {
-        let replicas = client.replicas(Some(&key)).await.ok()?;
+        let replicas = client.replicas(key).await.ok()?;
         (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running"))
             .then_some(replicas)
     })
@@ -436,4 +467,73 @@ pub fn all_logs(cluster: &VmCluster) -> String {
         }
     }
     text
+}
+
+/// Addresses of a container per Docker network, as its VM's Docker shows them.
+pub fn addresses(
+    cluster: &VmCluster,
+    vm: usize,
+    name: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let out = cluster.vm(vm).docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
+        name,
+    ])?;
+    Ok(out
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Whether container `from` on VM `vm` reaches `to` (two pings).
+pub fn pings(cluster: &VmCluster, vm: usize, from: &str, to: &str) -> bool {
+    cluster
+        .vm(vm)
+        .docker(&["exec", from, "ping", "-c", "2", "-W", "2", to])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `dig @<gateway of vm> name A +short`, the addresses sorted.
+pub fn resolve(cluster: &VmCluster, vm: usize, name: &str) -> anyhow::Result<Vec<String>> {
+    let out = cluster
+        .vm(vm)
+        .run_ok("dig", &[&format!("@10.10.{vm}.1"), name, "A", "+short"])?;
+    let mut ips: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+    ips.retain(|l| !l.is_empty());
+    ips.sort();
+    Ok(ips)
+}
+
+/// The names of VM `vm`'s Docker networks, one a line (empty when they cannot be listed).
+pub fn docker_networks(vm: &Vm) -> String {
+    vm.docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .unwrap_or_default()
+}
+
+/// One replica of `net/<name>` (busybox sleeping) on node `agent`, on networks `networks` of
+/// group `net` (`cluster`: the cluster network; none: `cluster` without saying so).
+pub fn net_replica(name: &str, agent: u64, networks: &[&str]) -> String {
+    let mut s = format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 1\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n  spread:\n    spread: specific\n    agents: [{agent}]\n"
+    );
+    if !networks.is_empty() {
+        s.push_str("  networks:\n");
+        for n in networks {
+            let group = if *n == "cluster" { "internal" } else { "net" };
+            s.push_str(&format!("    - group: {group}\n      name: {n}\n"));
+        }
+    }
+    s
+}
+
+/// A network object `net/<name>` with address pool `pool` (`driver`: none, the default overlay).
+pub fn net_network(name: &str, driver: Option<&str>, pool: &str) -> String {
+    let driver = driver.map_or(String::new(), |d| format!("  driver: {d}\n"));
+    format!(
+        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n{driver}  IPV4AddressPool: {pool}\n"
+    )
 }
