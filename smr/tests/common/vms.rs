@@ -205,19 +205,7 @@ impl VmCluster {
 
     /// Prints the end of every agent's log (for failures).
     pub fn dump_logs(&self) {
-        for vm in self.testbed.vms() {
-            let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                println!("==> {} <==", entry.path().display());
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    println!("{line}");
-                }
-            }
-        }
+        dump_testbed_logs(&self.testbed, 40);
     }
 
     /// Starts agents on every VM: the first creates the cluster, the others join it.
@@ -287,17 +275,30 @@ pub fn vm_of(cluster: &VmCluster, replica: &ReplicaView) -> Vm {
 }
 
 /// Sends `text` over TCP (port 7000) from replica `from` to replica `to` through the overlay,
-/// and checks that `to` received exactly it. One listener per attempt: under load a connection
-/// may close before carrying the data; such an empty attempt is tried again.
+/// and checks that `to` received exactly it.
 pub async fn tcp_transfer(
     cluster: &VmCluster,
     from: &ReplicaView,
     to: &ReplicaView,
     text: &str,
 ) -> anyhow::Result<()> {
+    tcp_send(cluster, from, to, &format!("echo {text}"), text).await
+}
+
+/// Sends what shell command `payload` prints in replica `from` over TCP (port 7000) to replica
+/// `to` through the overlay, and checks that `to` received exactly `text`. One listener per
+/// attempt: under load a connection may close before carrying the data; such an empty attempt
+/// is tried again.
+pub async fn tcp_send(
+    cluster: &VmCluster,
+    from: &ReplicaView,
+    to: &ReplicaView,
+    payload: &str,
+    text: &str,
+) -> anyhow::Result<()> {
     let (sender, receiver) = (vm_of(cluster, from), vm_of(cluster, to));
     let to_ip = to.ip.clone().context("receiver has no IP")?;
-    let sh = format!("echo {text} | nc -w 2 {to_ip} 7000");
+    let sh = format!("{payload} | nc -w 2 {to_ip} 7000");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut listener = receiver
@@ -458,15 +459,35 @@ pub async fn write_fresh(dir: &std::path::Path, group: &str, n: usize) -> anyhow
 
 /// Every agent log of the testbed, concatenated.
 pub fn all_logs(cluster: &VmCluster) -> String {
-    let mut text = String::new();
-    for vm in cluster.testbed.vms() {
+    agent_logs(&cluster.testbed)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// Every agent log of `testbed`: its path and text.
+fn agent_logs(testbed: &Testbed) -> Vec<(PathBuf, String)> {
+    let mut logs = Vec::new();
+    for vm in testbed.vms() {
         if let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) {
             for entry in entries.flatten() {
-                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                logs.push((entry.path(), text));
             }
         }
     }
-    text
+    logs
+}
+
+/// Prints the last `n` lines of every agent log of `testbed` (for failures).
+pub fn dump_testbed_logs(testbed: &Testbed, n: usize) {
+    for (path, text) in agent_logs(testbed) {
+        let lines: Vec<&str> = text.lines().collect();
+        println!("==> {} <==", path.display());
+        for line in &lines[lines.len().saturating_sub(n)..] {
+            println!("{line}");
+        }
+    }
 }
 
 /// Addresses of a container per Docker network, as its VM's Docker shows them.
