@@ -42,3 +42,5 @@ pub use api_types::client;
 pub use pki;
 #[doc(hidden)]
 pub use smr_core::{credentials, definitions, scheduler, state};
+#[cfg(test)]
+mod fixtures;

@@ -142,8 +142,18 @@ impl Node {
 
     /// `state` with its secrets opened, for readers in this process only (never stored).
     pub fn open_secrets(&self, state: &ClusterState) -> ClusterState {
+        self.open_secrets_cached(state, &mut Default::default())
+    }
+
+    /// [`Self::open_secrets`] for a reader that opens the state pass after pass: the values
+    /// `cache` holds from the last pass are not opened again.
+    pub fn open_secrets_cached(
+        &self,
+        state: &ClusterState,
+        cache: &mut crate::secrets::SecretCache,
+    ) -> ClusterState {
         match self.cluster_key() {
-            Some(key) => crate::secrets::opened(key, state),
+            Some(key) => cache.opened(key, state),
             None => state.clone(),
         }
     }

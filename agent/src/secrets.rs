@@ -8,7 +8,9 @@
 //! deterministic, so an unchanged secret applied again is the same object and stays a no-op.
 //! A cluster without a cluster key (created before it existed) keeps secrets as they come.
 
-use crate::definitions::{Object, Spec};
+use std::collections::HashMap;
+
+use crate::definitions::{Object, ObjectKey, Spec};
 use crate::pki::{ClusterKey, PkiError, is_sealed_value};
 use crate::state::{ClusterState, Op};
 
@@ -73,38 +75,90 @@ pub fn seal_op(key: &ClusterKey, op: &mut Op) {
 /// container, the webhook check). Never to be stored. A value that does not open (not sealed,
 /// or sealed with another key) is left as it is.
 pub fn opened(key: &ClusterKey, state: &ClusterState) -> ClusterState {
-    let mut out = state.clone();
-    let keys: Vec<_> = state
-        .keyed_objects_of(crate::definitions::Kind::Secret)
-        .filter(|(_, o)| {
-            o.object
-                .spec
-                .data()
-                .is_some_and(|d| d.values().any(|v| is_sealed_value(v)))
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
+    SecretCache::default().opened(key, state)
+}
+
+/// Opened secret values kept between the passes of a reader that opens the state again and
+/// again (the replicas reconciler), keyed by place and sealed text: sealing is deterministic
+/// (AES-GCM-SIV with the place as associated data), so a sealed text at a place always opens to
+/// the same value, and a changed secret is a new sealed text, opened anew. Holds the values of
+/// the last state opened only (a secret that left it is dropped). In memory only: no `Debug`,
+/// never logged nor stored.
+#[derive(Default)]
+pub struct SecretCache {
+    /// (place, sealed text) -> plain value.
+    values: HashMap<(String, String), String>,
+}
+
+impl SecretCache {
+    /// [`opened`], opening only the values this cache does not hold yet.
+    pub fn opened(&mut self, key: &ClusterKey, state: &ClusterState) -> ClusterState {
+        self.opened_with(state, |place, sealed| key.open_value(place, sealed))
+    }
+
+    /// [`Self::opened`] with `open` opening a sealed value at its place.
+    fn opened_with(
+        &mut self,
+        state: &ClusterState,
+        mut open: impl FnMut(&str, &str) -> Result<String, PkiError>,
+    ) -> ClusterState {
+        let mut out = state.clone();
+        let keys: Vec<_> = state
+            .keyed_objects_of(crate::definitions::Kind::Secret)
+            .filter(|(_, o)| {
+                o.object
+                    .spec
+                    .data()
+                    .is_some_and(|d| d.values().any(|v| is_sealed_value(v)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut kept = HashMap::new();
+        let Ok(()) = each_value(&mut out, keys, |k, field, place, v| {
+            if !is_sealed_value(v) {
+                return Ok::<(), std::convert::Infallible>(());
+            }
+            let at = (place.to_string(), std::mem::take(v));
+            let plain = match self.values.remove(&at) {
+                Some(plain) => plain,
+                None => match open(place, &at.1) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        tracing::warn!("secret {}/{} key {field}: {e}", k.group, k.name);
+                        *v = at.1;
+                        return Ok(());
+                    }
+                },
+            };
+            v.clone_from(&plain);
+            kept.insert(at, plain);
+            Ok(())
+        });
+        self.values = kept;
+        out
+    }
+}
+
+/// Calls `f` with the key, field, place and value (which it may change) of every value of the
+/// secrets `keys` of `state`; stops at its first error.
+fn each_value<E>(
+    state: &mut ClusterState,
+    keys: Vec<ObjectKey>,
+    mut f: impl FnMut(&ObjectKey, &str, &str, &mut String) -> Result<(), E>,
+) -> Result<(), E> {
     for k in keys {
-        let Some(stored) = out.objects.get_mut(&k) else {
+        let Some(stored) = state.objects.get_mut(&k) else {
             continue;
         };
-        let (group, name) = (
-            stored.object.meta.group.clone(),
-            stored.object.meta.name.clone(),
-        );
-        if let Spec::Secret(d) = &mut stored.object.spec {
+        let object = &mut stored.object;
+        let at = format!("{}/{}", object.meta.group, object.meta.name);
+        if let Spec::Secret(d) = &mut object.spec {
             for (field, v) in d.data.iter_mut() {
-                if !is_sealed_value(v) {
-                    continue;
-                }
-                match key.open_value(&format!("{group}/{name}:{field}"), v) {
-                    Ok(plain) => *v = plain,
-                    Err(e) => tracing::warn!("secret {group}/{name} key {field}: {e}"),
-                }
+                f(&k, field, &format!("{at}:{field}"), v)?;
             }
         }
     }
-    out
+    Ok(())
 }
 
 /// The secret objects of `state` with a value not sealed with `key`, sealed: what the leader
@@ -141,33 +195,19 @@ pub fn reseal(
         .keyed_objects_of(crate::definitions::Kind::Secret)
         .map(|(k, _)| k.clone())
         .collect();
-    for k in keys {
-        let Some(stored) = state.objects.get_mut(&k) else {
-            continue;
+    each_value(state, keys, |k, field, place, v| {
+        let plain = if is_sealed_value(v) {
+            let old = old.ok_or_else(|| {
+                format!("{k} key {field} is sealed, and the key it was sealed with is not given")
+            })?;
+            old.open_value(place, v)
+                .map_err(|e: PkiError| format!("{k} key {field}: {e}"))?
+        } else {
+            v.clone()
         };
-        let (group, name) = (
-            stored.object.meta.group.clone(),
-            stored.object.meta.name.clone(),
-        );
-        if let Spec::Secret(d) = &mut stored.object.spec {
-            for (field, v) in d.data.iter_mut() {
-                let place = format!("{group}/{name}:{field}");
-                let plain = if is_sealed_value(v) {
-                    let old = old.ok_or_else(|| {
-                        format!(
-                            "{k} key {field} is sealed, and the key it was sealed with is not given"
-                        )
-                    })?;
-                    old.open_value(&place, v)
-                        .map_err(|e: PkiError| format!("{k} key {field}: {e}"))?
-                } else {
-                    v.clone()
-                };
-                *v = new.seal_value(&place, &plain);
-            }
-        }
-    }
-    Ok(())
+        *v = new.seal_value(place, &plain);
+        Ok(())
+    })
 }
 
 /// Runs until `stop`: each time this node becomes the leader, seals in one command
@@ -378,5 +418,52 @@ mod tests {
         ));
         assert_eq!(value(&opened(&new, &state)), "pw-backup");
         assert_ne!(value(&opened(&old, &state)), "pw-backup");
+    }
+
+    #[test]
+    fn a_second_pass_opens_no_value_again_and_a_changed_or_deleted_secret_is_not_kept() {
+        let key = ClusterKey::generate();
+        let mut state = ClusterState::default();
+        let other = Object::new(
+            "app",
+            "api",
+            Spec::Secret(DataSpec {
+                data: [("token".to_string(), "tok-1".to_string())].into(),
+            }),
+        );
+        apply(&mut state, &key, vec![secret("pw-1"), other]);
+        let mut cache = SecretCache::default();
+        let opens = std::cell::Cell::new(0);
+        let pass = |cache: &mut SecretCache, state: &ClusterState| {
+            cache.opened_with(state, |place, sealed| {
+                opens.set(opens.get() + 1);
+                key.open_value(place, sealed)
+            })
+        };
+
+        assert_eq!(value(&pass(&mut cache, &state)), "pw-1");
+        assert_eq!(opens.get(), 2);
+        // Nothing changed: nothing is opened, the values are the same.
+        let again = pass(&mut cache, &state);
+        assert_eq!(opens.get(), 2);
+        assert_eq!(again, opened(&key, &state));
+
+        // A changed secret is opened anew, the other one is not.
+        apply(&mut state, &key, vec![secret("pw-2")]);
+        assert_eq!(value(&pass(&mut cache, &state)), "pw-2");
+        assert_eq!(opens.get(), 3);
+        assert_eq!(cache.values.len(), 2, "the old value is dropped");
+
+        // A deleted secret leaves the cache.
+        state.apply(&Command {
+            op_id: crate::state::new_op_id(),
+            at_ms: 2,
+            op: Op::Delete {
+                keys: vec!["secret/app/api".parse().unwrap()],
+            },
+        });
+        pass(&mut cache, &state);
+        assert_eq!(opens.get(), 3);
+        assert_eq!(cache.values.len(), 1);
     }
 }

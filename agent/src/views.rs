@@ -211,17 +211,7 @@ mod tests {
     use super::*;
     use crate::definitions::{CertKeySpec, DataSpec, GitopsSpec, HttpAuthSpec, Object};
 
-    fn stored(object: Object) -> StoredObject {
-        StoredObject {
-            object,
-            generation: 1,
-            template_generation: 1,
-            revision: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            owner: None,
-        }
-    }
+    use crate::fixtures::stored;
 
     #[test]
     fn credentials_never_leave_in_api_answers() {

@@ -29,6 +29,7 @@ pub mod definitions;
 pub mod docker_names;
 pub mod networks;
 pub mod node_plan;
+pub mod node_resource;
 pub mod repo_sync;
 pub mod scheduler;
 pub mod state;

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::container::{ContainerConfig, labels};
 use crate::definitions::{ContainersSpec, Kind, Object, ObjectKey, Spec, VolumeMount, VolumeSpec};
+use crate::node_resource::{self, Action, Plan, Resource, Shown};
 use crate::state::{ClusterState, StoredObject};
 
 /// Label with the hash of a volume's driver and options ([`VolumeConfig::hash`]).
@@ -42,12 +43,6 @@ pub struct VolumeInfo {
     pub labels: BTreeMap<String, String>,
     /// Containers (by name, managed or not, in any state) that mount it.
     pub users: Vec<String>,
-}
-
-impl VolumeInfo {
-    fn managed(&self) -> bool {
-        self.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
-    }
 }
 
 /// The Docker volume name of volume object `group/name`.
@@ -164,43 +159,43 @@ pub fn named_binds(c: &ContainerConfig) -> impl Iterator<Item = &str> {
 }
 
 /// What a node does about a volume.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VolumeAction {
-    Create(VolumeConfig),
-    /// Removes a volume smr created whose object is gone (or that is recreated with new options),
-    /// only once no container mounts it.
-    Remove {
-        name: String,
-    },
-}
+pub type VolumeAction = Action<VolumeConfig>;
 
 /// The result of [`plan_volumes`].
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct VolumePlan {
-    pub actions: Vec<VolumeAction>,
-    /// Docker volumes needed on this node that are not there yet: replicas that mount one are
-    /// not created yet.
-    pub missing: BTreeMap<String, Missing>,
-}
+pub type VolumePlan = Plan<VolumeConfig>;
 
-/// Why a needed volume is not there.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Missing {
-    /// Not on its way: an action failed or something stands in the way (replicas are reported
-    /// `blocked`, else `pending`).
-    pub blocked: bool,
-    pub why: String,
-}
-
-fn on_its_way(why: String) -> Missing {
-    Missing {
-        blocked: false,
-        why,
+impl Shown for VolumeInfo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+    fn users(&self) -> &[String] {
+        &self.users
+    }
+    fn ours(&self) -> bool {
+        self.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
     }
 }
 
-fn blocked(why: String) -> Missing {
-    Missing { blocked: true, why }
+impl Resource for VolumeConfig {
+    type Shown = VolumeInfo;
+    const NOUN: &'static str = "volume";
+    const A_NOUN: &'static str = "a volume";
+    const MATCH_LABEL: &'static str = HASH;
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+    fn recreating(&self, name: &str) -> String {
+        format!("recreating volume {name} with its new options")
+    }
+    fn mismatch_in_use(&self, name: &str, users: &str) -> String {
+        format!(
+            "volume {name} on this node has other options than its object and is used by {users}"
+        )
+    }
 }
 
 /// The volume actions of a node: `needed` are the Docker volume names its replicas mount,
@@ -214,84 +209,19 @@ pub fn plan_volumes(
     observed: Result<&[VolumeInfo], &str>,
     errors: &BTreeMap<String, String>,
 ) -> VolumePlan {
-    let mut plan = VolumePlan::default();
     let objects: BTreeMap<String, VolumeConfig> = state
         .objects_of(Kind::Volume)
         .filter_map(volume_config)
         .map(|c| (c.name.clone(), c))
         .collect();
-    let observed = match observed {
-        Ok(observed) => observed,
-        Err(why) => {
-            for name in needed.iter().filter(|n| objects.contains_key(*n)) {
-                plan.missing
-                    .insert(name.clone(), blocked(format!("cannot list volumes: {why}")));
-            }
-            return plan;
-        }
-    };
-    let by_name: BTreeMap<&str, &VolumeInfo> =
-        observed.iter().map(|v| (v.name.as_str(), v)).collect();
-    for name in needed {
-        // A name no volume object has is Docker's to create with the container (as before).
-        let Some(config) = objects.get(name) else {
-            continue;
-        };
-        // After a failed action the replicas are blocked, with the error.
-        let waiting = |why: String| match errors.get(name) {
-            Some(e) => blocked(format!("{why} (last attempt: {e})")),
-            None => on_its_way(why),
-        };
-        match by_name.get(name.as_str()) {
-            None => {
-                plan.actions.push(VolumeAction::Create(config.clone()));
-                plan.missing
-                    .insert(name.clone(), waiting(format!("creating volume {name}")));
-            }
-            Some(v) if !v.managed() => {
-                plan.missing.insert(
-                    name.clone(),
-                    blocked(format!(
-                        "a volume named {name} exists on this node that smr did not create; \
-                         remove it (docker volume rm {name}) or rename the volume object"
-                    )),
-                );
-            }
-            Some(v) if v.labels.get(HASH) != config.labels.get(HASH) => {
-                if v.users.is_empty() {
-                    plan.actions
-                        .push(VolumeAction::Remove { name: name.clone() });
-                    plan.missing.insert(
-                        name.clone(),
-                        waiting(format!("recreating volume {name} with its new options")),
-                    );
-                } else {
-                    plan.missing.insert(
-                        name.clone(),
-                        blocked(format!(
-                            "volume {name} on this node has other options than its object and \
-                             is used by {}",
-                            v.users.join(", ")
-                        )),
-                    );
-                }
-            }
-            Some(_) => {}
-        }
-    }
     // smr's volumes whose object is gone.
-    for v in observed.iter().filter(|v| v.managed()) {
-        let owner = v.labels.get(labels::OWNER).map(String::as_str);
-        let gone = owner
+    let gone = |v: &VolumeInfo, _: &BTreeSet<&String>| {
+        v.labels
+            .get(labels::OWNER)
             .and_then(|o| o.parse::<ObjectKey>().ok())
-            .is_none_or(|k| !state.objects.contains_key(&k));
-        if gone && v.users.is_empty() {
-            plan.actions.push(VolumeAction::Remove {
-                name: v.name.clone(),
-            });
-        }
-    }
-    plan
+            .is_none_or(|k| !state.objects.contains_key(&k))
+    };
+    node_resource::plan(&objects, needed, observed, errors, gone)
 }
 
 /// Why deleting `keys` (gitops cascades included) is refused: a volume object among them that

@@ -451,19 +451,7 @@ async fn faults_lose_nothing_apply_nothing_twice_and_read_nothing_stale() -> any
     };
     let result = run_suite(&mut agents, began).await;
     if result.is_err() {
-        for vm in agents.testbed.vms() {
-            let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                println!("==> {} <==", entry.path().display());
-                for line in &lines[lines.len().saturating_sub(30)..] {
-                    println!("{line}");
-                }
-            }
-        }
+        common::vms::dump_testbed_logs(&agents.testbed, 30);
     }
     for i in 0..3 {
         let _ = agents.signal(i, "CONT");

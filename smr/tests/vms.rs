@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use agent::api::types::ReplicaView;
 use agent::client::Client;
-use agent::definitions::{self, ObjectKey};
+use agent::definitions::ObjectKey;
 use common::eventually;
-use common::vms::{VmCluster, all_ready, key};
+use common::vms::{VmCluster, all_ready, apply_yaml, key, run_scenario};
 
 const IMAGE: &str = "smr/busybox";
 const TAG: &str = "local";
@@ -19,13 +19,6 @@ fn busybox(replicas: u32, tag: &str) -> String {
     format!(
         "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: busybox\n  name: busybox\nspec:\n  image: {IMAGE}\n  tag: {tag}\n  replicas: {replicas}\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n"
     )
-}
-
-async fn apply(client: &Client, yaml: &str) -> anyhow::Result<()> {
-    client
-        .apply(&definitions::parse_str("test.yaml", yaml)?, false, None)
-        .await?;
-    Ok(())
 }
 
 /// One replica per VM pings one on every other VM, by IP.
@@ -60,7 +53,7 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
     };
     cluster.start_all(&[]).await?;
     let client = cluster.client(0);
-    apply(&client, &busybox(5, TAG)).await?;
+    apply_yaml(&client, &busybox(5, TAG)).await?;
     let replicas = match all_ready(&client, 5, Duration::from_secs(90)).await {
         Ok(r) => r,
         Err(e) => {
@@ -97,47 +90,8 @@ async fn replicas_run_spread_and_reach_each_other_by_ip_and_by_name() -> anyhow:
     let two = by_name["busybox-busybox-2"];
     assert_ne!(one.node, two.node, "replicas 1 and 2 run on different VMs");
     ping_matrix(&cluster, &replicas)?;
-    let receiver_vm = cluster.vm(two.node as usize - 1);
-    let sender_vm = cluster.vm(one.node as usize - 1);
-    let two_ip = two.ip.clone().expect("ip");
-    let sh = format!("hostname -i | nc -w 2 {two_ip} 7000");
-    // One listener per attempt: under load a connection may close before carrying the data;
-    // such an empty attempt is tried again, but any data that arrives must be the sender's IP.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut listener = receiver_vm
-            .docker_cmd()
-            .args(["exec", &two.name, "nc", "-l", "-p", "7000"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let sent = eventually(
-            "a TCP connection across VMs",
-            Duration::from_secs(20),
-            || {
-                let ok = sender_vm
-                    .docker(&["exec", &one.name, "sh", "-c", &sh])
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
-                async move { ok.then_some(()) }
-            },
-        )
-        .await;
-        if sent.is_err() {
-            let _ = listener.kill();
-        }
-        let received = listener.wait_with_output()?;
-        sent?;
-        let text = String::from_utf8_lossy(&received.stdout).trim().to_string();
-        if !text.is_empty() {
-            assert_eq!(text, one.ip.as_deref().unwrap_or_default());
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no data crossed the overlay in 60 s"
-        );
-        eprintln!("a connection closed before carrying data; trying again");
-    }
+    let one_ip = one.ip.clone().unwrap_or_default();
+    common::vms::tcp_send(&cluster, one, two, "hostname -i", &one_ip).await?;
 
     // smrctl exec runs in the replica on its VM, through any node, with the command's exit code.
     let mut exec = common::smrctl(&cluster.context(0));
@@ -247,7 +201,7 @@ async fn pull_from_a_registry(cluster: &VmCluster, client: &Client) -> anyhow::R
     };
     let key: ObjectKey = "containers/reg/pulled".parse()?;
     // Without credentials the registry refuses: the replicas wait and say why.
-    apply(client, &definition("")).await?;
+    apply_yaml(client, &definition("")).await?;
     eventually(
         "the replicas to report the refused pull",
         Duration::from_secs(60),
@@ -266,7 +220,7 @@ async fn pull_from_a_registry(cluster: &VmCluster, client: &Client) -> anyhow::R
     .await?;
     // With them, every node pulls it.
     let auth = "  registryAuth: (( lookup \"secret/reg/creds:auth\" ))\n";
-    apply(client, &definition(auth)).await?;
+    apply_yaml(client, &definition(auth)).await?;
     let pulled = eventually(
         "the pulled replicas to run",
         Duration::from_secs(90),
@@ -320,26 +274,19 @@ fn ids(replicas: &[ReplicaView]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_roll_repair_restart_and_reschedule() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(3)? else {
-        return Ok(());
-    };
     // Replicas of a silent node move after 8 s instead of the default 15 s.
-    cluster.start_all(&["--node-timeout", "8s"]).await?;
-    let client = cluster.client(0);
-    let result = lifecycle(&mut cluster, &client).await;
-    if result.is_err() {
-        println!("replicas: {:#?}", client.replicas(None).await);
-        cluster.dump_logs();
-    }
-    result
+    run_scenario(3, &["--node-timeout", "8s"], async |cluster, client| {
+        lifecycle(cluster, client).await
+    })
+    .await
 }
 
 async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
-    apply(client, &busybox(5, TAG)).await?;
+    apply_yaml(client, &busybox(5, TAG)).await?;
     all_ready(client, 5, Duration::from_secs(90)).await?;
 
     // Scale 5 -> 2 -> 4: the lowest indexes stay, untouched.
-    apply(client, &busybox(2, TAG)).await?;
+    apply_yaml(client, &busybox(2, TAG)).await?;
     let two = all_ready(client, 2, Duration::from_secs(60)).await?;
     let names: Vec<&str> = two.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["busybox-busybox-1", "busybox-busybox-2"]);
@@ -349,7 +296,7 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
         || async { (containers_on_vms(cluster).ok()?.len() == 2).then_some(()) },
     )
     .await?;
-    apply(client, &busybox(4, TAG)).await?;
+    apply_yaml(client, &busybox(4, TAG)).await?;
     let four = all_ready(client, 4, Duration::from_secs(60)).await?;
     for (name, id) in ids(&two) {
         assert_eq!(
@@ -363,7 +310,7 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
     for vm in cluster.testbed.vms() {
         vm.docker_ok(&["tag", &format!("{IMAGE}:{TAG}"), &format!("{IMAGE}:v2")])?;
     }
-    apply(client, &busybox(4, "v2")).await?;
+    apply_yaml(client, &busybox(4, "v2")).await?;
     let key = key();
     let mut lowest_ready = usize::MAX;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -409,7 +356,7 @@ async fn lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<(
 
     // A container that exits non-zero is restarted, with backoff, and shows it.
     let crasher = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: crash\n  name: crasher\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 1\n  entrypoint: [\"sh\", \"-c\", \"echo crashing; exit 3\"]\n";
-    apply(client, crasher).await?;
+    apply_yaml(client, crasher).await?;
     let crash_key: ObjectKey = "containers/crash/crasher".parse()?;
     let crashed = eventually(
         "the crashing replica to be restarted twice",
@@ -505,21 +452,14 @@ fn overlay_entries(vm: &smr_tests::testbed::Vm) -> anyhow::Result<(String, Strin
 /// the wireguard capture check in `vms_wireguard.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlay_and_dns_follow_nodes_and_replicas() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(3)? else {
-        return Ok(());
-    };
-    cluster.start_all(&["--backend", "vxlan"]).await?;
-    let client = cluster.client(0);
-    let result = network_lifecycle(&mut cluster, &client).await;
-    if result.is_err() {
-        println!("replicas: {:#?}", client.replicas(None).await);
-        cluster.dump_logs();
-    }
-    result
+    run_scenario(3, &["--backend", "vxlan"], async |cluster, client| {
+        network_lifecycle(cluster, client).await
+    })
+    .await
 }
 
 async fn network_lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::Result<()> {
-    apply(client, &busybox(3, TAG)).await?;
+    apply_yaml(client, &busybox(3, TAG)).await?;
     let replicas = all_ready(client, 3, Duration::from_secs(90)).await?;
 
     // VXLAN carries container traffic in clear over the underlay: a capture of the underlay
@@ -583,7 +523,7 @@ async fn network_lifecycle(cluster: &mut VmCluster, client: &Client) -> anyhow::
     );
 
     // Scaling down removes the record on every node.
-    apply(client, &busybox(2, TAG)).await?;
+    apply_yaml(client, &busybox(2, TAG)).await?;
     for (i, gw) in gateways.iter().enumerate() {
         let vm = cluster.vm(i);
         eventually(
@@ -672,7 +612,7 @@ async fn seed_scenario_on_two_vms_with_host_gw() -> anyhow::Result<()> {
         "  replicas: 2\n",
         "  replicas: 2\n  spread:\n    spread: uniform\n",
     );
-    apply(&client, &seed).await?;
+    apply_yaml(&client, &seed).await?;
     let replicas = all_ready(&client, 2, Duration::from_secs(90)).await?;
     assert_ne!(
         replicas[0].node, replicas[1].node,
@@ -860,17 +800,10 @@ fn inspect_replicas(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn apply_waits_for_readiness_and_dependencies_templates_logs_and_exec() -> anyhow::Result<()>
 {
-    let Some(mut cluster) = VmCluster::start(3)? else {
-        return Ok(());
-    };
-    cluster.start_all(&[]).await?;
-    let client = cluster.client(0);
-    let result = app_lifecycle(&cluster, &client).await;
-    if result.is_err() {
-        println!("replicas: {:#?}", client.replicas(None).await);
-        cluster.dump_logs();
-    }
-    result
+    run_scenario(3, &[], async |cluster, client| {
+        app_lifecycle(cluster, client).await
+    })
+    .await
 }
 
 async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
@@ -942,7 +875,7 @@ async fn app_lifecycle(cluster: &VmCluster, client: &Client) -> anyhow::Result<(
     // Changing the configuration web reads rolls web, one replica at a time; db, which does
     // not read it, keeps its containers.
     let settings = "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: app\n  name: settings\nspec:\n  data:\n    greeting: bonjour\n";
-    crate::apply(client, settings).await?;
+    apply_yaml(client, settings).await?;
     let before = ids(&web);
     let lowest_ready = std::cell::Cell::new(usize::MAX);
     let rolled = eventually(
@@ -1133,7 +1066,7 @@ fn on_terminal(line: &str) -> anyhow::Result<(String, bool)> {
 /// `smrctl logs -f` streams as the container writes and ends with it; `smrctl exec -i/-it`
 /// carries stdin, a TTY and the exit code, directly and through a relaying node.
 async fn streams(cluster: &VmCluster, client: &Client, web: &[ReplicaView]) -> anyhow::Result<()> {
-    apply(client, TALKER).await?;
+    apply_yaml(client, TALKER).await?;
     let talker_key: ObjectKey = "containers/app/talker".parse()?;
     let talker = eventually("the talker to run", Duration::from_secs(30), || async {
         let r = client.replicas(Some(&talker_key)).await.ok()?;

@@ -17,118 +17,37 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent::client::Client;
-use agent::definitions::{self, ObjectKey};
+use agent::definitions::ObjectKey;
 use common::eventually;
-use common::vms::VmCluster;
-
-const IMAGE: &str = "smr/busybox";
-const TAG: &str = "local";
-
-fn bridge(name: &str, subnet: &str) -> String {
-    format!(
-        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  driver: bridge\n  ipv4addresspool: {subnet}\n"
-    )
-}
-
-fn overlay(name: &str, pool: &str) -> String {
-    format!(
-        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  IPV4AddressPool: {pool}\n"
-    )
-}
-
-/// One replica of `net/<name>` on node `agent`, on `networks` (all of group `net`).
-fn replica(name: &str, agent: u64, networks: &[&str]) -> String {
-    let mut s = format!(
-        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  image: {IMAGE}\n  tag: {TAG}\n  replicas: 1\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n  spread:\n    spread: specific\n    agents: [{agent}]\n  networks:\n"
-    );
-    for n in networks {
-        s.push_str(&format!("    - group: net\n      name: {n}\n"));
-    }
-    s
-}
+use common::vms::{
+    VmCluster, addresses, apply_yaml, docker_networks, net_network, net_replica, pings,
+    ready_replicas, resolve, run_scenario,
+};
 
 fn key(text: &str) -> ObjectKey {
     text.parse().expect("key")
 }
 
-/// Addresses of a container per Docker network, as its VM's Docker shows them.
-fn addresses(
-    cluster: &VmCluster,
-    vm: usize,
-    name: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let out = cluster.vm(vm).docker_ok(&[
-        "inspect",
-        "-f",
-        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
-        name,
-    ])?;
-    Ok(out
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
-
-fn pings(cluster: &VmCluster, vm: usize, from: &str, to: &str) -> bool {
-    cluster
-        .vm(vm)
-        .docker(&["exec", from, "ping", "-c", "2", "-W", "2", to])
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// `dig @<gateway of vm> name A +short`, the addresses sorted.
-fn resolve(cluster: &VmCluster, vm: usize, name: &str) -> anyhow::Result<Vec<String>> {
-    let out = cluster
-        .vm(vm)
-        .run_ok("dig", &[&format!("@10.10.{vm}.1"), name, "A", "+short"])?;
-    let mut ips: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
-    ips.retain(|l| !l.is_empty());
-    ips.sort();
-    Ok(ips)
-}
-
-fn docker_networks(cluster: &VmCluster, vm: usize) -> String {
-    cluster
-        .vm(vm)
-        .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bridge_networks_stay_on_their_node_and_overlay_networks_reach_out() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(3)? else {
-        return Ok(());
-    };
-    cluster.start_all(&["--backend", "vxlan"]).await?;
-    let client = cluster.client(0);
-    let result = scenario(&cluster, &client).await;
-    if result.is_err() {
-        println!("replicas: {:#?}", client.replicas(None).await);
-        cluster.dump_logs();
-    }
-    result
+    run_scenario(3, &["--backend", "vxlan"], async |cluster, client| {
+        scenario(cluster, client).await
+    })
+    .await
 }
 
 async fn scenario(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
     let yaml = [
-        bridge("local", "172.30.0.0/24"),
-        overlay("front", "10.20.0.0/16"),
-        replica("a", 1, &["local"]),
-        replica("b", 1, &["local"]),
-        replica("c", 2, &["local"]),
-        replica("f", 2, &["front"]),
+        net_network("local", Some("bridge"), "172.30.0.0/24"),
+        net_network("front", None, "10.20.0.0/16"),
+        net_replica("a", 1, &["local"]),
+        net_replica("b", 1, &["local"]),
+        net_replica("c", 2, &["local"]),
+        net_replica("f", 2, &["front"]),
     ]
     .join("---\n");
-    client
-        .apply(&definitions::parse_str("bridge.yaml", &yaml)?, false, None)
-        .await?;
-    eventually("4 ready replicas", Duration::from_secs(120), || async {
-        let r = client.replicas(None).await.ok()?;
-        (r.len() == 4 && r.iter().all(|r| r.ready && r.state == "running")).then_some(())
-    })
-    .await?;
+    apply_yaml(client, &yaml).await?;
+    ready_replicas(client, None, 4, Duration::from_secs(120)).await?;
 
     // The bridge network exists where a replica joins it, with its subnet; not on VM 3.
     let a = addresses(cluster, 0, "net-a-1")?;
@@ -144,9 +63,9 @@ async fn scenario(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
     ] {
         assert!(ip.starts_with("172.30.0."), "{a:?} {b:?} {c:?}");
     }
-    assert!(docker_networks(cluster, 0).contains("smr.net.local"));
-    assert!(docker_networks(cluster, 1).contains("smr.net.local"));
-    assert!(!docker_networks(cluster, 2).contains("smr.net.local"));
+    assert!(docker_networks(cluster.vm(0)).contains("smr.net.local"));
+    assert!(docker_networks(cluster.vm(1)).contains("smr.net.local"));
+    assert!(!docker_networks(cluster.vm(2)).contains("smr.net.local"));
 
     // On VM 1: by IP, and by name through VM 1's DNS.
     eventually("a to reach b by IP", Duration::from_secs(30), || async {
@@ -261,7 +180,7 @@ async fn scenario(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
         eventually(
             &format!("vm{} to drop network local", vm + 1),
             Duration::from_secs(60),
-            || async { (!docker_networks(cluster, vm).contains("smr.net.local")).then_some(()) },
+            || async { (!docker_networks(cluster.vm(vm)).contains("smr.net.local")).then_some(()) },
         )
         .await?;
     }

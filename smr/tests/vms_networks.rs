@@ -10,129 +10,46 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent::client::Client;
-use agent::definitions::{self, ObjectKey};
+use agent::definitions::ObjectKey;
 use common::eventually;
-use common::vms::VmCluster;
-
-const IMAGE: &str = "smr/busybox";
-const TAG: &str = "local";
-
-fn network(name: &str, pool: &str) -> String {
-    format!(
-        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  driver: overlay\n  IPV4AddressPool: {pool}\n"
-    )
-}
-
-/// One replica of `net/<name>` on node `agent`, on `networks` (none: `cluster`).
-fn replica(name: &str, agent: u64, networks: &[&str]) -> String {
-    let mut s = format!(
-        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  image: {IMAGE}\n  tag: {TAG}\n  replicas: 1\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n  spread:\n    spread: specific\n    agents: [{agent}]\n"
-    );
-    if !networks.is_empty() {
-        s.push_str("  networks:\n");
-        for n in networks {
-            let group = if *n == "cluster" { "internal" } else { "net" };
-            s.push_str(&format!("    - group: {group}\n      name: {n}\n"));
-        }
-    }
-    s
-}
+use common::vms::{
+    VmCluster, addresses, apply_yaml, docker_networks, net_network, net_replica, pings,
+    ready_replicas, resolve, run_scenario,
+};
 
 fn key(text: &str) -> ObjectKey {
     text.parse().expect("key")
 }
 
-/// Addresses of a container per Docker network, as its VM's Docker shows them.
-fn addresses(
-    cluster: &VmCluster,
-    vm: usize,
-    name: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let out = cluster.vm(vm).docker_ok(&[
-        "inspect",
-        "-f",
-        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
-        name,
-    ])?;
-    Ok(out
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
-
-fn pings(cluster: &VmCluster, vm: usize, from: &str, to: &str) -> bool {
-    cluster
-        .vm(vm)
-        .docker(&["exec", from, "ping", "-c", "2", "-W", "2", to])
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// `dig @<gateway of vm> name A +short`, the addresses sorted.
-fn resolve(cluster: &VmCluster, vm: usize, name: &str) -> anyhow::Result<Vec<String>> {
-    let out = cluster
-        .vm(vm)
-        .run_ok("dig", &[&format!("@10.10.{vm}.1"), name, "A", "+short"])?;
-    let mut ips: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
-    ips.retain(|l| !l.is_empty());
-    ips.sort();
-    Ok(ips)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlay_networks_carry_isolate_resolve_and_go() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(3)? else {
-        return Ok(());
-    };
-    cluster.start_all(&["--backend", "vxlan"]).await?;
-    let client = cluster.client(0);
-    let result = scenario(&cluster, &client).await;
-    if result.is_err() {
-        println!("replicas: {:#?}", client.replicas(None).await);
-        cluster.dump_logs();
-    }
-    result
+    run_scenario(3, &["--backend", "vxlan"], async |cluster, client| {
+        scenario(cluster, client).await
+    })
+    .await
 }
 
 /// The same on the wireguard backend (the default): the slices travel as the peers' allowed IPs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlay_networks_on_wireguard() -> anyhow::Result<()> {
-    let Some(mut cluster) = VmCluster::start(3)? else {
-        return Ok(());
-    };
-    cluster.start_all(&[]).await?;
-    let client = cluster.client(0);
-    let result = scenario(&cluster, &client).await;
-    if result.is_err() {
-        println!("replicas: {:#?}", client.replicas(None).await);
-        cluster.dump_logs();
-    }
-    result
+    run_scenario(3, &[], async |cluster, client| {
+        scenario(cluster, client).await
+    })
+    .await
 }
 
 async fn scenario(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
     let yaml = [
-        network("front", "10.20.0.0/16"),
-        network("back", "10.21.0.0/16"),
-        replica("both", 1, &["front", "back"]),
-        replica("fonly", 2, &["front"]),
-        replica("bonly", 3, &["back"]),
-        replica("conly", 3, &[]),
+        net_network("front", Some("overlay"), "10.20.0.0/16"),
+        net_network("back", Some("overlay"), "10.21.0.0/16"),
+        net_replica("both", 1, &["front", "back"]),
+        net_replica("fonly", 2, &["front"]),
+        net_replica("bonly", 3, &["back"]),
+        net_replica("conly", 3, &[]),
     ]
     .join("---\n");
-    client
-        .apply(
-            &definitions::parse_str("networks.yaml", &yaml)?,
-            false,
-            None,
-        )
-        .await?;
-    eventually("4 ready replicas", Duration::from_secs(120), || async {
-        let r = client.replicas(None).await.ok()?;
-        (r.len() == 4 && r.iter().all(|r| r.ready && r.state == "running")).then_some(())
-    })
-    .await?;
+    apply_yaml(client, &yaml).await?;
+    ready_replicas(client, None, 4, Duration::from_secs(120)).await?;
 
     // Each replica is on the networks it asked for, on its node's slice of each pool.
     let both = addresses(cluster, 0, "net-both-1")?;
@@ -280,11 +197,11 @@ async fn scenario(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
             &format!("vm{} to drop network back", vm + 1),
             Duration::from_secs(60),
             || {
-                let networks = v.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+                let networks = docker_networks(&v);
                 let routes = v.run_ok("ip", &["route", "show", "10.21.0.0/16"]);
                 let rules = v.run_ok("iptables", &["-S", "SMR-NETS"]);
                 async move {
-                    let (networks, routes, rules) = (networks.ok()?, routes.ok()?, rules.ok()?);
+                    let (routes, rules) = (routes.ok()?, rules.ok()?);
                     (networks.contains("smr.net.front")
                         && !networks.contains("smr.net.back")
                         && routes.trim().is_empty()
@@ -317,9 +234,7 @@ async fn scenario(cluster: &VmCluster, client: &Client) -> anyhow::Result<()> {
                     .run("iptables", &["-S", "SMR-NETS"])
                     .map(|o| o.status.success())
                     .unwrap_or(true);
-                let networks = v
-                    .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
-                    .unwrap_or_default();
+                let networks = docker_networks(&v);
                 async move { (gone && !networks.contains("smr.net.")).then_some(()) }
             },
         )

@@ -8,23 +8,14 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::{AppState, ClientIdentity};
-use crate::pki::{PeerIdentity, Role};
+use crate::pki::Role;
 
 pub(super) async fn backup(
     State(node): AppState,
     Extension(who): Extension<ClientIdentity>,
 ) -> Result<Response, ApiError> {
-    if !matches!(
-        who.0,
-        Some(PeerIdentity {
-            role: Role::Admin,
-            ..
-        })
-    ) {
-        return Err(ApiError::Forbidden(
-            "a backup holds every secret: only admin certificates may take one".into(),
-        ));
-    }
+    let why = "a backup holds every secret: only admin certificates may take one";
+    super::require_role(&who, Role::Admin, why)?;
     let bytes = node.backup().await?;
     Ok((
         [

@@ -267,14 +267,18 @@ pub async fn require_node(
     req: Request,
     next: Next,
 ) -> Response {
-    match who.0 {
-        Some(PeerIdentity {
-            role: Role::Node, ..
-        }) => next.run(req).await,
-        _ => {
-            ApiError::Forbidden("only cluster nodes (node certificates) may call this route".into())
-                .into_response()
-        }
+    let why = "only cluster nodes (node certificates) may call this route";
+    match require_role(&who, Role::Node, why) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Refuses (forbidden, saying `why`) a client whose certificate is not of `role`.
+pub(crate) fn require_role(who: &ClientIdentity, role: Role, why: &str) -> Result<(), ApiError> {
+    match &who.0 {
+        Some(PeerIdentity { role: r, .. }) if *r == role => Ok(()),
+        _ => Err(ApiError::Forbidden(why.into())),
     }
 }
 

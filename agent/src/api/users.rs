@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::types::{UserCertRequest, UserCertResponse};
 use super::{AppState, ClientIdentity, parse_json, read_body};
 use crate::node::Node;
-use crate::pki::{PeerIdentity, Role};
+use crate::pki::Role;
 
 pub(super) fn router() -> Router<Arc<Node>> {
     Router::new()
@@ -28,14 +28,10 @@ async fn require_admin(
     req: Request,
     next: Next,
 ) -> Response {
-    match who.0 {
-        Some(PeerIdentity {
-            role: Role::Admin, ..
-        }) => next.run(req).await,
-        _ => ApiError::Forbidden(
-            "only admin certificates may have certificates signed for users".into(),
-        )
-        .into_response(),
+    let why = "only admin certificates may have certificates signed for users";
+    match super::require_role(&who, Role::Admin, why) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
 }
 

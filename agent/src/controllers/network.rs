@@ -422,55 +422,19 @@ mod tests {
 
     #[test]
     fn bridge_network_names_are_answered_by_the_replica_s_node_only() {
-        use smr_core::definitions::{Kind, Meta, NetworkSpec, Object, Spec};
-        use smr_core::scheduler::{Placement, ReplicaSlot};
-        use smr_core::state::{NodeReport, ReplicaReport, StoredObject};
+        use smr_core::definitions::{ContainersSpec, NetworkSpec, Object, Spec};
+        use smr_core::state::{NodeReport, ReplicaReport};
         let mut s = state(vec![
             record(1, "10.0.0.1", None, "10.10.0.0/24"),
             record(2, "10.0.0.2", None, "10.10.1.0/24"),
         ]);
-        let stored = |kind, name: &str, spec| StoredObject {
-            object: Object {
-                kind,
-                prefix: "simplecontainer.io/v1".into(),
-                meta: Meta {
-                    group: "g".into(),
-                    name: name.into(),
-                    labels: Default::default(),
-                },
-                spec,
-            },
-            generation: 1,
-            template_generation: 1,
-            revision: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            owner: None,
+        let network = NetworkSpec {
+            driver: Some("bridge".into()),
+            ipv4_address_pool: Some("172.30.0.0/24".into()),
         };
-        let network = stored(
-            Kind::Network,
-            "local",
-            Spec::Network(NetworkSpec {
-                driver: Some("bridge".into()),
-                ipv4_address_pool: Some("172.30.0.0/24".into()),
-            }),
-        );
-        let web = stored(Kind::Containers, "web", Spec::Containers(Box::default()));
-        let key = web.object.key();
-        s.objects.insert(network.object.key(), network);
-        s.objects.insert(key.clone(), web);
-        let slot = ReplicaSlot {
-            node: 1,
-            generation: 1,
-            surge: false,
-            previous: None,
-        };
-        s.placements.insert(
-            key.clone(),
-            Placement {
-                replicas: [(1, slot)].into(),
-            },
-        );
+        crate::fixtures::put(&mut s, Object::new("g", "local", Spec::Network(network)));
+        let web = Object::new("g", "web", ContainersSpec::default());
+        let key = crate::fixtures::put_placed(&mut s, web, 1, 1);
         let report = ReplicaReport {
             key,
             index: 1,

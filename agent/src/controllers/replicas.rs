@@ -59,6 +59,7 @@ pub async fn run<R: Runtime>(
     let mut last_sent: Option<(u64, Vec<ReplicaReport>)> = None;
     let mut wake_at: Option<u64> = None;
     let mut follower = Follower::new();
+    let mut secrets = crate::secrets::SecretCache::default();
     // A full pass at least this often even while changes keep waking the loop.
     let mut full_due = Instant::now();
     loop {
@@ -90,8 +91,9 @@ pub async fn run<R: Runtime>(
             }
         };
         let started = Instant::now();
-        // Secrets opened in memory for rendering only.
-        let opened = node.open_secrets(&state);
+        // Secrets opened in memory for rendering only (a value unchanged since the last pass is
+        // not opened again).
+        let opened = node.open_secrets_cached(&state, &mut secrets);
         let (replicas, next_wake) = executor.pass(&opened, &observed, now_ms()).await;
         crate::metrics::reconcile_pass(started.elapsed());
         wake_at = next_wake;

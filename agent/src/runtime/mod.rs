@@ -49,6 +49,20 @@ pub enum RuntimeError {
     Docker(String),
 }
 
+/// The address `field` gives of container `c` on each of its Docker networks, by network name
+/// (a network where it gives none, or not an IPv4 address, is left out).
+fn per_network<C: FromIterator<(String, std::net::Ipv4Addr)>>(
+    c: &bollard::models::ContainerInspectResponse,
+    field: fn(&bollard::models::EndpointSettings) -> Option<&str>,
+) -> C {
+    c.network_settings
+        .iter()
+        .filter_map(|n| n.networks.as_ref())
+        .flatten()
+        .filter_map(|(name, ep)| Some((name.clone(), field(ep)?.parse().ok()?)))
+        .collect()
+}
+
 pub fn docker_error(context: &str, e: bollard::errors::Error) -> RuntimeError {
     match &e {
         bollard::errors::Error::DockerResponseServerError {
@@ -284,19 +298,8 @@ impl DockerRuntime {
         else {
             return Ok(());
         };
-        let gateways: HashMap<String, std::net::Ipv4Addr> = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .map(|networks| {
-                networks
-                    .iter()
-                    .filter_map(|(name, ep)| {
-                        Some((name.clone(), ep.gateway.as_deref()?.parse().ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let gateways: HashMap<String, std::net::Ipv4Addr> =
+            per_network(&c, |ep| ep.gateway.as_deref());
         // `name=` (Docker's own `bridge`, whose range is Docker's): a gateway, no range route.
         let mut routes: Vec<(Option<ipnet::Ipv4Net>, std::net::Ipv4Addr)> = Vec::new();
         for entry in wanted.split(',') {
@@ -341,19 +344,7 @@ impl DockerRuntime {
             .map_err(|e| docker_error(id, e))?;
         let state = c.state.clone().unwrap_or_default();
         let status = state.status.map(|s| s.to_string()).unwrap_or_default();
-        let ips = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .map(|networks| {
-                networks
-                    .iter()
-                    .filter_map(|(name, ep)| {
-                        Some((name.clone(), ep.ip_address.as_deref()?.parse().ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ips = per_network(&c, |ep| ep.ip_address.as_deref());
         Ok(ContainerInfo {
             id: c.id.clone().unwrap_or_default(),
             name: c

@@ -11,8 +11,8 @@ use ipnet::Ipv4Net;
 
 use super::{BRIDGE_LABEL, BridgeNetwork, SUBNET_LABEL, bridge_networks};
 use crate::container::{ContainerConfig, labels};
+use crate::node_resource::{self, Action, Plan, Resource, Shown};
 use crate::state::ClusterState;
-use crate::volume::Missing;
 
 /// What Docker needs to create one bridge network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,24 +67,46 @@ pub fn joined(c: &ContainerConfig) -> impl Iterator<Item = &str> {
         .map(String::as_str)
 }
 
-/// What a node does about a bridge network.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NetworkAction {
-    Create(BridgeConfig),
-    /// Removes a bridge network smr created that no replica here needs (or that is recreated on
-    /// a new subnet), only once no container uses it.
-    Remove {
-        name: String,
-    },
-}
+/// What a node does about a bridge network. A removal is of a bridge network smr created that
+/// no replica here needs (or that is recreated on a new subnet).
+pub type NetworkAction = Action<BridgeConfig>;
 
 /// The result of [`plan_bridges`].
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct BridgePlan {
-    pub actions: Vec<NetworkAction>,
-    /// Bridge networks needed on this node that are not there yet: replicas that join one are
-    /// not created yet.
-    pub missing: BTreeMap<String, Missing>,
+pub type BridgePlan = Plan<BridgeConfig>;
+
+impl Shown for NetworkInfo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+    fn users(&self) -> &[String] {
+        &self.users
+    }
+    fn ours(&self) -> bool {
+        NetworkInfo::ours(self)
+    }
+}
+
+impl Resource for BridgeConfig {
+    type Shown = NetworkInfo;
+    const NOUN: &'static str = "network";
+    const A_NOUN: &'static str = "a Docker network";
+    const MATCH_LABEL: &'static str = SUBNET_LABEL;
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+    fn recreating(&self, name: &str) -> String {
+        format!("recreating network {name} on {}", self.subnet)
+    }
+    fn mismatch_in_use(&self, name: &str, users: &str) -> String {
+        format!(
+            "network {name} on this node is on another subnet than {} and is used by {users}",
+            self.subnet
+        )
+    }
 }
 
 /// The bridge network actions of a node: `needed` are the Docker networks its replicas join,
@@ -97,82 +119,11 @@ pub fn plan_bridges(
     observed: Result<&[NetworkInfo], &str>,
     errors: &BTreeMap<String, String>,
 ) -> BridgePlan {
-    let mut plan = BridgePlan::default();
     let objects: BTreeMap<String, BridgeConfig> = bridge_networks(state)
         .iter()
         .map(|n| (n.docker_name(), bridge_config(n)))
         .collect();
-    let needed: BTreeSet<&String> = needed.iter().filter(|n| objects.contains_key(*n)).collect();
-    let blocked = |why: String| Missing { blocked: true, why };
-    let observed = match observed {
-        Ok(observed) => observed,
-        Err(why) => {
-            for name in needed {
-                plan.missing.insert(
-                    name.clone(),
-                    blocked(format!("cannot list networks: {why}")),
-                );
-            }
-            return plan;
-        }
-    };
-    let by_name: BTreeMap<&str, &NetworkInfo> =
-        observed.iter().map(|n| (n.name.as_str(), n)).collect();
-    for name in &needed {
-        let config = &objects[*name];
-        let waiting = |why: String| match errors.get(*name) {
-            Some(e) => blocked(format!("{why} (last attempt: {e})")),
-            None => Missing {
-                blocked: false,
-                why,
-            },
-        };
-        match by_name.get(name.as_str()) {
-            None => {
-                plan.actions.push(NetworkAction::Create(config.clone()));
-                plan.missing
-                    .insert((*name).clone(), waiting(format!("creating network {name}")));
-            }
-            Some(n) if !n.ours() => {
-                plan.missing.insert(
-                    (*name).clone(),
-                    blocked(format!(
-                        "a Docker network named {name} exists on this node that smr did not \
-                         create; remove it (docker network rm {name}) or rename the network object"
-                    )),
-                );
-            }
-            Some(n) if n.labels.get(SUBNET_LABEL) != config.labels.get(SUBNET_LABEL) => {
-                if n.users.is_empty() {
-                    plan.actions.push(NetworkAction::Remove {
-                        name: (*name).clone(),
-                    });
-                    plan.missing.insert(
-                        (*name).clone(),
-                        waiting(format!("recreating network {name} on {}", config.subnet)),
-                    );
-                } else {
-                    plan.missing.insert(
-                        (*name).clone(),
-                        blocked(format!(
-                            "network {name} on this node is on another subnet than {} and is \
-                             used by {}",
-                            config.subnet,
-                            n.users.join(", ")
-                        )),
-                    );
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    // smr's bridge networks no replica here needs: removed once unused.
-    for n in observed.iter().filter(|n| n.ours()) {
-        if !needed.contains(&n.name) && n.users.is_empty() {
-            plan.actions.push(NetworkAction::Remove {
-                name: n.name.clone(),
-            });
-        }
-    }
-    plan
+    // Bridge networks hold no data: one no replica here needs goes.
+    let not_needed = |n: &NetworkInfo, needed: &BTreeSet<&String>| !needed.contains(&n.name);
+    node_resource::plan(&objects, needed, observed, errors, not_needed)
 }

@@ -79,6 +79,47 @@ fn cluster(backend: &str) -> ClusterState {
     s
 }
 
+/// A vxlan cluster (see [`cluster`]) holding `docs`.
+fn cluster_with(docs: &[String]) -> ClusterState {
+    let mut s = cluster("vxlan");
+    apply(&mut s, &docs.join("---\n")).unwrap();
+    s
+}
+
+/// Overlay networks `g/front` (10.20.0.0/16) and `g/back` (10.21.0.0/16).
+fn front() -> String {
+    network("g", "front", "10.20.0.0/16")
+}
+
+fn back() -> String {
+    network("g", "back", "10.21.0.0/16")
+}
+
+/// The spec of the first `containers` definition of `yaml`.
+fn containers_spec(yaml: &str) -> ContainersSpec {
+    let Spec::Containers(c) = objects(yaml).remove(0).spec else {
+        unreachable!()
+    };
+    *c
+}
+
+fn key(kind: Kind, group: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        group: group.into(),
+        name: name.into(),
+        prefix: None,
+    }
+}
+
+/// Applying `yaml` is refused (the reason is returned) and nothing is stored.
+fn refused(s: &mut ClusterState, yaml: &str) -> String {
+    let before = s.revision;
+    let e = apply(s, yaml).unwrap_err();
+    assert_eq!(s.revision, before, "nothing stored for {yaml}");
+    e
+}
+
 fn apply(s: &mut ClusterState, yaml: &str) -> Result<(), String> {
     match run(
         s,
@@ -93,15 +134,7 @@ fn apply(s: &mut ClusterState, yaml: &str) -> Result<(), String> {
 }
 
 fn delete(s: &mut ClusterState, keys: &[(Kind, &str, &str)]) -> Result<(), String> {
-    let keys = keys
-        .iter()
-        .map(|(kind, g, n)| ObjectKey {
-            kind: *kind,
-            group: g.to_string(),
-            name: n.to_string(),
-            prefix: None,
-        })
-        .collect();
+    let keys = keys.iter().map(|(kind, g, n)| key(*kind, g, n)).collect();
     match run(s, Op::Delete { keys }) {
         CommandResult::Rejected { reason } => Err(reason),
         _ => Ok(()),
@@ -137,16 +170,7 @@ fn slices_follow_the_leases() {
 
 #[test]
 fn every_node_gets_its_own_slice_of_every_network() {
-    let mut s = cluster("vxlan");
-    apply(
-        &mut s,
-        &format!(
-            "{}---\n{}",
-            network("g", "front", "10.20.0.0/16"),
-            network("g", "back", "10.21.0.0/16")
-        ),
-    )
-    .unwrap();
+    let s = cluster_with(&[front(), back()]);
     let mine: Vec<(String, String, String)> = node_networks(&s, 2)
         .into_iter()
         .map(|n| {
@@ -184,12 +208,6 @@ fn every_node_gets_its_own_slice_of_every_network() {
 #[test]
 fn network_objects_are_checked_before_anything_is_stored() {
     let mut s = cluster("vxlan");
-    let refused = |s: &mut ClusterState, yaml: &str| {
-        let before = s.revision;
-        let e = apply(s, yaml).unwrap_err();
-        assert_eq!(s.revision, before, "nothing stored for {yaml}");
-        e
-    };
     assert_eq!(
         refused(
             &mut s,
@@ -302,7 +320,7 @@ fn containers_may_name_only_networks_that_exist() {
         &format!(
             "{}---\n{}",
             containers("g", "web", &[("g", "front"), ("internal", "cluster")]),
-            network("g", "front", "10.20.0.0/16")
+            front()
         ),
     )
     .unwrap();
@@ -311,18 +329,12 @@ fn containers_may_name_only_networks_that_exist() {
 
 #[test]
 fn deleting_a_used_network_is_refused_naming_the_users() {
-    let mut s = cluster("vxlan");
-    apply(
-        &mut s,
-        &[
-            network("g", "front", "10.20.0.0/16"),
-            network("g", "back", "10.21.0.0/16"),
-            containers("g", "web", &[("g", "front"), ("g", "back")]),
-            containers("h", "db", &[("g", "back")]),
-        ]
-        .join("---\n"),
-    )
-    .unwrap();
+    let mut s = cluster_with(&[
+        front(),
+        back(),
+        containers("g", "web", &[("g", "front"), ("g", "back")]),
+        containers("h", "db", &[("g", "back")]),
+    ]);
     let before = s.revision;
     assert_eq!(
         delete(&mut s, &[(Kind::Network, "g", "back")]).unwrap_err(),
@@ -359,22 +371,10 @@ fn deleting_a_used_network_is_refused_naming_the_users() {
 
 #[test]
 fn replicas_join_their_networks_in_order_the_first_carries_the_default_route() {
-    let mut s = cluster("vxlan");
-    apply(
-        &mut s,
-        &[
-            network("g", "front", "10.20.0.0/16"),
-            network("g", "back", "10.21.0.0/16"),
-        ]
-        .join("---\n"),
-    )
-    .unwrap();
+    let s = cluster_with(&[front(), back()]);
     let nets = overlay_networks(&s);
     let joined = |yaml: &str| -> Vec<String> {
-        let Spec::Containers(c) = &objects(yaml)[0].spec else {
-            unreachable!()
-        };
-        attachments_among(c, &nets, &[])
+        attachments_among(&containers_spec(yaml), &nets, &[])
             .iter()
             .map(|a| format!("{} {}", a.docker_name(), a.dns_label()))
             .collect()
@@ -401,8 +401,8 @@ fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
     apply(
         &mut s,
         &[
-            network("g", "front", "10.20.0.0/16"),
-            network("g", "back", "10.21.0.0/16"),
+            front(),
+            back(),
             containers("g", "both", &[("g", "front"), ("g", "back")]),
             containers("g", "f", &[("g", "front")]),
             containers("g", "c", &[]),
@@ -410,12 +410,7 @@ fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
         .join("---\n"),
     )
     .unwrap();
-    let key = |name: &str| ObjectKey {
-        kind: Kind::Containers,
-        group: "g".into(),
-        name: name.into(),
-        prefix: None,
-    };
+    let key = |name: &str| key(Kind::Containers, "g", name);
     let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
     let iso = allowed_ranges(
         &s,
@@ -456,24 +451,18 @@ fn isolation_allows_each_replica_the_ranges_of_its_networks_only() {
 fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
     use crate::container::labels;
     use crate::convert::{ReplicaContext, container_config};
-    let mut s = cluster("vxlan");
-    apply(
-        &mut s,
-        &[
-            network("g", "front", "10.20.0.0/16"),
-            network("g", "back", "10.21.0.0/16"),
-            containers(
-                "g",
-                "web",
-                &[("g", "back"), ("internal", "cluster"), ("g", "front")],
-            ),
-            containers("g", "plain", &[]),
-            bridge("g", "local", "172.30.0.0/24"),
-            containers("g", "docker", &[("internal", "bridge"), ("g", "local")]),
-        ]
-        .join("---\n"),
-    )
-    .unwrap();
+    let s = cluster_with(&[
+        front(),
+        back(),
+        containers(
+            "g",
+            "web",
+            &[("g", "back"), ("internal", "cluster"), ("g", "front")],
+        ),
+        containers("g", "plain", &[]),
+        bridge("g", "local", "172.30.0.0/24"),
+        containers("g", "docker", &[("internal", "bridge"), ("g", "local")]),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let ctx = ReplicaContext {
         node: 1,
@@ -482,15 +471,7 @@ fn a_replica_is_created_on_its_first_network_and_connected_to_the_others() {
         files_dir: dir.path(),
     };
     let config = |name: &str| {
-        let stored = s
-            .objects
-            .get(&ObjectKey {
-                kind: Kind::Containers,
-                group: "g".into(),
-                name: name.into(),
-                prefix: None,
-            })
-            .unwrap();
+        let stored = s.objects.get(&key(Kind::Containers, "g", name)).unwrap();
         container_config(&s, stored, 1, 1, &ctx).unwrap().0
     };
     let web = config("web");
@@ -531,12 +512,6 @@ fn bridge(group: &str, name: &str, subnet: &str) -> String {
 #[test]
 fn bridge_networks_need_a_subnet_of_their_own_and_keep_their_driver() {
     let mut s = cluster("vxlan");
-    let refused = |s: &mut ClusterState, yaml: &str| {
-        let before = s.revision;
-        let e = apply(s, yaml).unwrap_err();
-        assert_eq!(s.revision, before, "nothing stored for {yaml}");
-        e
-    };
     assert_eq!(
         refused(&mut s, &bridge("g", "b", "10.10.5.0/24")),
         "network/g/b: ipv4AddressPool 10.10.5.0/24 overlaps the cluster CIDR 10.10.0.0/16"
@@ -545,7 +520,7 @@ fn bridge_networks_need_a_subnet_of_their_own_and_keep_their_driver() {
         refused(&mut s, &bridge("g", "b", "172.30.0.0/31")),
         "network/g/b: ipv4AddressPool 172.30.0.0/31 is too small for a bridge network (at most /30)"
     );
-    apply(&mut s, &network("g", "front", "10.20.0.0/16")).unwrap();
+    apply(&mut s, &front()).unwrap();
     assert_eq!(
         refused(&mut s, &bridge("g", "b", "10.20.3.0/24")),
         "network/g/b: ipv4AddressPool 10.20.3.0/24 overlaps network/g/front (10.20.0.0/16)"
@@ -595,26 +570,14 @@ fn bridge_networks_need_a_subnet_of_their_own_and_keep_their_driver() {
 
 #[test]
 fn replicas_join_bridge_networks_and_docker_s_own_bridge() {
-    let mut s = cluster("vxlan");
-    apply(
-        &mut s,
-        &[
-            network("g", "front", "10.20.0.0/16"),
-            bridge("g", "local", "172.30.0.0/24"),
-        ]
-        .join("---\n"),
-    )
-    .unwrap();
+    let mut s = cluster_with(&[front(), bridge("g", "local", "172.30.0.0/24")]);
     let yaml = containers(
         "g",
         "web",
         &[("g", "local"), ("internal", "bridge"), ("g", "front")],
     );
     apply(&mut s, &yaml).unwrap();
-    let Spec::Containers(c) = &objects(&yaml)[0].spec else {
-        unreachable!()
-    };
-    let joined: Vec<(String, String, Option<Ipv4Net>)> = attachments(c, &s)
+    let joined: Vec<(String, String, Option<Ipv4Net>)> = attachments(&containers_spec(&yaml), &s)
         .iter()
         .map(|a| {
             (
@@ -644,17 +607,11 @@ fn replicas_join_bridge_networks_and_docker_s_own_bridge() {
 
 #[test]
 fn bridge_subnets_are_isolated_and_masqueraded_like_slices() {
-    let mut s = cluster("vxlan");
-    apply(
-        &mut s,
-        &[
-            network("g", "front", "10.20.0.0/16"),
-            bridge("g", "local", "172.30.0.0/24"),
-            containers("g", "web", &[("g", "local"), ("internal", "cluster")]),
-        ]
-        .join("---\n"),
-    )
-    .unwrap();
+    let s = cluster_with(&[
+        front(),
+        bridge("g", "local", "172.30.0.0/24"),
+        containers("g", "web", &[("g", "local"), ("internal", "cluster")]),
+    ]);
     let me = *s.nodes.keys().next().unwrap();
     let key: ObjectKey = "containers/g/web".parse().unwrap();
     let iso = allowed_ranges(

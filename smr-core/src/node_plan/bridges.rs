@@ -2,21 +2,17 @@
 //! actions (see [`crate::networks::bridge::plan_bridges`]) and remembers which networks are
 //! missing, so that [`NodePlanner::plan`] holds back the replicas that join one until it exists.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::pass::{Desired, NodePlanner, Rendered};
+use super::volumes::ResourceMemory;
 use crate::container::ContainerInfo;
 use crate::networks::bridge::{self, NetworkAction, NetworkInfo};
 use crate::scheduler::{DesiredReplica, Phase};
-use crate::volume::Missing;
 
 /// What the planner remembers about bridge networks between passes.
 #[derive(Default)]
 pub(super) struct BridgeMemory {
-    /// Needed networks that are not there, from the last [`NodePlanner::plan_networks`].
-    missing: BTreeMap<String, Missing>,
-    /// The last failed action per network name.
-    errors: BTreeMap<String, String>,
+    /// Missing networks and failed actions.
+    networks: ResourceMemory,
     /// The last pass saw no bridge network object and none of smr's bridge networks on the
     /// engine: until an object appears, there is nothing to list.
     idle: bool,
@@ -39,31 +35,17 @@ impl NodePlanner {
         d: &Desired,
         observed: Result<&[NetworkInfo], &str>,
     ) -> Vec<NetworkAction> {
-        let needed: BTreeSet<String> = d
-            .replicas
-            .iter()
-            .filter_map(|r| r.rendered.as_ref().ok())
-            .flat_map(|r| std::iter::once(&r.container).chain(&r.init))
-            .flat_map(bridge::joined)
-            .map(str::to_string)
-            .collect();
         let memory = &mut self.bridges;
         memory.idle = crate::networks::bridge_networks(d.state).is_empty()
             && observed.is_ok_and(|o| !o.iter().any(NetworkInfo::ours));
-        let plan = bridge::plan_bridges(d.state, &needed, observed, &memory.errors);
-        memory
-            .errors
-            .retain(|name, _| plan.missing.contains_key(name));
-        memory.missing = plan.missing;
-        plan.actions
+        memory.networks.plan(d, bridge::joined, |needed, errors| {
+            bridge::plan_bridges(d.state, needed, observed, errors)
+        })
     }
 
     /// What came of a network action on network `name`.
     pub fn record_network(&mut self, name: &str, result: Result<(), String>) {
-        match result {
-            Ok(()) => self.bridges.errors.remove(name),
-            Err(e) => self.bridges.errors.insert(name.to_string(), e),
-        };
+        self.bridges.networks.record(name, result);
     }
 }
 
@@ -76,5 +58,7 @@ pub(super) fn hold<'r>(
     waiting: &mut Vec<(DesiredReplica, Phase, String)>,
     containers: &[&ContainerInfo],
 ) -> Vec<(DesiredReplica, Option<&'r Rendered>)> {
-    super::volumes::hold_missing(&memory.missing, bridge::joined, wanted, waiting, containers)
+    memory
+        .networks
+        .hold(bridge::joined, wanted, waiting, containers)
 }

@@ -26,4 +26,6 @@ mod tests;
 #[cfg(test)]
 mod tests_bridges;
 #[cfg(test)]
+mod tests_resources;
+#[cfg(test)]
 mod tests_volumes;

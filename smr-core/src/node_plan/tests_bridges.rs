@@ -2,98 +2,31 @@
 //! created before the replicas that join it, a foreign same-named network left alone (the
 //! replica blocked), removed once no replica here needs it and no container uses it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use super::tests_resources::{NODE, Shown, created, put, put_app, replica_config};
 use super::*;
 use crate::container::{ContainerConfig, labels};
-use crate::convert::restart_of;
-use crate::definitions::{ContainersSpec, Kind, Meta, NetworkSpec, Object, Spec};
+use crate::definitions::{ContainersSpec, Kind, NetworkSpec, Spec};
 use crate::networks::bridge::{BridgeConfig, NetworkAction, NetworkInfo};
-use crate::scheduler::{NodeId, Placement, ReplicaSlot, replica_name};
 use crate::state::{ClusterState, StoredObject};
-
-const NODE: NodeId = 1;
-const T0: u64 = 1_000_000;
-
-fn stored(kind: Kind, group: &str, name: &str, spec: Spec) -> StoredObject {
-    StoredObject {
-        object: Object {
-            kind,
-            prefix: "simplecontainer.io/v1".into(),
-            meta: Meta {
-                group: group.into(),
-                name: name.into(),
-                labels: Default::default(),
-            },
-            spec,
-        },
-        generation: 1,
-        template_generation: 1,
-        revision: 1,
-        created_ms: 0,
-        updated_ms: 0,
-        owner: None,
-    }
-}
 
 fn put_bridge(state: &mut ClusterState, name: &str, subnet: &str) {
     let spec = NetworkSpec {
         driver: Some("bridge".into()),
         ipv4_address_pool: Some(subnet.into()),
     };
-    let s = stored(Kind::Network, "shop", name, Spec::Network(spec));
-    state.objects.insert(s.object.key(), s);
-}
-
-/// `app/db` with one replica on this node on the Docker networks `networks` (the first is the
-/// one it is created on).
-fn put_app(state: &mut ClusterState) {
-    let s = stored(
-        Kind::Containers,
-        "app",
-        "db",
-        Spec::Containers(Box::new(ContainersSpec {
-            image: "db".into(),
-            ..Default::default()
-        })),
-    );
-    let key = s.object.key();
-    state.objects.insert(key.clone(), s);
-    let slot = ReplicaSlot {
-        node: NODE,
-        generation: 1,
-        surge: false,
-        previous: None,
-    };
-    state.placements.insert(
-        key,
-        Placement {
-            replicas: BTreeMap::from([(1, slot)]),
-        },
-    );
+    put(state, Kind::Network, "shop", name, Spec::Network(spec));
 }
 
 /// Renders `app-db-1` on `cluster` and `smr.shop.back` (what convert makes of
 /// `networks: [cluster, shop/back]`).
 fn render(stored: &StoredObject, index: u32, generation: u64) -> Result<Rendered, String> {
-    let key = stored.object.key();
-    let name = replica_name(&key.group, &key.name, index);
-    let labels = BTreeMap::from([
-        (labels::MANAGED.to_string(), "true".to_string()),
-        (labels::OWNER.to_string(), key.to_string()),
-        (labels::REPLICA.to_string(), index.to_string()),
-        (labels::GENERATION.to_string(), generation.to_string()),
-        (labels::CONFIG_HASH.to_string(), "h".to_string()),
-    ]);
     Ok(Rendered {
         container: ContainerConfig {
-            name: name.clone(),
-            hostname: name,
-            image: "db".into(),
-            labels,
             network: Some("cluster".into()),
             extra_networks: vec!["smr.shop.back".into()],
-            ..Default::default()
+            ..replica_config(stored, index, generation)
         },
         init: None,
         files: Vec::new(),
@@ -127,49 +60,32 @@ fn observed(config: &BridgeConfig, users: &[&str]) -> NetworkInfo {
     }
 }
 
-type Shown = Option<(String, Option<String>)>;
+/// `app/db`'s spec (its networks come from [`render`]).
+fn app() -> ContainersSpec {
+    ContainersSpec {
+        image: "db".into(),
+        ..Default::default()
+    }
+}
 
+/// One pass: network actions, the replicas created and the report of `app-db-1`.
 fn pass(
     planner: &mut NodePlanner,
     state: &ClusterState,
     networks: Result<&[NetworkInfo], &str>,
 ) -> (Vec<NetworkAction>, Vec<String>, Shown) {
-    let d = Desired {
-        state,
-        replicas: desired_replicas(state, NODE, restart_of, render),
-    };
-    let stopping = BTreeSet::new();
-    let o = Observed {
-        containers: &[],
-        stopping: &stopping,
-        now_ms: T0,
-    };
-    let network_actions = planner.plan_networks(&d, networks);
-    let p = planner.plan(&d, &o);
-    let report = planner
-        .reports(&d, &o, &p)
-        .into_iter()
-        .find(|r| r.name == "app-db-1")
-        .map(|r| (r.phase, r.message));
-    let created = p
-        .actions
-        .iter()
-        .flat_map(|a| match a {
-            NodeAction::CreateBatch { replicas } => {
-                replicas.iter().map(|(n, _)| n.clone()).collect()
-            }
-            NodeAction::Create { replica, .. } => vec![replica.clone()],
-            _ => vec![],
-        })
-        .collect();
-    (network_actions, created, report)
+    let (networks, actions, report) =
+        super::tests_resources::pass(planner, state, render, &[], |planner, d| {
+            planner.plan_networks(d, networks)
+        });
+    (networks, created(&actions), report)
 }
 
 #[test]
 fn a_bridge_network_is_created_before_the_replica_that_joins_it() {
     let mut state = ClusterState::default();
     put_bridge(&mut state, "back", "172.30.0.0/24");
-    put_app(&mut state);
+    put_app(&mut state, app());
     let mut planner = NodePlanner::new(NODE, None);
 
     let (networks, created, report) = pass(&mut planner, &state, Ok(&[]));
@@ -200,7 +116,7 @@ fn a_bridge_network_is_created_before_the_replica_that_joins_it() {
 fn a_failed_creation_blocks_the_replica_with_the_error_and_is_retried() {
     let mut state = ClusterState::default();
     put_bridge(&mut state, "back", "172.30.0.0/24");
-    put_app(&mut state);
+    put_app(&mut state, app());
     let mut planner = NodePlanner::new(NODE, None);
     pass(&mut planner, &state, Ok(&[]));
     planner.record_network("smr.shop.back", Err("pool overlaps".into()));
@@ -219,7 +135,7 @@ fn a_failed_creation_blocks_the_replica_with_the_error_and_is_retried() {
 fn a_network_smr_did_not_create_is_left_alone_and_blocks_the_replica() {
     let mut state = ClusterState::default();
     put_bridge(&mut state, "back", "172.30.0.0/24");
-    put_app(&mut state);
+    put_app(&mut state, app());
     let foreign = [NetworkInfo {
         name: "smr.shop.back".into(),
         labels: BTreeMap::new(),
@@ -244,7 +160,7 @@ fn a_network_smr_did_not_create_is_left_alone_and_blocks_the_replica() {
 fn networks_that_cannot_be_listed_block_the_replicas_that_join_them() {
     let mut state = ClusterState::default();
     put_bridge(&mut state, "back", "172.30.0.0/24");
-    put_app(&mut state);
+    put_app(&mut state, app());
     let mut planner = NodePlanner::new(NODE, None);
     let (networks, created, report) = pass(&mut planner, &state, Err("docker: timeout"));
     assert_eq!(networks, vec![]);
@@ -290,7 +206,7 @@ fn a_network_no_replica_here_needs_is_removed_once_unused() {
 fn a_network_on_another_subnet_is_recreated_only_when_unused() {
     let mut state = ClusterState::default();
     put_bridge(&mut state, "back", "172.30.0.0/24");
-    put_app(&mut state);
+    put_app(&mut state, app());
     let mut old = back();
     old.labels
         .insert("io.smr.subnet".into(), "172.29.0.0/24".into());

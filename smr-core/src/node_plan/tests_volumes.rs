@@ -1,45 +1,17 @@
 //! The volume half of a node's pass, asserted as exact action lists: volumes created before the
 //! replicas that mount them, removed once their object is gone and no container mounts them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use super::tests_resources::{NODE, Shown, T0, created, put, put_app, replica_config};
 use super::*;
 use crate::container::{ContainerConfig, ContainerInfo, State, labels};
-use crate::convert::restart_of;
-use crate::definitions::{
-    ContainersSpec, Kind, Meta, Object, ObjectKey, Spec, VolumeMount, VolumeSpec,
-};
-use crate::scheduler::{NodeId, Placement, ReplicaSlot, replica_name};
+use crate::definitions::{ContainersSpec, Kind, ObjectKey, Spec, VolumeMount, VolumeSpec};
 use crate::state::{ClusterState, StoredObject};
 use crate::volume::{self, VolumeAction, VolumeConfig, VolumeInfo};
 
-const NODE: NodeId = 1;
-const T0: u64 = 1_000_000;
-
-fn stored(kind: Kind, group: &str, name: &str, spec: Spec) -> StoredObject {
-    StoredObject {
-        object: Object {
-            kind,
-            prefix: "simplecontainer.io/v1".into(),
-            meta: Meta {
-                group: group.into(),
-                name: name.into(),
-                labels: Default::default(),
-            },
-            spec,
-        },
-        generation: 1,
-        template_generation: 1,
-        revision: 1,
-        created_ms: 0,
-        updated_ms: 0,
-        owner: None,
-    }
-}
-
 fn put_volume(state: &mut ClusterState, group: &str, name: &str, spec: VolumeSpec) {
-    let s = stored(Kind::Volume, group, name, Spec::Volume(spec));
-    state.objects.insert(s.object.key(), s);
+    put(state, Kind::Volume, group, name, Spec::Volume(spec));
 }
 
 fn tmpfs() -> VolumeSpec {
@@ -52,9 +24,9 @@ fn tmpfs() -> VolumeSpec {
     }
 }
 
-/// `app/db` with one replica on this node mounting the Docker volume `mounts`.
-fn put_app(state: &mut ClusterState, mounts: &str) {
-    let spec = ContainersSpec {
+/// `app/db` mounting the Docker volume `mounts`.
+fn mounting(mounts: &str) -> ContainersSpec {
+    ContainersSpec {
         image: "db".into(),
         volumes: vec![VolumeMount {
             name: Some(mounts.into()),
@@ -63,40 +35,11 @@ fn put_app(state: &mut ClusterState, mounts: &str) {
             ..Default::default()
         }],
         ..Default::default()
-    };
-    let s = stored(
-        Kind::Containers,
-        "app",
-        "db",
-        Spec::Containers(Box::new(spec)),
-    );
-    let key = s.object.key();
-    state.objects.insert(key.clone(), s);
-    let slot = ReplicaSlot {
-        node: NODE,
-        generation: 1,
-        surge: false,
-        previous: None,
-    };
-    state.placements.insert(
-        key,
-        Placement {
-            replicas: BTreeMap::from([(1, slot)]),
-        },
-    );
+    }
 }
 
 fn render(stored: &StoredObject, index: u32, generation: u64) -> Result<Rendered, String> {
-    let key = stored.object.key();
     let spec = stored.object.spec.as_containers().unwrap();
-    let name = replica_name(&key.group, &key.name, index);
-    let labels = BTreeMap::from([
-        (labels::MANAGED.to_string(), "true".to_string()),
-        (labels::OWNER.to_string(), key.to_string()),
-        (labels::REPLICA.to_string(), index.to_string()),
-        (labels::GENERATION.to_string(), generation.to_string()),
-        (labels::CONFIG_HASH.to_string(), "h".to_string()),
-    ]);
     let binds = spec
         .volumes
         .iter()
@@ -104,12 +47,9 @@ fn render(stored: &StoredObject, index: u32, generation: u64) -> Result<Rendered
         .collect();
     Ok(Rendered {
         container: ContainerConfig {
-            name: name.clone(),
-            hostname: name,
             image: spec.image.clone(),
             binds,
-            labels,
-            ..Default::default()
+            ..replica_config(stored, index, generation)
         },
         init: None,
         files: Vec::new(),
@@ -130,9 +70,6 @@ fn config_of(state: &ClusterState, group: &str, name: &str) -> VolumeConfig {
     volume::volume_config(&state.objects[&key]).unwrap()
 }
 
-/// Phase and message of a replica's report.
-type Shown = Option<(String, Option<String>)>;
-
 /// One pass: volume actions, replica actions and the reports' (phase, message) of `app-db-1`.
 fn pass(
     planner: &mut NodePlanner,
@@ -140,37 +77,9 @@ fn pass(
     volumes: Result<&[VolumeInfo], &str>,
     containers: &[ContainerInfo],
 ) -> (Vec<VolumeAction>, Vec<NodeAction>, Shown) {
-    let d = Desired {
-        state,
-        replicas: desired_replicas(state, NODE, restart_of, render),
-    };
-    let stopping = BTreeSet::new();
-    let o = Observed {
-        containers,
-        stopping: &stopping,
-        now_ms: T0,
-    };
-    let volume_actions = planner.plan_volumes(&d, volumes);
-    let p = planner.plan(&d, &o);
-    let report = planner
-        .reports(&d, &o, &p)
-        .into_iter()
-        .find(|r| r.name == "app-db-1")
-        .map(|r| (r.phase, r.message));
-    (volume_actions, p.actions, report)
-}
-
-fn created(actions: &[NodeAction]) -> Vec<String> {
-    actions
-        .iter()
-        .flat_map(|a| match a {
-            NodeAction::CreateBatch { replicas } => {
-                replicas.iter().map(|(n, _)| n.clone()).collect()
-            }
-            NodeAction::Create { replica, .. } => vec![replica.clone()],
-            _ => vec![],
-        })
-        .collect()
+    super::tests_resources::pass(planner, state, render, containers, |planner, d| {
+        planner.plan_volumes(d, volumes)
+    })
 }
 
 fn running(name: &str, owner: &str) -> ContainerInfo {
@@ -197,7 +106,7 @@ fn running(name: &str, owner: &str) -> ContainerInfo {
 fn a_volume_is_created_before_the_replica_that_mounts_it() {
     let mut state = ClusterState::default();
     put_volume(&mut state, "storage", "data", tmpfs());
-    put_app(&mut state, "storage-data");
+    put_app(&mut state, mounting("storage-data"));
     let config = config_of(&state, "storage", "data");
     assert_eq!(config.name, "storage-data");
     assert_eq!(config.driver, "local");
@@ -228,7 +137,7 @@ fn a_volume_is_created_before_the_replica_that_mounts_it() {
 fn a_failed_creation_blocks_the_replica_with_the_error_and_is_retried() {
     let mut state = ClusterState::default();
     put_volume(&mut state, "storage", "data", tmpfs());
-    put_app(&mut state, "storage-data");
+    put_app(&mut state, mounting("storage-data"));
     let config = config_of(&state, "storage", "data");
     let mut planner = NodePlanner::new(NODE, None);
     pass(&mut planner, &state, Ok(&[]), &[]);
@@ -249,7 +158,7 @@ fn a_failed_creation_blocks_the_replica_with_the_error_and_is_retried() {
 fn a_volume_smr_did_not_create_is_left_alone_and_blocks_the_replica() {
     let mut state = ClusterState::default();
     put_volume(&mut state, "storage", "data", tmpfs());
-    put_app(&mut state, "storage-data");
+    put_app(&mut state, mounting("storage-data"));
     let foreign = [VolumeInfo {
         name: "storage-data".into(),
         labels: BTreeMap::new(),
@@ -270,7 +179,7 @@ fn a_volume_smr_did_not_create_is_left_alone_and_blocks_the_replica() {
 fn volumes_that_cannot_be_listed_block_the_replicas_that_mount_them() {
     let mut state = ClusterState::default();
     put_volume(&mut state, "storage", "data", tmpfs());
-    put_app(&mut state, "storage-data");
+    put_app(&mut state, mounting("storage-data"));
     let mut planner = NodePlanner::new(NODE, None);
     let (volumes, actions, report) = pass(&mut planner, &state, Err("docker: timeout"), &[]);
     assert_eq!(volumes, vec![]);
@@ -284,7 +193,7 @@ fn volumes_that_cannot_be_listed_block_the_replicas_that_mount_them() {
 #[test]
 fn a_name_no_volume_object_has_is_left_to_docker() {
     let mut state = ClusterState::default();
-    put_app(&mut state, "scratch");
+    put_app(&mut state, mounting("scratch"));
     let mut planner = NodePlanner::new(NODE, None);
     let (volumes, actions, _) = pass(&mut planner, &state, Ok(&[]), &[]);
     assert_eq!(volumes, vec![]);
@@ -295,7 +204,7 @@ fn a_name_no_volume_object_has_is_left_to_docker() {
 fn a_running_replica_is_not_held_back_when_its_volume_goes_missing() {
     let mut state = ClusterState::default();
     put_volume(&mut state, "storage", "data", tmpfs());
-    put_app(&mut state, "storage-data");
+    put_app(&mut state, mounting("storage-data"));
     let config = config_of(&state, "storage", "data");
     let mut planner = NodePlanner::new(NODE, None);
     let containers = [running("app-db-1", "containers/app/db")];
@@ -336,7 +245,7 @@ fn a_volume_with_other_options_is_recreated_only_when_unused() {
     put_volume(&mut state, "storage", "data", VolumeSpec::default());
     let old = config_of(&state, "storage", "data");
     put_volume(&mut state, "storage", "data", tmpfs());
-    put_app(&mut state, "storage-data");
+    put_app(&mut state, mounting("storage-data"));
     let mut planner = NodePlanner::new(NODE, None);
 
     let used = [observed(&old, &["other"])];

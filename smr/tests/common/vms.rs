@@ -205,19 +205,7 @@ impl VmCluster {
 
     /// Prints the end of every agent's log (for failures).
     pub fn dump_logs(&self) {
-        for vm in self.testbed.vms() {
-            let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                println!("==> {} <==", entry.path().display());
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    println!("{line}");
-                }
-            }
-        }
+        dump_testbed_logs(&self.testbed, 40);
     }
 
     /// Starts agents on every VM: the first creates the cluster, the others join it.
@@ -228,6 +216,27 @@ impl VmCluster {
         }
         Ok(())
     }
+}
+
+/// Runs `scenario` on a cluster of `n` VMs whose agents start with `extra` arguments, given
+/// the first agent's client; on failure, prints the replicas and the end of every agent's log.
+/// Where the testbed cannot run: nothing (Ok).
+pub async fn run_scenario(
+    n: usize,
+    extra: &[&str],
+    scenario: impl AsyncFnOnce(&mut VmCluster, &Client) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Some(mut cluster) = VmCluster::start(n)? else {
+        return Ok(());
+    };
+    cluster.start_all(extra).await?;
+    let client = cluster.client(0);
+    let result = scenario(&mut cluster, &client).await;
+    if result.is_err() {
+        println!("replicas: {:#?}", client.replicas(None).await);
+        cluster.dump_logs();
+    }
+    result
 }
 
 /// The busybox definition the VM suites run.
@@ -241,9 +250,19 @@ pub async fn all_ready(
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<ReplicaView>> {
-    let key = key();
+    ready_replicas(client, Some(&key()), n, timeout).await
+}
+
+/// Waits until there are exactly `n` replicas (of `key`, or of every object), all running and
+/// ready.
+pub async fn ready_replicas(
+    client: &Client,
+    key: Option<&ObjectKey>,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReplicaView>> {
     eventually(&format!("{n} ready replicas"), timeout, || async {
-        let replicas = client.replicas(Some(&key)).await.ok()?;
+        let replicas = client.replicas(key).await.ok()?;
         (replicas.len() == n && replicas.iter().all(|r| r.ready && r.state == "running"))
             .then_some(replicas)
     })
@@ -256,17 +275,30 @@ pub fn vm_of(cluster: &VmCluster, replica: &ReplicaView) -> Vm {
 }
 
 /// Sends `text` over TCP (port 7000) from replica `from` to replica `to` through the overlay,
-/// and checks that `to` received exactly it. One listener per attempt: under load a connection
-/// may close before carrying the data; such an empty attempt is tried again.
+/// and checks that `to` received exactly it.
 pub async fn tcp_transfer(
     cluster: &VmCluster,
     from: &ReplicaView,
     to: &ReplicaView,
     text: &str,
 ) -> anyhow::Result<()> {
+    tcp_send(cluster, from, to, &format!("echo {text}"), text).await
+}
+
+/// Sends what shell command `payload` prints in replica `from` over TCP (port 7000) to replica
+/// `to` through the overlay, and checks that `to` received exactly `text`. One listener per
+/// attempt: under load a connection may close before carrying the data; such an empty attempt
+/// is tried again.
+pub async fn tcp_send(
+    cluster: &VmCluster,
+    from: &ReplicaView,
+    to: &ReplicaView,
+    payload: &str,
+    text: &str,
+) -> anyhow::Result<()> {
     let (sender, receiver) = (vm_of(cluster, from), vm_of(cluster, to));
     let to_ip = to.ip.clone().context("receiver has no IP")?;
-    let sh = format!("echo {text} | nc -w 2 {to_ip} 7000");
+    let sh = format!("{payload} | nc -w 2 {to_ip} 7000");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut listener = receiver
@@ -427,13 +459,102 @@ pub async fn write_fresh(dir: &std::path::Path, group: &str, n: usize) -> anyhow
 
 /// Every agent log of the testbed, concatenated.
 pub fn all_logs(cluster: &VmCluster) -> String {
-    let mut text = String::new();
-    for vm in cluster.testbed.vms() {
+    agent_logs(&cluster.testbed)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// Every agent log of `testbed`: its path and text.
+fn agent_logs(testbed: &Testbed) -> Vec<(PathBuf, String)> {
+    let mut logs = Vec::new();
+    for vm in testbed.vms() {
         if let Ok(entries) = std::fs::read_dir(vm.dir.join("logs")) {
             for entry in entries.flatten() {
-                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                logs.push((entry.path(), text));
             }
         }
     }
-    text
+    logs
+}
+
+/// Prints the last `n` lines of every agent log of `testbed` (for failures).
+pub fn dump_testbed_logs(testbed: &Testbed, n: usize) {
+    for (path, text) in agent_logs(testbed) {
+        let lines: Vec<&str> = text.lines().collect();
+        println!("==> {} <==", path.display());
+        for line in &lines[lines.len().saturating_sub(n)..] {
+            println!("{line}");
+        }
+    }
+}
+
+/// Addresses of a container per Docker network, as its VM's Docker shows them.
+pub fn addresses(
+    cluster: &VmCluster,
+    vm: usize,
+    name: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let out = cluster.vm(vm).docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
+        name,
+    ])?;
+    Ok(out
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Whether container `from` on VM `vm` reaches `to` (two pings).
+pub fn pings(cluster: &VmCluster, vm: usize, from: &str, to: &str) -> bool {
+    cluster
+        .vm(vm)
+        .docker(&["exec", from, "ping", "-c", "2", "-W", "2", to])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `dig @<gateway of vm> name A +short`, the addresses sorted.
+pub fn resolve(cluster: &VmCluster, vm: usize, name: &str) -> anyhow::Result<Vec<String>> {
+    let out = cluster
+        .vm(vm)
+        .run_ok("dig", &[&format!("@10.10.{vm}.1"), name, "A", "+short"])?;
+    let mut ips: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+    ips.retain(|l| !l.is_empty());
+    ips.sort();
+    Ok(ips)
+}
+
+/// The names of VM `vm`'s Docker networks, one a line (empty when they cannot be listed).
+pub fn docker_networks(vm: &Vm) -> String {
+    vm.docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .unwrap_or_default()
+}
+
+/// One replica of `net/<name>` (busybox sleeping) on node `agent`, on networks `networks` of
+/// group `net` (`cluster`: the cluster network; none: `cluster` without saying so).
+pub fn net_replica(name: &str, agent: u64, networks: &[&str]) -> String {
+    let mut s = format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n  image: smr/busybox\n  tag: local\n  replicas: 1\n  entrypoint: [\"sleep\"]\n  args: [\"3600\"]\n  spread:\n    spread: specific\n    agents: [{agent}]\n"
+    );
+    if !networks.is_empty() {
+        s.push_str("  networks:\n");
+        for n in networks {
+            let group = if *n == "cluster" { "internal" } else { "net" };
+            s.push_str(&format!("    - group: {group}\n      name: {n}\n"));
+        }
+    }
+    s
+}
+
+/// A network object `net/<name>` with address pool `pool` (`driver`: none, the default overlay).
+pub fn net_network(name: &str, driver: Option<&str>, pool: &str) -> String {
+    let driver = driver.map_or(String::new(), |d| format!("  driver: {d}\n"));
+    format!(
+        "kind: network\nprefix: simplecontainer.io/v1\nmeta:\n  group: net\n  name: {name}\nspec:\n{driver}  IPV4AddressPool: {pool}\n"
+    )
 }

@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use super::fake::{Call, FakeRuntime};
 use super::*;
-use crate::definitions::{
-    ContainersSpec, Dependency, DurationValue, Kind, Meta, Object, ObjectKey,
-};
+use crate::definitions::{ContainersSpec, Dependency, DurationValue, Object, ObjectKey};
 use crate::runtime::State;
-use crate::scheduler::{Placement, ReplicaSlot};
-use crate::state::{NodeReport, StoredObject};
+use crate::state::NodeReport;
 
 const T0: u64 = 1_000_000;
 
@@ -20,40 +17,7 @@ fn key(group: &str, name: &str) -> ObjectKey {
 }
 
 fn put(state: &mut ClusterState, group: &str, name: &str, spec: ContainersSpec, replicas: u32) {
-    let k = key(group, name);
-    state.objects.insert(
-        k.clone(),
-        StoredObject {
-            object: Object {
-                kind: Kind::Containers,
-                prefix: "simplecontainer.io/v1".into(),
-                meta: Meta {
-                    group: group.into(),
-                    name: name.into(),
-                    labels: Default::default(),
-                },
-                spec: spec.into(),
-            },
-            generation: 1,
-            template_generation: 1,
-            revision: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            owner: None,
-        },
-    );
-    let slots = (1..=replicas)
-        .map(|i| {
-            let slot = ReplicaSlot {
-                node: 1,
-                generation: 1,
-                surge: false,
-                previous: None,
-            };
-            (i, slot)
-        })
-        .collect();
-    state.placements.insert(k, Placement { replicas: slots });
+    crate::fixtures::put_placed(state, Object::new(group, name, spec), 1, replicas);
 }
 
 fn spec(image: &str) -> ContainersSpec {
