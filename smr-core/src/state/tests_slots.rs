@@ -1,8 +1,6 @@
 //! The per-node slot index (issue 14) answers exactly what a scan of every placement answers,
 //! through random placements, moves, deletions, clones held by readers and serialization.
 
-use std::collections::BTreeSet;
-
 use super::tests::{cmd, obj};
 use super::*;
 use crate::scheduler::{Placement, ReplicaSlot};
