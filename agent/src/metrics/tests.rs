@@ -187,3 +187,86 @@ fn metrics_addr_is_ip_port_or_off() {
     let err = super::parse_addr("localhost").expect_err("no host names");
     assert!(err.contains("IP:PORT"), "{err}");
 }
+
+/// How `smr_replicas` was counted before `count_replicas`: from the views of every replica.
+fn counted_from_views(state: &ClusterState) -> super::snapshot::ReplicaCounts {
+    let mut counts = super::snapshot::ReplicaCounts::default();
+    for view in crate::views::replicas(state, None) {
+        let node = if view.node_name.is_empty() {
+            view.node.to_string()
+        } else {
+            view.node_name.clone()
+        };
+        *counts
+            .by_phase
+            .entry((node.clone(), view.state.clone()))
+            .or_default() += 1;
+        *counts.ready.entry(node).or_default() += i64::from(view.ready);
+    }
+    counts
+}
+
+#[test]
+fn replica_counts_say_what_the_views_say_and_follow_a_new_version() {
+    let mut state = state();
+    let key: definitions::ObjectKey = "containers/g/n".parse().expect("key");
+    // A slot on a node without a record, a replica reported twice (the first counts), one
+    // reported by a node it is not placed on (it does not count there).
+    let mut placement = state.placements.get(&key).cloned().expect("placed");
+    placement.replicas.insert(4, ReplicaSlot::new(7, 1));
+    placement.replicas.insert(5, ReplicaSlot::new(2, 1));
+    state.placements.insert(key.clone(), placement);
+    let mut report = state.reports.get(&1).cloned().expect("reported");
+    let mut again = report.replicas[0].clone();
+    again.phase = "exited".into();
+    again.ready = false;
+    report.replicas.push(again);
+    let mut elsewhere = report.replicas[0].clone();
+    elsewhere.index = 5;
+    report.replicas.push(elsewhere);
+    state.reports.insert(1, report);
+    let counts = super::snapshot::count_replicas(&state);
+    assert_eq!(counts, counted_from_views(&state));
+    assert_eq!(
+        counts.by_phase,
+        BTreeMap::from([
+            (("7".to_string(), "pending".to_string()), 1),
+            (("n1".to_string(), "crash-loop".to_string()), 1),
+            (("n1".to_string(), "running".to_string()), 1),
+            (("n2".to_string(), "pending".to_string()), 2),
+        ])
+    );
+
+    // A scrape counts the version it reads: the same twice, then a changed report.
+    let input = |state: &ClusterState| Input {
+        status: StoreStatus {
+            id: 1,
+            state: ServerState::Leader,
+            leader: Some(1),
+            term: 1,
+            last_log_index: None,
+            last_applied: None,
+            voters: BTreeSet::from([1]),
+            learners: BTreeSet::new(),
+            members: BTreeMap::new(),
+            problem: None,
+        },
+        commit_index: None,
+        state: Some(Arc::new(state.clone())),
+        peers: Vec::new(),
+        dns: [("noerror", 0); 7],
+        now_ms: 0,
+    };
+    let running = r#"smr_replicas{node="n1",phase="running"} 1"#;
+    assert!(series(&input(&state)).iter().any(|s| s == running));
+    assert!(series(&input(&state)).iter().any(|s| s == running));
+    let mut report = state.reports.get(&1).cloned().expect("reported");
+    report.replicas[0].phase = "exited".into();
+    state.reports.insert(1, report);
+    let text = series(&input(&state));
+    assert!(!text.iter().any(|s| s == running), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|s| s == r#"smr_replicas{node="n1",phase="exited"} 1"#)
+    );
+}

@@ -27,11 +27,7 @@ impl Node {
 /// Replicas node `id` holds: slots placed on it or moving off it, or, if more, the containers its
 /// last report lists (a released replica runs until the node stopped it). Pure.
 pub fn replicas_on(state: &ClusterState, id: NodeId) -> u32 {
-    let placed = state
-        .placements
-        .values()
-        .map(|p| p.on_node(id).count() as u32)
-        .sum::<u32>();
+    let placed = state.slot_count_on(id) as u32;
     let reported = state
         .reports
         .get(&id)

@@ -52,7 +52,8 @@ pub struct Observed<'a> {
 
 /// The replicas placed on `node`, in placement order, rendered by `render(stored, index,
 /// slot generation)`, with the restart policy `restart_of` gives. Objects that are not
-/// `containers` objects are skipped.
+/// `containers` objects are skipped. Costs O(log n + that node's slots): the node's slots come
+/// from the state's per-node index ([`ClusterState::slots_on`]), not a scan of every placement.
 pub fn desired_replicas(
     state: &ClusterState,
     node: NodeId,
@@ -60,14 +61,18 @@ pub fn desired_replicas(
     mut render: impl FnMut(&StoredObject, u32, u64) -> Result<Rendered, String>,
 ) -> Vec<RenderedReplica> {
     let mut replicas = Vec::new();
-    for (key, placement) in &state.placements {
-        let Some(stored) = state.objects.get(key) else {
+    for (key, indexes) in &state.slots_on(node) {
+        let (Some(placement), Some(stored)) = (state.placements.get(key), state.objects.get(key))
+        else {
             continue;
         };
         let Some(spec) = stored.object.spec.as_containers() else {
             continue;
         };
-        for (index, slot) in placement.on_node(node) {
+        for &index in indexes {
+            let Some(slot) = placement.replicas.get(&index) else {
+                continue;
+            };
             replicas.push(RenderedReplica {
                 key: key.clone(),
                 index,

@@ -24,6 +24,7 @@ mod recent;
 mod report_delta;
 mod reset;
 pub mod shared;
+mod slots;
 mod sync_status;
 
 pub use delta::{Changes, Delta, Follower, Step};
@@ -31,6 +32,7 @@ pub use inputs::ReadersIndex;
 pub use recent::RecentOps;
 pub use report_delta::{ReplicaRef, ReportDelta, StaleBase, merge as merge_reports};
 pub use shared::{MapChange, SharedList, SharedMap};
+pub use slots::{NodeSlots, SlotIndex};
 pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
 
 pub type NodeId = u64;
@@ -306,6 +308,10 @@ pub struct ClusterState {
     /// (and not compared). Leave it alone.
     #[serde(skip)]
     pub readers_index: ReadersIndex,
+    /// Which slots each node must run: derived from `placements` (kept up to date by every
+    /// apply, built on first use after a load), not stored (and not compared). Leave it alone.
+    #[serde(skip)]
+    pub slot_index: SlotIndex,
 }
 
 /// Reads the objects map, each object under its own [`Object::key`]. A state written before
@@ -558,6 +564,7 @@ impl ClusterState {
             return previous.clone();
         }
         let result = self.apply_op(&cmd.op, cmd.at_ms);
+        self.slot_index.sync(&self.placements);
         if !cmd.op_id.is_empty() {
             self.recent_ops.push(cmd.op_id.clone(), result.clone());
         }
@@ -1297,3 +1304,5 @@ mod tests;
 mod tests_delta;
 #[cfg(test)]
 mod tests_reports;
+#[cfg(test)]
+mod tests_slots;
