@@ -28,6 +28,7 @@ use tokio::sync::watch;
 pub mod availability;
 mod backup;
 pub mod certs;
+pub mod cluster_key;
 mod error;
 pub mod heartbeat;
 mod members;
@@ -131,13 +132,40 @@ impl Node {
     }
 
     /// Seals the secret values `op` carries with the cluster key ([`crate::secrets`]); nothing
-    /// in a cluster without one.
-    pub fn seal_secrets(&self, op: &mut Op) {
-        if let Some(key) = self.cluster_key()
-            && !crate::secrets::test_plain()
-        {
+    /// in a cluster without one, nor while some node may not hold it yet (a cluster created
+    /// before the CA key was sealed, migrating: [`crate::migration`]).
+    pub async fn seal_secrets(&self, op: &mut Op) {
+        if !matches!(
+            op,
+            Op::Apply { .. } | Op::SealSecrets { .. } | Op::GitopsSync { .. }
+        ) {
+            return;
+        }
+        if let Some(key) = self.sealing_key(None).await {
             crate::secrets::seal_op(key, op);
         }
+    }
+
+    /// The key secret values are sealed with now: this node's cluster key, once every node
+    /// holds it (as `state`, or this node's applied state, says). A state that cannot be read
+    /// does not stop the seal.
+    pub async fn sealing_key(
+        &self,
+        state: Option<&ClusterState>,
+    ) -> Option<&crate::pki::ClusterKey> {
+        let key = self.cluster_key()?;
+        if crate::secrets::test_plain() {
+            return None;
+        }
+        let everywhere = match state {
+            Some(state) => state.cluster_key_everywhere(),
+            None => self
+                .store
+                .read(false)
+                .await
+                .map_or(true, |s| s.cluster_key_everywhere()),
+        };
+        everywhere.then_some(key)
     }
 
     /// `state` with its secrets opened, for readers in this process only (never stored).
@@ -176,7 +204,7 @@ impl Node {
     /// Writes a command forwarded by another node here, and only here: a node that lost
     /// leadership refuses it rather than relaying it again.
     pub async fn write_here(&self, mut command: Command) -> Result<CommandResult, NodeError> {
-        self.seal_secrets(&mut command.op);
+        self.seal_secrets(&mut command.op).await;
         let op_id = command.op_id.clone();
         match self.store.write(command).await {
             Ok(result) => Ok(result),
@@ -207,7 +235,7 @@ impl Node {
     ///
     /// Secret values are sealed with the cluster key here, before anything leaves this node.
     pub async fn propose_command(&self, mut command: Command) -> Result<CommandResult, NodeError> {
-        self.seal_secrets(&mut command.op);
+        self.seal_secrets(&mut command.op).await;
         let deadline = Instant::now() + LEADER_WAIT;
         let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later

@@ -174,14 +174,12 @@ pub fn reseal(
 /// ([`Op::SealSecrets`]) the secret values the state holds in clear (stored by a previous
 /// version), then waits for the next leadership. Not before every node says (in its health
 /// answer) that it seals and opens secrets: an older one could not apply that command, nor open
-/// what it seals.
+/// what it seals; nor while the cluster key is on its way to every node (the migration of a
+/// cluster created before the CA key was sealed: [`crate::migration`]).
 pub async fn seal_plain_secrets(
     node: std::sync::Arc<crate::node::Node>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(key) = node.cluster_key().cloned() else {
-        return;
-    };
     if test_plain() {
         return;
     }
@@ -206,7 +204,11 @@ pub async fn seal_plain_secrets(
         let Ok(state) = node.state(crate::node::Consistency::Linearizable).await else {
             continue;
         };
-        let objects = unsealed(&key, &state);
+        // This node's key: loaded at start, or received by the migration since.
+        let Some(key) = node.sealing_key(Some(&*state)).await else {
+            continue;
+        };
+        let objects = unsealed(key, &state);
         if objects.is_empty() {
             done = true;
             continue;

@@ -136,9 +136,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
             match f.result {
                 Ok(mut desired) => {
                     // Sealed as the state holds them: an unchanged secret is no drift.
-                    if let Some(key) = node.cluster_key()
-                        && !crate::secrets::test_plain()
-                    {
+                    if let Some(key) = node.sealing_key(Some(&*state)).await {
                         for object in desired.objects.values_mut() {
                             crate::secrets::seal_object(key, object);
                         }
