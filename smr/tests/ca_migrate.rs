@@ -1,8 +1,8 @@
 //! Issue 16, on real agents (loopback, the embedded Raft store): a cluster created by the first
 //! version of smr (no cluster key on any node, the CA key only in the first node's `pki/ca.key`,
 //! secrets in clear), emulated with `SMR_TEST_LEGACY_CA=1` (for tests only), is upgraded node by node, with one node down through the migration. It ends as a
-//! new cluster is: every node holds the same cluster key (0600), the secret is sealed with its
-//! generation unchanged, a node other than the first signs a join while the first is stopped, and
+//! new cluster is: every node holds the same cluster key (0600), secrets stay in clear until
+//! every node holds it and are then sealed with their generation unchanged, a node other than the first signs a join while the first is stopped, and
 //! `smrmgr ca rotate` succeeds. The key route refuses an admin certificate and a client without
 //! one.
 
@@ -20,9 +20,13 @@ use common::{Cluster, eventually};
 const VALUE: &str = "e2e-migrated-7d20c4-distinctive";
 
 fn secret() -> Object {
+    secret_named("db")
+}
+
+fn secret_named(name: &str) -> Object {
     Object::new(
         "app",
-        "db",
+        name,
         Spec::Secret(DataSpec {
             data: [("password".to_string(), VALUE.to_string())].into(),
         }),
@@ -30,7 +34,11 @@ fn secret() -> Object {
 }
 
 fn secret_value(state: &agent::state::ClusterState) -> String {
-    let key: definitions::ObjectKey = "secret/app/db".parse().unwrap();
+    value_of(state, "db")
+}
+
+fn value_of(state: &agent::state::ClusterState, name: &str) -> String {
+    let key: definitions::ObjectKey = format!("secret/app/{name}").parse().unwrap();
     state
         .objects
         .get(&key)
@@ -122,11 +130,17 @@ async fn a_cluster_created_before_the_ca_key_was_sealed_migrates_after_an_upgrad
     }
     // The CA key is sealed in the state with it, but node 3 does not hold it: the secret stays
     // in clear (node 3 could not open it) and the CA does not rotate.
+    // A secret applied meanwhile through a node that holds the key is stored in clear too.
+    cluster
+        .client(1)
+        .apply(&[secret_named("late")], false, None)
+        .await?;
     let during = backup(&cluster, 1)?;
     let record = during.ca.as_ref().unwrap();
     assert!(record.key_migrating, "{record:?}");
     key.open_ca(&record.cert_pem, record.key_sealed.as_deref().unwrap())?;
     assert_eq!(secret_value(&during), VALUE);
+    assert_eq!(value_of(&during, "late"), VALUE);
     let refused = cluster.client(1).ca_rotate().await.unwrap_err();
     assert_eq!(api_status(&refused), Some(409), "{refused}");
     assert!(
@@ -167,11 +181,15 @@ async fn a_cluster_created_before_the_ca_key_was_sealed_migrates_after_an_upgrad
     assert_eq!(mode(&key_path(&cluster, 2)), 0o600);
     let after = eventually("the secret sealed", Duration::from_secs(30), || async {
         let state = backup(&cluster, 0).ok()?;
-        agent::pki::is_sealed_value(&secret_value(&state)).then_some(state)
+        (agent::pki::is_sealed_value(&secret_value(&state))
+            && agent::pki::is_sealed_value(&value_of(&state, "late")))
+        .then_some(state)
     })
     .await?;
     assert!(!after.ca.as_ref().unwrap().key_migrating);
-    assert_eq!(secret_value(&agent::secrets::opened(&key, &after)), VALUE);
+    let opened = agent::secrets::opened(&key, &after);
+    assert_eq!(secret_value(&opened), VALUE);
+    assert_eq!(value_of(&opened, "late"), VALUE);
     let stored = cluster.client(0).get(&"secret/app/db".parse()?).await?;
     assert_eq!(stored.generation, 1, "{stored:?}");
 
