@@ -630,11 +630,10 @@ fn create_cluster(
     // `smrmgr restore` made this cluster's key already: the secrets of the state it restores
     // are sealed with it.
     let key_path = cluster_key_path(config, pki_dir)?;
+    let restored = key_path.exists() && crate::recovery::seed_path(&config.data_dir).exists();
     // A cluster of the first version had none (emulated for tests only: its migration is
     // tested from there).
-    if !(key_path.exists() && crate::recovery::seed_path(&config.data_dir).exists())
-        && !crate::migration::test_legacy_ca()
-    {
+    if !restored && !crate::migration::test_legacy_ca() {
         pki::ClusterKey::generate().save(&key_path)?;
     }
     let validity = crate::renewal::leaf_validity()?;
