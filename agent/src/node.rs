@@ -141,8 +141,13 @@ impl Node {
         ) {
             return;
         }
-        if let Some(key) = self.sealing_key(None).await {
+        // One read for both: whether every node holds the key, and what is stored in clear.
+        let state = self.store.read(false).await.ok();
+        if let Some(key) = self.sealing_key_for(state.as_deref()) {
             crate::secrets::seal_op(key, op);
+            if let Some(state) = &state {
+                crate::secrets::keep_stored_in_clear(key, state, op);
+            }
         }
     }
 
@@ -153,19 +158,24 @@ impl Node {
         &self,
         state: Option<&ClusterState>,
     ) -> Option<&crate::pki::ClusterKey> {
+        match state {
+            Some(state) => self.sealing_key_for(Some(state)),
+            None => {
+                let read = self.store.read(false).await.ok();
+                self.sealing_key_for(read.as_deref())
+            }
+        }
+    }
+
+    /// [`Node::sealing_key`] given the state read (`None`: it could not be read).
+    fn sealing_key_for(&self, state: Option<&ClusterState>) -> Option<&crate::pki::ClusterKey> {
         let key = self.cluster_key()?;
         if crate::secrets::test_plain() {
             return None;
         }
-        let everywhere = match state {
-            Some(state) => state.cluster_key_everywhere(),
-            None => self
-                .store
-                .read(false)
-                .await
-                .map_or(true, |s| s.cluster_key_everywhere()),
-        };
-        everywhere.then_some(key)
+        state
+            .is_none_or(|s| s.cluster_key_everywhere())
+            .then_some(key)
     }
 
     /// `state` with its secrets opened, for readers in this process only (never stored).

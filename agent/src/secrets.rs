@@ -69,6 +69,22 @@ pub fn seal_op(key: &ClusterKey, op: &mut Op) {
     }
 }
 
+/// In `op` (sealed), each secret that is the sealed form of one `state` still holds in clear
+/// (a previous version's, not sealed by [`Op::SealSecrets`] yet) replaced with the stored object:
+/// applied again unchanged, it is no change, on every node of any version
+/// ([`crate::state::clear_secrets`]). It stays in clear until `Op::SealSecrets`.
+pub fn keep_stored_in_clear(key: &ClusterKey, state: &ClusterState, op: &mut Op) {
+    let objects = match op {
+        Op::Apply { objects, .. } => objects,
+        Op::GitopsSync { sync } => &mut sync.apply,
+        _ => return,
+    };
+    let kept = crate::state::clear_secrets::keep_stored(state, objects, |o| seal_object(key, o));
+    if !kept.is_empty() {
+        tracing::debug!("unchanged, stored in clear until sealed: {kept:?}");
+    }
+}
+
 /// The secrets of `state` opened, for readers that run in memory (the reconciler rendering a
 /// container, the webhook check). Never to be stored. A value that does not open (not sealed,
 /// or sealed with another key) is left as it is.

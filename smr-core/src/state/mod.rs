@@ -17,6 +17,7 @@ use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::{Availability, Placement};
 
 pub mod ca_rotation;
+pub mod clear_secrets;
 mod delta;
 mod inputs;
 pub mod key_migration;
