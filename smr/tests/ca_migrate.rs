@@ -202,6 +202,34 @@ async fn a_cluster_created_before_the_ca_key_was_sealed_migrates_after_an_upgrad
 
     // The first node back: the CA rotates.
     cluster.restart(0)?;
+
+    // A removed node: its node certificate (still valid, from the cluster's CA) is refused the
+    // key route (403), before anything else is looked at.
+    let removed = &cluster.nodes[joined];
+    let identity = agent::pki::Identity::load(&removed.data_dir.join("pki"), "node")?;
+    let (name, api) = (removed.name.clone(), cluster.nodes[1].api());
+    cluster.stop(joined)?;
+    let id = backup(&cluster, 1)?
+        .nodes
+        .iter()
+        .find(|(_, n)| n.name == name)
+        .map(|(id, _)| *id)
+        .expect("the joined node is a member");
+    eventually("the joined node removed", Duration::from_secs(60), || {
+        let client = cluster.client(1);
+        async move { client.remove_node(id).await.ok() }
+    })
+    .await?;
+    let node_client =
+        agent::pki::reqwest_client(&identity.ca_pem, Some(&identity), Duration::from_secs(10))?;
+    let refused = node_client
+        .get(format!("https://{api}/api/v1/internal/cluster-key"))
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 403);
+    let text = refused.text().await?;
+    assert!(text.contains("not a member"), "{text}");
+    assert!(!text.contains("SMRKEY"), "{text}");
     let mut rotate = common::smrmgr(cluster.dir.path());
     rotate
         .args(["ca", "rotate", "--timeout", "40", "--data-dir"])
