@@ -502,6 +502,11 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
+    let migration = tokio::spawn(crate::migration::run(
+        node.clone(),
+        cluster_key_path.clone(),
+        stop_rx.clone(),
+    ));
     let metrics = metrics_listener
         .map(|l| tokio::spawn(crate::metrics::serve(l, node.clone(), stop_rx.clone())));
     tracing::info!(id = me.id, name = %me.name, api = %context.api_url, "agent serving");
@@ -515,6 +520,7 @@ pub async fn run(
     let _ = loops.await;
     let _ = labels.await;
     let _ = renewal.await;
+    let _ = migration.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
@@ -624,7 +630,10 @@ fn create_cluster(
     // `smrmgr restore` made this cluster's key already: the secrets of the state it restores
     // are sealed with it.
     let key_path = cluster_key_path(config, pki_dir)?;
-    if !(key_path.exists() && crate::recovery::seed_path(&config.data_dir).exists()) {
+    let restored = key_path.exists() && crate::recovery::seed_path(&config.data_dir).exists();
+    // A cluster of the first version had none (emulated for tests only: its migration is
+    // tested from there).
+    if !restored && !crate::migration::test_legacy_ca() {
         pki::ClusterKey::generate().save(&key_path)?;
     }
     let validity = crate::renewal::leaf_validity()?;
@@ -682,6 +691,7 @@ async fn finish_bootstrap(
         key_sealed: cluster_key.map(|k| k.seal_ca(ca)).transpose()?,
         next: None,
         previous: None,
+        key_migrating: false,
     };
     let network = NetworkSettings {
         cidr: config.cidr,

@@ -19,11 +19,14 @@
 //! - [`sim`]: simulated nodes for the simulator (issue 14): real API, real reconciler, an engine
 //!   in memory.
 //! - [`secrets`]: secret values sealed with the cluster key, opened in memory for their readers.
+//! - [`migration`]: a cluster created before the CA key was sealed in the state gets a cluster
+//!   key on every node and its CA key sealed, after an upgrade.
 
 pub mod api;
 pub mod controllers;
 pub mod daemon;
 pub mod metrics;
+pub mod migration;
 pub mod node;
 pub mod recovery;
 pub mod renewal;

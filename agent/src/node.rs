@@ -28,6 +28,7 @@ use tokio::sync::watch;
 pub mod availability;
 mod backup;
 pub mod certs;
+pub mod cluster_key;
 mod error;
 pub mod heartbeat;
 mod members;
@@ -131,13 +132,50 @@ impl Node {
     }
 
     /// Seals the secret values `op` carries with the cluster key ([`crate::secrets`]); nothing
-    /// in a cluster without one.
-    pub fn seal_secrets(&self, op: &mut Op) {
-        if let Some(key) = self.cluster_key()
-            && !crate::secrets::test_plain()
-        {
-            crate::secrets::seal_op(key, op);
+    /// in a cluster without one, nor while some node may not hold it yet (a cluster created
+    /// before the CA key was sealed, migrating: [`crate::migration`]).
+    pub async fn seal_secrets(&self, op: &mut Op) {
+        if !matches!(
+            op,
+            Op::Apply { .. } | Op::SealSecrets { .. } | Op::GitopsSync { .. }
+        ) {
+            return;
         }
+        // One read for both: whether every node holds the key, and what is stored in clear.
+        let state = self.store.read(false).await.ok();
+        if let Some(key) = self.sealing_key_for(state.as_deref()) {
+            crate::secrets::seal_op(key, op);
+            if let Some(state) = &state {
+                crate::secrets::keep_stored_in_clear(key, state, op);
+            }
+        }
+    }
+
+    /// The key secret values are sealed with now: this node's cluster key, once every node
+    /// holds it (as `state`, or this node's applied state, says). A state that cannot be read
+    /// does not stop the seal.
+    pub async fn sealing_key(
+        &self,
+        state: Option<&ClusterState>,
+    ) -> Option<&crate::pki::ClusterKey> {
+        match state {
+            Some(state) => self.sealing_key_for(Some(state)),
+            None => {
+                let read = self.store.read(false).await.ok();
+                self.sealing_key_for(read.as_deref())
+            }
+        }
+    }
+
+    /// [`Node::sealing_key`] given the state read (`None`: it could not be read).
+    fn sealing_key_for(&self, state: Option<&ClusterState>) -> Option<&crate::pki::ClusterKey> {
+        let key = self.cluster_key()?;
+        if crate::secrets::test_plain() {
+            return None;
+        }
+        state
+            .is_none_or(|s| s.cluster_key_everywhere())
+            .then_some(key)
     }
 
     /// `state` with its secrets opened, for readers in this process only (never stored).
@@ -186,7 +224,7 @@ impl Node {
     /// Writes a command forwarded by another node here, and only here: a node that lost
     /// leadership refuses it rather than relaying it again.
     pub async fn write_here(&self, mut command: Command) -> Result<CommandResult, NodeError> {
-        self.seal_secrets(&mut command.op);
+        self.seal_secrets(&mut command.op).await;
         let op_id = command.op_id.clone();
         match self.store.write(command).await {
             Ok(result) => Ok(result),
@@ -217,7 +255,7 @@ impl Node {
     ///
     /// Secret values are sealed with the cluster key here, before anything leaves this node.
     pub async fn propose_command(&self, mut command: Command) -> Result<CommandResult, NodeError> {
-        self.seal_secrets(&mut command.op);
+        self.seal_secrets(&mut command.op).await;
         let deadline = Instant::now() + LEADER_WAIT;
         let mut retry = retry_until(deadline, LEADER_RETRY_FIRST, LEADER_RETRY_MAX);
         // Why an earlier attempt's fate is unknown: then so is the whole write's, unless a later

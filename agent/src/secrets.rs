@@ -71,6 +71,22 @@ pub fn seal_op(key: &ClusterKey, op: &mut Op) {
     }
 }
 
+/// In `op` (sealed), each secret that is the sealed form of one `state` still holds in clear
+/// (a previous version's, not sealed by [`Op::SealSecrets`] yet) replaced with the stored object:
+/// applied again unchanged, it is no change, on every node of any version
+/// ([`crate::state::clear_secrets`]). It stays in clear until `Op::SealSecrets`.
+pub fn keep_stored_in_clear(key: &ClusterKey, state: &ClusterState, op: &mut Op) {
+    let objects = match op {
+        Op::Apply { objects, .. } => objects,
+        Op::GitopsSync { sync } => &mut sync.apply,
+        _ => return,
+    };
+    let kept = crate::state::clear_secrets::keep_stored(state, objects, |o| seal_object(key, o));
+    if !kept.is_empty() {
+        tracing::debug!("unchanged, stored in clear until sealed: {kept:?}");
+    }
+}
+
 /// The secrets of `state` opened, for readers that run in memory (the reconciler rendering a
 /// container, the webhook check). Never to be stored. A value that does not open (not sealed,
 /// or sealed with another key) is left as it is.
@@ -214,14 +230,12 @@ pub fn reseal(
 /// ([`Op::SealSecrets`]) the secret values the state holds in clear (stored by a previous
 /// version), then waits for the next leadership. Not before every node says (in its health
 /// answer) that it seals and opens secrets: an older one could not apply that command, nor open
-/// what it seals.
+/// what it seals; nor while the cluster key is on its way to every node (the migration of a
+/// cluster created before the CA key was sealed: [`crate::migration`]).
 pub async fn seal_plain_secrets(
     node: std::sync::Arc<crate::node::Node>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(key) = node.cluster_key().cloned() else {
-        return;
-    };
     if test_plain() {
         return;
     }
@@ -246,7 +260,11 @@ pub async fn seal_plain_secrets(
         let Ok(state) = node.state(crate::node::Consistency::Linearizable).await else {
             continue;
         };
-        let objects = unsealed(&key, &state);
+        // This node's key: loaded at start, or received by the migration since.
+        let Some(key) = node.sealing_key(Some(&*state)).await else {
+            continue;
+        };
+        let objects = unsealed(key, &state);
         if objects.is_empty() {
             done = true;
             continue;

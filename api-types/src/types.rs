@@ -73,6 +73,10 @@ pub struct HealthResponse {
     /// not say so, and would fail on such a log entry.
     #[serde(default)]
     pub report_deltas: bool,
+    /// Whether this node holds the cluster key (`pki/cluster.key`): an older version, or a
+    /// node of a cluster created before the key existed that has not fetched it yet, does not.
+    #[serde(default)]
+    pub holds_cluster_key: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -404,4 +408,21 @@ pub struct ReportRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportResponse {
     pub send_full: bool,
+}
+
+/// Node-to-node (`GET /api/v1/internal/cluster-key`, node certificates of members only): the
+/// cluster key, for a node of a cluster created before the CA key was sealed in the state that
+/// does not hold it yet.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClusterKeyResponse {
+    /// `SMRKEY-1-...`
+    pub cluster_key: String,
+}
+
+impl std::fmt::Debug for ClusterKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterKeyResponse")
+            .field("cluster_key", &"***")
+            .finish()
+    }
 }

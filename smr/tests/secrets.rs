@@ -244,6 +244,12 @@ async fn secrets_stored_in_clear_by_an_older_version_are_sealed_by_the_leader_at
     )
     .await?;
     assert_eq!(secret_value(&backup(&cluster, 0, &file)?), VALUE);
+    // The same secret applied again through the new version, which seals what it proposes: the
+    // sealed form of the value stored in clear is no change (no new generation, no rollout);
+    // it stays in clear for the leader's seal.
+    let again = cluster.client(0).apply(&[secret()], false, None).await?;
+    assert_eq!(again.outcomes[0].generation, 1, "{again:?}");
+    assert_eq!(secret_value(&backup(&cluster, 0, &file)?), VALUE);
 
     // The other node upgraded too: the leader seals it, one command, no new generation.
     cluster.stop(1)?;
@@ -259,5 +265,8 @@ async fn secrets_stored_in_clear_by_an_older_version_are_sealed_by_the_leader_at
     let stored = cluster.client(0).get(&"secret/app/db".parse()?).await?;
     assert_eq!(stored.generation, 1, "{stored:?}");
     assert!(!std::fs::read_to_string(&after)?.contains(VALUE));
+    // Applied again once sealed: still the same object.
+    let again = cluster.client(1).apply(&[secret()], false, None).await?;
+    assert_eq!(again.outcomes[0].generation, 1, "{again:?}");
     Ok(())
 }

@@ -86,6 +86,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/ca/rotate"),
     ("get", "/api/v1/ca/status"),
     ("post", "/api/v1/internal/report"),
+    ("get", "/api/v1/internal/cluster-key"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
@@ -100,6 +101,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/internal/heartbeat", post(internal_heartbeat))
         .route("/api/v1/internal/state", get(internal_state))
         .route("/api/v1/internal/report", post(internal_report))
+        .route("/api/v1/internal/cluster-key", get(internal_cluster_key))
         .route_layer(middleware::from_fn(require_node));
     let authenticated = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -632,6 +634,17 @@ async fn internal_report(
     Ok(Json(ReportResponse {
         send_full: reported == crate::node::reports::Reported::SendFull,
     }))
+}
+
+/// The cluster key, for a member (named by its node certificate) that does not hold it: the
+/// migration of a cluster created before the CA key was sealed in the state.
+async fn internal_cluster_key(
+    State(node): AppState,
+    Extension(who): Extension<ClientIdentity>,
+) -> Result<Json<ClusterKeyResponse>, ApiError> {
+    // The route layer let only node certificates through.
+    let name = who.0.map(|p| p.name).unwrap_or_default();
+    Ok(Json(node.cluster_key_for(&name).await?))
 }
 
 /// A node's heartbeat to the leader (issue 14): recorded in the leader's memory, not the log.

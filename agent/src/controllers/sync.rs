@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::definitions::{self, Kind, ObjectKey};
 use crate::node::{Node, now_ms};
-use crate::state::Op;
+use crate::state::{ClusterState, Op};
 use smr_core::repo_sync::{
     DEFAULT_INTERVAL, Decision, Desired, RepoSpecError, decide, failed, repo_spec, short,
 };
@@ -136,9 +136,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
             match f.result {
                 Ok(mut desired) => {
                     // Sealed as the state holds them: an unchanged secret is no drift.
-                    if let Some(key) = node.cluster_key()
-                        && !crate::secrets::test_plain()
-                    {
+                    if let Some(key) = node.sealing_key(Some(&*state)).await {
                         for object in desired.objects.values_mut() {
                             crate::secrets::seal_object(key, object);
                         }
@@ -146,6 +144,7 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
                     t.desired = Some(Arc::new(desired));
                     t.evaluated = Some(state.revision);
                     let desired = t.desired.clone().expect("just set");
+                    let desired = as_state_holds(&node, &state, desired).await;
                     let decision = decide(&state, &f.key, &desired, f.request, now_ms());
                     propose(&node, decision).await;
                 }
@@ -207,11 +206,35 @@ pub async fn run(node: Arc<Node>, cache_dir: PathBuf, mut stop: watch::Receiver<
                 && t.evaluated != Some(state.revision)
             {
                 t.evaluated = Some(state.revision);
+                let desired = as_state_holds(&node, &state, desired).await;
                 let decision = decide(&state, &key, &desired, 0, now_ms());
                 propose(&node, decision).await;
             }
         }
     }
+}
+
+/// `desired` (sealed) with each secret the state still holds in clear, unchanged, as it is
+/// stored ([`crate::state::clear_secrets`]): no drift before `Op::SealSecrets` seals it, and no
+/// new generation from a sync. The same `desired` when there is none.
+async fn as_state_holds(node: &Node, state: &ClusterState, desired: Arc<Desired>) -> Arc<Desired> {
+    let Some(key) = node.sealing_key(Some(state)).await else {
+        return desired;
+    };
+    let seal = |o: &mut definitions::Object| crate::secrets::seal_object(key, o);
+    let stored: Vec<_> = desired
+        .objects
+        .values()
+        .filter_map(|o| crate::state::clear_secrets::as_stored(state, o, seal))
+        .collect();
+    if stored.is_empty() {
+        return desired;
+    }
+    let mut desired = (*desired).clone();
+    for object in stored {
+        desired.objects.insert(object.key(), object);
+    }
+    Arc::new(desired)
 }
 
 struct Job {

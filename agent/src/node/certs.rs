@@ -27,12 +27,24 @@ pub struct NodePki {
 pub struct Certs {
     pki: OnceLock<NodePki>,
     opened: Mutex<Option<Arc<ClusterCa>>>,
+    /// The cluster key: from [`NodePki`] at start, or adopted later by the migration of a
+    /// cluster created before the CA key was sealed ([`crate::migration`]).
+    key: OnceLock<ClusterKey>,
 }
 
 impl Node {
     /// Gives the node its PKI (once, at start).
     pub fn set_pki(&self, pki: NodePki) {
+        if let Some(key) = &pki.cluster_key {
+            let _ = self.certs.key.set(key.clone());
+        }
         let _ = self.certs.pki.set(pki);
+    }
+
+    /// Takes `key` as this node's cluster key from now on (saved by the caller), when it has
+    /// none yet; `false` when it had one already.
+    pub fn adopt_cluster_key(&self, key: ClusterKey) -> bool {
+        self.certs.key.set(key).is_ok()
     }
 
     /// The certificate this node presents, if the daemon set it.
@@ -42,16 +54,12 @@ impl Node {
 
     /// The cluster key, where this node has one: it seals and opens secret values.
     pub fn cluster_key(&self) -> Option<&ClusterKey> {
-        self.certs.pki.get().and_then(|p| p.cluster_key.as_ref())
+        self.certs.key.get()
     }
 
     /// The cluster key a joining node receives.
     pub(super) fn cluster_key_text(&self) -> Option<String> {
-        self.certs
-            .pki
-            .get()
-            .and_then(|p| p.cluster_key.as_ref())
-            .map(ClusterKey::to_text)
+        self.cluster_key().map(ClusterKey::to_text)
     }
 
     /// When this node's certificate expires, in ms since the epoch.
@@ -82,7 +90,7 @@ impl Node {
         {
             return Ok(Some(ca.clone()));
         }
-        let Some(key) = self.certs.pki.get().and_then(|p| p.cluster_key.as_ref()) else {
+        let Some(key) = self.cluster_key() else {
             return Ok(None);
         };
         let Some(sealed) = sealed else {
@@ -157,11 +165,16 @@ impl Node {
                      before its CA key was sealed in the state; rotation needs it)"
                 ))
             };
+            if record.key_migrating {
+                return Err(NodeError::Conflict(
+                    "the CA cannot be rotated yet: the cluster key is on its way to every node \
+                     (an upgraded cluster created before its CA key was sealed in the state); \
+                     try again once every node holds it"
+                        .into(),
+                ));
+            }
             let key = self
-                .certs
-                .pki
-                .get()
-                .and_then(|p| p.cluster_key.as_ref())
+                .cluster_key()
                 .ok_or_else(|| refused("it has no cluster key"))?;
             let sealed = record
                 .key_sealed
@@ -272,6 +285,7 @@ mod tests {
                 started_ms: 0,
             }),
             previous: None,
+            key_migrating: false,
         }
     }
 

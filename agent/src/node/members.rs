@@ -78,6 +78,7 @@ impl Node {
             seals_secrets: self.seals_secrets(),
             cert_ca: self.cert_ca(),
             report_deltas: !super::reports::test_legacy(),
+            holds_cluster_key: self.cluster_key().is_some(),
         })
     }
 

@@ -23,7 +23,7 @@ impl Node {
         };
         if dry_run {
             // Sealed as a real apply would be: an unchanged secret previews as unchanged.
-            self.seal_secrets(&mut op);
+            self.seal_secrets(&mut op).await;
             let state = self.state(Consistency::Linearizable).await?;
             let mut preview = (*state).clone();
             let command = Command {

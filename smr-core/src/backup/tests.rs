@@ -58,6 +58,7 @@ fn cluster() -> ClusterState {
         key_sealed: Some("sealed by the old cluster key".into()),
         next: None,
         previous: None,
+        key_migrating: false,
     };
     run(&mut s, "ca", Op::SetCa { ca });
     run(&mut s, "net", Op::SetNetwork { network: network() });
@@ -210,6 +211,7 @@ fn new_cluster() -> ClusterState {
         key_sealed: Some("sealed by the new cluster key".into()),
         next: None,
         previous: None,
+        key_migrating: false,
     };
     run(&mut s, "ca", Op::SetCa { ca });
     run(&mut s, "net", Op::SetNetwork { network: network() });

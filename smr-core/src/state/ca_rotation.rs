@@ -68,6 +68,7 @@ impl ClusterState {
         *ca = CaRecord {
             cert_pem: next.cert_pem,
             previous: Some(std::mem::take(&mut ca.fingerprint)),
+            key_migrating: false,
             fingerprint: next.fingerprint,
             holder: ca.holder,
             key_sealed: Some(next.key_sealed),
@@ -171,6 +172,7 @@ mod tests {
             key_sealed: Some("sealed old".into()),
             next: next.map(next_ca),
             previous: None,
+            key_migrating: false,
         }
     }
 
@@ -349,6 +351,7 @@ mod tests {
                 key_sealed: Some("sealed new".into()),
                 next: None,
                 previous: Some("old".into()),
+                key_migrating: false,
             }
         );
         let revision = state.revision;

@@ -17,8 +17,10 @@ use crate::definitions::{Kind, Object, ObjectKey};
 use crate::scheduler::{Availability, Placement};
 
 pub mod ca_rotation;
+pub mod clear_secrets;
 mod delta;
 mod inputs;
+pub mod key_migration;
 pub mod lease;
 mod recent;
 mod report_delta;
@@ -229,6 +231,12 @@ pub struct CaRecord {
     /// name it, and are refused with that reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// A cluster created before the CA key was sealed in the state is migrating
+    /// ([`key_migration`]): the key is sealed now, but some node may not hold the cluster key
+    /// yet. Until the leader sees every node hold it ([`Op::FinishKeyMigration`]), secrets are
+    /// not sealed and the CA is not rotated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_migrating: bool,
 }
 
 /// The CA that replaces the current one during a rotation: its certificate, its key sealed with
@@ -260,6 +268,7 @@ impl std::fmt::Debug for CaRecord {
             .field("key_sealed", &self.key_sealed.as_ref().map(|_| "***"))
             .field("next", &self.next)
             .field("previous", &self.previous)
+            .field("key_migrating", &self.key_migrating)
             .finish_non_exhaustive()
     }
 }
@@ -449,6 +458,13 @@ pub enum Op {
     /// ([`CommandResult::Reported`]); a node that is not a member is named, not an error.
     Reports {
         reports: Vec<ReportDelta>,
+    },
+    /// The leader saw every node hold the cluster key: the migration of a cluster created before
+    /// the CA key was sealed in the state ends ([`key_migration`]). Refused unless the CA is
+    /// `fingerprint`; accepted and nothing changes when no migration runs. Proposed only once
+    /// every node answered that it holds the key, so every node applying it knows this command.
+    FinishKeyMigration {
+        fingerprint: String,
     },
 }
 
@@ -652,6 +668,13 @@ impl ClusterState {
                         reason: format!("the cluster already has CA {}", existing.fingerprint),
                     }
                 }
+                // The same CA again (a bootstrap repeated, the key sealed by a migration) never
+                // undoes a rotation under way.
+                Some(existing) if existing.next.is_some() && ca.next != existing.next => {
+                    CommandResult::Rejected {
+                        reason: "a CA rotation is under way".into(),
+                    }
+                }
                 _ => {
                     self.ca = Some(ca.clone());
                     self.bump()
@@ -683,6 +706,7 @@ impl ClusterState {
             Op::StartCaRotation { next } => self.start_ca_rotation(next),
             Op::FinishCaRotation { fingerprint } => self.finish_ca_rotation(fingerprint),
             Op::Reports { reports } => self.reports(reports, now),
+            Op::FinishKeyMigration { fingerprint } => self.finish_key_migration(fingerprint),
         }
     }
 
