@@ -226,9 +226,11 @@ pub fn reseal(
     })
 }
 
-/// Runs until `stop`: each time this node becomes the leader, seals in one command
-/// ([`Op::SealSecrets`]) the secret values the state holds in clear (stored by a previous
-/// version), then waits for the next leadership. Not before every node says (in its health
+/// Runs until `stop`: while this node is the leader, seals in one command ([`Op::SealSecrets`])
+/// the secret values the state holds in clear (stored by a previous version), looking again
+/// (at most once a second) whenever the state has changed since it last found none: a node of
+/// the previous version, or a write that read the state just before the seal
+/// ([`crate::state::clear_secrets`]), may store one in clear again. Not before every node says (in its health
 /// answer) that it seals and opens secrets: an older one could not apply that command, nor open
 /// what it seals; nor while the cluster key is on its way to every node (the migration of a
 /// cluster created before the CA key was sealed: [`crate::migration`]).
@@ -239,22 +241,28 @@ pub async fn seal_plain_secrets(
     if test_plain() {
         return;
     }
-    let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut done = false;
+    // The revision of the state last found to hold no secret in clear (as leader).
+    let mut clean_at: Option<u64> = None;
     // While some node is of an older version, asked again at most every 10 s.
     let mut next_try = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = crate::shutdown::stopped(&mut stop) => return,
-            _ = changes.changed() => {},
             _ = tick.tick() => {},
         }
         if !node.is_leader() {
-            done = false;
+            clean_at = None;
             continue;
         }
-        if done || tokio::time::Instant::now() < next_try {
+        if tokio::time::Instant::now() < next_try {
+            continue;
+        }
+        // Nothing changed since the last look: no read through the leader's quorum.
+        let Ok(local) = node.state(crate::node::Consistency::Stale).await else {
+            continue;
+        };
+        if clean_at == Some(local.revision) {
             continue;
         }
         let Ok(state) = node.state(crate::node::Consistency::Linearizable).await else {
@@ -266,7 +274,7 @@ pub async fn seal_plain_secrets(
         };
         let objects = unsealed(key, &state);
         if objects.is_empty() {
-            done = true;
+            clean_at = Some(state.revision);
             continue;
         }
         let count = objects.len();
@@ -279,10 +287,7 @@ pub async fn seal_plain_secrets(
             continue;
         }
         match node.propose(Op::SealSecrets { objects }, None).await {
-            Ok(_) => {
-                tracing::info!("sealed the values of {count} secret(s) stored in clear");
-                done = true;
-            }
+            Ok(_) => tracing::info!("sealed the values of {count} secret(s) stored in clear"),
             Err(e) => tracing::warn!("sealing {count} secret(s) stored in clear: {e}"),
         }
     }
@@ -291,6 +296,14 @@ pub async fn seal_plain_secrets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_machine_tells_sealed_values_as_pki_seals_them() {
+        assert_eq!(
+            crate::state::clear_secrets::SEALED_PREFIX,
+            pki::SEALED_VALUE_PREFIX
+        );
+    }
     use crate::definitions::{DataSpec, ObjectKey};
     use crate::state::{Command, CommandResult, GitopsStatus, GitopsSync, Outcome};
 

@@ -18,6 +18,10 @@
 //! ([`keep_stored`]), and by the gitops loop before comparing git with the cluster. The seal is
 //! passed in (`seal`): this module stays pure.
 
+/// How a sealed value begins (`pki::SEALED_VALUE_PREFIX`; the agent's tests check they agree): the
+/// state machine holds no key, but tells a sealed value from one in clear.
+pub const SEALED_PREFIX: &str = "smr-sealed:v1:";
+
 use crate::definitions::{Object, ObjectKey, Spec};
 
 use super::ClusterState;
@@ -70,8 +74,8 @@ mod tests {
         let place = format!("{}/{}", object.meta.group, object.meta.name);
         if let Spec::Secret(d) = &mut object.spec {
             for (field, v) in d.data.iter_mut() {
-                if !v.starts_with("sealed:") {
-                    *v = format!("sealed:{place}:{field}:{v}");
+                if !v.starts_with(SEALED_PREFIX) {
+                    *v = format!("{SEALED_PREFIX}{place}:{field}:{v}");
                 }
             }
         }
@@ -191,5 +195,24 @@ mod tests {
         assert_eq!(as_stored(&state, &labelled, seal), None);
         // Nothing stored under the key.
         assert_eq!(as_stored(&state, &sealed("web", "w"), seal), None);
+    }
+
+    #[test]
+    fn a_seal_of_an_older_value_leaves_a_newer_sealed_one_alone() {
+        let mut state = ClusterState::default();
+        apply(&mut state, "old", vec![secret("db", "v1")]);
+        // The leader sealed v1 from the state it read; v2 (sealed by the node that took it) is
+        // committed before that seal.
+        apply(&mut state, "new", vec![sealed("db", "v2")]);
+        let seal_op = state.apply(&Command {
+            op_id: "seal".into(),
+            at_ms: 2,
+            op: Op::SealSecrets {
+                objects: vec![sealed("db", "v1")],
+            },
+        });
+        assert!(matches!(seal_op, CommandResult::Done { .. }), "{seal_op:?}");
+        let db = &state.objects[&"secret/app/db".parse().unwrap()];
+        assert_eq!((&db.object, db.generation), (&sealed("db", "v2"), 2));
     }
 }

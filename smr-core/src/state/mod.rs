@@ -949,8 +949,14 @@ impl ClusterState {
                 continue;
             };
             let same_shape = match &stored.object.spec {
+                // Only values still in clear: a seal computed from an older state never
+                // replaces a value sealed since (a write that came in meanwhile).
                 crate::definitions::Spec::Secret(data) => {
                     data.data.keys().eq(sealed.data.keys())
+                        && data
+                            .data
+                            .values()
+                            .all(|v| !v.starts_with(clear_secrets::SEALED_PREFIX))
                         && stored.object.meta == object.meta
                         && stored.object.prefix == object.prefix
                 }
