@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 pub mod availability;
 mod backup;
+mod ca_abort;
 pub mod certs;
 mod error;
 pub mod heartbeat;
@@ -80,8 +81,9 @@ pub struct Node {
     store: Store,
     /// Present on the node that holds the cluster CA key (the first CA's, in `pki/ca.key`).
     pub ca: Option<Arc<ClusterCa>>,
-    /// mTLS client presenting this node's certificate, for node-to-node API calls.
-    pub peers: reqwest::Client,
+    /// mTLS client presenting this node's certificate, for node-to-node API calls (made again
+    /// after the certificate is replaced: [`crate::pki::PeerClient`]).
+    pub peers: crate::pki::PeerClient,
     /// The Docker engine this node runs replicas on.
     pub docker_host: Option<String>,
     /// The one connection to it, made on first use ([`Node::docker`]): the reconciler, logs,
@@ -105,7 +107,7 @@ impl Node {
         name: String,
         store: Store,
         ca: Option<ClusterCa>,
-        peers: reqwest::Client,
+        peers: crate::pki::PeerClient,
         docker_host: Option<String>,
         wg_key_path: std::path::PathBuf,
     ) -> Node {
@@ -784,9 +786,10 @@ impl Node {
         timeout: Option<Duration>,
     ) -> Result<R, CallError> {
         let url = format!("https://{api_addr}/api/v1/{path}");
+        let peers = self.peers.client();
         let mut request = match body {
-            Some(body) => self.peers.post(&url).json(body),
-            None => self.peers.get(&url),
+            Some(body) => peers.post(&url).json(body),
+            None => peers.get(&url),
         };
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
