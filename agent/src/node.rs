@@ -30,6 +30,7 @@ mod backup;
 mod ca_abort;
 pub mod certs;
 mod error;
+pub mod features;
 pub mod heartbeat;
 mod members;
 mod objects;
@@ -99,6 +100,8 @@ pub struct Node {
     heartbeats: heartbeat::Board,
     /// Replica reports waiting to go together in one log entry ([`reports`]).
     reports: reports::Batcher,
+    /// Which kinds of log entries every member reads (rolling upgrades).
+    features: features::Probes,
 }
 
 impl Node {
@@ -124,6 +127,7 @@ impl Node {
             certs: Default::default(),
             heartbeats: Default::default(),
             reports: Default::default(),
+            features: Default::default(),
         }
     }
 

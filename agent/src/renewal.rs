@@ -221,6 +221,14 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
                 }
             }
             CaAction::FinishAbort { fingerprint } => {
+                // A node of an older version joined meanwhile: it would stop at the entry.
+                if !node
+                    .members_support(crate::node::features::Feature::CaAbort)
+                    .await
+                {
+                    tracing::info!(%fingerprint, "the CA rotation abort waits for every node to read its end (an older version is a member)");
+                    continue;
+                }
                 match node
                     .propose(
                         Op::FinishCaAbort {

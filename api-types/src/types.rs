@@ -73,6 +73,11 @@ pub struct HealthResponse {
     /// not say so, and would fail on such a log entry.
     #[serde(default)]
     pub report_deltas: bool,
+    /// The kinds of log entries (and state) this node reads, by name (`report-deltas`,
+    /// `user-certs`, `ca-abort`): a node proposes a new kind only once every member lists it.
+    /// An older version lists none (or does not know some), and would stop on such an entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -177,3 +177,112 @@ async fn a_revoked_user_is_refused_on_the_etcd_store() -> anyhow::Result<()> {
         .await?;
     scenario(&cluster).await
 }
+
+/// Whether `result` is a 409 whose message names `node` as not upgraded.
+fn refused_for<T>(result: Result<T, agent::client::ClientError>, node: &str) -> anyhow::Result<()> {
+    match result {
+        Err(agent::client::ClientError::Api {
+            status: 409,
+            message,
+            ..
+        }) if message.contains("until every node is upgraded") && message.contains(node) => Ok(()),
+        Err(e) => anyhow::bail!("not the refusal naming {node}: {e:#}"),
+        Ok(_) => anyhow::bail!("accepted while {node} plays the older version"),
+    }
+}
+
+/// Rolling upgrade: while a member plays the version before user-certificate records and CA
+/// aborts (`SMR_TEST_LEGACY_FEATURES`; a real one would stop applying the log at such an entry),
+/// user certificates are signed without being recorded, and revocation and abort are refused
+/// with 409 naming it. Once it is restarted as the new version, records are written again, and
+/// a certificate signed meanwhile is revoked by its serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_entries_wait_for_every_node_to_read_them() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new();
+    cluster.start_first()?;
+    cluster.start_env = vec![(
+        "SMR_TEST_LEGACY_FEATURES".into(),
+        "user-certs,ca-abort".into(),
+    )];
+    let old = cluster.join(0)?;
+    cluster.start_env.clear();
+    cluster
+        .agreed_leader(&[0, old], Duration::from_secs(30))
+        .await?;
+    let old_name = cluster.nodes[old].name.clone();
+
+    let admin = Context::load(&cluster.nodes[0].context_path())?;
+    let signer = cluster.client(0);
+    let alice = signer.user_context(&admin, "alice", "alice").await?;
+    ensure!(refused(&on(&alice, &cluster, 0)?).await == Some(false));
+    let recorded = signer.user_certs().await?;
+    ensure!(
+        recorded.is_empty(),
+        "recorded while a node is old: {recorded:?}"
+    );
+    // The old node itself does not record either.
+    cluster
+        .client(old)
+        .user_context(&admin, "alice", "alice-2")
+        .await?;
+    ensure!(signer.user_certs().await?.is_empty());
+
+    let revoke = |name: &str| agent::api::types::UserRevokeRequest {
+        name: Some(name.into()),
+        serial: None,
+    };
+    refused_for(signer.revoke_user(&revoke("alice")).await, &old_name)?;
+    refused_for(signer.ca_abort().await, &old_name)?;
+    for args in [&["user", "revoke", "alice"][..], &["ca", "abort"]] {
+        let out = smrmgr_on(&cluster, 0, args);
+        ensure!(
+            out.status.code() == Some(1) && text(&out).contains(&old_name),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+
+    // The node is upgraded.
+    cluster.stop(old)?;
+    cluster.restart(old)?;
+    let bob = eventually(
+        "a user certificate recorded once every node reads the records",
+        Duration::from_secs(30),
+        || async {
+            let bob = signer.user_context(&admin, "bob", "bob").await.ok()?;
+            let certs = signer.user_certs().await.ok()?;
+            certs.iter().any(|c| c.name == "bob").then_some(bob)
+        },
+    )
+    .await?;
+    // The upgrade finished: the abort is answered on its merits (no rotation under way).
+    match signer.ca_abort().await {
+        Err(agent::client::ClientError::Api {
+            status: 409,
+            message,
+            ..
+        }) if message.contains("no CA rotation is under way") => {}
+        other => anyhow::bail!("abort after the upgrade: {other:?}"),
+    }
+    // alice's certificate was not recorded: by name it is not found, by serial it is revoked.
+    let out = smrmgr_on(&cluster, 0, &["user", "revoke", "alice"]);
+    ensure!(
+        !out.status.success() && text(&out).contains("no certificate of user \"alice\""),
+        "{}",
+        text(&out)
+    );
+    let serial = agent::pki::pem_serial(&alice.cert_pem)?;
+    let out = smrmgr_on(&cluster, 0, &["user", "revoke", "--serial", &serial]);
+    ensure!(out.status.success(), "{}", text(&out));
+    for i in [0, old] {
+        let client = on(&alice, &cluster, i)?;
+        eventually(
+            &format!("node {i} to refuse alice"),
+            Duration::from_secs(10),
+            || async { (refused(&client).await == Some(true)).then_some(()) },
+        )
+        .await?;
+        ensure!(refused(&on(&bob, &cluster, i)?).await == Some(false));
+    }
+    Ok(())
+}

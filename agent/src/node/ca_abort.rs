@@ -22,8 +22,11 @@ pub(super) fn refuse_while_aborting(record: &CaRecord) -> Result<(), NodeError> 
 
 impl Node {
     /// Aborts the rotation under way (an abort under way already is answered with its status);
-    /// 409 when no rotation is under way.
+    /// 409 when no rotation is under way, and while a node of an older version is a member
+    /// (named): it would stop at the entry.
     pub async fn abort_ca_rotation(&self) -> Result<CaStatus, NodeError> {
+        self.require_members_support(super::features::Feature::CaAbort, "aborting a CA rotation")
+            .await?;
         let state = self.state(Consistency::Linearizable).await?;
         let record = state
             .ca

@@ -78,6 +78,7 @@ impl Node {
             seals_secrets: self.seals_secrets(),
             cert_ca: self.cert_ca(),
             report_deltas: !super::reports::test_legacy(),
+            features: super::features::announced(),
         })
     }
 
@@ -102,6 +103,9 @@ impl Node {
                     self.call::<(), HealthResponse>(&addr, "health", None),
                 )
                 .await;
+                if let Ok(Ok(health)) = &probe {
+                    self.features.note(health);
+                }
                 matches!(probe, Ok(Ok(health)) if health.seals_secrets)
             }
         });
@@ -132,7 +136,10 @@ impl Node {
                 )
                 .await;
                 match probe {
-                    Ok(Ok(health)) => (true, health.cert_expires_ms, health.cert_ca),
+                    Ok(Ok(health)) => {
+                        self.features.note(&health);
+                        (true, health.cert_expires_ms, health.cert_ca)
+                    }
                     _ => (false, None, None),
                 }
             }

@@ -2,6 +2,7 @@
 //! cluster to sign a CSR made on the admin's machine, so the user's private key never passes
 //! through the cluster.
 
+use super::features::Feature;
 use super::{Consistency, Node, NodeError};
 use crate::api::types::SignRequest;
 use crate::state::{CommandResult, Op, UserCert};
@@ -65,6 +66,20 @@ impl Node {
             expires_ms: ms_since_epoch(not_after),
             revoked_ms: None,
         };
+        // Not while a node of an older version applies the log: it would stop at the entry.
+        // The certificate is then not recorded (revocable by serial only).
+        let lacking = self.members_lacking(Feature::UserCerts, true).await;
+        if !lacking.is_empty() {
+            tracing::warn!(
+                user = name,
+                %serial,
+                ?lacking,
+                "signed a client certificate without recording it: nodes of an older version \
+                 would not read the record; `smrmgr user revoke NAME` will not find it (revoke \
+                 it by serial)"
+            );
+            return Ok((cert, ca.cert_pem.clone()));
+        }
         if let CommandResult::Rejected { reason } = self
             .propose(Op::RecordUserCert { cert: record }, None)
             .await?
@@ -94,6 +109,8 @@ impl Node {
                 "revoke either a user (name) or one certificate (serial)".into(),
             ));
         }
+        self.require_members_support(Feature::UserCerts, "revoking user certificates")
+            .await?;
         // A serial the state does not record stays revoked as long as any certificate signed
         // now could last.
         let expires_ms = super::now_ms()
