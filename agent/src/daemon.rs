@@ -373,7 +373,7 @@ pub async fn run(
     // The API and Raft servers and the node client present what `live` holds at each new
     // connection: a renewed certificate is used without a restart.
     let live = pki::LiveIdentity::new(identity.clone())?;
-    let peers = pki::reqwest_client_live(&live, Duration::from_secs(10))?;
+    let peers = pki::PeerClient::live(&live, Duration::from_secs(10))?;
     let transport = Transport {
         client: peers.clone(),
         scheme: "https".into(),

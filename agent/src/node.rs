@@ -27,9 +27,11 @@ use tokio::sync::watch;
 
 pub mod availability;
 mod backup;
+mod ca_abort;
 pub mod certs;
 pub mod cluster_key;
 mod error;
+pub mod features;
 pub mod heartbeat;
 mod members;
 mod objects;
@@ -81,8 +83,9 @@ pub struct Node {
     store: Store,
     /// Present on the node that holds the cluster CA key (the first CA's, in `pki/ca.key`).
     pub ca: Option<Arc<ClusterCa>>,
-    /// mTLS client presenting this node's certificate, for node-to-node API calls.
-    pub peers: reqwest::Client,
+    /// mTLS client presenting this node's certificate, for node-to-node API calls (made again
+    /// after the certificate is replaced: [`crate::pki::PeerClient`]).
+    pub peers: crate::pki::PeerClient,
     /// The Docker engine this node runs replicas on.
     pub docker_host: Option<String>,
     /// The one connection to it, made on first use ([`Node::docker`]): the reconciler, logs,
@@ -98,6 +101,8 @@ pub struct Node {
     heartbeats: heartbeat::Board,
     /// Replica reports waiting to go together in one log entry ([`reports`]).
     reports: reports::Batcher,
+    /// Which kinds of log entries every member reads (rolling upgrades).
+    features: features::Probes,
 }
 
 impl Node {
@@ -106,7 +111,7 @@ impl Node {
         name: String,
         store: Store,
         ca: Option<ClusterCa>,
-        peers: reqwest::Client,
+        peers: crate::pki::PeerClient,
         docker_host: Option<String>,
         wg_key_path: std::path::PathBuf,
     ) -> Node {
@@ -123,6 +128,7 @@ impl Node {
             certs: Default::default(),
             heartbeats: Default::default(),
             reports: Default::default(),
+            features: Default::default(),
         }
     }
 
@@ -832,9 +838,10 @@ impl Node {
         timeout: Option<Duration>,
     ) -> Result<R, CallError> {
         let url = format!("https://{api_addr}/api/v1/{path}");
+        let peers = self.peers.client();
         let mut request = match body {
-            Some(body) => self.peers.post(&url).json(body),
-            None => self.peers.get(&url),
+            Some(body) => peers.post(&url).json(body),
+            None => peers.get(&url),
         };
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);

@@ -13,6 +13,8 @@
 //! node trust both CAs, renews its certificates from the next CA at once (presented with the
 //! cross-signed certificate), finishes the rotation on the leader once every node's certificate
 //! comes from the next CA, and drops the old CA afterwards ([`crate::state::ca_rotation`]).
+//! After `smrmgr ca abort` it renews from the current CA again, and the leader drops the next
+//! CA once every node is back on the current one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use crate::node::certs::identity_for;
 use crate::node::{Consistency, Node};
 use crate::pki::{self, Identity, LiveIdentity, Role};
 use crate::state::ca_rotation::{self, CaAction};
-use crate::state::{CommandResult, Op};
+use crate::state::{CaRecord, CommandResult, Op};
 
 /// Environment variable, FOR TESTS ONLY: the lifetime, in seconds (30 to 31536000), of the
 /// certificates this node signs (default: a year). Tests set it on every agent to see renewals
@@ -168,6 +170,19 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
     } else {
         None
     };
+    if let (Some(next), Some(members)) = (&record.next, &members) {
+        let (done, total) = ca_rotation::progress(record, members);
+        crate::metrics::ca_rotation::record_progress(&next.fingerprint, done, total);
+    }
+    match retire_ca_key(&renewal.pki_dir, record) {
+        Ok(true) => tracing::info!(
+            "deleted {}: the key of a CA rotated out (the state's CA is {})",
+            renewal.pki_dir.join(pki::CA_KEY_FILE).display(),
+            record.fingerprint
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("the CA key file: {e}"),
+    }
     let actions = ca_rotation::ca_actions(&ca_rotation::NodeCaView {
         ca: record,
         trusted: &trusted,
@@ -202,6 +217,31 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
                     CommandResult::Rejected { reason } => return Err(reason),
                     _ => {
                         tracing::info!(%fingerprint, "CA rotation finished: every node's certificate comes from the new CA")
+                    }
+                }
+            }
+            CaAction::FinishAbort { fingerprint } => {
+                // A node of an older version joined meanwhile: it would stop at the entry.
+                if !node
+                    .members_support(crate::node::features::Feature::CaAbort)
+                    .await
+                {
+                    tracing::info!(%fingerprint, "the CA rotation abort waits for every node to read its end (an older version is a member)");
+                    continue;
+                }
+                match node
+                    .propose(
+                        Op::FinishCaAbort {
+                            fingerprint: fingerprint.clone(),
+                        },
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    CommandResult::Rejected { reason } => return Err(reason),
+                    _ => {
+                        tracing::info!(%fingerprint, "CA rotation abort finished: every node's certificate comes from the current CA again; the next CA is trusted no longer")
                     }
                 }
             }
@@ -264,4 +304,87 @@ async fn renew(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<Sy
     let (_, not_after) = pki::validity(&node_id.cert_pem).map_err(|e| e.to_string())?;
     install(live, renewal, node_id, admin)?;
     Ok(not_after)
+}
+
+/// After a CA rotation, `pki/ca.key` of the node that created the cluster is the key of a CA
+/// the state no longer names: it is deleted (nothing signs with it any more, and nobody trusts
+/// its CA). It is kept while its CA is the state's CA or the next one (a rotation under way may
+/// be aborted back to it), and when it cannot be read as a key of either. Returns whether it
+/// was deleted; no file: `false`.
+pub fn retire_ca_key(pki_dir: &std::path::Path, record: &CaRecord) -> Result<bool, String> {
+    let path = pki_dir.join(pki::CA_KEY_FILE);
+    let key_pem = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let named = std::iter::once(record.cert_pem.as_str())
+        .chain(record.next.as_ref().map(|n| n.cert_pem.as_str()));
+    for cert_pem in named {
+        match pki::ClusterCa::from_pem(cert_pem, &key_pem) {
+            Ok(_) => return Ok(false),
+            Err(pki::PkiError::KeyMismatch(_)) => {}
+            Err(e) => return Err(format!("{} kept: {e}", path.display())),
+        }
+    }
+    std::fs::remove_file(&path).map_err(|e| format!("deleting {}: {e}", path.display()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ClusterCa;
+    use crate::state::NextCa;
+
+    fn record(current: &ClusterCa, next: Option<&ClusterCa>) -> CaRecord {
+        CaRecord {
+            cert_pem: current.cert_pem().into(),
+            fingerprint: current.fingerprint(),
+            holder: 1,
+            key_sealed: None,
+            next: next.map(|ca| NextCa {
+                cert_pem: ca.cert_pem().into(),
+                fingerprint: ca.fingerprint(),
+                key_sealed: String::new(),
+                cross_pem: String::new(),
+                started_ms: 0,
+                aborted_ms: None,
+            }),
+            previous: None,
+        }
+    }
+
+    #[test]
+    fn the_ca_key_file_is_deleted_only_once_its_ca_is_neither_current_nor_next() {
+        pki::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let old = ClusterCa::generate("t").unwrap();
+        let new = old.generate_successor().unwrap();
+        let other = ClusterCa::generate("t").unwrap();
+        old.save(dir.path()).unwrap();
+        let key = dir.path().join(pki::CA_KEY_FILE);
+        // Its CA is the state's, during a rotation from it and after an abort back to it.
+        assert_eq!(retire_ca_key(dir.path(), &record(&old, None)), Ok(false));
+        assert_eq!(
+            retire_ca_key(dir.path(), &record(&old, Some(&new))),
+            Ok(false)
+        );
+        // A rotation to it (from another CA) may still finish.
+        assert_eq!(
+            retire_ca_key(dir.path(), &record(&other, Some(&old))),
+            Ok(false)
+        );
+        assert!(key.exists());
+        // Rotated out: deleted; then nothing to do.
+        assert_eq!(retire_ca_key(dir.path(), &record(&new, None)), Ok(true));
+        assert!(!key.exists());
+        assert!(dir.path().join(pki::CA_CERT_FILE).exists());
+        assert_eq!(retire_ca_key(dir.path(), &record(&new, None)), Ok(false));
+        // A file that is no key is kept, with the reason.
+        std::fs::write(&key, "not a key").unwrap();
+        let kept = retire_ca_key(dir.path(), &record(&new, None)).unwrap_err();
+        assert!(kept.contains("kept"), "{kept}");
+        assert!(key.exists());
+    }
 }

@@ -235,7 +235,8 @@ impl Harness {
                     client: reqwest::Client::builder()
                         .timeout(Duration::from_secs(5))
                         .build()
-                        .unwrap(),
+                        .unwrap()
+                        .into(),
                     scheme: "http".into(),
                 };
                 let path = dir.path().join(format!("n{id}"));

@@ -325,6 +325,16 @@ impl Client {
         self.request(Method::GET, "ca/status", Payload::None).await
     }
 
+    /// Aborts the CA rotation under way (`smrmgr ca abort`); answers the CA status.
+    pub async fn ca_abort(&self) -> Result<CaStatus, ClientError> {
+        self.request(
+            Method::POST,
+            "ca/abort",
+            Payload::Json(serde_json::Value::Null),
+        )
+        .await
+    }
+
     pub async fn token(&self, ttl: Option<Duration>) -> Result<TokenResponse, ClientError> {
         let body = serde_json::json!({ "ttl_seconds": ttl.map(|t| t.as_secs()) });
         self.request(Method::POST, "tokens", Payload::Json(body))
@@ -345,6 +355,25 @@ impl Client {
             Payload::Json(body),
         )
         .await
+    }
+
+    /// Revokes every certificate of user `name`, or the one with `serial` (`smrmgr user
+    /// revoke`); answers the user certificates the cluster records then.
+    pub async fn revoke_user(
+        &self,
+        req: &crate::types::UserRevokeRequest,
+    ) -> Result<Vec<crate::state::UserCert>, ClientError> {
+        self.request(
+            Method::POST,
+            "users/revoke",
+            Payload::Json(serde_json::to_value(req).unwrap_or_default()),
+        )
+        .await
+    }
+
+    /// The user certificates the cluster records (signed, and revoked ones).
+    pub async fn user_certs(&self) -> Result<Vec<crate::state::UserCert>, ClientError> {
+        self.request(Method::GET, "users", Payload::None).await
     }
 
     /// A new context for user `user` on the cluster of `base` (its API URL): a fresh key made

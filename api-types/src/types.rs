@@ -77,6 +77,11 @@ pub struct HealthResponse {
     /// node of a cluster created before the key existed that has not fetched it yet, does not.
     #[serde(default)]
     pub holds_cluster_key: bool,
+    /// The kinds of log entries (and state) this node reads, by name (`report-deltas`,
+    /// `user-certs`, `ca-abort`): a node proposes a new kind only once every member lists it.
+    /// An older version lists none (or does not know some), and would stop on such an entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -338,6 +343,17 @@ pub struct UserCertRequest {
     pub csr: String,
 }
 
+/// `POST /api/v1/users/revoke`: revoke every certificate of user `name`, or the one with
+/// `serial` (hex; `:` between bytes allowed). Exactly one of the two.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRevokeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
 /// An admin client certificate signed for a named user.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UserCertResponse {
@@ -381,6 +397,15 @@ pub struct CaStatus {
     pub done: usize,
     pub total: usize,
     pub nodes: Vec<CaNodeStatus>,
+    /// When the rotation under way was aborted (`smrmgr ca abort`; ms since the epoch): the
+    /// current CA signs again, `done` counts the nodes back on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_ms: Option<u64>,
+    /// The nodes a rotation (or its abort) waits for: their certificate is not of the CA that
+    /// signs now, or they did not answer. Removing a node that will never answer
+    /// (`smrctl remove-node ID`) lets the rotation end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<NodeId>,
 }
 
 /// One node in [`CaStatus`].

@@ -207,3 +207,15 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<PeerIdentity> {
         name: name.to_owned(),
     })
 }
+
+/// The serial number of a DER certificate, lowercase hex (how revocations name it).
+pub fn cert_serial(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(hex::encode(cert.raw_serial()))
+}
+
+/// The serial number of the first certificate of `pem`, lowercase hex.
+pub fn pem_serial(pem: &str) -> Result<String, PkiError> {
+    let der = super::ca::parse_cert_pem(pem, "certificate")?;
+    cert_serial(&der).ok_or_else(|| PkiError::BadCertificate("unreadable certificate".into()))
+}

@@ -42,8 +42,8 @@ use rustls::crypto::CryptoProvider;
 pub use ca::{
     ClusterCa, LEAF_VALIDITY, Role, first_pem, join_pem, new_key_and_csr, pem_fingerprints,
 };
-pub use identity::{Identity, PeerIdentity, peer_identity};
-pub use live::{LiveIdentity, renew_at, validity};
+pub use identity::{Identity, PeerIdentity, cert_serial, peer_identity, pem_serial};
+pub use live::{LiveIdentity, PeerClient, renew_at, validity};
 pub use seal::{CLUSTER_KEY_FILE, ClusterKey, SEALED_VALUE_PREFIX, is_sealed_value};
 pub use tls::{
     CA_MISMATCH, api_server_config, api_server_config_live, client_config, pinned_client_config,

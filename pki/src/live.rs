@@ -1,9 +1,12 @@
 //! A node's own certificate, replaceable while servers and clients run: the API and Raft servers
 //! and the node-to-node client resolve the certificate at each handshake from a
 //! [`LiveIdentity`], so a renewed certificate is presented from the next connection on, with no
-//! restart. Connections already open keep the certificate they were made with.
+//! restart. Connections already open keep the certificate they were made with; a
+//! [`PeerClient`] therefore makes a new reqwest client (with a new, empty pool) once the identity
+//! was replaced, so the next request presents the new certificate.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::ResolvesClientCert;
@@ -22,6 +25,8 @@ use super::{PkiError, provider};
 #[derive(Debug)]
 pub struct LiveIdentity {
     current: RwLock<Current>,
+    /// How many times the identity was replaced.
+    generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -50,6 +55,7 @@ impl LiveIdentity {
     pub fn new(identity: Identity) -> Result<Arc<LiveIdentity>, PkiError> {
         Ok(Arc::new(LiveIdentity {
             current: RwLock::new(current(identity)?),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -62,7 +68,13 @@ impl LiveIdentity {
     pub fn replace(&self, identity: Identity) -> Result<(), PkiError> {
         let next = current(identity)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many times the identity was replaced ([`LiveIdentity::replace`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
@@ -96,6 +108,74 @@ impl ResolvesClientCert for LiveIdentity {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// The node-to-node HTTP client: a reqwest client presenting the certificate of a
+/// [`LiveIdentity`], made again (with an empty connection pool) after each replacement of the
+/// identity, so that requests after a renewal or a CA rotation step present the new certificate
+/// instead of going over a pooled connection made with the old one. Connections of the previous
+/// client close once the requests using them end. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerClient {
+    inner: Arc<PeerSource>,
+}
+
+enum PeerSource {
+    Fixed(reqwest::Client),
+    Live {
+        live: Arc<LiveIdentity>,
+        timeout: Duration,
+        /// The client made for identity generation `.0`.
+        built: Mutex<(u64, reqwest::Client)>,
+    },
+}
+
+impl PeerClient {
+    /// A client for `live`'s identity; `timeout` is each request's limit.
+    pub fn live(live: &Arc<LiveIdentity>, timeout: Duration) -> Result<PeerClient, PkiError> {
+        let generation = live.generation();
+        let client = super::tls::reqwest_client_live(live, timeout)?;
+        Ok(PeerClient {
+            inner: Arc::new(PeerSource::Live {
+                live: live.clone(),
+                timeout,
+                built: Mutex::new((generation, client)),
+            }),
+        })
+    }
+
+    /// The client to send the next request with.
+    pub fn client(&self) -> reqwest::Client {
+        match &*self.inner {
+            PeerSource::Fixed(client) => client.clone(),
+            PeerSource::Live {
+                live,
+                timeout,
+                built,
+            } => {
+                let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+                let generation = live.generation();
+                if built.0 != generation {
+                    match super::tls::reqwest_client_live(live, *timeout) {
+                        Ok(client) => *built = (generation, client),
+                        // Cannot happen once the first one was made (same settings); the old
+                        // client still works with the new certificate on new connections.
+                        Err(_) => built.0 = generation,
+                    }
+                }
+                built.1.clone()
+            }
+        }
+    }
+}
+
+/// A client that is never made again (plain HTTP in tests, or a fixed identity).
+impl From<reqwest::Client> for PeerClient {
+    fn from(client: reqwest::Client) -> PeerClient {
+        PeerClient {
+            inner: Arc::new(PeerSource::Fixed(client)),
+        }
     }
 }
 

@@ -957,3 +957,80 @@ async fn a_join_token_of_the_old_ca_works_during_a_rotation_and_is_refused_after
     let _ = server.next_seen().await;
     assert_eq!(get(&pinned_new, &server.url()).await.unwrap(), "anonymous");
 }
+
+/// A TLS server that keeps each connection open (HTTP/1.1 keep-alive) and answers every request
+/// with the identity of the connection's client certificate and the connection's number.
+async fn keep_alive_server(config: Arc<ServerConfig>) -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/",
+        listener.local_addr().unwrap().port()
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let task = tokio::spawn(async move {
+        for connection in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let peer = tls.get_ref().1.peer_certificates().and_then(peer_identity);
+                let body = match peer {
+                    Some(p) => format!("{}:{} #{connection}", p.role, p.name),
+                    None => format!("anonymous #{connection}"),
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_peer_client_presents_a_replaced_identity_at_once_despite_pooled_connections() {
+    let p = pki();
+    let server_live = LiveIdentity::new(p.node.clone()).unwrap();
+    let (url, task) = keep_alive_server(api_server_config_live(&server_live).unwrap()).await;
+    let live = LiveIdentity::new(p.node2.clone()).unwrap();
+    let peers = PeerClient::live(&live, TIMEOUT).unwrap();
+
+    // Requests reuse the pooled connection.
+    assert_eq!(get(&peers.client(), &url).await.unwrap(), "node:node-2 #1");
+    assert_eq!(get(&peers.client(), &url).await.unwrap(), "node:node-2 #1");
+    // The certificate is replaced (a renewal; here a new name to tell them apart): the next
+    // request goes over a new connection that presents it.
+    let before = peers.client();
+    live.replace(issue(&p.ca, Role::Node, "node-3", &["127.0.0.1"]))
+        .unwrap();
+    assert_eq!(get(&peers.client(), &url).await.unwrap(), "node:node-3 #2");
+    assert_eq!(get(&peers.client(), &url).await.unwrap(), "node:node-3 #2");
+    // What a client made once would have done: its pooled connection still presents the old
+    // certificate.
+    assert_eq!(get(&before, &url).await.unwrap(), "node:node-2 #1");
+    // A fixed client (plain, as in tests) is the same client every time.
+    let fixed = PeerClient::from(reqwest_client_live(&live, TIMEOUT).unwrap());
+    assert_eq!(get(&fixed.client(), &url).await.unwrap(), "node:node-3 #3");
+    live.replace(p.node2.clone()).unwrap();
+    assert_eq!(get(&fixed.client(), &url).await.unwrap(), "node:node-3 #3");
+    task.abort();
+}

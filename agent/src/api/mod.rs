@@ -87,11 +87,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/ca/status"),
     ("post", "/api/v1/internal/report"),
     ("get", "/api/v1/internal/cluster-key"),
+    ("post", "/api/v1/ca/abort"),
+    ("get", "/api/v1/users"),
+    ("post", "/api/v1/users/revoke"),
 ];
 
 /// The identity of the TLS client of a connection, if it presented a valid certificate.
 #[derive(Clone, Debug, Default)]
 pub struct ClientIdentity(pub Option<PeerIdentity>);
+
+/// The serial number (lowercase hex) of the TLS client's certificate, if it presented one:
+/// checked against the revoked user certificates ([`crate::state::user_certs`]).
+#[derive(Clone, Debug, Default)]
+pub struct ClientCertSerial(pub Option<String>);
 
 pub fn router(node: Arc<Node>) -> Router {
     let internal = Router::new()
@@ -142,9 +150,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/backup", get(backup::backup))
         .route("/api/v1/ca/rotate", post(ca_rotate))
         .route("/api/v1/ca/status", get(ca_status))
+        .route("/api/v1/ca/abort", post(ca_abort))
         .merge(internal)
         .merge(users::router())
-        .route_layer(middleware::from_fn(require_client_cert));
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            require_client_cert,
+        ));
     Router::new()
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/join", post(join))
@@ -252,12 +264,33 @@ async fn json_errors(response: Response) -> Response {
     out
 }
 
+/// Lets clients with a certificate of the cluster CA through, except an admin certificate that
+/// was revoked (`smrmgr user revoke`: 403 naming it), as this node's applied state says.
 async fn require_client_cert(
+    State(node): AppState,
     Extension(who): Extension<ClientIdentity>,
+    serial: Option<Extension<ClientCertSerial>>,
     req: Request,
     next: Next,
 ) -> Response {
     match who.0 {
+        Some(PeerIdentity {
+            role: Role::Admin,
+            name,
+        }) => {
+            let serial = serial.and_then(|Extension(s)| s.0);
+            if let Some(serial) = serial
+                && let Ok(state) = node.state(Consistency::Stale).await
+                && crate::state::user_certs::revoked(&state.user_certs, &serial).is_some()
+            {
+                return ApiError::Forbidden(format!(
+                    "the certificate of {name:?} (serial {serial}) was revoked (`smrmgr user \
+                     revoke`): ask an admin for a new one"
+                ))
+                .into_response();
+            }
+            next.run(req).await
+        }
         Some(_) => next.run(req).await,
         None => ApiError::Unauthenticated.into_response(),
     }
@@ -370,6 +403,25 @@ async fn ca_rotate(
         ));
     }
     Ok(Json(node.start_ca_rotation().await?))
+}
+
+/// `POST /api/v1/ca/abort` (admin certificates only): abandons the CA rotation under way.
+async fn ca_abort(
+    State(node): AppState,
+    Extension(who): Extension<ClientIdentity>,
+) -> Result<Json<CaStatus>, ApiError> {
+    if !matches!(
+        who.0,
+        Some(PeerIdentity {
+            role: Role::Admin,
+            ..
+        })
+    ) {
+        return Err(ApiError::Forbidden(
+            "only admin certificates may abort a CA rotation".into(),
+        ));
+    }
+    Ok(Json(node.abort_ca_rotation().await?))
 }
 
 /// `GET /api/v1/ca/status`: the CA, a rotation under way, the CA of each node's certificate.

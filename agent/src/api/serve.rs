@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::ClientIdentity;
+use super::{ClientCertSerial, ClientIdentity};
 use crate::pki;
 
 /// How long a client may take to finish the TLS handshake.
@@ -69,12 +69,15 @@ async fn serve_connection(
             return;
         }
     };
-    let identity = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(pki::peer_identity);
-    let service = TowerToHyperService::new(app.layer(Extension(ClientIdentity(identity))));
+    let certs = tls.get_ref().1.peer_certificates();
+    let identity = certs.and_then(pki::peer_identity);
+    let serial = certs
+        .and_then(|c| c.first())
+        .and_then(|der| pki::cert_serial(der));
+    let service = TowerToHyperService::new(
+        app.layer(Extension(ClientIdentity(identity)))
+            .layer(Extension(ClientCertSerial(serial))),
+    );
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await

@@ -57,6 +57,7 @@ pub(super) async fn follow_logs(
             );
             let response = node
                 .peers
+                .client()
                 .get(&url)
                 .header("x-smr-forwarded", node.name.as_str())
                 .timeout(STREAM_TIMEOUT)
@@ -196,6 +197,7 @@ pub(super) async fn attach(
             );
             let response = node
                 .peers
+                .client()
                 .get(&url)
                 .header("x-smr-forwarded", node.name.as_str())
                 .header(header::CONNECTION, "upgrade")

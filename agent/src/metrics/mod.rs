@@ -18,6 +18,7 @@
 //! OpenMetrics text (what `prometheus-client` writes; Prometheus reads it natively), names with
 //! the `smr_` prefix and base units (`_seconds`, `_bytes`, `_total`).
 
+pub mod ca_rotation;
 pub mod certificates;
 pub mod runtime;
 pub mod snapshot;
@@ -255,6 +256,10 @@ pub async fn render(node: &Node) -> String {
     let _ = encode_registry(&mut out, &COUNTERS.registry);
     let _ = encode_registry(&mut out, &snapshot::render(&input));
     let _ = encode_registry(&mut out, &certificates::render(&certificates::gather(node)));
+    let _ = encode_registry(
+        &mut out,
+        &ca_rotation::render(&ca_rotation::gather(node).await),
+    );
     let _ = encode_eof(&mut out);
     out
 }

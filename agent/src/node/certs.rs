@@ -78,8 +78,10 @@ impl Node {
             return Ok(None);
         };
         let (cert_pem, fingerprint, sealed) = match &record.next {
-            Some(next) => (&next.cert_pem, &next.fingerprint, Some(&next.key_sealed)),
-            None => (
+            Some(next) if next.aborted_ms.is_none() => {
+                (&next.cert_pem, &next.fingerprint, Some(&next.key_sealed))
+            }
+            _ => (
                 &record.cert_pem,
                 &record.fingerprint,
                 record.key_sealed.as_ref(),
@@ -158,6 +160,7 @@ impl Node {
             .ca
             .as_ref()
             .ok_or_else(|| NodeError::Unavailable("the cluster has no CA recorded".into()))?;
+        super::ca_abort::refuse_while_aborting(record)?;
         if record.next.is_none() {
             let refused = |why: &str| {
                 NodeError::Conflict(format!(
@@ -189,6 +192,7 @@ impl Node {
                 key_sealed: key.seal_ca(&next).map_err(internal)?,
                 cross_pem: current.cross_sign(&next).map_err(internal)?,
                 started_ms: super::now_ms(),
+                aborted_ms: None,
             };
             let fingerprint = next.fingerprint.clone();
             match self.propose(Op::StartCaRotation { next }, None).await? {
@@ -225,6 +229,11 @@ impl Node {
                     health: n.health,
                     cert_ca: n.cert_ca,
                 })
+                .collect(),
+            aborted_ms: record.next.as_ref().and_then(|n| n.aborted_ms),
+            waiting: ca_rotation::waiting_for(record, &members)
+                .into_iter()
+                .map(|(id, _)| *id)
                 .collect(),
         })
     }
@@ -283,6 +292,7 @@ mod tests {
                 key_sealed: String::new(),
                 cross_pem: cross.into(),
                 started_ms: 0,
+                aborted_ms: None,
             }),
             previous: None,
             key_migrating: false,

@@ -79,6 +79,7 @@ impl Node {
             cert_ca: self.cert_ca(),
             report_deltas: !super::reports::test_legacy(),
             holds_cluster_key: self.cluster_key().is_some(),
+            features: super::features::announced(),
         })
     }
 
@@ -103,6 +104,9 @@ impl Node {
                     self.call::<(), HealthResponse>(&addr, "health", None),
                 )
                 .await;
+                if let Ok(Ok(health)) = &probe {
+                    self.features.note(health);
+                }
                 matches!(probe, Ok(Ok(health)) if health.seals_secrets)
             }
         });
@@ -133,7 +137,10 @@ impl Node {
                 )
                 .await;
                 match probe {
-                    Ok(Ok(health)) => (true, health.cert_expires_ms, health.cert_ca),
+                    Ok(Ok(health)) => {
+                        self.features.note(&health);
+                        (true, health.cert_expires_ms, health.cert_ca)
+                    }
                     _ => (false, None, None),
                 }
             }

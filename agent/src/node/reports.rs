@@ -32,10 +32,6 @@ type Answer = Result<CommandResult, String>;
 pub(crate) struct Batcher {
     pending: Mutex<Vec<(ReportDelta, oneshot::Sender<Answer>)>>,
     turn: tokio::sync::Mutex<()>,
-    /// Every node that applies log entries said it reads [`Op::Reports`] (then for good: a
-    /// downgrade is not supported), and when they were last asked.
-    members_read: std::sync::atomic::AtomicBool,
-    probed_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// `SMR_TEST_LEGACY_REPORTS=1` (tests only): this node says it does not read delta reports, as
@@ -55,9 +51,6 @@ pub fn test_legacy() -> bool {
         legacy
     })
 }
-
-/// How often nodes are asked again while one of them does not read delta reports.
-const REPROBE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Batcher {
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(ReportDelta, oneshot::Sender<Answer>)>> {
@@ -96,56 +89,12 @@ impl Batcher {
 }
 
 impl Node {
-    /// Whether every node that applies log entries (registered with a Raft port: simulated
-    /// nodes apply none) reads [`Op::Reports`]: asked over their health route (2 s each, all at
-    /// once), again at most every [`REPROBE`] while one does not (an older version in a rolling
-    /// upgrade, which would stop on such an entry), never again once all do.
+    /// Whether every node that applies log entries reads [`Op::Reports`]
+    /// ([`Node::members_support`]: asked again at most every 10 s while one does not, never
+    /// again once all do).
     pub async fn members_read_report_deltas(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let b = &self.reports;
-        if b.members_read.load(Ordering::SeqCst) {
-            return true;
-        }
-        if test_legacy() {
-            return false;
-        }
-        {
-            let mut at = b.probed_at.lock().unwrap_or_else(|e| e.into_inner());
-            if at.is_some_and(|t| t.elapsed() < REPROBE) {
-                return false;
-            }
-            *at = Some(std::time::Instant::now());
-        }
-        let Ok(state) = self.state(Consistency::Stale).await else {
-            return false;
-        };
-        let probes = state
-            .nodes
-            .values()
-            .filter(|n| n.raft_port != 0 && n.id != self.id)
-            .map(|n| {
-                let addr = n.api_addr();
-                async move {
-                    let probe = tokio::time::timeout(
-                        std::time::Duration::from_secs(2),
-                        self.call::<(), api_types::types::HealthResponse>(&addr, "health", None),
-                    )
-                    .await;
-                    matches!(probe, Ok(Ok(health)) if health.report_deltas)
-                }
-            });
-        let all = futures::future::join_all(probes)
+        self.members_support(super::features::Feature::ReportDeltas)
             .await
-            .into_iter()
-            .all(|ok| ok);
-        if all {
-            b.members_read.store(true, Ordering::SeqCst);
-        } else {
-            tracing::info!(
-                "a node does not read delta reports yet (an older version): reporting in full"
-            );
-        }
-        all
     }
 
     /// Proposes a node's whole report as one entry of its own ([`Op::Report`]), as the version

@@ -68,7 +68,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// The HTTP client Raft RPCs go through, and the URL scheme.
 #[derive(Clone)]
 pub struct Transport {
-    pub client: reqwest::Client,
+    /// Made again after this node's certificate is replaced (see [`crate::pki::PeerClient`]).
+    pub client: crate::pki::PeerClient,
     pub scheme: String,
 }
 

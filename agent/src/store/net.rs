@@ -91,6 +91,7 @@ impl Connection {
         let response = self
             .transport
             .client
+            .client()
             .post(format!("{}/{path}", self.base))
             .timeout(timeout)
             .json(request)

@@ -139,7 +139,7 @@ fn unmount(path: &Path) {
 
 fn transport() -> Transport {
     Transport {
-        client: reqwest::Client::new(),
+        client: reqwest::Client::new().into(),
         scheme: "http".into(),
     }
 }

@@ -28,6 +28,7 @@ mod reset;
 pub mod shared;
 mod slots;
 mod sync_status;
+pub mod user_certs;
 
 pub use delta::{Changes, Delta, Follower, Step};
 pub use inputs::ReadersIndex;
@@ -36,6 +37,7 @@ pub use report_delta::{ReplicaRef, ReportDelta, StaleBase, merge as merge_report
 pub use shared::{MapChange, SharedList, SharedMap};
 pub use slots::{NodeSlots, SlotIndex};
 pub use sync_status::{GitopsState, GitopsStatus, GitopsSync, owner_of};
+pub use user_certs::UserCert;
 
 pub type NodeId = u64;
 
@@ -249,6 +251,11 @@ pub struct NextCa {
     pub key_sealed: String,
     pub cross_pem: String,
     pub started_ms: u64,
+    /// `smrmgr ca abort`: when the rotation was abandoned. The current CA signs again; every
+    /// node still trusts both CAs until each one's certificate is of the current CA again, then
+    /// the leader drops the next CA ([`Op::FinishCaAbort`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for NextCa {
@@ -256,6 +263,7 @@ impl std::fmt::Debug for NextCa {
         f.debug_struct("NextCa")
             .field("fingerprint", &self.fingerprint)
             .field("started_ms", &self.started_ms)
+            .field("aborted_ms", &self.aborted_ms)
             .finish_non_exhaustive()
     }
 }
@@ -313,6 +321,10 @@ pub struct ClusterState {
     /// Nodes taken out of scheduling (`smrctl cordon`, `drain`); absent: active.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub availability: BTreeMap<NodeId, Availability>,
+    /// User certificates the cluster signed, and revoked ones ([`user_certs`]); an entry goes
+    /// once its certificate has expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_certs: Vec<UserCert>,
     /// Which definitions read which objects: derived from `objects` by the writes, not stored
     /// (and not compared). Leave it alone.
     #[serde(skip)]
@@ -465,6 +477,33 @@ pub enum Op {
     /// every node answered that it holds the key, so every node applying it knows this command.
     FinishKeyMigration {
         fingerprint: String,
+    },
+    /// `smrmgr ca abort`: abandons the rotation to `fingerprint` (the current CA signs again;
+    /// both stay trusted until [`Op::FinishCaAbort`]). Refused unless that rotation is under way
+    /// (aborted already: accepted, nothing changes).
+    AbortCaRotation {
+        fingerprint: String,
+    },
+    /// Every node's certificate is of the current CA again: the abandoned next CA is dropped
+    /// (trusted no longer). Refused unless the rotation to `fingerprint` was aborted (dropped
+    /// already: accepted, nothing changes).
+    FinishCaAbort {
+        fingerprint: String,
+    },
+    /// A user certificate was signed (`smrctl context export --user`): recorded so that
+    /// `smrmgr user revoke NAME` finds it. Expired entries are dropped.
+    RecordUserCert {
+        cert: UserCert,
+    },
+    /// `smrmgr user revoke`: revokes every recorded certificate of user `name`, or the one with
+    /// `serial` (not recorded: added, kept until `expires_ms`). Refused for a name with no
+    /// certificate recorded. Every node's API refuses a revoked certificate.
+    RevokeUserCerts {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
+        expires_ms: u64,
     },
 }
 
@@ -707,6 +746,14 @@ impl ClusterState {
             Op::FinishCaRotation { fingerprint } => self.finish_ca_rotation(fingerprint),
             Op::Reports { reports } => self.reports(reports, now),
             Op::FinishKeyMigration { fingerprint } => self.finish_key_migration(fingerprint),
+            Op::AbortCaRotation { fingerprint } => self.abort_ca_rotation(fingerprint, now),
+            Op::FinishCaAbort { fingerprint } => self.finish_ca_abort(fingerprint),
+            Op::RecordUserCert { cert } => self.record_user_cert(cert, now),
+            Op::RevokeUserCerts {
+                name,
+                serial,
+                expires_ms,
+            } => self.revoke_user_certs(name.as_deref(), serial.as_deref(), *expires_ms, now),
         }
     }
 

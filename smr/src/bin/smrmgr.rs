@@ -91,6 +91,32 @@ enum Cmd {
         #[command(subcommand)]
         command: CaCmd,
     },
+    /// User certificates (`smrctl context export --user`): `revoke` one user's, `list` them.
+    User {
+        #[command(subcommand)]
+        command: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Revoke every certificate signed for user NAME, or one certificate by `--serial`: every
+    /// node's API refuses it from its next request (403), within a second or so.
+    Revoke {
+        /// The user (as given to `smrctl context export --user`).
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// One certificate's serial number, hex (`openssl x509 -noout -serial -in CERT`).
+        #[arg(long)]
+        serial: Option<String>,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// The user certificates the cluster signed, and revoked ones.
+    List {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +135,16 @@ enum CaCmd {
     Status {
         #[command(flatten)]
         data: DataDir,
+    },
+    /// Abandon the rotation under way and go back to the current CA: every node keeps trusting
+    /// both CAs and renews from the current one if it had a certificate of the new one; once all
+    /// have, the new CA is trusted no longer. Waits for the end and prints progress.
+    Abort {
+        #[command(flatten)]
+        data: DataDir,
+        /// How long to wait for every node, in seconds (the abort goes on after a timeout).
+        #[arg(long, default_value = "300")]
+        timeout: u64,
     },
 }
 
@@ -201,6 +237,15 @@ fn main() -> ExitCode {
         Cmd::Ca {
             command: CaCmd::Status { data },
         } => ca_status(&data.data_dir),
+        Cmd::Ca {
+            command: CaCmd::Abort { data, timeout },
+        } => ca_abort(&data.data_dir, Duration::from_secs(timeout)),
+        Cmd::User {
+            command: UserCmd::Revoke { name, serial, data },
+        } => user_revoke(&data.data_dir, name, serial),
+        Cmd::User {
+            command: UserCmd::List { data },
+        } => user_list(&data.data_dir),
     };
     match result {
         Ok(code) => code,
@@ -932,10 +977,19 @@ fn short(fingerprint: &str) -> &str {
 fn print_ca_status(status: &agent::api::types::CaStatus) {
     println!("CA        {}", status.fingerprint);
     if let Some(next) = &status.next {
-        println!(
-            "rotating  to {next} ({}/{} nodes done)",
-            status.done, status.total
-        );
+        match status.aborted_ms {
+            None => println!(
+                "rotating  to {next} ({}/{} nodes done)",
+                status.done, status.total
+            ),
+            Some(_) => println!(
+                "aborting  the rotation to {next} ({}/{} nodes back on the current CA)",
+                status.done, status.total
+            ),
+        }
+        if !status.waiting.is_empty() {
+            println!("waiting   for {}", waiting_names(status));
+        }
     }
     if let Some(previous) = &status.previous {
         println!("previous  {previous} (no longer trusted)");
@@ -950,6 +1004,23 @@ fn print_ca_status(status: &agent::api::types::CaStatus) {
         };
         println!("{:<6} {:<20} {:<12} {ca}", n.id, n.name, n.health);
     }
+}
+
+/// The nodes a rotation (or its abort) waits for, as people read them: `name (id N, health)`,
+/// with what removes a node that will never answer.
+fn waiting_names(status: &agent::api::types::CaStatus) -> String {
+    let names: Vec<String> = status
+        .waiting
+        .iter()
+        .map(|id| match status.nodes.iter().find(|n| n.id == *id) {
+            Some(n) => format!("{} (id {id}, {})", n.name, n.health),
+            None => format!("id {id}"),
+        })
+        .collect();
+    format!(
+        "{} (a node that will never answer: `smrctl remove-node ID` lets it end)",
+        names.join(", ")
+    )
 }
 
 fn ca_status(dir: &Path) -> anyhow::Result<ExitCode> {
@@ -1002,25 +1073,26 @@ fn ca_rotate(dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
                     next
                 );
             }
+            Ok(status) if status.aborted_ms.is_some() => {
+                bail!(
+                    "the rotation to {next} was aborted (`smrmgr ca abort`); the cluster goes \
+                     back to CA {}: see `smrmgr ca status`",
+                    status.fingerprint
+                );
+            }
             Ok(status) => {
                 if shown != Some((status.done, status.total)) {
                     println!("nodes done: {}/{}", status.done, status.total);
                     shown = Some((status.done, status.total));
                 }
                 if Instant::now() >= deadline {
-                    let waiting: Vec<String> = status
-                        .nodes
-                        .iter()
-                        .filter(|n| n.cert_ca.as_deref() != Some(next.as_str()))
-                        .map(|n| format!("{} ({})", n.name, n.health))
-                        .collect();
                     bail!(
                         "the rotation is still under way after {} s ({}/{} nodes done; waiting \
                          for {}); it goes on by itself: see `smrmgr ca status`",
                         timeout.as_secs(),
                         status.done,
                         status.total,
-                        waiting.join(", ")
+                        waiting_names(&status)
                     );
                 }
             }
@@ -1035,4 +1107,123 @@ fn ca_rotate(dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// `smrmgr ca abort`: aborts the rotation under way (or joins the abort under way) and waits
+/// until the next CA is dropped. Like `ca rotate`, the client is made again at each poll
+/// (`admin.context` is rewritten when this node renews from the current CA).
+fn ca_abort(dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let aborted = runtime
+        .block_on(client_for(dir)?.ca_abort())
+        .context("aborting the CA rotation")?;
+    let (current, Some(next)) = (aborted.fingerprint.clone(), aborted.next.clone()) else {
+        bail!(
+            "no CA rotation is under way (the CA is {}); see `smrmgr ca status`",
+            aborted.fingerprint
+        );
+    };
+    println!(
+        "aborting the rotation {} -> {}: back to {}",
+        short(&current),
+        short(&next),
+        short(&current)
+    );
+    let deadline = Instant::now() + timeout;
+    let mut shown = None;
+    loop {
+        match client_for(dir).and_then(|c| Ok(runtime.block_on(c.ca_status())?)) {
+            Ok(status) if status.next.is_none() && status.fingerprint == current => {
+                println!(
+                    "done: {}/{} nodes have a certificate of CA {}; CA {} is no longer trusted",
+                    status.done,
+                    status.total,
+                    short(&current),
+                    short(&next)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(status) if status.next.as_deref() != Some(next.as_str()) => {
+                bail!(
+                    "the cluster CA is {} and no rotation to {} is under way any more",
+                    status.fingerprint,
+                    next
+                );
+            }
+            Ok(status) => {
+                if shown != Some((status.done, status.total)) {
+                    println!("nodes back: {}/{}", status.done, status.total);
+                    shown = Some((status.done, status.total));
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "the abort is still under way after {} s ({}/{} nodes back; waiting for \
+                         {}); it goes on by itself: see `smrmgr ca status`",
+                        timeout.as_secs(),
+                        status.done,
+                        status.total,
+                        waiting_names(&status)
+                    );
+                }
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("the abort's status after {} s", timeout.as_secs())));
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn print_user_certs(certs: &[agent::state::UserCert]) {
+    println!("{:<20} {:<34} REVOKED", "USER", "SERIAL");
+    for c in certs {
+        let name = if c.name.is_empty() { "-" } else { &c.name };
+        let revoked = if c.revoked_ms.is_some() { "yes" } else { "no" };
+        println!("{name:<20} {:<34} {revoked}", c.serial);
+    }
+}
+
+/// `smrmgr user revoke NAME | --serial HEX`.
+fn user_revoke(
+    dir: &Path,
+    name: Option<String>,
+    serial: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = client_for(dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let req = agent::api::types::UserRevokeRequest {
+        name: name.clone(),
+        serial: serial.clone(),
+    };
+    let certs = runtime
+        .block_on(client.revoke_user(&req))
+        .context("revoking")?;
+    let revoked: Vec<_> = certs
+        .into_iter()
+        .filter(|c| c.revoked_ms.is_some())
+        .filter(|c| match (&name, &serial) {
+            (Some(name), _) => &c.name == name,
+            (None, _) => true,
+        })
+        .collect();
+    match (&name, &serial) {
+        (Some(name), _) => println!(
+            "revoked {} certificate(s) of user {name}; every node refuses them from now on",
+            revoked.len()
+        ),
+        _ => println!("revoked; every node refuses that certificate from now on"),
+    }
+    print_user_certs(&revoked);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn user_list(dir: &Path) -> anyhow::Result<ExitCode> {
+    let client = client_for(dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let certs = runtime
+        .block_on(client.user_certs())
+        .context("listing user certificates")?;
+    print_user_certs(&certs);
+    Ok(ExitCode::SUCCESS)
 }

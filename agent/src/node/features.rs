@@ -1,0 +1,313 @@
+//! Rolling upgrades: which kinds of log entries every member reads.
+//!
+//! ```text
+//!  GET /api/v1/health  -->  features: ["report-deltas", "user-certs", "ca-abort"]
+//!  Node::members_support(f)  --all members list f-->  true, for good (a downgrade is not supported)
+//!                            --one does not (or does not answer, never seen listing f)-->  false,
+//!                              asked again at most every REPROBE ([`Node::members_lacking`] with
+//!                              `now`: asked at once)
+//! ```
+//! A node of the previous version stops applying the log at an [`crate::state::Op`] variant it
+//! does not know, so a new kind of entry is proposed only once every node that applies entries
+//! (registered with a Raft port: simulated nodes apply none) says it reads it. Older peers read
+//! the booleans of the health answer that came before this list (`report_deltas`), which stay.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Consistency, Node};
+use crate::state::NodeId;
+
+/// A kind of log entry (and the state it writes) that a previous version does not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Batched delta reports ([`crate::state::Op::Reports`]); health `report_deltas` before
+    /// the list.
+    ReportDeltas,
+    /// Records of signed user certificates and their revocation
+    /// ([`crate::state::Op::RecordUserCert`], [`crate::state::Op::RevokeUserCerts`]).
+    UserCerts,
+    /// Aborting a CA rotation ([`crate::state::Op::AbortCaRotation`],
+    /// [`crate::state::Op::FinishCaAbort`]).
+    CaAbort,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 3] = [Feature::ReportDeltas, Feature::UserCerts, Feature::CaAbort];
+
+    /// The name in the health answer's `features`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::ReportDeltas => "report-deltas",
+            Feature::UserCerts => "user-certs",
+            Feature::CaAbort => "ca-abort",
+        }
+    }
+
+    /// Whether `health` says its node reads this kind of entry: in `features`, or for the one
+    /// that came before the list, its boolean.
+    pub fn announced_in(self, health: &api_types::types::HealthResponse) -> bool {
+        health.features.iter().any(|f| f == self.name())
+            || (self == Feature::ReportDeltas && health.report_deltas)
+    }
+
+    /// Whether this node reads (and so may propose) this kind of entry: always, unless it plays
+    /// the version before it in a test ([`TEST_LEGACY_FEATURES_ENV`],
+    /// [`super::reports::TEST_LEGACY_ENV`]).
+    pub fn here(self) -> bool {
+        match self {
+            Feature::ReportDeltas => !super::reports::test_legacy(),
+            _ => !test_legacy_features().contains(&self.name()),
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The features this node announces in its health answer.
+pub fn announced() -> Vec<String> {
+    Feature::ALL
+        .iter()
+        .filter(|f| f.here())
+        .map(|f| f.name().to_string())
+        .collect()
+}
+
+/// `SMR_TEST_LEGACY_FEATURES=user-certs,ca-abort` (tests only): this node plays the version
+/// before these features: it does not announce them, does not propose their entries, and
+/// refuses their commands as an upgraded node does while an older one is a member.
+pub const TEST_LEGACY_FEATURES_ENV: &str = "SMR_TEST_LEGACY_FEATURES";
+
+fn test_legacy_features() -> &'static [&'static str] {
+    static LEGACY: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    LEGACY.get_or_init(|| {
+        let Ok(list) = std::env::var(TEST_LEGACY_FEATURES_ENV) else {
+            return Vec::new();
+        };
+        let legacy: Vec<&'static str> = Feature::ALL
+            .iter()
+            .map(|f| f.name())
+            .filter(|name| list.split(',').any(|l| l.trim() == *name))
+            .collect();
+        tracing::warn!(
+            ?legacy,
+            "{TEST_LEGACY_FEATURES_ENV}={list}: playing a version without these features (tests only)"
+        );
+        legacy
+    })
+}
+
+/// How often members are asked again while one of them does not read a feature.
+const REPROBE: Duration = Duration::from_secs(10);
+
+/// What was last learned of one feature.
+#[derive(Default)]
+struct Probe {
+    /// Every member read it: true for good.
+    all: bool,
+    at: Option<Instant>,
+    /// The members (names) that did not say they read it, when last asked.
+    lacking: Vec<String>,
+}
+
+/// Per feature, whether every member reads it and when they were last asked; and the nodes
+/// seen announcing it in any health answer this process got (for good: a downgrade is not
+/// supported), which count as reading it while they do not answer.
+#[derive(Default)]
+pub(crate) struct Probes {
+    probes: [Mutex<Probe>; Feature::ALL.len()],
+    seen: Mutex<std::collections::BTreeMap<NodeId, Vec<&'static str>>>,
+}
+
+impl Probes {
+    /// Notes the features a node's health answer announces.
+    pub(crate) fn note(&self, health: &api_types::types::HealthResponse) {
+        let announced: Vec<&'static str> = Feature::ALL
+            .iter()
+            .filter(|f| f.announced_in(health))
+            .map(|f| f.name())
+            .collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let known = seen.entry(health.id).or_default();
+        for name in announced {
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
+    }
+
+    fn seen(&self, node: NodeId, feature: Feature) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node)
+            .is_some_and(|names| names.contains(&feature.name()))
+    }
+
+    fn get(&self, feature: Feature) -> std::sync::MutexGuard<'_, Probe> {
+        self.probes[feature.index()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Node {
+    /// Whether every node that applies log entries reads `feature`: asked over their health
+    /// route (2 s each, all at once), again at most every [`REPROBE`] while one does not (an
+    /// older version in a rolling upgrade, which would stop on such an entry), never again once
+    /// all do.
+    pub async fn members_support(&self, feature: Feature) -> bool {
+        self.members_lacking(feature, false).await.is_empty()
+    }
+
+    /// The nodes (names) that do not say they read `feature` (or do not answer and were never
+    /// seen saying so in a health answer this process got); empty when every node does. With `now`, members are asked at once (an explicit command) unless all
+    /// did already; else the answer of the last [`REPROBE`] is reused.
+    pub async fn members_lacking(&self, feature: Feature, now: bool) -> Vec<String> {
+        if !feature.here() {
+            return vec![self.name.clone()];
+        }
+        {
+            let mut probe = self.features.get(feature);
+            if probe.all {
+                return Vec::new();
+            }
+            if !now && probe.at.is_some_and(|t| t.elapsed() < REPROBE) {
+                return probe.lacking.clone();
+            }
+            probe.at = Some(Instant::now());
+        }
+        let state = match self.state(Consistency::Stale).await {
+            Ok(state) => state,
+            Err(e) => return vec![format!("(the member list: {e})")],
+        };
+        let probes = state
+            .nodes
+            .values()
+            .filter(|n| n.raft_port != 0 && n.id != self.id)
+            .map(|n| {
+                let addr = n.api_addr();
+                let name = n.name.clone();
+                let id = n.id;
+                async move {
+                    let probe = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        self.call::<(), api_types::types::HealthResponse>(&addr, "health", None),
+                    )
+                    .await;
+                    match probe {
+                        Ok(Ok(health)) => {
+                            self.features.note(&health);
+                            (!feature.announced_in(&health)).then_some(name)
+                        }
+                        // Paused or cut off now, but seen reading it before.
+                        _ if self.features.seen(id, feature) => None,
+                        _ => Some(format!("{name} (unreachable)")),
+                    }
+                }
+            });
+        let lacking: Vec<String> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut probe = self.features.get(feature);
+        if lacking.is_empty() {
+            probe.all = true;
+        } else {
+            tracing::info!(
+                feature = feature.name(),
+                ?lacking,
+                "nodes do not read this kind of log entry yet (an older version)"
+            );
+        }
+        probe.lacking = lacking.clone();
+        lacking
+    }
+
+    /// 409 unless every node reads `feature` (asked at once): `what` is refused while a node of
+    /// an older version is a member, named in the answer.
+    pub async fn require_members_support(
+        &self,
+        feature: Feature,
+        what: &str,
+    ) -> Result<(), super::NodeError> {
+        let lacking = self.members_lacking(feature, true).await;
+        if lacking.is_empty() {
+            return Ok(());
+        }
+        Err(super::NodeError::Conflict(format!(
+            "{what} is refused until every node is upgraded: {} not yet (they do not read \
+             `{}` log entries); upgrade them and try again",
+            lacking.join(", "),
+            feature.name()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(features: &[&str], report_deltas: bool) -> api_types::types::HealthResponse {
+        api_types::types::HealthResponse {
+            node: "n".into(),
+            id: 1,
+            state: "leader".into(),
+            leader: None,
+            revision: 0,
+            problem: None,
+            voters: vec![],
+            learners: vec![],
+            cert_expires_ms: None,
+            seals_secrets: false,
+            cert_ca: None,
+            report_deltas,
+            features: features.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn features_are_read_from_the_list_and_the_older_boolean() {
+        let old = health(&[], false);
+        assert!(Feature::ALL.iter().all(|f| !f.announced_in(&old)));
+        // The version with delta reports and before the list.
+        let deltas = health(&[], true);
+        assert!(Feature::ReportDeltas.announced_in(&deltas));
+        assert!(!Feature::UserCerts.announced_in(&deltas));
+        let new = health(&["report-deltas", "user-certs", "ca-abort"], false);
+        assert!(Feature::ALL.iter().all(|f| f.announced_in(&new)));
+        // An older health answer (no `features`) still parses.
+        let json = r#"{"node":"n","id":1,"state":"leader","leader":null,"revision":0}"#;
+        let parsed: api_types::types::HealthResponse = serde_json::from_str(json).unwrap();
+        assert!(parsed.features.is_empty());
+    }
+
+    #[test]
+    fn a_node_seen_announcing_a_feature_is_remembered() {
+        let probes = Probes::default();
+        let mut h = health(&["user-certs"], true);
+        h.id = 7;
+        probes.note(&h);
+        // A later answer without the list (cannot happen short of a downgrade) forgets nothing.
+        h.features.clear();
+        h.report_deltas = false;
+        probes.note(&h);
+        assert!(probes.seen(7, Feature::UserCerts));
+        assert!(probes.seen(7, Feature::ReportDeltas));
+        assert!(!probes.seen(7, Feature::CaAbort));
+        assert!(!probes.seen(8, Feature::UserCerts));
+    }
+
+    #[test]
+    fn names_are_distinct_and_indexes_fit() {
+        for (i, f) in Feature::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i);
+        }
+        let mut names: Vec<_> = Feature::ALL.iter().map(|f| f.name()).collect();
+        names.dedup();
+        assert_eq!(names.len(), Feature::ALL.len());
+    }
+}
