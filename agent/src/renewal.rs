@@ -352,6 +352,7 @@ mod tests {
                 aborted_ms: None,
             }),
             previous: None,
+            key_migrating: false,
         }
     }
 

@@ -265,6 +265,7 @@ mod tests {
             seals_secrets: false,
             cert_ca: None,
             report_deltas,
+            holds_cluster_key: false,
             features: features.iter().map(|f| f.to_string()).collect(),
         }
     }

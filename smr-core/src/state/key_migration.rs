@@ -295,6 +295,7 @@ mod tests {
             key_sealed: "sealed next".into(),
             cross_pem: "CROSS".into(),
             started_ms: 1,
+            aborted_ms: None,
         };
         apply(&mut state, "start", Op::StartCaRotation { next });
         // A late copy of the seal (proposed twice): refused, the rotation stays.
