@@ -3,8 +3,10 @@
 //! Entries are stored as MessagePack behind a tag byte; entries an earlier version wrote as JSON
 //! still read ([`super::codec`]). The vote, commit point and purge point stay JSON (tiny).
 //!
-//! Every write is one redb transaction committed with immediate durability (fsync) before
-//! openraft is told the entries are flushed. redb is blocking; each call runs on the blocking pool,
+//! Every append, truncation, purge and vote is one redb transaction committed with immediate
+//! durability (fsync) before openraft is told it is done; the commit point is committed without
+//! fsync (it becomes durable with the next append, see [`LogStore::save_committed`]). redb is
+//! blocking; each call runs on the blocking pool,
 //! through [`Disk::run`], which waits out I/O errors instead of failing Raft (see [`super::disk`]).
 
 use std::fmt::Debug;
@@ -88,17 +90,24 @@ impl LogStore {
         }
     }
 
+    /// Stores `value` under `key`; with `durable`, fsynced before this returns, else made durable
+    /// by the next durable commit (the next log append).
     async fn write_meta<T: serde::Serialize>(
         &self,
         what: &'static str,
         key: &'static str,
         value: &T,
+        durable: bool,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(io_write)?;
         self.blocking(
             what,
             move |db| {
-                let txn = db.begin_write()?;
+                let mut txn = db.begin_write()?;
+                if !durable {
+                    txn.set_durability(redb::Durability::None)
+                        .map_err(redb::Error::from)?;
+                }
                 {
                     let mut table = txn.open_table(META)?;
                     table.insert(key, bytes.as_slice())?;
@@ -189,15 +198,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.write_meta("saving the Raft vote", VOTE, vote).await
+        self.write_meta("saving the Raft vote", VOTE, vote, true)
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
         self.read_meta(VOTE).await
     }
 
+    /// Not fsynced: openraft calls this on every commit, before applying, so a durable commit
+    /// point cost one more fsync per write on every node, on the write's path. A commit point
+    /// older than the real one is still a commit point (every entry up to it is committed), and
+    /// this one becomes durable with the next append (the next durable redb commit); after a
+    /// crash the node applies up to the older point at start and learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write_meta("saving the Raft commit point", COMMITTED, &committed)
+        self.write_meta("saving the Raft commit point", COMMITTED, &committed, false)
             .await
     }
 
