@@ -227,11 +227,11 @@ mod tests {
             Object::new(
                 "g",
                 "b",
-                Spec::Certkey(CertKeySpec {
+                Spec::Certkey(Box::new(CertKeySpec {
                     private_key: Some("pw-2".into()),
                     private_key_password: Some("pw-3".into()),
                     ..Default::default()
-                }),
+                })),
             ),
             Object::new(
                 "g",
@@ -255,10 +255,10 @@ mod tests {
             Object::new(
                 "g",
                 "d",
-                Spec::Gitops(GitopsSpec {
+                Spec::Gitops(Box::new(GitopsSpec {
                     repo_url: "https://user:pw-5@git.example.com/r.git".into(),
                     ..Default::default()
-                }),
+                })),
             ),
         ];
         for object in objects {

@@ -382,7 +382,7 @@ pub fn init_config(
 fn lookup_data<'s>(
     state: &'s ClusterState,
     key: &ObjectKey,
-) -> Result<&'s BTreeMap<String, String>, RenderError> {
+) -> Result<&'s crate::definitions::DataMap, RenderError> {
     state
         .objects
         .get(key)

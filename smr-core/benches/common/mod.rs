@@ -16,7 +16,7 @@ pub fn object(n: usize, version: usize) -> Object {
     Object::new(
         "bench",
         format!("config-{n:06}"),
-        Spec::Configuration(DataSpec { data }),
+        Spec::Configuration(DataSpec { data: data.into() }),
     )
 }
 

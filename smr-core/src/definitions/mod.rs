@@ -16,6 +16,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize};
 
+mod data_map;
 mod error;
 mod parse;
 mod scalars;
@@ -25,6 +26,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use data_map::DataMap;
 pub use error::{DefinitionError, ErrorKind};
 pub use parse::{
     Loader, MAX_INPUT_BYTES, PackManifest, RenderedPack, load_pack, load_path, parse_str, to_yaml,

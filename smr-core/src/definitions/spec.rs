@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Kind;
 use super::scalars::{AgentRef, DurationValue, ScalarError};
+use super::{DataMap, Kind};
 
 fn default_replicas() -> u32 {
     1
@@ -25,9 +25,11 @@ pub enum Spec {
     Configuration(DataSpec),
     Secret(DataSpec),
     Resource(DataSpec),
-    Gitops(GitopsSpec),
+    /// Boxed, as `Containers` and `Certkey`: every stored object holds a `Spec`, and an unboxed
+    /// variant this large (300 bytes) made each small configuration object pay for it.
+    Gitops(Box<GitopsSpec>),
     Httpauth(HttpAuthSpec),
-    Certkey(CertKeySpec),
+    Certkey(Box<CertKeySpec>),
     Network(NetworkSpec),
     Volume(VolumeSpec),
     Custom(CustomSpec),
@@ -57,7 +59,7 @@ impl Spec {
     }
 
     /// `data` of a configuration, secret or resource.
-    pub fn data(&self) -> Option<&BTreeMap<String, String>> {
+    pub fn data(&self) -> Option<&DataMap> {
         match self {
             Spec::Configuration(d) | Spec::Secret(d) | Spec::Resource(d) => Some(&d.data),
             _ => None,
@@ -75,6 +77,18 @@ impl Spec {
 impl From<ContainersSpec> for Spec {
     fn from(c: ContainersSpec) -> Self {
         Spec::Containers(Box::new(c))
+    }
+}
+
+impl From<GitopsSpec> for Spec {
+    fn from(g: GitopsSpec) -> Self {
+        Spec::Gitops(Box::new(g))
+    }
+}
+
+impl From<CertKeySpec> for Spec {
+    fn from(c: CertKeySpec) -> Self {
+        Spec::Certkey(Box::new(c))
     }
 }
 
@@ -104,9 +118,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for SpecSeed {
             Kind::Configuration => Spec::Configuration(DataSpec::deserialize(d)?),
             Kind::Secret => Spec::Secret(DataSpec::deserialize(d)?),
             Kind::Resource => Spec::Resource(DataSpec::deserialize(d)?),
-            Kind::Gitops => Spec::Gitops(GitopsSpec::deserialize(d)?),
+            Kind::Gitops => Spec::Gitops(Box::new(GitopsSpec::deserialize(d)?)),
             Kind::Httpauth => Spec::Httpauth(HttpAuthSpec::deserialize(d)?),
-            Kind::Certkey => Spec::Certkey(CertKeySpec::deserialize(d)?),
+            Kind::Certkey => Spec::Certkey(Box::new(CertKeySpec::deserialize(d)?)),
             Kind::Network => Spec::Network(NetworkSpec::deserialize(d)?),
             Kind::Volume => Spec::Volume(VolumeSpec::deserialize(d)?),
             Kind::Custom => Spec::Custom(CustomSpec::deserialize(d)?),
@@ -619,7 +633,7 @@ impl Default for RollingUpdate {
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     #[serde(default)]
-    pub data: BTreeMap<String, String>,
+    pub data: DataMap,
 }
 
 /// `kind: gitops`.

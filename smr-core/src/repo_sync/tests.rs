@@ -16,11 +16,11 @@ fn gitops_object(auto: bool) -> Object {
     Object::new(
         "ops",
         "repo",
-        Spec::Gitops(GitopsSpec {
+        Spec::Gitops(Box::new(GitopsSpec {
             repo_url: "git://127.0.0.1/r".into(),
             automatic_sync: auto,
             ..Default::default()
-        }),
+        })),
     )
 }
 

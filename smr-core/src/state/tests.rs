@@ -189,10 +189,10 @@ pub(super) fn gitops_obj(name: &str) -> Object {
     Object::new(
         "g",
         name,
-        crate::definitions::Spec::Gitops(crate::definitions::GitopsSpec {
+        crate::definitions::Spec::Gitops(Box::new(crate::definitions::GitopsSpec {
             repo_url: "git://127.0.0.1/r".into(),
             ..Default::default()
-        }),
+        })),
     )
 }
 
@@ -1213,4 +1213,20 @@ fn custom_objects_are_keyed_by_their_prefix_and_old_states_are_rekeyed_on_load()
     let keys: Vec<String> = loaded.objects.keys().map(|k| k.to_string()).collect();
     assert_eq!(keys, ["traefik.io/v1/custom/proxy/routes"]);
     assert_eq!(loaded.objects[&traefik], s.objects[&traefik]);
+}
+
+/// Every object the state holds is a `StoredObject` (one copy per node, issue 14): no kind's
+/// spec may make all of them large. Unboxed, the gitops spec made each 480 bytes.
+#[test]
+fn a_stored_object_stays_small_whatever_its_kind() {
+    assert!(
+        std::mem::size_of::<crate::definitions::Spec>() <= 64,
+        "Spec is {} bytes",
+        std::mem::size_of::<crate::definitions::Spec>()
+    );
+    assert!(
+        std::mem::size_of::<StoredObject>() <= 256,
+        "StoredObject is {} bytes",
+        std::mem::size_of::<StoredObject>()
+    );
 }

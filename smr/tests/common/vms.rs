@@ -21,6 +21,8 @@ pub struct VmCluster {
     pub agents: Vec<Option<u32>>,
     /// Extra environment of the agent of VM i (0-based), for its starts and restarts.
     pub env: std::collections::HashMap<usize, Vec<(String, String)>>,
+    /// The smrmgr the agents run: this build's, or another (a bench's baseline).
+    pub smrmgr: PathBuf,
 }
 
 pub fn data_dir(vm: &Vm) -> PathBuf {
@@ -63,6 +65,7 @@ impl VmCluster {
             testbed,
             agents: vec![None; n],
             env: Default::default(),
+            smrmgr: PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
         }))
     }
 
@@ -71,7 +74,7 @@ impl VmCluster {
     }
 
     fn smrmgr(&self, vm: &Vm) -> Command {
-        let mut cmd = vm.cmd(env!("CARGO_BIN_EXE_smrmgr"));
+        let mut cmd = vm.cmd(&self.smrmgr);
         cmd.env("HOME", &vm.dir)
             .env("SMR_LOG", "info,openraft=warn,hickory_server=warn");
         cmd
