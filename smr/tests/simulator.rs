@@ -498,16 +498,36 @@ async fn scenario(
         sim.alive[k].store(false, Ordering::SeqCst);
     }
     let survivors = sim.alive_ids();
+    let dead: BTreeSet<NodeId> = killed.iter().map(|&k| sim.nodes[k].id).collect();
     let silent = Instant::now();
+    // When the leader had placed every replica off the silent nodes (seen by the simulator's
+    // round), and how many rounds (a full-state fetch, every live node's reconcile pass) it took.
+    let (mut placed_after, mut rounds) = (None, 0u32);
     sim.drive(
         "the killed nodes' replicas running elsewhere",
         Duration::from_secs(90) + slack,
-        |_, state| all_running(state, objects, per_object, &survivors, &survivors),
+        |_, state| {
+            rounds += 1;
+            let off_dead = || {
+                state
+                    .placements
+                    .values()
+                    .all(|p| p.replicas.values().all(|s| !dead.contains(&s.node)))
+            };
+            if placed_after.is_none() && off_dead() {
+                placed_after = Some(silent.elapsed());
+            }
+            all_running(state, objects, per_object, &survivors, &survivors)
+        },
     )
     .await?;
+    let ran_after = silent.elapsed();
     println!(
-        "{kill} nodes killed: their replicas ran elsewhere after {:.1} s (node timeout 5 s)",
-        silent.elapsed().as_secs_f64()
+        "{kill} nodes killed: their replicas ran elsewhere after {:.1} s (node timeout 5 s); placed \
+         elsewhere after {:.1} s; {rounds} simulator rounds, {:.2} s each",
+        ran_after.as_secs_f64(),
+        placed_after.unwrap_or(ran_after).as_secs_f64(),
+        ran_after.as_secs_f64() / f64::from(rounds.max(1))
     );
     // While they are away, DNS names only the replicas that run on live nodes: the silent
     // nodes' last reports still say "ready", but their slots have moved.
