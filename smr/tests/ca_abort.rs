@@ -12,7 +12,6 @@ use agent::definitions;
 use anyhow::{Context as _, bail, ensure};
 use common::{Cluster, busybox, eventually};
 use nix::sys::signal::{Signal, kill};
-use smr_tests::etcd::EtcdCluster;
 
 async fn apply(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
     let objects = definitions::parse_str("e", &busybox(group, name))?;
@@ -257,20 +256,7 @@ async fn a_rotation_is_observed_and_aborted_back_to_the_current_ca() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_is_aborted_on_the_etcd_store() -> anyhow::Result<()> {
-    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
-    let mut cluster = Cluster::new();
-    cluster.start_extra = vec![
-        "--store".into(),
-        etcd.url(),
-        "--etcd-prefix".into(),
-        "/smr-abort/".into(),
-    ];
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster.join(0)?;
-    cluster
-        .agreed_leader(&[0, 1, 2], Duration::from_secs(30))
-        .await?;
+    let (_etcd, cluster) = common::on_etcd(3, "/smr-abort/").await?;
     abort_scenario(&cluster).await
 }
 

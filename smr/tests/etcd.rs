@@ -159,19 +159,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
 /// the new CA, trusts only it, and the cluster takes writes through every agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ca_is_rotated_on_the_etcd_store() -> anyhow::Result<()> {
-    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
-    let mut cluster = Cluster::new();
-    cluster.start_extra = vec![
-        "--store".into(),
-        etcd.url(),
-        "--etcd-prefix".into(),
-        "/smr-rotate/".into(),
-    ];
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster
-        .agreed_leader(&[0, 1], Duration::from_secs(30))
-        .await?;
+    let (_etcd, cluster) = common::on_etcd(2, "/smr-rotate/").await?;
     let old = cluster.client(0).ca_status().await?.fingerprint;
 
     let mut cmd = common::smrmgr(cluster.dir.path());

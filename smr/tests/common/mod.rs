@@ -16,6 +16,32 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A cluster of `nodes` agents on the etcd store of a new one-member etcd (keys under
+/// `prefix`), once they agree on a leader. Bind both, etcd first: the cluster is dropped (its
+/// agents killed) before the etcd.
+pub async fn on_etcd(
+    nodes: usize,
+    prefix: &str,
+) -> anyhow::Result<(smr_tests::etcd::EtcdCluster, Cluster)> {
+    let etcd = tokio::task::spawn_blocking(|| smr_tests::etcd::EtcdCluster::start(1)).await??;
+    let mut cluster = Cluster::new();
+    cluster.start_extra = vec![
+        "--store".into(),
+        etcd.url(),
+        "--etcd-prefix".into(),
+        prefix.into(),
+    ];
+    cluster.start_first()?;
+    for _ in 1..nodes {
+        cluster.join(0)?;
+    }
+    let running: Vec<usize> = (0..nodes).collect();
+    cluster
+        .agreed_leader(&running, Duration::from_secs(30))
+        .await?;
+    Ok((etcd, cluster))
+}
+
 static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(0);
 
 pub struct Node {
