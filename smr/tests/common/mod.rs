@@ -42,6 +42,35 @@ pub async fn on_etcd(
     Ok((etcd, cluster))
 }
 
+/// The `password` of the secret `secret/app/{name}` in `state` (sealed or not).
+pub fn secret_password(state: &agent::state::ClusterState, name: &str) -> String {
+    let key: agent::definitions::ObjectKey = format!("secret/app/{name}").parse().unwrap();
+    state
+        .objects
+        .get(&key)
+        .expect("the secret")
+        .object
+        .spec
+        .data()
+        .unwrap()["password"]
+        .clone()
+}
+
+/// The state as node `i` backs it up into `file` (`smrmgr backup`, a linearizable read).
+pub fn backup(
+    cluster: &Cluster,
+    i: usize,
+    file: &Path,
+) -> anyhow::Result<agent::state::ClusterState> {
+    let mut cmd = smrmgr(cluster.dir.path());
+    cmd.arg("backup")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(&cluster.nodes[i].data_dir);
+    run(cmd)?;
+    Ok(smr_core::backup::decode(&std::fs::read(file)?)?.state)
+}
+
 static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(0);
 
 pub struct Node {
