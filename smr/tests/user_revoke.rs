@@ -9,24 +9,7 @@ use std::time::Duration;
 
 use agent::client::{Client, Context};
 use anyhow::{Context as _, ensure};
-use common::{Cluster, eventually};
-
-/// `smrmgr ARGS --data-dir <node i>`.
-fn smrmgr_on(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
-    let mut cmd = common::smrmgr(cluster.dir.path());
-    cmd.args(args)
-        .arg("--data-dir")
-        .arg(&cluster.nodes[i].data_dir);
-    common::output(cmd)
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{Cluster, eventually, smrmgr_on, text};
 
 /// A user's client on node `i`.
 fn on(ctx: &Context, cluster: &Cluster, i: usize) -> anyhow::Result<Client> {

@@ -71,6 +71,38 @@ pub fn backup(
     Ok(smr_core::backup::decode(&std::fs::read(file)?)?.state)
 }
 
+/// `smrmgr ARGS --data-dir <node i>`: its output, whether it succeeded or not.
+pub fn smrmgr_on(cluster: &Cluster, i: usize, args: &[&str]) -> Output {
+    let mut cmd = smrmgr(cluster.dir.path());
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(&cluster.nodes[i].data_dir);
+    output(cmd)
+}
+
+/// What a command wrote: its stdout, then its stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Applies the busybox object `group/name` ([`busybox`]) through `client`, again until it is
+/// taken or 30 s have passed (a node may be between leaders or certificates).
+pub async fn apply_busybox(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
+    let objects = agent::definitions::parse_str("e", &busybox(group, name))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.apply(&objects, false, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(0);
 
 pub struct Node {
