@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::node::{Consistency, Node};
+use crate::node::Node;
 use crate::pki::ClusterKey;
 use crate::state::key_migration::{self, KeyAction, NodeKeyView};
 use crate::state::{CaRecord, CommandResult, Op};
@@ -88,10 +88,7 @@ pub async fn run(node: Arc<Node>, key_path: PathBuf, mut stop: watch::Receiver<b
 
 /// One step: what the CA record and this node's keys call for, carried out in order.
 async fn step(node: &Node, key_path: &std::path::Path) -> Result<(), String> {
-    let state = node
-        .state(Consistency::Stale)
-        .await
-        .map_err(|e| e.to_string())?;
+    let state = crate::renewal::stale_state(node).await?;
     let Some(record) = state.ca.as_ref() else {
         return Ok(());
     };
@@ -130,17 +127,11 @@ async fn step(node: &Node, key_path: &std::path::Path) -> Result<(), String> {
                 tracing::info!(path = %key_path.display(), "saved the cluster key");
             }
             KeyAction::Finish { fingerprint } => {
-                match node
-                    .propose(Op::FinishKeyMigration { fingerprint }, None)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    CommandResult::Rejected { reason } => return Err(reason),
-                    _ => tracing::info!(
-                        "every node holds the cluster key: secrets are sealed and the CA can be \
-                         rotated from now on"
-                    ),
-                }
+                crate::renewal::propose_ca_op(node, Op::FinishKeyMigration { fingerprint }).await?;
+                tracing::info!(
+                    "every node holds the cluster key: secrets are sealed and the CA can be \
+                     rotated from now on"
+                );
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::node::certs::identity_for;
 use crate::node::{Consistency, Node};
 use crate::pki::{self, Identity, LiveIdentity, Role};
 use crate::state::ca_rotation::{self, CaAction};
-use crate::state::{CaRecord, CommandResult, Op};
+use crate::state::{CaRecord, ClusterState, CommandResult, Op};
 
 /// Environment variable, FOR TESTS ONLY: the lifetime, in seconds (30 to 31536000), of the
 /// certificates this node signs (default: a year). Tests set it on every agent to see renewals
@@ -143,12 +143,26 @@ pub async fn run(
     }
 }
 
+/// This node's applied state (a stale read), for the loops that follow the CA record (this one
+/// and [`crate::migration`]).
+pub(crate) async fn stale_state(node: &Node) -> Result<Arc<ClusterState>, String> {
+    node.state(Consistency::Stale)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Proposes an entry that ends a CA rotation, its abort or the key migration
+/// ([`crate::migration`]); a rejection is the error.
+pub(crate) async fn propose_ca_op(node: &Node, op: Op) -> Result<(), String> {
+    match node.propose(op, None).await.map_err(|e| e.to_string())? {
+        CommandResult::Rejected { reason } => Err(reason),
+        _ => Ok(()),
+    }
+}
+
 /// One step towards what the CA record asks ([`ca_rotation::ca_actions`]).
 async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<(), String> {
-    let state = node
-        .state(Consistency::Stale)
-        .await
-        .map_err(|e| e.to_string())?;
+    let state = stale_state(node).await?;
     let Some(record) = state.ca.as_ref() else {
         return Ok(());
     };
@@ -204,21 +218,11 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
                 tracing::info!(ca = %ca_rotation::signing_ca(record), "renewed this node's certificates from the CA that signs now");
             }
             CaAction::Finish { fingerprint } => {
-                match node
-                    .propose(
-                        Op::FinishCaRotation {
-                            fingerprint: fingerprint.clone(),
-                        },
-                        None,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    CommandResult::Rejected { reason } => return Err(reason),
-                    _ => {
-                        tracing::info!(%fingerprint, "CA rotation finished: every node's certificate comes from the new CA")
-                    }
-                }
+                let op = Op::FinishCaRotation {
+                    fingerprint: fingerprint.clone(),
+                };
+                propose_ca_op(node, op).await?;
+                tracing::info!(%fingerprint, "CA rotation finished: every node's certificate comes from the new CA")
             }
             CaAction::FinishAbort { fingerprint } => {
                 // A node of an older version joined meanwhile: it would stop at the entry.
@@ -229,21 +233,11 @@ async fn follow_ca(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Resul
                     tracing::info!(%fingerprint, "the CA rotation abort waits for every node to read its end (an older version is a member)");
                     continue;
                 }
-                match node
-                    .propose(
-                        Op::FinishCaAbort {
-                            fingerprint: fingerprint.clone(),
-                        },
-                        None,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    CommandResult::Rejected { reason } => return Err(reason),
-                    _ => {
-                        tracing::info!(%fingerprint, "CA rotation abort finished: every node's certificate comes from the current CA again; the next CA is trusted no longer")
-                    }
-                }
+                let op = Op::FinishCaAbort {
+                    fingerprint: fingerprint.clone(),
+                };
+                propose_ca_op(node, op).await?;
+                tracing::info!(%fingerprint, "CA rotation abort finished: every node's certificate comes from the current CA again; the next CA is trusted no longer")
             }
         }
     }
@@ -290,10 +284,7 @@ async fn renew(node: &Node, live: &LiveIdentity, renewal: &Renewal) -> Result<Sy
         };
         let cert_pem = node.sign_own(req).await.map_err(|e| e.to_string())?;
         // The record as it is once signed: the certificate is of the CA that signs now.
-        let state = node
-            .state(Consistency::Stale)
-            .await
-            .map_err(|e| e.to_string())?;
+        let state = stale_state(node).await?;
         match state.ca.as_ref() {
             Some(record) => identity_for(record, &cert_pem, &key_pem),
             None => Identity::new(cert_pem, key_pem, live.get().ca_pem).map_err(|e| e.to_string()),

@@ -5,43 +5,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::client::{Client, Context};
-use agent::definitions;
 use anyhow::{Context as _, bail, ensure};
-use common::{Cluster, busybox, eventually};
+use common::{Cluster, apply_busybox, eventually, smrmgr_on, text};
 use nix::sys::signal::{Signal, kill};
-use smr_tests::etcd::EtcdCluster;
-
-async fn apply(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
-    let objects = definitions::parse_str("e", &busybox(group, name))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.apply(&objects, false, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-/// `smrmgr ARGS --data-dir <node i>`: its output, whether it succeeded or not.
-fn smrmgr_on(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
-    let mut cmd = common::smrmgr(cluster.dir.path());
-    cmd.args(args)
-        .arg("--data-dir")
-        .arg(&cluster.nodes[i].data_dir);
-    common::output(cmd)
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The plain-HTTP metrics of node `i`.
 async fn metrics(cluster: &Cluster, i: usize) -> Option<String> {
@@ -194,13 +163,13 @@ async fn abort_scenario(cluster: &Cluster) -> anyhow::Result<()> {
         // The client of before the rotation works on every node; so does the node's own.
         let mut ctx = before.clone();
         ctx.api_url = format!("https://{}", cluster.nodes[*i].api());
-        apply(
+        apply_busybox(
             &Client::from_context(&ctx)?,
             "aborted",
             &format!("before{i}"),
         )
         .await?;
-        apply(&cluster.client(*i), "aborted", &format!("own{i}")).await?;
+        apply_busybox(&cluster.client(*i), "aborted", &format!("own{i}")).await?;
     }
     ensure!(!trusted(cluster, 0).contains(&new));
     // The first node's CA key file is the current CA's again: kept.
@@ -257,20 +226,7 @@ async fn a_rotation_is_observed_and_aborted_back_to_the_current_ca() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_is_aborted_on_the_etcd_store() -> anyhow::Result<()> {
-    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
-    let mut cluster = Cluster::new();
-    cluster.start_extra = vec![
-        "--store".into(),
-        etcd.url(),
-        "--etcd-prefix".into(),
-        "/smr-abort/".into(),
-    ];
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster.join(0)?;
-    cluster
-        .agreed_leader(&[0, 1, 2], Duration::from_secs(30))
-        .await?;
+    let (_etcd, cluster) = common::on_etcd(3, "/smr-abort/").await?;
     abort_scenario(&cluster).await
 }
 
@@ -327,7 +283,7 @@ async fn a_rotation_waiting_for_a_lost_node_ends_once_it_is_removed() -> anyhow:
         if settled.is_err() {
             bail!("node {i} trusts {last:?}");
         }
-        apply(&cluster.client(i), "removed", &format!("via{i}")).await?;
+        apply_busybox(&cluster.client(i), "removed", &format!("via{i}")).await?;
     }
     Ok(())
 }

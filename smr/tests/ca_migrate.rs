@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent::client::ClientError;
-use agent::definitions::{self, DataSpec, Object, Spec};
+use agent::definitions::{DataSpec, Object, Spec};
 use agent::pki::ClusterKey;
 use common::{Cluster, eventually};
 
@@ -34,32 +34,13 @@ fn secret_named(name: &str) -> Object {
 }
 
 fn secret_value(state: &agent::state::ClusterState) -> String {
-    value_of(state, "db")
-}
-
-fn value_of(state: &agent::state::ClusterState, name: &str) -> String {
-    let key: definitions::ObjectKey = format!("secret/app/{name}").parse().unwrap();
-    state
-        .objects
-        .get(&key)
-        .expect("the secret")
-        .object
-        .spec
-        .data()
-        .unwrap()["password"]
-        .clone()
+    common::secret_password(state, "db")
 }
 
 /// The state as node `i` backs it up (a linearizable read).
 fn backup(cluster: &Cluster, i: usize) -> anyhow::Result<agent::state::ClusterState> {
     let file = cluster.dir.path().join(format!("backup-{i}.smr"));
-    let mut cmd = common::smrmgr(cluster.dir.path());
-    cmd.arg("backup")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&cluster.nodes[i].data_dir);
-    common::run(cmd)?;
-    Ok(smr_core::backup::decode(&std::fs::read(&file)?)?.state)
+    common::backup(cluster, i, &file)
 }
 
 fn key_path(cluster: &Cluster, i: usize) -> PathBuf {
@@ -140,7 +121,7 @@ async fn a_cluster_created_before_the_ca_key_was_sealed_migrates_after_an_upgrad
     assert!(record.key_migrating, "{record:?}");
     key.open_ca(&record.cert_pem, record.key_sealed.as_deref().unwrap())?;
     assert_eq!(secret_value(&during), VALUE);
-    assert_eq!(value_of(&during, "late"), VALUE);
+    assert_eq!(common::secret_password(&during, "late"), VALUE);
     let refused = cluster.client(1).ca_rotate().await.unwrap_err();
     assert_eq!(api_status(&refused), Some(409), "{refused}");
     assert!(
@@ -182,14 +163,14 @@ async fn a_cluster_created_before_the_ca_key_was_sealed_migrates_after_an_upgrad
     let after = eventually("the secret sealed", Duration::from_secs(30), || async {
         let state = backup(&cluster, 0).ok()?;
         (agent::pki::is_sealed_value(&secret_value(&state))
-            && agent::pki::is_sealed_value(&value_of(&state, "late")))
+            && agent::pki::is_sealed_value(&common::secret_password(&state, "late")))
         .then_some(state)
     })
     .await?;
     assert!(!after.ca.as_ref().unwrap().key_migrating);
     let opened = agent::secrets::opened(&key, &after);
     assert_eq!(secret_value(&opened), VALUE);
-    assert_eq!(value_of(&opened, "late"), VALUE);
+    assert_eq!(common::secret_password(&opened, "late"), VALUE);
     let stored = cluster.client(0).get(&"secret/app/db".parse()?).await?;
     assert_eq!(stored.generation, 1, "{stored:?}");
 

@@ -6,22 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use agent::client::Client;
 use agent::definitions::{self, ObjectKey};
-use common::{Cluster, busybox, eventually, key, stale_get};
+use common::{Cluster, apply_busybox, busybox, eventually, key, stale_get};
 use smr_tests::etcd::EtcdCluster;
-
-async fn apply(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
-    let objects = definitions::parse_str("e", &busybox(group, name))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.apply(&objects, false, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
 
 async fn visible(cluster: &Cluster, nodes: &[usize], keys: &[ObjectKey]) -> anyhow::Result<()> {
     for &j in nodes {
@@ -71,7 +58,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     // A write through any agent is visible on every agent.
     let mut keys = Vec::new();
     for i in all {
-        apply(&cluster.client(i), "written", &format!("via{i}")).await?;
+        apply_busybox(&cluster.client(i), "written", &format!("via{i}")).await?;
         keys.push(key("written", &format!("via{i}")));
     }
     visible(&cluster, &all, &keys).await?;
@@ -96,7 +83,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
         gone.elapsed()
     );
     for &i in &survivors {
-        apply(&cluster.client(i), "after-kill", &format!("via{i}")).await?;
+        apply_busybox(&cluster.client(i), "after-kill", &format!("via{i}")).await?;
         keys.push(key("after-kill", &format!("via{i}")));
     }
     visible(&cluster, &survivors, &keys).await?;
@@ -104,7 +91,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
     // The etcd member listed first dies: the agents fail over to the other members.
     etcd.kill_member(0);
     for &i in &survivors {
-        apply(&cluster.client(i), "member-killed", &format!("via{i}")).await?;
+        apply_busybox(&cluster.client(i), "member-killed", &format!("via{i}")).await?;
         keys.push(key("member-killed", &format!("via{i}")));
     }
     visible(&cluster, &survivors, &keys).await?;
@@ -148,7 +135,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
         etcd.wait_healthy(i, Duration::from_secs(30))?;
     }
     cluster.agreed_leader(&all, Duration::from_secs(30)).await?;
-    apply(&cluster.client(2), "after-outage", "via2").await?;
+    apply_busybox(&cluster.client(2), "after-outage", "via2").await?;
     keys.push(key("after-outage", "via2"));
     visible(&cluster, &all, &keys).await?;
     Ok(())
@@ -159,19 +146,7 @@ async fn agents_on_etcd_apply_fail_over_and_survive_an_etcd_member_kill() -> any
 /// the new CA, trusts only it, and the cluster takes writes through every agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ca_is_rotated_on_the_etcd_store() -> anyhow::Result<()> {
-    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
-    let mut cluster = Cluster::new();
-    cluster.start_extra = vec![
-        "--store".into(),
-        etcd.url(),
-        "--etcd-prefix".into(),
-        "/smr-rotate/".into(),
-    ];
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster
-        .agreed_leader(&[0, 1], Duration::from_secs(30))
-        .await?;
+    let (_etcd, cluster) = common::on_etcd(2, "/smr-rotate/").await?;
     let old = cluster.client(0).ca_status().await?.fingerprint;
 
     let mut cmd = common::smrmgr(cluster.dir.path());
@@ -205,7 +180,7 @@ async fn the_ca_is_rotated_on_the_etcd_store() -> anyhow::Result<()> {
             },
         )
         .await?;
-        apply(&cluster.client(i), "rotated", &format!("via{i}")).await?;
+        apply_busybox(&cluster.client(i), "rotated", &format!("via{i}")).await?;
     }
     visible(
         &cluster,

@@ -15,7 +15,7 @@ use agent::definitions::{self, DataSpec, Object, Spec};
 use agent::pki::ClusterKey;
 use agent::state::Outcome;
 use base64::Engine as _;
-use common::{Cluster, eventually};
+use common::{Cluster, backup, eventually};
 
 const VALUE: &str = "e2e-sealed-4c1f9a-distinctive";
 
@@ -66,26 +66,7 @@ fn holding_the_value(dir: &Path) -> Vec<String> {
 }
 
 fn secret_value(state: &agent::state::ClusterState) -> String {
-    let key: definitions::ObjectKey = "secret/app/db".parse().unwrap();
-    state
-        .objects
-        .get(&key)
-        .expect("the secret")
-        .object
-        .spec
-        .data()
-        .unwrap()["password"]
-        .clone()
-}
-
-fn backup(cluster: &Cluster, i: usize, file: &Path) -> anyhow::Result<agent::state::ClusterState> {
-    let mut cmd = common::smrmgr(cluster.dir.path());
-    cmd.arg("backup")
-        .arg(file)
-        .arg("--data-dir")
-        .arg(&cluster.nodes[i].data_dir);
-    common::run(cmd)?;
-    Ok(smr_core::backup::decode(&std::fs::read(file)?)?.state)
+    common::secret_password(state, "db")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

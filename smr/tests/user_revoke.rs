@@ -9,25 +9,7 @@ use std::time::Duration;
 
 use agent::client::{Client, Context};
 use anyhow::{Context as _, ensure};
-use common::{Cluster, eventually};
-use smr_tests::etcd::EtcdCluster;
-
-/// `smrmgr ARGS --data-dir <node i>`.
-fn smrmgr_on(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
-    let mut cmd = common::smrmgr(cluster.dir.path());
-    cmd.args(args)
-        .arg("--data-dir")
-        .arg(&cluster.nodes[i].data_dir);
-    common::output(cmd)
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{Cluster, eventually, smrmgr_on, text};
 
 /// A user's client on node `i`.
 fn on(ctx: &Context, cluster: &Cluster, i: usize) -> anyhow::Result<Client> {
@@ -162,19 +144,7 @@ async fn a_revoked_user_is_refused_by_every_node_and_others_still_work() -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_user_is_refused_on_the_etcd_store() -> anyhow::Result<()> {
-    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await??;
-    let mut cluster = Cluster::new();
-    cluster.start_extra = vec![
-        "--store".into(),
-        etcd.url(),
-        "--etcd-prefix".into(),
-        "/smr-revoke/".into(),
-    ];
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster
-        .agreed_leader(&[0, 1], Duration::from_secs(30))
-        .await?;
+    let (_etcd, cluster) = common::on_etcd(2, "/smr-revoke/").await?;
     scenario(&cluster).await
 }
 

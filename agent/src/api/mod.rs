@@ -391,17 +391,11 @@ async fn ca_rotate(
     State(node): AppState,
     Extension(who): Extension<ClientIdentity>,
 ) -> Result<Json<CaStatus>, ApiError> {
-    if !matches!(
-        who.0,
-        Some(PeerIdentity {
-            role: Role::Admin,
-            ..
-        })
-    ) {
-        return Err(ApiError::Forbidden(
-            "only admin certificates may rotate the cluster CA".into(),
-        ));
-    }
+    require_role(
+        &who,
+        Role::Admin,
+        "only admin certificates may rotate the cluster CA",
+    )?;
     Ok(Json(node.start_ca_rotation().await?))
 }
 
@@ -410,17 +404,11 @@ async fn ca_abort(
     State(node): AppState,
     Extension(who): Extension<ClientIdentity>,
 ) -> Result<Json<CaStatus>, ApiError> {
-    if !matches!(
-        who.0,
-        Some(PeerIdentity {
-            role: Role::Admin,
-            ..
-        })
-    ) {
-        return Err(ApiError::Forbidden(
-            "only admin certificates may abort a CA rotation".into(),
-        ));
-    }
+    require_role(
+        &who,
+        Role::Admin,
+        "only admin certificates may abort a CA rotation",
+    )?;
     Ok(Json(node.abort_ca_rotation().await?))
 }
 

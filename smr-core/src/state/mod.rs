@@ -804,13 +804,7 @@ impl ClusterState {
                 changed = true;
             }
         }
-        if changed {
-            self.bump()
-        } else {
-            CommandResult::Done {
-                revision: self.revision,
-            }
-        }
+        self.bump_if(changed)
     }
 
     fn report(&mut self, node: NodeId, report: &NodeReport, now: u64) -> CommandResult {
@@ -1028,6 +1022,17 @@ impl ClusterState {
         self.revision += 1;
         CommandResult::Done {
             revision: self.revision,
+        }
+    }
+
+    /// [`Self::bump`] if `changed`; otherwise done at the current revision.
+    fn bump_if(&mut self, changed: bool) -> CommandResult {
+        if changed {
+            self.bump()
+        } else {
+            CommandResult::Done {
+                revision: self.revision,
+            }
         }
     }
 

@@ -53,13 +53,7 @@ impl ClusterState {
             self.user_certs.push(cert.clone());
             changed = true;
         }
-        if changed {
-            self.bump()
-        } else {
-            CommandResult::Done {
-                revision: self.revision,
-            }
-        }
+        self.bump_if(changed)
     }
 
     pub(super) fn revoke_user_certs(
@@ -111,13 +105,7 @@ impl ClusterState {
                 };
             }
         }
-        if changed {
-            self.bump()
-        } else {
-            CommandResult::Done {
-                revision: self.revision,
-            }
-        }
+        self.bump_if(changed)
     }
 }
 

@@ -1052,61 +1052,15 @@ fn ca_rotate(dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
         short(&started.fingerprint),
         short(&next)
     );
-    let deadline = Instant::now() + timeout;
-    let mut shown = None;
-    loop {
-        match client_for(dir).and_then(|c| Ok(runtime.block_on(c.ca_status())?)) {
-            Ok(status) if status.next.is_none() && status.fingerprint == next => {
-                println!(
-                    "done: {}/{} nodes have a certificate of CA {}; CA {} is no longer trusted",
-                    status.done,
-                    status.total,
-                    short(&next),
-                    short(&started.fingerprint)
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            Ok(status) if status.next.as_deref() != Some(next.as_str()) => {
-                bail!(
-                    "the cluster CA is {} and no rotation to {} is under way any more",
-                    status.fingerprint,
-                    next
-                );
-            }
-            Ok(status) if status.aborted_ms.is_some() => {
-                bail!(
-                    "the rotation to {next} was aborted (`smrmgr ca abort`); the cluster goes \
-                     back to CA {}: see `smrmgr ca status`",
-                    status.fingerprint
-                );
-            }
-            Ok(status) => {
-                if shown != Some((status.done, status.total)) {
-                    println!("nodes done: {}/{}", status.done, status.total);
-                    shown = Some((status.done, status.total));
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "the rotation is still under way after {} s ({}/{} nodes done; waiting \
-                         for {}); it goes on by itself: see `smrmgr ca status`",
-                        timeout.as_secs(),
-                        status.done,
-                        status.total,
-                        waiting_names(&status)
-                    );
-                }
-            }
-            // A node may be between two certificates: ask again until the deadline.
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!(
-                    "the rotation's status after {} s",
-                    timeout.as_secs()
-                )));
-            }
-            Err(_) => {}
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_ca(
+        dir,
+        &runtime,
+        timeout,
+        CaWait::Rotation,
+        &next,
+        &started.fingerprint,
+        &next,
+    )
 }
 
 /// `smrmgr ca abort`: aborts the rotation under way (or joins the abort under way) and waits
@@ -1129,45 +1083,106 @@ fn ca_abort(dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
         short(&next),
         short(&current)
     );
+    wait_ca(
+        dir,
+        &runtime,
+        timeout,
+        CaWait::Abort,
+        &current,
+        &next,
+        &next,
+    )
+}
+
+/// What `ca rotate` and `ca abort` wait for: the end of a rotation or of an abort.
+#[derive(Clone, Copy, PartialEq)]
+enum CaWait {
+    Rotation,
+    Abort,
+}
+
+impl CaWait {
+    fn noun(self) -> &'static str {
+        match self {
+            CaWait::Rotation => "rotation",
+            CaWait::Abort => "abort",
+        }
+    }
+
+    /// How the nodes that reached the end are counted.
+    fn progress(self) -> &'static str {
+        match self {
+            CaWait::Rotation => "nodes done",
+            CaWait::Abort => "nodes back",
+        }
+    }
+}
+
+/// Polls the CA status until the cluster's CA is `target` and the rotation to `next` is over
+/// (CA `dropped` no longer trusted), shared by `ca rotate` and `ca abort`. The client is made
+/// again from `admin.context` at each poll: the agent rewrites it during the rotation or abort.
+fn wait_ca(
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+    timeout: Duration,
+    wait: CaWait,
+    target: &str,
+    dropped: &str,
+    next: &str,
+) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     let mut shown = None;
     loop {
         match client_for(dir).and_then(|c| Ok(runtime.block_on(c.ca_status())?)) {
-            Ok(status) if status.next.is_none() && status.fingerprint == current => {
+            Ok(status) if status.next.is_none() && status.fingerprint == target => {
                 println!(
                     "done: {}/{} nodes have a certificate of CA {}; CA {} is no longer trusted",
                     status.done,
                     status.total,
-                    short(&current),
-                    short(&next)
+                    short(target),
+                    short(dropped)
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(status) if status.next.as_deref() != Some(next.as_str()) => {
+            Ok(status) if status.next.as_deref() != Some(next) => {
                 bail!(
                     "the cluster CA is {} and no rotation to {} is under way any more",
                     status.fingerprint,
                     next
                 );
             }
+            Ok(status) if wait == CaWait::Rotation && status.aborted_ms.is_some() => {
+                bail!(
+                    "the rotation to {next} was aborted (`smrmgr ca abort`); the cluster goes \
+                     back to CA {}: see `smrmgr ca status`",
+                    status.fingerprint
+                );
+            }
             Ok(status) => {
                 if shown != Some((status.done, status.total)) {
-                    println!("nodes back: {}/{}", status.done, status.total);
+                    println!("{}: {}/{}", wait.progress(), status.done, status.total);
                     shown = Some((status.done, status.total));
                 }
                 if Instant::now() >= deadline {
                     bail!(
-                        "the abort is still under way after {} s ({}/{} nodes back; waiting for \
-                         {}); it goes on by itself: see `smrmgr ca status`",
+                        "the {} is still under way after {} s ({}/{} {}; waiting for {}); it \
+                         goes on by itself: see `smrmgr ca status`",
+                        wait.noun(),
                         timeout.as_secs(),
                         status.done,
                         status.total,
+                        wait.progress(),
                         waiting_names(&status)
                     );
                 }
             }
+            // A node may be between two certificates: ask again until the deadline.
             Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("the abort's status after {} s", timeout.as_secs())));
+                return Err(e.context(format!(
+                    "the {}'s status after {} s",
+                    wait.noun(),
+                    timeout.as_secs()
+                )));
             }
             Err(_) => {}
         }

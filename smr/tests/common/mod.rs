@@ -16,6 +16,93 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A cluster of `nodes` agents on the etcd store of a new one-member etcd (keys under
+/// `prefix`), once they agree on a leader. Bind both, etcd first: the cluster is dropped (its
+/// agents killed) before the etcd.
+pub async fn on_etcd(
+    nodes: usize,
+    prefix: &str,
+) -> anyhow::Result<(smr_tests::etcd::EtcdCluster, Cluster)> {
+    let etcd = tokio::task::spawn_blocking(|| smr_tests::etcd::EtcdCluster::start(1)).await??;
+    let mut cluster = Cluster::new();
+    cluster.start_extra = vec![
+        "--store".into(),
+        etcd.url(),
+        "--etcd-prefix".into(),
+        prefix.into(),
+    ];
+    cluster.start_first()?;
+    for _ in 1..nodes {
+        cluster.join(0)?;
+    }
+    let running: Vec<usize> = (0..nodes).collect();
+    cluster
+        .agreed_leader(&running, Duration::from_secs(30))
+        .await?;
+    Ok((etcd, cluster))
+}
+
+/// The `password` of the secret `secret/app/{name}` in `state` (sealed or not).
+pub fn secret_password(state: &agent::state::ClusterState, name: &str) -> String {
+    let key: agent::definitions::ObjectKey = format!("secret/app/{name}").parse().unwrap();
+    state
+        .objects
+        .get(&key)
+        .expect("the secret")
+        .object
+        .spec
+        .data()
+        .unwrap()["password"]
+        .clone()
+}
+
+/// The state as node `i` backs it up into `file` (`smrmgr backup`, a linearizable read).
+pub fn backup(
+    cluster: &Cluster,
+    i: usize,
+    file: &Path,
+) -> anyhow::Result<agent::state::ClusterState> {
+    let mut cmd = smrmgr(cluster.dir.path());
+    cmd.arg("backup")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(&cluster.nodes[i].data_dir);
+    run(cmd)?;
+    Ok(smr_core::backup::decode(&std::fs::read(file)?)?.state)
+}
+
+/// `smrmgr ARGS --data-dir <node i>`: its output, whether it succeeded or not.
+pub fn smrmgr_on(cluster: &Cluster, i: usize, args: &[&str]) -> Output {
+    let mut cmd = smrmgr(cluster.dir.path());
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(&cluster.nodes[i].data_dir);
+    output(cmd)
+}
+
+/// What a command wrote: its stdout, then its stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Applies the busybox object `group/name` ([`busybox`]) through `client`, again until it is
+/// taken or 30 s have passed (a node may be between leaders or certificates).
+pub async fn apply_busybox(client: &Client, group: &str, name: &str) -> anyhow::Result<()> {
+    let objects = agent::definitions::parse_str("e", &busybox(group, name))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.apply(&objects, false, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 static NEXT_CLUSTER: AtomicU8 = AtomicU8::new(0);
 
 pub struct Node {
