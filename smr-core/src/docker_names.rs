@@ -45,6 +45,11 @@ pub fn check<'a>(
     apply: &[ObjectKey],
     delete: &[ObjectKey],
 ) -> Result<(), DockerNameError> {
+    // Only containers and volumes have Docker names: a batch of other kinds needs no look at
+    // the objects stored.
+    if !apply.iter().any(|k| base_name(k).is_some()) {
+        return Ok(());
+    }
     let applied: BTreeSet<&ObjectKey> = apply.iter().collect();
     let deleted: BTreeSet<&ObjectKey> = delete.iter().collect();
     let mut taken: BTreeMap<(Kind, String), &ObjectKey> = BTreeMap::new();
@@ -173,5 +178,20 @@ mod tests {
         check(&existing, &keys(&["containers/x/y"]), &[]).unwrap();
         // Applying one of them again is refused: it is the one that would clash.
         assert!(check(&existing, &keys(&["containers/a/b-c"]), &[]).is_err());
+    }
+
+    #[test]
+    fn a_batch_without_containers_or_volumes_does_not_look_at_the_stored_objects() {
+        let untouched = std::iter::from_fn(|| -> Option<&ObjectKey> {
+            panic!("the stored objects were read for a batch of configurations")
+        });
+        assert_eq!(
+            check(
+                untouched,
+                &keys(&["configuration/a/b", "secret/a-b/c"]),
+                &[]
+            ),
+            Ok(())
+        );
     }
 }

@@ -199,8 +199,7 @@ pub enum NetworkError {
 /// networks (they cannot be stored: [`check_apply`] refuses them) are skipped.
 pub fn overlay_networks(state: &ClusterState) -> Vec<OverlayNetwork> {
     state
-        .objects
-        .values()
+        .objects_of(Kind::Network)
         .filter_map(|s| overlay_of(&s.object))
         .collect()
 }
@@ -224,8 +223,7 @@ fn overlay_of(object: &Object) -> Option<OverlayNetwork> {
 /// networks are skipped, as in [`overlay_networks`]).
 pub fn bridge_networks(state: &ClusterState) -> Vec<BridgeNetwork> {
     state
-        .objects
-        .values()
+        .objects_of(Kind::Network)
         .filter_map(|s| bridge_of(&s.object))
         .collect()
 }
@@ -358,6 +356,14 @@ pub fn attachments_among(
 /// objects (driver, pool, overlaps, backend) and containers definitions naming networks that
 /// neither exist nor come in the same batch.
 pub fn check_apply(state: &ClusterState, objects: &[Object]) -> Result<(), NetworkError> {
+    // Only networks and containers definitions have anything to check: a batch of other kinds
+    // costs nothing here, whatever the size of the state.
+    if !objects
+        .iter()
+        .any(|o| matches!(o.spec, Spec::Network(_) | Spec::Containers(_)))
+    {
+        return Ok(());
+    }
     let incoming: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
     // Networks after the batch: stored ones not replaced, then the batch's.
     let mut after: Vec<OverlayNetwork> = overlay_networks(state)
