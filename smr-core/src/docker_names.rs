@@ -37,30 +37,26 @@ fn base_name(key: &ObjectKey) -> Option<(String, &'static str)> {
 }
 
 /// Checks the objects there would be after applying `apply` and deleting `delete` (a gitops
-/// sync does both in one step) on top of `existing`: two objects of one kind with the same Docker
-/// name, one of them in `apply`, are refused. A clash among objects already stored and not
-/// applied again is left alone (it was let in before this check existed).
-pub fn check<'a>(
-    existing: impl IntoIterator<Item = &'a ObjectKey>,
+/// sync does both in one step) on top of the stored objects (`stored` says whether a key is
+/// stored): two objects of one kind with the same Docker name, one of them in `apply`, are
+/// refused. A clash among objects already stored and not applied again is left alone (it was let
+/// in before this check existed).
+///
+/// Costs O(batch x dashes x lookup), never a walk of the stored objects: the stored objects that
+/// could share `GROUP-NAME` are the splits of that name at each `-`, looked up one by one.
+pub fn check(
+    stored: impl Fn(&ObjectKey) -> bool,
     apply: &[ObjectKey],
     delete: &[ObjectKey],
 ) -> Result<(), DockerNameError> {
-    // Only containers and volumes have Docker names: a batch of other kinds needs no look at
-    // the objects stored.
+    // Only containers and volumes have Docker names.
     if !apply.iter().any(|k| base_name(k).is_some()) {
         return Ok(());
     }
     let applied: BTreeSet<&ObjectKey> = apply.iter().collect();
     let deleted: BTreeSet<&ObjectKey> = delete.iter().collect();
+    // Docker names taken by the objects of the batch seen so far.
     let mut taken: BTreeMap<(Kind, String), &ObjectKey> = BTreeMap::new();
-    for key in existing {
-        if deleted.contains(key) || applied.contains(key) {
-            continue;
-        }
-        if let Some((name, _)) = base_name(key) {
-            taken.entry((key.kind, name)).or_insert(key);
-        }
-    }
     for key in apply {
         if deleted.contains(key) {
             continue;
@@ -68,6 +64,26 @@ pub fn check<'a>(
         let Some((name, what)) = base_name(key) else {
             continue;
         };
+        // A stored object of that name, other than this one and not replaced or deleted by
+        // this step (the first in key order, as a listing of the stored objects would give).
+        let stored_clash = name
+            .match_indices('-')
+            .map(|(at, _)| ObjectKey::new(key.kind, &name[..at], &name[at + 1..]))
+            .filter(|other| {
+                other != key
+                    && !applied.contains(other)
+                    && !deleted.contains(other)
+                    && stored(other)
+            })
+            .min();
+        if let Some(first) = stored_clash {
+            return Err(DockerNameError::Clash {
+                first: first.to_string(),
+                second: key.to_string(),
+                name,
+                what,
+            });
+        }
         match taken.get(&(key.kind, name.clone())) {
             Some(first) if *first != key => {
                 return Err(DockerNameError::Clash {
@@ -98,15 +114,25 @@ mod tests {
         texts.iter().map(|t| key(t)).collect()
     }
 
+    /// Whether a key is one of `stored`.
+    fn within(stored: &[ObjectKey]) -> impl Fn(&ObjectKey) -> bool + '_ {
+        |k| stored.contains(k)
+    }
+
     #[test]
     fn a_clash_with_a_stored_object_names_both() {
         let existing = keys(&["containers/a-b/c", "volume/x/y"]);
-        let err = check(&existing, &keys(&["containers/a/b-c"]), &[]).unwrap_err();
+        let err = check(within(&existing), &keys(&["containers/a/b-c"]), &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "containers/a-b/c and containers/a/b-c would both be named \"a-b-c\" in Docker (smr names replicas GROUP-NAME-INDEX): rename one of them"
         );
-        let err = check(&existing, &keys(&["volume/x-y/z", "volume/x/y-z"]), &[]).unwrap_err();
+        let err = check(
+            within(&existing),
+            &keys(&["volume/x-y/z", "volume/x/y-z"]),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             DockerNameError::Clash {
@@ -121,7 +147,7 @@ mod tests {
     #[test]
     fn a_clash_within_one_batch_is_refused() {
         let err = check(
-            &[],
+            |_| false,
             &keys(&["configuration/a/b", "containers/a-b/c", "containers/a/b-c"]),
             &[],
         )
@@ -142,7 +168,7 @@ mod tests {
         // Other kinds, different kinds, the same object again, and a different name.
         let existing = keys(&["containers/a-b/c", "volume/a-b/c", "configuration/a-b/c"]);
         check(
-            &existing,
+            within(&existing),
             &keys(&[
                 "configuration/a/b-c",
                 "secret/a/b-c",
@@ -157,34 +183,39 @@ mod tests {
         .unwrap();
         // A volume and a containers definition of the same Docker name live in separate
         // namespaces of Docker.
-        check(&keys(&["volume/a-b/c"]), &keys(&["containers/a/b-c"]), &[]).unwrap();
+        check(
+            within(&keys(&["volume/a-b/c"])),
+            &keys(&["containers/a/b-c"]),
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]
     fn deleting_the_other_in_the_same_step_allows_a_rename() {
         let existing = keys(&["containers/a-b/c"]);
         check(
-            &existing,
+            within(&existing),
             &keys(&["containers/a/b-c"]),
             &keys(&["containers/a-b/c"]),
         )
         .unwrap();
-        assert!(check(&existing, &keys(&["containers/a/b-c"]), &[]).is_err());
+        assert!(check(within(&existing), &keys(&["containers/a/b-c"]), &[]).is_err());
     }
 
     #[test]
     fn an_old_clash_between_stored_objects_is_left_alone() {
         let existing = keys(&["containers/a-b/c", "containers/a/b-c"]);
-        check(&existing, &keys(&["containers/x/y"]), &[]).unwrap();
+        check(within(&existing), &keys(&["containers/x/y"]), &[]).unwrap();
         // Applying one of them again is refused: it is the one that would clash.
-        assert!(check(&existing, &keys(&["containers/a/b-c"]), &[]).is_err());
+        assert!(check(within(&existing), &keys(&["containers/a/b-c"]), &[]).is_err());
     }
 
     #[test]
     fn a_batch_without_containers_or_volumes_does_not_look_at_the_stored_objects() {
-        let untouched = std::iter::from_fn(|| -> Option<&ObjectKey> {
+        let untouched = |_: &ObjectKey| -> bool {
             panic!("the stored objects were read for a batch of configurations")
-        });
+        };
         assert_eq!(
             check(
                 untouched,
@@ -192,6 +223,26 @@ mod tests {
                 &[]
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn only_the_splits_of_a_name_are_looked_up() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let stored = |k: &ObjectKey| {
+            asked.borrow_mut().push(k.to_string());
+            false
+        };
+        check(
+            stored,
+            &keys(&["containers/a-b/c-d", "configuration/x/y"]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            asked.into_inner(),
+            ["containers/a/b-c-d", "containers/a-b-c/d"],
+            "the name itself (containers/a-b/c-d) and other kinds are not looked up"
         );
     }
 }

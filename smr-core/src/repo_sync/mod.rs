@@ -103,7 +103,9 @@ pub fn decide(
         sync.delete = plan.delete.iter().filter_map(parse).collect();
         // Refused by the state machine anyway; said in the status rather than only in a log.
         let keys: Vec<ObjectKey> = sync.apply.iter().map(Object::key).collect();
-        if let Err(e) = crate::docker_names::check(state.objects.keys(), &keys, &sync.delete) {
+        if let Err(e) =
+            crate::docker_names::check(|k| state.objects.contains_key(k), &keys, &sync.delete)
+        {
             let message = format!("commit {}: {e}", short(&desired.commit));
             return failed(
                 state,

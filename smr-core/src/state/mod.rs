@@ -630,7 +630,9 @@ impl ClusterState {
         match op {
             Op::Apply { objects, owner } => {
                 let keys: Vec<ObjectKey> = objects.iter().map(Object::key).collect();
-                if let Err(e) = crate::docker_names::check(self.docker_named_keys(), &keys, &[]) {
+                if let Err(e) =
+                    crate::docker_names::check(|k| self.objects.contains_key(k), &keys, &[])
+                {
                     return CommandResult::Rejected {
                         reason: e.to_string(),
                     };
@@ -1322,14 +1324,6 @@ impl ClusterState {
         self.objects
             .range(first..)
             .take_while(move |(key, _)| key.kind == kind)
-    }
-
-    /// Keys of the kinds that have Docker names (containers, volumes): what
-    /// [`crate::docker_names::check`] compares a batch with, without visiting other kinds.
-    pub(crate) fn docker_named_keys(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.keyed_objects_of(Kind::Containers)
-            .chain(self.keyed_objects_of(Kind::Volume))
-            .map(|(k, _)| k)
     }
 
     /// True when `secret_sha256` names a join token that has not expired at `now`.

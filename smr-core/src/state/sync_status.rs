@@ -162,7 +162,9 @@ impl ClusterState {
             return CommandResult::Rejected { reason };
         }
         let keys: Vec<ObjectKey> = sync.apply.iter().map(|o| o.key()).collect();
-        if let Err(e) = crate::docker_names::check(self.docker_named_keys(), &keys, &sync.delete) {
+        if let Err(e) =
+            crate::docker_names::check(|k| self.objects.contains_key(k), &keys, &sync.delete)
+        {
             return CommandResult::Rejected {
                 reason: e.to_string(),
             };
