@@ -10,61 +10,74 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::state::{Delta, Follower, NodeId, Op};
-use smr_core::scheduler::leader::{Liveness, plan};
+use crate::state::{Follower, NodeId, Op, Step};
+use smr_core::scheduler::leader::{Liveness, plan, plan_keys, touched_by};
+
+/// How often a full pass runs while the state changes, whatever the deltas said: the safety net
+/// of the incremental passes (it finds nothing to do in steady state: a test says so).
+const RESYNC: Duration = Duration::from_secs(10);
 
 /// Runs the scheduling loop until `stop`; acts only while this node leads.
+///
+/// A pass plans only the objects the changes since the last pass touched
+/// ([`plan_keys`], O(change)), and every object ([`plan`], O(state)) the first time, when nodes,
+/// their availability or their liveness changed, after a proposal failed, and every [`RESYNC`].
 pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<bool>) {
     let mut changes = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut liveness: Option<Liveness> = None;
     let mut follower = Follower::new();
-    // The state revision and liveness of the last pass that found nothing to do: `plan` is a
-    // function of the two, so the same pair finds nothing again (an idle cluster's ticks).
-    let mut quiet: Option<(u64, BTreeMap<NodeId, bool>)> = None;
+    // Liveness at the last pass: a change of it needs a full pass.
+    let mut last_live: Option<BTreeMap<NodeId, bool>> = None;
+    // When the last full pass ran, and on which revision: a full pass on the same revision and
+    // liveness finds what it found then (nothing, or what was proposed), so an idle cluster's
+    // resyncs cost nothing.
+    let mut last_full = (Instant::now(), None);
     node.set_node_timeout(timeout);
     loop {
-        let timed = tokio::select! {
+        tokio::select! {
             _ = crate::shutdown::stopped(&mut stop) => return,
-            _ = changes.changed() => false,
-            _ = tick.tick() => true,
-        };
+            _ = changes.changed() => {}
+            _ = tick.tick() => {}
+        }
         if !node.is_leader() {
             liveness = None;
             follower = Follower::new();
-            quiet = None;
+            last_live = None;
             continue;
         }
         let Ok(state) = node.state(crate::node::Consistency::Stale).await else {
             continue;
         };
-        // A change that concerns no placement (a heartbeat, a configuration nobody reads) waits
-        // for the next tick (liveness is judged there too), which is a full pass.
-        if !follower
-            .next(&state, timed)
-            .needs(Delta::touches_scheduling)
-        {
-            continue;
-        }
         let now = Instant::now();
+        let resync =
+            now.duration_since(last_full.0) >= RESYNC && last_full.1 != Some(state.revision);
+        let step = follower.next(&state, resync);
         node.forget_heartbeats(|id| state.nodes.contains_key(&id));
         let live = liveness
             .get_or_insert_with(|| Liveness::new(timeout, now))
             .observe(&state, &node.heartbeats(), now);
-        if quiet
-            .as_ref()
-            .is_some_and(|(revision, before)| *revision == state.revision && *before == live)
-        {
-            continue;
-        }
-        let updates = plan(&state, &live);
+        let keys = match (&step, last_live.as_ref() == Some(&live)) {
+            (Step::Changes(delta), true) => touched_by(delta),
+            _ => None,
+        };
+        let updates = match &keys {
+            // Nothing a placement reads changed (a heartbeat, a configuration).
+            Some(keys) if keys.is_empty() => continue,
+            Some(keys) => plan_keys(&state, &live, keys),
+            None => {
+                last_full = (now, Some(state.revision));
+                plan(&state, &live)
+            }
+        };
+        last_live = Some(live);
         if updates.is_empty() {
-            quiet = Some((state.revision, live));
             continue;
         }
-        quiet = None;
         if let Err(e) = node.propose(Op::Place { updates }, None).await {
             tracing::warn!("scheduling: {e}");
+            // What this pass planned was not written: the next pass plans every object again.
+            follower = Follower::new();
         }
     }
 }

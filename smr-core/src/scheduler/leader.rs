@@ -8,11 +8,12 @@
 //! its report sequence number (a report in the log). A new leader counts every node as seen when
 //! it took over, so a leader change never makes the whole cluster look dead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{self as scheduler, NodeInfo, ReplicaState};
 use crate::convert::{node_labels, workload_of};
+use crate::definitions::{Kind, ObjectKey};
 use crate::state::{ClusterState, NodeId, PlacementUpdate, ReplicaReport};
 
 /// How long a node may stay silent before its replicas are placed elsewhere (default 15 s).
@@ -71,6 +72,49 @@ impl Liveness {
 
 /// The placement changes the leader should propose, given which nodes are live. Pure.
 pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<PlacementUpdate> {
+    plan_some(state, live, None)
+}
+
+/// The objects whose placement may need to change after `delta`, when only they may: `None`
+/// when every object's may (a node joined, left or changed, a node's availability or the
+/// cluster's settings changed). The objects named are the containers definitions written or
+/// deleted, the placements and placement errors that changed, and the objects whose replicas'
+/// reports changed (rollout progress). Liveness is not in a delta: a change of it needs a full
+/// [`plan`].
+pub fn touched_by(delta: &crate::state::Delta) -> Option<BTreeSet<ObjectKey>> {
+    if !delta.nodes.is_empty() || delta.settings {
+        return None;
+    }
+    let mut keys: BTreeSet<ObjectKey> = delta
+        .objects
+        .touched()
+        .filter(|k| k.kind == Kind::Containers)
+        .cloned()
+        .collect();
+    keys.extend(delta.placements.touched().cloned());
+    keys.extend(delta.placement_errors.touched().cloned());
+    keys.extend(delta.replicas.iter().cloned());
+    Some(keys)
+}
+
+/// What [`plan`] would propose for the objects of `keys` only (their placements, or dropping the
+/// placement of one deleted), in O(size of those objects' placements and of the reports of the
+/// nodes they are on) plus one count of every node's replicas. After a delta, with the keys
+/// [`touched_by`] names and the same liveness, this is what a full [`plan`] proposes when the
+/// previous full pass left nothing to do: the other objects' decisions read nothing that changed.
+pub fn plan_keys(
+    state: &ClusterState,
+    live: &BTreeMap<NodeId, bool>,
+    keys: &BTreeSet<ObjectKey>,
+) -> Vec<PlacementUpdate> {
+    plan_some(state, live, Some(keys))
+}
+
+fn plan_some(
+    state: &ClusterState,
+    live: &BTreeMap<NodeId, bool>,
+    keys: Option<&BTreeSet<ObjectKey>>,
+) -> Vec<PlacementUpdate> {
     let nodes: Vec<NodeInfo> = state
         .nodes
         .values()
@@ -92,12 +136,14 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
             *total.entry(slot.node).or_insert(0) += 1;
         }
     }
-    let reports = ReportIndex::new(state);
+    let reports = match keys {
+        None => ReportIndex::new(state),
+        Some(keys) => ReportIndex::for_keys(state, keys),
+    };
     let mut updates = Vec::new();
-    // Only containers objects are placed; the others are not visited.
-    for (key, stored) in state.keyed_objects_of(crate::definitions::Kind::Containers) {
+    let mut visit = |key: &ObjectKey, stored: &crate::state::StoredObject| {
         let Some(workload) = workload_of(stored) else {
-            continue;
+            return;
         };
         let current = state.placements.get(key);
         let load = load_without(&total, current);
@@ -129,12 +175,34 @@ pub fn plan(state: &ClusterState, live: &BTreeMap<NodeId, bool>) -> Vec<Placemen
                 }
             }
         }
+    };
+    // Only containers objects are placed; the others are not visited.
+    match keys {
+        None => {
+            for (key, stored) in state.keyed_objects_of(Kind::Containers) {
+                visit(key, stored);
+            }
+        }
+        Some(keys) => {
+            for key in keys.iter().filter(|k| k.kind == Kind::Containers) {
+                if let Some(stored) = state.objects.get(key) {
+                    visit(key, stored);
+                }
+            }
+        }
     }
-    for key in state
-        .placements
-        .keys()
-        .filter(|k| !state.objects.contains_key(*k))
-    {
+    let orphans: Vec<&ObjectKey> = match keys {
+        None => state
+            .placements
+            .keys()
+            .filter(|k| !state.objects.contains_key(*k))
+            .collect(),
+        Some(keys) => keys
+            .iter()
+            .filter(|k| state.placements.contains_key(*k) && !state.objects.contains_key(*k))
+            .collect(),
+    };
+    for key in orphans {
         updates.push(PlacementUpdate {
             key: key.clone(),
             generation: 0,
@@ -177,6 +245,26 @@ impl<'a> ReportIndex<'a> {
         for (node, report) in state.reports.iter() {
             for r in &report.replicas {
                 by_replica.entry((*node, &r.key, r.index)).or_insert(r);
+            }
+        }
+        ReportIndex { by_replica }
+    }
+
+    /// The entries of the replicas of `keys` only: the reports of the nodes their placements
+    /// name, each read once.
+    fn for_keys(state: &'a ClusterState, keys: &BTreeSet<ObjectKey>) -> Self {
+        let on: BTreeSet<NodeId> = keys
+            .iter()
+            .filter_map(|k| state.placements.get(k))
+            .flat_map(|p| p.replicas.values().map(|slot| slot.node))
+            .collect();
+        let mut by_replica = BTreeMap::new();
+        for node in on {
+            let Some(report) = state.reports.get(&node) else {
+                continue;
+            };
+            for r in report.replicas.iter().filter(|r| keys.contains(&r.key)) {
+                by_replica.entry((node, &r.key, r.index)).or_insert(r);
             }
         }
         ReportIndex { by_replica }

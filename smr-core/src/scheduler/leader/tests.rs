@@ -282,3 +282,137 @@ fn liveness_at(
         .into_iter()
         .collect()
 }
+
+/// Writes `op`, then checks that the plan of the objects the change touched is exactly the full
+/// plan (the state was quiet before), and applies it. Returns the updates.
+fn step_and_compare(state: &mut ClusterState, op: Op) -> Vec<PlacementUpdate> {
+    let live = all_live(state);
+    assert!(plan(state, &live).is_empty(), "quiet before the step");
+    let before = state.clone();
+    apply(state, op);
+    let delta = ClusterState::delta(&before, state);
+    let full = plan(state, &live);
+    if let Some(keys) = touched_by(&delta) {
+        assert_eq!(plan_keys(state, &live, &keys), full, "{keys:?}");
+    }
+    // Settle: place, then each placement's own change is a step of its own.
+    let mut updates = full.clone();
+    while !updates.is_empty() {
+        let before = state.clone();
+        apply(state, Op::Place { updates });
+        let delta = ClusterState::delta(&before, state);
+        let full = plan(state, &live);
+        let keys = touched_by(&delta).expect("a placement names its objects");
+        assert_eq!(plan_keys(state, &live, &keys), full, "{keys:?}");
+        updates = full;
+    }
+    full
+}
+
+fn containers(name: &str, replicas: u32, image: &str) -> Op {
+    let yaml = format!(
+        "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: {name}\nspec:\n  image: {image}\n  replicas: {replicas}\n  spread:\n    spread: uniform\n"
+    );
+    Op::Apply {
+        objects: definitions::parse_str("t.yaml", &yaml).unwrap(),
+        owner: None,
+    }
+}
+
+/// Every node reports what it is assigned as running and ready, at sequence `seq`.
+fn report_all(state: &ClusterState, seq: u64) -> Vec<Op> {
+    state
+        .nodes
+        .keys()
+        .map(|node| {
+            let replicas = state
+                .placements
+                .iter()
+                .flat_map(|(key, p)| {
+                    p.on_node(*node).map(|(index, slot)| ReplicaReport {
+                        key: key.clone(),
+                        index,
+                        name: format!("{}-{}-{index}", key.group, key.name),
+                        container_id: None,
+                        phase: "running".into(),
+                        ready: true,
+                        ip: None,
+                        restarts: 0,
+                        generation: slot.generation,
+                        image: String::new(),
+                        started_ms: None,
+                        message: None,
+                        ips: Default::default(),
+                    })
+                })
+                .collect();
+            Op::Report {
+                node: *node,
+                report: NodeReport {
+                    seq,
+                    at_ms: 0,
+                    replicas,
+                },
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_plan_of_the_touched_objects_is_the_full_plan() {
+    let mut state = cluster(4, FIVE);
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    // New objects, one scaled up and down, one rolled to a new image with reports between the
+    // steps of the rollout, one deleted, an unplaceable one.
+    assert!(!step_and_compare(&mut state, containers("a", 3, "busybox")).is_empty());
+    assert!(!step_and_compare(&mut state, containers("b", 7, "busybox")).is_empty());
+    step_and_compare(&mut state, containers("a", 6, "busybox"));
+    step_and_compare(&mut state, containers("b", 2, "busybox"));
+    for op in report_all(&state, 1) {
+        step_and_compare(&mut state, op);
+    }
+    let rolled = step_and_compare(&mut state, containers("a", 6, "nginx"));
+    assert_eq!(rolled.len(), 1, "the rollout's first step: {rolled:?}");
+    for seq in 2..10 {
+        for op in report_all(&state, seq) {
+            step_and_compare(&mut state, op);
+        }
+    }
+    let key: crate::definitions::ObjectKey = "containers/g/a".parse().unwrap();
+    assert!(
+        state.placements[&key]
+            .replicas
+            .values()
+            .all(|s| s.generation == 2),
+        "the rollout went through on incremental plans"
+    );
+    step_and_compare(&mut state, Op::Delete { keys: vec![key] });
+    let unplaceable = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: u\nspec:\n  image: busybox\n  nodeSelector:\n    disk: ssd\n";
+    let errors = step_and_compare(
+        &mut state,
+        Op::Apply {
+            objects: definitions::parse_str("t.yaml", unplaceable).unwrap(),
+            owner: None,
+        },
+    );
+    assert!(errors[0].error.is_some(), "{errors:?}");
+}
+
+#[test]
+fn a_node_or_settings_change_asks_for_a_full_plan() {
+    let state = cluster(2, FIVE);
+    let mut more = state.clone();
+    let node = more.nodes.values().next().unwrap().clone();
+    apply(
+        &mut more,
+        Op::RegisterNode {
+            node: NodeRecord {
+                name: "n9".into(),
+                ip: "10.0.0.9".into(),
+                ..node
+            },
+        },
+    );
+    assert_eq!(touched_by(&ClusterState::delta(&state, &more)), None);
+}
