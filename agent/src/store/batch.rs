@@ -444,6 +444,11 @@ mod tests {
 #[cfg(test)]
 mod peers_tests {
     use super::Peers;
+    use crate::store::net::PeerFeatures;
+
+    fn said(header: &str) -> PeerFeatures {
+        PeerFeatures::parse(Some(header))
+    }
 
     /// Batches go only once every other member announced it reads them: a peer not heard from,
     /// or one of an earlier version (no header), gets one command per entry.
@@ -452,11 +457,11 @@ mod peers_tests {
         let peers = Peers::default();
         assert!(peers.all_batch([]), "a one-node cluster batches");
         assert!(!peers.all_batch([2]), "a peer not heard from yet");
-        peers.heard(2, true);
-        peers.heard(3, false);
+        peers.heard(2, said("batch"));
+        peers.heard(3, PeerFeatures::parse(None));
         assert!(peers.all_batch([2]));
         assert!(!peers.all_batch([2, 3]), "node 3 runs an earlier version");
-        peers.heard(3, true);
+        peers.heard(3, said("batch,msgpack"));
         assert!(peers.all_batch([2, 3]));
     }
 }

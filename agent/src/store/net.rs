@@ -1,13 +1,20 @@
 //! Raft RPC over HTTP: the client side (openraft's network factory) and the server routes.
 //!
-//! Requests and responses are JSON. In production the daemon hands in a reqwest client with the
-//! node's certificate (mTLS) and serves [`router`] behind TLS that requires node certificates.
+//! Requests and responses are MessagePack ([`super::codec`], as the log stores entries) once the
+//! peer said it reads them (`msgpack` in its [`FEATURES_HEADER`]), JSON before that and to a peer
+//! of an earlier version. The server reads either (the codec tells them apart by the first byte)
+//! and answers in the encoding of the request. In production the daemon hands in a reqwest client
+//! with the node's certificate (mTLS) and serves [`router`] behind TLS that requires node
+//! certificates.
 
 use std::time::Duration;
 
+use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -25,28 +32,55 @@ use crate::state::NodeId;
 /// Largest Raft RPC body accepted (snapshot chunks are kept well below it).
 const RPC_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Response header by which a node's Raft RPC server says it reads batched entries
-/// ([`super::batch::Proposal::Batch`]); earlier versions do not send it.
+/// Response header by which a node's Raft RPC server says what it reads: `batch`, batched
+/// entries ([`super::batch::Proposal::Batch`]); `msgpack`, MessagePack requests. Earlier versions
+/// do not send it, or send only `batch`.
 pub const FEATURES_HEADER: &str = "x-smr-raft-features";
-const FEATURES: &str = "batch";
+const FEATURES: &str = "batch,msgpack";
+/// Content type of a MessagePack request or answer.
+const MSGPACK: &str = "application/vnd.smr.msgpack";
 
-/// What this node learned of its peers' Raft RPC servers: whether each reads batched entries
-/// (from its last answer). A peer not heard from yet counts as not reading them.
+/// What a peer's Raft RPC server said it reads, in its last answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct PeerFeatures {
+    batch: bool,
+    msgpack: bool,
+}
+
+impl PeerFeatures {
+    pub(super) fn parse(header: Option<&str>) -> PeerFeatures {
+        let has = |name: &str| header.is_some_and(|v| v.split(',').any(|f| f.trim() == name));
+        PeerFeatures {
+            batch: has("batch"),
+            msgpack: has("msgpack"),
+        }
+    }
+}
+
+/// What this node learned of its peers' Raft RPC servers (from each one's last answer). A peer
+/// not heard from yet counts as reading neither batched entries nor MessagePack.
 #[derive(Default)]
 pub struct Peers {
-    batch: std::sync::Mutex<std::collections::BTreeMap<NodeId, bool>>,
+    features: std::sync::Mutex<std::collections::BTreeMap<NodeId, PeerFeatures>>,
 }
 
 impl Peers {
-    pub(super) fn heard(&self, id: NodeId, batch: bool) {
-        super::lock(&self.batch).insert(id, batch);
+    pub(super) fn heard(&self, id: NodeId, features: PeerFeatures) {
+        super::lock(&self.features).insert(id, features);
+    }
+
+    pub(super) fn of(&self, id: NodeId) -> PeerFeatures {
+        super::lock(&self.features)
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Whether every one of `ids` reads batched entries.
     pub fn all_batch(&self, ids: impl IntoIterator<Item = NodeId>) -> bool {
-        let batch = super::lock(&self.batch);
+        let features = super::lock(&self.features);
         ids.into_iter()
-            .all(|id| batch.get(&id).copied().unwrap_or(false))
+            .all(|id| features.get(&id).is_some_and(|f| f.batch))
     }
 }
 
@@ -88,13 +122,24 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let msgpack = self.peers.of(self.target).msgpack;
+        let (body, content_type) = if msgpack {
+            let body = super::codec::encode(request)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            (body, MSGPACK)
+        } else {
+            let body = serde_json::to_vec(request)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            (body, "application/json")
+        };
         let response = self
             .transport
             .client
             .client()
             .post(format!("{}/{path}", self.base))
             .timeout(timeout)
-            .json(request)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -104,22 +149,26 @@ impl Connection {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
-        let batch = response
-            .headers()
-            .get(FEATURES_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|f| f.trim() == "batch"));
-        self.peers.heard(self.target, batch);
+        let features = PeerFeatures::parse(
+            response
+                .headers()
+                .get(FEATURES_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        self.peers.heard(self.target, features);
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
             let error = std::io::Error::other(format!("raft rpc {path} answered {status}: {text}"));
             return Err(RPCError::Network(NetworkError::new(&error)));
         }
-        let result: Result<Resp, RaftError<NodeId, E>> = response
-            .json()
+        let bytes = response
+            .bytes()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // JSON or MessagePack, whichever the peer answered in (the codec tells them apart).
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            super::codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -172,23 +221,52 @@ pub fn router(raft: Raft) -> Router {
         .with_state(raft)
 }
 
-async fn append(
-    State(raft): State<Raft>,
-    Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.append_entries(rpc).await)
+/// A request in either encoding, and whether it was MessagePack; an unreadable body is a 400
+/// naming the problem.
+#[allow(clippy::result_large_err)]
+fn read<Req: DeserializeOwned>(body: &[u8]) -> Result<(Req, bool), Response> {
+    match super::codec::decode(body) {
+        Ok(request) => Ok((request, body.first() == Some(&super::codec::TAG_MSGPACK))),
+        Err(e) => Err((StatusCode::BAD_REQUEST, format!("raft rpc body: {e}")).into_response()),
+    }
 }
 
-async fn vote(
-    State(raft): State<Raft>,
-    Json(rpc): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.vote(rpc).await)
+/// `response` in the encoding of the request.
+fn reply<Resp: Serialize>(response: &Resp, msgpack: bool) -> Response {
+    let (encoded, content_type) = if msgpack {
+        (
+            super::codec::encode(response).map_err(|e| e.to_string()),
+            MSGPACK,
+        )
+    } else {
+        (
+            serde_json::to_vec(response).map_err(|e| e.to_string()),
+            "application/json",
+        )
+    };
+    match encoded {
+        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
 }
 
-async fn snapshot(
-    State(raft): State<Raft>,
-    Json(rpc): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(raft.install_snapshot(rpc).await)
+async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
+    match read::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok((rpc, msgpack)) => reply(&raft.append_entries(rpc).await, msgpack),
+        Err(bad) => bad,
+    }
+}
+
+async fn vote(State(raft): State<Raft>, body: Bytes) -> Response {
+    match read::<VoteRequest<NodeId>>(&body) {
+        Ok((rpc, msgpack)) => reply(&raft.vote(rpc).await, msgpack),
+        Err(bad) => bad,
+    }
+}
+
+async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
+    match read::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok((rpc, msgpack)) => reply(&raft.install_snapshot(rpc).await, msgpack),
+        Err(bad) => bad,
+    }
 }

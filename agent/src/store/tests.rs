@@ -648,6 +648,12 @@ async fn a_follower_that_reads_batches_gets_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    assert_eq!(
+        one.peers.of(2),
+        net::PeerFeatures::parse(Some("batch,msgpack")),
+        "node 2 said it reads MessagePack: the appends that follow are MessagePack"
+    );
+
     let before = one.sm.applied_index();
     let writes = 100;
     let tasks: Vec<_> = (0..writes)
@@ -685,4 +691,67 @@ async fn a_follower_that_reads_batches_gets_them() {
     );
     one.shutdown().await;
     two.shutdown().await;
+}
+
+/// The Raft RPC server reads JSON (what a node of an earlier version sends) and MessagePack, and
+/// answers in the encoding of the request; a body in neither is a 400 that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_answer_in_the_encoding_of_the_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/raft/vote", listener.local_addr().expect("addr"));
+    let one = RaftStore::open(
+        &dir.path().join("one"),
+        1,
+        transport(),
+        StoreConfig::default(),
+    )
+    .await
+    .expect("open");
+    let _serve = serve_rpc(listener, &one).await;
+    let vote = openraft::raft::VoteRequest::<NodeId> {
+        vote: openraft::Vote::new(1, 2),
+        last_log_id: None,
+    };
+    type Answer = Result<openraft::raft::VoteResponse<NodeId>, openraft::error::RaftError<NodeId>>;
+    let client = reqwest::Client::new();
+    for (body, content_type) in [
+        (serde_json::to_vec(&vote).expect("json"), "application/json"),
+        (
+            codec::encode(&vote).expect("msgpack"),
+            "application/vnd.smr.msgpack",
+        ),
+    ] {
+        let sent_msgpack = body[0] == codec::TAG_MSGPACK;
+        let response = client.post(&url).body(body).send().await.expect("send");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], content_type);
+        assert_eq!(response.headers()[net::FEATURES_HEADER], "batch,msgpack");
+        let bytes = response.bytes().await.expect("body");
+        assert_eq!(bytes[0] == codec::TAG_MSGPACK, sent_msgpack);
+        let answer: Answer = codec::decode(&bytes).expect("an answer");
+        assert!(
+            answer
+                .expect("granted or not, an answer")
+                .vote
+                .leader_id()
+                .term
+                >= 1
+        );
+    }
+    let response = client
+        .post(&url)
+        .body(vec![0x01, 0x02])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.expect("text");
+    assert!(
+        text.contains("raft rpc body") && text.contains("0x01"),
+        "{text}"
+    );
+    one.shutdown().await;
 }
