@@ -8,7 +8,8 @@
 //! Each is filled with small `configuration` objects (250 to a write) up to 500, 2,000, 10,000 and
 //! 50,000 objects; at each size one client over one keep-alive mTLS connection applies 1,000
 //! single ~200-byte `configuration` objects one per request (overwriting 100 probe keys, so the
-//! state keeps its size) and the agent's resident memory is read.
+//! state keeps its size) and the agent's resident memory is read (before the backup that sizes the
+//! state).
 //!
 //!     cargo bench -p smr --bench state_size
 //!     SMR_BENCH_SIZES=500,2000      the sizes (default 500,2000,10000,50000)
@@ -118,6 +119,11 @@ async fn measure(
         }
         let rate = probes as f64 / started.elapsed().as_secs_f64();
         latencies.sort();
+        // The agent's memory after the applies, read before the backup this bench takes to size
+        // the state: serializing it costs about 2.5 times its size for a moment, which an
+        // allocator hands back to the kernel at once (glibc, through munmap) or within about a
+        // second (the agent's jemalloc).
+        let rss = pid.map(|pid| proc_figures(pid).0).unwrap_or(0.0);
         let backup = client.backup().await.context("reading a backup")?;
         let state_mib = backup.len() as f64 / 1048576.0;
         rows.push(Row {
@@ -125,7 +131,7 @@ async fn measure(
             rate,
             p50: percentile(&latencies, 0.5),
             p99: percentile(&latencies, 0.99),
-            rss: pid.map(|pid| proc_figures(pid).0).unwrap_or(0.0),
+            rss,
             state_mib,
         });
     }

@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use api_types::types::{ClusterKeyResponse, HealthResponse};
+use api_types::types::ClusterKeyResponse;
 
+use super::features::Claim;
 use super::{Consistency, Node, NodeError};
 use crate::pki::ClusterKey;
 use crate::state::{CaRecord, ClusterState, NodeId};
 
-/// How long one node is given to answer a request for the cluster key or a health probe.
+/// How long one node is given to answer a request for the cluster key.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Node {
@@ -103,28 +104,14 @@ impl Node {
         Err(refusals.join("; "))
     }
 
-    /// Whether each member of `state` holds the cluster key, as its health answer says (5 s per
-    /// probe, all at once; this node answers for itself). A member that does not answer, or an
+    /// Whether each member of `state` holds the cluster key, as its health answer says
+    /// ([`Claim::HoldsClusterKey`], [`Node::members_claim`]). A member that does not answer, or an
     /// older version that does not say so, is `false`.
     pub async fn members_holding_cluster_key(&self, state: &ClusterState) -> Vec<(NodeId, bool)> {
-        let probes = state.nodes.values().map(|n| {
-            let addr = n.api_addr();
-            let (id, me) = (n.id, n.id == self.id);
-            async move {
-                if me {
-                    return (id, self.cluster_key().is_some());
-                }
-                let probe = tokio::time::timeout(
-                    ASK_TIMEOUT,
-                    self.call::<(), HealthResponse>(&addr, "health", None),
-                )
-                .await;
-                (
-                    id,
-                    matches!(probe, Ok(Ok(health)) if health.holds_cluster_key),
-                )
-            }
-        });
-        futures::future::join_all(probes).await
+        self.members_claim(state.nodes.values(), Claim::HoldsClusterKey)
+            .await
+            .into_iter()
+            .map(|(n, said)| (n.id, said == Some(true)))
+            .collect()
     }
 }

@@ -1,4 +1,5 @@
-//! Rolling upgrades: which kinds of log entries every member reads.
+//! Rolling upgrades: which kinds of log entries every member reads, and what members say of
+//! themselves in their health answer ([`Claim`]).
 //!
 //! ```text
 //!  GET /api/v1/health  -->  features: ["report-deltas", "user-certs", "ca-abort"]
@@ -11,9 +12,17 @@
 //! does not know, so a new kind of entry is proposed only once every node that applies entries
 //! (registered with a Raft port: simulated nodes apply none) says it reads it. Older peers read
 //! the booleans of the health answer that came before this list (`report_deltas`), which stay.
+//!
+//! Every question to the members about themselves goes one way: [`Node::members_claim`] asks
+//! each for its health answer ([`Node::members_health`]: all at once, one time limit, every answer
+//! noted here) and reads a [`Claim`] from it: that it reads a feature, holds the cluster key
+//! (`holds_cluster_key`, [`crate::migration`]) or seals secrets (`seals_secrets`,
+//! [`crate::secrets`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use api_types::types::HealthResponse;
 
 use super::{Consistency, Node};
 use crate::state::NodeId;
@@ -46,7 +55,7 @@ impl Feature {
 
     /// Whether `health` says its node reads this kind of entry: in `features`, or for the one
     /// that came before the list, its boolean.
-    pub fn announced_in(self, health: &api_types::types::HealthResponse) -> bool {
+    pub fn announced_in(self, health: &HealthResponse) -> bool {
         health.features.iter().any(|f| f == self.name())
             || (self == Feature::ReportDeltas && health.report_deltas)
     }
@@ -63,6 +72,33 @@ impl Feature {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// What a member says of itself in its health answer, read by [`Node::members_claim`]: the one
+/// way a node asks the others what they read or hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// It reads this kind of log entry ([`Feature::announced_in`]: the `features` list, or the
+    /// boolean that came before it).
+    Reads(Feature),
+    /// It holds the cluster key (`holds_cluster_key`; [`crate::migration`] waits for every
+    /// member to).
+    HoldsClusterKey,
+    /// It seals and opens secret values (`seals_secrets`; secrets stored in clear are sealed
+    /// once every member does).
+    SealsSecrets,
+}
+
+impl Claim {
+    /// Whether `health` makes this claim. A health answer of a version before a claim existed
+    /// lacks its field (read as `false`): such a member does not make it.
+    pub fn made_in(self, health: &HealthResponse) -> bool {
+        match self {
+            Claim::Reads(feature) => feature.announced_in(health),
+            Claim::HoldsClusterKey => health.holds_cluster_key,
+            Claim::SealsSecrets => health.seals_secrets,
+        }
     }
 }
 
@@ -123,7 +159,7 @@ pub(crate) struct Probes {
 
 impl Probes {
     /// Notes the features a node's health answer announces.
-    pub(crate) fn note(&self, health: &api_types::types::HealthResponse) {
+    pub(crate) fn note(&self, health: &HealthResponse) {
         let announced: Vec<&'static str> = Feature::ALL
             .iter()
             .filter(|f| f.announced_in(health))
@@ -153,9 +189,21 @@ impl Probes {
     }
 }
 
+/// How a member that said (`Some`) or did not say (`None`: no answer) it reads a feature is
+/// listed among those lacking it: not at all when it reads it, or when it does not answer now but
+/// was `seen` reading it before (paused or cut off).
+fn lacking(name: &str, said: Option<bool>, seen: impl FnOnce() -> bool) -> Option<String> {
+    match said {
+        Some(true) => None,
+        Some(false) => Some(name.to_string()),
+        None if seen() => None,
+        None => Some(format!("{name} (unreachable)")),
+    }
+}
+
 impl Node {
     /// Whether every node that applies log entries reads `feature`: asked over their health
-    /// route (2 s each, all at once), again at most every [`REPROBE`] while one does not (an
+    /// route ([`Node::members_claim`]), again at most every [`REPROBE`] while one does not (an
     /// older version in a rolling upgrade, which would stop on such an entry), never again once
     /// all do.
     pub async fn members_support(&self, feature: Feature) -> bool {
@@ -183,35 +231,12 @@ impl Node {
             Ok(state) => state,
             Err(e) => return vec![format!("(the member list: {e})")],
         };
-        let probes = state
-            .nodes
-            .values()
-            .filter(|n| n.raft_port != 0 && n.id != self.id)
-            .map(|n| {
-                let addr = n.api_addr();
-                let name = n.name.clone();
-                let id = n.id;
-                async move {
-                    let probe = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        self.call::<(), api_types::types::HealthResponse>(&addr, "health", None),
-                    )
-                    .await;
-                    match probe {
-                        Ok(Ok(health)) => {
-                            self.features.note(&health);
-                            (!feature.announced_in(&health)).then_some(name)
-                        }
-                        // Paused or cut off now, but seen reading it before.
-                        _ if self.features.seen(id, feature) => None,
-                        _ => Some(format!("{name} (unreachable)")),
-                    }
-                }
-            });
-        let lacking: Vec<String> = futures::future::join_all(probes)
+        let applying = state.nodes.values().filter(|n| n.raft_port != 0);
+        let lacking: Vec<String> = self
+            .members_claim(applying, Claim::Reads(feature))
             .await
             .into_iter()
-            .flatten()
+            .filter_map(|(n, said)| lacking(&n.name, said, || self.features.seen(n.id, feature)))
             .collect();
         let mut probe = self.features.get(feature);
         if lacking.is_empty() {
@@ -300,6 +325,43 @@ mod tests {
         assert!(probes.seen(7, Feature::ReportDeltas));
         assert!(!probes.seen(7, Feature::CaAbort));
         assert!(!probes.seen(8, Feature::UserCerts));
+    }
+
+    #[test]
+    fn claims_are_read_from_the_health_answer() {
+        let mut h = health(&["user-certs"], false);
+        assert!(Claim::Reads(Feature::UserCerts).made_in(&h));
+        assert!(!Claim::Reads(Feature::CaAbort).made_in(&h));
+        assert!(!Claim::HoldsClusterKey.made_in(&h));
+        assert!(!Claim::SealsSecrets.made_in(&h));
+        h.holds_cluster_key = true;
+        assert!(Claim::HoldsClusterKey.made_in(&h));
+        assert!(!Claim::SealsSecrets.made_in(&h));
+        h.seals_secrets = true;
+        assert!(Claim::SealsSecrets.made_in(&h));
+        // The boolean before the list still counts for the feature it stood for.
+        assert!(Claim::Reads(Feature::ReportDeltas).made_in(&health(&[], true)));
+        // A version before all of these: its answer parses and claims nothing.
+        let json = r#"{"node":"n","id":1,"state":"leader","leader":null,"revision":0}"#;
+        let old: HealthResponse = serde_json::from_str(json).unwrap();
+        let claims = Feature::ALL
+            .map(Claim::Reads)
+            .into_iter()
+            .chain([Claim::HoldsClusterKey, Claim::SealsSecrets]);
+        for claim in claims {
+            assert!(!claim.made_in(&old), "{claim:?}");
+        }
+    }
+
+    #[test]
+    fn members_lacking_a_feature_are_named() {
+        assert_eq!(lacking("n1", Some(true), || false), None);
+        assert_eq!(lacking("n1", Some(false), || true), Some("n1".to_string()));
+        assert_eq!(lacking("n1", None, || true), None);
+        assert_eq!(
+            lacking("n1", None, || false),
+            Some("n1 (unreachable)".to_string())
+        );
     }
 
     #[test]

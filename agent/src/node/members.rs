@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
+use super::features::Claim;
 use super::{Consistency, Node, NodeError};
+use crate::state::NodeRecord;
 use api_types::types::{HealthResponse, NodeView, WgPeerView};
+
+/// How long a member is given to answer a health probe ([`Node::members_health`]).
+pub(crate) const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Node {
     /// On the leader, one step of keeping the store's membership equal to the node registry:
@@ -89,63 +94,73 @@ impl Node {
         self.cluster_key().is_some() && !crate::secrets::test_plain()
     }
 
-    /// Whether every node of `state` says it seals and opens secret values (2 s per probe, all
-    /// at once); a node that does not answer or does not say so (an older version) is `false`.
+    /// Whether every node of `state` says it seals and opens secret values
+    /// ([`Claim::SealsSecrets`], [`Node::members_claim`]); a node that does not answer or does not
+    /// say so (an older version) is `false`.
     pub async fn all_seal_secrets(&self, state: &crate::state::ClusterState) -> bool {
-        let probes = state.nodes.values().map(|n| {
-            let addr = n.api_addr();
-            let me = n.id == self.id;
-            async move {
-                if me {
-                    return self.seals_secrets();
-                }
-                let probe = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    self.call::<(), HealthResponse>(&addr, "health", None),
-                )
-                .await;
-                if let Ok(Ok(health)) = &probe {
-                    self.features.note(health);
-                }
-                matches!(probe, Ok(Ok(health)) if health.seals_secrets)
-            }
-        });
-        futures::future::join_all(probes)
+        self.members_claim(state.nodes.values(), Claim::SealsSecrets)
             .await
             .into_iter()
-            .all(|ok| ok)
+            .all(|(_, said)| said == Some(true))
+    }
+
+    /// The health answer of each of `members`, in their order, asked all at once
+    /// ([`HEALTH_PROBE_TIMEOUT`] each); `None` for one that did not answer in time. This node
+    /// answers for itself without the network (behind NAT it may not reach its own public
+    /// address). The features every answer announces are noted ([`super::features`]). The one
+    /// way this node asks members about themselves: [`Node::members_claim`], [`Node::nodes`].
+    pub(crate) async fn members_health<'a>(
+        &self,
+        members: impl IntoIterator<Item = &'a NodeRecord>,
+    ) -> Vec<(&'a NodeRecord, Option<HealthResponse>)> {
+        let probes = members.into_iter().map(|n| async move {
+            if n.id == self.id {
+                return (n, self.health().await.ok());
+            }
+            let probe = tokio::time::timeout(
+                HEALTH_PROBE_TIMEOUT,
+                self.call::<(), HealthResponse>(&n.api_addr(), "health", None),
+            )
+            .await;
+            let health = match probe {
+                Ok(Ok(health)) => {
+                    self.features.note(&health);
+                    Some(health)
+                }
+                _ => None,
+            };
+            (n, health)
+        });
+        futures::future::join_all(probes).await
+    }
+
+    /// Whether each of `members` says `claim` of itself in its health answer
+    /// ([`Node::members_health`]): `None` for one that did not answer.
+    pub(crate) async fn members_claim<'a>(
+        &self,
+        members: impl IntoIterator<Item = &'a NodeRecord>,
+        claim: Claim,
+    ) -> Vec<(&'a NodeRecord, Option<bool>)> {
+        self.members_health(members)
+            .await
+            .into_iter()
+            .map(|(n, health)| (n, health.map(|h| claim.made_in(&h))))
+            .collect()
     }
 
     /// Every member with its role (voter, learner, joining), whether it answers a health probe
-    /// (2 s each, all at once; this node is healthy since it answers) and this node's WireGuard
-    /// session with it.
+    /// ([`Node::members_health`]) and this node's WireGuard session with it.
     pub async fn nodes(&self, consistency: Consistency) -> Result<Vec<NodeView>, NodeError> {
         let state = self.state(consistency).await?;
         let status = self.store.status();
-        let probes = state.nodes.values().map(|n| {
-            let addr = n.api_addr();
-            let me = n.id == self.id;
-            async move {
-                // This node answers, so it is healthy (behind NAT it may not reach its own public
-                // address).
-                if me {
-                    return (true, self.cert_expires_ms(), self.cert_ca());
-                }
-                let probe = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    self.call::<(), HealthResponse>(&addr, "health", None),
-                )
-                .await;
-                match probe {
-                    Ok(Ok(health)) => {
-                        self.features.note(&health);
-                        (true, health.cert_expires_ms, health.cert_ca)
-                    }
-                    _ => (false, None, None),
-                }
-            }
-        });
-        let healthy = futures::future::join_all(probes).await;
+        let healthy = self
+            .members_health(state.nodes.values())
+            .await
+            .into_iter()
+            .map(|(_, health)| match health {
+                Some(health) => (true, health.cert_expires_ms, health.cert_ca),
+                None => (false, None, None),
+            });
         let stats = match self.overlay.peer_stats().await {
             Ok(stats) => stats,
             Err(e) => {
