@@ -4,11 +4,15 @@
 //!
 //!     cargo bench -p smr --bench apply            # SMR_BENCH_APPLIES=N to change the count
 //!
+//! `SMR_BENCH_BASELINE=PATH`: also run another build's smrmgr (e.g. main's) first, same run, rows
+//! side by side. `SMR_BENCH_STORES=raft` (or `etcd`): only that store (default both).
+//!
 //! Prints figures; asserts nothing about speed.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agent::client::Client;
@@ -65,32 +69,57 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    let stores: Vec<String> = std::env::var("SMR_BENCH_STORES")
+        .unwrap_or_else(|_| "raft,etcd".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    if let Some(bad) = stores.iter().find(|s| *s != "raft" && *s != "etcd") {
+        anyhow::bail!("SMR_BENCH_STORES: unknown store {bad:?} (raft, etcd)");
+    }
+    let mut builds: Vec<(String, PathBuf)> = Vec::new();
+    if let Ok(baseline) = std::env::var("SMR_BENCH_BASELINE") {
+        builds.push(("baseline".into(), PathBuf::from(baseline)));
+    }
+    builds.push((
+        "this build".into(),
+        PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
+    ));
     println!("{total} applies per run; 3 agents on loopback, mTLS API");
     println!(
-        "{:<52} {:>12} {:>10} {:>10}",
-        "store / load", "applies/s", "p50", "p99"
+        "{:<64} {:>12} {:>10} {:>10}",
+        "build / store / load", "applies/s", "p50", "p99"
     );
-
-    // The embedded Raft store (redb log, durable commits).
-    let mut cluster = Cluster::new();
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster.join(0)?;
-    cluster.wait_formed(&[0, 1, 2], 3).await?;
-    bench(&cluster, "raft", total).await?;
-    drop(cluster);
-
-    // The etcd store: the same agents on a 3-member etcd cluster (Debian etcd-server) on loopback.
-    let etcd = tokio::task::spawn_blocking(|| smr_tests::etcd::EtcdCluster::start(3)).await??;
-    let mut cluster = Cluster::new();
-    cluster.start_extra = vec!["--store".into(), etcd.url()];
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster.join(0)?;
-    cluster.wait_formed(&[0, 1, 2], 3).await?;
-    bench(&cluster, "etcd", total).await?;
-    drop(cluster);
-    drop(etcd);
+    for store in &stores {
+        for (build, bin) in &builds {
+            let what = format!("{build}: {store}");
+            if store == "raft" {
+                // The embedded Raft store (redb log, durable commits).
+                let mut cluster = Cluster::new();
+                cluster.bin = bin.clone();
+                cluster.start_first()?;
+                cluster.join(0)?;
+                cluster.join(0)?;
+                cluster.wait_formed(&[0, 1, 2], 3).await?;
+                bench(&cluster, &what, total).await?;
+            } else {
+                // The etcd store: the same agents on a 3-member etcd cluster (Debian
+                // etcd-server) on loopback.
+                let etcd = tokio::task::spawn_blocking(|| smr_tests::etcd::EtcdCluster::start(3))
+                    .await??;
+                let mut cluster = Cluster::new();
+                cluster.bin = bin.clone();
+                cluster.start_extra = vec!["--store".into(), etcd.url()];
+                cluster.start_first()?;
+                cluster.join(0)?;
+                cluster.join(0)?;
+                cluster.wait_formed(&[0, 1, 2], 3).await?;
+                bench(&cluster, &what, total).await?;
+                drop(cluster);
+                drop(etcd);
+            }
+        }
+    }
     println!(
         "reference (etcd docs, 8 vCPU): 1 client 583 writes/s at 1.6 ms; 1000 clients ~44k writes/s"
     );
@@ -112,7 +141,7 @@ async fn bench(cluster: &Cluster, store: &str, total: usize) -> anyhow::Result<(
 
 fn print_row(what: &str, (rate, p50, p99): (f64, Duration, Duration)) {
     println!(
-        "{what:<52} {rate:>12.0} {:>8.2}ms {:>8.2}ms",
+        "{what:<64} {rate:>12.0} {:>8.2}ms {:>8.2}ms",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );

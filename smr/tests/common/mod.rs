@@ -137,10 +137,18 @@ pub struct Cluster {
     pub start_extra: Vec<String>,
     /// Extra environment of `smrmgr start` for new nodes (not of restarts).
     pub start_env: Vec<(String, String)>,
+    /// The smrmgr binary the cluster's own commands run: this build's, or another build's in a
+    /// bench that compares two (`SMR_BENCH_BASELINE`).
+    pub bin: PathBuf,
 }
 
 pub fn smrmgr(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smrmgr"));
+    smrmgr_bin(Path::new(env!("CARGO_BIN_EXE_smrmgr")), home)
+}
+
+/// [`smrmgr`] with another build's binary.
+pub fn smrmgr_bin(bin: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.env("HOME", home)
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("DOCKER_HOST");
@@ -236,6 +244,7 @@ impl Cluster {
             net: (100 + n, (pid % 250) as u8 + 1),
             start_extra: Vec::new(),
             start_env: Vec::new(),
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
         }
     }
 
@@ -251,7 +260,7 @@ impl Cluster {
     }
 
     fn start_args(&self, node: &Node) -> Command {
-        let mut cmd = smrmgr(self.dir.path());
+        let mut cmd = smrmgr_bin(&self.bin, self.dir.path());
         cmd.args([
             "start",
             "-a",
@@ -284,7 +293,7 @@ impl Cluster {
     }
 
     pub fn token(&self, via: usize) -> anyhow::Result<String> {
-        let mut cmd = smrmgr(self.dir.path());
+        let mut cmd = smrmgr_bin(&self.bin, self.dir.path());
         cmd.args(["token", "--data-dir"])
             .arg(&self.nodes[via].data_dir);
         Ok(run(cmd)?.trim().to_string())
@@ -303,7 +312,7 @@ impl Cluster {
 
     /// Restarts a stopped node from its data dir.
     pub fn restart(&self, i: usize) -> anyhow::Result<()> {
-        let mut cmd = smrmgr(self.dir.path());
+        let mut cmd = smrmgr_bin(&self.bin, self.dir.path());
         cmd.arg("start")
             .arg("--data-dir")
             .arg(&self.nodes[i].data_dir);
@@ -311,7 +320,7 @@ impl Cluster {
     }
 
     pub fn stop(&self, i: usize) -> anyhow::Result<()> {
-        let mut cmd = smrmgr(self.dir.path());
+        let mut cmd = smrmgr_bin(&self.bin, self.dir.path());
         cmd.args(["stop", "--data-dir"])
             .arg(&self.nodes[i].data_dir);
         run(cmd).map(|_| ())
