@@ -45,6 +45,30 @@ fn cluster(nodes: usize, yaml: &str) -> ClusterState {
 
 const FIVE: &str = "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: n\nspec:\n  image: busybox\n  replicas: 5\n";
 
+/// A running replica's report.
+fn running(
+    key: &crate::definitions::ObjectKey,
+    index: u32,
+    generation: u64,
+    ready: bool,
+) -> ReplicaReport {
+    ReplicaReport {
+        key: key.clone(),
+        index,
+        name: format!("{}-{}-{index}", key.group, key.name),
+        container_id: None,
+        phase: "running".into(),
+        ready,
+        ip: None,
+        restarts: 0,
+        generation,
+        image: String::new(),
+        started_ms: None,
+        message: None,
+        ips: Default::default(),
+    }
+}
+
 fn all_live(state: &ClusterState) -> BTreeMap<NodeId, bool> {
     state.nodes.keys().map(|id| (*id, true)).collect()
 }
@@ -117,20 +141,8 @@ fn a_template_change_rolls_one_replica_at_a_time() {
         let placement = state.placements[&key].clone();
         let replicas = placement
             .on_node(node)
-            .map(|(index, slot)| ReplicaReport {
-                key: key.clone(),
-                index,
-                name: format!("g-n-{index}"),
-                container_id: None,
-                phase: "running".into(),
-                ready: slot.generation == generation,
-                ip: None,
-                restarts: 0,
-                generation: slot.generation,
-                image: String::new(),
-                started_ms: None,
-                message: None,
-                ips: Default::default(),
+            .map(|(index, slot)| {
+                running(&key, index, slot.generation, slot.generation == generation)
             })
             .collect();
         apply(
@@ -329,21 +341,8 @@ fn report_all(state: &ClusterState, seq: u64) -> Vec<Op> {
                 .placements
                 .iter()
                 .flat_map(|(key, p)| {
-                    p.on_node(*node).map(|(index, slot)| ReplicaReport {
-                        key: key.clone(),
-                        index,
-                        name: format!("{}-{}-{index}", key.group, key.name),
-                        container_id: None,
-                        phase: "running".into(),
-                        ready: true,
-                        ip: None,
-                        restarts: 0,
-                        generation: slot.generation,
-                        image: String::new(),
-                        started_ms: None,
-                        message: None,
-                        ips: Default::default(),
-                    })
+                    p.on_node(*node)
+                        .map(|(index, slot)| running(key, index, slot.generation, true))
                 })
                 .collect();
             Op::Report {
