@@ -12,7 +12,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agent::client::Client;
@@ -77,14 +76,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(bad) = stores.iter().find(|s| *s != "raft" && *s != "etcd") {
         anyhow::bail!("SMR_BENCH_STORES: unknown store {bad:?} (raft, etcd)");
     }
-    let mut builds: Vec<(String, PathBuf)> = Vec::new();
-    if let Ok(baseline) = std::env::var("SMR_BENCH_BASELINE") {
-        builds.push(("baseline".into(), PathBuf::from(baseline)));
-    }
-    builds.push((
-        "this build".into(),
-        PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
-    ));
+    let builds = common::bench_builds();
     println!("{total} applies per run; 3 agents on loopback, mTLS API");
     println!(
         "{:<64} {:>12} {:>10} {:>10}",

@@ -21,7 +21,7 @@
 //! nothing is asserted.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -234,14 +234,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let mut runs: Vec<(String, PathBuf)> = Vec::new();
-    if let Ok(baseline) = std::env::var("SMR_BENCH_BASELINE") {
-        runs.push(("baseline".into(), PathBuf::from(baseline)));
-    }
-    runs.push((
-        "this build".into(),
-        PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
-    ));
+    let runs = common::bench_builds();
     let setups: Vec<String> = std::env::var("SMR_BENCH_SETUPS")
         .unwrap_or_else(|_| "loopback,workloads".into())
         .split(',')

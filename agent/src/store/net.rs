@@ -122,16 +122,8 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let msgpack = self.peers.of(self.target).msgpack;
-        let (body, content_type) = if msgpack {
-            let body = super::codec::encode(request)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            (body, MSGPACK)
-        } else {
-            let body = serde_json::to_vec(request)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            (body, "application/json")
-        };
+        let (body, content_type) = encode(request, self.peers.of(self.target).msgpack)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let response = self
             .transport
             .client
@@ -233,20 +225,25 @@ fn read<Req: DeserializeOwned>(body: &[u8]) -> Result<(Req, bool), Response> {
 
 /// `response` in the encoding of the request.
 fn reply<Resp: Serialize>(response: &Resp, msgpack: bool) -> Response {
-    let (encoded, content_type) = if msgpack {
-        (
-            super::codec::encode(response).map_err(|e| e.to_string()),
-            MSGPACK,
-        )
-    } else {
-        (
-            serde_json::to_vec(response).map_err(|e| e.to_string()),
-            "application/json",
-        )
-    };
-    match encoded {
-        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response(),
+    match encode(response, msgpack) {
+        Ok((bytes, content_type)) => {
+            ([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// `value` as MessagePack ([`super::codec`]) or JSON, with its content type.
+fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    msgpack: bool,
+) -> Result<(Vec<u8>, &'static str), String> {
+    if msgpack {
+        let bytes = super::codec::encode(value).map_err(|e| e.to_string())?;
+        Ok((bytes, MSGPACK))
+    } else {
+        let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        Ok((bytes, "application/json"))
     }
 }
 

@@ -146,6 +146,20 @@ pub fn smrmgr(home: &Path) -> Command {
     smrmgr_bin(Path::new(env!("CARGO_BIN_EXE_smrmgr")), home)
 }
 
+/// The smrmgr builds a bench compares, labelled: another build's first when
+/// `SMR_BENCH_BASELINE` names its binary (e.g. main's), then this build's.
+pub fn bench_builds() -> Vec<(String, PathBuf)> {
+    let mut builds = Vec::new();
+    if let Ok(baseline) = std::env::var("SMR_BENCH_BASELINE") {
+        builds.push(("baseline".to_string(), PathBuf::from(baseline)));
+    }
+    builds.push((
+        "this build".to_string(),
+        PathBuf::from(env!("CARGO_BIN_EXE_smrmgr")),
+    ));
+    builds
+}
+
 /// [`smrmgr`] with another build's binary.
 pub fn smrmgr_bin(bin: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(bin);
