@@ -201,6 +201,87 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 14: a node appends to its log without fsync and flushes behind (group commit across
+/// appends), telling Raft an entry is on disk only after the flush. Every node is killed with
+/// SIGKILL at once while 16 clients write: every write acknowledged before the kill must be there
+/// after the restart (a kill loses what redb did not commit durably).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_every_node_killed_at_once() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new();
+    cluster.start_first()?;
+    cluster.join(0)?;
+    cluster.join(0)?;
+    let leader = cluster.wait_formed(&[0, 1, 2], 3).await?;
+    let leader = cluster.index_of(leader);
+
+    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (client, acked) = (cluster.client(leader), acked.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let name = format!("w{w}-{n}");
+                    let yaml = format!(
+                        "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: acked\n  name: {name}\nspec:\n  data:\n    n: \"{n}\"\n"
+                    );
+                    let objects = definitions::parse_str("acked", &yaml).expect("valid");
+                    // Writes fail once the nodes are gone: the writer stops.
+                    if client.apply(&objects, false, None).await.is_err() {
+                        return;
+                    }
+                    acked.lock().expect("lock").insert(name);
+                }
+            })
+        })
+        .collect();
+    eventually("500 acknowledged writes", Duration::from_secs(60), || async {
+        (acked.lock().expect("lock").len() >= 500).then_some(())
+    })
+    .await?;
+    // What was acknowledged before the first SIGKILL goes out.
+    let before_kill = acked.lock().expect("lock").clone();
+    cluster.kill9_all(&[0, 1, 2])?;
+    for writer in writers {
+        writer.await?;
+    }
+
+    for i in 0..3 {
+        cluster.restart(i)?;
+    }
+    cluster.wait_formed(&[0, 1, 2], 3).await?;
+    for i in 0..3 {
+        let client = cluster.client(i);
+        let names = eventually(
+            &format!("the acknowledged writes on node {i}"),
+            Duration::from_secs(30),
+            || async {
+                let list = client
+                    .get_json("objects/configuration?consistency=stale")
+                    .await
+                    .ok()?;
+                let names: BTreeSet<String> = list
+                    .as_array()?
+                    .iter()
+                    .filter(|o| o["object"]["meta"]["group"] == "acked")
+                    .filter_map(|o| o["object"]["meta"]["name"].as_str().map(str::to_string))
+                    .collect();
+                (names.len() >= before_kill.len()).then_some(names)
+            },
+        )
+        .await;
+        let names = names.unwrap_or_default();
+        let lost: Vec<&String> = before_kill.difference(&names).collect();
+        assert!(
+            lost.is_empty(),
+            "node {i}: {} of {} acknowledged writes lost, e.g. {:?}",
+            lost.len(),
+            before_kill.len(),
+            lost.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
 /// Tries to join `cluster` through its first node with `token`; the join must fail. Its stderr.
 fn refused_join(cluster: &Cluster, token: &str) -> String {
     refused_join_with(cluster, token, &[])

@@ -3,11 +3,24 @@
 //! Entries are stored as MessagePack behind a tag byte; entries an earlier version wrote as JSON
 //! still read ([`super::codec`]). The vote, commit point and purge point stay JSON (tiny).
 //!
-//! Every append, truncation, purge and vote is one redb transaction committed with immediate
-//! durability (fsync) before openraft is told it is done; the commit point is committed without
-//! fsync (it becomes durable with the next append, see [`LogStore::save_committed`]). redb is
-//! blocking; each call runs on the blocking pool,
-//! through [`Disk::run`], which waits out I/O errors instead of failing Raft (see [`super::disk`]).
+//! An append is committed without fsync and returns at once: the entries are readable, so the
+//! leader replicates them while its own disk flushes (openraft's contract for
+//! [`RaftLogStorage::append`]). A flusher thread then makes them durable with one fsync'd redb
+//! commit for every append waiting at that moment (group commit across appends) and only then
+//! tells openraft they are flushed: a leader counts its own copy, and a follower acknowledges the
+//! entries, only once they are on disk.
+//!
+//! ```text
+//!  append(entries) --> redb commit, no fsync (readable) --> returns; replication goes on
+//!        \--> flusher: waits for what is queued --> one durable commit (fsync) --> callbacks
+//! ```
+//! Until they are flushed the entries are also held in memory ([`Disk::hold_unflushed`]): redb
+//! reopens at its last durable commit, so a reopen after an I/O error writes them again.
+//! Truncations, purges and the vote are committed durably before they return (which makes the
+//! appends before them durable too); the commit point without fsync (see
+//! [`LogStore::save_committed`]). redb is blocking; each call runs on the blocking pool (the
+//! flusher on its own thread) through [`Disk::run`], which waits out I/O errors instead of failing
+//! Raft (see [`super::disk`]).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -29,10 +42,12 @@ const LAST_PURGED: &str = "last_purged";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// The log store; clones share the database.
+/// The log store; clones share the database and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<Disk>,
+    /// The flusher thread's queue: the callbacks of appends committed without fsync.
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -52,7 +67,16 @@ impl LogStore {
             txn.commit()?;
             Ok(())
         })?;
-        Ok(LogStore { disk })
+        let (flusher, queue) = std::sync::mpsc::channel();
+        let flushing = disk.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush(&flushing, &queue))
+            .map_err(|e| DiskError::Failed {
+                what: "starting the Raft log's flusher",
+                source: redb::Error::Io(e),
+            })?;
+        Ok(LogStore { disk, flusher })
     }
 
     /// Runs `op` on the blocking pool through [`Disk::run`].
@@ -233,28 +257,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| Ok((e.log_id.index, codec::encode(&e).map_err(io_write)?)))
             .collect::<Result<_>>()?;
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
+        let disk = self.disk.clone();
         let result = self
             .blocking(
                 "appending to the Raft log",
                 move |db| {
-                    let txn = db.begin_write()?;
+                    let mut txn = db.begin_write()?;
+                    txn.set_durability(redb::Durability::None)
+                        .map_err(redb::Error::from)?;
                     {
                         let mut table = txn.open_table(LOGS)?;
                         for (index, bytes) in &encoded {
                             table.insert(*index, bytes.as_slice())?;
                         }
                     }
+                    disk.hold_unflushed(&encoded);
                     txn.commit()?;
                     Ok(())
                 },
                 io_write,
             )
             .await;
-        // Flushed only once the commit is durable.
+        // Flushed only once a durable commit after this one is done: the flusher's.
         match &result {
             Ok(()) => {
                 self.disk.appended(bytes);
-                callback.log_io_completed(Ok(()))
+                if let Err(unsent) = self.flusher.send(callback) {
+                    unsent.0.log_io_completed(Err(std::io::Error::other(
+                        "the Raft log's flusher has stopped",
+                    )));
+                }
             }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
@@ -262,10 +294,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        let disk = self.disk.clone();
         self.blocking(
             "truncating the Raft log",
             move |db| {
                 let txn = db.begin_write()?;
+                disk.forget_unflushed(log_id.index..);
                 {
                     let mut table = txn.open_table(LOGS)?;
                     table.retain_in(log_id.index.., |_, _| false)?;
@@ -280,6 +314,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         let bytes = serde_json::to_vec(&log_id).map_err(io_write)?;
+        let disk = self.disk.clone();
         // The purge point and the removal in one transaction: a crash between them cannot leave
         // the log start and the recorded purge point disagreeing.
         let removed = self
@@ -287,6 +322,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 "purging the Raft log",
                 move |db| {
                     let txn = db.begin_write()?;
+                    disk.forget_unflushed(..=log_id.index);
                     let mut removed = 0u64;
                     {
                         let mut meta = txn.open_table(META)?;
@@ -327,5 +363,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ),
         }
         Ok(())
+    }
+}
+
+/// The flusher thread: takes every append's callback queued, makes those appends durable with one
+/// fsync'd commit, then tells openraft. Ends when every [`LogStore`] is dropped.
+fn flush(disk: &Disk, queue: &std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = queue.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(queue.try_iter());
+        // Every append whose callback is here has committed (it queued after its commit), and
+        // redb's single writer orders this commit after them all.
+        let flushed = disk.run("flushing the Raft log", |db| {
+            let txn = db.begin_write()?;
+            let upto = disk.unflushed_seq();
+            txn.commit()?;
+            Ok(upto)
+        });
+        match flushed {
+            Ok(upto) => {
+                disk.flushed(upto);
+                for callback in waiting {
+                    callback.log_io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                for callback in waiting {
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
     }
 }

@@ -342,16 +342,30 @@ impl Cluster {
 
     /// SIGKILL, by the pid the node recorded; waits until it is gone.
     pub fn kill9(&self, i: usize) -> anyhow::Result<()> {
-        let Some(pid) = self.nodes[i].pid() else {
-            bail!("node {i} is not running")
-        };
-        kill(pid, Signal::SIGKILL)?;
+        self.kill9_all(&[i])
+    }
+
+    /// SIGKILL to the nodes `which` at once (every signal sent before waiting for any), by the
+    /// pids they recorded; waits until they are gone.
+    pub fn kill9_all(&self, which: &[usize]) -> anyhow::Result<()> {
+        let mut pids = Vec::new();
+        for &i in which {
+            let Some(pid) = self.nodes[i].pid() else {
+                bail!("node {i} is not running")
+            };
+            pids.push(pid);
+        }
+        for &pid in &pids {
+            kill(pid, Signal::SIGKILL)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while kill(pid, None).is_ok() {
-            if Instant::now() > deadline {
-                bail!("pid {pid} survived SIGKILL");
+        for pid in pids {
+            while kill(pid, None).is_ok() {
+                if Instant::now() > deadline {
+                    bail!("pid {pid} survived SIGKILL");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
