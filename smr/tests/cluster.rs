@@ -234,9 +234,11 @@ async fn acknowledged_writes_survive_every_node_killed_at_once() -> anyhow::Resu
             })
         })
         .collect();
-    eventually("500 acknowledged writes", Duration::from_secs(60), || async {
-        (acked.lock().expect("lock").len() >= 500).then_some(())
-    })
+    eventually(
+        "500 acknowledged writes",
+        Duration::from_secs(60),
+        || async { (acked.lock().expect("lock").len() >= 500).then_some(()) },
+    )
     .await?;
     // What was acknowledged before the first SIGKILL goes out.
     let before_kill = acked.lock().expect("lock").clone();
