@@ -128,14 +128,10 @@ fn plan_some(
             availability: state.availability.get(&n.id).copied().unwrap_or_default(),
         })
         .collect();
-    // Replicas per node over all placements, once; each object's load is this minus its own
-    // (what `scheduler::node_load` computes, in O(nodes) per object instead of O(replicas)).
-    let mut total: BTreeMap<NodeId, u32> = BTreeMap::new();
-    for placement in state.placements.values() {
-        for slot in placement.replicas.values() {
-            *total.entry(slot.node).or_insert(0) += 1;
-        }
-    }
+    // Replicas per node over all placements, kept by the state's slot index (O(nodes), not
+    // O(replicas)); each object's load is this minus its own (what `scheduler::node_load`
+    // computes, in O(nodes) per object instead of O(replicas)).
+    let total: BTreeMap<NodeId, u32> = state.placed_counts();
     let reports = match keys {
         None => ReportIndex::new(state),
         Some(keys) => ReportIndex::for_keys(state, keys),

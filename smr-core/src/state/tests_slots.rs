@@ -44,6 +44,11 @@ fn assert_same(state: &ClusterState, step: usize) {
             "step {step}, node {node}: count"
         );
     }
+    let mut placed = std::collections::BTreeMap::new();
+    for slot in state.placements.values().flat_map(|p| p.replicas.values()) {
+        *placed.entry(slot.node).or_insert(0u32) += 1;
+    }
+    assert_eq!(state.placed_counts(), placed, "step {step}: placed counts");
 }
 
 /// A small deterministic generator (xorshift), so a failure repeats.
