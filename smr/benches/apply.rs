@@ -120,15 +120,69 @@ async fn main() -> anyhow::Result<()> {
 
 async fn bench(cluster: &Cluster, store: &str, total: usize) -> anyhow::Result<()> {
     let leader = cluster.index_of(cluster.client(0).health().await?.leader.unwrap_or(1));
+    let metrics = format!("http://{}:9213/metrics", cluster.nodes[leader].ip);
+    let before = Breakdown::read(&metrics).await;
     let single = run(vec![cluster.client(leader)], total / 4, 0).await?;
     print_row(&format!("{store}: 1 client (leader)"), single);
+    let before = Breakdown::read(&metrics).await.print(before);
     let spread: Vec<Client> = (0..64).map(|i| cluster.client(i % 3)).collect();
     let many = run(spread, total, 1_000_000).await?;
     print_row(&format!("{store}: 64 clients (spread over 3 nodes)"), many);
+    let before = Breakdown::read(&metrics).await.print(before);
     let to_leader: Vec<Client> = (0..64).map(|_| cluster.client(leader)).collect();
     let many_leader = run(to_leader, total, 2_000_000).await?;
     print_row(&format!("{store}: 64 clients (leader)"), many_leader);
+    Breakdown::read(&metrics).await.print(before);
     Ok(())
+}
+
+/// The leader's own figures of where a write's time goes (its metrics, as sums and counts):
+/// writes proposed and their time to applied, Raft entries and their time to applied, writes per
+/// entry. Absent (all zero) where the build or the store does not have them.
+#[derive(Clone, Copy, Default)]
+struct Breakdown {
+    writes: f64,
+    write_seconds: f64,
+    entries: f64,
+    entry_seconds: f64,
+    entry_writes: f64,
+}
+
+impl Breakdown {
+    async fn read(url: &str) -> Breakdown {
+        let Ok(text) = async { reqwest::get(url).await?.text().await }.await else {
+            return Breakdown::default();
+        };
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Breakdown {
+            writes: value("smr_store_proposal_duration_seconds_count"),
+            write_seconds: value("smr_store_proposal_duration_seconds_sum"),
+            entries: value("smr_store_entry_commit_duration_seconds_count"),
+            entry_seconds: value("smr_store_entry_commit_duration_seconds_sum"),
+            entry_writes: value("smr_store_entry_writes_sum"),
+        }
+    }
+
+    /// Prints what happened since `before`; returns `self` as the next `before`.
+    fn print(self, before: Breakdown) -> Breakdown {
+        let writes = self.writes - before.writes;
+        let entries = self.entries - before.entries;
+        if writes > 0.0 && entries > 0.0 {
+            println!(
+                "    leader: {writes:.0} writes in {entries:.0} Raft entries ({:.1} per entry), \
+                 a write {:.2} ms from proposal to applied, an entry {:.2} ms",
+                (self.entry_writes - before.entry_writes) / entries,
+                (self.write_seconds - before.write_seconds) / writes * 1e3,
+                (self.entry_seconds - before.entry_seconds) / entries * 1e3,
+            );
+        }
+        self
+    }
 }
 
 fn print_row(what: &str, (rate, p50, p99): (f64, Duration, Duration)) {

@@ -283,7 +283,10 @@ async fn propose(
     let n = commands.len();
     let op_ids: Vec<String> = commands.iter().map(|c| c.op_id.clone()).collect();
     let proposal = Proposal::of(commands);
-    let outcome = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
+    let started = std::time::Instant::now();
+    let written = tokio::time::timeout(timeout, raft.client_write(proposal)).await;
+    crate::metrics::store_entry(n, started.elapsed());
+    let outcome = match written {
         Ok(Ok(response)) => Ok(response.data),
         Ok(Err(e)) => Err(write_error(e)),
         Err(_) => {
