@@ -207,12 +207,7 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
 /// after the restart (a kill loses what redb did not commit durably).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_every_node_killed_at_once() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new();
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster.join(0)?;
-    let leader = cluster.wait_formed(&[0, 1, 2], 3).await?;
-    let leader = cluster.index_of(leader);
+    let (cluster, leader) = Cluster::three().await?;
 
     let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
     let writers: Vec<_> = (0..16)

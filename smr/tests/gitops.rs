@@ -449,12 +449,7 @@ fn read_logs(dir: &Path) -> String {
 async fn a_leader_killed_during_a_sync_is_replaced_and_the_sync_completes_once()
 -> anyhow::Result<()> {
     const COUNT: usize = 300;
-    let mut cluster = Cluster::new();
-    cluster.start_first()?;
-    cluster.join(0)?;
-    cluster.join(0)?;
-    let leader = cluster.wait_formed(&[0, 1, 2], 3).await?;
-    let leader = cluster.index_of(leader);
+    let (cluster, leader) = Cluster::three().await?;
     let repo = TestRepo::new("many");
     for i in 0..COUNT {
         repo.write(

@@ -396,6 +396,17 @@ impl Cluster {
         .await
     }
 
+    /// Three nodes (the others join through the first), formed: the cluster and its leader's index.
+    pub async fn three() -> anyhow::Result<(Cluster, usize)> {
+        let mut cluster = Cluster::new();
+        cluster.start_first()?;
+        cluster.join(0)?;
+        cluster.join(0)?;
+        let leader = cluster.wait_formed(&[0, 1, 2], 3).await?;
+        let leader = cluster.index_of(leader);
+        Ok((cluster, leader))
+    }
+
     /// Waits until all `n` running nodes agree on one leader and (for 3+) have 3 voters.
     pub async fn wait_formed(&self, running: &[usize], voters: usize) -> anyhow::Result<u64> {
         eventually("the cluster to form", Duration::from_secs(60), || async {
