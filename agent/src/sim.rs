@@ -14,8 +14,17 @@
 //!  SimNode::reconcile: Executor (node_plan) on SimRuntime
 //!                  --POST internal/report (what changed)-->  batched with other nodes' into one Op::Reports
 //! ```
+//!
+//! A node passes when the agent's reconciler would be woken with something to do: when a new
+//! version of the state changes what it runs ([`woken`]: its slots, their definitions, anything
+//! that concerns every node), when its last pass acted or left work in flight
+//! ([`SimNode::needs_pass`]), at a backoff's end, and, as the agent's loop, again at once after
+//! each report it sent (the report's commit is a change of its replicas that wakes it). The
+//! agent's reconciler also passes every second whatever happened; such a pass with unchanged
+//! inputs finds nothing to do, and 1,000 of them a second do not fit in one process, so the
+//! simulator leaves them out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -27,6 +36,7 @@ use api_types::types::{
 };
 
 use crate::controllers::replicas::{Executor, ReplicasConfig};
+use crate::definitions::Kind;
 use crate::node::reports::next_report;
 use crate::pki::{Identity, Role};
 use crate::runtime::{
@@ -34,6 +44,7 @@ use crate::runtime::{
     VolumeInfo, labels,
 };
 use crate::state::{ClusterState, NodeId, ReplicaReport};
+use smr_core::scheduler::placement::ReplicaSlot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -258,7 +269,16 @@ pub struct SimNode {
     /// The sequence number and replicas of the last report the state took.
     last_sent: Option<(u64, Vec<ReplicaReport>)>,
     seq: u64,
+    /// Whether the next pass must run whatever the state says: none ran yet, or the last one
+    /// acted, left work in flight, or failed.
+    pending: bool,
+    /// When a backoff ends (ms since the epoch): a pass is due then.
+    wake_at: Option<u64>,
 }
+
+/// At most this many passes in a row in one [`SimNode::reconcile`], each after a report the
+/// one before sent (a replica's `waiting ... (for Ns)` message changes every second).
+const FOLLOW_UPS: usize = 4;
 
 impl SimNode {
     /// Joins the cluster whose API is `api` (`host:port`, whose CA is `ca_pem`) with `token`,
@@ -314,7 +334,21 @@ impl SimNode {
             runtime,
             last_sent: None,
             seq: crate::node::now_ms(),
+            pending: true,
+            wake_at: None,
         })
+    }
+
+    /// Whether this node must pass even if the state did not change what it runs: its first
+    /// pass, after a pass that acted, left work in flight or failed, when a backoff ends.
+    pub fn needs_pass(&self, now_ms: u64) -> bool {
+        self.pending || self.wake_at.is_some_and(|at| at <= now_ms)
+    }
+
+    /// After this node was silent (killed): its next pass runs whatever the state says, as an
+    /// agent starting again makes a full pass.
+    pub fn woke_up(&mut self) {
+        self.pending = true;
     }
 
     pub fn runtime(&self) -> &SimRuntime {
@@ -331,16 +365,32 @@ impl SimNode {
         heartbeat(&self.http, &self.api, self.id).await
     }
 
-    /// One reconcile pass against `state`, then a report of the replicas that changed (as the
-    /// agent's reconciler does). Returns whether a report was sent.
-    pub async fn reconcile(&mut self, state: &ClusterState) -> Result<bool, SimError> {
+    /// Reconcile passes against `state`, each followed by a report of the replicas that
+    /// changed (a delta, as the agent's reconciler sends), then by another pass while the pass
+    /// before sent one (at most [`FOLLOW_UPS`]). Returns how many reports were sent.
+    pub async fn reconcile(&mut self, state: &ClusterState) -> Result<usize, SimError> {
+        self.pending = true;
+        let mut sent = 0;
+        for _ in 0..FOLLOW_UPS {
+            if !self.pass(state).await? {
+                break;
+            }
+            sent += 1;
+        }
+        self.pending = self.executor.busy();
+        Ok(sent)
+    }
+
+    /// One reconcile pass and its report; whether a report was sent.
+    async fn pass(&mut self, state: &ClusterState) -> Result<bool, SimError> {
         let observed = self
             .runtime
             .list_managed()
             .await
             .map_err(|e| SimError::Refused(e.to_string()))?;
         let now = crate::node::now_ms();
-        let (replicas, _) = self.executor.pass(state, &observed, now).await;
+        let (replicas, wake_at) = self.executor.pass(state, &observed, now).await;
+        self.wake_at = wake_at;
         // As the agent's reconciler: a delta on the last report the state took; in full when
         // there is none or the answer asks for it.
         for _ in 0..2 {
@@ -371,6 +421,93 @@ impl SimNode {
             "the full report was answered 'send in full'".into(),
         ))
     }
+}
+
+/// The nodes whose reconciler has work after the state went from `before` to `after`: those
+/// the change concerns among what wakes the agent's reconciler
+/// ([`crate::state::Delta::touches_replicas`]). `None`: every node (nodes or cluster settings
+/// changed, a definition other than `containers` that any node may use, or `after` does not
+/// follow `before`).
+pub fn woken(before: &ClusterState, after: &ClusterState) -> Option<BTreeSet<NodeId>> {
+    if after.revision < before.revision {
+        return None;
+    }
+    let delta = ClusterState::delta(before, after);
+    if !delta.touches_replicas() {
+        return Some(BTreeSet::new());
+    }
+    // Configuration, secret and resource objects reach replicas through the definitions that
+    // read them, which the same write rolls: they count through those.
+    let data = |kind: Kind| matches!(kind, Kind::Configuration | Kind::Secret | Kind::Resource);
+    if !delta.nodes.is_empty()
+        || delta.settings
+        || delta
+            .objects
+            .touched()
+            .any(|k| k.kind != Kind::Containers && !data(k.kind))
+    {
+        return None;
+    }
+    let mut nodes = BTreeSet::new();
+    let mut add =
+        |slot: &ReplicaSlot| nodes.extend(std::iter::once(slot.node).chain(slot.previous));
+    // A containers definition written or deleted: every node with one of its slots.
+    for key in delta
+        .objects
+        .touched()
+        .filter(|k| k.kind == Kind::Containers)
+    {
+        for state in [before, after] {
+            for slot in state
+                .placements
+                .get(key)
+                .into_iter()
+                .flat_map(|p| p.replicas.values())
+            {
+                add(slot);
+            }
+        }
+    }
+    // A placement: the nodes of the slots that differ.
+    for key in delta.placements.touched() {
+        let (old, new) = (before.placements.get(key), after.placements.get(key));
+        let indexes: BTreeSet<u32> = old
+            .into_iter()
+            .chain(new)
+            .flat_map(|p| p.replicas.keys().copied())
+            .collect();
+        for index in indexes {
+            let (a, b) = (
+                old.and_then(|p| p.replicas.get(&index)),
+                new.and_then(|p| p.replicas.get(&index)),
+            );
+            if a != b {
+                a.into_iter().chain(b).for_each(&mut add);
+            }
+        }
+    }
+    // Replica reports change whether dependencies are ready: every node with a slot of an
+    // object that has dependencies.
+    if !delta.replicas.is_empty() {
+        for (key, stored) in after.objects.iter() {
+            let depends = stored
+                .object
+                .spec
+                .as_containers()
+                .is_some_and(|spec| !spec.dependencies.is_empty());
+            if depends {
+                for slot in after
+                    .placements
+                    .get(key)
+                    .into_iter()
+                    .flat_map(|p| p.replicas.values())
+                {
+                    add(slot);
+                }
+            }
+        }
+    }
+    Some(nodes)
 }
 
 /// One heartbeat of node `id` to the agent at `api` (the leader), with that node's client.

@@ -7,6 +7,7 @@
 //! `SMR_SIM_NODES` replicas each, spread uniform), `SMR_SIM_KILL` nodes killed (default 10).
 //! `SMR_SIM_STORE=etcd`: the agent on a real etcd (one member) instead of its Raft log.
 //! `SMR_SIM_APPLIES`: configuration objects applied one by one at that size (default 50).
+//! `SMR_SIM_TRACE=1`: each round's timing on stderr, and when the log grows after the kill.
 
 mod common;
 
@@ -39,6 +40,9 @@ struct Sim {
     api: String,
     nodes: Vec<SimNode>,
     alive: Vec<Arc<AtomicBool>>,
+    /// The state of the last round, and which nodes were alive then.
+    seen: Option<Arc<ClusterState>>,
+    was_alive: Vec<bool>,
 }
 
 impl Sim {
@@ -51,44 +55,118 @@ impl Sim {
             .collect()
     }
 
-    /// Reconcile passes of the live nodes against the agent's state until `done` holds of a
-    /// state (then returns it) or `limit` passes.
+    /// Rounds until `done` holds of a state (then returns it) or `limit` passes. A round reads
+    /// the agent's state and runs the reconcile passes of the live nodes it gives work
+    /// ([`agent::sim::woken`], [`SimNode::needs_pass`]): on two threads, as the nodes are
+    /// apart; the next round starts when they end, or soon when nobody had work.
     async fn drive(
         &mut self,
         what: &str,
         limit: Duration,
         mut done: impl FnMut(&Sim, &ClusterState) -> Result<(), String>,
     ) -> anyhow::Result<ClusterState> {
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let deadline = started + limit;
         let http = self.nodes[0].http().clone();
+        let trace = std::env::var_os("SMR_SIM_TRACE").is_some();
         loop {
+            let round = Instant::now();
             let state = fetch_state(&http, &self.api).await?;
-            let why = match done(self, &state) {
+            let fetched = round.elapsed();
+            let checked = done(self, &state);
+            if trace {
+                eprintln!(
+                    "round {what}: at {:.2} s, fetch {:.2} s, check {:.2} s, revision {}: {}",
+                    (round - started).as_secs_f64(),
+                    fetched.as_secs_f64(),
+                    (round.elapsed() - fetched).as_secs_f64(),
+                    state.revision,
+                    checked.as_ref().err().map_or("done", String::as_str)
+                );
+            }
+            let why = match checked {
                 Ok(()) => return Ok(state),
                 Err(why) => why,
             };
             if Instant::now() > deadline {
                 bail!("{what}: not reached in {limit:?}: {why}");
             }
+            let state = Arc::new(state);
             let alive: Vec<bool> = self
                 .alive
                 .iter()
                 .map(|a| a.load(Ordering::SeqCst))
                 .collect();
-            let passes = self
+            let woken = match &self.seen {
+                Some(seen) => agent::sim::woken(seen, &state),
+                None => None,
+            };
+            let now = agent::node::now_ms();
+            let which: Vec<bool> = self
                 .nodes
                 .iter_mut()
-                .zip(alive)
-                .filter(|(_, alive)| *alive)
-                .map(|(node, _)| node.reconcile(&state));
-            for result in futures::future::join_all(passes).await {
-                if let Err(e) = result {
-                    eprintln!("reconcile: {e}");
+                .enumerate()
+                .map(|(i, node)| {
+                    if alive[i] && !self.was_alive.get(i).copied().unwrap_or(true) {
+                        node.woke_up();
+                    }
+                    alive[i]
+                        && (woken.as_ref().is_none_or(|w| w.contains(&node.id))
+                            || node.needs_pass(now))
+                })
+                .collect();
+            self.was_alive = alive;
+            self.seen = Some(state.clone());
+            let count = which.iter().filter(|w| **w).count();
+            if count == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let passes = Instant::now();
+            let sent = self.passes(which, state).await?;
+            if trace {
+                eprintln!(
+                    "round {what}: {count} nodes passed in {:.2} s, {sent} reports",
+                    passes.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+
+    /// The reconcile passes of the nodes `which` says, on two tasks; how many reports they sent.
+    async fn passes(
+        &mut self,
+        which: Vec<bool>,
+        state: Arc<ClusterState>,
+    ) -> anyhow::Result<usize> {
+        let mut first = std::mem::take(&mut self.nodes);
+        let second = first.split_off(first.len() / 2);
+        let mut which_first = which;
+        let which_second = which_first.split_off(first.len());
+        let tasks = [(first, which_first), (second, which_second)].map(|(mut nodes, which)| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let passes = nodes
+                    .iter_mut()
+                    .zip(which)
+                    .filter(|(_, pass)| *pass)
+                    .map(|(node, _)| node.reconcile(&state));
+                let results = futures::future::join_all(passes).await;
+                (nodes, results)
+            })
+        });
+        let mut sent = 0;
+        for task in tasks {
+            let (nodes, results) = task.await.context("a task of reconcile passes")?;
+            self.nodes.extend(nodes);
+            for result in results {
+                match result {
+                    Ok(n) => sent += n,
+                    Err(e) => eprintln!("reconcile: {e}"),
                 }
             }
-            // Let the leader's placement loop (a 500 ms tick) and the writes catch up.
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        Ok(sent)
     }
 }
 
@@ -346,6 +424,8 @@ async fn simulated_nodes_are_placed_run_reported_in_dns_and_rescheduled() -> any
         api: api.clone(),
         nodes,
         alive,
+        seen: None,
+        was_alive: Vec::new(),
     };
     let result = match first_round(&metrics, before, n).await {
         Ok(()) => scenario(&mut sim, &cluster, objects, per_object, kill, &metrics, pid).await,
@@ -500,8 +580,44 @@ async fn scenario(
     let survivors = sim.alive_ids();
     let dead: BTreeSet<NodeId> = killed.iter().map(|&k| sim.nodes[k].id).collect();
     let silent = Instant::now();
+    let proposals = |m: String| async move {
+        let sum = metric(&m, "smr_store_proposal_duration_seconds_sum ")
+            .await
+            .unwrap_or(0.0);
+        let count = metric(&m, "smr_store_proposal_duration_seconds_count ")
+            .await
+            .unwrap_or(0.0);
+        let batches = metric(&m, "smr_report_batch_reports_count ")
+            .await
+            .unwrap_or(0.0);
+        let reports = metric(&m, "smr_report_batch_reports_sum ")
+            .await
+            .unwrap_or(0.0);
+        (sum, count, batches, reports)
+    };
+    let before_kill = proposals(metrics.to_string()).await;
+    // SMR_SIM_TRACE: when the log grows after the kill (the first entry is the placement off
+    // the silent nodes: nothing else is written while idle).
+    let commits = std::env::var_os("SMR_SIM_TRACE").map(|_| {
+        let metrics = metrics.to_string();
+        tokio::spawn(async move {
+            let mut last = 0.0;
+            loop {
+                if let Ok(index) = metric(&metrics, "smr_store_commit_index ").await
+                    && index != last
+                {
+                    eprintln!(
+                        "commit index {index} at {:.2} s after the kill",
+                        silent.elapsed().as_secs_f64()
+                    );
+                    last = index;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
     // When the leader had placed every replica off the silent nodes (seen by the simulator's
-    // round), and how many rounds (a full-state fetch, every live node's reconcile pass) it took.
+    // round), and how many rounds (a state read, the passes of the nodes with work) it took.
     let (mut placed_after, mut rounds) = (None, 0u32);
     sim.drive(
         "the killed nodes' replicas running elsewhere",
@@ -522,9 +638,20 @@ async fn scenario(
     )
     .await?;
     let ran_after = silent.elapsed();
+    if let Some(commits) = commits {
+        commits.abort();
+        let after = proposals(metrics.to_string()).await;
+        let count = after.1 - before_kill.1;
+        eprintln!(
+            "after the kill: {count} proposals, {:.1} ms each on average; {} report batches of {} reports",
+            1000.0 * (after.0 - before_kill.0) / count.max(1.0),
+            after.2 - before_kill.2,
+            after.3 - before_kill.3
+        );
+    }
     println!(
         "{kill} nodes killed: their replicas ran elsewhere after {:.1} s (node timeout 5 s); placed \
-         elsewhere after {:.1} s; {rounds} simulator rounds, {:.2} s each",
+         elsewhere after {:.1} s; {rounds} simulator rounds (state reads), {:.2} s each",
         ran_after.as_secs_f64(),
         placed_after.unwrap_or(ran_after).as_secs_f64(),
         ran_after.as_secs_f64() / f64::from(rounds.max(1))

@@ -11,20 +11,26 @@ use tokio::sync::watch;
 
 use crate::node::Node;
 use crate::state::{Follower, NodeId, Op, Step};
-use smr_core::scheduler::leader::{Liveness, plan, plan_keys, touched_by};
+use smr_core::scheduler::leader::{Liveness, plan, plan_keys, touched_in};
 
 /// How often a full pass runs while the state changes, whatever the deltas said: the safety net
 /// of the incremental passes (it finds nothing to do in steady state: a test says so).
 const RESYNC: Duration = Duration::from_secs(10);
 
+/// How often the loop looks at liveness when nothing changes. A look with no node turning dead
+/// costs a read of the heartbeats (O(nodes)), nothing else.
+const TICK: Duration = Duration::from_millis(100);
+
 /// Runs the scheduling loop until `stop`; acts only while this node leads.
 ///
 /// A pass plans only the objects the changes since the last pass touched
-/// ([`plan_keys`], O(change)), and every object ([`plan`], O(state)) the first time, when nodes,
+/// ([`plan_keys`] of [`touched_in`], O(change)), and every object ([`plan`], O(state)) the first time, when nodes,
 /// their availability or their liveness changed, after a proposal failed, and every [`RESYNC`].
 pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<bool>) {
     let mut changes = node.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The timer that finds silent nodes: a node is judged dead within this of its timeout.
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut liveness: Option<Liveness> = None;
     let mut follower = Follower::new();
     // Liveness at the last pass: a change of it needs a full pass.
@@ -58,7 +64,8 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
             .get_or_insert_with(|| Liveness::new(timeout, now))
             .observe(&state, &node.heartbeats(), now);
         let keys = match (&step, last_live.as_ref() == Some(&live)) {
-            (Step::Changes(delta), true) => touched_by(delta),
+            // Not the objects whose reports alone changed while no rollout or drain moves them.
+            (Step::Changes(delta), true) => touched_in(delta, &state),
             _ => None,
         };
         let updates = match &keys {

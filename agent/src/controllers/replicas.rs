@@ -150,6 +150,9 @@ pub(crate) struct Executor<R: Runtime> {
     stopping: HashMap<String, JoinHandle<()>>,
     /// Init container runs per replica name, with the config hash they run for.
     inits: HashMap<String, (String, InitTask)>,
+    /// Whether the last pass acted (actions, probes that passed), or left stops or init runs
+    /// in flight: then the next pass may find more to do even if nothing else changes.
+    busy: bool,
 }
 
 impl<R: Runtime> Drop for Executor<R> {
@@ -168,7 +171,13 @@ impl<R: Runtime> Executor<R> {
             config,
             stopping: HashMap::new(),
             inits: HashMap::new(),
+            busy: false,
         }
+    }
+
+    /// Whether the last pass acted or left work in flight (see the field `busy`).
+    pub(crate) fn busy(&self) -> bool {
+        self.busy
     }
 
     /// One reconcile pass at `now`; returns the replica reports and when to wake up for a
@@ -251,8 +260,10 @@ impl<R: Runtime> Executor<R> {
             self.execute(action, now).await;
         }
         let reports = self.planner.reports(&desired, &observed, &pass);
+        let mut probed = false;
         for probe in self.planner.probes(&desired, &observed) {
             if run_probe(self.runtime.as_ref(), &probe).await {
+                probed = true;
                 let outcome = Outcome::Probed {
                     id: probe.id,
                     started_ms: probe.started_ms,
@@ -269,6 +280,10 @@ impl<R: Runtime> Executor<R> {
             }
             wanted
         });
+        self.busy = !pass.actions.is_empty()
+            || probed
+            || !self.stopping.is_empty()
+            || !self.inits.is_empty();
         (reports, pass.wake_at_ms)
     }
 

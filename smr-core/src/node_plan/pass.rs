@@ -429,16 +429,21 @@ impl NodePlanner {
     pub fn reports(&mut self, d: &Desired, o: &Observed, pass: &Pass) -> Vec<ReplicaReport> {
         let memory = &mut self.memory;
         let mut reports = Vec::new();
+        // Observed containers per owner, once: not a scan of them all per object.
+        let mut by_owner: HashMap<&str, Vec<&ContainerInfo>> = HashMap::new();
+        for c in o.containers {
+            if let Some(owner) = c.labels.get(labels::OWNER) {
+                by_owner.entry(owner.as_str()).or_default().push(c);
+            }
+        }
         for object in &pass.objects {
             let Ok(key) = object.key_text.parse::<ObjectKey>() else {
                 continue;
             };
             let stored = d.state.objects.get(&key);
-            let containers: Vec<&ContainerInfo> = o
-                .containers
-                .iter()
-                .filter(|c| c.labels.get(labels::OWNER) == Some(&object.key_text))
-                .collect();
+            let containers: &[&ContainerInfo] = by_owner
+                .get(object.key_text.as_str())
+                .map_or(&[], Vec::as_slice);
             for status in &object.statuses {
                 let container = containers.iter().find(|c| c.name == status.name);
                 let replica = object

@@ -97,6 +97,48 @@ pub fn touched_by(delta: &crate::state::Delta) -> Option<BTreeSet<ObjectKey>> {
     Some(keys)
 }
 
+/// Whether the placement of `key` reads no replica report: every slot at the object's
+/// template generation (what [`workload_of`] rolls to), none a surge or moving (`previous`), none on a node that is not active. Then a
+/// rollout has nothing to wait for and a drain nothing to move ([`plan`] reads reports for
+/// those only), so a change of its replicas' reports alone cannot change its plan: the
+/// placement loop leaves such an object out of the keys a report batch touched.
+pub fn settled(state: &ClusterState, key: &ObjectKey) -> bool {
+    let (Some(placement), Some(stored)) = (state.placements.get(key), state.objects.get(key))
+    else {
+        return false;
+    };
+    placement.replicas.values().all(|slot| {
+        slot.generation == stored.template_generation
+            && !slot.surge
+            && slot.previous.is_none()
+            && state
+                .availability
+                .get(&slot.node)
+                .copied()
+                .unwrap_or_default()
+                == scheduler::Availability::Active
+    })
+}
+
+/// [`touched_by`], less the objects named only because their replicas' reports changed whose
+/// placement is [`settled`] in `state` (the newer version): their plan reads no report, so it
+/// cannot differ from the last one. A batch of reports from every node (each node runs a
+/// replica of every object) then replans only the objects a rollout or drain is moving.
+pub fn touched_in(
+    delta: &crate::state::Delta,
+    state: &ClusterState,
+) -> Option<BTreeSet<ObjectKey>> {
+    let mut keys = touched_by(delta)?;
+    keys.retain(|key| {
+        !delta.replicas.contains(key)
+            || delta.objects.contains(key)
+            || delta.placements.contains(key)
+            || delta.placement_errors.contains(key)
+            || !settled(state, key)
+    });
+    Some(keys)
+}
+
 /// What [`plan`] would propose for the objects of `keys` only (their placements, or dropping the
 /// placement of one deleted), in O(size of those objects' placements and of the reports of the
 /// nodes they are on) plus one count of every node's replicas. After a delta, with the keys

@@ -307,6 +307,13 @@ fn step_and_compare(state: &mut ClusterState, op: Op) -> Vec<PlacementUpdate> {
     if let Some(keys) = touched_by(&delta) {
         assert_eq!(plan_keys(state, &live, &keys), full, "{keys:?}");
     }
+    if let Some(keys) = touched_in(&delta, state) {
+        assert_eq!(
+            plan_keys(state, &live, &keys),
+            full,
+            "settled left out: {keys:?}"
+        );
+    }
     // Settle: place, then each placement's own change is a step of its own.
     let mut updates = full.clone();
     while !updates.is_empty() {
@@ -316,6 +323,12 @@ fn step_and_compare(state: &mut ClusterState, op: Op) -> Vec<PlacementUpdate> {
         let full = plan(state, &live);
         let keys = touched_by(&delta).expect("a placement names its objects");
         assert_eq!(plan_keys(state, &live, &keys), full, "{keys:?}");
+        let keys = touched_in(&delta, state).expect("a placement names its objects");
+        assert_eq!(
+            plan_keys(state, &live, &keys),
+            full,
+            "settled left out: {keys:?}"
+        );
         updates = full;
     }
     full
@@ -414,4 +427,35 @@ fn a_node_or_settings_change_asks_for_a_full_plan() {
         },
     );
     assert_eq!(touched_by(&ClusterState::delta(&state, &more)), None);
+}
+
+#[test]
+fn a_placement_is_settled_unless_a_rollout_or_drain_moves_it() {
+    let mut state = cluster(3, FIVE);
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    let key = state.objects.keys().next().unwrap().clone();
+    assert!(settled(&state, &key), "placed at its generation");
+    // Reports alone: the settled object is left out, and nothing was to plan for it.
+    let before = state.clone();
+    for op in report_all(&state, 1) {
+        apply(&mut state, op);
+    }
+    let delta = ClusterState::delta(&before, &state);
+    assert!(touched_by(&delta).is_some_and(|k| k.contains(&key)));
+    assert_eq!(touched_in(&delta, &state), Some(BTreeSet::new()));
+    assert!(plan(&state, &all_live(&state)).is_empty());
+    // A new template: rolling, not settled until every slot runs it.
+    apply(&mut state, containers("n", 5, "nginx"));
+    assert!(!settled(&state, &key), "a new template is not rolled yet");
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    assert!(!settled(&state, &key), "rolling one replica at a time");
+    // A draining node: its replicas move, reading the reports.
+    let mut drained = before.clone();
+    let node = *drained.nodes.keys().next().unwrap();
+    drained
+        .availability
+        .insert(node, crate::scheduler::Availability::Draining);
+    assert!(!settled(&drained, &key), "a slot on a draining node");
 }
