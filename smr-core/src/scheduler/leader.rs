@@ -172,8 +172,10 @@ fn plan_some(
         .collect();
     // Replicas per node over all placements, kept by the state's slot index (O(nodes), not
     // O(replicas)); each object's load is this minus its own (what `scheduler::node_load`
-    // computes, in O(nodes) per object instead of O(replicas)).
-    let total: BTreeMap<NodeId, u32> = state.placed_counts();
+    // computes, in O(nodes) per object instead of O(replicas)). Kept up to date with the
+    // decisions of this pass: objects placed in one pass (a dead node's replicas of every object)
+    // then spread over the least loaded nodes together, not each onto the same ones.
+    let mut total: BTreeMap<NodeId, u32> = state.placed_counts();
     let reports = match keys {
         None => ReportIndex::new(state),
         Some(keys) => ReportIndex::for_keys(state, keys),
@@ -192,6 +194,9 @@ fn plan_some(
                 let next = scheduler::apply_rollout(&placed, &steps);
                 let drain = scheduler::plan_drain(&workload, &next, &status, &nodes, &load);
                 let next = scheduler::apply_drain(&next, &drain);
+                if current != Some(&next) {
+                    move_load(&mut total, current, &next);
+                }
                 if current != Some(&next) || state.placement_errors.contains_key(key) {
                     updates.push(PlacementUpdate {
                         key: key.clone(),
@@ -249,6 +254,25 @@ fn plan_some(
         });
     }
     updates
+}
+
+/// `total` with the replicas of `old` replaced by those of `new`.
+fn move_load(
+    total: &mut BTreeMap<NodeId, u32>,
+    old: Option<&scheduler::Placement>,
+    new: &scheduler::Placement,
+) {
+    for (node, count) in old.map(|p| p.per_node()).unwrap_or_default() {
+        if let Some(n) = total.get_mut(&node) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                total.remove(&node);
+            }
+        }
+    }
+    for (node, count) in new.per_node() {
+        *total.entry(node).or_insert(0) += count;
+    }
 }
 
 /// `total` less the replicas of `own` (zero counts left out, as `scheduler::node_load` does).

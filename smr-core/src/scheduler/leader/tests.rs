@@ -104,6 +104,42 @@ fn dead_node_replicas_move_to_live_nodes() {
     assert_eq!(counts.values().sum::<u32>(), 5);
 }
 
+/// Objects placed in the same pass see each other's decisions: four objects of one replica on
+/// two nodes go two and two, not all four on the first node; a dead node's replicas of several
+/// objects spread over the live nodes together.
+#[test]
+fn objects_placed_in_one_pass_spread_over_the_nodes_together() {
+    let one = |name: &str| {
+        format!(
+            "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: g\n  name: {name}\nspec:\n  image: busybox\n  replicas: 1\n"
+        )
+    };
+    let yaml: Vec<String> = ["a", "b", "c", "d"].iter().map(|n| one(n)).collect();
+    let mut state = cluster(2, &yaml.join("---\n"));
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    assert_eq!(state.placed_counts(), BTreeMap::from([(1, 2), (2, 2)]));
+
+    // Three nodes, six objects of one replica: two on each. Node 3 dies: its two replicas go
+    // one to node 1 and one to node 2.
+    let yaml: Vec<String> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|n| one(n))
+        .collect();
+    let mut state = cluster(3, &yaml.join("---\n"));
+    let updates = plan(&state, &all_live(&state));
+    apply(&mut state, Op::Place { updates });
+    assert_eq!(
+        state.placed_counts(),
+        BTreeMap::from([(1, 2), (2, 2), (3, 2)])
+    );
+    let mut live = all_live(&state);
+    live.insert(3, false);
+    let updates = plan(&state, &live);
+    apply(&mut state, Op::Place { updates });
+    assert_eq!(state.placed_counts(), BTreeMap::from([(1, 3), (2, 3)]));
+}
+
 #[test]
 fn deleted_objects_lose_their_placement() {
     let mut state = cluster(2, FIVE);
