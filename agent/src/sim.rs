@@ -458,14 +458,7 @@ pub fn woken(before: &ClusterState, after: &ClusterState) -> Option<BTreeSet<Nod
         .filter(|k| k.kind == Kind::Containers)
     {
         for state in [before, after] {
-            for slot in state
-                .placements
-                .get(key)
-                .into_iter()
-                .flat_map(|p| p.replicas.values())
-            {
-                add(slot);
-            }
+            slots_of(state, key).for_each(&mut add);
         }
     }
     // A placement: the nodes of the slots that differ.
@@ -496,18 +489,23 @@ pub fn woken(before: &ClusterState, after: &ClusterState) -> Option<BTreeSet<Nod
                 .as_containers()
                 .is_some_and(|spec| !spec.dependencies.is_empty());
             if depends {
-                for slot in after
-                    .placements
-                    .get(key)
-                    .into_iter()
-                    .flat_map(|p| p.replicas.values())
-                {
-                    add(slot);
-                }
+                slots_of(after, key).for_each(&mut add);
             }
         }
     }
     Some(nodes)
+}
+
+/// Every slot of the placement of `key` in `state` (none when it is not placed).
+fn slots_of<'a>(
+    state: &'a ClusterState,
+    key: &crate::definitions::ObjectKey,
+) -> impl Iterator<Item = &'a ReplicaSlot> + use<'a> {
+    state
+        .placements
+        .get(key)
+        .into_iter()
+        .flat_map(|p| p.replicas.values())
 }
 
 /// One heartbeat of node `id` to the agent at `api` (the leader), with that node's client.

@@ -299,14 +299,22 @@ async fn dns_of_replicas(
 
 /// A series of the agent's plain-HTTP metrics.
 async fn metric(addr: &str, prefix: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
+    series(&metrics_text(addr).await?, prefix).with_context(|| format!("{prefix} in the metrics"))
+}
+
+/// The agent's plain-HTTP metrics page.
+async fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
-        .await?;
+        .await?)
+}
+
+/// The value of the series `prefix` names in a metrics page.
+fn series(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("{prefix} in the metrics"))
 }
 
 /// The CPU time the process has used so far (user and system), from /proc.
@@ -585,25 +593,26 @@ async fn scenario(
     let survivors = sim.alive_ids();
     let dead: BTreeSet<NodeId> = killed.iter().map(|&k| sim.nodes[k].id).collect();
     let silent = Instant::now();
+    let trace = std::env::var_os("SMR_SIM_TRACE").is_some();
+    // SMR_SIM_TRACE: the leader's proposals and report batches, from one read of its metrics.
     let proposals = |m: String| async move {
-        let sum = metric(&m, "smr_store_proposal_duration_seconds_sum ")
-            .await
-            .unwrap_or(0.0);
-        let count = metric(&m, "smr_store_proposal_duration_seconds_count ")
-            .await
-            .unwrap_or(0.0);
-        let batches = metric(&m, "smr_report_batch_reports_count ")
-            .await
-            .unwrap_or(0.0);
-        let reports = metric(&m, "smr_report_batch_reports_sum ")
-            .await
-            .unwrap_or(0.0);
-        (sum, count, batches, reports)
+        let text = metrics_text(&m).await.unwrap_or_default();
+        let value = |prefix: &str| series(&text, prefix).unwrap_or(0.0);
+        (
+            value("smr_store_proposal_duration_seconds_sum "),
+            value("smr_store_proposal_duration_seconds_count "),
+            value("smr_report_batch_reports_count "),
+            value("smr_report_batch_reports_sum "),
+        )
     };
-    let before_kill = proposals(metrics.to_string()).await;
+    let before_kill = if trace {
+        proposals(metrics.to_string()).await
+    } else {
+        Default::default()
+    };
     // SMR_SIM_TRACE: when the log grows after the kill (the first entry is the placement off
     // the silent nodes: nothing else is written while idle).
-    let commits = std::env::var_os("SMR_SIM_TRACE").map(|_| {
+    let commits = trace.then(|| {
         let metrics = metrics.to_string();
         tokio::spawn(async move {
             let mut last = 0.0;
