@@ -46,10 +46,12 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// Durable entries kept in the tail, at most, besides those not durable yet.
-pub(super) const TAIL_KEEP: usize = 256;
-/// Bytes (encoded) of the durable entries kept in the tail, at most.
-pub(super) const TAIL_KEEP_BYTES: usize = 8 * 1024 * 1024;
+/// Entries kept in the tail once durable, at most (those not durable yet are always kept): enough
+/// for followers a few entries behind; a follower further behind reads redb.
+pub(super) const TAIL_KEEP: usize = 64;
+/// Bytes (encoded) of the entries kept in the tail once durable, at most: an entry in memory takes
+/// a few times its encoded size, and the state's memory bound counts on a small constant.
+pub(super) const TAIL_KEEP_BYTES: usize = 1024 * 1024;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
