@@ -55,6 +55,8 @@ pub(super) const TAIL_KEEP_BYTES: usize = 1024 * 1024;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
+const WRITER_STOPPED: &str = "the Raft log's writer has stopped";
+
 /// The newest entries of the log, contiguous, each with its encoded size.
 #[derive(Default)]
 pub(super) struct Tail {
@@ -249,11 +251,32 @@ impl LogStore {
         let (done, answer) = oneshot::channel();
         self.writer
             .send(write(done))
-            .map_err(|_| io_failed("the Raft log's writer has stopped".into()))?;
+            .map_err(|_| io_failed(WRITER_STOPPED.into()))?;
         answer
             .await
-            .map_err(|_| io_failed("the Raft log's writer has stopped".into()))?
+            .map_err(|_| io_failed(WRITER_STOPPED.into()))?
             .map_err(io_failed)
+    }
+
+    /// The id of the last entry in redb.
+    async fn last_in_redb(&self) -> Result<Option<LogId<NodeId>>> {
+        let last = self
+            .blocking(
+                "reading the Raft log",
+                |db| {
+                    let txn = db.begin_read()?;
+                    let table = txn.open_table(LOGS)?;
+                    Ok(table.last()?.map(|(_, value)| value.value().to_vec()))
+                },
+                io_read,
+            )
+            .await?;
+        last.map(|bytes| {
+            codec::decode::<Entry<TypeConfig>>(&bytes)
+                .map(|entry| entry.log_id)
+                .map_err(io_read)
+        })
+        .transpose()
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -336,27 +359,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED).await?;
-        let last = self
-            .blocking(
-                "reading the Raft log",
-                |db| {
-                    let txn = db.begin_read()?;
-                    let table = txn.open_table(LOGS)?;
-                    Ok(table.last()?.map(|(_, value)| value.value().to_vec()))
-                },
-                io_read,
-            )
-            .await?;
-        let last = match last {
-            Some(bytes) => {
-                let entry: Entry<TypeConfig> = codec::decode(&bytes).map_err(io_read)?;
-                Some(entry.log_id)
-            }
-            None => None,
+        // The tail holds the newest entries; redb is read only when it holds none.
+        let held = lock(&self.tail).last();
+        let last = match held {
+            Some(last) => Some(last),
+            None => self.last_in_redb().await?,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: lock(&self.tail).last().or(last).or(last_purged),
+            last_log_id: last.or(last_purged),
         })
     }
 
@@ -423,9 +434,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 callback,
             })
         {
-            callback.log_io_completed(Err(std::io::Error::other(
-                "the Raft log's writer has stopped",
-            )));
+            callback.log_io_completed(Err(std::io::Error::other(WRITER_STOPPED)));
         }
         Ok(())
     }
@@ -527,15 +536,15 @@ fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
             txn.commit()?;
             Ok(removed)
         });
-        // The commit point written is no longer pending, unless a newer one came meanwhile.
+        let outcome = outcome.map_err(|e| e.to_string());
         if outcome.is_ok() {
+            // The commit point written is no longer pending, unless a newer one came meanwhile.
             let mut pending = lock(&shared.committed);
             if *pending == committed {
                 *pending = None;
             }
-        }
-        // What is durable now: the last entry written, unless a later truncation removed it.
-        if outcome.is_ok() {
+            drop(pending);
+            // What is durable now: the last entry written, unless a later truncation removed it.
             let mut tail = lock(&shared.tail);
             for write in &batch {
                 match write {
@@ -549,25 +558,18 @@ fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
                 }
             }
         }
-        let mut removed = match &outcome {
-            Ok(removed) => removed.clone().into_iter(),
-            Err(_) => Vec::new().into_iter(),
-        };
-        let failed = outcome.as_ref().err().map(|e| e.to_string());
+        let mut removed = outcome.clone().unwrap_or_default().into_iter();
         for write in batch {
-            match (write, &failed) {
-                (Write::Append { callback, .. }, None) => callback.log_io_completed(Ok(())),
-                (Write::Append { callback, .. }, Some(why)) => {
-                    callback.log_io_completed(Err(std::io::Error::other(why.clone())))
+            let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+            match write {
+                Write::Append { callback, .. } => {
+                    callback.log_io_completed(result.map_err(std::io::Error::other))
                 }
-                (Write::Truncate { done, .. } | Write::Vote { done, .. }, why) => {
-                    let _ = done.send(why.clone().map_or(Ok(()), Err));
+                Write::Truncate { done, .. } | Write::Vote { done, .. } => {
+                    let _ = done.send(result);
                 }
-                (Write::Purge { done, .. }, why) => {
-                    let _ = done.send(match why {
-                        None => Ok(removed.next().unwrap_or(0)),
-                        Some(why) => Err(why.clone()),
-                    });
+                Write::Purge { done, .. } => {
+                    let _ = done.send(result.map(|()| removed.next().unwrap_or(0)));
                 }
             }
         }
