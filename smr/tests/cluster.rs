@@ -201,8 +201,8 @@ async fn restart_of_all_nodes_keeps_state() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issue 14: a node appends to its log without fsync and flushes behind (group commit across
-/// appends), telling Raft an entry is on disk only after the flush. Every node is killed with
+/// Issue 14: a node appends to its log's in-memory tail and its writer thread commits behind
+/// (group commit across appends), telling Raft an entry is on disk only after that commit. Every node is killed with
 /// SIGKILL at once while 16 clients write: every write acknowledged before the kill must be there
 /// after the restart (a kill loses what redb did not commit durably).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,8 +33,6 @@
 //! it throws away the core's in-memory state (and in-flight writes with it) and still needs the
 //! reopen-and-retry of redb, so waiting in the storage call is the smaller and safer mechanism.
 
-use std::collections::BTreeMap;
-use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -89,16 +87,6 @@ pub struct Disk {
     /// Bytes appended to the log since the last snapshot, and that snapshot's size.
     log_bytes: AtomicU64,
     snapshot_bytes: AtomicU64,
-    /// Log entries committed without fsync and not yet made durable (see [`super::log`]): a
-    /// reopen would lose them (redb opens at the last durable commit), so it writes them again.
-    unflushed: Mutex<Unflushed>,
-}
-
-/// Log entries by index, each with the sequence number of the append that wrote it.
-#[derive(Default)]
-struct Unflushed {
-    seq: u64,
-    entries: BTreeMap<u64, (u64, Vec<u8>)>,
 }
 
 fn open_db(file: &Path) -> Result<Database, redb::Error> {
@@ -146,7 +134,6 @@ impl Disk {
             closing: AtomicBool::new(false),
             log_bytes: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
-            unflushed: Mutex::new(Unflushed::default()),
         })
     }
 
@@ -233,16 +220,11 @@ impl Disk {
     }
 
     /// Closes and opens the database again (after an I/O error redb refuses everything until then).
-    /// The log entries not flushed yet are written again, durably, before anything else reads the
-    /// database: the reopened file holds only what was durable.
+    /// The reopened file holds what was durable: every commit of the log's writer is.
     pub(super) fn reopen(&self) {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         slot.take();
-        let opened = open_db(&self.file).and_then(|db| {
-            self.rewrite_unflushed(&db)?;
-            Ok(db)
-        });
-        match opened {
+        match open_db(&self.file) {
             Ok(db) => *slot = Some(db),
             Err(e) => {
                 let mut failing = lock(&self.failing);
@@ -252,65 +234,6 @@ impl Disk {
                 }
             }
         }
-    }
-
-    /// Writes the entries not flushed yet into `db`, durably (nothing to do when there are none).
-    fn rewrite_unflushed(&self, db: &Database) -> Result<(), redb::Error> {
-        let unflushed = lock(&self.unflushed);
-        if unflushed.entries.is_empty() {
-            return Ok(());
-        }
-        let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(super::log::LOGS)?;
-            for (index, (_, bytes)) in &unflushed.entries {
-                table.insert(*index, bytes.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Holds `entries` (index, encoded entry), being committed without fsync, until a flush;
-    /// returns the sequence number of this append. Call it inside the append's transaction, so that
-    /// no reopen comes between the commit and this.
-    pub(super) fn hold_unflushed(&self, entries: &[(u64, Vec<u8>)]) -> u64 {
-        let mut unflushed = lock(&self.unflushed);
-        unflushed.seq += 1;
-        let seq = unflushed.seq;
-        for (index, bytes) in entries {
-            unflushed.entries.insert(*index, (seq, bytes.clone()));
-        }
-        seq
-    }
-
-    /// The sequence number of the last append held: a durable commit begun after it (redb has one
-    /// writer at a time) covers every append up to it.
-    pub(super) fn unflushed_seq(&self) -> u64 {
-        lock(&self.unflushed).seq
-    }
-
-    /// The appends up to sequence number `upto` are durable.
-    pub(super) fn flushed(&self, upto: u64) {
-        lock(&self.unflushed)
-            .entries
-            .retain(|_, (seq, _)| *seq > upto);
-    }
-
-    /// Entries in `range` are being removed from the log (a truncation or a purge): a reopen must
-    /// not bring them back.
-    pub(super) fn forget_unflushed(&self, range: impl RangeBounds<u64>) {
-        let mut unflushed = lock(&self.unflushed);
-        let gone: Vec<u64> = unflushed.entries.range(range).map(|(i, _)| *i).collect();
-        for index in gone {
-            unflushed.entries.remove(&index);
-        }
-    }
-
-    /// How many log entries wait for a flush.
-    #[cfg(test)]
-    pub(super) fn unflushed_count(&self) -> usize {
-        lock(&self.unflushed).entries.len()
     }
 
     /// Compacts the database file (gives the pages freed by a purge back to the file system).

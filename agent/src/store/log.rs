@@ -1,37 +1,43 @@
-//! The Raft log, vote and commit point in redb, with durable commits.
+//! The Raft log, vote and commit point in redb, written by one thread with durable commits, and
+//! the newest entries in memory.
 //!
 //! Entries are stored as MessagePack behind a tag byte; entries an earlier version wrote as JSON
 //! still read ([`super::codec`]). The vote, commit point and purge point stay JSON (tiny).
 //!
-//! An append is committed without fsync and returns at once: the entries are readable, so the
-//! leader replicates them while its own disk flushes (openraft's contract for
-//! [`RaftLogStorage::append`]). A flusher thread then makes them durable with one fsync'd redb
-//! commit for every append waiting at that moment (group commit across appends) and only then
-//! tells openraft they are flushed: a leader counts its own copy, and a follower acknowledges the
-//! entries, only once they are on disk.
-//!
 //! ```text
-//!  append(entries) --> redb commit, no fsync (readable) --> returns; replication goes on
-//!        \--> flusher: waits for what is queued --> one durable commit (fsync) --> callbacks
+//!  append(entries) --> the tail (memory): readable at once --> returns; replication goes on
+//!        \--> writer thread: takes every write queued (appends, truncations, purges, the vote,
+//!             the commit point) --> one durable redb commit (fsync) --> callbacks and answers
 //! ```
-//! Until they are flushed the entries are also held in memory ([`Disk::hold_unflushed`]): redb
-//! reopens at its last durable commit, so a reopen after an I/O error writes them again.
-//! Truncations, purges and the vote are committed durably before they return (which makes the
-//! appends before them durable too); the commit point without fsync (see
-//! [`LogStore::save_committed`]). redb is blocking; each call runs on the blocking pool (the
-//! flusher on its own thread) through [`Disk::run`], which waits out I/O errors instead of failing
-//! Raft (see [`super::disk`]).
+//! An append puts its entries in the tail and queues them for the writer; it does not touch redb,
+//! so it never waits for a commit in progress (redb has one writer at a time, and a durable commit
+//! holds it for the whole fsync). The leader replicates from the tail while its own disk flushes
+//! (openraft's contract for [`RaftLogStorage::append`]); openraft hears that the entries are
+//! flushed only after the writer's durable commit: a leader counts its own copy, and a follower
+//! acknowledges the entries, only once they are on disk. Consecutive writes share one commit.
+//!
+//! The tail holds every entry not yet durable and the newest durable ones ([`TAIL_KEEP`]), so
+//! that replication to followers that are up to date reads memory, not redb; older entries are
+//! read from redb. Every entry below the tail's first index is durable in redb.
+//!
+//! Truncations, purges and the vote go through the writer too, in order with the appends, and
+//! return once durable. The commit point is kept in memory and written with the writer's next
+//! commit (see [`LogStore::save_committed`]). Everything the writer commits is durable, so a
+//! reopen after an I/O error loses nothing it acknowledged: [`Disk::run`] reopens and the writer
+//! runs the same commit again (see [`super::disk`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::disk::{Disk, DiskError};
-use super::{TypeConfig, codec};
+use super::{TypeConfig, codec, lock};
 use crate::state::NodeId;
 
 pub(super) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -40,14 +46,140 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Entries kept in the tail once durable, at most (those not durable yet are always kept): enough
+/// for followers a few entries behind; a follower further behind reads redb.
+pub(super) const TAIL_KEEP: usize = 64;
+/// Bytes (encoded) of the entries kept in the tail once durable, at most: an entry in memory takes
+/// a few times its encoded size, and the state's memory bound counts on a small constant.
+pub(super) const TAIL_KEEP_BYTES: usize = 1024 * 1024;
+
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// The log store; clones share the database and the flusher.
+const WRITER_STOPPED: &str = "the Raft log's writer has stopped";
+
+/// The newest entries of the log, contiguous, each with its encoded size.
+#[derive(Default)]
+pub(super) struct Tail {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    /// Every entry up to this index is durable in redb.
+    durable_upto: Option<u64>,
+    /// Encoded bytes of the entries held.
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        self.bytes += size;
+        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+            self.bytes -= old;
+        }
+    }
+
+    /// Forgets the entries in `range` (a truncation or a purge).
+    fn remove(&mut self, range: impl RangeBounds<u64>) {
+        let gone: Vec<u64> = self.entries.range(range).map(|(i, _)| *i).collect();
+        for index in gone {
+            if let Some((_, size)) = self.entries.remove(&index) {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Entries up to `index` are durable: drops the oldest durable ones beyond what is kept.
+    fn durable(&mut self, index: u64) {
+        self.durable_upto = Some(self.durable_upto.map_or(index, |d| d.max(index)));
+        self.trim();
+    }
+
+    /// A truncation from `from` removed every entry from it on: those are no longer durable.
+    fn truncated(&mut self, from: u64) {
+        if let Some(d) = self.durable_upto
+            && d >= from
+        {
+            self.durable_upto = from.checked_sub(1);
+        }
+    }
+
+    fn trim(&mut self) {
+        let Some(durable) = self.durable_upto else {
+            return;
+        };
+        while self.entries.len() > TAIL_KEEP || self.bytes > TAIL_KEEP_BYTES {
+            match self.entries.first_key_value() {
+                Some((&index, &(_, size))) if index <= durable => {
+                    self.entries.remove(&index);
+                    self.bytes -= size;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// The entries of `start..end` held here, and the first index held (everything below it is
+    /// in redb); `None` when nothing is held.
+    fn read(&self, start: u64, end: Option<u64>) -> Option<(u64, Vec<Entry<TypeConfig>>)> {
+        let (&first, _) = self.entries.first_key_value()?;
+        let from = start.max(first);
+        let held = match end {
+            Some(end) if end <= from => Vec::new(),
+            Some(end) => self
+                .entries
+                .range(from..end)
+                .map(|(_, (e, _))| e.clone())
+                .collect(),
+            None => self
+                .entries
+                .range(from..)
+                .map(|(_, (e, _))| e.clone())
+                .collect(),
+        };
+        Some((first, held))
+    }
+
+    fn last(&self) -> Option<LogId<NodeId>> {
+        self.entries.last_key_value().map(|(_, (e, _))| e.log_id)
+    }
+
+    #[cfg(test)]
+    pub(super) fn indexes(&self) -> Vec<u64> {
+        self.entries.keys().copied().collect()
+    }
+}
+
+type Done<T> = oneshot::Sender<std::result::Result<T, String>>;
+
+/// A write queued for the writer thread.
+enum Write {
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Removes the entries from this index on.
+    Truncate {
+        from: u64,
+        done: Done<()>,
+    },
+    /// Removes the entries up to this log id and records it as the purge point; answers how many
+    /// were removed.
+    Purge {
+        upto: LogId<NodeId>,
+        bytes: Vec<u8>,
+        done: Done<u64>,
+    },
+    Vote {
+        bytes: Vec<u8>,
+        done: Done<()>,
+    },
+}
+
+/// The log store; clones share the database, the tail and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<Disk>,
-    /// The flusher thread's queue: the callbacks of appends committed without fsync.
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    writer: std::sync::mpsc::Sender<Write>,
+    tail: Arc<Mutex<Tail>>,
+    /// The newest commit point not written yet (JSON): the writer's next commit writes it.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -56,6 +188,10 @@ fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 fn io_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn io_failed(why: String) -> StorageError<NodeId> {
+    io_write(std::io::Error::other(why))
 }
 
 impl LogStore {
@@ -67,16 +203,33 @@ impl LogStore {
             txn.commit()?;
             Ok(())
         })?;
-        let (flusher, queue) = std::sync::mpsc::channel();
-        let flushing = disk.clone();
+        let (writer, queue) = std::sync::mpsc::channel();
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let committed = Arc::new(Mutex::new(None));
+        let shared = Shared {
+            disk: disk.clone(),
+            tail: tail.clone(),
+            committed: committed.clone(),
+        };
         std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || flush(&flushing, &queue))
+            .name("raft-log-write".into())
+            .spawn(move || write(&shared, &queue))
             .map_err(|e| DiskError::Failed {
-                what: "starting the Raft log's flusher",
+                what: "starting the Raft log's writer",
                 source: redb::Error::Io(e),
             })?;
-        Ok(LogStore { disk, flusher })
+        Ok(LogStore {
+            disk,
+            writer,
+            tail,
+            committed,
+        })
+    }
+
+    /// The tail (for tests).
+    #[cfg(test)]
+    pub(super) fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        lock(&self.tail)
     }
 
     /// Runs `op` on the blocking pool through [`Disk::run`].
@@ -91,6 +244,39 @@ impl LogStore {
             .await
             .map_err(io_write)?
             .map_err(on_error)
+    }
+
+    /// Queues `write` for the writer and waits until it is durable.
+    async fn through_writer<T>(&self, write: impl FnOnce(Done<T>) -> Write) -> Result<T> {
+        let (done, answer) = oneshot::channel();
+        self.writer
+            .send(write(done))
+            .map_err(|_| io_failed(WRITER_STOPPED.into()))?;
+        answer
+            .await
+            .map_err(|_| io_failed(WRITER_STOPPED.into()))?
+            .map_err(io_failed)
+    }
+
+    /// The id of the last entry in redb.
+    async fn last_in_redb(&self) -> Result<Option<LogId<NodeId>>> {
+        let last = self
+            .blocking(
+                "reading the Raft log",
+                |db| {
+                    let txn = db.begin_read()?;
+                    let table = txn.open_table(LOGS)?;
+                    Ok(table.last()?.map(|(_, value)| value.value().to_vec()))
+                },
+                io_read,
+            )
+            .await?;
+        last.map(|bytes| {
+            codec::decode::<Entry<TypeConfig>>(&bytes)
+                .map(|entry| entry.log_id)
+                .map_err(io_read)
+        })
+        .transpose()
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -113,36 +299,6 @@ impl LogStore {
             None => Ok(None),
         }
     }
-
-    /// Stores `value` under `key`; with `durable`, fsynced before this returns, else made durable
-    /// by the next durable commit (the next log append).
-    async fn write_meta<T: serde::Serialize>(
-        &self,
-        what: &'static str,
-        key: &'static str,
-        value: &T,
-        durable: bool,
-    ) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(io_write)?;
-        self.blocking(
-            what,
-            move |db| {
-                let mut txn = db.begin_write()?;
-                if !durable {
-                    txn.set_durability(redb::Durability::None)
-                        .map_err(redb::Error::from)?;
-                }
-                {
-                    let mut table = txn.open_table(META)?;
-                    table.insert(key, bytes.as_slice())?;
-                }
-                txn.commit()?;
-                Ok(())
-            },
-            io_write,
-        )
-        .await
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -163,13 +319,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
         }
+        // What the tail holds; below its first index everything is durable in redb.
+        let held = lock(&self.tail).read(start, end);
+        let (redb_end, held) = match held {
+            Some((first, held)) if first <= start => return Ok(held),
+            Some((first, held)) => (Some(end.map_or(first, |end| end.min(first))), held),
+            None => (end, Vec::new()),
+        };
         let raw = self
             .blocking(
                 "reading the Raft log",
                 move |db| {
                     let txn = db.begin_read()?;
                     let table = txn.open_table(LOGS)?;
-                    let iter = match end {
+                    let iter = match redb_end {
                         Some(end) => table.range(start..end)?,
                         None => table.range(start..)?,
                     };
@@ -182,9 +345,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 io_read,
             )
             .await?;
-        raw.iter()
+        let mut entries = raw
+            .iter()
             .map(|bytes| codec::decode(bytes).map_err(io_read))
-            .collect()
+            .collect::<Result<Vec<Entry<TypeConfig>>>>()?;
+        entries.extend(held);
+        Ok(entries)
     }
 }
 
@@ -193,23 +359,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED).await?;
-        let last = self
-            .blocking(
-                "reading the Raft log",
-                |db| {
-                    let txn = db.begin_read()?;
-                    let table = txn.open_table(LOGS)?;
-                    Ok(table.last()?.map(|(_, value)| value.value().to_vec()))
-                },
-                io_read,
-            )
-            .await?;
-        let last = match last {
-            Some(bytes) => {
-                let entry: Entry<TypeConfig> = codec::decode(&bytes).map_err(io_read)?;
-                Some(entry.log_id)
-            }
-            None => None,
+        // The tail holds the newest entries; redb is read only when it holds none.
+        let held = lock(&self.tail).last();
+        let last = match held {
+            Some(last) => Some(last),
+            None => self.last_in_redb().await?,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -222,7 +376,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.write_meta("saving the Raft vote", VOTE, vote, true)
+        let bytes = serde_json::to_vec(vote).map_err(io_write)?;
+        self.through_writer(|done| Write::Vote { bytes, done })
             .await
     }
 
@@ -230,21 +385,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(VOTE).await
     }
 
-    /// Not fsynced: openraft calls this on every commit, before applying, so a durable commit
-    /// point cost one more fsync per write on every node, on the write's path. A commit point
-    /// older than the real one is still a commit point (every entry up to it is committed), and
-    /// this one becomes durable with the next append (the next durable redb commit); after a
-    /// crash the node applies up to the older point at start and learns the rest from the leader.
+    /// Kept in memory and written with the writer's next commit, not committed on its own:
+    /// openraft calls this on every commit, before applying, so a commit of its own cost a redb
+    /// commit per write on every node, on the write's path (and waited for the writer's commit in
+    /// progress). A commit point older than the real one is still a commit point (every entry up
+    /// to it is committed); after a crash the node applies up to the older point at start and
+    /// learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write_meta("saving the Raft commit point", COMMITTED, &committed, false)
-            .await
+        *lock(&self.committed) = Some(serde_json::to_vec(&committed).map_err(io_write)?);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(self
-            .read_meta::<Option<LogId<NodeId>>>(COMMITTED)
-            .await?
-            .flatten())
+        let pending = lock(&self.committed).clone();
+        match pending {
+            Some(bytes) => {
+                Ok(serde_json::from_slice::<Option<LogId<NodeId>>>(&bytes).map_err(io_read)?)
+            }
+            None => Ok(self
+                .read_meta::<Option<LogId<NodeId>>>(COMMITTED)
+                .await?
+                .flatten()),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -252,93 +414,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, codec::encode(&e).map_err(io_write)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index, codec::encode(e).map_err(io_write)?)))
             .collect::<Result<_>>()?;
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
-        let disk = self.disk.clone();
-        let result = self
-            .blocking(
-                "appending to the Raft log",
-                move |db| {
-                    let mut txn = db.begin_write()?;
-                    txn.set_durability(redb::Durability::None)
-                        .map_err(redb::Error::from)?;
-                    {
-                        let mut table = txn.open_table(LOGS)?;
-                        for (index, bytes) in &encoded {
-                            table.insert(*index, bytes.as_slice())?;
-                        }
-                    }
-                    disk.hold_unflushed(&encoded);
-                    txn.commit()?;
-                    Ok(())
-                },
-                io_write,
-            )
-            .await;
-        // Flushed only once a durable commit after this one is done: the flusher's.
-        match &result {
-            Ok(()) => {
-                self.disk.appended(bytes);
-                if let Err(unsent) = self.flusher.send(callback) {
-                    unsent.0.log_io_completed(Err(std::io::Error::other(
-                        "the Raft log's flusher has stopped",
-                    )));
-                }
+        {
+            let mut tail = lock(&self.tail);
+            for (entry, (_, raw)) in entries.into_iter().zip(&encoded) {
+                tail.push(entry, raw.len());
             }
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
-        result
+        self.disk.appended(bytes);
+        // Flushed only once the writer's durable commit of them is done.
+        if let Err(std::sync::mpsc::SendError(Write::Append { callback, .. })) =
+            self.writer.send(Write::Append {
+                entries: encoded,
+                callback,
+            })
+        {
+            callback.log_io_completed(Err(std::io::Error::other(WRITER_STOPPED)));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        let disk = self.disk.clone();
-        self.blocking(
-            "truncating the Raft log",
-            move |db| {
-                let txn = db.begin_write()?;
-                disk.forget_unflushed(log_id.index..);
-                {
-                    let mut table = txn.open_table(LOGS)?;
-                    table.retain_in(log_id.index.., |_, _| false)?;
-                }
-                txn.commit()?;
-                Ok(())
-            },
-            io_write,
-        )
-        .await
+        let from = log_id.index;
+        lock(&self.tail).remove(from..);
+        self.through_writer(|done| Write::Truncate { from, done })
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         let bytes = serde_json::to_vec(&log_id).map_err(io_write)?;
-        let disk = self.disk.clone();
         // The purge point and the removal in one transaction: a crash between them cannot leave
         // the log start and the recorded purge point disagreeing.
         let removed = self
-            .blocking(
-                "purging the Raft log",
-                move |db| {
-                    let txn = db.begin_write()?;
-                    disk.forget_unflushed(..=log_id.index);
-                    let mut removed = 0u64;
-                    {
-                        let mut meta = txn.open_table(META)?;
-                        meta.insert(LAST_PURGED, bytes.as_slice())?;
-                        let mut table = txn.open_table(LOGS)?;
-                        table.retain_in(..=log_id.index, |_, _| {
-                            removed += 1;
-                            false
-                        })?;
-                    }
-                    txn.commit()?;
-                    Ok(removed)
-                },
-                io_write,
-            )
+            .through_writer(|done| Write::Purge {
+                upto: log_id,
+                bytes,
+                done,
+            })
             .await?;
+        lock(&self.tail).remove(..=log_id.index);
         // Give the freed pages back to the file system: the file then follows the state's size,
         // not the history's.
         let before = self.disk.file_size();
@@ -366,30 +485,91 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The flusher thread: takes every append's callback queued, makes those appends durable with one
-/// fsync'd commit, then tells openraft. Ends when every [`LogStore`] is dropped.
-fn flush(disk: &Disk, queue: &std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// What the writer thread shares with the log store.
+struct Shared {
+    disk: Arc<Disk>,
+    tail: Arc<Mutex<Tail>>,
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+/// The writer thread: takes every write queued, commits them all durably (one fsync), then tells
+/// openraft and the waiting callers. Ends when every [`LogStore`] is dropped.
+fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
     while let Ok(first) = queue.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(queue.try_iter());
-        // Every append whose callback is here has committed (it queued after its commit), and
-        // redb's single writer orders this commit after them all.
-        let flushed = disk.run("flushing the Raft log", |db| {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter());
+        let committed = lock(&shared.committed).clone();
+        let outcome = shared.disk.run("writing the Raft log", |db| {
             let txn = db.begin_write()?;
-            let upto = disk.unflushed_seq();
-            txn.commit()?;
-            Ok(upto)
-        });
-        match flushed {
-            Ok(upto) => {
-                disk.flushed(upto);
-                for callback in waiting {
-                    callback.log_io_completed(Ok(()));
+            let mut removed = Vec::new();
+            {
+                let mut logs = txn.open_table(LOGS)?;
+                let mut meta = txn.open_table(META)?;
+                for write in &batch {
+                    match write {
+                        Write::Append { entries, .. } => {
+                            for (index, bytes) in entries {
+                                logs.insert(*index, bytes.as_slice())?;
+                            }
+                        }
+                        Write::Truncate { from, .. } => {
+                            logs.retain_in(*from.., |_, _| false)?;
+                        }
+                        Write::Purge { upto, bytes, .. } => {
+                            meta.insert(LAST_PURGED, bytes.as_slice())?;
+                            let mut count = 0u64;
+                            logs.retain_in(..=upto.index, |_, _| {
+                                count += 1;
+                                false
+                            })?;
+                            removed.push(count);
+                        }
+                        Write::Vote { bytes, .. } => {
+                            meta.insert(VOTE, bytes.as_slice())?;
+                        }
+                    }
+                }
+                if let Some(bytes) = &committed {
+                    meta.insert(COMMITTED, bytes.as_slice())?;
                 }
             }
-            Err(e) => {
-                for callback in waiting {
-                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            txn.commit()?;
+            Ok(removed)
+        });
+        let outcome = outcome.map_err(|e| e.to_string());
+        if outcome.is_ok() {
+            // The commit point written is no longer pending, unless a newer one came meanwhile.
+            let mut pending = lock(&shared.committed);
+            if *pending == committed {
+                *pending = None;
+            }
+            drop(pending);
+            // What is durable now: the last entry written, unless a later truncation removed it.
+            let mut tail = lock(&shared.tail);
+            for write in &batch {
+                match write {
+                    Write::Append { entries, .. } => {
+                        if let Some((index, _)) = entries.last() {
+                            tail.durable(*index);
+                        }
+                    }
+                    Write::Truncate { from, .. } => tail.truncated(*from),
+                    Write::Purge { .. } | Write::Vote { .. } => {}
+                }
+            }
+        }
+        let mut removed = outcome.clone().unwrap_or_default().into_iter();
+        for write in batch {
+            let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+            match write {
+                Write::Append { callback, .. } => {
+                    callback.log_io_completed(result.map_err(std::io::Error::other))
+                }
+                Write::Truncate { done, .. } | Write::Vote { done, .. } => {
+                    let _ = done.send(result);
+                }
+                Write::Purge { done, .. } => {
+                    let _ = done.send(result.map(|()| removed.next().unwrap_or(0)));
                 }
             }
         }

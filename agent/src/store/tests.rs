@@ -772,40 +772,97 @@ fn raw_log(disk: &disk::Disk) -> BTreeMap<u64, Vec<u8>> {
     .expect("read the log")
 }
 
-/// Issue 14: appends are committed without fsync and held in memory until the flusher's durable
-/// commit. A reopen (after an I/O error redb opens at its last durable commit) writes the held
-/// entries again, except those a flush covered or a truncation or purge removed.
+/// The log store and the state machine, on a fresh data dir, for openraft's storage suite.
+struct SuiteBuilder;
+
+impl
+    openraft::testing::StoreBuilder<
+        TypeConfig,
+        log::LogStore,
+        sm::StateMachineStore,
+        tempfile::TempDir,
+    > for SuiteBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (tempfile::TempDir, log::LogStore, sm::StateMachineStore),
+        openraft::StorageError<NodeId>,
+    > {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = Arc::new(disk::Disk::open(dir.path(), Some(0)).expect("open"));
+        let log = log::LogStore::new(disk.clone()).expect("log store");
+        let sm = sm::StateMachineStore::load(disk)?;
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's conformance suite for storage: appends, reads, truncations, purges, the vote and
+/// the commit point, the log state, membership, snapshots, against the real log store (its
+/// in-memory tail and its writer thread) on redb.
 #[test]
-fn a_reopen_writes_back_the_entries_not_flushed_yet() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = disk::Disk::open(dir.path(), Some(0)).expect("open");
-    disk.run("creating the table", |db| {
-        let txn = db.begin_write()?;
-        txn.open_table(log::LOGS)?;
-        txn.commit()?;
-        Ok(())
-    })
-    .expect("table");
-    let entry = |i: u64| (i, vec![i as u8; 3]);
-    // Held, as an append holds them inside its transaction; here they never reached the
-    // database, as after a crash of a non-durable commit.
-    let first = disk.hold_unflushed(&[entry(1), entry(2)]);
-    let second = disk.hold_unflushed(&[entry(3), entry(4), entry(5)]);
-    assert_eq!(disk.unflushed_count(), 5);
-    // A flush that began after the first append covers it; a truncation from 5 removes 5.
-    disk.flushed(first);
-    disk.forget_unflushed(5..);
-    assert_eq!(disk.unflushed_count(), 2);
-    assert!(raw_log(&disk).is_empty());
-    disk.reopen();
-    assert_eq!(
-        raw_log(&disk),
-        BTreeMap::from([entry(3), entry(4)]),
-        "the entries still held are written back, durably"
-    );
-    // A purge up to 3 forgets 3; the flush of the second append empties what is held.
-    disk.forget_unflushed(..=3);
-    assert_eq!(disk.unflushed_count(), 1);
-    disk.flushed(second);
-    assert_eq!(disk.unflushed_count(), 0);
+fn the_storage_passes_openraft_s_suite() {
+    openraft::testing::Suite::test_all(SuiteBuilder).expect("openraft's storage suite");
+}
+
+/// Issue 14: the newest entries are read from memory (the tail), older ones from redb; the tail
+/// keeps every entry not durable yet and the newest durable ones, and a truncation or a purge
+/// removes entries from both.
+#[test]
+fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
+    let entry = |index: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Blank,
+    };
+    let indexes = |entries: &[Entry<TypeConfig>]| -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = Arc::new(disk::Disk::open(dir.path(), Some(0)).expect("open"));
+        let mut store = log::LogStore::new(disk.clone()).expect("log store");
+        let total = log::TAIL_KEEP as u64 + 44;
+        store
+            .blocking_append((1..=total).map(entry))
+            .await
+            .expect("append");
+        // Flushed: every entry is in redb; the tail keeps only the newest.
+        assert_eq!(
+            raw_log(&disk).keys().copied().collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            store.tail().indexes(),
+            (total - log::TAIL_KEEP as u64 + 1..=total).collect::<Vec<_>>()
+        );
+        // A read across the tail's start takes the first part from redb, the rest from memory.
+        let all = store.try_get_log_entries(1..=total).await.expect("read");
+        assert_eq!(indexes(&all), (1..=total).collect::<Vec<_>>());
+        let some = store.try_get_log_entries(10..50).await.expect("read");
+        assert_eq!(indexes(&some), (10..50).collect::<Vec<_>>());
+        // A truncation removes from both.
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), total - 9))
+            .await
+            .expect("truncate");
+        assert_eq!(raw_log(&disk).keys().last(), Some(&(total - 10)));
+        assert_eq!(store.tail().indexes().last(), Some(&(total - 10)));
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(total - 10));
+        // A purge too (up to an entry the tail holds).
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), total - 50))
+            .await
+            .expect("purge");
+        assert_eq!(raw_log(&disk).keys().next(), Some(&(total - 49)));
+        assert_eq!(store.tail().indexes().first(), Some(&(total - 49)));
+        let rest = store.try_get_log_entries(0..).await.expect("read");
+        assert_eq!(
+            indexes(&rest),
+            (total - 49..=total - 10).collect::<Vec<_>>()
+        );
+    });
 }
