@@ -11,10 +11,14 @@
 //! ```
 //! An append puts its entries in the tail and queues them for the writer; it does not touch redb,
 //! so it never waits for a commit in progress (redb has one writer at a time, and a durable commit
-//! holds it for the whole fsync). The leader replicates from the tail while its own disk flushes
-//! (openraft's contract for [`RaftLogStorage::append`]); openraft hears that the entries are
+//! holds it for the whole fsync). Replication reads the tail, so sending entries to a follower
+//! never waits for the leader's commit in progress either. openraft hears that the entries are
 //! flushed only after the writer's durable commit: a leader counts its own copy, and a follower
-//! acknowledges the entries, only once they are on disk. Consecutive writes share one commit.
+//! acknowledges the entries, only once they are on disk. (openraft 0.9's core awaits each
+//! append's flush before it goes on, and replicates an entry only after the leader's own flush of
+//! it: the leader's fsync and the followers' follow one another. A version of openraft that
+//! writes the log off the core would let them overlap; this store already allows it.) Writes
+//! queued together share one commit.
 //!
 //! The tail holds every entry not yet durable and the newest durable ones ([`TAIL_KEEP`]), so
 //! that replication to followers that are up to date reads memory, not redb; older entries are
@@ -57,20 +61,37 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
 const WRITER_STOPPED: &str = "the Raft log's writer has stopped";
 
-/// The newest entries of the log, contiguous, each with its encoded size.
+/// The newest entries of the log, contiguous, each with its encoded size and the number of the
+/// append that put it there.
+///
+/// Durability is counted in appends, not indexes: a truncation can remove entries whose append is
+/// still queued, and entries appended after it take the same indexes; an index-based mark would
+/// call those durable when the earlier append's commit ends, and they could be dropped before the
+/// writer has written them.
 #[derive(Default)]
 pub(super) struct Tail {
-    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
-    /// Every entry up to this index is durable in redb.
-    durable_upto: Option<u64>,
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize, u64)>,
+    /// The number of the last append taken.
+    appends: u64,
+    /// Every append up to this number is durable in redb.
+    durable: u64,
     /// Encoded bytes of the entries held.
     bytes: usize,
 }
 
 impl Tail {
-    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+    /// Numbers the next append; its entries are then [`Tail::push`]ed with that number.
+    fn next_append(&mut self) -> u64 {
+        self.appends += 1;
+        self.appends
+    }
+
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize, append: u64) {
         self.bytes += size;
-        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+        if let Some((_, old, _)) = self
+            .entries
+            .insert(entry.log_id.index, (entry, size, append))
+        {
             self.bytes -= old;
         }
     }
@@ -79,34 +100,19 @@ impl Tail {
     fn remove(&mut self, range: impl RangeBounds<u64>) {
         let gone: Vec<u64> = self.entries.range(range).map(|(i, _)| *i).collect();
         for index in gone {
-            if let Some((_, size)) = self.entries.remove(&index) {
+            if let Some((_, size, _)) = self.entries.remove(&index) {
                 self.bytes -= size;
             }
         }
     }
 
-    /// Entries up to `index` are durable: drops the oldest durable ones beyond what is kept.
-    fn durable(&mut self, index: u64) {
-        self.durable_upto = Some(self.durable_upto.map_or(index, |d| d.max(index)));
-        self.trim();
-    }
-
-    /// A truncation from `from` removed every entry from it on: those are no longer durable.
-    fn truncated(&mut self, from: u64) {
-        if let Some(d) = self.durable_upto
-            && d >= from
-        {
-            self.durable_upto = from.checked_sub(1);
-        }
-    }
-
-    fn trim(&mut self) {
-        let Some(durable) = self.durable_upto else {
-            return;
-        };
+    /// Appends up to number `append` are durable: drops the oldest durable entries beyond what
+    /// is kept.
+    fn durable(&mut self, append: u64) {
+        self.durable = self.durable.max(append);
         while self.entries.len() > TAIL_KEEP || self.bytes > TAIL_KEEP_BYTES {
             match self.entries.first_key_value() {
-                Some((&index, &(_, size))) if index <= durable => {
+                Some((&index, &(_, size, append))) if append <= self.durable => {
                     self.entries.remove(&index);
                     self.bytes -= size;
                 }
@@ -125,19 +131,19 @@ impl Tail {
             Some(end) => self
                 .entries
                 .range(from..end)
-                .map(|(_, (e, _))| e.clone())
+                .map(|(_, (e, _, _))| e.clone())
                 .collect(),
             None => self
                 .entries
                 .range(from..)
-                .map(|(_, (e, _))| e.clone())
+                .map(|(_, (e, _, _))| e.clone())
                 .collect(),
         };
         Some((first, held))
     }
 
     fn last(&self) -> Option<LogId<NodeId>> {
-        self.entries.last_key_value().map(|(_, (e, _))| e.log_id)
+        self.entries.last_key_value().map(|(_, (e, _, _))| e.log_id)
     }
 
     #[cfg(test)]
@@ -151,6 +157,8 @@ type Done<T> = oneshot::Sender<std::result::Result<T, String>>;
 /// A write queued for the writer thread.
 enum Write {
     Append {
+        /// Its number in the tail.
+        number: u64,
         entries: Vec<(u64, Vec<u8>)>,
         callback: LogFlushed<TypeConfig>,
     },
@@ -420,20 +428,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| Ok((e.log_id.index, codec::encode(e).map_err(io_write)?)))
             .collect::<Result<_>>()?;
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
-        {
-            let mut tail = lock(&self.tail);
-            for (entry, (_, raw)) in entries.into_iter().zip(&encoded) {
-                tail.push(entry, raw.len());
-            }
-        }
         self.disk.appended(bytes);
+        // Queued under the tail's lock, so that the writer takes appends in their numbers' order.
+        let mut tail = lock(&self.tail);
+        let number = tail.next_append();
+        for (entry, (_, raw)) in entries.into_iter().zip(&encoded) {
+            tail.push(entry, raw.len(), number);
+        }
         // Flushed only once the writer's durable commit of them is done.
         if let Err(std::sync::mpsc::SendError(Write::Append { callback, .. })) =
             self.writer.send(Write::Append {
+                number,
                 entries: encoded,
                 callback,
             })
         {
+            drop(tail);
             callback.log_io_completed(Err(std::io::Error::other(WRITER_STOPPED)));
         }
         Ok(())
@@ -496,9 +506,14 @@ struct Shared {
 /// openraft and the waiting callers. Ends when every [`LogStore`] is dropped.
 fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
     while let Ok(first) = queue.recv() {
+        // The commit point before the rest of the batch: openraft saves a commit point only after
+        // appending the entries it covers, so every append it covers is queued by now and goes
+        // into this commit (or went into an earlier one). Read after the batch, it could cover
+        // an append queued meanwhile and not written: after a crash the node would restart with a
+        // commit point beyond its log, which openraft cannot start from.
+        let committed = lock(&shared.committed).clone();
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
-        let committed = lock(&shared.committed).clone();
         let outcome = shared.disk.run("writing the Raft log", |db| {
             let txn = db.begin_write()?;
             let mut removed = Vec::new();
@@ -544,18 +559,13 @@ fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
                 *pending = None;
             }
             drop(pending);
-            // What is durable now: the last entry written, unless a later truncation removed it.
-            let mut tail = lock(&shared.tail);
-            for write in &batch {
-                match write {
-                    Write::Append { entries, .. } => {
-                        if let Some((index, _)) = entries.last() {
-                            tail.durable(*index);
-                        }
-                    }
-                    Write::Truncate { from, .. } => tail.truncated(*from),
-                    Write::Purge { .. } | Write::Vote { .. } => {}
-                }
+            // What is durable now: every append of the batch.
+            let last = batch.iter().rev().find_map(|write| match write {
+                Write::Append { number, .. } => Some(*number),
+                _ => None,
+            });
+            if let Some(number) = last {
+                lock(&shared.tail).durable(number);
             }
         }
         let mut removed = outcome.clone().unwrap_or_default().into_iter();
@@ -573,5 +583,54 @@ fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// An append's commit ending after a truncation removed its entries, and entries of a later
+    /// append took their indexes, must not let those later entries be dropped as durable: they
+    /// are not in redb yet (redb still holds the truncated ones), so a read of them would return
+    /// the wrong entries.
+    #[test]
+    fn entries_appended_after_a_truncation_stay_until_their_own_commit() {
+        let mut tail = Tail::default();
+        let first = tail.next_append();
+        for index in 1..=10 {
+            tail.push(entry(1, index), 10, first);
+        }
+        tail.durable(first);
+        // Queued, not durable yet: 11..=80 of term 1.
+        let second = tail.next_append();
+        for index in 11..=80 {
+            tail.push(entry(1, index), 10, second);
+        }
+        // A new leader's log wins from 20 on: truncated, and 20..=100 of term 2 appended.
+        tail.remove(20..);
+        let third = tail.next_append();
+        for index in 20..=100 {
+            tail.push(entry(2, index), 10, third);
+        }
+        // The second append's commit ends: only entries of appends up to it may go.
+        tail.durable(second);
+        let (first_held, held) = tail.read(1, None).expect("entries held");
+        assert_eq!(first_held, 20, "entries of the first two appends go, none of the third");
+        assert!(held.iter().all(|e| e.log_id.leader_id.term == 2));
+        assert_eq!(held.len(), 81);
+        // Once the third is durable, the tail keeps the newest TAIL_KEEP.
+        tail.durable(third);
+        assert_eq!(tail.indexes().len(), TAIL_KEEP);
+        assert_eq!(tail.indexes().last(), Some(&100));
     }
 }
