@@ -87,6 +87,16 @@ pub struct StoreConfig {
     pub reserve_bytes: Option<u64>,
 }
 
+/// A snapshot goes to a follower in chunks of this many bytes.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// How long one chunk of a snapshot has to reach the follower, and the last one to be installed
+/// there. openraft's default is 200 ms; a slower chunk ends the whole transfer, and the next one
+/// starts again from the first chunk. A chunk that takes longer every time (over a link between
+/// clouds, or the install of a large state) meant a follower behind the log never caught up, and
+/// a node joining such a cluster never finished joining: the leader sent the snapshot again, for
+/// ever (a restarted follower of the fault suite did, in CI, in a debug build).
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
@@ -258,7 +268,8 @@ impl RaftStore {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             // Entries kept behind a snapshot, for followers just behind it.
             max_in_snapshot_log_to_keep: config.snapshot_every.min(200),
-            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
             ..Config::default()
         }
         .validate()

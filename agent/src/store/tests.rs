@@ -693,6 +693,74 @@ async fn a_follower_that_reads_batches_gets_them() {
     two.shutdown().await;
 }
 
+/// A node that joins behind the log's start catches up from a snapshot that takes longer than
+/// openraft's default 200 ms per chunk to send and install (a large state here; a link between
+/// clouds in production). With that default the leader gave up on every attempt and started the
+/// snapshot again, for ever: the node never caught up and the join never returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_log_catches_up_from_a_large_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (l1, l2) = (
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let peer = |l: &tokio::net::TcpListener, name: &str| RaftPeer {
+        raft_addr: l.local_addr().expect("addr").to_string(),
+        api_addr: String::new(),
+        name: name.into(),
+    };
+    let (p1, p2) = (peer(&l1, "one"), peer(&l2, "two"));
+    let config = StoreConfig {
+        snapshot_every: 20,
+        ..StoreConfig::default()
+    };
+    let one = RaftStore::open(&dir.path().join("one"), 1, transport(), config.clone())
+        .await
+        .expect("open");
+    let _serve1 = serve_rpc(l1, &one).await;
+    one.bootstrap(p1).await.expect("bootstrap");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while one.status().state != ServerState::Leader {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // About 24 MiB of state; the log is purged behind the snapshots, so a new node needs one.
+    let objects = 96;
+    for n in 0..objects {
+        one.write(command(&format!("op{n}"), &format!("o{n}"), 256 * 1024))
+            .await
+            .expect("write");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while one.raft.metrics().borrow().purged.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the log was not purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let two = RaftStore::open(&dir.path().join("two"), 2, transport(), config)
+        .await
+        .expect("open");
+    let _serve2 = serve_rpc(l2, &two).await;
+    let joined = tokio::time::timeout(Duration::from_secs(120), one.add_member(2, p2)).await;
+    assert!(
+        matches!(joined, Ok(Ok(()))),
+        "node 2 did not catch up within 120 s: {joined:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while two.sm.state().objects.len() < objects {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 did not apply the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
 /// The Raft RPC server reads JSON (what a node of an earlier version sends) and MessagePack, and
 /// answers in the encoding of the request; a body in neither is a 400 that says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
