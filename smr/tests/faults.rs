@@ -13,7 +13,8 @@
 //! in the object, so an object applied twice has generation 2.
 //!
 //! Prints, per fault, the longest time without an acknowledged write. `SMR_FAULTS_SMRMGR=PATH`
-//! runs another build's agents (e.g. main's, for a comparison) under the same writers.
+//! runs another build's agents (e.g. main's, for a comparison) under the same writers;
+//! `SMR_FAULTS_LOG=FILTER` sets their log filter (default `info,openraft=warn`).
 
 mod common;
 
@@ -93,7 +94,10 @@ impl Agents {
     fn smrmgr(vm: &Vm) -> Command {
         let mut cmd = vm.cmd(smrmgr_path());
         cmd.env("HOME", &vm.dir)
-            .env("SMR_LOG", "info,openraft=warn")
+            .env(
+                "SMR_LOG",
+                std::env::var("SMR_FAULTS_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .env_remove("DOCKER_HOST");
         cmd
     }
