@@ -625,7 +625,10 @@ mod tail_tests {
         // The second append's commit ends: only entries of appends up to it may go.
         tail.durable(second);
         let (first_held, held) = tail.read(1, None).expect("entries held");
-        assert_eq!(first_held, 20, "entries of the first two appends go, none of the third");
+        assert_eq!(
+            first_held, 20,
+            "entries of the first two appends go, none of the third"
+        );
         assert!(held.iter().all(|e| e.log_id.leader_id.term == 2));
         assert_eq!(held.len(), 81);
         // Once the third is durable, the tail keeps the newest TAIL_KEEP.

@@ -16,7 +16,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -31,6 +32,14 @@ use crate::state::NodeId;
 
 /// Largest Raft RPC body accepted (snapshot chunks are kept well below it).
 const RPC_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Most bytes (encoded) of entries in one AppendEntries, unless a single entry is larger.
+/// openraft gives an AppendEntries one heartbeat interval (150 ms) to be sent, written and
+/// answered, and sends up to 300 entries in one, each up to a batch (1 MiB): a follower behind
+/// by large entries timed out on every attempt, and openraft sent the same again, for ever. A
+/// larger request is refused here as too large, with how many entries fit; openraft then sends
+/// that many (for its next 10 requests to that follower).
+pub const APPEND_BUDGET: usize = 512 * 1024;
 
 /// Response header by which a node's Raft RPC server says what it reads: `batch`, batched
 /// entries ([`super::batch::Proposal::Batch`]); `msgpack`, MessagePack requests. Earlier versions
@@ -110,6 +119,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// A request's body and its content type.
+type Encoded = (Vec<u8>, &'static str);
+
 impl Connection {
     async fn call<Req, Resp, E>(
         &self,
@@ -122,8 +134,28 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let (body, content_type) = encode(request, self.peers.of(self.target).msgpack)
-            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let encoded = self.encode(request)?;
+        self.send(path, encoded, timeout).await
+    }
+
+    fn encode<Req: Serialize, E: std::error::Error>(
+        &self,
+        request: &Req,
+    ) -> Result<Encoded, RPCError<NodeId, RaftPeer, RaftError<NodeId, E>>> {
+        encode(request, self.peers.of(self.target).msgpack)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
+    }
+
+    async fn send<Resp, E>(
+        &self,
+        path: &str,
+        (body, content_type): Encoded,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, RaftPeer, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let response = self
             .transport
             .client
@@ -171,7 +203,17 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftPeer, RaftError<NodeId>>> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        let encoded = self.encode(&rpc)?;
+        if encoded.0.len() > APPEND_BUDGET && rpc.entries.len() > 1 {
+            let msgpack = self.peers.of(self.target).msgpack;
+            let fit = entries_within(&rpc.entries, APPEND_BUDGET, |e| {
+                encode(e, msgpack).map_or(usize::MAX, |(bytes, _)| bytes.len())
+            });
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        self.send("append", encoded, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -234,10 +276,21 @@ fn reply<Resp: Serialize>(response: &Resp, msgpack: bool) -> Response {
 }
 
 /// `value` as MessagePack ([`super::codec`]) or JSON, with its content type.
-fn encode<T: Serialize + ?Sized>(
-    value: &T,
-    msgpack: bool,
-) -> Result<(Vec<u8>, &'static str), String> {
+/// How many of `entries`, from the first, fit in `budget` bytes by `size`; at least one.
+fn entries_within<T>(entries: &[T], budget: usize, size: impl Fn(&T) -> usize) -> u64 {
+    let mut total = 0usize;
+    let mut fit = 0u64;
+    for entry in entries {
+        total = total.saturating_add(size(entry));
+        if total > budget && fit > 0 {
+            break;
+        }
+        fit += 1;
+    }
+    fit
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T, msgpack: bool) -> Result<Encoded, String> {
     if msgpack {
         let bytes = super::codec::encode(value).map_err(|e| e.to_string())?;
         Ok((bytes, MSGPACK))
@@ -265,5 +318,21 @@ async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
     match read::<InstallSnapshotRequest<TypeConfig>>(&body) {
         Ok((rpc, msgpack)) => reply(&raft.install_snapshot(rpc).await, msgpack),
         Err(bad) => bad,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_within;
+
+    /// An AppendEntries over the budget is cut where the entries stop fitting, never below one
+    /// entry (a single entry larger than the budget still goes, alone).
+    #[test]
+    fn entries_are_cut_to_the_budget() {
+        let size = |n: &usize| *n;
+        assert_eq!(entries_within(&[4, 4, 4], 10, size), 2);
+        assert_eq!(entries_within(&[4, 4, 2], 10, size), 3);
+        assert_eq!(entries_within(&[20, 1], 10, size), 1);
+        assert_eq!(entries_within(&[1, 20], 10, size), 1);
     }
 }
