@@ -94,7 +94,7 @@ pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// starts again from the first chunk. A chunk that takes longer every time (over a link between
 /// clouds, or the install of a large state) meant a follower behind the log never caught up, and
 /// a node joining such a cluster never finished joining: the leader sent the snapshot again, for
-/// ever (a restarted follower of the fault suite did, in CI, in a debug build).
+/// ever (as the leader did to a restarted follower in a CI run of the fault suite, a debug build).
 pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for StoreConfig {

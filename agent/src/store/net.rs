@@ -275,7 +275,6 @@ fn reply<Resp: Serialize>(response: &Resp, msgpack: bool) -> Response {
     }
 }
 
-/// `value` as MessagePack ([`super::codec`]) or JSON, with its content type.
 /// How many of `entries`, from the first, fit in `budget` bytes by `size`; at least one.
 fn entries_within<T>(entries: &[T], budget: usize, size: impl Fn(&T) -> usize) -> u64 {
     let mut total = 0usize;
@@ -290,6 +289,7 @@ fn entries_within<T>(entries: &[T], budget: usize, size: impl Fn(&T) -> usize) -
     fit
 }
 
+/// `value` as MessagePack ([`super::codec`]) or JSON, with its content type.
 fn encode<T: Serialize + ?Sized>(value: &T, msgpack: bool) -> Result<Encoded, String> {
     if msgpack {
         let bytes = super::codec::encode(value).map_err(|e| e.to_string())?;

@@ -602,12 +602,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Two nodes over HTTP on loopback: the leader learns from the follower's Raft RPC answers that
-/// it reads batched entries, and concurrent writes then share entries; the follower applies the
-/// same state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_that_reads_batches_gets_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Two nodes over HTTP on loopback, each serving its Raft RPCs: `one` bootstrapped and leader,
+/// `two` not a member yet (add it with `two_peer`).
+struct TwoNodes {
+    one: RaftStore,
+    two: RaftStore,
+    two_peer: RaftPeer,
+    _serving: [AbortOnDrop; 2],
+}
+
+async fn two_nodes(dir: &Path, config: StoreConfig) -> TwoNodes {
     let (l1, l2) = (
         tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -621,23 +625,42 @@ async fn a_follower_that_reads_batches_gets_them() {
         api_addr: String::new(),
         name: name.into(),
     };
-    let (p1, p2) = (peer(&l1, "one"), peer(&l2, "two"));
-    let config = StoreConfig::default();
-    let one = RaftStore::open(&dir.path().join("one"), 1, transport(), config.clone())
+    let (p1, two_peer) = (peer(&l1, "one"), peer(&l2, "two"));
+    let one = RaftStore::open(&dir.join("one"), 1, transport(), config.clone())
         .await
         .expect("open");
-    let _serve1 = serve_rpc(l1, &one).await;
+    let serve1 = serve_rpc(l1, &one).await;
     one.bootstrap(p1).await.expect("bootstrap");
-    let two = RaftStore::open(&dir.path().join("two"), 2, transport(), config)
+    let two = RaftStore::open(&dir.join("two"), 2, transport(), config)
         .await
         .expect("open");
-    let _serve2 = serve_rpc(l2, &two).await;
+    let serve2 = serve_rpc(l2, &two).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while one.status().state != ServerState::Leader {
         assert!(std::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    one.add_member(2, p2).await.expect("add node 2");
+    TwoNodes {
+        one,
+        two,
+        two_peer,
+        _serving: [serve1, serve2],
+    }
+}
+
+/// Two nodes over HTTP on loopback: the leader learns from the follower's Raft RPC answers that
+/// it reads batched entries, and concurrent writes then share entries; the follower applies the
+/// same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_reads_batches_gets_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let TwoNodes {
+        one,
+        two,
+        two_peer,
+        _serving,
+    } = two_nodes(dir.path(), StoreConfig::default()).await;
+    one.add_member(2, two_peer).await.expect("add node 2");
     // Node 2's Raft RPC answers say it reads batches (the leader hears them with its appends).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !batch::members_read_batches(&one.raft, &one.peers) {
@@ -701,34 +724,16 @@ async fn a_follower_that_reads_batches_gets_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_log_catches_up_from_a_large_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (l1, l2) = (
-        tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind"),
-        tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind"),
-    );
-    let peer = |l: &tokio::net::TcpListener, name: &str| RaftPeer {
-        raft_addr: l.local_addr().expect("addr").to_string(),
-        api_addr: String::new(),
-        name: name.into(),
-    };
-    let (p1, p2) = (peer(&l1, "one"), peer(&l2, "two"));
     let config = StoreConfig {
         snapshot_every: 20,
         ..StoreConfig::default()
     };
-    let one = RaftStore::open(&dir.path().join("one"), 1, transport(), config.clone())
-        .await
-        .expect("open");
-    let _serve1 = serve_rpc(l1, &one).await;
-    one.bootstrap(p1).await.expect("bootstrap");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while one.status().state != ServerState::Leader {
-        assert!(std::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let TwoNodes {
+        one,
+        two,
+        two_peer,
+        _serving,
+    } = two_nodes(dir.path(), config).await;
     // About 24 MiB of state; the log is purged behind the snapshots, so a new node needs one.
     let objects = 96;
     for n in 0..objects {
@@ -744,11 +749,7 @@ async fn a_node_behind_the_log_catches_up_from_a_large_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let two = RaftStore::open(&dir.path().join("two"), 2, transport(), config)
-        .await
-        .expect("open");
-    let _serve2 = serve_rpc(l2, &two).await;
-    one.add_member(2, p2).await.expect("add node 2");
+    one.add_member(2, two_peer).await.expect("add node 2");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while two.sm.state().objects.len() < objects {
         assert!(
