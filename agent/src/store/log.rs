@@ -70,13 +70,22 @@ const WRITER_STOPPED: &str = "the Raft log's writer has stopped";
 /// writer has written them.
 #[derive(Default)]
 pub(super) struct Tail {
-    entries: BTreeMap<u64, (Entry<TypeConfig>, usize, u64)>,
+    entries: BTreeMap<u64, Held>,
     /// The number of the last append taken.
     appends: u64,
     /// Every append up to this number is durable in redb.
     durable: u64,
     /// Encoded bytes of the entries held.
     bytes: usize,
+}
+
+/// An entry in the tail.
+struct Held {
+    entry: Entry<TypeConfig>,
+    /// Its encoded size.
+    size: usize,
+    /// The number of the append that put it there.
+    append: u64,
 }
 
 impl Tail {
@@ -88,11 +97,16 @@ impl Tail {
 
     fn push(&mut self, entry: Entry<TypeConfig>, size: usize, append: u64) {
         self.bytes += size;
-        if let Some((_, old, _)) = self
-            .entries
-            .insert(entry.log_id.index, (entry, size, append))
-        {
-            self.bytes -= old;
+        let index = entry.log_id.index;
+        if let Some(old) = self.entries.insert(
+            index,
+            Held {
+                entry,
+                size,
+                append,
+            },
+        ) {
+            self.bytes -= old.size;
         }
     }
 
@@ -100,8 +114,8 @@ impl Tail {
     fn remove(&mut self, range: impl RangeBounds<u64>) {
         let gone: Vec<u64> = self.entries.range(range).map(|(i, _)| *i).collect();
         for index in gone {
-            if let Some((_, size, _)) = self.entries.remove(&index) {
-                self.bytes -= size;
+            if let Some(gone) = self.entries.remove(&index) {
+                self.bytes -= gone.size;
             }
         }
     }
@@ -112,9 +126,9 @@ impl Tail {
         self.durable = self.durable.max(append);
         while self.entries.len() > TAIL_KEEP || self.bytes > TAIL_KEEP_BYTES {
             match self.entries.first_key_value() {
-                Some((&index, &(_, size, append))) if append <= self.durable => {
+                Some((&index, held)) if held.append <= self.durable => {
+                    self.bytes -= held.size;
                     self.entries.remove(&index);
-                    self.bytes -= size;
                 }
                 _ => break,
             }
@@ -126,24 +140,22 @@ impl Tail {
     fn read(&self, start: u64, end: Option<u64>) -> Option<(u64, Vec<Entry<TypeConfig>>)> {
         let (&first, _) = self.entries.first_key_value()?;
         let from = start.max(first);
-        let held = match end {
-            Some(end) if end <= from => Vec::new(),
-            Some(end) => self
-                .entries
-                .range(from..end)
-                .map(|(_, (e, _, _))| e.clone())
-                .collect(),
-            None => self
-                .entries
-                .range(from..)
-                .map(|(_, (e, _, _))| e.clone())
-                .collect(),
-        };
+        if end.is_some_and(|end| end <= from) {
+            return Some((first, Vec::new()));
+        }
+        let upto = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let held = self
+            .entries
+            .range((Bound::Included(from), upto))
+            .map(|(_, held)| held.entry.clone())
+            .collect();
         Some((first, held))
     }
 
     fn last(&self) -> Option<LogId<NodeId>> {
-        self.entries.last_key_value().map(|(_, (e, _, _))| e.log_id)
+        self.entries
+            .last_key_value()
+            .map(|(_, held)| held.entry.log_id)
     }
 
     #[cfg(test)]
