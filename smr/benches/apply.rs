@@ -6,6 +6,8 @@
 //!
 //! `SMR_BENCH_BASELINE=PATH`: also run another build's smrmgr (e.g. main's) first, same run, rows
 //! side by side. `SMR_BENCH_STORES=raft` (or `etcd`): only that store (default both).
+//! `SMR_BENCH_KIND=configuration`: apply `configuration` objects, which nothing places, instead
+//! of 1-replica `containers` objects (each of which the leader then places: a second write).
 //!
 //! Prints figures; asserts nothing about speed.
 
@@ -19,6 +21,12 @@ use agent::definitions;
 use common::Cluster;
 
 fn object(n: usize) -> Vec<definitions::Object> {
+    if std::env::var("SMR_BENCH_KIND").as_deref() == Ok("configuration") {
+        let yaml = format!(
+            "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: bench\n  name: b{n}\nspec:\n  data:\n    n: \"{n}\"\n"
+        );
+        return definitions::parse_str("bench", &yaml).expect("valid definition");
+    }
     let yaml = format!(
         "kind: containers\nprefix: simplecontainer.io/v1\nmeta:\n  group: bench\n  name: b{n}\nspec:\n  image: busybox\n  replicas: 1\n"
     );

@@ -1,34 +1,35 @@
-//! The Raft log, vote and commit point in redb, written by one thread with durable commits, and
-//! the newest entries in memory.
+//! The Raft log: its entries in segment files ([`super::segments`]), the vote and the purge point
+//! in redb, written by one thread, and the newest entries in memory.
 //!
 //! Entries are stored as MessagePack behind a tag byte; entries an earlier version wrote as JSON
-//! still read ([`super::codec`]). The vote, commit point and purge point stay JSON (tiny).
+//! still read ([`super::codec`]). The vote, commit point and purge point stay JSON (tiny). An
+//! earlier version kept the entries in redb (table `logs`): opening moves them to a segment once.
 //!
 //! ```text
 //!  append(entries) --> the tail (memory): readable at once --> returns; replication goes on
 //!        \--> writer thread: takes every write queued (appends, truncations, purges, the vote,
-//!             the commit point) --> one durable redb commit (fsync) --> callbacks and answers
+//!             the commit point) --> segments: pwrite + one fdatasync; the vote and a purge
+//!             point: one durable redb commit --> callbacks and answers
 //! ```
-//! An append puts its entries in the tail and queues them for the writer; it does not touch redb,
-//! so it never waits for a commit in progress (redb has one writer at a time, and a durable commit
-//! holds it for the whole fsync). Replication reads the tail, so sending entries to a follower
-//! never waits for the leader's commit in progress either. openraft hears that the entries are
-//! flushed only after the writer's durable commit: a leader counts its own copy, and a follower
-//! acknowledges the entries, only once they are on disk. (openraft 0.9's core awaits each
+//! An append puts its entries in the tail and queues them for the writer; it does not touch the
+//! disk, so it never waits for a write in progress. Replication reads the tail, so sending
+//! entries to a follower never waits for the leader's write in progress either. openraft hears
+//! that the entries are flushed only after the writer's `fdatasync`: a leader counts its own
+//! copy, and a follower acknowledges the entries, only once they are on disk. (openraft 0.9's core awaits each
 //! append's flush before it goes on, and replicates an entry only after the leader's own flush of
 //! it: the leader's fsync and the followers' follow one another. A version of openraft that
 //! writes the log off the core would let them overlap; this store already allows it.) Writes
-//! queued together share one commit.
+//! queued together share one `fdatasync`.
 //!
 //! The tail holds every entry not yet durable and the newest durable ones ([`TAIL_KEEP`]), so
-//! that replication to followers that are up to date reads memory, not redb; older entries are
-//! read from redb. Every entry below the tail's first index is durable in redb.
+//! that replication to followers that are up to date reads memory, not the disk; older entries
+//! are read from the segments. Every entry below the tail's first index is durable there.
 //!
 //! Truncations, purges and the vote go through the writer too, in order with the appends, and
-//! return once durable. The commit point is kept in memory and written with the writer's next
-//! commit (see [`LogStore::save_committed`]). Everything the writer commits is durable, so a
-//! reopen after an I/O error loses nothing it acknowledged: [`Disk::run`] reopens and the writer
-//! runs the same commit again (see [`super::disk`]).
+//! return once durable. The commit point is kept in memory and written, as a record in the
+//! segments, with the writer's next append (see [`LogStore::save_committed`]). Everything the
+//! writer wrote is durable, so a retry after an I/O error loses nothing it acknowledged:
+//! [`Disk::run`] and [`Disk::run_io`] run the same operation again (see [`super::disk`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -41,6 +42,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::disk::{Disk, DiskError};
+use super::segments::Segments;
 use super::{TypeConfig, codec, lock};
 use crate::state::NodeId;
 
@@ -51,7 +53,7 @@ const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
 /// Entries kept in the tail once durable, at most (those not durable yet are always kept): enough
-/// for followers a few entries behind; a follower further behind reads redb.
+/// for followers a few entries behind; a follower further behind reads the segments.
 pub(super) const TAIL_KEEP: usize = 64;
 /// Bytes (encoded) of the entries kept in the tail once durable, at most: an entry in memory takes
 /// a few times its encoded size, and the state's memory bound counts on a small constant.
@@ -73,7 +75,7 @@ pub(super) struct Tail {
     entries: BTreeMap<u64, Held>,
     /// The number of the last append taken.
     appends: u64,
-    /// Every append up to this number is durable in redb.
+    /// Every append up to this number is durable in the segments.
     durable: u64,
     /// Encoded bytes of the entries held.
     bytes: usize,
@@ -136,7 +138,7 @@ impl Tail {
     }
 
     /// The entries of `start..end` held here, and the first index held (everything below it is
-    /// in redb); `None` when nothing is held.
+    /// in the segments); `None` when nothing is held.
     fn read(&self, start: u64, end: Option<u64>) -> Option<(u64, Vec<Entry<TypeConfig>>)> {
         let (&first, _) = self.entries.first_key_value()?;
         let from = start.max(first);
@@ -192,10 +194,11 @@ enum Write {
     },
 }
 
-/// The log store; clones share the database, the tail and the writer.
+/// The log store; clones share the database, the segments, the tail and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<Disk>,
+    segments: Arc<Mutex<Segments>>,
     writer: std::sync::mpsc::Sender<Write>,
     tail: Arc<Mutex<Tail>>,
     /// The newest commit point not written yet (JSON): the writer's next commit writes it.
@@ -223,11 +226,13 @@ impl LogStore {
             txn.commit()?;
             Ok(())
         })?;
+        let segments = Arc::new(Mutex::new(open_segments(&disk)?));
         let (writer, queue) = std::sync::mpsc::channel();
         let tail = Arc::new(Mutex::new(Tail::default()));
         let committed = Arc::new(Mutex::new(None));
         let shared = Shared {
             disk: disk.clone(),
+            segments: segments.clone(),
             tail: tail.clone(),
             committed: committed.clone(),
         };
@@ -240,6 +245,7 @@ impl LogStore {
             })?;
         Ok(LogStore {
             disk,
+            segments,
             writer,
             tail,
             committed,
@@ -250,6 +256,12 @@ impl LogStore {
     #[cfg(test)]
     pub(super) fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         lock(&self.tail)
+    }
+
+    /// The indexes of the entries in the segments (for tests).
+    #[cfg(test)]
+    pub(super) fn stored(&self) -> Vec<u64> {
+        lock(&self.segments).indexes()
     }
 
     /// Runs `op` on the blocking pool through [`Disk::run`].
@@ -278,25 +290,29 @@ impl LogStore {
             .map_err(io_failed)
     }
 
-    /// The id of the last entry in redb.
-    async fn last_in_redb(&self) -> Result<Option<LogId<NodeId>>> {
-        let last = self
-            .blocking(
-                "reading the Raft log",
-                |db| {
-                    let txn = db.begin_read()?;
-                    let table = txn.open_table(LOGS)?;
-                    Ok(table.last()?.map(|(_, value)| value.value().to_vec()))
-                },
-                io_read,
-            )
-            .await?;
-        last.map(|bytes| {
-            codec::decode::<Entry<TypeConfig>>(&bytes)
-                .map(|entry| entry.log_id)
-                .map_err(io_read)
-        })
-        .transpose()
+    /// The encoded entries of `start..end` in the segments.
+    async fn read_stored(&self, start: u64, end: Option<u64>) -> Result<Vec<Vec<u8>>> {
+        let segments = self.segments.clone();
+        tokio::task::spawn_blocking(move || lock(&segments).read(start, end))
+            .await
+            .map_err(io_read)?
+            .map_err(io_read)
+    }
+
+    /// The id of the last entry in the segments.
+    async fn last_stored(&self) -> Result<Option<LogId<NodeId>>> {
+        let Some(last) = lock(&self.segments).last_index() else {
+            return Ok(None);
+        };
+        let stored = self.read_stored(last, Some(last + 1)).await?;
+        stored
+            .first()
+            .map(|bytes| {
+                codec::decode::<Entry<TypeConfig>>(bytes)
+                    .map(|entry| entry.log_id)
+                    .map_err(io_read)
+            })
+            .transpose()
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -339,32 +355,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
         }
-        // What the tail holds; below its first index everything is durable in redb.
+        // What the tail holds; below its first index everything is durable in the segments.
         let held = lock(&self.tail).read(start, end);
-        let (redb_end, held) = match held {
+        let (stored_end, held) = match held {
             Some((first, held)) if first <= start => return Ok(held),
             Some((first, held)) => (Some(end.map_or(first, |end| end.min(first))), held),
             None => (end, Vec::new()),
         };
-        let raw = self
-            .blocking(
-                "reading the Raft log",
-                move |db| {
-                    let txn = db.begin_read()?;
-                    let table = txn.open_table(LOGS)?;
-                    let iter = match redb_end {
-                        Some(end) => table.range(start..end)?,
-                        None => table.range(start..)?,
-                    };
-                    let mut raw = Vec::new();
-                    for item in iter {
-                        raw.push(item?.1.value().to_vec());
-                    }
-                    Ok(raw)
-                },
-                io_read,
-            )
-            .await?;
+        let raw = self.read_stored(start, stored_end).await?;
         let mut entries = raw
             .iter()
             .map(|bytes| codec::decode(bytes).map_err(io_read))
@@ -379,11 +377,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED).await?;
-        // The tail holds the newest entries; redb is read only when it holds none.
+        // The tail holds the newest entries; the segments are read only when it holds none.
         let held = lock(&self.tail).last();
         let last = match held {
             Some(last) => Some(last),
-            None => self.last_in_redb().await?,
+            None => self.last_stored().await?,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -405,12 +403,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(VOTE).await
     }
 
-    /// Kept in memory and written with the writer's next commit, not committed on its own:
-    /// openraft calls this on every commit, before applying, so a commit of its own cost a redb
-    /// commit per write on every node, on the write's path (and waited for the writer's commit in
-    /// progress). A commit point older than the real one is still a commit point (every entry up
-    /// to it is committed); after a crash the node applies up to the older point at start and
-    /// learns the rest from the leader.
+    /// Kept in memory and written with the writer's next append (a commit record in the
+    /// segments), not synced on its own: openraft calls this on every commit, before applying, so
+    /// a write of its own cost an fsync per write on every node, on the write's path. A commit
+    /// point older than the real one is still a commit point (every entry up to it is
+    /// committed); after a crash the node applies up to the older point at start and learns the
+    /// rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         *lock(&self.committed) = Some(serde_json::to_vec(&committed).map_err(io_write)?);
         Ok(())
@@ -418,6 +416,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
         let pending = lock(&self.committed).clone();
+        let pending = pending.or_else(|| lock(&self.segments).committed().map(<[u8]>::to_vec));
         match pending {
             Some(bytes) => {
                 Ok(serde_json::from_slice::<Option<LogId<NodeId>>>(&bytes).map_err(io_read)?)
@@ -480,29 +479,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await?;
         lock(&self.tail).remove(..=log_id.index);
-        // Give the freed pages back to the file system: the file then follows the state's size,
-        // not the history's.
-        let before = self.disk.file_size();
-        let started = std::time::Instant::now();
-        let disk = self.disk.clone();
-        let compacted = tokio::task::spawn_blocking(move || disk.compact())
-            .await
-            .map_err(io_write)?;
-        let after = self.disk.file_size();
-        match compacted {
-            Ok(_) => tracing::info!(
-                "raft log purged up to index {} ({removed} entries removed); raft.redb compacted {} -> {} KiB in {} ms",
-                log_id.index,
-                before / 1024,
-                after / 1024,
-                started.elapsed().as_millis()
-            ),
-            // Compaction only gives space back; the purge itself is done.
-            Err(e) => tracing::warn!(
-                "raft log purged up to index {} ({removed} entries removed); {e}",
-                log_id.index
-            ),
-        }
+        tracing::info!(
+            "raft log purged up to index {} ({removed} entries in whole segments removed)",
+            log_id.index
+        );
         Ok(())
     }
 }
@@ -510,75 +490,112 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// What the writer thread shares with the log store.
 struct Shared {
     disk: Arc<Disk>,
+    segments: Arc<Mutex<Segments>>,
     tail: Arc<Mutex<Tail>>,
     committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
-/// The writer thread: takes every write queued, commits them all durably (one fsync), then tells
+/// Opens the segments of `disk`'s data dir; an earlier version's log, in redb's `logs` table,
+/// is moved into them first (written and synced as a segment, then removed from redb; a crash in
+/// between finds the segment and only removes the table's rows again).
+fn open_segments(disk: &Disk) -> std::result::Result<Segments, DiskError> {
+    let mut segments = Segments::open(disk.dir(), true)?;
+    let (old, purged) = disk.run("reading the Raft log (redb)", |db| {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        let mut old = Vec::new();
+        for item in table.iter()? {
+            let (index, bytes) = item?;
+            old.push((index.value(), bytes.value().to_vec()));
+        }
+        let purged = txn
+            .open_table(META)?
+            .get(LAST_PURGED)?
+            .map(|v| v.value().to_vec());
+        Ok((old, purged))
+    })?;
+    if let Some(bytes) = purged {
+        let purged: LogId<NodeId> =
+            serde_json::from_slice(&bytes).map_err(|e| DiskError::Failed {
+                what: "reading the Raft log's purge point",
+                source: redb::Error::Io(std::io::Error::other(e)),
+            })?;
+        segments.forget_upto(purged.index);
+    }
+    if old.is_empty() {
+        return Ok(segments);
+    }
+    if segments.is_empty() {
+        segments.import(&old)?;
+        tracing::info!(
+            "raft log: moved {} entries from raft.redb to {}",
+            old.len(),
+            super::segments::DIR
+        );
+    }
+    disk.run("removing the Raft log from redb", |db| {
+        let txn = db.begin_write()?;
+        txn.open_table(LOGS)?.retain(|_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    })?;
+    // Give the pages the log took back to the file system.
+    if let Err(e) = disk.compact() {
+        tracing::warn!("raft log moved out of raft.redb; {e}");
+    }
+    Ok(segments)
+}
+
+/// The encoded entries from index `from` on in `disk`'s data dir, read only (for recovery from a
+/// stopped node's data): from the segments, or from redb where an earlier version left them.
+pub(super) fn read_stopped(disk: &Disk, from: u64) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let segments = Segments::open(disk.dir(), false).map_err(|e| e.to_string())?;
+    if !segments.is_empty() {
+        return segments.read(from, None).map_err(|e| e.to_string());
+    }
+    disk.run("reading the Raft log", move |db| {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        let mut raw = Vec::new();
+        for item in table.range(from..)? {
+            raw.push(item?.1.value().to_vec());
+        }
+        Ok(raw)
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The writer thread: takes every write queued, makes them all durable (one `fdatasync` of the
+/// segments; one durable redb commit when a vote or a purge point is among them), then tells
 /// openraft and the waiting callers. Ends when every [`LogStore`] is dropped.
 fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
     while let Ok(first) = queue.recv() {
         // The commit point before the rest of the batch: openraft saves a commit point only after
-        // appending the entries it covers, so every append it covers is queued by now and goes
-        // into this commit (or went into an earlier one). Read after the batch, it could cover
-        // an append queued meanwhile and not written: after a crash the node would restart with a
-        // commit point beyond its log, which openraft cannot start from.
+        // appending the entries it covers, so every append it covers is queued by now and was
+        // written by an earlier batch (its record goes before this batch's entries). Read after
+        // the batch, it could cover an append queued meanwhile and not written: after a crash the
+        // node would restart with a commit point beyond its log, which openraft cannot start from.
         let committed = lock(&shared.committed).clone();
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
-        let outcome = shared.disk.run("writing the Raft log", |db| {
-            let txn = db.begin_write()?;
-            let mut removed = Vec::new();
-            {
-                let mut logs = txn.open_table(LOGS)?;
-                let mut meta = txn.open_table(META)?;
-                for write in &batch {
-                    match write {
-                        Write::Append { entries, .. } => {
-                            for (index, bytes) in entries {
-                                logs.insert(*index, bytes.as_slice())?;
-                            }
-                        }
-                        Write::Truncate { from, .. } => {
-                            logs.retain_in(*from.., |_, _| false)?;
-                        }
-                        Write::Purge { upto, bytes, .. } => {
-                            meta.insert(LAST_PURGED, bytes.as_slice())?;
-                            let mut count = 0u64;
-                            logs.retain_in(..=upto.index, |_, _| {
-                                count += 1;
-                                false
-                            })?;
-                            removed.push(count);
-                        }
-                        Write::Vote { bytes, .. } => {
-                            meta.insert(VOTE, bytes.as_slice())?;
-                        }
-                    }
-                }
-                if let Some(bytes) = &committed {
-                    meta.insert(COMMITTED, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(removed)
-        });
+        let outcome = write_batch(shared, &batch, committed.as_deref());
         let outcome = outcome.map_err(|e| e.to_string());
-        if outcome.is_ok() {
-            // The commit point written is no longer pending, unless a newer one came meanwhile.
+        let appended = batch.iter().rev().find_map(|write| match write {
+            Write::Append { number, .. } => Some(*number),
+            _ => None,
+        });
+        if outcome.is_ok()
+            && let Some(number) = appended
+        {
+            // The commit point went with the appends: no longer pending, unless a newer one came
+            // meanwhile.
             let mut pending = lock(&shared.committed);
             if *pending == committed {
                 *pending = None;
             }
             drop(pending);
             // What is durable now: every append of the batch.
-            let last = batch.iter().rev().find_map(|write| match write {
-                Write::Append { number, .. } => Some(*number),
-                _ => None,
-            });
-            if let Some(number) = last {
-                lock(&shared.tail).durable(number);
-            }
+            lock(&shared.tail).durable(number);
         }
         let mut removed = outcome.clone().unwrap_or_default().into_iter();
         for write in batch {
@@ -596,6 +613,58 @@ fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
             }
         }
     }
+}
+
+/// Writes one batch durably, in order: the vote and the purge points in redb first (a purge
+/// point is recorded before the segments it frees are deleted), then the appends, truncations
+/// and purges on the segments, then one sync. Answers how many entries each purge removed.
+fn write_batch(
+    shared: &Shared,
+    batch: &[Write],
+    committed: Option<&[u8]>,
+) -> std::result::Result<Vec<u64>, DiskError> {
+    if batch
+        .iter()
+        .any(|w| matches!(w, Write::Vote { .. } | Write::Purge { .. }))
+    {
+        shared.disk.run("writing the Raft metadata", |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                for write in batch {
+                    match write {
+                        Write::Purge { bytes, .. } => {
+                            meta.insert(LAST_PURGED, bytes.as_slice())?;
+                        }
+                        Write::Vote { bytes, .. } => {
+                            meta.insert(VOTE, bytes.as_slice())?;
+                        }
+                        Write::Append { .. } | Write::Truncate { .. } => {}
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })?;
+    }
+    let mut segments = lock(&shared.segments);
+    let mut removed = Vec::new();
+    let mut appended = false;
+    for write in batch {
+        match write {
+            Write::Append { entries, .. } => {
+                segments.append(&shared.disk, entries, committed)?;
+                appended = true;
+            }
+            Write::Truncate { from, .. } => segments.truncate(&shared.disk, *from)?,
+            Write::Purge { upto, .. } => removed.push(segments.purge(&shared.disk, upto.index)?),
+            Write::Vote { .. } => {}
+        }
+    }
+    if appended {
+        segments.sync(&shared.disk)?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

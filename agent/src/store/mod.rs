@@ -23,6 +23,7 @@ pub mod etcd;
 mod log;
 mod net;
 pub mod recover;
+mod segments;
 mod sm;
 
 use std::collections::{BTreeMap, BTreeSet};

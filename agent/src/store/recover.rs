@@ -42,18 +42,7 @@ fn read(disk: &Arc<Disk>) -> Result<LocalState, String> {
     let sm = StateMachineStore::load(disk.clone()).map_err(|e| e.to_string())?;
     let mut state = (*sm.state()).clone();
     let snapshot_index = sm.applied_index();
-    let raw = disk
-        .run("reading the Raft log", move |db| {
-            use redb::ReadableDatabase;
-            let txn = db.begin_read()?;
-            let table = txn.open_table(super::log::LOGS)?;
-            let mut raw = Vec::new();
-            for item in table.range(snapshot_index + 1..)? {
-                raw.push(item?.1.value().to_vec());
-            }
-            Ok(raw)
-        })
-        .map_err(|e| e.to_string())?;
+    let raw = super::log::read_stopped(disk, snapshot_index + 1)?;
     let mut last_index = snapshot_index;
     for bytes in raw {
         let entry: Entry<TypeConfig> =

@@ -479,27 +479,27 @@ async fn concurrent_writes_share_entries_and_keep_their_own_results() {
     store.shutdown().await;
 }
 
-/// Rewrites the store's data dir as the JSON version wrote it: log entries as JSON, the
-/// snapshot body as JSON in `snapshot-<id>.json`.
+/// Rewrites the store's data dir as the JSON version wrote it: log entries as JSON in redb's
+/// `logs` table (where versions before the segments kept them), the snapshot body as JSON in
+/// `snapshot-<id>.json`.
 fn rewrite_as_json(raft_dir: &Path) {
-    use redb::ReadableTable;
+    let stored = segments::Segments::open(raft_dir, false)
+        .expect("segments")
+        .read(0, None)
+        .expect("read the segments");
+    assert!(!stored.is_empty());
+    std::fs::remove_dir_all(raft_dir.join(segments::DIR)).expect("remove the segments");
     let db = redb::Database::open(raft_dir.join("raft.redb")).expect("open redb");
     let txn = db.begin_write().expect("txn");
     {
         let mut table = txn.open_table(log::LOGS).expect("logs");
-        let entries: Vec<(u64, Vec<u8>)> = table
-            .iter()
-            .expect("iter")
-            .map(|item| {
-                let (k, v) = item.expect("item");
-                let entry: openraft::Entry<TypeConfig> = codec::decode(v.value()).expect("entry");
-                (k.value(), serde_json::to_vec(&entry).expect("json"))
-            })
-            .collect();
-        assert!(!entries.is_empty());
-        for (index, bytes) in entries {
-            assert_eq!(bytes[0], b'{');
-            table.insert(index, bytes.as_slice()).expect("insert");
+        for bytes in stored {
+            let entry: openraft::Entry<TypeConfig> = codec::decode(&bytes).expect("entry");
+            let json = serde_json::to_vec(&entry).expect("json");
+            assert_eq!(json[0], b'{');
+            table
+                .insert(entry.log_id.index, json.as_slice())
+                .expect("insert");
         }
     }
     txn.commit().expect("commit");
@@ -829,22 +829,6 @@ async fn raft_rpcs_answer_in_the_encoding_of_the_request() {
     one.shutdown().await;
 }
 
-/// The log entries of a `disk`, by index (raw bytes).
-fn raw_log(disk: &disk::Disk) -> BTreeMap<u64, Vec<u8>> {
-    disk.run("reading", |db| {
-        use redb::{ReadableDatabase, ReadableTable};
-        let txn = db.begin_read()?;
-        let table = txn.open_table(log::LOGS)?;
-        let mut out = BTreeMap::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            out.insert(k.value(), v.value().to_vec());
-        }
-        Ok(out)
-    })
-    .expect("read the log")
-}
-
 /// The log store and the state machine, on a fresh data dir, for openraft's storage suite.
 struct SuiteBuilder;
 
@@ -903,10 +887,7 @@ fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
             .await
             .expect("append");
         // Flushed: every entry is in redb; the tail keeps only the newest.
-        assert_eq!(
-            raw_log(&disk).keys().copied().collect::<Vec<_>>(),
-            (1..=total).collect::<Vec<_>>()
-        );
+        assert_eq!(store.stored(), (1..=total).collect::<Vec<_>>());
         assert_eq!(
             store.tail().indexes(),
             (total - log::TAIL_KEEP as u64 + 1..=total).collect::<Vec<_>>()
@@ -921,7 +902,7 @@ fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
             .truncate(LogId::new(CommittedLeaderId::new(1, 1), total - 9))
             .await
             .expect("truncate");
-        assert_eq!(raw_log(&disk).keys().last(), Some(&(total - 10)));
+        assert_eq!(store.stored().last(), Some(&(total - 10)));
         assert_eq!(store.tail().indexes().last(), Some(&(total - 10)));
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(total - 10));
@@ -930,7 +911,7 @@ fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
             .purge(LogId::new(CommittedLeaderId::new(1, 1), total - 50))
             .await
             .expect("purge");
-        assert_eq!(raw_log(&disk).keys().next(), Some(&(total - 49)));
+        assert_eq!(store.stored().first(), Some(&(total - 49)));
         assert_eq!(store.tail().indexes().first(), Some(&(total - 49)));
         let rest = store.try_get_log_entries(0..).await.expect("read");
         assert_eq!(
