@@ -862,11 +862,11 @@ fn the_storage_passes_openraft_s_suite() {
     openraft::testing::Suite::test_all(SuiteBuilder).expect("openraft's storage suite");
 }
 
-/// Issue 14: the newest entries are read from memory (the tail), older ones from redb; the tail
-/// keeps every entry not durable yet and the newest durable ones, and a truncation or a purge
-/// removes entries from both.
+/// Issue 14: the newest entries are read from memory (the tail), older ones from the segments;
+/// the tail keeps every entry not durable yet and the newest durable ones, and a truncation or a
+/// purge removes entries from both. A reopen reads the same log, and the commit point with it.
 #[test]
-fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
+fn the_log_reads_its_tail_from_memory_and_the_rest_from_the_segments() {
     use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
     let entry = |index: u64| Entry::<TypeConfig> {
@@ -892,7 +892,8 @@ fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
             store.tail().indexes(),
             (total - log::TAIL_KEEP as u64 + 1..=total).collect::<Vec<_>>()
         );
-        // A read across the tail's start takes the first part from redb, the rest from memory.
+        // A read across the tail's start takes the first part from the segments, the rest from
+        // memory.
         let all = store.try_get_log_entries(1..=total).await.expect("read");
         assert_eq!(indexes(&all), (1..=total).collect::<Vec<_>>());
         let some = store.try_get_log_entries(10..50).await.expect("read");
@@ -918,5 +919,86 @@ fn the_log_reads_its_tail_from_memory_and_the_rest_from_redb() {
             indexes(&rest),
             (total - 49..=total - 10).collect::<Vec<_>>()
         );
+        // The commit point goes with the next append.
+        let committed = Some(LogId::new(CommittedLeaderId::new(1, 1), total - 12));
+        store.save_committed(committed).await.expect("commit point");
+        store
+            .blocking_append([entry(total - 9)])
+            .await
+            .expect("append");
+        drop(store);
+        disk.release();
+        drop(disk);
+
+        let disk = Arc::new(disk::Disk::open(dir.path(), Some(0)).expect("open"));
+        let mut store = log::LogStore::new(disk.clone()).expect("log store");
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(total - 9));
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(total - 50));
+        let rest = store.try_get_log_entries(0..).await.expect("read");
+        assert_eq!(indexes(&rest), (total - 49..=total - 9).collect::<Vec<_>>());
+        assert_eq!(store.read_committed().await.expect("read"), committed);
     });
+}
+
+/// Moving an earlier version's log out of redb: a crash after the segment was written but
+/// before redb's rows were removed finds the segment and only removes the rows; a segment
+/// written half (a `.tmp` file) is dropped and the rows moved again.
+#[test]
+fn a_log_moved_out_of_redb_is_moved_once() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
+    let entry = |term: u64, index: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Blank,
+    };
+    let put_in_redb = |dir: &Path, term: u64| {
+        let db = redb::Database::open(dir.join("raft.redb")).expect("open redb");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(log::LOGS).expect("logs");
+            for index in 1..=30 {
+                let bytes = codec::encode(&entry(term, index)).expect("encode");
+                table.insert(index, bytes.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    };
+    let terms = |dir: &Path| {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let disk = Arc::new(disk::Disk::open(dir, Some(0)).expect("open"));
+            let mut store = log::LogStore::new(disk.clone()).expect("log store");
+            let entries = store.try_get_log_entries(0..).await.expect("read");
+            let state = store.get_log_state().await.expect("state");
+            drop(store);
+            disk.release();
+            (
+                entries
+                    .iter()
+                    .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+                    .collect::<Vec<_>>(),
+                state.last_log_id.map(|l| l.index),
+            )
+        })
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(disk::Disk::open(dir.path(), Some(0)).expect("create"));
+    put_in_redb(dir.path(), 1);
+    // A first move cut short: only a temporary file.
+    let segments = dir.path().join(segments::DIR);
+    std::fs::create_dir_all(&segments).expect("dir");
+    std::fs::write(segments.join("00000000000000000001.log.tmp"), b"half").expect("tmp");
+    let (moved, last) = terms(dir.path());
+    assert_eq!(moved, (1..=30).map(|i| (i, 1)).collect::<Vec<_>>());
+    assert_eq!(last, Some(30));
+    assert!(!segments.join("00000000000000000001.log.tmp").exists());
+    // Rows left in redb after the move (a crash before their removal): the segment wins.
+    put_in_redb(dir.path(), 7);
+    let (again, _) = terms(dir.path());
+    assert_eq!(again, moved);
+    let db = redb::Database::open(dir.path().join("raft.redb")).expect("open redb");
+    let txn = redb::ReadableDatabase::begin_read(&db).expect("txn");
+    let table = txn.open_table(log::LOGS).expect("logs");
+    assert!(redb::ReadableTableMetadata::is_empty(&table).expect("len"));
 }
