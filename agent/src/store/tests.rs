@@ -228,8 +228,12 @@ async fn full_disk_under_the_log_is_waited_out() {
         .expect("write");
 
     let filler = fs.fill();
-    // Bigger than any slack left in redb's file: the append must grow it and fails.
-    let in_flight = command("in-flight", "in-flight", 512 * 1024);
+    // Bigger than what the log allocated ahead: the append must allocate more, and fails.
+    let in_flight = command(
+        "in-flight",
+        "in-flight",
+        segments::PREALLOCATE as usize + 512 * 1024,
+    );
     // Appended nowhere durable, but proposed: whether it will apply is not known yet.
     let err = store.write(in_flight.clone()).await.unwrap_err();
     assert!(matches!(err, WriteError::Unknown(_)), "{err:?}");
