@@ -304,10 +304,12 @@ impl Segments {
                 file.sync_all().map_err(io(&path, "syncing"))?;
                 size = pos as u64;
             }
-            if offsets.is_empty() && repair {
+            if offsets.is_empty() {
                 // Created, then cut before its first entry was durable.
-                drop(file);
-                std::fs::remove_file(&path).map_err(io(&path, "removing"))?;
+                if repair {
+                    drop(file);
+                    std::fs::remove_file(&path).map_err(io(&path, "removing"))?;
+                }
                 continue;
             }
             expected = Some(first + offsets.len() as u64);
