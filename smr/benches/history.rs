@@ -9,7 +9,8 @@
 //!     SMR_BENCH_BASELINE=PATH   also run an other build's smrmgr first (e.g. main's), same run
 //!     SMR_BENCH_KEEP=1          keep the data dirs (stopped nodes) and print where they are
 //!
-//! Per phase it prints: the writes' rate, `raft/raft.redb` size after the stop, the time from
+//! Per phase it prints: the writes' rate, the size of `raft/` (redb, the log's segments, the
+//! snapshot) after the stop, the time from
 //! `smrmgr start --data-dir` until the node answers with the pre-stop revision and a leader (and
 //! the agent's CPU seconds by then), its resident memory then and just before the stop, and the
 //! snapshots the agent logged. Figures only; nothing is asserted.
@@ -84,12 +85,27 @@ enum Write {
 
 struct Figures {
     rate: f64,
-    redb_mib: f64,
+    raft_mib: f64,
     rss_before_mib: f64,
     restart: Duration,
     restart_cpu: f64,
     rss_after_mib: f64,
     snapshots: usize,
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Stops the node, restarts it and waits until it serves `revision` with a leader.
@@ -99,8 +115,7 @@ async fn stop_and_restart(node: &Node, rate: f64) -> anyhow::Result<Figures> {
     let pid = node.pid().context("no pid")?;
     let (rss_before_mib, _) = proc_figures(pid);
     node.stop()?;
-    let redb_mib =
-        std::fs::metadata(node.data_dir.join("raft/raft.redb"))?.len() as f64 / 1048576.0;
+    let raft_mib = dir_bytes(&node.data_dir.join("raft"))? as f64 / 1048576.0;
     let started = Instant::now();
     node.restart()?;
     let client = node.client()?;
@@ -123,7 +138,7 @@ async fn stop_and_restart(node: &Node, rate: f64) -> anyhow::Result<Figures> {
     let snapshots = log.lines().filter(|l| l.contains("snapshot built")).count();
     Ok(Figures {
         rate,
-        redb_mib,
+        raft_mib,
         rss_before_mib,
         restart,
         restart_cpu,
@@ -220,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "{:<44} {:>8} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6}",
-        "node history", "writes/s", "redb MiB", "RSS MiB", "restart", "CPU s", "RSS MiB", "snaps"
+        "node history", "writes/s", "raft/ MiB", "RSS MiB", "restart", "CPU s", "RSS MiB", "snaps"
     );
     println!(
         "{:<44} {:>8} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6}",
@@ -230,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "{what:<44} {:>8.0} {:>10.1} {:>9.0} {:>8.2}s {:>8.2} {:>9.0} {:>6}",
             f.rate,
-            f.redb_mib,
+            f.raft_mib,
             f.rss_before_mib,
             f.restart.as_secs_f64(),
             f.restart_cpu,
