@@ -15,9 +15,9 @@
 //! disk, so it never waits for a write in progress. Replication reads the tail, so sending
 //! entries to a follower never waits for the leader's write in progress either. openraft hears
 //! that the entries are flushed only after the writer's `fdatasync`: a leader counts its own
-//! copy, and a follower acknowledges the entries, only once they are on disk. (openraft 0.9's core awaits each
-//! append's flush before it goes on, and replicates an entry only after the leader's own flush of
-//! it: the leader's fsync and the followers' follow one another. A version of openraft that
+//! copy, and a follower acknowledges the entries, only once they are on disk. (openraft 0.9's
+//! core awaits each append's flush before it goes on, and replicates an entry only after the
+//! leader's own flush of it: the leader's fsync and the followers' follow one another. A version of openraft that
 //! writes the log off the core would let them overlap; this store already allows it.) Writes
 //! queued together share one `fdatasync`.
 //!
@@ -571,8 +571,8 @@ pub(super) fn read_stopped(disk: &Disk, from: u64) -> std::result::Result<Vec<Ve
 fn write(shared: &Shared, queue: &std::sync::mpsc::Receiver<Write>) {
     while let Ok(first) = queue.recv() {
         // The commit point before the rest of the batch: openraft saves a commit point only after
-        // appending the entries it covers, so every append it covers is queued by now and was
-        // written by an earlier batch (its record goes before this batch's entries). Read after
+        // appending the entries it covers, so every append it covers is queued by now and is
+        // written in this batch, before the commit record, or was in an earlier one. Read after
         // the batch, it could cover an append queued meanwhile and not written: after a crash the
         // node would restart with a commit point beyond its log, which openraft cannot start from.
         let committed = lock(&shared.committed).clone();

@@ -342,7 +342,7 @@ impl Segments {
         self.committed.as_deref()
     }
 
-    /// Writes `entries` (index, encoded) after the last one, preceded by a commit record when
+    /// Writes `entries` (index, encoded) after the last one, followed by a commit record when
     /// `committed` differs from the last one written. Not durable until [`Segments::sync`].
     pub fn append(
         &mut self,
@@ -393,11 +393,6 @@ impl Segments {
         }
         let (first, segment) = self.files.iter_mut().next_back().expect("a segment");
         let mut buf = Vec::with_capacity(entries.iter().map(|(_, b)| b.len() + HEADER).sum());
-        if let Some(committed) = committed
-            && self.committed.as_deref() != Some(committed)
-        {
-            record(&mut buf, COMMIT, 0, committed);
-        }
         let mut offsets = Vec::with_capacity(entries.len());
         for (index, bytes) in entries {
             debug_assert_eq!(
@@ -406,6 +401,13 @@ impl Segments {
             );
             offsets.push(segment.len + buf.len() as u64);
             record(&mut buf, ENTRY, *index, bytes);
+        }
+        // After the entries: a commit record is read back only if every record before it is, so
+        // it never covers an entry a crash cut short.
+        if let Some(committed) = committed
+            && self.committed.as_deref() != Some(committed)
+        {
+            record(&mut buf, COMMIT, 0, committed);
         }
         let at = segment.len;
         let end = at + buf.len() as u64;
@@ -657,8 +659,8 @@ mod tests {
                 .expect("append");
         }
         segments.sync(&disk).expect("sync");
-        // 10 records of 57 bytes a write (and a commit record of 18 in a segment's first): a new
-        // segment every second write.
+        // 10 records of 57 bytes a write (and a commit record of 18 after a segment's first): a
+        // new segment every second write.
         assert_eq!(
             files(dir.path()),
             ["00000000000000000001.log", "00000000000000000021.log"]
