@@ -97,6 +97,8 @@ pub enum SegmentError {
         offset: u64,
         what: String,
     },
+    #[error("the Raft log an earlier version left in raft.redb is corrupt: {0}")]
+    OldLog(String),
 }
 
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> SegmentError {
@@ -572,7 +574,13 @@ impl Segments {
         let tmp = self.dir.join(format!("{}.tmp", segment_name(first)));
         let mut buf = Vec::new();
         let mut offsets = Vec::with_capacity(entries.len());
-        for (index, bytes) in entries {
+        for (n, (index, bytes)) in entries.iter().enumerate() {
+            if *index != first + n as u64 {
+                return Err(SegmentError::OldLog(format!(
+                    "entry {index} where entry {} was due",
+                    first + n as u64
+                )));
+            }
             offsets.push(buf.len() as u64);
             record(&mut buf, ENTRY, *index, bytes);
         }
