@@ -20,8 +20,8 @@ use crate::pki::{ClusterCa, JoinToken};
 use crate::state::{ClusterState, Command, CommandResult, NodeId, NodeRecord, Op};
 use crate::store::{RaftPeer, ServerState, Store, StoreError, WriteError};
 use api_types::types::{
-    ErrorBody, JoinRequest, JoinResponse, ProposeRequest, ReadIndexResponse, RotateKeyResponse,
-    SignRequest, SignResponse,
+    ErrorBody, JoinRequest, JoinResponse, ReadIndexResponse, RotateKeyResponse, SignRequest,
+    SignResponse,
 };
 use tokio::sync::watch;
 
@@ -32,6 +32,7 @@ pub mod certs;
 pub mod cluster_key;
 mod error;
 pub mod features;
+mod forward;
 pub mod heartbeat;
 mod members;
 mod objects;
@@ -103,6 +104,8 @@ pub struct Node {
     reports: reports::Batcher,
     /// Which kinds of log entries every member reads (rolling upgrades).
     features: features::Probes,
+    /// Writes waiting to be forwarded to the leader together ([`forward`]).
+    forwarder: forward::Forwarder,
 }
 
 impl Node {
@@ -129,6 +132,7 @@ impl Node {
             heartbeats: Default::default(),
             reports: Default::default(),
             features: Default::default(),
+            forwarder: Default::default(),
         }
     }
 
@@ -284,17 +288,8 @@ impl Node {
                     leader_id,
                 }) => {
                     leader_seen = leader_id;
-                    let body = ProposeRequest {
-                        command: command.clone(),
-                    };
                     match self
-                        .forward(
-                            leader_id,
-                            &leader,
-                            "internal/propose",
-                            Some(&body),
-                            deadline,
-                        )
+                        .forward_write(leader_id, &leader, command.clone(), deadline)
                         .await
                     {
                         Forwarded::Done(result) => return Ok(result),

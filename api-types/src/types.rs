@@ -329,6 +329,29 @@ pub struct ProposeRequest {
     pub command: Command,
 }
 
+/// Node-to-node: a follower hands the leader every command that gathered while its previous
+/// request was on the way (`POST /api/v1/internal/propose-batch`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeBatchRequest {
+    pub commands: Vec<Command>,
+}
+
+/// The leader's answer to a [`ProposeBatchRequest`]: one per command, in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProposeBatchResponse {
+    pub answers: Vec<ProposeAnswer>,
+}
+
+/// What became of one command of a batch: its result, or the error (HTTP status and body) the
+/// leader would have answered to it alone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposeAnswer {
+    Done(crate::state::CommandResult),
+    Failed { status: u16, body: ErrorBody },
+}
+
 /// Node-to-node: the leader's confirmed commit point for a linearizable read on a follower.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReadIndexResponse {

@@ -559,3 +559,95 @@ fn a_node_timeout_out_of_range_is_refused_before_anything_starts() -> anyhow::Re
     }
     Ok(())
 }
+
+/// The count and sum of node `i`'s `smr_forward_batch_writes` histogram: requests it forwarded
+/// with writes in them, and the writes.
+async fn forwarded(cluster: &Cluster, i: usize) -> anyhow::Result<(f64, f64)> {
+    let url = format!("http://{}:9213/metrics", cluster.nodes[i].ip);
+    let text = reqwest::get(&url).await?.text().await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("smr_forward_batch_writes_count"),
+        value("smr_forward_batch_writes_sum"),
+    ))
+}
+
+/// `n` configuration objects applied at once through node `via`: each must be applied with a
+/// revision of its own.
+async fn apply_at_once(
+    cluster: &Cluster,
+    via: usize,
+    round: usize,
+    n: usize,
+) -> anyhow::Result<()> {
+    let client = cluster.client(via);
+    let applies = (0..n).map(|k| {
+        let client = client.clone();
+        async move {
+            let yaml = format!(
+                "kind: configuration\nprefix: simplecontainer.io/v1\nmeta:\n  group: fwd\n  name: r{round}-{k}\nspec:\n  data:\n    k: \"{k}\"\n"
+            );
+            let objects = definitions::parse_str("fwd", &yaml)?;
+            anyhow::Ok(client.apply(&objects, false, None).await?.revision)
+        }
+    });
+    let revisions: BTreeSet<u64> = futures::future::try_join_all(applies)
+        .await?
+        .into_iter()
+        .collect();
+    anyhow::ensure!(
+        revisions.len() == n,
+        "{n} writes answered with {} revisions",
+        revisions.len()
+    );
+    Ok(())
+}
+
+/// Issue 14: writes a follower forwards go to the leader several to a request, each with its
+/// own answer; while a member does not announce the batch route (a rolling upgrade, played with
+/// `SMR_TEST_LEGACY_FEATURES`), each goes alone, and batching starts once it is upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_a_follower_forwards_go_together_once_every_member_reads_them() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::new();
+    cluster.start_first()?;
+    // The old node joins first: the new one sees it among the members from its start.
+    cluster.start_env = vec![("SMR_TEST_LEGACY_FEATURES".into(), "propose-batch".into())];
+    let old = cluster.join(0)?;
+    cluster.start_env.clear();
+    let new = cluster.join(0)?;
+    let leader = cluster.index_of(cluster.wait_formed(&[0, 1, 2], 3).await?);
+    let follower = if leader == new { 0 } else { new };
+
+    apply_at_once(&cluster, follower, 0, 32).await?;
+    let (requests, writes) = forwarded(&cluster, follower).await?;
+    anyhow::ensure!(
+        requests == 0.0 && writes == 0.0,
+        "batched while a member does not read batches: {requests} requests, {writes} writes"
+    );
+
+    // The node is upgraded; the follower asks the members again within 10 s.
+    cluster.stop(old)?;
+    cluster.restart(old)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 1;
+    loop {
+        apply_at_once(&cluster, follower, round, 32).await?;
+        let (requests, writes) = forwarded(&cluster, follower).await?;
+        // Its own reports and heartbeats forward too: at least the 32 writes, in fewer requests.
+        if writes >= 32.0 && requests * 2.0 <= writes {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no batches after the upgrade: {requests} requests for {writes} writes"
+        );
+        round += 1;
+    }
+    Ok(())
+}

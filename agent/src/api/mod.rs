@@ -76,6 +76,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/gitops/{group}/{name}/sync"),
     ("post", "/api/v1/gitops/{group}/{name}/webhook"),
     ("post", "/api/v1/internal/propose"),
+    ("post", "/api/v1/internal/propose-batch"),
     ("get", "/api/v1/internal/read-index"),
     ("post", "/api/v1/internal/sign"),
     ("get", "/metrics"),
@@ -104,6 +105,10 @@ pub struct ClientCertSerial(pub Option<String>);
 pub fn router(node: Arc<Node>) -> Router {
     let internal = Router::new()
         .route("/api/v1/internal/propose", post(internal_propose))
+        .route(
+            "/api/v1/internal/propose-batch",
+            post(internal_propose_batch),
+        )
         .route("/api/v1/internal/read-index", get(internal_read_index))
         .route("/api/v1/internal/sign", post(internal_sign))
         .route("/api/v1/internal/heartbeat", post(internal_heartbeat))
@@ -646,6 +651,35 @@ async fn internal_propose(
 ) -> Result<Json<CommandResult>, ApiError> {
     let req: ProposeRequest = parse_json(&read_body(body).await?)?;
     Ok(Json(node.write_here(req.command).await?))
+}
+
+/// Commands a follower forwards together: each answered as [`internal_propose`] would answer it
+/// alone.
+async fn internal_propose_batch(
+    State(node): AppState,
+    body: Body,
+) -> Result<Json<ProposeBatchResponse>, ApiError> {
+    // A node playing the version before this route answers as that version did.
+    if !crate::node::features::Feature::ProposeBatch.here() {
+        return Err(ApiError::NotFound("route".into()));
+    }
+    let req: ProposeBatchRequest = parse_json(&read_body(body).await?)?;
+    let answers = node
+        .write_batch_here(req.commands)
+        .await
+        .into_iter()
+        .map(|written| match written {
+            Ok(result) => ProposeAnswer::Done(result),
+            Err(e) => {
+                let e = ApiError::from(e);
+                ProposeAnswer::Failed {
+                    status: e.status().as_u16(),
+                    body: e.body(),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(ProposeBatchResponse { answers }))
 }
 
 async fn internal_read_index(State(node): AppState) -> Result<Json<ReadIndexResponse>, ApiError> {

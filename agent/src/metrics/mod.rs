@@ -68,6 +68,7 @@ struct Counters {
     report_batch: Histogram,
     entry_writes: Histogram,
     entry_commit: Histogram,
+    forward_batch: Histogram,
 }
 
 /// 1 ms to about 33 s, doubling.
@@ -161,6 +162,13 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         Unit::Seconds,
         entry_commit.clone(),
     );
+    let forward_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+    registry.register(
+        "forward_batch_writes",
+        "Writes per request this node forwarded to the leader (writes that queue while earlier \
+         requests are on the way go together)",
+        forward_batch.clone(),
+    );
     Counters {
         registry,
         writes,
@@ -175,6 +183,7 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         report_batch,
         entry_writes,
         entry_commit,
+        forward_batch,
     }
 });
 
@@ -205,6 +214,11 @@ pub fn store_entry(writes: usize, took: Duration) {
     let c = &*COUNTERS;
     c.entry_writes.observe(writes as f64);
     c.entry_commit.observe(took.as_secs_f64());
+}
+
+/// Hook of the forwarder: one request of `writes` writes sent to the leader.
+pub fn forward_batch(writes: usize) {
+    COUNTERS.forward_batch.observe(writes as f64);
 }
 
 /// Hook of the report batcher: one batch of `reports` replica reports proposed.

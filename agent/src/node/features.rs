@@ -39,10 +39,18 @@ pub enum Feature {
     /// Aborting a CA rotation ([`crate::state::Op::AbortCaRotation`],
     /// [`crate::state::Op::FinishCaAbort`]).
     CaAbort,
+    /// Not a kind of entry: the route `internal/propose-batch`, by which a follower forwards
+    /// many writes to the leader in one request ([`super::forward`]).
+    ProposeBatch,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 3] = [Feature::ReportDeltas, Feature::UserCerts, Feature::CaAbort];
+    pub const ALL: [Feature; 4] = [
+        Feature::ReportDeltas,
+        Feature::UserCerts,
+        Feature::CaAbort,
+        Feature::ProposeBatch,
+    ];
 
     /// The name in the health answer's `features`.
     pub fn name(self) -> &'static str {
@@ -50,6 +58,7 @@ impl Feature {
             Feature::ReportDeltas => "report-deltas",
             Feature::UserCerts => "user-certs",
             Feature::CaAbort => "ca-abort",
+            Feature::ProposeBatch => "propose-batch",
         }
     }
 
@@ -226,11 +235,24 @@ impl Node {
                 return probe.lacking.clone();
             }
             probe.at = Some(Instant::now());
+            // What callers meanwhile are answered until this probe ends (or if it ends early):
+            // not "every member", which they would act on.
+            if probe.lacking.is_empty() {
+                probe.lacking = vec!["(the members are being asked)".into()];
+            }
         }
         let state = match self.state(Consistency::Stale).await {
             Ok(state) => state,
             Err(e) => return vec![format!("(the member list: {e})")],
         };
+        // A node that has not applied its own join yet holds an older member list: one without
+        // the members that joined before it, which would count as reading everything (for good).
+        if !state.nodes.contains_key(&self.id) {
+            return vec![format!(
+                "(the member list: {} has not applied its own join yet)",
+                self.name
+            )];
+        }
         let applying = state.nodes.values().filter(|n| n.raft_port != 0);
         let lacking: Vec<String> = self
             .members_claim(applying, Claim::Reads(feature))
