@@ -325,7 +325,10 @@ mod tests {
         let deltas = health(&[], true);
         assert!(Feature::ReportDeltas.announced_in(&deltas));
         assert!(!Feature::UserCerts.announced_in(&deltas));
-        let new = health(&["report-deltas", "user-certs", "ca-abort"], false);
+        let new = health(
+            &["report-deltas", "user-certs", "ca-abort", "propose-batch"],
+            false,
+        );
         assert!(Feature::ALL.iter().all(|f| f.announced_in(&new)));
         // An older health answer (no `features`) still parses.
         let json = r#"{"node":"n","id":1,"state":"leader","leader":null,"revision":0}"#;
