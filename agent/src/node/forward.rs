@@ -64,6 +64,10 @@ impl Forwarder {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn without_route(&self) -> std::sync::MutexGuard<'_, Option<NodeId>> {
+        self.without_route.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The commands queued for the leader of the first one (all of them, in order); the others
     /// stay for a later turn.
     fn take(&self) -> Vec<Queued> {
@@ -71,10 +75,10 @@ impl Forwarder {
         let Some(first) = queue.first() else {
             return Vec::new();
         };
-        let leader = (first.leader_id, first.leader.api_addr.clone());
+        let (leader_id, addr) = (first.leader_id, first.leader.api_addr.clone());
         let (taken, rest) = std::mem::take(&mut *queue)
             .into_iter()
-            .partition(|q| (q.leader_id, q.leader.api_addr.clone()) == leader);
+            .partition(|q| q.leader_id == leader_id && q.leader.api_addr == addr);
         *queue = rest;
         taken
     }
@@ -89,6 +93,16 @@ fn copy(e: &NodeError) -> NodeError {
             body: body.clone(),
         },
         other => NodeError::Unavailable(other.to_string()),
+    }
+}
+
+/// Answers every caller of a batch with the same outcome (a failure of the whole request).
+fn answer_all(
+    answers: Vec<oneshot::Sender<Forwarded<CommandResult>>>,
+    outcome: impl Fn() -> Forwarded<CommandResult>,
+) {
+    for tx in answers {
+        let _ = tx.send(outcome());
     }
 }
 
@@ -117,11 +131,7 @@ impl Node {
         command: Command,
         deadline: Instant,
     ) -> Forwarded<CommandResult> {
-        let without_route = *self
-            .forwarder
-            .without_route
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let without_route = *self.forwarder.without_route();
         if leader_id.is_some_and(|id| without_route == Some(id))
             || !self.members_support(Feature::ProposeBatch).await
         {
@@ -197,30 +207,16 @@ impl Node {
                     leader.name,
                     response.answers.len()
                 );
-                for tx in answers {
-                    let _ = tx.send(Forwarded::Unknown(why.clone()));
-                }
+                answer_all(answers, || Forwarded::Unknown(why.clone()));
             }
-            Forwarded::NotApplied(e) => {
-                for tx in answers {
-                    let _ = tx.send(Forwarded::NotApplied(copy(&e)));
-                }
-            }
-            Forwarded::Unknown(why) => {
-                for tx in answers {
-                    let _ = tx.send(Forwarded::Unknown(why.clone()));
-                }
-            }
+            Forwarded::NotApplied(e) => answer_all(answers, || Forwarded::NotApplied(copy(&e))),
+            Forwarded::Unknown(why) => answer_all(answers, || Forwarded::Unknown(why.clone())),
             Forwarded::Final(NodeError::Relayed { status: 404, .. }) => {
                 tracing::warn!(
                     "{} does not know internal/propose-batch (an earlier version): forwarding one by one",
                     leader.name
                 );
-                *self
-                    .forwarder
-                    .without_route
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = leader_id;
+                *self.forwarder.without_route() = leader_id;
                 let alone = body.commands.into_iter().map(|command| {
                     let body = ProposeRequest { command };
                     let leader = &leader;
@@ -234,11 +230,7 @@ impl Node {
                     let _ = tx.send(outcome);
                 }
             }
-            Forwarded::Final(e) => {
-                for tx in answers {
-                    let _ = tx.send(Forwarded::Final(copy(&e)));
-                }
-            }
+            Forwarded::Final(e) => answer_all(answers, || Forwarded::Final(copy(&e))),
         }
     }
 

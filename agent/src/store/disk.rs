@@ -249,11 +249,6 @@ impl Disk {
         }
     }
 
-    /// Size of the database file, in bytes.
-    pub fn file_size(&self) -> u64 {
-        std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0)
-    }
-
     /// Stops retrying: failing operations return their error from now on (at shutdown).
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);

@@ -254,12 +254,15 @@ impl Segments {
             }
             let mut offsets = Vec::new();
             let mut pos = 0usize;
+            // Bytes after the last record that are not the zeros allocated ahead.
+            let mut torn = false;
             while pos < bytes.len() {
                 let Some(record) = parse(&bytes[pos..]) else {
                     if bytes[pos..].iter().all(|b| *b == 0) {
                         // Allocated ahead, not written yet: the end.
                         break;
                     }
+                    torn = true;
                     if !last {
                         return Err(SegmentError::Corrupt {
                             path: shown,
@@ -300,8 +303,7 @@ impl Segments {
                 File::open(&path).map_err(io(&path, "opening"))?
             };
             let mut size = bytes.len() as u64;
-            let zeros = bytes[pos..].iter().all(|b| *b == 0);
-            if repair && (!zeros || (!last && size > pos as u64)) {
+            if repair && (torn || (!last && size > pos as u64)) {
                 file.set_len(pos as u64).map_err(io(&path, "cutting"))?;
                 file.sync_all().map_err(io(&path, "syncing"))?;
                 size = pos as u64;
