@@ -3,7 +3,8 @@
 //! Every second, on every state change, and when a backoff expires it reads the placements of
 //! this node, renders each replica's container configuration, lists the containers smr manages
 //! on the engine, asks the [`NodePlanner`] what to do (exact actions, decided without I/O), does
-//! it, feeds the outcomes back, runs the readiness probes it asks for, and reports what changed
+//! it, feeds the outcomes back, runs the readiness probes it asks for, and (after a round that
+//! acted, a new round on what the engine then holds, up to three) reports what changed
 //! (a delta on its last report, batched with other nodes' by `node::reports`), and only then: the
 //! node's heartbeat goes to the leader's memory, not the log (`controllers::heartbeat`), so a
 //! node where nothing changes writes nothing. Dependencies gate creation: a replica whose
@@ -32,6 +33,11 @@ use smr_core::volume::VolumeAction;
 
 /// How many replicas a node creates at once.
 const CREATE_CONCURRENCY: usize = 4;
+
+/// Most rounds of one pass. A round plans, acts and probes; one that acted is followed by
+/// another on what the engine then holds, and the last one reports. Three take a new replica
+/// from "create and start" through "probe" to "report running and ready", in one report.
+const ROUNDS: usize = 3;
 
 #[derive(Clone, Debug)]
 pub struct ReplicasConfig {
@@ -180,8 +186,8 @@ impl<R: Runtime> Executor<R> {
         self.busy
     }
 
-    /// One reconcile pass at `now`; returns the replica reports and when to wake up for a
-    /// backoff.
+    /// One reconcile pass at `now` (up to [`ROUNDS`] rounds, the first on `observed`); returns
+    /// the replica reports of the last round and when to wake up for a backoff.
     pub(crate) async fn pass(
         &mut self,
         state: &ClusterState,
@@ -246,45 +252,63 @@ impl<R: Runtime> Executor<R> {
             }
         }
         let desired = Desired { state, replicas };
-        self.stopping.retain(|_, task| !task.is_finished());
-        let stopping: BTreeSet<String> = self.stopping.keys().cloned().collect();
-        let observed = Observed {
-            containers: observed,
-            stopping: &stopping,
-            now_ms: now,
-        };
-        self.networks(&desired).await;
-        self.volumes(&desired).await;
-        let pass = self.planner.plan(&desired, &observed);
-        for action in &pass.actions {
-            self.execute(action, now).await;
-        }
-        let reports = self.planner.reports(&desired, &observed, &pass);
-        let mut probed = false;
-        for probe in self.planner.probes(&desired, &observed) {
-            if run_probe(self.runtime.as_ref(), &probe).await {
-                probed = true;
-                let outcome = Outcome::Probed {
-                    id: probe.id,
-                    started_ms: probe.started_ms,
-                };
-                self.planner.record(outcome, now);
+        // What the engine holds after this round's actions: `observed` first, then listed again.
+        let mut listed: Option<Vec<ContainerInfo>> = None;
+        let mut round = 1;
+        loop {
+            self.stopping.retain(|_, task| !task.is_finished());
+            let stopping: BTreeSet<String> = self.stopping.keys().cloned().collect();
+            let observed = Observed {
+                containers: listed.as_deref().unwrap_or(observed),
+                stopping: &stopping,
+                now_ms: now,
+            };
+            self.networks(&desired).await;
+            self.volumes(&desired).await;
+            let pass = self.planner.plan(&desired, &observed);
+            let mut failed = false;
+            for action in &pass.actions {
+                failed |= !self.execute(action, now).await;
             }
-        }
-        self.planner.retain(&desired, &observed);
-        let planner = &self.planner;
-        self.inits.retain(|replica, (hash, task)| {
-            let wanted = planner.init_running(replica, hash);
-            if !wanted {
-                task.abort();
+            let mut probed = false;
+            for probe in self.planner.probes(&desired, &observed) {
+                if run_probe(self.runtime.as_ref(), &probe).await {
+                    probed = true;
+                    let outcome = Outcome::Probed {
+                        id: probe.id,
+                        started_ms: probe.started_ms,
+                    };
+                    self.planner.record(outcome, now);
+                }
             }
-            wanted
-        });
-        self.busy = !pass.actions.is_empty()
-            || probed
-            || !self.stopping.is_empty()
-            || !self.inits.is_empty();
-        (reports, pass.wake_at_ms)
+            self.planner.retain(&desired, &observed);
+            let planner = &self.planner;
+            self.inits.retain(|replica, (hash, task)| {
+                let wanted = planner.init_running(replica, hash);
+                if !wanted {
+                    task.abort();
+                }
+                wanted
+            });
+            let acted = !pass.actions.is_empty() || probed;
+            // A round that acted changed what the engine holds (containers created, started,
+            // proven ready): the next round sees it, so the report says so at once instead of
+            // one report (one log write) per step. Not after a failed action: the next round
+            // would try it again at once; the next pass does (a second later, or at its backoff).
+            if acted && !failed && round < ROUNDS {
+                match self.runtime.list_managed().await {
+                    Ok(now_listed) => {
+                        listed = Some(now_listed);
+                        round += 1;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!("listing containers again: {e}"),
+                }
+            }
+            let reports = self.planner.reports(&desired, &observed, &pass);
+            self.busy = acted || !self.stopping.is_empty() || !self.inits.is_empty();
+            return (reports, pass.wake_at_ms);
+        }
     }
 
     /// The bridge network half of a pass (before the replicas': their creations wait for the
@@ -349,7 +373,8 @@ impl<R: Runtime> Executor<R> {
         }
     }
 
-    async fn execute(&mut self, action: &NodeAction, now: u64) {
+    /// Runs `action` and records its outcomes; whether none of them is a failure.
+    async fn execute(&mut self, action: &NodeAction, now: u64) -> bool {
         let runtime = self.runtime.as_ref();
         let failed = |replica: &str, e: String| Outcome::Failed {
             replica: replica.to_string(),
@@ -424,12 +449,15 @@ impl<R: Runtime> Executor<R> {
                 outcomes
             }
         };
+        let mut succeeded = true;
         for outcome in outcomes {
             if let Outcome::Failed { replica, error } = &outcome {
                 tracing::warn!(replica = %replica, "{action:?}: {error}");
+                succeeded = false;
             }
             self.planner.record(outcome, now);
         }
+        succeeded
     }
 }
 

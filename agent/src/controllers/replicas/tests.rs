@@ -235,13 +235,34 @@ async fn a_restarted_agent_adopts_its_running_containers() {
     let reports = again.pass().await;
     assert_eq!(again.fake.take_calls(), vec![], "nothing recreated");
     assert_eq!(report(&reports, "g-n-1").phase, "running");
-    assert!(!report(&reports, "g-n-1").ready, "not proven ready yet");
-    let reports = again.pass().await;
-    assert_eq!(again.fake.take_calls(), vec![]);
     assert!(
         report(&reports, "g-n-1").ready,
-        "no readiness checks: ready once probed"
+        "no readiness checks: ready once probed, and reported so by the same pass"
     );
+}
+
+/// A new replica is created, started, probed and reported running and ready by one pass: one
+/// report (one log write) where each step was one.
+#[tokio::test]
+async fn one_pass_reports_a_new_replica_running_and_ready() {
+    let mut h = Harness::new();
+    put(&mut h.state, "g", "n", spec("main"), 2);
+    let reports = h.pass().await;
+    assert_eq!(
+        h.fake.take_calls(),
+        vec![
+            create("g-n-1"),
+            start("g-n-1"),
+            create("g-n-2"),
+            start("g-n-2")
+        ]
+    );
+    for name in ["g-n-1", "g-n-2"] {
+        let r = report(&reports, name);
+        assert_eq!((r.phase.as_str(), r.ready), ("running", true), "{name}");
+        assert!(r.container_id.is_some(), "{name}: its container named");
+    }
+    assert!(!h.executor.busy(), "nothing left to do");
 }
 
 #[tokio::test]
