@@ -10,12 +10,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::state::{Follower, NodeId, Op, Step};
+use crate::state::{Follower, NodeId, Op, PlacementUpdate, Step};
+use crate::store::batch::{cut, json_size};
 use smr_core::scheduler::leader::{Liveness, plan, plan_keys, touched_in};
 
 /// How often a full pass runs while the state changes, whatever the deltas said: the safety net
 /// of the incremental passes (it finds nothing to do in steady state: a test says so).
 const RESYNC: Duration = Duration::from_secs(10);
+
+/// Most bytes (as JSON) of the placement updates one proposal carries. A pass that places many
+/// replicas at once (100,000 at first, or a tenth of 1,000 nodes gone silent) writes several
+/// proposals, each independent of the others (an update is one object's placement): one command
+/// stays far under etcd's request limit (1.5 MiB; 100,000 replicas in one were 3.4 MB and etcd
+/// refused them on every pass) and under a Raft entry's group-commit bound.
+const PLACE_BYTES: usize = 256 * 1024;
 
 /// How often the loop looks at liveness when nothing changes. A look with no node turning dead
 /// costs a read of the heartbeats (O(nodes)), nothing else.
@@ -81,10 +89,74 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
         if updates.is_empty() {
             continue;
         }
-        if let Err(e) = node.propose(Op::Place { updates }, None).await {
-            tracing::warn!("scheduling: {e}");
-            // What this pass planned was not written: the next pass plans every object again.
+        // Together, so that the Raft store's group commit packs them into few entries.
+        let proposals = split(updates, PLACE_BYTES)
+            .into_iter()
+            .map(|updates| node.propose(Op::Place { updates }, None));
+        let failed = futures::future::join_all(proposals)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .inspect(|e| tracing::warn!("scheduling: {e}"))
+            .count();
+        if failed > 0 {
+            // What this pass planned was not all written: the next pass plans every object again.
             follower = Follower::new();
         }
+    }
+}
+
+/// `updates` in order, in proposals of at most `max_bytes` (as JSON) each; an update larger
+/// than that goes alone. Pure.
+fn split(mut updates: Vec<PlacementUpdate>, max_bytes: usize) -> Vec<Vec<PlacementUpdate>> {
+    let mut proposals = Vec::new();
+    while !updates.is_empty() {
+        let take = cut(updates.iter().map(json_size), usize::MAX, max_bytes);
+        let rest = updates.split_off(take);
+        proposals.push(std::mem::replace(&mut updates, rest));
+    }
+    proposals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smr_core::scheduler::placement::{Placement, ReplicaSlot};
+
+    fn update(name: &str, replicas: u32) -> PlacementUpdate {
+        let slots = (1..=replicas)
+            .map(|i| (i, ReplicaSlot::new(u64::from(i % 7) + 1, 1)))
+            .collect();
+        PlacementUpdate {
+            key: format!("containers/g/{name}").parse().unwrap(),
+            generation: 1,
+            placement: Some(Placement { replicas: slots }),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_large_pass_goes_in_proposals_under_the_bound_in_order() {
+        let updates: Vec<PlacementUpdate> =
+            (0..10).map(|i| update(&format!("a{i}"), 100)).collect();
+        let one = json_size(&updates[0]);
+        // Two and a half updates' worth: two per proposal.
+        let proposals = split(updates.clone(), one * 5 / 2);
+        let names = |p: &[PlacementUpdate]| -> Vec<String> {
+            p.iter().map(|u| u.key.name.clone()).collect()
+        };
+        assert_eq!(
+            proposals.iter().map(|p| names(p)).collect::<Vec<_>>(),
+            (0..5)
+                .map(|k| vec![format!("a{}", 2 * k), format!("a{}", 2 * k + 1)])
+                .collect::<Vec<_>>()
+        );
+        assert!(proposals.iter().all(|p| json_size(p) <= one * 5 / 2));
+        // An update larger than the bound goes alone; a pass under it goes as one proposal.
+        let big = vec![update("small", 1), update("big", 1000), update("after", 1)];
+        let sizes: Vec<usize> = split(big.clone(), one).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+        assert_eq!(split(big, usize::MAX).len(), 1);
+        assert!(split(Vec::new(), one).is_empty());
     }
 }

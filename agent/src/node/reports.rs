@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::{Consistency, Node, NodeError};
 use crate::state::{CommandResult, NodeId, Op, ReportDelta, merge_reports};
+use crate::store::batch::{cut, json_size};
 
 /// What became of one report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,11 +28,26 @@ pub enum Reported {
 
 type Answer = Result<CommandResult, String>;
 
+/// Most bytes (as JSON) of the reports in one entry: a burst of full reports (every node
+/// starting again) goes in several, each far under etcd's request limit (1.5 MiB) and a Raft
+/// entry's group-commit bound. A larger lone report goes alone.
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// Reports waiting for the next batch, and the one flusher's turn.
-#[derive(Default)]
 pub(crate) struct Batcher {
     pending: Mutex<Vec<(ReportDelta, oneshot::Sender<Answer>)>>,
     turn: tokio::sync::Mutex<()>,
+    max_bytes: usize,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher {
+            pending: Mutex::default(),
+            turn: tokio::sync::Mutex::default(),
+            max_bytes: BATCH_BYTES,
+        }
+    }
 }
 
 /// `SMR_TEST_LEGACY_REPORTS=1` (tests only): this node says it does not read delta reports, as
@@ -58,33 +74,42 @@ impl Batcher {
     }
 
     /// Queues `delta` and waits for the entry it goes in: proposed by this caller with `propose`
-    /// (with every report queued meanwhile, merged) when no batch is in flight, else by the
-    /// caller whose turn comes first. Answers the entry's result.
-    pub(crate) async fn submit<F, Fut>(&self, delta: ReportDelta, propose: F) -> Answer
+    /// (with the reports queued before it, merged, in entries of at most `max_bytes`) when no
+    /// batch is in flight, else by the caller whose turn comes first. Answers the entry's result.
+    pub(crate) async fn submit<F, Fut>(&self, delta: ReportDelta, mut propose: F) -> Answer
     where
-        F: FnOnce(Op) -> Fut,
+        F: FnMut(Op) -> Fut,
         Fut: std::future::Future<Output = Answer>,
     {
         let (tx, mut rx) = oneshot::channel();
         self.pending().push((delta, tx));
         let _turn = self.turn.lock().await;
-        if let Ok(answer) = rx.try_recv() {
-            // Went out in the batch of the caller before.
-            return answer;
+        loop {
+            if let Ok(answer) = rx.try_recv() {
+                // Went out in this caller's entry, or in the batch of a caller before.
+                return answer;
+            }
+            // The oldest reports, up to the bound: this caller's is among them, or in a later
+            // entry of this turn.
+            let batch: Vec<_> = {
+                let mut pending = self.pending();
+                let sizes = pending.iter().map(|(d, _)| json_size(d));
+                let take = cut(sizes, usize::MAX, self.max_bytes);
+                pending.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                return Err("the report batch lost its answer".to_string());
+            }
+            let (deltas, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            crate::metrics::report_batch(deltas.len());
+            let result = propose(Op::Reports {
+                reports: merge_reports(deltas),
+            })
+            .await;
+            for answer in answers {
+                let _ = answer.send(result.clone());
+            }
         }
-        let batch = std::mem::take(&mut *self.pending());
-        let (deltas, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        crate::metrics::report_batch(deltas.len());
-        let result = propose(Op::Reports {
-            reports: merge_reports(deltas),
-        })
-        .await;
-        for answer in answers {
-            let _ = answer.send(result.clone());
-        }
-        rx.try_recv()
-            .map_err(|_| "the report batch lost its answer".to_string())
-            .and_then(|a| a)
     }
 }
 
@@ -218,11 +243,17 @@ mod tests {
         let first = {
             let (batcher, proposed) = (batcher.clone(), proposed.clone());
             tokio::spawn(async move {
+                let mut held = Some(held);
                 batcher
-                    .submit(report(1), |op| async move {
-                        proposed.lock().unwrap().push(nodes_of(&op));
-                        let _ = held.await;
-                        answer()
+                    .submit(report(1), |op| {
+                        let (proposed, held) = (proposed.clone(), held.take());
+                        async move {
+                            proposed.lock().unwrap().push(nodes_of(&op));
+                            if let Some(held) = held {
+                                let _ = held.await;
+                            }
+                            answer()
+                        }
                     })
                     .await
             })
@@ -238,9 +269,12 @@ mod tests {
                 let (batcher, proposed) = (batcher.clone(), proposed.clone());
                 tokio::spawn(async move {
                     batcher
-                        .submit(report(node), |op| async move {
-                            proposed.lock().unwrap().push(nodes_of(&op));
-                            answer()
+                        .submit(report(node), |op| {
+                            let proposed = proposed.clone();
+                            async move {
+                                proposed.lock().unwrap().push(nodes_of(&op));
+                                answer()
+                            }
                         })
                         .await
                 })
@@ -259,6 +293,78 @@ mod tests {
             *proposed.lock().unwrap(),
             vec![vec![1], (2..=10).collect::<Vec<NodeId>>()],
             "one entry for the first, one for the nine that arrived during it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_the_bound_goes_in_several_entries_each_under_it() {
+        let replicas = |node: NodeId| {
+            let replica = |index| crate::state::ReplicaReport {
+                key: "containers/g/n".parse().unwrap(),
+                index,
+                name: format!("g-n-{index}"),
+                container_id: None,
+                phase: "running".into(),
+                ready: true,
+                ip: None,
+                restarts: 0,
+                generation: 1,
+                image: "busybox".into(),
+                started_ms: None,
+                message: None,
+                ips: Default::default(),
+            };
+            ReportDelta::full(node, 1, 0, (1..=20).map(replica).collect())
+        };
+        let one = json_size(&replicas(1));
+        let batcher = Arc::new(Batcher {
+            max_bytes: one * 3,
+            ..Batcher::default()
+        });
+        let proposed: Arc<Mutex<Vec<Vec<NodeId>>>> = Arc::default();
+        // Eight full reports queued before the first caller takes its turn.
+        let turn = batcher.turn.lock().await;
+        let callers: Vec<_> = (1..=8)
+            .map(|node| {
+                let (batcher, proposed) = (batcher.clone(), proposed.clone());
+                tokio::spawn(async move {
+                    batcher
+                        .submit(replicas(node), |op| {
+                            let proposed = proposed.clone();
+                            async move {
+                                let Op::Reports { reports } = &op else {
+                                    panic!("not reports: {op:?}")
+                                };
+                                let bytes: usize = reports.iter().map(json_size).sum();
+                                assert!(bytes <= one * 3, "over the bound: {bytes}");
+                                proposed.lock().unwrap().push(nodes_of(&op));
+                                Ok(CommandResult::Reported {
+                                    revision: 1,
+                                    resend: vec![],
+                                    unknown: vec![],
+                                })
+                            }
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while batcher.pending().len() < 8 {
+            assert!(Instant::now() < deadline, "the reports are not queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(turn);
+        for caller in callers {
+            assert!(
+                caller.await.expect("joined").is_ok(),
+                "every caller answered"
+            );
+        }
+        assert_eq!(
+            *proposed.lock().unwrap(),
+            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7, 8]],
+            "oldest first, three to an entry"
         );
     }
 }

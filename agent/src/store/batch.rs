@@ -146,8 +146,8 @@ pub fn route(
     }
 }
 
-/// The size of `cmd` as JSON, without building it.
-fn size_of(cmd: &Command) -> usize {
+/// The size of `value` as JSON, without building it.
+pub fn json_size<T: Serialize>(value: &T) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -159,7 +159,7 @@ fn size_of(cmd: &Command) -> usize {
         }
     }
     let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, cmd);
+    let _ = serde_json::to_writer(&mut count, value);
     count.0
 }
 
@@ -193,7 +193,7 @@ impl Batcher {
     /// Queues `cmd` and waits for its own result.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
         let (reply, answer) = oneshot::channel();
-        let size = size_of(&cmd);
+        let size = json_size(&cmd);
         self.tx
             .send(Queued { cmd, size, reply })
             .map_err(|_| WriteError::Unavailable("the store is shutting down".into()))?;
