@@ -208,7 +208,7 @@ impl Node {
 
     /// Whether this node leads the cluster now.
     pub fn is_leader(&self) -> bool {
-        self.store.status().state == ServerState::Leader
+        self.store.server_state() == ServerState::Leader
     }
 
     /// The store's role, term, indexes and members, as this node sees them.
@@ -528,7 +528,7 @@ impl Node {
 
     /// Handles a join request. On a follower it is relayed to the leader unchanged.
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, NodeError> {
-        if self.store.status().state != ServerState::Leader {
+        if self.store.server_state() != ServerState::Leader {
             let leader = self.leader_peer().await?;
             return self.call(&leader.api_addr, "join", Some(&req)).await;
         }

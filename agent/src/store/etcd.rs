@@ -474,18 +474,26 @@ impl EtcdStore {
         self.inner.applied_tx.subscribe()
     }
 
-    pub fn status(&self) -> StoreStatus {
-        let inner = &self.inner;
-        let (state, applied) = inner.current();
-        let election = lock(&inner.election);
-        let watching = inner.watching.load(Ordering::SeqCst);
-        let server_state = if !watching {
+    /// This agent's role alone: what [`EtcdStore::status`] says, without listing every node.
+    pub fn server_state(&self) -> ServerState {
+        Self::role(&self.inner, &lock(&self.inner.election))
+    }
+
+    fn role(inner: &Inner, election: &Election) -> ServerState {
+        if !inner.watching.load(Ordering::SeqCst) {
             ServerState::Degraded
         } else if election.elected {
             ServerState::Leader
         } else {
             ServerState::Follower
-        };
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let inner = &self.inner;
+        let (state, applied) = inner.current();
+        let election = lock(&inner.election);
+        let server_state = Self::role(inner, &election);
         let leader = if election.elected {
             Some(inner.id)
         } else {
@@ -513,9 +521,9 @@ impl EtcdStore {
                     (*id, peer)
                 })
                 .collect(),
-            problem: lock(&inner.nospace)
-                .clone()
-                .or_else(|| (!watching).then(|| "not connected to etcd".to_string())),
+            problem: lock(&inner.nospace).clone().or_else(|| {
+                (server_state == ServerState::Degraded).then(|| "not connected to etcd".to_string())
+            }),
         }
     }
 

@@ -217,6 +217,17 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// openraft's role of a node as the store reports it.
+fn server_state(state: openraft::ServerState) -> ServerState {
+    match state {
+        openraft::ServerState::Leader => ServerState::Leader,
+        openraft::ServerState::Follower => ServerState::Follower,
+        openraft::ServerState::Candidate => ServerState::Candidate,
+        openraft::ServerState::Learner => ServerState::Learner,
+        openraft::ServerState::Shutdown => ServerState::Shutdown,
+    }
+}
+
 fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Raft(e.to_string())
 }
@@ -407,6 +418,12 @@ impl RaftStore {
         self.sm.subscribe()
     }
 
+    /// This node's role alone: what [`RaftStore::status`] says, without copying the metrics,
+    /// the membership or asking the file system (callers on every heartbeat and write).
+    pub fn server_state(&self) -> ServerState {
+        server_state(self.raft.metrics().borrow().state)
+    }
+
     pub fn status(&self) -> StoreStatus {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -414,13 +431,7 @@ impl RaftStore {
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
         StoreStatus {
             id: metrics.id,
-            state: match metrics.state {
-                openraft::ServerState::Leader => ServerState::Leader,
-                openraft::ServerState::Follower => ServerState::Follower,
-                openraft::ServerState::Candidate => ServerState::Candidate,
-                openraft::ServerState::Learner => ServerState::Learner,
-                openraft::ServerState::Shutdown => ServerState::Shutdown,
-            },
+            state: server_state(metrics.state),
             leader: metrics.current_leader,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
@@ -656,6 +667,15 @@ impl Store {
             Store::Raft(s) => s.status(),
             #[cfg(feature = "etcd")]
             Store::Etcd(s) => s.status(),
+        }
+    }
+
+    /// This node's role: `status().state`, at the cost of reading one field.
+    pub fn server_state(&self) -> ServerState {
+        match self {
+            Store::Raft(s) => s.server_state(),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.server_state(),
         }
     }
 
