@@ -33,10 +33,15 @@ type Answer = Result<CommandResult, String>;
 /// entry's group-commit bound. A larger lone report goes alone.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Reports waiting for the next batch, and the one flusher's turn.
+/// Report entries being proposed at once. A node has one report in flight at a time (it waits
+/// for the answer before its next), so two entries never hold reports of one node that depend
+/// on each other.
+const IN_FLIGHT: usize = 2;
+
+/// Reports waiting for the next batch, and the flushers' turns.
 pub(crate) struct Batcher {
     pending: Mutex<Vec<(ReportDelta, oneshot::Sender<Answer>)>>,
-    turn: tokio::sync::Mutex<()>,
+    turns: tokio::sync::Semaphore,
     max_bytes: usize,
 }
 
@@ -44,7 +49,7 @@ impl Default for Batcher {
     fn default() -> Self {
         Batcher {
             pending: Mutex::default(),
-            turn: tokio::sync::Mutex::default(),
+            turns: tokio::sync::Semaphore::new(IN_FLIGHT),
             max_bytes: BATCH_BYTES,
         }
     }
@@ -74,8 +79,9 @@ impl Batcher {
     }
 
     /// Queues `delta` and waits for the entry it goes in: proposed by this caller with `propose`
-    /// (with the reports queued before it, merged, in entries of at most `max_bytes`) when no
-    /// batch is in flight, else by the caller whose turn comes first. Answers the entry's result.
+    /// (with the reports queued before it, merged, in entries of at most `max_bytes`) when fewer
+    /// than [`IN_FLIGHT`] batches are in flight, else by the caller whose turn comes first.
+    /// Answers the entry's result.
     pub(crate) async fn submit<F, Fut>(&self, delta: ReportDelta, mut propose: F) -> Answer
     where
         F: FnMut(Op) -> Fut,
@@ -83,14 +89,16 @@ impl Batcher {
     {
         let (tx, mut rx) = oneshot::channel();
         self.pending().push((delta, tx));
-        let _turn = self.turn.lock().await;
+        let Ok(turn) = self.turns.acquire().await else {
+            return Err("the report batcher is closed".to_string());
+        };
         loop {
             if let Ok(answer) = rx.try_recv() {
                 // Went out in this caller's entry, or in the batch of a caller before.
                 return answer;
             }
-            // The oldest reports, up to the bound: this caller's is among them, or in a later
-            // entry of this turn.
+            // The oldest reports, up to the bound: this caller's is among them, in a later
+            // entry of this turn, or in the entry of a caller whose turn runs alongside.
             let batch: Vec<_> = {
                 let mut pending = self.pending();
                 let sizes = pending.iter().map(|(d, _)| json_size(d));
@@ -98,7 +106,11 @@ impl Batcher {
                 pending.drain(..take).collect()
             };
             if batch.is_empty() {
-                return Err("the report batch lost its answer".to_string());
+                // Taken by the turn alongside: its answer comes from there.
+                drop(turn);
+                return rx
+                    .await
+                    .unwrap_or_else(|_| Err("the report batch lost its answer".to_string()));
             }
             let (deltas, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             crate::metrics::report_batch(deltas.len());
@@ -227,72 +239,77 @@ mod tests {
         }
     }
 
+    fn reported() -> Answer {
+        Ok(CommandResult::Reported {
+            revision: 1,
+            resend: vec![],
+            unknown: vec![],
+        })
+    }
+
+    /// Node `node`'s report submitted on a task; its entry, if this caller proposes one, is
+    /// recorded in `proposed` and then held until `held` is released.
+    fn submit(
+        batcher: &Arc<Batcher>,
+        proposed: &Arc<Mutex<Vec<Vec<NodeId>>>>,
+        delta: ReportDelta,
+        held: Option<oneshot::Receiver<()>>,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let (batcher, proposed) = (batcher.clone(), proposed.clone());
+        let mut held = held;
+        tokio::spawn(async move {
+            batcher
+                .submit(delta, |op| {
+                    let (proposed, held) = (proposed.clone(), held.take());
+                    async move {
+                        proposed.lock().unwrap().push(nodes_of(&op));
+                        if let Some(held) = held {
+                            let _ = held.await;
+                        }
+                        reported()
+                    }
+                })
+                .await
+        })
+    }
+
     #[tokio::test]
-    async fn reports_queued_while_a_batch_is_in_flight_go_together_in_the_next_entry() {
+    async fn reports_queued_while_batches_are_in_flight_go_together_in_the_next_entry() {
         let batcher = Arc::new(Batcher::default());
         let proposed: Arc<Mutex<Vec<Vec<NodeId>>>> = Arc::default();
-        let answer = || {
-            Ok(CommandResult::Reported {
-                revision: 1,
-                resend: vec![],
-                unknown: vec![],
-            })
-        };
-        // Node 1's report goes out alone and its entry is held until released.
-        let (release, held) = oneshot::channel::<()>();
-        let first = {
-            let (batcher, proposed) = (batcher.clone(), proposed.clone());
-            tokio::spawn(async move {
-                let mut held = Some(held);
-                batcher
-                    .submit(report(1), |op| {
-                        let (proposed, held) = (proposed.clone(), held.take());
-                        async move {
-                            proposed.lock().unwrap().push(nodes_of(&op));
-                            if let Some(held) = held {
-                                let _ = held.await;
-                            }
-                            answer()
-                        }
-                    })
-                    .await
-            })
-        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while proposed.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "the first batch is not proposed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Nodes 1 and 2 each go out alone (two entries in flight), held until released.
+        let mut held = Vec::new();
+        for node in 1..=2 {
+            let (release, hold) = oneshot::channel::<()>();
+            held.push((
+                release,
+                submit(&batcher, &proposed, report(node), Some(hold)),
+            ));
+            while proposed.lock().unwrap().len() < node as usize {
+                assert!(Instant::now() < deadline, "batch {node} is not proposed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
-        // Nine more arrive meanwhile.
-        let others: Vec<_> = (2..=10)
-            .map(|node| {
-                let (batcher, proposed) = (batcher.clone(), proposed.clone());
-                tokio::spawn(async move {
-                    batcher
-                        .submit(report(node), |op| {
-                            let proposed = proposed.clone();
-                            async move {
-                                proposed.lock().unwrap().push(nodes_of(&op));
-                                answer()
-                            }
-                        })
-                        .await
-                })
-            })
+        // Eight more arrive meanwhile: no turn is free.
+        let others: Vec<_> = (3..=10)
+            .map(|node| submit(&batcher, &proposed, report(node), None))
             .collect();
-        while batcher.pending().len() < 9 {
+        while batcher.pending().len() < 8 {
             assert!(Instant::now() < deadline, "the reports are not queued");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        release.send(()).expect("the first batch waits");
-        assert_eq!(first.await.expect("joined"), answer());
+        for (release, first) in held {
+            release.send(()).expect("the batch waits");
+            assert_eq!(first.await.expect("joined"), reported());
+        }
         for other in others {
-            assert_eq!(other.await.expect("joined"), answer());
+            assert_eq!(other.await.expect("joined"), reported());
         }
         assert_eq!(
             *proposed.lock().unwrap(),
-            vec![vec![1], (2..=10).collect::<Vec<NodeId>>()],
-            "one entry for the first, one for the nine that arrived during it"
+            vec![vec![1], vec![2], (3..=10).collect::<Vec<NodeId>>()],
+            "one entry each for the two in flight, one for the eight that arrived during them"
         );
     }
 
@@ -322,45 +339,25 @@ mod tests {
             ..Batcher::default()
         });
         let proposed: Arc<Mutex<Vec<Vec<NodeId>>>> = Arc::default();
-        // Eight full reports queued before the first caller takes its turn.
-        let turn = batcher.turn.lock().await;
+        // Eight full reports queued before a caller takes a turn.
+        let turns = batcher.turns.acquire_many(IN_FLIGHT as u32).await;
         let callers: Vec<_> = (1..=8)
-            .map(|node| {
-                let (batcher, proposed) = (batcher.clone(), proposed.clone());
-                tokio::spawn(async move {
-                    batcher
-                        .submit(replicas(node), |op| {
-                            let proposed = proposed.clone();
-                            async move {
-                                let Op::Reports { reports } = &op else {
-                                    panic!("not reports: {op:?}")
-                                };
-                                let bytes: usize = reports.iter().map(json_size).sum();
-                                assert!(bytes <= one * 3, "over the bound: {bytes}");
-                                proposed.lock().unwrap().push(nodes_of(&op));
-                                Ok(CommandResult::Reported {
-                                    revision: 1,
-                                    resend: vec![],
-                                    unknown: vec![],
-                                })
-                            }
-                        })
-                        .await
-                })
-            })
+            .map(|node| submit(&batcher, &proposed, replicas(node), None))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         while batcher.pending().len() < 8 {
             assert!(Instant::now() < deadline, "the reports are not queued");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        drop(turn);
+        drop(turns);
         for caller in callers {
-            assert!(
-                caller.await.expect("joined").is_ok(),
+            assert_eq!(
+                caller.await.expect("joined"),
+                reported(),
                 "every caller answered"
             );
         }
+        // Every report has the same size: three to an entry is the bound.
         assert_eq!(
             *proposed.lock().unwrap(),
             vec![vec![1, 2, 3], vec![4, 5, 6], vec![7, 8]],
