@@ -2,10 +2,10 @@
 //!
 //! ```text
 //!  controllers::replicas (every node) --Node::report(delta)--+
-//!  api internal/report (simulated nodes) --Node::report_here-+--> pending --(one flusher at a time)-->
-//!      Op::Reports { merge_reports(pending) } --Node::propose--> one log entry for all of them
+//!  api internal/report (simulated nodes) --Node::report_here-+--> pending --(two flushers at a time)-->
+//!      Op::Reports { merge_reports(oldest, up to 256 KiB) } --Node::propose--> one log entry each
 //! ```
-//! Reports that arrive while a batch is being proposed wait for it to be committed and then go
+//! Reports that arrive while batches are being proposed wait for one to be committed and then go
 //! together in the next one (group commit): under load the number of log entries follows the
 //! commit rate, not the number of nodes. Each caller learns from the entry's result whether its
 //! node must send a full report (its delta built on a report the state does not hold).
@@ -38,9 +38,16 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// on each other.
 const IN_FLIGHT: usize = 2;
 
+/// A report waiting for its batch: its size as JSON and where its entry's result goes.
+struct Pending {
+    delta: ReportDelta,
+    size: usize,
+    answer: oneshot::Sender<Answer>,
+}
+
 /// Reports waiting for the next batch, and the flushers' turns.
 pub(crate) struct Batcher {
-    pending: Mutex<Vec<(ReportDelta, oneshot::Sender<Answer>)>>,
+    pending: Mutex<Vec<Pending>>,
     turns: tokio::sync::Semaphore,
     max_bytes: usize,
 }
@@ -74,7 +81,7 @@ pub fn test_legacy() -> bool {
 }
 
 impl Batcher {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(ReportDelta, oneshot::Sender<Answer>)>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -88,7 +95,13 @@ impl Batcher {
         Fut: std::future::Future<Output = Answer>,
     {
         let (tx, mut rx) = oneshot::channel();
-        self.pending().push((delta, tx));
+        // Sized here, not under the queue's lock.
+        let size = json_size(&delta);
+        self.pending().push(Pending {
+            delta,
+            size,
+            answer: tx,
+        });
         let Ok(turn) = self.turns.acquire().await else {
             return Err("the report batcher is closed".to_string());
         };
@@ -101,8 +114,7 @@ impl Batcher {
             // entry of this turn, or in the entry of a caller whose turn runs alongside.
             let batch: Vec<_> = {
                 let mut pending = self.pending();
-                let sizes = pending.iter().map(|(d, _)| json_size(d));
-                let take = cut(sizes, usize::MAX, self.max_bytes);
+                let take = cut(pending.iter().map(|p| p.size), usize::MAX, self.max_bytes);
                 pending.drain(..take).collect()
             };
             if batch.is_empty() {
@@ -112,7 +124,8 @@ impl Batcher {
                     .await
                     .unwrap_or_else(|_| Err("the report batch lost its answer".to_string()));
             }
-            let (deltas, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let (deltas, answers): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.delta, p.answer)).unzip();
             crate::metrics::report_batch(deltas.len());
             let result = propose(Op::Reports {
                 reports: merge_reports(deltas),

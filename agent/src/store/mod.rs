@@ -218,13 +218,15 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// openraft's role of a node as the store reports it.
-fn server_state(state: openraft::ServerState) -> ServerState {
-    match state {
-        openraft::ServerState::Leader => ServerState::Leader,
-        openraft::ServerState::Follower => ServerState::Follower,
-        openraft::ServerState::Candidate => ServerState::Candidate,
-        openraft::ServerState::Learner => ServerState::Learner,
-        openraft::ServerState::Shutdown => ServerState::Shutdown,
+impl From<openraft::ServerState> for ServerState {
+    fn from(state: openraft::ServerState) -> ServerState {
+        match state {
+            openraft::ServerState::Leader => ServerState::Leader,
+            openraft::ServerState::Follower => ServerState::Follower,
+            openraft::ServerState::Candidate => ServerState::Candidate,
+            openraft::ServerState::Learner => ServerState::Learner,
+            openraft::ServerState::Shutdown => ServerState::Shutdown,
+        }
     }
 }
 
@@ -421,7 +423,7 @@ impl RaftStore {
     /// This node's role alone: what [`RaftStore::status`] says, without copying the metrics,
     /// the membership or asking the file system (callers on every heartbeat and write).
     pub fn server_state(&self) -> ServerState {
-        server_state(self.raft.metrics().borrow().state)
+        self.raft.metrics().borrow().state.into()
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -431,7 +433,7 @@ impl RaftStore {
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
         StoreStatus {
             id: metrics.id,
-            state: server_state(metrics.state),
+            state: metrics.state.into(),
             leader: metrics.current_leader,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
