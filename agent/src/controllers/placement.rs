@@ -71,6 +71,7 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
         let live = liveness
             .get_or_insert_with(|| Liveness::new(timeout, now))
             .observe(&state, &node.heartbeats(), now);
+        log_turns(&state, last_live.as_ref(), &live, timeout);
         let keys = match (&step, last_live.as_ref() == Some(&live)) {
             // Not the objects whose reports alone changed while no rollout or drain moves them.
             (Step::Changes(delta), true) => touched_in(delta, &state),
@@ -85,10 +86,12 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
                 plan(&state, &live)
             }
         };
+        let turned = last_live.as_ref().is_some_and(|l| *l != live);
         last_live = Some(live);
         if updates.is_empty() {
             continue;
         }
+        let count = updates.len();
         // Together, so that the Raft store's group commit packs them into few entries.
         let proposals = split(updates, PLACE_BYTES)
             .into_iter()
@@ -99,9 +102,39 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
             .filter_map(Result::err)
             .inspect(|e| tracing::warn!("scheduling: {e}"))
             .count();
+        if turned {
+            tracing::info!(
+                "liveness changed: {count} objects placed again in {:?} ({failed} proposals failed)",
+                now.elapsed()
+            );
+        }
         if failed > 0 {
             // What this pass planned was not all written: the next pass plans every object again.
             follower = Follower::new();
+        }
+    }
+}
+
+/// Logs each node whose liveness turned since the last pass (not on the first pass of a term:
+/// everyone starts live, within the grace period).
+fn log_turns(
+    state: &crate::state::ClusterState,
+    before: Option<&BTreeMap<NodeId, bool>>,
+    live: &BTreeMap<NodeId, bool>,
+    timeout: Duration,
+) {
+    let Some(before) = before else { return };
+    for (id, &now_live) in live {
+        if before.get(id).copied().unwrap_or(true) == now_live {
+            continue;
+        }
+        let name = state.nodes.get(id).map_or("?", |n| n.name.as_str());
+        if now_live {
+            tracing::info!("node {name} ({id}) is heard from again");
+        } else {
+            tracing::warn!(
+                "node {name} ({id}) is judged down: not heard from in {timeout:?}; its replicas go elsewhere"
+            );
         }
     }
 }

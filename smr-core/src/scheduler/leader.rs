@@ -25,6 +25,9 @@ pub struct Liveness {
     timeout: Duration,
     seen: BTreeMap<NodeId, (u64, Instant)>,
     since: Instant,
+    /// Whether [`Liveness::observe`] ran: a node first seen later joined since, and is counted
+    /// as heard from when it is first seen (not at the takeover, which may be long before).
+    observed: bool,
 }
 
 impl Liveness {
@@ -33,12 +36,13 @@ impl Liveness {
             timeout,
             seen: BTreeMap::new(),
             since: now,
+            observed: false,
         }
     }
 
     /// Updates from the state's reports and tells which nodes are live at `now`: heard from
-    /// (a report that changed, a heartbeat in `heartbeats`, or this leader taking over) within
-    /// the timeout.
+    /// (a report that changed, a heartbeat in `heartbeats`, this leader taking over, or for a
+    /// node that joined since, this leader first seeing it) within the timeout.
     pub fn observe(
         &mut self,
         state: &ClusterState,
@@ -46,6 +50,8 @@ impl Liveness {
         now: Instant,
     ) -> BTreeMap<NodeId, bool> {
         self.seen.retain(|id, _| state.nodes.contains_key(id));
+        let first_heard = if self.observed { now } else { self.since };
+        self.observed = true;
         state
             .nodes
             .keys()
@@ -54,7 +60,7 @@ impl Liveness {
                 let entry = self
                     .seen
                     .entry(*id)
-                    .or_insert((seq.unwrap_or(0), self.since));
+                    .or_insert((seq.unwrap_or(0), first_heard));
                 if let Some(seq) = seq
                     && seq != entry.0
                 {

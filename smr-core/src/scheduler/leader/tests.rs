@@ -293,6 +293,34 @@ fn a_heartbeat_older_than_the_takeover_does_not_shorten_the_grace_period() {
 }
 
 #[test]
+fn a_node_that_joins_after_the_takeover_is_live_for_a_timeout_from_when_it_is_first_seen() {
+    let mut state = cluster(1, FIVE);
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let mut liveness = Liveness::new(s(15), t0);
+    let beats = crate::scheduler::heartbeat::Heartbeats::default();
+    assert_eq!(
+        liveness_at(&mut liveness, &state, &beats, t0),
+        vec![(1, true)]
+    );
+    // A second node joins 60 s after the takeover; the leader sees it before its first beat.
+    let mut joined = cluster(2, FIVE);
+    std::mem::swap(&mut state.nodes, &mut joined.nodes);
+    assert_eq!(
+        liveness_at(&mut liveness, &state, &beats, t0 + s(60)),
+        vec![(1, false), (2, true)]
+    );
+    assert_eq!(
+        liveness_at(&mut liveness, &state, &beats, t0 + s(74)),
+        vec![(1, false), (2, true)]
+    );
+    assert_eq!(
+        liveness_at(&mut liveness, &state, &beats, t0 + s(75)),
+        vec![(1, false), (2, false)]
+    );
+}
+
+#[test]
 fn dead_by_silence_means_rescheduled_and_a_beat_brings_the_node_back() {
     let mut state = cluster(3, FIVE);
     let t0 = Instant::now();
