@@ -218,7 +218,11 @@ fn two_clouds_behind_nat_with_the_same_private_addresses() -> Result<()> {
                 let sh = if proto == "udp" {
                     format!("echo {marker} > /dev/udp/{pb}/{port}")
                 } else {
-                    format!("echo {marker} | /bin/busybox nc -w 1 {pb} {port}")
+                    // The marker is in nc's stdin before nc starts: the listener's stdin is
+                    // /dev/null, so it half-closes as soon as it accepts, and a client still
+                    // waiting for a piped `echo` would read that EOF, exit without sending,
+                    // and use up the one-shot listener.
+                    format!("/bin/busybox nc -w 1 {pb} {port} <<< {marker}")
                 };
                 a.run("bash", &["-c", &sh])?;
                 Ok(std::fs::read_to_string(&listener.log)?.contains(&marker))
