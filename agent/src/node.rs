@@ -255,6 +255,33 @@ impl Node {
         self.propose_command(command).await
     }
 
+    /// Proposes `ops` together: when this node leads they go into the store at once (on the
+    /// Raft store in one entry, so a reader sees all of them applied or none); any not answered
+    /// by that attempt (this node does not lead, no quorum in time) then goes the way of
+    /// [`Node::propose_command`], alone, under the same op id, so it is applied at most once.
+    /// One result per op, in order.
+    pub async fn propose_all(&self, ops: Vec<Op>) -> Vec<Result<CommandResult, NodeError>> {
+        let mut commands = Vec::with_capacity(ops.len());
+        for mut op in ops {
+            self.seal_secrets(&mut op).await;
+            commands.push(Command {
+                op_id: new_op_id(),
+                at_ms: now_ms(),
+                op,
+            });
+        }
+        let together = self.store.write_all(commands.clone()).await;
+        let mut results = Vec::with_capacity(commands.len());
+        for (command, first) in commands.into_iter().zip(together) {
+            results.push(match first {
+                Ok(result) => Ok(result),
+                Err(WriteError::Fatal(why)) => Err(NodeError::Internal(why)),
+                Err(_) => self.propose_command(command).await,
+            });
+        }
+        results
+    }
+
     /// Writes `command` here when this node leads, else forwards it to the leader, following
     /// leadership until [`LEADER_WAIT`] runs out. Every attempt carries the same `op_id`, so the
     /// command is applied at most once however many attempts reach a leader.

@@ -22,7 +22,7 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// replicas at once (100,000 at first, or a tenth of 1,000 nodes gone silent) writes several
 /// proposals, each independent of the others (an update is one object's placement): one command
 /// stays far under etcd's request limit (1.5 MiB; 100,000 replicas in one were 3.4 MB and etcd
-/// refused them on every pass) and under a Raft entry's group-commit bound.
+/// refused them on every pass). On the Raft store the proposals of a pass go in one entry.
 const PLACE_BYTES: usize = 256 * 1024;
 
 /// How often the loop looks at liveness when nothing changes. A look with no node turning dead
@@ -92,11 +92,14 @@ pub async fn run(node: Arc<Node>, timeout: Duration, mut stop: watch::Receiver<b
             continue;
         }
         let count = updates.len();
-        // Together, so that the Raft store's group commit packs them into few entries.
+        // Together: the Raft store commits them in one entry, so nodes and readers see the
+        // whole pass at once, not a part of it and the rest a round later.
         let proposals = split(updates, PLACE_BYTES)
             .into_iter()
-            .map(|updates| node.propose(Op::Place { updates }, None));
-        let failed = futures::future::join_all(proposals)
+            .map(|updates| Op::Place { updates })
+            .collect();
+        let failed = node
+            .propose_all(proposals)
             .await
             .into_iter()
             .filter_map(Result::err)

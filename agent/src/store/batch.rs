@@ -6,7 +6,9 @@
 //!  caller <-- its own result <-- the entry's results, one per command, in order
 //! ```
 //! While [`MAX_IN_FLIGHT`] entries are being committed, new writes gather in the queue; the next
-//! entry takes them all (up to the bounds). A lone command goes as a plain [`Proposal::One`],
+//! entry takes them all (up to the bounds). Commands written together ([`Batcher::write_all`],
+//! a placement pass) are one group: the group goes whole into one entry, past the bounds if it
+//! must, so a reader never sees part of it applied. A lone command goes as a plain [`Proposal::One`],
 //! encoded exactly as entries were before batching. While a member of the cluster runs an
 //! earlier version (during a rolling upgrade: its Raft RPC server does not announce
 //! [`super::net::FEATURES_HEADER`] `batch`), every command goes as its own entry, which that
@@ -113,13 +115,29 @@ pub fn apply_proposal(state: &mut ClusterState, proposal: &Proposal) -> Vec<Comm
 /// at least one (a command larger than `max_bytes` goes alone), at most `max_count`, and no
 /// more than fit in `max_bytes` together. Pure.
 pub fn cut(sizes: impl IntoIterator<Item = usize>, max_count: usize, max_bytes: usize) -> usize {
+    cut_groups(
+        sizes.into_iter().map(|size| (1, size)),
+        max_count,
+        max_bytes,
+    )
+}
+
+/// [`cut`] over groups of commands, each `(commands, bytes)`, never splitting one: how many
+/// groups go into the next entry. The first group goes whatever its size; the next ones while
+/// the entry stays within `max_count` commands and `max_bytes`. Pure.
+pub fn cut_groups(
+    groups: impl IntoIterator<Item = (usize, usize)>,
+    max_count: usize,
+    max_bytes: usize,
+) -> usize {
     let mut taken = 0;
-    let mut bytes = 0usize;
-    for size in sizes {
-        if taken >= max_count.max(1) || (taken > 0 && bytes + size > max_bytes) {
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (n, size) in groups {
+        if taken > 0 && (count + n > max_count.max(1) || bytes + size > max_bytes) {
             break;
         }
         taken += 1;
+        count += n;
         bytes += size;
     }
     taken
@@ -167,14 +185,19 @@ type Reply = oneshot::Sender<Result<CommandResult, WriteError>>;
 
 struct Queued {
     cmd: Command,
-    size: usize,
     reply: Reply,
+}
+
+/// Commands written together: they go into one entry.
+struct Group {
+    members: Vec<Queued>,
+    bytes: usize,
 }
 
 /// The queue in front of the Raft core; clones share it.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::UnboundedSender<Queued>,
+    tx: mpsc::UnboundedSender<Group>,
 }
 
 impl Batcher {
@@ -192,16 +215,47 @@ impl Batcher {
 
     /// Queues `cmd` and waits for its own result.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
-        let (reply, answer) = oneshot::channel();
-        let size = json_size(&cmd);
-        self.tx
-            .send(Queued { cmd, size, reply })
-            .map_err(|_| WriteError::Unavailable("the store is shutting down".into()))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(WriteError::Unavailable(
-                "the store shut down before the write was proposed".into(),
+        let mut results = self.write_all(vec![cmd]).await;
+        results.pop().unwrap_or_else(|| {
+            Err(WriteError::Fatal(
+                "the batcher answered no result for a write".into(),
             ))
         })
+    }
+
+    /// Queues `commands` as one group (proposed in one entry, in order) and waits for their
+    /// results, one per command.
+    pub async fn write_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<CommandResult, WriteError>> {
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut members = Vec::with_capacity(commands.len());
+        let mut bytes = 0;
+        for cmd in commands {
+            let (reply, answer) = oneshot::channel();
+            bytes += json_size(&cmd);
+            members.push(Queued { cmd, reply });
+            answers.push(answer);
+        }
+        if members.is_empty() {
+            return Vec::new();
+        }
+        if self.tx.send(Group { members, bytes }).is_err() {
+            return answers
+                .iter()
+                .map(|_| Err(WriteError::Unavailable("the store is shutting down".into())))
+                .collect();
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(answer.await.unwrap_or_else(|_| {
+                Err(WriteError::Unavailable(
+                    "the store shut down before the write was proposed".into(),
+                ))
+            }));
+        }
+        results
     }
 }
 
@@ -220,14 +274,14 @@ pub(super) fn members_read_batches(raft: &Raft, peers: &Peers) -> bool {
 }
 
 async fn run(
-    mut rx: mpsc::UnboundedReceiver<Queued>,
+    mut rx: mpsc::UnboundedReceiver<Group>,
     raft: Raft,
     timeout: Duration,
     in_doubt: Arc<std::sync::Mutex<VecDeque<String>>>,
     peers: Arc<Peers>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut queue: VecDeque<Queued> = VecDeque::new();
+    let mut queue: VecDeque<Group> = VecDeque::new();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -245,7 +299,7 @@ async fn run(
             // A member would not read a batch: each command is its own entry, all proposed at
             // once (openraft appends concurrent proposals together), as before batching.
             drop(slot);
-            for q in queue.drain(..) {
+            for q in queue.drain(..).flat_map(|g| g.members) {
                 tokio::spawn(propose(
                     raft.clone(),
                     vec![q.cmd],
@@ -257,9 +311,16 @@ async fn run(
             }
             continue;
         }
-        let n = cut(queue.iter().map(|q| q.size), MAX_COUNT, MAX_BYTES);
-        let (commands, replies): (Vec<Command>, Vec<Reply>) =
-            queue.drain(..n).map(|q| (q.cmd, q.reply)).unzip();
+        let n = cut_groups(
+            queue.iter().map(|g| (g.members.len(), g.bytes)),
+            MAX_COUNT,
+            MAX_BYTES,
+        );
+        let (commands, replies): (Vec<Command>, Vec<Reply>) = queue
+            .drain(..n)
+            .flat_map(|g| g.members)
+            .map(|q| (q.cmd, q.reply))
+            .unzip();
         tokio::spawn(propose(
             raft.clone(),
             commands,
@@ -330,6 +391,21 @@ mod tests {
         assert_eq!(cut([10, 5000, 10], 10, 100), 1);
         assert_eq!(cut(Vec::<usize>::new(), 10, 100), 0);
         assert_eq!(cut([1, 1], 0, 100), 1);
+    }
+
+    /// Commands written together are never split across entries: the group goes whole, past
+    /// the bounds if it is larger, and the next group waits for the next entry when it would
+    /// not fit beside it.
+    #[test]
+    fn a_group_goes_whole_into_one_entry() {
+        assert_eq!(cut_groups([(3, 30), (2, 20), (1, 10)], 10, 1000), 3);
+        assert_eq!(cut_groups([(3, 30), (2, 20), (1, 10)], 4, 1000), 1);
+        assert_eq!(cut_groups([(3, 30), (2, 20), (1, 10)], 5, 1000), 2);
+        assert_eq!(cut_groups([(3, 30), (2, 20), (1, 10)], 10, 45), 1);
+        // 16 placement proposals of 256 KiB written together: one entry of 4 MiB.
+        assert_eq!(cut_groups([(16, 4 << 20), (1, 10)], 512, 1 << 20), 1);
+        assert_eq!(cut_groups([(600, 600)], 512, 1 << 20), 1);
+        assert_eq!(cut_groups(Vec::<(usize, usize)>::new(), 10, 100), 0);
     }
 
     #[test]

@@ -385,6 +385,23 @@ impl RaftStore {
         self.batcher.write(cmd).await
     }
 
+    /// Proposes `commands` together, in one entry ([`batch::Batcher::write_all`]), and waits
+    /// for each one's result. While the disk cannot take writes, each is answered as
+    /// [`RaftStore::write`] answers it.
+    pub async fn write_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<CommandResult, WriteError>> {
+        if self.disk.problem().is_some() {
+            let mut results = Vec::with_capacity(commands.len());
+            for cmd in commands {
+                results.push(self.write(cmd).await);
+            }
+            return results;
+        }
+        self.batcher.write_all(commands).await
+    }
+
     /// The leader's commit point, confirmed by a quorum (ReadIndex). Leader only.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         match tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await {
@@ -635,6 +652,27 @@ impl Store {
         };
         crate::metrics::store_write(&result, started.elapsed());
         result
+    }
+
+    /// Writes `commands` together: on the Raft store in one entry, so that they are applied
+    /// at once; on etcd each is its own log key (etcd limits a request's size), written at
+    /// the same time. One result per command, in order.
+    pub async fn write_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<CommandResult, WriteError>> {
+        let started = std::time::Instant::now();
+        let results = match self {
+            Store::Raft(s) => s.write_all(commands).await,
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => {
+                futures::future::join_all(commands.into_iter().map(|c| s.write(c))).await
+            }
+        };
+        for result in &results {
+            crate::metrics::store_write(result, started.elapsed());
+        }
+        results
     }
 
     /// The point a linearizable read must have applied up to.

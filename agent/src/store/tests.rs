@@ -492,6 +492,36 @@ async fn concurrent_writes_share_entries_and_keep_their_own_results() {
     store.shutdown().await;
 }
 
+/// Commands written together (a placement pass) go into one entry, even past the group-commit
+/// bound: a reader sees all of them applied or none. Each keeps its own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_written_together_are_one_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_leader(&dir.path().join("raft"), StoreConfig::default()).await;
+    let before = store.sm.applied_index();
+    // Six of 300 KiB: past batch::MAX_BYTES, which would cut them into two entries or more.
+    let commands: Vec<Command> = (0..6)
+        .map(|n| command(&format!("all{n}"), &format!("a{n}"), 300 * 1024))
+        .collect();
+    let total: usize = commands.iter().map(batch::json_size).sum();
+    assert!(total > batch::MAX_BYTES);
+    let results = store.write_all(commands).await;
+    assert_eq!(results.len(), 6);
+    let mut last = 0;
+    for (n, result) in results.into_iter().enumerate() {
+        match result.expect("write") {
+            CommandResult::Objects { revision, outcomes } => {
+                assert_eq!(outcomes[0].key.name, format!("a{n}"));
+                assert!(revision > last, "results out of order");
+                last = revision;
+            }
+            other => panic!("command {n}: {other:?}"),
+        }
+    }
+    assert_eq!(store.sm.applied_index() - before, 1, "one entry");
+    store.shutdown().await;
+}
+
 /// Rewrites the store's data dir as the JSON version wrote it: log entries as JSON in redb's
 /// `logs` table (where versions before the segments kept them), the snapshot body as JSON in
 /// `snapshot-<id>.json`.
