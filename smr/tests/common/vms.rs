@@ -289,9 +289,9 @@ pub async fn tcp_transfer(
 }
 
 /// Sends what shell command `payload` prints in replica `from` over TCP (port 7000) to replica
-/// `to` through the overlay, and checks that `to` received exactly `text`. One listener per
-/// attempt: under load a connection may close before carrying the data; such an empty attempt
-/// is tried again.
+/// `to` through the overlay, and checks that `to` received exactly `text`. The payload is in a
+/// file before nc connects: the listener's stdin is empty, so it half-closes as soon as it
+/// accepts, and a client still waiting on a pipe would read that EOF and leave without sending.
 pub async fn tcp_send(
     cluster: &VmCluster,
     from: &ReplicaView,
@@ -301,42 +301,33 @@ pub async fn tcp_send(
 ) -> anyhow::Result<()> {
     let (sender, receiver) = (vm_of(cluster, from), vm_of(cluster, to));
     let to_ip = to.ip.clone().context("receiver has no IP")?;
-    let sh = format!("{payload} | nc -w 2 {to_ip} 7000");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut listener = receiver
-            .docker_cmd()
-            .args(["exec", &to.name, "nc", "-l", "-p", "7000"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let sent = eventually(
-            "a TCP connection across VMs",
-            Duration::from_secs(20),
-            || {
-                let ok = sender
-                    .docker(&["exec", &from.name, "sh", "-c", &sh])
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
-                async move { ok.then_some(()) }
-            },
-        )
-        .await;
-        if sent.is_err() {
-            let _ = listener.kill();
-        }
-        let received = listener.wait_with_output()?;
-        sent?;
-        let got = String::from_utf8_lossy(&received.stdout).trim().to_string();
-        if !got.is_empty() {
-            anyhow::ensure!(got == text, "{} received {got:?}, not {text:?}", to.name);
-            return Ok(());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no data crossed the overlay in 60 s"
-        );
-        eprintln!("a connection closed before carrying data; trying again");
+    let file = "/tmp/smr-tcp-payload";
+    let sh = format!("{payload} > {file} && nc -w 2 {to_ip} 7000 < {file}");
+    let mut listener = receiver
+        .docker_cmd()
+        .args(["exec", &to.name, "nc", "-l", "-p", "7000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let sent = eventually(
+        "a TCP connection across VMs",
+        Duration::from_secs(20),
+        || {
+            let ok = sender
+                .docker(&["exec", &from.name, "sh", "-c", &sh])
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    if sent.is_err() {
+        let _ = listener.kill();
     }
+    let received = listener.wait_with_output()?;
+    sent?;
+    let got = String::from_utf8_lossy(&received.stdout).trim().to_string();
+    anyhow::ensure!(got == text, "{} received {got:?}, not {text:?}", to.name);
+    Ok(())
 }
 
 /// A marker nobody else sends: what a capture must (not) contain.
