@@ -256,10 +256,10 @@ impl Node {
     }
 
     /// Proposes `ops` together: when this node leads they go into the store at once (on the
-    /// Raft store in one entry, so a reader sees all of them applied or none); any not answered
-    /// by that attempt (this node does not lead, no quorum in time) then goes the way of
-    /// [`Node::propose_command`], alone, under the same op id, so it is applied at most once.
-    /// One result per op, in order.
+    /// Raft store in one entry once every member reads batched entries, so a reader sees all of
+    /// them applied or none); any not answered by that attempt (this node does not lead, no
+    /// quorum in time) then goes the way of [`Node::propose_command`], alone, under the same op
+    /// id, so it is applied at most once. One result per op, in order.
     pub async fn propose_all(&self, ops: Vec<Op>) -> Vec<Result<CommandResult, NodeError>> {
         let mut commands = Vec::with_capacity(ops.len());
         for mut op in ops {
@@ -271,15 +271,17 @@ impl Node {
             });
         }
         let together = self.store.write_all(commands.clone()).await;
-        let mut results = Vec::with_capacity(commands.len());
-        for (command, first) in commands.into_iter().zip(together) {
-            results.push(match first {
-                Ok(result) => Ok(result),
-                Err(WriteError::Fatal(why)) => Err(NodeError::Internal(why)),
-                Err(_) => self.propose_command(command).await,
+        let answers = commands
+            .into_iter()
+            .zip(together)
+            .map(|(command, first)| async move {
+                match first {
+                    Ok(result) => Ok(result),
+                    Err(WriteError::Fatal(why)) => Err(NodeError::Internal(why)),
+                    Err(_) => self.propose_command(command).await,
+                }
             });
-        }
-        results
+        futures::future::join_all(answers).await
     }
 
     /// Writes `command` here when this node leads, else forwards it to the leader, following

@@ -8,8 +8,8 @@
 //! While [`MAX_IN_FLIGHT`] entries are being committed, new writes gather in the queue; the next
 //! entry takes them all (up to the bounds). Commands written together ([`Batcher::write_all`],
 //! a placement pass) are one group: the group goes whole into one entry, past the bounds if it
-//! must, so a reader never sees part of it applied. A lone command goes as a plain [`Proposal::One`],
-//! encoded exactly as entries were before batching. While a member of the cluster runs an
+//! must, so a reader never sees part of it applied. A lone command goes as a plain
+//! [`Proposal::One`], encoded exactly as entries were before batching. While a member of the cluster runs an
 //! earlier version (during a rolling upgrade: its Raft RPC server does not announce
 //! [`super::net::FEATURES_HEADER`] `batch`), every command goes as its own entry, which that
 //! version reads. Each command of a batch is applied on its
