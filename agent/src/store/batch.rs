@@ -9,13 +9,13 @@
 //! entry takes them all (up to the bounds). Commands written together ([`Batcher::write_all`],
 //! a placement pass) are one group: the group goes whole into one entry, past the bounds if it
 //! must, so a reader never sees part of it applied. A lone command goes as a plain
-//! [`Proposal::One`], encoded exactly as entries were before batching. While a member of the cluster runs an
-//! earlier version (during a rolling upgrade: its Raft RPC server does not announce
-//! [`super::net::FEATURES_HEADER`] `batch`), every command goes as its own entry, which that
-//! version reads. Each command of a batch is applied on its
-//! own ([`apply_proposal`]): a refused one (a conflict, a validation error) answers only its
-//! caller, and each caller gets its own revision. A Raft error (not the leader, no quorum in
-//! time) answers every member of the entry, as it would have answered each alone.
+//! [`Proposal::One`], encoded exactly as entries were before batching. While a member of the
+//! cluster runs an earlier version (during a rolling upgrade: its Raft RPC server does not
+//! announce [`super::net::FEATURES_HEADER`] `batch`), every command goes as its own entry, which
+//! that version reads. Each command of a batch is applied on its own ([`apply_proposal`]): a
+//! refused one (a conflict, a validation error) answers only its caller, and each caller gets
+//! its own revision. A Raft error (not the leader, no quorum in time) answers every member of
+//! the entry, as it would have answered each alone.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
