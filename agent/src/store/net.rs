@@ -102,8 +102,32 @@ pub struct Network {
 pub struct Connection {
     transport: Transport,
     target: NodeId,
-    base: String,
+    /// The peer's RPC addresses, parsed once: parsing a URL (and its host, IDNA rules included)
+    /// for every AppendEntries was 5% of a leader's CPU under one client's writes. An address
+    /// that does not parse fails each call with why.
+    urls: Result<Urls, String>,
     peers: std::sync::Arc<Peers>,
+}
+
+/// The URLs of a peer's Raft RPC routes.
+struct Urls {
+    append: reqwest::Url,
+    vote: reqwest::Url,
+    snapshot: reqwest::Url,
+}
+
+impl Urls {
+    fn parse(scheme: &str, addr: &str) -> Result<Urls, String> {
+        let url = |path: &str| {
+            let text = format!("{scheme}://{addr}/raft/{path}");
+            reqwest::Url::parse(&text).map_err(|e| format!("raft rpc address {text}: {e}"))
+        };
+        Ok(Urls {
+            append: url("append")?,
+            vote: url("vote")?,
+            snapshot: url("snapshot")?,
+        })
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -113,7 +137,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             transport: self.transport.clone(),
             target,
-            base: format!("{}://{}/raft", self.transport.scheme, node.raft_addr),
+            urls: Urls::parse(&self.transport.scheme, &node.raft_addr),
             peers: self.peers.clone(),
         }
     }
@@ -125,7 +149,7 @@ type Encoded = (Vec<u8>, &'static str);
 impl Connection {
     async fn call<Req, Resp, E>(
         &self,
-        path: &str,
+        url: fn(&Urls) -> &reqwest::Url,
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, RaftPeer, RaftError<NodeId, E>>>
@@ -135,7 +159,7 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let encoded = self.encode(request)?;
-        self.send(path, encoded, timeout).await
+        self.send(url, encoded, timeout).await
     }
 
     fn encode<Req: Serialize, E: std::error::Error>(
@@ -148,7 +172,7 @@ impl Connection {
 
     async fn send<Resp, E>(
         &self,
-        path: &str,
+        url: fn(&Urls) -> &reqwest::Url,
         (body, content_type): Encoded,
         timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, RaftPeer, RaftError<NodeId, E>>>
@@ -156,11 +180,18 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let url = match &self.urls {
+            Ok(urls) => url(urls),
+            Err(why) => {
+                let error = std::io::Error::other(why.clone());
+                return Err(RPCError::Unreachable(Unreachable::new(&error)));
+            }
+        };
         let response = self
             .transport
             .client
             .client()
-            .post(format!("{}/{path}", self.base))
+            .post(url.clone())
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
@@ -183,7 +214,8 @@ impl Connection {
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
-            let error = std::io::Error::other(format!("raft rpc {path} answered {status}: {text}"));
+            let error =
+                std::io::Error::other(format!("raft rpc {} answered {status}: {text}", url.path()));
             return Err(RPCError::Network(NetworkError::new(&error)));
         }
         let bytes = response
@@ -213,7 +245,7 @@ impl RaftNetwork<TypeConfig> for Connection {
                 PayloadTooLarge::new_entries_hint(fit),
             ));
         }
-        self.send("append", encoded, option.hard_ttl()).await
+        self.send(|u| &u.append, encoded, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -224,7 +256,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, RaftPeer, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, option.hard_ttl()).await
+        self.call(|u| &u.snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -232,7 +264,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, RaftPeer, RaftError<NodeId>>> {
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(|u| &u.vote, &rpc, option.hard_ttl()).await
     }
 }
 
@@ -323,7 +355,26 @@ async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::entries_within;
+    use super::{Urls, entries_within};
+
+    /// A peer's RPC URLs are parsed once, IPv6 addresses included; an address that is not one
+    /// is refused naming it.
+    #[test]
+    fn peer_urls_are_parsed_once() {
+        let urls = Urls::parse("https", "10.0.0.2:9212").expect("valid address");
+        assert_eq!(urls.append.as_str(), "https://10.0.0.2:9212/raft/append");
+        assert_eq!(urls.vote.as_str(), "https://10.0.0.2:9212/raft/vote");
+        assert_eq!(
+            urls.snapshot.as_str(),
+            "https://10.0.0.2:9212/raft/snapshot"
+        );
+        let v6 = Urls::parse("https", "[fd00::2]:9212").expect("valid address");
+        assert_eq!(v6.append.host_str(), Some("[fd00::2]"));
+        let Err(why) = Urls::parse("https", "not a host:9212") else {
+            panic!("an address with spaces parsed");
+        };
+        assert!(why.contains("not a host:9212"), "{why}");
+    }
 
     /// An AppendEntries over the budget is cut where the entries stop fitting, never below one
     /// entry (a single entry larger than the budget still goes, alone).
