@@ -9,10 +9,17 @@
 //! `SMR_BENCH_KIND=configuration`: apply `configuration` objects, which nothing places, instead
 //! of 1-replica `containers` objects (each of which the leader then places: a second write).
 //!
+//! Each load is followed by the CPU time it took, per process: the bench's own clients and each
+//! agent, in seconds and as a share of the machine's cores (on a small machine the clients take a
+//! large part of it: the agents' figures are what a cluster with its clients elsewhere would
+//! spend). The requests are built before the clock starts: parsing them is not counted.
+//!
 //! Prints figures; asserts nothing about speed.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/node.rs"]
+mod node;
 
 use std::time::{Duration, Instant};
 
@@ -44,12 +51,14 @@ async fn run(
     offset: usize,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
     let per = total / clients.len();
+    let requests: Vec<Vec<Vec<definitions::Object>>> = (0..clients.len())
+        .map(|c| (0..per).map(|n| object(offset + c * per + n)).collect())
+        .collect();
     let started = Instant::now();
-    let tasks = clients.into_iter().enumerate().map(|(c, client)| {
+    let tasks = clients.into_iter().zip(requests).map(|(client, requests)| {
         tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per);
-            for n in 0..per {
-                let objects = object(offset + c * per + n);
+            for objects in requests {
                 let t = Instant::now();
                 client.apply(&objects, false, None).await?;
                 latencies.push(t.elapsed());
@@ -129,19 +138,83 @@ async fn main() -> anyhow::Result<()> {
 async fn bench(cluster: &Cluster, store: &str, total: usize) -> anyhow::Result<()> {
     let leader = cluster.index_of(cluster.client(0).health().await?.leader.unwrap_or(1));
     let metrics = format!("http://{}:9213/metrics", cluster.nodes[leader].ip);
-    let before = Breakdown::read(&metrics).await;
+    let cpu = Cpu::new(cluster, leader);
+    let (before, at) = (Breakdown::read(&metrics).await, cpu.read());
     let single = run(vec![cluster.client(leader)], total / 4, 0).await?;
     print_row(&format!("{store}: 1 client (leader)"), single);
     let before = Breakdown::read(&metrics).await.print(before);
+    let at = cpu.print(at, single, total / 4);
     let spread: Vec<Client> = (0..64).map(|i| cluster.client(i % 3)).collect();
     let many = run(spread, total, 1_000_000).await?;
     print_row(&format!("{store}: 64 clients (spread over 3 nodes)"), many);
     let before = Breakdown::read(&metrics).await.print(before);
+    let at = cpu.print(at, many, total);
     let to_leader: Vec<Client> = (0..64).map(|_| cluster.client(leader)).collect();
     let many_leader = run(to_leader, total, 2_000_000).await?;
     print_row(&format!("{store}: 64 clients (leader)"), many_leader);
     Breakdown::read(&metrics).await.print(before);
+    cpu.print(at, many_leader, total);
     Ok(())
+}
+
+/// CPU time (user + system, from /proc) of the bench's own process (its clients) and of each
+/// agent, leader first.
+struct Cpu {
+    pids: Vec<(String, u32)>,
+}
+
+impl Cpu {
+    fn new(cluster: &Cluster, leader: usize) -> Cpu {
+        let mut pids = vec![("clients".to_string(), std::process::id())];
+        let mut agents: Vec<usize> = (0..cluster.nodes.len()).collect();
+        agents.sort_by_key(|&i| i != leader);
+        for i in agents {
+            let what = if i == leader { "leader" } else { "follower" };
+            if let Some(pid) = cluster.nodes[i].pid() {
+                pids.push((what.to_string(), pid.as_raw() as u32));
+            }
+        }
+        Cpu { pids }
+    }
+
+    fn read(&self) -> Vec<f64> {
+        self.pids
+            .iter()
+            .map(|(_, pid)| node::proc_figures(*pid).1)
+            .collect()
+    }
+
+    /// Prints the CPU time each process took since `before` (a load of `writes` at `rate`/s);
+    /// returns the new reading.
+    fn print(
+        &self,
+        before: Vec<f64>,
+        (rate, _, _): (f64, Duration, Duration),
+        writes: usize,
+    ) -> Vec<f64> {
+        let now = self.read();
+        let wall = writes as f64 / rate.max(f64::MIN_POSITIVE);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let spent: Vec<String> = self
+            .pids
+            .iter()
+            .zip(now.iter().zip(&before))
+            .map(|((what, _), (now, before))| {
+                let seconds = now - before;
+                format!(
+                    "{what} {seconds:.2} s ({:.0}%)",
+                    100.0 * seconds / (wall * cores)
+                )
+            })
+            .collect();
+        let agents: f64 = now.iter().zip(&before).skip(1).map(|(n, b)| n - b).sum();
+        println!(
+            "    cpu of {cores:.0} cores over {wall:.1} s: {}; agents {:.0} us per write",
+            spent.join(", "),
+            agents / writes.max(1) as f64 * 1e6
+        );
+        now
+    }
 }
 
 /// The leader's own figures of where a write's time goes (its metrics, as sums and counts):
