@@ -12,7 +12,8 @@
 //! Each load is followed by the CPU time it took, per process: the bench's own clients and each
 //! agent, in seconds and as a share of the machine's cores (on a small machine the clients take a
 //! large part of it: the agents' figures are what a cluster with its clients elsewhere would
-//! spend). The requests are built before the clock starts: parsing them is not counted.
+//! spend). The requests are built before the clock starts: parsing them is not in the applies/s
+//! or the latencies (it is in the clients' CPU time).
 //!
 //! Prints figures; asserts nothing about speed.
 
